@@ -1,0 +1,1 @@
+"""tagflow: online content classification with a human in the loop."""

@@ -1,0 +1,97 @@
+"""All request dependencies, as `Annotated` types: state, session, caller role, queues."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from service.api.state import AppState
+from service.config import Role, Settings
+from service.ml.serving import MicroBatcher, Predictor
+from service.tags import TagSet
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.tagflow
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with Session(state.engine, expire_on_commit=False) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def get_predictor(state: StateDep) -> Predictor:
+    return state.predictor
+
+
+PredictorDep = Annotated[Predictor, Depends(get_predictor)]
+
+
+def get_batcher(state: StateDep) -> MicroBatcher:
+    return state.batcher
+
+
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+
+
+def get_tags(state: StateDep) -> TagSet:
+    return state.tags
+
+
+TagsDep = Annotated[TagSet, Depends(get_tags)]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def get_role(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Role:
+    """The caller's role from `Authorization: Bearer <key>`; 401 when missing or unknown."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "missing API key: send Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    role = settings.keys.get(credentials.credentials)
+    if role is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return role
+
+
+def allow(*roles: Role):  # type: ignore[no-untyped-def]
+    """A dependency that lets only `roles` (and admin) through; others get 403."""
+
+    def check(role: Annotated[Role, Depends(get_role)]) -> Role:
+        if role is not Role.ADMIN and role not in roles:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, f"this key's role ({role.value}) may not do this"
+            )
+        return role
+
+    return check
+
+
+ClientRole = Annotated[Role, Depends(allow(Role.CLIENT))]
+ReviewerRole = Annotated[Role, Depends(allow(Role.REVIEWER))]
+AdminRole = Annotated[Role, Depends(allow())]
+AnyRole = Annotated[Role, Depends(allow(Role.CLIENT, Role.REVIEWER))]

@@ -1,0 +1,44 @@
+"""Maps domain errors to HTTP responses, in one place."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from service.errors import (
+    ArtifactError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TagflowError,
+    UnavailableError,
+)
+
+log = logging.getLogger(__name__)
+
+STATUS = {
+    NotFoundError: 404,
+    ConflictError: 409,
+    InvalidInputError: 422,
+    ArtifactError: 409,
+    UnavailableError: 503,
+}
+
+
+async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    if status >= 500:
+        log.error("domain error: %s", exc)
+    return JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TagflowError, _domain_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,102 @@
+"""The FastAPI application: `create_app(settings)` builds it; the lifespan owns every resource."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from redis import Redis
+from rq import Queue
+
+from service.api import errors
+from service.api.lifecycle import drain_outbox, sync_production, watch
+from service.api.routes import health, models, predict, tags
+from service.api.state import AppState, Queues
+from service.config import Settings
+from service.db import init_db, make_engine
+from service.ml.encoder import load_encoder
+from service.ml.serving import MicroBatcher, Predictor
+from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
+from service.prediction_log import PredictionLog
+from service.tags import load_tags
+
+log = logging.getLogger(__name__)
+
+
+def build_state(settings: Settings) -> AppState:
+    """Create every shared resource (blocking: runs before the server accepts requests)."""
+    if not settings.redis_url:
+        raise RuntimeError("TAGFLOW_REDIS_URL is not set; `tagflow up` starts an embedded Redis")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    tag_set = load_tags(settings.tags_file)
+    encoder = load_encoder(
+        settings.resolved_encoder_dir, settings.encoder, threads=settings.encoder_threads,
+        cache_size=settings.embedding_cache_size,
+    )
+    predictor = Predictor(encoder, tag_set)
+    # A short socket timeout: an unreachable Redis must not stall the outbox relay for long.
+    redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    queues = Queues(
+        labeling=Queue(LABELING_QUEUE, connection=redis),
+        training=Queue(TRAINING_QUEUE, connection=redis),
+    )
+    state = AppState(
+        settings=settings, engine=engine, tags=tag_set, predictor=predictor,
+        batcher=MicroBatcher(
+            predictor, max_items=settings.microbatch_max, wait_ms=settings.microbatch_wait_ms
+        ),
+        log=PredictionLog(
+            engine, interval_s=settings.log_flush_interval_s, batch_size=settings.log_batch_size
+        ),
+        redis=redis, queues=queues,
+    )
+    state.log.after_flush = lambda: _drain_quietly(state)
+    return state
+
+
+def _drain_quietly(state: AppState) -> None:
+    try:
+        drain_outbox(state)
+    except Exception:
+        log.exception("outbox relay failed; rows stay in the outbox")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    state = await asyncio.to_thread(build_state, settings)
+    await asyncio.to_thread(sync_production, state)
+    if state.predictor.current is None:
+        log.warning("no production model in the registry: /predict answers 503 until one is")
+    app.state.tagflow = state
+    state.batcher.start()
+    state.log.start()
+    watcher = asyncio.create_task(watch(state, settings.watch_interval_s), name="watch")
+    try:
+        yield
+    finally:
+        watcher.cancel()
+        await state.batcher.stop()
+        await state.log.close()
+        _drain_quietly(state)
+        state.redis.close()
+        state.engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    app = FastAPI(
+        title="tagflow",
+        version="0.1.0",
+        description="Content classification with a human in the loop.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    errors.install(app)
+    for router in (health.router, predict.router, tags.router, models.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,74 @@
+"""The model registry over HTTP: list, filter, inspect, promote, roll back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from service.api.deps import AdminRole, AnyRole, SessionDep, StateDep
+from service.api.lifecycle import sync_production
+from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
+from service.errors import NotFoundError
+from service.ml import registry
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+class ModelList(BaseModel):
+    models: list[ModelVersionPublic]
+
+
+def public(row: ModelVersion) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate(row, from_attributes=True)
+
+
+@router.get("", response_model=ModelList)
+def list_models(
+    session: SessionDep,
+    _role: AnyRole,
+    status: ModelStatus | None = None,
+    where: Annotated[
+        list[str] | None,
+        Query(description="Metric criteria, e.g. per_class.mlops.precision>=0.95 (all must hold)"),
+    ] = None,
+) -> ModelList:
+    criteria = [registry.Criterion.parse(w) for w in where or []]
+    rows = registry.list_versions(session, status=status, criteria=criteria)
+    return ModelList(models=[public(r) for r in rows])
+
+
+@router.get("/{version}", response_model=ModelVersionPublic)
+def get_model(version: str, session: SessionDep, _role: AnyRole) -> ModelVersionPublic:
+    return public(registry.get_version(session, version=version))
+
+
+@router.get("/{version}/report.png", response_class=FileResponse)
+def get_report_png(version: str, session: SessionDep, _role: AnyRole) -> FileResponse:
+    """The evaluation picture saved with the version."""
+    row = registry.get_version(session, version=version)
+    path = Path(row.artifact_path) / "report.png"
+    if not path.exists():
+        raise NotFoundError(f"no report picture for {version}")
+    return FileResponse(path, media_type="image/png")
+
+
+@router.post("/{version}/promote", response_model=ModelVersionPublic)
+def promote_model(
+    version: str, session: SessionDep, state: StateDep, _role: AdminRole
+) -> ModelVersionPublic:
+    """Make `version` production; this API serves it before answering."""
+    row = registry.promote(session, version=version)
+    sync_production(state)
+    return public(row)
+
+
+@router.post("/rollback", response_model=ModelVersionPublic)
+def rollback_model(session: SessionDep, state: StateDep, _role: AdminRole) -> ModelVersionPublic:
+    """Promote the version that was production before the current one."""
+    row = registry.rollback(session)
+    sync_production(state)
+    return public(row)

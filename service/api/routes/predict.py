@@ -1,0 +1,124 @@
+"""POST /predict and /predict/batch: an approved tag, its confidence and a status."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import APIRouter, HTTPException, status
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.api.deps import BatcherDep, ClientRole, SettingsDep, StateDep
+from service.api.state import AppState
+from service.config import Settings
+from service.entities import Prediction, PredictionPublic, ShadowPrediction
+from service.entities.common import new_id
+from service.ml.dataset import item_text, text_hash
+from service.ml.serving import Scored
+
+router = APIRouter(tags=["predict"])
+log = logging.getLogger(__name__)
+
+
+class Item(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    title: str = Field(min_length=1, description="Non-empty title")
+    description: str = Field(default="", description="Short description; may be empty")
+
+
+class BatchRequest(BaseModel):
+    items: list[Item]
+
+
+class BatchResponse(BaseModel):
+    results: list[PredictionPublic]
+
+
+def check_lengths(items: list[Item], settings: Settings) -> None:
+    """Configurable limits, so they are checked here rather than in the static schema."""
+    for i, item in enumerate(items):
+        where = f"items[{i}]." if len(items) > 1 else ""
+        if len(item.title) > settings.max_title_chars:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{where}title has {len(item.title)} characters; the limit is "
+                f"{settings.max_title_chars}",
+            )
+        if len(item.description) > settings.max_description_chars:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"{where}description has {len(item.description)} characters; the limit is "
+                f"{settings.max_description_chars}",
+            )
+
+
+def _record(state: AppState, item: Item, scored: Scored, latency_ms: float) -> PredictionPublic:
+    row = Prediction(
+        id=new_id(), text_hash=text_hash(item.title, item.description), title=item.title,
+        description=item.description, tag=scored.tag, confidence=scored.confidence,
+        scores=scored.scores, status=scored.status, model_version=scored.model_version,
+        latency_ms=round(latency_ms, 3),
+    )
+    state.log.record(row)
+    return PredictionPublic(
+        prediction_id=row.id, tag=row.tag, confidence=row.confidence, scores=row.scores,
+        status=row.status, model_version=row.model_version,
+    )
+
+
+async def _shadow(state: AppState, texts: list[str], results: list[PredictionPublic]) -> None:
+    """Score the same texts with the shadow candidate and log agreement; never raises."""
+    shadow = state.predictor.shadow
+    if shadow is None:
+        return
+    try:
+        scored = await asyncio.to_thread(state.predictor.score, texts, shadow)
+    except Exception:
+        log.exception("shadow scoring with %s failed", shadow.version)
+        return
+    for s, r in zip(scored, results, strict=True):
+        state.log.record_shadow(
+            ShadowPrediction(prediction_id=r.prediction_id, model_version=shadow.version,
+                             tag=s.tag, confidence=s.confidence, agrees=s.tag == r.tag)
+        )
+
+
+async def _predict(state: AppState, batcher: BatcherDep, items: list[Item]) -> list[PredictionPublic]:
+    started = time.perf_counter()
+    texts = [item_text(i.title, i.description) for i in items]
+    scored = await batcher.predict(texts)
+    latency_ms = (time.perf_counter() - started) * 1000 / len(items)
+    results = [_record(state, i, s, latency_ms) for i, s in zip(items, scored, strict=True)]
+    if state.predictor.shadow is not None:
+        task = asyncio.create_task(_shadow(state, texts, results))
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+    return results
+
+
+@router.post("/predict", response_model=PredictionPublic)
+async def predict(
+    item: Item, _role: ClientRole, state: StateDep, batcher: BatcherDep, settings: SettingsDep
+) -> PredictionPublic:
+    """Tag one item. `status` is `auto` when confident enough to accept, else `review`."""
+    check_lengths([item], settings)
+    return (await _predict(state, batcher, [item]))[0]
+
+
+@router.post("/predict/batch", response_model=BatchResponse)
+async def predict_batch(
+    body: BatchRequest, _role: ClientRole, state: StateDep, batcher: BatcherDep,
+    settings: SettingsDep,
+) -> BatchResponse:
+    """Tag up to `max_batch_items` items; results come back in the same order."""
+    if not body.items:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "items must not be empty")
+    if len(body.items) > settings.max_batch_items:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            f"{len(body.items)} items; a batch holds at most {settings.max_batch_items}",
+        )
+    check_lengths(body.items, settings)
+    return BatchResponse(results=await _predict(state, batcher, body.items))

@@ -1,0 +1,24 @@
+"""GET /tags: the approved tag list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from service.api.deps import AnyRole, TagsDep
+
+router = APIRouter(tags=["tags"])
+
+
+class TagPublic(BaseModel):
+    name: str
+    description: str
+
+
+class TagList(BaseModel):
+    tags: list[TagPublic]
+
+
+@router.get("/tags", response_model=TagList)
+def list_tags(tags: TagsDep, _role: AnyRole) -> TagList:
+    return TagList(tags=[TagPublic(name=t.name, description=t.description) for t in tags.tags])

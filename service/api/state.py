@@ -1,0 +1,38 @@
+"""Process-wide resources, created once in the app's lifespan and shared through typed state."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from redis import Redis
+from rq import Queue
+from sqlalchemy.engine import Engine
+
+from service.config import Settings
+from service.ml.serving import MicroBatcher, Predictor
+from service.prediction_log import PredictionLog
+from service.tags import TagSet
+
+
+@dataclass
+class Queues:
+    """The RQ queues the API enqueues to."""
+
+    labeling: Queue
+    training: Queue
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    tags: TagSet
+    predictor: Predictor
+    batcher: MicroBatcher
+    log: PredictionLog
+    redis: Redis
+    queues: Queues
+    model_errors: list[str] = field(default_factory=list)
+    # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.
+    background: set[asyncio.Task[None]] = field(default_factory=set)

@@ -1,0 +1,137 @@
+"""Service configuration: one `Settings` object, read from `TAGFLOW_*` environment variables."""
+
+from __future__ import annotations
+
+import secrets
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PACKAGE_DATA = Path(__file__).parent / "data"
+DEFAULT_TAGS_FILE = PACKAGE_DATA / "tags.csv"
+SEED_DATASET = PACKAGE_DATA / "seed.csv"
+
+
+class Role(StrEnum):
+    """What an API key may do. `admin` implies `reviewer` implies nothing about `client`."""
+
+    CLIENT = "client"
+    REVIEWER = "reviewer"
+    ADMIN = "admin"
+
+
+class EncoderKind(StrEnum):
+    """How sentence embeddings are computed in the serving path."""
+
+    ONNX_FP32 = "onnx-fp32"
+    ONNX_INT8 = "onnx-int8"
+
+
+class UnsafeSettingsError(ValueError):
+    """Raised when a setting is only acceptable in development mode."""
+
+
+def parse_api_keys(raw: str) -> dict[str, Role]:
+    """Parse `role:key,role:key` into `{key: role}`; a malformed pair is an error, not skipped."""
+    keys: dict[str, Role] = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        role, sep, key = pair.partition(":")
+        if not sep or not key:
+            raise ValueError(f"API key entry {pair!r} is not of the form role:key")
+        try:
+            keys[key.strip()] = Role(role.strip())
+        except ValueError:
+            roles = ", ".join(r.value for r in Role)
+            raise ValueError(f"unknown role {role!r} in TAGFLOW_API_KEYS (roles: {roles})") from None
+    return keys
+
+
+def generate_dev_keys() -> str:
+    """Random keys for development mode, one per role, printed by `tagflow up`."""
+    return ",".join(f"{role.value}:{role.value}-{secrets.token_urlsafe(12)}" for role in Role)
+
+
+class Settings(BaseSettings):
+    """Everything tagflow reads from its environment. Unsafe values are refused unless `dev`."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGFLOW_", env_file=".env", extra="ignore")
+
+    dev: bool = False
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    redis_url: str | None = None
+    api_keys: Annotated[str, NoDecode] = ""
+    tags_file: Path = DEFAULT_TAGS_FILE
+
+    max_title_chars: int = Field(300, ge=1)
+    max_description_chars: int = Field(5000, ge=1)
+    max_batch_items: int = Field(256, ge=1)
+    target_precision: float = Field(0.99, gt=0.0, le=1.0)
+
+    encoder: EncoderKind = EncoderKind.ONNX_FP32
+    encoder_dir: Path | None = None
+    encoder_threads: int = Field(1, ge=1)
+    embedding_cache_size: int = Field(10_000, ge=0)
+    microbatch_max: int = Field(16, ge=1)
+    microbatch_wait_ms: float = Field(2.0, ge=0.0)
+
+    log_flush_interval_s: float = Field(0.25, gt=0.0)
+    log_batch_size: int = Field(500, ge=1)
+
+    review_lease_s: int = Field(600, ge=1)
+    duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
+    trust_feedback: bool = False
+    retrain_after_labels: int = Field(0, ge=0)
+    auto_promote: bool = True
+    label_holdout_share: float = Field(0.2, ge=0.0, lt=1.0)
+    base_dataset: Path | None = None
+    shadow: bool = True
+    watch_interval_s: float = Field(2.0, gt=0.0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _check_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_unsafe(self) -> Settings:
+        if not self.dev and not self.api_keys:
+            raise UnsafeSettingsError(
+                "TAGFLOW_API_KEYS is empty: set role:key pairs, or TAGFLOW_DEV=1 for development"
+            )
+        return self
+
+    @cached_property
+    def keys(self) -> dict[str, Role]:
+        """API key -> role."""
+        return parse_api_keys(self.api_keys)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database, or SQLite inside the data directory."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'tagflow.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where model versions are written, one folder each."""
+        return self.data_dir / "models"
+
+    @property
+    def resolved_encoder_dir(self) -> Path:
+        """Where the ONNX export of the encoder lives (shared between data dirs if set)."""
+        return self.encoder_dir or self.data_dir / "encoder"
+
+    @property
+    def redis_dir(self) -> Path:
+        """Working directory of the embedded Redis."""
+        return self.data_dir / "redis"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment (a fresh object each call; the app keeps its own)."""
+    return Settings()

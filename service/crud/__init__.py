@@ -1,0 +1,1 @@
+"""Data functions: session first, keyword-only arguments, typed returns. Routes go through them."""

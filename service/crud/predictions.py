@@ -1,0 +1,55 @@
+"""Prediction rows and the review work they create."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlmodel import Session
+
+from service.entities import OutboxItem, Prediction, PredictionStatus, ShadowPrediction
+from service.entities.review import ReviewReason
+from service.errors import NotFoundError
+
+REVIEW_KIND = "review"
+
+
+def review_payload(prediction: Prediction, *, reason: ReviewReason) -> dict[str, object]:
+    """What the labelling job needs to create or bump a review task."""
+    return {
+        "prediction_id": prediction.id,
+        "text_hash": prediction.text_hash,
+        "title": prediction.title,
+        "description": prediction.description,
+        "tag": prediction.tag,
+        "scores": prediction.scores,
+        "model_version": prediction.model_version,
+        "reason": reason.value,
+    }
+
+
+def save_predictions(
+    session: Session,
+    *,
+    predictions: Sequence[Prediction],
+    shadows: Sequence[ShadowPrediction] = (),
+) -> int:
+    """Insert predictions, and an outbox row for each one that needs review, in one transaction."""
+    session.add_all(predictions)
+    session.add_all(shadows)
+    for p in predictions:
+        if p.status == PredictionStatus.REVIEW:
+            session.add(
+                OutboxItem(
+                    kind=REVIEW_KIND,
+                    payload=review_payload(p, reason=ReviewReason.LOW_CONFIDENCE),
+                )
+            )
+    session.commit()
+    return len(predictions)
+
+
+def get_prediction(session: Session, *, prediction_id: str) -> Prediction:
+    row = session.get(Prediction, prediction_id)
+    if row is None:
+        raise NotFoundError(f"prediction {prediction_id!r} does not exist")
+    return row

@@ -1,0 +1,40 @@
+"""SQLModel tables and their public shapes, one module per entity.
+
+Importing this package registers every table on `SQLModel.metadata`.
+"""
+
+from service.entities.feedback import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus
+from service.entities.label import Label, LabelPublic, LabelSource
+from service.entities.model_version import ModelStatus, ModelVersion, ModelVersionPublic
+from service.entities.outbox import OutboxItem
+from service.entities.prediction import (
+    Prediction,
+    PredictionPublic,
+    PredictionStatus,
+    ShadowPrediction,
+)
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask, ReviewTaskPublic
+from service.entities.snapshot import DatasetSnapshot
+
+__all__ = [
+    "DatasetSnapshot",
+    "Feedback",
+    "FeedbackCreate",
+    "FeedbackPublic",
+    "FeedbackStatus",
+    "Label",
+    "LabelPublic",
+    "LabelSource",
+    "ModelStatus",
+    "ModelVersion",
+    "ModelVersionPublic",
+    "OutboxItem",
+    "Prediction",
+    "PredictionPublic",
+    "PredictionStatus",
+    "ReviewReason",
+    "ReviewStatus",
+    "ReviewTask",
+    "ReviewTaskPublic",
+    "ShadowPrediction",
+]

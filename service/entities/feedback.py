@@ -1,0 +1,50 @@
+"""User reports that a prediction's tag was wrong."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from service.entities.common import utcnow
+
+
+class FeedbackStatus(StrEnum):
+    RECEIVED = "received"  # stored, review task not yet created
+    IN_REVIEW = "in_review"  # a reviewer will look at it
+    CONFIRMED = "confirmed"  # a reviewer (or trust setting) agreed with the reporter
+    REJECTED = "rejected"  # a reviewer chose another tag
+
+
+class FeedbackCreate(SQLModel):
+    prediction_id: str = Field(min_length=1, max_length=64)
+    correct_tag: str = Field(min_length=1, max_length=100)
+    comment: str | None = Field(default=None, max_length=2000)
+    reporter: str | None = Field(default=None, max_length=200)
+
+
+class Feedback(SQLModel, table=True):
+    __table_args__ = (UniqueConstraint("prediction_id", "reporter"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    prediction_id: str = Field(index=True, max_length=64)
+    reporter: str = Field(default="", max_length=200)
+    correct_tag: str
+    comment: str | None = None
+    text_hash: str = Field(index=True, max_length=64)
+    status: FeedbackStatus = FeedbackStatus.RECEIVED
+    task_id: int | None = None
+    label_id: int | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class FeedbackPublic(SQLModel):
+    feedback_id: int
+    prediction_id: str
+    correct_tag: str
+    status: FeedbackStatus
+    task_id: int | None
+    final_tag: str | None = None
+    created_at: datetime

@@ -1,0 +1,44 @@
+"""Model registry entries: one row per trained model version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+from service.entities.common import utcnow
+
+
+class ModelStatus(StrEnum):
+    CANDIDATE = "candidate"
+    PRODUCTION = "production"
+    ARCHIVED = "archived"
+
+
+class ModelVersionBase(SQLModel):
+    version: str = Field(unique=True, index=True)
+    status: ModelStatus = ModelStatus.CANDIDATE
+    data_hash: str
+    data_rows: int
+    dataset_snapshot_id: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    thresholds: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    gate: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    artifact_path: str
+    checksum: str
+    note: str = ""
+
+
+class ModelVersion(ModelVersionBase, table=True):
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    promoted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class ModelVersionPublic(ModelVersionBase):
+    created_at: datetime
+    promoted_at: datetime | None

@@ -1,0 +1,53 @@
+"""Logged predictions: every answer of POST /predict, and what a shadow model said about it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, Column, DateTime
+from sqlmodel import Field, SQLModel
+
+from service.entities.common import utcnow
+
+
+class PredictionStatus(StrEnum):
+    """`auto`: confident enough to accept; `review`: goes to a human."""
+
+    AUTO = "auto"
+    REVIEW = "review"
+
+
+class PredictionBase(SQLModel):
+    tag: str
+    confidence: float
+    scores: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
+    status: PredictionStatus
+    model_version: str
+
+
+class Prediction(PredictionBase, table=True):
+    id: str = Field(primary_key=True, max_length=32)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    text_hash: str = Field(index=True, max_length=64)
+    title: str
+    description: str
+    latency_ms: float
+
+
+class PredictionPublic(PredictionBase):
+    """What POST /predict returns for one item."""
+
+    prediction_id: str
+
+
+class ShadowPrediction(SQLModel, table=True):
+    """A candidate model's answer on live traffic, logged beside production, never returned."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    prediction_id: str = Field(index=True, max_length=32)
+    model_version: str = Field(index=True)
+    tag: str
+    confidence: float
+    agrees: bool
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))

@@ -1,0 +1,76 @@
+"""Review tasks: items a human must label, leased to one reviewer at a time."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, Column, DateTime, LargeBinary
+from sqlmodel import Field, SQLModel
+
+from service.entities.common import utcnow
+
+
+class ReviewReason(StrEnum):
+    LOW_CONFIDENCE = "low_confidence"
+    USER_REPORT = "user_report"
+
+
+class ReviewStatus(StrEnum):
+    OPEN = "open"
+    LEASED = "leased"
+    LABELED = "labeled"
+
+
+class ReviewTask(SQLModel, table=True):
+    __tablename__ = "review_task"
+
+    id: int | None = Field(default=None, primary_key=True)
+    text_hash: str = Field(index=True, max_length=64)
+    # Equal to text_hash while the task is not labelled, NULL after: a unique column that
+    # makes "one open task per content" a database guarantee on SQLite and PostgreSQL alike.
+    open_key: str | None = Field(default=None, unique=True, max_length=64)
+    title: str
+    description: str
+    reason: ReviewReason
+    status: ReviewStatus = Field(default=ReviewStatus.OPEN, index=True)
+    prediction_id: str | None = None
+    model_version: str | None = None
+    suggestion_tag: str | None = None
+    suggestion_scores: dict[str, float] = Field(
+        default_factory=dict, sa_column=Column(JSON, nullable=False)
+    )
+    uncertainty: float = 0.0
+    arrivals: int = 1
+    reports: int = 0
+    diversity_penalty: float = 0.0
+    priority: float = Field(default=0.0, index=True)
+    duplicate_of: int | None = None
+    duplicate_tag: str | None = None
+    embedding: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    leased_by: str | None = None
+    lease_expires_at: datetime | None = Field(
+        default=None, sa_column=Column(DateTime(timezone=True))
+    )
+    skips: int = 0
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+
+
+class Suggestion(SQLModel):
+    tag: str | None
+    scores: dict[str, float]
+
+
+class ReviewTaskPublic(SQLModel):
+    """What a reviewer receives on claim."""
+
+    task_id: int
+    title: str
+    description: str
+    suggestion: Suggestion
+    duplicate_of: int | None
+    duplicate_tag: str | None
+    reason: ReviewReason
+    priority: float
+    lease_expires_at: datetime | None

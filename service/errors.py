@@ -1,0 +1,25 @@
+"""Domain errors. The API maps them to HTTP statuses in one place (`service/api/errors.py`)."""
+
+
+class TagflowError(Exception):
+    """Base class: every domain error carries a message meant for the caller."""
+
+
+class NotFoundError(TagflowError):
+    """The thing asked for does not exist (HTTP 404)."""
+
+
+class ConflictError(TagflowError):
+    """The request contradicts the current state, e.g. a task leased to someone else (409)."""
+
+
+class InvalidInputError(TagflowError):
+    """Semantically wrong input the schema could not catch, e.g. an unapproved tag (422)."""
+
+
+class ArtifactError(TagflowError):
+    """A model artifact is missing or its checksum does not match the registry (409)."""
+
+
+class UnavailableError(TagflowError):
+    """A dependency (model, Redis) is not ready (503)."""

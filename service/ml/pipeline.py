@@ -1,0 +1,57 @@
+"""Train-and-register: the one path from a data file to a registry version (CLI and jobs)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlmodel import Session
+
+from service.config import Settings
+from service.entities import ModelVersion
+from service.ml import registry
+from service.ml.dataset import Example, ValidationReport, load_dataset
+from service.ml.encoder import Encoder
+from service.ml.training import Progress, TrainConfig, TrainResult, split_examples, train
+from service.tags import TagSet
+
+
+@dataclass
+class Outcome:
+    version: ModelVersion
+    result: TrainResult
+    validation: ValidationReport
+
+
+def base_split(
+    path: Path, *, tags: TagSet, config: TrainConfig = TrainConfig()
+) -> tuple[list[Example], list[Example], ValidationReport]:
+    """The base dataset's frozen train / evaluation split (same seed, same split, every time)."""
+    examples, report = load_dataset(path, tags=tags)
+    train_set, eval_set = split_examples(examples, share=config.eval_share, seed=config.seed)
+    return train_set, eval_set, report
+
+
+def train_file(
+    session: Session,
+    *,
+    path: Path,
+    settings: Settings,
+    tags: TagSet,
+    encoder: Encoder,
+    promote: bool = False,
+    progress: Progress = lambda _s: None,
+) -> Outcome:
+    """Validate `path`, train on its train split, evaluate on the rest, register the result."""
+    progress("validate")
+    train_set, eval_set, report = base_split(path, tags=tags)
+    result = train(
+        train_set, eval_set, encoder=encoder, target_precision=settings.target_precision,
+        progress=progress,
+    )
+    result.params["source"] = str(path.resolve())
+    progress("register")
+    version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+    if promote:
+        version = registry.promote(session, version=version.version)
+    return Outcome(version=version, result=result, validation=report)

@@ -1,0 +1,171 @@
+"""The model registry: versions in the database, artifacts on disk, verified by checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import operator
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import joblib
+from sqlmodel import Session, col, select
+
+from service.entities import ModelStatus, ModelVersion
+from service.entities.common import new_id, utcnow
+from service.errors import ArtifactError, InvalidInputError, NotFoundError
+from service.ml.classifier import TagModel
+from service.ml.training import TrainResult
+
+MODEL_FILE = "model.joblib"
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
+_CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A metric condition such as `per_class.mlops.precision>=0.95`."""
+
+    path: tuple[str, ...]
+    op: str
+    value: float
+
+    @classmethod
+    def parse(cls, text: str) -> Criterion:
+        match = _CRITERION.match(text)
+        if not match:
+            raise InvalidInputError(
+                f"criterion {text!r} is not of the form metric.path>=number "
+                "(e.g. per_class.mlops.precision>=0.95)"
+            )
+        return cls(tuple(match[1].split(".")), match[2], float(match[3]))
+
+    def holds(self, metrics: dict[str, Any]) -> bool:
+        node: Any = metrics
+        for key in self.path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return isinstance(node, int | float) and _OPS[self.op](node, self.value)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def register(
+    session: Session,
+    *,
+    result: TrainResult,
+    artifacts_dir: Path,
+    snapshot_id: int | None = None,
+    note: str = "",
+    gate: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Write a trained model's artifacts and record it as a `candidate` version."""
+    row = ModelVersion(
+        version=f"pending-{new_id()}", data_hash=result.data_hash, data_rows=result.data_rows,
+        dataset_snapshot_id=snapshot_id, params=result.params, metrics=result.metrics,
+        thresholds={"auto": result.model.threshold}, artifact_path="", checksum="", note=note,
+        gate=gate,
+    )
+    session.add(row)
+    session.flush()
+    row.version = f"v{row.id:04d}"
+    folder = artifacts_dir / row.version
+    folder.mkdir(parents=True, exist_ok=True)
+    joblib.dump(result.model, folder / MODEL_FILE)
+    report = {"version": row.version, "metrics": result.metrics, "params": result.params,
+              "cv": result.cv, "gate": gate, "train_seconds": result.seconds}
+    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    from service.ml.evaluation import render_png
+
+    render_png(result.metrics, folder / "report.png", title=f"tagflow {row.version}")
+    row.artifact_path = str(folder.resolve())
+    row.checksum = sha256_file(folder / MODEL_FILE)
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def load_model(version: ModelVersion) -> TagModel:
+    """Load an artifact after checking its checksum; a mismatch is refused, never loaded."""
+    path = Path(version.artifact_path) / MODEL_FILE
+    if not path.exists():
+        raise ArtifactError(f"artifact of {version.version} is missing at {path}")
+    actual = sha256_file(path)
+    if actual != version.checksum:
+        raise ArtifactError(
+            f"artifact of {version.version} has checksum {actual[:12]}..., "
+            f"registry says {version.checksum[:12]}...: refused"
+        )
+    model = joblib.load(path)
+    if not isinstance(model, TagModel):
+        raise ArtifactError(f"artifact of {version.version} is not a tagflow model")
+    return model
+
+
+def get_version(session: Session, *, version: str) -> ModelVersion:
+    row = session.exec(select(ModelVersion).where(ModelVersion.version == version)).first()
+    if row is None:
+        raise NotFoundError(f"model version {version!r} does not exist")
+    return row
+
+
+def get_production(session: Session) -> ModelVersion | None:
+    return session.exec(
+        select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION)
+    ).first()
+
+
+def list_versions(
+    session: Session,
+    *,
+    status: ModelStatus | None = None,
+    criteria: list[Criterion] | None = None,
+) -> list[ModelVersion]:
+    """Versions, newest first, filtered by status and by every metric criterion."""
+    query = select(ModelVersion).order_by(col(ModelVersion.id).desc())
+    if status is not None:
+        query = query.where(ModelVersion.status == status)
+    rows = list(session.exec(query))
+    return [r for r in rows if all(c.holds(r.metrics) for c in criteria or [])]
+
+
+def promote(session: Session, *, version: str) -> ModelVersion:
+    """Make `version` production (its artifact must verify); the previous one is archived."""
+    row = get_version(session, version=version)
+    load_model(row)  # refuse before touching the registry
+    current = get_production(session)
+    if current is not None and current.id != row.id:
+        current.status = ModelStatus.ARCHIVED
+        session.add(current)
+        session.flush()
+    row.status = ModelStatus.PRODUCTION
+    row.promoted_at = utcnow()
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def rollback(session: Session) -> ModelVersion:
+    """Promote the version that was production before the current one."""
+    current = get_production(session)
+    query = (
+        select(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.ARCHIVED)
+        .where(col(ModelVersion.promoted_at).is_not(None))
+        .order_by(col(ModelVersion.promoted_at).desc())
+    )
+    for previous in session.exec(query):
+        if current is None or previous.id != current.id:
+            return promote(session, version=previous.version)
+    raise NotFoundError("no previously promoted version to roll back to")

@@ -1,0 +1,202 @@
+"""Shared fixtures. Everything here is real: Redis, SQLite / PostgreSQL, the ONNX encoder and
+models trained on the bundled seed and the shared dataset.
+
+Environment:
+- TAGFLOW_REDIS_URL: a Redis to use (CI: redis://127.0.0.1:6379); unset -> an embedded one.
+- TAGFLOW_TEST_POSTGRES_URL: PostgreSQL for the storage tests
+  (default postgresql+psycopg://postgres@127.0.0.1:5432/test).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from service.api.main import create_app
+from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
+from service.db import init_db, make_engine
+from service.ml import registry
+from service.ml.encoder import Encoder, load_encoder
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult, train
+from service.redis_server import EmbeddedRedis
+from service.tags import TagSet, load_tags
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATASET = ROOT.parent / "shared" / "data" / "madewithml" / "dataset.csv"
+POSTGRES_URL = os.environ.get(
+    "TAGFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+KEYS = {"client": "test-client-key", "reviewer": "test-reviewer-key", "admin": "test-admin-key"}
+
+
+def auth(role: str) -> dict[str, str]:
+    """Authorization header for a role's test key."""
+    return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Path:
+    assert SHARED_DATASET.exists(), f"the shared dataset is expected at {SHARED_DATASET}"
+    return SHARED_DATASET
+
+
+@pytest.fixture(scope="session")
+def tags() -> TagSet:
+    return load_tags(DEFAULT_TAGS_FILE)
+
+
+@pytest.fixture(scope="session")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ONNX export for the whole run (TAGFLOW_TEST_ENCODER_DIR reuses one across runs)."""
+    configured = os.environ.get("TAGFLOW_TEST_ENCODER_DIR")
+    return Path(configured) if configured else tmp_path_factory.mktemp("encoder")
+
+
+@pytest.fixture(scope="session")
+def encoder(encoder_dir: Path) -> Encoder:
+    return load_encoder(encoder_dir, EncoderKind.ONNX_FP32, threads=2, cache_size=50_000)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get("TAGFLOW_REDIS_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A Redis connection on a database this test run owns, emptied before each test."""
+    conn = redis.Redis.from_url(redis_url)
+    conn.select(int(os.environ.get("TAGFLOW_TEST_REDIS_DB", "9")))
+    conn.flushdb()
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def test_redis_url(redis_url: str, redis_conn: redis.Redis) -> str:
+    """`redis_url` pointed at the emptied test database."""
+    db = redis_conn.connection_pool.connection_kwargs["db"]
+    return redis_url.rsplit("/", 1)[0] + f"/{db}" if redis_url.count("/") > 2 else f"{redis_url}/{db}"
+
+
+def _reset_postgres(url: str) -> Engine:
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    init_db(engine)
+    return engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each storage test runs twice: on SQLite and on PostgreSQL (emptied first)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tagflow.db'}"
+    _reset_postgres(POSTGRES_URL).dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    init_db(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
+    """SQLite only, for tests that are not about storage."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'tagflow.db'}")
+    SQLModel.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def seed_result(encoder: Encoder, tags: TagSet) -> TrainResult:
+    """A model trained on the bundled seed's train split (the `tagflow up` model)."""
+    train_set, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    result = train(train_set, eval_set, encoder=encoder, target_precision=0.99)
+    result.params["source"] = str(SEED_DATASET)
+    return result
+
+
+@pytest.fixture(scope="session")
+def shared_result(encoder: Encoder, tags: TagSet, shared_dataset: Path) -> TrainResult:
+    """A model trained on the shared dataset's train split."""
+    train_set, eval_set, _ = base_split(shared_dataset, tags=tags)
+    result = train(train_set, eval_set, encoder=encoder, target_precision=0.99)
+    result.params["source"] = str(shared_dataset)
+    return result
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, encoder_dir: Path, test_redis_url: str) -> Callable[..., Settings]:
+    """Explicit Settings for a test (never the process environment's)."""
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "dev": False,
+            "api_keys": ",".join(f"{role}:{key}" for role, key in KEYS.items()),
+            "data_dir": tmp_path / "var",
+            "encoder_dir": encoder_dir,
+            "redis_url": test_redis_url,
+            "log_flush_interval_s": 0.05,
+            "watch_interval_s": 0.2,
+            "base_dataset": SEED_DATASET,
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return build
+
+
+def register_promoted(engine: Engine, settings: Settings, result: TrainResult) -> str:
+    """Register `result` in this test's registry and make it production; returns the version."""
+    with Session(engine, expire_on_commit=False) as session:
+        row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+        return registry.promote(session, version=row.version).version
+
+
+@pytest.fixture
+def app_settings(make_settings: Callable[..., Settings], database_url: str) -> Settings:
+    return make_settings(database_url=database_url)
+
+
+@pytest.fixture
+def client(app_settings: Settings, engine: Engine, shared_result: TrainResult) -> Iterator[TestClient]:
+    """The real app (lifespan and all) on SQLite and PostgreSQL, serving a shared-data model."""
+    register_promoted(engine, app_settings, shared_result)
+    with TestClient(create_app(app_settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def sqlite_client(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> Iterator[TestClient]:
+    """The real app on SQLite only, for API tests that are not about storage."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, shared_result)
+    engine.dispose()
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
