@@ -72,9 +72,10 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(256, ge=1)
     target_precision: float = Field(0.99, gt=0.0, le=1.0)
 
-    encoder: EncoderKind = EncoderKind.ONNX_FP32
+    encoder: EncoderKind = EncoderKind.ONNX_INT8
     encoder_dir: Path | None = None
-    encoder_threads: int = Field(1, ge=1)
+    encoder_threads: int = Field(2, ge=1)
+    score_threads: int = Field(1, ge=1)
     embedding_cache_size: int = Field(10_000, ge=0)
     microbatch_max: int = Field(16, ge=1)
     microbatch_wait_ms: float = Field(2.0, ge=0.0)

@@ -35,6 +35,7 @@ SHARED_DATASET = ROOT.parent / "shared" / "data" / "madewithml" / "dataset.csv"
 POSTGRES_URL = os.environ.get(
     "TAGFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+DEFAULT_ENCODER: EncoderKind = Settings.model_fields["encoder"].default
 KEYS = {"client": "test-client-key", "reviewer": "test-reviewer-key", "admin": "test-admin-key"}
 
 
@@ -63,7 +64,7 @@ def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder(encoder_dir: Path) -> Encoder:
-    return load_encoder(encoder_dir, EncoderKind.ONNX_FP32, threads=2, cache_size=50_000)
+    return load_encoder(encoder_dir, DEFAULT_ENCODER, threads=2, cache_size=50_000)
 
 
 @pytest.fixture(scope="session")

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from service.entities import Prediction
 from tests.conftest import auth
 
-ITEM = {"title": "Object detection with YOLO", "description": "Real-time detection of cars in video."}
+ITEM = {
+    "title": "Object detection with YOLO",
+    "description": "Real-time detection of cars in video.",
+}
 
 
 def test_predict_returns_an_approved_tag_with_scores(client: TestClient) -> None:
@@ -41,3 +45,93 @@ def test_every_prediction_is_logged(client: TestClient) -> None:
         time.sleep(0.05)
     assert {r.id for r in rows} == set(ids)
     assert all(r.title == ITEM["title"] and r.latency_ms > 0 for r in rows)
+
+
+def test_batch_keeps_order_and_matches_single(sqlite_client: TestClient) -> None:
+    items = [
+        {"title": "Fine-tuning BERT for sentiment analysis", "description": "Text classification."},
+        ITEM,
+        {"title": "Serving models with Kubernetes", "description": "Deploy and monitor in production."},
+    ]
+    response = sqlite_client.post("/predict/batch", json={"items": items}, headers=auth("client"))
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["tag"] for r in results] == ["natural-language-processing", "computer-vision", "mlops"]
+    single = sqlite_client.post("/predict", json=items[0], headers=auth("client")).json()
+    assert single["scores"] == results[0]["scores"]
+    assert len({r["prediction_id"] for r in results}) == 3
+
+
+def test_behavioural_cases(sqlite_client: TestClient) -> None:
+    """Made With ML's behavioural checks, title only."""
+    cases = {
+        "MLOps is the next big wave in machine learning.": "mlops",
+        "This is about graph neural networks.": "other",
+        "CNNs for text classification.": "natural-language-processing",
+        "Transformers applied to image classification.": "computer-vision",
+    }
+    for title, expected in cases.items():
+        body = sqlite_client.post("/predict", json={"title": title, "description": ""},
+                                  headers=auth("client")).json()
+        assert body["tag"] == expected, (title, body)
+
+
+def test_concurrent_requests_are_microbatched_and_answered(sqlite_client: TestClient) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    titles = [f"Semantic segmentation of satellite images, part {i}" for i in range(24)]
+
+    def call(title: str) -> dict:
+        return sqlite_client.post("/predict", json={"title": title, "description": "Pixels."},
+                                  headers=auth("client")).json()
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, titles))
+    assert all(r["tag"] == "computer-vision" for r in results)
+
+
+BAD_INPUTS = [
+    ("malformed json", b'{"title": "x"', 422),
+    ("not an object", b'["title"]', 422),
+    ("missing title", b'{"description": "only a description"}', 422),
+    ("empty title", b'{"title": "", "description": "d"}', 422),
+    ("blank title", b'{"title": "   ", "description": "d"}', 422),
+    ("title wrong type", b'{"title": 42, "description": "d"}', 422),
+    ("description wrong type", b'{"title": "t", "description": ["d"]}', 422),
+    ("title too long", b'{"title": "' + b"x" * 301 + b'", "description": ""}', 422),
+    ("description too long", b'{"title": "t", "description": "' + b"y" * 5001 + b'"}', 422),
+    ("empty body", b"", 422),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_is_a_clear_4xx(sqlite_client: TestClient, case: str, body: bytes, status: int) -> None:
+    response = sqlite_client.post(
+        "/predict", content=body, headers=auth("client") | {"content-type": "application/json"}
+    )
+    assert response.status_code == status, case
+    assert response.json()["detail"], case
+
+
+def test_title_at_the_limit_is_accepted(sqlite_client: TestClient) -> None:
+    response = sqlite_client.post("/predict", json={"title": "x" * 300, "description": "y" * 5000},
+                                  headers=auth("client"))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("items", "fragment"),
+    [([], "must not be empty"), ([{"title": "t", "description": ""}] * 257, "at most 256")],
+    ids=["empty batch", "oversized batch"],
+)
+def test_bad_batches(sqlite_client: TestClient, items: list, fragment: str) -> None:
+    response = sqlite_client.post("/predict/batch", json={"items": items}, headers=auth("client"))
+    assert response.status_code == 422
+    assert fragment in response.json()["detail"]
+
+
+def test_batch_item_over_limit_names_the_item(sqlite_client: TestClient) -> None:
+    items = [{"title": "fine", "description": ""}, {"title": "x" * 301, "description": ""}]
+    response = sqlite_client.post("/predict/batch", json={"items": items}, headers=auth("client"))
+    assert response.status_code == 422
+    assert "items[1].title" in response.json()["detail"]

@@ -13,7 +13,17 @@ from rq import Queue
 
 from service.api import errors
 from service.api.lifecycle import drain_outbox, sync_production, watch
-from service.api.routes import health, models, predict, tags
+from service.api.routes import (
+    feedback,
+    health,
+    jobs,
+    labels,
+    models,
+    predict,
+    review,
+    review_page,
+    tags,
+)
 from service.api.state import AppState, Queues
 from service.config import Settings
 from service.db import init_db, make_engine
@@ -48,7 +58,8 @@ def build_state(settings: Settings) -> AppState:
     state = AppState(
         settings=settings, engine=engine, tags=tag_set, predictor=predictor,
         batcher=MicroBatcher(
-            predictor, max_items=settings.microbatch_max, wait_ms=settings.microbatch_wait_ms
+            predictor, max_items=settings.microbatch_max, wait_ms=settings.microbatch_wait_ms,
+            threads=settings.score_threads,
         ),
         log=PredictionLog(
             engine, interval_s=settings.log_flush_interval_s, batch_size=settings.log_batch_size
@@ -97,6 +108,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     errors.install(app)
-    for router in (health.router, predict.router, tags.router, models.router):
+    for router in (
+        health.router, predict.router, tags.router, models.router, review.router,
+        labels.router, feedback.router, jobs.router, review_page.router,
+    ):
         app.include_router(router)
     return app

@@ -24,6 +24,7 @@ class TagModel:
     tfidf_head: Pipeline
     weight: float
     threshold: float
+    encoder: str = ""  # the ONNX file the embedding head was trained on
 
     def predict_proba(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
         """Class probabilities, columns in `self.classes` order."""

@@ -68,6 +68,9 @@ class Predictor:
             raise ArtifactError(
                 f"model {loaded.version} predicts unapproved tags {sorted(unknown)}: refused"
             )
+        if loaded.model.encoder and loaded.model.encoder != self.encoder.path.name:
+            log.warning("model %s was trained on %s embeddings but %s is serving",
+                        loaded.version, loaded.model.encoder, self.encoder.path.name)
 
     def swap(self, loaded: LoadedModel) -> None:
         """Make `loaded` the production model; batches already running finish on the old one."""
@@ -112,7 +115,7 @@ class MicroBatcher:
     """Coalesces concurrent `predict` calls into batches scored in a thread pool."""
 
     def __init__(
-        self, predictor: Predictor, *, max_items: int, wait_ms: float, threads: int = 2
+        self, predictor: Predictor, *, max_items: int, wait_ms: float, threads: int = 1
     ) -> None:
         self.predictor = predictor
         self.max_items = max_items
@@ -121,6 +124,7 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
         self._slots = asyncio.Semaphore(threads)
         self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="microbatcher")
@@ -146,20 +150,27 @@ class MicroBatcher:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            # Wait for a free scorer before forming the batch: everything that queued up while
+            # the scorers were busy then joins this batch instead of waiting for the next one.
+            await self._slots.acquire()
             batch, size = [first], len(first.texts)
             deadline = time.perf_counter() + self.wait_s
             while size < self.max_items:
-                timeout = deadline - time.perf_counter()
-                if timeout <= 0 and self._queue.empty():
-                    break
-                try:
-                    item = await asyncio.wait_for(self._queue.get(), max(timeout, 0))
-                except TimeoutError:
-                    break
+                if not self._queue.empty():
+                    item = self._queue.get_nowait()
+                else:
+                    timeout = deadline - time.perf_counter()
+                    if timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout)
+                    except TimeoutError:
+                        break
                 batch.append(item)
                 size += len(item.texts)
-            await self._slots.acquire()
-            asyncio.create_task(self._score(batch))
+            task = asyncio.create_task(self._score(batch))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
 
     async def _score(self, batch: list[_Pending]) -> None:
         try:

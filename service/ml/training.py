@@ -123,6 +123,7 @@ def fit(
         tfidf_head=tfidf_classifier(chosen["tfidf_c"]).fit(texts, y),
         weight=chosen["weight"],
         threshold=threshold,
+        encoder=encoder.path.name,
     )
     cv["oof_auto_coverage"] = float((conf >= threshold).mean())
     return model, cv

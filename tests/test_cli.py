@@ -1,0 +1,50 @@
+"""The CLI end to end: train with a report, list, evaluate, promote, rollback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.config import SEED_DATASET
+
+
+def test_train_list_evaluate_promote_rollback(tmp_path: Path, encoder_dir: Path) -> None:
+    env = {
+        "TAGFLOW_API_KEYS": "admin:k",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), "--promote"], env=env)
+    assert trained.exit_code == 0, trained.output
+    assert "validation of" in trained.output and "weighted F1" in trained.output
+    assert "v0001: production" in trained.output
+    again = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=env)
+    assert "v0002: candidate" in again.output
+
+    listed = runner.invoke(app, ["models", "list"], env=env)
+    assert "v0001" in listed.output and "v0002" in listed.output
+    none = runner.invoke(app, ["models", "list", "--where", "weighted_f1>1.5"], env=env)
+    assert "v0001" not in none.output
+
+    evaluated = runner.invoke(
+        app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.output)
+    assert report["version"] == "v0001" and report["n"] >= 240
+
+    assert runner.invoke(app, ["models", "promote", "v0002"], env=env).exit_code == 0
+    rolled = runner.invoke(app, ["models", "rollback"], env=env)
+    assert rolled.exit_code == 0 and "v0001 is production" in rolled.output
+    missing = runner.invoke(app, ["models", "promote", "v0042"], env=env)
+    assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["models", "list"], env={"TAGFLOW_API_KEYS": "",
+                                                             "TAGFLOW_DEV": ""})
+    assert result.exit_code == 2 and "TAGFLOW_API_KEYS is empty" in result.output

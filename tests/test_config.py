@@ -1,0 +1,49 @@
+"""Settings refuse unsafe defaults outside development mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.config import Role, Settings, generate_dev_keys, parse_api_keys
+from service.tags import TagFileError, load_tags
+
+
+def test_no_keys_is_refused_outside_dev() -> None:
+    with pytest.raises(ValidationError, match="TAGFLOW_API_KEYS is empty"):
+        Settings(_env_file=None, api_keys="")  # type: ignore[call-arg]
+    dev = Settings(_env_file=None, dev=True, api_keys="")  # type: ignore[call-arg]
+    assert dev.keys == {}
+
+
+def test_keys_parse_into_roles() -> None:
+    keys = parse_api_keys("client:abc, admin:xyz ,reviewer:r-1")
+    assert keys == {"abc": Role.CLIENT, "xyz": Role.ADMIN, "r-1": Role.REVIEWER}
+    generated = parse_api_keys(generate_dev_keys())
+    assert sorted(generated.values()) == sorted(Role)
+
+
+@pytest.mark.parametrize("raw", ["client", "boss:key", "client:"])
+def test_malformed_keys_are_errors(raw: str) -> None:
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, api_keys=raw)  # type: ignore[call-arg]
+
+
+def test_environment_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("TAGFLOW_API_KEYS", "client:k")
+    monkeypatch.setenv("TAGFLOW_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TAGFLOW_MAX_TITLE_CHARS", "50")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.max_title_chars == 50
+    assert settings.resolved_database_url == f"sqlite:///{(tmp_path / 'tagflow.db').resolve()}"
+
+
+def test_tag_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(TagFileError, match="does not exist"):
+        load_tags(tmp_path / "none.csv")
+    dup = tmp_path / "dup.csv"
+    dup.write_text("tag,description\na,x\na,y\n")
+    with pytest.raises(TagFileError, match="duplicate"):
+        load_tags(dup)

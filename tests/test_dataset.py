@@ -1,0 +1,120 @@
+"""Training-file validation: readable reports, never a stack trace, on broken files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.config import SEED_DATASET
+from service.ml.dataset import (
+    DatasetError,
+    Example,
+    check_leakage,
+    load_dataset,
+    text_hash,
+)
+from service.ml.pipeline import base_split
+from service.tags import TagSet
+
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_shared_dataset_validates(shared_dataset: Path, tags: TagSet) -> None:
+    examples, report = load_dataset(shared_dataset, tags=tags)
+    assert report.ok and report.rows_read == 764 and len(examples) == report.rows_kept
+    assert report.tag_counts == {
+        "natural-language-processing": 310, "computer-vision": 285, "other": 106, "mlops": 63
+    }
+
+
+def test_seed_dataset_is_big_enough(tags: TagSet) -> None:
+    examples, report = load_dataset(SEED_DATASET, tags=tags)
+    assert len(examples) >= 240 and report.duplicates_dropped == 0
+    assert all(report.tag_counts[t] >= 40 for t in tags.names)
+
+
+def test_seed_is_not_copied_from_the_shared_dataset(shared_dataset: Path, tags: TagSet) -> None:
+    seed, _ = load_dataset(SEED_DATASET, tags=tags)
+    shared, _ = load_dataset(shared_dataset, tags=tags)
+    assert not {e.title.lower() for e in seed} & {e.title.lower() for e in shared}
+
+
+def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> None:
+    path = _write_csv(tmp_path / "d.csv", (
+        "id,title,description,tag\n"
+        "1,Image GANs,Faces from noise,computer-vision\n"
+        "2,image gans ,  faces from   noise,computer-vision\n"
+        "3,Topic models,LDA for documents,natural-language-processing\n"
+    ))
+    examples, report = load_dataset(path, tags=tags)
+    assert len(examples) == 2 and report.duplicates_dropped == 1
+    assert "1 duplicate" in report.render()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("title,tag\nA,mlops\n", "missing required column(s): description"),
+        ("title,description,tag\n,,mlops\n", "row 2: empty title and description"),
+        ("title,description,tag\nA,B,robotics\n", "tag 'robotics' is not in the approved list"),
+        ("title,description,tag\n", "the file has no rows"),
+    ],
+    ids=["missing column", "empty text", "unapproved tag", "no rows"],
+)
+def test_broken_csv_is_a_clear_error(tmp_path: Path, tags: TagSet, content: str, message: str) -> None:
+    path = _write_csv(tmp_path / "bad.csv", content)
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(path, tags=tags)
+    assert message in str(excinfo.value)
+
+
+def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
+    good = tmp_path / "d.jsonl"
+    rows = [{"title": "Speech to text", "description": "ASR transcripts", "tag": "other", "id": 1}]
+    good.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    examples, _ = load_dataset(good, tags=tags)
+    assert examples == [Example("Speech to text", "ASR transcripts", "other")]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"title": "a", "description": "b", "tag": "other"}\n{oops\n')
+    with pytest.raises(DatasetError, match="line 2 is not valid JSON"):
+        load_dataset(bad, tags=tags)
+
+
+def test_unsupported_and_missing_files(tmp_path: Path, tags: TagSet) -> None:
+    with pytest.raises(DatasetError, match="unsupported file type"):
+        load_dataset(_write_csv(tmp_path / "d.xlsx", "x"), tags=tags)
+    with pytest.raises(DatasetError, match="no such file"):
+        load_dataset(tmp_path / "absent.csv", tags=tags)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("title,description,tag\ncaf\xe9,x,other\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        load_dataset(latin, tags=tags)
+
+
+def test_split_is_frozen_and_leak_free(shared_dataset: Path, tags: TagSet) -> None:
+    train_a, eval_a, _ = base_split(shared_dataset, tags=tags)
+    train_b, eval_b, _ = base_split(shared_dataset, tags=tags)
+    assert eval_a == eval_b and train_a == train_b
+    assert check_leakage(train_a, eval_a) == 0
+    assert check_leakage(train_a, eval_a[:3] + train_a[:2]) == 2
+
+
+def test_text_hash_ignores_case_and_spacing() -> None:
+    assert text_hash("A  Title", "Some text ") == text_hash("a title", "some   text")
+    assert text_hash("A", "B") != text_hash("A B", "")
+
+
+def test_cli_train_on_broken_file_reports_without_traceback(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "bad.csv", "title,description,tag\nA,B,robotics\n,,mlops\n")
+    env = {"TAGFLOW_DEV": "1", "TAGFLOW_DATA_DIR": str(tmp_path / "var"), "TAGFLOW_API_KEYS": ""}
+    result = CliRunner().invoke(app, ["train", "--data", str(path)], env=env)
+    assert result.exit_code == 1
+    assert "not in the approved list" in result.output and "empty title" in result.output
+    assert "Traceback" not in result.output

@@ -1,0 +1,131 @@
+"""Promotion and rollback reach the running API without a restart or a failed request."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from service.ml import registry
+from service.ml.training import TrainResult
+from tests.conftest import auth
+
+ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
+
+
+def _register(client: TestClient, result: TrainResult) -> str:
+    state = client.app.state.tagflow
+    with Session(state.engine, expire_on_commit=False) as session:
+        return registry.register(
+            session, result=result, artifacts_dir=state.settings.artifacts_dir
+        ).version
+
+
+def test_promote_under_concurrent_requests(client: TestClient, seed_result: TrainResult) -> None:
+    candidate = _register(client, seed_result)
+    seen: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            r = client.post("/predict", json=ITEM, headers=auth("client"))
+            seen.append((r.status_code, r.json().get("model_version")))
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    promoted = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    assert promoted.status_code == 200 and promoted.json()["status"] == "production"
+    assert seen and all(code == 200 for code, _ in seen)
+    versions = [v for _, v in seen]
+    assert versions[0] == "v0001" and versions[-1] == candidate
+    # Once the promote call has returned, nothing answers with the old model any more.
+    after = client.post("/predict", json=ITEM, headers=auth("client")).json()
+    assert after["model_version"] == candidate
+    rolled = client.post("/models/rollback", headers=auth("admin"))
+    assert rolled.status_code == 200 and rolled.json()["version"] == "v0001"
+    assert client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"] == "v0001"
+
+
+def test_promotion_from_outside_reaches_the_api(
+    sqlite_client: TestClient, seed_result: TrainResult
+) -> None:
+    """A promotion by the CLI or a worker (another process) is picked up by the watch loop."""
+    candidate = _register(sqlite_client, seed_result)
+    with Session(sqlite_client.app.state.tagflow.engine) as session:
+        registry.promote(session, version=candidate)
+    deadline = time.monotonic() + 10
+    version = None
+    while time.monotonic() < deadline and version != candidate:
+        version = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()[
+            "model_version"
+        ]
+        time.sleep(0.1)
+    assert version == candidate
+
+
+def test_tampered_artifact_is_refused_and_old_model_keeps_serving(
+    client: TestClient, shared_result: TrainResult
+) -> None:
+    candidate = _register(client, shared_result)
+    state = client.app.state.tagflow
+    with Session(state.engine) as session:
+        row = registry.get_version(session, version=candidate)
+        path = Path(row.artifact_path) / "model.joblib"
+    path.write_bytes(b"not the model")
+    response = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
+    assert response.status_code == 409
+    assert "checksum" in response.json()["detail"]
+    assert client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"] == "v0001"
+
+
+def test_tampered_production_row_is_not_loaded(
+    sqlite_client: TestClient, shared_result: TrainResult
+) -> None:
+    """Even if the registry names a tampered version production, the API keeps the old one."""
+    candidate = _register(sqlite_client, shared_result)
+    state = sqlite_client.app.state.tagflow
+    with Session(state.engine) as session:
+        registry.promote(session, version=candidate)
+        row = registry.get_version(session, version=candidate)
+        row.checksum = "0" * 64
+        session.add(row)
+        session.commit()
+    state.predictor.swap(state.predictor.current)  # no-op, keeps v0001 until the watcher runs
+    time.sleep(1.0)
+    body = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()
+    assert body["model_version"] == "v0001"
+    ready = sqlite_client.get("/readyz").json()
+    assert any("checksum" in e for e in ready["model_errors"])
+
+
+def test_unknown_version_is_404(sqlite_client: TestClient) -> None:
+    assert sqlite_client.get("/models/v9999", headers=auth("client")).status_code == 404
+    response = sqlite_client.post("/models/v9999/promote", headers=auth("admin"))
+    assert response.status_code == 404
+    assert "v9999" in response.json()["detail"]
+
+
+def test_models_listing_and_filter(sqlite_client: TestClient, seed_result: TrainResult) -> None:
+    _register(sqlite_client, seed_result)
+    listed = sqlite_client.get("/models", headers=auth("client")).json()["models"]
+    assert [m["version"] for m in listed] == ["v0002", "v0001"]
+    assert "checksum" in listed[0] and "metrics" in listed[0]
+    f1 = {m["version"]: m["metrics"]["weighted_f1"] for m in listed}
+    cut = max(f1.values())
+    filtered = sqlite_client.get(
+        "/models", params={"where": f"weighted_f1>={cut}"}, headers=auth("client")
+    ).json()["models"]
+    assert [m["version"] for m in filtered] == [v for v, f in f1.items() if f >= cut]
+    bad = sqlite_client.get("/models", params={"where": "f1 ~ 3"}, headers=auth("client"))
+    assert bad.status_code == 422
+    png = sqlite_client.get("/models/v0001/report.png", headers=auth("client"))
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"

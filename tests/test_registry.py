@@ -1,0 +1,97 @@
+"""The model registry on SQLite and PostgreSQL: versions, filters, promote, rollback, checksums."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from service.config import Settings
+from service.entities import ModelStatus
+from service.errors import ArtifactError, InvalidInputError, NotFoundError
+from service.ml import registry
+from service.ml.training import TrainResult
+
+
+@pytest.fixture
+def settings(make_settings, database_url: str) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings(database_url=database_url)
+
+
+def test_register_records_lineage_metrics_and_artifacts(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    with Session(engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    assert row.version == "v0001"
+    assert row.status is ModelStatus.CANDIDATE
+    assert row.data_rows == seed_result.data_rows and len(row.data_hash) == 64
+    assert row.thresholds["auto"] == seed_result.model.threshold
+    assert row.metrics["weighted_f1"] == pytest.approx(seed_result.metrics["weighted_f1"])
+    assert {"per_class", "slices", "confusion", "precision_coverage", "baselines"} <= set(row.metrics)
+    folder = Path(row.artifact_path)
+    assert registry.sha256_file(folder / "model.joblib") == row.checksum
+    report = json.loads((folder / "report.json").read_text())
+    assert report["version"] == "v0001" and report["cv"]["chosen"]["weight"] == row.params["weight"]
+    assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_promote_archives_previous_and_rollback_restores_it(
+    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+) -> None:
+    with Session(engine) as session:
+        first = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        second = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(session, version=first.version)
+        registry.promote(session, version=second.version)
+        statuses = {r.version: r.status for r in registry.list_versions(session)}
+        assert statuses == {"v0001": ModelStatus.ARCHIVED, "v0002": ModelStatus.PRODUCTION}
+        restored = registry.rollback(session)
+        assert restored.version == "v0001"
+        assert registry.get_production(session).version == "v0001"
+        assert registry.get_version(session, version="v0002").status is ModelStatus.ARCHIVED
+        assert registry.rollback(session).version == "v0002"
+
+
+def test_rollback_without_history_is_an_error(engine: Engine) -> None:
+    with Session(engine) as session, pytest.raises(NotFoundError):
+        registry.rollback(session)
+
+
+def test_filter_by_metric_criteria(
+    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+) -> None:
+    with Session(engine) as session:
+        registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
+        mlops_p = {r.version: r.metrics["per_class"]["mlops"]["precision"]
+                   for r in registry.list_versions(session)}
+        cut = sorted(mlops_p.values())[-1]
+        found = registry.list_versions(
+            session, criteria=[registry.Criterion.parse(f"per_class.mlops.precision>={cut}")]
+        )
+        assert {r.version for r in found} == {v for v, p in mlops_p.items() if p >= cut}
+        none = registry.list_versions(session, criteria=[registry.Criterion.parse("weighted_f1>1")])
+        assert none == []
+        missing = registry.Criterion.parse("per_class.nonexistent.precision>=0")
+        assert registry.list_versions(session, criteria=[missing]) == []
+    with pytest.raises(InvalidInputError):
+        registry.Criterion.parse("weighted_f1 is high")
+
+
+def test_checksum_mismatch_is_refused_and_registry_untouched(
+    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+) -> None:
+    with Session(engine) as session:
+        good = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(session, version=good.version)
+        bad = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
+        artifact = Path(bad.artifact_path) / "model.joblib"
+        artifact.write_bytes(artifact.read_bytes() + b"tampered")
+        with pytest.raises(ArtifactError, match="checksum"):
+            registry.promote(session, version=bad.version)
+        assert registry.get_production(session).version == good.version
+        assert registry.get_version(session, version=bad.version).status is ModelStatus.CANDIDATE
