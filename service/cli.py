@@ -39,6 +39,7 @@ def _settings() -> Settings:
 
 
 def _session(settings: Settings) -> Session:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     return Session(engine, expire_on_commit=False)
@@ -103,6 +104,7 @@ def train(
     """Validate a training file, train, evaluate on a held-out split, register the version."""
     settings = _settings()
     try:
+        load_dataset(data, tags=_tags(settings))  # a bad file fails fast, before the encoder loads
         train_with_progress(settings, data, promote)
     except (DatasetError, TagflowError) as exc:
         console.print(f"[red]cannot train:[/red]\n{exc}")

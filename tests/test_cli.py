@@ -45,6 +45,6 @@ def test_train_list_evaluate_promote_rollback(tmp_path: Path, encoder_dir: Path)
 
 
 def test_refuses_to_start_without_keys(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["models", "list"], env={"TAGFLOW_API_KEYS": "",
-                                                             "TAGFLOW_DEV": ""})
+    env = {"TAGFLOW_API_KEYS": "", "TAGFLOW_DEV": "0", "TAGFLOW_DATA_DIR": str(tmp_path)}
+    result = CliRunner().invoke(app, ["models", "list"], env=env)
     assert result.exit_code == 2 and "TAGFLOW_API_KEYS is empty" in result.output
