@@ -78,21 +78,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server.stop()
 
 
+def _with_db(url: str, db: int) -> str:
+    """`url` pointed at Redis database `db` (replacing any database already in it)."""
+    base, _, last = url.rstrip("/").rpartition("/")
+    return f"{base}/{db}" if last.isdigit() and base.count("/") >= 2 else f"{url.rstrip('/')}/{db}"
+
+
 @pytest.fixture
-def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
-    """A Redis connection on a database this test run owns, emptied before each test."""
-    conn = redis.Redis.from_url(redis_url)
-    conn.select(int(os.environ.get("TAGFLOW_TEST_REDIS_DB", "9")))
+def test_redis_url(redis_url: str) -> str:
+    """The Redis URL of the database this test run owns (TAGFLOW_TEST_REDIS_DB, default 9)."""
+    return _with_db(redis_url, int(os.environ.get("TAGFLOW_TEST_REDIS_DB", "9")))
+
+
+@pytest.fixture
+def redis_conn(test_redis_url: str) -> Iterator[redis.Redis]:
+    """A connection to the test database, emptied before each test."""
+    conn = redis.Redis.from_url(test_redis_url)
     conn.flushdb()
     yield conn
     conn.close()
-
-
-@pytest.fixture
-def test_redis_url(redis_url: str, redis_conn: redis.Redis) -> str:
-    """`redis_url` pointed at the emptied test database."""
-    db = redis_conn.connection_pool.connection_kwargs["db"]
-    return redis_url.rsplit("/", 1)[0] + f"/{db}" if redis_url.count("/") > 2 else f"{redis_url}/{db}"
 
 
 def _reset_postgres(url: str) -> Engine:
@@ -149,7 +153,9 @@ def shared_result(encoder: Encoder, tags: TagSet, shared_dataset: Path) -> Train
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, encoder_dir: Path, test_redis_url: str) -> Callable[..., Settings]:
+def make_settings(
+    tmp_path: Path, encoder_dir: Path, test_redis_url: str, redis_conn: redis.Redis
+) -> Callable[..., Settings]:
     """Explicit Settings for a test (never the process environment's)."""
 
     def build(**overrides: object) -> Settings:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from service.api.state import AppState
@@ -13,8 +14,10 @@ from service.errors import ArtifactError
 from service.ml import registry
 from service.ml.serving import LoadedModel
 from service.outbox import relay
+from service.retraining import maybe_enqueue_auto_retrain
 
 log = logging.getLogger(__name__)
+REPRIORITIZE_JOB = "workers.review_jobs.reprioritize"
 
 
 def sync_production(state: AppState) -> str | None:
@@ -37,8 +40,18 @@ def sync_production(state: AppState) -> str | None:
             if message not in state.model_errors:
                 state.model_errors.append(message)
                 log.error("%s; still serving %s", message, current.version if current else None)
+        else:
+            _enqueue_reprioritize(state, row.version)
     _sync_shadow(state, shadow_row)
     return state.predictor.current.version if state.predictor.current else None
+
+
+def _enqueue_reprioritize(state: AppState, version: str) -> None:
+    """Best effort: re-score the review queue with the newly served model."""
+    try:
+        state.queues.labeling.enqueue(REPRIORITIZE_JOB, version, job_timeout=1800)
+    except RedisError as exc:
+        log.warning("could not enqueue review re-prioritisation for %s: %s", version, exc)
 
 
 def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
@@ -55,15 +68,25 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
 
 
 def drain_outbox(state: AppState) -> int:
-    with Session(state.engine) as session:
+    """Send unsent outbox rows to RQ (one relay at a time in this process)."""
+    with state.outbox_lock, Session(state.engine) as session:
         return relay(session, queue=state.queues.labeling)
 
 
+def auto_retrain(state: AppState) -> str | None:
+    """Queue a retraining once enough new labels exist (`retrain_after_labels`)."""
+    with Session(state.engine) as session:
+        return maybe_enqueue_auto_retrain(
+            session, settings=state.settings, queue=state.queues.training
+        )
+
+
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
-    """Poll the registry (promotions from the CLI or a worker) and retry the outbox."""
+    """Poll the registry (promotions from the CLI or a worker), retry the outbox, and start
+    automatic retraining."""
     while True:
         await asyncio.sleep(interval_s)
-        for step in (sync_production, drain_outbox):
+        for step in (sync_production, drain_outbox, auto_retrain):
             try:
                 await asyncio.to_thread(step, state)
             except Exception:

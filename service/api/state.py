@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -36,3 +37,6 @@ class AppState:
     model_errors: list[str] = field(default_factory=list)
     # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
+    # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both
+    # after each log flush and from the watch loop.
+    outbox_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -43,6 +43,9 @@ class ReviewTask(SQLModel, table=True):
     uncertainty: float = 0.0
     arrivals: int = 1
     reports: int = 0
+    # Which deliveries were counted (the latest ones): a review job delivered twice (outbox
+    # re-send, RQ retry) must not count as a second arrival.
+    arrival_keys: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     diversity_penalty: float = 0.0
     priority: float = Field(default=0.0, index=True)
     duplicate_of: int | None = None
@@ -53,6 +56,8 @@ class ReviewTask(SQLModel, table=True):
         default=None, sa_column=Column(DateTime(timezone=True))
     )
     skips: int = 0
+    # The reviewer who skipped it last: claim hands it to someone else first.
+    skipped_by: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
 

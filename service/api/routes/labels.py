@@ -1,0 +1,50 @@
+"""GET /labels/export: the current reviewer labels as a training file (CSV or JSON Lines)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from enum import StrEnum
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+
+from service.api.deps import ReviewerRole, SessionDep
+from service.crud import labels as labels_crud
+
+router = APIRouter(prefix="/labels", tags=["labels"])
+
+
+class ExportFormat(StrEnum):
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+MEDIA_TYPES = {ExportFormat.CSV: "text/csv", ExportFormat.JSONL: "application/x-ndjson"}
+
+
+def render(rows: list[dict[str, object]], fmt: ExportFormat) -> str:
+    """Rows in the training schema (`load_dataset` reads both formats)."""
+    if fmt is ExportFormat.JSONL:
+        return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=labels_crud.EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**row, "holdout": str(row["holdout"]).lower()} for row in rows)
+    return out.getvalue()
+
+
+@router.get("/export", response_class=Response)
+def export_labels(
+    session: SessionDep,
+    _role: ReviewerRole,
+    fmt: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.CSV,
+) -> Response:
+    """Current (not superseded) labels: `id,created_on,title,description,tag` plus
+    `reviewer,source,holdout`."""
+    body = render(labels_crud.export_rows(session), fmt)
+    return Response(
+        body, media_type=MEDIA_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="labels.{fmt.value}"'},
+    )

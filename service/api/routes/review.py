@@ -1,0 +1,125 @@
+"""The review queue over HTTP: claim a task, label / skip / release / reopen it, queue stats."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import RedisError
+from rq.registry import FailedJobRegistry
+
+from service.api.deps import ReviewerRole, SessionDep, SettingsDep, StateDep, TagsDep
+from service.crud import review as review_crud
+from service.entities import LabelPublic
+from service.entities.common import as_utc, utcnow
+from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
+
+router = APIRouter(prefix="/review", tags=["review"])
+log = logging.getLogger(__name__)
+
+
+class ReviewerBody(BaseModel):
+    """Who is acting: reviewers share role keys, so each request names the person."""
+
+    model_config = ConfigDict(str_strip_whitespace=True)
+
+    reviewer: str = Field(min_length=1, max_length=200)
+
+
+class LabelBody(ReviewerBody):
+    tag: str = Field(min_length=1, max_length=100)
+
+
+class ReviewStats(BaseModel):
+    """Queue counts; `failed_jobs` is None (with a note) when Redis cannot be asked."""
+
+    open: int
+    leased: int
+    labeled_today: int
+    by_reason: dict[str, int]
+    outbox_pending: int
+    failed_jobs: int | None
+    note: str | None = None
+
+
+def task_public(task: ReviewTask) -> ReviewTaskPublic:
+    """What a reviewer sees of a task (never the table row itself)."""
+    assert task.id is not None
+    return ReviewTaskPublic(
+        task_id=task.id, title=task.title, description=task.description,
+        suggestion=Suggestion(tag=task.suggestion_tag, scores=task.suggestion_scores),
+        duplicate_of=task.duplicate_of, duplicate_tag=task.duplicate_tag, reason=task.reason,
+        priority=round(task.priority, 6),
+        lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
+    )
+
+
+@router.post(
+    "/claim", response_model=ReviewTaskPublic,
+    responses={204: {"description": "Nothing to review"}},
+)
+def claim(
+    body: ReviewerBody, session: SessionDep, settings: SettingsDep, _role: ReviewerRole
+) -> ReviewTaskPublic | Response:
+    """Lease the most useful open task to the reviewer for `review_lease_s` seconds."""
+    task = review_crud.claim(session, reviewer=body.reviewer, lease_s=settings.review_lease_s)
+    if task is None:
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return task_public(task)
+
+
+@router.get("/stats", response_model=ReviewStats)
+def review_stats(session: SessionDep, state: StateDep, _role: ReviewerRole) -> ReviewStats:
+    """Queue counts, outbox rows waiting for Redis, and failed labelling jobs."""
+    counts = review_crud.stats(session, now=utcnow())
+    try:
+        failed: int | None = FailedJobRegistry(queue=state.queues.labeling).count
+        note = None
+    except RedisError as exc:
+        log.warning("review stats: Redis unreachable (%s)", exc)
+        failed, note = None, f"Redis is unreachable: {type(exc).__name__}"
+    return ReviewStats(**counts, failed_jobs=failed, note=note)
+
+
+@router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)
+def label_task(
+    task_id: int, body: LabelBody, session: SessionDep, settings: SettingsDep, tags: TagsDep,
+    _role: ReviewerRole,
+) -> LabelPublic:
+    """The reviewer's answer: an approved tag. It supersedes any earlier label of the content."""
+    row = review_crud.label(
+        session, task_id=task_id, tag=body.tag, reviewer=body.reviewer, tags=tags,
+        holdout_share=settings.label_holdout_share,
+    )
+    public = LabelPublic.model_validate(row, from_attributes=True)
+    public.created_at = as_utc(public.created_at)
+    return public
+
+
+@router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
+def skip_task(
+    task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+) -> ReviewTaskPublic:
+    """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
+    return task_public(review_crud.skip(session, task_id=task_id, reviewer=body.reviewer))
+
+
+@router.post("/{task_id}/release", response_model=ReviewTaskPublic)
+def release_task(
+    task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+) -> ReviewTaskPublic:
+    """Give the lease back unchanged (page closed)."""
+    return task_public(review_crud.release(session, task_id=task_id, reviewer=body.reviewer))
+
+
+@router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
+def reopen_task(
+    task_id: int, body: ReviewerBody, session: SessionDep, settings: SettingsDep,
+    _role: ReviewerRole,
+) -> ReviewTaskPublic:
+    """Undo: lease a task this reviewer labelled back to them; their next label replaces it."""
+    task = review_crud.reopen(
+        session, task_id=task_id, reviewer=body.reviewer, lease_s=settings.review_lease_s
+    )
+    return task_public(task)

@@ -1,0 +1,109 @@
+"""Labels: append-only reviewer answers, the current label per content, and the export.
+
+A label is never edited. A correction is a new row whose `supersedes` points at the old one;
+the old row gets `superseded_by`. "Current" labels are the rows not superseded: at most one
+per content (text_hash).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, select
+
+from service.entities import Label, LabelSource
+from service.entities.common import as_utc
+from service.entities.review import ReviewTask
+
+EXPORT_COLUMNS = (
+    "id", "created_on", "title", "description", "tag", "reviewer", "source", "holdout",
+)
+
+
+def holdout_for(text_hash: str, *, share: float) -> bool:
+    """Whether content belongs to the held-out share: fixed by its hash, never re-drawn."""
+    return int(text_hash[:8], 16) % 1000 < share * 1000
+
+
+def current_labels(session: Session) -> list[Label]:
+    """Every label not superseded by a later one, oldest first."""
+    return list(
+        session.exec(
+            select(Label).where(col(Label.superseded_by).is_(None)).order_by(col(Label.id))
+        )
+    )
+
+
+def current_label(session: Session, *, text_hash: str) -> Label | None:
+    """The label in force for one content, if it has been labelled."""
+    return session.exec(
+        select(Label)
+        .where(Label.text_hash == text_hash, col(Label.superseded_by).is_(None))
+        .order_by(col(Label.id).desc())
+    ).first()
+
+
+def labelled_embeddings(session: Session) -> list[tuple[Label, bytes | None]]:
+    """Current labels with the embedding stored on their review task (None when there is none),
+    for duplicate screening of new tasks."""
+    rows = session.exec(
+        select(Label, ReviewTask.embedding)
+        .outerjoin(ReviewTask, col(Label.task_id) == col(ReviewTask.id))
+        .where(col(Label.superseded_by).is_(None))
+        .order_by(col(Label.id))
+    ).all()
+    return [(label, embedding) for label, embedding in rows]
+
+
+def append_label(
+    session: Session,
+    *,
+    text_hash: str,
+    title: str,
+    description: str,
+    tag: str,
+    reviewer: str,
+    holdout_share: float,
+    source: LabelSource = LabelSource.REVIEW,
+    task_id: int | None = None,
+) -> Label:
+    """Add the new current label of a content, superseding the previous one if any.
+
+    Flushes but does not commit: the caller commits it together with its other changes
+    (the task status, linked feedback).
+    """
+    previous = current_label(session, text_hash=text_hash)
+    row = Label(
+        text_hash=text_hash, title=title, description=description, tag=tag, reviewer=reviewer,
+        source=source, task_id=task_id, supersedes=previous.id if previous else None,
+        holdout=holdout_for(text_hash, share=holdout_share),
+    )
+    session.add(row)
+    session.flush()
+    if previous is not None:
+        previous.superseded_by = row.id
+        session.add(previous)
+        session.flush()
+    return row
+
+
+def _created_on(value: datetime) -> str:
+    return as_utc(value).isoformat()
+
+
+def export_rows(session: Session) -> list[dict[str, object]]:
+    """Current labels in the training-file schema (`title, description, tag` plus provenance),
+    loadable with `service.ml.dataset.load_dataset`."""
+    return [
+        {
+            "id": label.id,
+            "created_on": _created_on(label.created_at),
+            "title": label.title,
+            "description": label.description,
+            "tag": label.tag,
+            "reviewer": label.reviewer,
+            "source": label.source.value,
+            "holdout": label.holdout,
+        }
+        for label in current_labels(session)
+    ]

@@ -1,0 +1,352 @@
+"""The review queue: creating and bumping tasks, leasing them to reviewers, labelling.
+
+Concurrency is settled by the database, the same way on SQLite and PostgreSQL:
+- one open task per content: the unique `open_key` (NULL once labelled);
+- one reviewer per task: claim picks a candidate with `SELECT ... FOR UPDATE SKIP LOCKED`
+  (PostgreSQL; SQLite has no row locks and ignores it) and takes it with a conditional
+  `UPDATE ... WHERE status = 'open'`, trying the next candidate when another claim won.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from service.crud import labels as labels_crud
+from service.entities import Feedback, FeedbackStatus, Label, LabelSource
+from service.entities.common import utcnow
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.ml import priority as prio
+from service.outbox import pending_count
+from service.tags import TagSet
+
+log = logging.getLogger(__name__)
+
+ACTIVE = (ReviewStatus.OPEN, ReviewStatus.LEASED)
+SKIP_STEP = 0.05  # priority lost per skip: a skipped item sinks a little, it does not vanish
+CLAIM_ATTEMPTS = 50
+MAX_ARRIVAL_KEYS = 100  # duplicate deliveries arrive close together: the latest keys suffice
+
+
+def task_priority(task: ReviewTask) -> float:
+    """The queue position of a task from its stored terms."""
+    return (
+        prio.priority(
+            uncertainty=task.uncertainty, reports=task.reports, arrivals=task.arrivals,
+            penalty=task.diversity_penalty,
+        )
+        - SKIP_STEP * task.skips
+    )
+
+
+def get_task(session: Session, *, task_id: int) -> ReviewTask:
+    """A task as stored now (re-read even if the session holds it); NotFoundError if none."""
+    task = session.get(ReviewTask, task_id, populate_existing=True)
+    if task is None:
+        raise NotFoundError(f"review task {task_id} does not exist")
+    return task
+
+
+def active_tasks(session: Session) -> list[ReviewTask]:
+    """Every open or leased task, highest priority first."""
+    return list(
+        session.exec(
+            select(ReviewTask)
+            .where(col(ReviewTask.status).in_(ACTIVE))
+            .order_by(col(ReviewTask.priority).desc(), col(ReviewTask.id))
+        )
+    )
+
+
+def embeddings_ahead(session: Session, *, priority: float) -> list[bytes]:
+    """Embeddings of open/leased tasks ranked above `priority` (for the diversity penalty)."""
+    return list(
+        session.exec(
+            select(ReviewTask.embedding).where(
+                col(ReviewTask.status).in_(ACTIVE),
+                col(ReviewTask.priority) > priority,
+                col(ReviewTask.embedding).is_not(None),
+            )
+        )
+    )
+
+
+def create_task(session: Session, *, task: ReviewTask) -> ReviewTask | None:
+    """Insert a new open task; None when an open task for the same content won the race."""
+    task.open_key = task.text_hash
+    task.status = ReviewStatus.OPEN
+    task.priority = task_priority(task)
+    session.add(task)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        log.info("open task for %s created concurrently; bumping it", task.text_hash[:12])
+        return None
+    session.refresh(task)
+    return task
+
+
+def bump_task(
+    session: Session, *, text_hash: str, user_report: bool, arrival_key: str
+) -> tuple[ReviewTask, bool] | None:
+    """Count another arrival (or user report) on the open task of this content, if any.
+
+    Returns the task and whether it was counted: a delivery already counted (same
+    `arrival_key`) is not counted twice. The first statement locks the row (the database on
+    SQLite) until the commit, so concurrent bumps are serialised and never lost.
+    """
+    locked = session.exec(
+        update(ReviewTask)
+        .where(col(ReviewTask.open_key) == text_hash)
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if locked.rowcount == 0:
+        session.rollback()
+        return None
+    task = session.exec(
+        select(ReviewTask)
+        .where(col(ReviewTask.open_key) == text_hash)
+        .execution_options(populate_existing=True)
+    ).one()
+    if arrival_key in task.arrival_keys:
+        session.commit()
+        return task, False
+    task.arrivals += 1
+    if user_report:
+        task.reports += 1
+        task.reason = ReviewReason.USER_REPORT
+    task.arrival_keys = [*task.arrival_keys, arrival_key][-MAX_ARRIVAL_KEYS:]
+    task.priority = task_priority(task)
+    session.add(task)
+    session.commit()
+    session.refresh(task)
+    return task, True
+
+
+def link_feedback(session: Session, *, feedback_id: int, task_id: int) -> None:
+    """Attach a user report to the task that reviews it."""
+    feedback = session.get(Feedback, feedback_id)
+    if feedback is None:
+        log.warning("feedback %s named by a review job does not exist", feedback_id)
+        return
+    feedback.task_id = task_id
+    if feedback.status == FeedbackStatus.RECEIVED:
+        feedback.status = FeedbackStatus.IN_REVIEW
+    session.add(feedback)
+    session.commit()
+
+
+def _expire_leases(session: Session, *, now: datetime) -> int:
+    """Return leases past their expiry to the queue (rows other claims hold are left alone)."""
+    ids = list(
+        session.exec(
+            select(ReviewTask.id)
+            .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.lease_expires_at) < now)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.exec(
+            update(ReviewTask)
+            .where(col(ReviewTask.id).in_(ids), ReviewTask.status == ReviewStatus.LEASED)
+            .values(status=ReviewStatus.OPEN, leased_by=None, lease_expires_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return len(ids)
+
+
+def _next_candidate(session: Session, *, reviewer: str) -> int | None:
+    """The best open task for `reviewer`: ones they skipped come last."""
+    skipped_by_me = case((col(ReviewTask.skipped_by) == reviewer, 1), else_=0)
+    return session.exec(
+        select(ReviewTask.id)
+        .where(ReviewTask.status == ReviewStatus.OPEN)
+        .order_by(skipped_by_me, col(ReviewTask.priority).desc(), col(ReviewTask.id))
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
+def claim(session: Session, *, reviewer: str, lease_s: int) -> ReviewTask | None:
+    """Lease the highest-priority open task to `reviewer`; None when nothing is open."""
+    now = utcnow()
+    _expire_leases(session, now=now)
+    for _ in range(CLAIM_ATTEMPTS):
+        task_id = _next_candidate(session, reviewer=reviewer)
+        if task_id is None:
+            session.commit()
+            return None
+        taken = session.exec(
+            update(ReviewTask)
+            .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.OPEN)
+            .values(
+                status=ReviewStatus.LEASED, leased_by=reviewer, updated_at=now,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+            )
+            .execution_options(synchronize_session=False)
+        )
+        if taken.rowcount == 1:
+            session.commit()
+            return get_task(session, task_id=task_id)
+    session.rollback()
+    raise ConflictError("the queue is too contended right now; try again")
+
+
+def _may_act(reviewer: str, now: datetime) -> ColumnElement[bool]:
+    """Open, leased to `reviewer`, or leased with an expired lease."""
+    return or_(
+        ReviewTask.status == ReviewStatus.OPEN,
+        col(ReviewTask.leased_by) == reviewer,
+        col(ReviewTask.lease_expires_at) < now,
+    )
+
+
+def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
+    """Why `reviewer` may not act on a task (NotFoundError raised for unknown tasks)."""
+    session.rollback()
+    task = get_task(session, task_id=task_id)
+    if task.status == ReviewStatus.LABELED:
+        return ConflictError(f"task {task_id} is already labelled; reopen it to change the label")
+    if task.status == ReviewStatus.LEASED and task.leased_by != reviewer:
+        return ConflictError(f"task {task_id} is leased to {task.leased_by!r}")
+    return ConflictError(f"task {task_id} changed concurrently; try again")
+
+
+def _transition(
+    session: Session, *, task_id: int, reviewer: str, values: dict[str, Any]
+) -> None:
+    """Apply `values` to a task `reviewer` may act on, atomically; 409/404 otherwise."""
+    now = utcnow()
+    result = session.exec(
+        update(ReviewTask)
+        .where(
+            col(ReviewTask.id) == task_id,
+            ReviewTask.status != ReviewStatus.LABELED,
+            _may_act(reviewer, now),
+        )
+        .values(updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise _refusal(session, task_id=task_id, reviewer=reviewer)
+
+
+def _settle_feedback(session: Session, *, task_id: int, label: Label) -> None:
+    """User reports reviewed by this task: confirmed when the label agrees, else rejected."""
+    for feedback in session.exec(select(Feedback).where(Feedback.task_id == task_id)):
+        agrees = feedback.correct_tag == label.tag
+        feedback.status = FeedbackStatus.CONFIRMED if agrees else FeedbackStatus.REJECTED
+        feedback.label_id = label.id
+        session.add(feedback)
+
+
+def label(
+    session: Session, *, task_id: int, tag: str, reviewer: str, tags: TagSet,
+    holdout_share: float,
+) -> Label:
+    """Record `reviewer`'s answer for a task; it becomes the content's current label."""
+    if tag not in tags:
+        raise InvalidInputError(f"tag {tag!r} is not in the approved list")
+    _transition(
+        session, task_id=task_id, reviewer=reviewer,
+        values={"status": ReviewStatus.LABELED, "open_key": None, "leased_by": None,
+                "lease_expires_at": None},
+    )
+    task = get_task(session, task_id=task_id)
+    row = labels_crud.append_label(
+        session, text_hash=task.text_hash, title=task.title, description=task.description,
+        tag=tag, reviewer=reviewer, holdout_share=holdout_share, source=LabelSource.REVIEW,
+        task_id=task.id,
+    )
+    _settle_feedback(session, task_id=task_id, label=row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def skip(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
+    """Put a task back, a little lower, and hand it to other reviewers first."""
+    _transition(
+        session, task_id=task_id, reviewer=reviewer,
+        values={"status": ReviewStatus.OPEN, "leased_by": None, "lease_expires_at": None,
+                "skips": ReviewTask.skips + 1, "skipped_by": reviewer,
+                "priority": ReviewTask.priority - SKIP_STEP},
+    )
+    session.commit()
+    return get_task(session, task_id=task_id)
+
+
+def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
+    """Give a lease back unchanged (the reviewer closed the page)."""
+    _transition(
+        session, task_id=task_id, reviewer=reviewer,
+        values={"status": ReviewStatus.OPEN, "leased_by": None, "lease_expires_at": None},
+    )
+    session.commit()
+    return get_task(session, task_id=task_id)
+
+
+def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
+    """Undo: lease a task `reviewer` labelled back to them; their next label supersedes it."""
+    task = get_task(session, task_id=task_id)
+    current = labels_crud.current_label(session, text_hash=task.text_hash)
+    if task.status != ReviewStatus.LABELED or current is None or current.task_id != task.id:
+        raise ConflictError(f"task {task_id} has no current label of its own to undo")
+    if current.reviewer != reviewer:
+        raise ConflictError(f"task {task_id} was labelled by {current.reviewer!r}")
+    now = utcnow()
+    try:
+        result = session.exec(
+            update(ReviewTask)
+            .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.LABELED)
+            .values(
+                status=ReviewStatus.LEASED, open_key=task.text_hash, leased_by=reviewer,
+                lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ConflictError(f"another open task exists for the content of task {task_id}") from None
+    if result.rowcount != 1:
+        raise ConflictError(f"task {task_id} was reopened concurrently")
+    return get_task(session, task_id=task_id)
+
+
+def _count(session: Session, *conditions: Any) -> int:
+    """Number of tasks matching `conditions`."""
+    return session.exec(select(func.count()).select_from(ReviewTask).where(*conditions)).one()
+
+
+def stats(session: Session, *, now: datetime) -> dict[str, Any]:
+    """Queue counts for the review page and operators. Expired leases count as open."""
+    expired = col(ReviewTask.lease_expires_at) < now
+    leased = _count(session, ReviewTask.status == ReviewStatus.LEASED, ~expired)
+    open_ = _count(session, col(ReviewTask.status).in_(ACTIVE)) - leased
+    by_reason = {reason.value: 0 for reason in ReviewReason}
+    for reason, n in session.exec(
+        select(ReviewTask.reason, func.count())
+        .where(col(ReviewTask.status).in_(ACTIVE))
+        .group_by(ReviewTask.reason)
+    ):
+        by_reason[ReviewReason(reason).value] = n
+    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    labeled_today = session.exec(
+        select(func.count())
+        .select_from(Label)
+        .where(Label.source == LabelSource.REVIEW, col(Label.created_at) >= day_start)
+    ).one()
+    return {
+        "open": open_, "leased": leased, "labeled_today": labeled_today, "by_reason": by_reason,
+        "outbox_pending": pending_count(session),
+    }

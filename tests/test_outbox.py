@@ -1,0 +1,175 @@
+"""The outbox between /predict and RQ: nothing lost in a Redis outage, nothing counted twice,
+and failing jobs retried with backoff and kept visible in the FailedJobRegistry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, ScheduledJobRegistry
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.api.lifecycle import drain_outbox
+from service.api.main import create_app
+from service.config import Settings
+from service.crud.predictions import save_predictions
+from service.entities import OutboxItem, Prediction, PredictionStatus
+from service.entities.common import new_id
+from service.entities.review import ReviewTask
+from service.ml.dataset import text_hash
+from service.ml.training import TrainResult
+from service.outbox import JOBS, LABELING_QUEUE, REVIEW_RETRY, relay
+from service.redis_server import EmbeddedRedis
+from tests.conftest import auth, register_promoted
+from tests.test_review_api import (
+    predict_until_review,
+    run_labeling_worker,
+    state_of,
+)
+from workers.context import JobContext, use_context
+
+SCORES = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15,
+          "other": 0.1}
+
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, on its own port, that the test may stop (never the shared
+    one); `start()` again brings it back on the same port with the same data directory."""
+    server = EmbeddedRedis(tmp_path / "own-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
+def outbox_rows(engine: Engine) -> list[OutboxItem]:
+    with Session(engine) as session:
+        return list(session.exec(select(OutboxItem).order_by(OutboxItem.id)))
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_predictions_survive_a_redis_outage(
+    make_settings: Callable[..., Settings], database_url: str, engine: Engine,
+    shared_result: TrainResult, own_redis: EmbeddedRedis,
+) -> None:
+    settings = make_settings(database_url=database_url, redis_url=own_redis.url)
+    register_promoted(engine, settings, shared_result)
+    with TestClient(create_app(settings)) as client:
+        own_redis.stop()
+        review = predict_until_review(client)  # answered while Redis is down
+        wait_for(lambda: len(outbox_rows(engine)) == len(review)  # the relay stops at the
+                 and outbox_rows(engine)[0].attempts >= 2, what="relay attempts")  # first error
+        rows = outbox_rows(engine)
+        assert all(r.sent_at is None for r in rows)
+        assert "ConnectionError" in (rows[0].last_error or "")
+        stats = client.get("/review/stats", headers=auth("reviewer"))
+        assert stats.status_code == 200
+        assert stats.json()["failed_jobs"] is None and "unreachable" in stats.json()["note"]
+        assert stats.json()["outbox_pending"] == len(review)
+
+        own_redis.start()  # same port, same data directory
+        state = state_of(client)
+
+        def drained() -> bool:
+            drain_outbox(state)
+            return all(r.sent_at is not None for r in outbox_rows(engine))
+
+        wait_for(drained, what="the outbox to drain after Redis came back")
+        conn = redis.Redis.from_url(own_redis.url)
+        run_labeling_worker(conn, settings)
+        conn.close()
+        stats = client.get("/review/stats", headers=auth("reviewer")).json()
+        assert stats["failed_jobs"] == 0 and stats["outbox_pending"] == 0
+    with Session(engine) as session:
+        stored = session.exec(select(ReviewTask)).all()
+    assert {t.prediction_id for t in stored} == {r["prediction_id"] for r in review}
+    assert all(t.arrivals == 1 for t in stored)
+
+
+def prediction(title: str) -> Prediction:
+    return Prediction(
+        id=new_id(), text_hash=text_hash(title, ""), title=title, description="",
+        tag="natural-language-processing", confidence=0.4, scores=SCORES,
+        status=PredictionStatus.REVIEW, model_version="v-test", latency_ms=1.0,
+    )
+
+
+def test_same_text_twice_is_one_task_even_when_resent(
+    make_settings: Callable[..., Settings], database_url: str, engine: Engine,
+    redis_conn: redis.Redis,
+) -> None:
+    settings = make_settings(database_url=database_url)
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(engine, expire_on_commit=False) as session:
+        save_predictions(session, predictions=[prediction("Graph networks"),
+                                               prediction("graph  NETWORKS")])
+        assert relay(session, queue=queue) == 2
+        for row in session.exec(select(OutboxItem)):  # as if the relay crashed before commit
+            row.sent_at = None
+            session.add(row)
+        session.commit()
+        assert relay(session, queue=queue) == 2
+    assert queue.count == 4
+    run_labeling_worker(redis_conn, settings)
+    with Session(engine) as session:
+        [task] = session.exec(select(ReviewTask)).all()
+    assert task.arrivals == 2 and len(task.arrival_keys) == 2
+    assert FailedJobRegistry(queue=queue).count == 0
+
+
+def test_failing_jobs_are_retried_then_kept_as_failed(
+    sqlite_client: TestClient, redis_conn: redis.Redis,
+) -> None:
+    settings = state_of(sqlite_client).settings
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    broken = {"text_hash": "0" * 64, "reason": "low_confidence"}  # no title: the job raises
+    with Session(state_of(sqlite_client).engine) as session:
+        session.add(OutboxItem(kind="review", payload=broken))
+        session.commit()
+        relay(session, queue=queue)
+    [job_id] = [j.id for j in queue.get_jobs() if j.func_name == JOBS["review"]]
+
+    def work(with_scheduler: bool = False) -> None:
+        use_context(JobContext(settings))
+        try:
+            SimpleWorker([queue], connection=redis_conn).work(
+                burst=True, with_scheduler=with_scheduler)
+        finally:
+            use_context(None)
+
+    work()
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.get_status() == JobStatus.SCHEDULED  # failed once, retried after a backoff
+    assert job.retries_left == REVIEW_RETRY.max - 1
+    assert job_id in ScheduledJobRegistry(queue=queue)
+    time.sleep(REVIEW_RETRY.intervals[0] + 0.5)
+    work(with_scheduler=True)  # the scheduler re-enqueues it; it runs and fails again
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.retries_left == REVIEW_RETRY.max - 2
+    assert FailedJobRegistry(queue=queue).count == 0
+
+    # A job whose retries run out ends in the FailedJobRegistry, visible in /review/stats.
+    exhausted = queue.enqueue(JOBS["review"], broken, retry=Retry(max=2))
+    work()
+    assert exhausted.id in FailedJobRegistry(queue=queue)
+    exhausted = Job.fetch(exhausted.id, connection=redis_conn)
+    assert exhausted.get_status() == JobStatus.FAILED and exhausted.retries_left == 0
+    assert "KeyError" in (exhausted.latest_result().exc_string or "")
+    stats = sqlite_client.get("/review/stats", headers=auth("reviewer")).json()
+    assert stats["failed_jobs"] == 1 and stats["note"] is None

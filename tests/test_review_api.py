@@ -1,0 +1,270 @@
+"""The review API end to end: /predict -> outbox -> RQ -> task -> claim -> label -> export,
+plus roles, error statuses and concurrent claims over HTTP (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue, SimpleWorker
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, func, select
+
+from service.api.state import AppState
+from service.config import Settings
+from service.crud import review as review_crud
+from service.entities import Label, OutboxItem
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.ml import registry
+from service.ml.dataset import load_dataset, text_hash
+from service.ml.training import TrainResult
+from service.tags import TagSet
+from tests.conftest import auth
+from workers.context import JobContext, use_context
+
+# Short, vague items the model is rarely sure about: some come back with status `review`.
+VAGUE = [
+    "A new approach", "Notes", "My project", "Learning from data", "Tools and tips",
+    "An overview", "Experiments", "Awesome list", "Weekly digest", "Introduction",
+    "Lessons learned", "Getting started", "Best practices", "Open questions",
+]
+TASK_KEYS = {"task_id", "title", "description", "suggestion", "duplicate_of", "duplicate_tag",
+             "reason", "priority", "lease_expires_at"}
+
+
+def state_of(client: TestClient) -> AppState:
+    return client.app.state.tagflow  # type: ignore[attr-defined,no-any-return]
+
+
+def predict_until_review(client: TestClient) -> list[dict[str, Any]]:
+    """Post the vague items; return the ones answered `review` (at least one)."""
+    found = []
+    for title in VAGUE:
+        response = client.post("/predict", json={"title": title}, headers=auth("client"))
+        assert response.status_code == 200
+        if response.json()["status"] == "review":
+            found.append({"title": title, **response.json()})
+    assert found, "no vague item came back with status review"
+    return found
+
+
+def wait_outbox_sent(engine: Engine, at_least: int, timeout_s: float = 10.0) -> None:
+    """Wait for the write-behind log to store the outbox rows and the relay to send them."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with Session(engine) as session:
+            total = session.exec(select(func.count()).select_from(OutboxItem)).one()
+            pending = session.exec(
+                select(func.count()).select_from(OutboxItem)
+                .where(OutboxItem.sent_at.is_(None))  # type: ignore[union-attr]
+            ).one()
+        if total >= at_least and pending == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"outbox not drained: {total} rows, {pending} pending")
+
+
+def run_labeling_worker(conn: redis.Redis, settings: Settings) -> None:
+    """Work the labelling queue in this process until it is empty, as `tagflow worker` would."""
+    context = JobContext(settings)
+    use_context(context)
+    try:
+        SimpleWorker([Queue("labeling", connection=conn)], connection=conn).work(burst=True)
+    finally:
+        use_context(None)
+        context.engine.dispose()
+
+
+def add_tasks(engine: Engine, n: int) -> list[int]:
+    ids = []
+    with Session(engine, expire_on_commit=False) as session:
+        for i in range(n):
+            task = review_crud.create_task(session, task=ReviewTask(
+                text_hash=text_hash(f"task {i}", ""), title=f"task {i}", description="",
+                reason=ReviewReason.LOW_CONFIDENCE, uncertainty=i / max(n, 1),
+                suggestion_tag="other", suggestion_scores={"other": 1.0},
+            ))
+            assert task is not None and task.id is not None
+            ids.append(task.id)
+    return ids
+
+
+def body(reviewer: str, **extra: str) -> dict[str, str]:
+    return {"reviewer": reviewer, **extra}
+
+
+def test_prediction_to_label_to_export(
+    client: TestClient, redis_conn: redis.Redis, tags: TagSet, tmp_path: Path
+) -> None:
+    state = state_of(client)
+    review = predict_until_review(client)
+    repeat = review[0]
+    again = client.post("/predict", json={"title": repeat["title"]}, headers=auth("client"))
+    assert again.json()["status"] == "review"
+    wait_outbox_sent(state.engine, at_least=len(review) + 1)
+    run_labeling_worker(redis_conn, state.settings)
+
+    with Session(state.engine) as session:
+        stored = {t.text_hash: t for t in session.exec(select(ReviewTask))}
+    assert set(stored) == {text_hash(r["title"], "") for r in review}
+    repeated = stored[text_hash(repeat["title"], "")]
+    assert repeated.arrivals == 2
+    assert repeated.prediction_id == repeat["prediction_id"]
+    assert repeated.suggestion_tag == repeat["tag"]
+    assert repeated.suggestion_scores == repeat["scores"]
+
+    claimed = client.post("/review/claim", json=body("ann"), headers=auth("reviewer"))
+    assert claimed.status_code == 200
+    task = claimed.json()
+    assert set(task) == TASK_KEYS
+    top = max(stored.values(), key=lambda t: (t.priority, -(t.id or 0)))
+    assert task["task_id"] == top.id and task["reason"] == "low_confidence"
+    assert set(task["suggestion"]["scores"]) == set(tags.names)
+
+    labelled = client.post(f"/review/{task['task_id']}/label",
+                           json=body("ann", tag="mlops"), headers=auth("reviewer"))
+    assert labelled.status_code == 201
+    assert labelled.json()["tag"] == "mlops" and labelled.json()["reviewer"] == "ann"
+
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert stats["labeled_today"] == 1 and stats["failed_jobs"] == 0
+    assert stats["open"] == len(stored) - 1 and stats["leased"] == 0
+    assert stats["outbox_pending"] == 0
+
+    for fmt in ("csv", "jsonl"):
+        export = client.get(f"/labels/export?format={fmt}", headers=auth("reviewer"))
+        assert export.status_code == 200
+        path = tmp_path / f"labels.{fmt}"
+        path.write_bytes(export.content)
+        examples, report = load_dataset(path, tags=tags)
+        assert [(e.title, e.tag) for e in examples] == [(task["title"], "mlops")]
+        assert report.rows_read == 1
+    header = client.get("/labels/export", headers=auth("reviewer")).text.splitlines()[0]
+    assert header == "id,created_on,title,description,tag,reviewer,source,holdout"
+
+
+def test_concurrent_claims_over_http(client: TestClient) -> None:
+    ids = set(add_tasks(state_of(client).engine, 25))
+    barrier = threading.Barrier(20)
+    results: list[tuple[int, Any]] = []
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        response = client.post("/review/claim", json=body(f"r{n}"), headers=auth("reviewer"))
+        with lock:
+            results.append((response.status_code, response.json()))
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [status for status, _ in results] == [200] * 20
+    handed = [task["task_id"] for _, task in results]
+    assert len(set(handed)) == 20 and set(handed) <= ids
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert (stats["open"], stats["leased"]) == (5, 20)
+
+
+def test_relabel_through_undo_keeps_history(client: TestClient, tags: TagSet,
+                                            tmp_path: Path) -> None:
+    engine = state_of(client).engine
+    [task_id] = add_tasks(engine, 1)
+    headers = auth("reviewer")
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    first = client.post(f"/review/{task_id}/label", json=body("ann", tag="mlops"), headers=headers)
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 204
+    assert client.post(f"/review/{task_id}/reopen", json=body("bob"),
+                       headers=headers).status_code == 409
+    reopened = client.post(f"/review/{task_id}/reopen", json=body("ann"), headers=headers)
+    assert reopened.status_code == 200
+    assert set(reopened.json()) == TASK_KEYS and reopened.json()["task_id"] == task_id
+    second = client.post(f"/review/{task_id}/label", json=body("ann", tag="other"),
+                         headers=headers)
+    assert second.status_code == 201
+    assert second.json()["supersedes"] == first.json()["id"]
+    with Session(engine) as session:
+        rows = session.exec(select(Label).order_by(Label.id)).all()
+    assert [(r.tag, r.superseded_by) for r in rows] == [
+        ("mlops", second.json()["id"]), ("other", None)]
+    path = tmp_path / "labels.jsonl"
+    path.write_bytes(client.get("/labels/export?format=jsonl", headers=headers).content)
+    examples, _ = load_dataset(path, tags=tags)
+    assert [e.tag for e in examples] == ["other"]
+
+
+def test_roles(sqlite_client: TestClient) -> None:
+    [task_id] = add_tasks(state_of(sqlite_client).engine, 1)
+    calls = [
+        ("post", "/review/claim", body("ann")),
+        ("get", "/review/stats", None),
+        ("post", f"/review/{task_id}/label", body("ann", tag="mlops")),
+        ("post", f"/review/{task_id}/skip", body("ann")),
+        ("post", f"/review/{task_id}/release", body("ann")),
+        ("post", f"/review/{task_id}/reopen", body("ann")),
+        ("get", "/labels/export", None),
+    ]
+    for method, url, payload in calls:
+        kwargs = {"json": payload} if payload else {}
+        assert getattr(sqlite_client, method)(url, **kwargs).status_code == 401, url
+        denied = getattr(sqlite_client, method)(url, headers=auth("client"), **kwargs)
+        assert denied.status_code == 403, url
+    assert sqlite_client.get("/review/stats", headers=auth("admin")).status_code == 200
+    claimed = sqlite_client.post("/review/claim", json=body("root"), headers=auth("admin"))
+    assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
+
+
+def test_error_statuses(sqlite_client: TestClient) -> None:
+    headers = auth("reviewer")
+    empty = sqlite_client.post("/review/claim", json=body("ann"), headers=headers)
+    assert empty.status_code == 204 and empty.content == b""
+    [task_id] = add_tasks(state_of(sqlite_client).engine, 1)
+    assert sqlite_client.post("/review/claim", json=body(" "), headers=headers).status_code == 422
+    assert sqlite_client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    url = f"/review/{task_id}"
+    unapproved = sqlite_client.post(f"{url}/label", json=body("ann", tag="cooking"),
+                                    headers=headers)
+    assert unapproved.status_code == 422 and "approved" in unapproved.json()["detail"]
+    missing = sqlite_client.post("/review/424242/label", json=body("ann", tag="mlops"),
+                                 headers=headers)
+    assert missing.status_code == 404
+    for action, payload in (("label", body("bob", tag="mlops")), ("skip", body("bob")),
+                            ("release", body("bob"))):
+        conflict = sqlite_client.post(f"{url}/{action}", json=payload, headers=headers)
+        assert conflict.status_code == 409 and "'ann'" in conflict.json()["detail"], action
+    skipped = sqlite_client.post(f"{url}/skip", json=body("ann"), headers=headers)
+    assert skipped.status_code == 200 and skipped.json()["lease_expires_at"] is None
+    released = sqlite_client.post("/review/claim", json=body("ann"), headers=headers)
+    assert released.json()["task_id"] == task_id  # nothing else is open
+    assert sqlite_client.post(f"{url}/release", json=body("ann"),
+                              headers=headers).status_code == 200
+    assert sqlite_client.post(f"{url}/reopen", json=body("ann"), headers=headers).status_code == 409
+    with Session(state_of(sqlite_client).engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None and task.status == ReviewStatus.OPEN and task.skips == 1
+
+
+def test_promotion_reprioritizes_the_queue(
+    sqlite_client: TestClient, redis_conn: redis.Redis, shared_result: TrainResult
+) -> None:
+    state = state_of(sqlite_client)
+    ids = add_tasks(state.engine, 3)
+    with Session(state.engine) as session:
+        version = registry.register(
+            session, result=shared_result, artifacts_dir=state.settings.artifacts_dir
+        ).version
+    promoted = sqlite_client.post(f"/models/{version}/promote", headers=auth("admin"))
+    assert promoted.status_code == 200
+    queued = [j for j in Queue("labeling", connection=redis_conn).get_jobs()
+              if j.func_name == "workers.review_jobs.reprioritize"]
+    assert [j.args for j in queued][-1] == (version,)
+    run_labeling_worker(redis_conn, state.settings)
+    with Session(state.engine) as session:
+        rescored = [session.get(ReviewTask, i) for i in ids]
+    assert all(t and t.model_version == version and t.suggestion_scores != {"other": 1.0}
+               for t in rescored)

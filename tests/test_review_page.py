@@ -1,0 +1,347 @@
+"""The reviewer page, end to end: a real headless Chromium driving the real app (uvicorn in a
+thread, SQLite, Redis, a trained production model) through the page's keyboard shortcuts."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.api.main import create_app
+from service.config import Settings
+from service.db import init_db, make_engine
+from service.entities import Label, ReviewReason, ReviewStatus, ReviewTask
+from service.ml.dataset import text_hash
+from service.ml.training import TrainResult
+from service.tags import TagSet
+from tests.conftest import KEYS, register_promoted
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOT = Path("/tmp/review_page.png")
+WAIT_S = 15
+
+
+@dataclass(frozen=True)
+class Item:
+    """A review task the test puts in the queue."""
+
+    title: str
+    description: str
+    priority: float
+    reason: ReviewReason
+    scores: dict[str, float]
+
+
+ITEMS = [
+    Item(
+        "Transformer OCR for scanned receipts",
+        "Reads line items from photographed receipts with a vision encoder and a text "
+        "decoder, then exports them as structured JSON.",
+        1.45, ReviewReason.USER_REPORT,
+        {"computer-vision": 0.46, "natural-language-processing": 0.41, "mlops": 0.05,
+         "other": 0.08},
+    ),
+    Item(
+        "Feature store for real-time fraud scoring",
+        "Serves fresh features to fraud models with millisecond latency and keeps training "
+        "and serving consistent.",
+        0.91, ReviewReason.LOW_CONFIDENCE,
+        {"computer-vision": 0.02, "natural-language-processing": 0.03, "mlops": 0.52,
+         "other": 0.43},
+    ),
+    Item(
+        "Graph neural networks for molecule properties",
+        "Message passing networks that predict solubility and toxicity from molecular graphs.",
+        0.62, ReviewReason.LOW_CONFIDENCE,
+        {"computer-vision": 0.04, "natural-language-processing": 0.06, "mlops": 0.05,
+         "other": 0.85},
+    ),
+]
+
+
+@dataclass
+class LiveApp:
+    url: str
+    engine: Engine
+
+
+def _task(item: Item, **fields: object) -> ReviewTask:
+    digest = text_hash(item.title, item.description)
+    top = max(item.scores, key=item.scores.__getitem__)
+    values: dict[str, object] = {
+        "text_hash": digest, "open_key": digest, "title": item.title,
+        "description": item.description, "reason": item.reason, "priority": item.priority,
+        "suggestion_tag": top, "suggestion_scores": item.scores, "uncertainty": 0.5,
+        "reports": int(item.reason is ReviewReason.USER_REPORT),
+    }
+    values.update(fields)
+    return ReviewTask(**values)
+
+
+def seed_queue(engine: Engine) -> list[int]:
+    """The three open tasks (plus a labelled look-alike of the first); returns their ids."""
+    with Session(engine, expire_on_commit=False) as session:
+        twin = Item("Receipt OCR with transformers", "Scanned receipts to JSON.", 0.0,
+                    ReviewReason.LOW_CONFIDENCE, ITEMS[0].scores)
+        done = _task(twin, open_key=None, status=ReviewStatus.LABELED)
+        session.add(done)
+        session.commit()
+        tasks = [_task(ITEMS[0], duplicate_of=done.id, duplicate_tag="computer-vision")]
+        tasks += [_task(item) for item in ITEMS[1:]]
+        session.add_all(tasks)
+        session.commit()
+        return [task.id for task in tasks]  # type: ignore[misc]
+
+
+def _wait_healthy(url: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "the server thread died during start-up"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url}/healthz did not answer within 60 s")
+
+
+@pytest.fixture
+def live_app(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> Iterator[LiveApp]:
+    """The real app served by uvicorn on a free local port, with a production model."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, shared_result)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    _wait_healthy(url, thread)
+    yield LiveApp(url=url, engine=engine)
+    server.should_exit = True
+    thread.join(timeout=30)
+    sock.close()
+    engine.dispose()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium from the Debian packages (CI installs them)."""
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "apt-get install chromium chromium-driver"
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-dev-shm-usage", "--no-first-run", "--window-size=1280,860",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+# ---------- page helpers ----------
+
+
+def text_of(driver: WebDriver, element_id: str) -> str:
+    return driver.find_element(By.ID, element_id).text
+
+
+def wait_until(driver: WebDriver, condition: Callable[[WebDriver], object], what: str) -> None:
+    WebDriverWait(driver, WAIT_S).until(condition, message=what)
+
+
+def wait_for_title(driver: WebDriver, title: str) -> None:
+    wait_until(
+        driver,
+        lambda d: d.find_element(By.ID, "workspace").is_displayed()
+        and text_of(d, "item-title") == title,
+        f"the page to show {title!r}; it shows {text_of(driver, 'item-title')!r}",
+    )
+
+
+def press(driver: WebDriver, key: str) -> None:
+    ActionChains(driver).send_keys(key).perform()
+
+
+def sign_in(driver: WebDriver, url: str, *, reviewer: str, key: str) -> None:
+    driver.get(f"{url}/review")
+    wait_until(driver, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in form")
+    driver.find_element(By.ID, "reviewer-name").send_keys(reviewer)
+    driver.find_element(By.ID, "api-key").send_keys(key)
+    driver.find_element(By.ID, "signin-submit").click()
+
+
+def active_labels(engine: Engine, task_id: int) -> list[Label]:
+    with Session(engine) as session:
+        rows = session.exec(select(Label).where(Label.task_id == task_id)).all()
+        return [row for row in rows if row.superseded_by is None]
+
+
+def task_statuses(engine: Engine) -> dict[int, ReviewStatus]:
+    with Session(engine) as session:
+        tasks = session.exec(select(ReviewTask).where(ReviewTask.open_key.is_not(None))).all()
+        return {task.id: ReviewStatus(task.status) for task in tasks}  # type: ignore[misc]
+
+
+def browser_errors(driver: WebDriver) -> list[str]:
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+# ---------- tests ----------
+
+
+@pytest.mark.browser
+def test_label_skip_undo_then_empty_queue(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    first, second, third = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+
+    # Highest priority first, with why it is here and what the model thinks.
+    wait_for_title(browser, ITEMS[0].title)
+    assert "Reported by a user" in text_of(browser, "badges")
+    assert "computer-vision" in text_of(browser, "duplicate")
+    assert text_of(browser, "suggestion-tag").startswith("computer-vision")
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag")
+    assert [b.get_attribute("data-tag") for b in buttons] == tags.names
+    assert [b.get_attribute("title") for b in buttons] == [t.description for t in tags.tags]
+    suggested = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag.suggested")
+    assert [b.get_attribute("data-tag") for b in suggested] == ["computer-vision"]
+    wait_until(browser, lambda d: text_of(d, "stat-open") != "–", "queue stats")
+    browser.save_screenshot(str(SCREENSHOT))
+
+    # 1 labels with the first tag, then the next item is claimed.
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    labels = active_labels(live_app.engine, first)
+    assert [(label.tag, label.reviewer) for label in labels] == [(tags.names[0], "ada")]
+    assert text_of(browser, "stat-session") == "1"
+
+    press(browser, "s")
+    wait_for_title(browser, ITEMS[2].title)
+
+    # u reopens the last labelled item; the next label supersedes the first one.
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "stat-session") == "0"
+    press(browser, "2")
+    wait_until(browser, lambda d: text_of(d, "item-title") != ITEMS[0].title, "next after relabel")
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
+
+    # Label whatever is left until the queue is empty.
+    for _ in range(2):
+        title = text_of(browser, "item-title")
+        press(browser, "4")
+        wait_until(
+            browser,
+            lambda d, shown=title: d.find_element(By.ID, "empty").is_displayed()
+            or text_of(d, "item-title") != shown,
+            "the next item or the empty queue",
+        )
+    wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty queue")
+    assert "Nothing to review" in text_of(browser, "empty")
+    assert text_of(browser, "stat-session") == "3"
+
+    # Undo works from the empty page too: the last item comes back, and goes again.
+    press(browser, "u")
+    wait_for_title(browser, title)
+    press(browser, "4")
+    wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty again")
+    for task_id in (second, third):
+        assert [label.tag for label in active_labels(live_app.engine, task_id)] == ["other"]
+    assert task_statuses(live_app.engine) == {}  # no task is open or leased any more
+    assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_lost_lease_claims_the_next_item(live_app: LiveApp, browser: WebDriver) -> None:
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    with Session(live_app.engine) as session:  # another reviewer holds the lease now
+        task = session.get(ReviewTask, first)
+        assert task is not None and task.leased_by == "ada"
+        task.leased_by = "bob"
+        session.add(task)
+        session.commit()
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    assert "Lease lost" in text_of(browser, "message")
+    assert active_labels(live_app.engine, first) == []
+    assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
+
+
+@pytest.mark.browser
+def test_leaving_the_page_releases_the_lease(live_app: LiveApp, browser: WebDriver) -> None:
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+    browser.get("about:blank")
+    deadline = time.monotonic() + WAIT_S
+    while task_statuses(live_app.engine)[first] is not ReviewStatus.OPEN:
+        assert time.monotonic() < deadline, "the lease was not released on page exit"
+        time.sleep(0.1)
+
+
+@pytest.mark.browser
+def test_client_key_is_told_it_is_not_allowed(live_app: LiveApp, browser: WebDriver) -> None:
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="mallory", key=KEYS["client"])
+    wait_until(browser, lambda d: "not allowed" in text_of(d, "message"), "a 'not allowed' message")
+    assert browser.find_element(By.ID, "message").is_displayed()
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert not browser.find_element(By.ID, "workspace").is_displayed()
+    assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
+
+
+@pytest.mark.browser
+def test_unknown_key_is_refused(live_app: LiveApp, browser: WebDriver) -> None:
+    sign_in(browser, live_app.url, reviewer="ada", key="not-a-key")
+    wait_until(browser, lambda d: "not accepted" in text_of(d, "message"), "a bad-key message")
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert browser.execute_script("return localStorage.length") == 0
+
+
+def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
+    page = sqlite_client.get("/review")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert '/review/assets/review.js' in page.text and "/review/assets/review.css" in page.text
+    script = sqlite_client.get("/review/assets/review.js")
+    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
+    assert "/review/claim" in script.text
+    style = sqlite_client.get("/review/assets/review.css")
+    assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
+    for name in ("review.html", "..%2Fconfig.py", "nope.js"):
+        assert sqlite_client.get(f"/review/assets/{name}").status_code == 404

@@ -1,0 +1,459 @@
+"""The review queue's storage and jobs on SQLite and PostgreSQL: task creation and bumping,
+duplicates and diversity, leases under concurrency, append-only labels, re-prioritisation."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.config import DEFAULT_TAGS_FILE, Settings
+from service.crud import labels as labels_crud
+from service.crud import review as review_crud
+from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
+from service.entities.common import new_id, utcnow
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.ml import priority as prio
+from service.ml.dataset import Example, text_hash
+from service.ml.training import TrainResult, score
+from service.tags import TagSet, load_tags
+from tests.conftest import register_promoted
+from workers import review_jobs
+from workers.context import JobContext, use_context
+
+TAGS = load_tags(DEFAULT_TAGS_FILE)
+UNSURE = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15,
+          "other": 0.1}
+YOLO = "Real-time object detection with YOLO"
+
+
+
+def payload(title: str, description: str = "", *, scores: dict[str, float] | None = None,
+            reason: str = "low_confidence", **extra: Any) -> dict[str, Any]:
+    """A review payload shaped like `crud.predictions.review_payload`."""
+    scores = scores or UNSURE
+    return {
+        "prediction_id": new_id(), "text_hash": text_hash(title, description), "title": title,
+        "description": description, "tag": max(scores, key=scores.__getitem__),
+        "scores": scores, "model_version": "v-test", "reason": reason, **extra,
+    }
+
+
+@pytest.fixture
+def settings(make_settings: Callable[..., Settings], database_url: str) -> Settings:
+    return make_settings(database_url=database_url)
+
+
+@pytest.fixture
+def ctx(settings: Settings, engine: Engine) -> Iterator[JobContext]:
+    """The job context a worker would build, installed for the jobs under test."""
+    context = JobContext(settings)
+    use_context(context)
+    yield context
+    use_context(None)
+    context.engine.dispose()
+
+
+def add_task(engine: Engine, title: str, uncertainty: float, **fields: Any) -> int:
+    with Session(engine, expire_on_commit=False) as session:
+        fields.setdefault("reason", ReviewReason.LOW_CONFIDENCE)
+        task = review_crud.create_task(session, task=ReviewTask(
+            text_hash=text_hash(title, ""), title=title, description="",
+            uncertainty=uncertainty, **fields,
+        ))
+        assert task is not None and task.id is not None
+        return task.id
+
+
+def get(engine: Engine, task_id: int) -> ReviewTask:
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        return task
+
+
+def tasks(engine: Engine) -> list[ReviewTask]:
+    with Session(engine) as session:
+        return list(session.exec(select(ReviewTask).order_by(ReviewTask.id)))
+
+
+def do(engine: Engine, fn: Callable[..., Any], **kwargs: Any) -> Any:
+    with Session(engine, expire_on_commit=False) as session:
+        return fn(session, **kwargs)
+
+
+def label_task(engine: Engine, task_id: int, tag: str, reviewer: str = "ann",
+               tags: TagSet = TAGS) -> Label:
+    return do(engine, review_crud.label, task_id=task_id, tag=tag, reviewer=reviewer,
+              tags=tags, holdout_share=0.2)
+
+
+# --- creating and bumping tasks -------------------------------------------------------------
+
+
+def test_process_review_creates_a_scored_task(ctx: JobContext, engine: Engine) -> None:
+    p = payload(YOLO, "Detect cars in video.")
+    result = review_jobs.process_review(p)
+    assert result["action"] == "created"
+    [task] = tasks(engine)
+    assert task.id == result["task_id"]
+    assert (task.text_hash, task.open_key) == (p["text_hash"], p["text_hash"])
+    assert task.status == ReviewStatus.OPEN and task.reason == ReviewReason.LOW_CONFIDENCE
+    assert task.suggestion_tag == "natural-language-processing"
+    assert task.suggestion_scores == UNSURE and task.model_version == "v-test"
+    assert task.prediction_id == p["prediction_id"]
+    assert task.uncertainty == pytest.approx(1 - (0.4 - 0.35))
+    assert task.priority == pytest.approx(task.uncertainty)
+    embedding = np.frombuffer(task.embedding or b"", dtype=np.float32)
+    assert embedding.shape == (384,) and np.linalg.norm(embedding) == pytest.approx(1, abs=1e-3)
+    assert task.duplicate_of is None and task.diversity_penalty == 0
+
+
+def test_same_content_twice_is_one_task_with_two_arrivals(ctx: JobContext, engine: Engine) -> None:
+    first = review_jobs.process_review(payload(YOLO))
+    second = review_jobs.process_review(payload("  real-time OBJECT detection   with yolo "))
+    assert second == {**second, "action": "bumped", "task_id": first["task_id"], "arrivals": 2}
+    [task] = tasks(engine)
+    assert task.arrivals == 2 and task.reports == 0
+    assert task.priority == pytest.approx(task.uncertainty + prio.ARRIVAL_BOOST * math.log1p(1))
+
+
+def run_concurrently(payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run `process_review` on every payload at once, one thread each."""
+    barrier = threading.Barrier(len(payloads))
+    results: list[dict[str, Any]] = []
+    errors: list[BaseException] = []
+
+    def run(p: dict[str, Any]) -> None:
+        barrier.wait()
+        try:
+            results.append(review_jobs.process_review(p))
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return results
+
+
+def test_concurrent_jobs_on_one_content_make_one_task(ctx: JobContext, engine: Engine) -> None:
+    results = run_concurrently([payload(YOLO) for _ in range(8)])
+    assert sorted(r["action"] for r in results) == ["bumped"] * 7 + ["created"]
+    [task] = tasks(engine)
+    assert task.arrivals == 8 and len(task.arrival_keys) == 8
+
+
+def test_a_delivery_repeated_counts_once(ctx: JobContext, engine: Engine) -> None:
+    """The outbox may re-send and RQ may retry: the same payload is one arrival."""
+    p = payload(YOLO)
+    results = run_concurrently([p] * 4)
+    assert sorted(r["action"] for r in results) == ["created"] + ["duplicate"] * 3
+    assert review_jobs.process_review(p)["action"] == "duplicate"
+    assert review_jobs.process_review(payload(YOLO))["arrivals"] == 2
+    [task] = tasks(engine)
+    assert (task.arrivals, task.reports) == (2, 0)
+
+
+def test_user_report_bumps_the_task_and_links_the_feedback(
+    ctx: JobContext, engine: Engine
+) -> None:
+    p = payload(YOLO)
+    review_jobs.process_review(p)
+    reports = []
+    with Session(engine, expire_on_commit=False) as session:
+        for reporter, tag in (("u1", "computer-vision"), ("u2", "mlops")):
+            fb = Feedback(prediction_id=p["prediction_id"], reporter=reporter, correct_tag=tag,
+                          text_hash=p["text_hash"])
+            session.add(fb)
+            session.commit()
+            reports.append(fb.id)
+    for feedback_id in reports:
+        review_jobs.process_review({**p, "reason": "user_report", "feedback_id": feedback_id})
+    [task] = tasks(engine)
+    assert task.reason == ReviewReason.USER_REPORT
+    assert (task.arrivals, task.reports) == (3, 2)
+    assert task.priority == pytest.approx(
+        prio.priority(uncertainty=task.uncertainty, reports=2, arrivals=3)
+    )
+    with Session(engine) as session:
+        feedback = [session.get(Feedback, i) for i in reports]
+        assert all(f and f.task_id == task.id and f.status == FeedbackStatus.IN_REVIEW
+                   for f in feedback)
+    assert task.id is not None
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    label = label_task(engine, task.id, "computer-vision")
+    with Session(engine) as session:
+        confirmed, rejected = (session.get(Feedback, i) for i in reports)
+        assert confirmed and confirmed.status == FeedbackStatus.CONFIRMED
+        assert rejected and rejected.status == FeedbackStatus.REJECTED
+        assert confirmed.label_id == rejected.label_id == label.id
+
+
+def test_labelled_content_opens_no_low_confidence_task(ctx: JobContext, engine: Engine) -> None:
+    p = payload(YOLO)
+    task_id = review_jobs.process_review(p)["task_id"]
+    label = label_task(engine, task_id, "computer-vision")
+    again = review_jobs.process_review(payload(YOLO))
+    assert again == {"action": "already_labeled", "label_id": label.id, "task_id": None}
+    assert len(tasks(engine)) == 1
+    report = review_jobs.process_review({**payload(YOLO), "reason": "user_report"})
+    assert report["action"] == "created" and report["task_id"] != task_id
+    reopened = get(engine, report["task_id"])
+    # The content's own label is the nearest labelled item: shown as the duplicate hint.
+    assert (reopened.duplicate_of, reopened.duplicate_tag) == (label.id, "computer-vision")
+
+
+def test_near_duplicate_of_a_labelled_item_is_flagged(ctx: JobContext, engine: Engine) -> None:
+    first = review_jobs.process_review(payload(YOLO))["task_id"]
+    label = label_task(engine, first, "computer-vision")
+    with Session(engine, expire_on_commit=False) as session:  # a label without a task embedding
+        other = labels_crud.append_label(
+            session, text_hash=text_hash("Serving models with Kubernetes", ""),
+            title="Serving models with Kubernetes", description="", tag="mlops",
+            reviewer="feedback", holdout_share=0.2,
+        )
+        session.commit()
+    near = get(engine, review_jobs.process_review(payload(YOLO + "!"))["task_id"])
+    assert (near.duplicate_of, near.duplicate_tag) == (label.id, "computer-vision")
+    near_k8s = get(engine, review_jobs.process_review(
+        payload("Serving models with Kubernetes!"))["task_id"])
+    assert (near_k8s.duplicate_of, near_k8s.duplicate_tag) == (other.id, "mlops")
+    far = get(engine, review_jobs.process_review(
+        payload("Fine-tuning BERT for sentiment analysis"))["task_id"])
+    assert far.duplicate_of is None and far.duplicate_tag is None
+
+
+def test_near_copies_behind_a_task_get_a_diversity_penalty(
+    ctx: JobContext, engine: Engine
+) -> None:
+    tie = {"natural-language-processing": 0.5, "computer-vision": 0.5, "mlops": 0.0, "other": 0.0}
+    lead = get(engine, review_jobs.process_review(payload(YOLO, scores=tie))["task_id"])
+    copy = get(engine, review_jobs.process_review(payload(YOLO + "!"))["task_id"])
+    other = get(engine, review_jobs.process_review(
+        payload("Fine-tuning BERT for sentiment analysis"))["task_id"])
+    assert lead.diversity_penalty == 0 and other.diversity_penalty == 0
+    assert copy.diversity_penalty > 0.3
+    assert copy.priority == pytest.approx(copy.uncertainty - copy.diversity_penalty)
+    assert copy.priority < other.priority < lead.priority
+
+
+# --- leases ------------------------------------------------------------------------------
+
+
+def test_claim_hands_out_the_highest_priority_with_a_lease(engine: Engine) -> None:
+    low, high = add_task(engine, "low", 0.2), add_task(engine, "high", 0.9)
+    before = utcnow()
+    task = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    assert task.id == high and task.status == ReviewStatus.LEASED and task.leased_by == "ann"
+    stored = get(engine, high)
+    assert stored.status == ReviewStatus.LEASED
+    expires = stored.lease_expires_at
+    assert expires is not None
+    assert before + timedelta(seconds=59) < expires.replace(tzinfo=before.tzinfo)
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == low
+    assert do(engine, review_crud.claim, reviewer="cat", lease_s=60) is None
+
+
+def test_expired_leases_return_to_the_queue(engine: Engine) -> None:
+    task_id = add_task(engine, "only", 0.5)
+    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == task_id
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60) is None
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        task.lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.add(task)
+        session.commit()
+    stats = do(engine, review_crud.stats, now=utcnow())
+    assert (stats["open"], stats["leased"]) == (1, 0)
+    again = do(engine, review_crud.claim, reviewer="bob", lease_s=60)
+    assert again.id == task_id and again.leased_by == "bob"
+    with pytest.raises(ConflictError):  # ann's lease is gone: bob holds it now
+        label_task(engine, task_id, "mlops", reviewer="ann")
+
+
+@pytest.mark.parametrize("n_tasks", [30, 10])
+def test_concurrent_claims_never_share_a_task(engine: Engine, n_tasks: int) -> None:
+    ids = {add_task(engine, f"item {i}", i / n_tasks) for i in range(n_tasks)}
+    barrier = threading.Barrier(20)
+    got: list[int | None] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def claim(n: int) -> None:
+        barrier.wait()
+        try:
+            task = do(engine, review_crud.claim, reviewer=f"r{n}", lease_s=60)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+            return
+        with lock:
+            got.append(task.id if task else None)
+
+    threads = [threading.Thread(target=claim, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    handed = [i for i in got if i is not None]
+    assert len(handed) == len(set(handed)) == min(20, n_tasks)
+    assert set(handed) <= ids
+    leased = [t for t in tasks(engine) if t.status == ReviewStatus.LEASED]
+    assert {t.id for t in leased} == set(handed)
+    assert len({t.leased_by for t in leased}) == len(leased)
+
+
+def test_skip_sinks_a_task_and_offers_it_to_others_first(engine: Engine) -> None:
+    first, second = add_task(engine, "first", 0.9), add_task(engine, "second", 0.5)
+    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == first
+    with pytest.raises(ConflictError):
+        do(engine, review_crud.skip, task_id=first, reviewer="bob")
+    skipped = do(engine, review_crud.skip, task_id=first, reviewer="ann")
+    assert skipped.status == ReviewStatus.OPEN and skipped.skips == 1
+    assert skipped.priority == pytest.approx(0.9 - review_crud.SKIP_STEP)
+    assert skipped.priority == pytest.approx(review_crud.task_priority(skipped))
+    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == second
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == first
+
+
+def test_release_gives_the_lease_back_unchanged(engine: Engine) -> None:
+    task_id = add_task(engine, "first", 0.9)
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    with pytest.raises(ConflictError):
+        do(engine, review_crud.release, task_id=task_id, reviewer="bob")
+    released = do(engine, review_crud.release, task_id=task_id, reviewer="ann")
+    assert released.status == ReviewStatus.OPEN and released.leased_by is None
+    assert (released.skips, released.priority) == (0, pytest.approx(0.9))
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == task_id
+    with pytest.raises(NotFoundError):
+        do(engine, review_crud.release, task_id=999_999, reviewer="ann")
+
+
+# --- labels ------------------------------------------------------------------------------
+
+
+def test_label_checks_tag_task_and_lease(engine: Engine) -> None:
+    task_id = add_task(engine, "first", 0.9)
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    with pytest.raises(InvalidInputError):
+        label_task(engine, task_id, "not-a-tag")
+    with pytest.raises(NotFoundError):
+        label_task(engine, 999_999, "mlops")
+    with pytest.raises(ConflictError):
+        label_task(engine, task_id, "mlops", reviewer="bob")
+    label = label_task(engine, task_id, "mlops", reviewer="ann")
+    assert (label.tag, label.reviewer, label.task_id, label.supersedes) == (
+        "mlops", "ann", task_id, None)
+    task = get(engine, task_id)
+    assert task.status == ReviewStatus.LABELED and task.open_key is None
+    assert task.leased_by is None
+    with pytest.raises(ConflictError):  # labelled: only reopen (undo) changes it
+        label_task(engine, task_id, "other", reviewer="ann")
+
+
+def test_relabelling_appends_and_supersedes(engine: Engine) -> None:
+    task_id = add_task(engine, "first", 0.9)
+    first = label_task(engine, task_id, "mlops", reviewer="ann")
+    with pytest.raises(ConflictError):
+        do(engine, review_crud.reopen, task_id=task_id, reviewer="bob", lease_s=60)
+    reopened = do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+    assert reopened.status == ReviewStatus.LEASED and reopened.leased_by == "ann"
+    assert reopened.open_key == reopened.text_hash
+    with pytest.raises(ConflictError):
+        label_task(engine, task_id, "other", reviewer="bob")
+    second = label_task(engine, task_id, "other", reviewer="ann")
+    assert second.supersedes == first.id
+    with Session(engine) as session:
+        old = session.get(Label, first.id)
+        assert old is not None
+        assert (old.tag, old.reviewer, old.superseded_by) == ("mlops", "ann", second.id)
+        assert old.created_at.replace(tzinfo=None) == first.created_at.replace(tzinfo=None)
+        current = labels_crud.current_labels(session)
+    assert [(c.id, c.tag) for c in current] == [(second.id, "other")]
+    with pytest.raises(ConflictError):  # an unlabelled task has nothing to undo
+        do(engine, review_crud.reopen, task_id=add_task(engine, "x", 0.1), reviewer="ann",
+           lease_s=60)
+
+
+def test_reopen_refused_while_the_content_has_another_open_task(
+    ctx: JobContext, engine: Engine
+) -> None:
+    task_id = review_jobs.process_review(payload(YOLO))["task_id"]
+    label_task(engine, task_id, "computer-vision")
+    review_jobs.process_review({**payload(YOLO), "reason": "user_report"})
+    with pytest.raises(ConflictError):
+        do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+
+
+def test_holdout_is_fixed_by_the_content_hash(engine: Engine) -> None:
+    titles = [f"item number {i}" for i in range(40)]
+    for title in titles:
+        task_id = add_task(engine, title, 0.5)
+        label = label_task(engine, task_id, "other")
+        h = text_hash(title, "")
+        assert label.holdout == (int(h[:8], 16) % 1000 < 200)
+    with Session(engine) as session:
+        held = sum(label.holdout for label in labels_crud.current_labels(session))
+    assert 0 < held < 40
+    assert labels_crud.holdout_for("0" * 64, share=0.2)
+    assert not labels_crud.holdout_for("f" * 64, share=0.2)
+
+
+def test_stats_count_the_queue(engine: Engine) -> None:
+    a, _b = add_task(engine, "a", 0.9), add_task(engine, "b", 0.5)
+    add_task(engine, "c", 0.1, reason=ReviewReason.USER_REPORT)
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    label_task(engine, a, "mlops")
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    with Session(engine) as session:
+        session.add(OutboxItem(kind="review", payload={}))
+        session.commit()
+    stats = do(engine, review_crud.stats, now=utcnow())
+    assert stats == {"open": 1, "leased": 1, "labeled_today": 1,
+                     "by_reason": {"low_confidence": 1, "user_report": 1}, "outbox_pending": 1}
+
+
+# --- re-prioritisation -------------------------------------------------------------------
+
+
+def test_reprioritize_rescores_open_tasks_with_production(
+    ctx: JobContext, engine: Engine, settings: Settings, shared_result: TrainResult
+) -> None:
+    sure = {"natural-language-processing": 0.0, "computer-vision": 0.0, "mlops": 0.0,
+            "other": 1.0}
+    texts = [YOLO, YOLO + "!", "Fine-tuning BERT for sentiment analysis", "Kubeflow pipelines"]
+    ids = [review_jobs.process_review(payload(t, scores=sure))["task_id"] for t in texts]
+    labelled = add_task(engine, "already done", 0.5)
+    label_task(engine, labelled, "mlops")
+    assert review_jobs.reprioritize("v-old") == {
+        "model_version": None, "updated": 0, "requested": "v-old"}
+    version = register_promoted(engine, settings, shared_result)
+    result = review_jobs.reprioritize(version)
+    assert result == {"model_version": version, "updated": 4, "requested": version}
+    proba = score(shared_result.model, ctx.encoder, [Example(t, "", "other") for t in texts])
+    classes = shared_result.model.classes
+    rescored = [get(engine, i) for i in ids]
+    for task, p in zip(rescored, proba, strict=True):
+        assert task.model_version == version
+        assert task.suggestion_tag == classes[int(p.argmax())]
+        expected = dict(zip(classes, p.tolist(), strict=True))
+        assert task.suggestion_scores == pytest.approx(expected, abs=1e-5)
+        assert task.uncertainty == pytest.approx(prio.margin_uncertainty(task.suggestion_scores))
+        assert task.priority == pytest.approx(review_crud.task_priority(task))
+    yolo, copy = rescored[0], rescored[1]
+    behind, ahead = (copy, yolo) if yolo.uncertainty >= copy.uncertainty else (yolo, copy)
+    assert ahead.diversity_penalty == 0 and behind.diversity_penalty > 0.3
+    assert get(engine, labelled).model_version is None  # labelled tasks are left alone

@@ -1,0 +1,197 @@
+"""RQ jobs of the labelling queue: turning review work into queue tasks, and re-scoring them.
+
+Jobs raise on any failure: RQ then retries them with the outbox's backoff and finally keeps
+them in the queue's FailedJobRegistry (counted in GET /review/stats), so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from sqlmodel import Session
+
+from service.crud import labels as labels_crud
+from service.crud import review as review_crud
+from service.db import session_scope
+from service.entities.common import utcnow
+from service.entities.review import ReviewReason, ReviewTask
+from service.ml import priority as prio
+from service.ml import registry
+from service.ml.classifier import TagModel
+from service.ml.dataset import item_text
+from service.ml.encoder import Encoder
+from workers.context import JobContext, get_context
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3  # create / bump rounds when concurrent jobs race on the same content
+SCORE_CHUNK = 256
+
+
+def to_bytes(embedding: np.ndarray) -> bytes:
+    """How an embedding is stored on a task: raw float32."""
+    return np.asarray(embedding, dtype=np.float32).tobytes()
+
+
+def from_bytes(blob: bytes) -> np.ndarray:
+    """A stored embedding back as a float32 vector."""
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def find_duplicate(
+    session: Session, *, embedding: np.ndarray, encoder: Encoder, threshold: float
+) -> tuple[int, str] | None:
+    """The current label most similar to `embedding` if cosine >= threshold: (label id, tag)."""
+    rows = labels_crud.labelled_embeddings(session)
+    if not rows:
+        return None
+    missing = [i for i, (_, blob) in enumerate(rows) if blob is None]
+    encoded = (
+        encoder.encode([item_text(rows[i][0].title, rows[i][0].description) for i in missing])
+        if missing else np.empty((0, embedding.size), dtype=np.float32)
+    )
+    by_index = dict(zip(missing, encoded, strict=True))
+    matrix = np.stack(
+        [by_index[i] if blob is None else from_bytes(blob) for i, (_, blob) in enumerate(rows)]
+    )
+    similarity = matrix @ embedding
+    best = int(similarity.argmax())
+    if similarity[best] < threshold:
+        return None
+    label = rows[best][0]
+    assert label.id is not None
+    return label.id, label.tag
+
+
+def _new_task(ctx: JobContext, session: Session, payload: dict[str, Any]) -> ReviewTask:
+    """A task for content not in the queue yet: suggestion, duplicate hint, priority terms."""
+    user_report = payload["reason"] == ReviewReason.USER_REPORT.value
+    embedding = ctx.encoder.encode([item_text(payload["title"], payload["description"])])[0]
+    duplicate = find_duplicate(
+        session, embedding=embedding, encoder=ctx.encoder,
+        threshold=ctx.settings.duplicate_cosine,
+    )
+    task = ReviewTask(
+        text_hash=payload["text_hash"], title=payload["title"],
+        description=payload["description"], reason=ReviewReason(payload["reason"]),
+        prediction_id=payload.get("prediction_id"), model_version=payload.get("model_version"),
+        suggestion_tag=payload.get("tag"), suggestion_scores=dict(payload.get("scores") or {}),
+        uncertainty=prio.margin_uncertainty(payload.get("scores") or {}),
+        reports=int(user_report), embedding=to_bytes(embedding),
+        duplicate_of=duplicate[0] if duplicate else None,
+        duplicate_tag=duplicate[1] if duplicate else None,
+    )
+    ahead = review_crud.embeddings_ahead(session, priority=review_crud.task_priority(task))
+    if ahead:
+        task.diversity_penalty = prio.diversity_penalty(
+            embedding, np.stack([from_bytes(b) for b in ahead])
+        )
+    return task
+
+
+def arrival_key(payload: dict[str, Any]) -> str:
+    """Identity of one delivery: the prediction, and for user reports the feedback row."""
+    return f"{payload.get('prediction_id')}:{payload['reason']}:{payload.get('feedback_id') or ''}"
+
+
+def _create_or_bump(
+    ctx: JobContext, session: Session, payload: dict[str, Any]
+) -> tuple[ReviewTask, str]:
+    """Bump the open task of this content, else create one; a lost insert race bumps."""
+    user_report = payload["reason"] == ReviewReason.USER_REPORT.value
+    key = arrival_key(payload)
+    for _ in range(ATTEMPTS):
+        bumped = review_crud.bump_task(
+            session, text_hash=payload["text_hash"], user_report=user_report, arrival_key=key
+        )
+        if bumped is not None:
+            task, counted = bumped
+            return task, "bumped" if counted else "duplicate"
+        new = _new_task(ctx, session, payload)
+        new.arrival_keys = [key]
+        task = review_crud.create_task(session, task=new)
+        if task is not None:
+            return task, "created"
+    raise RuntimeError(f"could not create or bump the task for {payload['text_hash'][:12]}")
+
+
+def process_review(payload: dict[str, Any]) -> dict[str, Any]:
+    """Create the review task for a payload of `crud.predictions.review_payload`, or bump the
+    open one for the same content. A low-confidence item whose content already has a current
+    label opens nothing; a payload delivered twice counts once. `feedback_id` (user reports)
+    is linked to the task."""
+    ctx = get_context()
+    text_hash: str = payload["text_hash"]
+    user_report = payload["reason"] == ReviewReason.USER_REPORT.value
+    with session_scope(ctx.engine) as session:
+        if not user_report:
+            existing = labels_crud.current_label(session, text_hash=text_hash)
+            if existing is not None:
+                return {"action": "already_labeled", "label_id": existing.id, "task_id": None}
+        task, action = _create_or_bump(ctx, session, payload)
+        assert task.id is not None
+        if payload.get("feedback_id") is not None:
+            review_crud.link_feedback(
+                session, feedback_id=int(payload["feedback_id"]), task_id=task.id
+            )
+        return {"action": action, "task_id": task.id, "arrivals": task.arrivals,
+                "priority": task.priority}
+
+
+def _score(
+    model: TagModel, encoder: Encoder, texts: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and embeddings of `texts`, in chunks."""
+    probas, embeddings = [], []
+    for start in range(0, len(texts), SCORE_CHUNK):
+        chunk = texts[start:start + SCORE_CHUNK]
+        emb = encoder.encode(chunk)
+        probas.append(model.predict_proba(chunk, emb))
+        embeddings.append(emb)
+    return np.vstack(probas), np.vstack(embeddings).astype(np.float32)
+
+
+def _diversity_in_order(embeddings: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Penalty of each task against the tasks ranked above it by base priority."""
+    order = np.argsort(-base, kind="stable")
+    penalties = np.zeros(len(base))
+    for pos, i in enumerate(order):
+        penalties[i] = prio.diversity_penalty(embeddings[i], embeddings[order[:pos]])
+    return penalties
+
+
+def reprioritize(version: str | None = None) -> dict[str, Any]:
+    """Re-score every open/leased task with the registry's production model: suggestion,
+    scores, uncertainty, and priority with the diversity term recomputed in priority order.
+    `version` is the version that triggered the job; the registry's production one is used."""
+    ctx = get_context()
+    with session_scope(ctx.engine) as session:
+        row = registry.get_production(session)
+        if row is None:
+            return {"model_version": None, "updated": 0, "requested": version}
+        model = registry.load_model(row)
+        tasks = review_crud.active_tasks(session)
+        if not tasks:
+            return {"model_version": row.version, "updated": 0, "requested": version}
+        proba, embeddings = _score(
+            model, ctx.encoder, [item_text(t.title, t.description) for t in tasks]
+        )
+        names = ctx.tags.names
+        for task, p, emb in zip(tasks, proba, embeddings, strict=True):
+            by_class = dict(zip(model.classes, p.tolist(), strict=True))
+            task.suggestion_scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in names}
+            task.suggestion_tag = model.classes[int(p.argmax())]
+            task.uncertainty = prio.margin_uncertainty(task.suggestion_scores)
+            task.model_version = row.version
+            task.updated_at = utcnow()
+            task.embedding = task.embedding or to_bytes(emb)
+        base = np.array([review_crud.task_priority(t) + t.diversity_penalty for t in tasks])
+        for task, penalty in zip(tasks, _diversity_in_order(embeddings, base), strict=True):
+            task.diversity_penalty = float(penalty)
+            task.priority = review_crud.task_priority(task)
+            session.add(task)
+        session.commit()
+        log.info("reprioritized %d review tasks with %s", len(tasks), row.version)
+        return {"model_version": row.version, "updated": len(tasks), "requested": version}
