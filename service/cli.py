@@ -22,8 +22,9 @@ from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset
 
-app = typer.Typer(help="tagflow: content classification with a human in the loop.",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="tagflow: content classification with a human in the loop.", no_args_is_help=True
+)
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 console = Console()
@@ -62,8 +63,9 @@ def metrics_table(metrics: dict, title: str) -> Table:
     for col in ("tag", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="right" if col != "tag" else "left")
     for tag, m in metrics["per_class"].items():
-        table.add_row(tag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
-                      str(m["support"]))
+        table.add_row(
+            tag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
+        )
     auto = metrics["auto"]
     table.caption = (
         f"weighted F1 {metrics['weighted_f1']:.3f}  accuracy {metrics['accuracy']:.3f}  "
@@ -77,22 +79,34 @@ def metrics_table(metrics: dict, title: str) -> Table:
 def train_with_progress(settings: Settings, data: Path, promote: bool) -> registry.ModelVersion:
     from service.ml.pipeline import train_file
 
-    with _session(settings) as session, Progress(
-        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-    ) as bar:
+    with (
+        _session(settings) as session,
+        Progress(
+            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+        ) as bar,
+    ):
         task = bar.add_task("training", total=len(TRAIN_STEPS))
 
         def step(name: str) -> None:
             done = TRAIN_STEPS.index(name) if name in TRAIN_STEPS else 0
             bar.update(task, completed=done, description=f"training: {name}")
 
-        outcome = train_file(session, path=data, settings=settings, tags=_tags(settings),
-                             encoder=_encoder(settings), promote=promote, progress=step)
+        outcome = train_file(
+            session,
+            path=data,
+            settings=settings,
+            tags=_tags(settings),
+            encoder=_encoder(settings),
+            promote=promote,
+            progress=step,
+        )
         bar.update(task, completed=len(TRAIN_STEPS), description="training: done")
     console.print(outcome.validation.render())
     console.print(metrics_table(outcome.result.metrics, f"{outcome.version.version} (held out)"))
-    console.print(f"{outcome.version.version}: {outcome.version.status.value}, "
-                  f"trained in {outcome.result.seconds:.1f}s, artifact {outcome.version.artifact_path}")
+    console.print(
+        f"{outcome.version.version}: {outcome.version.status.value}, "
+        f"trained in {outcome.result.seconds:.1f}s, artifact {outcome.version.artifact_path}"
+    )
     return outcome.version
 
 
@@ -124,8 +138,11 @@ def evaluate(
     try:
         examples, _ = load_dataset(data, tags=_tags(settings))
         with _session(settings) as session:
-            row = (registry.get_version(session, version=version) if version
-                   else registry.get_production(session))
+            row = (
+                registry.get_version(session, version=version)
+                if version
+                else registry.get_production(session)
+            )
             if row is None:
                 raise TagflowError("no production model; pass --version")
             report = run_evaluation(registry.load_model(row), _encoder(settings), examples)
@@ -138,9 +155,75 @@ def evaluate(
         console.print(metrics_table(report, f"{row.version} on {data}"))
 
 
+def _gate_table(outcome: dict) -> Table:
+    table = Table(
+        "check",
+        "candidate",
+        "production",
+        "limit",
+        "passed",
+        title=f"{outcome['candidate']}: {outcome['outcome']}",
+    )
+
+    def fmt(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for check in outcome["checks"]:
+        table.add_row(
+            check["name"],
+            fmt(check["candidate"]),
+            fmt(check["production"]),
+            fmt(check["limit"]),
+            "yes" if check["passed"] else "[red]NO[/red]",
+        )
+    table.caption = (
+        f"train rows {outcome['train_rows']} ({outcome['train_labels']} labels), "
+        f"eval rows {outcome['eval_rows']} ({outcome['holdout_labels']} held-out labels), "
+        f"snapshot {outcome['snapshot_id']}"
+    )
+    return table
+
+
+@app.command()
+def retrain(
+    enqueue: Annotated[bool, typer.Option(help="Queue it for the worker instead")] = False,
+) -> None:
+    """Retrain on the base dataset plus reviewer labels, behind the quality gate."""
+    from service import retraining
+
+    settings = _settings()
+    try:
+        if enqueue:
+            from redis import Redis
+            from rq import Queue
+
+            from service.outbox import TRAINING_QUEUE
+
+            if not settings.redis_url:
+                raise TagflowError("TAGFLOW_REDIS_URL is not set: cannot queue")
+            queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url))
+            job_id = retraining.enqueue_retrain(queue, reason="cli")
+            console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
+            return
+        with _session(settings) as session, console.status("retraining..."):
+            outcome = retraining.retrain(
+                session,
+                settings=settings,
+                tags=_tags(settings),
+                encoder=_encoder(settings),
+                reason="cli",
+            )
+    except (DatasetError, TagflowError) as exc:
+        console.print(f"[red]cannot retrain:[/red]\n{exc}")
+        raise typer.Exit(1) from None
+    console.print(_gate_table(outcome))
+
+
 @models_app.command("list")
 def models_list(
-    where: Annotated[list[str] | None, typer.Option(help="e.g. per_class.mlops.precision>=0.95")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option(help="e.g. per_class.mlops.precision>=0.95")
+    ] = None,
 ) -> None:
     """List versions, newest first, optionally filtered by metric criteria."""
     settings = _settings()
@@ -153,9 +236,15 @@ def models_list(
     with _session(settings) as session:
         for row in registry.list_versions(session, criteria=criteria):
             auto = row.metrics.get("auto", {})
-            table.add_row(row.version, row.status.value, f"{row.created_at:%Y-%m-%d %H:%M}",
-                          str(row.data_rows), f"{row.metrics.get('weighted_f1', 0):.3f}",
-                          f"{auto.get('coverage') or 0:.0%}", f"{auto.get('precision') or 0:.3f}")
+            table.add_row(
+                row.version,
+                row.status.value,
+                f"{row.created_at:%Y-%m-%d %H:%M}",
+                str(row.data_rows),
+                f"{row.metrics.get('weighted_f1', 0):.3f}",
+                f"{auto.get('coverage') or 0:.0%}",
+                f"{auto.get('precision') or 0:.3f}",
+            )
     console.print(table)
 
 
@@ -163,8 +252,11 @@ def _registry_action(action: str, version: str | None = None) -> None:
     settings = _settings()
     try:
         with _session(settings) as session:
-            row = (registry.promote(session, version=version) if version
-                   else registry.rollback(session))
+            row = (
+                registry.promote(session, version=version)
+                if version
+                else registry.rollback(session)
+            )
     except TagflowError as exc:
         console.print(f"[red]cannot {action}:[/red] {exc}")
         raise typer.Exit(1) from None

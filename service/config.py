@@ -46,7 +46,9 @@ def parse_api_keys(raw: str) -> dict[str, Role]:
             keys[key.strip()] = Role(role.strip())
         except ValueError:
             roles = ", ".join(r.value for r in Role)
-            raise ValueError(f"unknown role {role!r} in TAGFLOW_API_KEYS (roles: {roles})") from None
+            raise ValueError(
+                f"unknown role {role!r} in TAGFLOW_API_KEYS (roles: {roles})"
+            ) from None
     return keys
 
 

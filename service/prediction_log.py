@@ -6,6 +6,7 @@ clean shutdown loses nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -58,7 +59,9 @@ class PredictionLog:
         written = 0
         with self._flush_lock:
             while self._buffer or self._shadows:
-                batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+                batch = [
+                    self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))
+                ]
                 shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
                 try:
                     with session_scope(self.engine) as session:
@@ -83,14 +86,14 @@ class PredictionLog:
             try:
                 await asyncio.to_thread(self.flush)
             except Exception:
-                log.exception("prediction log flush failed; %d rows kept for retry", len(self._buffer))
+                log.exception(
+                    "prediction log flush failed; %d rows kept for retry", len(self._buffer)
+                )
 
     async def close(self) -> None:
         """Stop the loop and write what is left."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         await asyncio.to_thread(self.flush)

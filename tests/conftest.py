@@ -188,7 +188,9 @@ def app_settings(make_settings: Callable[..., Settings], database_url: str) -> S
 
 
 @pytest.fixture
-def client(app_settings: Settings, engine: Engine, shared_result: TrainResult) -> Iterator[TestClient]:
+def client(
+    app_settings: Settings, engine: Engine, shared_result: TrainResult
+) -> Iterator[TestClient]:
     """The real app (lifespan and all) on SQLite and PostgreSQL, serving a shared-data model."""
     register_promoted(engine, app_settings, shared_result)
     with TestClient(create_app(app_settings)) as test_client:

@@ -33,8 +33,10 @@ def test_predict_returns_an_approved_tag_with_scores(client: TestClient) -> None
 
 
 def test_every_prediction_is_logged(client: TestClient) -> None:
-    ids = [client.post("/predict", json=ITEM, headers=auth("client")).json()["prediction_id"]
-           for _ in range(3)]
+    ids = [
+        client.post("/predict", json=ITEM, headers=auth("client")).json()["prediction_id"]
+        for _ in range(3)
+    ]
     engine = client.app.state.tagflow.engine
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -51,12 +53,19 @@ def test_batch_keeps_order_and_matches_single(sqlite_client: TestClient) -> None
     items = [
         {"title": "Fine-tuning BERT for sentiment analysis", "description": "Text classification."},
         ITEM,
-        {"title": "Serving models with Kubernetes", "description": "Deploy and monitor in production."},
+        {
+            "title": "Serving models with Kubernetes",
+            "description": "Deploy and monitor in production.",
+        },
     ]
     response = sqlite_client.post("/predict/batch", json={"items": items}, headers=auth("client"))
     assert response.status_code == 200
     results = response.json()["results"]
-    assert [r["tag"] for r in results] == ["natural-language-processing", "computer-vision", "mlops"]
+    assert [r["tag"] for r in results] == [
+        "natural-language-processing",
+        "computer-vision",
+        "mlops",
+    ]
     single = sqlite_client.post("/predict", json=items[0], headers=auth("client")).json()
     assert single["scores"] == results[0]["scores"]
     assert len({r["prediction_id"] for r in results}) == 3
@@ -71,8 +80,9 @@ def test_behavioural_cases(sqlite_client: TestClient) -> None:
         "Transformers applied to image classification.": "computer-vision",
     }
     for title, expected in cases.items():
-        body = sqlite_client.post("/predict", json={"title": title, "description": ""},
-                                  headers=auth("client")).json()
+        body = sqlite_client.post(
+            "/predict", json={"title": title, "description": ""}, headers=auth("client")
+        ).json()
         assert body["tag"] == expected, (title, body)
 
 
@@ -82,8 +92,9 @@ def test_concurrent_requests_are_microbatched_and_answered(sqlite_client: TestCl
     titles = [f"Semantic segmentation of satellite images, part {i}" for i in range(24)]
 
     def call(title: str) -> dict:
-        return sqlite_client.post("/predict", json={"title": title, "description": "Pixels."},
-                                  headers=auth("client")).json()
+        return sqlite_client.post(
+            "/predict", json={"title": title, "description": "Pixels."}, headers=auth("client")
+        ).json()
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(call, titles))
@@ -105,7 +116,9 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
-def test_bad_input_is_a_clear_4xx(sqlite_client: TestClient, case: str, body: bytes, status: int) -> None:
+def test_bad_input_is_a_clear_4xx(
+    sqlite_client: TestClient, case: str, body: bytes, status: int
+) -> None:
     response = sqlite_client.post(
         "/predict", content=body, headers=auth("client") | {"content-type": "application/json"}
     )
@@ -114,8 +127,9 @@ def test_bad_input_is_a_clear_4xx(sqlite_client: TestClient, case: str, body: by
 
 
 def test_title_at_the_limit_is_accepted(sqlite_client: TestClient) -> None:
-    response = sqlite_client.post("/predict", json={"title": "x" * 300, "description": "y" * 5000},
-                                  headers=auth("client"))
+    response = sqlite_client.post(
+        "/predict", json={"title": "x" * 300, "description": "y" * 5000}, headers=auth("client")
+    )
     assert response.status_code == 200
 
 

@@ -30,7 +30,10 @@ def test_shared_dataset_validates(shared_dataset: Path, tags: TagSet) -> None:
     examples, report = load_dataset(shared_dataset, tags=tags)
     assert report.ok and report.rows_read == 764 and len(examples) == report.rows_kept
     assert report.tag_counts == {
-        "natural-language-processing": 310, "computer-vision": 285, "other": 106, "mlops": 63
+        "natural-language-processing": 310,
+        "computer-vision": 285,
+        "other": 106,
+        "mlops": 63,
     }
 
 
@@ -47,12 +50,15 @@ def test_seed_is_not_copied_from_the_shared_dataset(shared_dataset: Path, tags: 
 
 
 def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> None:
-    path = _write_csv(tmp_path / "d.csv", (
-        "id,title,description,tag\n"
-        "1,Image GANs,Faces from noise,computer-vision\n"
-        "2,image gans ,  faces from   noise,computer-vision\n"
-        "3,Topic models,LDA for documents,natural-language-processing\n"
-    ))
+    path = _write_csv(
+        tmp_path / "d.csv",
+        (
+            "id,title,description,tag\n"
+            "1,Image GANs,Faces from noise,computer-vision\n"
+            "2,image gans ,  faces from   noise,computer-vision\n"
+            "3,Topic models,LDA for documents,natural-language-processing\n"
+        ),
+    )
     examples, report = load_dataset(path, tags=tags)
     assert len(examples) == 2 and report.duplicates_dropped == 1
     assert "1 duplicate" in report.render()
@@ -68,7 +74,9 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> Non
     ],
     ids=["missing column", "empty text", "unapproved tag", "no rows"],
 )
-def test_broken_csv_is_a_clear_error(tmp_path: Path, tags: TagSet, content: str, message: str) -> None:
+def test_broken_csv_is_a_clear_error(
+    tmp_path: Path, tags: TagSet, content: str, message: str
+) -> None:
     path = _write_csv(tmp_path / "bad.csv", content)
     with pytest.raises(DatasetError) as excinfo:
         load_dataset(path, tags=tags)

@@ -52,7 +52,10 @@ def test_promote_under_concurrent_requests(client: TestClient, seed_result: Trai
     assert after["model_version"] == candidate
     rolled = client.post("/models/rollback", headers=auth("admin"))
     assert rolled.status_code == 200 and rolled.json()["version"] == "v0001"
-    assert client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"] == "v0001"
+    assert (
+        client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
+        == "v0001"
+    )
 
 
 def test_promotion_from_outside_reaches_the_api(
@@ -84,7 +87,10 @@ def test_tampered_artifact_is_refused_and_old_model_keeps_serving(
     response = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
     assert response.status_code == 409
     assert "checksum" in response.json()["detail"]
-    assert client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"] == "v0001"
+    assert (
+        client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
+        == "v0001"
+    )
 
 
 def test_tampered_production_row_is_not_loaded(

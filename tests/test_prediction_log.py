@@ -14,8 +14,15 @@ from service.prediction_log import PredictionLog
 
 def _prediction(status: PredictionStatus = PredictionStatus.AUTO) -> Prediction:
     return Prediction(
-        id=new_id(), text_hash="h" * 64, title="t", description="d", tag="other",
-        confidence=0.5, scores={"other": 0.5}, status=status, model_version="v0001",
+        id=new_id(),
+        text_hash="h" * 64,
+        title="t",
+        description="d",
+        tag="other",
+        confidence=0.5,
+        scores={"other": 0.5},
+        status=status,
+        model_version="v0001",
         latency_ms=1.0,
     )
 

@@ -27,8 +27,9 @@ def test_cross_validated_weighted_f1(shared_dataset: Path, tags: TagSet, encoder
     predicted = np.empty(len(examples), dtype=object)
     config = TrainConfig(folds=4)
     for train_idx, test_idx in folds.split(np.zeros(len(y)), y):
-        model, _ = fit([examples[i] for i in train_idx], encoder=encoder,
-                       target_precision=0.99, config=config)
+        model, _ = fit(
+            [examples[i] for i in train_idx], encoder=encoder, target_precision=0.99, config=config
+        )
         texts = [examples[i].text for i in test_idx]
         proba = model.predict_proba(texts, encoder.encode(texts))
         predicted[test_idx] = model.proba_to_tags(proba)

@@ -31,7 +31,9 @@ def test_register_records_lineage_metrics_and_artifacts(
     assert row.data_rows == seed_result.data_rows and len(row.data_hash) == 64
     assert row.thresholds["auto"] == seed_result.model.threshold
     assert row.metrics["weighted_f1"] == pytest.approx(seed_result.metrics["weighted_f1"])
-    assert {"per_class", "slices", "confusion", "precision_coverage", "baselines"} <= set(row.metrics)
+    assert {"per_class", "slices", "confusion", "precision_coverage", "baselines"} <= set(
+        row.metrics
+    )
     folder = Path(row.artifact_path)
     assert registry.sha256_file(folder / "model.joblib") == row.checksum
     report = json.loads((folder / "report.json").read_text())
@@ -44,7 +46,9 @@ def test_promote_archives_previous_and_rollback_restores_it(
 ) -> None:
     with Session(engine) as session:
         first = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        second = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
+        second = registry.register(
+            session, result=shared_result, artifacts_dir=settings.artifacts_dir
+        )
         registry.promote(session, version=first.version)
         registry.promote(session, version=second.version)
         statuses = {r.version: r.status for r in registry.list_versions(session)}
@@ -67,8 +71,10 @@ def test_filter_by_metric_criteria(
     with Session(engine) as session:
         registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
         registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
-        mlops_p = {r.version: r.metrics["per_class"]["mlops"]["precision"]
-                   for r in registry.list_versions(session)}
+        mlops_p = {
+            r.version: r.metrics["per_class"]["mlops"]["precision"]
+            for r in registry.list_versions(session)
+        }
         cut = sorted(mlops_p.values())[-1]
         found = registry.list_versions(
             session, criteria=[registry.Criterion.parse(f"per_class.mlops.precision>={cut}")]

@@ -67,7 +67,8 @@ def get_role(
     """The caller's role from `Authorization: Bearer <key>`; 401 when missing or unknown."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED, "missing API key: send Authorization: Bearer <key>",
+            status.HTTP_401_UNAUTHORIZED,
+            "missing API key: send Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
     role = settings.keys.get(credentials.credentials)

@@ -45,7 +45,9 @@ def build_state(settings: Settings) -> AppState:
     init_db(engine)
     tag_set = load_tags(settings.tags_file)
     encoder = load_encoder(
-        settings.resolved_encoder_dir, settings.encoder, threads=settings.encoder_threads,
+        settings.resolved_encoder_dir,
+        settings.encoder,
+        threads=settings.encoder_threads,
         cache_size=settings.embedding_cache_size,
     )
     predictor = Predictor(encoder, tag_set)
@@ -56,15 +58,21 @@ def build_state(settings: Settings) -> AppState:
         training=Queue(TRAINING_QUEUE, connection=redis),
     )
     state = AppState(
-        settings=settings, engine=engine, tags=tag_set, predictor=predictor,
+        settings=settings,
+        engine=engine,
+        tags=tag_set,
+        predictor=predictor,
         batcher=MicroBatcher(
-            predictor, max_items=settings.microbatch_max, wait_ms=settings.microbatch_wait_ms,
+            predictor,
+            max_items=settings.microbatch_max,
+            wait_ms=settings.microbatch_wait_ms,
             threads=settings.score_threads,
         ),
         log=PredictionLog(
             engine, interval_s=settings.log_flush_interval_s, batch_size=settings.log_batch_size
         ),
-        redis=redis, queues=queues,
+        redis=redis,
+        queues=queues,
     )
     state.log.after_flush = lambda: _drain_quietly(state)
     return state
@@ -109,8 +117,15 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     for router in (
-        health.router, predict.router, tags.router, models.router, review.router,
-        labels.router, feedback.router, jobs.router, review_page.router,
+        health.router,
+        predict.router,
+        tags.router,
+        models.router,
+        review.router,
+        labels.router,
+        feedback.router,
+        jobs.router,
+        review_page.router,
     ):
         app.include_router(router)
     return app

@@ -113,7 +113,9 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
                     try:
                         row = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise DatasetError(f"{path}: line {n} is not valid JSON ({exc.msg})") from None
+                        raise DatasetError(
+                            f"{path}: line {n} is not valid JSON ({exc.msg})"
+                        ) from None
                     if not isinstance(row, dict):
                         raise DatasetError(f"{path}: line {n} is not a JSON object")
                     rows.append(row)

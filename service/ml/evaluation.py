@@ -20,8 +20,9 @@ _NLP_TERMS = re.compile(r"\b(transformers?|llms?|large language models?|bert\w*|
 # A slice is a named predicate over examples; the gate compares slice F1 between versions.
 SLICES: dict[str, Callable[[Example], bool]] = {
     "short_text": lambda e: len(e.text.split()) < 8,
-    "nlp_transformer_terms": lambda e: e.tag == "natural-language-processing"
-    and bool(_NLP_TERMS.search(e.text)),
+    "nlp_transformer_terms": lambda e: (
+        e.tag == "natural-language-processing" and bool(_NLP_TERMS.search(e.text))
+    ),
     "mentions_transformer_terms": lambda e: bool(_NLP_TERMS.search(e.text)),
 }
 
@@ -69,11 +70,14 @@ def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int 
 
 
 def _per_class(y_true: Sequence[str], y_pred: Sequence[str], classes: list[str]) -> dict:
-    p, r, f, s = precision_recall_fscore_support(
-        y_true, y_pred, labels=classes, zero_division=0
-    )
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     return {
-        c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        c: {
+            "precision": float(p[i]),
+            "recall": float(r[i]),
+            "f1": float(f[i]),
+            "support": int(s[i]),
+        }
         for i, c in enumerate(classes)
     }
 
@@ -143,13 +147,22 @@ def render_png(report: dict[str, Any], path: Path, *, title: str) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center", color="black" if v < matrix.max() / 2 else "white")
+        ax.text(
+            j,
+            i,
+            str(v),
+            ha="center",
+            va="center",
+            color="black" if v < matrix.max() / 2 else "white",
+        )
     ax.set_title("confusion matrix")
 
     ax = axes[1]
     x = np.arange(len(labels))
     for k, metric in enumerate(("precision", "recall", "f1")):
-        ax.bar(x + (k - 1) * 0.27, [report["per_class"][c][metric] for c in labels], 0.27, label=metric)
+        ax.bar(
+            x + (k - 1) * 0.27, [report["per_class"][c][metric] for c in labels], 0.27, label=metric
+        )
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.legend(fontsize=8)
@@ -160,8 +173,13 @@ def render_png(report: dict[str, Any], path: Path, *, title: str) -> None:
     ax.plot([p["coverage"] for p in curve], [p["precision"] for p in curve], marker="o")
     auto = report["auto"]
     if auto["precision"] is not None:
-        ax.scatter([auto["coverage"]], [auto["precision"]], color="red", zorder=3,
-                   label=f"auto: {auto['coverage']:.0%} at {auto['precision']:.3f}")
+        ax.scatter(
+            [auto["coverage"]],
+            [auto["precision"]],
+            color="red",
+            zorder=3,
+            label=f"auto: {auto['coverage']:.0%} at {auto['precision']:.3f}",
+        )
         ax.legend(fontsize=8)
     ax.set_xlabel("coverage (share accepted automatically)")
     ax.set_ylabel("precision of accepted")

@@ -12,7 +12,14 @@ from service.entities import ModelVersion
 from service.ml import registry
 from service.ml.dataset import Example, ValidationReport, load_dataset
 from service.ml.encoder import Encoder
-from service.ml.training import Progress, TrainConfig, TrainResult, split_examples, train
+from service.ml.training import (
+    DEFAULT_CONFIG,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    split_examples,
+    train,
+)
 from service.tags import TagSet
 
 
@@ -24,7 +31,7 @@ class Outcome:
 
 
 def base_split(
-    path: Path, *, tags: TagSet, config: TrainConfig = TrainConfig()
+    path: Path, *, tags: TagSet, config: TrainConfig = DEFAULT_CONFIG
 ) -> tuple[list[Example], list[Example], ValidationReport]:
     """The base dataset's frozen train / evaluation split (same seed, same split, every time)."""
     examples, report = load_dataset(path, tags=tags)
@@ -46,7 +53,10 @@ def train_file(
     progress("validate")
     train_set, eval_set, report = base_split(path, tags=tags)
     result = train(
-        train_set, eval_set, encoder=encoder, target_precision=settings.target_precision,
+        train_set,
+        eval_set,
+        encoder=encoder,
+        target_precision=settings.target_precision,
         progress=progress,
     )
     result.params["source"] = str(path.resolve())

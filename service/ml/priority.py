@@ -71,6 +71,7 @@ def rank_diverse(embeddings: np.ndarray, base: np.ndarray, k: int) -> list[int]:
         remaining.remove(best)
         sims = embeddings @ embeddings[best]
         penalty = np.maximum(
-            penalty, DIVERSITY_WEIGHT * np.clip(sims - DIVERSITY_FLOOR, 0, None) / (1 - DIVERSITY_FLOOR)
+            penalty,
+            DIVERSITY_WEIGHT * np.clip(sims - DIVERSITY_FLOOR, 0, None) / (1 - DIVERSITY_FLOOR),
         )
     return chosen

@@ -70,9 +70,16 @@ def register(
 ) -> ModelVersion:
     """Write a trained model's artifacts and record it as a `candidate` version."""
     row = ModelVersion(
-        version=f"pending-{new_id()}", data_hash=result.data_hash, data_rows=result.data_rows,
-        dataset_snapshot_id=snapshot_id, params=result.params, metrics=result.metrics,
-        thresholds={"auto": result.model.threshold}, artifact_path="", checksum="", note=note,
+        version=f"pending-{new_id()}",
+        data_hash=result.data_hash,
+        data_rows=result.data_rows,
+        dataset_snapshot_id=snapshot_id,
+        params=result.params,
+        metrics=result.metrics,
+        thresholds={"auto": result.model.threshold},
+        artifact_path="",
+        checksum="",
+        note=note,
         gate=gate,
     )
     session.add(row)
@@ -81,8 +88,14 @@ def register(
     folder = artifacts_dir / row.version
     folder.mkdir(parents=True, exist_ok=True)
     joblib.dump(result.model, folder / MODEL_FILE)
-    report = {"version": row.version, "metrics": result.metrics, "params": result.params,
-              "cv": result.cv, "gate": gate, "train_seconds": result.seconds}
+    report = {
+        "version": row.version,
+        "metrics": result.metrics,
+        "params": result.params,
+        "cv": result.cv,
+        "gate": gate,
+        "train_seconds": result.seconds,
+    }
     (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
     from service.ml.evaluation import render_png
 

@@ -8,6 +8,7 @@ overheads are paid once per batch instead of once per request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,8 +70,12 @@ class Predictor:
                 f"model {loaded.version} predicts unapproved tags {sorted(unknown)}: refused"
             )
         if loaded.model.encoder and loaded.model.encoder != self.encoder.path.name:
-            log.warning("model %s was trained on %s embeddings but %s is serving",
-                        loaded.version, loaded.model.encoder, self.encoder.path.name)
+            log.warning(
+                "model %s was trained on %s embeddings but %s is serving",
+                loaded.version,
+                loaded.model.encoder,
+                self.encoder.path.name,
+            )
 
     def swap(self, loaded: LoadedModel) -> None:
         """Make `loaded` the production model; batches already running finish on the old one."""
@@ -100,8 +105,12 @@ class Predictor:
         confidence = float(row[best])
         status = PredictionStatus.AUTO if confidence >= model.threshold else PredictionStatus.REVIEW
         return Scored(
-            tag=model.classes[best], confidence=round(confidence, 6), scores=scores,
-            status=status, model_version=loaded.version, embedding=embedding,
+            tag=model.classes[best],
+            confidence=round(confidence, 6),
+            scores=scores,
+            status=status,
+            model_version=loaded.version,
+            embedding=embedding,
         )
 
 
@@ -132,10 +141,8 @@ class MicroBatcher:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         self._pool.shutdown(wait=True)
 
     async def predict(self, texts: list[str]) -> list[Scored]:

@@ -33,6 +33,9 @@ class TrainConfig:
     eval_share: float = 0.2
 
 
+DEFAULT_CONFIG = TrainConfig()
+
+
 @dataclass
 class TrainResult:
     """A fitted model with everything the registry records about it."""
@@ -89,8 +92,12 @@ def select_model(
             if best is None or f1 > best[0] + 1e-9:
                 best = (f1, row, proba)
     assert best is not None
-    chosen = {"embedding_c": best[1]["embedding_c"], "tfidf_c": config.tfidf_c,
-              "weight": best[1]["weight"], "cv_weighted_f1": best[0]}
+    chosen = {
+        "embedding_c": best[1]["embedding_c"],
+        "tfidf_c": config.tfidf_c,
+        "weight": best[1]["weight"],
+        "cv_weighted_f1": best[0],
+    }
     return {"chosen": chosen, "table": table}, best[2]
 
 
@@ -99,7 +106,7 @@ def fit(
     *,
     encoder: Encoder,
     target_precision: float,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = DEFAULT_CONFIG,
     progress: Progress = lambda _step: None,
 ) -> tuple[TagModel, dict[str, Any]]:
     """Select, choose the threshold on out-of-fold predictions, and fit on all of `train`."""
@@ -160,7 +167,7 @@ def train(
     *,
     encoder: Encoder,
     target_precision: float,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig = DEFAULT_CONFIG,
     progress: Progress = lambda _step: None,
 ) -> TrainResult:
     """Fit on `train_examples` and evaluate on `eval_examples`, which it never sees."""
@@ -169,8 +176,11 @@ def train(
     if leaked:
         raise DatasetError(f"{leaked} evaluation items also appear in the training data")
     model, cv = fit(
-        train_examples, encoder=encoder, target_precision=target_precision,
-        config=config, progress=progress,
+        train_examples,
+        encoder=encoder,
+        target_precision=target_precision,
+        config=config,
+        progress=progress,
     )
     progress("evaluate")
     metrics = evaluate(model, encoder, eval_examples)

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
 from service.api.deps import AdminRole, AnyRole, SessionDep, StateDep
 from service.api.lifecycle import sync_production
+from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
 from service.errors import NotFoundError
 from service.ml import registry
+from service.retraining import JobAccepted, enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
 
@@ -41,6 +43,13 @@ def list_models(
     return ModelList(models=[public(r) for r in rows])
 
 
+@router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+def retrain_model(state: StateDep, _role: AdminRole) -> JobAccepted:
+    """Queue a retraining on the base dataset plus current labels; follow it at
+    GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate."""
+    return JobAccepted(job_id=enqueue_retrain(state.queues.training, reason="manual"))
+
+
 @router.get("/{version}", response_model=ModelVersionPublic)
 def get_model(version: str, session: SessionDep, _role: AnyRole) -> ModelVersionPublic:
     return public(registry.get_version(session, version=version))
@@ -54,6 +63,13 @@ def get_report_png(version: str, session: SessionDep, _role: AnyRole) -> FileRes
     if not path.exists():
         raise NotFoundError(f"no report picture for {version}")
     return FileResponse(path, media_type="image/png")
+
+
+@router.get("/{version}/shadow", response_model=ShadowStats)
+def get_shadow_stats(version: str, session: SessionDep, _role: AnyRole) -> ShadowStats:
+    """How `version`, run in shadow on live traffic, agreed with production and with labels."""
+    registry.get_version(session, version=version)
+    return shadow_stats(session, version=version)
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)

@@ -56,15 +56,25 @@ def check_lengths(items: list[Item], settings: Settings) -> None:
 
 def _record(state: AppState, item: Item, scored: Scored, latency_ms: float) -> PredictionPublic:
     row = Prediction(
-        id=new_id(), text_hash=text_hash(item.title, item.description), title=item.title,
-        description=item.description, tag=scored.tag, confidence=scored.confidence,
-        scores=scored.scores, status=scored.status, model_version=scored.model_version,
+        id=new_id(),
+        text_hash=text_hash(item.title, item.description),
+        title=item.title,
+        description=item.description,
+        tag=scored.tag,
+        confidence=scored.confidence,
+        scores=scored.scores,
+        status=scored.status,
+        model_version=scored.model_version,
         latency_ms=round(latency_ms, 3),
     )
     state.log.record(row)
     return PredictionPublic(
-        prediction_id=row.id, tag=row.tag, confidence=row.confidence, scores=row.scores,
-        status=row.status, model_version=row.model_version,
+        prediction_id=row.id,
+        tag=row.tag,
+        confidence=row.confidence,
+        scores=row.scores,
+        status=row.status,
+        model_version=row.model_version,
     )
 
 
@@ -80,12 +90,19 @@ async def _shadow(state: AppState, texts: list[str], results: list[PredictionPub
         return
     for s, r in zip(scored, results, strict=True):
         state.log.record_shadow(
-            ShadowPrediction(prediction_id=r.prediction_id, model_version=shadow.version,
-                             tag=s.tag, confidence=s.confidence, agrees=s.tag == r.tag)
+            ShadowPrediction(
+                prediction_id=r.prediction_id,
+                model_version=shadow.version,
+                tag=s.tag,
+                confidence=s.confidence,
+                agrees=s.tag == r.tag,
+            )
         )
 
 
-async def _predict(state: AppState, batcher: BatcherDep, items: list[Item]) -> list[PredictionPublic]:
+async def _predict(
+    state: AppState, batcher: BatcherDep, items: list[Item]
+) -> list[PredictionPublic]:
     started = time.perf_counter()
     texts = [item_text(i.title, i.description) for i in items]
     scored = await batcher.predict(texts)
@@ -109,7 +126,10 @@ async def predict(
 
 @router.post("/predict/batch", response_model=BatchResponse)
 async def predict_batch(
-    body: BatchRequest, _role: ClientRole, state: StateDep, batcher: BatcherDep,
+    body: BatchRequest,
+    _role: ClientRole,
+    state: StateDep,
+    batcher: BatcherDep,
     settings: SettingsDep,
 ) -> BatchResponse:
     """Tag up to `max_batch_items` items; results come back in the same order."""
