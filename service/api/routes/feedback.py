@@ -1,0 +1,101 @@
+"""User feedback over HTTP: report a wrong tag, follow what became of the report."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi import APIRouter, Response, status
+from pydantic import BaseModel
+from sqlmodel import Session
+
+from service.api.deps import AnyRole, SessionDep, StateDep
+from service.api.lifecycle import drain_outbox
+from service.api.state import AppState
+from service.crud import feedback as feedback_crud
+from service.crud.predictions import get_prediction
+from service.entities import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus, Prediction
+from service.errors import NotFoundError, UnavailableError
+
+router = APIRouter(prefix="/feedback", tags=["feedback"])
+log = logging.getLogger(__name__)
+
+
+class FeedbackReceipt(BaseModel):
+    """What POST /feedback returns."""
+
+    feedback_id: int
+    status: FeedbackStatus
+
+
+async def _find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
+    """The stored prediction; one still in the write-behind buffer is flushed first."""
+    try:
+        return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
+    except NotFoundError:
+        # Flushing also waits for a batch that is being written right now.
+        try:
+            await asyncio.to_thread(state.log.flush)
+        except Exception as exc:
+            log.exception("prediction log flush failed while looking up %s", prediction_id)
+            raise UnavailableError("the prediction log cannot be written now; retry") from exc
+        return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
+
+
+def _drain(state: AppState) -> None:
+    """Best effort: hand the review request to RQ now (the watch loop retries otherwise)."""
+    try:
+        drain_outbox(state)
+    except Exception:
+        log.exception("outbox relay failed after feedback; the row waits in the outbox")
+
+
+def _store(
+    state: AppState, session: Session, body: FeedbackCreate, prediction: Prediction
+) -> tuple[Feedback, bool]:
+    settings = state.settings
+    return feedback_crud.create_feedback(
+        session,
+        body=body,
+        prediction=prediction,
+        tags=state.tags,
+        trust=settings.trust_feedback,
+        holdout_share=settings.label_holdout_share,
+    )
+
+
+@router.post(
+    "",
+    response_model=FeedbackReceipt,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "This reporter already reported this prediction"}},
+)
+async def post_feedback(
+    body: FeedbackCreate,
+    response: Response,
+    session: SessionDep,
+    state: StateDep,
+    _role: AnyRole,
+) -> FeedbackReceipt:
+    """Report that a prediction's tag is wrong; `correct_tag` must be an approved tag.
+
+    201 with the new report. Idempotent: the same (prediction_id, reporter) again answers
+    200 with the first report's body and stores nothing. Unknown prediction: 404; tag not
+    approved: 422. The report waits for a reviewer (`received`, then `in_review`) unless
+    feedback is trusted, when it becomes a label at once (`confirmed`).
+    """
+    prediction = await _find_prediction(state, session, body.prediction_id)
+    feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
+    assert feedback.id is not None
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    elif feedback.status == FeedbackStatus.RECEIVED:
+        await asyncio.to_thread(_drain, state)
+    return FeedbackReceipt(feedback_id=feedback.id, status=feedback.status)
+
+
+@router.get("/{feedback_id}", response_model=FeedbackPublic)
+def read_feedback(feedback_id: int, session: SessionDep, _role: AnyRole) -> FeedbackPublic:
+    """A report's status, its review task, and the final tag once a reviewer has decided."""
+    feedback = feedback_crud.get_feedback(session, feedback_id=feedback_id)
+    return feedback_crud.feedback_public(session, feedback=feedback)

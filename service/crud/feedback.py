@@ -1,0 +1,135 @@
+"""User feedback: reports that a prediction's tag was wrong, and what became of them.
+
+A report is not trusted by default: it is stored with an outbox row that asks the labelling
+queue for a human review (reason `user_report`). With `trust_feedback` it becomes a label
+right away.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, select
+
+from service.crud import labels as labels_crud
+from service.crud.predictions import REVIEW_KIND, review_payload
+from service.entities import (
+    Feedback,
+    FeedbackCreate,
+    FeedbackPublic,
+    FeedbackStatus,
+    LabelSource,
+    OutboxItem,
+    Prediction,
+)
+from service.entities.common import as_utc
+from service.entities.review import ReviewReason
+from service.errors import InvalidInputError, NotFoundError
+from service.tags import TagSet
+
+log = logging.getLogger(__name__)
+
+FEEDBACK_REVIEWER = "feedback"  # the reviewer name on trusted labels without a reporter
+SETTLED = (FeedbackStatus.CONFIRMED, FeedbackStatus.REJECTED)
+
+
+def find_feedback(session: Session, *, prediction_id: str, reporter: str) -> Feedback | None:
+    """The report a reporter already made about a prediction, if any."""
+    return session.exec(
+        select(Feedback).where(
+            Feedback.prediction_id == prediction_id, Feedback.reporter == reporter
+        )
+    ).first()
+
+
+def _trust(session: Session, *, feedback: Feedback, prediction: Prediction, share: float) -> None:
+    """Turn a trusted report into the content's current label (flushes, does not commit)."""
+    label = labels_crud.append_label(
+        session,
+        text_hash=prediction.text_hash,
+        title=prediction.title,
+        description=prediction.description,
+        tag=feedback.correct_tag,
+        reviewer=feedback.reporter or FEEDBACK_REVIEWER,
+        holdout_share=share,
+        source=LabelSource.FEEDBACK,
+    )
+    feedback.status = FeedbackStatus.CONFIRMED
+    feedback.label_id = label.id
+    session.add(feedback)
+
+
+def create_feedback(
+    session: Session,
+    *,
+    body: FeedbackCreate,
+    prediction: Prediction,
+    tags: TagSet,
+    trust: bool,
+    holdout_share: float,
+) -> tuple[Feedback, bool]:
+    """Store a report; returns `(feedback, created)`.
+
+    Idempotent per (prediction, reporter): a repeated report returns the first one with
+    `created=False` and writes nothing. The feedback row and its outbox row (or, when
+    trusted, its label) are committed in one transaction.
+    """
+    if body.correct_tag not in tags:
+        raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
+    reporter = (body.reporter or "").strip()
+    existing = find_feedback(session, prediction_id=prediction.id, reporter=reporter)
+    if existing is not None:
+        return existing, False
+    feedback = Feedback(
+        prediction_id=prediction.id,
+        reporter=reporter,
+        correct_tag=body.correct_tag,
+        comment=body.comment,
+        text_hash=prediction.text_hash,
+    )
+    try:
+        session.add(feedback)
+        session.flush()
+        if trust:
+            _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
+        else:
+            payload = review_payload(prediction, reason=ReviewReason.USER_REPORT)
+            payload["feedback_id"] = feedback.id
+            session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
+        session.commit()
+    except IntegrityError:
+        # A concurrent identical report won the unique (prediction_id, reporter) race.
+        session.rollback()
+        existing = find_feedback(session, prediction_id=prediction.id, reporter=reporter)
+        if existing is None:
+            raise
+        log.info("feedback on %s by %r raced; returning the first", prediction.id, reporter)
+        return existing, False
+    session.refresh(feedback)
+    return feedback, True
+
+
+def get_feedback(session: Session, *, feedback_id: int) -> Feedback:
+    row = session.get(Feedback, feedback_id, populate_existing=True)
+    if row is None:
+        raise NotFoundError(f"feedback {feedback_id} does not exist")
+    return row
+
+
+def feedback_public(session: Session, *, feedback: Feedback) -> FeedbackPublic:
+    """The public view; `final_tag` is the content's current label once the report is settled."""
+    assert feedback.id is not None
+    final_tag = None
+    if feedback.status in SETTLED:
+        label = labels_crud.current_label(session, text_hash=feedback.text_hash)
+        final_tag = label.tag if label is not None else None
+    return FeedbackPublic(
+        feedback_id=feedback.id,
+        prediction_id=feedback.prediction_id,
+        correct_tag=feedback.correct_tag,
+        status=feedback.status,
+        task_id=feedback.task_id,
+        final_tag=final_tag,
+        created_at=as_utc(feedback.created_at),
+    )

@@ -1,0 +1,61 @@
+"""Shadow statistics: how a candidate's answers on live traffic compare with production and
+with what reviewers later decided."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case
+from sqlmodel import Session, SQLModel, col, func, select
+
+from service.entities import Label, Prediction, ShadowPrediction
+
+
+class ShadowStats(SQLModel):
+    """Agreement of a shadow version; the rates are None while there is nothing to compare."""
+
+    version: str
+    n: int
+    agreement_with_production: float | None
+    labeled: int
+    agreement_with_labels: float | None
+
+
+def _as_int(condition: ColumnElement[Any]) -> ColumnElement[int]:
+    """A boolean expression as 0/1, summable on SQLite and PostgreSQL alike."""
+    return case((condition, 1), else_=0)
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def shadow_stats(session: Session, *, version: str) -> ShadowStats:
+    """Counts over every shadow prediction of `version`; a shadow answer is compared with the
+    current label of the predicted content when it has one."""
+    of_version = ShadowPrediction.model_version == version
+    n, agreed = session.exec(
+        select(
+            func.count(), func.coalesce(func.sum(_as_int(col(ShadowPrediction.agrees))), 0)
+        ).where(of_version)
+    ).one()
+    label_join = and_(
+        col(Label.text_hash) == col(Prediction.text_hash), col(Label.superseded_by).is_(None)
+    )
+    labeled, right = session.exec(
+        select(
+            func.count(),
+            func.coalesce(func.sum(_as_int(col(ShadowPrediction.tag) == col(Label.tag))), 0),
+        )
+        .select_from(ShadowPrediction)
+        .join(Prediction, col(Prediction.id) == col(ShadowPrediction.prediction_id))
+        .join(Label, label_join)
+        .where(of_version)
+    ).one()
+    return ShadowStats(
+        version=version,
+        n=n,
+        agreement_with_production=_rate(int(agreed), n),
+        labeled=labeled,
+        agreement_with_labels=_rate(int(right), labeled),
+    )

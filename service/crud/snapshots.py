@@ -1,0 +1,63 @@
+"""Dataset snapshots: which base data and which reviewer labels a retraining used.
+
+A snapshot's `created_at` is when its training sets were read, so labels created later are
+"new" for the automatic-retraining trigger.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlmodel import Session, col, func, select
+
+from service.entities import DatasetSnapshot, Label
+from service.entities.common import as_utc, utcnow
+from service.errors import NotFoundError
+
+
+def create_snapshot(
+    session: Session,
+    *,
+    base_hash: str,
+    base_rows: int,
+    train_label_ids: list[int],
+    holdout_label_ids: list[int],
+    created_at: datetime | None = None,
+) -> DatasetSnapshot:
+    """Record a snapshot (committed)."""
+    row = DatasetSnapshot(
+        base_hash=base_hash,
+        base_rows=base_rows,
+        train_label_ids=sorted(train_label_ids),
+        holdout_label_ids=sorted(holdout_label_ids),
+        created_at=created_at or utcnow(),
+    )
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def get_snapshot(session: Session, *, snapshot_id: int) -> DatasetSnapshot:
+    row = session.get(DatasetSnapshot, snapshot_id)
+    if row is None:
+        raise NotFoundError(f"dataset snapshot {snapshot_id} does not exist")
+    return row
+
+
+def latest_snapshot(session: Session) -> DatasetSnapshot | None:
+    """The snapshot whose data was read last."""
+    return session.exec(
+        select(DatasetSnapshot).order_by(
+            col(DatasetSnapshot.created_at).desc(), col(DatasetSnapshot.id).desc()
+        )
+    ).first()
+
+
+def labels_since_latest_snapshot(session: Session) -> int:
+    """Current (not superseded) labels created after the latest snapshot; all if none."""
+    query = select(func.count()).select_from(Label).where(col(Label.superseded_by).is_(None))
+    latest = latest_snapshot(session)
+    if latest is not None:
+        query = query.where(col(Label.created_at) > as_utc(latest.created_at))
+    return session.exec(query).one()

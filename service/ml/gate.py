@@ -1,0 +1,99 @@
+"""The quality gate: a retrained candidate may replace production only if it is not worse.
+
+Both models are evaluated on the same frozen evaluation set; the gate compares the two
+reports (`service.ml.evaluation.evaluate_predictions` output) and records every check with
+both values, so a refusal can be read and argued with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+MAX_CLASS_PRECISION_DROP = 0.02
+MAX_SLICE_F1_DROP = 0.05
+EPSILON = 1e-9  # float noise is not a regression
+
+
+@dataclass(frozen=True)
+class Check:
+    """One comparison: passed when `candidate >= limit`."""
+
+    name: str
+    candidate: float | None
+    production: float | None
+    limit: float | None
+    passed: bool
+    note: str = ""
+
+
+def _at_least(name: str, cand: float | None, prod: float | None, limit: float, note: str) -> Check:
+    passed = cand is not None and cand >= limit - EPSILON
+    return Check(name, cand, prod, round(limit, 6), passed, note)
+
+
+def _weighted_f1(candidate: dict[str, Any], production: dict[str, Any]) -> Check:
+    prod = production["weighted_f1"]
+    return _at_least("weighted_f1", candidate["weighted_f1"], prod, prod, "not lower")
+
+
+def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> list[Check]:
+    checks = []
+    for tag, prod in production["per_class"].items():
+        cand = candidate["per_class"].get(tag, {}).get("precision")
+        checks.append(
+            _at_least(
+                f"precision:{tag}",
+                cand,
+                prod["precision"],
+                prod["precision"] - MAX_CLASS_PRECISION_DROP,
+                f"drop of at most {MAX_CLASS_PRECISION_DROP}",
+            )
+        )
+    return checks
+
+
+def _slices(candidate: dict[str, Any], production: dict[str, Any]) -> list[Check]:
+    checks = []
+    for name, prod in production.get("slices", {}).items():
+        cand = candidate.get("slices", {}).get(name, {}).get("f1")
+        if prod.get("f1") is None:
+            checks.append(Check(f"slice_f1:{name}", cand, None, None, True, "empty slice: skipped"))
+            continue
+        checks.append(
+            _at_least(
+                f"slice_f1:{name}",
+                cand,
+                prod["f1"],
+                prod["f1"] - MAX_SLICE_F1_DROP,
+                f"drop of at most {MAX_SLICE_F1_DROP}",
+            )
+        )
+    return checks
+
+
+def _auto_precision(
+    candidate: dict[str, Any], production: dict[str, Any] | None, target: float
+) -> Check:
+    cand = candidate["auto"]["precision"]
+    prod = production["auto"]["precision"] if production else None
+    note = "accepts nothing automatically: fails" if cand is None else "target precision"
+    return _at_least("auto_precision", cand, prod, target, note)
+
+
+def apply_gate(
+    candidate: dict[str, Any], production: dict[str, Any] | None, *, target_precision: float
+) -> dict[str, Any]:
+    """Compare two evaluation reports on the same data; `production=None` (no production
+    model yet) leaves only the automatic-acceptance precision check."""
+    checks: list[Check] = []
+    if production is not None:
+        checks.append(_weighted_f1(candidate, production))
+        checks += _class_precision(candidate, production)
+        checks += _slices(candidate, production)
+    checks.append(_auto_precision(candidate, production, target_precision))
+    return {
+        "passed": all(c.passed for c in checks),
+        "failed": [c.name for c in checks if not c.passed],
+        "checks": [asdict(c) for c in checks],
+    }

@@ -1,0 +1,328 @@
+"""Retraining: the base dataset plus reviewer labels -> a candidate behind the quality gate.
+
+The evaluation set is frozen: the base dataset's fixed split plus the held-out labels. The
+candidate and the production model are both scored on it and compared by
+`service.ml.gate.apply_gate`. A passing candidate is promoted when `auto_promote` is on;
+otherwise it waits for `POST /models/{version}/promote`.
+
+Also here: enqueueing retraining on RQ (by hand, or automatically after enough new labels)
+and reading a job's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job, JobStatus
+from sqlmodel import Session
+
+from service.config import Settings
+from service.crud import labels as labels_crud
+from service.crud import snapshots as snapshots_crud
+from service.entities import Label
+from service.entities.common import utcnow
+from service.errors import InvalidInputError, NotFoundError, UnavailableError
+from service.ml import registry
+from service.ml.dataset import DatasetError, Example, check_leakage, examples_hash
+from service.ml.encoder import Encoder
+from service.ml.gate import apply_gate
+from service.ml.pipeline import base_split
+from service.ml.training import Progress, evaluate, train
+from service.tags import TagSet
+
+log = logging.getLogger(__name__)
+
+RETRAIN_JOB = "workers.training_jobs.retrain"
+AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
+JOB_TIMEOUT_S = 30 * 60
+RESULT_TTL_S = 7 * 24 * 3600
+# The automatic job has a fixed id and RQ refuses a second one while it exists: it exists
+# while queued or running, a few minutes after finishing, and an hour after failing (so a
+# broken setup is retried hourly, not every watch tick).
+AUTO_RESULT_TTL_S = 300
+AUTO_FAILURE_TTL_S = 3600
+
+
+@dataclass
+class TrainingSets:
+    """What one retraining trains and evaluates on, with its provenance."""
+
+    train: list[Example]
+    evaluation: list[Example]
+    source: Path
+    base_hash: str
+    base_rows: int
+    train_label_ids: list[int]
+    holdout_label_ids: list[int]
+    replaced_base_rows: int
+    read_at: datetime
+
+
+def base_source(session: Session, *, settings: Settings) -> Path:
+    """The base dataset: configured, else the file the production model was trained from."""
+    if settings.base_dataset is not None:
+        return settings.base_dataset
+    production = registry.get_production(session)
+    source = production.params.get("source") if production is not None else None
+    if not source:
+        raise InvalidInputError(
+            "no base dataset: set TAGFLOW_BASE_DATASET (the production model records none)"
+        )
+    return Path(source)
+
+
+def _example(label: Label) -> Example:
+    return Example(title=label.title, description=label.description, tag=label.tag)
+
+
+def _usable_labels(session: Session, tags: TagSet) -> list[Label]:
+    labels = labels_crud.current_labels(session)
+    unusable = [label.id for label in labels if label.tag not in tags]
+    if unusable:
+        log.warning("labels %s carry tags no longer approved; left out of training", unusable)
+    return [label for label in labels if label.tag in tags]
+
+
+def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
+    """Base split plus current labels: held-out labels only evaluate, the rest train; a label
+    replaces base rows of the same content in both sets."""
+    read_at = utcnow()
+    source = base_source(session, settings=settings)
+    base_train, base_eval, _ = base_split(source, tags=tags)
+    labels = _usable_labels(session, tags)
+    labelled = {label.text_hash for label in labels}
+    kept_train = [e for e in base_train if e.text_hash not in labelled]
+    kept_eval = [e for e in base_eval if e.text_hash not in labelled]
+    train_labels = [label for label in labels if not label.holdout]
+    holdout_labels = [label for label in labels if label.holdout]
+    sets = TrainingSets(
+        train=kept_train + [_example(label) for label in train_labels],
+        evaluation=kept_eval + [_example(label) for label in holdout_labels],
+        source=source,
+        base_hash=registry.sha256_file(source),
+        base_rows=len(base_train) + len(base_eval),
+        train_label_ids=[label.id for label in train_labels if label.id is not None],
+        holdout_label_ids=[label.id for label in holdout_labels if label.id is not None],
+        replaced_base_rows=len(base_train) + len(base_eval) - len(kept_train) - len(kept_eval),
+        read_at=read_at,
+    )
+    leaked = check_leakage(sets.train, sets.evaluation)
+    if leaked:
+        raise DatasetError(f"{leaked} evaluation items also appear in the training data")
+    return sets
+
+
+def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The headline numbers of an evaluation report."""
+    if metrics is None:
+        return None
+    auto = metrics["auto"]
+    return {
+        "n": metrics["n"],
+        "weighted_f1": metrics["weighted_f1"],
+        "accuracy": metrics["accuracy"],
+        "auto_coverage": auto["coverage"],
+        "auto_precision": auto["precision"],
+    }
+
+
+def _promote_if_allowed(
+    session: Session, *, settings: Settings, version: str, passed: bool, before: str | None
+) -> tuple[bool, str]:
+    if not passed:
+        return False, "gate failed: waits as a candidate"
+    if not settings.auto_promote:
+        return False, "gate passed; auto_promote is off: promote by hand"
+    current = registry.get_production(session)
+    if (current.version if current else None) != before:
+        return False, "production changed during training: promote by hand"
+    registry.promote(session, version=version)
+    return True, "gate passed: promoted"
+
+
+def retrain(
+    session: Session,
+    *,
+    settings: Settings,
+    tags: TagSet,
+    encoder: Encoder,
+    reason: str = "manual",
+    progress: Progress = lambda _step: None,
+) -> dict[str, Any]:
+    """Train a candidate on base data plus labels, gate it against production, register it
+    with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
+    summary."""
+    production = registry.get_production(session)
+    before = production.version if production is not None else None
+    progress("data")
+    sets = build_training_sets(session, settings=settings, tags=tags)
+    result = train(
+        sets.train,
+        sets.evaluation,
+        encoder=encoder,
+        target_precision=settings.target_precision,
+        progress=progress,
+    )
+    result.params |= {"source": str(sets.source.resolve()), "reason": reason}
+    progress("gate")
+    prod_metrics = (
+        evaluate(registry.load_model(production), encoder, sets.evaluation)
+        if production is not None
+        else None
+    )
+    gate = apply_gate(result.metrics, prod_metrics, target_precision=settings.target_precision)
+    gate |= {
+        "production_version": before,
+        "eval_rows": len(sets.evaluation),
+        "eval_hash": examples_hash(sets.evaluation),
+        "production": summary(prod_metrics),
+    }
+    progress("register")
+    snapshot = snapshots_crud.create_snapshot(
+        session,
+        base_hash=sets.base_hash,
+        base_rows=sets.base_rows,
+        train_label_ids=sets.train_label_ids,
+        holdout_label_ids=sets.holdout_label_ids,
+        created_at=sets.read_at,
+    )
+    row = registry.register(
+        session,
+        result=result,
+        artifacts_dir=settings.artifacts_dir,
+        snapshot_id=snapshot.id,
+        gate=gate,
+        note=f"retrain ({reason})",
+    )
+    promoted, outcome = _promote_if_allowed(
+        session, settings=settings, version=row.version, passed=gate["passed"], before=before
+    )
+    log.info("retrain (%s): %s %s", reason, row.version, outcome)
+    return {
+        "candidate": row.version,
+        "promoted": promoted,
+        "outcome": outcome,
+        "production_before": before,
+        "reason": reason,
+        "snapshot_id": snapshot.id,
+        "gate_passed": gate["passed"],
+        "failed_checks": gate["failed"],
+        "checks": gate["checks"],
+        "train_rows": len(sets.train),
+        "eval_rows": len(sets.evaluation),
+        "train_labels": len(sets.train_label_ids),
+        "holdout_labels": len(sets.holdout_label_ids),
+        "replaced_base_rows": sets.replaced_base_rows,
+        "metrics": {"candidate": summary(result.metrics), "production": summary(prod_metrics)},
+    }
+
+
+# --- RQ jobs -------------------------------------------------------------------------------
+
+
+class JobState(StrEnum):
+    """A job's state as the API reports it (RQ's finer states folded into these four)."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class JobAccepted(BaseModel):
+    """The answer to a request that queued a job."""
+
+    job_id: str
+
+
+class JobPublic(BaseModel):
+    """A background job as the API reports it."""
+
+    job_id: str
+    status: JobState
+    result: Any = None
+    error: str | None = None
+
+
+_STATES = {
+    JobStatus.STARTED: JobState.STARTED,
+    JobStatus.FINISHED: JobState.FINISHED,
+    JobStatus.FAILED: JobState.FAILED,
+    JobStatus.STOPPED: JobState.FAILED,
+    JobStatus.CANCELED: JobState.FAILED,
+}
+
+
+def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
+    """Queue a retraining; its result is kept a week. Raises UnavailableError without Redis."""
+    try:
+        job = queue.enqueue(
+            RETRAIN_JOB,
+            reason,
+            job_timeout=JOB_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=RESULT_TTL_S,
+            description=f"retrain ({reason})",
+        )
+    except RedisError as exc:
+        raise UnavailableError(f"Redis is unavailable, retraining not queued: {exc}") from exc
+    return job.id
+
+
+def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Queue) -> str | None:
+    """Queue one automatic retraining once `retrain_after_labels` new labels exist since the
+    latest snapshot; never a second while one is queued or running. Returns the job id."""
+    if settings.retrain_after_labels <= 0:
+        return None
+    new_labels = snapshots_crud.labels_since_latest_snapshot(session)
+    if new_labels < settings.retrain_after_labels:
+        return None
+    try:
+        queue.enqueue(
+            RETRAIN_JOB,
+            "auto",
+            job_id=AUTO_RETRAIN_JOB_ID,
+            unique=True,
+            job_timeout=JOB_TIMEOUT_S,
+            result_ttl=AUTO_RESULT_TTL_S,
+            failure_ttl=AUTO_FAILURE_TTL_S,
+            description="retrain (auto)",
+        )
+    except DuplicateJobError:
+        return None
+    except RedisError as exc:
+        log.warning(
+            "automatic retraining due (%d new labels) but Redis is unavailable: %s", new_labels, exc
+        )
+        return None
+    log.info("%d new labels since the last snapshot: automatic retraining queued", new_labels)
+    return AUTO_RETRAIN_JOB_ID
+
+
+def _error(job: Job) -> str | None:
+    lines = [line for line in (job.exc_info or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the job failed without an error message"
+
+
+def job_public(connection: Redis, *, job_id: str) -> JobPublic:
+    """The state of a job; NotFoundError for unknown (or expired) ids."""
+    try:
+        job = Job.fetch(job_id, connection=connection)
+        state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
+        result = job.return_value() if state is JobState.FINISHED else None
+        error = _error(job) if state is JobState.FAILED else None
+    except NoSuchJobError:
+        raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
+    except RedisError as exc:
+        raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
+    return JobPublic(job_id=job_id, status=state, result=result, error=error)

@@ -1,0 +1,224 @@
+"""User feedback end to end on SQLite and PostgreSQL: POST /feedback -> outbox -> RQ -> review
+task -> reviewer label -> GET /feedback; idempotency, errors, roles, buffered predictions and
+trusted feedback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue, SimpleWorker
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.api.main import create_app
+from service.config import Settings
+from service.crud.labels import holdout_for
+from service.entities import Feedback, Label, LabelSource, OutboxItem
+from service.ml.training import TrainResult
+from service.outbox import LABELING_QUEUE
+from tests.conftest import auth, register_promoted
+from workers.context import JobContext, use_context
+
+ITEM = {
+    "title": "YOLO object detection on drone images",
+    "description": "Train a convolutional detector to find cars and people in aerial photos.",
+}
+TAGS = ["computer-vision", "mlops", "natural-language-processing", "other"]
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    seed_result: TrainResult,
+) -> Iterator[Callable[..., TestClient]]:
+    """Start the real app (seed model in production) with setting overrides; once per test."""
+    stack = ExitStack()
+
+    def build(**overrides: Any) -> TestClient:
+        settings = make_settings(database_url=database_url, **overrides)
+        register_promoted(engine, settings, seed_result)
+        return stack.enter_context(TestClient(create_app(settings)))
+
+    yield build
+    stack.close()
+
+
+def predict(client: TestClient, item: dict[str, str] = ITEM) -> dict[str, Any]:
+    response = client.post("/predict", json=item, headers=auth("client"))
+    assert response.status_code == 200
+    return response.json()
+
+
+def other_tag(tag: str) -> str:
+    return next(t for t in TAGS if t != tag)
+
+
+def report(client: TestClient, role: str = "client", **body: Any) -> Any:
+    return client.post("/feedback", json=body, headers=auth(role))
+
+
+def user_report_rows(engine: Engine) -> list[OutboxItem]:
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxItem)).all()
+    return [r for r in rows if r.payload["reason"] == "user_report"]
+
+
+def work_labeling(client: TestClient, conn: redis.Redis) -> None:
+    """Run the labelling jobs in this process, as `tagflow worker` would."""
+    use_context(JobContext(client.app.state.tagflow.settings))
+    try:
+        SimpleWorker([Queue(LABELING_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    finally:
+        use_context(None)
+
+
+def test_report_goes_to_review_and_settles_with_the_label(
+    make_client: Callable[..., TestClient], engine: Engine, redis_conn: redis.Redis
+) -> None:
+    client = make_client()
+    prediction = predict(client)
+    claimed = other_tag(prediction["tag"])
+    first = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        correct_tag=claimed,
+        reporter="alice",
+        comment="this is about something else",
+    )
+    assert first.status_code == 201
+    assert first.json() == {"feedback_id": first.json()["feedback_id"], "status": "received"}
+    again = report(
+        client, prediction_id=prediction["prediction_id"], correct_tag="other", reporter="alice"
+    )
+    assert again.status_code == 200 and again.json() == first.json()
+    # A second reporter disagrees with alice: her own report, the same review task.
+    bob = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        reporter="bob",
+        correct_tag=other_tag(claimed),
+    )
+    assert bob.status_code == 201 and bob.json()["feedback_id"] != first.json()["feedback_id"]
+
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 2
+    rows = user_report_rows(engine)
+    assert sorted(r.payload["feedback_id"] for r in rows) == sorted(
+        [first.json()["feedback_id"], bob.json()["feedback_id"]]
+    )
+    assert all(r.sent_at is not None for r in rows), "the outbox was not drained to RQ"
+    reviews = [
+        job
+        for job in Queue(LABELING_QUEUE, connection=redis_conn).jobs
+        if job.func_name == "workers.review_jobs.process_review"
+    ]
+    assert sorted(job.args[0].get("feedback_id") or 0 for job in reviews)[-2:] == sorted(
+        r.payload["feedback_id"] for r in rows
+    )
+    assert rows[0].payload["prediction_id"] == prediction["prediction_id"]
+
+    work_labeling(client, redis_conn)
+    alice_id = first.json()["feedback_id"]
+    in_review = client.get(f"/feedback/{alice_id}", headers=auth("client")).json()
+    assert in_review["status"] == "in_review" and in_review["task_id"] is not None
+    assert in_review["final_tag"] is None and in_review["correct_tag"] == claimed
+
+    task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    assert task.status_code == 200 and task.json()["task_id"] == in_review["task_id"]
+    assert task.json()["reason"] == "user_report"
+    labeled = client.post(
+        f"/review/{in_review['task_id']}/label",
+        json={"reviewer": "rev", "tag": claimed},
+        headers=auth("reviewer"),
+    )
+    assert labeled.status_code == 201
+
+    alice = client.get(f"/feedback/{alice_id}", headers=auth("client")).json()
+    assert alice["status"] == "confirmed" and alice["final_tag"] == claimed
+    bob_view = client.get(f"/feedback/{bob.json()['feedback_id']}", headers=auth("admin")).json()
+    assert bob_view["status"] == "rejected" and bob_view["final_tag"] == claimed
+    assert bob_view["task_id"] == alice["task_id"]
+
+
+def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine) -> None:
+    client = make_client()
+    prediction = predict(client)
+    pid = prediction["prediction_id"]
+    missing = report(client, prediction_id="0" * 32, correct_tag="mlops")
+    assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
+    unapproved = report(client, prediction_id=pid, correct_tag="astrology")
+    assert unapproved.status_code == 422 and "approved" in unapproved.json()["detail"]
+    assert report(client, prediction_id=pid).status_code == 422  # no correct_tag
+    assert (
+        client.post("/feedback", json={"prediction_id": pid, "correct_tag": "mlops"}).status_code
+        == 401
+    )
+    assert client.get("/feedback/12345", headers=auth("client")).status_code == 404
+    # Every role key may report; agreeing with the model's own tag is still a report.
+    for role in ("client", "reviewer", "admin"):
+        response = report(
+            client,
+            role,
+            prediction_id=pid,
+            correct_tag=prediction["tag"],
+            reporter=f"someone-{role}",
+        )
+        assert response.status_code == 201, response.text
+    anonymous = report(client, prediction_id=pid, correct_tag="mlops")
+    assert anonymous.status_code == 201
+    assert report(client, prediction_id=pid, correct_tag="other").json() == anonymous.json()
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 4
+    assert len(user_report_rows(engine)) == 4
+
+
+def test_report_on_a_prediction_still_in_the_write_behind_buffer(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    client = make_client(log_flush_interval_s=60)
+    prediction = predict(client)
+    state = client.app.state.tagflow
+    assert state.log.pending(prediction["prediction_id"]) is not None
+    response = report(client, prediction_id=prediction["prediction_id"], correct_tag="other")
+    assert response.status_code == 201, response.text
+    assert state.log.pending(prediction["prediction_id"]) is None
+    with Session(engine) as session:
+        feedback = session.exec(select(Feedback)).one()
+    assert feedback.prediction_id == prediction["prediction_id"]
+
+
+def test_trusted_feedback_becomes_a_label(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    client = make_client(trust_feedback=True, label_holdout_share=0.5)
+    prediction = predict(client)
+    claimed = other_tag(prediction["tag"])
+    response = report(
+        client, prediction_id=prediction["prediction_id"], correct_tag=claimed, reporter="carol"
+    )
+    assert response.status_code == 201 and response.json()["status"] == "confirmed"
+    anonymous = report(
+        client,
+        prediction_id=predict(client, {"title": "Kubeflow pipelines"})["prediction_id"],
+        correct_tag="mlops",
+    )
+    assert anonymous.status_code == 201 and anonymous.json()["status"] == "confirmed"
+    view = client.get(f"/feedback/{response.json()['feedback_id']}", headers=auth("client"))
+    assert view.json()["final_tag"] == claimed and view.json()["task_id"] is None
+    with Session(engine) as session:
+        labels = session.exec(select(Label).order_by(Label.id)).all()
+        feedback = session.get(Feedback, response.json()["feedback_id"])
+    assert [(label.tag, label.reviewer, label.source) for label in labels] == [
+        (claimed, "carol", LabelSource.FEEDBACK),
+        ("mlops", "feedback", LabelSource.FEEDBACK),
+    ]
+    assert feedback is not None and feedback.label_id == labels[0].id
+    assert all(label.holdout == holdout_for(label.text_hash, share=0.5) for label in labels)
+    assert user_report_rows(engine) == []  # trusted: nobody is asked to review it

@@ -1,0 +1,472 @@
+"""Retraining behind the quality gate: training sets from base data plus labels, the gate,
+snapshots, promotion, the RQ job over the API, automatic retraining and the CLI.
+
+Real models throughout: production is either the seed model or a deliberately weak one (the
+seed trained with a third of its tags wrong), so a retrained candidate is predictably better.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue, SimpleWorker
+from rq.job import Job
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from service import retraining
+from service.api.main import create_app
+from service.cli import app as cli_app
+from service.config import SEED_DATASET, Settings
+from service.crud import labels as labels_crud
+from service.crud import snapshots as snapshots_crud
+from service.db import init_db, make_engine
+from service.entities import DatasetSnapshot, Label, ModelStatus
+from service.errors import InvalidInputError
+from service.ml import registry
+from service.ml.dataset import Example, check_leakage, load_dataset
+from service.ml.encoder import Encoder
+from service.ml.gate import apply_gate
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult, train
+from service.outbox import TRAINING_QUEUE
+from service.tags import TagSet
+from tests.conftest import KEYS, auth, register_promoted
+from workers.context import JobContext, use_context
+
+ITEM = {"title": "Serving models with Kubernetes", "description": "Deploy and monitor models."}
+
+
+def rotated(example: Example, tags: TagSet) -> Example:
+    """The same content with the next approved tag: a wrong label."""
+    names = tags.names
+    return Example(
+        example.title, example.description, names[(names.index(example.tag) + 1) % len(names)]
+    )
+
+
+@pytest.fixture(scope="module")
+def weak_result(encoder: Encoder, tags: TagSet) -> TrainResult:
+    """The seed's train split with every third tag wrong: a clearly worse production model."""
+    train_set, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    noisy = [rotated(e, tags) if i % 3 == 0 else e for i, e in enumerate(train_set)]
+    result = train(noisy, eval_set, encoder=encoder, target_precision=0.99)
+    result.params["source"] = str(SEED_DATASET)
+    return result
+
+
+@pytest.fixture(scope="module")
+def new_items(shared_dataset: Path, tags: TagSet) -> list[Example]:
+    """Correctly tagged items the seed does not contain: what reviewers would add."""
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    seed, _ = load_dataset(SEED_DATASET, tags=tags)
+    known = {e.text_hash for e in seed}
+    return [e for e in examples if e.text_hash not in known][:40]
+
+
+def add_labels(engine: Engine, examples: list[Example], *, share: float) -> list[Label]:
+    """Labels as reviewers create them (`share` decides the held-out ones by content hash)."""
+    with Session(engine, expire_on_commit=False) as session:
+        rows = [
+            labels_crud.append_label(
+                session,
+                text_hash=e.text_hash,
+                title=e.title,
+                description=e.description,
+                tag=e.tag,
+                reviewer="rev",
+                holdout_share=share,
+            )
+            for e in examples
+        ]
+        session.commit()
+    return rows
+
+
+def metrics(f1: float = 0.9, auto: float | None = 0.995, **changes: Any) -> dict[str, Any]:
+    """An evaluation report with just what the gate reads."""
+    precision = {"a": 0.9, "b": 0.8} | changes.get("precision", {})
+    slices = {"short_text": 0.7, "empty": None} | changes.get("slices", {})
+    return {
+        "weighted_f1": f1,
+        "per_class": {tag: {"precision": p} for tag, p in precision.items() if p is not None},
+        "slices": {name: {"f1": value} for name, value in slices.items()},
+        "auto": {"precision": auto},
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "failed"),
+    [
+        (metrics(), []),
+        (metrics(f1=0.9 - 1e-4), ["weighted_f1"]),
+        (metrics(f1=0.95, precision={"a": 0.87}), ["precision:a"]),
+        (metrics(precision={"a": 0.885}), []),
+        (metrics(precision={"b": None}), ["precision:b"]),
+        (metrics(slices={"short_text": 0.64}), ["slice_f1:short_text"]),
+        (metrics(slices={"short_text": 0.66}), []),
+        (metrics(auto=None), ["auto_precision"]),
+        (metrics(auto=0.98), ["auto_precision"]),
+        (metrics(f1=0.5, auto=None), ["weighted_f1", "auto_precision"]),
+    ],
+)
+def test_gate_checks(candidate: dict[str, Any], failed: list[str]) -> None:
+    report = apply_gate(candidate, metrics(), target_precision=0.99)
+    assert report["failed"] == failed and report["passed"] is (not failed)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert set(by_name) == {
+        "weighted_f1",
+        "precision:a",
+        "precision:b",
+        "slice_f1:short_text",
+        "slice_f1:empty",
+        "auto_precision",
+    }
+    assert by_name["weighted_f1"]["production"] == 0.9
+    assert by_name["weighted_f1"]["candidate"] == candidate["weighted_f1"]
+    assert by_name["precision:a"]["limit"] == pytest.approx(0.88)
+    assert by_name["slice_f1:short_text"]["limit"] == pytest.approx(0.65)
+    assert by_name["auto_precision"]["limit"] == 0.99
+    assert by_name["slice_f1:empty"]["passed"] and "skipped" in by_name["slice_f1:empty"]["note"]
+    json.dumps(report)
+
+
+def test_gate_without_production_checks_only_automatic_precision() -> None:
+    assert apply_gate(metrics(), None, target_precision=0.99)["passed"]
+    refused = apply_gate(metrics(auto=0.9), None, target_precision=0.99)
+    assert refused["failed"] == ["auto_precision"] and len(refused["checks"]) == 1
+
+
+def test_training_sets_labels_replace_base_rows_and_holdouts_only_evaluate(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    new_items: list[Example],
+    seed_result: TrainResult,
+) -> None:
+    settings = make_settings()
+    base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
+    relabel_train, relabel_eval = rotated(base_train[0], tags), rotated(base_eval[0], tags)
+    trained = add_labels(engine, [relabel_train, relabel_eval, new_items[0]], share=0.0)
+    held_out = add_labels(engine, [new_items[1], new_items[2]], share=0.9999)
+    # A correction supersedes the first label of new_items[0]: only the current one counts.
+    corrected = add_labels(engine, [rotated(new_items[0], tags)], share=0.0)[0]
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(
+            Label(
+                text_hash="f" * 64, title="Retired", description="", tag="retired", reviewer="rev"
+            )
+        )
+        session.commit()
+        sets = retraining.build_training_sets(session, settings=settings, tags=tags)
+
+    assert sets.base_rows == len(base_train) + len(base_eval) and sets.replaced_base_rows == 2
+    assert len(sets.train) == len(base_train) - 1 + 3
+    assert len(sets.evaluation) == len(base_eval) - 1 + 2
+    assert relabel_train in sets.train and base_train[0] not in sets.train
+    assert relabel_eval in sets.train and base_eval[0] not in sets.evaluation
+    assert rotated(new_items[0], tags) in sets.train and new_items[0] not in sets.train
+    assert new_items[1] in sets.evaluation and new_items[1] not in sets.train
+    assert all(e.tag in tags for e in sets.train + sets.evaluation)
+    assert check_leakage(sets.train, sets.evaluation) == 0
+    assert sets.train_label_ids == [trained[0].id, trained[1].id, corrected.id]
+    assert sets.holdout_label_ids == [row.id for row in held_out]
+    assert sets.base_hash == registry.sha256_file(SEED_DATASET)
+
+    # Without a configured base dataset, the production model's own source is used.
+    with Session(engine) as session, pytest.raises(InvalidInputError, match="no base dataset"):
+        retraining.base_source(session, settings=make_settings(base_dataset=None))
+    register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        assert retraining.base_source(session, settings=make_settings(base_dataset=None)) == (
+            SEED_DATASET
+        )
+
+
+def test_retrain_promotes_a_better_candidate_and_records_its_snapshot(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    weak_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    settings = make_settings()
+    weak = register_promoted(engine, settings, weak_result)
+    labels = add_labels(engine, new_items, share=0.2)
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+    json.dumps(outcome)
+    assert outcome["gate_passed"] and outcome["promoted"], outcome["failed_checks"]
+    assert outcome["production_before"] == weak and outcome["candidate"] != weak
+    cand, prod = outcome["metrics"]["candidate"], outcome["metrics"]["production"]
+    assert cand["weighted_f1"] > prod["weighted_f1"] and cand["n"] == prod["n"]
+
+    with Session(engine) as session:
+        version = registry.get_version(session, version=outcome["candidate"])
+        assert version.status == ModelStatus.PRODUCTION
+        assert registry.get_version(session, version=weak).status == ModelStatus.ARCHIVED
+        snapshot = session.get(DatasetSnapshot, version.dataset_snapshot_id)
+        assert snapshot is not None and snapshot.id == outcome["snapshot_id"]
+        assert snapshot.train_label_ids == [r.id for r in labels if not r.holdout]
+        assert snapshot.holdout_label_ids == [r.id for r in labels if r.holdout]
+        assert snapshot.holdout_label_ids and snapshot.base_rows == 321
+        assert version.gate is not None and version.gate["passed"]
+        assert version.gate["production_version"] == weak
+        assert version.gate["eval_rows"] == outcome["eval_rows"] == version.params["eval_rows"]
+        assert all(
+            {"candidate", "production", "limit", "passed"} <= set(c) for c in version.gate["checks"]
+        )
+        assert version.params["source"] == str(SEED_DATASET.resolve())
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+    add_labels(engine, [rotated(new_items[0], tags)], share=0.0)
+    with Session(engine) as session:
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 1
+
+
+def test_worse_candidate_fails_the_gate_and_waits(
+    sqlite_engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+) -> None:
+    """Reviewers relabel half the training rows wrongly: the candidate must not go live."""
+    settings = make_settings()
+    production = register_promoted(sqlite_engine, settings, seed_result)
+    base_train, _, _ = base_split(SEED_DATASET, tags=tags)
+    add_labels(sqlite_engine, [rotated(e, tags) for e in base_train[:128]], share=0.0)
+    with Session(sqlite_engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        version = registry.get_version(session, version=outcome["candidate"])
+        current = registry.get_production(session)
+    assert not outcome["gate_passed"] and not outcome["promoted"]
+    assert "weighted_f1" in outcome["failed_checks"] and "gate failed" in outcome["outcome"]
+    assert version.status == ModelStatus.CANDIDATE and version.gate is not None
+    assert not version.gate["passed"]
+    f1 = next(c for c in version.gate["checks"] if c["name"] == "weighted_f1")
+    assert f1["candidate"] < f1["production"] and not f1["passed"]
+    assert current is not None and current.version == production
+
+
+@pytest.fixture
+def make_client(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+) -> Iterator[Callable[..., TestClient]]:
+    """The real app with `result` in production and setting overrides; once per test."""
+    stack = ExitStack()
+
+    def build(result: TrainResult, **overrides: Any) -> TestClient:
+        settings = make_settings(database_url=database_url, **overrides)
+        register_promoted(engine, settings, result)
+        return stack.enter_context(TestClient(create_app(settings)))
+
+    yield build
+    stack.close()
+
+
+def work_training(client: TestClient, conn: redis.Redis) -> None:
+    """Run the training queue in this process, as `tagflow worker` would."""
+    use_context(JobContext(client.app.state.tagflow.settings))
+    try:
+        SimpleWorker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
+    finally:
+        use_context(None)
+
+
+def served_version(client: TestClient) -> str:
+    return client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
+
+
+def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
+    make_client: Callable[..., TestClient],
+    database_url: str,
+    weak_result: TrainResult,
+    new_items: list[Example],
+    engine: Engine,
+    redis_conn: redis.Redis,
+) -> None:
+    client = make_client(weak_result, auto_promote=False)
+    add_labels(engine, new_items[:20], share=0.2)
+    assert client.post("/models/retrain", headers=auth("reviewer")).status_code == 403
+    accepted = client.post("/models/retrain", headers=auth("admin"))
+    assert accepted.status_code == 202
+    job_id = accepted.json()["job_id"]
+    queued = client.get(f"/jobs/{job_id}", headers=auth("admin"))
+    assert queued.status_code == 200 and queued.json() == {"job_id": job_id, "status": "queued"}
+    assert Queue(TRAINING_QUEUE, connection=redis_conn).job_ids == [job_id]
+    assert client.get(f"/jobs/{job_id}", headers=auth("client")).status_code == 403
+    assert client.get("/jobs/no-such-job", headers=auth("admin")).status_code == 404
+
+    work_training(client, redis_conn)
+    done = client.get(f"/jobs/{job_id}", headers=auth("admin")).json()
+    assert done["status"] == "finished" and "error" not in done
+    result = done["result"]
+    assert result["gate_passed"] and not result["promoted"] and "auto_promote" in result["outcome"]
+    assert result["train_labels"] + result["holdout_labels"] == 20
+    candidate = result["candidate"]
+    model = client.get(f"/models/{candidate}", headers=auth("client")).json()
+    assert model["status"] == "candidate" and model["gate"]["passed"]
+    assert served_version(client) == result["production_before"]
+
+    # Promotion by another process (the CLI or a worker) reaches the running API by itself.
+    outside = make_engine(database_url)
+    with Session(outside) as session:
+        registry.promote(session, version=candidate)
+    outside.dispose()
+    deadline = time.monotonic() + 5
+    while served_version(client) != candidate and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert served_version(client) == candidate
+
+
+def test_failed_job_reports_its_error(
+    make_client: Callable[..., TestClient],
+    seed_result: TrainResult,
+    tmp_path: Path,
+    redis_conn: redis.Redis,
+) -> None:
+    client = make_client(seed_result, base_dataset=tmp_path / "missing.csv")
+    job_id = client.post("/models/retrain", headers=auth("admin")).json()["job_id"]
+    work_training(client, redis_conn)
+    failed = client.get(f"/jobs/{job_id}", headers=auth("admin")).json()
+    assert failed["status"] == "failed" and "missing.csv: no such file" in failed["error"]
+    assert "result" not in failed
+
+
+def test_jobs_answer_503_without_redis(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(database_url=str(sqlite_engine.url), redis_url="redis://127.0.0.1:1/0")
+    register_promoted(sqlite_engine, settings, seed_result)
+    with TestClient(create_app(settings)) as client:
+        status = client.get("/jobs/anything", headers=auth("admin"))
+        assert status.status_code == 503 and "Redis is unavailable" in status.json()["detail"]
+        queued = client.post("/models/retrain", headers=auth("admin"))
+        assert queued.status_code == 503 and "not queued" in queued.json()["detail"]
+
+
+def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    redis_conn: redis.Redis,
+    new_items: list[Example],
+) -> None:
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    settings = make_settings(retrain_after_labels=3)
+
+    def auto(session: Session) -> str | None:
+        return retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+
+    add_labels(engine, new_items[:2], share=0.2)
+    with Session(engine) as session:
+        assert auto(session) is None
+        assert (
+            retraining.maybe_enqueue_auto_retrain(
+                session, settings=make_settings(retrain_after_labels=0), queue=queue
+            )
+            is None
+        )
+    add_labels(engine, new_items[2:3], share=0.2)
+    with Session(engine) as session:
+        first, second = auto(session), auto(session)
+        assert first == retraining.AUTO_RETRAIN_JOB_ID and second is None
+        assert queue.count == 1
+        Job.fetch(first, connection=redis_conn).delete()
+        snapshots_crud.create_snapshot(
+            session, base_hash="x", base_rows=1, train_label_ids=[], holdout_label_ids=[]
+        )
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+        assert auto(session) is None
+    add_labels(engine, new_items[3:6], share=0.2)
+    with Session(engine) as session:
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 3
+        assert auto(session) == retraining.AUTO_RETRAIN_JOB_ID
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_watch_loop_retrains_once_after_enough_labels(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    weak_result: TrainResult,
+    new_items: list[Example],
+    redis_conn: redis.Redis,
+) -> None:
+    settings = make_settings(database_url=str(sqlite_engine.url), retrain_after_labels=5)
+    weak = register_promoted(sqlite_engine, settings, weak_result)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    with TestClient(create_app(settings)) as client:
+        add_labels(sqlite_engine, new_items[:4], share=0.2)
+        time.sleep(0.6)  # three watch ticks
+        assert queue.count == 0
+        add_labels(sqlite_engine, new_items[4:10], share=0.2)
+        assert wait_for(lambda: queue.count == 1)
+        time.sleep(0.6)
+        assert queue.count == 1, "a second automatic retraining was queued"
+        work_training(client, redis_conn)
+        job = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+        assert job.get_status() == "finished" and job.return_value()["reason"] == "auto"
+        assert job.return_value()["promoted"]
+        assert wait_for(lambda: served_version(client) == job.return_value()["candidate"])
+        time.sleep(0.6)
+        assert queue.count == 0  # the snapshot reset the count: nothing new to train on
+        assert served_version(client) != weak
+
+
+def test_cli_retrain_and_enqueue(
+    tmp_path: Path,
+    encoder_dir: Path,
+    seed_result: TrainResult,
+    new_items: list[Example],
+    make_settings: Callable[..., Settings],
+    test_redis_url: str,
+    redis_conn: redis.Redis,
+) -> None:
+    env = {
+        "TAGFLOW_API_KEYS": f"admin:{KEYS['admin']}",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "cli"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+        "TAGFLOW_REDIS_URL": test_redis_url,
+    }
+    settings = make_settings(data_dir=tmp_path / "cli", base_dataset=None)
+    (tmp_path / "cli").mkdir()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    production = register_promoted(engine, settings, seed_result)
+    add_labels(engine, new_items[:10], share=0.2)
+    runner = CliRunner()
+    ran = runner.invoke(cli_app, ["retrain"], env=env)
+    assert ran.exit_code == 0, ran.output
+    assert "weighted_f1" in ran.output and "auto_precision" in ran.output
+    assert "snapshot" in ran.output
+    with Session(engine) as session:
+        versions = registry.list_versions(session)
+        snapshots = session.exec(select(DatasetSnapshot)).all()
+    assert len(versions) == 2 and versions[0].version != production and len(snapshots) == 1
+    assert versions[0].params["source"] == str(SEED_DATASET.resolve())
+    queued = runner.invoke(cli_app, ["retrain", "--enqueue"], env=env)
+    assert queued.exit_code == 0 and "queued retraining job" in queued.output
+    assert Queue(TRAINING_QUEUE, connection=redis_conn).count == 1
+    engine.dispose()

@@ -1,0 +1,166 @@
+"""Shadow mode end to end on SQLite and PostgreSQL: a registered candidate is scored beside
+production on live traffic, and GET /models/{version}/shadow reports its agreement with
+production and with reviewer labels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
+
+from service.api.main import create_app
+from service.config import SEED_DATASET, Settings
+from service.crud import labels as labels_crud
+from service.entities import ShadowPrediction
+from service.ml import registry
+from service.ml.dataset import Example, item_text
+from service.ml.encoder import Encoder
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult, train
+from service.tags import TagSet
+from tests.conftest import auth, register_promoted
+
+
+@pytest.fixture(scope="module")
+def noisy_result(encoder: Encoder, tags: TagSet) -> TrainResult:
+    """A candidate that learnt every `mlops` item as `other`: it disagrees with production on
+    MLOps content, confidently rather than by a coin flip."""
+    train_set, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    relabelled = [
+        Example(e.title, e.description, "other") if e.tag == "mlops" else e for e in train_set
+    ]
+    return train(relabelled, eval_set, encoder=encoder, target_precision=0.99)
+
+
+@pytest.fixture
+def shadow_client(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    seed_result: TrainResult,
+    noisy_result: TrainResult,
+) -> Iterator[tuple[TestClient, str]]:
+    """The app with the seed model in production and the noisy one registered as candidate."""
+    settings = make_settings(database_url=database_url, shadow=True)
+    register_promoted(engine, settings, seed_result)
+    with Session(engine, expire_on_commit=False) as session:
+        candidate = registry.register(
+            session, result=noisy_result, artifacts_dir=settings.artifacts_dir
+        ).version
+    with TestClient(create_app(settings)) as client:
+        yield client, candidate
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def shadow_tags(engine: Engine, version: str, encoder: Encoder, texts: list[str]) -> list[str]:
+    """What the candidate answers, computed here from its artifact."""
+    with Session(engine) as session:
+        model = registry.load_model(registry.get_version(session, version=version))
+    proba = model.predict_proba(texts, encoder.encode(texts))
+    return [model.classes[i] for i in proba.argmax(axis=1)]
+
+
+def stats(client: TestClient, version: str) -> dict[str, Any]:
+    response = client.get(f"/models/{version}/shadow", headers=auth("client"))
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_shadow_agreement_with_production_and_labels(
+    shadow_client: tuple[TestClient, str],
+    engine: Engine,
+    encoder: Encoder,
+    tags: TagSet,
+) -> None:
+    client, candidate = shadow_client
+    state = client.app.state.tagflow
+    assert wait_for(lambda: state.predictor.shadow is not None), "candidate not loaded as shadow"
+    assert state.predictor.shadow.version == candidate
+    assert stats(client, candidate) == {
+        "version": candidate,
+        "n": 0,
+        "labeled": 0,
+        "agreement_with_production": None,
+        "agreement_with_labels": None,
+    }
+
+    _, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    items = eval_set[:16]
+    body = {"items": [{"title": e.title, "description": e.description} for e in items]}
+    results = client.post("/predict/batch", json=body, headers=auth("client")).json()["results"]
+    assert all(r["model_version"] != candidate for r in results)
+    expected = shadow_tags(
+        engine, candidate, encoder, [item_text(e.title, e.description) for e in items]
+    )
+    assert wait_for(lambda: stats(client, candidate)["n"] == len(items))
+
+    with Session(engine) as session:
+        logged = {
+            row.prediction_id: row
+            for row in session.exec(
+                select(ShadowPrediction).where(ShadowPrediction.model_version == candidate)
+            )
+        }
+    rows = [logged[r["prediction_id"]] for r in results]
+    assert [row.tag for row in rows] == expected
+    agree = [row.tag == r["tag"] for row, r in zip(rows, results, strict=True)]
+    assert [row.agrees for row in rows] == agree
+    assert 0 < sum(agree) < len(items), "the candidate should disagree on some items"
+    report = stats(client, candidate)
+    assert report["agreement_with_production"] == pytest.approx(sum(agree) / len(items), abs=1e-6)
+    assert report["labeled"] == 0 and report["agreement_with_labels"] is None
+
+    # Reviewers label six of the items; one label is corrected afterwards.
+    labelled = items[:6]
+    with Session(engine) as session:
+        for e in labelled:
+            labels_crud.append_label(
+                session,
+                text_hash=e.text_hash,
+                title=e.title,
+                description=e.description,
+                tag=e.tag,
+                reviewer="rev",
+                holdout_share=0.2,
+            )
+        corrected = next(t for t in tags.names if t != labelled[0].tag)
+        labels_crud.append_label(
+            session,
+            text_hash=labelled[0].text_hash,
+            title=labelled[0].title,
+            description=labelled[0].description,
+            tag=corrected,
+            reviewer="lead",
+            holdout_share=0.2,
+        )
+        session.commit()
+    truth = [corrected] + [e.tag for e in labelled[1:]]
+    right = sum(s == t for s, t in zip(expected[:6], truth, strict=True))
+    report = stats(client, candidate)
+    assert report["labeled"] == 6
+    assert report["agreement_with_labels"] == pytest.approx(right / 6, abs=1e-6)
+    assert report["n"] == len(items)
+
+
+def test_shadow_stats_of_unknown_and_unshadowed_versions(
+    shadow_client: tuple[TestClient, str],
+) -> None:
+    client, _ = shadow_client
+    missing = client.get("/models/v9999/shadow", headers=auth("client"))
+    assert missing.status_code == 404
+    assert client.get("/models/v0001/shadow").status_code == 401
+    production = stats(client, "v0001")
+    assert production["n"] == 0 and production["agreement_with_production"] is None
