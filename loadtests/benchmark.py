@@ -54,12 +54,14 @@ CLIENT_KEY = "bench-client-key"
 CONCURRENCIES = (1, 8)
 LEVERS: dict[str, dict[str, str]] = {
     "microbatch_off": {"TAGFLOW_MICROBATCH_MAX": "1"},
-    "microbatch_wait_0ms": {"TAGFLOW_MICROBATCH_WAIT_MS": "0"},
+    "microbatch_wait_2ms": {"TAGFLOW_MICROBATCH_WAIT_MS": "2"},
     "cache_off": {"TAGFLOW_EMBEDDING_CACHE_SIZE": "0"},
     "encoder_fp32": {"TAGFLOW_ENCODER": EncoderKind.ONNX_FP32.value},
     "encoder_threads_1": {"TAGFLOW_ENCODER_THREADS": "1"},
     "score_threads_2": {"TAGFLOW_SCORE_THREADS": "2"},
     "openblas_threads_1": {"OPENBLAS_NUM_THREADS": "1"},
+    # Not a single lever: two single-threaded batches in parallel instead of one on two threads.
+    "parallel_batches": {"TAGFLOW_ENCODER_THREADS": "1", "TAGFLOW_SCORE_THREADS": "2"},
 }
 # Training measured again with each of these environments, in a separate data directory.
 TRAIN_LEVERS: dict[str, dict[str, str]] = {"openblas_threads_1": {"OPENBLAS_NUM_THREADS": "1"}}
