@@ -282,7 +282,8 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
 
     from service.api.main import create_app
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    # No access log: it cost ~7% of the event loop per request; predictions are logged anyway.
+    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info", access_log=False)
 
 
 @app.command()

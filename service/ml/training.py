@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import clone
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from threadpoolctl import threadpool_limits
 
 from service.ml.baseline import rules_predict
 from service.ml.classifier import TagModel
@@ -172,6 +173,29 @@ def train(
 ) -> TrainResult:
     """Fit on `train_examples` and evaluate on `eval_examples`, which it never sees."""
     started = time.perf_counter()
+    # One BLAS thread: L-BFGS on small problems was 8x slower with threads contending.
+    with threadpool_limits(1, user_api="blas"):
+        return _train(
+            train_examples,
+            eval_examples,
+            encoder=encoder,
+            target_precision=target_precision,
+            config=config,
+            progress=progress,
+            started=started,
+        )
+
+
+def _train(
+    train_examples: list[Example],
+    eval_examples: list[Example],
+    *,
+    encoder: Encoder,
+    target_precision: float,
+    config: TrainConfig,
+    progress: Progress,
+    started: float,
+) -> TrainResult:
     leaked = check_leakage(train_examples, eval_examples)
     if leaked:
         raise DatasetError(f"{leaked} evaluation items also appear in the training data")
