@@ -24,6 +24,7 @@ from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.tags import TagSet
 from tests.conftest import auth, register_promoted
+from tests.test_retraining import add_labels
 
 
 @pytest.fixture(scope="module")
@@ -125,17 +126,8 @@ def test_shadow_agreement_with_production_and_labels(
 
     # Reviewers label six of the items; one label is corrected afterwards.
     labelled = items[:6]
+    add_labels(engine, labelled, share=0.2)
     with Session(engine) as session:
-        for e in labelled:
-            labels_crud.append_label(
-                session,
-                text_hash=e.text_hash,
-                title=e.title,
-                description=e.description,
-                tag=e.tag,
-                reviewer="rev",
-                holdout_share=0.2,
-            )
         corrected = next(t for t in tags.names if t != labelled[0].tag)
         labels_crud.append_label(
             session,
