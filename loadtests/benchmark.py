@@ -46,6 +46,7 @@ from bench_procs import (
 
 from service.config import DEFAULT_TAGS_FILE, EncoderKind
 from service.ml.dataset import load_dataset
+from service.ml.pipeline import base_split
 from service.redis_server import EmbeddedRedis
 from service.tags import load_tags
 
@@ -62,6 +63,7 @@ LEVERS: dict[str, dict[str, str]] = {
     "openblas_threads_1": {"OPENBLAS_NUM_THREADS": "1"},
     # Not a single lever: two single-threaded batches in parallel instead of one on two threads.
     "parallel_batches": {"TAGFLOW_ENCODER_THREADS": "1", "TAGFLOW_SCORE_THREADS": "2"},
+    "fast_path_off": {"TAGFLOW_FAST_PATH": "0"},
 }
 # Training measured again with each of these environments, in a separate data directory.
 TRAIN_LEVERS: dict[str, dict[str, str]] = {"openblas_threads_1": {"OPENBLAS_NUM_THREADS": "1"}}
@@ -90,7 +92,8 @@ class Bench:
     workdir: Path
     log_dir: Path
     base_env: dict[str, str]
-    items: list[Item]
+    items: list[Item]  # every dataset item: the `repeat` workload
+    held_out: list[Item]  # the items `tagflow train` keeps out of training: `fresh`
     plan: Plan
 
 
@@ -154,7 +157,7 @@ async def workloads(server: Server, bench: Bench, *, headers: dict[str, str],
     counter = itertools.count()
     results: dict[str, dict[str, Any]] = {"fresh": {}, "repeat": {}}
     for c in CONCURRENCIES:
-        stats = await measured(server, fresh_payloads(bench.items, counter), concurrency=c,
+        stats = await measured(server, fresh_payloads(bench.held_out, counter), concurrency=c,
                                total=bench.plan.requests[c], warmup=bench.plan.warmup,
                                headers=headers)
         results["fresh"][f"c{c}"] = stats.to_dict()
@@ -280,8 +283,13 @@ def main() -> None:
     args = parse_args()
     plan = Plan.make(args.quick)
     dataset = args.dataset.resolve()
-    examples, _ = load_dataset(dataset, tags=load_tags(DEFAULT_TAGS_FILE))
+    tags = load_tags(DEFAULT_TAGS_FILE)
+    examples, _ = load_dataset(dataset, tags=tags)
     items = [Item(e.title, e.description) for e in examples]
+    # Fresh traffic is what the trained model never saw: its own held-out split. Training
+    # texts would flatter the TF-IDF fast path, which is surer of what it was fitted on.
+    _, held_out_examples, _ = base_split(dataset, tags=tags)
+    held_out = [Item(e.title, e.description) for e in held_out_examples]
     workdir = Path(tempfile.mkdtemp(prefix="tagflow-bench-"))
     (workdir / "data").mkdir()  # `tagflow train` does not create the data directory itself
     out = args.out.resolve()
@@ -296,10 +304,11 @@ def main() -> None:
         "TAGFLOW_REDIS_URL": redis_url,
     })
     bench = Bench(dataset=dataset, workdir=workdir, log_dir=log_dir, base_env=env,
-                  items=items, plan=plan)
+                  items=items, held_out=held_out, plan=plan)
     meta = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
-        "dataset": str(dataset), "items": len(items), "requests_per_run": plan.requests,
+        "dataset": str(dataset), "items": len(items), "fresh_items": len(held_out),
+        "requests_per_run": plan.requests,
         "warmup_per_run": plan.warmup, "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0], "redis": "embedded" if embedded else redis_url,
         "loadavg_start": loadavg(), "logs": str(log_dir), "git": git_revision(),

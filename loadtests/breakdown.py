@@ -60,20 +60,23 @@ def stage_timings(settings: Settings, model: TagModel, texts: list[str],
 
     tokenizer = Tokenizer.from_file(str(bundled_model_dir() / "tokenizer.json"))
     tokenizer.enable_truncation(256)
-    tokenizer.enable_padding()
+    tokenizer.no_padding()  # as the encoder tokenises: one text per run, never padded
     encoders = {
         f"encode_{kind.value}_t{threads}": load_encoder(
             settings.resolved_encoder_dir, kind, threads=threads, cache_size=0)
         for kind in EncoderKind for threads in (1, 2)
     }
     serving = encoders[f"encode_{EncoderKind.ONNX_INT8.value}_t2"]
-    predictor = Predictor(serving, load_tags(settings.tags_file))
+    tags = load_tags(settings.tags_file)
+    predictor = Predictor(serving, tags)
+    full_predictor = Predictor(serving, tags, fast_path=False)
     loaded = LoadedModel("probe", model)
     stages: dict[str, Callable[[list[str]], object]] = {
         "tokenize": tokenizer.encode_batch,
         **{name: enc.encode for name, enc in encoders.items()},
         "tfidf_head": model.tfidf_head.predict_proba,
         "predictor_score_int8_t2": lambda b: predictor.score(b, loaded),
+        "predictor_score_int8_t2_fast_path_off": lambda b: full_predictor.score(b, loaded),
     }
     out: dict[str, dict[str, float]] = {}
     for size in BATCHES:
@@ -95,7 +98,8 @@ def int8_accuracy(settings: Settings, model: TagModel, held_out: list[Example]) 
     }
     emb = {name: enc.encode(texts) for name, enc in encoders.items()}
     cosine = (emb["onnx-int8"] * emb["onnx-fp32"]).sum(axis=1)
-    tags = {name: model.proba_to_tags(model.predict_proba(texts, e)) for name, e in emb.items()}
+    tags = {name: model.proba_to_tags(model.predict_proba(texts, enc.encode))
+            for name, enc in encoders.items()}
     return {
         "held_out_items": len(texts),
         "model_trained_on": model.encoder,

@@ -116,7 +116,7 @@ class Lab:
 
     def proba(self, model: TagModel, examples: list[Example]) -> np.ndarray:
         texts = [e.text for e in examples]
-        return model.predict_proba(texts, self.encoder.encode(texts))
+        return model.predict_proba(texts, self.encoder.encode)
 
     def measure(self, model: TagModel, test: list[Example]) -> dict[str, Any]:
         """Weighted F1 and automatic acceptance on the held-out test part."""
@@ -151,7 +151,7 @@ def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
         return [int(i) for i in rng.choice(len(pool), size=k, replace=False)]
     texts = [e.text for e in pool]
     embeddings = lab.encoder.encode(texts)
-    proba = model.predict_proba(texts, embeddings)
+    proba = model.predict_proba(texts, lab.encoder.encode)
     base = np.array([priority(uncertainty=margin_uncertainty(dict(zip(model.classes, row,
                                                                       strict=True))))
                      for row in proba])

@@ -31,7 +31,7 @@ def test_cross_validated_weighted_f1(shared_dataset: Path, tags: TagSet, encoder
             [examples[i] for i in train_idx], encoder=encoder, target_precision=0.99, config=config
         )
         texts = [examples[i].text for i in test_idx]
-        proba = model.predict_proba(texts, encoder.encode(texts))
+        proba = model.predict_proba(texts, encoder.encode)
         predicted[test_idx] = model.proba_to_tags(proba)
     score = weighted_f1(list(y), list(predicted))
     print(f"cross-validated weighted F1: {score:.4f}")

@@ -70,7 +70,7 @@ def shadow_tags(engine: Engine, version: str, encoder: Encoder, texts: list[str]
     """What the candidate answers, computed here from its artifact."""
     with Session(engine) as session:
         model = registry.load_model(registry.get_version(session, version=version))
-    proba = model.predict_proba(texts, encoder.encode(texts))
+    proba = model.predict_proba(texts, encoder.encode)
     return [model.classes[i] for i in proba.argmax(axis=1)]
 
 

@@ -148,7 +148,8 @@ def _score(
     for start in range(0, len(texts), SCORE_CHUNK):
         chunk = texts[start:start + SCORE_CHUNK]
         emb = encoder.encode(chunk)
-        probas.append(model.predict_proba(chunk, emb))
+        # The model encodes what its fast path does not settle: cache hits after the line above.
+        probas.append(model.predict_proba(chunk, encoder.encode))
         embeddings.append(emb)
     return np.vstack(probas), np.vstack(embeddings).astype(np.float32)
 

