@@ -35,9 +35,7 @@ from tests.test_review_api import (
 )
 from workers.context import JobContext, use_context
 
-SCORES = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15,
-          "other": 0.1}
-
+SCORES = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15, "other": 0.1}
 
 
 @pytest.fixture
@@ -64,16 +62,24 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str =
 
 
 def test_predictions_survive_a_redis_outage(
-    make_settings: Callable[..., Settings], database_url: str, engine: Engine,
-    shared_result: TrainResult, own_redis: EmbeddedRedis,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    shared_result: TrainResult,
+    own_redis: EmbeddedRedis,
 ) -> None:
     settings = make_settings(database_url=database_url, redis_url=own_redis.url)
     register_promoted(engine, settings, shared_result)
     with TestClient(create_app(settings)) as client:
         own_redis.stop()
         review = predict_until_review(client)  # answered while Redis is down
-        wait_for(lambda: len(outbox_rows(engine)) == len(review)  # the relay stops at the
-                 and outbox_rows(engine)[0].attempts >= 2, what="relay attempts")  # first error
+        wait_for(
+            lambda: (
+                len(outbox_rows(engine)) == len(review)  # the relay stops at the
+                and outbox_rows(engine)[0].attempts >= 2
+            ),
+            what="relay attempts",
+        )  # first error
         rows = outbox_rows(engine)
         assert all(r.sent_at is None for r in rows)
         assert "ConnectionError" in (rows[0].last_error or "")
@@ -103,21 +109,31 @@ def test_predictions_survive_a_redis_outage(
 
 def prediction(title: str) -> Prediction:
     return Prediction(
-        id=new_id(), text_hash=text_hash(title, ""), title=title, description="",
-        tag="natural-language-processing", confidence=0.4, scores=SCORES,
-        status=PredictionStatus.REVIEW, model_version="v-test", latency_ms=1.0,
+        id=new_id(),
+        text_hash=text_hash(title, ""),
+        title=title,
+        description="",
+        tag="natural-language-processing",
+        confidence=0.4,
+        scores=SCORES,
+        status=PredictionStatus.REVIEW,
+        model_version="v-test",
+        latency_ms=1.0,
     )
 
 
 def test_same_text_twice_is_one_task_even_when_resent(
-    make_settings: Callable[..., Settings], database_url: str, engine: Engine,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
     redis_conn: redis.Redis,
 ) -> None:
     settings = make_settings(database_url=database_url)
     queue = Queue(LABELING_QUEUE, connection=redis_conn)
     with Session(engine, expire_on_commit=False) as session:
-        save_predictions(session, predictions=[prediction("Graph networks"),
-                                               prediction("graph  NETWORKS")])
+        save_predictions(
+            session, predictions=[prediction("Graph networks"), prediction("graph  NETWORKS")]
+        )
         assert relay(session, queue=queue) == 2
         for row in session.exec(select(OutboxItem)):  # as if the relay crashed before commit
             row.sent_at = None
@@ -133,7 +149,8 @@ def test_same_text_twice_is_one_task_even_when_resent(
 
 
 def test_failing_jobs_are_retried_then_kept_as_failed(
-    sqlite_client: TestClient, redis_conn: redis.Redis,
+    sqlite_client: TestClient,
+    redis_conn: redis.Redis,
 ) -> None:
     settings = state_of(sqlite_client).settings
     queue = Queue(LABELING_QUEUE, connection=redis_conn)
@@ -148,7 +165,8 @@ def test_failing_jobs_are_retried_then_kept_as_failed(
         use_context(JobContext(settings))
         try:
             SimpleWorker([queue], connection=redis_conn).work(
-                burst=True, with_scheduler=with_scheduler)
+                burst=True, with_scheduler=with_scheduler
+            )
         finally:
             use_context(None)
 

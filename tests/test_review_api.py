@@ -28,12 +28,32 @@ from workers.context import JobContext, use_context
 
 # Short, vague items the model is rarely sure about: some come back with status `review`.
 VAGUE = [
-    "A new approach", "Notes", "My project", "Learning from data", "Tools and tips",
-    "An overview", "Experiments", "Awesome list", "Weekly digest", "Introduction",
-    "Lessons learned", "Getting started", "Best practices", "Open questions",
+    "A new approach",
+    "Notes",
+    "My project",
+    "Learning from data",
+    "Tools and tips",
+    "An overview",
+    "Experiments",
+    "Awesome list",
+    "Weekly digest",
+    "Introduction",
+    "Lessons learned",
+    "Getting started",
+    "Best practices",
+    "Open questions",
 ]
-TASK_KEYS = {"task_id", "title", "description", "suggestion", "duplicate_of", "duplicate_tag",
-             "reason", "priority", "lease_expires_at"}
+TASK_KEYS = {
+    "task_id",
+    "title",
+    "description",
+    "suggestion",
+    "duplicate_of",
+    "duplicate_tag",
+    "reason",
+    "priority",
+    "lease_expires_at",
+}
 
 
 def state_of(client: TestClient) -> AppState:
@@ -59,8 +79,7 @@ def wait_outbox_sent(engine: Engine, at_least: int, timeout_s: float = 10.0) -> 
         with Session(engine) as session:
             total = session.exec(select(func.count()).select_from(OutboxItem)).one()
             pending = session.exec(
-                select(func.count()).select_from(OutboxItem)
-                .where(OutboxItem.sent_at.is_(None))  # type: ignore[union-attr]
+                select(func.count()).select_from(OutboxItem).where(OutboxItem.sent_at.is_(None))  # type: ignore[union-attr]
             ).one()
         if total >= at_least and pending == 0:
             return
@@ -83,11 +102,18 @@ def add_tasks(engine: Engine, n: int) -> list[int]:
     ids = []
     with Session(engine, expire_on_commit=False) as session:
         for i in range(n):
-            task = review_crud.create_task(session, task=ReviewTask(
-                text_hash=text_hash(f"task {i}", ""), title=f"task {i}", description="",
-                reason=ReviewReason.LOW_CONFIDENCE, uncertainty=i / max(n, 1),
-                suggestion_tag="other", suggestion_scores={"other": 1.0},
-            ))
+            task = review_crud.create_task(
+                session,
+                task=ReviewTask(
+                    text_hash=text_hash(f"task {i}", ""),
+                    title=f"task {i}",
+                    description="",
+                    reason=ReviewReason.LOW_CONFIDENCE,
+                    uncertainty=i / max(n, 1),
+                    suggestion_tag="other",
+                    suggestion_scores={"other": 1.0},
+                ),
+            )
             assert task is not None and task.id is not None
             ids.append(task.id)
     return ids
@@ -125,8 +151,9 @@ def test_prediction_to_label_to_export(
     assert task["task_id"] == top.id and task["reason"] == "low_confidence"
     assert set(task["suggestion"]["scores"]) == set(tags.names)
 
-    labelled = client.post(f"/review/{task['task_id']}/label",
-                           json=body("ann", tag="mlops"), headers=auth("reviewer"))
+    labelled = client.post(
+        f"/review/{task['task_id']}/label", json=body("ann", tag="mlops"), headers=auth("reviewer")
+    )
     assert labelled.status_code == 201
     assert labelled.json()["tag"] == "mlops" and labelled.json()["reviewer"] == "ann"
 
@@ -171,27 +198,31 @@ def test_concurrent_claims_over_http(client: TestClient) -> None:
     assert (stats["open"], stats["leased"]) == (5, 20)
 
 
-def test_relabel_through_undo_keeps_history(client: TestClient, tags: TagSet,
-                                            tmp_path: Path) -> None:
+def test_relabel_through_undo_keeps_history(
+    client: TestClient, tags: TagSet, tmp_path: Path
+) -> None:
     engine = state_of(client).engine
     [task_id] = add_tasks(engine, 1)
     headers = auth("reviewer")
     assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
     first = client.post(f"/review/{task_id}/label", json=body("ann", tag="mlops"), headers=headers)
     assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 204
-    assert client.post(f"/review/{task_id}/reopen", json=body("bob"),
-                       headers=headers).status_code == 409
+    assert (
+        client.post(f"/review/{task_id}/reopen", json=body("bob"), headers=headers).status_code
+        == 409
+    )
     reopened = client.post(f"/review/{task_id}/reopen", json=body("ann"), headers=headers)
     assert reopened.status_code == 200
     assert set(reopened.json()) == TASK_KEYS and reopened.json()["task_id"] == task_id
-    second = client.post(f"/review/{task_id}/label", json=body("ann", tag="other"),
-                         headers=headers)
+    second = client.post(f"/review/{task_id}/label", json=body("ann", tag="other"), headers=headers)
     assert second.status_code == 201
     assert second.json()["supersedes"] == first.json()["id"]
     with Session(engine) as session:
         rows = session.exec(select(Label).order_by(Label.id)).all()
     assert [(r.tag, r.superseded_by) for r in rows] == [
-        ("mlops", second.json()["id"]), ("other", None)]
+        ("mlops", second.json()["id"]),
+        ("other", None),
+    ]
     path = tmp_path / "labels.jsonl"
     path.write_bytes(client.get("/labels/export?format=jsonl", headers=headers).content)
     examples, _ = load_dataset(path, tags=tags)
@@ -227,22 +258,28 @@ def test_error_statuses(sqlite_client: TestClient) -> None:
     assert sqlite_client.post("/review/claim", json=body(" "), headers=headers).status_code == 422
     assert sqlite_client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
     url = f"/review/{task_id}"
-    unapproved = sqlite_client.post(f"{url}/label", json=body("ann", tag="cooking"),
-                                    headers=headers)
+    unapproved = sqlite_client.post(
+        f"{url}/label", json=body("ann", tag="cooking"), headers=headers
+    )
     assert unapproved.status_code == 422 and "approved" in unapproved.json()["detail"]
-    missing = sqlite_client.post("/review/424242/label", json=body("ann", tag="mlops"),
-                                 headers=headers)
+    missing = sqlite_client.post(
+        "/review/424242/label", json=body("ann", tag="mlops"), headers=headers
+    )
     assert missing.status_code == 404
-    for action, payload in (("label", body("bob", tag="mlops")), ("skip", body("bob")),
-                            ("release", body("bob"))):
+    for action, payload in (
+        ("label", body("bob", tag="mlops")),
+        ("skip", body("bob")),
+        ("release", body("bob")),
+    ):
         conflict = sqlite_client.post(f"{url}/{action}", json=payload, headers=headers)
         assert conflict.status_code == 409 and "'ann'" in conflict.json()["detail"], action
     skipped = sqlite_client.post(f"{url}/skip", json=body("ann"), headers=headers)
     assert skipped.status_code == 200 and skipped.json()["lease_expires_at"] is None
     released = sqlite_client.post("/review/claim", json=body("ann"), headers=headers)
     assert released.json()["task_id"] == task_id  # nothing else is open
-    assert sqlite_client.post(f"{url}/release", json=body("ann"),
-                              headers=headers).status_code == 200
+    assert (
+        sqlite_client.post(f"{url}/release", json=body("ann"), headers=headers).status_code == 200
+    )
     assert sqlite_client.post(f"{url}/reopen", json=body("ann"), headers=headers).status_code == 409
     with Session(state_of(sqlite_client).engine) as session:
         task = session.get(ReviewTask, task_id)
@@ -260,11 +297,15 @@ def test_promotion_reprioritizes_the_queue(
         ).version
     promoted = sqlite_client.post(f"/models/{version}/promote", headers=auth("admin"))
     assert promoted.status_code == 200
-    queued = [j for j in Queue("labeling", connection=redis_conn).get_jobs()
-              if j.func_name == "workers.review_jobs.reprioritize"]
+    queued = [
+        j
+        for j in Queue("labeling", connection=redis_conn).get_jobs()
+        if j.func_name == "workers.review_jobs.reprioritize"
+    ]
     assert [j.args for j in queued][-1] == (version,)
     run_labeling_worker(redis_conn, state.settings)
     with Session(state.engine) as session:
         rescored = [session.get(ReviewTask, i) for i in ids]
-    assert all(t and t.model_version == version and t.suggestion_scores != {"other": 1.0}
-               for t in rescored)
+    assert all(
+        t and t.model_version == version and t.suggestion_scores != {"other": 1.0} for t in rescored
+    )

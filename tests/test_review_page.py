@@ -55,24 +55,39 @@ ITEMS = [
         "Transformer OCR for scanned receipts",
         "Reads line items from photographed receipts with a vision encoder and a text "
         "decoder, then exports them as structured JSON.",
-        1.45, ReviewReason.USER_REPORT,
-        {"computer-vision": 0.46, "natural-language-processing": 0.41, "mlops": 0.05,
-         "other": 0.08},
+        1.45,
+        ReviewReason.USER_REPORT,
+        {
+            "computer-vision": 0.46,
+            "natural-language-processing": 0.41,
+            "mlops": 0.05,
+            "other": 0.08,
+        },
     ),
     Item(
         "Feature store for real-time fraud scoring",
         "Serves fresh features to fraud models with millisecond latency and keeps training "
         "and serving consistent.",
-        0.91, ReviewReason.LOW_CONFIDENCE,
-        {"computer-vision": 0.02, "natural-language-processing": 0.03, "mlops": 0.52,
-         "other": 0.43},
+        0.91,
+        ReviewReason.LOW_CONFIDENCE,
+        {
+            "computer-vision": 0.02,
+            "natural-language-processing": 0.03,
+            "mlops": 0.52,
+            "other": 0.43,
+        },
     ),
     Item(
         "Graph neural networks for molecule properties",
         "Message passing networks that predict solubility and toxicity from molecular graphs.",
-        0.62, ReviewReason.LOW_CONFIDENCE,
-        {"computer-vision": 0.04, "natural-language-processing": 0.06, "mlops": 0.05,
-         "other": 0.85},
+        0.62,
+        ReviewReason.LOW_CONFIDENCE,
+        {
+            "computer-vision": 0.04,
+            "natural-language-processing": 0.06,
+            "mlops": 0.05,
+            "other": 0.85,
+        },
     ),
 ]
 
@@ -87,9 +102,15 @@ def _task(item: Item, **fields: object) -> ReviewTask:
     digest = text_hash(item.title, item.description)
     top = max(item.scores, key=item.scores.__getitem__)
     values: dict[str, object] = {
-        "text_hash": digest, "open_key": digest, "title": item.title,
-        "description": item.description, "reason": item.reason, "priority": item.priority,
-        "suggestion_tag": top, "suggestion_scores": item.scores, "uncertainty": 0.5,
+        "text_hash": digest,
+        "open_key": digest,
+        "title": item.title,
+        "description": item.description,
+        "reason": item.reason,
+        "priority": item.priority,
+        "suggestion_tag": top,
+        "suggestion_scores": item.scores,
+        "uncertainty": 0.5,
         "reports": int(item.reason is ReviewReason.USER_REPORT),
     }
     values.update(fields)
@@ -99,8 +120,13 @@ def _task(item: Item, **fields: object) -> ReviewTask:
 def seed_queue(engine: Engine) -> list[int]:
     """The three open tasks (plus a labelled look-alike of the first); returns their ids."""
     with Session(engine, expire_on_commit=False) as session:
-        twin = Item("Receipt OCR with transformers", "Scanned receipts to JSON.", 0.0,
-                    ReviewReason.LOW_CONFIDENCE, ITEMS[0].scores)
+        twin = Item(
+            "Receipt OCR with transformers",
+            "Scanned receipts to JSON.",
+            0.0,
+            ReviewReason.LOW_CONFIDENCE,
+            ITEMS[0].scores,
+        )
         done = _task(twin, open_key=None, status=ReviewStatus.LABELED)
         session.add(done)
         session.commit()
@@ -155,8 +181,13 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
     options = Options()
     options.binary_location = str(CHROMIUM)
     for arg in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-dev-shm-usage", "--no-first-run", "--window-size=1280,860",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1280,860",
         f"--user-data-dir={tmp_path / 'chromium'}",
     ):
         options.add_argument(arg)
@@ -180,8 +211,9 @@ def wait_until(driver: WebDriver, condition: Callable[[WebDriver], object], what
 def wait_for_title(driver: WebDriver, title: str) -> None:
     wait_until(
         driver,
-        lambda d: d.find_element(By.ID, "workspace").is_displayed()
-        and text_of(d, "item-title") == title,
+        lambda d: (
+            d.find_element(By.ID, "workspace").is_displayed() and text_of(d, "item-title") == title
+        ),
         f"the page to show {title!r}; it shows {text_of(driver, 'item-title')!r}",
     )
 
@@ -261,8 +293,9 @@ def test_label_skip_undo_then_empty_queue(
         press(browser, "4")
         wait_until(
             browser,
-            lambda d, shown=title: d.find_element(By.ID, "empty").is_displayed()
-            or text_of(d, "item-title") != shown,
+            lambda d, shown=title: (
+                d.find_element(By.ID, "empty").is_displayed() or text_of(d, "item-title") != shown
+            ),
             "the next item or the empty queue",
         )
     wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty queue")
@@ -337,7 +370,7 @@ def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert '/review/assets/review.js' in page.text and "/review/assets/review.css" in page.text
+    assert "/review/assets/review.js" in page.text and "/review/assets/review.css" in page.text
     script = sqlite_client.get("/review/assets/review.js")
     assert script.status_code == 200 and "javascript" in script.headers["content-type"]
     assert "/review/claim" in script.text

@@ -30,20 +30,30 @@ from workers import review_jobs
 from workers.context import JobContext, use_context
 
 TAGS = load_tags(DEFAULT_TAGS_FILE)
-UNSURE = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15,
-          "other": 0.1}
+UNSURE = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15, "other": 0.1}
 YOLO = "Real-time object detection with YOLO"
 
 
-
-def payload(title: str, description: str = "", *, scores: dict[str, float] | None = None,
-            reason: str = "low_confidence", **extra: Any) -> dict[str, Any]:
+def payload(
+    title: str,
+    description: str = "",
+    *,
+    scores: dict[str, float] | None = None,
+    reason: str = "low_confidence",
+    **extra: Any,
+) -> dict[str, Any]:
     """A review payload shaped like `crud.predictions.review_payload`."""
     scores = scores or UNSURE
     return {
-        "prediction_id": new_id(), "text_hash": text_hash(title, description), "title": title,
-        "description": description, "tag": max(scores, key=scores.__getitem__),
-        "scores": scores, "model_version": "v-test", "reason": reason, **extra,
+        "prediction_id": new_id(),
+        "text_hash": text_hash(title, description),
+        "title": title,
+        "description": description,
+        "tag": max(scores, key=scores.__getitem__),
+        "scores": scores,
+        "model_version": "v-test",
+        "reason": reason,
+        **extra,
     }
 
 
@@ -65,10 +75,16 @@ def ctx(settings: Settings, engine: Engine) -> Iterator[JobContext]:
 def add_task(engine: Engine, title: str, uncertainty: float, **fields: Any) -> int:
     with Session(engine, expire_on_commit=False) as session:
         fields.setdefault("reason", ReviewReason.LOW_CONFIDENCE)
-        task = review_crud.create_task(session, task=ReviewTask(
-            text_hash=text_hash(title, ""), title=title, description="",
-            uncertainty=uncertainty, **fields,
-        ))
+        task = review_crud.create_task(
+            session,
+            task=ReviewTask(
+                text_hash=text_hash(title, ""),
+                title=title,
+                description="",
+                uncertainty=uncertainty,
+                **fields,
+            ),
+        )
         assert task is not None and task.id is not None
         return task.id
 
@@ -90,10 +106,18 @@ def do(engine: Engine, fn: Callable[..., Any], **kwargs: Any) -> Any:
         return fn(session, **kwargs)
 
 
-def label_task(engine: Engine, task_id: int, tag: str, reviewer: str = "ann",
-               tags: TagSet = TAGS) -> Label:
-    return do(engine, review_crud.label, task_id=task_id, tag=tag, reviewer=reviewer,
-              tags=tags, holdout_share=0.2)
+def label_task(
+    engine: Engine, task_id: int, tag: str, reviewer: str = "ann", tags: TagSet = TAGS
+) -> Label:
+    return do(
+        engine,
+        review_crud.label,
+        task_id=task_id,
+        tag=tag,
+        reviewer=reviewer,
+        tags=tags,
+        holdout_share=0.2,
+    )
 
 
 # --- creating and bumping tasks -------------------------------------------------------------
@@ -166,16 +190,18 @@ def test_a_delivery_repeated_counts_once(ctx: JobContext, engine: Engine) -> Non
     assert (task.arrivals, task.reports) == (2, 0)
 
 
-def test_user_report_bumps_the_task_and_links_the_feedback(
-    ctx: JobContext, engine: Engine
-) -> None:
+def test_user_report_bumps_the_task_and_links_the_feedback(ctx: JobContext, engine: Engine) -> None:
     p = payload(YOLO)
     review_jobs.process_review(p)
     reports = []
     with Session(engine, expire_on_commit=False) as session:
         for reporter, tag in (("u1", "computer-vision"), ("u2", "mlops")):
-            fb = Feedback(prediction_id=p["prediction_id"], reporter=reporter, correct_tag=tag,
-                          text_hash=p["text_hash"])
+            fb = Feedback(
+                prediction_id=p["prediction_id"],
+                reporter=reporter,
+                correct_tag=tag,
+                text_hash=p["text_hash"],
+            )
             session.add(fb)
             session.commit()
             reports.append(fb.id)
@@ -189,8 +215,9 @@ def test_user_report_bumps_the_task_and_links_the_feedback(
     )
     with Session(engine) as session:
         feedback = [session.get(Feedback, i) for i in reports]
-        assert all(f and f.task_id == task.id and f.status == FeedbackStatus.IN_REVIEW
-                   for f in feedback)
+        assert all(
+            f and f.task_id == task.id and f.status == FeedbackStatus.IN_REVIEW for f in feedback
+        )
     assert task.id is not None
     do(engine, review_crud.claim, reviewer="ann", lease_s=60)
     label = label_task(engine, task.id, "computer-vision")
@@ -220,29 +247,36 @@ def test_near_duplicate_of_a_labelled_item_is_flagged(ctx: JobContext, engine: E
     label = label_task(engine, first, "computer-vision")
     with Session(engine, expire_on_commit=False) as session:  # a label without a task embedding
         other = labels_crud.append_label(
-            session, text_hash=text_hash("Serving models with Kubernetes", ""),
-            title="Serving models with Kubernetes", description="", tag="mlops",
-            reviewer="feedback", holdout_share=0.2,
+            session,
+            text_hash=text_hash("Serving models with Kubernetes", ""),
+            title="Serving models with Kubernetes",
+            description="",
+            tag="mlops",
+            reviewer="feedback",
+            holdout_share=0.2,
         )
         session.commit()
     near = get(engine, review_jobs.process_review(payload(YOLO + "!"))["task_id"])
     assert (near.duplicate_of, near.duplicate_tag) == (label.id, "computer-vision")
-    near_k8s = get(engine, review_jobs.process_review(
-        payload("Serving models with Kubernetes!"))["task_id"])
+    near_k8s = get(
+        engine, review_jobs.process_review(payload("Serving models with Kubernetes!"))["task_id"]
+    )
     assert (near_k8s.duplicate_of, near_k8s.duplicate_tag) == (other.id, "mlops")
-    far = get(engine, review_jobs.process_review(
-        payload("Fine-tuning BERT for sentiment analysis"))["task_id"])
+    far = get(
+        engine,
+        review_jobs.process_review(payload("Fine-tuning BERT for sentiment analysis"))["task_id"],
+    )
     assert far.duplicate_of is None and far.duplicate_tag is None
 
 
-def test_near_copies_behind_a_task_get_a_diversity_penalty(
-    ctx: JobContext, engine: Engine
-) -> None:
+def test_near_copies_behind_a_task_get_a_diversity_penalty(ctx: JobContext, engine: Engine) -> None:
     tie = {"natural-language-processing": 0.5, "computer-vision": 0.5, "mlops": 0.0, "other": 0.0}
     lead = get(engine, review_jobs.process_review(payload(YOLO, scores=tie))["task_id"])
     copy = get(engine, review_jobs.process_review(payload(YOLO + "!"))["task_id"])
-    other = get(engine, review_jobs.process_review(
-        payload("Fine-tuning BERT for sentiment analysis"))["task_id"])
+    other = get(
+        engine,
+        review_jobs.process_review(payload("Fine-tuning BERT for sentiment analysis"))["task_id"],
+    )
     assert lead.diversity_penalty == 0 and other.diversity_penalty == 0
     assert copy.diversity_penalty > 0.3
     assert copy.priority == pytest.approx(copy.uncertainty - copy.diversity_penalty)
@@ -356,7 +390,11 @@ def test_label_checks_tag_task_and_lease(engine: Engine) -> None:
         label_task(engine, task_id, "mlops", reviewer="bob")
     label = label_task(engine, task_id, "mlops", reviewer="ann")
     assert (label.tag, label.reviewer, label.task_id, label.supersedes) == (
-        "mlops", "ann", task_id, None)
+        "mlops",
+        "ann",
+        task_id,
+        None,
+    )
     task = get(engine, task_id)
     assert task.status == ReviewStatus.LABELED and task.open_key is None
     assert task.leased_by is None
@@ -384,8 +422,13 @@ def test_relabelling_appends_and_supersedes(engine: Engine) -> None:
         current = labels_crud.current_labels(session)
     assert [(c.id, c.tag) for c in current] == [(second.id, "other")]
     with pytest.raises(ConflictError):  # an unlabelled task has nothing to undo
-        do(engine, review_crud.reopen, task_id=add_task(engine, "x", 0.1), reviewer="ann",
-           lease_s=60)
+        do(
+            engine,
+            review_crud.reopen,
+            task_id=add_task(engine, "x", 0.1),
+            reviewer="ann",
+            lease_s=60,
+        )
 
 
 def test_reopen_refused_while_the_content_has_another_open_task(
@@ -422,8 +465,13 @@ def test_stats_count_the_queue(engine: Engine) -> None:
         session.add(OutboxItem(kind="review", payload={}))
         session.commit()
     stats = do(engine, review_crud.stats, now=utcnow())
-    assert stats == {"open": 1, "leased": 1, "labeled_today": 1,
-                     "by_reason": {"low_confidence": 1, "user_report": 1}, "outbox_pending": 1}
+    assert stats == {
+        "open": 1,
+        "leased": 1,
+        "labeled_today": 1,
+        "by_reason": {"low_confidence": 1, "user_report": 1},
+        "outbox_pending": 1,
+    }
 
 
 # --- re-prioritisation -------------------------------------------------------------------
@@ -432,14 +480,16 @@ def test_stats_count_the_queue(engine: Engine) -> None:
 def test_reprioritize_rescores_open_tasks_with_production(
     ctx: JobContext, engine: Engine, settings: Settings, shared_result: TrainResult
 ) -> None:
-    sure = {"natural-language-processing": 0.0, "computer-vision": 0.0, "mlops": 0.0,
-            "other": 1.0}
+    sure = {"natural-language-processing": 0.0, "computer-vision": 0.0, "mlops": 0.0, "other": 1.0}
     texts = [YOLO, YOLO + "!", "Fine-tuning BERT for sentiment analysis", "Kubeflow pipelines"]
     ids = [review_jobs.process_review(payload(t, scores=sure))["task_id"] for t in texts]
     labelled = add_task(engine, "already done", 0.5)
     label_task(engine, labelled, "mlops")
     assert review_jobs.reprioritize("v-old") == {
-        "model_version": None, "updated": 0, "requested": "v-old"}
+        "model_version": None,
+        "updated": 0,
+        "requested": "v-old",
+    }
     version = register_promoted(engine, settings, shared_result)
     result = review_jobs.reprioritize(version)
     assert result == {"model_version": version, "updated": 4, "requested": version}

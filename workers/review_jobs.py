@@ -50,7 +50,8 @@ def find_duplicate(
     missing = [i for i, (_, blob) in enumerate(rows) if blob is None]
     encoded = (
         encoder.encode([item_text(rows[i][0].title, rows[i][0].description) for i in missing])
-        if missing else np.empty((0, embedding.size), dtype=np.float32)
+        if missing
+        else np.empty((0, embedding.size), dtype=np.float32)
     )
     by_index = dict(zip(missing, encoded, strict=True))
     matrix = np.stack(
@@ -70,16 +71,23 @@ def _new_task(ctx: JobContext, session: Session, payload: dict[str, Any]) -> Rev
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     embedding = ctx.encoder.encode([item_text(payload["title"], payload["description"])])[0]
     duplicate = find_duplicate(
-        session, embedding=embedding, encoder=ctx.encoder,
+        session,
+        embedding=embedding,
+        encoder=ctx.encoder,
         threshold=ctx.settings.duplicate_cosine,
     )
     task = ReviewTask(
-        text_hash=payload["text_hash"], title=payload["title"],
-        description=payload["description"], reason=ReviewReason(payload["reason"]),
-        prediction_id=payload.get("prediction_id"), model_version=payload.get("model_version"),
-        suggestion_tag=payload.get("tag"), suggestion_scores=dict(payload.get("scores") or {}),
+        text_hash=payload["text_hash"],
+        title=payload["title"],
+        description=payload["description"],
+        reason=ReviewReason(payload["reason"]),
+        prediction_id=payload.get("prediction_id"),
+        model_version=payload.get("model_version"),
+        suggestion_tag=payload.get("tag"),
+        suggestion_scores=dict(payload.get("scores") or {}),
         uncertainty=prio.margin_uncertainty(payload.get("scores") or {}),
-        reports=int(user_report), embedding=to_bytes(embedding),
+        reports=int(user_report),
+        embedding=to_bytes(embedding),
         duplicate_of=duplicate[0] if duplicate else None,
         duplicate_tag=duplicate[1] if duplicate else None,
     )
@@ -136,17 +144,19 @@ def process_review(payload: dict[str, Any]) -> dict[str, Any]:
             review_crud.link_feedback(
                 session, feedback_id=int(payload["feedback_id"]), task_id=task.id
             )
-        return {"action": action, "task_id": task.id, "arrivals": task.arrivals,
-                "priority": task.priority}
+        return {
+            "action": action,
+            "task_id": task.id,
+            "arrivals": task.arrivals,
+            "priority": task.priority,
+        }
 
 
-def _score(
-    model: TagModel, encoder: Encoder, texts: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
+def _score(model: TagModel, encoder: Encoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and embeddings of `texts`, in chunks."""
     probas, embeddings = [], []
     for start in range(0, len(texts), SCORE_CHUNK):
-        chunk = texts[start:start + SCORE_CHUNK]
+        chunk = texts[start : start + SCORE_CHUNK]
         emb = encoder.encode(chunk)
         # The model encodes what its fast path does not settle: cache hits after the line above.
         probas.append(model.predict_proba(chunk, encoder.encode))

@@ -28,9 +28,11 @@ def sync_production(state: AppState) -> str | None:
     """
     with Session(state.engine) as session:
         row = registry.get_production(session)
-        shadow_row = next(
-            iter(registry.list_versions(session, status=ModelStatus.CANDIDATE)), None
-        ) if state.settings.shadow else None
+        shadow_row = (
+            next(iter(registry.list_versions(session, status=ModelStatus.CANDIDATE)), None)
+            if state.settings.shadow
+            else None
+        )
     current = state.predictor.current
     if row is not None and (current is None or current.version != row.version):
         try:

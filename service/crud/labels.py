@@ -16,7 +16,14 @@ from service.entities.common import as_utc
 from service.entities.review import ReviewTask
 
 EXPORT_COLUMNS = (
-    "id", "created_on", "title", "description", "tag", "reviewer", "source", "holdout",
+    "id",
+    "created_on",
+    "title",
+    "description",
+    "tag",
+    "reviewer",
+    "source",
+    "holdout",
 )
 
 
@@ -74,8 +81,14 @@ def append_label(
     """
     previous = current_label(session, text_hash=text_hash)
     row = Label(
-        text_hash=text_hash, title=title, description=description, tag=tag, reviewer=reviewer,
-        source=source, task_id=task_id, supersedes=previous.id if previous else None,
+        text_hash=text_hash,
+        title=title,
+        description=description,
+        tag=tag,
+        reviewer=reviewer,
+        source=source,
+        task_id=task_id,
+        supersedes=previous.id if previous else None,
         holdout=holdout_for(text_hash, share=holdout_share),
     )
     session.add(row)

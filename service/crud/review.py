@@ -38,7 +38,9 @@ def task_priority(task: ReviewTask) -> float:
     """The queue position of a task from its stored terms."""
     return (
         prio.priority(
-            uncertainty=task.uncertainty, reports=task.reports, arrivals=task.arrivals,
+            uncertainty=task.uncertainty,
+            reports=task.reports,
+            arrivals=task.arrivals,
             penalty=task.diversity_penalty,
         )
         - SKIP_STEP * task.skips
@@ -189,7 +191,9 @@ def claim(session: Session, *, reviewer: str, lease_s: int) -> ReviewTask | None
             update(ReviewTask)
             .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.OPEN)
             .values(
-                status=ReviewStatus.LEASED, leased_by=reviewer, updated_at=now,
+                status=ReviewStatus.LEASED,
+                leased_by=reviewer,
+                updated_at=now,
                 lease_expires_at=now + timedelta(seconds=lease_s),
             )
             .execution_options(synchronize_session=False)
@@ -221,9 +225,7 @@ def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
     return ConflictError(f"task {task_id} changed concurrently; try again")
 
 
-def _transition(
-    session: Session, *, task_id: int, reviewer: str, values: dict[str, Any]
-) -> None:
+def _transition(session: Session, *, task_id: int, reviewer: str, values: dict[str, Any]) -> None:
     """Apply `values` to a task `reviewer` may act on, atomically; 409/404 otherwise."""
     now = utcnow()
     result = session.exec(
@@ -250,21 +252,38 @@ def _settle_feedback(session: Session, *, task_id: int, label: Label) -> None:
 
 
 def label(
-    session: Session, *, task_id: int, tag: str, reviewer: str, tags: TagSet,
+    session: Session,
+    *,
+    task_id: int,
+    tag: str,
+    reviewer: str,
+    tags: TagSet,
     holdout_share: float,
 ) -> Label:
     """Record `reviewer`'s answer for a task; it becomes the content's current label."""
     if tag not in tags:
         raise InvalidInputError(f"tag {tag!r} is not in the approved list")
     _transition(
-        session, task_id=task_id, reviewer=reviewer,
-        values={"status": ReviewStatus.LABELED, "open_key": None, "leased_by": None,
-                "lease_expires_at": None},
+        session,
+        task_id=task_id,
+        reviewer=reviewer,
+        values={
+            "status": ReviewStatus.LABELED,
+            "open_key": None,
+            "leased_by": None,
+            "lease_expires_at": None,
+        },
     )
     task = get_task(session, task_id=task_id)
     row = labels_crud.append_label(
-        session, text_hash=task.text_hash, title=task.title, description=task.description,
-        tag=tag, reviewer=reviewer, holdout_share=holdout_share, source=LabelSource.REVIEW,
+        session,
+        text_hash=task.text_hash,
+        title=task.title,
+        description=task.description,
+        tag=tag,
+        reviewer=reviewer,
+        holdout_share=holdout_share,
+        source=LabelSource.REVIEW,
         task_id=task.id,
     )
     _settle_feedback(session, task_id=task_id, label=row)
@@ -276,10 +295,17 @@ def label(
 def skip(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     """Put a task back, a little lower, and hand it to other reviewers first."""
     _transition(
-        session, task_id=task_id, reviewer=reviewer,
-        values={"status": ReviewStatus.OPEN, "leased_by": None, "lease_expires_at": None,
-                "skips": ReviewTask.skips + 1, "skipped_by": reviewer,
-                "priority": ReviewTask.priority - SKIP_STEP},
+        session,
+        task_id=task_id,
+        reviewer=reviewer,
+        values={
+            "status": ReviewStatus.OPEN,
+            "leased_by": None,
+            "lease_expires_at": None,
+            "skips": ReviewTask.skips + 1,
+            "skipped_by": reviewer,
+            "priority": ReviewTask.priority - SKIP_STEP,
+        },
     )
     session.commit()
     return get_task(session, task_id=task_id)
@@ -288,7 +314,9 @@ def skip(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
 def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     """Give a lease back unchanged (the reviewer closed the page)."""
     _transition(
-        session, task_id=task_id, reviewer=reviewer,
+        session,
+        task_id=task_id,
+        reviewer=reviewer,
         values={"status": ReviewStatus.OPEN, "leased_by": None, "lease_expires_at": None},
     )
     session.commit()
@@ -309,8 +337,11 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
             update(ReviewTask)
             .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.LABELED)
             .values(
-                status=ReviewStatus.LEASED, open_key=task.text_hash, leased_by=reviewer,
-                lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now,
+                status=ReviewStatus.LEASED,
+                open_key=task.text_hash,
+                leased_by=reviewer,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                updated_at=now,
             )
             .execution_options(synchronize_session=False)
         )
@@ -347,6 +378,9 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         .where(Label.source == LabelSource.REVIEW, col(Label.created_at) >= day_start)
     ).one()
     return {
-        "open": open_, "leased": leased, "labeled_today": labeled_today, "by_reason": by_reason,
+        "open": open_,
+        "leased": leased,
+        "labeled_today": labeled_today,
+        "by_reason": by_reason,
         "outbox_pending": pending_count(session),
     }

@@ -45,6 +45,7 @@ def export_labels(
     `reviewer,source,holdout`."""
     body = render(labels_crud.export_rows(session), fmt)
     return Response(
-        body, media_type=MEDIA_TYPES[fmt],
+        body,
+        media_type=MEDIA_TYPES[fmt],
         headers={"Content-Disposition": f'attachment; filename="labels.{fmt.value}"'},
     )

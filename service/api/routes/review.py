@@ -47,16 +47,21 @@ def task_public(task: ReviewTask) -> ReviewTaskPublic:
     """What a reviewer sees of a task (never the table row itself)."""
     assert task.id is not None
     return ReviewTaskPublic(
-        task_id=task.id, title=task.title, description=task.description,
+        task_id=task.id,
+        title=task.title,
+        description=task.description,
         suggestion=Suggestion(tag=task.suggestion_tag, scores=task.suggestion_scores),
-        duplicate_of=task.duplicate_of, duplicate_tag=task.duplicate_tag, reason=task.reason,
+        duplicate_of=task.duplicate_of,
+        duplicate_tag=task.duplicate_tag,
+        reason=task.reason,
         priority=round(task.priority, 6),
         lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
     )
 
 
 @router.post(
-    "/claim", response_model=ReviewTaskPublic,
+    "/claim",
+    response_model=ReviewTaskPublic,
     responses={204: {"description": "Nothing to review"}},
 )
 def claim(
@@ -84,12 +89,20 @@ def review_stats(session: SessionDep, state: StateDep, _role: ReviewerRole) -> R
 
 @router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)
 def label_task(
-    task_id: int, body: LabelBody, session: SessionDep, settings: SettingsDep, tags: TagsDep,
+    task_id: int,
+    body: LabelBody,
+    session: SessionDep,
+    settings: SettingsDep,
+    tags: TagsDep,
     _role: ReviewerRole,
 ) -> LabelPublic:
     """The reviewer's answer: an approved tag. It supersedes any earlier label of the content."""
     row = review_crud.label(
-        session, task_id=task_id, tag=body.tag, reviewer=body.reviewer, tags=tags,
+        session,
+        task_id=task_id,
+        tag=body.tag,
+        reviewer=body.reviewer,
+        tags=tags,
         holdout_share=settings.label_holdout_share,
     )
     public = LabelPublic.model_validate(row, from_attributes=True)
@@ -115,7 +128,10 @@ def release_task(
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
 def reopen_task(
-    task_id: int, body: ReviewerBody, session: SessionDep, settings: SettingsDep,
+    task_id: int,
+    body: ReviewerBody,
+    session: SessionDep,
+    settings: SettingsDep,
     _role: ReviewerRole,
 ) -> ReviewTaskPublic:
     """Undo: lease a task this reviewer labelled back to them; their next label replaces it."""
