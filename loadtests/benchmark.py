@@ -58,11 +58,10 @@ LEVERS: dict[str, dict[str, str]] = {
     "microbatch_wait_2ms": {"TAGFLOW_MICROBATCH_WAIT_MS": "2"},
     "cache_off": {"TAGFLOW_EMBEDDING_CACHE_SIZE": "0"},
     "encoder_fp32": {"TAGFLOW_ENCODER": EncoderKind.ONNX_FP32.value},
-    "encoder_threads_1": {"TAGFLOW_ENCODER_THREADS": "1"},
-    "score_threads_2": {"TAGFLOW_SCORE_THREADS": "2"},
+    "score_threads_1": {"TAGFLOW_SCORE_THREADS": "1"},
     "openblas_threads_1": {"OPENBLAS_NUM_THREADS": "1"},
-    # Not a single lever: two single-threaded batches in parallel instead of one on two threads.
-    "parallel_batches": {"TAGFLOW_ENCODER_THREADS": "1", "TAGFLOW_SCORE_THREADS": "2"},
+    # Not a single lever: one item at a time on two ORT threads instead of two on one each.
+    "encoder_threads_2": {"TAGFLOW_ENCODER_THREADS": "2", "TAGFLOW_SCORE_THREADS": "1"},
     "fast_path_off": {"TAGFLOW_FAST_PATH": "0"},
 }
 # Training measured again with each of these environments, in a separate data directory.

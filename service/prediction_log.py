@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 
 from service.crud.predictions import save_predictions
 from service.db import session_scope
-from service.entities import Prediction, ShadowPrediction
+from service.entities import Prediction, PredictionCreate, ShadowPrediction
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,14 @@ class PredictionLog:
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.after_flush = after_flush
-        self._buffer: deque[Prediction] = deque()
+        self._buffer: deque[PredictionCreate] = deque()
         self._shadows: deque[ShadowPrediction] = deque()
         self._flush_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
         self.written = 0
 
-    def record(self, prediction: Prediction) -> None:
+    def record(self, prediction: PredictionCreate) -> None:
         """Queue one prediction for writing (O(1), no I/O)."""
         self._buffer.append(prediction)
 
@@ -52,7 +52,8 @@ class PredictionLog:
 
     def pending(self, prediction_id: str) -> Prediction | None:
         """A prediction that is buffered but not yet written, if any."""
-        return next((p for p in list(self._buffer) if p.id == prediction_id), None)
+        found = next((p for p in list(self._buffer) if p.id == prediction_id), None)
+        return None if found is None else Prediction.model_validate(found.model_dump())
 
     def flush(self) -> int:
         """Write everything buffered now; on failure put it back and re-raise."""

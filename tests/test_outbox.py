@@ -20,7 +20,7 @@ from service.api.lifecycle import drain_outbox
 from service.api.main import create_app
 from service.config import Settings
 from service.crud.predictions import save_predictions
-from service.entities import OutboxItem, Prediction, PredictionStatus
+from service.entities import OutboxItem, PredictionCreate, PredictionStatus
 from service.entities.common import new_id
 from service.entities.review import ReviewTask
 from service.ml.dataset import text_hash
@@ -107,8 +107,8 @@ def test_predictions_survive_a_redis_outage(
     assert all(t.arrivals == 1 for t in stored)
 
 
-def prediction(title: str) -> Prediction:
-    return Prediction(
+def prediction(title: str) -> PredictionCreate:
+    return PredictionCreate(
         id=new_id(),
         text_hash=text_hash(title, ""),
         title=title,

@@ -7,13 +7,13 @@ import asyncio
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from service.entities import OutboxItem, Prediction, PredictionStatus
+from service.entities import OutboxItem, Prediction, PredictionCreate, PredictionStatus
 from service.entities.common import new_id
 from service.prediction_log import PredictionLog
 
 
-def _prediction(status: PredictionStatus = PredictionStatus.AUTO) -> Prediction:
-    return Prediction(
+def _prediction(status: PredictionStatus = PredictionStatus.AUTO) -> PredictionCreate:
+    return PredictionCreate(
         id=new_id(),
         text_hash="h" * 64,
         title="t",

@@ -9,6 +9,7 @@ from service.entities.model_version import ModelStatus, ModelVersion, ModelVersi
 from service.entities.outbox import OutboxItem
 from service.entities.prediction import (
     Prediction,
+    PredictionCreate,
     PredictionPublic,
     PredictionStatus,
     ShadowPrediction,
@@ -30,6 +31,7 @@ __all__ = [
     "ModelVersionPublic",
     "OutboxItem",
     "Prediction",
+    "PredictionCreate",
     "PredictionPublic",
     "PredictionStatus",
     "ReviewReason",

@@ -55,14 +55,26 @@ class TagModel:
         `encode` is called once, with only the texts the fast path does not settle (all of
         them when `fast_path` is off).
         """
-        emb_head, tfidf_head = self._heads()
-        proba = tfidf_head.predict_proba(list(texts))
-        cut = self.fast_threshold if fast_path else NEVER
-        slow = np.flatnonzero(proba.max(axis=1) < cut)
-        if len(slow):
-            p_emb = emb_head.predict_proba(encode([texts[i] for i in slow]))
-            proba[slow] = self.weight * p_emb + (1.0 - self.weight) * proba[slow]
+        proba, slow = self.fast_proba(texts, fast_path=fast_path)
+        self.complete(texts, proba, slow, encode)
         return proba
+
+    def fast_proba(
+        self, texts: Sequence[str], *, fast_path: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The TF-IDF head's probabilities, and the rows the fast path leaves unsettled."""
+        proba = self._heads()[1].predict_proba(list(texts))
+        cut = self.fast_threshold if fast_path else NEVER
+        return proba, np.flatnonzero(proba.max(axis=1) < cut)
+
+    def complete(
+        self, texts: Sequence[str], proba: np.ndarray, rows: Sequence[int], encode: Encode
+    ) -> None:
+        """Mix the embedding head into `rows` of `proba` (TF-IDF probabilities), in place."""
+        if len(rows) == 0:
+            return
+        p_emb = self._heads()[0].predict_proba(encode([texts[i] for i in rows]))
+        proba[rows] = self.weight * p_emb + (1.0 - self.weight) * proba[rows]
 
     def fast_mask(self, texts: Sequence[str]) -> np.ndarray:
         """Which of `texts` the fast path answers without the encoder."""

@@ -9,7 +9,6 @@ Both are checked against sklearn's own output in the tests.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -44,13 +43,19 @@ class _Vectorizer:
         self.sublinear = vec.sublinear_tf
         self.offset = offset
 
-    def features(self, text: str) -> tuple[list[int], list[float]]:
-        counts = Counter(t for t in self.analyze(text) if t in self.vocabulary)
-        index = [self.vocabulary[t] for t in counts]
-        tf = [(1.0 + math.log(c)) if self.sublinear else float(c) for c in counts.values()]
-        values = [v * self.idf[i] for v, i in zip(tf, index, strict=True)]
-        norm = math.sqrt(sum(v * v for v in values)) or 1.0
-        return [i + self.offset for i in index], [v / norm for v in values]
+    def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Feature indices (offset into the union) and their L2-normalised tf-idf values."""
+        # Counting, matching against the vocabulary and gathering run in C (Counter, key-set
+        # intersection, map/fromiter): a Python loop per n-gram cost most of the fast path.
+        counts = Counter(self.analyze(text))
+        known = list(counts.keys() & self.vocabulary.keys())
+        index = np.fromiter(map(self.vocabulary.__getitem__, known), np.intp, len(known))
+        tf = np.fromiter(map(counts.__getitem__, known), np.float64, len(known))
+        if self.sublinear:
+            tf = 1.0 + np.log(tf)
+        values = tf * self.idf[index]
+        norm = float(np.sqrt(values @ values)) or 1.0
+        return index + self.offset, values / norm
 
 
 class LinearTfidf:
@@ -72,8 +77,8 @@ class LinearTfidf:
         for row, text in enumerate(texts):
             for vec in self.vectorizers:
                 index, values = vec.features(text)
-                if index:
-                    z[row] += np.asarray(values) @ self.weights[index]
+                if index.size:
+                    z[row] += values @ self.weights[index]
         return _binary_or_multi(self.lr, z)
 
 

@@ -1,8 +1,12 @@
 """The serving path: the production model behind an atomic swap, fed by a micro-batcher.
 
-Concurrent requests are gathered for up to `wait_ms` (or `max_items`) and scored in one call
-in a worker thread, so the event loop never runs model code and tokeniser / TF-IDF / LR
-overheads are paid once per batch instead of once per request.
+Concurrent requests are gathered into a batch and triaged in one call on a worker thread:
+the TF-IDF fast path scores every item, and the requests it settles are answered at once.
+Each item it leaves unsettled is then encoded as a task of its own on the scorer threads, so
+two cores encode two items at a time and a request waits only for its own items. (Scoring
+whole batches on one thread each made every request wait for its batch mates' encodes and
+kept the clients in lockstep: p99 61 ms vs 47 at concurrency 8 here.) The event loop never
+runs model code.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +47,17 @@ class Scored:
     scores: dict[str, float]
     status: PredictionStatus
     model_version: str
+
+
+@dataclass
+class Triage:
+    """A batch after the fast path; `proba` rows listed in `unsettled` are TF-IDF only until
+    `Predictor.finish` completes them."""
+
+    loaded: LoadedModel
+    texts: list[str]
+    proba: np.ndarray
+    unsettled: list[int]
 
 
 class Predictor:
@@ -90,11 +106,24 @@ class Predictor:
 
     def score(self, texts: list[str], loaded: LoadedModel | None = None) -> list[Scored]:
         """Score a batch synchronously (CPU work; call it from a worker thread)."""
+        triage = self.triage(texts, loaded)
+        self.finish(triage, triage.unsettled)
+        return self.results(triage, range(len(texts)))
+
+    def triage(self, texts: list[str], loaded: LoadedModel | None = None) -> Triage:
+        """The fast path over a batch: which rows are settled, which need the encoder."""
         loaded = loaded or self._current
         if loaded is None:
             raise UnavailableError("no production model is loaded yet")
-        proba = loaded.model.predict_proba(texts, self.encoder.encode, fast_path=self.fast_path)
-        return [self._one(loaded, row) for row in proba]
+        proba, unsettled = loaded.model.fast_proba(texts, fast_path=self.fast_path)
+        return Triage(loaded, texts, proba, [int(i) for i in unsettled])
+
+    def finish(self, triage: Triage, rows: Sequence[int]) -> None:
+        """Encode `rows` of a triaged batch and mix in the embedding head (a worker thread)."""
+        triage.loaded.model.complete(triage.texts, triage.proba, rows, self.encoder.encode)
+
+    def results(self, triage: Triage, rows: Iterable[int]) -> list[Scored]:
+        return [self._one(triage.loaded, triage.proba[i]) for i in rows]
 
     def _one(self, loaded: LoadedModel, row: np.ndarray) -> Scored:
         model = loaded.model
@@ -119,7 +148,8 @@ class _Pending:
 
 
 class MicroBatcher:
-    """Coalesces concurrent `predict` calls into batches scored in a thread pool."""
+    """Coalesces concurrent `predict` calls, answers what the fast path settles at once, and
+    encodes the rest item by item on `threads` scorer threads."""
 
     def __init__(
         self, predictor: Predictor, *, max_items: int, wait_ms: float, threads: int = 1
@@ -128,8 +158,9 @@ class MicroBatcher:
         self.max_items = max_items
         self.wait_s = wait_ms / 1000.0
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Triage has a thread of its own so it never queues behind encodes.
+        self._triage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
-        self._slots = asyncio.Semaphore(threads)
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -141,57 +172,86 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._triage_pool.shutdown(wait=True)
         self._pool.shutdown(wait=True)
 
     async def predict(self, texts: list[str]) -> list[Scored]:
         """Score `texts` (one request's items), possibly together with other requests'."""
-        if self.max_items <= 1 or len(texts) >= self.max_items:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._pool, self.predictor.score, texts)
         future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(texts, future))
         return await future
 
     async def _run(self) -> None:
         while True:
-            first = await self._queue.get()
-            # Wait for a free scorer before forming the batch: everything that queued up while
-            # the scorers were busy then joins this batch instead of waiting for the next one.
-            await self._slots.acquire()
-            batch, size = [first], len(first.texts)
-            deadline = time.perf_counter() + self.wait_s
-            while size < self.max_items:
-                if not self._queue.empty():
-                    item = self._queue.get_nowait()
-                else:
-                    timeout = deadline - time.perf_counter()
-                    if timeout <= 0:
-                        break
-                    try:
-                        item = await asyncio.wait_for(self._queue.get(), timeout)
-                    except TimeoutError:
-                        break
-                batch.append(item)
-                size += len(item.texts)
+            batch = await self._gather()
             task = asyncio.create_task(self._score(batch))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
+    async def _gather(self) -> list[_Pending]:
+        """The next batch: what is queued now, waiting up to `wait_s` for up to `max_items`."""
+        first = await self._queue.get()
+        batch, size = [first], len(first.texts)
+        deadline = time.perf_counter() + self.wait_s
+        while size < self.max_items:
+            if not self._queue.empty():
+                item = self._queue.get_nowait()
+            else:
+                timeout = deadline - time.perf_counter()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+            batch.append(item)
+            size += len(item.texts)
+        return batch
+
     async def _score(self, batch: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        texts = [t for p in batch for t in p.texts]
         try:
-            texts = [t for p in batch for t in p.texts]
-            loop = asyncio.get_running_loop()
-            try:
-                results = await loop.run_in_executor(self._pool, self.predictor.score, texts)
-            except Exception as exc:  # handed to every waiting request, which re-raises it
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                return
-            start = 0
+            triage = await loop.run_in_executor(self._triage_pool, self.predictor.triage, texts)
+        except Exception as exc:  # handed to every waiting request, which re-raises it
             for p in batch:
-                if not p.future.done():
-                    p.future.set_result(results[start : start + len(p.texts)])
-                start += len(p.texts)
-        finally:
-            self._slots.release()
+                _fail(p.future, exc)
+            return
+        unsettled = set(triage.unsettled)
+        waits, start = [], 0
+        for p in batch:
+            rows = range(start, start + len(p.texts))
+            start += len(p.texts)
+            mine = [r for r in rows if r in unsettled]
+            if not mine:
+                _succeed(p.future, self.predictor.results(triage, rows))
+            else:
+                waits.append(self._complete(p, triage, rows, mine))
+        await asyncio.gather(*waits)
+
+    async def _complete(
+        self, pending: _Pending, triage: Triage, rows: range, unsettled: list[int]
+    ) -> None:
+        """Encode one request's unsettled rows, each a scorer task of its own, then answer."""
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._pool, self.predictor.finish, triage, [r])
+                    for r in unsettled
+                )
+            )
+        except Exception as exc:
+            _fail(pending.future, exc)
+            return
+        _succeed(pending.future, self.predictor.results(triage, rows))
+
+
+def _succeed(future: asyncio.Future[list[Scored]], results: list[Scored]) -> None:
+    if not future.done():  # the request may have been cancelled (client gone)
+        future.set_result(results)
+
+
+def _fail(future: asyncio.Future[list[Scored]], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service.api.deps import BatcherDep, ClientRole, SettingsDep, StateDep
 from service.api.state import AppState
 from service.config import Settings
-from service.entities import Prediction, PredictionPublic, ShadowPrediction
+from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
 from service.entities.common import new_id
 from service.ml.dataset import item_text, text_hash
 from service.ml.serving import Scored
@@ -55,7 +55,7 @@ def check_lengths(items: list[Item], settings: Settings) -> None:
 
 
 def _record(state: AppState, item: Item, scored: Scored, latency_ms: float) -> PredictionPublic:
-    row = Prediction(
+    row = PredictionCreate(
         id=new_id(),
         text_hash=text_hash(item.title, item.description),
         title=item.title,

@@ -1,0 +1,142 @@
+"""The micro-batcher: settled requests are answered at once, the rest item by item, and the
+answers are exactly what the synchronous path computes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.errors import UnavailableError
+from service.ml.encoder import Encoder
+from service.ml.pipeline import base_split
+from service.ml.serving import LoadedModel, MicroBatcher, Predictor
+from service.ml.training import TrainResult
+from service.tags import TagSet
+
+
+class GatedEncoder:
+    """The real encoder behind a gate: encoding waits until the test opens it, and texts in
+    `broken` raise, so the tests decide when (and whether) encoding finishes."""
+
+    def __init__(self, encoder: Encoder, *, open_: bool = True) -> None:
+        self.encoder = encoder
+        self.path = encoder.path
+        self.gate = threading.Event()
+        if open_:
+            self.gate.set()
+        self.broken: set[str] = set()
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        assert self.gate.wait(10), "the test never opened the gate"
+        if self.broken & set(texts):
+            raise RuntimeError("encoder failed on purpose")
+        return self.encoder.encode(texts)
+
+
+@pytest.fixture
+def texts(shared_result: TrainResult, shared_dataset: Path, tags: TagSet) -> dict[str, list[str]]:
+    """Held-out texts the fast path settles, and ones it leaves to the encoder."""
+    _, held_out, _ = base_split(shared_dataset, tags=tags)
+    all_texts = [e.text for e in held_out]
+    fast = shared_result.model.fast_mask(all_texts)
+    return {
+        "fast": [t for t, f in zip(all_texts, fast, strict=True) if f],
+        "slow": [t for t, f in zip(all_texts, fast, strict=True) if not f],
+    }
+
+
+def _predictor(encoder: GatedEncoder, tags: TagSet, result: TrainResult) -> Predictor:
+    predictor = Predictor(encoder, tags)  # type: ignore[arg-type]
+    predictor.swap(LoadedModel("v-test", result.model))
+    return predictor
+
+
+def test_settled_request_does_not_wait_for_its_batch_mates_encode(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    gated = GatedEncoder(encoder, open_=False)
+    predictor = _predictor(gated, tags, shared_result)
+
+    async def scenario() -> None:
+        # A 20 ms gathering wait puts both requests in one batch.
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=20, threads=2)
+        batcher.start()
+        slow = asyncio.create_task(batcher.predict([texts["slow"][0]]))
+        fast = asyncio.create_task(batcher.predict([texts["fast"][0]]))
+        answered = await asyncio.wait_for(fast, 5)  # while the encoder is still closed
+        assert not slow.done()
+        gated.gate.set()
+        finished = await asyncio.wait_for(slow, 10)
+        await batcher.stop()
+        assert answered[0].tag in tags.names and finished[0].tag in tags.names
+
+    asyncio.run(scenario())
+
+
+def test_batched_answers_equal_the_synchronous_path(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    predictor = _predictor(GatedEncoder(encoder), tags, shared_result)
+    requests = [
+        [texts["slow"][0]],
+        [texts["fast"][0], texts["slow"][1], texts["fast"][1]],
+        [texts["fast"][2]],
+        texts["slow"][2:6],
+        [texts["slow"][0]],
+    ] * 3
+
+    async def scenario() -> list[list[tuple[str, float, str]]]:
+        batcher = MicroBatcher(predictor, max_items=4, wait_ms=2, threads=2)
+        batcher.start()
+        answers = await asyncio.gather(*(batcher.predict(r) for r in requests))
+        await batcher.stop()
+        return [[(s.tag, s.confidence, s.status.value) for s in a] for a in answers]
+
+    expected = [
+        [(s.tag, s.confidence, s.status.value) for s in predictor.score(r)] for r in requests
+    ]
+    assert asyncio.run(scenario()) == expected
+
+
+def test_encoder_failure_fails_only_its_request(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    gated = GatedEncoder(encoder)
+    gated.broken.add(texts["slow"][0])
+    predictor = _predictor(gated, tags, shared_result)
+
+    async def scenario() -> list[object]:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=20, threads=2)
+        batcher.start()
+        outcome = await asyncio.gather(
+            batcher.predict([texts["slow"][0]]),
+            batcher.predict([texts["fast"][0]]),
+            batcher.predict([texts["slow"][1]]),
+            return_exceptions=True,
+        )
+        await batcher.stop()
+        return outcome
+
+    broken, fast, slow = asyncio.run(scenario())
+    assert isinstance(broken, RuntimeError)
+    assert isinstance(fast, list) and isinstance(slow, list)
+
+
+def test_no_model_fails_every_waiting_request(encoder: Encoder, tags: TagSet) -> None:
+    predictor = Predictor(encoder, tags)
+
+    async def scenario() -> list[object]:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=5, threads=2)
+        batcher.start()
+        outcome = await asyncio.gather(
+            batcher.predict(["a"]), batcher.predict(["b", "c"]), return_exceptions=True
+        )
+        await batcher.stop()
+        return outcome
+
+    assert all(isinstance(o, UnavailableError) for o in asyncio.run(scenario()))
