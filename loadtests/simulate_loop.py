@@ -9,14 +9,15 @@ In-process, with the project's own code (no server, no Redis, no database):
 2. The first model is trained on the bundled seed only (`service/data/seed.csv`).
 3. Each round the next chunk of the stream (8K items by default) arrives and is scored by the
    current model. Items below the model's acceptance threshold (status `review`) join the
-   **pool**, together with the pool items not labelled yet; the others are accepted
-   automatically and never labelled. Arrivals outpace the reviewer (about a quarter of a chunk
+   **pool**, together with the pool items not labelled yet; so do accepted items in the audit
+   sample (`in_audit_sample`, the service's own rule and `audit_share`); the other accepted
+   items are never labelled. Arrivals outpace the reviewer (about a quarter of a chunk
    goes to review, 2K), as they do when a review queue is needed at all: with a pool no
    larger than K both strategies would label the same items and compare nothing.
 4. A simulated reviewer labels K pool items with their true tags, chosen either
    - **priority**: margin uncertainty under the current model (`priority.margin_uncertainty`,
-     `priority.priority`) ordered greedily with the diversity penalty
-     (`priority.rank_diverse`), as the review queue presents them; or
+     `priority.priority`, with the audit boost for audit items) ordered greedily with the
+     diversity penalty (`priority.rank_diverse`), as the review queue presents them; or
    - **random**: uniformly from the pool.
 5. After every K labels the model is retrained on seed + labels so far and evaluated on the
    test part: weighted F1, and the share accepted automatically (coverage) with its precision.
@@ -58,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
+from service.crud.predictions import in_audit_sample
 from service.ml.classifier import TagModel
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder, load_encoder
@@ -85,11 +87,13 @@ class Plan:
     full_reference: bool
     pool: str = "review"
     max_labels: int | None = None
+    audit_share: float = 0.0
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
         common = {"test_share": 0.3, "target_precision": args.target_precision,
-                  "pool": args.pool, "max_labels": args.max_labels}
+                  "pool": args.pool, "max_labels": args.max_labels,
+                  "audit_share": args.audit_share}
         if args.quick:
             return cls(k=args.k or 50, chunk=args.chunk or 400, seeds=tuple(args.seeds or (0,)),
                        full_reference=False, **common)
@@ -144,7 +148,7 @@ def split(lab: Lab, seed: int) -> tuple[list[Example], list[Example]]:
 
 
 def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
-           rng: np.random.Generator) -> list[int]:
+           rng: np.random.Generator, audited: dict[str, bool]) -> list[int]:
     """Indices into `pool` of the next K items the reviewer labels."""
     k = min(lab.plan.k, len(pool))
     if strategy == "random":
@@ -153,19 +157,33 @@ def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
     embeddings = lab.encoder.encode(texts)
     proba = model.predict_proba(texts, lab.encoder.encode)
     base = np.array([priority(uncertainty=margin_uncertainty(dict(zip(model.classes, row,
-                                                                      strict=True))))
-                     for row in proba])
+                                                                      strict=True))),
+                              audit=e.text_hash in audited)
+                     for row, e in zip(proba, pool, strict=True)])
     return rank_diverse(embeddings, base, k)
 
 
-def arrive(lab: Lab, model: TagModel, chunk: list[Example]) -> tuple[list[Example], int, int]:
-    """Score an arriving chunk: the `review` items, and how many were auto / auto and right."""
+@dataclass
+class Arrival:
+    """What scoring an arriving chunk sent to review, and how the automatic path did."""
+
+    review: list[Example]
+    audit: dict[str, bool]  # audit-sampled accepted items: text hash -> accepted tag was right
+    auto: int
+    auto_right: int
+
+
+def arrive(lab: Lab, model: TagModel, chunk: list[Example]) -> Arrival:
+    """Score an arriving chunk as the service would and route it."""
     proba = lab.proba(model, chunk)
     accepted = proba.max(axis=1) >= model.threshold
     right = np.array([model.classes[i] == e.tag
                       for i, e in zip(proba.argmax(axis=1), chunk, strict=True)])
     review = [e for e, a in zip(chunk, accepted, strict=True) if not a]
-    return review, int(accepted.sum()), int((accepted & right).sum())
+    audit = {e.text_hash: bool(r) for e, a, r in zip(chunk, accepted, right, strict=True)
+             if a and in_audit_sample(e.text_hash, share=lab.plan.audit_share)}
+    return Arrival(review=review + [e for e in chunk if e.text_hash in audit], audit=audit,
+                   auto=int(accepted.sum()), auto_right=int((accepted & right).sum()))
 
 
 def run_strategy(lab: Lab, start: TagModel, stream: list[Example], test: list[Example],
@@ -175,23 +193,30 @@ def run_strategy(lab: Lab, start: TagModel, stream: list[Example], test: list[Ex
     model = start
     labelled: list[Example] = []
     pool: list[Example] = []
+    audited: dict[str, bool] = {}
     arrived = auto = auto_right = 0
     curve = [{"labels": 0, "pool": 0, "arrived": 0, **lab.measure(model, test)}]
     while (arrived < len(stream) or pool) and not lab.plan.done(len(labelled)):
         chunk = stream[arrived : arrived + lab.plan.chunk]
         if chunk:
-            review, n_auto, n_right = arrive(lab, model, chunk)
-            pool += chunk if lab.plan.pool == "all" else review
-            arrived, auto, auto_right = arrived + len(chunk), auto + n_auto, auto_right + n_right
+            arrival = arrive(lab, model, chunk)
+            pool += chunk if lab.plan.pool == "all" else arrival.review
+            audited |= arrival.audit
+            arrived += len(chunk)
+            auto, auto_right = auto + arrival.auto, auto_right + arrival.auto_right
         if not pool:
             continue
-        picked = set(choose(lab, model, pool, strategy, rng))
+        picked = set(choose(lab, model, pool, strategy, rng, audited))
         labelled += [pool[i] for i in sorted(picked)]
         pool = [e for i, e in enumerate(pool) if i not in picked]
         model = lab.train(lab.seed + labelled)
+        done = {e.text_hash for e in labelled} & audited.keys()
         curve.append({"labels": len(labelled), "pool": len(pool), "arrived": arrived,
                       "stream_auto": auto,
                       "stream_auto_precision": round(auto_right / auto, 4) if auto else None,
+                      "audit_labels": len(done),
+                      "audit_precision": round(float(np.mean([audited[h] for h in done])), 4)
+                      if done else None,
                       **lab.measure(model, test)})
     return curve
 
@@ -334,6 +359,10 @@ def parse_args() -> argparse.Namespace:
                         help="what the reviewer may label: `review` items (the service; default) "
                         "or every arrived item, auto-accepted ones too (an audit budget)")
     parser.add_argument("--max-labels", type=int, default=None, help="stop a loop at this many")
+    parser.add_argument("--audit-share", type=float,
+                        default=Settings.model_fields["audit_share"].default,
+                        help="share of accepted items also sent to review (the service's "
+                        "TAGFLOW_AUDIT_SHARE; default: its default)")
     parser.add_argument("--encoder", type=EncoderKind,
                         default=Settings.model_fields["encoder"].default)
     parser.add_argument("--encoder-dir", type=Path, default=HERE / "results" / "encoder",

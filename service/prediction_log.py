@@ -30,9 +30,11 @@ class PredictionLog:
         *,
         interval_s: float,
         batch_size: int,
+        audit_share: float = 0.0,
         after_flush: Callable[[], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.after_flush = after_flush
@@ -66,7 +68,12 @@ class PredictionLog:
                 shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
                 try:
                     with session_scope(self.engine) as session:
-                        save_predictions(session, predictions=batch, shadows=shadows)
+                        save_predictions(
+                            session,
+                            predictions=batch,
+                            shadows=shadows,
+                            audit_share=self.audit_share,
+                        )
                 except Exception:
                     self._buffer.extendleft(reversed(batch))
                     self._shadows.extendleft(reversed(shadows))

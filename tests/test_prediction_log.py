@@ -9,13 +9,14 @@ from sqlmodel import Session, func, select
 
 from service.entities import OutboxItem, Prediction, PredictionCreate, PredictionStatus
 from service.entities.common import new_id
+from service.ml.dataset import text_hash
 from service.prediction_log import PredictionLog
 
 
 def _prediction(status: PredictionStatus = PredictionStatus.AUTO) -> PredictionCreate:
     return PredictionCreate(
         id=new_id(),
-        text_hash="h" * 64,
+        text_hash=text_hash(new_id(), ""),
         title="t",
         description="d",
         tag="other",

@@ -18,14 +18,14 @@ from service.tags import TagSet
 @pytest.mark.slow
 def test_cross_validated_weighted_f1(shared_dataset: Path, tags: TagSet, encoder: Encoder) -> None:
     """5-fold CV of the whole training procedure (model selection included, so nested) on the
-    764 items. Measured here: 0.925 (int8 encoder). The issue's goal is 0.93; the floor below
+    764 items. Measured here: 0.929 (int8 encoder). The issue's goal is 0.93; the floor below
     guards against regressions, the figure is reported in the README and the closing note.
     """
     examples, _ = load_dataset(shared_dataset, tags=tags)
     y = np.array([e.tag for e in examples])
     folds = StratifiedKFold(5, shuffle=True, random_state=42)
     predicted = np.empty(len(examples), dtype=object)
-    config = TrainConfig(folds=4)
+    config = TrainConfig()
     for train_idx, test_idx in folds.split(np.zeros(len(y)), y):
         model, _ = fit(
             [examples[i] for i in train_idx], encoder=encoder, target_precision=0.99, config=config
@@ -35,7 +35,7 @@ def test_cross_validated_weighted_f1(shared_dataset: Path, tags: TagSet, encoder
         predicted[test_idx] = model.proba_to_tags(proba)
     score = weighted_f1(list(y), list(predicted))
     print(f"cross-validated weighted F1: {score:.4f}")
-    assert score >= 0.92
+    assert score >= 0.925
 
 
 def test_held_out_report_and_auto_precision(shared_result: TrainResult) -> None:

@@ -469,7 +469,7 @@ def test_stats_count_the_queue(engine: Engine) -> None:
         "open": 1,
         "leased": 1,
         "labeled_today": 1,
-        "by_reason": {"low_confidence": 1, "user_report": 1},
+        "by_reason": {"low_confidence": 1, "user_report": 1, "audit": 0},
         "outbox_pending": 1,
     }
 

@@ -70,7 +70,10 @@ def build_state(settings: Settings) -> AppState:
             threads=settings.score_threads,
         ),
         log=PredictionLog(
-            engine, interval_s=settings.log_flush_interval_s, batch_size=settings.log_batch_size
+            engine,
+            interval_s=settings.log_flush_interval_s,
+            batch_size=settings.log_batch_size,
+            audit_share=settings.audit_share,
         ),
         redis=redis,
         queues=queues,

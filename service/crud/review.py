@@ -42,6 +42,7 @@ def task_priority(task: ReviewTask) -> float:
             reports=task.reports,
             arrivals=task.arrivals,
             penalty=task.diversity_penalty,
+            audit=task.reason == ReviewReason.AUDIT,
         )
         - SKIP_STEP * task.skips
     )

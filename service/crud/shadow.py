@@ -21,12 +21,12 @@ class ShadowStats(SQLModel):
     agreement_with_labels: float | None
 
 
-def _as_int(condition: ColumnElement[Any]) -> ColumnElement[int]:
+def as_int(condition: ColumnElement[Any]) -> ColumnElement[int]:
     """A boolean expression as 0/1, summable on SQLite and PostgreSQL alike."""
     return case((condition, 1), else_=0)
 
 
-def _rate(part: int, whole: int) -> float | None:
+def rate(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
 
 
@@ -36,7 +36,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     of_version = ShadowPrediction.model_version == version
     n, agreed = session.exec(
         select(
-            func.count(), func.coalesce(func.sum(_as_int(col(ShadowPrediction.agrees))), 0)
+            func.count(), func.coalesce(func.sum(as_int(col(ShadowPrediction.agrees))), 0)
         ).where(of_version)
     ).one()
     label_join = and_(
@@ -45,7 +45,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     labeled, right = session.exec(
         select(
             func.count(),
-            func.coalesce(func.sum(_as_int(col(ShadowPrediction.tag) == col(Label.tag))), 0),
+            func.coalesce(func.sum(as_int(col(ShadowPrediction.tag) == col(Label.tag))), 0),
         )
         .select_from(ShadowPrediction)
         .join(Prediction, col(Prediction.id) == col(ShadowPrediction.prediction_id))
@@ -55,7 +55,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     return ShadowStats(
         version=version,
         n=n,
-        agreement_with_production=_rate(int(agreed), n),
+        agreement_with_production=rate(int(agreed), n),
         labeled=labeled,
-        agreement_with_labels=_rate(int(right), labeled),
+        agreement_with_labels=rate(int(right), labeled),
     )

@@ -14,6 +14,8 @@ from service.entities.common import utcnow
 class ReviewReason(StrEnum):
     LOW_CONFIDENCE = "low_confidence"
     USER_REPORT = "user_report"
+    # A sample of the predictions accepted automatically: their labels measure live precision.
+    AUDIT = "audit"
 
 
 class ReviewStatus(StrEnum):

@@ -2,6 +2,9 @@
 
 priority = uncertainty (1 - margin between the two best scores)
          + a boost per user report (capped) + a boost that grows with repeat arrivals
+         + a fixed boost for audit items (accepted automatically, so barely uncertain: without
+           it they would wait behind every unsure item and the live precision they measure
+           would come too late)
          - a diversity penalty for items close to one already ahead in the queue,
 so the head of the queue is not ten near-copies of the same thing.
 """
@@ -16,6 +19,7 @@ import numpy as np
 REPORT_BOOST = 0.5
 MAX_REPORTS_COUNTED = 3
 ARRIVAL_BOOST = 0.1
+AUDIT_BOOST = 0.5  # level with an unsure item whose two best scores are 0.5 apart
 DIVERSITY_WEIGHT = 0.5
 DIVERSITY_FLOOR = 0.8  # cosine below this is "different enough": no penalty
 
@@ -45,11 +49,17 @@ def diversity_penalty(embedding: np.ndarray, ahead: np.ndarray) -> float:
 
 
 def priority(
-    *, uncertainty: float, reports: int = 0, arrivals: int = 1, penalty: float = 0.0
+    *,
+    uncertainty: float,
+    reports: int = 0,
+    arrivals: int = 1,
+    penalty: float = 0.0,
+    audit: bool = False,
 ) -> float:
     """Combine the terms; higher is reviewed first."""
     return (
         uncertainty
+        + AUDIT_BOOST * audit
         + REPORT_BOOST * min(reports, MAX_REPORTS_COUNTED)
         + ARRIVAL_BOOST * math.log1p(max(arrivals - 1, 0))
         - penalty

@@ -24,11 +24,15 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The search space and split; defaults are what cross-validation settled on here."""
+    """The search space and split; defaults are what cross-validation settled on here.
 
-    embedding_cs: tuple[float, ...] = (1.0, 4.0, 10.0)
+    The grid is kept narrow on purpose: with ~600 items, a wider one (C up to 10, weights 0 and
+    1) let cross-validation noise pick extremes, and nested CV fell from 0.929 to 0.920.
+    """
+
+    embedding_cs: tuple[float, ...] = (1.0, 4.0)
     tfidf_c: float = 30.0
-    weights: tuple[float, ...] = (0.0, 0.5, 0.6, 0.7, 0.8, 1.0)
+    weights: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
     folds: int = 5
     seed: int = 0
     eval_share: float = 0.2

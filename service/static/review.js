@@ -132,6 +132,7 @@ function renderBadges(task) {
   const badges = [];
   if (task.reason === "user_report") badges.push(badge("Reported by a user", "report"));
   else if (task.reason === "low_confidence") badges.push(badge("Low model confidence", "lowconf"));
+  else if (task.reason === "audit") badges.push(badge("Audit: accepted automatically", "audit"));
   else badges.push(badge(task.reason, "plain"));
   badges.push(badge(`priority ${Number(task.priority).toFixed(2)}`, "plain"));
   $("badges").replaceChildren(...badges);

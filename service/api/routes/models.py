@@ -9,8 +9,9 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from service.api.deps import AdminRole, AnyRole, SessionDep, StateDep
+from service.api.deps import AdminRole, AnyRole, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
+from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
 from service.errors import NotFoundError
@@ -70,6 +71,15 @@ def get_shadow_stats(version: str, session: SessionDep, _role: AnyRole) -> Shado
     """How `version`, run in shadow on live traffic, agreed with production and with labels."""
     registry.get_version(session, version=version)
     return shadow_stats(session, version=version)
+
+
+@router.get("/{version}/audit", response_model=AuditStats)
+def get_audit_stats(
+    version: str, session: SessionDep, settings: SettingsDep, _role: AnyRole
+) -> AuditStats:
+    """How precise `version`'s automatic acceptance was on live traffic, by its audit sample."""
+    registry.get_version(session, version=version)
+    return audit_stats(session, version=version, target=settings.target_precision)
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)

@@ -1,0 +1,71 @@
+"""Audit statistics: how precise automatic acceptance is on live traffic, per model version.
+
+An audit task is a prediction that was accepted automatically and sent to review anyway (the
+audit sample). Its current label says whether the accepted tag was right, so over a version's
+audited predictions the share of right ones is an unbiased estimate of that version's live
+automatic-acceptance precision.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import and_
+from sqlmodel import Session, SQLModel, col, func, select
+
+from service.crud.shadow import as_int, rate
+from service.entities import Label
+from service.entities.review import ReviewReason, ReviewTask
+
+Z_95 = 1.959964  # two-sided 95% normal quantile
+
+
+class AuditStats(SQLModel):
+    """Live precision of a version's automatic acceptance; None while nothing is audited."""
+
+    version: str
+    audited: int
+    agreed: int
+    precision: float | None
+    precision_lower_95: float | None
+    target: float
+    meets_target: bool | None  # None until the 95% interval lies wholly on one side of it
+
+
+def wilson_interval(agreed: int, n: int, z: float = Z_95) -> tuple[float, float] | None:
+    """Wilson score interval of a proportion; stays inside [0, 1] even for 0 or n successes."""
+    if n == 0:
+        return None
+    p = agreed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def audit_stats(session: Session, *, version: str, target: float) -> AuditStats:
+    """Audited predictions of `version` that have a current label, and how many were right."""
+    current_label = and_(
+        col(Label.text_hash) == col(ReviewTask.text_hash), col(Label.superseded_by).is_(None)
+    )
+    audited, agreed = session.exec(
+        select(
+            func.count(),
+            func.coalesce(func.sum(as_int(col(Label.tag) == col(ReviewTask.suggestion_tag))), 0),
+        )
+        .select_from(ReviewTask)
+        .join(Label, current_label)
+        .where(ReviewTask.reason == ReviewReason.AUDIT, ReviewTask.model_version == version)
+    ).one()
+    interval = wilson_interval(int(agreed), audited)
+    meets = None
+    if interval is not None and (interval[0] >= target or interval[1] < target):
+        meets = interval[0] >= target
+    return AuditStats(
+        version=version,
+        audited=audited,
+        agreed=int(agreed),
+        precision=rate(int(agreed), audited),
+        precision_lower_95=None if interval is None else round(interval[0], 6),
+        target=target,
+        meets_target=meets,
+    )
