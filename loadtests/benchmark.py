@@ -55,7 +55,7 @@ CLIENT_KEY = "bench-client-key"
 CONCURRENCIES = (1, 8)
 LEVERS: dict[str, dict[str, str]] = {
     "microbatch_off": {"TAGFLOW_MICROBATCH_MAX": "1"},
-    "microbatch_wait_2ms": {"TAGFLOW_MICROBATCH_WAIT_MS": "2"},
+    "microbatch_wait_0": {"TAGFLOW_MICROBATCH_WAIT_MS": "0"},
     "cache_off": {"TAGFLOW_EMBEDDING_CACHE_SIZE": "0"},
     "encoder_fp32": {"TAGFLOW_ENCODER": EncoderKind.ONNX_FP32.value},
     "score_threads_1": {"TAGFLOW_SCORE_THREADS": "1"},

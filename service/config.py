@@ -87,9 +87,10 @@ class Settings(BaseSettings):
     # Answer from the TF-IDF head alone where training found it as sure as the full model.
     fast_path: bool = True
     microbatch_max: int = Field(16, ge=1)
-    # 0: no deliberate wait; a batch is whatever queued while the scorer was busy (measured
-    # better than 2 ms at both concurrency 1 and 8, see loadtests/).
-    microbatch_wait_ms: float = Field(0.0, ge=0.0)
+    # Up to 2 ms to gather concurrent requests into one fast-path triage: fewer thread hand-offs
+    # under load (p99 at concurrency 8: 44 ms in two full benchmark runs, 48 and 54 without),
+    # for about 2.5 ms more at concurrency 1 (p50 ~4 ms). See loadtests/.
+    microbatch_wait_ms: float = Field(2.0, ge=0.0)
 
     log_flush_interval_s: float = Field(0.25, gt=0.0)
     log_batch_size: int = Field(500, ge=1)

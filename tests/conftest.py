@@ -23,7 +23,10 @@ from sqlmodel import Session, SQLModel
 from service.api.main import create_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
 from service.db import init_db, make_engine
+from service.entities import PredictionCreate, PredictionStatus
+from service.entities.common import new_id
 from service.ml import registry
+from service.ml.dataset import text_hash
 from service.ml.encoder import Encoder, load_encoder
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
@@ -177,6 +180,28 @@ def make_settings(
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
 
     return build
+
+
+def make_prediction(
+    title: str,
+    *,
+    status: PredictionStatus = PredictionStatus.AUTO,
+    tag: str = "natural-language-processing",
+    confidence: float = 0.4,
+) -> PredictionCreate:
+    """A prediction as the API logs it, for tests that write the log or the outbox directly."""
+    return PredictionCreate(
+        id=new_id(),
+        text_hash=text_hash(title, ""),
+        title=title,
+        description="",
+        tag=tag,
+        confidence=confidence,
+        scores={tag: confidence},
+        status=status,
+        model_version="v-test",
+        latency_ms=1.0,
+    )
 
 
 def register_promoted(engine: Engine, settings: Settings, result: TrainResult) -> str:

@@ -15,13 +15,12 @@ from service.api.main import create_app
 from service.config import Settings
 from service.crud.audit import wilson_interval
 from service.crud.predictions import in_audit_sample, review_reason
-from service.entities import PredictionCreate, PredictionStatus
-from service.entities.common import new_id
+from service.entities import PredictionStatus
 from service.entities.review import ReviewReason, ReviewTask
 from service.ml import priority as prio
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_review_api import run_labeling_worker, wait_outbox_sent
 
 SURE = [  # plainly one tag each: the shared-data model accepts them automatically
@@ -29,21 +28,6 @@ SURE = [  # plainly one tag each: the shared-data model accepts them automatical
     {"title": "BERT for named entity recognition", "description": "Token classification."},
     {"title": "Semantic segmentation of satellite images", "description": "U-Net on imagery."},
 ]
-
-
-def _prediction(title: str, status: PredictionStatus) -> PredictionCreate:
-    return PredictionCreate(
-        id=new_id(),
-        text_hash=text_hash(title, ""),
-        title=title,
-        description="",
-        tag="other",
-        confidence=0.99,
-        scores={"other": 0.99},
-        status=status,
-        model_version="v-test",
-        latency_ms=1.0,
-    )
 
 
 def test_audit_sample_is_a_stable_share_of_contents() -> None:
@@ -56,8 +40,8 @@ def test_audit_sample_is_a_stable_share_of_contents() -> None:
 
 
 def test_review_reason_routes_low_confidence_and_the_audit_sample() -> None:
-    unsure = _prediction("something vague", PredictionStatus.REVIEW)
-    sure = _prediction("something plain", PredictionStatus.AUTO)
+    unsure = make_prediction("something vague", status=PredictionStatus.REVIEW)
+    sure = make_prediction("something plain", status=PredictionStatus.AUTO)
     assert review_reason(unsure, audit_share=0.0) is ReviewReason.LOW_CONFIDENCE
     assert review_reason(unsure, audit_share=1.0) is ReviewReason.LOW_CONFIDENCE
     assert review_reason(sure, audit_share=0.0) is None

@@ -20,14 +20,12 @@ from service.api.lifecycle import drain_outbox
 from service.api.main import create_app
 from service.config import Settings
 from service.crud.predictions import save_predictions
-from service.entities import OutboxItem, PredictionCreate, PredictionStatus
-from service.entities.common import new_id
+from service.entities import OutboxItem, PredictionStatus
 from service.entities.review import ReviewTask
-from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_review_api import (
     predict_until_review,
     run_labeling_worker,
@@ -107,21 +105,6 @@ def test_predictions_survive_a_redis_outage(
     assert all(t.arrivals == 1 for t in stored)
 
 
-def prediction(title: str) -> PredictionCreate:
-    return PredictionCreate(
-        id=new_id(),
-        text_hash=text_hash(title, ""),
-        title=title,
-        description="",
-        tag="natural-language-processing",
-        confidence=0.4,
-        scores=SCORES,
-        status=PredictionStatus.REVIEW,
-        model_version="v-test",
-        latency_ms=1.0,
-    )
-
-
 def test_same_text_twice_is_one_task_even_when_resent(
     make_settings: Callable[..., Settings],
     database_url: str,
@@ -132,7 +115,11 @@ def test_same_text_twice_is_one_task_even_when_resent(
     queue = Queue(LABELING_QUEUE, connection=redis_conn)
     with Session(engine, expire_on_commit=False) as session:
         save_predictions(
-            session, predictions=[prediction("Graph networks"), prediction("graph  NETWORKS")]
+            session,
+            predictions=[
+                make_prediction("Graph networks", status=PredictionStatus.REVIEW),
+                make_prediction("graph  NETWORKS", status=PredictionStatus.REVIEW),
+            ],
         )
         assert relay(session, queue=queue) == 2
         for row in session.exec(select(OutboxItem)):  # as if the relay crashed before commit

@@ -7,25 +7,10 @@ import asyncio
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
-from service.entities import OutboxItem, Prediction, PredictionCreate, PredictionStatus
+from service.entities import OutboxItem, Prediction, PredictionStatus
 from service.entities.common import new_id
-from service.ml.dataset import text_hash
 from service.prediction_log import PredictionLog
-
-
-def _prediction(status: PredictionStatus = PredictionStatus.AUTO) -> PredictionCreate:
-    return PredictionCreate(
-        id=new_id(),
-        text_hash=text_hash(new_id(), ""),
-        title="t",
-        description="d",
-        tag="other",
-        confidence=0.5,
-        scores={"other": 0.5},
-        status=status,
-        model_version="v0001",
-        latency_ms=1.0,
-    )
+from tests.conftest import make_prediction
 
 
 def _count(engine: Engine, table: type) -> int:
@@ -39,8 +24,8 @@ def test_close_flushes_everything(engine: Engine) -> None:
     async def scenario() -> None:
         log.start()
         for _ in range(50):
-            log.record(_prediction())
-        log.record(_prediction(PredictionStatus.REVIEW))
+            log.record(make_prediction(new_id()))
+        log.record(make_prediction(new_id(), status=PredictionStatus.REVIEW))
         await log.close()
 
     asyncio.run(scenario())
@@ -50,7 +35,7 @@ def test_close_flushes_everything(engine: Engine) -> None:
 
 def test_failed_flush_keeps_rows_for_the_next_try(engine: Engine) -> None:
     log = PredictionLog(engine, interval_s=60, batch_size=100)
-    first, clash = _prediction(), _prediction()
+    first, clash = make_prediction(new_id()), make_prediction(new_id())
     clash.id = first.id  # a primary-key clash makes the whole batch fail
     log.record(first)
     log.record(clash)
