@@ -13,7 +13,7 @@ import math
 from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, func, select
 
-from service.crud.shadow import as_int, rate
+from service.crud.aggregates import as_int, rate
 from service.entities import Label
 from service.entities.review import ReviewReason, ReviewTask
 

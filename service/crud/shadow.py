@@ -3,11 +3,10 @@ with what reviewers later decided."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from sqlalchemy import ColumnElement, and_, case
+from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, func, select
 
+from service.crud.aggregates import as_int, rate
 from service.entities import Label, Prediction, ShadowPrediction
 
 
@@ -19,15 +18,6 @@ class ShadowStats(SQLModel):
     agreement_with_production: float | None
     labeled: int
     agreement_with_labels: float | None
-
-
-def as_int(condition: ColumnElement[Any]) -> ColumnElement[int]:
-    """A boolean expression as 0/1, summable on SQLite and PostgreSQL alike."""
-    return case((condition, 1), else_=0)
-
-
-def rate(part: int, whole: int) -> float | None:
-    return round(part / whole, 6) if whole else None
 
 
 def shadow_stats(session: Session, *, version: str) -> ShadowStats:

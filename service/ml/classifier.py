@@ -78,7 +78,9 @@ class TagModel:
 
     def fast_mask(self, texts: Sequence[str]) -> np.ndarray:
         """Which of `texts` the fast path answers without the encoder."""
-        return self._heads()[1].predict_proba(list(texts)).max(axis=1) >= self.fast_threshold
+        mask = np.ones(len(texts), dtype=bool)
+        mask[self.fast_proba(texts)[1]] = False
+        return mask
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)

@@ -207,8 +207,10 @@ def evaluate(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> 
 
 def fast_path_report(model: TagModel, texts: list[str], y: list[str]) -> dict[str, Any]:
     """How many items the fast path answered alone, and how many of those it got right."""
-    mask = model.fast_mask(texts)
-    tags = model.proba_to_tags(model.tfidf_head.predict_proba(texts))
+    proba, unsettled = model.fast_proba(texts)
+    mask = np.ones(len(texts), dtype=bool)
+    mask[unsettled] = False
+    tags = model.proba_to_tags(proba)
     right = [t == truth for t, truth, m in zip(tags, y, mask, strict=True) if m]
     return {
         "threshold": model.fast_threshold,
