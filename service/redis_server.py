@@ -67,6 +67,9 @@ class EmbeddedRedis:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # A session of its own: a Ctrl-C in the terminal must not stop Redis before the
+            # worker and the API have shut down through it; `stop()` ends it, last.
+            start_new_session=True,
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s
