@@ -102,6 +102,10 @@ class HttpError(Exception):
     """The server broke the connection or answered in a way this client does not read."""
 
 
+# What a broken or unreadable exchange raises; the connection is then closed and reopened.
+CLIENT_ERRORS = (HttpError, OSError, ValueError, IndexError, asyncio.IncompleteReadError)
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection that POSTs JSON and reads Content-Length bodies."""
 
@@ -140,7 +144,7 @@ class Connection:
             if length is None:
                 raise HttpError("response without Content-Length")
             payload = await self.reader.readexactly(length)
-        except (HttpError, OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+        except CLIENT_ERRORS:
             await self.close()
             raise
         if not keep_alive:
@@ -173,8 +177,7 @@ async def drive(
                 async with asyncio.timeout(timeout_s):
                     status, text = await conn.post(path, body)
                 failure = None if status == 200 else f"HTTP {status}: {text[:200]!r}"
-            except (HttpError, OSError, ValueError, IndexError, TimeoutError,
-                    asyncio.IncompleteReadError) as exc:
+            except (*CLIENT_ERRORS, TimeoutError) as exc:
                 await conn.close()
                 failure = f"{type(exc).__name__}: {exc}"
             elapsed = time.perf_counter() - start

@@ -25,7 +25,7 @@ from sqlmodel import Session
 from service.config import EncoderKind, Settings
 from service.db import make_engine
 from service.ml import registry
-from service.ml.classifier import TagModel
+from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import Example
 from service.ml.encoder import Encoder, bundled_model_dir, load_encoder
 from service.ml.evaluation import weighted_f1
@@ -98,8 +98,8 @@ def int8_accuracy(settings: Settings, model: TagModel, held_out: list[Example]) 
     }
     emb = {name: enc.encode(texts) for name, enc in encoders.items()}
     cosine = (emb["onnx-int8"] * emb["onnx-fp32"]).sum(axis=1)
-    tags = {name: model.proba_to_tags(model.predict_proba(texts, enc.encode))
-            for name, enc in encoders.items()}
+    tags = {name: model.proba_to_tags(model.predict_proba(texts, precomputed(texts, e)))
+            for name, e in emb.items()}
     return {
         "held_out_items": len(texts),
         "model_trained_on": model.encoder,

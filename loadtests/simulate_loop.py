@@ -60,7 +60,7 @@ import numpy as np
 
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
 from service.crud.predictions import in_audit_sample
-from service.ml.classifier import TagModel
+from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder, load_encoder
 from service.ml.evaluation import evaluate_predictions
@@ -155,7 +155,7 @@ def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
         return [int(i) for i in rng.choice(len(pool), size=k, replace=False)]
     texts = [e.text for e in pool]
     embeddings = lab.encoder.encode(texts)
-    proba = model.predict_proba(texts, lab.encoder.encode)
+    proba = model.predict_proba(texts, precomputed(texts, embeddings))
     base = np.array([priority(uncertainty=margin_uncertainty(dict(zip(model.classes, row,
                                                                       strict=True))),
                               audit=e.text_hash in audited)

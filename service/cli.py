@@ -49,13 +49,7 @@ def _session(settings: Settings) -> Session:
 def _encoder(settings: Settings):  # type: ignore[no-untyped-def]
     from service.ml.encoder import load_encoder
 
-    # The cache makes evaluation's second pass over the held-out texts (baselines) free.
-    return load_encoder(
-        settings.resolved_encoder_dir,
-        settings.encoder,
-        threads=2,
-        cache_size=settings.embedding_cache_size,
-    )
+    return load_encoder(settings.resolved_encoder_dir, settings.encoder, threads=2, cache_size=0)
 
 
 def _tags(settings: Settings):  # type: ignore[no-untyped-def]

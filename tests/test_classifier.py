@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.ml.classifier import NEVER
+from service.ml.classifier import NEVER, precomputed
 from service.ml.dataset import load_dataset
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
@@ -72,3 +72,16 @@ def test_artifact_from_before_the_fast_path_never_skips(shared_result: TrainResu
     old.__setstate__(state)
     assert old.fast_threshold == NEVER
     assert not old.fast_mask(["Transformers for text classification"]).any()
+
+
+def test_precomputed_embeddings_give_the_served_answer(
+    shared_result: TrainResult, shared_dataset: Path, tags: TagSet, encoder: Encoder
+) -> None:
+    """Callers that already hold every embedding get exactly what serving computes."""
+    model = shared_result.model
+    _, held_out, _ = base_split(shared_dataset, tags=tags)
+    texts = [e.text for e in held_out]
+    served = model.predict_proba(texts, encoder.encode)
+    np.testing.assert_allclose(
+        model.predict_proba(texts, precomputed(texts, encoder.encode(texts))), served
+    )

@@ -19,7 +19,7 @@ from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewTask
 from service.ml import priority as prio
 from service.ml import registry
-from service.ml.classifier import TagModel
+from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import item_text
 from service.ml.encoder import Encoder
 from workers.context import JobContext, get_context
@@ -158,8 +158,7 @@ def _score(model: TagModel, encoder: Encoder, texts: list[str]) -> tuple[np.ndar
     for start in range(0, len(texts), SCORE_CHUNK):
         chunk = texts[start : start + SCORE_CHUNK]
         emb = encoder.encode(chunk)
-        # The model encodes what its fast path does not settle: cache hits after the line above.
-        probas.append(model.predict_proba(chunk, encoder.encode))
+        probas.append(model.predict_proba(chunk, precomputed(chunk, emb)))
         embeddings.append(emb)
     return np.vstack(probas), np.vstack(embeddings).astype(np.float32)
 

@@ -26,6 +26,13 @@ Encode = Callable[[Sequence[str]], np.ndarray]
 NEVER = 1.01  # a confidence cut no probability reaches
 
 
+def precomputed(texts: Sequence[str], embeddings: np.ndarray) -> Encode:
+    """An `Encode` that serves the embeddings already computed for `texts` (row i is text i),
+    for callers that need every embedding anyway: `predict_proba` then encodes nothing twice."""
+    row = {text: i for i, text in enumerate(texts)}
+    return lambda subset: embeddings[[row[t] for t in subset]]
+
+
 @dataclass
 class TagModel:
     """A fitted model: classes, both heads, the mixing weight and the two cuts."""
