@@ -3,6 +3,7 @@ thread, SQLite, Redis, a trained production model) through the page's keyboard s
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -25,6 +26,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
 from service.api.main import create_app
+from service.api.routes import review_page
 from service.config import Settings
 from service.db import init_db, make_engine
 from service.entities import Label, ReviewReason, ReviewStatus, ReviewTask
@@ -246,6 +248,22 @@ def browser_errors(driver: WebDriver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
+def script_modules(client: TestClient) -> dict[str, str]:
+    """review.js and every module it imports, directly or not, by name; each must come as
+    JavaScript, or browsers refuse to run it."""
+    sources: dict[str, str] = {}
+    todo = ["review.js"]
+    while todo:
+        name = todo.pop()
+        response = client.get(f"/review/assets/{name}")
+        assert response.status_code == 200, name
+        assert response.headers["content-type"].startswith("text/javascript"), name
+        sources[name] = response.text
+        imports = re.findall(r'\bfrom "\./([\w-]+\.js)";', response.text)
+        todo += [found for found in imports if found not in sources]
+    return sources
+
+
 # ---------- tests ----------
 
 
@@ -370,11 +388,26 @@ def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "script-src 'self'" in page.headers["content-security-policy"]
-    assert "/review/assets/review.js" in page.text and "/review/assets/review.css" in page.text
-    script = sqlite_client.get("/review/assets/review.js")
-    assert script.status_code == 200 and "javascript" in script.headers["content-type"]
-    assert "/review/claim" in script.text
+    assert '<script type="module" src="/review/assets/review.js">' in page.text
+    assert "/review/assets/review.css" in page.text
+    modules = script_modules(sqlite_client)
+    assert set(modules) == {"review.js", "api.js", "render.js"}
+    assert "/review/claim" in modules["review.js"]
     style = sqlite_client.get("/review/assets/review.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
     for name in ("review.html", "..%2Fconfig.py", "nope.js"):
         assert sqlite_client.get(f"/review/assets/{name}").status_code == 404
+
+
+def test_assets_outside_the_static_folder_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    static = tmp_path / "static"
+    static.mkdir()
+    for path in (static / "page.js", static / "notes.txt", tmp_path / "outside.js"):
+        path.write_text("// x")
+    (static / "link.js").symlink_to(tmp_path / "outside.js")
+    monkeypatch.setattr(review_page, "STATIC_DIR", static)
+    assert review_page.asset_path("page.js") == (static / "page.js").resolve()
+    for name in ("../outside.js", "link.js", "notes.txt", "missing.js", "."):
+        assert review_page.asset_path(name) is None, name

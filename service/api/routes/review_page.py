@@ -13,8 +13,10 @@ from fastapi.responses import FileResponse
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 
-# The only files served, by name: nothing else in (or outside) the folder is reachable.
-ASSETS = {"review.css": "text/css", "review.js": "text/javascript"}
+# Only these kinds of file are served, and only from the folder itself (not the page, nothing
+# outside it). The script is split into ES modules; browsers refuse a module that does not come
+# with a JavaScript MIME type, so `.js` must be `text/javascript`.
+MEDIA_TYPES = {".css": "text/css", ".js": "text/javascript"}
 
 HEADERS = {
     "Cache-Control": "no-cache",
@@ -38,10 +40,18 @@ def review_page() -> FileResponse:
     return FileResponse(STATIC_DIR / "review.html", media_type="text/html", headers=PAGE_HEADERS)
 
 
+def asset_path(name: str) -> Path | None:
+    """The stylesheet or script module called `name` in the static folder, if there is one."""
+    path = (STATIC_DIR / name).resolve()
+    if path.parent != STATIC_DIR.resolve() or path.suffix not in MEDIA_TYPES or not path.is_file():
+        return None
+    return path
+
+
 @router.get("/review/assets/{name}", response_class=FileResponse)
 def review_asset(name: str) -> FileResponse:
-    """The page's stylesheet and script."""
-    media_type = ASSETS.get(name)
-    if media_type is None:
+    """The page's stylesheet and its script modules."""
+    path = asset_path(name)
+    if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no asset named {name!r}")
-    return FileResponse(STATIC_DIR / name, media_type=media_type, headers=HEADERS)
+    return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], headers=HEADERS)

@@ -1,0 +1,198 @@
+/* tagflow review page, drawing: the message line, which view is showing (sign-in, empty queue,
+ * workspace), the counters and queue stats, and a task (badges, duplicate hint, model scores,
+ * tag buttons, lease countdown). Plain DOM writes: it holds no state and calls no API; what it
+ * draws comes in as arguments. */
+
+import { detailOf } from "./api.js";
+
+const LEASE_WARN_S = 60;
+const VIEWS = ["signin", "empty", "workspace"];
+
+export const $ = (id) => document.getElementById(id);
+
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+/* ---------- Messages and views ---------- */
+
+export function say(text, kind = "info") {
+  const el = $("message");
+  el.textContent = text;
+  el.className = text ? `message ${kind}` : "message";
+}
+
+export function fail(what, response) {
+  const detail = detailOf(response.data) || `HTTP ${response.status}`;
+  say(`${what} failed: ${detail}`, "error");
+}
+
+export function shortTitle(title) {
+  return title.length > 60 ? `${title.slice(0, 57)}…` : title;
+}
+
+export function showOnly(id) {
+  for (const view of VIEWS) $(view).hidden = view !== id;
+}
+
+export function renderSignin(reviewer) {
+  $("who").hidden = true;
+  showOnly("signin");
+  $("reviewer-name").value = reviewer;
+  $("api-key").value = "";
+  (reviewer ? $("api-key") : $("reviewer-name")).focus();
+}
+
+export function renderEmpty() {
+  showOnly("empty");
+  $("check-again").focus({ preventScroll: true });
+}
+
+export function renderWho(reviewer) {
+  $("who-name").textContent = reviewer;
+  $("who").hidden = false;
+}
+
+export function renderBusy(busy) {
+  $("workspace").classList.toggle("busy", busy);
+  $("workspace").setAttribute("aria-busy", String(busy));
+}
+
+/** `done`: items labelled this session; `undoable`: labels U can still take back. */
+export function renderCounts(done, undoable) {
+  $("stat-session").textContent = String(done);
+  $("undo").disabled = undoable === 0;
+  $("empty-undo").hidden = undoable === 0;
+}
+
+export function renderStats(stats) {
+  $("stat-open").textContent = String(stats.open ?? "–");
+  $("stat-leased").textContent = String(stats.leased ?? "–");
+  $("stat-today").textContent = String(stats.labeled_today ?? "–");
+}
+
+/* ---------- A task ---------- */
+
+function badge(text, kind) {
+  return element("span", `badge badge-${kind}`, text);
+}
+
+function reasonBadge(reason) {
+  if (reason === "user_report") return badge("Reported by a user", "report");
+  if (reason === "low_confidence") return badge("Low model confidence", "lowconf");
+  if (reason === "audit") return badge("Audit: accepted automatically", "audit");
+  return badge(reason, "plain");
+}
+
+function renderBadges(task) {
+  const priority = badge(`priority ${Number(task.priority).toFixed(2)}`, "plain");
+  $("badges").replaceChildren(reasonBadge(task.reason), priority);
+}
+
+function renderDuplicate(task) {
+  const el = $("duplicate");
+  el.hidden = task.duplicate_of === null || task.duplicate_of === undefined;
+  if (el.hidden) return el.replaceChildren();
+  const lead = `Looks like item #${task.duplicate_of}`;
+  if (!task.duplicate_tag) return el.replaceChildren(`${lead}, not labelled yet.`);
+  const tag = element("strong", "", task.duplicate_tag);
+  el.replaceChildren(`${lead}, which was labelled `, tag, ".");
+}
+
+function percent(value) {
+  return `${Math.round(Number(value || 0) * 100)}%`;
+}
+
+/** One bar per tag (in shortcut order), then any other tag the model scored. */
+function renderScores(suggestion, tags) {
+  const scores = (suggestion && suggestion.scores) || {};
+  const names = tags.map((t) => t.name);
+  for (const name of Object.keys(scores)) if (!names.includes(name)) names.push(name);
+  const top = suggestion && suggestion.tag;
+  $("suggestion-tag").textContent = top ? `${top} · ${percent(scores[top])}` : "No suggestion";
+  $("scores").replaceChildren(...names.map((name) => scoreRow(name, scores[name], name === top)));
+}
+
+function scoreRow(name, value, isTop) {
+  const head = element("div", "score-head");
+  head.append(element("span", "score-name", name), element("span", "score-value", percent(value)));
+  const track = element("div", "score-track");
+  track.setAttribute("aria-hidden", "true");
+  const bar = element("div", "score-bar");
+  bar.style.width = percent(value);
+  track.append(bar);
+  const row = element("li", isTop ? "score score-top" : "score");
+  row.append(head, track);
+  return row;
+}
+
+function tagButton(tag, i, onPick) {
+  const button = element("button", "tag");
+  button.type = "button";
+  button.dataset.tag = tag.name;
+  button.title = tag.description;
+  if (i < 9) button.setAttribute("aria-keyshortcuts", String(i + 1));
+  button.append(
+    element("kbd", "", i < 9 ? String(i + 1) : "·"),
+    element("span", "tag-name", tag.name),
+    element("span", "tag-desc", tag.description),
+  );
+  button.addEventListener("click", () => onPick(tag.name));
+  return button;
+}
+
+/** A button per tag; clicking one calls `onPick(tagName)`. */
+export function renderTagButtons(tags, onPick) {
+  $("tag-buttons").replaceChildren(...tags.map((tag, i) => tagButton(tag, i, onPick)));
+}
+
+/** Fill the workspace with `task` and show it; `tags` orders the score bars. */
+export function renderTask(task, tags) {
+  renderBadges(task);
+  $("item-title").textContent = task.title;
+  $("item-description").textContent = task.description || "(no description)";
+  $("item-description").scrollTop = 0;
+  renderDuplicate(task);
+  $("task-ref").textContent = `Task #${task.task_id}`;
+  renderScores(task.suggestion, tags);
+  const suggested = task.suggestion && task.suggestion.tag;
+  for (const button of $("tag-buttons").children) {
+    button.classList.toggle("suggested", button.dataset.tag === suggested);
+  }
+  renderLease(task);
+  showOnly("workspace");
+  // Focus the item, not a button: a second Enter must not label the next item by accident.
+  $("item").focus({ preventScroll: true });
+}
+
+/* ---------- Lease countdown ---------- */
+
+function leaseDeadline(task) {
+  const raw = task && task.lease_expires_at;
+  if (!raw) return null;
+  const hasZone = /([zZ]|[+-]\d\d:?\d\d)$/.test(raw);
+  return Date.parse(hasZone ? raw : `${raw}Z`);
+}
+
+function leaseText(left) {
+  if (left <= 0) return "lease expired: another reviewer may take this item";
+  const minutes = Math.floor(left / 60);
+  return `yours for ${minutes}:${String(left % 60).padStart(2, "0")}`;
+}
+
+/** How long the page still holds `task` (null: no task, the line is cleared). */
+export function renderLease(task) {
+  const el = $("lease");
+  const deadline = leaseDeadline(task);
+  if (deadline === null || Number.isNaN(deadline)) {
+    el.textContent = "";
+    return;
+  }
+  const left = Math.round((deadline - Date.now()) / 1000);
+  el.classList.toggle("expiring", left > 0 && left <= LEASE_WARN_S);
+  el.classList.toggle("expired", left <= 0);
+  el.textContent = leaseText(left);
+}
