@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.config import SEED_DATASET, Settings, UnsafeSettingsError, generate_dev_keys
@@ -27,6 +29,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
 console = Console()
 TRAIN_STEPS = ["validate", "encode", "select", "fit", "evaluate", "register"]
 
@@ -273,6 +277,90 @@ def models_promote(version: str) -> None:
 def models_rollback() -> None:
     """Promote the previous production version again."""
     _registry_action("roll back")
+
+
+@models_app.command("recalibrate")
+def models_recalibrate(
+    version: str,
+    dry_run: Annotated[bool, typer.Option(help="Only report what the audit says")] = False,
+) -> None:
+    """Raise a version's auto-acceptance cut if its audit shows precision below target."""
+    from service.calibration import recalibrate
+
+    settings = _settings()
+    try:
+        with _session(settings) as session:
+            outcome = recalibrate(
+                session,
+                version=version,
+                target=settings.target_precision,
+                min_audited=settings.recalibrate_min_audited,
+                apply=not dry_run,
+            )
+    except TagflowError as exc:
+        console.print(f"[red]cannot recalibrate:[/red] {exc}")
+        raise typer.Exit(1) from None
+    verb = "raised to" if outcome.applied else "would be" if dry_run else "stays at"
+    console.print(
+        f"{version}: {outcome.action.value}; cut {outcome.current:.4f} {verb} "
+        f"{outcome.proposed:.4f}\n{outcome.reason}"
+    )
+
+
+@models_app.command("threshold")
+def models_threshold(version: str, threshold: float, note: str = "") -> None:
+    """Set the auto-acceptance cut a version is served with (1.01: everything to review)."""
+    settings = _settings()
+    try:
+        with _session(settings) as session:
+            registry.set_serving_threshold(
+                session,
+                version=version,
+                threshold=threshold,
+                evidence={"source": "manual", "note": note},
+            )
+    except TagflowError as exc:
+        console.print(f"[red]cannot set the threshold:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
+
+
+def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
+    """Run a schema command; an unreachable database is a one-line error, not a traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        console.print(action(engine))
+    except SQLAlchemyError as exc:
+        console.print(f"[red]database error:[/red] {exc.__class__.__name__}: {exc.orig or exc}")
+        raise typer.Exit(1) from None
+    finally:
+        engine.dispose()
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """The schema revision the database is at, and the newest one this code knows."""
+    from service.db import current_revision, head_revision
+
+    _database(
+        _settings(),
+        lambda engine: f"database: {current_revision(engine) or 'none'}; code: {head_revision()}",
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Upgrade the database to the newest revision (the API, worker and CLI also do it at start)."""
+    from service.db import current_revision
+
+    def run(engine: Engine) -> str:
+        init_db(engine)
+        return f"database at {current_revision(engine)}"
+
+    _database(_settings(), run)
 
 
 @app.command()

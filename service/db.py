@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel, create_engine
+from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
+from service.migrations import current_revision, head_revision, upgrade
+
+__all__ = [
+    "current_revision",
+    "head_revision",
+    "init_db",
+    "make_engine",
+    "ping",
+    "session_scope",
+    "upgrade",
+]
 
 
 def make_engine(url: str) -> Engine:
@@ -21,8 +34,8 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            _enable_wal(dbapi_conn)
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
@@ -30,9 +43,30 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
 
 
+def _enable_wal(dbapi_conn: sqlite3.Connection, attempts: int = 100) -> None:
+    """Switch the file to WAL, retrying while another connection holds a lock.
+
+    Only a new file needs the switch (WAL is persistent), and it takes an exclusive lock that
+    SQLite refuses at once, without the busy timeout, when another process opens the same new
+    file at that moment (API and worker starting together). That lasts milliseconds.
+    """
+    for attempt in range(attempts):
+        cur = dbapi_conn.cursor()
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+        finally:
+            cur.close()
+
+
 def init_db(engine: Engine) -> None:
-    """Create missing tables (the schema is small and additive; no migration tool yet)."""
-    SQLModel.metadata.create_all(engine)
+    """Bring the schema to the newest migration (see service.migrations); safe to call from
+    several processes at once, and cheap when the database is already up to date."""
+    upgrade(engine)
 
 
 @contextmanager

@@ -45,6 +45,11 @@ class PredictionLog:
         self.failures = 0
         self.written = 0
 
+    @property
+    def buffered(self) -> int:
+        """Predictions answered but not written yet."""
+        return len(self._buffer)
+
     def record(self, prediction: PredictionCreate) -> None:
         """Queue one prediction for writing (O(1), no I/O)."""
         self._buffer.append(prediction)

@@ -21,6 +21,7 @@ from service.ml import priority as prio
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from tests.conftest import auth, make_prediction, register_promoted
+from tests.test_metrics import scrape, total
 from tests.test_review_api import run_labeling_worker, wait_outbox_sent
 
 SURE = [  # plainly one tag each: the shared-data model accepts them automatically
@@ -107,6 +108,11 @@ def test_audited_predictions_measure_live_precision(
         assert audit["audited"] == 3 and audit["agreed"] == 2
         assert audit["precision"] == pytest.approx(2 / 3, abs=1e-6)
         assert audit["meets_target"] is False  # even 3 audits show 2/3 is below 0.99
+        # The same estimate on /metrics, where an alert rule can watch it.
+        samples = scrape(client)
+        assert total(samples, "tagflow_audit_labelled", version=version) == 3
+        assert total(samples, "tagflow_audit_precision", version=version) == pytest.approx(2 / 3)
+        assert total(samples, "tagflow_audit_meets_target", version=version) == 0
         assert client.get("/models/v9999/audit", headers=auth("client")).status_code == 404
 
 

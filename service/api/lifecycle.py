@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from service.api.state import AppState
+from service.calibration import recalibrate
 from service.entities import ModelStatus
 from service.errors import ArtifactError
 from service.ml import registry
@@ -35,8 +38,9 @@ def sync_production(state: AppState) -> str | None:
         )
     current = state.predictor.current
     if row is not None and (current is None or current.version != row.version):
+        threshold = registry.serving_threshold(row)
         try:
-            state.predictor.swap(LoadedModel(row.version, registry.load_model(row)))
+            state.predictor.swap(LoadedModel(row.version, registry.load_model(row), threshold))
         except ArtifactError as exc:
             message = str(exc)
             if message not in state.model_errors:
@@ -44,6 +48,10 @@ def sync_production(state: AppState) -> str | None:
                 log.error("%s; still serving %s", message, current.version if current else None)
         else:
             _enqueue_reprioritize(state, row.version)
+    elif row is not None and current is not None:
+        threshold = registry.serving_threshold(row)
+        if current.accept_at != threshold:  # recalibrated: same artifact, a new cut
+            state.predictor.swap(replace(current, threshold=threshold))
     _sync_shadow(state, shadow_row)
     return state.predictor.current.version if state.predictor.current else None
 
@@ -83,12 +91,34 @@ def auto_retrain(state: AppState) -> str | None:
         )
 
 
+def auto_recalibrate(state: AppState) -> None:
+    """Every `recalibrate_interval_s`, raise the served cut if the audit shows live precision
+    below target (service/calibration.py)."""
+    settings = state.settings
+    current = state.predictor.current
+    if not settings.recalibrate_interval_s or current is None:
+        return
+    if time.monotonic() < state.next_recalibration:
+        return
+    state.next_recalibration = time.monotonic() + settings.recalibrate_interval_s
+    with Session(state.engine) as session:
+        outcome = recalibrate(
+            session,
+            version=current.version,
+            target=settings.target_precision,
+            min_audited=settings.recalibrate_min_audited,
+            apply=True,
+        )
+    if outcome.applied:
+        sync_production(state)
+
+
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
-    """Poll the registry (promotions from the CLI or a worker), retry the outbox, and start
-    automatic retraining."""
+    """Poll the registry (promotions from the CLI or a worker), retry the outbox, start
+    automatic retraining, and recalibrate the served cut from the audit."""
     while True:
         await asyncio.sleep(interval_s)
-        for step in (sync_production, drain_outbox, auto_retrain):
+        for step in (sync_production, drain_outbox, auto_retrain, auto_recalibrate):
             try:
                 await asyncio.to_thread(step, state)
             except Exception:

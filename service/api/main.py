@@ -19,6 +19,7 @@ from service.api.routes import (
     health,
     jobs,
     labels,
+    metrics,
     models,
     predict,
     review,
@@ -26,8 +27,10 @@ from service.api.routes import (
     tags,
 )
 from service.api.state import AppState, Queues
+from service.api.telemetry import read_state
 from service.config import Settings
 from service.db import init_db, make_engine
+from service.metrics import Metrics, RequestMetrics, StateCollector
 from service.ml.encoder import load_encoder
 from service.ml.serving import MicroBatcher, Predictor
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
@@ -37,7 +40,7 @@ from service.tags import load_tags
 log = logging.getLogger(__name__)
 
 
-def build_state(settings: Settings) -> AppState:
+def build_state(settings: Settings, metrics: Metrics) -> AppState:
     """Create every shared resource (blocking: runs before the server accepts requests)."""
     if not settings.redis_url:
         raise RuntimeError("TAGFLOW_REDIS_URL is not set; `tagflow up` starts an embedded Redis")
@@ -77,8 +80,10 @@ def build_state(settings: Settings) -> AppState:
         ),
         redis=redis,
         queues=queues,
+        metrics=metrics,
     )
     state.log.after_flush = lambda: _drain_quietly(state)
+    metrics.add_collector(StateCollector(lambda: read_state(state)))
     return state
 
 
@@ -92,7 +97,7 @@ def _drain_quietly(state: AppState) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    state = await asyncio.to_thread(build_state, settings)
+    state = await asyncio.to_thread(build_state, settings, app.state.metrics)
     await asyncio.to_thread(sync_production, state)
     if state.predictor.current is None:
         log.warning("no production model in the registry: /predict answers 503 until one is")
@@ -124,6 +129,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     errors.install(app)
     for router in (
         health.router,
@@ -134,6 +141,7 @@ def create_app(settings: Settings) -> FastAPI:
         labels.router,
         feedback.router,
         jobs.router,
+        metrics.router,
         review_page.router,
     ):
         app.include_router(router)

@@ -11,6 +11,7 @@ from rq import Queue
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
+from service.metrics import Metrics
 from service.ml.serving import MicroBatcher, Predictor
 from service.prediction_log import PredictionLog
 from service.tags import TagSet
@@ -23,6 +24,9 @@ class Queues:
     labeling: Queue
     training: Queue
 
+    def items(self) -> list[tuple[str, Queue]]:
+        return [(q.name, q) for q in (self.labeling, self.training)]
+
 
 @dataclass
 class AppState:
@@ -34,7 +38,10 @@ class AppState:
     log: PredictionLog
     redis: Redis
     queues: Queues
+    metrics: Metrics
     model_errors: list[str] = field(default_factory=list)
+    # When the watch loop next judges the served cut by the audit (time.monotonic()).
+    next_recalibration: float = 0.0
     # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 
 from sqlalchemy import and_
-from sqlmodel import Session, SQLModel, col, func, select
+from sqlmodel import Session, SQLModel, col, select
 
-from service.crud.aggregates import as_int, rate
+from service.crud.aggregates import rate
 from service.entities import Label
 from service.entities.review import ReviewReason, ReviewTask
 
@@ -29,6 +29,7 @@ class AuditStats(SQLModel):
     precision: float | None
     precision_lower_95: float | None
     target: float
+    threshold: float | None = None  # only items accepted at or above this count
     meets_target: bool | None  # None until the 95% interval lies wholly on one side of it
 
 
@@ -42,30 +43,42 @@ def wilson_interval(agreed: int, n: int, z: float = Z_95) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def audit_stats(session: Session, *, version: str, target: float) -> AuditStats:
-    """Audited predictions of `version` that have a current label, and how many were right."""
+def audited(session: Session, *, version: str) -> list[tuple[float, bool]]:
+    """`version`'s labelled audit items: the confidence it accepted each with, and whether the
+    current label agrees with the accepted tag."""
     current_label = and_(
         col(Label.text_hash) == col(ReviewTask.text_hash), col(Label.superseded_by).is_(None)
     )
-    audited, agreed = session.exec(
-        select(
-            func.count(),
-            func.coalesce(func.sum(as_int(col(Label.tag) == col(ReviewTask.suggestion_tag))), 0),
-        )
+    rows = session.exec(
+        select(ReviewTask.suggestion_tag, ReviewTask.suggestion_scores, Label.tag)
         .select_from(ReviewTask)
         .join(Label, current_label)
         .where(ReviewTask.reason == ReviewReason.AUDIT, ReviewTask.model_version == version)
-    ).one()
-    interval = wilson_interval(int(agreed), audited)
+    ).all()
+    return [(float(scores.get(tag, 0.0)), tag == label) for tag, scores, label in rows if tag]
+
+
+def audit_stats(
+    session: Session, *, version: str, target: float, threshold: float | None = None
+) -> AuditStats:
+    """Live precision of `version`'s automatic acceptance, from its labelled audit items.
+
+    With `threshold`, only items accepted at or above it count: after the serving threshold
+    was raised, what the old, lower cut accepted says nothing about the new one.
+    """
+    items = [(c, ok) for c, ok in audited(session, version=version) if c >= (threshold or 0.0)]
+    n, agreed = len(items), sum(ok for _, ok in items)
+    interval = wilson_interval(agreed, n)
     meets = None
     if interval is not None and (interval[0] >= target or interval[1] < target):
         meets = interval[0] >= target
     return AuditStats(
         version=version,
-        audited=audited,
-        agreed=int(agreed),
-        precision=rate(int(agreed), audited),
+        audited=n,
+        agreed=agreed,
+        precision=rate(agreed, n),
         precision_lower_95=None if interval is None else round(interval[0], 6),
         target=target,
+        threshold=threshold,
         meets_target=meets,
     )

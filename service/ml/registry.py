@@ -182,3 +182,26 @@ def rollback(session: Session) -> ModelVersion:
         if current is None or previous.id != current.id:
             return promote(session, version=previous.version)
     raise NotFoundError("no previously promoted version to roll back to")
+
+
+def serving_threshold(row: ModelVersion) -> float:
+    """The auto-acceptance cut `row` is served with: one set after training (audit
+    recalibration, or by hand) if any, else the one training chose."""
+    return float(row.thresholds.get("serving", row.thresholds["auto"]))
+
+
+def set_serving_threshold(
+    session: Session, *, version: str, threshold: float, evidence: dict[str, Any]
+) -> ModelVersion:
+    """Record a new auto-acceptance cut for `version`; every change is kept in its history."""
+    if not 0.0 < threshold <= 1.01:
+        raise InvalidInputError(f"threshold {threshold} is outside (0, 1.01]")
+    row = get_version(session, version=version)
+    entry = {**evidence, "previous": serving_threshold(row), "threshold": threshold}
+    history = [*row.thresholds.get("history", []), {**entry, "at": utcnow().isoformat()}]
+    # A new dict: SQLAlchemy does not see in-place changes to a JSON column.
+    row.thresholds = {**row.thresholds, "serving": threshold, "history": history}
+    session.add(row)
+    session.commit()
+    session.refresh(row)
+    return row

@@ -32,10 +32,16 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model and the registry version it came from."""
+    """A verified model, the registry version it came from, and the cut it is served with."""
 
     version: str
     model: TagModel
+    # Set after training (audit recalibration or by hand); None: the one training chose.
+    threshold: float | None = None
+
+    @property
+    def accept_at(self) -> float:
+        return self.model.threshold if self.threshold is None else self.threshold
 
 
 @dataclass(frozen=True)
@@ -131,7 +137,9 @@ class Predictor:
         scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in self.tags.names}
         best = int(row.argmax())
         confidence = float(row[best])
-        status = PredictionStatus.AUTO if confidence >= model.threshold else PredictionStatus.REVIEW
+        status = (
+            PredictionStatus.AUTO if confidence >= loaded.accept_at else PredictionStatus.REVIEW
+        )
         return Scored(
             tag=model.classes[best],
             confidence=round(confidence, 6),
@@ -139,6 +147,16 @@ class Predictor:
             status=status,
             model_version=loaded.version,
         )
+
+
+@dataclass
+class BatchStats:
+    """Running totals of what the micro-batcher did (read by /metrics). Updated only on the
+    event loop, so plain integers are exact."""
+
+    batches: int = 0
+    items: int = 0
+    encoded: int = 0
 
 
 @dataclass
@@ -163,6 +181,7 @@ class MicroBatcher:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
+        self.stats = BatchStats()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="microbatcher")
@@ -218,6 +237,9 @@ class MicroBatcher:
                 _fail(p.future, exc)
             return
         unsettled = set(triage.unsettled)
+        self.stats.batches += 1
+        self.stats.items += len(texts)
+        self.stats.encoded += len(unsettled)
         waits, start = [], 0
         for p in batch:
             rows = range(start, start + len(p.texts))

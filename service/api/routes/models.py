@@ -7,10 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from service.api.deps import AdminRole, AnyRole, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
+from service.calibration import Recalibration, recalibrate
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
@@ -78,8 +79,56 @@ def get_audit_stats(
     version: str, session: SessionDep, settings: SettingsDep, _role: AnyRole
 ) -> AuditStats:
     """How precise `version`'s automatic acceptance was on live traffic, by its audit sample."""
-    registry.get_version(session, version=version)
-    return audit_stats(session, version=version, target=settings.target_precision)
+    row = registry.get_version(session, version=version)
+    return audit_stats(
+        session,
+        version=version,
+        target=settings.target_precision,
+        threshold=registry.serving_threshold(row),
+    )
+
+
+@router.post("/{version}/recalibrate", response_model=Recalibration)
+def recalibrate_model(
+    version: str,
+    session: SessionDep,
+    state: StateDep,
+    settings: SettingsDep,
+    _role: AdminRole,
+    apply: bool = True,
+) -> Recalibration:
+    """Judge `version`'s served auto-acceptance cut by its audit sample, and raise it when
+    the audit shows live precision below target (`apply=false`: only report)."""
+    outcome = recalibrate(
+        session,
+        version=version,
+        target=settings.target_precision,
+        min_audited=settings.recalibrate_min_audited,
+        apply=apply,
+    )
+    if outcome.applied:
+        sync_production(state)
+    return outcome
+
+
+class ThresholdUpdate(BaseModel):
+    threshold: float = Field(gt=0.0, le=1.01, description="1.01 sends every prediction to review")
+    note: str = Field(default="", max_length=500)
+
+
+@router.put("/{version}/threshold", response_model=ModelVersionPublic)
+def set_threshold(
+    version: str, body: ThresholdUpdate, session: SessionDep, state: StateDep, _role: AdminRole
+) -> ModelVersionPublic:
+    """Set the cut `version` is served with by hand; the change is kept in its history."""
+    row = registry.set_serving_threshold(
+        session,
+        version=version,
+        threshold=body.threshold,
+        evidence={"source": "manual", "note": body.note},
+    )
+    sync_production(state)
+    return public(row)
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)

@@ -68,6 +68,7 @@ def _record(state: AppState, item: Item, scored: Scored, latency_ms: float) -> P
         latency_ms=round(latency_ms, 3),
     )
     state.log.record(row)
+    state.metrics.predictions.labels(row.model_version, row.tag, row.status.value).inc()
     return PredictionPublic(
         prediction_id=row.id,
         tag=row.tag,

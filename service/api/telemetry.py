@@ -1,0 +1,160 @@
+"""What /metrics reads from the running service when scraped: the served model, the
+micro-batcher's totals, the write-behind buffer, the review queue, the audit estimate and RQ.
+
+Alerting on these is the point: e.g. `tagflow_audit_meets_target == 0` (live automatic
+precision is below target with 95% confidence), a growing `tagflow_outbox_pending` (Redis
+unreachable), or `tagflow_rq_failed_jobs > 0`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from redis.exceptions import RedisError
+from rq.registry import FailedJobRegistry
+from sqlmodel import Session
+
+from service.api.state import AppState
+from service.crud import review as review_crud
+from service.crud.audit import audit_stats
+from service.entities.common import utcnow
+from service.metrics import Sample
+
+log = logging.getLogger(__name__)
+
+
+def read_state(state: AppState) -> Iterator[Sample]:
+    """Every scrape-time sample; the database and Redis parts each fail on their own."""
+    yield from _serving(state)
+    yield from _database(state)
+    yield from _redis(state)
+
+
+def _serving(state: AppState) -> Iterator[Sample]:
+    for role, loaded in (
+        ("production", state.predictor.current),
+        ("shadow", state.predictor.shadow),
+    ):
+        if loaded is not None:
+            labels = {"version": loaded.version, "role": role}
+            yield Sample("tagflow_model_info", "The model versions being served", 1, labels)
+            yield Sample(
+                "tagflow_model_threshold",
+                "Confidence at or above which a prediction is accepted automatically",
+                loaded.accept_at,
+                labels,
+            )
+    stats = state.batcher.stats
+    yield Sample("tagflow_scored_items", "Items scored by the micro-batcher", stats.items, {}, True)
+    yield Sample(
+        "tagflow_encoded_items",
+        "Items the TF-IDF fast path left to the sentence encoder",
+        stats.encoded,
+        {},
+        True,
+    )
+    yield Sample("tagflow_microbatches", "Micro-batches triaged", stats.batches, {}, True)
+    yield Sample(
+        "tagflow_prediction_log_buffered",
+        "Predictions answered but not yet written to the database (write-behind buffer)",
+        state.log.buffered,
+        {},
+    )
+    yield Sample(
+        "tagflow_prediction_log_written",
+        "Predictions written to the database",
+        state.log.written,
+        {},
+        True,
+    )
+    yield Sample(
+        "tagflow_prediction_log_flush_failures",
+        "Write-behind flushes that failed (their rows were kept and retried)",
+        state.log.failures,
+        {},
+        True,
+    )
+    yield Sample(
+        "tagflow_model_errors",
+        "Model versions refused at load (bad checksum, unapproved tags) since start",
+        len(state.model_errors),
+        {},
+    )
+
+
+def _database(state: AppState) -> Iterator[Sample]:
+    try:
+        with Session(state.engine) as session:
+            counts = review_crud.stats(session, now=utcnow())
+            current = state.predictor.current
+            audit = (
+                audit_stats(
+                    session,
+                    version=current.version,
+                    target=state.settings.target_precision,
+                    threshold=current.accept_at,
+                )
+                if current is not None
+                else None
+            )
+    except Exception:
+        log.exception("/metrics: database read failed")
+        yield Sample("tagflow_database_up", "The database answered the last scrape", 0, {})
+        return
+    yield Sample("tagflow_database_up", "The database answered the last scrape", 1, {})
+    for name in ("open", "leased"):
+        yield Sample("tagflow_review_tasks", "Review tasks by state", counts[name], {"state": name})
+    for reason, n in counts["by_reason"].items():
+        yield Sample(
+            "tagflow_review_active_tasks",
+            "Open or leased review tasks by reason",
+            n,
+            {"reason": reason},
+        )
+    yield Sample(
+        "tagflow_outbox_pending",
+        "Review items waiting in the database outbox for Redis",
+        counts["outbox_pending"],
+        {},
+    )
+    if audit is not None:
+        yield from _audit(audit.version, audit.audited, audit.precision, audit.meets_target)
+
+
+def _audit(
+    version: str, audited: int, precision: float | None, meets: bool | None
+) -> Iterator[Sample]:
+    labels = {"version": version}
+    yield Sample("tagflow_audit_labelled", "Audited auto predictions with a label", audited, labels)
+    if precision is not None:
+        yield Sample(
+            "tagflow_audit_precision",
+            "Live automatic-acceptance precision (audit)",
+            precision,
+            labels,
+        )
+    if meets is not None:
+        yield Sample(
+            "tagflow_audit_meets_target",
+            "1 when the audit's 95% interval is above the target precision, 0 when below",
+            int(meets),
+            labels,
+        )
+
+
+def _redis(state: AppState) -> Iterator[Sample]:
+    try:
+        depths = {name: q.count for name, q in state.queues.items()}
+        failed = {name: FailedJobRegistry(queue=q).count for name, q in state.queues.items()}
+    except RedisError as exc:
+        log.warning("/metrics: Redis read failed: %s", exc)
+        yield Sample("tagflow_redis_up", "Redis answered the last scrape", 0, {})
+        return
+    yield Sample("tagflow_redis_up", "Redis answered the last scrape", 1, {})
+    for name, n in depths.items():
+        yield Sample("tagflow_rq_queued_jobs", "Jobs waiting in an RQ queue", n, {"queue": name})
+    for name, n in failed.items():
+        yield Sample(
+            "tagflow_rq_failed_jobs", "Jobs in an RQ queue's failed registry", n, {"queue": name}
+        )

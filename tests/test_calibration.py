@@ -1,0 +1,179 @@
+"""Recalibrating the served auto-acceptance cut from the audit sample's labels."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from service.api.main import create_app
+from service.calibration import CalibrationAction, recalibrate
+from service.config import Settings
+from service.crud.audit import audit_stats
+from service.crud.labels import append_label
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.ml import registry
+from service.ml.dataset import text_hash
+from service.ml.training import TrainResult
+from tests.conftest import auth, register_promoted
+
+TAG, OTHER = "computer-vision", "natural-language-processing"
+TARGET = 0.99
+
+
+def add_audits(engine: Engine, version: str, confidences: np.ndarray, wrong: np.ndarray) -> None:
+    """Labelled audit items of `version`: accepted as TAG at `confidences`, labelled OTHER where
+    `wrong`. Written as the worker and the review API write them."""
+    with Session(engine) as session:
+        for i, (conf, bad) in enumerate(zip(confidences, wrong, strict=True)):
+            h = text_hash(f"audited item {version} {i}", "")
+            task = ReviewTask(
+                text_hash=h,
+                title=f"audited item {i}",
+                description="",
+                reason=ReviewReason.AUDIT,
+                status=ReviewStatus.LABELED,
+                model_version=version,
+                suggestion_tag=TAG,
+                suggestion_scores={TAG: float(conf), OTHER: float(1 - conf)},
+            )
+            session.add(task)
+            session.flush()
+            append_label(
+                session,
+                text_hash=h,
+                title=task.title,
+                description="",
+                tag=OTHER if bad else TAG,
+                reviewer="ann",
+                holdout_share=0.0,
+                task_id=task.id,
+            )
+        session.commit()
+
+
+def drifted(threshold: float, n: int = 200) -> tuple[np.ndarray, np.ndarray]:
+    """Audits spread from the cut to 1.0, where the lowest quarter is 20% wrong: live
+    precision ~0.95, far below target, and fine above that band."""
+    conf = np.linspace(threshold, 0.9999, n)
+    wrong = np.zeros(n, dtype=bool)
+    wrong[: n // 4 : 5] = True
+    return conf, wrong
+
+
+@pytest.fixture
+def version(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    shared_result: TrainResult,
+) -> str:
+    return register_promoted(engine, make_settings(database_url=database_url), shared_result)
+
+
+def test_too_few_audits_wait_and_a_precise_audit_keeps_the_cut(
+    engine: Engine, version: str
+) -> None:
+    with Session(engine) as session:
+        cut = registry.serving_threshold(registry.get_version(session, version=version))
+    add_audits(engine, version, np.linspace(cut, 0.999, 40), np.zeros(40, dtype=bool))
+    with Session(engine) as session:
+        wait = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+        assert wait.action is CalibrationAction.WAIT and not wait.applied
+        keep = recalibrate(session, version=version, target=TARGET, min_audited=30, apply=True)
+        # 40 of 40 right: the 95% interval (0.91-1.0) does not lie below 0.99.
+        assert keep.action is CalibrationAction.KEEP and not keep.applied
+        assert keep.proposed == keep.current == cut
+        row = registry.get_version(session, version=version)
+        assert "serving" not in row.thresholds
+
+
+def test_audit_below_target_raises_the_cut_with_history(engine: Engine, version: str) -> None:
+    with Session(engine) as session:
+        cut = registry.serving_threshold(registry.get_version(session, version=version))
+    conf, wrong = drifted(cut)
+    add_audits(engine, version, conf, wrong)
+    with Session(engine) as session:
+        preview = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=False)
+        assert preview.action is CalibrationAction.RAISE and not preview.applied
+        assert preview.audit.meets_target is False
+        assert registry.serving_threshold(registry.get_version(session, version=version)) == cut
+
+        done = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+        assert done.applied and done.proposed == preview.proposed
+        # The lowest cut whose audited items reach the target: one item lower does not.
+        above = conf >= done.proposed
+        assert 1 - wrong[above].mean() >= TARGET
+        lower = conf >= conf[~above].max()
+        assert 1 - wrong[lower].mean() < TARGET
+        row = registry.get_version(session, version=version)
+        assert registry.serving_threshold(row) == done.proposed
+        assert row.thresholds["auto"] == cut  # training's choice is kept beside it
+        (entry,) = row.thresholds["history"]
+        assert entry["source"] == "audit" and entry["previous"] == cut
+        assert entry["audited"] == len(conf)
+        after = audit_stats(session, version=version, target=TARGET, threshold=done.proposed)
+        assert after.audited == int(above.sum()) and after.precision >= TARGET
+
+        # Judged again at the new cut, the audit no longer shows a shortfall.
+        again = recalibrate(session, version=version, target=TARGET, min_audited=20, apply=True)
+        assert again.action is CalibrationAction.KEEP
+
+
+def test_api_serves_a_new_cut_at_once_and_by_hand(client: TestClient) -> None:
+    item = {"title": "YOLOv8 object detection", "description": "Real-time detection of cars."}
+    first = client.post("/predict", json=item, headers=auth("client")).json()
+    assert first["status"] == "auto"
+    version = first["model_version"]
+
+    body = {"threshold": 1.01, "note": "incident: everything to review"}
+    assert (
+        client.put(f"/models/{version}/threshold", json=body, headers=auth("client")).status_code
+        == 403
+    )
+    response = client.put(f"/models/{version}/threshold", json=body, headers=auth("admin"))
+    assert response.status_code == 200, response.text
+    assert response.json()["thresholds"]["serving"] == 1.01
+    held = client.post("/predict", json=item, headers=auth("client")).json()
+    assert held["status"] == "review" and held["confidence"] == first["confidence"]
+
+    response = client.put(
+        f"/models/{version}/threshold", json={"threshold": 0.5}, headers=auth("admin")
+    )
+    history = response.json()["thresholds"]["history"]
+    assert [h["threshold"] for h in history] == [1.01, 0.5]
+    assert history[1]["previous"] == 1.01
+    assert client.post("/predict", json=item, headers=auth("client")).json()["status"] == "auto"
+
+    bad = client.put(f"/models/{version}/threshold", json={"threshold": 1.5}, headers=auth("admin"))
+    assert bad.status_code == 422
+    missing = client.put("/models/v9999/threshold", json={"threshold": 0.9}, headers=auth("admin"))
+    assert missing.status_code == 404
+    report = client.post(f"/models/{version}/recalibrate?apply=false", headers=auth("admin"))
+    assert report.status_code == 200 and report.json()["action"] == "wait"
+
+
+def test_watch_loop_raises_the_cut_when_the_audit_shows_a_shortfall(
+    make_settings: Callable[..., Settings], database_url: str, engine: Engine, version: str
+) -> None:
+    with Session(engine) as session:
+        cut = registry.serving_threshold(registry.get_version(session, version=version))
+    add_audits(engine, version, *drifted(cut))
+    settings = make_settings(
+        database_url=database_url, recalibrate_interval_s=0.2, recalibrate_min_audited=100
+    )
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.tagflow  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while state.predictor.current.accept_at == cut and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert state.predictor.current.accept_at > cut
+        assert state.predictor.current.version == version
+        with Session(engine) as session:
+            row = registry.get_version(session, version=version)
+        assert registry.serving_threshold(row) == state.predictor.current.accept_at

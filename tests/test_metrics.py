@@ -1,0 +1,126 @@
+"""GET /metrics: counters that follow the traffic, and state read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from fastapi.testclient import TestClient
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from redis import Redis
+from rq import Queue
+
+from service.api.state import Queues
+from service.metrics import Metrics, Sample, StateCollector
+from tests.conftest import auth
+
+ITEMS = [
+    {"title": "YOLOv8 object detection", "description": "Real-time detection of cars in images."},
+    {"title": "BERT for named entity recognition", "description": "Token classification."},
+    {"title": "A note", "description": ""},
+]
+
+
+def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of a /metrics scrape, keyed by name and label set."""
+    response = client.get("/metrics", headers=auth("client"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def total(samples: dict, name: str, **labels: str) -> float:
+    """Sum of `name` over the samples whose labels include `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
+
+
+def test_metrics_follow_predictions_and_responses(sqlite_client: TestClient) -> None:
+    answers = [sqlite_client.post("/predict", json=i, headers=auth("client")).json() for i in ITEMS]
+    assert (
+        sqlite_client.post("/predict", json={"title": ""}, headers=auth("client")).status_code
+        == 422
+    )
+    assert sqlite_client.post("/predict", json=ITEMS[0]).status_code == 401
+    assert sqlite_client.get("/models/v-none", headers=auth("client")).status_code == 404
+
+    deadline = time.monotonic() + 5
+    samples = scrape(sqlite_client)
+    while (
+        total(samples, "tagflow_prediction_log_written_total") < 3 and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+        samples = scrape(sqlite_client)
+
+    version = answers[0]["model_version"]
+    assert total(samples, "tagflow_predictions_total") == 3
+    for a in answers:
+        expected = sum(1 for b in answers if (b["tag"], b["status"]) == (a["tag"], a["status"]))
+        got = total(
+            samples,
+            "tagflow_predictions_total",
+            model_version=version,
+            tag=a["tag"],
+            status=a["status"],
+        )
+        assert got == expected
+    assert total(samples, "tagflow_http_requests_total", route="/predict", status="200") == 3
+    assert total(samples, "tagflow_http_requests_total", route="/predict", status="422") == 1
+    assert total(samples, "tagflow_http_requests_total", route="/predict", status="401") == 1
+    # The template, never the concrete path.
+    assert (
+        total(samples, "tagflow_http_requests_total", route="/models/{version}", status="404") == 1
+    )
+    assert total(samples, "tagflow_http_request_seconds_count", route="/predict") == 5
+    assert total(samples, "tagflow_scored_items_total") == 3
+    assert 0 <= total(samples, "tagflow_encoded_items_total") <= 3
+    assert total(samples, "tagflow_model_info", version=version, role="production") == 1
+    assert 0.0 < total(samples, "tagflow_model_threshold", version=version) <= 1.01
+    assert total(samples, "tagflow_prediction_log_written_total") == 3
+    assert total(samples, "tagflow_prediction_log_buffered") == 0
+    assert total(samples, "tagflow_database_up") == 1
+    assert total(samples, "tagflow_redis_up") == 1
+    assert ("tagflow_rq_queued_jobs", frozenset({("queue", "labeling")})) in samples
+    assert total(samples, "tagflow_scrape_errors_total") == 0
+
+
+def test_metrics_need_a_key(sqlite_client: TestClient) -> None:
+    assert sqlite_client.get("/metrics").status_code == 401
+    assert sqlite_client.get("/metrics", headers=auth("reviewer")).status_code == 200
+
+
+def test_unreachable_redis_is_a_gauge_not_a_failed_scrape(sqlite_client: TestClient) -> None:
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    working = state.queues
+    dead = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)  # nothing listens
+    state.queues = Queues(
+        labeling=Queue("labeling", connection=dead), training=Queue("training", connection=dead)
+    )
+    try:
+        samples = scrape(sqlite_client)
+    finally:
+        state.queues = working
+    assert total(samples, "tagflow_redis_up") == 0
+    assert total(samples, "tagflow_database_up") == 1
+    assert not any(name == "tagflow_rq_queued_jobs" for name, _ in samples)
+
+
+def test_a_failing_state_read_is_counted_and_the_rest_still_served() -> None:
+    metrics = Metrics()
+
+    def broken() -> Iterator[Sample]:
+        yield Sample("tagflow_partial", "a sample before the failure", 1, {})
+        raise RuntimeError("database gone")
+
+    metrics.add_collector(StateCollector(broken))
+    metrics.predictions.labels("v1", "mlops", "auto").inc()
+    text = generate_latest(metrics.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["tagflow_scrape_errors"].samples[0].value == 1
+    assert families["tagflow_predictions"].samples[0].value == 1
+    assert "tagflow_partial" not in families  # a half-read state is dropped, not mixed in

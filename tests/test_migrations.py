@@ -1,0 +1,313 @@
+"""Schema migrations on real SQLite and PostgreSQL databases.
+
+The PostgreSQL runs use the test database the storage tests use, emptied the way conftest does
+it (the public schema dropped and recreated) before each test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Enum, event, func, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, SQLModel
+
+from service.db import current_revision, head_revision, init_db, make_engine
+from service.entities import Label, ModelVersion, OutboxItem
+from service.migrations import BASELINE, BASELINE_TABLES, VERSION_TABLE, make_config
+from service.migrations.__main__ import main as migrations_main
+from tests.conftest import POSTGRES_URL, ROOT
+
+# A tagflow process starting up: makes its engine, says it is ready, waits for the go file.
+_STARTING_PROCESS = """
+import sys, time
+from pathlib import Path
+from service.db import init_db, make_engine
+url, ready, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+engine = make_engine(url)
+ready.touch()
+while not go.exists():
+    time.sleep(0.002)
+init_db(engine)
+"""
+
+
+def _empty(url: str) -> None:
+    """Remove everything from the database at `url`."""
+    if url.startswith("sqlite"):
+        Path(url.removeprefix("sqlite:///")).unlink(missing_ok=True)
+        return
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database: an SQLite file in tmp_path, or the emptied PostgreSQL test database."""
+    url = f"sqlite:///{tmp_path / 'tagflow.db'}" if request.param == "sqlite" else POSTGRES_URL
+    _empty(url)
+    return url
+
+
+@pytest.fixture
+def engines(empty_url: str) -> Iterator[Callable[[], Engine]]:
+    """Makes engines on the empty database (one per simulated process); disposes them after."""
+    made: list[Engine] = []
+
+    def make() -> Engine:
+        made.append(make_engine(empty_url))
+        return made[-1]
+
+    yield make
+    for engine in made:
+        engine.dispose()
+
+
+def _model_differences(engine: Engine) -> list[Any]:
+    """What autogenerate would write: the database against the models (empty when equal)."""
+    with engine.connect() as conn:
+        diffs: list[Any] = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    return diffs
+
+
+def _enum_differences(engine: Engine) -> dict[str, tuple[list[str], list[str]]]:
+    """PostgreSQL enum types whose labels differ from the models' (autogenerate ignores them)."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    expected = {
+        column.type.name: list(column.type.enums)
+        for table in SQLModel.metadata.tables.values()
+        for column in table.columns
+        if isinstance(column.type, Enum) and column.type.name
+    }
+    actual = {enum["name"]: list(enum["labels"]) for enum in inspect(engine).get_enums()}
+    names = expected.keys() | actual.keys()
+    return {
+        name: (expected.get(name, []), actual.get(name, []))
+        for name in names
+        if expected.get(name) != actual.get(name)
+    }
+
+
+def _schema(engine: Engine) -> dict[str, Any]:
+    """Everything reflection sees of the tables (and PostgreSQL enum types), for comparing."""
+    inspector = inspect(engine)
+    schema: dict[str, Any] = {}
+    for name in sorted(set(inspector.get_table_names()) - {VERSION_TABLE}):
+        schema[name] = {
+            "columns": [
+                (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                for c in inspector.get_columns(name)
+            ],
+            "primary_key": inspector.get_pk_constraint(name)["constrained_columns"],
+            "indexes": sorted(
+                (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                for i in inspector.get_indexes(name)
+            ),
+            "unique": sorted(
+                tuple(u["column_names"]) for u in inspector.get_unique_constraints(name)
+            ),
+            "foreign_keys": sorted(
+                (tuple(f["constrained_columns"]), f["referred_table"], tuple(f["referred_columns"]))
+                for f in inspector.get_foreign_keys(name)
+            ),
+        }
+    if engine.dialect.name == "postgresql":
+        schema["<enums>"] = sorted((e["name"], tuple(e["labels"])) for e in inspector.get_enums())
+    return schema
+
+
+def _version_rows(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars())
+
+
+def _make_pre_migration_database(engine: Engine) -> None:
+    """A database as tagflow made it before migrations: the baseline tables, no alembic_version.
+
+    While the models are still at the baseline that is literally `create_all`. Once a revision
+    changes them, create_all would make the new schema, so the baseline revision is run instead
+    and its version table dropped: the same tables the old create_all made.
+    """
+    if head_revision() == BASELINE:
+        SQLModel.metadata.create_all(engine)
+        return
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), BASELINE)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
+
+
+def _add_rows(engine: Engine, *, version: str = "v0001") -> None:
+    """One row in a few tables, written through the models as the service writes them."""
+    with Session(engine) as session:
+        session.add(
+            Label(
+                text_hash="h" * 64,
+                title="BERT for NER",
+                description="",
+                tag="natural-language-processing",
+                reviewer="ann",
+            )
+        )
+        session.add(
+            ModelVersion(
+                version=version,
+                data_hash="d",
+                data_rows=3,
+                artifact_path="a",
+                checksum="c",
+                promoted_at=datetime.now(UTC),
+            )
+        )
+        session.add(OutboxItem(kind="review", payload={"prediction_id": "p1"}))
+        session.commit()
+
+
+def _row_counts(engine: Engine) -> dict[str, int]:
+    with Session(engine) as session:
+        return {
+            model.__name__: session.execute(select(func.count()).select_from(model)).scalar_one()
+            for model in (Label, ModelVersion, OutboxItem)
+        }
+
+
+def test_migrations_have_one_head_and_a_known_baseline() -> None:
+    assert head_revision()  # raises on a forked history
+    assert set(SQLModel.metadata.tables) >= BASELINE_TABLES
+
+
+def test_upgrade_of_an_empty_database_gives_the_models_schema(
+    engines: Callable[[], Engine],
+) -> None:
+    """The guard against a model change without a revision: it fails until one is written."""
+    engine = engines()
+    assert current_revision(engine) is None
+    init_db(engine)
+    assert current_revision(engine) == head_revision()
+    assert _model_differences(engine) == [], "models changed: python -m service.migrations revision"
+    assert _enum_differences(engine) == {}, "enum labels changed: write a revision for them"
+
+
+def test_check_command_agrees() -> None:
+    assert migrations_main(["check"]) == 0
+
+
+def test_pre_migration_database_is_stamped_upgraded_and_keeps_its_rows(
+    empty_url: str, engines: Callable[[], Engine]
+) -> None:
+    legacy = engines()
+    _make_pre_migration_database(legacy)
+    _add_rows(legacy)
+
+    init_db(legacy)
+
+    assert current_revision(legacy) == head_revision()
+    assert _version_rows(legacy) == [head_revision()]
+    assert _row_counts(legacy) == {"Label": 1, "ModelVersion": 1, "OutboxItem": 1}
+    assert _model_differences(legacy) == []
+    _add_rows(legacy, version="v0002")  # and it takes new rows as before
+    assert _row_counts(legacy) == {"Label": 2, "ModelVersion": 2, "OutboxItem": 2}
+    upgraded = _schema(legacy)
+    legacy.dispose()
+
+    _empty(empty_url)
+    fresh = engines()
+    init_db(fresh)
+    assert upgraded == _schema(fresh)
+
+
+def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:
+    engine = engines()
+    init_db(engine)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.strip().split(None, 1)[0].upper())
+
+    event.listen(engine, "before_cursor_execute", record)
+    init_db(engine)
+    event.remove(engine, "before_cursor_execute", record)
+
+    assert statements, "the second call still checks the version"
+    assert set(statements) <= {"SELECT", "PRAGMA"}, statements
+    assert _version_rows(engine) == [head_revision()]
+
+
+def test_concurrent_init_db_on_a_fresh_database(engines: Callable[[], Engine]) -> None:
+    """Processes starting together (API, workers): each its own engine, all at once."""
+    workers = 4
+    barrier = threading.Barrier(workers)
+    errors: list[BaseException] = []
+    starters = [engines() for _ in range(workers)]
+
+    def start(engine: Engine) -> None:
+        try:
+            barrier.wait(timeout=10)
+            init_db(engine)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(engine,)) for engine in starters]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert _version_rows(starters[0]) == [head_revision()]
+    assert _model_differences(starters[0]) == []
+
+
+def test_concurrent_init_db_in_separate_processes(
+    empty_url: str, engines: Callable[[], Engine], tmp_path: Path
+) -> None:
+    """The same across processes, where only the database's own lock keeps them apart."""
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{i}" for i in range(4)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _STARTING_PROCESS, empty_url, str(flag), str(go)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for flag in ready
+    ]
+    deadline = time.monotonic() + 60
+    while not all(flag.exists() for flag in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    results = [(process.wait(timeout=60), process.stderr.read()) for process in processes]
+
+    assert [code for code, _ in results] == [0] * len(processes), [err for _, err in results]
+    engine = engines()
+    assert _version_rows(engine) == [head_revision()]
+    assert _model_differences(engine) == []
+
+
+def test_downgrade_to_base_and_back(engines: Callable[[], Engine]) -> None:
+    """Every revision's downgrade runs, and leaves nothing behind (PostgreSQL enum types too)."""
+    engine = engines()
+    init_db(engine)
+    with engine.begin() as conn:
+        command.downgrade(make_config(conn), "base")
+    assert set(inspect(engine).get_table_names()) <= {VERSION_TABLE}
+    if engine.dialect.name == "postgresql":
+        assert inspect(engine).get_enums() == []
+    init_db(engine)
+    assert _model_differences(engine) == []
