@@ -140,3 +140,47 @@ def test_no_model_fails_every_waiting_request(encoder: Encoder, tags: TagSet) ->
         return outcome
 
     assert all(isinstance(o, UnavailableError) for o in asyncio.run(scenario()))
+
+
+class RecordingPredictor(Predictor):
+    """The real predictor, recording each triage call's texts; triage waits for `gate`, so
+    the test decides when the triage thread is free."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.calls: list[list[str]] = []
+        self.gate = threading.Event()
+
+    def triage(self, texts: list[str], loaded: LoadedModel | None = None):  # type: ignore[no-untyped-def]
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.calls.append(list(texts))
+        return super().triage(texts, loaded)
+
+
+def test_small_requests_go_between_the_chunks_of_a_large_one(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    predictor = RecordingPredictor(encoder, tags)
+    predictor.swap(LoadedModel("v-test", shared_result.model))
+    pool = texts["fast"] + texts["slow"]
+    large, small = pool[:64], [pool[64]]
+
+    async def scenario() -> tuple[list[object], list[object]]:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=2, threads=2)
+        batcher.start()
+        big = asyncio.create_task(batcher.predict(large))
+        await asyncio.sleep(0.1)  # chunk 1 is in triage (held), chunk 2 gathered behind it
+        one = asyncio.create_task(batcher.predict(small))
+        await asyncio.sleep(0.1)
+        predictor.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(big, one), 30)
+        await batcher.stop()
+        return answers[0], answers[1]
+
+    big_answer, small_answer = asyncio.run(scenario())
+    chunks = [large[i : i + 16] for i in range(0, 64, 16)]
+    # Without the lanes, the small request would wait behind all four chunks.
+    assert predictor.calls == [chunks[0], chunks[1], small, chunks[2], chunks[3]]
+    expected = predictor.score(large)
+    assert [(s.tag, s.confidence) for s in big_answer] == [(s.tag, s.confidence) for s in expected]
+    assert len(small_answer) == 1

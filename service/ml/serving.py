@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -175,7 +176,10 @@ class MicroBatcher:
         self.predictor = predictor
         self.max_items = max_items
         self.wait_s = wait_ms / 1000.0
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        # Two lanes: requests that fit in a batch, and chunks of larger ones (see `predict`).
+        self._interactive: deque[_Pending] = deque()
+        self._bulk: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
         # Triage has a thread of its own so it never queues behind encodes.
         self._triage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
@@ -195,43 +199,78 @@ class MicroBatcher:
         self._pool.shutdown(wait=True)
 
     async def predict(self, texts: list[str]) -> list[Scored]:
-        """Score `texts` (one request's items), possibly together with other requests'."""
+        """Score `texts` (one request's items), possibly together with other requests'.
+
+        A request larger than a batch is cut into batch-sized chunks on a lane of their own,
+        which is served only when no small request waits: a 256-item call is about 80 ms of
+        triage, and single requests arriving meanwhile go between its chunks, not behind it.
+        """
+        if len(texts) <= self.max_items:
+            return await self._submit(texts, self._interactive)
+        chunks = [texts[i : i + self.max_items] for i in range(0, len(texts), self.max_items)]
+        parts = await asyncio.gather(*(self._submit(c, self._bulk) for c in chunks))
+        return [scored for part in parts for scored in part]
+
+    async def _submit(self, texts: list[str], lane: deque[_Pending]) -> list[Scored]:
         future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(texts, future))
+        lane.append(_Pending(texts, future))
+        self._arrived.set()
         return await future
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        triaging: asyncio.Future[Triage] | None = None
         while True:
             batch = await self._gather()
-            task = asyncio.create_task(self._score(batch))
+            # One triage at a time, and the next batch handed over only when the thread is
+            # free: batches queued in the executor could not be overtaken by small requests.
+            if triaging is not None:
+                await asyncio.wait([triaging])
+            texts = [t for p in batch for t in p.texts]
+            triaging = loop.run_in_executor(self._triage_pool, self.predictor.triage, texts)
+            task = asyncio.create_task(self._score(batch, texts, triaging))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
+    def _take(self, room: int) -> _Pending | None:
+        """The next waiting request that fits in `room` items: small requests first."""
+        for lane in (self._interactive, self._bulk):
+            if lane and len(lane[0].texts) <= room:
+                return lane.popleft()
+        return None
+
     async def _gather(self) -> list[_Pending]:
-        """The next batch: what is queued now, waiting up to `wait_s` for up to `max_items`."""
-        first = await self._queue.get()
+        """The next batch: what waits now, then up to `wait_s` more for up to `max_items`."""
+        while not (self._interactive or self._bulk):
+            self._arrived.clear()
+            await self._arrived.wait()
+        first = self._take(self.max_items)
+        assert first is not None  # every waiting request holds at most max_items texts
         batch, size = [first], len(first.texts)
         deadline = time.perf_counter() + self.wait_s
         while size < self.max_items:
-            if not self._queue.empty():
-                item = self._queue.get_nowait()
-            else:
+            item = self._take(self.max_items - size)
+            if item is None:
+                if self._bulk:  # the next chunk does not fit: do not wait for what cannot join
+                    break
                 timeout = deadline - time.perf_counter()
                 if timeout <= 0:
                     break
+                self._arrived.clear()
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), timeout)
+                    await asyncio.wait_for(self._arrived.wait(), timeout)
                 except TimeoutError:
                     break
+                continue
             batch.append(item)
             size += len(item.texts)
         return batch
 
-    async def _score(self, batch: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
-        texts = [t for p in batch for t in p.texts]
+    async def _score(
+        self, batch: list[_Pending], texts: list[str], triaging: asyncio.Future[Triage]
+    ) -> None:
         try:
-            triage = await loop.run_in_executor(self._triage_pool, self.predictor.triage, texts)
+            triage = await triaging
         except Exception as exc:  # handed to every waiting request, which re-raises it
             for p in batch:
                 _fail(p.future, exc)
