@@ -82,15 +82,27 @@ def repeat_payloads(items: list[Item]) -> PayloadFn:
     return make
 
 
-def summarise(latencies_s: list[float], *, concurrency: int, errors: int, seconds: float,
-              samples: list[str], client_cpu_s: float) -> RunStats:
+def summarise(
+    latencies_s: list[float],
+    *,
+    concurrency: int,
+    errors: int,
+    seconds: float,
+    samples: list[str],
+    client_cpu_s: float,
+) -> RunStats:
     """Percentiles and throughput of one run."""
     ms = np.asarray(latencies_s, dtype=np.float64) * 1000.0
     pct = (lambda q: round(float(np.percentile(ms, q)), 2)) if ms.size else (lambda q: float("nan"))
     return RunStats(
-        concurrency=concurrency, requests=int(ms.size), errors=errors,
-        seconds=round(seconds, 3), rps=round(ms.size / seconds, 1) if seconds else 0.0,
-        p50_ms=pct(50), p90_ms=pct(90), p99_ms=pct(99),
+        concurrency=concurrency,
+        requests=int(ms.size),
+        errors=errors,
+        seconds=round(seconds, 3),
+        rps=round(ms.size / seconds, 1) if seconds else 0.0,
+        p50_ms=pct(50),
+        p90_ms=pct(90),
+        p99_ms=pct(99),
         max_ms=round(float(ms.max()), 2) if ms.size else float("nan"),
         mean_ms=round(float(ms.mean()), 2) if ms.size else float("nan"),
         client_cpu_ms_per_request=round(client_cpu_s * 1000.0 / max(ms.size + errors, 1), 3),
@@ -122,9 +134,14 @@ class Connection:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         self.writer.write(
-            b"POST " + path.encode() + b" HTTP/1.1\r\n" + self.header_lines
+            b"POST "
+            + path.encode()
+            + b" HTTP/1.1\r\n"
+            + self.header_lines
             + b"Content-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
         )
         try:
             status_line = await self.reader.readline()
@@ -158,8 +175,15 @@ class Connection:
 
 
 async def drive(
-    base_url: str, payloads: PayloadFn, *, total: int, concurrency: int, warmup: int = 0,
-    path: str = "/predict", headers: dict[str, str] | None = None, timeout_s: float = 30.0,
+    base_url: str,
+    payloads: PayloadFn,
+    *,
+    total: int,
+    concurrency: int,
+    warmup: int = 0,
+    path: str = "/predict",
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
 ) -> RunStats:
     """Send `warmup` unmeasured then `total` measured requests, `concurrency` at a time."""
     latencies: list[float] = []
@@ -201,5 +225,11 @@ async def drive(
     finally:
         for conn in connections:
             await conn.close()
-    return summarise(latencies, concurrency=concurrency, errors=errors, seconds=seconds,
-                     samples=samples, client_cpu_s=client_cpu_s)
+    return summarise(
+        latencies,
+        concurrency=concurrency,
+        errors=errors,
+        seconds=seconds,
+        samples=samples,
+        client_cpu_s=client_cpu_s,
+    )

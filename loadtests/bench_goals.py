@@ -43,14 +43,18 @@ def ratios(report: dict[str, Any]) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for workload in ("fresh", "repeat"):
         out[f"{workload}_c8_rps_x_naive"] = _ratio(
-            _stat(tf, workload, 8, "rps"), _stat(naive, workload, 8, "rps"))
+            _stat(tf, workload, 8, "rps"), _stat(naive, workload, 8, "rps")
+        )
         out[f"{workload}_c8_p99_over_naive"] = _ratio(
-            _stat(tf, workload, 8, "p99_ms"), _stat(naive, workload, 8, "p99_ms"))
+            _stat(tf, workload, 8, "p99_ms"), _stat(naive, workload, 8, "p99_ms")
+        )
         out[f"{workload}_c1_p50_over_naive"] = _ratio(
-            _stat(tf, workload, 1, "p50_ms"), _stat(naive, workload, 1, "p50_ms"))
+            _stat(tf, workload, 1, "p50_ms"), _stat(naive, workload, 1, "p50_ms")
+        )
     out["fresh_c8_rps_x_issue_naive"] = _ratio(_stat(tf, "fresh", 8, "rps"), ISSUE_NAIVE["c8_rps"])
     out["naive_c8_rps_over_issue_naive"] = _ratio(
-        _stat(naive, "fresh", 8, "rps"), ISSUE_NAIVE["c8_rps"])
+        _stat(naive, "fresh", 8, "rps"), ISSUE_NAIVE["c8_rps"]
+    )
     return out
 
 
@@ -86,18 +90,41 @@ def judge(report: dict[str, Any]) -> list[dict[str, Any]]:
     p50 = _stat(tf, "fresh", 1, "p50_ms")
     errors = sum(r["errors"] for w in tf["results"].values() for r in w.values())
     return [
-        _goal("throughput at concurrency 8 (fresh) vs naive, same run", f">= {SPEEDUP_TARGET}x",
-              speedup, None if speedup is None else speedup >= SPEEDUP_TARGET),
-        _goal("p99 latency at concurrency 8 (fresh), ms", f"<= {C8_P99_MS}", p99,
-              _at_most(p99, C8_P99_MS)),
-        _goal("p50 latency at concurrency 1 (fresh), ms", f"<= {C1_P50_MS}", p50,
-              _at_most(p50, C1_P50_MS)),
-        _goal("API process peak RSS (VmHWM) after the load, MB", f"<= {RSS_MB}",
-              tf["memory"]["peak_rss_mb"], _at_most(tf["memory"]["peak_rss_mb"], RSS_MB)),
-        _goal("ready after start (trained model on disk), s", f"<= {READY_S}", tf["ready_s"],
-              _at_most(tf["ready_s"], READY_S)),
-        _goal("training on the shared dataset, wall clock of `tagflow train`, s",
-              f"<= {TRAIN_S}", report["training"]["wall_s"],
-              _at_most(report["training"]["wall_s"], TRAIN_S)),
+        _goal(
+            "throughput at concurrency 8 (fresh) vs naive, same run",
+            f">= {SPEEDUP_TARGET}x",
+            speedup,
+            None if speedup is None else speedup >= SPEEDUP_TARGET,
+        ),
+        _goal(
+            "p99 latency at concurrency 8 (fresh), ms",
+            f"<= {C8_P99_MS}",
+            p99,
+            _at_most(p99, C8_P99_MS),
+        ),
+        _goal(
+            "p50 latency at concurrency 1 (fresh), ms",
+            f"<= {C1_P50_MS}",
+            p50,
+            _at_most(p50, C1_P50_MS),
+        ),
+        _goal(
+            "API process peak RSS (VmHWM) after the load, MB",
+            f"<= {RSS_MB}",
+            tf["memory"]["peak_rss_mb"],
+            _at_most(tf["memory"]["peak_rss_mb"], RSS_MB),
+        ),
+        _goal(
+            "ready after start (trained model on disk), s",
+            f"<= {READY_S}",
+            tf["ready_s"],
+            _at_most(tf["ready_s"], READY_S),
+        ),
+        _goal(
+            "training on the shared dataset, wall clock of `tagflow train`, s",
+            f"<= {TRAIN_S}",
+            report["training"]["wall_s"],
+            _at_most(report["training"]["wall_s"], TRAIN_S),
+        ),
         _goal("no failed request in the default configuration", "0", errors, errors == 0),
     ]

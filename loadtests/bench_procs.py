@@ -61,8 +61,15 @@ class Timed:
 def run_timed(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Path) -> Timed:
     """Run `cmd` to completion, wall-clock timed, output kept in `log_path`."""
     start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, check=False)
+    done = subprocess.run(
+        cmd,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        check=False,
+    )
     seconds = time.perf_counter() - start
     log_path.write_text(done.stdout)
     return Timed(seconds=round(seconds, 2), returncode=done.returncode, output=done.stdout)
@@ -92,8 +99,9 @@ class Server:
         with httpx.Client(timeout=2.0) as client:
             while time.perf_counter() < deadline:
                 if self.process.poll() is not None:
-                    raise ServerError(f"{self.name} exited with {self.process.returncode}; "
-                                      f"see {self.log_path}")
+                    raise ServerError(
+                        f"{self.name} exited with {self.process.returncode}; see {self.log_path}"
+                    )
                 try:
                     if client.get(self.url + path).status_code == 200:
                         return round(time.perf_counter() - self.started, 2)
@@ -118,8 +126,9 @@ class Server:
             self.process.wait()
 
 
-def start_server(name: str, cmd: list[str], *, env: dict[str, str], port: int, cwd: Path,
-                 log_dir: Path) -> Server:
+def start_server(
+    name: str, cmd: list[str], *, env: dict[str, str], port: int, cwd: Path, log_dir: Path
+) -> Server:
     """Start `cmd` in the background, its output in `log_dir/<name>.log`."""
     log_path = log_dir / f"{name}.log"
     handle = log_path.open("wb")

@@ -106,18 +106,25 @@ def python_cmd(*args: str) -> list[str]:
 
 def prepare_encoder(bench: Bench) -> float:
     """Export MiniLM to ONNX (fp32 and int8) once, so no timed step includes the export."""
-    code = ("import sys; from pathlib import Path; from service.config import EncoderKind; "
-            "from service.ml.encoder import ensure_onnx; "
-            "[ensure_onnx(Path(sys.argv[1]), k) for k in EncoderKind]")
-    done = run_timed(python_cmd("-c", code, bench.base_env["TAGFLOW_ENCODER_DIR"]),
-                     env=bench.base_env, cwd=bench.workdir, log_path=bench.log_dir / "export.log")
+    code = (
+        "import sys; from pathlib import Path; from service.config import EncoderKind; "
+        "from service.ml.encoder import ensure_onnx; "
+        "[ensure_onnx(Path(sys.argv[1]), k) for k in EncoderKind]"
+    )
+    done = run_timed(
+        python_cmd("-c", code, bench.base_env["TAGFLOW_ENCODER_DIR"]),
+        env=bench.base_env,
+        cwd=bench.workdir,
+        log_path=bench.log_dir / "export.log",
+    )
     if done.returncode:
         raise SystemExit(f"encoder export failed; see {bench.log_dir / 'export.log'}")
     return done.seconds
 
 
-def train(bench: Bench, name: str = "train", overrides: dict[str, str] | None = None
-          ) -> dict[str, Any]:
+def train(
+    bench: Bench, name: str = "train", overrides: dict[str, str] | None = None
+) -> dict[str, Any]:
     """`tagflow train --promote` on the dataset, wall-clock timed as a user would see it.
 
     With `overrides`, it trains in a data directory of its own, leaving the main registry alone.
@@ -130,65 +137,111 @@ def train(bench: Bench, name: str = "train", overrides: dict[str, str] | None = 
     log_path = bench.log_dir / f"{name}.log"
     done = run_timed(
         python_cmd("-m", "service.cli", "train", "--data", str(bench.dataset), "--promote"),
-        env=env, cwd=bench.workdir, log_path=log_path,
+        env=env,
+        cwd=bench.workdir,
+        log_path=log_path,
     )
     if done.returncode:
         raise SystemExit(f"training failed; see {log_path}")
     fit = re.search(r"trained in ([\d.]+)s", done.output)
-    return {"wall_s": done.seconds, "fit_and_evaluate_s": float(fit.group(1)) if fit else None,
-            "items": len(bench.items)}
+    return {
+        "wall_s": done.seconds,
+        "fit_and_evaluate_s": float(fit.group(1)) if fit else None,
+        "items": len(bench.items),
+    }
 
 
-async def measured(server: Server, payloads: Any, *, concurrency: int, total: int,
-                   warmup: int, headers: dict[str, str]) -> RunStats:
+async def measured(
+    server: Server,
+    payloads: Any,
+    *,
+    concurrency: int,
+    total: int,
+    warmup: int,
+    headers: dict[str, str],
+) -> RunStats:
     """One closed-loop run, with the server's CPU time per request."""
     before = cpu_seconds(server.process.pid)
-    stats = await drive(server.url, payloads, total=total, concurrency=concurrency,
-                        warmup=warmup, headers=headers)
+    stats = await drive(
+        server.url, payloads, total=total, concurrency=concurrency, warmup=warmup, headers=headers
+    )
     used = cpu_seconds(server.process.pid) - before
     stats.server_cpu_ms_per_request = round(used * 1000.0 / max(total + warmup, 1), 3)
     return stats
 
 
-async def workloads(server: Server, bench: Bench, *, headers: dict[str, str],
-                    has_cache: bool) -> dict[str, dict[str, Any]]:
+async def workloads(
+    server: Server, bench: Bench, *, headers: dict[str, str], has_cache: bool
+) -> dict[str, dict[str, Any]]:
     """`fresh` then `repeat`, each at every concurrency."""
     counter = itertools.count()
     results: dict[str, dict[str, Any]] = {"fresh": {}, "repeat": {}}
     for c in CONCURRENCIES:
-        stats = await measured(server, fresh_payloads(bench.held_out, counter), concurrency=c,
-                               total=bench.plan.requests[c], warmup=bench.plan.warmup,
-                               headers=headers)
+        stats = await measured(
+            server,
+            fresh_payloads(bench.held_out, counter),
+            concurrency=c,
+            total=bench.plan.requests[c],
+            warmup=bench.plan.warmup,
+            headers=headers,
+        )
         results["fresh"][f"c{c}"] = stats.to_dict()
-        say(f"{server.name} fresh c{c}: {stats.rps} req/s, p50 {stats.p50_ms} ms, "
-            f"p99 {stats.p99_ms} ms, {stats.errors} errors")
+        say(
+            f"{server.name} fresh c{c}: {stats.rps} req/s, p50 {stats.p50_ms} ms, "
+            f"p99 {stats.p99_ms} ms, {stats.errors} errors"
+        )
     if has_cache:  # one pass over the dataset, so every `repeat` text is cached
-        await drive(server.url, repeat_payloads(bench.items), total=len(bench.items),
-                    concurrency=8, headers=headers)
+        await drive(
+            server.url,
+            repeat_payloads(bench.items),
+            total=len(bench.items),
+            concurrency=8,
+            headers=headers,
+        )
     for c in CONCURRENCIES:
-        stats = await measured(server, repeat_payloads(bench.items), concurrency=c,
-                               total=bench.plan.requests[c], warmup=bench.plan.warmup,
-                               headers=headers)
+        stats = await measured(
+            server,
+            repeat_payloads(bench.items),
+            concurrency=c,
+            total=bench.plan.requests[c],
+            warmup=bench.plan.warmup,
+            headers=headers,
+        )
         results["repeat"][f"c{c}"] = stats.to_dict()
-        say(f"{server.name} repeat c{c}: {stats.rps} req/s, p50 {stats.p50_ms} ms, "
-            f"p99 {stats.p99_ms} ms, {stats.errors} errors")
+        say(
+            f"{server.name} repeat c{c}: {stats.rps} req/s, p50 {stats.p50_ms} ms, "
+            f"p99 {stats.p99_ms} ms, {stats.errors} errors"
+        )
     return results
 
 
-def run_server(bench: Bench, name: str, cmd: list[str], *, env: dict[str, str], port: int,
-               headers: dict[str, str], has_cache: bool) -> dict[str, Any]:
+def run_server(
+    bench: Bench,
+    name: str,
+    cmd: list[str],
+    *,
+    env: dict[str, str],
+    port: int,
+    headers: dict[str, str],
+    has_cache: bool,
+) -> dict[str, Any]:
     """Start a server, time its readiness, load it, read its memory, stop it."""
     say(f"starting {name}")
-    server = start_server(name, cmd, env=env, port=port, cwd=bench.workdir,
-                          log_dir=bench.log_dir)
+    server = start_server(name, cmd, env=env, port=port, cwd=bench.workdir, log_dir=bench.log_dir)
     try:
         ready_s = server.wait_ready()
         say(f"{name} ready after {ready_s}s")
         memory_ready = server.memory()
         load_before = loadavg()
         results = asyncio.run(workloads(server, bench, headers=headers, has_cache=has_cache))
-        return {"ready_s": ready_s, "memory_at_ready": memory_ready, "memory": server.memory(),
-                "loadavg_before": load_before, "loadavg_after": loadavg(), "results": results}
+        return {
+            "ready_s": ready_s,
+            "memory_at_ready": memory_ready,
+            "memory": server.memory(),
+            "loadavg_before": load_before,
+            "loadavg_after": loadavg(),
+            "results": results,
+        }
     finally:
         server.stop()
 
@@ -196,8 +249,11 @@ def run_server(bench: Bench, name: str, cmd: list[str], *, env: dict[str, str], 
 def run_tagflow(bench: Bench, name: str, overrides: dict[str, str]) -> dict[str, Any]:
     port = free_port()
     out = run_server(
-        bench, name, python_cmd("-m", "service.cli", "serve", "--port", str(port)),
-        env=bench.base_env | overrides, port=port,
+        bench,
+        name,
+        python_cmd("-m", "service.cli", "serve", "--port", str(port)),
+        env=bench.base_env | overrides,
+        port=port,
         headers={"Authorization": f"Bearer {CLIENT_KEY}"},
         has_cache=overrides.get("TAGFLOW_EMBEDDING_CACHE_SIZE") != "0",
     )
@@ -206,18 +262,22 @@ def run_tagflow(bench: Bench, name: str, overrides: dict[str, str]) -> dict[str,
 
 def run_naive(bench: Bench) -> dict[str, Any]:
     port = free_port()
-    cmd = python_cmd(str(HERE / "naive_server.py"), "--dataset", str(bench.dataset),
-                     "--port", str(port))
-    return run_server(bench, "naive", cmd, env=bench.base_env, port=port, headers={},
-                      has_cache=False)
+    cmd = python_cmd(
+        str(HERE / "naive_server.py"), "--dataset", str(bench.dataset), "--port", str(port)
+    )
+    return run_server(
+        bench, "naive", cmd, env=bench.base_env, port=port, headers={}, has_cache=False
+    )
 
 
 def run_breakdown(bench: Bench, quick: bool) -> dict[str, Any] | None:
     args = ["--dataset", str(bench.dataset), "--repeats", str(bench.plan.breakdown_repeats)]
-    done = run_timed(python_cmd(str(HERE / "breakdown.py"), *args,
-                                *([] if quick else ["--accuracy"])),
-                     env=bench.base_env, cwd=bench.workdir,
-                     log_path=bench.log_dir / "breakdown.log")
+    done = run_timed(
+        python_cmd(str(HERE / "breakdown.py"), *args, *([] if quick else ["--accuracy"])),
+        env=bench.base_env,
+        cwd=bench.workdir,
+        log_path=bench.log_dir / "breakdown.log",
+    )
     if done.returncode:
         say(f"breakdown failed (see {bench.log_dir / 'breakdown.log'}); reported as null")
         return None
@@ -236,22 +296,36 @@ def git_revision() -> str:
     """The commit under test, with `+dirty` when the work tree has changes."""
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=HERE, capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=HERE, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
     return git("rev-parse", "--short", "HEAD") + ("+dirty" if git("status", "--porcelain") else "")
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, required=True,
-                        help="CSV with title, description, tag (the shared Made With ML set)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        required=True,
+        help="CSV with title, description, tag (the shared Made With ML set)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results" / "bench.json")
     parser.add_argument("--quick", action="store_true", help="short smoke run, few requests")
-    parser.add_argument("--encoder-dir", type=Path, default=HERE / "results" / "encoder",
-                        help="where the ONNX export is kept between runs")
-    parser.add_argument("--levers", nargs="*", choices=sorted(LEVERS), default=sorted(LEVERS),
-                        help="levers to measure (default: all; none: skip)")
+    parser.add_argument(
+        "--encoder-dir",
+        type=Path,
+        default=HERE / "results" / "encoder",
+        help="where the ONNX export is kept between runs",
+    )
+    parser.add_argument(
+        "--levers",
+        nargs="*",
+        choices=sorted(LEVERS),
+        default=sorted(LEVERS),
+        help="levers to measure (default: all; none: skip)",
+    )
     parser.add_argument("--skip-naive", action="store_true", help="do not run the naive server")
     parser.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     return parser.parse_args()
@@ -265,14 +339,19 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     say("training")
     report["training"] = {**train(bench), "encoder_export_s": export_s}
     say(f"trained in {report['training']['wall_s']}s")
-    report["training_levers"] = {} if args.quick else {
-        name: {"env": env, **train(bench, f"train-{name}", env)}
-        for name, env in TRAIN_LEVERS.items()
-    }
+    report["training_levers"] = (
+        {}
+        if args.quick
+        else {
+            name: {"env": env, **train(bench, f"train-{name}", env)}
+            for name, env in TRAIN_LEVERS.items()
+        }
+    )
     report["tagflow"] = run_tagflow(bench, "tagflow", {})
     report["naive"] = None if args.skip_naive else run_naive(bench)
-    report["levers"] = {name: run_tagflow(bench, f"tagflow-{name}", LEVERS[name])
-                        for name in args.levers}
+    report["levers"] = {
+        name: run_tagflow(bench, f"tagflow-{name}", LEVERS[name]) for name in args.levers
+    }
     say("in-process stage timings")
     report["breakdown"] = run_breakdown(bench, args.quick)
     return report
@@ -296,21 +375,37 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     args.encoder_dir.mkdir(parents=True, exist_ok=True)
     redis_url, embedded = start_redis(workdir)
-    env = child_env({
-        "TAGFLOW_DATA_DIR": str(workdir / "data"),
-        "TAGFLOW_ENCODER_DIR": str(args.encoder_dir.resolve()),
-        "TAGFLOW_API_KEYS": f"client:{CLIENT_KEY},admin:bench-admin-key",
-        "TAGFLOW_REDIS_URL": redis_url,
-    })
-    bench = Bench(dataset=dataset, workdir=workdir, log_dir=log_dir, base_env=env,
-                  items=items, held_out=held_out, plan=plan)
+    env = child_env(
+        {
+            "TAGFLOW_DATA_DIR": str(workdir / "data"),
+            "TAGFLOW_ENCODER_DIR": str(args.encoder_dir.resolve()),
+            "TAGFLOW_API_KEYS": f"client:{CLIENT_KEY},admin:bench-admin-key",
+            "TAGFLOW_REDIS_URL": redis_url,
+        }
+    )
+    bench = Bench(
+        dataset=dataset,
+        workdir=workdir,
+        log_dir=log_dir,
+        base_env=env,
+        items=items,
+        held_out=held_out,
+        plan=plan,
+    )
     meta = {
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick,
-        "dataset": str(dataset), "items": len(items), "fresh_items": len(held_out),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": args.quick,
+        "dataset": str(dataset),
+        "items": len(items),
+        "fresh_items": len(held_out),
         "requests_per_run": plan.requests,
-        "warmup_per_run": plan.warmup, "cpus": len(os.sched_getaffinity(0)),
-        "python": sys.version.split()[0], "redis": "embedded" if embedded else redis_url,
-        "loadavg_start": loadavg(), "logs": str(log_dir), "git": git_revision(),
+        "warmup_per_run": plan.warmup,
+        "cpus": len(os.sched_getaffinity(0)),
+        "python": sys.version.split()[0],
+        "redis": "embedded" if embedded else redis_url,
+        "loadavg_start": loadavg(),
+        "logs": str(log_dir),
+        "git": git_revision(),
     }
     try:
         report = run(args, bench)
@@ -320,9 +415,14 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     meta["loadavg_end"] = loadavg()
-    document = {"meta": meta, **report, "ratios": ratios(report),
-                "lever_effects": lever_effects(report),
-                "training_effects": training_effects(report), "goals": judge(report)}
+    document = {
+        "meta": meta,
+        **report,
+        "ratios": ratios(report),
+        "lever_effects": lever_effects(report),
+        "training_effects": training_effects(report),
+        "goals": judge(report),
+    }
     out.write_text(json.dumps(document, indent=2) + "\n")
     print(json.dumps(document, indent=2))
     passed = sum(g["pass"] is True for g in document["goals"])

@@ -49,12 +49,15 @@ def median_ms(fn: Callable[[Any], object], batches: Sequence[Any]) -> float:
 
 def fresh_batches(texts: list[str], size: int, count: int) -> list[list[str]]:
     """`count` batches of `size` texts no encoder has seen (unique suffixes)."""
-    return [[f"{texts[(b * size + i) % len(texts)]} (probe {b}-{i})" for i in range(size)]
-            for b in range(count)]
+    return [
+        [f"{texts[(b * size + i) % len(texts)]} (probe {b}-{i})" for i in range(size)]
+        for b in range(count)
+    ]
 
 
-def stage_timings(settings: Settings, model: TagModel, texts: list[str],
-                  repeats: int) -> dict[str, dict[str, float]]:
+def stage_timings(
+    settings: Settings, model: TagModel, texts: list[str], repeats: int
+) -> dict[str, dict[str, float]]:
     """ms per call of each stage, by batch size."""
     from tokenizers import Tokenizer
 
@@ -63,8 +66,10 @@ def stage_timings(settings: Settings, model: TagModel, texts: list[str],
     tokenizer.no_padding()  # as the encoder tokenises: one text per run, never padded
     encoders = {
         f"encode_{kind.value}_t{threads}": load_encoder(
-            settings.resolved_encoder_dir, kind, threads=threads, cache_size=0)
-        for kind in EncoderKind for threads in (1, 2)
+            settings.resolved_encoder_dir, kind, threads=threads, cache_size=0
+        )
+        for kind in EncoderKind
+        for threads in (1, 2)
     }
     serving = encoders[f"encode_{EncoderKind.ONNX_INT8.value}_t2"]
     tags = load_tags(settings.tags_file)
@@ -98,16 +103,24 @@ def int8_accuracy(settings: Settings, model: TagModel, held_out: list[Example]) 
     }
     emb = {name: enc.encode(texts) for name, enc in encoders.items()}
     cosine = (emb["onnx-int8"] * emb["onnx-fp32"]).sum(axis=1)
-    tags = {name: model.proba_to_tags(model.predict_proba(texts, precomputed(texts, e)))
-            for name, e in emb.items()}
+    tags = {
+        name: model.proba_to_tags(model.predict_proba(texts, precomputed(texts, e)))
+        for name, e in emb.items()
+    }
     return {
         "held_out_items": len(texts),
         "model_trained_on": model.encoder,
-        "cosine_int8_vs_fp32": {"min": round(float(cosine.min()), 4),
-                                "mean": round(float(cosine.mean()), 4)},
+        "cosine_int8_vs_fp32": {
+            "min": round(float(cosine.min()), 4),
+            "mean": round(float(cosine.mean()), 4),
+        },
         "weighted_f1": {name: round(weighted_f1(truth, t), 4) for name, t in tags.items()},
-        "tag_agreement_int8_vs_fp32": round(float(np.mean(
-            [a == b for a, b in zip(tags["onnx-int8"], tags["onnx-fp32"], strict=True)])), 4),
+        "tag_agreement_int8_vs_fp32": round(
+            float(
+                np.mean([a == b for a, b in zip(tags["onnx-int8"], tags["onnx-fp32"], strict=True)])
+            ),
+            4,
+        ),
     }
 
 

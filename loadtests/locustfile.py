@@ -68,8 +68,9 @@ class TagflowClient(HttpUser):
     @task(1)
     def predict_batch(self) -> None:
         items = [next_item() for _ in range(BATCH_ITEMS)]
-        with self.client.post("/predict/batch", json={"items": items},
-                              catch_response=True) as response:
+        with self.client.post(
+            "/predict/batch", json={"items": items}, catch_response=True
+        ) as response:
             results = response.json().get("results", []) if response.status_code == 200 else []
             if len(results) == len(items):
                 response.success()

@@ -53,9 +53,7 @@ def create_app(dataset: Path) -> FastAPI:
 
     model = SentenceTransformer(str(get_model_path()), device="cpu")
     examples, _ = load_dataset(dataset, tags=load_tags(DEFAULT_TAGS_FILE))
-    embeddings = model.encode(
-        [e.text for e in examples], batch_size=32, normalize_embeddings=True
-    )
+    embeddings = model.encode([e.text for e in examples], batch_size=32, normalize_embeddings=True)
     head = LogisticRegression(C=1.0, class_weight="balanced", max_iter=3000)
     head.fit(embeddings, [e.tag for e in examples])
     classes = [str(c) for c in head.classes_]
@@ -71,12 +69,12 @@ def create_app(dataset: Path) -> FastAPI:
     @app.post("/predict")
     def predict(item: Item) -> Answer:
         """Encode this one item and score it."""
-        vector = model.encode([item_text(item.title, item.description)],
-                              normalize_embeddings=True)
+        vector = model.encode([item_text(item.title, item.description)], normalize_embeddings=True)
         proba = head.predict_proba(vector)[0]
         best = int(proba.argmax())
         return Answer(
-            tag=classes[best], confidence=float(proba[best]),
+            tag=classes[best],
+            confidence=float(proba[best]),
             scores={c: float(p) for c, p in zip(classes, proba, strict=True)},
         )
 
@@ -85,8 +83,9 @@ def create_app(dataset: Path) -> FastAPI:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, required=True,
-                        help="CSV with title, description, tag")
+    parser.add_argument(
+        "--dataset", type=Path, required=True, help="CSV with title, description, tag"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8100)
     args = parser.parse_args()

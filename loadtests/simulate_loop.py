@@ -91,14 +91,28 @@ class Plan:
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
-        common = {"test_share": 0.3, "target_precision": args.target_precision,
-                  "pool": args.pool, "max_labels": args.max_labels,
-                  "audit_share": args.audit_share}
+        common = {
+            "test_share": 0.3,
+            "target_precision": args.target_precision,
+            "pool": args.pool,
+            "max_labels": args.max_labels,
+            "audit_share": args.audit_share,
+        }
         if args.quick:
-            return cls(k=args.k or 50, chunk=args.chunk or 400, seeds=tuple(args.seeds or (0,)),
-                       full_reference=False, **common)
-        return cls(k=args.k or 25, chunk=args.chunk or 200, seeds=tuple(args.seeds or (0, 1, 2)),
-                   full_reference=True, **common)
+            return cls(
+                k=args.k or 50,
+                chunk=args.chunk or 400,
+                seeds=tuple(args.seeds or (0,)),
+                full_reference=False,
+                **common,
+            )
+        return cls(
+            k=args.k or 25,
+            chunk=args.chunk or 200,
+            seeds=tuple(args.seeds or (0, 1, 2)),
+            full_reference=True,
+            **common,
+        )
 
     def done(self, labels: int) -> bool:
         return self.max_labels is not None and labels >= self.max_labels
@@ -114,8 +128,12 @@ class Lab:
     plan: Plan
 
     def train(self, examples: list[Example], config: TrainConfig = FAST_CONFIG) -> TagModel:
-        model, _ = fit(examples, encoder=self.encoder,
-                       target_precision=self.plan.target_precision, config=config)
+        model, _ = fit(
+            examples,
+            encoder=self.encoder,
+            target_precision=self.plan.target_precision,
+            config=config,
+        )
         return model
 
     def proba(self, model: TagModel, examples: list[Example]) -> np.ndarray:
@@ -124,14 +142,16 @@ class Lab:
 
     def measure(self, model: TagModel, test: list[Example]) -> dict[str, Any]:
         """Weighted F1 and automatic acceptance on the held-out test part."""
-        report = evaluate_predictions(test, self.proba(model, test), model.classes,
-                                      threshold=model.threshold)
+        report = evaluate_predictions(
+            test, self.proba(model, test), model.classes, threshold=model.threshold
+        )
         auto = report["auto"]
-        return {"weighted_f1": round(report["weighted_f1"], 4),
-                "auto_coverage": round(auto["coverage"], 4),
-                "auto_precision": None if auto["precision"] is None
-                else round(auto["precision"], 4),
-                "threshold": round(model.threshold, 4)}
+        return {
+            "weighted_f1": round(report["weighted_f1"], 4),
+            "auto_coverage": round(auto["coverage"], 4),
+            "auto_precision": None if auto["precision"] is None else round(auto["precision"], 4),
+            "threshold": round(model.threshold, 4),
+        }
 
 
 def say(message: str) -> None:
@@ -147,8 +167,14 @@ def split(lab: Lab, seed: int) -> tuple[list[Example], list[Example]]:
     return [stream[i] for i in order], test
 
 
-def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
-           rng: np.random.Generator, audited: dict[str, bool]) -> list[int]:
+def choose(
+    lab: Lab,
+    model: TagModel,
+    pool: list[Example],
+    strategy: str,
+    rng: np.random.Generator,
+    audited: dict[str, bool],
+) -> list[int]:
     """Indices into `pool` of the next K items the reviewer labels."""
     k = min(lab.plan.k, len(pool))
     if strategy == "random":
@@ -156,10 +182,15 @@ def choose(lab: Lab, model: TagModel, pool: list[Example], strategy: str,
     texts = [e.text for e in pool]
     embeddings = lab.encoder.encode(texts)
     proba = model.predict_proba(texts, precomputed(texts, embeddings))
-    base = np.array([priority(uncertainty=margin_uncertainty(dict(zip(model.classes, row,
-                                                                      strict=True))),
-                              audit=e.text_hash in audited)
-                     for row, e in zip(proba, pool, strict=True)])
+    base = np.array(
+        [
+            priority(
+                uncertainty=margin_uncertainty(dict(zip(model.classes, row, strict=True))),
+                audit=e.text_hash in audited,
+            )
+            for row, e in zip(proba, pool, strict=True)
+        ]
+    )
     return rank_diverse(embeddings, base, k)
 
 
@@ -177,17 +208,26 @@ def arrive(lab: Lab, model: TagModel, chunk: list[Example]) -> Arrival:
     """Score an arriving chunk as the service would and route it."""
     proba = lab.proba(model, chunk)
     accepted = proba.max(axis=1) >= model.threshold
-    right = np.array([model.classes[i] == e.tag
-                      for i, e in zip(proba.argmax(axis=1), chunk, strict=True)])
+    right = np.array(
+        [model.classes[i] == e.tag for i, e in zip(proba.argmax(axis=1), chunk, strict=True)]
+    )
     review = [e for e, a in zip(chunk, accepted, strict=True) if not a]
-    audit = {e.text_hash: bool(r) for e, a, r in zip(chunk, accepted, right, strict=True)
-             if a and in_audit_sample(e.text_hash, share=lab.plan.audit_share)}
-    return Arrival(review=review + [e for e in chunk if e.text_hash in audit], audit=audit,
-                   auto=int(accepted.sum()), auto_right=int((accepted & right).sum()))
+    audit = {
+        e.text_hash: bool(r)
+        for e, a, r in zip(chunk, accepted, right, strict=True)
+        if a and in_audit_sample(e.text_hash, share=lab.plan.audit_share)
+    }
+    return Arrival(
+        review=review + [e for e in chunk if e.text_hash in audit],
+        audit=audit,
+        auto=int(accepted.sum()),
+        auto_right=int((accepted & right).sum()),
+    )
 
 
-def run_strategy(lab: Lab, start: TagModel, stream: list[Example], test: list[Example],
-                 strategy: str, seed: int) -> list[dict[str, Any]]:
+def run_strategy(
+    lab: Lab, start: TagModel, stream: list[Example], test: list[Example], strategy: str, seed: int
+) -> list[dict[str, Any]]:
     """One loop from the seed model until the stream has arrived and the pool is empty."""
     rng = np.random.default_rng(1000 + seed)
     model = start
@@ -211,13 +251,20 @@ def run_strategy(lab: Lab, start: TagModel, stream: list[Example], test: list[Ex
         pool = [e for i, e in enumerate(pool) if i not in picked]
         model = lab.train(lab.seed + labelled)
         done = {e.text_hash for e in labelled} & audited.keys()
-        curve.append({"labels": len(labelled), "pool": len(pool), "arrived": arrived,
-                      "stream_auto": auto,
-                      "stream_auto_precision": round(auto_right / auto, 4) if auto else None,
-                      "audit_labels": len(done),
-                      "audit_precision": round(float(np.mean([audited[h] for h in done])), 4)
-                      if done else None,
-                      **lab.measure(model, test)})
+        curve.append(
+            {
+                "labels": len(labelled),
+                "pool": len(pool),
+                "arrived": arrived,
+                "stream_auto": auto,
+                "stream_auto_precision": round(auto_right / auto, 4) if auto else None,
+                "audit_labels": len(done),
+                "audit_precision": round(float(np.mean([audited[h] for h in done])), 4)
+                if done
+                else None,
+                **lab.measure(model, test),
+            }
+        )
     return curve
 
 
@@ -236,19 +283,23 @@ def run_seed(lab: Lab, seed: int) -> dict[str, Any]:
     say(f"seed {seed}: stream {len(stream)}, test {len(test)}; all-labels reference")
     everything = lab.seed + stream
     reference = lab.measure(lab.train(everything), test)
-    result: dict[str, Any] = {"seed": seed, "stream": len(stream), "test": len(test),
-                              "reference": reference}
+    result: dict[str, Any] = {
+        "seed": seed,
+        "stream": len(stream),
+        "test": len(test),
+        "reference": reference,
+    }
     if lab.plan.full_reference:
-        result["reference_default_config"] = lab.measure(lab.train(everything, TrainConfig()),
-                                                         test)
+        result["reference_default_config"] = lab.measure(lab.train(everything, TrainConfig()), test)
     start = lab.train(lab.seed)
     for strategy in STRATEGIES:
         curve = run_strategy(lab, start, stream, test, strategy, seed)
-        result[strategy] = {"curve": curve,
-                            "within": first_within(curve, reference["weighted_f1"])}
-        say(f"seed {seed} {strategy}: seed-only F1 {curve[0]['weighted_f1']:.3f}, final "
+        result[strategy] = {"curve": curve, "within": first_within(curve, reference["weighted_f1"])}
+        say(
+            f"seed {seed} {strategy}: seed-only F1 {curve[0]['weighted_f1']:.3f}, final "
             f"{curve[-1]['weighted_f1']:.3f} after {curve[-1]['labels']} labels; reference "
-            f"{reference['weighted_f1']:.3f}; within 0.01 at {result[strategy]['within']}")
+            f"{reference['weighted_f1']:.3f}; within 0.01 at {result[strategy]['within']}"
+        )
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
 
@@ -269,12 +320,14 @@ def mean_curve(runs: list[dict[str, Any]], strategy: str) -> list[dict[str, Any]
     for i, labels in enumerate(grid):
         points = [c[i] for c in per_seed]
         precisions = [p["auto_precision"] for p in points if p["auto_precision"] is not None]
-        out.append({"labels": labels,
-                    "weighted_f1": round(float(np.mean([p["weighted_f1"] for p in points])), 4),
-                    "auto_coverage": round(float(np.mean([p["auto_coverage"] for p in points])),
-                                           4),
-                    "auto_precision": round(float(np.mean(precisions)), 4) if precisions
-                    else None})
+        out.append(
+            {
+                "labels": labels,
+                "weighted_f1": round(float(np.mean([p["weighted_f1"] for p in points])), 4),
+                "auto_coverage": round(float(np.mean([p["auto_coverage"] for p in points])), 4),
+                "auto_precision": round(float(np.mean(precisions)), 4) if precisions else None,
+            }
+        )
     return out
 
 
@@ -282,13 +335,18 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean curves, the mean reference and the goal for each strategy."""
     reference = float(np.mean([r["reference"]["weighted_f1"] for r in runs]))
     half = min(r["stream"] for r in runs) / 2
-    summary: dict[str, Any] = {"reference_weighted_f1": round(reference, 4),
-                               "half_stream_labels": half, "tolerance": TOLERANCE}
+    summary: dict[str, Any] = {
+        "reference_weighted_f1": round(reference, 4),
+        "half_stream_labels": half,
+        "tolerance": TOLERANCE,
+    }
     if all("reference_default_config" in r for r in runs):
-        summary["reference_default_config_weighted_f1"] = round(float(np.mean(
-            [r["reference_default_config"]["weighted_f1"] for r in runs])), 4)
-    summary["seed_only_weighted_f1"] = round(float(np.mean(
-        [r["priority"]["curve"][0]["weighted_f1"] for r in runs])), 4)
+        summary["reference_default_config_weighted_f1"] = round(
+            float(np.mean([r["reference_default_config"]["weighted_f1"] for r in runs])), 4
+        )
+    summary["seed_only_weighted_f1"] = round(
+        float(np.mean([r["priority"]["curve"][0]["weighted_f1"] for r in runs])), 4
+    )
     for strategy in STRATEGIES:
         curve = mean_curve(runs, strategy)
         within = first_within(curve, reference)
@@ -316,20 +374,40 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path, title:
     for strategy, colour in colours.items():
         for r in runs:
             c = r[strategy]["curve"]
-            ax_f1.plot([p["labels"] for p in c], [p["weighted_f1"] for p in c], color=colour,
-                       alpha=0.25, lw=1)
+            ax_f1.plot(
+                [p["labels"] for p in c],
+                [p["weighted_f1"] for p in c],
+                color=colour,
+                alpha=0.25,
+                lw=1,
+            )
         mean = summary[strategy]["mean_curve"]
         xs = [p["labels"] for p in mean]
-        ax_f1.plot(xs, [p["weighted_f1"] for p in mean], color=colour, lw=2.2, marker="o",
-                   ms=3, label=f"{strategy} (mean of {len(runs)})")
-        ax_cov.plot(xs, [p["auto_coverage"] for p in mean], color=colour, lw=2, marker="o",
-                    ms=3, label=f"{strategy}: auto coverage")
+        ax_f1.plot(
+            xs,
+            [p["weighted_f1"] for p in mean],
+            color=colour,
+            lw=2.2,
+            marker="o",
+            ms=3,
+            label=f"{strategy} (mean of {len(runs)})",
+        )
+        ax_cov.plot(
+            xs,
+            [p["auto_coverage"] for p in mean],
+            color=colour,
+            lw=2,
+            marker="o",
+            ms=3,
+            label=f"{strategy}: auto coverage",
+        )
     ref = summary["reference_weighted_f1"]
     ax_f1.axhline(ref, color="black", lw=1.2, label=f"all-labels model {ref:.3f}")
     ax_f1.axhspan(ref - TOLERANCE, ref, color="green", alpha=0.12, label="within 0.01")
     for ax in (ax_f1, ax_cov):
-        ax.axvline(summary["half_stream_labels"], color="grey", ls="--", lw=1,
-                   label="half the stream")
+        ax.axvline(
+            summary["half_stream_labels"], color="grey", ls="--", lw=1, label="half the stream"
+        )
         ax.set_xlabel("labels spent")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
@@ -345,28 +423,49 @@ def plot(summary: dict[str, Any], runs: list[dict[str, Any]], path: Path, title:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
-                        help="the shared Made With ML CSV (title, description, tag)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON path (default loadtests/results/simulate_loop[_quick].json)")
+    parser.add_argument(
+        "--dataset",
+        type=Path,
+        default=DEFAULT_DATASET,
+        help="the shared Made With ML CSV (title, description, tag)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="JSON path (default loadtests/results/simulate_loop[_quick].json)",
+    )
     parser.add_argument("--quick", action="store_true", help="one seed, K=50: about 2 minutes")
     parser.add_argument("--k", type=int, default=None, help="labels per round (25; quick 50)")
-    parser.add_argument("--chunk", type=int, default=None,
-                        help="arrivals per round (200; quick 400)")
+    parser.add_argument(
+        "--chunk", type=int, default=None, help="arrivals per round (200; quick 400)"
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="(0 1 2; quick 0)")
     parser.add_argument("--target-precision", type=float, default=0.99)
-    parser.add_argument("--pool", choices=("review", "all"), default="review",
-                        help="what the reviewer may label: `review` items (the service; default) "
-                        "or every arrived item, auto-accepted ones too (an audit budget)")
+    parser.add_argument(
+        "--pool",
+        choices=("review", "all"),
+        default="review",
+        help="what the reviewer may label: `review` items (the service; default) "
+        "or every arrived item, auto-accepted ones too (an audit budget)",
+    )
     parser.add_argument("--max-labels", type=int, default=None, help="stop a loop at this many")
-    parser.add_argument("--audit-share", type=float,
-                        default=Settings.model_fields["audit_share"].default,
-                        help="share of accepted items also sent to review (the service's "
-                        "TAGFLOW_AUDIT_SHARE; default: its default)")
-    parser.add_argument("--encoder", type=EncoderKind,
-                        default=Settings.model_fields["encoder"].default)
-    parser.add_argument("--encoder-dir", type=Path, default=HERE / "results" / "encoder",
-                        help="where the ONNX export is kept between runs")
+    parser.add_argument(
+        "--audit-share",
+        type=float,
+        default=Settings.model_fields["audit_share"].default,
+        help="share of accepted items also sent to review (the service's "
+        "TAGFLOW_AUDIT_SHARE; default: its default)",
+    )
+    parser.add_argument(
+        "--encoder", type=EncoderKind, default=Settings.model_fields["encoder"].default
+    )
+    parser.add_argument(
+        "--encoder-dir",
+        type=Path,
+        default=HERE / "results" / "encoder",
+        help="where the ONNX export is kept between runs",
+    )
     return parser.parse_args()
 
 
@@ -385,22 +484,47 @@ def main() -> None:
     encoder.encode([e.text for e in seed + shared])  # once; every later call hits the cache
     runs = [run_seed(lab, s) for s in plan.seeds]
     summary = summarise(runs)
-    meta = {"dataset": str(args.dataset.resolve()), "seed_dataset": str(SEED_DATASET),
-            "seed_items": len(seed), "shared_items": len(shared), "plan": asdict(plan),
-            "train_config": asdict(FAST_CONFIG), "encoder": encoder.path.name,
-            "seconds": round(time.perf_counter() - started, 1)}
+    meta = {
+        "dataset": str(args.dataset.resolve()),
+        "seed_dataset": str(SEED_DATASET),
+        "seed_items": len(seed),
+        "shared_items": len(shared),
+        "plan": asdict(plan),
+        "train_config": asdict(FAST_CONFIG),
+        "encoder": encoder.path.name,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
     png = out.with_suffix(".png")
-    plot(summary, runs, png, f"human-in-the-loop simulation: pool={plan.pool}, K={plan.k}, "
-         f"{plan.chunk} arrivals per round, seeds {plan.seeds}")
+    plot(
+        summary,
+        runs,
+        png,
+        f"human-in-the-loop simulation: pool={plan.pool}, K={plan.k}, "
+        f"{plan.chunk} arrivals per round, seeds {plan.seeds}",
+    )
     document = {"meta": meta | {"png": str(png)}, "summary": summary, "runs": runs}
     out.write_text(json.dumps(document, indent=2) + "\n")
-    brief = {s: {k: summary[s][k] for k in ("within", "per_seed_first", "goal_met",
-                                            "goal_met_sustained", "f1_at_half")}
-             for s in STRATEGIES}
-    print(json.dumps({"reference": summary["reference_weighted_f1"],
-                      "seed_only": summary["seed_only_weighted_f1"],
-                      "half_stream_labels": summary["half_stream_labels"], **brief,
-                      "seconds": meta["seconds"], "json": str(out), "png": str(png)}, indent=2))
+    brief = {
+        s: {
+            k: summary[s][k]
+            for k in ("within", "per_seed_first", "goal_met", "goal_met_sustained", "f1_at_half")
+        }
+        for s in STRATEGIES
+    }
+    print(
+        json.dumps(
+            {
+                "reference": summary["reference_weighted_f1"],
+                "seed_only": summary["seed_only_weighted_f1"],
+                "half_stream_labels": summary["half_stream_labels"],
+                **brief,
+                "seconds": meta["seconds"],
+                "json": str(out),
+                "png": str(png),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":
