@@ -26,6 +26,7 @@ from service.entities import PredictionStatus
 from service.errors import ArtifactError, UnavailableError
 from service.ml.classifier import TagModel
 from service.ml.encoder import Encoder
+from service.ml.workpool import BULK, URGENT, PriorityPool
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
@@ -164,6 +165,7 @@ class BatchStats:
 class _Pending:
     texts: list[str]
     future: asyncio.Future[list[Scored]]
+    priority: int = URGENT  # BULK for the chunks of a request larger than a batch
 
 
 class MicroBatcher:
@@ -182,7 +184,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         # Triage has a thread of its own so it never queues behind encodes.
         self._triage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
-        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="score")
+        self._pool = PriorityPool(threads, name="score")
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self.stats = BatchStats()
@@ -196,7 +198,7 @@ class MicroBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._triage_pool.shutdown(wait=True)
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown()
 
     async def predict(self, texts: list[str]) -> list[Scored]:
         """Score `texts` (one request's items), possibly together with other requests'.
@@ -206,16 +208,17 @@ class MicroBatcher:
         triage, and single requests arriving meanwhile go between its chunks, not behind it.
         """
         if len(texts) <= self.max_items:
-            return await self._submit(texts, self._interactive)
+            return await self._submit(_Pending(texts, _future()), self._interactive)
         chunks = [texts[i : i + self.max_items] for i in range(0, len(texts), self.max_items)]
-        parts = await asyncio.gather(*(self._submit(c, self._bulk) for c in chunks))
+        parts = await asyncio.gather(
+            *(self._submit(_Pending(c, _future(), BULK), self._bulk) for c in chunks)
+        )
         return [scored for part in parts for scored in part]
 
-    async def _submit(self, texts: list[str], lane: deque[_Pending]) -> list[Scored]:
-        future: asyncio.Future[list[Scored]] = asyncio.get_running_loop().create_future()
-        lane.append(_Pending(texts, future))
+    async def _submit(self, pending: _Pending, lane: deque[_Pending]) -> list[Scored]:
+        lane.append(pending)
         self._arrived.set()
-        return await future
+        return await pending.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -294,11 +297,12 @@ class MicroBatcher:
         self, pending: _Pending, triage: Triage, rows: range, unsettled: list[int]
     ) -> None:
         """Encode one request's unsettled rows, each a scorer task of its own, then answer."""
-        loop = asyncio.get_running_loop()
         try:
             await asyncio.gather(
                 *(
-                    loop.run_in_executor(self._pool, self.predictor.finish, triage, [r])
+                    asyncio.wrap_future(
+                        self._pool.submit(pending.priority, self.predictor.finish, triage, [r])
+                    )
                     for r in unsettled
                 )
             )
@@ -306,6 +310,10 @@ class MicroBatcher:
             _fail(pending.future, exc)
             return
         _succeed(pending.future, self.predictor.results(triage, rows))
+
+
+def _future() -> asyncio.Future[list[Scored]]:
+    return asyncio.get_running_loop().create_future()
 
 
 def _succeed(future: asyncio.Future[list[Scored]], results: list[Scored]) -> None:
