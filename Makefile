@@ -12,10 +12,10 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
 # PyTorch first, so nothing pulls a multi-GB CUDA build as a dependency.
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install "$(TORCH)"
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
 ## run: start everything (embedded Redis if none configured, API, one worker, seed model)
