@@ -18,7 +18,7 @@ from enum import StrEnum
 import numpy as np
 from sqlmodel import Session, SQLModel
 
-from service.crud.audit import AuditStats, audit_stats, audited
+from service.crud.audit import AuditStats, audited, summarize
 from service.ml import registry
 from service.ml.evaluation import choose_threshold
 
@@ -50,8 +50,9 @@ def recalibrate(
     audit shows precision below `target`."""
     row = registry.get_version(session, version=version)
     current = registry.serving_threshold(row)
-    stats = audit_stats(session, version=version, target=target, threshold=current)
-    action, proposed, reason = _decide(session, stats, current=current, min_audited=min_audited)
+    items = audited(session, version=version, threshold=current)
+    stats = summarize(items, version=version, target=target, threshold=current)
+    action, proposed, reason = _decide(stats, items, current=current, min_audited=min_audited)
     applied = False
     if apply and action is CalibrationAction.RAISE:
         evidence = {
@@ -84,7 +85,7 @@ def recalibrate(
 
 
 def _decide(
-    session: Session, stats: AuditStats, *, current: float, min_audited: int
+    stats: AuditStats, items: list[tuple[float, bool]], *, current: float, min_audited: int
 ) -> tuple[CalibrationAction, float, str]:
     if stats.audited < min_audited:
         return (
@@ -98,7 +99,6 @@ def _decide(
             current,
             f"audit precision {stats.precision:.3f} is not below the target with 95% confidence",
         )
-    items = [(c, ok) for c, ok in audited(session, version=stats.version) if c >= current]
     conf = np.array([c for c, _ in items])
     correct = np.array([ok for _, ok in items])
     # Each stricter cut must reach the target too (choose_threshold); 1.01 sends all to review.

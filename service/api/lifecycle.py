@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from service.api.state import AppState
 from service.calibration import recalibrate
-from service.entities import ModelStatus
+from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError
 from service.ml import registry
 from service.ml.serving import LoadedModel
@@ -36,9 +36,17 @@ def sync_production(state: AppState) -> str | None:
             if state.settings.shadow
             else None
         )
+    if row is not None:
+        _serve(state, row)
+    _sync_shadow(state, shadow_row)
+    return state.predictor.current.version if state.predictor.current else None
+
+
+def _serve(state: AppState, row: ModelVersion) -> None:
+    """Swap to `row` if another version is served, or to its cut if that was changed."""
     current = state.predictor.current
-    if row is not None and (current is None or current.version != row.version):
-        threshold = registry.serving_threshold(row)
+    threshold = registry.serving_threshold(row)
+    if current is None or current.version != row.version:
         try:
             state.predictor.swap(LoadedModel(row.version, registry.load_model(row), threshold))
         except ArtifactError as exc:
@@ -48,12 +56,9 @@ def sync_production(state: AppState) -> str | None:
                 log.error("%s; still serving %s", message, current.version if current else None)
         else:
             _enqueue_reprioritize(state, row.version)
-    elif row is not None and current is not None:
-        threshold = registry.serving_threshold(row)
-        if current.accept_at != threshold:  # recalibrated: same artifact, a new cut
-            state.predictor.swap(replace(current, threshold=threshold))
-    _sync_shadow(state, shadow_row)
-    return state.predictor.current.version if state.predictor.current else None
+    elif current.accept_at != threshold:
+        # Recalibrated: the same artifact, served with a new cut.
+        state.predictor.swap(replace(current, threshold=threshold))
 
 
 def _enqueue_reprioritize(state: AppState, version: str) -> None:

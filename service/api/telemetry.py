@@ -17,7 +17,7 @@ from sqlmodel import Session
 
 from service.api.state import AppState
 from service.crud import review as review_crud
-from service.crud.audit import audit_stats
+from service.crud.audit import AuditStats, audit_stats
 from service.entities.common import utcnow
 from service.metrics import Sample
 
@@ -119,26 +119,26 @@ def _database(state: AppState) -> Iterator[Sample]:
         {},
     )
     if audit is not None:
-        yield from _audit(audit.version, audit.audited, audit.precision, audit.meets_target)
+        yield from _audit(audit)
 
 
-def _audit(
-    version: str, audited: int, precision: float | None, meets: bool | None
-) -> Iterator[Sample]:
-    labels = {"version": version}
-    yield Sample("tagflow_audit_labelled", "Audited auto predictions with a label", audited, labels)
-    if precision is not None:
+def _audit(audit: AuditStats) -> Iterator[Sample]:
+    labels = {"version": audit.version}
+    yield Sample(
+        "tagflow_audit_labelled", "Audited auto predictions with a label", audit.audited, labels
+    )
+    if audit.precision is not None:
         yield Sample(
             "tagflow_audit_precision",
             "Live automatic-acceptance precision (audit)",
-            precision,
+            audit.precision,
             labels,
         )
-    if meets is not None:
+    if audit.meets_target is not None:
         yield Sample(
             "tagflow_audit_meets_target",
             "1 when the audit's 95% interval is above the target precision, 0 when below",
-            int(meets),
+            int(audit.meets_target),
             labels,
         )
 

@@ -43,9 +43,13 @@ def wilson_interval(agreed: int, n: int, z: float = Z_95) -> tuple[float, float]
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def audited(session: Session, *, version: str) -> list[tuple[float, bool]]:
+def audited(
+    session: Session, *, version: str, threshold: float | None = None
+) -> list[tuple[float, bool]]:
     """`version`'s labelled audit items: the confidence it accepted each with, and whether the
-    current label agrees with the accepted tag."""
+    current label agrees with the accepted tag. With `threshold`, only items accepted at or
+    above it: after the served cut was raised, what the old, lower cut accepted says nothing
+    about the new one."""
     current_label = and_(
         col(Label.text_hash) == col(ReviewTask.text_hash), col(Label.superseded_by).is_(None)
     )
@@ -55,18 +59,14 @@ def audited(session: Session, *, version: str) -> list[tuple[float, bool]]:
         .join(Label, current_label)
         .where(ReviewTask.reason == ReviewReason.AUDIT, ReviewTask.model_version == version)
     ).all()
-    return [(float(scores.get(tag, 0.0)), tag == label) for tag, scores, label in rows if tag]
+    items = [(float(scores.get(tag, 0.0)), tag == label) for tag, scores, label in rows if tag]
+    return [(c, ok) for c, ok in items if c >= (threshold or 0.0)]
 
 
-def audit_stats(
-    session: Session, *, version: str, target: float, threshold: float | None = None
+def summarize(
+    items: list[tuple[float, bool]], *, version: str, target: float, threshold: float | None
 ) -> AuditStats:
-    """Live precision of `version`'s automatic acceptance, from its labelled audit items.
-
-    With `threshold`, only items accepted at or above it count: after the serving threshold
-    was raised, what the old, lower cut accepted says nothing about the new one.
-    """
-    items = [(c, ok) for c, ok in audited(session, version=version) if c >= (threshold or 0.0)]
+    """Precision of audited `items` (from `audited`) with its Wilson interval, against `target`."""
     n, agreed = len(items), sum(ok for _, ok in items)
     interval = wilson_interval(agreed, n)
     meets = None
@@ -82,3 +82,11 @@ def audit_stats(
         threshold=threshold,
         meets_target=meets,
     )
+
+
+def audit_stats(
+    session: Session, *, version: str, target: float, threshold: float | None = None
+) -> AuditStats:
+    """Live precision of `version`'s automatic acceptance (at or above `threshold`)."""
+    items = audited(session, version=version, threshold=threshold)
+    return summarize(items, version=version, target=target, threshold=threshold)

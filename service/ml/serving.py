@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -161,11 +161,16 @@ class BatchStats:
     encoded: int = 0
 
 
+def _future() -> asyncio.Future[list[Scored]]:
+    """A future on the running loop (a `_Pending` is made inside a coroutine)."""
+    return asyncio.get_running_loop().create_future()
+
+
 @dataclass
 class _Pending:
     texts: list[str]
-    future: asyncio.Future[list[Scored]]
     priority: int = URGENT  # BULK for the chunks of a request larger than a batch
+    future: asyncio.Future[list[Scored]] = field(default_factory=_future)
 
 
 class MicroBatcher:
@@ -208,15 +213,14 @@ class MicroBatcher:
         triage, and single requests arriving meanwhile go between its chunks, not behind it.
         """
         if len(texts) <= self.max_items:
-            return await self._submit(_Pending(texts, _future()), self._interactive)
+            return await self._submit(_Pending(texts))
         chunks = [texts[i : i + self.max_items] for i in range(0, len(texts), self.max_items)]
-        parts = await asyncio.gather(
-            *(self._submit(_Pending(c, _future(), BULK), self._bulk) for c in chunks)
-        )
+        parts = await asyncio.gather(*(self._submit(_Pending(c, BULK)) for c in chunks))
         return [scored for part in parts for scored in part]
 
-    async def _submit(self, pending: _Pending, lane: deque[_Pending]) -> list[Scored]:
-        lane.append(pending)
+    async def _submit(self, pending: _Pending) -> list[Scored]:
+        """Queue `pending` on its priority's lane and wait for its answer."""
+        (self._bulk if pending.priority == BULK else self._interactive).append(pending)
         self._arrived.set()
         return await pending.future
 
@@ -310,10 +314,6 @@ class MicroBatcher:
             _fail(pending.future, exc)
             return
         _succeed(pending.future, self.predictor.results(triage, rows))
-
-
-def _future() -> asyncio.Future[list[Scored]]:
-    return asyncio.get_running_loop().create_future()
 
 
 def _succeed(future: asyncio.Future[list[Scored]], results: list[Scored]) -> None:
