@@ -9,6 +9,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from service.entities import ModelStatus
 from service.ml import registry
 from service.ml.training import TrainResult
 from tests.conftest import auth
@@ -99,11 +100,16 @@ def test_tampered_production_row_is_not_loaded(
     """Even if the registry names a tampered version production, the API keeps the old one."""
     candidate = _register(sqlite_client, shared_result)
     state = sqlite_client.app.state.tagflow
+    # Named production and tampered in one commit: promote() commits on its own, and the
+    # watch loop (every 0.2 s) could load the still-valid version between two commits.
     with Session(state.engine) as session:
-        registry.promote(session, version=candidate)
+        previous = registry.get_production(session)
+        assert previous is not None
+        previous.status = ModelStatus.ARCHIVED
         row = registry.get_version(session, version=candidate)
+        row.status = ModelStatus.PRODUCTION
         row.checksum = "0" * 64
-        session.add(row)
+        session.add_all([previous, row])
         session.commit()
     state.predictor.swap(state.predictor.current)  # no-op, keeps v0001 until the watcher runs
     time.sleep(1.0)
