@@ -10,7 +10,8 @@ In-process, with the project's own code (no server, no Redis, no database):
 3. Each round the next chunk of the stream (8K items by default) arrives and is scored by the
    current model. Items below the model's acceptance threshold (status `review`) join the
    **pool**, together with the pool items not labelled yet; so do accepted items in the audit
-   sample (`in_audit_sample`, the service's own rule and `audit_share`); the other accepted
+   sample (`in_audit_sample`, the service's own rule and `audit_share`, drawn from every item
+   as the service draws it; sampled items get the audit boost); the other accepted
    items are never labelled. Arrivals outpace the reviewer (about a quarter of a chunk
    goes to review, 2K), as they do when a review queue is needed at all: with a pool no
    larger than K both strategies would label the same items and compare nothing.
@@ -173,7 +174,7 @@ def choose(
     pool: list[Example],
     strategy: str,
     rng: np.random.Generator,
-    audited: dict[str, bool],
+    sampled: set[str],
 ) -> list[int]:
     """Indices into `pool` of the next K items the reviewer labels."""
     k = min(lab.plan.k, len(pool))
@@ -186,7 +187,7 @@ def choose(
         [
             priority(
                 uncertainty=margin_uncertainty(dict(zip(model.classes, row, strict=True))),
-                audit=e.text_hash in audited,
+                audit=e.text_hash in sampled,
             )
             for row, e in zip(proba, pool, strict=True)
         ]
@@ -200,6 +201,7 @@ class Arrival:
 
     review: list[Example]
     audit: dict[str, bool]  # audit-sampled accepted items: text hash -> accepted tag was right
+    sampled: set[str]  # every audit-sampled item, accepted or not (they get the audit boost)
     auto: int
     auto_right: int
 
@@ -212,14 +214,20 @@ def arrive(lab: Lab, model: TagModel, chunk: list[Example]) -> Arrival:
         [model.classes[i] == e.tag for i, e in zip(proba.argmax(axis=1), chunk, strict=True)]
     )
     review = [e for e, a in zip(chunk, accepted, strict=True) if not a]
+    # The service samples every prediction, accepted or not; live precision of automatic
+    # acceptance is measured on the accepted ones.
+    sampled = {
+        e.text_hash for e in chunk if in_audit_sample(e.text_hash, share=lab.plan.audit_share)
+    }
     audit = {
         e.text_hash: bool(r)
         for e, a, r in zip(chunk, accepted, right, strict=True)
-        if a and in_audit_sample(e.text_hash, share=lab.plan.audit_share)
+        if a and e.text_hash in sampled
     }
     return Arrival(
         review=review + [e for e in chunk if e.text_hash in audit],
         audit=audit,
+        sampled=sampled,
         auto=int(accepted.sum()),
         auto_right=int((accepted & right).sum()),
     )
@@ -234,6 +242,7 @@ def run_strategy(
     labelled: list[Example] = []
     pool: list[Example] = []
     audited: dict[str, bool] = {}
+    sampled: set[str] = set()
     arrived = auto = auto_right = 0
     curve = [{"labels": 0, "pool": 0, "arrived": 0, **lab.measure(model, test)}]
     while (arrived < len(stream) or pool) and not lab.plan.done(len(labelled)):
@@ -242,11 +251,12 @@ def run_strategy(
             arrival = arrive(lab, model, chunk)
             pool += chunk if lab.plan.pool == "all" else arrival.review
             audited |= arrival.audit
+            sampled |= arrival.sampled
             arrived += len(chunk)
             auto, auto_right = auto + arrival.auto, auto_right + arrival.auto_right
         if not pool:
             continue
-        picked = set(choose(lab, model, pool, strategy, rng, audited))
+        picked = set(choose(lab, model, pool, strategy, rng, sampled))
         labelled += [pool[i] for i in sorted(picked)]
         pool = [e for i, e in enumerate(pool) if i not in picked]
         model = lab.train(lab.seed + labelled)

@@ -284,7 +284,7 @@ def models_recalibrate(
     version: str,
     dry_run: Annotated[bool, typer.Option(help="Only report what the audit says")] = False,
 ) -> None:
-    """Raise a version's auto-acceptance cut if its audit shows precision below target."""
+    """Move a version's auto-acceptance cut where its audit sample shows it should be."""
     from service.calibration import recalibrate
 
     settings = _settings()
@@ -295,12 +295,13 @@ def models_recalibrate(
                 version=version,
                 target=settings.target_precision,
                 min_audited=settings.recalibrate_min_audited,
+                lower=settings.recalibrate_lower,
                 apply=not dry_run,
             )
     except TagflowError as exc:
         console.print(f"[red]cannot recalibrate:[/red] {exc}")
         raise typer.Exit(1) from None
-    verb = "raised to" if outcome.applied else "would be" if dry_run else "stays at"
+    verb = "moved to" if outcome.applied else "would be" if dry_run else "stays at"
     console.print(
         f"{version}: {outcome.action.value}; cut {outcome.current:.4f} {verb} "
         f"{outcome.proposed:.4f}\n{outcome.reason}"

@@ -73,14 +73,17 @@ class Settings(BaseSettings):
     max_description_chars: int = Field(5000, ge=1)
     max_batch_items: int = Field(256, ge=1)
     target_precision: float = Field(0.99, gt=0.0, le=1.0)
-    # Share of `auto` predictions also sent to review (chosen by content hash): the only
-    # unbiased measure of how precise automatic acceptance is on live traffic.
+    # Share of predictions (chosen by content hash, accepted or not) reviewed as the audit
+    # sample: the only unbiased measure of how precise automatic acceptance is on live traffic.
     audit_share: float = Field(0.05, ge=0.0, le=1.0)
     # When the audit shows live precision below target (95% interval), the served cut is
     # raised (service/calibration.py): checked this often, once this many audit labels exist.
     # 0 s turns the automatic check off; POST /models/{version}/recalibrate still works.
     recalibrate_interval_s: float = Field(300.0, ge=0.0)
     recalibrate_min_audited: int = Field(100, ge=1)
+    # Also lower the cut when the audit shows, with 95% confidence, that a lower one reaches
+    # the target: more items accepted, on evidence from live traffic.
+    recalibrate_lower: bool = True
 
     encoder: EncoderKind = EncoderKind.ONNX_INT8
     encoder_dir: Path | None = None

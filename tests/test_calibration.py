@@ -14,7 +14,7 @@ from sqlmodel import Session
 from service.api.main import create_app
 from service.calibration import CalibrationAction, recalibrate
 from service.config import Settings
-from service.crud.audit import audit_stats
+from service.crud.audit import audit_stats, wilson_interval
 from service.crud.labels import append_label
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.ml import registry
@@ -123,6 +123,66 @@ def test_audit_below_target_raises_the_cut_with_history(engine: Engine, version:
         # Judged again at the new cut, the audit no longer shows a shortfall.
         again = recalibrate(session, version=version, target=TARGET, min_audited=20, apply=True)
         assert again.action is CalibrationAction.KEEP
+
+
+def precise_below(threshold: float, n: int = 900) -> tuple[np.ndarray, np.ndarray]:
+    """Audits (the sample covers every prediction) spread from 0.25 below the cut to 1.0:
+    right everywhere above 0.15 below the cut, a third wrong under that."""
+    conf = np.linspace(threshold - 0.25, 0.9999, n)
+    wrong = (conf < threshold - 0.15) & (np.arange(n) % 3 == 0)
+    return conf, wrong
+
+
+def supported(conf: np.ndarray, wrong: np.ndarray, cut: float) -> bool:
+    """Whether the audited items at or above `cut` reach TARGET with 95% confidence."""
+    above = conf >= cut
+    interval = wilson_interval(int((~wrong[above]).sum()), int(above.sum()))
+    return interval is not None and interval[0] >= TARGET
+
+
+def test_audit_showing_a_lower_cut_precise_lowers_it(engine: Engine, version: str) -> None:
+    with Session(engine) as session:
+        cut = registry.serving_threshold(registry.get_version(session, version=version))
+    conf, wrong = precise_below(cut)
+    add_audits(engine, version, conf, wrong)
+    with Session(engine) as session:
+        off = recalibrate(
+            session, version=version, target=TARGET, min_audited=100, apply=True, lower=False
+        )
+        assert off.action is CalibrationAction.KEEP and not off.applied
+
+        done = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+        assert done.action is CalibrationAction.LOWER and done.applied
+        assert threshold_of(session, version) == done.proposed < cut
+        # The lowest supported cut: the 95% lower bound holds there, one audited item lower
+        # it does not, and nothing wrong was let in above the band that is a third wrong.
+        assert supported(conf, wrong, done.proposed)
+        assert not supported(conf, wrong, conf[conf < done.proposed].max())
+        assert done.at_proposed is not None and done.at_proposed.meets_target is True
+        assert done.at_proposed.audited == int((conf >= done.proposed).sum())
+        (entry,) = registry.get_version(session, version=version).thresholds["history"]
+        assert entry["action"] == "lower" and entry["previous"] == cut
+        assert entry["precision_lower_95"] >= TARGET
+
+        # Judged again at the new cut: nothing more to do.
+        again = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+        assert again.action is CalibrationAction.KEEP and not again.applied
+
+
+def test_too_few_audits_below_the_cut_do_not_lower_it(engine: Engine, version: str) -> None:
+    """100 right answers are not evidence of 0.99: their 95% lower bound is 0.963."""
+    with Session(engine) as session:
+        cut = registry.serving_threshold(registry.get_version(session, version=version))
+    add_audits(engine, version, np.linspace(cut - 0.2, 0.999, 100), np.zeros(100, dtype=bool))
+    with Session(engine) as session:
+        outcome = recalibrate(session, version=version, target=TARGET, min_audited=50, apply=True)
+        assert outcome.action in (CalibrationAction.KEEP, CalibrationAction.WAIT)
+        assert not outcome.applied and outcome.at_proposed is None
+        assert threshold_of(session, version) == cut
+
+
+def threshold_of(session: Session, version: str) -> float:
+    return registry.serving_threshold(registry.get_version(session, version=version))
 
 
 def test_api_serves_a_new_cut_at_once_and_by_hand(client: TestClient) -> None:

@@ -228,6 +228,20 @@ def test_user_report_bumps_the_task_and_links_the_feedback(ctx: JobContext, engi
         assert confirmed.label_id == rejected.label_id == label.id
 
 
+def test_a_reported_audit_item_stays_in_the_audit_sample(ctx: JobContext, engine: Engine) -> None:
+    """Reported items are the likeliest errors: were they to leave the sample, the audit
+    would overstate live precision."""
+    p = payload(YOLO, reason="audit")
+    review_jobs.process_review(p)
+    review_jobs.process_review({**p, "reason": "user_report"})
+    [task] = tasks(engine)
+    assert task.reason == ReviewReason.AUDIT
+    assert (task.arrivals, task.reports) == (2, 1)
+    assert task.priority == pytest.approx(
+        prio.priority(uncertainty=task.uncertainty, reports=1, arrivals=2, audit=True)
+    )
+
+
 def test_labelled_content_opens_no_low_confidence_task(ctx: JobContext, engine: Engine) -> None:
     p = payload(YOLO)
     task_id = review_jobs.process_review(p)["task_id"]

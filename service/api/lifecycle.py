@@ -97,8 +97,9 @@ def auto_retrain(state: AppState) -> str | None:
 
 
 def auto_recalibrate(state: AppState) -> None:
-    """Every `recalibrate_interval_s`, raise the served cut if the audit shows live precision
-    below target (service/calibration.py)."""
+    """Every `recalibrate_interval_s`, move the served cut where the audit sample shows it
+    should be: up when live precision is below target, down when a lower cut reaches it
+    (service/calibration.py)."""
     settings = state.settings
     current = state.predictor.current
     if not settings.recalibrate_interval_s or current is None:
@@ -112,6 +113,7 @@ def auto_recalibrate(state: AppState) -> None:
             version=current.version,
             target=settings.target_precision,
             min_audited=settings.recalibrate_min_audited,
+            lower=settings.recalibrate_lower,
             apply=True,
         )
     if outcome.applied:
@@ -120,7 +122,7 @@ def auto_recalibrate(state: AppState) -> None:
 
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
     """Poll the registry (promotions from the CLI or a worker), retry the outbox, start
-    automatic retraining, and recalibrate the served cut from the audit."""
+    automatic retraining, and move the served cut by the audit."""
     while True:
         await asyncio.sleep(interval_s)
         for step in (sync_production, drain_outbox, auto_retrain, auto_recalibrate):

@@ -43,11 +43,17 @@ def in_audit_sample(text_hash: str, *, share: float) -> bool:
 
 
 def review_reason(prediction: PredictionCreate, *, audit_share: float) -> ReviewReason | None:
-    """Why a new prediction goes to review, or None when it does not."""
-    if prediction.status == PredictionStatus.REVIEW:
-        return ReviewReason.LOW_CONFIDENCE
+    """Why a new prediction goes to review, or None when it does not.
+
+    The audit sample is drawn from every prediction, accepted or not, by content alone. Its
+    labels are then a uniform sample of live traffic, so precision can be measured at the
+    served cut and at any lower one (service/calibration.py lowers the cut on that evidence).
+    A sampled unsure item costs no extra review: it was going to a reviewer anyway.
+    """
     if in_audit_sample(prediction.text_hash, share=audit_share):
         return ReviewReason.AUDIT
+    if prediction.status == PredictionStatus.REVIEW:
+        return ReviewReason.LOW_CONFIDENCE
     return None
 
 

@@ -125,7 +125,10 @@ def bump_task(
     task.arrivals += 1
     if user_report:
         task.reports += 1
-        task.reason = ReviewReason.USER_REPORT
+        # An audit item stays one: dropping reported items from the sample would leave out
+        # the likeliest errors and overstate live precision. Its reports still raise it.
+        if task.reason != ReviewReason.AUDIT:
+            task.reason = ReviewReason.USER_REPORT
     task.arrival_keys = [*task.arrival_keys, arrival_key][-MAX_ARRIVAL_KEYS:]
     task.priority = task_priority(task)
     session.add(task)

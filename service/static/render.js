@@ -83,7 +83,7 @@ function badge(text, kind) {
 function reasonBadge(reason) {
   if (reason === "user_report") return badge("Reported by a user", "report");
   if (reason === "low_confidence") return badge("Low model confidence", "lowconf");
-  if (reason === "audit") return badge("Audit: accepted automatically", "audit");
+  if (reason === "audit") return badge("Audit sample: a random item, label it as usual", "audit");
   return badge(reason, "plain");
 }
 

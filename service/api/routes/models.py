@@ -97,13 +97,15 @@ def recalibrate_model(
     _role: AdminRole,
     apply: bool = True,
 ) -> Recalibration:
-    """Judge `version`'s served auto-acceptance cut by its audit sample, and raise it when
-    the audit shows live precision below target (`apply=false`: only report)."""
+    """Judge `version`'s served auto-acceptance cut by its audit sample: raise it when the
+    audit shows live precision below target, lower it when the audit shows a lower cut
+    reaching the target with 95% confidence (`apply=false`: only report)."""
     outcome = recalibrate(
         session,
         version=version,
         target=settings.target_precision,
         min_audited=settings.recalibrate_min_audited,
+        lower=settings.recalibrate_lower,
         apply=apply,
     )
     if outcome.applied:
