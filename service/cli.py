@@ -80,6 +80,35 @@ def metrics_table(metrics: dict, title: str) -> Table:
     return table
 
 
+SUSPECTS_SHOWN = 10
+
+
+def suspects_table(report: dict) -> Table | str:
+    """The training rows whose label the out-of-fold model most confidently denies."""
+    if not report["count"]:
+        return f"no labels to check: out of fold, every label got more than {report['max_p_label']}"
+    table = Table(
+        "title",
+        "label",
+        "model says",
+        "p(label)",
+        title=(
+            f"{report['count']} labels to check ({report['share']:.1%} of the training rows: "
+            f"out of fold, p(label) <= {report['max_p_label']}); "
+            "all in report.json, cv.suspect_labels"
+        ),
+    )
+    for item in report["items"][:SUSPECTS_SHOWN]:
+        title = item["title"] if len(item["title"]) <= 60 else item["title"][:57] + "..."
+        table.add_row(
+            title,
+            item["tag"],
+            f"{item['predicted']} {item['confidence']:.2f}",
+            f"{item['p_label']:.2f}",
+        )
+    return table
+
+
 def train_with_progress(settings: Settings, data: Path, promote: bool) -> registry.ModelVersion:
     from service.ml.pipeline import train_file
 
@@ -107,6 +136,7 @@ def train_with_progress(settings: Settings, data: Path, promote: bool) -> regist
         bar.update(task, completed=len(TRAIN_STEPS), description="training: done")
     console.print(outcome.validation.render())
     console.print(metrics_table(outcome.result.metrics, f"{outcome.version.version} (held out)"))
+    console.print(suspects_table(outcome.result.cv["suspect_labels"]))
     console.print(
         f"{outcome.version.version}: {outcome.version.status.value}, "
         f"trained in {outcome.result.seconds:.1f}s, artifact {outcome.version.artifact_path}"

@@ -22,6 +22,7 @@ def test_train_list_evaluate_promote_rollback(tmp_path: Path, encoder_dir: Path)
     assert trained.exit_code == 0, trained.output
     assert "validation of" in trained.output and "weighted F1" in trained.output
     assert "v0001: production" in trained.output
+    assert "no labels to check" in trained.output  # the seed's labels are all ours and clean
     again = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=env)
     assert "v0002: candidate" in again.output
 

@@ -18,6 +18,7 @@ from service.ml.dataset import DatasetError, Example, check_leakage, examples_ha
 from service.ml.encoder import Encoder
 from service.ml.evaluation import choose_threshold, evaluate_predictions, weighted_f1
 from service.ml.features import embedding_classifier, tfidf_classifier
+from service.ml.suspects import find_suspects
 
 Progress = Callable[[str], None]
 
@@ -173,6 +174,8 @@ def fit(
         encoder=encoder.path.name,
         fast_threshold=fast,
     )
+    # Rows the model, not having seen them, puts elsewhere with confidence: for a person to read.
+    cv["suspect_labels"] = find_suspects(train, served, classes=classes).model_dump()
     cv["oof_auto_coverage"] = float((conf >= threshold).mean())
     cv["oof_fast_share"] = float(skipped.mean())
     cv["chosen"]["fast_threshold"] = fast
