@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     # Also lower the cut when the audit shows, with 95% confidence, that a lower one reaches
     # the target: more items accepted, on evidence from live traffic.
     recalibrate_lower: bool = True
+    # Send the training rows whose label the out-of-fold model doubts to review (label_check).
+    review_suspects: bool = True
 
     encoder: EncoderKind = EncoderKind.ONNX_INT8
     encoder_dir: Path | None = None

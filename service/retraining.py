@@ -36,7 +36,7 @@ from service.ml import registry
 from service.ml.dataset import DatasetError, Example, check_leakage, examples_hash
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
-from service.ml.pipeline import base_split
+from service.ml.pipeline import base_split, review_suspects
 from service.ml.training import Progress, evaluate, train
 from service.tags import TagSet
 
@@ -204,6 +204,7 @@ def retrain(
         gate=gate,
         note=f"retrain ({reason})",
     )
+    checks = review_suspects(session, result=result, version=row.version, settings=settings)
     promoted, outcome = _promote_if_allowed(
         session, settings=settings, version=row.version, passed=gate["passed"], before=before
     )
@@ -223,6 +224,7 @@ def retrain(
         "train_labels": len(sets.train_label_ids),
         "holdout_labels": len(sets.holdout_label_ids),
         "replaced_base_rows": sets.replaced_base_rows,
+        "label_checks_sent": checks,
         "metrics": {"candidate": summary(result.metrics), "production": summary(prod_metrics)},
     }
 

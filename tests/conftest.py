@@ -171,9 +171,11 @@ def make_settings(
             "log_flush_interval_s": 0.05,
             "watch_interval_s": 0.2,
             "base_dataset": SEED_DATASET,
-            # No audit sample and no automatic retraining unless a test asks for them: they
-            # would add review work and training jobs to tests that count rows, tasks or jobs.
+            # No audit sample, no label checks and no automatic retraining unless a test asks
+            # for them: they would add review work and training jobs to tests that count rows,
+            # tasks or jobs.
             "audit_share": 0.0,
+            "review_suspects": False,
             "retrain_after_labels": 0,
         }
         values.update(overrides)

@@ -76,11 +76,16 @@ def version(
     return register_promoted(engine, make_settings(database_url=database_url), shared_result)
 
 
-def test_too_few_audits_wait_and_a_precise_audit_keeps_the_cut(
-    engine: Engine, version: str
-) -> None:
+@pytest.fixture
+def cut(engine: Engine, version: str) -> float:
+    """The cut `version` is served with before the test moves it."""
     with Session(engine) as session:
-        cut = registry.serving_threshold(registry.get_version(session, version=version))
+        return threshold_of(session, version)
+
+
+def test_too_few_audits_wait_and_a_precise_audit_keeps_the_cut(
+    engine: Engine, version: str, cut: float
+) -> None:
     add_audits(engine, version, np.linspace(cut, 0.999, 40), np.zeros(40, dtype=bool))
     with Session(engine) as session:
         wait = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
@@ -93,9 +98,9 @@ def test_too_few_audits_wait_and_a_precise_audit_keeps_the_cut(
         assert "serving" not in row.thresholds
 
 
-def test_audit_below_target_raises_the_cut_with_history(engine: Engine, version: str) -> None:
-    with Session(engine) as session:
-        cut = registry.serving_threshold(registry.get_version(session, version=version))
+def test_audit_below_target_raises_the_cut_with_history(
+    engine: Engine, version: str, cut: float
+) -> None:
     conf, wrong = drifted(cut)
     add_audits(engine, version, conf, wrong)
     with Session(engine) as session:
@@ -140,9 +145,9 @@ def supported(conf: np.ndarray, wrong: np.ndarray, cut: float) -> bool:
     return interval is not None and interval[0] >= TARGET
 
 
-def test_audit_showing_a_lower_cut_precise_lowers_it(engine: Engine, version: str) -> None:
-    with Session(engine) as session:
-        cut = registry.serving_threshold(registry.get_version(session, version=version))
+def test_audit_showing_a_lower_cut_precise_lowers_it(
+    engine: Engine, version: str, cut: float
+) -> None:
     conf, wrong = precise_below(cut)
     add_audits(engine, version, conf, wrong)
     with Session(engine) as session:
@@ -169,10 +174,10 @@ def test_audit_showing_a_lower_cut_precise_lowers_it(engine: Engine, version: st
         assert again.action is CalibrationAction.KEEP and not again.applied
 
 
-def test_too_few_audits_below_the_cut_do_not_lower_it(engine: Engine, version: str) -> None:
+def test_too_few_audits_below_the_cut_do_not_lower_it(
+    engine: Engine, version: str, cut: float
+) -> None:
     """100 right answers are not evidence of 0.99: their 95% lower bound is 0.963."""
-    with Session(engine) as session:
-        cut = registry.serving_threshold(registry.get_version(session, version=version))
     add_audits(engine, version, np.linspace(cut - 0.2, 0.999, 100), np.zeros(100, dtype=bool))
     with Session(engine) as session:
         outcome = recalibrate(session, version=version, target=TARGET, min_audited=50, apply=True)
@@ -219,10 +224,12 @@ def test_api_serves_a_new_cut_at_once_and_by_hand(client: TestClient) -> None:
 
 
 def test_watch_loop_raises_the_cut_when_the_audit_shows_a_shortfall(
-    make_settings: Callable[..., Settings], database_url: str, engine: Engine, version: str
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    version: str,
+    cut: float,
 ) -> None:
-    with Session(engine) as session:
-        cut = registry.serving_threshold(registry.get_version(session, version=version))
     add_audits(engine, version, *drifted(cut))
     settings = make_settings(
         database_url=database_url, recalibrate_interval_s=0.2, recalibrate_min_audited=100

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud import labels as labels_crud
 from service.crud import review as review_crud
+from service.crud.predictions import queue_label_checks
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
 from service.entities.common import new_id, utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
@@ -240,6 +241,39 @@ def test_a_reported_audit_item_stays_in_the_audit_sample(ctx: JobContext, engine
     assert task.priority == pytest.approx(
         prio.priority(uncertainty=task.uncertainty, reports=1, arrivals=2, audit=True)
     )
+
+
+def test_a_doubted_training_label_becomes_one_label_check_task(
+    ctx: JobContext, engine: Engine
+) -> None:
+    """Training's suspect rows reach the queue through the outbox: suggestion = the file's
+    label, scores = the model's; sent again by the next training, still one task; once a
+    reviewer has labelled the content, sent again, nothing."""
+    scores = {"computer-vision": 0.06, "natural-language-processing": 0.9, "mlops": 0.02}
+    suspect = {
+        "text_hash": text_hash(YOLO, "Boxes and classes."),
+        "title": YOLO,
+        "description": "Boxes and classes.",
+        "tag": "computer-vision",
+        "scores": scores | {"other": 0.02},
+    }
+    for version in ("v0001", "v0002"):
+        with Session(engine) as session:
+            assert queue_label_checks(session, suspects=[suspect], version=version) == 1
+    with Session(engine) as session:
+        outbox = session.exec(select(OutboxItem)).all()
+    assert [o.payload["reason"] for o in outbox] == ["label_check", "label_check"]
+    actions = [review_jobs.process_review(o.payload)["action"] for o in outbox]
+    assert actions == ["created", "duplicate"]
+    [task] = tasks(engine)
+    assert task.reason == ReviewReason.LABEL_CHECK and task.prediction_id is None
+    assert task.suggestion_tag == "computer-vision" and task.model_version == "v0001"
+    assert task.suggestion_scores["natural-language-processing"] == 0.9
+    assert task.id is not None
+    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    label_task(engine, task.id, "computer-vision")
+    again = review_jobs.process_review(outbox[0].payload)
+    assert again["action"] == "already_labeled"
 
 
 def test_labelled_content_opens_no_low_confidence_task(ctx: JobContext, engine: Engine) -> None:
@@ -483,7 +517,7 @@ def test_stats_count_the_queue(engine: Engine) -> None:
         "open": 1,
         "leased": 1,
         "labeled_today": 1,
-        "by_reason": {"low_confidence": 1, "user_report": 1, "audit": 0},
+        "by_reason": {"low_confidence": 1, "user_report": 1, "audit": 0, "label_check": 0},
         "outbox_pending": 1,
     }
 

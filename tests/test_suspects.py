@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import random
+from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
-from service.config import SEED_DATASET
+from service.config import SEED_DATASET, Settings
+from service.entities import OutboxItem
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder
+from service.ml.pipeline import train_file
 from service.ml.suspects import find_suspects
 from service.ml.training import TrainResult, fit
 from service.tags import TagSet
@@ -75,3 +83,47 @@ def test_train_lists_the_labels_to_check(shared_result: TrainResult) -> None:
     assert report["count"] == len(report["items"]) >= 3
     assert all(i["predicted"] != i["tag"] and i["p_label"] <= 0.1 for i in report["items"])
     assert "Forex Prediction" in {i["title"] for i in report["items"]}
+
+
+def planted_seed(tmp_path: Path, tags: TagSet, flips: int = 10) -> tuple[Path, set[str]]:
+    """The bundled seed as a CSV with `flips` labels changed at random; the changed hashes."""
+    seed, _ = load_dataset(SEED_DATASET, tags=tags)
+    rng = random.Random(1)
+    rows = list(seed)
+    for i in rng.sample(range(len(rows)), flips):
+        rows[i] = replace(rows[i], tag=rng.choice([c for c in CLASSES if c != rows[i].tag]))
+    flipped = {r.text_hash for r, s in zip(rows, seed, strict=True) if r.tag != s.tag}
+    path = tmp_path / "planted.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["title", "description", "tag"])
+        writer.writerows([r.title, r.description, r.tag] for r in rows)
+    return path, flipped
+
+
+@pytest.mark.parametrize("send", [True, False])
+def test_training_sends_doubted_labels_to_review(
+    send: bool,
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    encoder: Encoder,
+    tags: TagSet,
+) -> None:
+    path, flipped = planted_seed(tmp_path, tags)
+    settings = make_settings(database_url=database_url, review_suspects=send)
+    with Session(engine) as session:
+        outcome = train_file(session, path=path, settings=settings, tags=tags, encoder=encoder)
+        outbox = session.exec(select(OutboxItem)).all()
+        version = outcome.version.version
+    listed = outcome.result.cv["suspect_labels"]["items"]
+    sent = [o.payload for o in outbox if o.payload["reason"] == "label_check"]
+    if not send:
+        assert sent == []
+        return
+    assert len(sent) == len(listed) >= 1
+    assert {p["text_hash"] for p in sent} == {i["text_hash"] for i in listed}
+    # Only the rows of the training split can be judged out of fold; those sent are planted.
+    assert len({p["text_hash"] for p in sent} - flipped) <= 1
+    assert all(p["model_version"] == version for p in sent)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import insert
 from sqlmodel import Session
@@ -79,6 +80,28 @@ def save_predictions(
             session.add(OutboxItem(kind=REVIEW_KIND, payload=review_payload(p, reason=reason)))
     session.commit()
     return len(predictions)
+
+
+def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], version: str) -> int:
+    """Send training rows whose label the model doubts (`SuspectReport.items`, as dumped in the
+    training report) to review as `label_check` tasks, through the outbox like every review
+    item. The suggestion is the file's label with the model's out-of-fold scores beside it, so
+    the reviewer sees both. Content that already has a reviewer's label opens nothing (the
+    labelling job checks), and a row sent again by the next training counts once."""
+    for item in suspects:
+        payload = {
+            "prediction_id": None,
+            "text_hash": item["text_hash"],
+            "title": item["title"],
+            "description": item["description"],
+            "tag": item["tag"],
+            "scores": item["scores"],
+            "model_version": version,
+            "reason": ReviewReason.LABEL_CHECK.value,
+        }
+        session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
+    session.commit()
+    return len(suspects)
 
 
 def get_prediction(session: Session, *, prediction_id: str) -> Prediction:

@@ -16,6 +16,8 @@ class ReviewReason(StrEnum):
     USER_REPORT = "user_report"
     # A sample of the predictions accepted automatically: their labels measure live precision.
     AUDIT = "audit"
+    # A training row whose label the model, judging it out of fold, doubts (ml/suspects.py).
+    LABEL_CHECK = "label_check"
 
 
 class ReviewStatus(StrEnum):

@@ -8,6 +8,7 @@ from pathlib import Path
 from sqlmodel import Session
 
 from service.config import Settings
+from service.crud.predictions import queue_label_checks
 from service.entities import ModelVersion
 from service.ml import registry
 from service.ml.dataset import Example, ValidationReport, load_dataset
@@ -62,6 +63,17 @@ def train_file(
     result.params["source"] = str(path.resolve())
     progress("register")
     version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+    review_suspects(session, result=result, version=version.version, settings=settings)
     if promote:
         version = registry.promote(session, version=version.version)
     return Outcome(version=version, result=result, validation=report)
+
+
+def review_suspects(
+    session: Session, *, result: TrainResult, version: str, settings: Settings
+) -> int:
+    """Send the labels training doubted (ml/suspects.py) to review, if the settings say so."""
+    if not settings.review_suspects:
+        return 0
+    items = result.cv["suspect_labels"]["items"]
+    return queue_label_checks(session, suspects=items, version=version)

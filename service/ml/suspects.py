@@ -5,7 +5,9 @@ would dispute, not model mistakes (README, Quality). No model change fixes those
 reading the rows does. Training therefore lists them: each row's out-of-fold probabilities
 (from cross-validation, so the row did not train the model that judged it) are compared with
 its label, and the rows whose label it gives at most 10% are reported, most doubtful first, in
-`report.json` and at the end of `tagflow train`.
+`report.json` and at the end of `tagflow train`. With `TAGFLOW_REVIEW_SUSPECTS` they also go to
+the review queue as `label_check` tasks; a reviewer's label then replaces the row's in the next
+retraining (labels override base rows by content).
 
 Measured on the shared data's 611 training rows: 8 suspects. Some are labels a reader would
 change ("Model Serving using FastAPI and streamlit" labelled computer-vision), some are
@@ -33,10 +35,12 @@ class SuspectLabel(BaseModel):
 
     text_hash: str
     title: str
+    description: str
     tag: str  # the label in the file
     predicted: str
     confidence: float  # out-of-fold probability of `predicted`
     p_label: float  # out-of-fold probability of the label
+    scores: dict[str, float]  # every tag's out-of-fold probability
 
 
 class SuspectReport(BaseModel):
@@ -68,10 +72,12 @@ def find_suspects(
             SuspectLabel(
                 text_hash=example.text_hash,
                 title=example.title,
+                description=example.description,
                 tag=example.tag,
                 predicted=classes[top],
                 confidence=round(float(row[top]), 4),
                 p_label=round(float(row[index[example.tag]]), 4),
+                scores={c: round(float(p), 4) for c, p in zip(classes, row, strict=True)},
             )
         )
     found.sort(key=lambda s: (s.p_label, -s.confidence))

@@ -84,6 +84,9 @@ function reasonBadge(reason) {
   if (reason === "user_report") return badge("Reported by a user", "report");
   if (reason === "low_confidence") return badge("Low model confidence", "lowconf");
   if (reason === "audit") return badge("Audit sample: a random item, label it as usual", "audit");
+  if (reason === "label_check") {
+    return badge("Label check: the suggestion is the training data's label, which the model doubts", "check");
+  }
   return badge(reason, "plain");
 }
 
