@@ -464,7 +464,7 @@ def parse_args() -> argparse.Namespace:
         "--audit-share",
         type=float,
         default=Settings.model_fields["audit_share"].default,
-        help="share of accepted items also sent to review (the service's "
+        help="share of all items in the audit sample, accepted or not (the service's "
         "TAGFLOW_AUDIT_SHARE; default: its default)",
     )
     parser.add_argument(
