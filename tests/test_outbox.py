@@ -135,6 +135,53 @@ def test_same_text_twice_is_one_task_even_when_resent(
     assert FailedJobRegistry(queue=queue).count == 0
 
 
+def test_relay_sends_in_order_in_one_transaction_up_to_its_limit(
+    engine: Engine, redis_conn: redis.Redis
+) -> None:
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    titles = [f"Unsure item {i}" for i in range(5)]
+    with Session(engine) as session:
+        save_predictions(
+            session,
+            predictions=[make_prediction(t, status=PredictionStatus.REVIEW) for t in titles],
+        )
+        assert relay(session, queue=queue, limit=3) == 3
+        assert [j.args[0]["title"] for j in queue.get_jobs()] == titles[:3]
+        job = queue.get_jobs()[0]
+        assert job.func_name == JOBS["review"] and job.retries_left == REVIEW_RETRY.max
+        assert job.timeout == 120
+        sent = [r.sent_at is not None for r in outbox_rows(engine)]
+        assert sent == [True, True, True, False, False]
+        assert relay(session, queue=queue) == 2
+    assert [j.args[0]["title"] for j in queue.get_jobs()] == titles
+    assert all(r.sent_at is not None and r.attempts == 0 for r in outbox_rows(engine))
+
+
+def test_relay_marks_nothing_sent_when_redis_is_down(
+    engine: Engine, own_redis: EmbeddedRedis
+) -> None:
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue(LABELING_QUEUE, connection=conn)
+    with Session(engine) as session:
+        save_predictions(
+            session,
+            predictions=[
+                make_prediction(f"Unsure item {i}", status=PredictionStatus.REVIEW)
+                for i in range(3)
+            ],
+        )
+        own_redis.stop()
+        assert relay(session, queue=queue) == 0
+    rows = outbox_rows(engine)
+    assert all(r.sent_at is None for r in rows)
+    assert rows[0].attempts == 1 and "ConnectionError" in (rows[0].last_error or "")
+    own_redis.start()
+    with Session(engine) as session:
+        assert relay(session, queue=queue) == 3
+    assert queue.count == 3 and all(r.sent_at is not None for r in outbox_rows(engine))
+    conn.close()
+
+
 def test_failing_jobs_are_retried_then_kept_as_failed(
     sqlite_client: TestClient,
     redis_conn: redis.Redis,
