@@ -13,12 +13,25 @@ from service.ml.fastpath import LinearHead, LinearTfidf
 from service.ml.training import TrainResult
 from service.tags import TagSet
 
+# Edge cases for the analyzers: empty, unknown n-grams, accents and scripts, case rules that
+# depend on context (Greek final sigma, dotted I), every kind of white space, repeated words,
+# and a word too long for the word cache.
+TRICKY = [
+    "",
+    "zzzz qqqq",
+    "ÄÖÜ émigré 東京",
+    "ΟΔΟΣ ΟΔΟΣ odos. İstanbul STRASSE straße",
+    "tabs\tand\nnew lines\r\n  and\x1cseparators\u2003em space\u00a0nbsp",
+    "model model model MODEL Model",
+    "x" * 300 + " " + "transformers" * 10,
+]
+
 
 def test_fast_heads_match_sklearn(
     shared_result: TrainResult, shared_dataset: Path, tags: TagSet, encoder: Encoder
 ) -> None:
     examples, _ = load_dataset(shared_dataset, tags=tags)
-    texts = [e.text for e in examples] + ["", "zzzz qqqq", "ÄÖÜ émigré 東京"]
+    texts = [e.text for e in examples] + TRICKY
     model = shared_result.model
     expected = model.tfidf_head.predict_proba(texts)
     np.testing.assert_allclose(
@@ -36,6 +49,21 @@ def test_fast_heads_match_sklearn(
     np.testing.assert_allclose(
         LinearTfidf(model.tfidf_head).predict_proba(one), expected[3:4], rtol=0, atol=1e-10
     )
+
+
+def test_word_by_word_char_ngrams_count_exactly_what_the_analyzer_counts(
+    shared_result: TrainResult, shared_dataset: Path, tags: TagSet
+) -> None:
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    fast = LinearTfidf(shared_result.model.tfidf_head)
+    [by_word] = [v for v in fast.vectorizers if v.counts != v._text_counts]  # the char_wb one
+    for text in [e.text for e in examples] + TRICKY:
+        for _ in range(2):  # the second time from the word cache
+            index, tf = by_word.counts(text)
+            expected_index, expected_tf = by_word._text_counts(text)
+            order = np.argsort(expected_index)
+            np.testing.assert_array_equal(index, expected_index[order])
+            np.testing.assert_array_equal(tf, expected_tf[order])
 
 
 def test_fast_path_is_not_pickled(shared_result: TrainResult, encoder: Encoder) -> None:
