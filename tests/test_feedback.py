@@ -20,7 +20,7 @@ from service.config import Settings
 from service.crud.labels import holdout_for
 from service.entities import Feedback, Label, LabelSource, OutboxItem
 from service.ml.training import TrainResult
-from service.outbox import LABELING_QUEUE
+from service.outbox import JOBS, LABELING_QUEUE
 from tests.conftest import auth, register_promoted
 from workers.context import JobContext, use_context
 
@@ -115,11 +115,12 @@ def test_report_goes_to_review_and_settles_with_the_label(
     )
     assert all(r.sent_at is not None for r in rows), "the outbox was not drained to RQ"
     reviews = [
-        job
+        payload
         for job in Queue(LABELING_QUEUE, connection=redis_conn).jobs
-        if job.func_name == "workers.review_jobs.process_review"
+        if job.func_name == JOBS["review"]
+        for payload in job.args[0]
     ]
-    assert sorted(job.args[0].get("feedback_id") or 0 for job in reviews)[-2:] == sorted(
+    assert sorted(p.get("feedback_id") or 0 for p in reviews)[-2:] == sorted(
         r.payload["feedback_id"] for r in rows
     )
     assert rows[0].payload["prediction_id"] == prediction["prediction_id"]

@@ -23,7 +23,7 @@ from service.crud.predictions import save_predictions
 from service.entities import OutboxItem, PredictionStatus
 from service.entities.review import ReviewTask
 from service.ml.training import TrainResult
-from service.outbox import JOBS, LABELING_QUEUE, REVIEW_RETRY, relay
+from service.outbox import JOBS, LABELING_QUEUE, REVIEW_BATCH, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
 from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_review_api import (
@@ -44,6 +44,11 @@ def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
     server.start()
     yield server
     server.stop()
+
+
+def payloads(queue: Queue) -> list[dict]:
+    """Every review payload waiting in `queue`, in order (a job carries a batch of them)."""
+    return [p for job in queue.get_jobs() for p in job.args[0]]
 
 
 def outbox_rows(engine: Engine) -> list[OutboxItem]:
@@ -127,7 +132,7 @@ def test_same_text_twice_is_one_task_even_when_resent(
             session.add(row)
         session.commit()
         assert relay(session, queue=queue) == 2
-    assert queue.count == 4
+    assert queue.count == 2 and len(payloads(queue)) == 4  # one job per relay
     run_labeling_worker(redis_conn, settings)
     with Session(engine) as session:
         [task] = session.exec(select(ReviewTask)).all()
@@ -146,15 +151,28 @@ def test_relay_sends_in_order_in_one_transaction_up_to_its_limit(
             predictions=[make_prediction(t, status=PredictionStatus.REVIEW) for t in titles],
         )
         assert relay(session, queue=queue, limit=3) == 3
-        assert [j.args[0]["title"] for j in queue.get_jobs()] == titles[:3]
-        job = queue.get_jobs()[0]
+        [job] = queue.get_jobs()
+        assert [p["title"] for p in job.args[0]] == titles[:3]
         assert job.func_name == JOBS["review"] and job.retries_left == REVIEW_RETRY.max
-        assert job.timeout == 120
+        assert job.timeout == 600
         sent = [r.sent_at is not None for r in outbox_rows(engine)]
         assert sent == [True, True, True, False, False]
         assert relay(session, queue=queue) == 2
-    assert [j.args[0]["title"] for j in queue.get_jobs()] == titles
+    assert [p["title"] for p in payloads(queue)] == titles
     assert all(r.sent_at is not None and r.attempts == 0 for r in outbox_rows(engine))
+
+
+def test_relay_cuts_jobs_at_the_batch_size(engine: Engine, redis_conn: redis.Redis) -> None:
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    titles = [f"Unsure item {i}" for i in range(2 * REVIEW_BATCH + 7)]
+    with Session(engine) as session:
+        save_predictions(
+            session,
+            predictions=[make_prediction(t, status=PredictionStatus.REVIEW) for t in titles],
+        )
+        assert relay(session, queue=queue, limit=len(titles)) == len(titles)
+    assert [len(j.args[0]) for j in queue.get_jobs()] == [REVIEW_BATCH, REVIEW_BATCH, 7]
+    assert [p["title"] for p in payloads(queue)] == titles
 
 
 def test_relay_marks_nothing_sent_when_redis_is_down(
@@ -178,7 +196,8 @@ def test_relay_marks_nothing_sent_when_redis_is_down(
     own_redis.start()
     with Session(engine) as session:
         assert relay(session, queue=queue) == 3
-    assert queue.count == 3 and all(r.sent_at is not None for r in outbox_rows(engine))
+    assert queue.count == 1 and len(payloads(queue)) == 3
+    assert all(r.sent_at is not None for r in outbox_rows(engine))
     conn.close()
 
 
@@ -217,7 +236,7 @@ def test_failing_jobs_are_retried_then_kept_as_failed(
     assert FailedJobRegistry(queue=queue).count == 0
 
     # A job whose retries run out ends in the FailedJobRegistry, visible in /review/stats.
-    exhausted = queue.enqueue(JOBS["review"], broken, retry=Retry(max=2))
+    exhausted = queue.enqueue(JOBS["review"], [broken], retry=Retry(max=2))
     work()
     assert exhausted.id in FailedJobRegistry(queue=queue)
     exhausted = Job.fetch(exhausted.id, connection=redis_conn)

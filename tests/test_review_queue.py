@@ -317,6 +317,54 @@ def test_near_duplicate_of_a_labelled_item_is_flagged(ctx: JobContext, engine: E
     assert far.duplicate_of is None and far.duplicate_tag is None
 
 
+def test_a_labelling_job_runs_its_whole_batch_and_raises_for_what_failed(
+    ctx: JobContext, engine: Engine
+) -> None:
+    """One failing payload neither stops its batch mates nor is lost: the job raises (RQ
+    retries it, then keeps it as failed), and on the retry the others count once."""
+    good = [payload(YOLO), payload("Serving models with Kubernetes")]
+    broken = {"text_hash": "0" * 64, "reason": "low_confidence"}  # no title
+    for attempt in range(2):
+        with pytest.raises(review_jobs.ReviewBatchError, match="1 of 3 payloads failed.*KeyError"):
+            review_jobs.process_reviews([good[0], broken, good[1]])
+        assert [(t.title, t.arrivals) for t in tasks(engine)] == [
+            (YOLO, 1),
+            ("Serving models with Kubernetes", 1),
+        ], f"attempt {attempt}"
+    assert review_jobs.process_reviews(good) == {"payloads": 2, "actions": {"duplicate": 2}}
+
+
+def test_a_labelling_job_screens_its_batch_against_the_labels(
+    ctx: JobContext, engine: Engine
+) -> None:
+    first = review_jobs.process_review(payload(YOLO))["task_id"]
+    label = label_task(engine, first, "computer-vision")
+    result = review_jobs.process_reviews(
+        [payload(YOLO + "!"), payload("Fine-tuning BERT for sentiment analysis"), payload(YOLO)]
+    )
+    assert result == {"payloads": 3, "actions": {"created": 2, "already_labeled": 1}}
+    near, far = tasks(engine)[1:]
+    assert (near.duplicate_of, near.duplicate_tag) == (label.id, "computer-vision")
+    assert far.duplicate_of is None
+
+
+def test_diversity_screening_reads_only_the_tasks_just_ahead(
+    ctx: JobContext, engine: Engine
+) -> None:
+    ids = [add_task(engine, f"task {i}", uncertainty=1.0 + i / 10) for i in range(5)]
+    with Session(engine) as session:
+        for i, task_id in enumerate(ids):
+            task = session.get(ReviewTask, task_id)
+            assert task is not None
+            task.embedding = np.full(384, i, dtype=np.float32).tobytes()
+            session.add(task)
+        session.commit()
+        ahead = review_crud.embeddings_ahead(session, priority=1.05, limit=3)
+        everything = review_crud.embeddings_ahead(session, priority=0.0)
+    assert [np.frombuffer(b, dtype=np.float32)[0] for b in ahead] == [1, 2, 3]
+    assert len(everything) == 5
+
+
 def test_near_copies_behind_a_task_get_a_diversity_penalty(ctx: JobContext, engine: Engine) -> None:
     tie = {"natural-language-processing": 0.5, "computer-vision": 0.5, "mlops": 0.0, "other": 0.0}
     lead = get(engine, review_jobs.process_review(payload(YOLO, scores=tie))["task_id"])

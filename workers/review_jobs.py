@@ -7,6 +7,7 @@ them in the queue's FailedJobRegistry (counted in GET /review/stats), so nothing
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from service.ml import priority as prio
 from service.ml import registry
 from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import item_text
-from service.ml.encoder import Encoder
+from service.ml.encoder import EMBEDDING_DIM, Encoder
 from workers.context import JobContext, get_context
 
 log = logging.getLogger(__name__)
@@ -40,41 +41,55 @@ def from_bytes(blob: bytes) -> np.ndarray:
     return np.frombuffer(blob, dtype=np.float32)
 
 
-def find_duplicate(
-    session: Session, *, embedding: np.ndarray, encoder: Encoder, threshold: float
-) -> tuple[int, str] | None:
-    """The current label most similar to `embedding` if cosine >= threshold: (label id, tag)."""
-    rows = labels_crud.labelled_embeddings(session)
-    if not rows:
-        return None
-    missing = [i for i, (_, blob) in enumerate(rows) if blob is None]
-    encoded = (
-        encoder.encode([item_text(rows[i][0].title, rows[i][0].description) for i in missing])
-        if missing
-        else np.empty((0, embedding.size), dtype=np.float32)
-    )
-    by_index = dict(zip(missing, encoded, strict=True))
-    matrix = np.stack(
-        [by_index[i] if blob is None else from_bytes(blob) for i, (_, blob) in enumerate(rows)]
-    )
-    similarity = matrix @ embedding
-    best = int(similarity.argmax())
-    if similarity[best] < threshold:
-        return None
-    label = rows[best][0]
-    assert label.id is not None
-    return label.id, label.tag
+class LabelIndex:
+    """The current labels' embeddings, for screening new tasks for near-duplicates.
+
+    Read on first use and then kept, so the payloads of one labelling job share one read of
+    the labels instead of one each (labels a reviewer adds meanwhile only miss a hint).
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self._ids: list[int] = []
+        self._tags: list[str] = []
+        self._matrix: np.ndarray | None = None
+
+    def nearest(
+        self, session: Session, *, embedding: np.ndarray, threshold: float
+    ) -> tuple[int, str] | None:
+        """The label most similar to `embedding` if cosine >= threshold: (label id, tag)."""
+        if self._matrix is None:
+            self._load(session)
+        assert self._matrix is not None
+        if not self._ids:
+            return None
+        similarity = self._matrix @ embedding
+        best = int(similarity.argmax())
+        return None if similarity[best] < threshold else (self._ids[best], self._tags[best])
+
+    def _load(self, session: Session) -> None:
+        rows = labels_crud.labelled_embeddings(session)
+        missing = [i for i, (_, blob) in enumerate(rows) if blob is None]
+        encoded = self.encoder.encode(
+            [item_text(rows[i][0].title, rows[i][0].description) for i in missing]
+        )
+        by_index = dict(zip(missing, encoded, strict=True))
+        vectors = [
+            by_index[i] if blob is None else from_bytes(blob) for i, (_, blob) in enumerate(rows)
+        ]
+        self._matrix = np.stack(vectors) if vectors else np.empty((0, EMBEDDING_DIM), np.float32)
+        self._ids = [int(label.id) for label, _ in rows]  # type: ignore[arg-type]  # stored rows
+        self._tags = [label.tag for label, _ in rows]
 
 
-def _new_task(ctx: JobContext, session: Session, payload: dict[str, Any]) -> ReviewTask:
+def _new_task(
+    ctx: JobContext, session: Session, payload: dict[str, Any], labels: LabelIndex
+) -> ReviewTask:
     """A task for content not in the queue yet: suggestion, duplicate hint, priority terms."""
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     embedding = ctx.encoder.encode([item_text(payload["title"], payload["description"])])[0]
-    duplicate = find_duplicate(
-        session,
-        embedding=embedding,
-        encoder=ctx.encoder,
-        threshold=ctx.settings.duplicate_cosine,
+    duplicate = labels.nearest(
+        session, embedding=embedding, threshold=ctx.settings.duplicate_cosine
     )
     task = ReviewTask(
         text_hash=payload["text_hash"],
@@ -105,7 +120,7 @@ def arrival_key(payload: dict[str, Any]) -> str:
 
 
 def _create_or_bump(
-    ctx: JobContext, session: Session, payload: dict[str, Any]
+    ctx: JobContext, session: Session, payload: dict[str, Any], labels: LabelIndex
 ) -> tuple[ReviewTask, str]:
     """Bump the open task of this content, else create one; a lost insert race bumps."""
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
@@ -117,7 +132,7 @@ def _create_or_bump(
         if bumped is not None:
             task, counted = bumped
             return task, "bumped" if counted else "duplicate"
-        new = _new_task(ctx, session, payload)
+        new = _new_task(ctx, session, payload, labels)
         new.arrival_keys = [key]
         task = review_crud.create_task(session, task=new)
         if task is not None:
@@ -125,12 +140,43 @@ def _create_or_bump(
     raise RuntimeError(f"could not create or bump the task for {payload['text_hash'][:12]}")
 
 
-def process_review(payload: dict[str, Any]) -> dict[str, Any]:
+class ReviewBatchError(Exception):
+    """Some payloads of a labelling job failed (the others were processed)."""
+
+
+def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
+    """The labelling job: `process_review` for each payload of one outbox relay, in order.
+
+    One job carries up to `service.outbox.REVIEW_BATCH` payloads, so RQ's own work per job
+    (about 10 ms of dequeue, heartbeat and bookkeeping here) is paid once per batch, and the
+    payloads share one read of the labels. A failing payload is logged and the others still
+    run; the job then raises, so RQ retries it with the outbox's backoff and finally keeps it,
+    every payload in its arguments, in the FailedJobRegistry. On a retry the payloads already
+    done count once (arrival keys), so only the failed ones change anything.
+    """
+    labels = LabelIndex(get_context().encoder)
+    actions: Counter[str] = Counter()
+    failed: list[str] = []
+    for payload in payloads:
+        try:
+            actions[process_review(payload, labels=labels)["action"]] += 1
+        except Exception as exc:  # recorded, and raised below once the others have run
+            log.exception("review payload %s failed", str(payload.get("text_hash"))[:12])
+            failed.append(f"{str(payload.get('text_hash'))[:12]}: {type(exc).__name__}: {exc}")
+    if failed:
+        raise ReviewBatchError(
+            f"{len(failed)} of {len(payloads)} payloads failed: " + "; ".join(failed[:10])
+        )
+    return {"payloads": len(payloads), "actions": dict(actions)}
+
+
+def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None) -> dict[str, Any]:
     """Create the review task for a payload of `crud.predictions.review_payload`, or bump the
     open one for the same content. A low-confidence item whose content already has a current
     label opens nothing; a payload delivered twice counts once. `feedback_id` (user reports)
     is linked to the task."""
     ctx = get_context()
+    labels = labels or LabelIndex(ctx.encoder)
     text_hash: str = payload["text_hash"]
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     with session_scope(ctx.engine) as session:
@@ -138,7 +184,7 @@ def process_review(payload: dict[str, Any]) -> dict[str, Any]:
             existing = labels_crud.current_label(session, text_hash=text_hash)
             if existing is not None:
                 return {"action": "already_labeled", "label_id": existing.id, "task_id": None}
-        task, action = _create_or_bump(ctx, session, payload)
+        task, action = _create_or_bump(ctx, session, payload, labels)
         assert task.id is not None
         if payload.get("feedback_id") is not None:
             review_crud.link_feedback(

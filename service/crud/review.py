@@ -67,15 +67,26 @@ def active_tasks(session: Session) -> list[ReviewTask]:
     )
 
 
-def embeddings_ahead(session: Session, *, priority: float) -> list[bytes]:
-    """Embeddings of open/leased tasks ranked above `priority` (for the diversity penalty)."""
+# How many of the tasks just ahead of a new one its diversity penalty looks at.
+AHEAD_SCREENED = 256
+
+
+def embeddings_ahead(
+    session: Session, *, priority: float, limit: int = AHEAD_SCREENED
+) -> list[bytes]:
+    """Embeddings of the open/leased tasks ranked just above `priority`, the nearest `limit`
+    of them: the items a reviewer sees right before this one, which is where a near-duplicate
+    costs attention. (Reading all of them made each new task read the whole queue.)"""
     return list(
         session.exec(
-            select(ReviewTask.embedding).where(
+            select(ReviewTask.embedding)
+            .where(
                 col(ReviewTask.status).in_(ACTIVE),
                 col(ReviewTask.priority) > priority,
                 col(ReviewTask.embedding).is_not(None),
             )
+            .order_by(col(ReviewTask.priority))
+            .limit(limit)
         )
     )
 
