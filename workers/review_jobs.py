@@ -210,11 +210,13 @@ def _score(model: TagModel, encoder: Encoder, texts: list[str]) -> tuple[np.ndar
 
 
 def _diversity_in_order(embeddings: np.ndarray, base: np.ndarray) -> np.ndarray:
-    """Penalty of each task against the tasks ranked above it by base priority."""
+    """Penalty of each task against the tasks ranked just above it by base priority, as many
+    as a new task is screened against (`review_crud.AHEAD_SCREENED`)."""
     order = np.argsort(-base, kind="stable")
     penalties = np.zeros(len(base))
     for pos, i in enumerate(order):
-        penalties[i] = prio.diversity_penalty(embeddings[i], embeddings[order[:pos]])
+        ahead = order[max(0, pos - review_crud.AHEAD_SCREENED) : pos]
+        penalties[i] = prio.diversity_penalty(embeddings[i], embeddings[ahead])
     return penalties
 
 
