@@ -131,44 +131,52 @@ def evaluate_predictions(
 
 
 def render_png(report: dict[str, Any], path: Path, *, title: str) -> None:
-    """Confusion matrix, per-class bars and the precision-coverage curve, in one picture."""
+    """One picture of a version's evaluation: confusion matrix, per-class bars, the
+    precision-coverage curve with the auto-acceptance point, and F1 by slice and baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 10.5))
+    _confusion_panel(axes[0][0], report)
+    _per_class_panel(axes[0][1], report)
+    _coverage_panel(axes[1][0], report)
+    _slices_panel(axes[1][1], report)
+    fig.suptitle(f"{title}: {report['n']} held-out items")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _confusion_panel(ax: Any, report: dict[str, Any]) -> None:
     labels = report["confusion"]["labels"]
     matrix = np.array(report["confusion"]["matrix"])
-    ax = axes[0]
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), v in np.ndenumerate(matrix):
-        ax.text(
-            j,
-            i,
-            str(v),
-            ha="center",
-            va="center",
-            color="black" if v < matrix.max() / 2 else "white",
-        )
+        color = "black" if v < matrix.max() / 2 else "white"
+        ax.text(j, i, str(v), ha="center", va="center", color=color)
     ax.set_title("confusion matrix")
 
-    ax = axes[1]
+
+def _per_class_panel(ax: Any, report: dict[str, Any]) -> None:
+    labels = report["confusion"]["labels"]
     x = np.arange(len(labels))
     for k, metric in enumerate(("precision", "recall", "f1")):
-        ax.bar(
-            x + (k - 1) * 0.27, [report["per_class"][c][metric] for c in labels], 0.27, label=metric
-        )
+        values = [report["per_class"][c][metric] for c in labels]
+        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=metric)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.05)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 1.2)  # room above the bars for the legend
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.legend(fontsize=8, ncol=3, loc="upper center")
     ax.set_title(f"per class (weighted F1 {report['weighted_f1']:.3f})")
 
-    ax = axes[2]
+
+def _coverage_panel(ax: Any, report: dict[str, Any]) -> None:
     curve = report["precision_coverage"]
     ax.plot([p["coverage"] for p in curve], [p["precision"] for p in curve], marker="o")
     auto = report["auto"]
@@ -178,15 +186,33 @@ def render_png(report: dict[str, Any], path: Path, *, title: str) -> None:
             [auto["precision"]],
             color="red",
             zorder=3,
-            label=f"auto: {auto['coverage']:.0%} at {auto['precision']:.3f}",
+            label=f"auto: {auto['coverage']:.0%} accepted at precision {auto['precision']:.3f}",
         )
-        ax.legend(fontsize=8)
-    ax.set_xlabel("coverage (share accepted automatically)")
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set_xlabel("coverage (share accepted, most confident first)")
     ax.set_ylabel("precision of accepted")
     ax.set_ylim(min(0.8, min(p["precision"] for p in curve)), 1.005)
     ax.grid(alpha=0.3)
     ax.set_title("precision vs coverage")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+
+
+def _slices_panel(ax: Any, report: dict[str, Any]) -> None:
+    """Weighted F1 of the model on every item and on each slice, then each baseline's."""
+    rows = [(f"model, all items (n={report['n']})", report["weighted_f1"], "tab:blue")]
+    rows += [
+        (f"model, {name.replace('_', ' ')} (n={s['n']})", s["f1"], "tab:cyan")
+        for name, s in report.get("slices", {}).items()
+        if s["n"]
+    ]
+    rows += [
+        (f"baseline: {name.replace('_', ' ')}", b["weighted_f1"], "tab:gray")
+        for name, b in report.get("baselines", {}).items()
+    ]
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, [r[1] for r in rows], color=[r[2] for r in rows])
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=8)
+    for yi, (_, value, _) in zip(y, rows, strict=True):
+        ax.text(min(value, 1.0) + 0.01, yi, f"{value:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1.12)
+    ax.set_xlabel("weighted F1")
+    ax.set_title("slices and baselines (same held-out items)")
