@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     log_batch_size: int = Field(500, ge=1)
 
     review_lease_s: int = Field(600, ge=1)
+    # The queue's bound: past this many open low-confidence tasks, the lowest-priority ones are
+    # shed (kept as `shed`, out of the queue), and so are those open longer than the age limit.
+    # User reports, audit items and label checks are never shed. 0 turns either bound off.
+    review_queue_limit: int = Field(20_000, ge=0)
+    review_max_age_days: float = Field(30.0, ge=0.0)
     duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
     trust_feedback: bool = False
     # The loop closes itself by default: a retrain (behind the quality gate) after this many new

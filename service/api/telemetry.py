@@ -103,7 +103,8 @@ def _database(state: AppState) -> Iterator[Sample]:
         yield Sample("tagflow_database_up", "The database answered the last scrape", 0, {})
         return
     yield Sample("tagflow_database_up", "The database answered the last scrape", 1, {})
-    for name in ("open", "leased"):
+    # `shed` only grows: its rate is the work the queue bound turned away (reviewers behind).
+    for name in ("open", "leased", "shed"):
         yield Sample("tagflow_review_tasks", "Review tasks by state", counts[name], {"state": name})
     for reason, n in counts["by_reason"].items():
         yield Sample(

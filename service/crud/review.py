@@ -235,6 +235,8 @@ def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
     task = get_task(session, task_id=task_id)
     if task.status == ReviewStatus.LABELED:
         return ConflictError(f"task {task_id} is already labelled; reopen it to change the label")
+    if task.status == ReviewStatus.SHED:
+        return ConflictError(f"task {task_id} was shed from the queue unreviewed (queue bound)")
     if task.status == ReviewStatus.LEASED and task.leased_by != reviewer:
         return ConflictError(f"task {task_id} is leased to {task.leased_by!r}")
     return ConflictError(f"task {task_id} changed concurrently; try again")
@@ -369,6 +371,59 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
     return get_task(session, task_id=task_id)
 
 
+def _sheddable() -> tuple[ColumnElement[bool], ...]:
+    """Tasks the queue bound may shed: open (not leased), unsure, and never reported. What
+    a person sent (a report) and what measures or checks the model (audit, label_check) stays."""
+    return (
+        ReviewTask.status == ReviewStatus.OPEN,
+        ReviewTask.reason == ReviewReason.LOW_CONFIDENCE,
+        col(ReviewTask.reports) == 0,
+    )
+
+
+def _shed_where(session: Session, *conditions: Any, now: datetime) -> int:
+    """Mark the sheddable tasks matching `conditions` shed; how many were."""
+    result = session.exec(
+        update(ReviewTask)
+        .where(*_sheddable(), *conditions)
+        .values(status=ReviewStatus.SHED, open_key=None, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount)
+
+
+def shed(
+    session: Session, *, limit: int, max_age: timedelta | None, now: datetime
+) -> dict[str, int]:
+    """Bound the queue: shed unsure tasks open longer than `max_age`, then the lowest-priority
+    ones past `limit` open unsure tasks (0: no limit). Returns how many went, by cause.
+
+    A claim running meanwhile is safe: only rows still `open` when the UPDATE reaches them
+    change, so a task just leased to a reviewer stays theirs.
+    """
+    aged = 0
+    if max_age is not None:
+        aged = _shed_where(session, col(ReviewTask.created_at) < now - max_age, now=now)
+    excess = _count(session, *_sheddable()) - limit if limit else 0
+    overflow = 0
+    if excess > 0:
+        lowest = (
+            select(ReviewTask.id)
+            .where(*_sheddable())
+            .order_by(col(ReviewTask.priority), col(ReviewTask.id))
+            .limit(excess)
+        )
+        overflow = _shed_where(session, col(ReviewTask.id).in_(lowest.scalar_subquery()), now=now)
+    session.commit()
+    if aged or overflow:
+        log.info(
+            "review queue bound: shed %d tasks past the age limit, %d past the limit",
+            aged,
+            overflow,
+        )
+    return {"age": aged, "limit": overflow}
+
+
 def _count(session: Session, *conditions: Any) -> int:
     """Number of tasks matching `conditions`."""
     return session.exec(select(func.count()).select_from(ReviewTask).where(*conditions)).one()
@@ -396,6 +451,7 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "open": open_,
         "leased": leased,
         "labeled_today": labeled_today,
+        "shed": _count(session, ReviewTask.status == ReviewStatus.SHED),
         "by_reason": by_reason,
         "outbox_pending": pending_count(session),
     }

@@ -37,6 +37,7 @@ class ReviewStats(BaseModel):
     open: int
     leased: int
     labeled_today: int
+    shed: int  # taken out of the queue unreviewed by its bound, ever
     by_reason: dict[str, int]
     outbox_pending: int
     failed_jobs: int | None

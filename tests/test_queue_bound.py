@@ -1,0 +1,150 @@
+"""The review queue's bound (crud.review.shed, run after each labelling job): unsure tasks past
+the limit or the age limit leave the queue as `shed`; what people sent and the audit stay."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from service.config import Settings
+from service.crud import review as review_crud
+from service.entities.common import utcnow
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.errors import ConflictError
+from tests.conftest import auth
+from tests.test_review_queue import add_task, do, get, label_task, payload, tasks
+from workers import review_jobs
+from workers.context import JobContext, use_context
+
+MONTH = timedelta(days=30)
+TITLES = [
+    "Kubeflow pipelines on a Kubernetes cluster",
+    "Real-time object detection with YOLO",
+    "Fine-tuning BERT for sentiment analysis",
+    "Graph neural networks for molecules",
+    "Forecasting electricity demand with ARIMA",
+]
+
+
+def set_fields(engine: Engine, task_id: int, **values: object) -> None:
+    with Session(engine) as session:
+        session.exec(update(ReviewTask).where(col(ReviewTask.id) == task_id).values(**values))
+        session.commit()
+
+
+def statuses(engine: Engine) -> dict[str, ReviewStatus]:
+    return {t.title: t.status for t in tasks(engine)}
+
+
+def protected(engine: Engine) -> list[int]:
+    """One task of each kind the bound must never shed, each at the bottom of the queue."""
+    ids = [
+        add_task(engine, "reported", 0.0, reason=ReviewReason.USER_REPORT, reports=1),
+        add_task(engine, "unsure, then reported", 0.0, reports=1),
+        add_task(engine, "audit", 0.0, reason=ReviewReason.AUDIT),
+        add_task(engine, "label check", 0.0, reason=ReviewReason.LABEL_CHECK),
+        add_task(engine, "leased", 0.0),
+    ]
+    soon = utcnow() + timedelta(minutes=10)
+    set_fields(engine, ids[-1], status=ReviewStatus.LEASED, leased_by="ann", lease_expires_at=soon)
+    return ids
+
+
+def test_past_the_limit_the_lowest_priority_unsure_tasks_are_shed(engine: Engine) -> None:
+    for title, uncertainty in [("u9", 0.9), ("u2", 0.2), ("u6", 0.6), ("u1", 0.1), ("u4", 0.4)]:
+        add_task(engine, title, uncertainty)
+    protected(engine)
+
+    shed = do(engine, review_crud.shed, limit=3, max_age=None, now=utcnow())
+
+    assert shed == {"age": 0, "limit": 2}
+    after = statuses(engine)
+    assert {t for t, s in after.items() if s == ReviewStatus.SHED} == {"u1", "u2"}
+    assert after["leased"] == ReviewStatus.LEASED
+    assert [t for t, s in after.items() if s == ReviewStatus.OPEN] == [
+        "u9", "u6", "u4", "reported", "unsure, then reported", "audit", "label check"
+    ]  # fmt: skip
+    assert all(t.open_key is None for t in tasks(engine) if t.status == ReviewStatus.SHED)
+    stats = do(engine, review_crud.stats, now=utcnow())
+    assert stats["shed"] == 2 and stats["open"] == 7
+    # At the bound, nothing more goes; a limit of 0 is no limit.
+    assert do(engine, review_crud.shed, limit=3, max_age=None, now=utcnow()) == {
+        "age": 0,
+        "limit": 0,
+    }
+    assert do(engine, review_crud.shed, limit=0, max_age=None, now=utcnow()) == {
+        "age": 0,
+        "limit": 0,
+    }
+
+
+def test_unsure_tasks_past_the_age_limit_are_shed(engine: Engine) -> None:
+    old, fresh = add_task(engine, "old", 0.9), add_task(engine, "fresh", 0.1)
+    kept = protected(engine)
+    for task_id in (old, *kept):
+        set_fields(engine, task_id, created_at=utcnow() - MONTH - timedelta(hours=1))
+
+    assert do(engine, review_crud.shed, limit=0, max_age=MONTH, now=utcnow()) == {
+        "age": 1,
+        "limit": 0,
+    }
+    assert get(engine, old).status == ReviewStatus.SHED
+    assert get(engine, fresh).status == ReviewStatus.OPEN
+    assert [get(engine, k).status for k in kept] == [ReviewStatus.OPEN] * 4 + [ReviewStatus.LEASED]
+
+
+def test_a_shed_task_cannot_be_labelled_and_its_content_can_queue_again(engine: Engine) -> None:
+    task_id = add_task(engine, "u", 0.1)
+    do(engine, review_crud.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
+    with pytest.raises(ConflictError, match="shed from the queue"):
+        label_task(engine, task_id, "mlops")
+    again = add_task(engine, "u", 0.1)  # the unique open key was freed
+    assert again != task_id and get(engine, again).status == ReviewStatus.OPEN
+
+
+@pytest.fixture
+def bounded_ctx(
+    make_settings: Callable[..., Settings], database_url: str, engine: Engine
+) -> Iterator[JobContext]:
+    context = JobContext(make_settings(database_url=database_url, review_queue_limit=3))
+    use_context(context)
+    yield context
+    use_context(None)
+    context.engine.dispose()
+
+
+def test_each_labelling_job_applies_the_bound(bounded_ctx: JobContext, engine: Engine) -> None:
+    # Unrelated texts, so no diversity penalty reorders them: priority follows the margin.
+    batch = [
+        payload(title, scores={"mlops": 0.5 + i / 20, "other": 0.5 - i / 20})
+        for i, title in enumerate(TITLES)
+    ]
+    batch.append(payload("A user says this tag is wrong", reason="user_report"))
+
+    result = review_jobs.process_reviews(batch)
+
+    assert result["shed"] == {"age": 0, "limit": 2}
+    open_titles = {t.title for t in tasks(engine) if t.status == ReviewStatus.OPEN}
+    # The two surest items (smallest uncertainty) went; the report is beyond the bound.
+    assert open_titles == {*TITLES[:3], batch[-1]["title"]}
+    # The same content arriving again opens a new task; the bound then sheds the lowest again.
+    again = review_jobs.process_reviews([payload(TITLES[4], scores=batch[4]["scores"])])
+    assert again["actions"] == {"created": 1} and again["shed"] == {"age": 0, "limit": 1}
+
+
+def test_operators_see_what_the_bound_shed(client: TestClient, engine: Engine) -> None:
+    for title, uncertainty in [("u9", 0.9), ("u2", 0.2), ("u1", 0.1)]:
+        add_task(engine, title, uncertainty)
+    do(engine, review_crud.shed, limit=1, max_age=None, now=utcnow())
+
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert (stats["open"], stats["shed"]) == (1, 2)
+    metrics = client.get("/metrics", headers=auth("admin")).text
+    assert 'tagflow_review_tasks{state="shed"} 2.0' in metrics
+    assert 'tagflow_review_tasks{state="open"} 1.0' in metrics
