@@ -137,6 +137,16 @@ def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
+@pytest.fixture
+def cli_env(tmp_path: Path, encoder_dir: Path) -> dict[str, str]:
+    """The environment of a `tagflow` command run by a test: its own data dir, an admin key."""
+    return {
+        "TAGFLOW_API_KEYS": "admin:k",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+
+
 @pytest.fixture(scope="session")
 def seed_result(encoder: Encoder, tags: TagSet) -> TrainResult:
     """A model trained on the bundled seed's train split (the `tagflow up` model)."""

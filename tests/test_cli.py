@@ -11,12 +11,8 @@ from service.cli import app
 from service.config import SEED_DATASET
 
 
-def test_train_list_evaluate_promote_rollback(tmp_path: Path, encoder_dir: Path) -> None:
-    env = {
-        "TAGFLOW_API_KEYS": "admin:k",
-        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
-        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
-    }
+def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
+    env = cli_env
     runner = CliRunner()
     trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), "--promote"], env=env)
     assert trained.exit_code == 0, trained.output

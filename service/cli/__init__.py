@@ -1,0 +1,5 @@
+"""The `tagflow` command line (`tagflow --help`)."""
+
+from service.cli.main import app
+
+__all__ = ["app"]

@@ -1,0 +1,84 @@
+"""What every `tagflow` command shares: the console, settings, a database session, the
+encoder and the tag list, and the metrics table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from sqlmodel import Session
+
+from service.config import Settings, UnsafeSettingsError
+from service.db import init_db, make_engine
+from service.errors import TagflowError
+from service.ml import registry
+
+if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
+    from service.ml.encoder import Encoder
+    from service.tags import TagSet
+
+console = Console()
+
+
+def settings_or_exit() -> Settings:
+    """The settings from the environment; a bad one is a one-line error and exit code 2."""
+    try:
+        return Settings()
+    except (UnsafeSettingsError, ValueError) as exc:
+        console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def open_session(settings: Settings) -> Session:
+    """A session on the configured database, upgraded to the newest schema first."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    return Session(engine, expire_on_commit=False)
+
+
+def cli_encoder(settings: Settings) -> Encoder:
+    """The configured sentence encoder, with two threads and no cache (batch work)."""
+    from service.ml.encoder import load_encoder
+
+    return load_encoder(settings.resolved_encoder_dir, settings.encoder, threads=2, cache_size=0)
+
+
+def cli_tags(settings: Settings) -> TagSet:
+    """The approved tags."""
+    from service.tags import load_tags
+
+    return load_tags(settings.tags_file)
+
+
+def version_or_production(session: Session, version: str | None) -> registry.ModelVersion:
+    """The named version, else production; a TagflowError when there is none."""
+    row = (
+        registry.get_version(session, version=version)
+        if version
+        else registry.get_production(session)
+    )
+    if row is None:
+        raise TagflowError("no production model; name a version")
+    return row
+
+
+def metrics_table(metrics: dict, title: str) -> Table:
+    """Per-class figures of an evaluation report, the summary in the caption."""
+    table = Table(title=title)
+    for col in ("tag", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="right" if col != "tag" else "left")
+    for tag, m in metrics["per_class"].items():
+        table.add_row(
+            tag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
+        )
+    auto = metrics["auto"]
+    table.caption = (
+        f"weighted F1 {metrics['weighted_f1']:.3f}  accuracy {metrics['accuracy']:.3f}  "
+        f"auto: {auto['coverage']:.0%} accepted at precision "
+        f"{auto['precision'] if auto['precision'] is None else round(auto['precision'], 3)}  "
+        + "  ".join(f"{k} {v['weighted_f1']:.3f}" for k, v in metrics.get("baselines", {}).items())
+    )
+    return table

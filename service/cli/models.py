@@ -1,0 +1,189 @@
+"""`tagflow models`: the registry from the command line: list, compare, promote, roll back, and
+the served cut."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from service.cli.common import (
+    cli_encoder,
+    cli_tags,
+    console,
+    open_session,
+    settings_or_exit,
+    version_or_production,
+)
+from service.errors import TagflowError
+from service.ml import registry
+from service.ml.dataset import DatasetError, load_dataset
+
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+
+
+@models_app.command("list")
+def models_list(
+    where: Annotated[
+        list[str] | None, typer.Option(help="e.g. per_class.mlops.precision>=0.95")
+    ] = None,
+) -> None:
+    """List versions, newest first, optionally filtered by metric criteria."""
+    settings = settings_or_exit()
+    try:
+        criteria = [registry.Criterion.parse(w) for w in where or []]
+    except TagflowError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    table = Table("version", "status", "created", "rows", "weighted F1", "auto cov", "auto prec")
+    with open_session(settings) as session:
+        for row in registry.list_versions(session, criteria=criteria):
+            auto = row.metrics.get("auto", {})
+            table.add_row(
+                row.version,
+                row.status.value,
+                f"{row.created_at:%Y-%m-%d %H:%M}",
+                str(row.data_rows),
+                f"{row.metrics.get('weighted_f1', 0):.3f}",
+                f"{auto.get('coverage') or 0:.0%}",
+                f"{auto.get('precision') or 0:.3f}",
+            )
+    console.print(table)
+
+
+def _compare_table(outcome: dict) -> Table:
+    """Side by side: the summary figures, each class's F1, the slices, the paired counts."""
+    a, b, paired = outcome["a"], outcome["b"], outcome["paired"]
+    table = Table("", a["version"], b["version"], title=f"{a['version']} against {b['version']}")
+
+    def row(name: str, x: float | None, y: float | None, fmt: str = ".3f") -> None:
+        table.add_row(name, *("-" if v is None else format(v, fmt) for v in (x, y)))
+
+    row("weighted F1", a["weighted_f1"], b["weighted_f1"])
+    row("accuracy", a["accuracy"], b["accuracy"])
+    row("auto: share accepted", a["auto"]["coverage"], b["auto"]["coverage"], ".1%")
+    row("auto: precision", a["auto"]["precision"], b["auto"]["precision"])
+    for tag, m in b["per_class"].items():
+        row(f"F1 {tag}", a["per_class"].get(tag, {}).get("f1"), m["f1"])
+    for name, s in b["slices"].items():
+        row(f"F1 slice {name} (n={s['n']})", a["slices"].get(name, {}).get("f1"), s["f1"])
+    gate = outcome["gate"]
+    verdict = "passed" if gate["passed"] else "failed: " + ", ".join(gate["failed"])
+    table.caption = (
+        f"{paired['items']} items; same tag on {paired['same_tag']}; only {a['version']} right "
+        f"on {paired['only_a_right']}, only {b['version']} right on {paired['only_b_right']} "
+        f"(McNemar exact p = {paired['mcnemar_p']:.3g}); "
+        f"gate for {a['version']} over {b['version']}: {verdict}"
+    )
+    return table
+
+
+@models_app.command("compare")
+def models_compare(
+    a: Annotated[str, typer.Argument(help="Version to judge (e.g. a candidate)")],
+    data: Annotated[Path, typer.Option(help="Labelled file neither version trained on")],
+    b: Annotated[str | None, typer.Argument(help="Version to judge it against")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the comparison as JSON")] = False,
+) -> None:
+    """Score two versions as they serve on the same labelled items (B: production)."""
+    from service.ml.compare import Contender, compare_versions
+
+    settings = settings_or_exit()
+    try:
+        examples, _ = load_dataset(data, tags=cli_tags(settings))
+        with open_session(settings) as session:
+            rows = [registry.get_version(session, version=a), version_or_production(session, b)]
+            contenders = [
+                Contender(r.version, registry.load_model(r), registry.serving_threshold(r))
+                for r in rows
+            ]
+        outcome = compare_versions(
+            *contenders,
+            encoder=cli_encoder(settings),
+            examples=examples,
+            target_precision=settings.target_precision,
+        )
+    except (DatasetError, TagflowError) as exc:
+        console.print(f"[red]cannot compare:[/red]\n{exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        console.print(_compare_table(outcome))
+
+
+def _registry_action(action: str, version: str | None = None) -> None:
+    settings = settings_or_exit()
+    try:
+        with open_session(settings) as session:
+            row = (
+                registry.promote(session, version=version)
+                if version
+                else registry.rollback(session)
+            )
+    except TagflowError as exc:
+        console.print(f"[red]cannot {action}:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{row.version} is production; running APIs switch within seconds")
+
+
+@models_app.command("promote")
+def models_promote(version: str) -> None:
+    """Promote a version to production (its artifact checksum must match)."""
+    _registry_action("promote", version)
+
+
+@models_app.command("rollback")
+def models_rollback() -> None:
+    """Promote the previous production version again."""
+    _registry_action("roll back")
+
+
+@models_app.command("recalibrate")
+def models_recalibrate(
+    version: str,
+    dry_run: Annotated[bool, typer.Option(help="Only report what the audit says")] = False,
+) -> None:
+    """Move a version's auto-acceptance cut where its audit sample shows it should be."""
+    from service.calibration import recalibrate
+
+    settings = settings_or_exit()
+    try:
+        with open_session(settings) as session:
+            outcome = recalibrate(
+                session,
+                version=version,
+                target=settings.target_precision,
+                min_audited=settings.recalibrate_min_audited,
+                lower=settings.recalibrate_lower,
+                apply=not dry_run,
+            )
+    except TagflowError as exc:
+        console.print(f"[red]cannot recalibrate:[/red] {exc}")
+        raise typer.Exit(1) from None
+    verb = "moved to" if outcome.applied else "would be" if dry_run else "stays at"
+    console.print(
+        f"{version}: {outcome.action.value}; cut {outcome.current:.4f} {verb} "
+        f"{outcome.proposed:.4f}\n{outcome.reason}"
+    )
+
+
+@models_app.command("threshold")
+def models_threshold(version: str, threshold: float, note: str = "") -> None:
+    """Set the auto-acceptance cut a version is served with (1.01: everything to review)."""
+    settings = settings_or_exit()
+    try:
+        with open_session(settings) as session:
+            registry.set_serving_threshold(
+                session,
+                version=version,
+                threshold=threshold,
+                evidence={"source": "manual", "note": note},
+            )
+    except TagflowError as exc:
+        console.print(f"[red]cannot set the threshold:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")

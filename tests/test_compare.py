@@ -1,0 +1,97 @@
+"""Comparing two versions on the same items (service.ml.compare, `tagflow models compare`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.config import SEED_DATASET
+from service.ml.compare import Contender, compare_versions, paired_counts
+from service.ml.encoder import Encoder
+from service.ml.evaluation import evaluate_predictions
+from service.ml.gate import apply_gate
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult, score
+from service.tags import TagSet
+
+
+def test_paired_counts_and_the_exact_mcnemar_test() -> None:
+    truth = ["a", "a", "b", "b", "c"]
+    counts = paired_counts(truth, ["a", "a", "b", "c", "a"], ["a", "b", "c", "c", "a"])
+    assert counts == {
+        "items": 5,
+        "same_tag": 3,
+        "both_right": 1,
+        "only_a_right": 2,
+        "only_b_right": 0,
+        "both_wrong": 2,
+        "mcnemar_p": pytest.approx(0.5),  # two discordant items, both for a: 2 x 0.5^2
+    }
+    assert paired_counts(truth, truth, truth)["mcnemar_p"] == 1.0  # nothing discordant
+
+
+def test_two_versions_scored_as_they_serve_on_the_same_items(
+    encoder: Encoder,
+    tags: TagSet,
+    shared_dataset: Path,
+    shared_result: TrainResult,
+    seed_result: TrainResult,
+) -> None:
+    """The shared-data model against the seed model, on the shared data's held-out split."""
+    _, held_out, _ = base_split(shared_dataset, tags=tags)
+    shared, seed = shared_result.model, seed_result.model
+    outcome = compare_versions(
+        Contender("shared", shared, 0.9),
+        Contender("seed", seed, seed.threshold),
+        encoder=encoder,
+        examples=held_out,
+        target_precision=0.99,
+    )
+    # Each side is the same report `evaluate_predictions` gives for the model as it serves.
+    for side, model, cut in (("a", shared, 0.9), ("b", seed, seed.threshold)):
+        expected = evaluate_predictions(
+            held_out, score(model, encoder, held_out), model.classes, threshold=cut
+        )
+        assert {k: outcome[side][k] for k in expected} == expected
+    paired = outcome["paired"]
+    right = {s: round(outcome[s]["accuracy"] * len(held_out)) for s in ("a", "b")}
+    assert paired["items"] == len(held_out)
+    assert paired["both_right"] + paired["only_a_right"] == right["a"]
+    assert paired["both_right"] + paired["only_b_right"] == right["b"]
+    assert sum(paired[k] for k in ("both_right", "only_a_right", "only_b_right", "both_wrong")) == (
+        len(held_out)
+    )
+    # A model of this platform's own items beats one of our 321 seed rows, and not by luck.
+    assert right["a"] > right["b"] and paired["mcnemar_p"] < 0.01
+    assert outcome["gate"] == apply_gate(
+        {k: v for k, v in outcome["a"].items() if k != "version"},
+        {k: v for k, v in outcome["b"].items() if k != "version"},
+        target_precision=0.99,
+    )
+
+
+def test_models_compare_on_the_command_line(cli_env: dict[str, str]) -> None:
+    env = cli_env
+    runner = CliRunner()
+    for extra in (["--promote"], []):
+        trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), *extra], env=env)
+        assert trained.exit_code == 0, trained.output
+
+    data = ["--data", str(SEED_DATASET)]
+    as_json = runner.invoke(app, ["models", "compare", "v0002", *data, "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    outcome = json.loads(as_json.output)
+    assert (outcome["a"]["version"], outcome["b"]["version"]) == ("v0002", "v0001")  # production
+    # The same data and the same training procedure: the same model, tag for tag.
+    assert outcome["paired"]["same_tag"] == outcome["paired"]["items"] == outcome["a"]["n"]
+    assert outcome["gate"]["passed"]
+
+    table = runner.invoke(app, ["models", "compare", "v0002", "v0001", *data], env=env)
+    assert table.exit_code == 0 and "v0002 against v0001" in table.output
+    assert "McNemar exact p = 1" in table.output
+    missing = runner.invoke(app, ["models", "compare", "v0042", *data], env=env)
+    assert missing.exit_code == 1 and "does not exist" in missing.output
