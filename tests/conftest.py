@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -238,15 +239,24 @@ def client(
         yield test_client
 
 
+@contextmanager
+def sqlite_app(
+    make_settings: Callable[..., Settings], tmp_path: Path, result: TrainResult, **overrides: object
+) -> Iterator[TestClient]:
+    """The real app on a SQLite file of its own, serving `result`, with settings `overrides`."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}", **overrides)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, result)
+    engine.dispose()
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
 @pytest.fixture
 def sqlite_client(
     make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
 ) -> Iterator[TestClient]:
     """The real app on SQLite only, for API tests that are not about storage."""
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
-    engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
-    register_promoted(engine, settings, shared_result)
-    engine.dispose()
-    with TestClient(create_app(settings)) as test_client:
+    with sqlite_app(make_settings, tmp_path, shared_result) as test_client:
         yield test_client

@@ -14,6 +14,7 @@ from rq import Queue
 
 from service.api import errors
 from service.api.lifecycle import drain_outbox, sync_production, watch
+from service.api.limits import BodyLimit, max_body_bytes
 from service.api.routes import (
     feedback,
     health,
@@ -130,6 +131,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    # Added first, so it runs inside RequestMetrics: a refused body is counted too.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings))
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     errors.install(app)
     for router in (

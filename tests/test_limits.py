@@ -1,0 +1,84 @@
+"""The request-body bound (service/api/limits.py): 413 with a JSON body, never a 500, and
+never for a valid request."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.limits import max_body_bytes
+from service.config import Settings
+from service.ml.training import TrainResult
+from tests.conftest import auth, sqlite_app
+
+LIMIT = 4096
+
+
+@pytest.fixture
+def small_limit_client(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> Iterator[TestClient]:
+    with sqlite_app(make_settings, tmp_path, shared_result, max_body_bytes=LIMIT) as client:
+        yield client
+
+
+def body(description_chars: int) -> bytes:
+    return json.dumps({"title": "YOLO", "description": "x" * description_chars}).encode()
+
+
+JSON_AROUND = len(body(0))
+
+
+def test_a_declared_body_over_the_limit_is_refused_unread(small_limit_client: TestClient) -> None:
+    response = small_limit_client.post(
+        "/predict",
+        content=body(LIMIT),
+        headers={**auth("client"), "content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json() == {
+        "detail": f"request body of {LIMIT + JSON_AROUND} bytes is over the limit of {LIMIT} bytes"
+    }
+    metrics = small_limit_client.get("/metrics", headers=auth("client")).text
+    assert 'tagflow_http_requests_total{method="POST",route="unmatched",status="413"} 1.0' in (
+        metrics
+    )
+
+
+def test_a_streamed_body_over_the_limit_is_refused(small_limit_client: TestClient) -> None:
+    chunks = [b'{"title": "YOLO", "description": "'] + [b"x" * 1000] * 5 + [b'"}']
+    response = small_limit_client.post(
+        "/predict",
+        content=iter(chunks),  # no Content-Length: sent chunked
+        headers={**auth("client"), "content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert "over the limit of 4096 bytes" in response.json()["detail"]
+
+
+def test_a_body_at_the_limit_is_served(small_limit_client: TestClient) -> None:
+    at_limit = body(LIMIT - JSON_AROUND)
+    assert len(at_limit) == LIMIT
+    response = small_limit_client.post(
+        "/predict",
+        content=at_limit,
+        headers={**auth("client"), "content-type": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+
+
+def test_the_default_limit_admits_the_largest_valid_batch(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings()
+    # Every character escaped (\u00e9: 6 bytes), every item at both length limits.
+    item = {
+        "title": "é" * settings.max_title_chars,
+        "description": "é" * settings.max_description_chars,
+    }
+    largest = json.dumps({"items": [item] * settings.max_batch_items}).encode()
+    assert len(largest) <= max_body_bytes(settings) < 2 * len(largest)
