@@ -1,0 +1,55 @@
+"""The Prometheus set-up in deploy/prometheus: valid for Prometheus itself (promtool, from
+Debian's `prometheus` package, which .ci/run unpacks), each alert firing as its unit tests
+say, and every metric an alert reads actually served by the API."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import yaml
+from fastapi.testclient import TestClient
+
+from tests.conftest import ROOT, auth
+from tests.test_metrics import scrape
+
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+# Served once the production version has labelled audit items: tests/test_audit.py scrapes them.
+AUDIT_ONLY = {"tagflow_audit_meets_target", "tagflow_audit_precision", "tagflow_audit_labelled"}
+
+
+def promtool(*args: str) -> str:
+    tool = shutil.which("promtool")
+    assert tool, "promtool not found: .ci/run unpacks it from Debian's prometheus package"
+    result = subprocess.run(
+        [tool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_prometheus_accepts_the_config_and_the_rules() -> None:
+    assert "SUCCESS" in promtool("check", "config", "--syntax-only", "prometheus.yml")
+    assert "SUCCESS: 13 rules found" in promtool("check", "rules", "alerts.yml")
+
+
+def test_every_alert_fires_as_its_unit_tests_say() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    assert tested == set(alert_exprs()), "every alert has unit tests"
+    assert "SUCCESS" in promtool("test", "rules", "alerts_test.yml")
+
+
+def alert_exprs() -> dict[str, str]:
+    groups = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"]
+    return {rule["alert"]: rule["expr"] for group in groups for rule in group["rules"]}
+
+
+def test_every_metric_an_alert_reads_is_served(sqlite_client: TestClient) -> None:
+    item = {"title": "YOLOv8 object detection", "description": "Real-time detection."}
+    assert sqlite_client.post("/predict", json=item, headers=auth("client")).status_code == 200
+    served = {name for name, _ in scrape(sqlite_client)}
+    wanted = {m for expr in alert_exprs().values() for m in re.findall(r"tagflow_\w+", expr)}
+    assert wanted - AUDIT_ONLY, "the rules read tagflow metrics"
+    assert wanted - served - AUDIT_ONLY == set()
