@@ -265,20 +265,26 @@ _STATES = {
 }
 
 
-def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
-    """Queue a retraining; its result is kept a week. Raises UnavailableError without Redis."""
+def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
+    """Queue a job whose result is kept a week (GET /jobs/{id}); UnavailableError without
+    Redis."""
     try:
         job = queue.enqueue(
-            RETRAIN_JOB,
-            reason,
+            func,
+            *args,
             job_timeout=JOB_TIMEOUT_S,
             result_ttl=RESULT_TTL_S,
             failure_ttl=RESULT_TTL_S,
-            description=f"retrain ({reason})",
+            description=description,
         )
     except RedisError as exc:
-        raise UnavailableError(f"Redis is unavailable, retraining not queued: {exc}") from exc
+        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
     return job.id
+
+
+def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
+    """Queue a retraining."""
+    return enqueue_job(queue, RETRAIN_JOB, reason, description=f"retrain ({reason})")
 
 
 def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Queue) -> str | None:

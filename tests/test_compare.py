@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from typer.testing import CliRunner
 
+from service.api.main import create_app
 from service.cli import app
-from service.config import SEED_DATASET
+from service.config import SEED_DATASET, Settings
+from service.ml import registry
 from service.ml.compare import Contender, compare_versions, paired_counts
 from service.ml.encoder import Encoder
 from service.ml.evaluation import evaluate_predictions
@@ -17,6 +24,8 @@ from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, score
 from service.tags import TagSet
+from tests.conftest import auth, register_promoted
+from tests.test_retraining import work_training
 
 
 def test_paired_counts_and_the_exact_mcnemar_test() -> None:
@@ -95,3 +104,42 @@ def test_models_compare_on_the_command_line(cli_env: dict[str, str]) -> None:
     assert "McNemar exact p = 1" in table.output
     missing = runner.invoke(app, ["models", "compare", "v0042", *data], env=env)
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_compare_over_the_api_as_a_job(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    shared_dataset: Path,
+    shared_result: TrainResult,
+    seed_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    """The seed model (a candidate) against the shared-data model in production, on the frozen
+    evaluation set: the held-out split of the base dataset, here the shared data."""
+    settings = make_settings(database_url=database_url, base_dataset=shared_dataset)
+    production = register_promoted(engine, settings, shared_result)
+    with Session(engine) as session:
+        seed = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        ).version
+    with TestClient(create_app(settings)) as client:
+        assert client.post(f"/models/{seed}/compare", headers=auth("client")).status_code == 403
+        assert client.post("/models/v0042/compare", headers=auth("admin")).status_code == 404
+        unknown = client.post(f"/models/{seed}/compare?against=v0042", headers=auth("admin"))
+        assert unknown.status_code == 404
+
+        accepted = client.post(f"/models/{seed}/compare", headers=auth("admin"))
+        assert accepted.status_code == 202, accepted.text
+        work_training(client, redis_conn)
+        job = client.get(f"/jobs/{accepted.json()['job_id']}", headers=auth("admin")).json()
+
+    assert job["status"] == "finished", job
+    result = job["result"]
+    assert (result["a"]["version"], result["b"]["version"]) == (seed, production)
+    assert result["evaluation"]["source"] == str(shared_dataset)
+    assert result["evaluation"]["rows"] == result["paired"]["items"] == 153
+    assert result["evaluation"]["holdout_labels"] == 0
+    paired = result["paired"]
+    assert paired["only_b_right"] > paired["only_a_right"] and paired["mcnemar_p"] < 0.01
+    assert not result["gate"]["passed"] and "weighted_f1" in result["gate"]["failed"]

@@ -12,8 +12,6 @@ from sqlmodel import Session
 
 from service.config import Settings, UnsafeSettingsError
 from service.db import init_db, make_engine
-from service.errors import TagflowError
-from service.ml import registry
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
     from service.ml.encoder import Encoder
@@ -51,18 +49,6 @@ def cli_tags(settings: Settings) -> TagSet:
     from service.tags import load_tags
 
     return load_tags(settings.tags_file)
-
-
-def version_or_production(session: Session, version: str | None) -> registry.ModelVersion:
-    """The named version, else production; a TagflowError when there is none."""
-    row = (
-        registry.get_version(session, version=version)
-        if version
-        else registry.get_production(session)
-    )
-    if row is None:
-        raise TagflowError("no production model; name a version")
-    return row
 
 
 def metrics_table(metrics: dict, title: str) -> Table:

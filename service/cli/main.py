@@ -22,7 +22,6 @@ from service.cli.common import (
     metrics_table,
     open_session,
     settings_or_exit,
-    version_or_production,
 )
 from service.cli.db import db_app
 from service.cli.models import models_app
@@ -131,7 +130,7 @@ def evaluate(
     try:
         examples, _ = load_dataset(data, tags=cli_tags(settings))
         with open_session(settings) as session:
-            row = version_or_production(session, version)
+            row = registry.version_or_production(session, version=version)
             report = run_evaluation(registry.load_model(row), cli_encoder(settings), examples)
     except (DatasetError, TagflowError) as exc:
         console.print(f"[red]cannot evaluate:[/red]\n{exc}")

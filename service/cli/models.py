@@ -16,7 +16,6 @@ from service.cli.common import (
     console,
     open_session,
     settings_or_exit,
-    version_or_production,
 )
 from service.errors import TagflowError
 from service.ml import registry
@@ -95,11 +94,11 @@ def models_compare(
     try:
         examples, _ = load_dataset(data, tags=cli_tags(settings))
         with open_session(settings) as session:
-            rows = [registry.get_version(session, version=a), version_or_production(session, b)]
-            contenders = [
-                Contender(r.version, registry.load_model(r), registry.serving_threshold(r))
-                for r in rows
+            rows = [
+                registry.get_version(session, version=a),
+                registry.version_or_production(session, version=b),
             ]
+            contenders = [Contender.registered(row) for row in rows]
         outcome = compare_versions(
             *contenders,
             encoder=cli_encoder(settings),

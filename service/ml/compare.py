@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import binomtest
 
+from service.entities import ModelVersion
+from service.ml import registry
 from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import Example
 from service.ml.encoder import Encoder
@@ -30,6 +32,11 @@ class Contender:
     version: str
     model: TagModel
     threshold: float
+
+    @classmethod
+    def registered(cls, row: ModelVersion) -> Contender:
+        """A registered version, loaded (checksum verified), at the cut it is served with."""
+        return cls(row.version, registry.load_model(row), registry.serving_threshold(row))
 
 
 def paired_counts(truth: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict[str, Any]:

@@ -138,6 +138,14 @@ def get_production(session: Session) -> ModelVersion | None:
     ).first()
 
 
+def version_or_production(session: Session, *, version: str | None) -> ModelVersion:
+    """The named version, else production; NotFoundError when there is none."""
+    row = get_version(session, version=version) if version else get_production(session)
+    if row is None:
+        raise NotFoundError("no production model; name a version")
+    return row
+
+
 def list_versions(
     session: Session,
     *,

@@ -1,4 +1,4 @@
-"""The model registry over HTTP: list, filter, inspect, promote, roll back."""
+"""The model registry over HTTP: list, filter, inspect, compare, promote, roll back."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import AdminRole, AnyRole, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate
+from service.comparison import enqueue_compare
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
@@ -50,6 +51,24 @@ def retrain_model(state: StateDep, _role: AdminRole) -> JobAccepted:
     """Queue a retraining on the base dataset plus current labels; follow it at
     GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate."""
     return JobAccepted(job_id=enqueue_retrain(state.queues.training, reason="manual"))
+
+
+@router.post("/{version}/compare", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+def compare_model(
+    version: str,
+    session: SessionDep,
+    state: StateDep,
+    _role: AdminRole,
+    against: Annotated[
+        str | None, Query(description="The other version (default: production)")
+    ] = None,
+) -> JobAccepted:
+    """Queue a comparison of `version` with another version, each as it serves, on the frozen
+    evaluation set the retraining gate uses: both reports, the gate's verdict for `version`,
+    and the paired counts with McNemar's exact test. The result is at GET /jobs/{job_id}."""
+    a = registry.get_version(session, version=version)
+    b = registry.version_or_production(session, version=against)
+    return JobAccepted(job_id=enqueue_compare(state.queues.training, a=a.version, b=b.version))
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
