@@ -22,7 +22,18 @@ log = logging.getLogger(__name__)
 
 
 class Item(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="ignore",
+        str_strip_whitespace=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "YOLOv8 for counting cars",
+                    "description": "Real-time object detection on traffic video.",
+                }
+            ]
+        },
+    )
 
     title: str = Field(min_length=1, description="Non-empty title")
     description: str = Field(default="", description="Short description; may be empty")
