@@ -23,6 +23,7 @@ from service.api.routes import (
     metrics,
     models,
     predict,
+    predictions,
     review,
     review_page,
     tags,
@@ -138,6 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (
         health.router,
         predict.router,
+        predictions.router,
         tags.router,
         models.router,
         review.router,

@@ -6,16 +6,20 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
+from service.crud import labels as labels_crud
 from service.entities import (
     OutboxItem,
     Prediction,
     PredictionCreate,
+    PredictionRecord,
     PredictionStatus,
+    ReviewTask,
     ShadowPrediction,
 )
 from service.entities.common import utcnow
+from service.entities.prediction import HumanLabel, ReviewState
 from service.entities.review import ReviewReason
 from service.errors import NotFoundError
 
@@ -114,3 +118,25 @@ def get_prediction(session: Session, *, prediction_id: str) -> Prediction:
     if row is None:
         raise NotFoundError(f"prediction {prediction_id!r} does not exist")
     return row
+
+
+def prediction_record(session: Session, *, prediction: Prediction) -> PredictionRecord:
+    """A stored prediction with the label in force for its content and its latest task."""
+    label = labels_crud.current_label(session, text_hash=prediction.text_hash)
+    task = session.exec(
+        select(ReviewTask)
+        .where(ReviewTask.text_hash == prediction.text_hash)
+        .order_by(col(ReviewTask.id).desc())
+    ).first()
+    return PredictionRecord(
+        **prediction.model_dump(exclude={"id"}),
+        prediction_id=prediction.id,
+        label=None
+        if label is None or label.id is None
+        else HumanLabel(
+            label_id=label.id, tag=label.tag, source=label.source, created_at=label.created_at
+        ),
+        review=None
+        if task is None or task.id is None
+        else ReviewState(task_id=task.id, status=task.status, reason=task.reason),
+    )

@@ -11,6 +11,7 @@ from service.entities.prediction import (
     Prediction,
     PredictionCreate,
     PredictionPublic,
+    PredictionRecord,
     PredictionStatus,
     ShadowPrediction,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Prediction",
     "PredictionCreate",
     "PredictionPublic",
+    "PredictionRecord",
     "PredictionStatus",
     "ReviewReason",
     "ReviewStatus",

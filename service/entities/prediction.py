@@ -56,6 +56,36 @@ class PredictionPublic(PredictionBase):
     prediction_id: str
 
 
+class HumanLabel(SQLModel):
+    """The label a person gave this content (a reviewer, or a trusted user report)."""
+
+    label_id: int
+    tag: str
+    source: str
+    created_at: datetime
+
+
+class ReviewState(SQLModel):
+    """This content's latest review task."""
+
+    task_id: int
+    status: str
+    reason: str
+
+
+class PredictionRecord(PredictionBase):
+    """A logged prediction as GET /predictions/{id} returns it, with what people made of its
+    content since: the label in force and the latest review task."""
+
+    prediction_id: str
+    created_at: datetime
+    title: str
+    description: str
+    latency_ms: float
+    label: HumanLabel | None
+    review: ReviewState | None
+
+
 class ShadowPrediction(SQLModel, table=True):
     """A candidate model's answer on live traffic, logged beside production, never returned."""
 

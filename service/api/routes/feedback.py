@@ -11,11 +11,10 @@ from sqlmodel import Session
 
 from service.api.deps import AnyRole, SessionDep, StateDep
 from service.api.lifecycle import drain_outbox
+from service.api.routes.predictions import find_prediction
 from service.api.state import AppState
 from service.crud import feedback as feedback_crud
-from service.crud.predictions import get_prediction
 from service.entities import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus, Prediction
-from service.errors import NotFoundError, UnavailableError
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
 log = logging.getLogger(__name__)
@@ -26,20 +25,6 @@ class FeedbackReceipt(BaseModel):
 
     feedback_id: int
     status: FeedbackStatus
-
-
-async def _find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
-    """The stored prediction; one still in the write-behind buffer is flushed first."""
-    try:
-        return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
-    except NotFoundError:
-        # Flushing also waits for a batch that is being written right now.
-        try:
-            await asyncio.to_thread(state.log.flush)
-        except Exception as exc:
-            log.exception("prediction log flush failed while looking up %s", prediction_id)
-            raise UnavailableError("the prediction log cannot be written now; retry") from exc
-        return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
 
 
 def _drain(state: AppState) -> None:
@@ -84,7 +69,7 @@ async def post_feedback(
     approved: 422. The report waits for a reviewer (`received`, then `in_review`) unless
     feedback is trusted, when it becomes a label at once (`confirmed`).
     """
-    prediction = await _find_prediction(state, session, body.prediction_id)
+    prediction = await find_prediction(state, session, body.prediction_id)
     feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
     assert feedback.id is not None
     if not created:

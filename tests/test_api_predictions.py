@@ -1,0 +1,64 @@
+"""GET /predictions/{id}: a logged prediction, and what people made of its content since."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+
+from service.api.main import create_app
+from service.config import Settings
+from service.ml.training import TrainResult
+from tests.conftest import auth, register_promoted
+from tests.test_review_api import run_labeling_worker, wait_outbox_sent
+
+ITEM = {"title": "YOLOv8 object detection", "description": "Real-time detection of cars."}
+
+
+def test_a_prediction_is_found_at_once_and_unknown_ids_are_404(sqlite_client: TestClient) -> None:
+    answer = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()
+    # Asked before the write-behind log has flushed: the lookup flushes it first.
+    record = sqlite_client.get(f"/predictions/{answer['prediction_id']}", headers=auth("client"))
+    assert record.status_code == 200, record.text
+    body = record.json()
+    assert {k: body[k] for k in answer} == answer
+    assert (body["title"], body["description"]) == (ITEM["title"], ITEM["description"])
+    assert body["latency_ms"] > 0 and body["label"] is None and body["review"] is None
+
+    missing = sqlite_client.get("/predictions/" + "0" * 32, headers=auth("client"))
+    assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
+    assert sqlite_client.get(f"/predictions/{answer['prediction_id']}").status_code == 401
+
+
+def test_a_prediction_shows_its_review_and_then_its_label(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    redis_conn: redis.Redis,
+    shared_result: TrainResult,
+) -> None:
+    settings = make_settings(database_url=database_url, audit_share=1.0)  # every item reviewed
+    register_promoted(engine, settings, shared_result)
+    with TestClient(create_app(settings)) as client:
+        answer = client.post("/predict", json=ITEM, headers=auth("client")).json()
+        url = f"/predictions/{answer['prediction_id']}"
+        wait_outbox_sent(engine, at_least=1)
+        run_labeling_worker(redis_conn, settings)
+        review = client.get(url, headers=auth("client")).json()["review"]
+        assert review["status"] == "open" and review["reason"] == "audit"
+
+        claimed = client.post("/review/claim", json={"reviewer": "ann"}, headers=auth("reviewer"))
+        task_id = claimed.json()["task_id"]
+        assert task_id == review["task_id"]
+        client.post(
+            f"/review/{task_id}/label",
+            json={"tag": "mlops", "reviewer": "ann"},
+            headers=auth("reviewer"),
+        ).raise_for_status()
+
+        record = client.get(url, headers=auth("client")).json()
+    assert record["tag"] == answer["tag"]  # what was answered stays as it was
+    assert record["review"] == {"task_id": task_id, "status": "labeled", "reason": "audit"}
+    assert record["label"]["tag"] == "mlops" and record["label"]["source"] == "review"
