@@ -104,6 +104,10 @@ class Settings(BaseSettings):
     # under load (p99 at concurrency 8: 44 ms in two full benchmark runs, 48 and 54 without),
     # for about 2.5 ms more at concurrency 1 (p50 ~4 ms). See loadtests/.
     microbatch_wait_ms: float = Field(2.0, ge=0.0)
+    # Admission control: a request that would wait behind more than this many items is refused
+    # with 503 and Retry-After (0: no bound). At 300-700 fresh items/s on two cores, 1,024
+    # items are 1.5-3.5 s of work; beyond that a retry serves the client better than a queue.
+    max_waiting_items: int = Field(1024, ge=0)
 
     log_flush_interval_s: float = Field(0.25, gt=0.0)
     log_batch_size: int = Field(500, ge=1)

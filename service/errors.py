@@ -23,3 +23,8 @@ class ArtifactError(TagflowError):
 
 class UnavailableError(TagflowError):
     """A dependency (model, Redis) is not ready (503)."""
+
+
+class OverloadedError(UnavailableError):
+    """Too much work is waiting to take more now; the caller should retry shortly (503 with
+    Retry-After)."""

@@ -1,10 +1,11 @@
-"""The request-body bound (service/api/limits.py): 413 with a JSON body, never a 500, and
-never for a valid request."""
+"""Bounds on what a request may cost: the body (service/api/limits.py, 413) and the work
+waiting to be scored (admission in the micro-batcher, 503 with Retry-After); never a 500."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from fastapi.testclient import TestClient
 
 from service.api.limits import max_body_bytes
 from service.config import Settings
+from service.ml.pipeline import base_split
 from service.ml.training import TrainResult
+from service.tags import TagSet
 from tests.conftest import auth, sqlite_app
+from tests.test_metrics import scrape, total
 
 LIMIT = 4096
 
@@ -82,3 +86,38 @@ def test_the_default_limit_admits_the_largest_valid_batch(
     }
     largest = json.dumps({"items": [item] * settings.max_batch_items}).encode()
     assert len(largest) <= max_body_bytes(settings) < 2 * len(largest)
+
+
+def test_an_overloaded_api_answers_503_with_retry_after(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    shared_dataset: Path,
+    tags: TagSet,
+) -> None:
+    """Four full batches at once against a bound of 300 waiting items: the first is scored,
+    batches arriving while it waits are refused at once, and nothing fails otherwise."""
+    _, held_out, _ = base_split(shared_dataset, tags=tags)
+    items = [
+        {"title": f"{e.title} ({n})", "description": e.description}
+        for n, e in enumerate(held_out * 7)
+    ]
+    batches = [{"items": items[i * 256 : (i + 1) * 256]} for i in range(4)]
+    with sqlite_app(make_settings, tmp_path, shared_result, max_waiting_items=300) as client:
+
+        def send(body: dict) -> tuple[int, dict, str | None]:
+            response = client.post("/predict/batch", json=body, headers=auth("client"))
+            return response.status_code, response.json(), response.headers.get("retry-after")
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(send, batches))
+        metrics = scrape(client)
+    codes = sorted(code for code, _, _ in answers)
+    assert set(codes) == {200, 503} and codes[0] == 200, codes
+    for code, body, retry_after in answers:
+        if code == 503:
+            assert retry_after == "1" and body["detail"].startswith("overloaded: ")
+        else:
+            assert len(body["results"]) == 256
+    assert total(metrics, "tagflow_refused_requests_total") == codes.count(503)
+    assert total(metrics, "tagflow_refused_items_total") == 256 * codes.count(503)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import UnavailableError
+from service.errors import OverloadedError, UnavailableError
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
 from service.ml.serving import LoadedModel, MicroBatcher, Predictor
@@ -184,3 +184,37 @@ def test_small_requests_go_between_the_chunks_of_a_large_one(
     expected = predictor.score(large)
     assert [(s.tag, s.confidence) for s in big_answer] == [(s.tag, s.confidence) for s in expected]
     assert len(small_answer) == 1
+
+
+def test_requests_beyond_the_waiting_bound_are_refused_until_it_clears(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """Admission: a request is refused when more than `max_waiting` items would be ahead of it
+    or with it. Small requests count only the small lane, so large ones never refuse them."""
+    gated = GatedEncoder(encoder, open_=False)  # encodes wait: admitted items stay waiting
+    predictor = _predictor(gated, tags, shared_result)
+    slow = texts["slow"]
+
+    async def scenario() -> tuple[list[object], list[object], list[object], int, int]:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=2, threads=2, max_waiting=20)
+        batcher.start()
+        large = [asyncio.create_task(batcher.predict(slow[i : i + 18])) for i in (0, 18)]
+        singles = [asyncio.create_task(batcher.predict([t])) for t in slow[36:57]]
+        await asyncio.sleep(0.2)
+        refused = sum(t.done() for t in large + singles)
+        gated.gate.set()
+        first = await asyncio.gather(*large, *singles, return_exceptions=True)
+        after = await asyncio.gather(batcher.predict(slow[:18]), return_exceptions=True)
+        stats = batcher.stats
+        await batcher.stop()
+        return first[:2], first[2:], after, refused, stats.refused_items
+
+    large, singles, after, refused, refused_items = asyncio.run(scenario())
+    # The second large request would have had 18 + 18 items > 20 ahead of or with it.
+    assert isinstance(large[0], list) and isinstance(large[1], OverloadedError)
+    assert "18 items are waiting" in str(large[1])
+    # Singles count only singles: 20 fit beside the waiting large request, the 21st does not.
+    assert [isinstance(s, list) for s in singles] == [True] * 20 + [False]
+    assert isinstance(singles[-1], OverloadedError)
+    assert refused == 2  # refused at once, while everything else still waited
+    assert isinstance(after[0], list) and refused_items == 18 + 1  # cleared: admitted again

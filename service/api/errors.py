@@ -12,6 +12,7 @@ from service.errors import (
     ConflictError,
     InvalidInputError,
     NotFoundError,
+    OverloadedError,
     TagflowError,
     UnavailableError,
 )
@@ -27,8 +28,17 @@ STATUS = {
 }
 
 
+RETRY_AFTER_S = 1  # an overload is a burst: the micro-batcher clears hundreds of items a second
+
+
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    if isinstance(exc, OverloadedError):
+        # Expected under a burst, counted in /metrics: a warning, not an error.
+        log.warning("refused: %s", exc)
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)}
+        )
     if status >= 500:
         log.error("domain error: %s", exc)
     return JSONResponse({"detail": str(exc)}, status_code=status)

@@ -73,6 +73,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
             max_items=settings.microbatch_max,
             wait_ms=settings.microbatch_wait_ms,
             threads=settings.score_threads,
+            max_waiting=settings.max_waiting_items,
         ),
         log=PredictionLog(
             engine,

@@ -56,6 +56,16 @@ def _serving(state: AppState) -> Iterator[Sample]:
     )
     yield Sample("tagflow_microbatches", "Micro-batches triaged", stats.batches, {}, True)
     yield Sample(
+        "tagflow_refused_requests",
+        "Prediction requests refused with 503 because too many items were waiting (admission)",
+        stats.refused_requests,
+        {},
+        True,
+    )
+    yield Sample(
+        "tagflow_refused_items", "Items in the refused requests", stats.refused_items, {}, True
+    )
+    yield Sample(
         "tagflow_prediction_log_buffered",
         "Predictions answered but not yet written to the database (write-behind buffer)",
         state.log.buffered,

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.entities import PredictionStatus
-from service.errors import ArtifactError, UnavailableError
+from service.errors import ArtifactError, OverloadedError, UnavailableError
 from service.ml.classifier import TagModel
 from service.ml.encoder import Encoder
 from service.ml.workpool import BULK, URGENT, PriorityPool
@@ -159,6 +159,8 @@ class BatchStats:
     batches: int = 0
     items: int = 0
     encoded: int = 0
+    refused_requests: int = 0
+    refused_items: int = 0
 
 
 def _future() -> asyncio.Future[list[Scored]]:
@@ -178,11 +180,22 @@ class MicroBatcher:
     encodes the rest item by item on `threads` scorer threads."""
 
     def __init__(
-        self, predictor: Predictor, *, max_items: int, wait_ms: float, threads: int = 1
+        self,
+        predictor: Predictor,
+        *,
+        max_items: int,
+        wait_ms: float,
+        threads: int = 1,
+        max_waiting: int = 0,
     ) -> None:
         self.predictor = predictor
         self.max_items = max_items
         self.wait_s = wait_ms / 1000.0
+        # Admission: a request is refused when more than `max_waiting` items (0: no bound)
+        # would be ahead of it or with it. Small requests go before large ones' chunks, so
+        # only the small lane counts for them: a burst of large batches never refuses them.
+        self.max_waiting = max_waiting
+        self._waiting = {URGENT: 0, BULK: 0}
         # Two lanes: requests that fit in a batch, and chunks of larger ones (see `predict`).
         self._interactive: deque[_Pending] = deque()
         self._bulk: deque[_Pending] = deque()
@@ -212,11 +225,31 @@ class MicroBatcher:
         which is served only when no small request waits: a 256-item call is about 80 ms of
         triage, and single requests arriving meanwhile go between its chunks, not behind it.
         """
-        if len(texts) <= self.max_items:
-            return await self._submit(_Pending(texts))
-        chunks = [texts[i : i + self.max_items] for i in range(0, len(texts), self.max_items)]
-        parts = await asyncio.gather(*(self._submit(_Pending(c, BULK)) for c in chunks))
-        return [scored for part in parts for scored in part]
+        lane = URGENT if len(texts) <= self.max_items else BULK
+        self._admit(lane, len(texts))
+        self._waiting[lane] += len(texts)
+        try:
+            if lane == URGENT:
+                return await self._submit(_Pending(texts))
+            size = self.max_items
+            chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+            parts = await asyncio.gather(*(self._submit(_Pending(c, BULK)) for c in chunks))
+            return [scored for part in parts for scored in part]
+        finally:
+            self._waiting[lane] -= len(texts)
+
+    def _admit(self, lane: int, n: int) -> None:
+        """Refuse a request that would wait behind more than `max_waiting` items: a fast 503
+        and a retry serve a client better than a queue that only grows."""
+        ahead = self._waiting[URGENT] + (self._waiting[BULK] if lane == BULK else 0)
+        if not self.max_waiting or ahead == 0 or ahead + n <= self.max_waiting:
+            return
+        self.stats.refused_requests += 1
+        self.stats.refused_items += n
+        raise OverloadedError(
+            f"overloaded: {ahead} items are waiting to be scored (bound {self.max_waiting}); "
+            "retry shortly"
+        )
 
     async def _submit(self, pending: _Pending) -> list[Scored]:
         """Queue `pending` on its priority's lane and wait for its answer."""
