@@ -22,8 +22,18 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
 run: $(VENV)/.installed
 	HF_HUB_OFFLINE=1 $(BIN)/tagflow up
 
+# promtool, for the alert-rule tests: the machine's if it has one, else unpacked from Debian's
+# prometheus package into the venv (downloaded from the Debian archive; nothing is installed).
+$(BIN)/promtool: | $(BIN)/activate
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
+	else tmp=$$(mktemp -d); \
+	  (cd $$tmp && apt-get download prometheus >/dev/null 2>&1) \
+	  && dpkg -x $$tmp/prometheus_*.deb $$tmp/root && cp $$tmp/root/usr/bin/promtool $@; \
+	  rm -rf $$tmp; fi; \
+	test -x $@ || echo "promtool unavailable: tests/test_alerts.py will fail (see README)"
+
 ## test: the whole test suite against real Redis, SQLite/PostgreSQL and the real model
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(BIN)/promtool
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 lint: $(VENV)/.installed

@@ -1,12 +1,15 @@
-"""The Prometheus set-up in deploy/prometheus: valid for Prometheus itself (promtool, from
-Debian's `prometheus` package, which .ci/run unpacks), each alert firing as its unit tests
-say, and every metric an alert reads actually served by the API."""
+"""The Prometheus set-up in deploy/prometheus: valid for Prometheus itself (promtool, which
+`make test` unpacks from Debian's `prometheus` package when the machine has none), each alert
+firing as its unit tests say, and every metric an alert reads actually served by the API."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 from fastapi.testclient import TestClient
@@ -20,8 +23,9 @@ AUDIT_ONLY = {"tagflow_audit_meets_target", "tagflow_audit_precision", "tagflow_
 
 
 def promtool(*args: str) -> str:
-    tool = shutil.which("promtool")
-    assert tool, "promtool not found: .ci/run unpacks it from Debian's prometheus package"
+    # The machine's, or the one `make test` put in the venv.
+    tool = shutil.which("promtool", path=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    assert tool, "promtool not found: `make test` unpacks it from Debian's prometheus package"
     result = subprocess.run(
         [tool, *args], cwd=PROMETHEUS, capture_output=True, text=True, timeout=60
     )
