@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
 from service.entities import Feedback, FeedbackStatus, Label, LabelSource
-from service.entities.common import utcnow
+from service.entities.common import day_start, utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml import priority as prio
@@ -441,11 +441,10 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         .group_by(ReviewTask.reason)
     ):
         by_reason[ReviewReason(reason).value] = n
-    day_start = now.replace(hour=0, minute=0, second=0, microsecond=0)
     labeled_today = session.exec(
         select(func.count())
         .select_from(Label)
-        .where(Label.source == LabelSource.REVIEW, col(Label.created_at) >= day_start)
+        .where(Label.source == LabelSource.REVIEW, col(Label.created_at) >= day_start(now))
     ).one()
     return {
         "open": open_,

@@ -4,7 +4,7 @@ Importing this package registers every table on `SQLModel.metadata`.
 """
 
 from service.entities.feedback import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus
-from service.entities.label import Label, LabelPublic, LabelSource
+from service.entities.label import Label, LabelPublic, LabelSource, ReviewerStats
 from service.entities.model_version import ModelStatus, ModelVersion, ModelVersionPublic
 from service.entities.outbox import OutboxItem
 from service.entities.prediction import (
@@ -40,5 +40,6 @@ __all__ = [
     "ReviewStatus",
     "ReviewTask",
     "ReviewTaskPublic",
+    "ReviewerStats",
     "ShadowPrediction",
 ]

@@ -19,3 +19,8 @@ def new_id() -> str:
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; treat them as the UTC they were written as."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def day_start(now: datetime) -> datetime:
+    """Midnight (UTC) of `now`'s day: where "today" starts in the queue's counts."""
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)

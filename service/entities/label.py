@@ -39,3 +39,19 @@ class LabelPublic(LabelBase):
     id: int
     created_at: datetime
     superseded_by: int | None
+
+
+class ReviewerStats(SQLModel):
+    """One reviewer's work, for whoever leads the review team: how much, how recently, how
+    often they took the model's suggestion, and how often someone else later changed it."""
+
+    reviewer: str
+    labels: int
+    labels_today: int
+    last_label_at: datetime
+    # Of their labels on tasks that had a suggestion: the share that kept it. Near 1.0 may
+    # mean the suggestion is being accepted unread.
+    with_suggestion: int
+    agreed_with_suggestion: float | None
+    # Their labels that a later label by another reviewer replaced (e.g. after a user report).
+    changed_by_others: int

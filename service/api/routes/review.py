@@ -1,4 +1,5 @@
-"""The review queue over HTTP: claim a task, label / skip / release / reopen it, queue stats."""
+"""The review queue over HTTP: claim a task, label / skip / release / reopen it, queue and
+reviewer stats."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 
 from service.api.deps import ReviewerRole, SessionDep, SettingsDep, StateDep, TagsDep
+from service.crud import labels as labels_crud
 from service.crud import review as review_crud
-from service.entities import LabelPublic
-from service.entities.common import as_utc, utcnow
+from service.entities import LabelPublic, ReviewerStats
+from service.entities.common import as_utc, day_start, utcnow
 from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
 
 router = APIRouter(prefix="/review", tags=["review"])
@@ -86,6 +88,17 @@ def review_stats(session: SessionDep, state: StateDep, _role: ReviewerRole) -> R
         log.warning("review stats: Redis unreachable (%s)", exc)
         failed, note = None, f"Redis is unreachable: {type(exc).__name__}"
     return ReviewStats(**counts, failed_jobs=failed, note=note)
+
+
+class ReviewerList(BaseModel):
+    reviewers: list[ReviewerStats]
+
+
+@router.get("/reviewers", response_model=ReviewerList)
+def review_reviewers(session: SessionDep, _role: ReviewerRole) -> ReviewerList:
+    """Each reviewer's labels: in all and today, agreement with the model's suggestion, and
+    how many another reviewer later changed."""
+    return ReviewerList(reviewers=labels_crud.reviewer_stats(session, since=day_start(utcnow())))
 
 
 @router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)

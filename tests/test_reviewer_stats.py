@@ -1,0 +1,53 @@
+"""GET /review/reviewers: each reviewer's labels, agreement with the suggestion, and the labels
+another reviewer later changed."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col
+
+from service.crud import review as review_crud
+from service.entities import Label
+from service.entities.common import utcnow
+from service.entities.review import ReviewReason
+from tests.conftest import auth
+from tests.test_review_queue import add_task, do, label_task
+
+
+def test_reviewer_stats_count_agreement_and_changes_by_others(
+    client: TestClient, engine: Engine
+) -> None:
+    suggested = [add_task(engine, f"item {i}", 0.5, suggestion_tag="mlops") for i in range(3)]
+    no_suggestion = add_task(engine, "no suggestion", 0.5)
+    first = label_task(engine, suggested[0], "mlops", reviewer="ann")  # kept the suggestion
+    label_task(engine, suggested[1], "other", reviewer="ann")  # changed it
+    label_task(engine, no_suggestion, "other", reviewer="ann")
+    label_task(engine, suggested[2], "mlops", reviewer="bob")
+    # A user reports ann's first label; bob's review of the report replaces it.
+    report = add_task(engine, "item 0", 0.9, reason=ReviewReason.USER_REPORT)
+    label_task(engine, report, "computer-vision", reviewer="bob")
+    # One of ann's labels was yesterday's.
+    with Session(engine) as session:
+        session.exec(
+            update(Label)
+            .where(col(Label.id) == first.id)
+            .values(created_at=utcnow() - timedelta(days=1))
+        )
+        session.commit()
+
+    response = client.get("/review/reviewers", headers=auth("reviewer"))
+    assert response.status_code == 200, response.text
+    by_name = {r["reviewer"]: r for r in response.json()["reviewers"]}
+    ann, bob = by_name["ann"], by_name["bob"]
+    assert (ann["labels"], ann["labels_today"], ann["with_suggestion"]) == (3, 2, 2)
+    assert ann["agreed_with_suggestion"] == 0.5 and ann["changed_by_others"] == 1
+    assert (bob["labels"], bob["labels_today"], bob["with_suggestion"]) == (2, 2, 1)
+    assert bob["agreed_with_suggestion"] == 1.0 and bob["changed_by_others"] == 0
+    assert client.get("/review/reviewers", headers=auth("client")).status_code == 403
+    # The queue's own count of today's labels uses the same day.
+    stats = do(engine, review_crud.stats, now=utcnow())
+    assert stats["labeled_today"] == 4
