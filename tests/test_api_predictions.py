@@ -26,6 +26,7 @@ def test_a_prediction_is_found_at_once_and_unknown_ids_are_404(sqlite_client: Te
     assert {k: body[k] for k in answer} == answer
     assert (body["title"], body["description"]) == (ITEM["title"], ITEM["description"])
     assert body["latency_ms"] > 0 and body["label"] is None and body["review"] is None
+    assert body["created_at"].endswith("Z")  # UTC, said so, on SQLite too
 
     missing = sqlite_client.get("/predictions/" + "0" * 32, headers=auth("client"))
     assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
@@ -62,3 +63,4 @@ def test_a_prediction_shows_its_review_and_then_its_label(
     assert record["tag"] == answer["tag"]  # what was answered stays as it was
     assert record["review"] == {"task_id": task_id, "status": "labeled", "reason": "audit"}
     assert record["label"]["tag"] == "mlops" and record["label"]["source"] == "review"
+    assert record["label"]["created_at"].endswith("Z")

@@ -18,7 +18,7 @@ from service.entities import (
     ReviewTask,
     ShadowPrediction,
 )
-from service.entities.common import utcnow
+from service.entities.common import as_utc, utcnow
 from service.entities.prediction import HumanLabel, ReviewState
 from service.entities.review import ReviewReason
 from service.errors import NotFoundError
@@ -129,12 +129,16 @@ def prediction_record(session: Session, *, prediction: Prediction) -> Prediction
         .order_by(col(ReviewTask.id).desc())
     ).first()
     return PredictionRecord(
-        **prediction.model_dump(exclude={"id"}),
+        **prediction.model_dump(exclude={"id", "created_at"}),
         prediction_id=prediction.id,
+        created_at=as_utc(prediction.created_at),
         label=None
         if label is None or label.id is None
         else HumanLabel(
-            label_id=label.id, tag=label.tag, source=label.source, created_at=label.created_at
+            label_id=label.id,
+            tag=label.tag,
+            source=label.source,
+            created_at=as_utc(label.created_at),
         ),
         review=None
         if task is None or task.id is None
