@@ -19,7 +19,7 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, SQLModel
+from sqlmodel import Session
 
 from service.api.main import create_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
@@ -131,9 +131,10 @@ def engine(database_url: str) -> Iterator[Engine]:
 
 @pytest.fixture
 def sqlite_engine(tmp_path: Path) -> Iterator[Engine]:
-    """SQLite only, for tests that are not about storage."""
+    """SQLite only, for tests that are not about storage. Made by the migrations, as the
+    service makes its database (`create_all` would look like a database from before them)."""
     engine = make_engine(f"sqlite:///{tmp_path / 'tagflow.db'}")
-    SQLModel.metadata.create_all(engine)
+    init_db(engine)
     yield engine
     engine.dispose()
 

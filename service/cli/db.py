@@ -1,8 +1,11 @@
-"""`tagflow db`: the database schema (Alembic migrations)."""
+"""`tagflow db`: the database schema (Alembic migrations) and the retention of logged
+predictions."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
+from typing import Annotated
 
 import typer
 from sqlalchemy.engine import Engine
@@ -11,7 +14,9 @@ from service.cli.common import console, settings_or_exit
 from service.config import Settings
 from service.db import init_db, make_engine
 
-db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_is_help=True)
+db_app = typer.Typer(
+    help="The database: schema (Alembic migrations) and retention.", no_args_is_help=True
+)
 
 
 def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
@@ -48,5 +53,35 @@ def db_upgrade() -> None:
     def run(engine: Engine) -> str:
         init_db(engine)
         return f"database at {current_revision(engine)}"
+
+    _database(settings_or_exit(), run)
+
+
+@db_app.command("prune")
+def db_prune(
+    older_than_days: Annotated[
+        float, typer.Option(min=1.0, help="Delete logged predictions older than this")
+    ],
+    dry_run: Annotated[bool, typer.Option(help="Only count what would go")] = False,
+) -> None:
+    """Delete logged predictions older than N days, with their shadow scores.
+
+    Predictions a user report points at are kept. Run it from cron: the log grows with traffic.
+    """
+    from sqlmodel import Session
+
+    from service.crud.predictions import prune_predictions
+    from service.entities.common import utcnow
+
+    def run(engine: Engine) -> str:
+        init_db(engine)
+        before = utcnow() - timedelta(days=older_than_days)
+        with Session(engine) as session:
+            gone = prune_predictions(session, before=before, dry_run=dry_run)
+        verb = "would delete" if dry_run else "deleted"
+        return (
+            f"{verb} {gone['predictions']} predictions and {gone['shadow_predictions']} shadow "
+            f"scores older than {before:%Y-%m-%d %H:%M} UTC"
+        )
 
     _database(settings_or_exit(), run)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Select, delete, func, insert
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
 from service.entities import (
+    Feedback,
     OutboxItem,
     Prediction,
     PredictionCreate,
@@ -116,7 +118,9 @@ def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], vers
 def get_prediction(session: Session, *, prediction_id: str) -> Prediction:
     row = session.get(Prediction, prediction_id)
     if row is None:
-        raise NotFoundError(f"prediction {prediction_id!r} does not exist")
+        raise NotFoundError(
+            f"prediction {prediction_id!r} does not exist (or was pruned: tagflow db prune)"
+        )
     return row
 
 
@@ -144,3 +148,43 @@ def prediction_record(session: Session, *, prediction: Prediction) -> Prediction
         if task is None or task.id is None
         else ReviewState(task_id=task.id, status=task.status, reason=task.reason),
     )
+
+
+PRUNE_BATCH = 5000  # rows per DELETE, each its own transaction: no long lock on the table
+
+
+def _prunable(before: datetime) -> Select[tuple[str]]:
+    """Ids of predictions older than `before` that no user report points at (a report keeps
+    the prediction it is about, for as long as the report exists)."""
+    reported = select(Feedback.prediction_id)
+    return select(Prediction.id).where(
+        col(Prediction.created_at) < before, col(Prediction.id).not_in(reported)
+    )
+
+
+def prune_predictions(
+    session: Session, *, before: datetime, dry_run: bool = False, batch: int = PRUNE_BATCH
+) -> dict[str, int]:
+    """Delete logged predictions older than `before`, and their shadow scores, in batches;
+    predictions a user report points at stay. Returns how many rows went (or would go)."""
+    if dry_run:
+        prunable = _prunable(before)
+        of_prunable = col(ShadowPrediction.prediction_id).in_(prunable)
+        return {
+            "predictions": session.exec(
+                select(func.count()).select_from(prunable.subquery())
+            ).one(),
+            "shadow_predictions": session.exec(
+                select(func.count()).select_from(ShadowPrediction).where(of_prunable)
+            ).one(),
+        }
+    deleted = {"predictions": 0, "shadow_predictions": 0}
+    while ids := list(session.exec(_prunable(before).limit(batch))):
+        shadow = session.exec(
+            delete(ShadowPrediction).where(col(ShadowPrediction.prediction_id).in_(ids))
+        )
+        rows = session.exec(delete(Prediction).where(col(Prediction.id).in_(ids)))
+        session.commit()
+        deleted["shadow_predictions"] += int(shadow.rowcount)
+        deleted["predictions"] += int(rows.rowcount)
+    return deleted

@@ -43,7 +43,11 @@ class PredictionCreate(PredictionBase):
 
 class Prediction(PredictionBase, table=True):
     id: str = Field(primary_key=True, max_length=32)
-    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
+    # Indexed for retention (`tagflow db prune`): rows arrive in time order, so the index only
+    # ever grows at its end.
+    created_at: datetime = Field(
+        default_factory=utcnow, sa_column=Column(DateTime(timezone=True), index=True)
+    )
     text_hash: str = Field(index=True, max_length=64)
     title: str
     description: str
