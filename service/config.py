@@ -6,7 +6,7 @@ import secrets
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,6 +29,13 @@ class EncoderKind(StrEnum):
 
     ONNX_FP32 = "onnx-fp32"
     ONNX_INT8 = "onnx-int8"
+
+
+class LogFormat(StrEnum):
+    """How the processes write their logs."""
+
+    TEXT = "text"
+    JSON = "json"  # one object per line, for a log pipeline
 
 
 class UnsafeSettingsError(ValueError):
@@ -108,6 +115,9 @@ class Settings(BaseSettings):
     # with 503 and Retry-After (0: no bound). At 300-700 fresh items/s on two cores, 1,024
     # items are 1.5-3.5 s of work; beyond that a retry serves the client better than a queue.
     max_waiting_items: int = Field(1024, ge=0)
+
+    log_format: LogFormat = LogFormat.TEXT
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     log_flush_interval_s: float = Field(0.25, gt=0.0)
     log_batch_size: int = Field(500, ge=1)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 from redis import Redis
 from rq import Queue, SimpleWorker
 
 from service.config import Settings
+from service.logs import configure_logging
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from workers.context import JobContext, use_context
 
@@ -18,7 +17,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     A SimpleWorker runs jobs in this process, so the encoder and database engine are loaded
     once rather than in a fresh fork per job.
     """
-    logging.basicConfig(level=logging.INFO)
+    configure_logging(settings)
     if not settings.redis_url:
         raise SystemExit("TAGFLOW_REDIS_URL is not set")
     use_context(JobContext(settings))

@@ -4,7 +4,6 @@ everything at once (`up`). The registry and schema commands are in `models` and 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -211,11 +210,13 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     import uvicorn
 
     from service.api.main import create_app
+    from service.logs import configure_logging
 
-    # No access log: it cost ~7% of the event loop per request; predictions are logged anyway.
-    uvicorn.run(
-        create_app(settings_or_exit()), host=host, port=port, log_level="info", access_log=False
-    )
+    settings = settings_or_exit()
+    configure_logging(settings)
+    # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
+    # event loop per request, and every prediction is logged anyway.
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
 
 
 @app.command()
@@ -229,9 +230,9 @@ def worker(burst: bool = False) -> None:
 @app.command()
 def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Everything on one machine: Redis (embedded if none configured), a worker and the API."""
+    from service.logs import configure_logging
     from service.redis_server import EmbeddedRedis
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if not os.environ.get("TAGFLOW_API_KEYS"):
         os.environ["TAGFLOW_DEV"] = "1"
         os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
@@ -239,6 +240,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
         for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
             console.print(f"  {pair}")
     settings = settings_or_exit()
+    configure_logging(settings)
     embedded = None
     if not settings.redis_url:
         embedded = EmbeddedRedis(settings.redis_dir)

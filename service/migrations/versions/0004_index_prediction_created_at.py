@@ -1,5 +1,7 @@
-"""An index on prediction.created_at: retention (`tagflow db prune`) finds the old rows without
-reading the whole table. On a large existing table, building it takes a while, once.
+"""Index prediction.created_at, for retention (`tagflow db prune`).
+
+Without it, finding the old rows reads the whole table. On a large existing table, building the
+index takes a while, once.
 
 Revision ID: 0004
 Revises: 0003

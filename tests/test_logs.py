@@ -1,0 +1,115 @@
+"""Logging (service/logs.py): one handler, text or JSON lines, and the service's own INFO lines
+visible under `tagflow serve` (uvicorn no longer configures logging on its own)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import Session
+
+from service.config import Settings
+from service.db import init_db, make_engine
+from service.logs import configure_logging
+from service.ml import registry
+from service.ml.training import TrainResult
+from tests.conftest import KEYS, ROOT
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, given back as it was (pytest's own capture lives there)."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield root
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_json_lines_carry_level_logger_message_and_traceback(
+    make_settings: Callable[..., Settings],
+    root_logger: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(make_settings(log_format="json", log_level="INFO"))
+    log = logging.getLogger("service.test")
+    log.debug("not at INFO")
+    log.info("swapped in %s", "v0002")
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        log.exception("job failed")
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["logger"], e["message"]) for e in lines] == [
+        ("INFO", "service.test", "swapped in v0002"),
+        ("ERROR", "service.test", "job failed"),
+    ]
+    assert lines[0]["time"].endswith("+00:00") and "exception" not in lines[0]
+    assert "RuntimeError: boom" in lines[1]["exception"]
+
+
+def test_text_lines_by_default(
+    make_settings: Callable[..., Settings],
+    root_logger: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    configure_logging(make_settings())
+    logging.getLogger("service.test").warning("outbox waiting")
+    assert capsys.readouterr().err.rstrip().endswith(" WARNING service.test outbox waiting")
+
+
+def test_serve_logs_the_service_and_uvicorn_as_json(
+    make_settings: Callable[..., Settings], tmp_path: Path, seed_result: TrainResult
+) -> None:
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'serve.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    with Session(engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        version = registry.promote(session, version=row.version).version
+    engine.dispose()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {
+        **os.environ,
+        "TAGFLOW_API_KEYS": f"client:{KEYS['client']}",
+        "TAGFLOW_DATABASE_URL": settings.resolved_database_url,
+        "TAGFLOW_DATA_DIR": str(settings.data_dir),
+        "TAGFLOW_ENCODER_DIR": str(settings.encoder_dir),
+        "TAGFLOW_REDIS_URL": str(settings.redis_url),
+        "TAGFLOW_LOG_FORMAT": "json",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+    finally:
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    messages = {(e["logger"], e["message"]) for e in lines}
+    assert ("service.ml.serving", f"serving model {version}") in messages, err[-2000:]
+    assert ("uvicorn.error", "Application startup complete.") in messages
+    assert all(line.startswith("{") for line in err.splitlines() if line.strip()), err[-2000:]
