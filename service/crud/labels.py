@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, case, func
+from sqlalchemy import func
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from service.crud.aggregates import count_where, rate
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
 from service.entities.review import ReviewTask
@@ -124,10 +125,6 @@ def export_rows(session: Session) -> list[dict[str, object]]:
     ]
 
 
-def _count_where(condition: ColumnElement[bool]) -> ColumnElement[int]:
-    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
-
-
 def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
     """Per reviewer, their review labels: all of them, those since `since` (the day's start),
     agreement with the task's suggestion, and how many another reviewer later replaced."""
@@ -137,11 +134,11 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
         select(  # type: ignore[call-overload]
             Label.reviewer,
             func.count(col(Label.id)),
-            _count_where(col(Label.created_at) >= since),
+            count_where(col(Label.created_at) >= since),
             func.max(Label.created_at),
-            _count_where(suggested),
-            _count_where(suggested & (col(Label.tag) == ReviewTask.suggestion_tag)),
-            _count_where(col(later.id).is_not(None) & (later.reviewer != Label.reviewer)),
+            count_where(suggested),
+            count_where(suggested & (col(Label.tag) == ReviewTask.suggestion_tag)),
+            count_where(col(later.id).is_not(None) & (later.reviewer != Label.reviewer)),
         )
         .select_from(Label)
         .outerjoin(ReviewTask, col(ReviewTask.id) == Label.task_id)
@@ -157,7 +154,7 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
             labels_today=today,
             last_label_at=as_utc(last),
             with_suggestion=with_suggestion,
-            agreed_with_suggestion=agreed / with_suggestion if with_suggestion else None,
+            agreed_with_suggestion=rate(agreed, with_suggestion),
             changed_by_others=changed,
         )
         for reviewer, labels, today, last, with_suggestion, agreed, changed in rows

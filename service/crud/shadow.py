@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, func, select
 
-from service.crud.aggregates import as_int, rate
+from service.crud.aggregates import count_where, rate
 from service.entities import Label, Prediction, ShadowPrediction
 
 
@@ -25,9 +25,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     current label of the predicted content when it has one."""
     of_version = ShadowPrediction.model_version == version
     n, agreed = session.exec(
-        select(
-            func.count(), func.coalesce(func.sum(as_int(col(ShadowPrediction.agrees))), 0)
-        ).where(of_version)
+        select(func.count(), count_where(col(ShadowPrediction.agrees))).where(of_version)
     ).one()
     label_join = and_(
         col(Label.text_hash) == col(Prediction.text_hash), col(Label.superseded_by).is_(None)
@@ -35,7 +33,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     labeled, right = session.exec(
         select(
             func.count(),
-            func.coalesce(func.sum(as_int(col(ShadowPrediction.tag) == col(Label.tag))), 0),
+            count_where(col(ShadowPrediction.tag) == col(Label.tag)),
         )
         .select_from(ShadowPrediction)
         .join(Prediction, col(Prediction.id) == col(ShadowPrediction.prediction_id))
