@@ -25,6 +25,7 @@ from enum import StrEnum
 import numpy as np
 from sqlmodel import Session, SQLModel
 
+from service.config import Settings
 from service.crud.audit import AuditStats, audited, summarize, wilson_interval
 from service.ml import registry
 from service.ml.evaluation import choose_threshold
@@ -94,6 +95,21 @@ def recalibrate(
         reason=reason,
         audit=stats,
         at_proposed=at_proposed,
+    )
+
+
+def recalibrate_as_configured(
+    session: Session, *, version: str, settings: Settings, apply: bool
+) -> Recalibration:
+    """`recalibrate` with the service's target, audit minimum and lowering switch: what the
+    watch loop, the API and the CLI each run."""
+    return recalibrate(
+        session,
+        version=version,
+        target=settings.target_precision,
+        min_audited=settings.recalibrate_min_audited,
+        lower=settings.recalibrate_lower,
+        apply=apply,
     )
 
 

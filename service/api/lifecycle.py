@@ -11,7 +11,7 @@ from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from service.api.state import AppState
-from service.calibration import recalibrate
+from service.calibration import recalibrate_as_configured
 from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError
 from service.ml import registry
@@ -108,13 +108,8 @@ def auto_recalibrate(state: AppState) -> None:
         return
     state.next_recalibration = time.monotonic() + settings.recalibrate_interval_s
     with Session(state.engine) as session:
-        outcome = recalibrate(
-            session,
-            version=current.version,
-            target=settings.target_precision,
-            min_audited=settings.recalibrate_min_audited,
-            lower=settings.recalibrate_lower,
-            apply=True,
+        outcome = recalibrate_as_configured(
+            session, version=current.version, settings=settings, apply=True
         )
     if outcome.applied:
         sync_production(state)

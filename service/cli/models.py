@@ -147,18 +147,13 @@ def models_recalibrate(
     dry_run: Annotated[bool, typer.Option(help="Only report what the audit says")] = False,
 ) -> None:
     """Move a version's auto-acceptance cut where its audit sample shows it should be."""
-    from service.calibration import recalibrate
+    from service.calibration import recalibrate_as_configured
 
     settings = settings_or_exit()
     try:
         with open_session(settings) as session:
-            outcome = recalibrate(
-                session,
-                version=version,
-                target=settings.target_precision,
-                min_audited=settings.recalibrate_min_audited,
-                lower=settings.recalibrate_lower,
-                apply=not dry_run,
+            outcome = recalibrate_as_configured(
+                session, version=version, settings=settings, apply=not dry_run
             )
     except TagflowError as exc:
         console.print(f"[red]cannot recalibrate:[/red] {exc}")

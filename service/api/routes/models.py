@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field
 
 from service.api.deps import AdminRole, AnyRole, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
-from service.calibration import Recalibration, recalibrate
+from service.calibration import Recalibration, recalibrate_as_configured
 from service.comparison import enqueue_compare
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
@@ -119,14 +119,7 @@ def recalibrate_model(
     """Judge `version`'s served auto-acceptance cut by its audit sample: raise it when the
     audit shows live precision below target, lower it when the audit shows a lower cut
     reaching the target with 95% confidence (`apply=false`: only report)."""
-    outcome = recalibrate(
-        session,
-        version=version,
-        target=settings.target_precision,
-        min_audited=settings.recalibrate_min_audited,
-        lower=settings.recalibrate_lower,
-        apply=apply,
-    )
+    outcome = recalibrate_as_configured(session, version=version, settings=settings, apply=apply)
     if outcome.applied:
         sync_production(state)
     return outcome
