@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import BatcherDep, ClientRole, SettingsDep, StateDep
+from service.api.deps import ClientRole, StateDep
 from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
@@ -112,12 +112,10 @@ async def _shadow(state: AppState, texts: list[str], results: list[PredictionPub
         )
 
 
-async def _predict(
-    state: AppState, batcher: BatcherDep, items: list[Item]
-) -> list[PredictionPublic]:
+async def _predict(state: AppState, items: list[Item]) -> list[PredictionPublic]:
     started = time.perf_counter()
     texts = [item_text(i.title, i.description) for i in items]
-    scored = await batcher.predict(texts)
+    scored = await state.batcher.predict(texts)
     latency_ms = (time.perf_counter() - started) * 1000 / len(items)
     results = [_record(state, i, s, latency_ms) for i, s in zip(items, scored, strict=True)]
     if state.predictor.shadow is not None:
@@ -128,29 +126,24 @@ async def _predict(
 
 
 @router.post("/predict", response_model=PredictionPublic)
-async def predict(
-    item: Item, _role: ClientRole, state: StateDep, batcher: BatcherDep, settings: SettingsDep
-) -> PredictionPublic:
+async def predict(item: Item, _role: ClientRole, state: StateDep) -> PredictionPublic:
     """Tag one item. `status` is `auto` when confident enough to accept, else `review`."""
-    check_lengths([item], settings)
-    return (await _predict(state, batcher, [item]))[0]
+    # The batcher and settings come from the state, not dependencies of their own: each
+    # dependency is a node FastAPI solves per request, on the event loop (see deps.allow).
+    check_lengths([item], state.settings)
+    return (await _predict(state, [item]))[0]
 
 
 @router.post("/predict/batch", response_model=BatchResponse)
-async def predict_batch(
-    body: BatchRequest,
-    _role: ClientRole,
-    state: StateDep,
-    batcher: BatcherDep,
-    settings: SettingsDep,
-) -> BatchResponse:
+async def predict_batch(body: BatchRequest, _role: ClientRole, state: StateDep) -> BatchResponse:
     """Tag up to `max_batch_items` items; results come back in the same order."""
     if not body.items:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "items must not be empty")
+    settings = state.settings
     if len(body.items) > settings.max_batch_items:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"{len(body.items)} items; a batch holds at most {settings.max_batch_items}",
         )
     check_lengths(body.items, settings)
-    return BatchResponse(results=await _predict(state, batcher, body.items))
+    return BatchResponse(results=await _predict(state, body.items))
