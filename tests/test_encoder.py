@@ -39,6 +39,26 @@ def test_int8_stays_close_to_fp32(encoder_dir: Path, shared_dataset: Path, tags:
     assert cosine.mean() >= 0.99, cosine.mean()
 
 
+def test_export_matches_sentence_transformers_at_every_length(
+    encoder_dir: Path, shared_dataset: Path, tags: TagSet
+) -> None:
+    """The export is traced at 8 tokens, and the tracer warns that a branch on the padding
+    length is frozen; embeddings of texts from 3 to 256 tokens must still equal the bundled
+    model's own, run by sentence-transformers on PyTorch."""
+    from sentence_transformers import SentenceTransformer
+
+    from service.ml.encoder import MAX_TOKENS, bundled_model_dir
+
+    long_text = " ".join(_texts(shared_dataset, tags, 40))  # truncated at MAX_TOKENS
+    texts = ["CNNs", *_texts(shared_dataset, tags, 30), long_text]
+    reference = SentenceTransformer(str(bundled_model_dir()), device="cpu")
+    reference.max_seq_length = MAX_TOKENS
+    expected = reference.encode(texts, normalize_embeddings=True, batch_size=1)
+    got = load_encoder(encoder_dir, EncoderKind.ONNX_FP32, cache_size=0).encode(texts)
+    cosine = (expected * got).sum(axis=1)
+    assert cosine.min() >= 0.9999, (cosine.argmin(), cosine.min())
+
+
 def test_export_is_fused_and_quantised(encoder_dir: Path) -> None:
     """The speed claims rest on ORT's fused kernels and int8 weights being in the files."""
     fp32_ops = {

@@ -113,3 +113,41 @@ def test_serve_logs_the_service_and_uvicorn_as_json(
     assert ("service.ml.serving", f"serving model {version}") in messages, err[-2000:]
     assert ("uvicorn.error", "Application startup complete.") in messages
     assert all(line.startswith("{") for line in err.splitlines() if line.strip()), err[-2000:]
+
+
+def test_onnx_export_tooling_lines_are_dropped(
+    make_settings: Callable[..., Settings],
+    root_logger: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """The quantizer logs on the root logger, one INFO line per tensor, on the first start;
+    the service's own lines next to them still come through."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    weight = numpy_helper.from_array(np.ones((16, 16), dtype=np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "one-matmul",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "tiny.onnx")
+    configure_logging(make_settings(log_level="INFO"))
+    quantize_dynamic(
+        tmp_path / "tiny.onnx",
+        tmp_path / "tiny-int8.onnx",
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": TensorProto.FLOAT},
+    )
+    logging.getLogger("service.ml.encoder").info("exported")
+    err = capsys.readouterr().err
+    assert (tmp_path / "tiny-int8.onnx").exists()
+    assert "Quantization parameters" not in err and "pre-processing" not in err, err
+    assert err.rstrip().endswith(" INFO service.ml.encoder exported"), err

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,10 +43,12 @@ def bundled_model_dir() -> Path:
 def _trace(target: Path) -> None:
     """Trace the bundled model to ONNX (needs PyTorch, only at export time)."""
     import torch
+    import transformers
     from transformers import AutoModel
 
     # Eager attention traces to the MatMul/Softmax pattern that onnxruntime 1.31+ fuses into
     # Attention (the pinned 1.28 fuses the LayerNorms and GELUs only, and runs faster anyway).
+    transformers.utils.logging.disable_progress_bar()  # a bar for loading 90 MB from disk
     bert = AutoModel.from_pretrained(str(bundled_model_dir()), attn_implementation="eager")
 
     class _Hidden(torch.nn.Module):
@@ -81,7 +84,11 @@ def export_onnx(target_dir: Path) -> None:
 
     target_dir.mkdir(parents=True, exist_ok=True)
     traced = target_dir / "minilm-traced.onnx.tmp"
-    _trace(traced)
+    with warnings.catch_warnings():
+        # The tracer warns about the padding branch and the index op: both are exercised by
+        # the export test (embeddings equal PyTorch's), so on a first start they are noise.
+        warnings.filterwarnings("ignore", module=r"(torch|transformers)\.")
+        _trace(traced)
     fused = optimizer.optimize_model(
         str(traced), model_type="bert", num_heads=NUM_HEADS, hidden_size=EMBEDDING_DIM
     )
