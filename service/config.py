@@ -128,6 +128,10 @@ class Settings(BaseSettings):
     # User reports, audit items and label checks are never shed. 0 turns either bound off.
     review_queue_limit: int = Field(20_000, ge=0)
     review_max_age_days: float = Field(30.0, ge=0.0)
+    # Share of contents (by hash) labelled twice, by different reviewers, the second blind to
+    # the first; a third decides when they differ (crud/overlap.py). Their agreement measures
+    # the labels. Off by default: it needs two reviewers, three for the decisions.
+    review_overlap_share: float = Field(0.0, ge=0.0, le=1.0)
     duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
     trust_feedback: bool = False
     # The loop closes itself by default: a retrain (behind the quality gate) after this many new

@@ -61,6 +61,11 @@ def test_a_prediction_shows_its_review_and_then_its_label(
 
         record = client.get(url, headers=auth("client")).json()
     assert record["tag"] == answer["tag"]  # what was answered stays as it was
-    assert record["review"] == {"task_id": task_id, "status": "labeled", "reason": "audit"}
+    assert record["review"] == {
+        "task_id": task_id,
+        "status": "labeled",
+        "reason": "audit",
+        "stage": "first",
+    }
     assert record["label"]["tag"] == "mlops" and record["label"]["source"] == "review"
     assert record["label"]["created_at"].endswith("Z")

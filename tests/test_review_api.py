@@ -51,6 +51,8 @@ TASK_KEYS = {
     "duplicate_of",
     "duplicate_tag",
     "reason",
+    "stage",
+    "earlier_labels",
     "priority",
     "lease_expires_at",
 }

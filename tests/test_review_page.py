@@ -28,8 +28,9 @@ from sqlmodel import Session, select
 from service.api.main import create_app
 from service.api.routes import review_page
 from service.config import Settings
+from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
-from service.entities import Label, ReviewReason, ReviewStatus, ReviewTask
+from service.entities import Label, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
@@ -411,3 +412,59 @@ def test_assets_outside_the_static_folder_are_refused(
     assert review_page.asset_path("page.js") == (static / "page.js").resolve()
     for name in ("../outside.js", "link.js", "notes.txt", "missing.js", "."):
         assert review_page.asset_path(name) is None, name
+
+
+def seed_overlap(engine: Engine) -> tuple[int, int]:
+    """A task waiting for a decision between Ann and Bob, and one waiting for a second
+    opinion after Ann; returns their ids."""
+    with Session(engine, expire_on_commit=False) as session:
+        decide = _task(ITEMS[0], stage=ReviewStage.ADJUDICATE, first_reviewer="ann")
+        blind = _task(ITEMS[1], stage=ReviewStage.SECOND, first_reviewer="ann")
+        session.add_all([decide, blind])
+        session.commit()
+        labels = [
+            labels_crud.append_label(
+                session,
+                text_hash=t.text_hash,
+                title=t.title,
+                description=t.description,
+                tag=tag,
+                reviewer=who,
+                holdout_share=0.0,
+                task_id=t.id,
+            )
+            for t, tag, who in (
+                (decide, "natural-language-processing", "ann"),
+                (decide, "computer-vision", "bob"),
+                (blind, "mlops", "ann"),
+            )
+        ]
+        session.commit()
+        decide.first_label_id, decide.second_label_id = labels[0].id, labels[1].id
+        decide.second_reviewer = "bob"
+        blind.first_label_id = labels[2].id
+        session.add_all([decide, blind])
+        session.commit()
+        return decide.id, blind.id  # type: ignore[return-value]
+
+
+@pytest.mark.browser
+def test_a_decision_shows_both_labels_and_a_second_opinion_none(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    decide, blind = seed_overlap(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="cat", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert "Decide: two reviewers disagree" in text_of(browser, "badges")
+    assert text_of(browser, "earlier") == (
+        "ann chose natural-language-processing; bob chose computer-vision. Your label decides."
+    )
+    browser.save_screenshot(str(SCREENSHOT.with_name("review_page_decide.png")))
+    press(browser, str(tags.names.index("computer-vision") + 1))
+    wait_for_title(browser, ITEMS[1].title)
+    assert "Second opinion" in text_of(browser, "badges")
+    assert not browser.find_element(By.ID, "earlier").is_displayed()
+    assert "mlops" not in text_of(browser, "item")  # Ann's label stays hidden
+    assert [label.tag for label in active_labels(live_app.engine, decide)] == ["computer-vision"]
+    assert task_statuses(live_app.engine) == {blind: ReviewStatus.LEASED}
+    assert browser_errors(browser) == []

@@ -108,7 +108,12 @@ def do(engine: Engine, fn: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 def label_task(
-    engine: Engine, task_id: int, tag: str, reviewer: str = "ann", tags: TagSet = TAGS
+    engine: Engine,
+    task_id: int,
+    tag: str,
+    reviewer: str = "ann",
+    tags: TagSet = TAGS,
+    overlap_share: float = 0.0,
 ) -> Label:
     return do(
         engine,
@@ -118,6 +123,7 @@ def label_task(
         reviewer=reviewer,
         tags=tags,
         holdout_share=0.2,
+        overlap_share=overlap_share,
     )
 
 
@@ -571,6 +577,7 @@ def test_stats_count_the_queue(engine: Engine) -> None:
         "labeled_today": 1,
         "shed": 0,
         "by_reason": {"low_confidence": 1, "user_report": 1, "audit": 0, "label_check": 0},
+        "by_stage": {"first": 2, "second": 0, "adjudicate": 0},
         "outbox_pending": 1,
     }
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import ColumnElement, case, func
+from sqlmodel import Session, select
 
 
 def as_int(condition: ColumnElement[Any]) -> ColumnElement[int]:
@@ -19,3 +21,15 @@ def count_where(condition: ColumnElement[Any]) -> ColumnElement[int]:
 
 def rate(part: int, whole: int) -> float | None:
     return round(part / whole, 6) if whole else None
+
+
+def counts_by(
+    session: Session, column: Any, members: type[StrEnum], *conditions: Any
+) -> dict[str, int]:
+    """Rows meeting `conditions`, counted by the value of `column` (an enum column), with 0
+    for every member of `members` that has none."""
+    counts = {member.value: 0 for member in members}
+    query = select(column, func.count()).where(*conditions).group_by(column)
+    for value, n in session.exec(query):
+        counts[members(value).value] = n
+    return counts

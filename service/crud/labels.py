@@ -14,6 +14,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
 from service.crud.aggregates import count_where, rate
+from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_contents, pairs
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
 from service.entities.review import ReviewTask
@@ -36,10 +37,16 @@ def holdout_for(text_hash: str, *, share: float) -> bool:
 
 
 def current_labels(session: Session) -> list[Label]:
-    """Every label not superseded by a later one, oldest first."""
+    """Every label not superseded by a later one, oldest first, except for contents whose two
+    independent labels differ and wait for a decision (crud.overlap)."""
     return list(
         session.exec(
-            select(Label).where(col(Label.superseded_by).is_(None)).order_by(col(Label.id))
+            select(Label)
+            .where(
+                col(Label.superseded_by).is_(None),
+                col(Label.text_hash).not_in(disputed_contents()),
+            )
+            .order_by(col(Label.id))
         )
     )
 
@@ -127,7 +134,8 @@ def export_rows(session: Session) -> list[dict[str, object]]:
 
 def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
     """Per reviewer, their review labels: all of them, those since `since` (the day's start),
-    agreement with the task's suggestion, and how many another reviewer later replaced."""
+    agreement with the task's suggestion, how many another reviewer later replaced, and their
+    agreement with other reviewers on the overlap sample."""
     later = aliased(Label)
     suggested = col(ReviewTask.suggestion_tag).is_not(None)
     rows = session.exec(
@@ -138,7 +146,11 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
             func.max(Label.created_at),
             count_where(suggested),
             count_where(suggested & (col(Label.tag) == ReviewTask.suggestion_tag)),
-            count_where(col(later.id).is_not(None) & (later.reviewer != Label.reviewer)),
+            count_where(
+                col(later.id).is_not(None)
+                & (later.reviewer != Label.reviewer)
+                & (later.tag != Label.tag)
+            ),
         )
         .select_from(Label)
         .outerjoin(ReviewTask, col(ReviewTask.id) == Label.task_id)
@@ -147,6 +159,7 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
         .group_by(Label.reviewer)
         .order_by(Label.reviewer)
     )
+    overlap = by_reviewer(pairs(session))
     return [
         ReviewerStats(
             reviewer=reviewer,
@@ -156,6 +169,16 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
             with_suggestion=with_suggestion,
             agreed_with_suggestion=rate(agreed, with_suggestion),
             changed_by_others=changed,
+            **overlap_fields(overlap.get(reviewer, ReviewerAgreement())),
         )
         for reviewer, labels, today, last, with_suggestion, agreed, changed in rows
     ]
+
+
+def overlap_fields(mine: ReviewerAgreement) -> dict[str, object]:
+    return {
+        "paired": mine.paired,
+        "agreed_with_peer": mine.agreement,
+        "disputes_decided": mine.decided,
+        "upheld": mine.upheld_rate,
+    }

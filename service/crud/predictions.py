@@ -146,7 +146,7 @@ def prediction_record(session: Session, *, prediction: Prediction) -> Prediction
         ),
         review=None
         if task is None or task.id is None
-        else ReviewState(task_id=task.id, status=task.status, reason=task.reason),
+        else ReviewState(task_id=task.id, status=task.status, reason=task.reason, stage=task.stage),
     )
 
 

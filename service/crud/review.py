@@ -18,9 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
+from service.crud import overlap
+from service.crud.aggregates import counts_by
 from service.entities import Feedback, FeedbackStatus, Label, LabelSource
 from service.entities.common import day_start, utcnow
-from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
+from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml import priority as prio
 from service.outbox import pending_count
@@ -182,11 +184,12 @@ def _expire_leases(session: Session, *, now: datetime) -> int:
 
 
 def _next_candidate(session: Session, *, reviewer: str) -> int | None:
-    """The best open task for `reviewer`: ones they skipped come last."""
+    """The best open task for `reviewer` (not one they labelled at an earlier stage): ones
+    they skipped come last."""
     skipped_by_me = case((col(ReviewTask.skipped_by) == reviewer, 1), else_=0)
     return session.exec(
         select(ReviewTask.id)
-        .where(ReviewTask.status == ReviewStatus.OPEN)
+        .where(ReviewTask.status == ReviewStatus.OPEN, overlap.not_labelled_by(reviewer))
         .order_by(skipped_by_me, col(ReviewTask.priority).desc(), col(ReviewTask.id))
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -239,10 +242,22 @@ def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
         return ConflictError(f"task {task_id} was shed from the queue unreviewed (queue bound)")
     if task.status == ReviewStatus.LEASED and task.leased_by != reviewer:
         return ConflictError(f"task {task_id} is leased to {task.leased_by!r}")
+    if reviewer in (task.first_reviewer, task.second_reviewer):
+        return ConflictError(
+            f"task {task_id} waits for a {task.stage.value} label from another reviewer than "
+            f"{reviewer!r}"
+        )
     return ConflictError(f"task {task_id} changed concurrently; try again")
 
 
-def _transition(session: Session, *, task_id: int, reviewer: str, values: dict[str, Any]) -> None:
+def _transition(
+    session: Session,
+    *,
+    task_id: int,
+    reviewer: str,
+    values: dict[str, Any],
+    guards: tuple[ColumnElement[bool], ...] = (),
+) -> None:
     """Apply `values` to a task `reviewer` may act on, atomically; 409/404 otherwise."""
     now = utcnow()
     result = session.exec(
@@ -251,6 +266,7 @@ def _transition(session: Session, *, task_id: int, reviewer: str, values: dict[s
             col(ReviewTask.id) == task_id,
             ReviewTask.status != ReviewStatus.LABELED,
             _may_act(reviewer, now),
+            *guards,
         )
         .values(updated_at=now, **values)
         .execution_options(synchronize_session=False)
@@ -276,22 +292,25 @@ def label(
     reviewer: str,
     tags: TagSet,
     holdout_share: float,
+    overlap_share: float = 0.0,
 ) -> Label:
-    """Record `reviewer`'s answer for a task; it becomes the content's current label."""
+    """Record `reviewer`'s answer for a task; it becomes the content's current label. A task in
+    the overlap sample then waits for a second opinion, and two that differ for a decision
+    (crud.overlap)."""
     if tag not in tags:
         raise InvalidInputError(f"tag {tag!r} is not in the approved list")
-    _transition(
-        session,
-        task_id=task_id,
-        reviewer=reviewer,
-        values={
-            "status": ReviewStatus.LABELED,
-            "open_key": None,
-            "leased_by": None,
-            "lease_expires_at": None,
-        },
-    )
     task = get_task(session, task_id=task_id)
+    first = session.get(Label, task.first_label_id) if task.first_label_id else None
+    step = overlap.after_label(
+        task,
+        tag=tag,
+        reviewer=reviewer,
+        first_tag=first.tag if first else None,
+        overlap_share=overlap_share,
+    )
+    # The stage read above must still hold when the update lands: otherwise 409, try again.
+    guards = (ReviewTask.stage == task.stage, overlap.not_labelled_by(reviewer))
+    _transition(session, task_id=task_id, reviewer=reviewer, values=step.values, guards=guards)
     row = labels_crud.append_label(
         session,
         text_hash=task.text_hash,
@@ -302,6 +321,15 @@ def label(
         holdout_share=holdout_share,
         source=LabelSource.REVIEW,
         task_id=task.id,
+    )
+    recorded = {step.label_column: row.id} if step.label_column else {}
+    if step.closes:
+        recorded["final_label_id"] = row.id
+    session.exec(
+        update(ReviewTask)
+        .where(col(ReviewTask.id) == task_id)
+        .values(**recorded)
+        .execution_options(synchronize_session=False)
     )
     _settle_feedback(session, task_id=task_id, label=row)
     session.commit()
@@ -341,24 +369,27 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
 
 
 def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
-    """Undo: lease a task `reviewer` labelled back to them; their next label supersedes it."""
+    """Undo: lease a task back to the reviewer whose label was its last word, at that label's
+    stage; their next label supersedes it."""
     task = get_task(session, task_id=task_id)
     current = labels_crud.current_label(session, text_hash=task.text_hash)
-    if task.status != ReviewStatus.LABELED or current is None or current.task_id != task.id:
-        raise ConflictError(f"task {task_id} has no current label of its own to undo")
-    if current.reviewer != reviewer:
-        raise ConflictError(f"task {task_id} was labelled by {current.reviewer!r}")
+    values = overlap.undo_values(task, reviewer=reviewer, current=current)
     now = utcnow()
+    may_take = (
+        ReviewTask.status == ReviewStatus.LABELED
+        if task.status == ReviewStatus.LABELED
+        else _may_act(reviewer, now)
+    )
     try:
         result = session.exec(
             update(ReviewTask)
-            .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.LABELED)
+            .where(col(ReviewTask.id) == task_id, ReviewTask.stage == task.stage, may_take)
             .values(
                 status=ReviewStatus.LEASED,
-                open_key=task.text_hash,
                 leased_by=reviewer,
                 lease_expires_at=now + timedelta(seconds=lease_s),
                 updated_at=now,
+                **values,
             )
             .execution_options(synchronize_session=False)
         )
@@ -367,15 +398,17 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
         session.rollback()
         raise ConflictError(f"another open task exists for the content of task {task_id}") from None
     if result.rowcount != 1:
-        raise ConflictError(f"task {task_id} was reopened concurrently")
+        raise ConflictError(f"task {task_id} changed concurrently or is leased to someone else")
     return get_task(session, task_id=task_id)
 
 
 def _sheddable() -> tuple[ColumnElement[bool], ...]:
     """Tasks the queue bound may shed: open (not leased), unsure, and never reported. What
-    a person sent (a report) and what measures or checks the model (audit, label_check) stays."""
+    a person sent (a report), what measures or checks the model (audit, label_check), and a
+    task already labelled once (waiting for a second opinion or a decision) stays."""
     return (
         ReviewTask.status == ReviewStatus.OPEN,
+        ReviewTask.stage == ReviewStage.FIRST,
         ReviewTask.reason == ReviewReason.LOW_CONFIDENCE,
         col(ReviewTask.reports) == 0,
     )
@@ -434,13 +467,9 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
     expired = col(ReviewTask.lease_expires_at) < now
     leased = _count(session, ReviewTask.status == ReviewStatus.LEASED, ~expired)
     open_ = _count(session, col(ReviewTask.status).in_(ACTIVE)) - leased
-    by_reason = {reason.value: 0 for reason in ReviewReason}
-    for reason, n in session.exec(
-        select(ReviewTask.reason, func.count())
-        .where(col(ReviewTask.status).in_(ACTIVE))
-        .group_by(ReviewTask.reason)
-    ):
-        by_reason[ReviewReason(reason).value] = n
+    active = col(ReviewTask.status).in_(ACTIVE)
+    by_reason = counts_by(session, ReviewTask.reason, ReviewReason, active)
+    by_stage = counts_by(session, ReviewTask.stage, ReviewStage, active)
     labeled_today = session.exec(
         select(func.count())
         .select_from(Label)
@@ -452,5 +481,6 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "labeled_today": labeled_today,
         "shed": _count(session, ReviewTask.status == ReviewStatus.SHED),
         "by_reason": by_reason,
+        "by_stage": by_stage,
         "outbox_pending": pending_count(session),
     }

@@ -4,7 +4,13 @@ Importing this package registers every table on `SQLModel.metadata`.
 """
 
 from service.entities.feedback import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus
-from service.entities.label import Label, LabelPublic, LabelSource, ReviewerStats
+from service.entities.label import (
+    AgreementStats,
+    Label,
+    LabelPublic,
+    LabelSource,
+    ReviewerStats,
+)
 from service.entities.model_version import ModelStatus, ModelVersion, ModelVersionPublic
 from service.entities.outbox import OutboxItem
 from service.entities.prediction import (
@@ -15,11 +21,20 @@ from service.entities.prediction import (
     PredictionStatus,
     ShadowPrediction,
 )
-from service.entities.review import ReviewReason, ReviewStatus, ReviewTask, ReviewTaskPublic
+from service.entities.review import (
+    EarlierLabel,
+    ReviewReason,
+    ReviewStage,
+    ReviewStatus,
+    ReviewTask,
+    ReviewTaskPublic,
+)
 from service.entities.snapshot import DatasetSnapshot
 
 __all__ = [
+    "AgreementStats",
     "DatasetSnapshot",
+    "EarlierLabel",
     "Feedback",
     "FeedbackCreate",
     "FeedbackPublic",
@@ -37,6 +52,7 @@ __all__ = [
     "PredictionRecord",
     "PredictionStatus",
     "ReviewReason",
+    "ReviewStage",
     "ReviewStatus",
     "ReviewTask",
     "ReviewTaskPublic",

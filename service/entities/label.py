@@ -53,5 +53,30 @@ class ReviewerStats(SQLModel):
     # mean the suggestion is being accepted unread.
     with_suggestion: int
     agreed_with_suggestion: float | None
-    # Their labels that a later label by another reviewer replaced (e.g. after a user report).
+    # Their labels that a later label by another reviewer replaced with another tag (e.g.
+    # after a user report, or an adjudication).
     changed_by_others: int
+    # The overlap sample (crud/overlap.py): contents they labelled independently of another
+    # reviewer, the share where the two agreed, and of their disagreements that a third
+    # reviewer decided, how many and the share decided their way.
+    paired: int = 0
+    agreed_with_peer: float | None = None
+    disputes_decided: int = 0
+    upheld: float | None = None
+
+
+class AgreementStats(SQLModel):
+    """How well independent labels agree, over the whole overlap sample: the team's measure of
+    label quality, and of how hard the approved tags are to tell apart."""
+
+    pairs: int
+    agreed: int
+    agreement: float | None
+    # Fleiss' kappa: agreement beyond chance given how often each tag is used (1 perfect,
+    # 0 chance level); None while there are no pairs.
+    kappa: float | None
+    # Per tag, specific agreement: 2 x (pairs where both chose it) / (its labels in pairs).
+    by_tag: dict[str, float]
+    waiting_second: int
+    waiting_decision: int
+    decided: int

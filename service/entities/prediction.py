@@ -75,6 +75,7 @@ class ReviewState(SQLModel):
     task_id: int
     status: str
     reason: str
+    stage: str  # first, second (a second opinion asked), adjudicate (two labels differ)
 
 
 class PredictionRecord(PredictionBase):

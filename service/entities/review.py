@@ -30,6 +30,16 @@ class ReviewStatus(StrEnum):
     SHED = "shed"
 
 
+class ReviewStage(StrEnum):
+    """The answer a task waits for. Most tasks need one label. A sample of them (the overlap,
+    `TAGFLOW_REVIEW_OVERLAP_SHARE`) also needs a second one from another reviewer, given
+    without seeing the first; when the two differ, a third reviewer decides (adjudication)."""
+
+    FIRST = "first"
+    SECOND = "second"
+    ADJUDICATE = "adjudicate"
+
+
 class ReviewTask(SQLModel, table=True):
     __tablename__ = "review_task"
 
@@ -63,6 +73,14 @@ class ReviewTask(SQLModel, table=True):
     lease_expires_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True))
     )
+    stage: ReviewStage = ReviewStage.FIRST
+    # The two independent labels of an overlap task, and who gave them: claim does not offer
+    # the task to them again. `final_label_id`: the label that closed the task, at any stage.
+    first_label_id: int | None = None
+    first_reviewer: str | None = None
+    second_label_id: int | None = None
+    second_reviewer: str | None = None
+    final_label_id: int | None = None
     skips: int = 0
     # The reviewer who skipped it last: claim hands it to someone else first.
     skipped_by: str | None = None
@@ -75,8 +93,16 @@ class Suggestion(SQLModel):
     scores: dict[str, float]
 
 
+class EarlierLabel(SQLModel):
+    """One of the two labels an adjudicator decides between."""
+
+    reviewer: str
+    tag: str
+
+
 class ReviewTaskPublic(SQLModel):
-    """What a reviewer receives on claim."""
+    """What a reviewer receives on claim. A second opinion shows no earlier label (it must be
+    independent); an adjudication shows both."""
 
     task_id: int
     title: str
@@ -85,5 +111,7 @@ class ReviewTaskPublic(SQLModel):
     duplicate_of: int | None
     duplicate_tag: str | None
     reason: ReviewReason
+    stage: ReviewStage
+    earlier_labels: list[EarlierLabel]
     priority: float
     lease_expires_at: datetime | None

@@ -90,9 +90,30 @@ function reasonBadge(reason) {
   return badge(reason, "plain");
 }
 
+/** Second opinions are blind (no earlier label shown); a decision shows both labels. */
+function stageBadges(stage) {
+  if (stage === "second") {
+    return [badge("Second opinion: label it on your own; the first label is hidden", "check")];
+  }
+  if (stage === "adjudicate") return [badge("Decide: two reviewers disagree", "report")];
+  return [];
+}
+
 function renderBadges(task) {
   const priority = badge(`priority ${Number(task.priority).toFixed(2)}`, "plain");
-  $("badges").replaceChildren(reasonBadge(task.reason), priority);
+  $("badges").replaceChildren(reasonBadge(task.reason), ...stageBadges(task.stage), priority);
+}
+
+function renderEarlier(task) {
+  const el = $("earlier");
+  const labels = task.earlier_labels || [];
+  el.hidden = labels.length === 0;
+  const parts = labels.flatMap((l, i) => [
+    i ? "; " : "",
+    `${l.reviewer} chose `,
+    element("strong", "", l.tag),
+  ]);
+  el.replaceChildren(...(labels.length ? [...parts, ". Your label decides."] : []));
 }
 
 function renderDuplicate(task) {
@@ -159,6 +180,7 @@ export function renderTask(task, tags) {
   $("item-description").textContent = task.description || "(no description)";
   $("item-description").scrollTop = 0;
   renderDuplicate(task);
+  renderEarlier(task);
   $("task-ref").textContent = `Task #${task.task_id}`;
   renderScores(task.suggestion, tags);
   const suggested = task.suggestion && task.suggestion.tag;

@@ -1,5 +1,5 @@
 """The review queue over HTTP: claim a task, label / skip / release / reopen it, queue and
-reviewer stats."""
+reviewer stats, and agreement on the overlap sample."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
+from sqlmodel import Session
 
 from service.api.deps import ReviewerRole, SessionDep, SettingsDep, StateDep, TagsDep
 from service.crud import labels as labels_crud
+from service.crud import overlap
 from service.crud import review as review_crud
-from service.entities import LabelPublic, ReviewerStats
+from service.entities import AgreementStats, LabelPublic, ReviewerStats
 from service.entities.common import as_utc, day_start, utcnow
 from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
 
@@ -41,12 +43,13 @@ class ReviewStats(BaseModel):
     labeled_today: int
     shed: int  # taken out of the queue unreviewed by its bound, ever
     by_reason: dict[str, int]
+    by_stage: dict[str, int]  # open and leased tasks by the answer they wait for
     outbox_pending: int
     failed_jobs: int | None
     note: str | None = None
 
 
-def task_public(task: ReviewTask) -> ReviewTaskPublic:
+def task_public(session: Session, task: ReviewTask) -> ReviewTaskPublic:
     """What a reviewer sees of a task (never the table row itself)."""
     assert task.id is not None
     return ReviewTaskPublic(
@@ -57,6 +60,8 @@ def task_public(task: ReviewTask) -> ReviewTaskPublic:
         duplicate_of=task.duplicate_of,
         duplicate_tag=task.duplicate_tag,
         reason=task.reason,
+        stage=task.stage,
+        earlier_labels=overlap.earlier_labels(session, task=task),
         priority=round(task.priority, 6),
         lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
     )
@@ -74,7 +79,7 @@ def claim(
     task = review_crud.claim(session, reviewer=body.reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return task_public(task)
+    return task_public(session, task)
 
 
 @router.get("/stats", response_model=ReviewStats)
@@ -101,6 +106,14 @@ def review_reviewers(session: SessionDep, _role: ReviewerRole) -> ReviewerList:
     return ReviewerList(reviewers=labels_crud.reviewer_stats(session, since=day_start(utcnow())))
 
 
+@router.get("/agreement", response_model=AgreementStats)
+def review_agreement(session: SessionDep, _role: ReviewerRole) -> AgreementStats:
+    """The overlap sample (`TAGFLOW_REVIEW_OVERLAP_SHARE`): contents labelled by two reviewers
+    independently, how often they agree (share, Fleiss' kappa, per tag), and how many tasks
+    wait for a second opinion or for a decision between two."""
+    return overlap.agreement_stats(session)
+
+
 @router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)
 def label_task(
     task_id: int,
@@ -118,6 +131,7 @@ def label_task(
         reviewer=body.reviewer,
         tags=tags,
         holdout_share=settings.label_holdout_share,
+        overlap_share=settings.review_overlap_share,
     )
     public = LabelPublic.model_validate(row, from_attributes=True)
     public.created_at = as_utc(public.created_at)
@@ -129,7 +143,8 @@ def skip_task(
     task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
 ) -> ReviewTaskPublic:
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
-    return task_public(review_crud.skip(session, task_id=task_id, reviewer=body.reviewer))
+    task = review_crud.skip(session, task_id=task_id, reviewer=body.reviewer)
+    return task_public(session, task)
 
 
 @router.post("/{task_id}/release", response_model=ReviewTaskPublic)
@@ -137,7 +152,8 @@ def release_task(
     task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
-    return task_public(review_crud.release(session, task_id=task_id, reviewer=body.reviewer))
+    task = review_crud.release(session, task_id=task_id, reviewer=body.reviewer)
+    return task_public(session, task)
 
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
@@ -152,4 +168,4 @@ def reopen_task(
     task = review_crud.reopen(
         session, task_id=task_id, reviewer=body.reviewer, lease_s=settings.review_lease_s
     )
-    return task_public(task)
+    return task_public(session, task)
