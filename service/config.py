@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     log_flush_interval_s: float = Field(0.25, gt=0.0)
+    # Predictions older than this are deleted once a day by a worker (service/retention.py);
+    # those a user report points at stay. 0 keeps them all (or prune from cron: tagflow db prune).
+    retention_days: float = Field(0.0, ge=0.0)
     log_batch_size: int = Field(500, ge=1)
 
     review_lease_s: int = Field(600, ge=1)
@@ -148,6 +151,14 @@ class Settings(BaseSettings):
     @classmethod
     def _check_keys(cls, value: str) -> str:
         parse_api_keys(value)
+        return value
+
+    @field_validator("retention_days")
+    @classmethod
+    def _check_retention(cls, value: float) -> float:
+        # As `tagflow db prune`: under a day would delete what the audit and review still read.
+        if 0.0 < value < 1.0:
+            raise ValueError("retention_days is 0 (keep everything) or at least 1")
         return value
 
     @model_validator(mode="after")

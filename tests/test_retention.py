@@ -1,19 +1,32 @@
-"""Retention of the prediction log (`tagflow db prune`): old predictions and their shadow
-scores go, in batches; recent ones and those a user report points at stay."""
+"""Retention of the prediction log, by hand (`tagflow db prune`) and daily from a worker
+(`TAGFLOW_RETENTION_DAYS`): old predictions and their shadow scores go, in batches; recent ones
+and those a user report points at stay."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
+import pytest
+import redis
+from pydantic import ValidationError
+from rq import Queue, SimpleWorker
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from service.cli import app
+from service.config import Settings
 from service.crud.predictions import prune_predictions, save_predictions
 from service.entities import Feedback, Prediction, ShadowPrediction
 from service.entities.common import utcnow
-from tests.conftest import make_prediction
+from service.ml.training import TrainResult
+from service.outbox import TRAINING_QUEUE
+from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune
+from tests.conftest import make_prediction, sqlite_app
+from workers.context import JobContext, use_context
 
 DAY = timedelta(days=1)
 
@@ -85,3 +98,61 @@ def test_prune_from_the_command_line(
     assert len(remaining(engine)[0]) == 2
     refused = runner.invoke(app, ["db", "prune", "--older-than-days", "0"], env=env)
     assert refused.exit_code == 2  # at least a day: never the predictions still being answered
+
+
+def test_the_daily_prune_is_enqueued_once_across_processes(redis_conn: redis.Redis) -> None:
+    """Every API process's watch loop asks; one job per day goes to the training queue."""
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    assert maybe_enqueue_prune(redis_conn, queue, retention_days=0) is None
+    first = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
+    again = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
+    assert first is not None and again is None
+    assert queue.job_ids == [first]
+    job = queue.fetch_job(first)
+    assert job is not None and (job.func_name, job.args) == (PRUNE_JOB, (90,))
+    assert 0 < redis_conn.ttl(PRUNE_KEY) <= 86_400
+    redis_conn.delete(PRUNE_KEY)  # a day later
+    assert maybe_enqueue_prune(redis_conn, queue, retention_days=90) not in (None, first)
+
+
+def test_the_worker_runs_the_prune(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    redis_conn: redis.Redis,
+) -> None:
+    old = log_predictions(engine, old=5, recent=2)
+    settings = make_settings(database_url=database_url, retention_days=90)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=settings.retention_days)
+    use_context(JobContext(settings))
+    try:
+        SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    finally:
+        use_context(None)
+    job = queue.fetch_job(job_id)  # type: ignore[arg-type]
+    assert job is not None and job.return_value() == {"predictions": 5, "shadow_predictions": 5}
+    predictions, shadows = remaining(engine)
+    assert len(predictions) == len(shadows) == 2 and not predictions & set(old)
+
+
+def test_retention_under_a_day_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValidationError, match="at least 1"):
+        make_settings(retention_days=0.5)
+
+
+def test_the_api_watch_loop_enqueues_it(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    with sqlite_app(
+        make_settings, tmp_path, shared_result, retention_days=30, watch_interval_s=0.05
+    ):
+        deadline = time.monotonic() + 10
+        while not queue.job_ids and time.monotonic() < deadline:
+            time.sleep(0.05)
+    jobs = [queue.fetch_job(job_id) for job_id in queue.job_ids]
+    assert [(job.func_name, job.args) for job in jobs if job] == [(PRUNE_JOB, (30,))]

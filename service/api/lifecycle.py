@@ -17,6 +17,7 @@ from service.errors import ArtifactError
 from service.ml import registry
 from service.ml.serving import LoadedModel
 from service.outbox import relay
+from service.retention import maybe_enqueue_prune
 from service.retraining import maybe_enqueue_auto_retrain
 
 log = logging.getLogger(__name__)
@@ -115,12 +116,20 @@ def auto_recalibrate(state: AppState) -> None:
         sync_production(state)
 
 
+def auto_prune(state: AppState) -> str | None:
+    """Once a day across all API processes, queue the retention job (`retention_days`)."""
+    return maybe_enqueue_prune(
+        state.redis, state.queues.training, retention_days=state.settings.retention_days
+    )
+
+
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
     """Poll the registry (promotions from the CLI or a worker), retry the outbox, start
-    automatic retraining, and move the served cut by the audit."""
+    automatic retraining, move the served cut by the audit, and queue the daily retention."""
+    steps = (sync_production, drain_outbox, auto_retrain, auto_recalibrate, auto_prune)
     while True:
         await asyncio.sleep(interval_s)
-        for step in (sync_production, drain_outbox, auto_retrain, auto_recalibrate):
+        for step in steps:
             try:
                 await asyncio.to_thread(step, state)
             except Exception:
