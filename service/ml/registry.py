@@ -8,7 +8,7 @@ import operator
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 from sqlmodel import Session, col, select
@@ -16,8 +16,10 @@ from sqlmodel import Session, col, select
 from service.entities import ModelStatus, ModelVersion
 from service.entities.common import new_id, utcnow
 from service.errors import ArtifactError, InvalidInputError, NotFoundError
-from service.ml.classifier import TagModel
-from service.ml.training import TrainResult
+
+if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need neither
+    from service.ml.classifier import TagModel
+    from service.ml.training import TrainResult
 
 MODEL_FILE = "model.joblib"
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
@@ -119,6 +121,8 @@ def load_model(version: ModelVersion) -> TagModel:
             f"artifact of {version.version} has checksum {actual[:12]}..., "
             f"registry says {version.checksum[:12]}...: refused"
         )
+    from service.ml.classifier import TagModel
+
     model = joblib.load(path)
     if not isinstance(model, TagModel):
         raise ArtifactError(f"artifact of {version.version} is not a tagflow model")
