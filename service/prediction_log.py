@@ -1,17 +1,25 @@
 """Write-behind prediction logging: requests append to memory, a background task batches
-inserts. A failed flush keeps its rows for the next try; `close` flushes what is left, so a
-clean shutdown loses nothing.
+inserts. A flush that fails for want of the database keeps its rows for the next try; `close`
+flushes what is left, so a clean shutdown loses nothing.
+
+A row the database refuses (not an outage: a value it cannot store, a duplicate id) would fail
+every later flush and hold back every row behind it. So when a batch fails for another reason
+than a lost connection, its rows are written one by one, and a row refused on its own goes to a
+dead-letter file (JSON Lines in the data directory) with an ERROR line, not back to the buffer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 
 from service.crud.predictions import save_predictions
@@ -32,8 +40,10 @@ class PredictionLog:
         batch_size: int,
         audit_share: float = 0.0,
         after_flush: Callable[[], None] | None = None,
+        dead_letter: Path | None = None,
     ) -> None:
         self.engine = engine
+        self.dead_letter = dead_letter
         self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -44,6 +54,7 @@ class PredictionLog:
         self._task: asyncio.Task[None] | None = None
         self.failures = 0
         self.written = 0
+        self.dead_lettered = 0
 
     @property
     def buffered(self) -> int:
@@ -63,7 +74,7 @@ class PredictionLog:
         return None if found is None else Prediction.model_validate(found.model_dump())
 
     def flush(self) -> int:
-        """Write everything buffered now; on failure put it back and re-raise."""
+        """Write everything buffered now; on an outage put it back and re-raise."""
         written = 0
         with self._flush_lock:
             while self._buffer or self._shadows:
@@ -72,23 +83,71 @@ class PredictionLog:
                 ]
                 shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
                 try:
-                    with session_scope(self.engine) as session:
-                        save_predictions(
-                            session,
-                            predictions=batch,
-                            shadows=shadows,
-                            audit_share=self.audit_share,
-                        )
-                except Exception:
-                    self._buffer.extendleft(reversed(batch))
-                    self._shadows.extendleft(reversed(shadows))
-                    self.failures += 1
-                    raise
-                written += len(batch)
+                    self._save(batch, shadows)
+                    written += len(batch)
+                except Exception as exc:
+                    if _is_outage(exc):
+                        self._put_back(batch, shadows)
+                        raise
+                    log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
+                    written += self._save_apart(batch, shadows)
         self.written += written
         if written and self.after_flush is not None:
             self.after_flush()
         return written
+
+    def _save(self, batch: Sequence[PredictionCreate], shadows: Sequence[ShadowPrediction]) -> None:
+        with session_scope(self.engine) as session:
+            save_predictions(
+                session, predictions=batch, shadows=shadows, audit_share=self.audit_share
+            )
+
+    def _put_back(
+        self, batch: Sequence[PredictionCreate], shadows: Sequence[ShadowPrediction]
+    ) -> None:
+        self._buffer.extendleft(reversed(batch))
+        self._shadows.extendleft(reversed(shadows))
+        self.failures += 1
+
+    def _save_apart(self, batch: list[PredictionCreate], shadows: list[ShadowPrediction]) -> int:
+        """Each row in a transaction of its own (with its shadow scores); a row refused alone
+        is dead-lettered. An outage midway puts back what is not written yet and re-raises."""
+        by_id: dict[str, list[ShadowPrediction]] = {}
+        for shadow in shadows:
+            by_id.setdefault(shadow.prediction_id, []).append(shadow)
+        written = 0
+        for i, row in enumerate(batch):
+            mine = by_id.pop(row.id, [])  # a shadow goes with the first row of its id
+            try:
+                self._save([row], mine)
+                written += 1
+            except Exception as exc:
+                if _is_outage(exc):
+                    left = [s for r in batch[i + 1 :] for s in by_id.pop(r.id, [])]
+                    self._put_back(batch[i:], mine + left + [s for v in by_id.values() for s in v])
+                    raise
+                self._dead_letter(row, mine, exc)
+        orphans = [s for v in by_id.values() for s in v]
+        if orphans:  # their predictions were written by an earlier flush
+            self._save([], orphans)
+        return written
+
+    def _dead_letter(
+        self, row: PredictionCreate, shadows: list[ShadowPrediction], exc: Exception
+    ) -> None:
+        self.dead_lettered += 1
+        log.error("prediction %s refused by the database, dead-lettered: %s", row.id, exc)
+        if self.dead_letter is None:
+            return
+        entry = {
+            "prediction": row.model_dump(mode="json"),
+            "shadows": [s.model_dump(mode="json") for s in shadows],
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
+        with self.dead_letter.open("a", encoding="utf-8") as out:
+            # ensure_ascii: a NUL or a lone surrogate is written as its \u escape.
+            out.write(json.dumps(entry, ensure_ascii=True) + "\n")
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="prediction-log")
@@ -110,3 +169,9 @@ class PredictionLog:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await asyncio.to_thread(self.flush)
+
+
+def _is_outage(exc: Exception) -> bool:
+    """Whether a failed write may succeed as it is later: the database was unreachable, busy
+    (SQLite's lock) or timed out, rather than refusing the rows."""
+    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)

@@ -10,12 +10,18 @@ Environment:
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import redis
+import uvicorn
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -261,3 +267,35 @@ def sqlite_client(
     """The real app on SQLite only, for API tests that are not about storage."""
     with sqlite_app(make_settings, tmp_path, shared_result) as test_client:
         yield test_client
+
+
+@contextmanager
+def live_server(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free local port, in a thread; yields its base URL once
+    /healthz answers, and stops it on exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        _wait_healthy(url, thread)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
+
+
+def _wait_healthy(url: str, thread: threading.Thread) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert thread.is_alive(), "the server thread died during start-up"
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url}/healthz did not answer within 60 s")

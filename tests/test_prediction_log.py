@@ -1,13 +1,19 @@
-"""Write-behind logging loses nothing: not on shutdown, not when the database fails a flush."""
+"""Write-behind logging loses nothing: not on shutdown, not in an outage (rows wait for the next
+try), and a row the database refuses neither blocks the others nor vanishes (dead letter)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
 
+import pytest
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, func, select
 
-from service.entities import OutboxItem, Prediction, PredictionStatus
+from service.db import make_engine
+from service.entities import OutboxItem, Prediction, PredictionStatus, ShadowPrediction
 from service.entities.common import new_id
 from service.prediction_log import PredictionLog
 from tests.conftest import make_prediction
@@ -33,20 +39,56 @@ def test_close_flushes_everything(engine: Engine) -> None:
     assert _count(engine, OutboxItem) == 1  # the review one, in the same transaction
 
 
-def test_failed_flush_keeps_rows_for_the_next_try(engine: Engine) -> None:
-    log = PredictionLog(engine, interval_s=60, batch_size=100)
-    first, clash = make_prediction(new_id()), make_prediction(new_id())
-    clash.id = first.id  # a primary-key clash makes the whole batch fail
-    log.record(first)
-    log.record(clash)
-    try:
+def _unreachable(engine: Engine) -> Engine:
+    """An engine of the same kind whose database cannot be reached: a real outage."""
+    if engine.dialect.name == "sqlite":
+        return make_engine("sqlite:////nonexistent-dir/tagflow.db")
+    return make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
+
+
+def test_an_outage_keeps_rows_for_the_next_try(engine: Engine) -> None:
+    log = PredictionLog(_unreachable(engine), interval_s=60, batch_size=2)
+    rows = [make_prediction(new_id()) for _ in range(3)]
+    for row in rows:
+        log.record(row)
+    with pytest.raises(OperationalError):
         log.flush()
-    except Exception:
-        pass
-    else:
-        raise AssertionError("the clashing batch should have failed")
-    assert log.failures == 1 and _count(engine, Prediction) == 0
-    assert log.pending(first.id) is not None  # kept, not dropped
-    log._buffer.pop()  # remove the clash (a test-only repair), then the retry succeeds
-    assert log.flush() == 1
-    assert _count(engine, Prediction) == 1
+    assert log.failures == 1 and log.dead_lettered == 0
+    assert all(log.pending(row.id) is not None for row in rows)  # kept, not dropped
+    log.engine = engine  # the database is back
+    assert log.flush() == 3
+    assert _count(engine, Prediction) == 3
+
+
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_flow(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A value no database can store and a duplicate id: refused alone, written to the
+    dead-letter file, while the rows around them (and their shadow scores) are written."""
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    log = PredictionLog(engine, interval_s=60, batch_size=100, dead_letter=dead)
+    good, bad, after = (make_prediction(new_id()) for _ in range(3))
+    bad.title = "lone \ud800 surrogate"
+    clash = make_prediction(new_id())
+    clash.id = good.id
+    for row in (good, bad, clash, after):
+        log.record(row)
+        if row is clash:
+            continue  # its shadow could not be told from the first row's: same id
+        log.record_shadow(
+            ShadowPrediction(
+                prediction_id=row.id, model_version="v2", tag=row.tag, confidence=0.5, agrees=True
+            )
+        )
+    assert log.flush() == 2
+    assert (log.dead_lettered, log.failures, log.buffered) == (2, 0, 0)
+    with Session(engine) as session:
+        assert set(session.exec(select(Prediction.id))) == {good.id, after.id}
+        assert _count(engine, ShadowPrediction) == 2
+    lines = [json.loads(line) for line in dead.read_text().splitlines()]
+    assert [line["prediction"]["id"] for line in lines] == [bad.id, clash.id]
+    assert lines[0]["prediction"]["title"] == bad.title  # kept as sent, escaped in the file
+    assert [len(line["shadows"]) for line in lines] == [1, 0]
+    assert "UNIQUE" in lines[1]["error"] or "unique" in lines[1]["error"]
+    log.record(make_prediction(new_id()))  # nothing is held back behind them
+    assert log.flush() == 1 and _count(engine, Prediction) == 3

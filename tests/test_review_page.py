@@ -4,16 +4,12 @@ thread, SQLite, Redis, a trained production model) through the page's keyboard s
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -34,7 +30,7 @@ from service.entities import Label, ReviewReason, ReviewStage, ReviewStatus, Rev
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import KEYS, register_promoted
+from tests.conftest import KEYS, live_server, register_promoted
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -140,19 +136,6 @@ def seed_queue(engine: Engine) -> list[int]:
         return [task.id for task in tasks]  # type: ignore[misc]
 
 
-def _wait_healthy(url: str, thread: threading.Thread) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert thread.is_alive(), "the server thread died during start-up"
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url}/healthz did not answer within 60 s")
-
-
 @pytest.fixture
 def live_app(
     make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
@@ -162,18 +145,8 @@ def live_app(
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     register_promoted(engine, settings, shared_result)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    _wait_healthy(url, thread)
-    yield LiveApp(url=url, engine=engine)
-    server.should_exit = True
-    thread.join(timeout=30)
-    sock.close()
+    with live_server(create_app(settings)) as url:
+        yield LiveApp(url=url, engine=engine)
     engine.dispose()
 
 

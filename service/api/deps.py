@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -98,3 +98,10 @@ ClientRole = Annotated[Role, Depends(allow(Role.CLIENT))]
 ReviewerRole = Annotated[Role, Depends(allow(Role.REVIEWER))]
 AdminRole = Annotated[Role, Depends(allow())]
 AnyRole = Annotated[Role, Depends(allow(Role.CLIENT, Role.REVIEWER))]
+
+
+# Path parameters, bounded so a value neither store can take is a 422, not a database error:
+# row ids are INTEGER columns (32-bit on PostgreSQL), and RQ job ids are letters, digits,
+# dashes and underscores.
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$")]

@@ -80,6 +80,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
             interval_s=settings.log_flush_interval_s,
             batch_size=settings.log_batch_size,
             audit_share=settings.audit_share,
+            dead_letter=settings.data_dir / "dead-letter" / "predictions.jsonl",
         ),
         redis=redis,
         queues=queues,

@@ -86,6 +86,13 @@ def _serving(state: AppState) -> Iterator[Sample]:
         True,
     )
     yield Sample(
+        "tagflow_prediction_log_dead_letters",
+        "Predictions the database refused on their own, written to the dead-letter file instead",
+        state.log.dead_lettered,
+        {},
+        True,
+    )
+    yield Sample(
         "tagflow_model_errors",
         "Model versions refused at load (bad checksum, unapproved tags) since start",
         len(state.model_errors),

@@ -1,9 +1,12 @@
-"""Column helpers shared by the tables."""
+"""Column helpers shared by the tables, and the text type every stored string goes through."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 
 def utcnow() -> datetime:
@@ -24,3 +27,19 @@ def as_utc(value: datetime) -> datetime:
 def day_start(now: datetime) -> datetime:
     """Midnight (UTC) of `now`'s day: where "today" starts in the queue's counts."""
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def storable(value: str) -> str:
+    """`value`, if both databases can store it: PostgreSQL refuses NUL in text, and a lone
+    UTF-16 surrogate (JSON allows "\\ud800") cannot be encoded as UTF-8 for either. Checked at
+    the edge, so such a string is a 422 and never reaches the write-behind log."""
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must not contain a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    return value
+
+
+StorableStr = Annotated[str, AfterValidator(storable)]

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import utcnow
+from service.entities.common import StorableStr, utcnow
 
 
 class FeedbackStatus(StrEnum):
@@ -19,10 +19,10 @@ class FeedbackStatus(StrEnum):
 
 
 class FeedbackCreate(SQLModel):
-    prediction_id: str = Field(min_length=1, max_length=64)
-    correct_tag: str = Field(min_length=1, max_length=100)
-    comment: str | None = Field(default=None, max_length=2000)
-    reporter: str | None = Field(default=None, max_length=200)
+    prediction_id: StorableStr = Field(min_length=1, max_length=64)
+    correct_tag: StorableStr = Field(min_length=1, max_length=100)
+    comment: StorableStr | None = Field(default=None, max_length=2000)
+    reporter: StorableStr | None = Field(default=None, max_length=200)
 
 
 class Feedback(SQLModel, table=True):

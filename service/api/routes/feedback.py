@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from service.api.deps import AnyRole, SessionDep, StateDep
+from service.api.deps import AnyRole, RowId, SessionDep, StateDep
 from service.api.lifecycle import drain_outbox
 from service.api.routes.predictions import find_prediction
 from service.api.state import AppState
@@ -80,7 +80,7 @@ async def post_feedback(
 
 
 @router.get("/{feedback_id}", response_model=FeedbackPublic)
-def read_feedback(feedback_id: int, session: SessionDep, _role: AnyRole) -> FeedbackPublic:
+def read_feedback(feedback_id: RowId, session: SessionDep, _role: AnyRole) -> FeedbackPublic:
     """A report's status, its review task, and the final tag once a reviewer has decided."""
     feedback = feedback_crud.get_feedback(session, feedback_id=feedback_id)
     return feedback_crud.feedback_public(session, feedback=feedback)

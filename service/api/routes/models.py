@@ -16,6 +16,7 @@ from service.comparison import enqueue_compare
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
+from service.entities.common import StorableStr
 from service.errors import NotFoundError
 from service.ml import registry
 from service.retraining import JobAccepted, enqueue_retrain
@@ -55,12 +56,12 @@ def retrain_model(state: StateDep, _role: AdminRole) -> JobAccepted:
 
 @router.post("/{version}/compare", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
 def compare_model(
-    version: str,
+    version: StorableStr,
     session: SessionDep,
     state: StateDep,
     _role: AdminRole,
     against: Annotated[
-        str | None, Query(description="The other version (default: production)")
+        StorableStr | None, Query(description="The other version (default: production)")
     ] = None,
 ) -> JobAccepted:
     """Queue a comparison of `version` with another version, each as it serves, on the frozen
@@ -72,12 +73,12 @@ def compare_model(
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
-def get_model(version: str, session: SessionDep, _role: AnyRole) -> ModelVersionPublic:
+def get_model(version: StorableStr, session: SessionDep, _role: AnyRole) -> ModelVersionPublic:
     return public(registry.get_version(session, version=version))
 
 
 @router.get("/{version}/report.png", response_class=FileResponse)
-def get_report_png(version: str, session: SessionDep, _role: AnyRole) -> FileResponse:
+def get_report_png(version: StorableStr, session: SessionDep, _role: AnyRole) -> FileResponse:
     """The evaluation picture saved with the version."""
     row = registry.get_version(session, version=version)
     path = Path(row.artifact_path) / "report.png"
@@ -87,7 +88,7 @@ def get_report_png(version: str, session: SessionDep, _role: AnyRole) -> FileRes
 
 
 @router.get("/{version}/shadow", response_model=ShadowStats)
-def get_shadow_stats(version: str, session: SessionDep, _role: AnyRole) -> ShadowStats:
+def get_shadow_stats(version: StorableStr, session: SessionDep, _role: AnyRole) -> ShadowStats:
     """How `version`, run in shadow on live traffic, agreed with production and with labels."""
     registry.get_version(session, version=version)
     return shadow_stats(session, version=version)
@@ -95,7 +96,7 @@ def get_shadow_stats(version: str, session: SessionDep, _role: AnyRole) -> Shado
 
 @router.get("/{version}/audit", response_model=AuditStats)
 def get_audit_stats(
-    version: str, session: SessionDep, settings: SettingsDep, _role: AnyRole
+    version: StorableStr, session: SessionDep, settings: SettingsDep, _role: AnyRole
 ) -> AuditStats:
     """How precise `version`'s automatic acceptance was on live traffic, by its audit sample."""
     row = registry.get_version(session, version=version)
@@ -109,7 +110,7 @@ def get_audit_stats(
 
 @router.post("/{version}/recalibrate", response_model=Recalibration)
 def recalibrate_model(
-    version: str,
+    version: StorableStr,
     session: SessionDep,
     state: StateDep,
     settings: SettingsDep,
@@ -127,12 +128,16 @@ def recalibrate_model(
 
 class ThresholdUpdate(BaseModel):
     threshold: float = Field(gt=0.0, le=1.01, description="1.01 sends every prediction to review")
-    note: str = Field(default="", max_length=500)
+    note: StorableStr = Field(default="", max_length=500)
 
 
 @router.put("/{version}/threshold", response_model=ModelVersionPublic)
 def set_threshold(
-    version: str, body: ThresholdUpdate, session: SessionDep, state: StateDep, _role: AdminRole
+    version: StorableStr,
+    body: ThresholdUpdate,
+    session: SessionDep,
+    state: StateDep,
+    _role: AdminRole,
 ) -> ModelVersionPublic:
     """Set the cut `version` is served with by hand; the change is kept in its history."""
     row = registry.set_serving_threshold(
@@ -147,7 +152,7 @@ def set_threshold(
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)
 def promote_model(
-    version: str, session: SessionDep, state: StateDep, _role: AdminRole
+    version: StorableStr, session: SessionDep, state: StateDep, _role: AdminRole
 ) -> ModelVersionPublic:
     """Make `version` production; this API serves it before answering."""
     row = registry.promote(session, version=version)

@@ -13,7 +13,7 @@ from service.api.deps import ClientRole, StateDep
 from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
-from service.entities.common import new_id
+from service.entities.common import StorableStr, new_id
 from service.ml.dataset import item_text, text_hash
 from service.ml.serving import Scored
 
@@ -35,8 +35,8 @@ class Item(BaseModel):
         },
     )
 
-    title: str = Field(min_length=1, description="Non-empty title")
-    description: str = Field(default="", description="Short description; may be empty")
+    title: StorableStr = Field(min_length=1, description="Non-empty title")
+    description: StorableStr = Field(default="", description="Short description; may be empty")
 
 
 class BatchRequest(BaseModel):

@@ -12,6 +12,7 @@ from service.api.deps import AnyRole, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
 from service.entities import Prediction, PredictionRecord
+from service.entities.common import StorableStr
 from service.errors import NotFoundError, UnavailableError
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
@@ -34,7 +35,7 @@ async def find_prediction(state: AppState, session: Session, prediction_id: str)
 
 @router.get("/{prediction_id}", response_model=PredictionRecord)
 async def read_prediction(
-    prediction_id: str, session: SessionDep, state: StateDep, _role: AnyRole
+    prediction_id: StorableStr, session: SessionDep, state: StateDep, _role: AnyRole
 ) -> PredictionRecord:
     """A prediction as it was answered and logged, the label a person has since given its
     content (if any), and its latest review task. 404 for an unknown id."""

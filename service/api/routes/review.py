@@ -11,12 +11,12 @@ from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
 
-from service.api.deps import ReviewerRole, SessionDep, SettingsDep, StateDep, TagsDep
+from service.api.deps import ReviewerRole, RowId, SessionDep, SettingsDep, StateDep, TagsDep
 from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud import review as review_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
-from service.entities.common import as_utc, day_start, utcnow
+from service.entities.common import StorableStr, as_utc, day_start, utcnow
 from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
 
 router = APIRouter(prefix="/review", tags=["review"])
@@ -28,11 +28,11 @@ class ReviewerBody(BaseModel):
 
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    reviewer: str = Field(min_length=1, max_length=200)
+    reviewer: StorableStr = Field(min_length=1, max_length=200)
 
 
 class LabelBody(ReviewerBody):
-    tag: str = Field(min_length=1, max_length=100)
+    tag: StorableStr = Field(min_length=1, max_length=100)
 
 
 class ReviewStats(BaseModel):
@@ -116,7 +116,7 @@ def review_agreement(session: SessionDep, _role: ReviewerRole) -> AgreementStats
 
 @router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)
 def label_task(
-    task_id: int,
+    task_id: RowId,
     body: LabelBody,
     session: SessionDep,
     settings: SettingsDep,
@@ -140,7 +140,7 @@ def label_task(
 
 @router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
 def skip_task(
-    task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+    task_id: RowId, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
 ) -> ReviewTaskPublic:
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
     task = review_crud.skip(session, task_id=task_id, reviewer=body.reviewer)
@@ -149,7 +149,7 @@ def skip_task(
 
 @router.post("/{task_id}/release", response_model=ReviewTaskPublic)
 def release_task(
-    task_id: int, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+    task_id: RowId, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
     task = review_crud.release(session, task_id=task_id, reviewer=body.reviewer)
@@ -158,7 +158,7 @@ def release_task(
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
 def reopen_task(
-    task_id: int,
+    task_id: RowId,
     body: ReviewerBody,
     session: SessionDep,
     settings: SettingsDep,
