@@ -14,6 +14,7 @@ from service.ml.dataset import (
     DatasetError,
     Example,
     check_leakage,
+    check_trainable,
     load_dataset,
     text_hash,
 )
@@ -71,8 +72,9 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> Non
         ("title,description,tag\n,,mlops\n", "row 2: empty title and description"),
         ("title,description,tag\nA,B,robotics\n", "tag 'robotics' is not in the approved list"),
         ("title,description,tag\n", "the file has no rows"),
+        ("title,description,tag\nA\x00B,x,mlops\n", "row 2: text must not contain a NUL"),
     ],
-    ids=["missing column", "empty text", "unapproved tag", "no rows"],
+    ids=["missing column", "empty text", "unapproved tag", "no rows", "NUL in text"],
 )
 def test_broken_csv_is_a_clear_error(
     tmp_path: Path, tags: TagSet, content: str, message: str
@@ -92,6 +94,10 @@ def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"title": "a", "description": "b", "tag": "other"}\n{oops\n')
     with pytest.raises(DatasetError, match="line 2 is not valid JSON"):
+        load_dataset(bad, tags=tags)
+    # Valid JSON, but no UTF-8 (so no hash, no database) can hold a lone surrogate.
+    bad.write_text('{"title": "a \\ud800", "description": "b", "tag": "other"}\n')
+    with pytest.raises(DatasetError, match="row 1: text must not contain a lone UTF-16"):
         load_dataset(bad, tags=tags)
 
 
@@ -126,3 +132,29 @@ def test_cli_train_on_broken_file_reports_without_traceback(tmp_path: Path) -> N
     assert result.exit_code == 1
     assert "not in the approved list" in result.output and "empty title" in result.output
     assert "Traceback" not in result.output
+
+
+def test_too_little_to_train_on_is_a_clear_error(
+    tmp_path: Path, shared_dataset: Path, tags: TagSet, encoder_dir: Path
+) -> None:
+    """Fewer than 10 of a tag used to fail deep in scikit-learn's split, with a traceback."""
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    few = [e for tag in tags.names for e in [x for x in examples if x.tag == tag][:8]]
+    path = tmp_path / "few.csv"
+    path.write_text(
+        "title,description,tag\n"
+        + "".join(f"{json.dumps(e.title)},{json.dumps(e.description)},{e.tag}\n" for e in few)
+    )
+    env = {
+        "TAGFLOW_DEV": "1",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_API_KEYS": "",
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+    result = CliRunner().invoke(app, ["train", "--data", str(path)], env=env)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "too little to train on" in " ".join(result.output.split())
+    two_tags = [e for e in examples if e.tag in ("mlops", "computer-vision")]
+    check_trainable(two_tags, source="two tags")  # a tag may be absent
+    with pytest.raises(DatasetError, match="'other' has 9 example"):
+        check_trainable(two_tags + [e for e in examples if e.tag == "other"][:9], source="x")

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.entities.common import storable
 from service.tags import TagSet
 
 REQUIRED_COLUMNS = ("title", "description", "tag")
@@ -151,6 +152,9 @@ def validate_rows(
         if not title and not description:
             report.errors.append(f"row {n}: empty title and description")
             continue
+        if problem := _unstorable(title, description):
+            report.errors.append(f"row {n}: {problem}")
+            continue
         if tag not in tags:
             report.errors.append(f"row {n}: tag {tag!r} is not in the approved list")
             continue
@@ -167,6 +171,37 @@ def validate_rows(
         if count < 5:
             report.warnings.append(f"tag {name!r} has only {count} examples")
     return examples, report
+
+
+def _unstorable(*texts: str) -> str | None:
+    """Why a text cannot be hashed or stored (a NUL, a lone surrogate from JSON), if it cannot."""
+    for text in texts:
+        try:
+            storable(text)
+        except ValueError as exc:
+            return f"text {exc}"
+    return None
+
+
+# What training's stratified split and 5-fold model selection need to run at all; a file with
+# fewer failed deep inside scikit-learn.
+MIN_PER_TAG = 10
+MIN_TAGS = 2
+
+
+def check_trainable(examples: list[Example], *, source: str) -> None:
+    """DatasetError unless at least `MIN_TAGS` tags have `MIN_PER_TAG` examples each, and no
+    tag has fewer (a tag may be absent: the model then never answers it)."""
+    counts = Counter(e.tag for e in examples)
+    scarce = {tag: n for tag, n in sorted(counts.items()) if n < MIN_PER_TAG}
+    problems = [f"tag {tag!r} has {n} example(s)" for tag, n in scarce.items()]
+    if len(counts) - len(scarce) < MIN_TAGS:
+        problems.append(f"{len(counts) - len(scarce)} tag(s) with enough examples")
+    if problems:
+        raise DatasetError(
+            f"{source}: too little to train on: {'; '.join(problems)}. Training needs at least "
+            f"{MIN_PER_TAG} examples of each tag it learns, and at least {MIN_TAGS} such tags."
+        )
 
 
 def load_dataset(path: Path, *, tags: TagSet) -> tuple[list[Example], ValidationReport]:

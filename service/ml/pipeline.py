@@ -11,7 +11,7 @@ from service.config import Settings
 from service.crud.predictions import queue_label_checks
 from service.entities import ModelVersion
 from service.ml import registry
-from service.ml.dataset import Example, ValidationReport, load_dataset
+from service.ml.dataset import Example, ValidationReport, check_trainable, load_dataset
 from service.ml.encoder import Encoder
 from service.ml.training import (
     DEFAULT_CONFIG,
@@ -36,6 +36,7 @@ def base_split(
 ) -> tuple[list[Example], list[Example], ValidationReport]:
     """The base dataset's frozen train / evaluation split (same seed, same split, every time)."""
     examples, report = load_dataset(path, tags=tags)
+    check_trainable(examples, source=str(path))
     train_set, eval_set = split_examples(examples, share=config.eval_share, seed=config.seed)
     return train_set, eval_set, report
 
