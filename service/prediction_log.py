@@ -2,6 +2,10 @@
 inserts. A flush that fails for want of the database keeps its rows for the next try; `close`
 flushes what is left, so a clean shutdown loses nothing.
 
+If the database cannot be reached at shutdown, what is left goes to a spill file, and the next
+process puts it back in its buffer at start (`take_back_spill`), so an outage during a restart
+loses nothing either.
+
 A row the database refuses (not an outage: a value it cannot store, a duplicate id) would fail
 every later flush and hold back every row behind it. So when a batch fails for another reason
 than a lost connection, its rows are written one by one, and a row refused on its own goes to a
@@ -41,9 +45,12 @@ class PredictionLog:
         audit_share: float = 0.0,
         after_flush: Callable[[], None] | None = None,
         dead_letter: Path | None = None,
+        spill: Path | None = None,
     ) -> None:
         self.engine = engine
         self.dead_letter = dead_letter
+        self.spill = spill
+        self._replaying: Path | None = None
         self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -91,6 +98,9 @@ class PredictionLog:
                         raise
                     log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
                     written += self._save_apart(batch, shadows)
+            if self._replaying is not None:  # everything taken back is written now
+                self._replaying.unlink(missing_ok=True)
+                self._replaying = None
         self.written += written
         if written and self.after_flush is not None:
             self.after_flush()
@@ -163,12 +173,55 @@ class PredictionLog:
                 )
 
     async def close(self) -> None:
-        """Stop the loop and write what is left."""
+        """Stop the loop and write what is left; what the database cannot take now goes to
+        the spill file (re-raised when there is none)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await asyncio.to_thread(self.flush)
+        try:
+            await asyncio.to_thread(self.flush)
+        except Exception:
+            if self.spill is None:
+                raise
+            kept = self._spill_out(self.spill)
+            log.exception(
+                "final flush failed: %d predictions kept in %s for the next start", kept, self.spill
+            )
+
+    def _spill_out(self, path: Path) -> int:
+        rows, shadows = list(self._buffer), list(self._shadows)
+        self._buffer.clear()
+        self._shadows.clear()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
+            for kind, items in (("prediction", rows), ("shadow", shadows)):
+                for item in items:
+                    out.write(json.dumps({kind: item.model_dump(mode="json")}) + "\n")
+        return len(rows)
+
+    def take_back_spill(self) -> int:
+        """At start: put back in the buffer what a previous process spilled at shutdown (and
+        what a replay cut short left), to be written by the next flush. How many predictions."""
+        if self.spill is None:
+            return 0
+        replaying = self.spill.with_name(self.spill.name + ".replaying")
+        if self.spill.exists():  # appended to what an interrupted replay left, then removed
+            with replaying.open("a", encoding="utf-8") as out:
+                out.write(self.spill.read_text(encoding="utf-8"))
+            self.spill.unlink()
+        if not replaying.exists():
+            return 0
+        taken = 0
+        for line in replaying.read_text(encoding="utf-8").splitlines():
+            entry = json.loads(line)
+            if "prediction" in entry:
+                self.record(PredictionCreate.model_validate(entry["prediction"]))
+                taken += 1
+            else:
+                self.record_shadow(ShadowPrediction.model_validate(entry["shadow"]))
+        self._replaying = replaying
+        return taken
 
 
 def _is_outage(exc: Exception) -> bool:

@@ -92,3 +92,37 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_flow(
     assert "UNIQUE" in lines[1]["error"] or "unique" in lines[1]["error"]
     log.record(make_prediction(new_id()))  # nothing is held back behind them
     assert log.flush() == 1 and _count(engine, Prediction) == 3
+
+
+def test_an_outage_at_shutdown_spills_and_the_next_start_writes_it(
+    engine: Engine, tmp_path: Path
+) -> None:
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    down = PredictionLog(_unreachable(engine), interval_s=60, batch_size=10, spill=spill)
+    rows = [make_prediction(new_id()) for _ in range(3)]
+    for row in rows:
+        down.record(row)
+    down.record_shadow(
+        ShadowPrediction(
+            prediction_id=rows[0].id, model_version="v2", tag="mlops", confidence=0.4, agrees=False
+        )
+    )
+    asyncio.run(down.close())  # no exception: the rows are on disk
+    assert down.buffered == 0 and len(spill.read_text().splitlines()) == 4
+
+    up = PredictionLog(engine, interval_s=60, batch_size=10, spill=spill)
+    assert up.take_back_spill() == 3
+    assert not spill.exists() and up.pending(rows[1].id) is not None
+    assert up.flush() == 3
+    with Session(engine) as session:
+        assert set(session.exec(select(Prediction.id))) == {r.id for r in rows}
+        assert _count(engine, ShadowPrediction) == 1
+    assert list(spill.parent.iterdir()) == []  # the replay file goes once written
+    assert PredictionLog(engine, interval_s=60, batch_size=10, spill=spill).take_back_spill() == 0
+
+
+def test_without_a_spill_file_a_failed_final_flush_raises(engine: Engine) -> None:
+    down = PredictionLog(_unreachable(engine), interval_s=60, batch_size=10)
+    down.record(make_prediction(new_id()))
+    with pytest.raises(OperationalError):
+        asyncio.run(down.close())

@@ -81,6 +81,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
             batch_size=settings.log_batch_size,
             audit_share=settings.audit_share,
             dead_letter=settings.data_dir / "dead-letter" / "predictions.jsonl",
+            spill=settings.data_dir / "spill" / "predictions.jsonl",
         ),
         redis=redis,
         queues=queues,
@@ -102,6 +103,8 @@ def _drain_quietly(state: AppState) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = await asyncio.to_thread(build_state, settings, app.state.metrics)
+    if taken := await asyncio.to_thread(state.log.take_back_spill):
+        log.warning("%d predictions spilled at the last shutdown go to the database now", taken)
     await asyncio.to_thread(sync_production, state)
     if state.predictor.current is None:
         log.warning("no production model in the registry: /predict answers 503 until one is")
