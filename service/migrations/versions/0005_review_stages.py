@@ -1,6 +1,8 @@
-"""Review stages: a sample of tasks gets a second, independent label, and a third reviewer
-decides when the two differ. Existing tasks are at stage `first`; labelled ones get the label
-that closed them (`final_label_id`), the latest label written for the task.
+"""Review stages: second opinions on a sample of tasks, and adjudication when two differ.
+
+A sample of tasks gets a second, independent label, and a third reviewer decides when the two
+differ. Existing tasks are at stage `first`; labelled ones get the label that closed them
+(`final_label_id`), the latest label written for the task.
 
 Revision ID: 0005
 Revises: 0004
