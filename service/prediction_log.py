@@ -132,9 +132,8 @@ class PredictionLog:
                 self._save([row], mine)
                 written += 1
             except Exception as exc:
-                if _is_outage(exc):
-                    left = [s for r in batch[i + 1 :] for s in by_id.pop(r.id, [])]
-                    self._put_back(batch[i:], mine + left + [s for v in by_id.values() for s in v])
+                if _is_outage(exc):  # by_id still holds every shadow not written yet
+                    self._put_back(batch[i:], mine + [s for v in by_id.values() for s in v])
                     raise
                 self._dead_letter(row, mine, exc)
         orphans = [s for v in by_id.values() for s in v]
@@ -154,10 +153,7 @@ class PredictionLog:
             "shadows": [s.model_dump(mode="json") for s in shadows],
             "error": f"{type(exc).__name__}: {exc}",
         }
-        self.dead_letter.parent.mkdir(parents=True, exist_ok=True)
-        with self.dead_letter.open("a", encoding="utf-8") as out:
-            # ensure_ascii: a NUL or a lone surrogate is written as its \u escape.
-            out.write(json.dumps(entry, ensure_ascii=True) + "\n")
+        _append_lines(self.dead_letter, [entry])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="prediction-log")
@@ -193,11 +189,8 @@ class PredictionLog:
         rows, shadows = list(self._buffer), list(self._shadows)
         self._buffer.clear()
         self._shadows.clear()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8") as out:
-            for kind, items in (("prediction", rows), ("shadow", shadows)):
-                for item in items:
-                    out.write(json.dumps({kind: item.model_dump(mode="json")}) + "\n")
+        entries = [{"prediction": r.model_dump(mode="json")} for r in rows]
+        _append_lines(path, entries + [{"shadow": s.model_dump(mode="json")} for s in shadows])
         return len(rows)
 
     def take_back_spill(self) -> int:
@@ -222,6 +215,14 @@ class PredictionLog:
                 self.record_shadow(ShadowPrediction.model_validate(entry["shadow"]))
         self._replaying = replaying
         return taken
+
+
+def _append_lines(path: Path, entries: list[dict[str, object]]) -> None:
+    """Append `entries` to a JSON Lines file, each an ASCII line (a NUL or a lone surrogate in a
+    refused row is written as its \\u escape)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        out.writelines(json.dumps(entry, ensure_ascii=True) + "\n" for entry in entries)
 
 
 def _is_outage(exc: Exception) -> bool:

@@ -20,10 +20,8 @@ from sqlmodel import Session, col, select
 
 from service.crud.aggregates import counts_by, rate
 from service.entities import AgreementStats, Label, ReviewStage, ReviewStatus, ReviewTask
-from service.entities.review import EarlierLabel
+from service.entities.review import ACTIVE, EarlierLabel
 from service.errors import ConflictError
-
-ACTIVE = (ReviewStatus.OPEN, ReviewStatus.LEASED)
 
 
 def in_overlap_sample(text_hash: str, *, share: float) -> bool:

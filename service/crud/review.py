@@ -22,7 +22,7 @@ from service.crud import overlap
 from service.crud.aggregates import counts_by
 from service.entities import Feedback, FeedbackStatus, Label, LabelSource
 from service.entities.common import day_start, utcnow
-from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
+from service.entities.review import ACTIVE, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.ml import priority as prio
 from service.outbox import pending_count
@@ -30,7 +30,6 @@ from service.tags import TagSet
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (ReviewStatus.OPEN, ReviewStatus.LEASED)
 SKIP_STEP = 0.05  # priority lost per skip: a skipped item sinks a little, it does not vanish
 CLAIM_ATTEMPTS = 50
 MAX_ARRIVAL_KEYS = 100  # duplicate deliveries arrive close together: the latest keys suffice

@@ -30,6 +30,10 @@ class ReviewStatus(StrEnum):
     SHED = "shed"
 
 
+# In the queue: waiting for a reviewer, or with one now.
+ACTIVE = (ReviewStatus.OPEN, ReviewStatus.LEASED)
+
+
 class ReviewStage(StrEnum):
     """The answer a task waits for. Most tasks need one label. A sample of them (the overlap,
     `TAGFLOW_REVIEW_OVERLAP_SHARE`) also needs a second one from another reviewer, given
