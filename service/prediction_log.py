@@ -25,8 +25,9 @@ from pathlib import Path
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
-from service.crud.predictions import save_predictions
+from service.crud.predictions import already_written, save_predictions
 from service.db import session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
 
@@ -205,16 +206,27 @@ class PredictionLog:
             self.spill.unlink()
         if not replaying.exists():
             return 0
-        taken = 0
+        rows: list[PredictionCreate] = []
+        shadows: list[ShadowPrediction] = []
         for line in replaying.read_text(encoding="utf-8").splitlines():
             entry = json.loads(line)
             if "prediction" in entry:
-                self.record(PredictionCreate.model_validate(entry["prediction"]))
-                taken += 1
+                rows.append(PredictionCreate.model_validate(entry["prediction"]))
             else:
-                self.record_shadow(ShadowPrediction.model_validate(entry["shadow"]))
+                shadows.append(ShadowPrediction.model_validate(entry["shadow"]))
+        # A replay cut short (the process died between its flushes) left rows that are in the
+        # database already: taken again, they would be refused as duplicates and dead-lettered,
+        # a false alarm, and their shadow scores counted twice.
+        with Session(self.engine) as session:
+            done, done_shadows = already_written(session, predictions=rows, shadows=shadows)
+        if done:
+            log.info("%d spilled predictions were written before the last stop", len(done))
+        self._buffer.extend(r for r in rows if r.id not in done)
+        self._shadows.extend(
+            s for s in shadows if (s.prediction_id, s.model_version) not in done_shadows
+        )
         self._replaying = replaying
-        return taken
+        return len(rows) - len(done)
 
 
 def _append_lines(path: Path, entries: list[dict[str, object]]) -> None:

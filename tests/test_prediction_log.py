@@ -13,7 +13,13 @@ from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, func, select
 
 from service.db import make_engine
-from service.entities import OutboxItem, Prediction, PredictionStatus, ShadowPrediction
+from service.entities import (
+    OutboxItem,
+    Prediction,
+    PredictionCreate,
+    PredictionStatus,
+    ShadowPrediction,
+)
 from service.entities.common import new_id
 from service.prediction_log import PredictionLog
 from tests.conftest import make_prediction
@@ -94,21 +100,33 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_flow(
     assert log.flush() == 1 and _count(engine, Prediction) == 3
 
 
+def _shadow(prediction_id: str) -> ShadowPrediction:
+    return ShadowPrediction(
+        prediction_id=prediction_id, model_version="v2", tag="mlops", confidence=0.4, agrees=False
+    )
+
+
+def _spill_in_an_outage(
+    engine: Engine, spill: Path, rows: list[PredictionCreate], shadows: list[ShadowPrediction]
+) -> None:
+    """Log `rows` and `shadows` while the database is unreachable, then shut down: no exception,
+    and everything is in the spill file."""
+    down = PredictionLog(_unreachable(engine), interval_s=60, batch_size=10, spill=spill)
+    for row in rows:
+        down.record(row)
+    for shadow in shadows:
+        down.record_shadow(shadow)
+    asyncio.run(down.close())
+    assert down.buffered == 0
+
+
 def test_an_outage_at_shutdown_spills_and_the_next_start_writes_it(
     engine: Engine, tmp_path: Path
 ) -> None:
     spill = tmp_path / "spill" / "predictions.jsonl"
-    down = PredictionLog(_unreachable(engine), interval_s=60, batch_size=10, spill=spill)
     rows = [make_prediction(new_id()) for _ in range(3)]
-    for row in rows:
-        down.record(row)
-    down.record_shadow(
-        ShadowPrediction(
-            prediction_id=rows[0].id, model_version="v2", tag="mlops", confidence=0.4, agrees=False
-        )
-    )
-    asyncio.run(down.close())  # no exception: the rows are on disk
-    assert down.buffered == 0 and len(spill.read_text().splitlines()) == 4
+    _spill_in_an_outage(engine, spill, rows, [_shadow(rows[0].id)])
+    assert len(spill.read_text().splitlines()) == 4
 
     up = PredictionLog(engine, interval_s=60, batch_size=10, spill=spill)
     assert up.take_back_spill() == 3
@@ -119,6 +137,29 @@ def test_an_outage_at_shutdown_spills_and_the_next_start_writes_it(
         assert _count(engine, ShadowPrediction) == 1
     assert list(spill.parent.iterdir()) == []  # the replay file goes once written
     assert PredictionLog(engine, interval_s=60, batch_size=10, spill=spill).take_back_spill() == 0
+
+
+def test_a_replay_cut_short_is_finished_without_duplicates(engine: Engine, tmp_path: Path) -> None:
+    """The process died after writing part of the replay: the next start writes only the rest,
+    so nothing is dead-lettered as a duplicate and no shadow score is stored twice."""
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    rows = [make_prediction(new_id()) for _ in range(4)]
+    _spill_in_an_outage(engine, spill, rows, [_shadow(r.id) for r in rows])
+    cut_short = PredictionLog(engine, interval_s=60, batch_size=2, spill=spill)
+    assert cut_short.take_back_spill() == 4
+    batch = [cut_short._buffer.popleft() for _ in range(2)]  # what its first flush would take
+    shadows = [cut_short._shadows.popleft() for _ in range(2)]
+    cut_short._save(batch, shadows)  # ... and then the process dies: the replay file stays
+
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    up = PredictionLog(engine, interval_s=60, batch_size=10, spill=spill, dead_letter=dead)
+    assert up.take_back_spill() == 2
+    assert up.flush() == 2
+    assert up.dead_lettered == 0 and not dead.exists()
+    with Session(engine) as session:
+        assert set(session.exec(select(Prediction.id))) == {r.id for r in rows}
+    assert _count(engine, ShadowPrediction) == 4
+    assert list(spill.parent.iterdir()) == []
 
 
 def test_without_a_spill_file_a_failed_final_flush_raises(engine: Engine) -> None:

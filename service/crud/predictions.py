@@ -93,6 +93,31 @@ def save_predictions(
     return len(predictions)
 
 
+def already_written(
+    session: Session,
+    *,
+    predictions: Sequence[PredictionCreate],
+    shadows: Sequence[ShadowPrediction] = (),
+) -> tuple[set[str], set[tuple[str, str]]]:
+    """Which of `predictions` (by id) and `shadows` (by prediction id and version) the database
+    already has: what a replay of the spill file wrote before it was cut short."""
+    ids = sorted({p.id for p in predictions} | {s.prediction_id for s in shadows})
+    found: set[str] = set()
+    found_shadows: set[tuple[str, str]] = set()
+    for start in range(0, len(ids), 500):  # bounded IN lists
+        chunk = ids[start : start + 500]
+        found.update(session.exec(select(Prediction.id).where(col(Prediction.id).in_(chunk))))
+        found_shadows.update(
+            (pid, version)
+            for pid, version in session.exec(
+                select(ShadowPrediction.prediction_id, ShadowPrediction.model_version).where(
+                    col(ShadowPrediction.prediction_id).in_(chunk)
+                )
+            )
+        )
+    return found, found_shadows
+
+
 def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], version: str) -> int:
     """Send training rows whose label the model doubts (`SuspectReport.items`, as dumped in the
     training report) to review as `label_check` tasks, through the outbox like every review
