@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -14,6 +15,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 PACKAGE_DATA = Path(__file__).parent / "data"
 DEFAULT_TAGS_FILE = PACKAGE_DATA / "tags.csv"
 SEED_DATASET = PACKAGE_DATA / "seed.csv"
+MAX_NAME_CHARS = 200  # a reviewer's name, on a key or in a request
 
 
 class Role(StrEnum):
@@ -42,15 +44,40 @@ class UnsafeSettingsError(ValueError):
     """Raised when a setting is only acceptable in development mode."""
 
 
-def parse_api_keys(raw: str) -> dict[str, Role]:
-    """Parse `role:key,role:key` into `{key: role}`; a malformed pair is an error, not skipped."""
-    keys: dict[str, Role] = {}
-    for pair in filter(None, (p.strip() for p in raw.split(","))):
-        role, sep, key = pair.partition(":")
-        if not sep or not key:
-            raise ValueError(f"API key entry {pair!r} is not of the form role:key")
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who holds an API key: its role, and the person or service it was issued to, if any.
+
+    A key issued to a name (`reviewer/ann:KEY`) is that person's: review actions are recorded
+    under the name, and a request may not act as anyone else. A role-only key (`reviewer:KEY`)
+    is shared, and each review request names who acts.
+    """
+
+    role: Role
+    name: str | None = None
+
+
+def parse_api_keys(raw: str) -> dict[str, Caller]:
+    """Parse `role:key` and `role/name:key` entries, comma-separated, into `{key: Caller}`.
+
+    A malformed entry, an unknown role or a key listed twice is an error, never skipped: a key
+    given two roles by mistake must not silently get the last one.
+    """
+    keys: dict[str, Caller] = {}
+    for entry in filter(None, (p.strip() for p in raw.split(","))):
+        holder, sep, key = entry.partition(":")
+        role, slash, name = (part.strip() for part in holder.partition("/"))
+        key = key.strip()
+        if not sep or not key or (slash and not name):
+            raise ValueError(
+                f"API key entry {entry!r} is not of the form role:key or role/name:key"
+            )
+        if len(name) > MAX_NAME_CHARS:
+            raise ValueError(f"the name in {entry!r} is over {MAX_NAME_CHARS} characters")
+        if key in keys:
+            raise ValueError(f"an API key is listed twice in TAGFLOW_API_KEYS ({entry!r})")
         try:
-            keys[key.strip()] = Role(role.strip())
+            keys[key] = Caller(Role(role), name or None)
         except ValueError:
             roles = ", ".join(r.value for r in Role)
             raise ValueError(
@@ -170,9 +197,14 @@ class Settings(BaseSettings):
         return self
 
     @cached_property
-    def keys(self) -> dict[str, Role]:
-        """API key -> role."""
+    def keys(self) -> dict[str, Caller]:
+        """API key -> who holds it."""
         return parse_api_keys(self.api_keys)
+
+    @property
+    def shared_review_keys(self) -> bool:
+        """Whether some key that may review is shared by its role (names are then declared)."""
+        return any(c.name is None and c.role is not Role.CLIENT for c in self.keys.values())
 
     @property
     def resolved_database_url(self) -> str:

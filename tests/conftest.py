@@ -47,11 +47,18 @@ POSTGRES_URL = os.environ.get(
 )
 DEFAULT_ENCODER: EncoderKind = Settings.model_fields["encoder"].default
 KEYS = {"client": "test-client-key", "reviewer": "test-reviewer-key", "admin": "test-admin-key"}
+# Keys issued to a person (`role/name:key`): review actions are recorded under the name.
+PERSONAL_KEYS = {"ann": "test-ann-key", "bob": "test-bob-key"}
 
 
 def auth(role: str) -> dict[str, str]:
-    """Authorization header for a role's test key."""
+    """Authorization header for a role's shared test key."""
     return {"Authorization": f"Bearer {KEYS[role]}"}
+
+
+def auth_as(name: str) -> dict[str, str]:
+    """Authorization header for a reviewer's personal test key."""
+    return {"Authorization": f"Bearer {PERSONAL_KEYS[name]}"}
 
 
 @pytest.fixture(scope="session")
@@ -182,7 +189,10 @@ def make_settings(
     def build(**overrides: object) -> Settings:
         values: dict[str, object] = {
             "dev": False,
-            "api_keys": ",".join(f"{role}:{key}" for role, key in KEYS.items()),
+            "api_keys": ",".join(
+                [f"{role}:{key}" for role, key in KEYS.items()]
+                + [f"reviewer/{name}:{key}" for name, key in PERSONAL_KEYS.items()]
+            ),
             "data_dir": tmp_path / "var",
             "encoder_dir": encoder_dir,
             "redis_url": test_redis_url,

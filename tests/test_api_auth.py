@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import auth
+from tests.conftest import auth, auth_as
 
 ITEM = {"title": "Image captioning", "description": "Describe photos with words."}
 
@@ -38,3 +38,15 @@ def test_probes_need_no_key(sqlite_client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["model_version"] == "v0001"
     assert sqlite_client.get("/openapi.json").status_code == 200
+
+
+def test_whoami_tells_a_personal_key_from_a_shared_one(sqlite_client: TestClient) -> None:
+    assert sqlite_client.get("/whoami", headers=auth_as("ann")).json() == {
+        "role": "reviewer",
+        "name": "ann",
+    }
+    assert sqlite_client.get("/whoami", headers=auth("client")).json() == {
+        "role": "client",
+        "name": None,
+    }
+    assert sqlite_client.get("/whoami").status_code == 401

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Role, Settings, generate_dev_keys, parse_api_keys
+from service.config import Caller, Role, Settings, generate_dev_keys, parse_api_keys
 from service.tags import TagFileError, load_tags
 
 
@@ -18,17 +18,43 @@ def test_no_keys_is_refused_outside_dev() -> None:
     assert dev.keys == {}
 
 
-def test_keys_parse_into_roles() -> None:
-    keys = parse_api_keys("client:abc, admin:xyz ,reviewer:r-1")
-    assert keys == {"abc": Role.CLIENT, "xyz": Role.ADMIN, "r-1": Role.REVIEWER}
+def test_keys_parse_into_roles_and_holders() -> None:
+    keys = parse_api_keys("client:abc, admin:xyz ,reviewer:r-1, reviewer/Ann Lee:a:1")
+    assert keys == {
+        "abc": Caller(Role.CLIENT),
+        "xyz": Caller(Role.ADMIN),
+        "r-1": Caller(Role.REVIEWER),
+        "a:1": Caller(Role.REVIEWER, "Ann Lee"),  # a key may hold a colon: the first one splits
+    }
     generated = parse_api_keys(generate_dev_keys())
-    assert sorted(generated.values()) == sorted(Role)
+    assert sorted(c.role for c in generated.values()) == sorted(Role)
 
 
-@pytest.mark.parametrize("raw", ["client", "boss:key", "client:"])
+@pytest.mark.parametrize(
+    "raw",
+    ["client", "boss:key", "client:", "reviewer/:key", "boss/ann:key", f"reviewer/{'a' * 201}:k"],
+)
 def test_malformed_keys_are_errors(raw: str) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, api_keys=raw)  # type: ignore[call-arg]
+
+
+def test_a_key_listed_twice_is_refused() -> None:
+    # Otherwise the last entry would win, and a typo could hand a client key admin rights.
+    with pytest.raises(ValidationError, match="listed twice"):
+        Settings(_env_file=None, api_keys="client:same,admin:same")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("raw", "shared"),
+    [
+        ("client:c,reviewer/ann:a,admin/root:r", False),
+        ("client:c,reviewer/ann:a,reviewer:r", True),
+        ("client:c,reviewer/ann:a,admin:r", True),  # admin keys may review too
+    ],
+)
+def test_shared_review_keys(raw: str, shared: bool) -> None:
+    assert Settings(_env_file=None, api_keys=raw).shared_review_keys is shared  # type: ignore[call-arg]
 
 
 def test_environment_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

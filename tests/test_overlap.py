@@ -26,7 +26,8 @@ from service.entities.review import ReviewStage, ReviewStatus
 from service.errors import ConflictError
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
-from tests.conftest import auth, sqlite_app
+from tests.conftest import auth, auth_as, sqlite_app
+from tests.test_metrics import scrape
 from tests.test_review_api import add_tasks, body
 from tests.test_review_queue import add_task, do, get, label_task
 
@@ -174,9 +175,9 @@ def test_kappa_against_a_hand_computed_case() -> None:
     ]
     # Observed 3/4; tag shares x 3/8, y 5/8: chance (9 + 25) / 64.
     expected = (0.75 - 34 / 64) / (1 - 34 / 64)
-    assert overlap.kappa(pairs) == pytest.approx(expected)
-    assert overlap.kappa([]) is None
-    assert overlap.kappa([overlap.Pair("a", "x", "b", "x", None)]) is None
+    assert overlap.kappa(overlap.table_of(pairs)) == pytest.approx(expected)
+    assert overlap.kappa(overlap.table_of([])) is None
+    assert overlap.kappa(overlap.table_of([overlap.Pair("a", "x", "b", "x", None)])) is None
     assert overlap.specific_agreement(pairs) == {"x": round(2 / 3, 6), "y": 0.8}
 
 
@@ -207,6 +208,9 @@ def test_second_opinion_and_decision_over_http(
         assert export.status_code == 200 and export.text.strip() == ""
         stats = client.get("/review/stats", headers=auth("reviewer")).json()
         assert stats["by_stage"] == {"first": 0, "second": 0, "adjudicate": 1}
+        waiting = scrape(client)
+        assert waiting[("tagflow_review_stage_tasks", frozenset({("stage", "adjudicate")}))] == 1
+        assert waiting[("tagflow_review_pairs", frozenset())] == 1
         decide = act("/review/claim", "cat").json()
         assert decide["stage"] == "adjudicate"
         assert decide["earlier_labels"] == [
@@ -227,6 +231,28 @@ def test_second_opinion_and_decision_over_http(
             "waiting_decision": 0,
             "decided": 1,
         }
+        metrics = scrape(client)  # the same figures for Prometheus, read by the alert rules
+        assert metrics[("tagflow_review_pairs", frozenset())] == 1
+        assert metrics[("tagflow_review_pairs_agreed", frozenset())] == 0
+        assert metrics[("tagflow_review_kappa", frozenset())] == -1.0
+        assert metrics[("tagflow_review_stage_tasks", frozenset({("stage", "adjudicate")}))] == 0
         people = client.get("/review/reviewers", headers=auth("reviewer")).json()["reviewers"]
         upheld = {r["reviewer"]: (r["paired"], r["disputes_decided"], r["upheld"]) for r in people}
         assert upheld == {"ann": (1, 1, 0.0), "bob": (1, 1, 1.0), "cat": (0, 0, None)}
+
+
+def test_a_personal_key_cannot_give_its_own_second_opinion(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> None:
+    """With personal keys, "another reviewer" is another key: Ann cannot second her own label
+    by typing another name; Bob's key can."""
+    with sqlite_app(make_settings, tmp_path, shared_result, review_overlap_share=1.0) as client:
+        [task_id] = add_tasks(client.app.state.tagflow.engine, 1)  # type: ignore[attr-defined]
+        assert client.post("/review/claim", headers=auth_as("ann")).json()["stage"] == "first"
+        first = client.post(f"/review/{task_id}/label", json={"tag": NLP}, headers=auth_as("ann"))
+        assert first.status_code == 201
+        posing = client.post("/review/claim", json=body("zed"), headers=auth_as("ann"))
+        assert posing.status_code == 403
+        assert client.post("/review/claim", headers=auth_as("ann")).status_code == 204
+        second = client.post("/review/claim", headers=auth_as("bob")).json()
+        assert (second["task_id"], second["stage"]) == (task_id, "second")

@@ -23,7 +23,7 @@ from service.ml import registry
 from service.ml.dataset import load_dataset, text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth
+from tests.conftest import auth, auth_as
 from workers.context import JobContext, use_context
 
 # Short, vague items the model is rarely sure about: some come back with status `review`.
@@ -250,6 +250,36 @@ def test_roles(sqlite_client: TestClient) -> None:
     assert sqlite_client.get("/review/stats", headers=auth("admin")).status_code == 200
     claimed = sqlite_client.post("/review/claim", json=body("root"), headers=auth("admin"))
     assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
+
+
+def test_a_personal_key_acts_as_its_holder(sqlite_client: TestClient) -> None:
+    """A key issued to Ann needs no name in the body, records Ann, and cannot act as Bob; a
+    shared key must name the reviewer."""
+    engine = state_of(sqlite_client).engine
+    [task_id] = add_tasks(engine, 1)
+    shared = sqlite_client.post("/review/claim", headers=auth("reviewer"))
+    assert shared.status_code == 422 and "shared" in shared.json()["detail"]
+    assert sqlite_client.post("/review/claim", json={}, headers=auth("reviewer")).status_code == 422
+    posing = sqlite_client.post("/review/claim", json=body("bob"), headers=auth_as("ann"))
+    assert posing.status_code == 403 and "ann's" in posing.json()["detail"]
+    claimed = sqlite_client.post("/review/claim", headers=auth_as("ann"))
+    assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
+    # The lease is Ann's: Bob's key cannot label it, and neither can the shared key as "bob".
+    url = f"/review/{task_id}/label"
+    for headers, payload in (
+        (auth_as("bob"), {"tag": "mlops"}),
+        (auth("reviewer"), body("bob", tag="mlops")),
+    ):
+        assert sqlite_client.post(url, json=payload, headers=headers).status_code == 409
+    same_name = sqlite_client.post(url, json=body("ann", tag="mlops"), headers=auth_as("ann"))
+    assert same_name.status_code == 201 and same_name.json()["reviewer"] == "ann"
+    reopened = sqlite_client.post(f"/review/{task_id}/reopen", headers=auth_as("ann"))
+    assert reopened.status_code == 200
+    relabel = sqlite_client.post(url, json={"tag": "other"}, headers=auth_as("ann"))
+    assert relabel.status_code == 201 and relabel.json()["reviewer"] == "ann"
+    with Session(engine) as session:
+        labels = session.exec(select(Label.reviewer, Label.tag).order_by(Label.id)).all()
+    assert [tuple(row) for row in labels] == [("ann", "mlops"), ("ann", "other")]
 
 
 def test_error_statuses(sqlite_client: TestClient) -> None:

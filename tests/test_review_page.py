@@ -30,7 +30,7 @@ from service.entities import Label, ReviewReason, ReviewStage, ReviewStatus, Rev
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import KEYS, live_server, register_promoted
+from tests.conftest import KEYS, PERSONAL_KEYS, live_server, register_promoted
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -201,7 +201,8 @@ def press(driver: WebDriver, key: str) -> None:
 def sign_in(driver: WebDriver, url: str, *, reviewer: str, key: str) -> None:
     driver.get(f"{url}/review")
     wait_until(driver, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in form")
-    driver.find_element(By.ID, "reviewer-name").send_keys(reviewer)
+    if reviewer:  # left empty: the name comes with a personal key
+        driver.find_element(By.ID, "reviewer-name").send_keys(reviewer)
     driver.find_element(By.ID, "api-key").send_keys(key)
     driver.find_element(By.ID, "signin-submit").click()
 
@@ -355,6 +356,67 @@ def test_unknown_key_is_refused(live_app: LiveApp, browser: WebDriver) -> None:
     wait_until(browser, lambda d: "not accepted" in text_of(d, "message"), "a bad-key message")
     assert browser.find_element(By.ID, "signin").is_displayed()
     assert browser.execute_script("return localStorage.length") == 0
+
+
+def saved_credentials(driver: WebDriver) -> dict[str, str] | None:
+    """What the page keeps in localStorage for the next visit (None: nothing)."""
+    return driver.execute_script(
+        "return JSON.parse(localStorage.getItem('tagflow.review.credentials'))"
+    )
+
+
+@pytest.mark.browser
+def test_a_personal_key_signs_in_without_a_name(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["ann"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "who-name") == "ann"
+    assert saved_credentials(browser) == {"reviewer": "ann", "key": PERSONAL_KEYS["ann"]}
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    labels = active_labels(live_app.engine, first)
+    assert [(label.tag, label.reviewer) for label in labels] == [(tags.names[0], "ann")]
+    with Session(live_app.engine) as session:
+        task = session.get(ReviewTask, second)
+        assert task is not None and task.leased_by == "ann"
+    assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_personal_key_cannot_sign_in_as_someone_else(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="bob", key=PERSONAL_KEYS["ann"])
+    wait_until(browser, lambda d: "personal key" in text_of(d, "message"), "a not-yours message")
+    assert text_of(browser, "message") == (
+        "This key is ann's personal key; leave the name empty or type ann."
+    )
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert not browser.find_element(By.ID, "who").is_displayed()
+    assert saved_credentials(browser) is None
+    assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
+
+    # Clearing the name is enough: the key still in the form signs Ann in.
+    browser.find_element(By.ID, "reviewer-name").clear()
+    browser.find_element(By.ID, "signin-submit").click()
+    wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "who-name") == "ann"
+    assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN, ReviewStatus.LEASED}
+
+
+@pytest.mark.browser
+def test_a_shared_key_asks_for_a_name(live_app: LiveApp, browser: WebDriver) -> None:
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: "shared" in text_of(d, "message"), "a type-your-name message")
+    assert text_of(browser, "message") == "This key is shared by all reviewers: type your name."
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert saved_credentials(browser) is None
+    assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
 
 
 def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:

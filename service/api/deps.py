@@ -15,7 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from service.api.state import AppState
-from service.config import Role, Settings
+from service.config import Caller, Role, Settings
 from service.ml.serving import Predictor
 from service.tags import TagSet
 
@@ -58,20 +58,20 @@ TagsDep = Annotated[TagSet, Depends(get_tags)]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def role_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Role:
-    """The caller's role from `Authorization: Bearer <key>`; 401 when missing or unknown."""
+def caller_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    """Who holds the key in `Authorization: Bearer <key>`; 401 when missing or unknown."""
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "missing API key: send Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    role = request.app.state.tagflow.settings.keys.get(credentials.credentials)
-    if role is None:
+    caller = request.app.state.tagflow.settings.keys.get(credentials.credentials)
+    if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}
         )
-    return role
+    return caller
 
 
 def allow(*roles: Role):  # type: ignore[no-untyped-def]
@@ -83,21 +83,22 @@ def allow(*roles: Role):  # type: ignore[no-untyped-def]
     async def check(
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Role:
-        role = role_of(request, credentials)
-        if role is not Role.ADMIN and role not in roles:
+    ) -> Caller:
+        caller = caller_of(request, credentials)
+        if caller.role is not Role.ADMIN and caller.role not in roles:
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"this key's role ({role.value}) may not do this"
+                status.HTTP_403_FORBIDDEN, f"this key's role ({caller.role.value}) may not do this"
             )
-        return role
+        return caller
 
     return check
 
 
-ClientRole = Annotated[Role, Depends(allow(Role.CLIENT))]
-ReviewerRole = Annotated[Role, Depends(allow(Role.REVIEWER))]
-AdminRole = Annotated[Role, Depends(allow())]
-AnyRole = Annotated[Role, Depends(allow(Role.CLIENT, Role.REVIEWER))]
+# The caller behind the request's key, let through only with one of these roles.
+ClientKey = Annotated[Caller, Depends(allow(Role.CLIENT))]
+ReviewerKey = Annotated[Caller, Depends(allow(Role.REVIEWER))]
+AdminKey = Annotated[Caller, Depends(allow())]
+AnyKey = Annotated[Caller, Depends(allow(Role.CLIENT, Role.REVIEWER))]
 
 
 # Path parameters, bounded so a value neither store can take is a 422, not a database error:

@@ -27,6 +27,7 @@ from service.api.routes import (
     review,
     review_page,
     tags,
+    whoami,
 )
 from service.api.state import AppState, Queues
 from service.api.telemetry import read_state
@@ -108,6 +109,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(sync_production, state)
     if state.predictor.current is None:
         log.warning("no production model in the registry: /predict answers 503 until one is")
+    if settings.review_overlap_share and settings.shared_review_keys:
+        log.warning(
+            "second opinions are on but some reviewer keys are shared: 'another reviewer' then "
+            "means another declared name; issue personal keys (role/name:key) to make it a person"
+        )
     app.state.tagflow = state
     # What is loaded by now (models, vocabularies, SQLAlchemy metadata) lives as long as the
     # process: frozen out of the collector's reach, a full collection no longer walks it. Under
@@ -153,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
         jobs.router,
         metrics.router,
         review_page.router,
+        whoami.router,
     ):
         app.include_router(router)
     return app

@@ -16,6 +16,7 @@ from rq.registry import FailedJobRegistry
 from sqlmodel import Session
 
 from service.api.state import AppState
+from service.crud import overlap
 from service.crud import review as review_crud
 from service.crud.audit import AuditStats, audit_stats
 from service.entities.common import utcnow
@@ -104,6 +105,7 @@ def _database(state: AppState) -> Iterator[Sample]:
     try:
         with Session(state.engine) as session:
             counts = review_crud.stats(session, now=utcnow())
+            table = overlap.pair_table(session)
             current = state.predictor.current
             audit = (
                 audit_stats(
@@ -130,6 +132,14 @@ def _database(state: AppState) -> Iterator[Sample]:
             n,
             {"reason": reason},
         )
+    for stage, n in counts["by_stage"].items():
+        yield Sample(
+            "tagflow_review_stage_tasks",
+            "Open or leased review tasks by the answer they wait for (first, second, adjudicate)",
+            n,
+            {"stage": stage},
+        )
+    yield from _agreement(table)
     yield Sample(
         "tagflow_outbox_pending",
         "Review items waiting in the database outbox for Redis",
@@ -138,6 +148,26 @@ def _database(state: AppState) -> Iterator[Sample]:
     )
     if audit is not None:
         yield from _audit(audit)
+
+
+def _agreement(table: overlap.PairTable) -> Iterator[Sample]:
+    """The overlap sample: pairs and agreed pairs (rates over a window come from their deltas)
+    and Fleiss' kappa over all pairs."""
+    yield Sample("tagflow_review_pairs", "Contents labelled twice independently", table.total(), {})
+    yield Sample(
+        "tagflow_review_pairs_agreed",
+        "Contents whose two independent labels agree",
+        overlap.agreed_in(table),
+        {},
+    )
+    k = overlap.kappa(table)
+    if k is not None:
+        yield Sample(
+            "tagflow_review_kappa",
+            "Fleiss' kappa of the two independent labels over all pairs (1 perfect, 0 chance)",
+            k,
+            {},
+        )
 
 
 def _audit(audit: AuditStats) -> Iterator[Sample]:

@@ -82,7 +82,7 @@ class ReviewTask(SQLModel, table=True):
     # the task to them again. `final_label_id`: the label that closed the task, at any stage.
     first_label_id: int | None = None
     first_reviewer: str | None = None
-    second_label_id: int | None = None
+    second_label_id: int | None = Field(default=None, index=True)  # /metrics reads the pairs
     second_reviewer: str | None = None
     final_label_id: int | None = None
     skips: int = 0

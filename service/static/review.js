@@ -193,15 +193,52 @@ async function start() {
   });
 }
 
-function onSignin(event) {
+/** Why the name typed at sign-in cannot go with a key, or "" when it can. A personal key
+ * carries its holder's name, and the server refuses any other (403); a shared key says no
+ * name, so the typed one is all there is. */
+function nameProblem(typed, keyName) {
+  if (keyName === null) return typed ? "" : "This key is shared by all reviewers: type your name.";
+  if (typed && typed !== keyName) {
+    return `This key is ${keyName}'s personal key; leave the name empty or type ${keyName}.`;
+  }
+  return "";
+}
+
+/** The name to review under with `key`, asked of the server (GET /whoami) before anything is
+ * claimed; "" when sign-in cannot go on (the message line says why). A client key is refused
+ * as a 403 would be; an unknown key throws AuthError from `api`. */
+async function reviewerFor(key, typed) {
+  const response = await api(key, "GET", "/whoami");
+  if (!response.ok) {
+    fail("Checking the key", response);
+    return "";
+  }
+  const { role, name } = response.data;
+  if (role === "client") throw new AuthError(403, "this key's role (client) may not review");
+  const problem = nameProblem(typed, name);
+  if (problem) {
+    say(problem, "warn");
+    $("reviewer-name").focus();
+    return "";
+  }
+  return name ?? typed;
+}
+
+async function onSignin(event) {
   event.preventDefault();
-  const reviewer = $("reviewer-name").value.trim();
+  const typed = $("reviewer-name").value.trim();
   const key = $("api-key").value.trim();
-  if (!reviewer || !key) {
-    say("Enter your name and your API key.", "warn");
-    (reviewer ? $("api-key") : $("reviewer-name")).focus();
+  if (!key) {
+    say("Enter your API key.", "warn");
+    $("api-key").focus();
     return;
   }
+  state.reviewer = typed; // a refused key brings the form back with the typed name in it
+  let reviewer = "";
+  await run(async () => {
+    reviewer = await reviewerFor(key, typed);
+  });
+  if (!reviewer) return;
   Object.assign(state, { reviewer, key, labelled: [], sessionDone: new Set() });
   updateCounts();
   saveCredentials(reviewer, key);
@@ -214,7 +251,9 @@ async function signOut() {
     if (state.task) await release(state.task);
   });
   forgetCredentials();
-  state.key = "";
+  // "Switch" hands the page to the next person: their own personal key would be refused
+  // with the last reviewer's name still in the form.
+  Object.assign(state, { key: "", reviewer: "" });
   say("Signed out. Your lease was released.", "info");
   showSignin();
 }

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response, status
 from pydantic import BaseModel
 from sqlmodel import Session
 
-from service.api.deps import AnyRole, RowId, SessionDep, StateDep
+from service.api.deps import AnyKey, RowId, SessionDep, StateDep
 from service.api.lifecycle import drain_outbox
 from service.api.routes.predictions import find_prediction
 from service.api.state import AppState
@@ -60,7 +60,7 @@ async def post_feedback(
     response: Response,
     session: SessionDep,
     state: StateDep,
-    _role: AnyRole,
+    _caller: AnyKey,
 ) -> FeedbackReceipt:
     """Report that a prediction's tag is wrong; `correct_tag` must be an approved tag.
 
@@ -80,7 +80,7 @@ async def post_feedback(
 
 
 @router.get("/{feedback_id}", response_model=FeedbackPublic)
-def read_feedback(feedback_id: RowId, session: SessionDep, _role: AnyRole) -> FeedbackPublic:
+def read_feedback(feedback_id: RowId, session: SessionDep, _caller: AnyKey) -> FeedbackPublic:
     """A report's status, its review task, and the final tag once a reviewer has decided."""
     feedback = feedback_crud.get_feedback(session, feedback_id=feedback_id)
     return feedback_crud.feedback_public(session, feedback=feedback)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdminRole, JobId, StateDep
+from service.api.deps import AdminKey, JobId, StateDep
 from service.retraining import JobPublic, job_public
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
-def read_job(job_id: JobId, state: StateDep, _role: AdminRole) -> JobPublic:
+def read_job(job_id: JobId, state: StateDep, _caller: AdminKey) -> JobPublic:
     """`queued`, `started`, `finished` (with `result`) or `failed` (with `error`).
     404 for an unknown or expired id; 503 when Redis cannot be asked."""
     return job_public(state.redis, job_id=job_id)

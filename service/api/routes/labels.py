@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import ReviewerRole, SessionDep
+from service.api.deps import ReviewerKey, SessionDep
 from service.crud import labels as labels_crud
 
 router = APIRouter(prefix="/labels", tags=["labels"])
@@ -38,7 +38,7 @@ def render(rows: list[dict[str, object]], fmt: ExportFormat) -> str:
 @router.get("/export", response_class=Response)
 def export_labels(
     session: SessionDep,
-    _role: ReviewerRole,
+    _caller: ReviewerKey,
     fmt: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.CSV,
 ) -> Response:
     """Current (not superseded) labels: `id,created_on,title,description,tag` plus

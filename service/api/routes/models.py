@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from service.api.deps import AdminRole, AnyRole, SessionDep, SettingsDep, StateDep
+from service.api.deps import AdminKey, AnyKey, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate_as_configured
 from service.comparison import enqueue_compare
@@ -35,7 +35,7 @@ def public(row: ModelVersion) -> ModelVersionPublic:
 @router.get("", response_model=ModelList)
 def list_models(
     session: SessionDep,
-    _role: AnyRole,
+    _caller: AnyKey,
     status: ModelStatus | None = None,
     where: Annotated[
         list[str] | None,
@@ -48,7 +48,7 @@ def list_models(
 
 
 @router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
-def retrain_model(state: StateDep, _role: AdminRole) -> JobAccepted:
+def retrain_model(state: StateDep, _caller: AdminKey) -> JobAccepted:
     """Queue a retraining on the base dataset plus current labels; follow it at
     GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate."""
     return JobAccepted(job_id=enqueue_retrain(state.queues.training, reason="manual"))
@@ -59,7 +59,7 @@ def compare_model(
     version: StorableStr,
     session: SessionDep,
     state: StateDep,
-    _role: AdminRole,
+    _caller: AdminKey,
     against: Annotated[
         StorableStr | None, Query(description="The other version (default: production)")
     ] = None,
@@ -73,12 +73,12 @@ def compare_model(
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
-def get_model(version: StorableStr, session: SessionDep, _role: AnyRole) -> ModelVersionPublic:
+def get_model(version: StorableStr, session: SessionDep, _caller: AnyKey) -> ModelVersionPublic:
     return public(registry.get_version(session, version=version))
 
 
 @router.get("/{version}/report.png", response_class=FileResponse)
-def get_report_png(version: StorableStr, session: SessionDep, _role: AnyRole) -> FileResponse:
+def get_report_png(version: StorableStr, session: SessionDep, _caller: AnyKey) -> FileResponse:
     """The evaluation picture saved with the version."""
     row = registry.get_version(session, version=version)
     path = Path(row.artifact_path) / "report.png"
@@ -88,7 +88,7 @@ def get_report_png(version: StorableStr, session: SessionDep, _role: AnyRole) ->
 
 
 @router.get("/{version}/shadow", response_model=ShadowStats)
-def get_shadow_stats(version: StorableStr, session: SessionDep, _role: AnyRole) -> ShadowStats:
+def get_shadow_stats(version: StorableStr, session: SessionDep, _caller: AnyKey) -> ShadowStats:
     """How `version`, run in shadow on live traffic, agreed with production and with labels."""
     registry.get_version(session, version=version)
     return shadow_stats(session, version=version)
@@ -96,7 +96,7 @@ def get_shadow_stats(version: StorableStr, session: SessionDep, _role: AnyRole) 
 
 @router.get("/{version}/audit", response_model=AuditStats)
 def get_audit_stats(
-    version: StorableStr, session: SessionDep, settings: SettingsDep, _role: AnyRole
+    version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AnyKey
 ) -> AuditStats:
     """How precise `version`'s automatic acceptance was on live traffic, by its audit sample."""
     row = registry.get_version(session, version=version)
@@ -114,7 +114,7 @@ def recalibrate_model(
     session: SessionDep,
     state: StateDep,
     settings: SettingsDep,
-    _role: AdminRole,
+    _caller: AdminKey,
     apply: bool = True,
 ) -> Recalibration:
     """Judge `version`'s served auto-acceptance cut by its audit sample: raise it when the
@@ -137,7 +137,7 @@ def set_threshold(
     body: ThresholdUpdate,
     session: SessionDep,
     state: StateDep,
-    _role: AdminRole,
+    _caller: AdminKey,
 ) -> ModelVersionPublic:
     """Set the cut `version` is served with by hand; the change is kept in its history."""
     row = registry.set_serving_threshold(
@@ -152,7 +152,7 @@ def set_threshold(
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)
 def promote_model(
-    version: StorableStr, session: SessionDep, state: StateDep, _role: AdminRole
+    version: StorableStr, session: SessionDep, state: StateDep, _caller: AdminKey
 ) -> ModelVersionPublic:
     """Make `version` production; this API serves it before answering."""
     row = registry.promote(session, version=version)
@@ -161,7 +161,7 @@ def promote_model(
 
 
 @router.post("/rollback", response_model=ModelVersionPublic)
-def rollback_model(session: SessionDep, state: StateDep, _role: AdminRole) -> ModelVersionPublic:
+def rollback_model(session: SessionDep, state: StateDep, _caller: AdminKey) -> ModelVersionPublic:
     """Promote the version that was production before the current one."""
     row = registry.rollback(session)
     sync_production(state)

@@ -9,7 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.api.deps import ClientRole, StateDep
+from service.api.deps import ClientKey, StateDep
 from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
@@ -126,7 +126,7 @@ async def _predict(state: AppState, items: list[Item]) -> list[PredictionPublic]
 
 
 @router.post("/predict", response_model=PredictionPublic)
-async def predict(item: Item, _role: ClientRole, state: StateDep) -> PredictionPublic:
+async def predict(item: Item, _caller: ClientKey, state: StateDep) -> PredictionPublic:
     """Tag one item. `status` is `auto` when confident enough to accept, else `review`."""
     # The batcher and settings come from the state, not dependencies of their own: each
     # dependency is a node FastAPI solves per request, on the event loop (see deps.allow).
@@ -135,7 +135,7 @@ async def predict(item: Item, _role: ClientRole, state: StateDep) -> PredictionP
 
 
 @router.post("/predict/batch", response_model=BatchResponse)
-async def predict_batch(body: BatchRequest, _role: ClientRole, state: StateDep) -> BatchResponse:
+async def predict_batch(body: BatchRequest, _caller: ClientKey, state: StateDep) -> BatchResponse:
     """Tag up to `max_batch_items` items; results come back in the same order."""
     if not body.items:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "items must not be empty")

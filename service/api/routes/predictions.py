@@ -8,7 +8,7 @@ import logging
 from fastapi import APIRouter
 from sqlmodel import Session
 
-from service.api.deps import AnyRole, SessionDep, StateDep
+from service.api.deps import AnyKey, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
 from service.entities import Prediction, PredictionRecord
@@ -35,7 +35,7 @@ async def find_prediction(state: AppState, session: Session, prediction_id: str)
 
 @router.get("/{prediction_id}", response_model=PredictionRecord)
 async def read_prediction(
-    prediction_id: StorableStr, session: SessionDep, state: StateDep, _role: AnyRole
+    prediction_id: StorableStr, session: SessionDep, state: StateDep, _caller: AnyKey
 ) -> PredictionRecord:
     """A prediction as it was answered and logged, the label a person has since given its
     content (if any), and its latest review task. 404 for an unknown id."""

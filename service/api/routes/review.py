@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
 
-from service.api.deps import ReviewerRole, RowId, SessionDep, SettingsDep, StateDep, TagsDep
+from service.api.deps import ReviewerKey, RowId, SessionDep, SettingsDep, StateDep, TagsDep
+from service.config import MAX_NAME_CHARS, Caller
 from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud import review as review_crud
@@ -24,11 +25,32 @@ log = logging.getLogger(__name__)
 
 
 class ReviewerBody(BaseModel):
-    """Who is acting: reviewers share role keys, so each request names the person."""
+    """Who is acting. A personal key (`reviewer/ann:KEY`) says it, and `reviewer` may be left
+    out; with a key shared by the role, each request names the person."""
 
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    reviewer: StorableStr = Field(min_length=1, max_length=200)
+    reviewer: StorableStr | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
+
+
+def acting_reviewer(caller: Caller, body: ReviewerBody | None) -> str:
+    """The name a review action is recorded under: the key's own, or the one the request
+    gives when the key is shared. A personal key cannot act under another name (403)."""
+    declared = body.reviewer if body is not None else None
+    if caller.name is None:
+        if declared is None:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                "name the reviewer: this key is shared by its role, so the body must say who "
+                'acts ({"reviewer": "your name"})',
+            )
+        return declared
+    if declared is not None and declared != caller.name:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            f"this key is {caller.name}'s: it cannot act as {declared!r}",
+        )
+    return caller.name
 
 
 class LabelBody(ReviewerBody):
@@ -73,17 +95,21 @@ def task_public(session: Session, task: ReviewTask) -> ReviewTaskPublic:
     responses={204: {"description": "Nothing to review"}},
 )
 def claim(
-    body: ReviewerBody, session: SessionDep, settings: SettingsDep, _role: ReviewerRole
+    session: SessionDep,
+    settings: SettingsDep,
+    caller: ReviewerKey,
+    body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic | Response:
     """Lease the most useful open task to the reviewer for `review_lease_s` seconds."""
-    task = review_crud.claim(session, reviewer=body.reviewer, lease_s=settings.review_lease_s)
+    reviewer = acting_reviewer(caller, body)
+    task = review_crud.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return task_public(session, task)
 
 
 @router.get("/stats", response_model=ReviewStats)
-def review_stats(session: SessionDep, state: StateDep, _role: ReviewerRole) -> ReviewStats:
+def review_stats(session: SessionDep, state: StateDep, _caller: ReviewerKey) -> ReviewStats:
     """Queue counts, outbox rows waiting for Redis, and failed labelling jobs."""
     counts = review_crud.stats(session, now=utcnow())
     try:
@@ -100,14 +126,14 @@ class ReviewerList(BaseModel):
 
 
 @router.get("/reviewers", response_model=ReviewerList)
-def review_reviewers(session: SessionDep, _role: ReviewerRole) -> ReviewerList:
+def review_reviewers(session: SessionDep, _caller: ReviewerKey) -> ReviewerList:
     """Each reviewer's labels: in all and today, agreement with the model's suggestion, and
     how many another reviewer later changed."""
     return ReviewerList(reviewers=labels_crud.reviewer_stats(session, since=day_start(utcnow())))
 
 
 @router.get("/agreement", response_model=AgreementStats)
-def review_agreement(session: SessionDep, _role: ReviewerRole) -> AgreementStats:
+def review_agreement(session: SessionDep, _caller: ReviewerKey) -> AgreementStats:
     """The overlap sample (`TAGFLOW_REVIEW_OVERLAP_SHARE`): contents labelled by two reviewers
     independently, how often they agree (share, Fleiss' kappa, per tag), and how many tasks
     wait for a second opinion or for a decision between two."""
@@ -121,14 +147,14 @@ def label_task(
     session: SessionDep,
     settings: SettingsDep,
     tags: TagsDep,
-    _role: ReviewerRole,
+    caller: ReviewerKey,
 ) -> LabelPublic:
     """The reviewer's answer: an approved tag. It supersedes any earlier label of the content."""
     row = review_crud.label(
         session,
         task_id=task_id,
         tag=body.tag,
-        reviewer=body.reviewer,
+        reviewer=acting_reviewer(caller, body),
         tags=tags,
         holdout_share=settings.label_holdout_share,
         overlap_share=settings.review_overlap_share,
@@ -140,32 +166,35 @@ def label_task(
 
 @router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
 def skip_task(
-    task_id: RowId, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+    task_id: RowId, session: SessionDep, caller: ReviewerKey, body: ReviewerBody | None = None
 ) -> ReviewTaskPublic:
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
-    task = review_crud.skip(session, task_id=task_id, reviewer=body.reviewer)
+    reviewer = acting_reviewer(caller, body)
+    task = review_crud.skip(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task)
 
 
 @router.post("/{task_id}/release", response_model=ReviewTaskPublic)
 def release_task(
-    task_id: RowId, body: ReviewerBody, session: SessionDep, _role: ReviewerRole
+    task_id: RowId, session: SessionDep, caller: ReviewerKey, body: ReviewerBody | None = None
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
-    task = review_crud.release(session, task_id=task_id, reviewer=body.reviewer)
+    reviewer = acting_reviewer(caller, body)
+    task = review_crud.release(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task)
 
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
 def reopen_task(
     task_id: RowId,
-    body: ReviewerBody,
     session: SessionDep,
     settings: SettingsDep,
-    _role: ReviewerRole,
+    caller: ReviewerKey,
+    body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Undo: lease a task this reviewer labelled back to them; their next label replaces it."""
+    reviewer = acting_reviewer(caller, body)
     task = review_crud.reopen(
-        session, task_id=task_id, reviewer=body.reviewer, lease_s=settings.review_lease_s
+        session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
     return task_public(session, task)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from pydantic import BaseModel
 
-from service.api.deps import AnyRole, TagsDep
+from service.api.deps import AnyKey, TagsDep
 
 router = APIRouter(tags=["tags"])
 
@@ -20,5 +20,5 @@ class TagList(BaseModel):
 
 
 @router.get("/tags", response_model=TagList)
-def list_tags(tags: TagsDep, _role: AnyRole) -> TagList:
+def list_tags(tags: TagsDep, _caller: AnyKey) -> TagList:
     return TagList(tags=[TagPublic(name=t.name, description=t.description) for t in tags.tags])
