@@ -222,6 +222,16 @@ class Settings(BaseSettings):
         return self.encoder_dir or self.data_dir / "encoder"
 
     @property
+    def dead_letter_path(self) -> Path:
+        """JSON Lines of predictions the database refused (`tagflow db replay-dead-letters`)."""
+        return self.data_dir / "dead-letter" / "predictions.jsonl"
+
+    @property
+    def spill_path(self) -> Path:
+        """JSON Lines of predictions kept through an outage at shutdown, written at next start."""
+        return self.data_dir / "spill" / "predictions.jsonl"
+
+    @property
     def redis_dir(self) -> Path:
         """Working directory of the embedded Redis."""
         return self.data_dir / "redis"

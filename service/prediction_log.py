@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import IO
 
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
@@ -94,7 +97,7 @@ class PredictionLog:
                     self._save(batch, shadows)
                     written += len(batch)
                 except Exception as exc:
-                    if _is_outage(exc):
+                    if is_outage(exc):
                         self._put_back(batch, shadows)
                         raise
                     log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
@@ -133,7 +136,7 @@ class PredictionLog:
                 self._save([row], mine)
                 written += 1
             except Exception as exc:
-                if _is_outage(exc):  # by_id still holds every shadow not written yet
+                if is_outage(exc):  # by_id still holds every shadow not written yet
                     self._put_back(batch[i:], mine + [s for v in by_id.values() for s in v])
                     raise
                 self._dead_letter(row, mine, exc)
@@ -154,7 +157,7 @@ class PredictionLog:
             "shadows": [s.model_dump(mode="json") for s in shadows],
             "error": f"{type(exc).__name__}: {exc}",
         }
-        _append_lines(self.dead_letter, [entry])
+        append_lines(self.dead_letter, [entry])
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="prediction-log")
@@ -191,7 +194,7 @@ class PredictionLog:
         self._buffer.clear()
         self._shadows.clear()
         entries = [{"prediction": r.model_dump(mode="json")} for r in rows]
-        _append_lines(path, entries + [{"shadow": s.model_dump(mode="json")} for s in shadows])
+        append_lines(path, entries + [{"shadow": s.model_dump(mode="json")} for s in shadows])
         return len(rows)
 
     def take_back_spill(self) -> int:
@@ -229,15 +232,34 @@ class PredictionLog:
         return len(rows) - len(done)
 
 
-def _append_lines(path: Path, entries: list[dict[str, object]]) -> None:
+def append_lines(path: Path, entries: Sequence[dict[str, object] | str]) -> None:
     """Append `entries` to a JSON Lines file, each an ASCII line (a NUL or a lone surrogate in a
-    refused row is written as its \\u escape)."""
+    refused row is written as its \\u escape; a str is taken as a line already).
+
+    Under an exclusive lock, and into the file at `path` now: a replay of the dead letters
+    moves the file aside under the same lock, and a writer that opened it before then opens
+    the new one instead of writing into the file being replayed."""
+    text = "".join(
+        (e if isinstance(e, str) else json.dumps(e, ensure_ascii=True)) + "\n" for e in entries
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
-        out.writelines(json.dumps(entry, ensure_ascii=True) + "\n" for entry in entries)
+    while True:
+        with path.open("a", encoding="utf-8") as out:
+            fcntl.flock(out, fcntl.LOCK_EX)
+            if _is_current(out, path):
+                out.write(text)
+                return
 
 
-def _is_outage(exc: Exception) -> bool:
+def _is_current(handle: IO[str], path: Path) -> bool:
+    """Whether the open `handle` is still the file at `path` (not moved aside since)."""
+    try:
+        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def is_outage(exc: Exception) -> bool:
     """Whether a failed write may succeed as it is later: the database was unreachable, busy
     (SQLite's lock) or timed out, rather than refusing the rows."""
     return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)

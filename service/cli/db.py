@@ -1,5 +1,5 @@
-"""`tagflow db`: the database schema (Alembic migrations) and the retention of logged
-predictions."""
+"""`tagflow db`: the database schema (Alembic migrations), the retention of logged
+predictions, and the redrive of those the database refused."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from service.config import Settings
 from service.db import init_db, make_engine
 
 db_app = typer.Typer(
-    help="The database: schema (Alembic migrations) and retention.", no_args_is_help=True
+    help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
 )
 
 
@@ -85,3 +85,32 @@ def db_prune(
         )
 
     _database(settings_or_exit(), run)
+
+
+@db_app.command("replay-dead-letters")
+def db_replay_dead_letters() -> None:
+    """Write the predictions the database refused (the dead-letter file in the data directory)
+    once the cause is fixed; what it still refuses stays in the file, with the new reason.
+
+    Exits 1 while some are kept, so a scheduled run that cannot finish the job is seen.
+    """
+    from service.dead_letters import ReplayReport, replay_dead_letters
+
+    settings = settings_or_exit()
+    path = settings.dead_letter_path
+    reports: list[ReplayReport] = []
+
+    def run(engine: Engine) -> str:
+        init_db(engine)
+        report = replay_dead_letters(engine, path)
+        reports.append(report)
+        if report == ReplayReport():
+            return f"no dead letters in {path}"
+        return (
+            f"{report.written} written, {report.already_there} written before, "
+            f"{report.kept} kept in {path}"
+        )
+
+    _database(settings, run)
+    if reports and reports[0].kept:
+        raise typer.Exit(1)
