@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 
 from service.config import DEFAULT_TAGS_FILE
 from service.crud import labels as labels_crud
-from service.crud import overlap
+from service.crud import overlap, review_intake
 from service.crud import review as review_crud
 from service.db import init_db, make_engine
 from service.entities import Label, ReviewReason, ReviewTask
@@ -60,7 +60,7 @@ def run(examples: list[Example], tags: TagSet, *, share: float, seed: int) -> di
     truth = {e.text_hash: e.tag for e in examples}
     with Session(engine) as session:
         for e in examples:
-            review_crud.create_task(
+            review_intake.create_task(
                 session,
                 task=ReviewTask(
                     text_hash=e.text_hash,

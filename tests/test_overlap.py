@@ -16,7 +16,7 @@ from sqlmodel import Session
 
 from service.config import Settings
 from service.crud import labels as labels_crud
-from service.crud import overlap
+from service.crud import overlap, queue_bound
 from service.crud import review as review_crud
 from service.crud.labels import holdout_for
 from service.crud.predictions import in_audit_sample
@@ -160,7 +160,7 @@ def test_the_queue_bound_sheds_only_unlabelled_tasks(engine: Engine) -> None:
     label(engine, waiting, NLP, "ann")
     fresh = add_task(engine, "never labelled", 0.02)
     later = utcnow() + timedelta(days=60)
-    shed = do(engine, review_crud.shed, limit=0, max_age=timedelta(days=30), now=later)
+    shed = do(engine, queue_bound.shed, limit=0, max_age=timedelta(days=30), now=later)
     assert shed == {"age": 1, "limit": 0}
     assert get(engine, fresh).status == ReviewStatus.SHED
     assert get(engine, waiting).status == ReviewStatus.OPEN

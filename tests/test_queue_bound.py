@@ -1,4 +1,4 @@
-"""The review queue's bound (crud.review.shed, run after each labelling job): unsure tasks past
+"""The review queue's bound (crud.queue_bound.shed, run after each labelling job): unsure tasks past
 the limit or the age limit leave the queue as `shed`; what people sent and the audit stay."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from service.config import Settings
+from service.crud import queue_bound
 from service.crud import review as review_crud
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
@@ -61,7 +62,7 @@ def test_past_the_limit_the_lowest_priority_unsure_tasks_are_shed(engine: Engine
         add_task(engine, title, uncertainty)
     protected(engine)
 
-    shed = do(engine, review_crud.shed, limit=3, max_age=None, now=utcnow())
+    shed = do(engine, queue_bound.shed, limit=3, max_age=None, now=utcnow())
 
     assert shed == {"age": 0, "limit": 2}
     after = statuses(engine)
@@ -74,11 +75,11 @@ def test_past_the_limit_the_lowest_priority_unsure_tasks_are_shed(engine: Engine
     stats = do(engine, review_crud.stats, now=utcnow())
     assert stats["shed"] == 2 and stats["open"] == 7
     # At the bound, nothing more goes; a limit of 0 is no limit.
-    assert do(engine, review_crud.shed, limit=3, max_age=None, now=utcnow()) == {
+    assert do(engine, queue_bound.shed, limit=3, max_age=None, now=utcnow()) == {
         "age": 0,
         "limit": 0,
     }
-    assert do(engine, review_crud.shed, limit=0, max_age=None, now=utcnow()) == {
+    assert do(engine, queue_bound.shed, limit=0, max_age=None, now=utcnow()) == {
         "age": 0,
         "limit": 0,
     }
@@ -90,7 +91,7 @@ def test_unsure_tasks_past_the_age_limit_are_shed(engine: Engine) -> None:
     for task_id in (old, *kept):
         set_fields(engine, task_id, created_at=utcnow() - MONTH - timedelta(hours=1))
 
-    assert do(engine, review_crud.shed, limit=0, max_age=MONTH, now=utcnow()) == {
+    assert do(engine, queue_bound.shed, limit=0, max_age=MONTH, now=utcnow()) == {
         "age": 1,
         "limit": 0,
     }
@@ -101,7 +102,7 @@ def test_unsure_tasks_past_the_age_limit_are_shed(engine: Engine) -> None:
 
 def test_a_shed_task_cannot_be_labelled_and_its_content_can_queue_again(engine: Engine) -> None:
     task_id = add_task(engine, "u", 0.1)
-    do(engine, review_crud.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
+    do(engine, queue_bound.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
     with pytest.raises(ConflictError, match="shed from the queue"):
         label_task(engine, task_id, "mlops")
     again = add_task(engine, "u", 0.1)  # the unique open key was freed
@@ -141,7 +142,7 @@ def test_each_labelling_job_applies_the_bound(bounded_ctx: JobContext, engine: E
 def test_operators_see_what_the_bound_shed(client: TestClient, engine: Engine) -> None:
     for title, uncertainty in [("u9", 0.9), ("u2", 0.2), ("u1", 0.1)]:
         add_task(engine, title, uncertainty)
-    do(engine, review_crud.shed, limit=1, max_age=None, now=utcnow())
+    do(engine, queue_bound.shed, limit=1, max_age=None, now=utcnow())
 
     stats = client.get("/review/stats", headers=auth("reviewer")).json()
     assert (stats["open"], stats["shed"]) == (1, 2)

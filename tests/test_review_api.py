@@ -16,7 +16,7 @@ from sqlmodel import Session, func, select
 
 from service.api.state import AppState
 from service.config import Settings
-from service.crud import review as review_crud
+from service.crud import review_intake
 from service.entities import Label, OutboxItem
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.ml import registry
@@ -104,7 +104,7 @@ def add_tasks(engine: Engine, n: int) -> list[int]:
     ids = []
     with Session(engine, expire_on_commit=False) as session:
         for i in range(n):
-            task = review_crud.create_task(
+            task = review_intake.create_task(
                 session,
                 task=ReviewTask(
                     text_hash=text_hash(f"task {i}", ""),

@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud import labels as labels_crud
 from service.crud import review as review_crud
+from service.crud import review_intake
 from service.crud.predictions import queue_label_checks
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
 from service.entities.common import new_id, utcnow
@@ -76,7 +77,7 @@ def ctx(settings: Settings, engine: Engine) -> Iterator[JobContext]:
 def add_task(engine: Engine, title: str, uncertainty: float, **fields: Any) -> int:
     with Session(engine, expire_on_commit=False) as session:
         fields.setdefault("reason", ReviewReason.LOW_CONFIDENCE)
-        task = review_crud.create_task(
+        task = review_intake.create_task(
             session,
             task=ReviewTask(
                 text_hash=text_hash(title, ""),
@@ -369,8 +370,8 @@ def test_diversity_screening_reads_only_the_tasks_just_ahead(
             task.embedding = np.full(384, i, dtype=np.float32).tobytes()
             session.add(task)
         session.commit()
-        ahead = review_crud.embeddings_ahead(session, priority=1.05, limit=3)
-        everything = review_crud.embeddings_ahead(session, priority=0.0)
+        ahead = review_intake.embeddings_ahead(session, priority=1.05, limit=3)
+        everything = review_intake.embeddings_ahead(session, priority=0.0)
     assert [np.frombuffer(b, dtype=np.float32)[0] for b in ahead] == [1, 2, 3]
     assert len(everything) == 5
 
@@ -463,8 +464,8 @@ def test_skip_sinks_a_task_and_offers_it_to_others_first(engine: Engine) -> None
         do(engine, review_crud.skip, task_id=first, reviewer="bob")
     skipped = do(engine, review_crud.skip, task_id=first, reviewer="ann")
     assert skipped.status == ReviewStatus.OPEN and skipped.skips == 1
-    assert skipped.priority == pytest.approx(0.9 - review_crud.SKIP_STEP)
-    assert skipped.priority == pytest.approx(review_crud.task_priority(skipped))
+    assert skipped.priority == pytest.approx(0.9 - review_intake.SKIP_STEP)
+    assert skipped.priority == pytest.approx(review_intake.task_priority(skipped))
     assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == second
     assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == first
 
@@ -610,7 +611,7 @@ def test_reprioritize_rescores_open_tasks_with_production(
         expected = dict(zip(classes, p.tolist(), strict=True))
         assert task.suggestion_scores == pytest.approx(expected, abs=1e-5)
         assert task.uncertainty == pytest.approx(prio.margin_uncertainty(task.suggestion_scores))
-        assert task.priority == pytest.approx(review_crud.task_priority(task))
+        assert task.priority == pytest.approx(review_intake.task_priority(task))
     yolo, copy = rescored[0], rescored[1]
     behind, ahead = (copy, yolo) if yolo.uncertainty >= copy.uncertainty else (yolo, copy)
     assert ahead.diversity_penalty == 0 and behind.diversity_penalty > 0.3

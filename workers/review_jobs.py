@@ -15,6 +15,7 @@ import numpy as np
 from sqlmodel import Session
 
 from service.crud import labels as labels_crud
+from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
 from service.db import session_scope
 from service.entities.common import utcnow
@@ -107,7 +108,7 @@ def _new_task(
         duplicate_of=duplicate[0] if duplicate else None,
         duplicate_tag=duplicate[1] if duplicate else None,
     )
-    ahead = review_crud.embeddings_ahead(session, priority=review_crud.task_priority(task))
+    ahead = review_intake.embeddings_ahead(session, priority=review_intake.task_priority(task))
     if ahead:
         task.diversity_penalty = prio.diversity_penalty(
             embedding, np.stack([from_bytes(b) for b in ahead])
@@ -127,7 +128,7 @@ def _create_or_bump(
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     key = arrival_key(payload)
     for _ in range(ATTEMPTS):
-        bumped = review_crud.bump_task(
+        bumped = review_intake.bump_task(
             session, text_hash=payload["text_hash"], user_report=user_report, arrival_key=key
         )
         if bumped is not None:
@@ -135,7 +136,7 @@ def _create_or_bump(
             return task, "bumped" if counted else "duplicate"
         new = _new_task(ctx, session, payload, labels)
         new.arrival_keys = [key]
-        task = review_crud.create_task(session, task=new)
+        task = review_intake.create_task(session, task=new)
         if task is not None:
             return task, "created"
     raise RuntimeError(f"could not create or bump the task for {payload['text_hash'][:12]}")
@@ -180,7 +181,7 @@ def bound_queue(ctx: JobContext) -> dict[str, int]:
     settings = ctx.settings
     days = settings.review_max_age_days
     with session_scope(ctx.engine) as session:
-        return review_crud.shed(
+        return queue_bound.shed(
             session,
             limit=settings.review_queue_limit,
             max_age=timedelta(days=days) if days else None,
@@ -205,7 +206,7 @@ def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None)
         task, action = _create_or_bump(ctx, session, payload, labels)
         assert task.id is not None
         if payload.get("feedback_id") is not None:
-            review_crud.link_feedback(
+            review_intake.link_feedback(
                 session, feedback_id=int(payload["feedback_id"]), task_id=task.id
             )
         return {
@@ -229,11 +230,11 @@ def _score(model: TagModel, encoder: Encoder, texts: list[str]) -> tuple[np.ndar
 
 def _diversity_in_order(embeddings: np.ndarray, base: np.ndarray) -> np.ndarray:
     """Penalty of each task against the tasks ranked just above it by base priority, as many
-    as a new task is screened against (`review_crud.AHEAD_SCREENED`)."""
+    as a new task is screened against (`review_intake.AHEAD_SCREENED`)."""
     order = np.argsort(-base, kind="stable")
     penalties = np.zeros(len(base))
     for pos, i in enumerate(order):
-        ahead = order[max(0, pos - review_crud.AHEAD_SCREENED) : pos]
+        ahead = order[max(0, pos - review_intake.AHEAD_SCREENED) : pos]
         penalties[i] = prio.diversity_penalty(embeddings[i], embeddings[ahead])
     return penalties
 
@@ -263,10 +264,10 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
             task.model_version = row.version
             task.updated_at = utcnow()
             task.embedding = task.embedding or to_bytes(emb)
-        base = np.array([review_crud.task_priority(t) + t.diversity_penalty for t in tasks])
+        base = np.array([review_intake.task_priority(t) + t.diversity_penalty for t in tasks])
         for task, penalty in zip(tasks, _diversity_in_order(embeddings, base), strict=True):
             task.diversity_penalty = float(penalty)
-            task.priority = review_crud.task_priority(task)
+            task.priority = review_intake.task_priority(task)
             session.add(task)
         session.commit()
         log.info("reprioritized %d review tasks with %s", len(tasks), row.version)

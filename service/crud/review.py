@@ -1,4 +1,6 @@
-"""The review queue: creating and bumping tasks, leasing them to reviewers, labelling.
+"""The review queue's work: leasing tasks to reviewers, labelling, skipping, releasing,
+reopening, and the queue's counts. (Tasks come in through `review_intake`; the bound sheds
+them in `queue_bound`.)
 
 Concurrency is settled by the database, the same way on SQLite and PostgreSQL:
 - one open task per content: the unique `open_key` (NULL once labelled);
@@ -20,33 +22,17 @@ from sqlmodel import Session, col, select
 from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud.aggregates import counts_by
+from service.crud.review_intake import SKIP_STEP
 from service.entities import Feedback, FeedbackStatus, Label, LabelSource
 from service.entities.common import day_start, utcnow
 from service.entities.review import ACTIVE, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
-from service.ml import priority as prio
 from service.outbox import pending_count
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
 
-SKIP_STEP = 0.05  # priority lost per skip: a skipped item sinks a little, it does not vanish
 CLAIM_ATTEMPTS = 50
-MAX_ARRIVAL_KEYS = 100  # duplicate deliveries arrive close together: the latest keys suffice
-
-
-def task_priority(task: ReviewTask) -> float:
-    """The queue position of a task from its stored terms."""
-    return (
-        prio.priority(
-            uncertainty=task.uncertainty,
-            reports=task.reports,
-            arrivals=task.arrivals,
-            penalty=task.diversity_penalty,
-            audit=task.reason == ReviewReason.AUDIT,
-        )
-        - SKIP_STEP * task.skips
-    )
 
 
 def get_task(session: Session, *, task_id: int) -> ReviewTask:
@@ -66,100 +52,6 @@ def active_tasks(session: Session) -> list[ReviewTask]:
             .order_by(col(ReviewTask.priority).desc(), col(ReviewTask.id))
         )
     )
-
-
-# How many of the tasks just ahead of a new one its diversity penalty looks at.
-AHEAD_SCREENED = 256
-
-
-def embeddings_ahead(
-    session: Session, *, priority: float, limit: int = AHEAD_SCREENED
-) -> list[bytes]:
-    """Embeddings of the open/leased tasks ranked just above `priority`, the nearest `limit`
-    of them: the items a reviewer sees right before this one, which is where a near-duplicate
-    costs attention. (Reading all of them made each new task read the whole queue.)"""
-    return list(
-        session.exec(
-            select(ReviewTask.embedding)
-            .where(
-                col(ReviewTask.status).in_(ACTIVE),
-                col(ReviewTask.priority) > priority,
-                col(ReviewTask.embedding).is_not(None),
-            )
-            .order_by(col(ReviewTask.priority))
-            .limit(limit)
-        )
-    )
-
-
-def create_task(session: Session, *, task: ReviewTask) -> ReviewTask | None:
-    """Insert a new open task; None when an open task for the same content won the race."""
-    task.open_key = task.text_hash
-    task.status = ReviewStatus.OPEN
-    task.priority = task_priority(task)
-    session.add(task)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        log.info("open task for %s created concurrently; bumping it", task.text_hash[:12])
-        return None
-    session.refresh(task)
-    return task
-
-
-def bump_task(
-    session: Session, *, text_hash: str, user_report: bool, arrival_key: str
-) -> tuple[ReviewTask, bool] | None:
-    """Count another arrival (or user report) on the open task of this content, if any.
-
-    Returns the task and whether it was counted: a delivery already counted (same
-    `arrival_key`) is not counted twice. The first statement locks the row (the database on
-    SQLite) until the commit, so concurrent bumps are serialised and never lost.
-    """
-    locked = session.exec(
-        update(ReviewTask)
-        .where(col(ReviewTask.open_key) == text_hash)
-        .values(updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
-    if locked.rowcount == 0:
-        session.rollback()
-        return None
-    task = session.exec(
-        select(ReviewTask)
-        .where(col(ReviewTask.open_key) == text_hash)
-        .execution_options(populate_existing=True)
-    ).one()
-    if arrival_key in task.arrival_keys:
-        session.commit()
-        return task, False
-    task.arrivals += 1
-    if user_report:
-        task.reports += 1
-        # An audit item stays one: dropping reported items from the sample would leave out
-        # the likeliest errors and overstate live precision. Its reports still raise it.
-        if task.reason != ReviewReason.AUDIT:
-            task.reason = ReviewReason.USER_REPORT
-    task.arrival_keys = [*task.arrival_keys, arrival_key][-MAX_ARRIVAL_KEYS:]
-    task.priority = task_priority(task)
-    session.add(task)
-    session.commit()
-    session.refresh(task)
-    return task, True
-
-
-def link_feedback(session: Session, *, feedback_id: int, task_id: int) -> None:
-    """Attach a user report to the task that reviews it."""
-    feedback = session.get(Feedback, feedback_id)
-    if feedback is None:
-        log.warning("feedback %s named by a review job does not exist", feedback_id)
-        return
-    feedback.task_id = task_id
-    if feedback.status == FeedbackStatus.RECEIVED:
-        feedback.status = FeedbackStatus.IN_REVIEW
-    session.add(feedback)
-    session.commit()
 
 
 def _expire_leases(session: Session, *, now: datetime) -> int:
@@ -411,62 +303,7 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
     return get_task(session, task_id=task_id)
 
 
-def _sheddable() -> tuple[ColumnElement[bool], ...]:
-    """Tasks the queue bound may shed: open (not leased), unsure, and never reported. What
-    a person sent (a report), what measures or checks the model (audit, label_check), and a
-    task already labelled once (waiting for a second opinion or a decision) stays."""
-    return (
-        ReviewTask.status == ReviewStatus.OPEN,
-        ReviewTask.stage == ReviewStage.FIRST,
-        ReviewTask.reason == ReviewReason.LOW_CONFIDENCE,
-        col(ReviewTask.reports) == 0,
-    )
-
-
-def _shed_where(session: Session, *conditions: Any, now: datetime) -> int:
-    """Mark the sheddable tasks matching `conditions` shed; how many were."""
-    result = session.exec(
-        update(ReviewTask)
-        .where(*_sheddable(), *conditions)
-        .values(status=ReviewStatus.SHED, open_key=None, updated_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    return int(result.rowcount)
-
-
-def shed(
-    session: Session, *, limit: int, max_age: timedelta | None, now: datetime
-) -> dict[str, int]:
-    """Bound the queue: shed unsure tasks open longer than `max_age`, then the lowest-priority
-    ones past `limit` open unsure tasks (0: no limit). Returns how many went, by cause.
-
-    A claim running meanwhile is safe: only rows still `open` when the UPDATE reaches them
-    change, so a task just leased to a reviewer stays theirs.
-    """
-    aged = 0
-    if max_age is not None:
-        aged = _shed_where(session, col(ReviewTask.created_at) < now - max_age, now=now)
-    excess = _count(session, *_sheddable()) - limit if limit else 0
-    overflow = 0
-    if excess > 0:
-        lowest = (
-            select(ReviewTask.id)
-            .where(*_sheddable())
-            .order_by(col(ReviewTask.priority), col(ReviewTask.id))
-            .limit(excess)
-        )
-        overflow = _shed_where(session, col(ReviewTask.id).in_(lowest.scalar_subquery()), now=now)
-    session.commit()
-    if aged or overflow:
-        log.info(
-            "review queue bound: shed %d tasks past the age limit, %d past the limit",
-            aged,
-            overflow,
-        )
-    return {"age": aged, "limit": overflow}
-
-
-def _count(session: Session, *conditions: Any) -> int:
+def count_tasks(session: Session, *conditions: Any) -> int:
     """Number of tasks matching `conditions`."""
     return session.exec(select(func.count()).select_from(ReviewTask).where(*conditions)).one()
 
@@ -474,8 +311,8 @@ def _count(session: Session, *conditions: Any) -> int:
 def stats(session: Session, *, now: datetime) -> dict[str, Any]:
     """Queue counts for the review page and operators. Expired leases count as open."""
     expired = col(ReviewTask.lease_expires_at) < now
-    leased = _count(session, ReviewTask.status == ReviewStatus.LEASED, ~expired)
-    open_ = _count(session, col(ReviewTask.status).in_(ACTIVE)) - leased
+    leased = count_tasks(session, ReviewTask.status == ReviewStatus.LEASED, ~expired)
+    open_ = count_tasks(session, col(ReviewTask.status).in_(ACTIVE)) - leased
     active = col(ReviewTask.status).in_(ACTIVE)
     by_reason = counts_by(session, ReviewTask.reason, ReviewReason, active)
     by_stage = counts_by(session, ReviewTask.stage, ReviewStage, active)
@@ -488,7 +325,7 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "open": open_,
         "leased": leased,
         "labeled_today": labeled_today,
-        "shed": _count(session, ReviewTask.status == ReviewStatus.SHED),
+        "shed": count_tasks(session, ReviewTask.status == ReviewStatus.SHED),
         "by_reason": by_reason,
         "by_stage": by_stage,
         "outbox_pending": pending_count(session),

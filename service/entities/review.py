@@ -24,7 +24,7 @@ class ReviewStatus(StrEnum):
     OPEN = "open"
     LEASED = "leased"
     LABELED = "labeled"
-    # Taken out of the queue unreviewed, by the queue bound (crud.review.shed): an unsure item
+    # Taken out of the queue unreviewed, by the queue bound (crud.queue_bound.shed): an unsure item
     # nobody reported, at the bottom of a queue past its limit or older than its age limit.
     # The row and its prediction stay; the same content arriving again opens a new task.
     SHED = "shed"
