@@ -15,7 +15,7 @@ import fcntl
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -123,3 +123,36 @@ def _with_error(line: str, exc: Exception) -> str:
         return line
     log.error("dead letter still refused: %s", error)
     return json.dumps(entry, ensure_ascii=True)
+
+
+@dataclass
+class WaitingCount:
+    """How many dead letters wait to be replayed (the file, and one a replay is working
+    through), for /metrics. Reads only what was appended since the last call, so a scrape costs
+    little however large the file grows; a file replaced since (new inode, or shorter than
+    what was read) is counted from its start."""
+
+    path: Path
+    # file -> (inode, bytes read, lines counted in them)
+    _seen: dict[Path, tuple[int, int, int]] = field(default_factory=dict)
+
+    def __call__(self) -> int:
+        aside = self.path.with_name(self.path.name + ".replaying")
+        return self._lines(self.path) + self._lines(aside)
+
+    def _lines(self, path: Path) -> int:
+        try:
+            with path.open("rb") as f:
+                stat = os.fstat(f.fileno())
+                inode, offset, lines = self._seen.get(path, (stat.st_ino, 0, 0))
+                if inode != stat.st_ino or stat.st_size < offset:
+                    offset, lines = 0, 0
+                f.seek(offset)
+                while chunk := f.read(1 << 20):
+                    lines += chunk.count(b"\n")
+                    offset += len(chunk)
+        except FileNotFoundError:
+            self._seen.pop(path, None)
+            return 0
+        self._seen[path] = (stat.st_ino, offset, lines)
+        return lines

@@ -9,16 +9,18 @@ import threading
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from service.cli import app
-from service.dead_letters import replay_dead_letters
+from service.dead_letters import WaitingCount, replay_dead_letters
 from service.entities import OutboxItem, Prediction, PredictionStatus, ShadowPrediction
 from service.prediction_log import PredictionLog, append_lines
 from tests.conftest import make_prediction
+from tests.test_metrics import scrape, total
 from tests.test_prediction_log import _count, _shadow, _unreachable
 
 
@@ -116,3 +118,30 @@ def test_dead_letters_written_during_replays_are_all_kept(engine: Engine, tmp_pa
     writer.join()
     replay_dead_letters(engine, path)
     assert _count(engine, Prediction) == len(rows)
+
+
+def test_waiting_dead_letters_are_counted_from_what_was_appended(tmp_path: Path) -> None:
+    path = tmp_path / "dead-letter" / "predictions.jsonl"
+    waiting = WaitingCount(path)
+    assert waiting() == 0  # no file yet
+    append_lines(path, ["{}", "{}"])
+    assert waiting() == 2
+    append_lines(path, ["{}"])
+    assert waiting() == 3 and waiting._seen[path][1] == 9  # 3 lines of 3 bytes read, once
+    path.rename(path.with_name("predictions.jsonl.replaying"))  # a replay has started
+    append_lines(path, ["{}"])  # and the API went on refusing
+    assert waiting() == 4
+    path.with_name("predictions.jsonl.replaying").unlink()  # the replay is done
+    assert waiting() == 1
+
+
+def test_metrics_show_the_dead_letters_waiting(sqlite_client: TestClient) -> None:
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    assert total(scrape(sqlite_client), "tagflow_prediction_log_dead_letters_waiting") == 0
+    refusal = IntegrityError("INSERT", {}, Exception("value too long"))
+    state.log._dead_letter(make_prediction("refused"), [], refusal)
+    samples = scrape(sqlite_client)
+    assert total(samples, "tagflow_prediction_log_dead_letters_waiting") == 1
+    assert total(samples, "tagflow_prediction_log_dead_letters_total") == 1
+    assert replay_dead_letters(state.engine, state.settings.dead_letter_path).written == 1
+    assert total(scrape(sqlite_client), "tagflow_prediction_log_dead_letters_waiting") == 0

@@ -33,6 +33,7 @@ from service.api.state import AppState, Queues
 from service.api.telemetry import read_state
 from service.config import Settings
 from service.db import init_db, make_engine
+from service.dead_letters import WaitingCount
 from service.metrics import Metrics, RequestMetrics, StateCollector
 from service.ml.encoder import load_encoder
 from service.ml.serving import MicroBatcher, Predictor
@@ -87,6 +88,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         redis=redis,
         queues=queues,
         metrics=metrics,
+        dead_letters=WaitingCount(settings.dead_letter_path),
     )
     state.log.after_flush = lambda: _drain_quietly(state)
     metrics.add_collector(StateCollector(lambda: read_state(state)))

@@ -11,6 +11,7 @@ from rq import Queue
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
+from service.dead_letters import WaitingCount
 from service.metrics import Metrics
 from service.ml.serving import MicroBatcher, Predictor
 from service.prediction_log import PredictionLog
@@ -39,6 +40,7 @@ class AppState:
     redis: Redis
     queues: Queues
     metrics: Metrics
+    dead_letters: WaitingCount
     model_errors: list[str] = field(default_factory=list)
     # When the watch loop next judges the served cut by the audit (time.monotonic()).
     next_recalibration: float = 0.0

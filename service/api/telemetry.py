@@ -94,6 +94,12 @@ def _serving(state: AppState) -> Iterator[Sample]:
         True,
     )
     yield Sample(
+        "tagflow_prediction_log_dead_letters_waiting",
+        "Refused predictions in the dead-letter file, waiting for `tagflow db replay-dead-letters`",
+        state.dead_letters(),
+        {},
+    )
+    yield Sample(
         "tagflow_model_errors",
         "Model versions refused at load (bad checksum, unapproved tags) since start",
         len(state.model_errors),
