@@ -15,6 +15,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,10 +136,13 @@ class WaitingCount:
     path: Path
     # file -> (inode, bytes read, lines counted in them)
     _seen: dict[Path, tuple[int, int, int]] = field(default_factory=dict)
+    # /metrics runs on the threadpool: two scrapes at once must not both add the same bytes.
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> int:
         aside = self.path.with_name(self.path.name + ".replaying")
-        return self._lines(self.path) + self._lines(aside)
+        with self._lock:
+            return self._lines(self.path) + self._lines(aside)
 
     def _lines(self, path: Path) -> int:
         try:
