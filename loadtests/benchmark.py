@@ -357,10 +357,10 @@ def run(args: argparse.Namespace, bench: Bench) -> dict[str, Any]:
     return report
 
 
-def main() -> None:
-    args = parse_args()
-    plan = Plan.make(args.quick)
-    dataset = args.dataset.resolve()
+def make_bench(dataset: Path, *, out: Path, encoder_dir: Path, plan: Plan) -> tuple[Bench, Any]:
+    """The shared set-up: items, a temporary data directory, Redis, the servers' environment.
+    Returns the bench and the embedded Redis to stop (None when TAGFLOW_REDIS_URL is used)."""
+    dataset = dataset.resolve()
     tags = load_tags(DEFAULT_TAGS_FILE)
     examples, _ = load_dataset(dataset, tags=tags)
     items = [Item(e.title, e.description) for e in examples]
@@ -370,15 +370,14 @@ def main() -> None:
     held_out = [Item(e.title, e.description) for e in held_out_examples]
     workdir = Path(tempfile.mkdtemp(prefix="tagflow-bench-"))
     (workdir / "data").mkdir()  # `tagflow train` does not create the data directory itself
-    out = args.out.resolve()
-    log_dir = out.parent / "logs"
+    log_dir = out.resolve().parent / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    args.encoder_dir.mkdir(parents=True, exist_ok=True)
+    encoder_dir.mkdir(parents=True, exist_ok=True)
     redis_url, embedded = start_redis(workdir)
     env = child_env(
         {
             "TAGFLOW_DATA_DIR": str(workdir / "data"),
-            "TAGFLOW_ENCODER_DIR": str(args.encoder_dir.resolve()),
+            "TAGFLOW_ENCODER_DIR": str(encoder_dir.resolve()),
             "TAGFLOW_API_KEYS": f"client:{CLIENT_KEY},admin:bench-admin-key",
             "TAGFLOW_REDIS_URL": redis_url,
         }
@@ -392,19 +391,27 @@ def main() -> None:
         held_out=held_out,
         plan=plan,
     )
+    return bench, embedded
+
+
+def main() -> None:
+    args = parse_args()
+    plan = Plan.make(args.quick)
+    out = args.out.resolve()
+    bench, embedded = make_bench(args.dataset, out=out, encoder_dir=args.encoder_dir, plan=plan)
     meta = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
-        "dataset": str(dataset),
-        "items": len(items),
-        "fresh_items": len(held_out),
+        "dataset": str(bench.dataset),
+        "items": len(bench.items),
+        "fresh_items": len(bench.held_out),
         "requests_per_run": plan.requests,
         "warmup_per_run": plan.warmup,
         "cpus": len(os.sched_getaffinity(0)),
         "python": sys.version.split()[0],
-        "redis": "embedded" if embedded else redis_url,
+        "redis": "embedded" if embedded else bench.base_env["TAGFLOW_REDIS_URL"],
         "loadavg_start": loadavg(),
-        "logs": str(log_dir),
+        "logs": str(bench.log_dir),
         "git": git_revision(),
     }
     try:
@@ -413,7 +420,7 @@ def main() -> None:
         if embedded is not None:
             embedded.stop()
         if not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
+            shutil.rmtree(bench.workdir, ignore_errors=True)
     meta["loadavg_end"] = loadavg()
     document = {
         "meta": meta,
