@@ -26,6 +26,8 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert "v0001" in listed.output and "v0002" in listed.output
     none = runner.invoke(app, ["models", "list", "--where", "weighted_f1>1.5"], env=env)
     assert "v0001" not in none.output
+    typo = runner.invoke(app, ["models", "list", "--where", "weighted_f>0.5"], env=env)
+    assert typo.exit_code == 2 and "did you mean weighted_f1" in typo.output
 
     evaluated = runner.invoke(
         app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env

@@ -139,5 +139,7 @@ def test_models_listing_and_filter(sqlite_client: TestClient, seed_result: Train
     assert [m["version"] for m in filtered] == [v for v, f in f1.items() if f >= cut]
     bad = sqlite_client.get("/models", params={"where": "f1 ~ 3"}, headers=auth("client"))
     assert bad.status_code == 422
+    typo = sqlite_client.get("/models", params={"where": "weighted_f>0"}, headers=auth("client"))
+    assert typo.status_code == 422 and "did you mean weighted_f1" in typo.json()["detail"]
     png = sqlite_client.get("/models/v0001/report.png", headers=auth("client"))
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"

@@ -82,8 +82,18 @@ def test_filter_by_metric_criteria(
         assert {r.version for r in found} == {v for v, p in mlops_p.items() if p >= cut}
         none = registry.list_versions(session, criteria=[registry.Criterion.parse("weighted_f1>1")])
         assert none == []
-        missing = registry.Criterion.parse("per_class.nonexistent.precision>=0")
-        assert registry.list_versions(session, criteria=[missing]) == []
+        typo = registry.Criterion.parse("per_class.mlop.precision>=0")
+        with pytest.raises(InvalidInputError, match="did you mean per_class.mlops.precision"):
+            registry.list_versions(session, criteria=[typo])  # not an empty list: a typo
+        unknown = registry.Criterion.parse("per_class.nonexistent.precision>=0")
+        with pytest.raises(InvalidInputError, match="no version has a metric"):
+            registry.list_versions(session, criteria=[unknown])
+        newest_only = registry.list_versions(session)[0]
+        newest_only.metrics = {**newest_only.metrics, "added_later": 1.0}
+        session.add(newest_only)
+        session.commit()
+        later = registry.Criterion.parse("added_later>=1")  # older versions lack it: left out
+        assert registry.list_versions(session, criteria=[later]) == [newest_only]
     with pytest.raises(InvalidInputError):
         registry.Criterion.parse("weighted_f1 is high")
 

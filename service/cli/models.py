@@ -34,22 +34,23 @@ def models_list(
     settings = settings_or_exit()
     try:
         criteria = [registry.Criterion.parse(w) for w in where or []]
-    except TagflowError as exc:
+        with open_session(settings) as session:
+            rows = registry.list_versions(session, criteria=criteria)
+    except TagflowError as exc:  # a malformed criterion, or one on a metric no version has
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     table = Table("version", "status", "created", "rows", "weighted F1", "auto cov", "auto prec")
-    with open_session(settings) as session:
-        for row in registry.list_versions(session, criteria=criteria):
-            auto = row.metrics.get("auto", {})
-            table.add_row(
-                row.version,
-                row.status.value,
-                f"{row.created_at:%Y-%m-%d %H:%M}",
-                str(row.data_rows),
-                f"{row.metrics.get('weighted_f1', 0):.3f}",
-                f"{auto.get('coverage') or 0:.0%}",
-                f"{auto.get('precision') or 0:.3f}",
-            )
+    for row in rows:
+        auto = row.metrics.get("auto", {})
+        table.add_row(
+            row.version,
+            row.status.value,
+            f"{row.created_at:%Y-%m-%d %H:%M}",
+            str(row.data_rows),
+            f"{row.metrics.get('weighted_f1', 0):.3f}",
+            f"{auto.get('coverage') or 0:.0%}",
+            f"{auto.get('precision') or 0:.3f}",
+        )
     console.print(table)
 
 

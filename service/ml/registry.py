@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import operator
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,7 +163,31 @@ def list_versions(
     if status is not None:
         query = query.where(ModelVersion.status == status)
     rows = list(session.exec(query))
+    _check_known(criteria or [], rows)
     return [r for r in rows if all(c.holds(r.metrics) for c in criteria or [])]
+
+
+def _check_known(criteria: list[Criterion], rows: list[ModelVersion]) -> None:
+    """Refuse a criterion on a metric no listed version has: a typo would otherwise match
+    nothing, which reads as "no version qualifies". (A metric only newer versions have just
+    leaves the older ones out.)"""
+    known = {path for row in rows for path in metric_paths(row.metrics)}
+    for criterion in criteria:
+        name = ".".join(criterion.path)
+        if rows and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
+            hint = f"; did you mean {' or '.join(close)}?" if close else ""
+            raise InvalidInputError(f"no version has a metric {name!r}{hint}")
+
+
+def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Every number in a metrics document, as the dotted path a criterion names it by."""
+    for key, value in metrics.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from metric_paths(value, f"{path}.")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield path
 
 
 def promote(session: Session, *, version: str) -> ModelVersion:
