@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
@@ -47,3 +49,19 @@ def test_refuses_to_start_without_keys(tmp_path: Path) -> None:
     env = {"TAGFLOW_API_KEYS": "", "TAGFLOW_DEV": "0", "TAGFLOW_DATA_DIR": str(tmp_path)}
     result = CliRunner().invoke(app, ["models", "list"], env=env)
     assert result.exit_code == 2 and "TAGFLOW_API_KEYS is empty" in result.output
+
+
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_a_port_in_use_is_a_one_line_error_before_any_start_up(
+    command: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Not a bind error in the middle of the log after loading (or training) the model."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = CliRunner().invoke(app, [command, "--port", str(port)], env=cli_env)
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert "Address already in use" in result.output
+    assert not (tmp_path / "var" / "redis").exists()  # `up` started no Redis, trained nothing

@@ -3,6 +3,7 @@ encoder and the tag list, and the metrics table."""
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 import typer
@@ -27,6 +28,23 @@ def settings_or_exit() -> Settings:
     except (UnsafeSettingsError, ValueError) as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+
+
+def port_free_or_exit(host: str, port: int) -> None:
+    """Exit with a one-line error (code 2) when `host:port` cannot be listened on, before any
+    start-up work: uvicorn would find out only after the model is loaded, in the middle of
+    the log, and `tagflow up` after training the seed."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            console.print(
+                f"[red]cannot listen on {host}:{port}:[/red] {exc.strerror}; "
+                "pass --port, or stop what holds it"
+            )
+            raise typer.Exit(2) from None
 
 
 def open_session(settings: Settings) -> Session:

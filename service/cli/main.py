@@ -20,6 +20,7 @@ from service.cli.common import (
     console,
     metrics_table,
     open_session,
+    port_free_or_exit,
     settings_or_exit,
 )
 from service.cli.db import db_app
@@ -213,6 +214,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from service.logs import configure_logging
 
     settings = settings_or_exit()
+    port_free_or_exit(host, port)
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
     # event loop per request, and every prediction is logged anyway.
@@ -233,6 +235,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     from service.logs import configure_logging
     from service.redis_server import EmbeddedRedis
 
+    port_free_or_exit(host, port)
     if not os.environ.get("TAGFLOW_API_KEYS"):
         os.environ["TAGFLOW_DEV"] = "1"
         os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
