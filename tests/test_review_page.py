@@ -409,6 +409,37 @@ def test_a_personal_key_cannot_sign_in_as_someone_else(
 
 
 @pytest.mark.browser
+def test_a_saved_sign_in_is_checked_again_on_the_next_visit(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """What the last visit saved still goes with the key: the page resumes. Saved under a
+    name the key no longer carries (re-issued as someone's personal key): back to sign-in,
+    saying whose key it is, and nothing is claimed under the old name."""
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["ann"])
+    wait_for_title(browser, ITEMS[0].title)
+    browser.refresh()  # the next visit: the lease is released on leaving, and claimed again
+    wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "who-name") == "ann"
+
+    browser.execute_script(
+        "localStorage.setItem('tagflow.review.credentials', JSON.stringify(arguments[0]))",
+        {"reviewer": "bob", "key": PERSONAL_KEYS["ann"]},
+    )
+    browser.refresh()
+    wait_until(browser, lambda d: "personal key" in text_of(d, "message"), "a not-yours message")
+    assert text_of(browser, "message") == (
+        "This key is ann's personal key; leave the name empty or type ann."
+    )
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert saved_credentials(browser) is None
+    with Session(live_app.engine) as session:
+        leased_by = {t.leased_by for t in session.exec(select(ReviewTask)).all()}
+        assert "bob" not in leased_by
+    assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
 def test_a_shared_key_asks_for_a_name(live_app: LiveApp, browser: WebDriver) -> None:
     seed_queue(live_app.engine)
     sign_in(browser, live_app.url, reviewer="", key=KEYS["reviewer"])

@@ -205,13 +205,14 @@ function nameProblem(typed, keyName) {
 }
 
 /** The name to review under with `key`, asked of the server (GET /whoami) before anything is
- * claimed; "" when sign-in cannot go on (the message line says why). A client key is refused
- * as a 403 would be; an unknown key throws AuthError from `api`. */
+ * claimed; "" when that name cannot go with the key, null when the server could not say (the
+ * message line says why in both cases). A client key is refused as a 403 would be; an unknown
+ * key throws AuthError from `api`. */
 async function reviewerFor(key, typed) {
   const response = await api(key, "GET", "/whoami");
   if (!response.ok) {
     fail("Checking the key", response);
-    return "";
+    return null;
   }
   const { role, name } = response.data;
   if (role === "client") throw new AuthError(403, "this key's role (client) may not review");
@@ -312,13 +313,31 @@ function startTimers() {
   }, STATS_POLL_MS);
 }
 
+/** Sign in again with what the last visit saved, checked with the server first: a key
+ * re-issued to someone else since then goes back to the sign-in form saying whose it is,
+ * rather than failing at the first claim; a revoked one is refused as at sign-in. */
+async function resume(saved) {
+  Object.assign(state, saved);
+  let reviewer; // stays undefined when the check threw: unreachable, or the key refused
+  await run(async () => {
+    reviewer = await reviewerFor(saved.key, saved.reviewer);
+  });
+  if (reviewer === "") {
+    forgetCredentials();
+    state.key = "";
+    return showSignin(); // the message line keeps what reviewerFor said
+  }
+  if (reviewer) state.reviewer = reviewer;
+  // Unreachable, or an answer other than 200: start() tries again and says what fails.
+  if (state.key) start();
+}
+
 function init() {
   bindControls();
   startTimers();
   const saved = loadCredentials();
   if (!saved) return showSignin();
-  Object.assign(state, saved);
-  start();
+  resume(saved);
 }
 
 init();
