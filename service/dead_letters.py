@@ -11,7 +11,6 @@ in the database (same id, same text hash) and dropped from the file, not refused
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -21,12 +20,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from service.crud.predictions import save_predictions
 from service.db import session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
-from service.prediction_log import append_lines, is_outage
+from service.prediction_log import append_lines, is_outage, move_aside, replaying_path
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ def replay_dead_letters(engine: Engine, path: Path) -> ReplayReport:
     transaction each; what it still refuses goes back to `path` with the new error. An outage
     puts everything not written yet back and re-raises."""
     report = ReplayReport()
-    aside = _move_aside(path)
+    aside = move_aside(path)
     if aside is None:
         return report
     lines = aside.read_text(encoding="utf-8").splitlines()
@@ -78,21 +76,6 @@ def replay_dead_letters(engine: Engine, path: Path) -> ReplayReport:
     return report
 
 
-def _move_aside(path: Path) -> Path | None:
-    """The dead letters to replay, moved to `<path>.replaying` (with what a replay cut short
-    left there); None when there are none."""
-    aside = path.with_name(path.name + ".replaying")
-    if path.exists():
-        fresh = path.with_name(f"{path.name}.{os.getpid()}")
-        with path.open("a", encoding="utf-8") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)  # no append is half-way through
-            os.replace(path, fresh)  # appends after this go to a new file at `path`
-        with aside.open("a", encoding="utf-8") as out:
-            out.write(fresh.read_text(encoding="utf-8"))
-        fresh.unlink()
-    return aside if aside.exists() else None
-
-
 def _replay_one(engine: Engine, line: str) -> str:
     """Write one dead letter: WRITTEN, ALREADY_THERE, or the line to keep, with the reason the
     row is still refused."""
@@ -103,13 +86,12 @@ def _replay_one(engine: Engine, line: str) -> str:
     except (ValueError, KeyError, TypeError, ValidationError) as exc:
         log.error("unreadable dead letter kept: %s", exc)
         return _with_error(line, exc)
-    with Session(engine) as session:
-        stored = session.get(Prediction, row.id)
-    if stored is not None:
-        if stored.text_hash == row.text_hash:
-            return ALREADY_THERE
-        return _with_error(line, ValueError(f"another prediction has the id {row.id}"))
     with session_scope(engine) as session:
+        stored = session.get(Prediction, row.id)
+        if stored is not None:
+            if stored.text_hash == row.text_hash:
+                return ALREADY_THERE
+            return _with_error(line, ValueError(f"another prediction has the id {row.id}"))
         save_predictions(session, predictions=[row], shadows=shadows)
     return WRITTEN
 
@@ -140,9 +122,8 @@ class WaitingCount:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __call__(self) -> int:
-        aside = self.path.with_name(self.path.name + ".replaying")
         with self._lock:
-            return self._lines(self.path) + self._lines(aside)
+            return self._lines(self.path) + self._lines(replaying_path(self.path))
 
     def _lines(self, path: Path) -> int:
         try:

@@ -202,12 +202,8 @@ class PredictionLog:
         what a replay cut short left), to be written by the next flush. How many predictions."""
         if self.spill is None:
             return 0
-        replaying = self.spill.with_name(self.spill.name + ".replaying")
-        if self.spill.exists():  # appended to what an interrupted replay left, then removed
-            with replaying.open("a", encoding="utf-8") as out:
-                out.write(self.spill.read_text(encoding="utf-8"))
-            self.spill.unlink()
-        if not replaying.exists():
+        replaying = move_aside(self.spill)
+        if replaying is None:
             return 0
         rows: list[PredictionCreate] = []
         shadows: list[ShadowPrediction] = []
@@ -249,6 +245,29 @@ def append_lines(path: Path, entries: Sequence[dict[str, object] | str]) -> None
             if _is_current(out, path):
                 out.write(text)
                 return
+
+
+def replaying_path(path: Path) -> Path:
+    """Where `move_aside` puts the lines of `path` that a replay works through."""
+    return path.with_name(path.name + ".replaying")
+
+
+def move_aside(path: Path) -> Path | None:
+    """Move the lines of the JSON Lines file at `path` to `replaying_path(path)`, after what a
+    replay cut short left there; that file, or None when there is nothing to replay.
+
+    Under `append_lines`'s lock, then an atomic rename: an append is never half in the moved
+    file, and appends after it start a new file at `path`."""
+    aside = replaying_path(path)
+    if path.exists():
+        taken = path.with_name(f"{path.name}.{os.getpid()}")
+        with path.open("a", encoding="utf-8") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            os.replace(path, taken)
+        with aside.open("a", encoding="utf-8") as out:
+            out.write(taken.read_text(encoding="utf-8"))
+        taken.unlink()
+    return aside if aside.exists() else None
 
 
 def _is_current(handle: IO[str], path: Path) -> bool:
