@@ -407,6 +407,29 @@ def test_claim_hands_out_the_highest_priority_with_a_lease(engine: Engine) -> No
     assert do(engine, review_crud.claim, reviewer="cat", lease_s=60) is None
 
 
+def test_a_claim_gives_back_the_task_the_reviewer_holds(engine: Engine) -> None:
+    """A reviewer whose page lost its task (a crash, a key re-issued) gets it back on the next
+    claim, with a fresh lease, rather than leaving it stranded until the lease runs out."""
+    high, low = add_task(engine, "high", 0.9), add_task(engine, "low", 0.2)
+    first = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    assert first.id == high
+    again = do(engine, review_crud.claim, reviewer="ann", lease_s=600)
+    assert again.id == high and again.leased_by == "ann"
+    expires = get(engine, high).lease_expires_at
+    assert expires is not None and first.lease_expires_at is not None
+    assert expires - first.lease_expires_at > timedelta(seconds=500)  # renewed, not kept
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == low
+    label_task(engine, high, "mlops", reviewer="ann")
+    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60) is None  # bob holds low
+    with Session(engine) as session:  # bob's lease ran out: not his to resume any more
+        task = session.get(ReviewTask, low)
+        assert task is not None
+        task.lease_expires_at = utcnow() - timedelta(seconds=1)
+        session.add(task)
+        session.commit()
+    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == low
+
+
 def test_expired_leases_return_to_the_queue(engine: Engine) -> None:
     task_id = add_task(engine, "only", 0.5)
     assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == task_id

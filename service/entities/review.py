@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import JSON, Column, DateTime, LargeBinary
+from sqlalchemy import JSON, Column, DateTime, Index, LargeBinary, text
 from sqlmodel import Field, SQLModel
 
 from service.entities.common import utcnow
@@ -46,6 +46,17 @@ class ReviewStage(StrEnum):
 
 class ReviewTask(SQLModel, table=True):
     __tablename__ = "review_task"
+    __table_args__ = (
+        # A claim first looks for the task its reviewer already holds. Partial, so it holds
+        # only leased rows: a full index on a column that is NULL almost everywhere looks
+        # useless to SQLite's planner after ANALYZE, which then scans the table instead.
+        Index(
+            "ix_review_task_leased_by",
+            "leased_by",
+            sqlite_where=text("leased_by IS NOT NULL"),
+            postgresql_where=text("leased_by IS NOT NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     text_hash: str = Field(index=True, max_length=64)
