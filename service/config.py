@@ -57,32 +57,49 @@ class Caller:
     name: str | None = None
 
 
-def parse_api_keys(raw: str) -> dict[str, Caller]:
-    """Parse `role:key` and `role/name:key` entries, comma-separated, into `{key: Caller}`.
+def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, Caller]:
+    """Parse `role:key` and `role/name:key` entries into `{key: Caller}`.
 
-    A malformed entry, an unknown role or a key listed twice is an error, never skipped: a key
-    given two roles by mistake must not silently get the last one.
+    Entries are separated by commas or line breaks; a line starting with `#` is a comment (for
+    the key file). A malformed entry, an unknown role or a key listed twice is an error, never
+    skipped: a key given two roles by mistake must not silently get the last one.
     """
+    lines = (line for line in raw.splitlines() if not line.lstrip().startswith("#"))
     keys: dict[str, Caller] = {}
-    for entry in filter(None, (p.strip() for p in raw.split(","))):
+    for entry in filter(None, (p.strip() for line in lines for p in line.split(","))):
         holder, sep, key = entry.partition(":")
         role, slash, name = (part.strip() for part in holder.partition("/"))
         key = key.strip()
         if not sep or not key or (slash and not name):
             raise ValueError(
-                f"API key entry {entry!r} is not of the form role:key or role/name:key"
+                f"API key entry {entry!r} in {source} is not of the form role:key or role/name:key"
             )
         if len(name) > MAX_NAME_CHARS:
             raise ValueError(f"the name in {entry!r} is over {MAX_NAME_CHARS} characters")
         if key in keys:
-            raise ValueError(f"an API key is listed twice in TAGFLOW_API_KEYS ({entry!r})")
+            raise ValueError(f"an API key is listed twice in {source} ({entry!r})")
         try:
             keys[key] = Caller(Role(role), name or None)
         except ValueError:
             roles = ", ".join(r.value for r in Role)
-            raise ValueError(
-                f"unknown role {role!r} in TAGFLOW_API_KEYS (roles: {roles})"
-            ) from None
+            raise ValueError(f"unknown role {role!r} in {source} (roles: {roles})") from None
+    return keys
+
+
+def read_key_file(path: Path, *, fixed: dict[str, Caller]) -> dict[str, Caller]:
+    """The keys in the API key file (entries as in `parse_api_keys`), refused if one of them is
+    also among the `fixed` keys of TAGFLOW_API_KEYS: one key, one holder."""
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc}") from None
+    keys = parse_api_keys(raw, source=str(path))
+    if clash := keys.keys() & fixed.keys():
+        holder = keys[next(iter(clash))]
+        raise ValueError(
+            f"{len(clash)} key(s) in {path} are also in TAGFLOW_API_KEYS (one held by "
+            f"{holder.name or 'a shared ' + holder.role.value + ' key'})"
+        )
     return keys
 
 
@@ -94,13 +111,20 @@ def generate_dev_keys() -> str:
 class Settings(BaseSettings):
     """Everything tagflow reads from its environment. Unsafe values are refused unless `dev`."""
 
-    model_config = SettingsConfigDict(env_prefix="TAGFLOW_", env_file=".env", extra="ignore")
+    # An empty variable is an unset one: compose files pass `${VAR:-}` through as "", and an
+    # empty TAGFLOW_API_KEYS_FILE must not become the path "." (nor TAGFLOW_ENCODER_DIR).
+    model_config = SettingsConfigDict(
+        env_prefix="TAGFLOW_", env_file=".env", extra="ignore", env_ignore_empty=True
+    )
 
     dev: bool = False
     data_dir: Path = Path("./var")
     database_url: str | None = None
     redis_url: str | None = None
     api_keys: Annotated[str, NoDecode] = ""
+    # More keys, one entry per line, re-read while the API runs (service/api_keys.py): keys in
+    # it can be issued, rotated and revoked without a restart.
+    api_keys_file: Path | None = None
     tags_file: Path = DEFAULT_TAGS_FILE
 
     max_title_chars: int = Field(300, ge=1)
@@ -190,9 +214,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        if not self.dev and not self.api_keys:
+        file_keys = self.file_keys()  # read at start, so a bad key file stops the service
+        if not self.dev and not self.keys and not file_keys:
+            where = f" and {self.api_keys_file} holds none" if self.api_keys_file else ""
             raise UnsafeSettingsError(
-                "TAGFLOW_API_KEYS is empty: set role:key pairs, or TAGFLOW_DEV=1 for development"
+                f"TAGFLOW_API_KEYS is empty{where}: set role:key pairs (or a key file, "
+                "TAGFLOW_API_KEYS_FILE), or TAGFLOW_DEV=1 for development"
             )
         return self
 
@@ -201,10 +228,11 @@ class Settings(BaseSettings):
         """API key -> who holds it."""
         return parse_api_keys(self.api_keys)
 
-    @property
-    def shared_review_keys(self) -> bool:
-        """Whether some key that may review is shared by its role (names are then declared)."""
-        return any(c.name is None and c.role is not Role.CLIENT for c in self.keys.values())
+    def file_keys(self) -> dict[str, Caller]:
+        """The keys in TAGFLOW_API_KEYS_FILE as it reads now (none if it is not set)."""
+        if self.api_keys_file is None:
+            return {}
+        return read_key_file(self.api_keys_file, fixed=self.keys)
 
     @property
     def resolved_database_url(self) -> str:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import auth, auth_as
+from service.config import Settings
+from service.ml.training import TrainResult
+from tests.conftest import auth, auth_as, sqlite_app
 
 ITEM = {"title": "Image captioning", "description": "Describe photos with words."}
 
@@ -50,3 +56,41 @@ def test_whoami_tells_a_personal_key_from_a_shared_one(sqlite_client: TestClient
         "name": None,
     }
     assert sqlite_client.get("/whoami").status_code == 401
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def wait_for_status(client: TestClient, key: str, status: int) -> int:
+    """GET /whoami with `key` until it answers `status` (the key file is read once a second)."""
+    deadline = time.monotonic() + 5
+    while (code := client.get("/whoami", headers=bearer(key)).status_code) != status:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    return code
+
+
+def test_keys_in_the_key_file_change_without_a_restart(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("reviewer/cat:cat-old\nclient/search:search-key\n")
+    with sqlite_app(make_settings, tmp_path, shared_result, api_keys_file=path) as client:
+        assert client.get("/whoami", headers=bearer("cat-old")).json()["name"] == "cat"
+        assert client.post("/predict", json=ITEM, headers=bearer("search-key")).status_code == 200
+        # Rotate cat's key and revoke the search client's, as an operator edits the file.
+        path.write_text("reviewer/cat:cat-new\n")
+        assert wait_for_status(client, "cat-old", 401) == 401
+        assert client.get("/whoami", headers=bearer("cat-new")).json()["name"] == "cat"
+        assert client.post("/predict", json=ITEM, headers=bearer("search-key")).status_code == 401
+        assert client.post("/predict", json=ITEM, headers=auth("client")).status_code == 200
+        # A broken edit is refused: the last good keys stay, and /metrics says so.
+        path.write_text("reviewer/cat cat-newer\n")
+        time.sleep(1.1)
+        assert client.get("/whoami", headers=bearer("cat-new")).status_code == 200
+        metrics = client.get("/metrics", headers=auth("admin")).text
+        assert "tagflow_api_keys_file_valid 0.0" in metrics
+        assert 'tagflow_api_keys{role="reviewer"} 4.0' in metrics  # 3 fixed + cat's
+        assert "tagflow_api_keys_file_rejections_total 1.0" in metrics

@@ -45,16 +45,27 @@ def test_a_key_listed_twice_is_refused() -> None:
         Settings(_env_file=None, api_keys="client:same,admin:same")  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize(
-    ("raw", "shared"),
-    [
-        ("client:c,reviewer/ann:a,admin/root:r", False),
-        ("client:c,reviewer/ann:a,reviewer:r", True),
-        ("client:c,reviewer/ann:a,admin:r", True),  # admin keys may review too
-    ],
-)
-def test_shared_review_keys(raw: str, shared: bool) -> None:
-    assert Settings(_env_file=None, api_keys=raw).shared_review_keys is shared  # type: ignore[call-arg]
+def test_a_key_file_is_checked_at_start(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    with pytest.raises(ValidationError, match="cannot read the API key file"):
+        Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("client:app\nreviewer ann\n")
+    with pytest.raises(ValidationError, match=f"'reviewer ann' in {path}"):
+        Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("admin:root\n")
+    with pytest.raises(ValidationError, match="also in TAGFLOW_API_KEYS"):
+        Settings(_env_file=None, api_keys="admin:root", api_keys_file=path)  # type: ignore[call-arg]
+
+
+def test_keys_in_the_file_alone_are_enough_outside_dev(tmp_path: Path) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# no keys yet\n")
+    with pytest.raises(ValidationError, match=f"{path} holds none"):
+        Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("client:app\n")
+    settings = Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    assert settings.keys == {}
+    assert settings.file_keys() == {"app": Caller(Role.CLIENT)}
 
 
 def test_environment_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -64,6 +75,16 @@ def test_environment_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch, tmp_pa
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.max_title_chars == 50
     assert settings.resolved_database_url == f"sqlite:///{(tmp_path / 'tagflow.db').resolve()}"
+
+
+def test_an_empty_variable_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As compose passes `${TAGFLOW_API_KEYS_FILE:-}`: not the path ".", which is no key file.
+    monkeypatch.setenv("TAGFLOW_API_KEYS", "client:k")
+    for name in ("API_KEYS_FILE", "ENCODER_DIR", "DATABASE_URL", "MAX_TITLE_CHARS"):
+        monkeypatch.setenv(f"TAGFLOW_{name}", "")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.api_keys_file is None and settings.encoder_dir is None
+    assert settings.database_url is None and settings.max_title_chars == 300
 
 
 def test_tag_file_errors(tmp_path: Path) -> None:

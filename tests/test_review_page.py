@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,18 +137,25 @@ def seed_queue(engine: Engine) -> list[int]:
         return [task.id for task in tasks]  # type: ignore[misc]
 
 
+@contextmanager
+def serve_live(settings: Settings, result: TrainResult) -> Iterator[LiveApp]:
+    """The real app served by uvicorn on a free local port, with `result` in production."""
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, result)
+    with live_server(create_app(settings)) as url:
+        yield LiveApp(url=url, engine=engine)
+    engine.dispose()
+
+
 @pytest.fixture
 def live_app(
     make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
 ) -> Iterator[LiveApp]:
-    """The real app served by uvicorn on a free local port, with a production model."""
-    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}")
-    engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
-    register_promoted(engine, settings, shared_result)
-    with live_server(create_app(settings)) as url:
-        yield LiveApp(url=url, engine=engine)
-    engine.dispose()
+    with serve_live(
+        make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}"), shared_result
+    ) as app:
+        yield app
 
 
 @pytest.fixture
@@ -437,6 +445,44 @@ def test_a_saved_sign_in_is_checked_again_on_the_next_visit(
         leased_by = {t.leased_by for t in session.exec(select(ReviewTask)).all()}
         assert "bob" not in leased_by
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_key_revoked_while_signed_in_goes_back_to_sign_in(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    browser: WebDriver,
+) -> None:
+    """Cat's key is revoked in the key file while she works: her next label is refused, the
+    page forgets the key and asks for a new one, and the key it is rotated to works."""
+    keys = tmp_path / "keys"
+    keys.write_text("reviewer/cat:cat-old\n")
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}", api_keys_file=keys)
+    with serve_live(settings, shared_result) as app:
+        first, _, _ = seed_queue(app.engine)
+        sign_in(browser, app.url, reviewer="", key="cat-old")
+        wait_for_title(browser, ITEMS[0].title)
+        assert text_of(browser, "who-name") == "cat"
+
+        keys.write_text("reviewer/cat:cat-new\n")
+        time.sleep(1.2)  # the API reads the key file again at most once a second
+        press(browser, "1")
+        wait_until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in")
+        assert text_of(browser, "message") == (
+            "The API key was not accepted (unknown API key). Check it and sign in again."
+        )
+        assert saved_credentials(browser) is None
+        assert active_labels(app.engine, first) == []
+
+        sign_in(browser, app.url, reviewer="", key="cat-new")
+        wait_for_title(browser, ITEMS[0].title)  # her lease is still hers, under her name
+        press(browser, "1")
+        wait_for_title(browser, ITEMS[1].title)
+        assert [label.reviewer for label in active_labels(app.engine, first)] == ["cat"]
+        # The one refused request is all the browser reports (it logs every 401 it sees).
+        [refused] = browser_errors(browser)
+        assert f"/review/{first}/label" in refused and "401" in refused
 
 
 @pytest.mark.browser

@@ -66,7 +66,7 @@ def caller_of(request: Request, credentials: HTTPAuthorizationCredentials | None
             "missing API key: send Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    caller = request.app.state.tagflow.settings.keys.get(credentials.credentials)
+    caller = request.app.state.tagflow.keys.lookup(credentials.credentials)
     if caller is None:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED, "unknown API key", headers={"WWW-Authenticate": "Bearer"}

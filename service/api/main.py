@@ -31,6 +31,7 @@ from service.api.routes import (
 )
 from service.api.state import AppState, Queues
 from service.api.telemetry import read_state
+from service.api_keys import KeyRing
 from service.config import Settings
 from service.db import init_db, make_engine
 from service.dead_letters import WaitingCount
@@ -89,6 +90,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         queues=queues,
         metrics=metrics,
         dead_letters=WaitingCount(settings.dead_letter_path),
+        keys=KeyRing.from_settings(settings),
     )
     state.log.after_flush = lambda: _drain_quietly(state)
     metrics.add_collector(StateCollector(lambda: read_state(state)))
@@ -111,7 +113,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(sync_production, state)
     if state.predictor.current is None:
         log.warning("no production model in the registry: /predict answers 503 until one is")
-    if settings.review_overlap_share and settings.shared_review_keys:
+    if settings.review_overlap_share and state.keys.shared_review_keys():
         log.warning(
             "second opinions are on but some reviewer keys are shared: 'another reviewer' then "
             "means another declared name; issue personal keys (role/name:key) to make it a person"

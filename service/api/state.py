@@ -10,6 +10,7 @@ from redis import Redis
 from rq import Queue
 from sqlalchemy.engine import Engine
 
+from service.api_keys import KeyRing
 from service.config import Settings
 from service.dead_letters import WaitingCount
 from service.metrics import Metrics
@@ -41,6 +42,7 @@ class AppState:
     queues: Queues
     metrics: Metrics
     dead_letters: WaitingCount
+    keys: KeyRing
     model_errors: list[str] = field(default_factory=list)
     # When the watch loop next judges the served cut by the audit (time.monotonic()).
     next_recalibration: float = 0.0

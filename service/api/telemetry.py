@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def read_state(state: AppState) -> Iterator[Sample]:
     """Every scrape-time sample; the database and Redis parts each fail on their own."""
     yield from _serving(state)
+    yield from state.keys.samples()
     yield from _database(state)
     yield from _redis(state)
 

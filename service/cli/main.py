@@ -235,14 +235,14 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
     from service.logs import configure_logging
     from service.redis_server import EmbeddedRedis
 
-    port_free_or_exit(host, port)
-    if not os.environ.get("TAGFLOW_API_KEYS"):
+    if not os.environ.get("TAGFLOW_API_KEYS") and not os.environ.get("TAGFLOW_API_KEYS_FILE"):
         os.environ["TAGFLOW_DEV"] = "1"
         os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
         console.print("[yellow]development mode[/yellow]: no TAGFLOW_API_KEYS set; generated keys:")
         for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
             console.print(f"  {pair}")
     settings = settings_or_exit()
+    port_free_or_exit(host, port)
     configure_logging(settings)
     embedded = None
     if not settings.redis_url:

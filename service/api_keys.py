@@ -1,0 +1,130 @@
+"""The API keys a running service accepts, with the key file re-read while it runs.
+
+Keys in TAGFLOW_API_KEYS hold for the life of the process. Keys in TAGFLOW_API_KEYS_FILE can
+be issued, rotated and revoked without a restart: the file is read again at most once a second,
+on the next request that shows a key. A file that no longer reads or parses locks no one out
+and lets no one new in: the last good set stays in force, the error is logged once per change
+of the file, and /metrics shows it (`tagflow_api_keys_file_valid` 0, alert rule
+`TagflowApiKeyFileRejected`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from service.config import Caller, Role, Settings, read_key_file
+from service.metrics import Sample
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY_S = 1.0
+
+
+class KeyRing:
+    """Who holds each accepted key. `lookup` is the request path; `refresh` reads the file."""
+
+    def __init__(
+        self,
+        fixed: dict[str, Caller],
+        path: Path | None = None,
+        *,
+        check_every_s: float = CHECK_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._fixed = fixed
+        self._path = path
+        self._check_every_s = check_every_s
+        self._clock = clock
+        self._next_check = clock() + check_every_s
+        self._seen: bytes | None = None  # the file's content at the last read (None: unreadable)
+        self._keys = dict(fixed)
+        self.file_valid = True
+        self.reloads = 0  # the file read again after a change, and taken
+        self.rejections = 0  # ... and refused (the last good keys kept)
+        if path is not None:
+            # At start a bad file is an error (Settings has refused it already, with a message).
+            self._seen = path.read_bytes()
+            self._keys = {**fixed, **read_key_file(path, fixed=fixed)}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        return cls(settings.keys, settings.api_keys_file)
+
+    def lookup(self, key: str) -> Caller | None:
+        """Who holds `key`, or None for a key no one holds."""
+        if self._path is not None and self._clock() >= self._next_check:
+            # A read of a small local file, at most once a second: cheaper than handing the
+            # check to a thread, so it stays on the event loop.
+            self.refresh()
+        return self._keys.get(key)
+
+    def refresh(self) -> None:
+        """Read the key file now; take its keys if it changed and parses."""
+        if self._path is None:
+            return
+        self._next_check = self._clock() + self._check_every_s
+        try:
+            content: bytes | None = self._path.read_bytes()
+        except OSError:
+            content = None
+        if content == self._seen:
+            return
+        self._seen = content
+        try:
+            loaded = read_key_file(self._path, fixed=self._fixed)
+        except ValueError as exc:
+            self.file_valid = False
+            self.rejections += 1
+            log.error("API key file refused, the last good keys stay in force: %s", exc)
+            return
+        self._keys = {**self._fixed, **loaded}
+        self.file_valid = True
+        self.reloads += 1
+        roles = Counter(c.role.value for c in loaded.values())
+        log.info("API key file %s read again: %d keys %s", self._path, len(loaded), dict(roles))
+        if not self._keys:
+            log.warning("no API keys left: every request that needs one gets 401")
+
+    def callers(self) -> list[Caller]:
+        """Every key's holder (one entry per key)."""
+        return list(self._keys.values())
+
+    def shared_review_keys(self) -> bool:
+        """Whether some key that may review is shared by its role (names are then declared)."""
+        return any(c.name is None and c.role is not Role.CLIENT for c in self._keys.values())
+
+    def samples(self) -> Iterator[Sample]:
+        """What /metrics shows: keys by role, and whether the key file's last read was taken."""
+        by_role = Counter(c.role.value for c in self._keys.values())
+        for role in Role:
+            yield Sample(
+                "tagflow_api_keys",
+                "API keys accepted, by role",
+                by_role[role.value],
+                {"role": role.value},
+            )
+        # Served with no file too (always 1 then), so the alert rule's metric always exists.
+        yield Sample(
+            "tagflow_api_keys_file_valid",
+            "0 if the API key file's last change was refused (the old keys kept), else 1",
+            int(self.file_valid),
+            {},
+        )
+        yield Sample(
+            "tagflow_api_keys_file_reloads",
+            "Changes of the API key file taken",
+            self.reloads,
+            {},
+            True,
+        )
+        yield Sample(
+            "tagflow_api_keys_file_rejections",
+            "Changes of the API key file refused",
+            self.rejections,
+            {},
+            True,
+        )

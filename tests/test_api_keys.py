@@ -1,0 +1,165 @@
+"""The key ring: keys in the key file are issued, rotated and revoked while the service runs,
+and a file that stops parsing keeps the last good keys."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from service.api_keys import KeyRing
+from service.config import Caller, Role, parse_api_keys
+
+
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def ring(path: Path, clock: Clock, fixed: str = "admin:root") -> KeyRing:
+    return KeyRing(parse_api_keys(fixed), path, check_every_s=1.0, clock=clock)
+
+
+def test_file_keys_are_taken_with_the_fixed_ones(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "keys"
+    path.write_text("# reviewers\nreviewer/ann:k-ann\n\nclient:k-app, client/search:k-s\n")
+    keys = ring(path, clock)
+    assert keys.lookup("root") == Caller(Role.ADMIN)
+    assert keys.lookup("k-ann") == Caller(Role.REVIEWER, "ann")
+    assert keys.lookup("k-app") == Caller(Role.CLIENT)
+    assert keys.lookup("k-s") == Caller(Role.CLIENT, "search")
+    assert keys.lookup("# reviewers") is None
+
+
+def test_a_key_is_rotated_and_revoked_once_the_file_is_read_again(
+    tmp_path: Path, clock: Clock
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("reviewer/ann:old\nclient:app\n")
+    keys = ring(path, clock)
+    path.write_text("reviewer/ann:new\n")  # ann's key rotated, the client key revoked
+    clock.now += 0.5
+    assert keys.lookup("old") == Caller(Role.REVIEWER, "ann")  # not read again within a second
+    clock.now += 0.5
+    assert keys.lookup("old") is None
+    assert keys.lookup("new") == Caller(Role.REVIEWER, "ann")
+    assert keys.lookup("app") is None
+    assert keys.lookup("root") == Caller(Role.ADMIN)  # the fixed keys are not the file's
+    assert keys.reloads == 1
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["reviewer ann new", "boss:new", "client:dup\nadmin:dup", "admin:root", b"\xff\xfe"],
+    ids=["malformed", "unknown role", "listed twice", "a fixed key", "not UTF-8"],
+)
+def test_a_file_that_does_not_parse_keeps_the_last_good_keys(
+    tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture, bad: str | bytes
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text("reviewer/ann:k-ann\n")
+    keys = ring(path, clock)
+    if isinstance(bad, bytes):
+        path.write_bytes(bad)
+    else:
+        path.write_text(bad)
+    clock.now += 1
+    with caplog.at_level(logging.ERROR, logger="service.api_keys"):
+        assert keys.lookup("k-ann") == Caller(Role.REVIEWER, "ann")
+        clock.now += 1
+        keys.lookup("k-ann")  # the same bad content again: not logged twice
+    assert len(caplog.records) == 1
+    assert "last good keys stay" in caplog.records[0].getMessage()
+    assert not keys.file_valid
+    assert keys.rejections == 1
+    assert keys.lookup("new") is None and keys.lookup("dup") is None
+    path.write_text("reviewer/ann:k-ann2\n")  # fixed: taken at the next read
+    clock.now += 1
+    assert keys.lookup("k-ann2") == Caller(Role.REVIEWER, "ann")
+    assert keys.lookup("k-ann") is None
+    assert keys.file_valid
+
+
+def test_a_missing_file_keeps_the_last_good_keys(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "keys"
+    path.write_text("client:app\n")
+    keys = ring(path, clock)
+    path.unlink()
+    clock.now += 1
+    assert keys.lookup("app") == Caller(Role.CLIENT)
+    assert not keys.file_valid
+
+
+def test_an_empty_file_revokes_every_file_key(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "keys"
+    path.write_text("client:app\n")
+    keys = ring(path, clock, fixed="")
+    path.write_text("# everyone revoked\n")
+    clock.now += 1
+    assert keys.lookup("app") is None
+    assert keys.file_valid
+    assert keys.callers() == []
+
+
+def test_an_unchanged_file_is_not_parsed_again(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "keys"
+    path.write_text("client:app\n")
+    keys = ring(path, clock)
+    for _ in range(5):
+        clock.now += 1
+        keys.lookup("app")
+    assert keys.reloads == 0
+
+
+def test_without_a_file_the_fixed_keys_are_all(clock: Clock) -> None:
+    keys = KeyRing(parse_api_keys("client:app"), None, clock=clock)
+    clock.now += 10
+    assert keys.lookup("app") == Caller(Role.CLIENT)
+    values = {(s.name, s.labels.get("role")): s.value for s in keys.samples()}
+    assert values[("tagflow_api_keys", "client")] == 1
+    assert values[("tagflow_api_keys_file_valid", None)] == 1
+
+
+def test_samples_count_keys_by_role_and_the_file_state(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "keys"
+    path.write_text("client:a,client:b,reviewer/ann:c\n")
+    keys = ring(path, clock)
+    path.write_text("nonsense")
+    clock.now += 1
+    keys.lookup("a")
+    values = {(s.name, s.labels.get("role")): s.value for s in keys.samples()}
+    assert values == {
+        ("tagflow_api_keys", "client"): 2,
+        ("tagflow_api_keys", "reviewer"): 1,
+        ("tagflow_api_keys", "admin"): 1,
+        ("tagflow_api_keys_file_valid", None): 0,
+        ("tagflow_api_keys_file_reloads", None): 0,
+        ("tagflow_api_keys_file_rejections", None): 1,
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "shared"),
+    [
+        ("client:c,reviewer/ann:a,admin/root:r", False),
+        ("client:c,reviewer/ann:a,reviewer:r", True),
+        ("client:c,reviewer/ann:a,admin:r", True),  # admin keys may review too
+    ],
+)
+def test_shared_review_keys(tmp_path: Path, clock: Clock, raw: str, shared: bool) -> None:
+    assert KeyRing(parse_api_keys(raw)).shared_review_keys() is shared
+    # The same keys from the file count the same.
+    path = tmp_path / "keys"
+    path.write_text(raw.replace(",", "\n"))
+    assert ring(path, clock, fixed="").shared_review_keys() is shared
