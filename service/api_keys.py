@@ -10,7 +10,10 @@ of the file, and /metrics shows it (`tagflow_api_keys_file_valid` 0, alert rule
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -22,6 +25,31 @@ from service.metrics import Sample
 log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 1.0
+HASHED = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def hash_key(key: str) -> str:
+    """The entry form of `key`'s SHA-256: `sha256:<64 hex>`."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key(role: Role, name: str | None = None) -> tuple[str, str]:
+    """A fresh random key, and the key-file line that accepts it by its hash only."""
+    key = f"{role.value}-{secrets.token_urlsafe(24)}"
+    holder = f"{role.value}/{name}" if name else role.value
+    return key, f"{holder}:{hash_key(key)}"
+
+
+def _split(keys: dict[str, Caller]) -> tuple[dict[str, Caller], dict[str, Caller]]:
+    """Plain keys, and hashed ones by their hex digest."""
+    plain: dict[str, Caller] = {}
+    hashed: dict[str, Caller] = {}
+    for key, caller in keys.items():
+        if match := HASHED.fullmatch(key):
+            hashed[match.group(1)] = caller
+        else:
+            plain[key] = caller
+    return plain, hashed
 
 
 class KeyRing:
@@ -41,14 +69,17 @@ class KeyRing:
         self._clock = clock
         self._next_check = clock() + check_every_s
         self._seen: bytes | None = None  # the file's content at the last read (None: unreadable)
-        self._keys = dict(fixed)
+        self._keys: dict[str, Caller] = {}
+        self._plain: dict[str, Caller] = {}
+        self._hashed: dict[str, Caller] = {}
+        self._take(dict(fixed))
         self.file_valid = True
         self.reloads = 0  # the file read again after a change, and taken
         self.rejections = 0  # ... and refused (the last good keys kept)
         if path is not None:
             # At start a bad file is an error (Settings has refused it already, with a message).
             self._seen = path.read_bytes()
-            self._keys = {**fixed, **read_key_file(path, fixed=fixed)}
+            self._take({**fixed, **read_key_file(path, fixed=fixed)})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
@@ -60,7 +91,14 @@ class KeyRing:
             # A read of a small local file, at most once a second: cheaper than handing the
             # check to a thread, so it stays on the event loop.
             self.refresh()
-        return self._keys.get(key)
+        caller = self._plain.get(key)
+        if caller is None and self._hashed:
+            caller = self._hashed.get(hashlib.sha256(key.encode()).hexdigest())
+        return caller
+
+    def _take(self, keys: dict[str, Caller]) -> None:
+        self._plain, self._hashed = _split(keys)
+        self._keys = keys
 
     def refresh(self) -> None:
         """Read the key file now; take its keys if it changed and parses."""
@@ -81,7 +119,7 @@ class KeyRing:
             self.rejections += 1
             log.error("API key file refused, the last good keys stay in force: %s", exc)
             return
-        self._keys = {**self._fixed, **loaded}
+        self._take({**self._fixed, **loaded})
         self.file_valid = True
         self.reloads += 1
         roles = Counter(c.role.value for c in loaded.values())

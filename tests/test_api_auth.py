@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api_keys import hash_key
 from service.config import Settings
 from service.ml.training import TrainResult
 from tests.conftest import auth, auth_as, sqlite_app
@@ -76,7 +77,7 @@ def test_keys_in_the_key_file_change_without_a_restart(
     make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
 ) -> None:
     path = tmp_path / "keys"
-    path.write_text("reviewer/cat:cat-old\nclient/search:search-key\n")
+    path.write_text(f"reviewer/cat:cat-old\nclient/search:{hash_key('search-key')}\n")
     with sqlite_app(make_settings, tmp_path, shared_result, api_keys_file=path) as client:
         assert client.get("/whoami", headers=bearer("cat-old")).json()["name"] == "cat"
         assert client.post("/predict", json=ITEM, headers=bearer("search-key")).status_code == 200

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.api_keys import KeyRing
+from service.api_keys import KeyRing, hash_key, new_key
 from service.config import Caller, Role, parse_api_keys
 
 
@@ -163,3 +163,21 @@ def test_shared_review_keys(tmp_path: Path, clock: Clock, raw: str, shared: bool
     path = tmp_path / "keys"
     path.write_text(raw.replace(",", "\n"))
     assert ring(path, clock, fixed="").shared_review_keys() is shared
+
+
+def test_a_key_kept_by_its_hash_is_accepted_and_the_hash_is_not_a_key(
+    tmp_path: Path, clock: Clock
+) -> None:
+    key, line = new_key(Role.REVIEWER, "ann")
+    assert line == f"reviewer/ann:{hash_key(key)}" and key not in line
+    path = tmp_path / "keys"
+    path.write_text(f"{line}\nclient:plain-key\n")
+    keys = ring(path, clock, fixed=f"admin:{hash_key('root-key')}")
+    assert keys.lookup(key) == Caller(Role.REVIEWER, "ann")
+    assert keys.lookup("root-key") == Caller(Role.ADMIN)
+    assert keys.lookup("plain-key") == Caller(Role.CLIENT)
+    # Whoever reads the file (or the environment) learns hashes, and a hash opens nothing.
+    assert keys.lookup(hash_key(key)) is None
+    assert keys.lookup(hash_key("root-key")) is None
+    assert keys.lookup(hash_key(key).removeprefix("sha256:")) is None
+    assert sorted(c.role for c in keys.callers()) == sorted(Role)

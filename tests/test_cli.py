@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from service.api_keys import KeyRing
 from service.cli import app
-from service.config import SEED_DATASET
+from service.config import SEED_DATASET, Caller, Role
 
 
 def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
@@ -90,3 +91,16 @@ def test_up_runs_in_development_mode_only_without_keys(
     assert result.exit_code == 2 and "cannot listen" in result.output, result.output
     assert ("development mode" in result.output) is not key_file
     assert ("client:client-" in result.output) is not key_file  # a generated key, printed
+
+
+def test_keys_new_prints_a_key_and_the_line_that_accepts_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["keys", "new", "reviewer", "--name", "Ann Lee"])
+    assert result.exit_code == 0, result.output
+    key = result.output.split("key  (give it to its holder): ")[1].split()[0]
+    line = result.output.split("line (add it to the key file): ")[1].strip()
+    assert line.startswith("reviewer/Ann Lee:sha256:") and key not in line
+    path = tmp_path / "keys"
+    path.write_text(line + "\n")
+    assert KeyRing({}, path).lookup(key) == Caller(Role.REVIEWER, "Ann Lee")
+    for bad in (["reviewer", "--name", "a:b"], ["reviewer", "--name", " "], ["boss"]):
+        assert CliRunner().invoke(app, ["keys", "new", *bad]).exit_code == 2, bad

@@ -24,6 +24,7 @@ from service.cli.common import (
     settings_or_exit,
 )
 from service.cli.db import db_app
+from service.cli.keys import keys_app
 from service.cli.models import models_app
 from service.config import SEED_DATASET, Settings, generate_dev_keys
 from service.errors import TagflowError
@@ -35,6 +36,7 @@ app = typer.Typer(
 )
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
 TRAIN_STEPS = ["validate", "encode", "select", "fit", "evaluate", "register"]
 
 SUSPECTS_SHOWN = 10

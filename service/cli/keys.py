@@ -1,0 +1,35 @@
+"""`tagflow keys`: issue API keys for the key file, stored by their hash."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from service.api_keys import new_key
+from service.cli.common import console
+from service.config import MAX_NAME_CHARS, Role
+
+keys_app = typer.Typer(help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_help=True)
+
+
+@keys_app.command("new")
+def keys_new(
+    role: Annotated[Role, typer.Argument(help="client, reviewer or admin")],
+    name: Annotated[
+        str | None, typer.Option(help="whose key it is (a reviewer's name: a personal key)")
+    ] = None,
+) -> None:
+    """A new random key, and the line that accepts it: add the line to the key file (only the
+    key's SHA-256 is in it), and give the key to its holder; it is not shown again."""
+    if name is not None and not (name := name.strip()):
+        console.print("[red]error:[/red] --name is empty")
+        raise typer.Exit(2)
+    if name and (len(name) > MAX_NAME_CHARS or any(c in name for c in ",:/#\n")):
+        console.print(
+            f"[red]error:[/red] a name has up to {MAX_NAME_CHARS} characters, none of , : / #"
+        )
+        raise typer.Exit(2)
+    key, line = new_key(role, name)
+    console.print(f"key  (give it to its holder): {key}", highlight=False, soft_wrap=True)
+    console.print(f"line (add it to the key file): {line}", highlight=False, soft_wrap=True)
