@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 
 from service.config import EncoderKind
 from service.ml.dataset import load_dataset
@@ -81,3 +82,10 @@ def test_cache_returns_the_same_vector_without_running(encoder: Encoder) -> None
         np.testing.assert_array_equal(encoder.encode([text, text]), np.vstack([first, first]))
     finally:
         encoder._session = session
+
+
+def test_the_kind_may_be_given_by_name(encoder_dir: Path) -> None:
+    assert ensure_onnx(encoder_dir, "onnx-int8").name == "minilm-fused-int8.onnx"  # type: ignore[arg-type]
+    assert ensure_onnx(encoder_dir, "onnx-fp32").name == "minilm-fused.onnx"  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ensure_onnx(encoder_dir, "int8")  # type: ignore[arg-type]

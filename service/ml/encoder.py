@@ -115,7 +115,9 @@ _export_lock = threading.Lock()
 
 def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
     """Path of the ONNX file for `kind`, exporting it first if it is not there yet."""
-    name = INT8_FILE if kind is EncoderKind.ONNX_INT8 else FP32_FILE
+    # Through the enum: a plain "onnx-int8" from a script would fail an identity test and
+    # silently get fp32; an unknown name is a ValueError.
+    name = INT8_FILE if EncoderKind(kind) is EncoderKind.ONNX_INT8 else FP32_FILE
     path = encoder_dir / name
     with _export_lock:
         if not path.exists():
