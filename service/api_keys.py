@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from service.config import Caller, Role, Settings, read_key_file
+from service.config import Caller, Role, Settings, parse_key_file
 from service.metrics import Sample
 
 log = logging.getLogger(__name__)
@@ -69,17 +69,15 @@ class KeyRing:
         self._clock = clock
         self._next_check = clock() + check_every_s
         self._seen: bytes | None = None  # the file's content at the last read (None: unreadable)
-        self._keys: dict[str, Caller] = {}
-        self._plain: dict[str, Caller] = {}
-        self._hashed: dict[str, Caller] = {}
-        self._take(dict(fixed))
         self.file_valid = True
         self.reloads = 0  # the file read again after a change, and taken
         self.rejections = 0  # ... and refused (the last good keys kept)
+        loaded: dict[str, Caller] = {}
         if path is not None:
             # At start a bad file is an error (Settings has refused it already, with a message).
             self._seen = path.read_bytes()
-            self._take({**fixed, **read_key_file(path, fixed=fixed)})
+            loaded = parse_key_file(self._seen, path=path, fixed=fixed)
+        self._take({**fixed, **loaded})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
@@ -105,15 +103,18 @@ class KeyRing:
         if self._path is None:
             return
         self._next_check = self._clock() + self._check_every_s
+        unreadable: OSError | None = None
         try:
-            content: bytes | None = self._path.read_bytes()
-        except OSError:
-            content = None
+            content: bytes | None = self._path.read_bytes()  # parsed as read: one read a change
+        except OSError as exc:
+            content, unreadable = None, exc
         if content == self._seen:
             return
         self._seen = content
         try:
-            loaded = read_key_file(self._path, fixed=self._fixed)
+            if content is None:
+                raise ValueError(f"cannot read the API key file {self._path}: {unreadable}")
+            loaded = parse_key_file(content, path=self._path, fixed=self._fixed)
         except ValueError as exc:
             self.file_valid = False
             self.rejections += 1

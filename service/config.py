@@ -87,11 +87,20 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
 
 
 def read_key_file(path: Path, *, fixed: dict[str, Caller]) -> dict[str, Caller]:
-    """The keys in the API key file (entries as in `parse_api_keys`), refused if one of them is
-    also among the `fixed` keys of TAGFLOW_API_KEYS: one key, one holder."""
+    """The keys in the API key file at `path` (see `parse_key_file`)."""
     try:
-        raw = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        content = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read the API key file {path}: {exc}") from None
+    return parse_key_file(content, path=path, fixed=fixed)
+
+
+def parse_key_file(content: bytes, *, path: Path, fixed: dict[str, Caller]) -> dict[str, Caller]:
+    """The keys in the API key file's `content` (entries as in `parse_api_keys`), refused if
+    one of them is also among the `fixed` keys of TAGFLOW_API_KEYS: one key, one holder."""
+    try:
+        raw = content.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ValueError(f"cannot read the API key file {path}: {exc}") from None
     keys = parse_api_keys(raw, source=str(path))
     if clash := keys.keys() & fixed.keys():
