@@ -14,10 +14,11 @@ from rq import Queue
 from sqlmodel import Session
 
 from service.config import Settings
+from service.jobs import enqueue_job
 from service.ml import registry
 from service.ml.compare import Contender, compare_versions
 from service.ml.encoder import Encoder
-from service.retraining import build_training_sets, enqueue_job
+from service.retraining import build_training_sets
 from service.tags import TagSet
 
 COMPARE_JOB = "workers.training_jobs.compare"

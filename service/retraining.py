@@ -5,8 +5,8 @@ candidate and the production model are both scored on it and compared by
 `service.ml.gate.apply_gate`. A passing candidate is promoted when `auto_promote` is on;
 otherwise it waits for `POST /models/{version}/promote`.
 
-Also here: enqueueing retraining on RQ (by hand, or automatically after enough new labels)
-and reading a job's state.
+Also here: queueing retraining on RQ, by hand or automatically after enough new labels
+(`service.jobs` reads a job's state).
 """
 
 from __future__ import annotations
@@ -14,38 +14,33 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
-from rq.exceptions import DuplicateJobError, NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.exceptions import DuplicateJobError
 from sqlmodel import Session
 
 from service.config import Settings
 from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
-from service.entities import Label
+from service.entities import Label, ModelVersion
 from service.entities.common import utcnow
-from service.errors import InvalidInputError, NotFoundError, UnavailableError
+from service.errors import InvalidInputError
+from service.jobs import JOB_TIMEOUT_S, enqueue_job
 from service.ml import registry
 from service.ml.dataset import DatasetError, Example, check_leakage, examples_hash
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, review_suspects
-from service.ml.training import Progress, evaluate, train
+from service.ml.training import Progress, TrainResult, evaluate, train
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
 
 RETRAIN_JOB = "workers.training_jobs.retrain"
 AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
-JOB_TIMEOUT_S = 30 * 60
-RESULT_TTL_S = 7 * 24 * 3600
 # The automatic job has a fixed id and RQ refuses a second one while it exists: it exists
 # while queued or running, a few minutes after finishing, and an hour after failing (so a
 # broken setup is retried hourly, not every watch tick).
@@ -150,44 +145,43 @@ def _promote_if_allowed(
     return True, "gate passed: promoted"
 
 
-def retrain(
-    session: Session,
+def _gate(
+    production: ModelVersion | None,
     *,
-    settings: Settings,
-    tags: TagSet,
+    result: TrainResult,
+    sets: TrainingSets,
     encoder: Encoder,
-    reason: str = "manual",
-    progress: Progress = lambda _step: None,
-) -> dict[str, Any]:
-    """Train a candidate on base data plus labels, gate it against production, register it
-    with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
-    summary."""
-    production = registry.get_production(session)
-    before = production.version if production is not None else None
-    progress("data")
-    sets = build_training_sets(session, settings=settings, tags=tags)
-    result = train(
-        sets.train,
-        sets.evaluation,
-        encoder=encoder,
-        target_precision=settings.target_precision,
-        progress=progress,
-    )
-    result.params |= {"source": str(sets.source.resolve()), "reason": reason}
-    progress("gate")
+    target: float,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Score production (as it was when training began) on the candidate's frozen evaluation
+    set and apply the gate; returns the gate report, with what it judged, and production's
+    metrics."""
     prod_metrics = (
         evaluate(registry.load_model(production), encoder, sets.evaluation)
         if production is not None
         else None
     )
-    gate = apply_gate(result.metrics, prod_metrics, target_precision=settings.target_precision)
+    gate = apply_gate(result.metrics, prod_metrics, target_precision=target)
     gate |= {
-        "production_version": before,
+        "production_version": production.version if production is not None else None,
         "eval_rows": len(sets.evaluation),
         "eval_hash": examples_hash(sets.evaluation),
         "production": summary(prod_metrics),
     }
-    progress("register")
+    return gate, prod_metrics
+
+
+def _register(
+    session: Session,
+    *,
+    result: TrainResult,
+    sets: TrainingSets,
+    settings: Settings,
+    gate: dict[str, Any],
+    reason: str,
+) -> tuple[int | None, str]:
+    """Record the data snapshot and register the candidate with it; returns (snapshot id,
+    version)."""
     snapshot = snapshots_crud.create_snapshot(
         session,
         base_hash=sets.base_hash,
@@ -204,82 +198,68 @@ def retrain(
         gate=gate,
         note=f"retrain ({reason})",
     )
-    checks = review_suspects(session, result=result, version=row.version, settings=settings)
-    promoted, outcome = _promote_if_allowed(
-        session, settings=settings, version=row.version, passed=gate["passed"], before=before
-    )
-    log.info("retrain (%s): %s %s", reason, row.version, outcome)
+    return snapshot.id, row.version
+
+
+def _sets_summary(sets: TrainingSets) -> dict[str, int]:
     return {
-        "candidate": row.version,
-        "promoted": promoted,
-        "outcome": outcome,
-        "production_before": before,
-        "reason": reason,
-        "snapshot_id": snapshot.id,
-        "gate_passed": gate["passed"],
-        "failed_checks": gate["failed"],
-        "checks": gate["checks"],
         "train_rows": len(sets.train),
         "eval_rows": len(sets.evaluation),
         "train_labels": len(sets.train_label_ids),
         "holdout_labels": len(sets.holdout_label_ids),
         "replaced_base_rows": sets.replaced_base_rows,
+    }
+
+
+def retrain(
+    session: Session,
+    *,
+    settings: Settings,
+    tags: TagSet,
+    encoder: Encoder,
+    reason: str = "manual",
+    progress: Progress = lambda _step: None,
+) -> dict[str, Any]:
+    """Train a candidate on base data plus labels, gate it against production, register it
+    with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
+    summary."""
+    production = registry.get_production(session)
+    before = production.version if production is not None else None
+    progress("data")
+    sets = build_training_sets(session, settings=settings, tags=tags)
+    target = settings.target_precision
+    result = train(
+        sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
+    )
+    result.params |= {"source": str(sets.source.resolve()), "reason": reason}
+    progress("gate")
+    gate, prod_metrics = _gate(production, result=result, sets=sets, encoder=encoder, target=target)
+    progress("register")
+    snapshot_id, version = _register(
+        session, result=result, sets=sets, settings=settings, gate=gate, reason=reason
+    )
+    checks = review_suspects(session, result=result, version=version, settings=settings)
+    promoted, outcome = _promote_if_allowed(
+        session, settings=settings, version=version, passed=gate["passed"], before=before
+    )
+    log.info("retrain (%s): %s %s", reason, version, outcome)
+    return {
+        "candidate": version,
+        "promoted": promoted,
+        "outcome": outcome,
+        "production_before": before,
+        "reason": reason,
+        "snapshot_id": snapshot_id,
+        "gate_passed": gate["passed"],
+        "failed_checks": gate["failed"],
+        "checks": gate["checks"],
+        **_sets_summary(sets),
         "label_checks_sent": checks,
         "metrics": {"candidate": summary(result.metrics), "production": summary(prod_metrics)},
     }
 
 
-# --- RQ jobs -------------------------------------------------------------------------------
-
-
-class JobState(StrEnum):
-    """A job's state as the API reports it (RQ's finer states folded into these four)."""
-
-    QUEUED = "queued"
-    STARTED = "started"
-    FINISHED = "finished"
-    FAILED = "failed"
-
-
-class JobAccepted(BaseModel):
-    """The answer to a request that queued a job."""
-
-    job_id: str
-
-
-class JobPublic(BaseModel):
-    """A background job as the API reports it."""
-
-    job_id: str
-    status: JobState
-    result: Any = None
-    error: str | None = None
-
-
-_STATES = {
-    JobStatus.STARTED: JobState.STARTED,
-    JobStatus.FINISHED: JobState.FINISHED,
-    JobStatus.FAILED: JobState.FAILED,
-    JobStatus.STOPPED: JobState.FAILED,
-    JobStatus.CANCELED: JobState.FAILED,
-}
-
-
-def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
-    """Queue a job whose result is kept a week (GET /jobs/{id}); UnavailableError without
-    Redis."""
-    try:
-        job = queue.enqueue(
-            func,
-            *args,
-            job_timeout=JOB_TIMEOUT_S,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=RESULT_TTL_S,
-            description=description,
-        )
-    except RedisError as exc:
-        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
-    return job.id
+# --- queueing retraining ------------------------------------------------------------------
 
 
 def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
@@ -315,22 +295,3 @@ def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Q
         return None
     log.info("%d new labels since the last snapshot: automatic retraining queued", new_labels)
     return AUTO_RETRAIN_JOB_ID
-
-
-def _error(job: Job) -> str | None:
-    lines = [line for line in (job.exc_info or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "the job failed without an error message"
-
-
-def job_public(connection: Redis, *, job_id: str) -> JobPublic:
-    """The state of a job; NotFoundError for unknown (or expired) ids."""
-    try:
-        job = Job.fetch(job_id, connection=connection)
-        state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
-        result = job.return_value() if state is JobState.FINISHED else None
-        error = _error(job) if state is JobState.FAILED else None
-    except NoSuchJobError:
-        raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
-    except RedisError as exc:
-        raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
-    return JobPublic(job_id=job_id, status=state, result=result, error=error)

@@ -34,6 +34,13 @@ def read_state(state: AppState) -> Iterator[Sample]:
 
 
 def _serving(state: AppState) -> Iterator[Sample]:
+    """The models served, what the micro-batcher did, and the write-behind log."""
+    yield from _models(state)
+    yield from _scoring(state)
+    yield from _write_behind(state)
+
+
+def _models(state: AppState) -> Iterator[Sample]:
     for role, loaded in (
         ("production", state.predictor.current),
         ("shadow", state.predictor.shadow),
@@ -47,6 +54,15 @@ def _serving(state: AppState) -> Iterator[Sample]:
                 loaded.accept_at,
                 labels,
             )
+    yield Sample(
+        "tagflow_model_errors",
+        "Model versions refused at load (bad checksum, unapproved tags) since start",
+        len(state.model_errors),
+        {},
+    )
+
+
+def _scoring(state: AppState) -> Iterator[Sample]:
     stats = state.batcher.stats
     yield Sample("tagflow_scored_items", "Items scored by the micro-batcher", stats.items, {}, True)
     yield Sample(
@@ -67,6 +83,9 @@ def _serving(state: AppState) -> Iterator[Sample]:
     yield Sample(
         "tagflow_refused_items", "Items in the refused requests", stats.refused_items, {}, True
     )
+
+
+def _write_behind(state: AppState) -> Iterator[Sample]:
     yield Sample(
         "tagflow_prediction_log_buffered",
         "Predictions answered but not yet written to the database (write-behind buffer)",
@@ -98,12 +117,6 @@ def _serving(state: AppState) -> Iterator[Sample]:
         "tagflow_prediction_log_dead_letters_waiting",
         "Refused predictions in the dead-letter file, waiting for `tagflow db replay-dead-letters`",
         state.dead_letters(),
-        {},
-    )
-    yield Sample(
-        "tagflow_model_errors",
-        "Model versions refused at load (bad checksum, unapproved tags) since start",
-        len(state.model_errors),
         {},
     )
 

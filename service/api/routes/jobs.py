@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.api.deps import AdminKey, JobId, StateDep
-from service.retraining import JobPublic, job_public
+from service.jobs import JobPublic, job_public
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 

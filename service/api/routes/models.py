@@ -18,8 +18,9 @@ from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
 from service.entities.common import StorableStr
 from service.errors import NotFoundError
+from service.jobs import JobAccepted
 from service.ml import registry
-from service.retraining import JobAccepted, enqueue_retrain
+from service.retraining import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
 

@@ -1,0 +1,91 @@
+"""Background jobs as the API sees them: queueing one with a kept result, and reading its state.
+
+The jobs themselves are plain functions in `workers/`; the API queues them by dotted name, so
+it never imports PyTorch or training code to do so.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from redis import Redis
+from redis.exceptions import RedisError
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from service.errors import NotFoundError, UnavailableError
+
+JOB_TIMEOUT_S = 30 * 60
+RESULT_TTL_S = 7 * 24 * 3600
+
+
+class JobState(StrEnum):
+    """A job's state as the API reports it (RQ's finer states folded into these four)."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+class JobAccepted(BaseModel):
+    """The answer to a request that queued a job."""
+
+    job_id: str
+
+
+class JobPublic(BaseModel):
+    """A background job as the API reports it."""
+
+    job_id: str
+    status: JobState
+    result: Any = None
+    error: str | None = None
+
+
+_STATES = {
+    JobStatus.STARTED: JobState.STARTED,
+    JobStatus.FINISHED: JobState.FINISHED,
+    JobStatus.FAILED: JobState.FAILED,
+    JobStatus.STOPPED: JobState.FAILED,
+    JobStatus.CANCELED: JobState.FAILED,
+}
+
+
+def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
+    """Queue a job whose result is kept a week (GET /jobs/{id}); UnavailableError without
+    Redis."""
+    try:
+        job = queue.enqueue(
+            func,
+            *args,
+            job_timeout=JOB_TIMEOUT_S,
+            result_ttl=RESULT_TTL_S,
+            failure_ttl=RESULT_TTL_S,
+            description=description,
+        )
+    except RedisError as exc:
+        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
+    return job.id
+
+
+def _error(job: Job) -> str | None:
+    lines = [line for line in (job.exc_info or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "the job failed without an error message"
+
+
+def job_public(connection: Redis, *, job_id: str) -> JobPublic:
+    """The state of a job; NotFoundError for unknown (or expired) ids."""
+    try:
+        job = Job.fetch(job_id, connection=connection)
+        state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
+        result = job.return_value() if state is JobState.FINISHED else None
+        error = _error(job) if state is JobState.FAILED else None
+    except NoSuchJobError:
+        raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
+    except RedisError as exc:
+        raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
+    return JobPublic(job_id=job_id, status=state, result=result, error=error)

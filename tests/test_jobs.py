@@ -1,0 +1,56 @@
+"""Queueing a background job and reading its state, on the real Redis with a real RQ worker.
+
+The jobs here are standard-library functions, queued by dotted name as the API queues
+`workers.*`: what is under test is the queueing and the state, not a job's work.
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from rq import Queue, SimpleWorker
+from rq.job import Job
+
+from service.errors import NotFoundError, UnavailableError
+from service.jobs import RESULT_TTL_S, JobState, enqueue_job, job_public
+
+
+def work(queue: Queue) -> None:
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+
+
+def test_a_queued_job_then_its_result(redis_conn: redis.Redis) -> None:
+    queue = Queue("jobs-test", connection=redis_conn)
+    job_id = enqueue_job(queue, "posixpath.basename", "/data/seed.csv", description="basename")
+    queued = job_public(redis_conn, job_id=job_id)
+    assert (queued.status, queued.result, queued.error) == (JobState.QUEUED, None, None)
+    job = Job.fetch(job_id, connection=redis_conn)
+    assert job.description == "basename" and job.result_ttl == RESULT_TTL_S
+
+    work(queue)
+    done = job_public(redis_conn, job_id=job_id)
+    assert (done.status, done.result, done.error) == (JobState.FINISHED, "seed.csv", None)
+
+
+def test_a_failed_job_reports_the_last_line_of_its_error(redis_conn: redis.Redis) -> None:
+    queue = Queue("jobs-test", connection=redis_conn)
+    job_id = enqueue_job(queue, "math.sqrt", "nine", description="sqrt")
+    work(queue)
+    failed = job_public(redis_conn, job_id=job_id)
+    assert failed.status is JobState.FAILED and failed.result is None
+    assert failed.error is not None and failed.error.startswith("TypeError:")
+    assert "\n" not in failed.error
+
+
+def test_an_unknown_job_is_not_found(redis_conn: redis.Redis) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"):
+        job_public(redis_conn, job_id="no-such-job")
+
+
+def test_without_redis_queueing_and_reading_are_unavailable() -> None:
+    # Port 1 is never a Redis: the connection is refused at once.
+    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    with pytest.raises(UnavailableError, match="not queued"):
+        enqueue_job(Queue("jobs-test", connection=down), "math.sqrt", "4", description="sqrt")
+    with pytest.raises(UnavailableError, match="state unknown"):
+        job_public(down, job_id="any")
