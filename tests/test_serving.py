@@ -218,3 +218,72 @@ def test_requests_beyond_the_waiting_bound_are_refused_until_it_clears(
     assert isinstance(singles[-1], OverloadedError)
     assert refused == 2  # refused at once, while everything else still waited
     assert isinstance(after[0], list) and refused_items == 18 + 1  # cleared: admitted again
+
+
+def test_a_request_that_finds_the_service_idle_does_not_wait_out_the_window(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    predictor = _predictor(GatedEncoder(encoder), tags, shared_result)
+
+    async def scenario() -> list[object]:
+        # A 60 s window: waiting it out would fail the 10 s bound below.
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=60_000, threads=2)
+        batcher.start()
+        answers = [await asyncio.wait_for(batcher.predict([t]), 10) for t in texts["fast"][:3]]
+        answers.append(await asyncio.wait_for(batcher.predict(texts["slow"][:2]), 10))
+        await batcher.stop()
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert [len(a) for a in answers] == [1, 1, 1, 2]
+
+
+def test_while_others_are_scored_a_request_waits_for_batch_mates(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """The window is for load: with a request in flight, the next one waits up to `wait_ms`
+    for company, and one arriving in that time joins its batch."""
+    predictor = RecordingPredictor(GatedEncoder(encoder, open_=False), tags)
+    predictor.swap(LoadedModel("v-test", shared_result.model))
+    predictor.gate.set()  # triage runs freely; the encoder is closed
+    slow, fast = texts["slow"][0], texts["fast"][:2]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=2_000, threads=2)
+        batcher.start()
+        held = asyncio.create_task(batcher.predict([slow]))  # in flight: its encode waits
+        await asyncio.sleep(0.2)
+        first = asyncio.create_task(batcher.predict([fast[0]]))
+        await asyncio.sleep(0.2)  # well inside the window
+        second = asyncio.create_task(batcher.predict([fast[1]]))
+        answers = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert not held.done() and all(len(a) == 1 for a in answers)
+        predictor.encoder.gate.set()
+        await asyncio.wait_for(held, 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert predictor.calls == [[slow], fast]
+
+
+def test_after_a_batch_of_several_the_next_request_waits_for_its_callers(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """Callers answered together send again together: the first to come back, finding the
+    service idle, still waits for the others rather than being triaged alone."""
+    predictor = RecordingPredictor(encoder, tags)
+    predictor.swap(LoadedModel("v-test", shared_result.model))
+    predictor.gate.set()
+    together, first, second = texts["fast"][:3], texts["fast"][3], texts["fast"][4]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=2_000, threads=2)
+        batcher.start()
+        await asyncio.wait_for(asyncio.gather(*(batcher.predict([t]) for t in together)), 10)
+        back = asyncio.create_task(batcher.predict([first]))
+        await asyncio.sleep(0.2)  # well inside the window
+        await asyncio.wait_for(asyncio.gather(back, batcher.predict([second])), 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert predictor.calls == [together, [first, second]]
