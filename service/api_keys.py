@@ -5,7 +5,7 @@ be issued, rotated and revoked without a restart: the file is read again at most
 on the next request that shows a key. A file that no longer reads or parses locks no one out
 and lets no one new in: the last good set stays in force, the error is logged once per change
 of the file, and /metrics shows it (`tagflow_api_keys_file_valid` 0, alert rule
-`TagflowApiKeyFileRejected`).
+`TagflowApiKeyFileRefused`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 CHECK_EVERY_S = 1.0
 HASHED = re.compile(r"sha256:([0-9a-f]{64})")
+FINGERPRINT_HEX = 12  # of the key's SHA-256: names a key in /metrics without giving it away
 
 
 def hash_key(key: str) -> str:
@@ -38,6 +39,14 @@ def new_key(role: Role, name: str | None = None) -> tuple[str, str]:
     key = f"{role.value}-{secrets.token_urlsafe(24)}"
     holder = f"{role.value}/{name}" if name else role.value
     return key, f"{holder}:{hash_key(key)}"
+
+
+def fingerprint(key: str) -> str:
+    """How /metrics names a key: the start of its SHA-256 (of a hashed entry: the start of the
+    hash it holds), `printf %s KEY | sha256sum | cut -c1-12`."""
+    if match := HASHED.fullmatch(key):
+        return match.group(1)[:FINGERPRINT_HEX]
+    return hashlib.sha256(key.encode()).hexdigest()[:FINGERPRINT_HEX]
 
 
 def _split(keys: dict[str, Caller]) -> tuple[dict[str, Caller], dict[str, Caller]]:
@@ -62,11 +71,16 @@ class KeyRing:
         *,
         check_every_s: float = CHECK_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._fixed = fixed
         self._path = path
         self._check_every_s = check_every_s
         self._clock = clock
+        self._wall_clock = wall_clock
+        # When each key (by fingerprint) last opened a request, in this process: a key unused
+        # for months is one to revoke. Kept across reloads, so a rotation does not reset it.
+        self._last_used: dict[str, float] = {}
         self._next_check = clock() + check_every_s
         self._seen: bytes | None = None  # the file's content at the last read (None: unreadable)
         self.file_valid = True
@@ -90,13 +104,19 @@ class KeyRing:
             # check to a thread, so it stays on the event loop.
             self.refresh()
         caller = self._plain.get(key)
+        digest = None
         if caller is None and self._hashed:
-            caller = self._hashed.get(hashlib.sha256(key.encode()).hexdigest())
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            caller = self._hashed.get(digest)
+        if caller is not None:
+            used = digest[:FINGERPRINT_HEX] if digest else self._fingerprints[key]
+            self._last_used[used] = self._wall_clock()
         return caller
 
     def _take(self, keys: dict[str, Caller]) -> None:
         self._plain, self._hashed = _split(keys)
         self._keys = keys
+        self._fingerprints = {key: fingerprint(key) for key in keys}
 
     def refresh(self) -> None:
         """Read the key file now; take its keys if it changed and parses."""
@@ -137,7 +157,8 @@ class KeyRing:
         return any(c.name is None and c.role is not Role.CLIENT for c in self._keys.values())
 
     def samples(self) -> Iterator[Sample]:
-        """What /metrics shows: keys by role, and whether the key file's last read was taken."""
+        """What /metrics shows: keys by role, when each key was last used, and whether the key
+        file's last read was taken."""
         by_role = Counter(c.role.value for c in self._keys.values())
         for role in Role:
             yield Sample(
@@ -145,6 +166,14 @@ class KeyRing:
                 "API keys accepted, by role",
                 by_role[role.value],
                 {"role": role.value},
+            )
+        for key, caller in self._keys.items():
+            used = self._fingerprints[key]
+            yield Sample(
+                "tagflow_api_key_last_used_timestamp_seconds",
+                "When the key last opened a request in this process (0: not since it started)",
+                self._last_used.get(used, 0.0),
+                {"key": used, "role": caller.role.value, "name": caller.name or ""},
             )
         # Served with no file too (always 1 then), so the alert rule's metric always exists.
         yield Sample(

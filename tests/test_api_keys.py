@@ -3,12 +3,13 @@ and a file that stops parsing keeps the last good keys."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
 import pytest
 
-from service.api_keys import KeyRing, hash_key, new_key
+from service.api_keys import KeyRing, fingerprint, hash_key, new_key
 from service.config import Caller, Role, parse_api_keys
 
 
@@ -138,7 +139,11 @@ def test_samples_count_keys_by_role_and_the_file_state(tmp_path: Path, clock: Cl
     path.write_text("nonsense")
     clock.now += 1
     keys.lookup("a")
-    values = {(s.name, s.labels.get("role")): s.value for s in keys.samples()}
+    values = {
+        (s.name, s.labels.get("role")): s.value
+        for s in keys.samples()
+        if s.name != "tagflow_api_key_last_used_timestamp_seconds"  # per key, tested below
+    }
     assert values == {
         ("tagflow_api_keys", "client"): 2,
         ("tagflow_api_keys", "reviewer"): 1,
@@ -181,3 +186,47 @@ def test_a_key_kept_by_its_hash_is_accepted_and_the_hash_is_not_a_key(
     assert keys.lookup(hash_key("root-key")) is None
     assert keys.lookup(hash_key(key).removeprefix("sha256:")) is None
     assert sorted(c.role for c in keys.callers()) == sorted(Role)
+
+
+def test_each_key_shows_when_it_last_opened_a_request(tmp_path: Path, clock: Clock) -> None:
+    """By a fingerprint an admin can match to the key file's line, kept across a reload."""
+    ann, ann_line = new_key(Role.REVIEWER, "ann")
+    path = tmp_path / "keys"
+    path.write_text(f"{ann_line}\nclient:plain-key\n")
+    wall = Clock()
+    keys = KeyRing(parse_api_keys("admin:root"), path, clock=clock, wall_clock=wall)
+
+    def last_used() -> dict[tuple[str, str, str], float]:
+        return {
+            (s.labels["key"], s.labels["role"], s.labels["name"]): s.value
+            for s in keys.samples()
+            if s.name == "tagflow_api_key_last_used_timestamp_seconds"
+        }
+
+    ann_fp = ann_line.split("sha256:")[1][:12]
+    plain_fp = hashlib.sha256(b"plain-key").hexdigest()[:12]
+    root_fp = fingerprint("root")
+    assert fingerprint(ann) == fingerprint(hash_key(ann)) == ann_fp
+    assert last_used() == {
+        (ann_fp, "reviewer", "ann"): 0.0,
+        (plain_fp, "client", ""): 0.0,
+        (root_fp, "admin", ""): 0.0,
+    }
+    wall.now = 1_800_000_000.0
+    keys.lookup(ann)
+    wall.now += 60
+    keys.lookup("plain-key")
+    assert keys.lookup("unknown") is None and keys.lookup(hash_key(ann)) is None
+    assert last_used() == {
+        (ann_fp, "reviewer", "ann"): 1_800_000_000.0,
+        (plain_fp, "client", ""): 1_800_000_060.0,
+        (root_fp, "admin", ""): 0.0,
+    }
+    # The plain key is revoked and ann's kept: her time survives the reload, his key is gone.
+    path.write_text(f"{ann_line}\n")
+    clock.now += 1
+    keys.lookup("root")
+    assert last_used() == {
+        (ann_fp, "reviewer", "ann"): 1_800_000_000.0,
+        (root_fp, "admin", ""): 1_800_000_060.0,
+    }
