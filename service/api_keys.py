@@ -79,7 +79,7 @@ class KeyRing:
         self._clock = clock
         self._wall_clock = wall_clock
         # When each key (by fingerprint) last opened a request, in this process: a key unused
-        # for months is one to revoke. Kept across reloads, so a rotation does not reset it.
+        # for months is one to revoke. Kept across reloads: editing one line resets no other key.
         self._last_used: dict[str, float] = {}
         self._next_check = clock() + check_every_s
         self._seen: bytes | None = None  # the file's content at the last read (None: unreadable)

@@ -1,7 +1,7 @@
 """Background jobs as the API sees them: queueing one with a kept result, and reading its state.
 
-The jobs themselves are plain functions in `workers/`; the API queues them by dotted name, so
-it never imports PyTorch or training code to do so.
+The jobs themselves are plain functions in `workers/`, queued by dotted name: the API
+process never imports the worker modules, and a job runs with the worker's context.
 """
 
 from __future__ import annotations

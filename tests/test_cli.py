@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from service.api_keys import KeyRing
+from service.api_keys import KeyRing, fingerprint, new_key
 from service.cli import app
 from service.config import SEED_DATASET, Caller, Role
 
@@ -104,3 +104,28 @@ def test_keys_new_prints_a_key_and_the_line_that_accepts_it(tmp_path: Path) -> N
     assert KeyRing({}, path).lookup(key) == Caller(Role.REVIEWER, "Ann Lee")
     for bad in (["reviewer", "--name", "a:b"], ["reviewer", "--name", " "], ["boss"]):
         assert CliRunner().invoke(app, ["keys", "new", *bad]).exit_code == 2, bad
+
+
+def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
+    ann, ann_line = new_key(Role.REVIEWER, "ann")
+    path = tmp_path / "keys"
+    path.write_text(f"# reviewers\n{ann_line}\nclient/search:plain-client-key-1\n")
+    env = {
+        "TAGFLOW_API_KEYS": "admin:admin-key-in-env",
+        "TAGFLOW_API_KEYS_FILE": str(path),
+        "COLUMNS": "200",  # rich wraps narrower tables
+    }
+    listed = CliRunner().invoke(app, ["keys", "list"], env=env)
+    assert listed.exit_code == 0, listed.output
+    rows = [line.split("│")[1:-1] for line in listed.output.splitlines() if line.count("│") == 6]
+    assert [[cell.strip() for cell in row] for row in rows] == [
+        [fingerprint("admin-key-in-env"), "admin", "", "key", "TAGFLOW_API_KEYS"],
+        [fingerprint(ann), "reviewer", "ann", "sha256", str(path)],
+        [fingerprint("plain-client-key-1"), "client", "search", "key", str(path)],
+    ]
+    for secret in ("admin-key-in-env", "plain-client-key-1", ann):
+        assert secret not in listed.output
+    # A file the service would refuse is refused here too, with the reason.
+    path.write_text(f"{ann_line}\n{ann_line}\n")
+    refused = CliRunner().invoke(app, ["keys", "list"], env=env)
+    assert refused.exit_code == 2 and "listed twice" in refused.output

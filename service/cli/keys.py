@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
-from service.api_keys import new_key
-from service.cli.common import console
+from service.api_keys import HASHED, fingerprint, new_key
+from service.cli.common import console, settings_or_exit
 from service.config import MAX_NAME_CHARS, Role
 
 keys_app = typer.Typer(help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_help=True)
@@ -33,3 +34,24 @@ def keys_new(
     key, line = new_key(role, name)
     console.print(f"key  (give it to its holder): {key}", highlight=False, soft_wrap=True)
     console.print(f"line (add it to the key file): {line}", highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """The keys the service would accept now (TAGFLOW_API_KEYS, and the key file as it reads
+    now), each by its fingerprint: the `key` label of
+    tagflow_api_key_last_used_timestamp_seconds. No key is shown. A key file the service would
+    refuse is an error here too (exit 2, with the reason), so run this after an edit."""
+    settings = settings_or_exit()
+    sources = [("TAGFLOW_API_KEYS", settings.keys)]
+    if settings.api_keys_file is not None:
+        sources.append((str(settings.api_keys_file), settings.file_keys()))
+    table = Table("fingerprint", "role", "name", "kept as", "from")
+    for source, keys in sources:
+        for key, caller in keys.items():
+            kept = "sha256" if HASHED.fullmatch(key) else "key"
+            table.add_row(fingerprint(key), caller.role.value, caller.name or "", kept, source)
+    if not table.row_count:
+        console.print("no API keys configured")
+        return
+    console.print(table)
