@@ -78,7 +78,7 @@ class KeyRing:
         self._check_every_s = check_every_s
         self._clock = clock
         self._wall_clock = wall_clock
-        # When each key (by fingerprint) last opened a request, in this process: a key unused
+        # When each key (by fingerprint) last came with a request to this process: a key unused
         # for months is one to revoke. Kept across reloads: editing one line resets no other key.
         self._last_used: dict[str, float] = {}
         self._next_check = clock() + check_every_s
@@ -171,7 +171,7 @@ class KeyRing:
             used = self._fingerprints[key]
             yield Sample(
                 "tagflow_api_key_last_used_timestamp_seconds",
-                "When the key last opened a request in this process (0: not since it started)",
+                "When the key last came with a request to this process (0: not since it started)",
                 self._last_used.get(used, 0.0),
                 {"key": used, "role": caller.role.value, "name": caller.name or ""},
             )
