@@ -233,3 +233,75 @@ async def drive(
         samples=samples,
         client_cpu_s=client_cpu_s,
     )
+
+
+async def drive_open(
+    base_url: str,
+    payloads: PayloadFn,
+    *,
+    rate: float,
+    total: int,
+    seed: int = 0,
+    path: str = "/predict",
+    headers: dict[str, str] | None = None,
+    timeout_s: float = 30.0,
+    max_connections: int = 64,
+) -> RunStats:
+    """Open loop: `total` requests arriving as a Poisson process of `rate` per second, as
+    independent upstream callers send them, whatever the server's pace.
+
+    Each arrival takes an idle keep-alive connection (a new one when none is idle, up to
+    `max_connections`). Latency runs from the scheduled arrival, so time spent waiting for a
+    connection or behind a late timer is charged to the request (no coordinated omission).
+    `concurrency` in the result is the most requests in flight at once.
+    """
+    gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=total)
+    idle: list[Connection] = []
+    slots = asyncio.Semaphore(max_connections)
+    latencies: list[float] = []
+    samples: list[str] = []
+    errors, in_flight, peak = 0, 0, 0
+
+    async def one(arrival: float) -> None:
+        nonlocal errors, in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        async with slots:
+            conn = idle.pop() if idle else Connection(base_url, headers or {})
+            body = json.dumps(payloads()).encode()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    status, text = await conn.post(path, body)
+                failure = None if status == 200 else f"HTTP {status}: {text[:200]!r}"
+            except (*CLIENT_ERRORS, TimeoutError) as exc:
+                await conn.close()
+                failure = f"{type(exc).__name__}: {exc}"
+            idle.append(conn)
+        in_flight -= 1
+        if failure is None:
+            latencies.append(time.perf_counter() - arrival)
+        else:
+            errors += 1
+            samples.append(failure)
+
+    tasks: list[asyncio.Task[None]] = []
+    cpu_before, started = time.process_time(), time.perf_counter()
+    arrival = started
+    try:
+        for gap in gaps:
+            arrival += float(gap)
+            if (delay := arrival - time.perf_counter()) > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(arrival)))
+        await asyncio.gather(*tasks)
+    finally:
+        for conn in idle:
+            await conn.close()
+    return summarise(
+        latencies,
+        concurrency=peak,
+        errors=errors,
+        seconds=time.perf_counter() - started,
+        samples=samples,
+        client_cpu_s=time.process_time() - cpu_before,
+    )
