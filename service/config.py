@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DATA = Path(__file__).parent / "data"
@@ -277,3 +277,14 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Read settings from the environment (a fresh object each call; the app keeps its own)."""
     return Settings()
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A refused configuration as a person reads it: one line per fault, each naming the
+    variable to change (pydantic's own text adds its type names and a documentation link)."""
+    lines = []
+    for error in exc.errors():
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = ".".join(str(part) for part in error["loc"])
+        lines.append(f"TAGFLOW_{field.upper()}: {message}" if field else message)
+    return "\n".join(lines)

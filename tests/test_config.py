@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.config import Caller, Role, Settings, generate_dev_keys, parse_api_keys
+from service.config import (
+    Caller,
+    Role,
+    Settings,
+    describe_errors,
+    generate_dev_keys,
+    parse_api_keys,
+)
 from service.tags import TagFileError, load_tags
 
 
@@ -94,3 +101,16 @@ def test_tag_file_errors(tmp_path: Path) -> None:
     dup.write_text("tag,description\na,x\na,y\n")
     with pytest.raises(TagFileError, match="duplicate"):
         load_tags(dup)
+
+
+def test_a_refused_configuration_reads_one_line_per_variable() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(api_keys="admin:k", target_precision=2, max_title_chars="many")  # type: ignore[arg-type]
+    assert describe_errors(refused.value).splitlines() == [
+        "TAGFLOW_MAX_TITLE_CHARS: Input should be a valid integer, unable to parse string as an "
+        "integer",
+        "TAGFLOW_TARGET_PRECISION: Input should be less than or equal to 1",
+    ]
+    with pytest.raises(ValidationError) as unsafe:
+        Settings(api_keys="", dev=False)
+    assert describe_errors(unsafe.value).startswith("TAGFLOW_API_KEYS is empty: set role:key")

@@ -7,11 +7,12 @@ import socket
 from typing import TYPE_CHECKING
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
-from service.config import Settings, UnsafeSettingsError
+from service.config import Settings, UnsafeSettingsError, describe_errors
 from service.db import init_db, make_engine
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -25,8 +26,11 @@ def settings_or_exit() -> Settings:
     """The settings from the environment; a bad one is a one-line error and exit code 2."""
     try:
         return Settings()
+    except ValidationError as exc:
+        console.print(f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False)
+        raise typer.Exit(2) from None
     except (UnsafeSettingsError, ValueError) as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
 
