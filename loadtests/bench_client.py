@@ -235,6 +235,11 @@ async def drive(
     )
 
 
+# A connection idle longer than this is not reused: uvicorn closes keep-alive connections idle
+# for 5 s, and a request sent on one that is closing fails for the client, not the server.
+IDLE_REUSE_S = 4.0
+
+
 async def drive_open(
     base_url: str,
     payloads: PayloadFn,
@@ -256,7 +261,7 @@ async def drive_open(
     `concurrency` in the result is the most requests in flight at once.
     """
     gaps = np.random.default_rng(seed).exponential(1.0 / rate, size=total)
-    idle: list[Connection] = []
+    idle: list[tuple[Connection, float]] = []  # with when each was last used, newest last
     slots = asyncio.Semaphore(max_connections)
     latencies: list[float] = []
     samples: list[str] = []
@@ -267,7 +272,13 @@ async def drive_open(
         in_flight += 1
         peak = max(peak, in_flight)
         async with slots:
-            conn = idle.pop() if idle else Connection(base_url, headers or {})
+            conn = Connection(base_url, headers or {})
+            if idle:
+                reused, used_at = idle.pop()
+                if time.perf_counter() - used_at < IDLE_REUSE_S:
+                    conn = reused
+                else:  # the server may have closed it (uvicorn keeps idle ones 5 s)
+                    await reused.close()
             body = json.dumps(payloads()).encode()
             try:
                 async with asyncio.timeout(timeout_s):
@@ -276,7 +287,7 @@ async def drive_open(
             except (*CLIENT_ERRORS, TimeoutError) as exc:
                 await conn.close()
                 failure = f"{type(exc).__name__}: {exc}"
-            idle.append(conn)
+            idle.append((conn, time.perf_counter()))
         in_flight -= 1
         if failure is None:
             latencies.append(time.perf_counter() - arrival)
@@ -295,7 +306,7 @@ async def drive_open(
             tasks.append(asyncio.create_task(one(arrival)))
         await asyncio.gather(*tasks)
     finally:
-        for conn in idle:
+        for conn, _ in idle:
             await conn.close()
     return summarise(
         latencies,

@@ -63,6 +63,8 @@ async def load(url: str, bench: Bench, rates: list[float], seconds: float) -> di
         figures[f"{rate:g}"] = {k: getattr(stats, k) for k in FIGURES} | {
             "peak_in_flight": stats.concurrency
         }
+        if stats.errors:
+            say(f"{rate:g}/s: {stats.errors} failed, e.g. {stats.error_samples[:2]}")
     return figures
 
 

@@ -287,3 +287,30 @@ def test_after_a_batch_of_several_the_next_request_waits_for_its_callers(
 
     asyncio.run(scenario())
     assert predictor.calls == [together, [first, second]]
+
+
+def test_callers_arriving_rarely_are_not_kept_waiting_even_under_load(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """Independent callers (an open loop) at a low rate: a request in flight says nothing
+    about the next arrival, so with arrivals rarer than three windows apart no one waits."""
+    predictor = RecordingPredictor(GatedEncoder(encoder, open_=False), tags)
+    predictor.swap(LoadedModel("v-test", shared_result.model))
+    predictor.gate.set()
+    slow, fast = texts["slow"][0], texts["fast"][:2]
+
+    async def scenario() -> None:
+        batcher = MicroBatcher(predictor, max_items=16, wait_ms=100, threads=2)
+        batcher.start()
+        held = asyncio.create_task(batcher.predict([slow]))  # in flight: its encode waits
+        await asyncio.sleep(0.5)  # arrivals 0.5 s apart, against a 0.1 s window
+        first = asyncio.create_task(batcher.predict([fast[0]]))
+        await asyncio.sleep(0.05)  # inside the window, had it opened
+        second = asyncio.create_task(batcher.predict([fast[1]]))
+        await asyncio.wait_for(asyncio.gather(first, second), 10)
+        predictor.encoder.gate.set()
+        await asyncio.wait_for(held, 10)
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert predictor.calls == [[slow], [fast[0]], [fast[1]]]

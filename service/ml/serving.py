@@ -33,6 +33,14 @@ from service.tags import TagSet
 
 log = logging.getLogger(__name__)
 
+# The gathering window opens only when a batch mate is likely within it: requests arriving,
+# lately, at least once every COMPANY_WINDOWS windows on average. (Arrival gaps are averaged
+# with weight ARRIVAL_WEIGHT for the newest, each capped at MAX_GAP_S so that an idle hour
+# is forgotten after a few requests.)
+COMPANY_WINDOWS = 3.0
+ARRIVAL_WEIGHT = 0.1
+MAX_GAP_S = 1.0
+
 
 @dataclass(frozen=True)
 class LoadedModel:
@@ -203,6 +211,8 @@ class MicroBatcher:
         self._bulk: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._last_batch = 0  # requests in the last batch gathered
+        self._last_arrival: float | None = None
+        self._mean_gap = float("inf")  # running mean of the gaps between requests, seconds
         # Triage has a thread of its own so it never queues behind encodes.
         self._triage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._pool = PriorityPool(threads, name="score")
@@ -228,6 +238,7 @@ class MicroBatcher:
         which is served only when no small request waits: a 256-item call is about 80 ms of
         triage, and single requests arriving meanwhile go between its chunks, not behind it.
         """
+        self._note_arrival()
         lane = URGENT if len(texts) <= self.max_items else BULK
         self._admit(lane, len(texts))
         self._waiting[lane] += len(texts)
@@ -282,6 +293,22 @@ class MicroBatcher:
                 return lane.popleft()
         return None
 
+    def _note_arrival(self) -> None:
+        now = time.perf_counter()
+        if self._last_arrival is not None:
+            gap = min(now - self._last_arrival, MAX_GAP_S)
+            mean = self._mean_gap if self._mean_gap != float("inf") else gap
+            self._mean_gap = mean + ARRIVAL_WEIGHT * (gap - mean)
+        self._last_arrival = now
+
+    def _company_likely(self, size: int) -> bool:
+        """Whether waiting `wait_s` is likely to bring batch mates: callers are concurrent
+        (other requests are being scored, or the last batch held several, whose callers send
+        again together) and requests arrive often enough for one to be expected soon. Traffic
+        of independent callers at a low rate is triaged at once."""
+        concurrent = self._in_flight() > size or self._last_batch > 1
+        return concurrent and self._mean_gap < COMPANY_WINDOWS * self.wait_s
+
     def _in_flight(self) -> int:
         """Items of every request not yet answered: waiting, being gathered or being scored."""
         return self._waiting[URGENT] + self._waiting[BULK]
@@ -301,10 +328,7 @@ class MicroBatcher:
             if item is None:
                 if self._bulk:  # the next chunk does not fit: do not wait for what cannot join
                     break
-                if self._in_flight() <= size and self._last_batch <= 1:
-                    # Nothing else is being scored and the last batch was one request: no
-                    # sign of concurrent callers, so a lone caller is not kept waiting. (After
-                    # a batch of several, their callers are about to send again together.)
+                if not self._company_likely(size):
                     break
                 timeout = deadline - time.perf_counter()
                 if timeout <= 0:
