@@ -23,7 +23,8 @@ console = Console()
 
 
 def settings_or_exit() -> Settings:
-    """The settings from the environment; a bad one is a one-line error and exit code 2."""
+    """The settings from the environment; bad ones are a line each (naming the variable) and
+    exit code 2."""
     try:
         return Settings()
     except ValidationError as exc:

@@ -1,14 +1,14 @@
 """The serving path: the production model behind an atomic swap, fed by a micro-batcher.
 
-Concurrent requests are gathered into a batch and triaged in one call on a worker thread:
-the TF-IDF fast path scores every item, and the requests it settles are answered at once.
-Gathering waits for batch mates only when there are concurrent callers (other requests being
-scored, or several in the last batch); a lone caller's request is triaged at once. Each item
-the fast path leaves unsettled is then encoded as a task of its own on the scorer threads, so
-two cores encode two items at a time and a request waits only for its own items. (Scoring
-whole batches on one thread each made every request wait for its batch mates' encodes and
-kept the clients in lockstep: p99 61 ms vs 47 at concurrency 8 here.) The event loop never
-runs model code.
+Concurrent requests are gathered into a batch and triaged in one call on a worker thread: the
+TF-IDF fast path scores every item, and the requests it settles are answered at once. Gathering
+waits for batch mates only when one is likely: callers are concurrent and have lately been
+arriving often (`MicroBatcher._company_likely`); a lone or rare caller's request is triaged at
+once. Each item the fast path leaves unsettled is then encoded as a task of its own on the
+scorer threads, so two cores encode two items at a time and a request waits only for its own
+items. (Scoring whole batches on one thread each made every request wait for its batch mates'
+encodes and kept the clients in lockstep: p99 61 ms vs 47 at concurrency 8 here.) The event
+loop never runs model code.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ log = logging.getLogger(__name__)
 
 # The gathering window opens only when a batch mate is likely within it: requests arriving,
 # lately, at least once every COMPANY_WINDOWS windows on average. (Arrival gaps are averaged
-# with weight ARRIVAL_WEIGHT for the newest, each capped at MAX_GAP_S so that an idle hour
-# is forgotten after a few requests.)
+# with weight ARRIVAL_WEIGHT for the newest, each capped at MAX_GAP_S so that an idle spell
+# weighs no more than one long gap.)
 COMPANY_WINDOWS = 3.0
 ARRIVAL_WEIGHT = 0.1
 MAX_GAP_S = 1.0
@@ -212,7 +212,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._last_batch = 0  # requests in the last batch gathered
         self._last_arrival: float | None = None
-        self._mean_gap = float("inf")  # running mean of the gaps between requests, seconds
+        self._mean_gap: float | None = None  # running mean of the gaps between requests, s
         # Triage has a thread of its own so it never queues behind encodes.
         self._triage_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="triage")
         self._pool = PriorityPool(threads, name="score")
@@ -297,7 +297,7 @@ class MicroBatcher:
         now = time.perf_counter()
         if self._last_arrival is not None:
             gap = min(now - self._last_arrival, MAX_GAP_S)
-            mean = self._mean_gap if self._mean_gap != float("inf") else gap
+            mean = gap if self._mean_gap is None else self._mean_gap
             self._mean_gap = mean + ARRIVAL_WEIGHT * (gap - mean)
         self._last_arrival = now
 
@@ -307,7 +307,8 @@ class MicroBatcher:
         again together) and requests arrive often enough for one to be expected soon. Traffic
         of independent callers at a low rate is triaged at once."""
         concurrent = self._in_flight() > size or self._last_batch > 1
-        return concurrent and self._mean_gap < COMPANY_WINDOWS * self.wait_s
+        frequent = self._mean_gap is not None and self._mean_gap < COMPANY_WINDOWS * self.wait_s
+        return concurrent and frequent
 
     def _in_flight(self) -> int:
         """Items of every request not yet answered: waiting, being gathered or being scored."""
@@ -315,7 +316,7 @@ class MicroBatcher:
 
     async def _gather(self) -> list[_Pending]:
         """The next batch: what waits now, then up to `wait_s` more for up to `max_items`, but
-        only when there are signs of concurrent callers (see `MicroBatcher`)."""
+        only while a batch mate is likely (`_company_likely`)."""
         while not (self._interactive or self._bulk):
             self._arrived.clear()
             await self._arrived.wait()
