@@ -17,17 +17,18 @@ import json
 import shutil
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from benchmark import HERE, Plan, make_bench, run_tagflow, say, train
+from benchmark import HERE, Bench, Plan, make_bench, run_tagflow, say, train
 
 FIGURES = ("rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+T = TypeVar("T")
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, required=True)
+def add_variant_argument(parser: argparse.ArgumentParser) -> None:
+    """`--variant NAME KEY=VALUE ...`, repeatable (read by `variants`)."""
     parser.add_argument(
         "--variant",
         nargs="+",
@@ -36,6 +37,12 @@ def parse_args() -> argparse.Namespace:
         metavar=("NAME", "KEY=VALUE"),
         help="a variant: its name, then the environment it overrides (repeatable)",
     )
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, required=True)
+    add_variant_argument(parser)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ab.json")
     parser.add_argument("--encoder-dir", type=Path, default=HERE / "results" / "encoder")
@@ -69,24 +76,38 @@ def summary(rounds: list[dict[str, float]]) -> dict[str, dict[str, float]]:
     }
 
 
-def main() -> None:
-    args = parse_args()
-    chosen = variants(args.variant)
-    plan = Plan.make(quick=False)
+def alternate(
+    args: argparse.Namespace,
+    chosen: dict[str, dict[str, str]],
+    measure: Callable[[Bench, str, dict[str, str]], T],
+    brief: Callable[[T], object],
+) -> dict[str, list[T]]:
+    """Train once, then `args.rounds` rounds of every variant in turn on that model (each
+    round's figures logged as `brief` gives them); the work directory and any embedded Redis
+    are cleaned up after."""
     bench, embedded = make_bench(
-        args.dataset, out=args.out, encoder_dir=args.encoder_dir, plan=plan
+        args.dataset, out=args.out, encoder_dir=args.encoder_dir, plan=Plan.make(quick=False)
     )
-    measured: dict[str, list[dict[str, float]]] = {name: [] for name in chosen}
+    measured: dict[str, list[T]] = {name: [] for name in chosen}
     try:
         train(bench)
         for number in range(1, args.rounds + 1):
             for name, env in chosen.items():
-                measured[name].append(fresh(run_tagflow(bench, name, env)))
-                say(f"round {number} {name}: {measured[name][-1]}")
+                measured[name].append(measure(bench, name, env))
+                say(f"round {number} {name}: {brief(measured[name][-1])}")
     finally:
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(bench.workdir, ignore_errors=True)
+    return measured
+
+
+def main() -> None:
+    args = parse_args()
+    chosen = variants(args.variant)
+    measured = alternate(
+        args, chosen, lambda bench, name, env: fresh(run_tagflow(bench, name, env)), str
+    )
     document = {
         "variants": chosen,
         "rounds": measured,

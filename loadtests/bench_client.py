@@ -174,6 +174,18 @@ class Connection:
             self.reader = self.writer = None
 
 
+async def exchange(conn: Connection, path: str, body: bytes, timeout_s: float) -> str | None:
+    """POST `body`; None when the answer is a 200, else what went wrong (the connection is
+    closed after a broken exchange, and reopened by the next one)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            status, text = await conn.post(path, body)
+    except (*CLIENT_ERRORS, TimeoutError) as exc:
+        await conn.close()
+        return f"{type(exc).__name__}: {exc}"
+    return None if status == 200 else f"HTTP {status}: {text[:200]!r}"
+
+
 async def drive(
     base_url: str,
     payloads: PayloadFn,
@@ -197,13 +209,7 @@ async def drive(
             budget[0] -= 1
             body = json.dumps(payloads()).encode()
             start = time.perf_counter()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    status, text = await conn.post(path, body)
-                failure = None if status == 200 else f"HTTP {status}: {text[:200]!r}"
-            except (*CLIENT_ERRORS, TimeoutError) as exc:
-                await conn.close()
-                failure = f"{type(exc).__name__}: {exc}"
+            failure = await exchange(conn, path, body, timeout_s)
             elapsed = time.perf_counter() - start
             if not record:
                 continue
@@ -280,13 +286,7 @@ async def drive_open(
                 else:  # the server may have closed it (uvicorn keeps idle ones 5 s)
                     await reused.close()
             body = json.dumps(payloads()).encode()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    status, text = await conn.post(path, body)
-                failure = None if status == 200 else f"HTTP {status}: {text[:200]!r}"
-            except (*CLIENT_ERRORS, TimeoutError) as exc:
-                await conn.close()
-                failure = f"{type(exc).__name__}: {exc}"
+            failure = await exchange(conn, path, body, timeout_s)
             idle.append((conn, time.perf_counter()))
         in_flight -= 1
         if failure is None:

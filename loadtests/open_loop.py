@@ -16,15 +16,14 @@ import argparse
 import asyncio
 import itertools
 import json
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
 
-from ab_servers import variants
+from ab_servers import add_variant_argument, alternate, variants
 from bench_client import drive, drive_open, fresh_payloads
 from bench_procs import free_port, start_server
-from benchmark import CLIENT_KEY, HERE, Bench, Plan, make_bench, python_cmd, say, train
+from benchmark import CLIENT_KEY, HERE, Bench, python_cmd, say
 
 FIGURES = ("rps", "p50_ms", "p90_ms", "p99_ms", "errors")
 
@@ -32,14 +31,7 @@ FIGURES = ("rps", "p50_ms", "p90_ms", "p99_ms", "errors")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, required=True)
-    parser.add_argument(
-        "--variant",
-        nargs="+",
-        action="append",
-        default=[],
-        metavar=("NAME", "KEY=VALUE"),
-        help="a variant: its name, then the environment it overrides (repeatable)",
-    )
+    add_variant_argument(parser)
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 150.0, 300.0])
     parser.add_argument("--seconds", type=float, default=10.0, help="of arrivals per rate")
     parser.add_argument("--rounds", type=int, default=3)
@@ -96,25 +88,17 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def brief(figures: dict[str, Any]) -> dict[str, tuple[float, float, float]]:
+    """Requests per second, p50 and p99 by rate: one round's log line."""
+    return {r: (f["rps"], f["p50_ms"], f["p99_ms"]) for r, f in figures.items()}
+
+
 def main() -> None:
     args = parse_args()
     chosen = variants(args.variant)
-    bench, embedded = make_bench(
-        args.dataset, out=args.out, encoder_dir=args.encoder_dir, plan=Plan.make(quick=False)
+    measured = alternate(
+        args, chosen, lambda bench, name, env: run_variant(bench, name, env, args), brief
     )
-    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in chosen}
-    try:
-        train(bench)
-        for number in range(1, args.rounds + 1):
-            for name, env in chosen.items():
-                measured[name].append(run_variant(bench, name, env, args))
-                last = measured[name][-1]
-                brief = {r: (f["rps"], f["p50_ms"], f["p99_ms"]) for r, f in last.items()}
-                say(f"round {number} {name} (rps, p50, p99 by rate): {brief}")
-    finally:
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(bench.workdir, ignore_errors=True)
     document = {
         "variants": chosen,
         "rates": args.rates,
