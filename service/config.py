@@ -223,7 +223,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _refuse_unsafe(self) -> Settings:
-        file_keys = self.file_keys()  # read at start, so a bad key file stops the service
+        file_keys = self.file_keys  # read at start, so a bad key file stops the service
         if not self.dev and not self.keys and not file_keys:
             where = f" and {self.api_keys_file} holds none" if self.api_keys_file else ""
             raise UnsafeSettingsError(
@@ -237,8 +237,10 @@ class Settings(BaseSettings):
         """API key -> who holds it."""
         return parse_api_keys(self.api_keys)
 
+    @cached_property
     def file_keys(self) -> dict[str, Caller]:
-        """The keys in TAGFLOW_API_KEYS_FILE as it reads now (none if it is not set)."""
+        """The keys in TAGFLOW_API_KEYS_FILE as read when these settings were made (none if it
+        is not set). Read once: the running API's `KeyRing` follows later edits itself."""
         if self.api_keys_file is None:
             return {}
         return read_key_file(self.api_keys_file, fixed=self.keys)

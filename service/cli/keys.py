@@ -45,7 +45,7 @@ def keys_list() -> None:
     settings = settings_or_exit()
     sources = [("TAGFLOW_API_KEYS", settings.keys)]
     if settings.api_keys_file is not None:
-        sources.append((str(settings.api_keys_file), settings.file_keys()))
+        sources.append((str(settings.api_keys_file), settings.file_keys))
     table = Table("fingerprint", "role", "name", "kept as", "from")
     for source, keys in sources:
         for key, caller in keys.items():
