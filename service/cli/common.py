@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlmodel import Session
 
-from service.config import Settings, UnsafeSettingsError, describe_errors
+from service.config import Settings, describe_errors
 from service.db import init_db, make_engine
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -30,7 +30,7 @@ def settings_or_exit() -> Settings:
     except ValidationError as exc:
         console.print(f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False)
         raise typer.Exit(2) from None
-    except (UnsafeSettingsError, ValueError) as exc:
+    except ValueError as exc:  # raised outside validation (UnsafeSettingsError is wrapped)
         console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
