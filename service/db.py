@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
 from service.migrations import current_revision, head_revision, upgrade
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "current_revision",
@@ -84,5 +87,6 @@ def ping(engine: Engine) -> bool:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
         return True
-    except Exception:  # readiness probes report, they do not raise
+    except Exception as exc:  # readiness probes report, they do not raise
+        log.warning("database ping failed: %s: %s", type(exc).__name__, exc)
         return False

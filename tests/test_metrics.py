@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
+import numpy as np
 from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
 from rq import Queue
+from sklearn.linear_model import LogisticRegression
 
 from service.api.state import Queues
 from service.metrics import Metrics, Sample, StateCollector
+from service.ml.classifier import NEVER
+from service.ml.serving import LoadedModel
 from tests.conftest import auth
 
 ITEMS = [
@@ -124,3 +129,30 @@ def test_a_failing_state_read_is_counted_and_the_rest_still_served() -> None:
     assert families["tagflow_scrape_errors"].samples[0].value == 1
     assert families["tagflow_predictions"].samples[0].value == 1
     assert "tagflow_partial" not in families  # a half-read state is dropped, not mixed in
+
+
+def test_a_failing_shadow_is_counted_and_production_still_answers(
+    sqlite_client: TestClient,
+) -> None:
+    """A shadow candidate that raises on every item: each failure is counted in /metrics, and
+    the production answers are unaffected."""
+    predictor = sqlite_client.app.state.tagflow.predictor  # type: ignore[attr-defined]
+    production = predictor.current
+    # The production model with an embedding head fitted on 3 features: scoring a 384-d
+    # embedding fails in the head's matrix product, as a corrupt candidate would.
+    head = LogisticRegression().fit(np.eye(3)[[0, 1, 2, 0]], production.model.classes[:2] * 2)
+    broken = replace(production.model, embedding_head=head, fast_threshold=NEVER)
+    predictor.set_shadow(LoadedModel("v-broken", broken))
+    try:
+        answers = [sqlite_client.post("/predict", json=i, headers=auth("client")) for i in ITEMS]
+        deadline = time.monotonic() + 5
+        while (
+            total(scrape(sqlite_client), "tagflow_shadow_errors_total") < 3
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+    finally:
+        predictor.set_shadow(None)
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert {a.json()["model_version"] for a in answers} == {production.version}
+    assert total(scrape(sqlite_client), "tagflow_shadow_errors_total") == 3

@@ -44,6 +44,8 @@ class AppState:
     dead_letters: WaitingCount
     keys: KeyRing
     model_errors: list[str] = field(default_factory=list)
+    # Shadow scorings that raised since start (logged each; production answers are unaffected).
+    shadow_errors: int = 0
     # When the watch loop next judges the served cut by the audit (time.monotonic()).
     next_recalibration: float = 0.0
     # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.

@@ -60,6 +60,13 @@ def _models(state: AppState) -> Iterator[Sample]:
         len(state.model_errors),
         {},
     )
+    yield Sample(
+        "tagflow_shadow_errors",
+        "Shadow scorings that failed since start (the production answer was unaffected)",
+        state.shadow_errors,
+        {},
+        True,
+    )
 
 
 def _scoring(state: AppState) -> Iterator[Sample]:

@@ -98,6 +98,7 @@ async def _shadow(state: AppState, texts: list[str], results: list[PredictionPub
     try:
         scored = await asyncio.to_thread(state.predictor.score, texts, shadow)
     except Exception:
+        state.shadow_errors += 1  # on the event loop, like every other write of it
         log.exception("shadow scoring with %s failed", shadow.version)
         return
     for s, r in zip(scored, results, strict=True):
