@@ -51,6 +51,8 @@ class RunStats:
     mean_ms: float
     client_cpu_ms_per_request: float
     server_cpu_ms_per_request: float | None = None
+    # tagflow only: encoded share of items, triage and encoder CPU (benchmark.scoring_split)
+    scoring: dict[str, float] | None = None
     error_samples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def free_port() -> int:
@@ -114,6 +115,21 @@ class Server:
     def memory(self) -> dict[str, float]:
         return memory_mb(self.process.pid)
 
+    def scoring_totals(self, headers: dict[str, str]) -> dict[str, float] | None:
+        """tagflow's scoring counters from /metrics (items, encoded, triage and encoder CPU
+        seconds); None for a server without them (the naive reference)."""
+        with httpx.Client(timeout=5.0) as client:
+            response = client.get(self.url + "/metrics", headers=headers)
+        if response.status_code != 200:
+            return None
+        totals: dict[str, float] = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                key = SCORING_SAMPLES.get((sample.name, sample.labels.get("stage", "")))
+                if key:
+                    totals[key] = sample.value
+        return totals if len(totals) == len(SCORING_SAMPLES) else None
+
     def stop(self) -> None:
         """SIGINT (uvicorn's graceful shutdown), then SIGKILL if it does not exit in 30 s."""
         if self.process.poll() is not None:
@@ -124,6 +140,15 @@ class Server:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+# (sample name, stage label) -> key in `Server.scoring_totals`
+SCORING_SAMPLES = {
+    ("tagflow_scored_items_total", ""): "items",
+    ("tagflow_encoded_items_total", ""): "encoded",
+    ("tagflow_scoring_cpu_seconds_total", "triage"): "triage_cpu_s",
+    ("tagflow_scoring_cpu_seconds_total", "encode"): "encode_cpu_s",
+}
 
 
 def start_server(

@@ -160,14 +160,36 @@ async def measured(
     warmup: int,
     headers: dict[str, str],
 ) -> RunStats:
-    """One closed-loop run, with the server's CPU time per request."""
+    """One closed-loop run, with the server's CPU time per request and, for tagflow, where the
+    scoring part of it went (warm-up requests included in both)."""
+    scoring_before = server.scoring_totals(headers)
     before = cpu_seconds(server.process.pid)
     stats = await drive(
         server.url, payloads, total=total, concurrency=concurrency, warmup=warmup, headers=headers
     )
     used = cpu_seconds(server.process.pid) - before
-    stats.server_cpu_ms_per_request = round(used * 1000.0 / max(total + warmup, 1), 3)
+    requests = max(total + warmup, 1)
+    stats.server_cpu_ms_per_request = round(used * 1000.0 / requests, 3)
+    scoring_after = server.scoring_totals(headers)
+    if scoring_before and scoring_after:
+        stats.scoring = scoring_split(scoring_before, scoring_after, requests)
     return stats
+
+
+def scoring_split(
+    before: dict[str, float], after: dict[str, float], requests: int
+) -> dict[str, float]:
+    """The share of items the encoder had to see, and the CPU of triage and encoding."""
+    delta = {k: after[k] - before[k] for k in after}
+    encoded = delta["encoded"]
+    return {
+        "encoded_share": round(encoded / max(delta["items"], 1), 3),
+        "triage_cpu_ms_per_request": round(delta["triage_cpu_s"] * 1000.0 / requests, 3),
+        "encode_cpu_ms_per_request": round(delta["encode_cpu_s"] * 1000.0 / requests, 3),
+        "encode_cpu_ms_per_encoded_item": round(
+            delta["encode_cpu_s"] * 1000.0 / max(encoded, 1), 3
+        ),
+    }
 
 
 async def workloads(
@@ -186,9 +208,16 @@ async def workloads(
             headers=headers,
         )
         results["fresh"][f"c{c}"] = stats.to_dict()
+        scoring = (
+            f", {stats.scoring['encoded_share']:.0%} encoded at "
+            f"{stats.scoring['encode_cpu_ms_per_encoded_item']} ms of CPU each"
+            if stats.scoring
+            else ""
+        )
         say(
             f"{server.name} fresh c{c}: {stats.rps} req/s, p50 {stats.p50_ms} ms, "
-            f"p99 {stats.p99_ms} ms, {stats.errors} errors"
+            f"p99 {stats.p99_ms} ms, {stats.errors} errors, "
+            f"{stats.server_cpu_ms_per_request} ms of server CPU per request{scoring}"
         )
     if has_cache:  # one pass over the dataset, so every `repeat` text is cached
         await drive(

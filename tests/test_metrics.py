@@ -83,7 +83,12 @@ def test_metrics_follow_predictions_and_responses(sqlite_client: TestClient) -> 
     )
     assert total(samples, "tagflow_http_request_seconds_count", route="/predict") == 5
     assert total(samples, "tagflow_scored_items_total") == 3
-    assert 0 <= total(samples, "tagflow_encoded_items_total") <= 3
+    encoded = total(samples, "tagflow_encoded_items_total")
+    assert 0 <= encoded <= 3
+    # Thread CPU time: every batch is triaged; the encoder ran only if an item needed it.
+    assert total(samples, "tagflow_scoring_cpu_seconds_total", stage="triage") > 0
+    encode_cpu = total(samples, "tagflow_scoring_cpu_seconds_total", stage="encode")
+    assert (encode_cpu > 0) == (encoded > 0)
     assert total(samples, "tagflow_model_info", version=version, role="production") == 1
     assert 0.0 < total(samples, "tagflow_model_threshold", version=version) <= 1.01
     assert total(samples, "tagflow_prediction_log_written_total") == 3

@@ -14,7 +14,7 @@ import pytest
 from service.errors import OverloadedError, UnavailableError
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
-from service.ml.serving import LoadedModel, MicroBatcher, Predictor
+from service.ml.serving import BatchStats, LoadedModel, MicroBatcher, Predictor
 from service.ml.training import TrainResult
 from service.tags import TagSet
 
@@ -314,3 +314,31 @@ def test_callers_arriving_rarely_are_not_kept_waiting_even_under_load(
 
     asyncio.run(scenario())
     assert predictor.calls == [[slow], [fast[0]], [fast[1]]]
+
+
+def test_scoring_cpu_is_counted_by_stage(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """Triage CPU for every batch; encoder CPU only for the items the fast path leaves, at an
+    encode's cost (texts no test has encoded before, so the embedding cache cannot answer)."""
+    predictor = _predictor(GatedEncoder(encoder), tags, shared_result)
+    probe = [f"{t} (cpu probe)" for t in texts["slow"][:4]]
+    slow = [t for t, f in zip(probe, shared_result.model.fast_mask(probe), strict=True) if not f]
+    assert slow
+
+    async def scenario() -> tuple[tuple[float, float], BatchStats]:
+        batcher = MicroBatcher(predictor, max_items=4, wait_ms=0, threads=2)
+        batcher.start()
+        await batcher.predict(texts["fast"][:3])
+        settled = (batcher.stats.triage_cpu_s, batcher.stats.encode_cpu_s)
+        await batcher.predict(slow)
+        await batcher.stop()
+        return settled, batcher.stats
+
+    (triage_cpu, encode_cpu), stats = asyncio.run(scenario())
+    assert triage_cpu > 0
+    assert encode_cpu == 0
+    assert stats.encoded == len(slow)
+    assert stats.triage_cpu_s > triage_cpu
+    # MiniLM costs milliseconds of CPU per item on any machine we had; a cache hit, microseconds.
+    assert stats.encode_cpu_s / len(slow) > 0.0005

@@ -81,6 +81,14 @@ def _scoring(state: AppState) -> Iterator[Sample]:
     )
     yield Sample("tagflow_microbatches", "Micro-batches triaged", stats.batches, {}, True)
     yield Sample(
+        "tagflow_scoring_cpu_seconds",
+        "CPU time of the scoring threads: the TF-IDF triage and the sentence encoder",
+        stats.triage_cpu_s,
+        {"stage": "triage"},
+        True,
+    )
+    yield Sample("tagflow_scoring_cpu_seconds", "", stats.encode_cpu_s, {"stage": "encode"}, True)
+    yield Sample(
         "tagflow_refused_requests",
         "Prediction requests refused with 503 because too many items were waiting (admission)",
         stats.refused_requests,

@@ -18,9 +18,10 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from service.ml.workpool import BULK, URGENT, PriorityPool
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The gathering window opens only when a batch mate is likely within it: requests arriving,
 # lately, at least once every COMPANY_WINDOWS windows on average. (Arrival gaps are averaged
@@ -171,6 +173,17 @@ class BatchStats:
     encoded: int = 0
     refused_requests: int = 0
     refused_items: int = 0
+    # CPU seconds the worker threads spent triaging and encoding (measured on each thread,
+    # added here on the loop): how much of the machine scoring takes, and what an item costs.
+    triage_cpu_s: float = 0.0
+    encode_cpu_s: float = 0.0
+
+
+def _on_thread_cpu(fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """`fn(*args)` and the CPU seconds the calling thread spent in it."""
+    start = time.thread_time()
+    result = fn(*args)
+    return result, time.thread_time() - start
 
 
 def _future() -> asyncio.Future[list[Scored]]:
@@ -281,7 +294,9 @@ class MicroBatcher:
             if triaging is not None:
                 await asyncio.wait([triaging])
             texts = [t for p in batch for t in p.texts]
-            triaging = loop.run_in_executor(self._triage_pool, self.predictor.triage, texts)
+            triaging = loop.run_in_executor(
+                self._triage_pool, _on_thread_cpu, self.predictor.triage, texts
+            )
             task = asyncio.create_task(self._score(batch, texts, triaging))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
@@ -346,14 +361,18 @@ class MicroBatcher:
         return batch
 
     async def _score(
-        self, batch: list[_Pending], texts: list[str], triaging: asyncio.Future[Triage]
+        self,
+        batch: list[_Pending],
+        texts: list[str],
+        triaging: asyncio.Future[tuple[Triage, float]],
     ) -> None:
         try:
-            triage = await triaging
+            triage, cpu_s = await triaging
         except Exception as exc:  # handed to every waiting request, which re-raises it
             for p in batch:
                 _fail(p.future, exc)
             return
+        self.stats.triage_cpu_s += cpu_s
         unsettled = set(triage.unsettled)
         self.stats.batches += 1
         self.stats.items += len(texts)
@@ -374,10 +393,12 @@ class MicroBatcher:
     ) -> None:
         """Encode one request's unsettled rows, each a scorer task of its own, then answer."""
         try:
-            await asyncio.gather(
+            done = await asyncio.gather(
                 *(
                     asyncio.wrap_future(
-                        self._pool.submit(pending.priority, self.predictor.finish, triage, [r])
+                        self._pool.submit(
+                            pending.priority, _on_thread_cpu, self.predictor.finish, triage, [r]
+                        )
                     )
                     for r in unsettled
                 )
@@ -385,6 +406,7 @@ class MicroBatcher:
         except Exception as exc:
             _fail(pending.future, exc)
             return
+        self.stats.encode_cpu_s += sum(cpu_s for _, cpu_s in done)
         _succeed(pending.future, self.predictor.results(triage, rows))
 
 
