@@ -48,8 +48,10 @@ def test_an_unknown_job_is_not_found(redis_conn: redis.Redis) -> None:
 
 
 def test_without_redis_queueing_and_reading_are_unavailable() -> None:
-    # Port 1 is never a Redis: the connection is refused at once.
-    down = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1)
+    # Port 1 is never a Redis: the connection is refused at once. Made as the service makes its
+    # clients (from a URL, which sets no retries): redis-py's constructor default retries a
+    # refused connection with backoff, 3-4 s a command here.
+    down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=2, socket_connect_timeout=2)
     with pytest.raises(UnavailableError, match="not queued"):
         enqueue_job(Queue("jobs-test", connection=down), "math.sqrt", "4", description="sqrt")
     with pytest.raises(UnavailableError, match="state unknown"):
