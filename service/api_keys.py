@@ -69,6 +69,7 @@ class KeyRing:
         fixed: dict[str, Caller],
         path: Path | None = None,
         *,
+        content: bytes | None = None,
         check_every_s: float = CHECK_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
@@ -88,14 +89,16 @@ class KeyRing:
         self.rejections = 0  # ... and refused (the last good keys kept)
         loaded: dict[str, Caller] = {}
         if path is not None:
-            # At start a bad file is an error (Settings has refused it already, with a message).
-            self._seen = path.read_bytes()
+            # `content`: the file as Settings read and checked it, so a file edited since is
+            # judged by `refresh` like any later edit. Read here only when not given; at start
+            # a bad file is an error (Settings refuses one with a message first).
+            self._seen = path.read_bytes() if content is None else content
             loaded = parse_key_file(self._seen, path=path, fixed=fixed)
         self._take({**fixed, **loaded})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
-        return cls(settings.keys, settings.api_keys_file)
+        return cls(settings.keys, settings.api_keys_file, content=settings.key_file_content)
 
     def lookup(self, key: str) -> Caller | None:
         """Who holds `key`, or None for a key no one holds."""

@@ -86,13 +86,12 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
     return keys
 
 
-def read_key_file(path: Path, *, fixed: dict[str, Caller]) -> dict[str, Caller]:
-    """The keys in the API key file at `path` (see `parse_key_file`)."""
+def read_key_file_content(path: Path) -> bytes:
+    """The API key file's bytes; an unreadable file is a ValueError that says which."""
     try:
-        content = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read the API key file {path}: {exc}") from None
-    return parse_key_file(content, path=path, fixed=fixed)
 
 
 def parse_key_file(content: bytes, *, path: Path, fixed: dict[str, Caller]) -> dict[str, Caller]:
@@ -238,12 +237,20 @@ class Settings(BaseSettings):
         return parse_api_keys(self.api_keys)
 
     @cached_property
-    def file_keys(self) -> dict[str, Caller]:
-        """The keys in TAGFLOW_API_KEYS_FILE as read when these settings were made (none if it
-        is not set). Read once: the running API's `KeyRing` follows later edits itself."""
+    def key_file_content(self) -> bytes | None:
+        """TAGFLOW_API_KEYS_FILE's bytes as read when these settings were made (None if it is
+        not set). Read once: the API's `KeyRing` starts from them, and follows later edits."""
         if self.api_keys_file is None:
+            return None
+        return read_key_file_content(self.api_keys_file)
+
+    @cached_property
+    def file_keys(self) -> dict[str, Caller]:
+        """The keys in `key_file_content` (none if no key file is set)."""
+        content, path = self.key_file_content, self.api_keys_file
+        if content is None or path is None:
             return {}
-        return read_key_file(self.api_keys_file, fixed=self.keys)
+        return parse_key_file(content, path=path, fixed=self.keys)
 
     @property
     def resolved_database_url(self) -> str:

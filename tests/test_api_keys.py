@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.api_keys import KeyRing, fingerprint, hash_key, new_key
-from service.config import Caller, Role, parse_api_keys
+from service.config import Caller, Role, Settings, parse_api_keys
 
 
 class Clock:
@@ -230,3 +230,19 @@ def test_each_key_shows_when_it_last_opened_a_request(tmp_path: Path, clock: Clo
         (ann_fp, "reviewer", "ann"): 1_800_000_000.0,
         (root_fp, "admin", ""): 1_800_000_060.0,
     }
+
+
+def test_the_ring_starts_from_the_file_as_the_settings_checked_it(tmp_path: Path) -> None:
+    """A key file broken between the settings' check and the API's start does not stop the
+    start with a traceback: the ring serves the checked keys, and its refresh refuses the
+    edit as it refuses any later one."""
+    path = tmp_path / "keys"
+    path.write_text("client:app\n")
+    settings = Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("client:app\nclient:app\n")  # a key listed twice: refused
+    keys = KeyRing.from_settings(settings)
+    assert keys.lookup("app") == Caller(Role.CLIENT)
+    assert keys.file_valid and keys.rejections == 0
+    keys.refresh()
+    assert not keys.file_valid and keys.rejections == 1
+    assert keys.lookup("app") == Caller(Role.CLIENT)  # the checked keys stay
