@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from service.config import Caller, Role, Settings, parse_key_file
+from service.config import Caller, Role, Settings, parse_key_file, read_key_file_content
 from service.metrics import Sample
 
 log = logging.getLogger(__name__)
@@ -126,17 +126,18 @@ class KeyRing:
         if self._path is None:
             return
         self._next_check = self._clock() + self._check_every_s
-        unreadable: OSError | None = None
+        unreadable: ValueError | None = None
         try:
-            content: bytes | None = self._path.read_bytes()  # parsed as read: one read a change
-        except OSError as exc:
+            content: bytes | None = read_key_file_content(self._path)  # one read a change
+        except ValueError as exc:
             content, unreadable = None, exc
         if content == self._seen:
             return
         self._seen = content
         try:
             if content is None:
-                raise ValueError(f"cannot read the API key file {self._path}: {unreadable}")
+                assert unreadable is not None
+                raise unreadable
             loaded = parse_key_file(content, path=self._path, fixed=self._fixed)
         except ValueError as exc:
             self.file_valid = False
