@@ -1,5 +1,5 @@
-"""`tagflow models`: the registry from the command line: list, compare, promote, roll back, and
-the served cut."""
+"""`tagflow models`: the registry from the command line: list, compare, promote, roll back, the
+served cut, and export / import of a version between deployments."""
 
 from __future__ import annotations
 
@@ -182,3 +182,56 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
         console.print(f"[red]cannot set the threshold:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
+
+
+@models_app.command("export")
+def models_export(
+    version: str,
+    out: Annotated[
+        Path | None, typer.Option(help="Bundle file (default: tagflow-VERSION.tar.gz here)")
+    ] = None,
+) -> None:
+    """Pack a version (registry record and artifact) into a file for another deployment."""
+    from service.ml.bundle import bundle_name, export_bundle
+
+    settings = settings_or_exit()
+    target = out or Path(bundle_name(version))
+    try:
+        with open_session(settings) as session:
+            data = export_bundle(session, version=version)
+        target.write_bytes(data)
+    except (TagflowError, OSError) as exc:
+        console.print(f"[red]cannot export:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB)")
+
+
+@models_app.command("import")
+def models_import(
+    bundle: Path,
+    note: Annotated[str, typer.Option(help="Kept with the new version")] = "",
+) -> None:
+    """Record an exported version as a new candidate here (checked first: checksum, tags)."""
+    from service.ml.bundle import import_bundle
+    from service.ml.encoder import onnx_file
+
+    settings = settings_or_exit()
+    try:
+        data = bundle.read_bytes()
+        with open_session(settings) as session:
+            imported = import_bundle(
+                session,
+                data=data,
+                artifacts_dir=settings.artifacts_dir,
+                tags=cli_tags(settings),
+                encoder=onnx_file(settings.encoder),
+                note=note,
+            )
+    except (TagflowError, OSError) as exc:
+        console.print(f"[red]cannot import {bundle}:[/red] {exc}")
+        raise typer.Exit(1) from None
+    row = imported.row
+    source = row.params["imported"]["version"]
+    console.print(f"{row.version}: candidate, imported from {source}; promote it to serve it")
+    for warning in imported.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")

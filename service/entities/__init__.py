@@ -11,7 +11,12 @@ from service.entities.label import (
     LabelSource,
     ReviewerStats,
 )
-from service.entities.model_version import ModelStatus, ModelVersion, ModelVersionPublic
+from service.entities.model_version import (
+    ModelStatus,
+    ModelVersion,
+    ModelVersionBase,
+    ModelVersionPublic,
+)
 from service.entities.outbox import OutboxItem
 from service.entities.prediction import (
     Prediction,
@@ -44,6 +49,7 @@ __all__ = [
     "LabelSource",
     "ModelStatus",
     "ModelVersion",
+    "ModelVersionBase",
     "ModelVersionPublic",
     "OutboxItem",
     "Prediction",

@@ -113,12 +113,17 @@ def export_onnx(target_dir: Path) -> None:
 _export_lock = threading.Lock()
 
 
-def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
-    """Path of the ONNX file for `kind`, exporting it first if it is not there yet."""
+def onnx_file(kind: EncoderKind) -> str:
+    """The ONNX file name of encoder `kind`; models record it as the encoder they were trained
+    on."""
     # Through the enum: a plain "onnx-int8" from a script would fail an identity test and
     # silently get fp32; an unknown name is a ValueError.
-    name = INT8_FILE if EncoderKind(kind) is EncoderKind.ONNX_INT8 else FP32_FILE
-    path = encoder_dir / name
+    return INT8_FILE if EncoderKind(kind) is EncoderKind.ONNX_INT8 else FP32_FILE
+
+
+def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
+    """Path of the ONNX file for `kind`, exporting it first if it is not there yet."""
+    path = encoder_dir / onnx_file(kind)
     with _export_lock:
         if not path.exists():
             log.info("exporting MiniLM to ONNX in %s (one time)", encoder_dir)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import joblib
 from sqlmodel import Session, col, select
 
-from service.entities import ModelStatus, ModelVersion
+from service.entities import ModelStatus, ModelVersion, ModelVersionBase
 from service.entities.common import new_id, utcnow
 from service.errors import ArtifactError, InvalidInputError, NotFoundError
 
@@ -86,11 +86,7 @@ def register(
         note=note,
         gate=gate,
     )
-    session.add(row)
-    session.flush()
-    row.version = f"v{row.id:04d}"
-    folder = artifacts_dir / row.version
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = add_version(session, row, artifacts_dir=artifacts_dir)
     joblib.dump(result.model, folder / MODEL_FILE)
     report = {
         "version": row.version,
@@ -112,8 +108,19 @@ def register(
     return row
 
 
-def load_model(version: ModelVersion) -> TagModel:
-    """Load an artifact after checking its checksum; a mismatch is refused, never loaded."""
+def add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
+    """Give a new `row` the next version name (from its id, so concurrent writers never share
+    one) and an artifact folder; the caller fills the folder and commits."""
+    session.add(row)
+    session.flush()
+    row.version = f"v{row.id:04d}"
+    folder = artifacts_dir / row.version
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def verified_artifact(version: ModelVersion) -> Path:
+    """The path of `version`'s model file, once its checksum matches the registry's."""
     path = Path(version.artifact_path) / MODEL_FILE
     if not path.exists():
         raise ArtifactError(f"artifact of {version.version} is missing at {path}")
@@ -123,6 +130,12 @@ def load_model(version: ModelVersion) -> TagModel:
             f"artifact of {version.version} has checksum {actual[:12]}..., "
             f"registry says {version.checksum[:12]}...: refused"
         )
+    return path
+
+
+def load_model(version: ModelVersion) -> TagModel:
+    """Load an artifact after checking its checksum; a mismatch is refused, never loaded."""
+    path = verified_artifact(version)
     from service.ml.classifier import TagModel
 
     model = joblib.load(path)
@@ -222,7 +235,7 @@ def rollback(session: Session) -> ModelVersion:
     raise NotFoundError("no previously promoted version to roll back to")
 
 
-def serving_threshold(row: ModelVersion) -> float:
+def serving_threshold(row: ModelVersionBase) -> float:
     """The auto-acceptance cut `row` is served with: one set after training (audit
     recalibration, or by hand) if any, else the one training chose."""
     return float(row.thresholds.get("serving", row.thresholds["auto"]))

@@ -1,15 +1,16 @@
-"""The model registry over HTTP: list, filter, inspect, compare, promote, roll back."""
+"""The model registry over HTTP: list, filter, inspect, compare, promote, roll back, and move a
+version between deployments (export and import)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from service.api.deps import AdminKey, AnyKey, SessionDep, SettingsDep, StateDep
+from service.api.deps import AdminKey, AnyKey, PredictorDep, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate_as_configured
 from service.comparison import enqueue_compare
@@ -20,6 +21,7 @@ from service.entities.common import StorableStr
 from service.errors import NotFoundError
 from service.jobs import JobAccepted
 from service.ml import registry
+from service.ml.bundle import bundle_name, export_bundle, import_bundle
 from service.retraining import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -167,3 +169,43 @@ def rollback_model(session: SessionDep, state: StateDep, _caller: AdminKey) -> M
     row = registry.rollback(session)
     sync_production(state)
     return public(row)
+
+
+@router.get(
+    "/{version}/bundle",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "The bundle"}},
+)
+def export_model(version: StorableStr, session: SessionDep, _caller: AdminKey) -> Response:
+    """`version` packed for another deployment: its registry record and artifact, to import
+    there with POST /models/import or `tagflow models import`."""
+    data = export_bundle(session, version=version)
+    disposition = f'attachment; filename="{bundle_name(version)}"'
+    return Response(
+        data, media_type="application/gzip", headers={"Content-Disposition": disposition}
+    )
+
+
+class ModelImported(BaseModel):
+    model: ModelVersionPublic
+    warnings: list[str]
+
+
+@router.post("/import", response_model=ModelImported, status_code=status.HTTP_201_CREATED)
+def import_model(
+    bundle: Annotated[bytes, Body(media_type="application/gzip", description="A model bundle")],
+    session: SessionDep,
+    settings: SettingsDep,
+    predictor: PredictorDep,
+    _caller: AdminKey,
+) -> ModelImported:
+    """Record an exported version as a new `candidate` of this registry (promote it as any
+    other). Refused: a damaged or altered bundle, a model with unapproved tags."""
+    imported = import_bundle(
+        session,
+        data=bundle,
+        artifacts_dir=settings.artifacts_dir,
+        tags=predictor.tags,
+        encoder=predictor.encoder.path.name,
+    )
+    return ModelImported(model=public(imported.row), warnings=imported.warnings)

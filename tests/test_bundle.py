@@ -1,0 +1,307 @@
+"""Model bundles: a version exported from one registry (SQLite or PostgreSQL) and imported into
+another, by function, over HTTP and from the command line; damaged, altered, foreign and
+unapproved bundles refused with nothing recorded."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+from typer.testing import CliRunner
+
+from service.cli import app
+from service.config import SEED_DATASET, Settings
+from service.db import init_db, make_engine
+from service.entities import ModelStatus, ModelVersion
+from service.errors import ArtifactError, InvalidInputError
+from service.ml import registry
+from service.ml.bundle import export_bundle, import_bundle
+from service.ml.encoder import FP32_FILE, Encoder
+from service.ml.training import TrainResult
+from service.retraining import base_source
+from service.tags import Tag, TagSet
+from tests.conftest import auth
+
+TEXTS = [
+    "Transformers for summarisation. Abstractive summaries of news with BERT",
+    "YOLO on a drone. Real-time object detection from the air",
+    "Feature store in production. Serving features to models with low latency",
+    "Graph neural networks. Message passing on molecules",
+]
+
+
+@pytest.fixture
+def settings(make_settings, database_url: str) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings(database_url=database_url)
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
+    """A second deployment's registry: its own SQLite database and artifact folder."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'target.db'}")
+    init_db(engine)
+    yield engine, tmp_path / "target-models"
+    engine.dispose()
+
+
+def _exported(engine: Engine, settings: Settings, result: TrainResult) -> tuple[str, bytes]:
+    with Session(engine) as session:
+        row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+        return row.version, export_bundle(session, version=row.version)
+
+
+def _import(target: tuple[Engine, Path], data: bytes, tags: TagSet, encoder: str) -> ModelVersion:
+    engine, artifacts = target
+    with Session(engine, expire_on_commit=False) as session:
+        imported = import_bundle(
+            session, data=data, artifacts_dir=artifacts, tags=tags, encoder=encoder
+        )
+    return imported.row
+
+
+def _members(data: bytes) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}  # type: ignore[union-attr]
+
+
+def _pack(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    return buffer.getvalue()
+
+
+def _with_manifest(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    files = _members(data)
+    manifest = json.loads(files["manifest.json"])
+    change(manifest)
+    return _pack({**files, "manifest.json": json.dumps(manifest).encode()})
+
+
+def _nothing_recorded(target: tuple[Engine, Path]) -> None:
+    engine, artifacts = target
+    with Session(engine) as session:
+        assert registry.list_versions(session) == []
+    assert not artifacts.exists() or not any(artifacts.iterdir())
+
+
+def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
+    engine: Engine,
+    settings: Settings,
+    shared_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    with Session(engine) as session:
+        source = registry.register(
+            session, result=shared_result, artifacts_dir=settings.artifacts_dir
+        )
+        registry.promote(session, version=source.version)
+        # A cut set on the source deployment: kept as lineage, not applied on import.
+        registry.set_serving_threshold(
+            session, version=source.version, threshold=0.97, evidence={"source": "manual"}
+        )
+        data = export_bundle(session, version=source.version)
+        source = registry.get_version(session, version=source.version)
+
+    row = _import(target, data, tags, encoder.path.name)
+    assert row.version == "v0001" and row.status is ModelStatus.CANDIDATE
+    assert (row.checksum, row.data_hash, row.data_rows) == (
+        source.checksum,
+        source.data_hash,
+        source.data_rows,
+    )
+    assert row.metrics == source.metrics and row.gate == source.gate
+    assert row.thresholds == {"auto": source.thresholds["auto"]}
+    lineage = row.params.pop("imported")
+    # The training file's path is another machine's: lineage, not this deployment's base data.
+    assert row.params == {k: v for k, v in source.params.items() if k != "source"}
+    assert lineage["source"] == source.params["source"]
+    assert lineage["version"] == source.version and lineage["status"] == "production"
+    assert lineage["serving_threshold"] == 0.97
+    assert "imported from v0001" in row.note
+    folder = Path(row.artifact_path)
+    assert folder.parent == target[1] and folder.name == "v0001"
+    assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    moved = registry.load_model(row)
+    expected = shared_result.model.predict_proba(TEXTS, encoder.encode)
+    assert (moved.predict_proba(TEXTS, encoder.encode) == expected).all()
+    with Session(target[0]) as session:
+        assert registry.promote(session, version="v0001").status is ModelStatus.PRODUCTION
+        # Retraining here needs this deployment's own base data, not the source's file path.
+        with pytest.raises(InvalidInputError, match="no base dataset"):
+            base_source(session, settings=settings.model_copy(update={"base_dataset": None}))
+
+
+def test_an_altered_model_file_is_refused(
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+) -> None:
+    _, data = _exported(engine, settings, seed_result)
+    files = _members(data)
+    files["model.joblib"] += b"tampered"
+    with pytest.raises(InvalidInputError, match="checksum .* refused"):
+        _import(target, _pack(files), tags, seed_result.model.encoder)
+    _nothing_recorded(target)
+
+
+def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+) -> None:
+    _, data = _exported(engine, settings, seed_result)
+    narrower = TagSet(tuple(t for t in tags.tags if t.name != "mlops"))
+    with pytest.raises(InvalidInputError, match="does not approve: mlops"):
+        _import(target, data, narrower, seed_result.model.encoder)
+    # A manifest that hides the tag is caught by the model itself, after loading it; the
+    # version it had started to record and the files it wrote are gone.
+    hidden = _with_manifest(
+        data, lambda m: m["model"]["params"].update(classes=["computer-vision"])
+    )
+    with pytest.raises(InvalidInputError, match="does not approve: mlops"):
+        _import(target, hidden, narrower, seed_result.model.encoder)
+    _nothing_recorded(target)
+    with_more = TagSet((*tags.tags, Tag("time-series", "Forecasting")))
+    assert _import(target, data, with_more, seed_result.model.encoder).version == "v0001"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda data: b"not a bundle at all", "not a gzip file"),
+        (lambda data: data[: len(data) // 2], "not a tagflow model bundle"),
+        (lambda data: _pack({**_members(data), "../evil.py": b"x"}), "unexpected member"),
+        (lambda data: _pack({"model.joblib": _members(data)["model.joblib"]}), "needs manifest"),
+        (lambda data: _with_manifest(data, lambda m: m.update(format_version=2)), "bad manifest"),
+        (lambda data: _with_manifest(data, lambda m: m["model"].pop("checksum")), "bad manifest"),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"].update(thresholds={})),
+            "no auto threshold",
+        ),
+    ],
+    ids=["garbage", "truncated", "extra-member", "no-manifest", "format", "field", "threshold"],
+)
+def test_what_is_not_a_bundle_is_a_clear_error(
+    make,  # type: ignore[no-untyped-def]
+    message: str,
+    sqlite_engine: Engine,
+    make_settings,  # type: ignore[no-untyped-def]
+    seed_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+) -> None:
+    _, data = _exported(sqlite_engine, make_settings(), seed_result)
+    with pytest.raises(InvalidInputError, match=message):
+        _import(target, make(data), tags, seed_result.model.encoder)
+    _nothing_recorded(target)
+
+
+def test_a_damaged_artifact_is_not_exported(
+    sqlite_engine: Engine,
+    make_settings,  # type: ignore[no-untyped-def]
+    seed_result: TrainResult,
+) -> None:
+    settings = make_settings()
+    with Session(sqlite_engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        artifact = Path(row.artifact_path) / "model.joblib"
+        artifact.write_bytes(artifact.read_bytes() + b"x")
+        with pytest.raises(ArtifactError, match="checksum"):
+            export_bundle(session, version=row.version)
+
+
+def test_a_model_of_another_encoder_is_recorded_with_a_warning(
+    sqlite_engine: Engine,
+    make_settings,  # type: ignore[no-untyped-def]
+    seed_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+) -> None:
+    _, data = _exported(sqlite_engine, make_settings(), seed_result)
+    engine, artifacts = target
+    with Session(engine) as session:
+        imported = import_bundle(
+            session, data=data, artifacts_dir=artifacts, tags=tags, encoder=FP32_FILE
+        )
+    assert seed_result.model.encoder != FP32_FILE
+    assert imported.row.version == "v0001"
+    assert (
+        len(imported.warnings) == 1
+        and f"this deployment serves {FP32_FILE}" in (imported.warnings[0])
+    )
+
+
+def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
+    """Exported from the serving deployment, imported back as a new version (as a second
+    deployment would), promoted, and served with the same answers."""
+    body = {"title": TEXTS[0], "description": ""}
+    before = sqlite_client.post("/predict", json=body, headers=auth("client")).json()
+    assert sqlite_client.get("/models/v0001/bundle", headers=auth("client")).status_code == 403
+    assert sqlite_client.get("/models/v0042/bundle", headers=auth("admin")).status_code == 404
+    exported = sqlite_client.get("/models/v0001/bundle", headers=auth("admin"))
+    assert exported.status_code == 200
+    assert exported.headers["content-type"] == "application/gzip"
+    assert 'filename="tagflow-v0001.tar.gz"' in exported.headers["content-disposition"]
+
+    gzip = {"content-type": "application/gzip"}
+    refused = sqlite_client.post(
+        "/models/import", content=exported.content, headers=auth("client") | gzip
+    )
+    assert refused.status_code == 403
+    garbage = sqlite_client.post("/models/import", content=b"junk", headers=auth("admin") | gzip)
+    assert garbage.status_code == 422 and "not a tagflow model bundle" in garbage.json()["detail"]
+    imported = sqlite_client.post(
+        "/models/import", content=exported.content, headers=auth("admin") | gzip
+    )
+    assert imported.status_code == 201, imported.text
+    model = imported.json()["model"]
+    assert model["version"] == "v0002" and model["status"] == "candidate"
+    assert model["params"]["imported"]["version"] == "v0001" and imported.json()["warnings"] == []
+
+    promoted = sqlite_client.post("/models/v0002/promote", headers=auth("admin"))
+    assert promoted.status_code == 200
+    after = sqlite_client.post("/predict", json=body, headers=auth("client")).json()
+    assert after["model_version"] == "v0002"
+    assert (after["tag"], after["scores"]) == (before["tag"], before["scores"])
+
+
+def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=cli_env)
+    assert trained.exit_code == 0, trained.output
+    bundle = tmp_path / "v1.tar.gz"
+    exported = runner.invoke(app, ["models", "export", "v0001", "--out", str(bundle)], env=cli_env)
+    assert exported.exit_code == 0 and "v0001 exported to" in exported.output, exported.output
+
+    elsewhere = {**cli_env, "TAGFLOW_DATA_DIR": str(tmp_path / "elsewhere")}
+    imported = runner.invoke(app, ["models", "import", str(bundle)], env=elsewhere)
+    assert imported.exit_code == 0, imported.output
+    assert "v0001: candidate, imported from v0001" in imported.output
+    assert "v0001" in runner.invoke(app, ["models", "list"], env=elsewhere).output
+    assert runner.invoke(app, ["models", "promote", "v0001"], env=elsewhere).exit_code == 0
+
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"junk")
+    refused = runner.invoke(app, ["models", "import", str(broken)], env=elsewhere)
+    assert refused.exit_code == 1
+    assert "not a tagflow model bundle" in " ".join(refused.output.split())  # rich wraps
+    missing = runner.invoke(app, ["models", "export", "v0042"], env=cli_env)
+    assert missing.exit_code == 1 and "does not exist" in missing.output
