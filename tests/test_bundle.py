@@ -51,10 +51,18 @@ def target(tmp_path: Path) -> Iterator[tuple[Engine, Path]]:
     engine.dispose()
 
 
-def _exported(engine: Engine, settings: Settings, result: TrainResult) -> tuple[str, bytes]:
-    with Session(engine) as session:
-        row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
-        return row.version, export_bundle(session, version=row.version)
+@pytest.fixture
+def seed_bundle(
+    sqlite_engine: Engine,
+    make_settings,  # type: ignore[no-untyped-def]
+    seed_result: TrainResult,
+) -> bytes:
+    """The bundled seed's model, registered on SQLite and exported."""
+    with Session(sqlite_engine) as session:
+        row = registry.register(
+            session, result=seed_result, artifacts_dir=make_settings().artifacts_dir
+        )
+        return export_bundle(session, version=row.version)
 
 
 def _import(target: tuple[Engine, Path], data: bytes, tags: TagSet, encoder: str) -> ModelVersion:
@@ -146,14 +154,9 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
 
 
 def test_an_altered_model_file_is_refused(
-    engine: Engine,
-    settings: Settings,
-    seed_result: TrainResult,
-    target: tuple[Engine, Path],
-    tags: TagSet,
+    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
 ) -> None:
-    _, data = _exported(engine, settings, seed_result)
-    files = _members(data)
+    files = _members(seed_bundle)
     files["model.joblib"] += b"tampered"
     with pytest.raises(InvalidInputError, match="checksum .* refused"):
         _import(target, _pack(files), tags, seed_result.model.encoder)
@@ -161,13 +164,9 @@ def test_an_altered_model_file_is_refused(
 
 
 def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
-    engine: Engine,
-    settings: Settings,
-    seed_result: TrainResult,
-    target: tuple[Engine, Path],
-    tags: TagSet,
+    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
 ) -> None:
-    _, data = _exported(engine, settings, seed_result)
+    data = seed_bundle
     narrower = TagSet(tuple(t for t in tags.tags if t.name != "mlops"))
     with pytest.raises(InvalidInputError, match="does not approve: mlops"):
         _import(target, data, narrower, seed_result.model.encoder)
@@ -202,15 +201,13 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
 def test_what_is_not_a_bundle_is_a_clear_error(
     make,  # type: ignore[no-untyped-def]
     message: str,
-    sqlite_engine: Engine,
-    make_settings,  # type: ignore[no-untyped-def]
+    seed_bundle: bytes,
     seed_result: TrainResult,
     target: tuple[Engine, Path],
     tags: TagSet,
 ) -> None:
-    _, data = _exported(sqlite_engine, make_settings(), seed_result)
     with pytest.raises(InvalidInputError, match=message):
-        _import(target, make(data), tags, seed_result.model.encoder)
+        _import(target, make(seed_bundle), tags, seed_result.model.encoder)
     _nothing_recorded(target)
 
 
@@ -229,17 +226,12 @@ def test_a_damaged_artifact_is_not_exported(
 
 
 def test_a_model_of_another_encoder_is_recorded_with_a_warning(
-    sqlite_engine: Engine,
-    make_settings,  # type: ignore[no-untyped-def]
-    seed_result: TrainResult,
-    target: tuple[Engine, Path],
-    tags: TagSet,
+    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
 ) -> None:
-    _, data = _exported(sqlite_engine, make_settings(), seed_result)
     engine, artifacts = target
     with Session(engine) as session:
         imported = import_bundle(
-            session, data=data, artifacts_dir=artifacts, tags=tags, encoder=FP32_FILE
+            session, data=seed_bundle, artifacts_dir=artifacts, tags=tags, encoder=FP32_FILE
         )
     assert seed_result.model.encoder != FP32_FILE
     assert imported.row.version == "v0001"
