@@ -9,7 +9,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PACKAGE_DATA = Path(__file__).parent / "data"
@@ -111,6 +111,9 @@ def parse_key_file(content: bytes, *, path: Path, fixed: dict[str, Caller]) -> d
     return keys
 
 
+MIN_BUNDLE_KEY_CHARS = 32  # 192 bits or more as random URL-safe text
+
+
 def generate_dev_keys() -> str:
     """Random keys for development mode, one per role, printed by `tagflow up`."""
     return ",".join(f"{role.value}:{role.value}-{secrets.token_urlsafe(12)}" for role in Role)
@@ -205,11 +208,22 @@ class Settings(BaseSettings):
     base_dataset: Path | None = None
     shadow: bool = True
     watch_interval_s: float = Field(2.0, gt=0.0)
+    # A secret shared by deployments that exchange model versions (service/ml/bundle.py): set,
+    # exports are signed with it and imports must be. At least 32 characters (a random one:
+    # `python -c "import secrets; print(secrets.token_urlsafe(32))"`).
+    bundle_key: SecretStr | None = None
 
     @field_validator("api_keys")
     @classmethod
     def _check_keys(cls, value: str) -> str:
         parse_api_keys(value)
+        return value
+
+    @field_validator("bundle_key")
+    @classmethod
+    def _check_bundle_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_BUNDLE_KEY_CHARS:
+            raise ValueError(f"a bundle key has at least {MIN_BUNDLE_KEY_CHARS} characters")
         return value
 
     @field_validator("retention_days")
@@ -256,6 +270,11 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The configured database, or SQLite inside the data directory."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'tagflow.db').resolve()}"
+
+    @property
+    def bundle_secret(self) -> str | None:
+        """TAGFLOW_BUNDLE_KEY's value, or None when bundles are not signed."""
+        return self.bundle_key.get_secret_value() if self.bundle_key else None
 
     @property
     def artifacts_dir(self) -> Path:

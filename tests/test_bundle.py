@@ -22,13 +22,14 @@ from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError, InvalidInputError
 from service.ml import registry
-from service.ml.bundle import export_bundle, import_bundle
+from service.ml.bundle import Imported, export_bundle, import_bundle
 from service.ml.encoder import FP32_FILE, Encoder
 from service.ml.training import TrainResult
 from service.retraining import base_source
 from service.tags import Tag, TagSet
 from tests.conftest import auth
 
+KEY = "a-shared-secret-of-32-characters"
 TEXTS = [
     "Transformers for summarisation. Abstractive summaries of news with BERT",
     "YOLO on a drone. Real-time object detection from the air",
@@ -188,6 +189,11 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
         (lambda data: b"not a bundle at all", "not a gzip file"),
         (lambda data: data[: len(data) // 2], "not a tagflow model bundle"),
         (lambda data: _pack({**_members(data), "../evil.py": b"x"}), "unexpected member"),
+        (lambda data: _pack({**_members(data), "report.png": b"x"}), "report.png has checksum"),
+        (
+            lambda data: _pack({k: v for k, v in _members(data).items() if k != "report.json"}),
+            "its manifest lists",
+        ),
         (lambda data: _pack({"model.joblib": _members(data)["model.joblib"]}), "needs manifest"),
         (lambda data: _with_manifest(data, lambda m: m.update(format_version=2)), "bad manifest"),
         (lambda data: _with_manifest(data, lambda m: m["model"].pop("checksum")), "bad manifest"),
@@ -196,7 +202,17 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
             "no auto threshold",
         ),
     ],
-    ids=["garbage", "truncated", "extra-member", "no-manifest", "format", "field", "threshold"],
+    ids=[
+        "garbage",
+        "truncated",
+        "extra-member",
+        "altered-report",
+        "missing-report",
+        "no-manifest",
+        "format",
+        "field",
+        "threshold",
+    ],
 )
 def test_what_is_not_a_bundle_is_a_clear_error(
     make,  # type: ignore[no-untyped-def]
@@ -235,10 +251,7 @@ def test_a_model_of_another_encoder_is_recorded_with_a_warning(
         )
     assert seed_result.model.encoder != FP32_FILE
     assert imported.row.version == "v0001"
-    assert (
-        len(imported.warnings) == 1
-        and f"this deployment serves {FP32_FILE}" in (imported.warnings[0])
-    )
+    assert [w for w in imported.warnings if f"this deployment serves {FP32_FILE}" in w]
 
 
 def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
@@ -266,7 +279,8 @@ def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
     assert imported.status_code == 201, imported.text
     model = imported.json()["model"]
     assert model["version"] == "v0002" and model["status"] == "candidate"
-    assert model["params"]["imported"]["version"] == "v0001" and imported.json()["warnings"] == []
+    assert model["params"]["imported"]["version"] == "v0001"
+    assert [w for w in imported.json()["warnings"] if "signature not checked" in w]
 
     promoted = sqlite_client.post("/models/v0002/promote", headers=auth("admin"))
     assert promoted.status_code == 200
@@ -275,18 +289,27 @@ def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
     assert (after["tag"], after["scores"]) == (before["tag"], before["scores"])
 
 
+def _said(output: str) -> str:
+    """CLI output as one line: rich wraps long lines at the terminal's width."""
+    return " ".join(output.split())
+
+
 def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Two deployments sharing a bundle key: signed on one side, checked on the other."""
     runner = CliRunner()
-    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=cli_env)
+    here = {**cli_env, "TAGFLOW_BUNDLE_KEY": KEY}
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=here)
     assert trained.exit_code == 0, trained.output
     bundle = tmp_path / "v1.tar.gz"
-    exported = runner.invoke(app, ["models", "export", "v0001", "--out", str(bundle)], env=cli_env)
-    assert exported.exit_code == 0 and "v0001 exported to" in exported.output, exported.output
+    exported = runner.invoke(app, ["models", "export", "v0001", "--out", str(bundle)], env=here)
+    assert exported.exit_code == 0, exported.output
+    assert "v0001 exported to" in exported.output and "MB, signed)" in _said(exported.output)
 
-    elsewhere = {**cli_env, "TAGFLOW_DATA_DIR": str(tmp_path / "elsewhere")}
+    elsewhere = {**here, "TAGFLOW_DATA_DIR": str(tmp_path / "elsewhere")}
     imported = runner.invoke(app, ["models", "import", str(bundle)], env=elsewhere)
     assert imported.exit_code == 0, imported.output
     assert "v0001: candidate, imported from v0001" in imported.output
+    assert "warning" not in imported.output
     assert "v0001" in runner.invoke(app, ["models", "list"], env=elsewhere).output
     assert runner.invoke(app, ["models", "promote", "v0001"], env=elsewhere).exit_code == 0
 
@@ -294,6 +317,44 @@ def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_pa
     broken.write_bytes(b"junk")
     refused = runner.invoke(app, ["models", "import", str(broken)], env=elsewhere)
     assert refused.exit_code == 1
-    assert "not a tagflow model bundle" in " ".join(refused.output.split())  # rich wraps
-    missing = runner.invoke(app, ["models", "export", "v0042"], env=cli_env)
+    assert "not a tagflow model bundle" in _said(refused.output)
+    missing = runner.invoke(app, ["models", "export", "v0042"], env=here)
     assert missing.exit_code == 1 and "does not exist" in missing.output
+
+
+def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    seed_bundle: bytes,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+) -> None:
+    engine, artifacts = target
+    with Session(sqlite_engine) as session:
+        signed = export_bundle(session, version="v0001", key=KEY)
+        other = export_bundle(session, version="v0001", key="another-secret-of-32-characters!")
+    assert "manifest.sig" in _members(signed) and "manifest.sig" not in _members(seed_bundle)
+
+    def bring(data: bytes) -> Imported:
+        with Session(engine, expire_on_commit=False) as session:
+            return import_bundle(
+                session,
+                data=data,
+                artifacts_dir=artifacts,
+                tags=tags,
+                encoder=seed_result.model.encoder,
+                key=KEY,
+            )
+
+    with pytest.raises(InvalidInputError, match="not signed"):
+        bring(seed_bundle)
+    with pytest.raises(InvalidInputError, match="signature does not match"):
+        bring(other)
+    # The signature covers the manifest, which holds every file's checksum: a changed cut (or
+    # a changed file with its checksum updated in the manifest) breaks it.
+    lowered = _with_manifest(signed, lambda m: m["model"]["thresholds"].update(auto=0.1))
+    with pytest.raises(InvalidInputError, match="signature does not match"):
+        bring(lowered)
+    _nothing_recorded(target)
+    imported = bring(signed)
+    assert imported.row.version == "v0001" and imported.warnings == []

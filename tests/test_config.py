@@ -117,3 +117,14 @@ def test_a_refused_configuration_reads_one_line_per_variable() -> None:
     with pytest.raises(ValidationError) as unsafe:
         Settings(api_keys="", dev=False)
     assert describe_errors(unsafe.value).startswith("TAGFLOW_API_KEYS is empty: set role:key")
+
+
+def test_a_bundle_key_is_long_or_unset() -> None:
+    with pytest.raises(ValidationError) as short:
+        Settings(api_keys="admin:k", bundle_key="hunter2")  # type: ignore[arg-type]
+    assert describe_errors(short.value) == (
+        "TAGFLOW_BUNDLE_KEY: a bundle key has at least 32 characters"
+    )
+    assert Settings(api_keys="admin:k").bundle_secret is None
+    key = "k" * 32
+    assert Settings(api_keys="admin:k", bundle_key=key).bundle_secret == key  # type: ignore[arg-type]

@@ -198,12 +198,13 @@ def models_export(
     target = out or Path(bundle_name(version))
     try:
         with open_session(settings) as session:
-            data = export_bundle(session, version=version)
+            data = export_bundle(session, version=version, key=settings.bundle_secret)
         target.write_bytes(data)
     except (TagflowError, OSError) as exc:
         console.print(f"[red]cannot export:[/red] {exc}")
         raise typer.Exit(1) from None
-    console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB)")
+    signed = "signed" if settings.bundle_key else "not signed: no TAGFLOW_BUNDLE_KEY"
+    console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
 
 
 @models_app.command("import")
@@ -225,6 +226,7 @@ def models_import(
                 artifacts_dir=settings.artifacts_dir,
                 tags=cli_tags(settings),
                 encoder=onnx_file(settings.encoder),
+                key=settings.bundle_secret,
                 note=note,
             )
     except (TagflowError, OSError) as exc:

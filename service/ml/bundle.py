@@ -14,13 +14,16 @@ The imported version is served with the cut its training chose: a cut set later 
 deployment (audit recalibration or by hand) was measured on that deployment's traffic, so it is
 kept in `params.imported.serving_threshold` for an admin to apply, not applied.
 
-A model file is a pickle, and loading one runs code: import bundles only from deployments you
-trust, as you would copy an artifact folder.
+A model file is a pickle, and loading one runs code. Deployments that share a bundle key
+(TAGFLOW_BUNDLE_KEY) sign what they export with it (HMAC-SHA256 of the manifest, which holds
+every other file's SHA-256) and import only what is signed with it; without one, an import
+loads what an admin sends, and says so in a warning.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -45,8 +48,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "tagflow-model-bundle"
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
 REPORT_FILES = ("report.json", "report.png")
-MEMBERS = frozenset({MANIFEST, registry.MODEL_FILE, *REPORT_FILES})
+MEMBERS = frozenset({MANIFEST, SIGNATURE, registry.MODEL_FILE, *REPORT_FILES})
 # A bound on each member as the tar header declares it, checked before it is read: a model is
 # a few MB (1.2 MB trained on the bundled seed), and a hostile bundle must not expand into all
 # of memory.
@@ -54,13 +58,24 @@ MAX_MEMBER_BYTES = 64 * 1024 * 1024
 
 
 class BundleManifest(BaseModel):
-    """What `manifest.json` holds: the exported version's record, and where it came from."""
+    """What `manifest.json` holds: the exported version's record, the SHA-256 of every other
+    file in the bundle, and where it came from."""
 
     format: Literal["tagflow-model-bundle"]
     format_version: Literal[1]
     exported_at: datetime
     tagflow_version: str
     model: ModelVersionPublic
+    files: dict[str, str]
+
+
+@dataclass
+class Bundle:
+    """A bundle's manifest and files, checked; `signed`: its signature was verified."""
+
+    manifest: BundleManifest
+    files: dict[str, bytes]
+    signed: bool
 
 
 @dataclass
@@ -76,25 +91,40 @@ def bundle_name(version: str) -> str:
     return f"tagflow-{version}.tar.gz"
 
 
-def export_bundle(session: Session, *, version: str) -> bytes:
-    """`version` packed as a bundle; its artifact must verify against the registry first."""
+def sign(manifest: bytes, key: str) -> str:
+    """The HMAC-SHA256 of the manifest's bytes under `key` (hex). The manifest holds the
+    SHA-256 of every other file, so the signature covers the whole bundle."""
+    return hmac.new(key.encode(), manifest, hashlib.sha256).hexdigest()
+
+
+def export_bundle(session: Session, *, version: str, key: str | None = None) -> bytes:
+    """`version` packed as a bundle, signed with `key` if one is given; its artifact must
+    verify against the registry first."""
     row = registry.get_version(session, version=version)
     model_path = registry.verified_artifact(row)
-    manifest = BundleManifest(
-        format=FORMAT,
-        format_version=1,
-        exported_at=utcnow(),
-        tagflow_version=package_version("tagflow"),
-        model=ModelVersionPublic.model_validate(row, from_attributes=True),
+    files = {registry.MODEL_FILE: model_path.read_bytes()}
+    for name in REPORT_FILES:
+        if (model_path.parent / name).exists():
+            files[name] = (model_path.parent / name).read_bytes()
+    manifest = (
+        BundleManifest(
+            format=FORMAT,
+            format_version=1,
+            exported_at=utcnow(),
+            tagflow_version=package_version("tagflow"),
+            model=ModelVersionPublic.model_validate(row, from_attributes=True),
+            files={name: hashlib.sha256(blob).hexdigest() for name, blob in files.items()},
+        )
+        .model_dump_json(indent=2)
+        .encode()
     )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        _add(tar, MANIFEST, manifest.model_dump_json(indent=2).encode())
-        _add(tar, registry.MODEL_FILE, model_path.read_bytes())
-        for name in REPORT_FILES:
-            report = model_path.parent / name
-            if report.exists():
-                _add(tar, name, report.read_bytes())
+        _add(tar, MANIFEST, manifest)
+        if key:
+            _add(tar, SIGNATURE, sign(manifest, key).encode())
+        for name, blob in files.items():
+            _add(tar, name, blob)
     return buffer.getvalue()
 
 
@@ -106,27 +136,56 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def read_bundle(data: bytes) -> tuple[BundleManifest, dict[str, bytes]]:
-    """The manifest and files of a bundle, checked: format, members, model checksum.
-    Anything else is an `InvalidInputError` saying what is wrong."""
+def read_bundle(data: bytes, *, key: str | None = None) -> Bundle:
+    """The manifest and files of a bundle, checked: members, signature (when `key` is given,
+    a bundle without a valid one is refused), format, every file's checksum. Anything wrong is
+    an `InvalidInputError` saying what."""
     files = _members(data)
     if MANIFEST not in files or registry.MODEL_FILE not in files:
         raise InvalidInputError(
             f"not a tagflow model bundle: it needs {MANIFEST} and {registry.MODEL_FILE}"
         )
+    raw = files.pop(MANIFEST)
+    signature = files.pop(SIGNATURE, None)
+    if key:
+        _check_signature(raw, signature, key)
     try:
-        manifest = BundleManifest.model_validate(json.loads(files.pop(MANIFEST)))
+        manifest = BundleManifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInputError(f"not a tagflow model bundle: bad {MANIFEST}: {exc}") from None
     if not isinstance(manifest.model.thresholds.get("auto"), int | float):
         raise InvalidInputError(f"not a tagflow model bundle: {MANIFEST} has no auto threshold")
-    actual = hashlib.sha256(files[registry.MODEL_FILE]).hexdigest()
-    if actual != manifest.model.checksum:
+    if manifest.files.get(registry.MODEL_FILE) != manifest.model.checksum:
         raise InvalidInputError(
-            f"the bundle's {registry.MODEL_FILE} has checksum {actual[:12]}..., its manifest "
-            f"says {manifest.model.checksum[:12]}...: refused (damaged or altered)"
+            f"not a tagflow model bundle: {MANIFEST} gives {registry.MODEL_FILE} another "
+            "checksum than its model record"
         )
-    return manifest, files
+    if set(files) != set(manifest.files):
+        raise InvalidInputError(
+            f"the bundle holds {sorted(files)}, its manifest lists {sorted(manifest.files)}: "
+            "refused"
+        )
+    for name, blob in files.items():
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != manifest.files[name]:
+            raise InvalidInputError(
+                f"the bundle's {name} has checksum {actual[:12]}..., its manifest says "
+                f"{manifest.files[name][:12]}...: refused (damaged or altered)"
+            )
+    return Bundle(manifest, files, signed=bool(key))
+
+
+def _check_signature(manifest: bytes, signature: bytes | None, key: str) -> None:
+    if signature is None:
+        raise InvalidInputError(
+            "the bundle is not signed, and this deployment accepts only bundles signed with "
+            "its TAGFLOW_BUNDLE_KEY: refused"
+        )
+    if not hmac.compare_digest(signature.strip(), sign(manifest, key).encode()):
+        raise InvalidInputError(
+            "the bundle's signature does not match this deployment's TAGFLOW_BUNDLE_KEY "
+            "(signed with another key, or altered since): refused"
+        )
 
 
 def _members(data: bytes) -> dict[str, bytes]:
@@ -157,14 +216,17 @@ def import_bundle(
     artifacts_dir: Path,
     tags: TagSet,
     encoder: str,
+    key: str | None = None,
     note: str = "",
 ) -> Imported:
     """Record the model in bundle `data` as a new `candidate` version of this registry.
 
-    Refused, with nothing recorded or left on disk: a bundle that fails `read_bundle`, and a
-    model that could answer with a tag outside `tags`. A model trained on another encoder than
-    this deployment's `encoder` is recorded with a warning (it serves, slightly off)."""
-    manifest, files = read_bundle(data)
+    Refused, with nothing recorded or left on disk: a bundle that fails `read_bundle` (with
+    `key`, one not signed with it), and a model that could answer with a tag outside `tags`.
+    Recorded with a warning: a model trained on another encoder than this deployment's
+    `encoder` (it serves, slightly off), and any bundle when there is no `key` to check."""
+    bundle = read_bundle(data, key=key)
+    manifest, files = bundle.manifest, bundle.files
     source = manifest.model
     _check_tags(source.params.get("classes", []), tags, source.version)
     row = ModelVersion(
@@ -197,6 +259,11 @@ def import_bundle(
         raise
     session.refresh(row)
     warnings = []
+    if not bundle.signed:
+        warnings.append(
+            "signature not checked: this deployment has no TAGFLOW_BUNDLE_KEY, so it accepts "
+            "a bundle from anyone with an admin key"
+        )
     if model.encoder and model.encoder != encoder:
         warnings.append(
             f"{row.version} was trained on {model.encoder} embeddings and this deployment "

@@ -176,10 +176,13 @@ def rollback_model(session: SessionDep, state: StateDep, _caller: AdminKey) -> M
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}, "description": "The bundle"}},
 )
-def export_model(version: StorableStr, session: SessionDep, _caller: AdminKey) -> Response:
+def export_model(
+    version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AdminKey
+) -> Response:
     """`version` packed for another deployment: its registry record and artifact, to import
-    there with POST /models/import or `tagflow models import`."""
-    data = export_bundle(session, version=version)
+    there with POST /models/import or `tagflow models import` (signed with TAGFLOW_BUNDLE_KEY
+    if it is set)."""
+    data = export_bundle(session, version=version, key=settings.bundle_secret)
     disposition = f'attachment; filename="{bundle_name(version)}"'
     return Response(
         data, media_type="application/gzip", headers={"Content-Disposition": disposition}
@@ -200,12 +203,14 @@ def import_model(
     _caller: AdminKey,
 ) -> ModelImported:
     """Record an exported version as a new `candidate` of this registry (promote it as any
-    other). Refused: a damaged or altered bundle, a model with unapproved tags."""
+    other). Refused: a damaged or altered bundle, a model with unapproved tags, and with
+    TAGFLOW_BUNDLE_KEY set, a bundle not signed with it."""
     imported = import_bundle(
         session,
         data=bundle,
         artifacts_dir=settings.artifacts_dir,
         tags=predictor.tags,
         encoder=predictor.encoder.path.name,
+        key=settings.bundle_secret,
     )
     return ModelImported(model=public(imported.row), warnings=imported.warnings)
