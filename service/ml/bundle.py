@@ -149,6 +149,13 @@ def read_bundle(data: bytes, *, key: str | None = None) -> Bundle:
     signature = files.pop(SIGNATURE, None)
     if key:
         _check_signature(raw, signature, key)
+    manifest = _manifest(raw)
+    _check_files(manifest, files)
+    return Bundle(manifest, files, signed=bool(key))
+
+
+def _manifest(raw: bytes) -> BundleManifest:
+    """`manifest.json` parsed and checked for what an import relies on."""
     try:
         manifest = BundleManifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
@@ -160,6 +167,11 @@ def read_bundle(data: bytes, *, key: str | None = None) -> Bundle:
             f"not a tagflow model bundle: {MANIFEST} gives {registry.MODEL_FILE} another "
             "checksum than its model record"
         )
+    return manifest
+
+
+def _check_files(manifest: BundleManifest, files: dict[str, bytes]) -> None:
+    """The bundle holds exactly the files its manifest lists, each with its checksum."""
     if set(files) != set(manifest.files):
         raise InvalidInputError(
             f"the bundle holds {sorted(files)}, its manifest lists {sorted(manifest.files)}: "
@@ -172,7 +184,6 @@ def read_bundle(data: bytes, *, key: str | None = None) -> Bundle:
                 f"the bundle's {name} has checksum {actual[:12]}..., its manifest says "
                 f"{manifest.files[name][:12]}...: refused (damaged or altered)"
             )
-    return Bundle(manifest, files, signed=bool(key))
 
 
 def _check_signature(manifest: bytes, signature: bytes | None, key: str) -> None:
@@ -229,22 +240,7 @@ def import_bundle(
     manifest, files = bundle.manifest, bundle.files
     source = manifest.model
     _check_tags(source.params.get("classes", []), tags, source.version)
-    row = ModelVersion(
-        version=f"pending-{new_id()}",
-        status=ModelStatus.CANDIDATE,
-        data_hash=source.data_hash,
-        data_rows=source.data_rows,
-        # The training file's path names a file on the source's machine: kept as lineage, not
-        # as this deployment's base dataset for retraining (`retraining.base_source`).
-        params={k: v for k, v in source.params.items() if k != "source"}
-        | {"imported": _lineage(manifest)},
-        metrics=source.metrics,
-        thresholds={"auto": source.thresholds["auto"]},
-        gate=source.gate,
-        artifact_path="",
-        checksum=source.checksum,
-        note=note or f"imported from {source.version} (exported {manifest.exported_at:%Y-%m-%d})",
-    )
+    row = _candidate(manifest, note=note)
     folder = registry.add_version(session, row, artifacts_dir=artifacts_dir)
     try:
         for name, blob in files.items():
@@ -271,6 +267,28 @@ def import_bundle(
         )
     log.info("imported %s as %s", source.version, row.version)
     return Imported(row, warnings)
+
+
+def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
+    """The new version's row: the source's record, with its lineage and without what was
+    particular to the source deployment (its served cut, its training file's path)."""
+    source = manifest.model
+    return ModelVersion(
+        version=f"pending-{new_id()}",
+        status=ModelStatus.CANDIDATE,
+        data_hash=source.data_hash,
+        data_rows=source.data_rows,
+        # The training file's path names a file on the source's machine: kept as lineage, not
+        # as this deployment's base dataset for retraining (`retraining.base_source`).
+        params={k: v for k, v in source.params.items() if k != "source"}
+        | {"imported": _lineage(manifest)},
+        metrics=source.metrics,
+        thresholds={"auto": source.thresholds["auto"]},
+        gate=source.gate,
+        artifact_path="",
+        checksum=source.checksum,
+        note=note or f"imported from {source.version} (exported {manifest.exported_at:%Y-%m-%d})",
+    )
 
 
 def _check_tags(classes: list[str], tags: TagSet, version: str) -> None:
