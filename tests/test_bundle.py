@@ -20,7 +20,7 @@ from service.cli import app
 from service.config import SEED_DATASET, Settings
 from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
-from service.errors import ArtifactError, InvalidInputError
+from service.errors import ArtifactError, ConflictError, InvalidInputError
 from service.ml import registry
 from service.ml.bundle import Imported, export_bundle, import_bundle
 from service.ml.encoder import FP32_FILE, Encoder
@@ -358,3 +358,18 @@ def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
     _nothing_recorded(target)
     imported = bring(signed)
     assert imported.row.version == "v0001" and imported.warnings == []
+
+
+def test_files_already_in_the_new_versions_folder_are_left_alone(
+    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
+) -> None:
+    """A registry whose database was reset but whose artifact folder was kept: the import
+    neither overwrites nor deletes what it finds there."""
+    stray = target[1] / "v0001" / "model.joblib"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"someone else's model")
+    with pytest.raises(ConflictError, match="already holds files"):
+        _import(target, seed_bundle, tags, seed_result.model.encoder)
+    assert stray.read_bytes() == b"someone else's model"
+    with Session(target[0]) as session:
+        assert registry.list_versions(session) == []
