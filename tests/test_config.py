@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,13 @@ def test_a_bundle_key_is_long_or_unset() -> None:
     assert Settings(api_keys="admin:k").bundle_secret is None
     key = "k" * 32
     assert Settings(api_keys="admin:k", bundle_key=key).bundle_secret == key  # type: ignore[arg-type]
+
+
+def test_every_setting_has_a_row_in_the_readme_configuration_table() -> None:
+    """A setting added without a line in the README is a setting nobody can find."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    # The first cell of each table row names one variable or several (`A` / `B`).
+    first_cells = re.findall(r"^\| ([^|]*TAGFLOW_[^|]*) \|", readme, flags=re.MULTILINE)
+    rows = {v for cell in first_cells for v in re.findall(r"`(TAGFLOW_[A-Z0-9_]+)`", cell)}
+    variables = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
+    assert len(variables) > 40 and variables - rows == set()
