@@ -201,6 +201,14 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
             lambda data: _with_manifest(data, lambda m: m["model"].update(thresholds={})),
             "no auto threshold",
         ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"].update(version="v\x001")),
+            "malformed version name",
+        ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"].update(data_hash="x\x00")),
+            "malformed version name or data hash",
+        ),
     ],
     ids=[
         "garbage",
@@ -212,6 +220,8 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
         "format",
         "field",
         "threshold",
+        "nul-in-version",
+        "nul-in-data-hash",
     ],
 )
 def test_what_is_not_a_bundle_is_a_clear_error(

@@ -27,6 +27,7 @@ import hmac
 import io
 import json
 import logging
+import re
 import shutil
 import tarfile
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ MEMBERS = frozenset({MANIFEST, SIGNATURE, registry.MODEL_FILE, *REPORT_FILES})
 # a few MB (1.2 MB trained on the bundled seed), and a hostile bundle must not expand into all
 # of memory.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+VERSION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleManifest(BaseModel):
@@ -160,6 +163,13 @@ def _manifest(raw: bytes) -> BundleManifest:
         manifest = BundleManifest.model_validate(json.loads(raw))
     except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInputError(f"not a tagflow model bundle: bad {MANIFEST}: {exc}") from None
+    # Both land in plain text columns: PostgreSQL refuses a NUL there with an error, not a 422.
+    if not VERSION_NAME.fullmatch(manifest.model.version) or not SHA256_HEX.fullmatch(
+        manifest.model.data_hash
+    ):
+        raise InvalidInputError(
+            f"not a tagflow model bundle: {MANIFEST} has a malformed version name or data hash"
+        )
     if not isinstance(manifest.model.thresholds.get("auto"), int | float):
         raise InvalidInputError(f"not a tagflow model bundle: {MANIFEST} has no auto threshold")
     if manifest.files.get(registry.MODEL_FILE) != manifest.model.checksum:
