@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,11 @@ class TagSet:
 
     def __len__(self) -> int:
         return len(self.tags)
+
+    def unapproved(self, names: Iterable[str]) -> list[str]:
+        """The names among `names` that are not approved tags, sorted: what a model that could
+        answer with them is refused for."""
+        return sorted(set(names) - set(self.names))
 
 
 def load_tags(path: Path) -> TagSet:

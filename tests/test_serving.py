@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import OverloadedError, UnavailableError
+from service.errors import ArtifactError, OverloadedError, UnavailableError
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
 from service.ml.serving import BatchStats, LoadedModel, MicroBatcher, Predictor
@@ -125,6 +125,19 @@ def test_encoder_failure_fails_only_its_request(
     broken, fast, slow = asyncio.run(scenario())
     assert isinstance(broken, RuntimeError)
     assert isinstance(fast, list) and isinstance(slow, list)
+
+
+def test_a_model_that_could_answer_an_unapproved_tag_is_never_served(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult
+) -> None:
+    narrower = TagSet(tuple(t for t in tags.tags if t.name != "mlops"))
+    predictor = Predictor(encoder, narrower)
+    with pytest.raises(ArtifactError, match=r"predicts unapproved tags \['mlops'\]: refused"):
+        predictor.swap(LoadedModel("v-test", shared_result.model))
+    assert predictor.current is None
+    with pytest.raises(ArtifactError, match="unapproved"):
+        predictor.set_shadow(LoadedModel("v-test", shared_result.model))
+    assert predictor.shadow is None
 
 
 def test_no_model_fails_every_waiting_request(encoder: Encoder, tags: TagSet) -> None:

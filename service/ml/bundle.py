@@ -308,7 +308,7 @@ def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
 
 
 def _check_tags(classes: list[str], tags: TagSet, version: str) -> None:
-    unknown = sorted(set(classes) - set(tags.names))
+    unknown = tags.unapproved(classes)
     if unknown:
         raise InvalidInputError(
             f"model {version} answers with tags this deployment does not approve: "

@@ -100,10 +100,10 @@ class Predictor:
 
     def check(self, loaded: LoadedModel) -> None:
         """Refuse a model that could return a tag outside the approved list."""
-        unknown = set(loaded.model.classes) - set(self.tags.names)
+        unknown = self.tags.unapproved(loaded.model.classes)
         if unknown:
             raise ArtifactError(
-                f"model {loaded.version} predicts unapproved tags {sorted(unknown)}: refused"
+                f"model {loaded.version} predicts unapproved tags {unknown}: refused"
             )
         if loaded.model.encoder and loaded.model.encoder != self.encoder.path.name:
             log.warning(
