@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 FORMAT = "tagflow-model-bundle"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
-REPORT_FILES = ("report.json", "report.png")
+REPORT_FILES = (registry.REPORT_JSON, registry.REPORT_PNG)
 MEMBERS = frozenset({MANIFEST, SIGNATURE, registry.MODEL_FILE, *REPORT_FILES})
 # A bound on each member as the tar header declares it, checked before it is read: a model is
 # a few MB (1.2 MB trained on the bundled seed), and a hostile bundle must not expand into all

@@ -24,6 +24,8 @@ if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need n
     from service.ml.training import TrainResult
 
 MODEL_FILE = "model.joblib"
+REPORT_JSON = "report.json"
+REPORT_PNG = "report.png"
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
 
@@ -96,10 +98,10 @@ def register(
         "gate": gate,
         "train_seconds": result.seconds,
     }
-    (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (folder / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
     from service.ml.evaluation import render_png
 
-    render_png(result.metrics, folder / "report.png", title=f"tagflow {row.version}")
+    render_png(result.metrics, folder / REPORT_PNG, title=f"tagflow {row.version}")
     row.artifact_path = str(folder.resolve())
     row.checksum = sha256_file(folder / MODEL_FILE)
     session.add(row)

@@ -84,7 +84,7 @@ def get_model(version: StorableStr, session: SessionDep, _caller: AnyKey) -> Mod
 def get_report_png(version: StorableStr, session: SessionDep, _caller: AnyKey) -> FileResponse:
     """The evaluation picture saved with the version."""
     row = registry.get_version(session, version=version)
-    path = Path(row.artifact_path) / "report.png"
+    path = Path(row.artifact_path) / registry.REPORT_PNG
     if not path.exists():
         raise NotFoundError(f"no report picture for {version}")
     return FileResponse(path, media_type="image/png")
