@@ -134,15 +134,14 @@ class KeyRing:
         if content == self._seen:
             return
         self._seen = content
+        if content is None:
+            assert unreadable is not None  # content is None only when reading failed
+            self._refuse(unreadable)
+            return
         try:
-            if content is None:
-                assert unreadable is not None
-                raise unreadable
             loaded = parse_key_file(content, path=self._path, fixed=self._fixed)
         except ValueError as exc:
-            self.file_valid = False
-            self.rejections += 1
-            log.error("API key file refused, the last good keys stay in force: %s", exc)
+            self._refuse(exc)
             return
         self._take({**self._fixed, **loaded})
         self.file_valid = True
@@ -151,6 +150,12 @@ class KeyRing:
         log.info("API key file %s read again: %d keys %s", self._path, len(loaded), dict(roles))
         if not self._keys:
             log.warning("no API keys left: every request that needs one gets 401")
+
+    def _refuse(self, problem: ValueError) -> None:
+        """A key file that cannot be read or parsed: counted, logged, the keys kept."""
+        self.file_valid = False
+        self.rejections += 1
+        log.error("API key file refused, the last good keys stay in force: %s", problem)
 
     def callers(self) -> list[Caller]:
         """Every key's holder (one entry per key)."""
