@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ from service.cli import app
 from service.config import SEED_DATASET, Settings
 from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
-from service.errors import ArtifactError, ConflictError, InvalidInputError
+from service.errors import ArtifactError, InvalidInputError
 from service.ml import registry
 from service.ml.bundle import Imported, export_bundle, import_bundle
 from service.ml.encoder import FP32_FILE, Encoder
@@ -371,15 +372,21 @@ def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
 
 
 def test_files_already_in_the_new_versions_folder_are_left_alone(
-    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
+    seed_bundle: bytes,
+    seed_result: TrainResult,
+    target: tuple[Engine, Path],
+    tags: TagSet,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A registry whose database was reset but whose artifact folder was kept: the import
-    neither overwrites nor deletes what it finds there."""
+    neither overwrites nor deletes what it finds there, and stores the version beside it."""
     stray = target[1] / "v0001" / "model.joblib"
     stray.parent.mkdir(parents=True)
     stray.write_bytes(b"someone else's model")
-    with pytest.raises(ConflictError, match="already holds files"):
-        _import(target, seed_bundle, tags, seed_result.model.encoder)
+    with caplog.at_level(logging.WARNING, logger="service.ml.registry"):
+        row = _import(target, seed_bundle, tags, seed_result.model.encoder)
     assert stray.read_bytes() == b"someone else's model"
-    with Session(target[0]) as session:
-        assert registry.list_versions(session) == []
+    assert [p.name for p in stray.parent.iterdir()] == ["model.joblib"]
+    assert row.version == "v0001" and Path(row.artifact_path).name.startswith("v0001-")
+    assert registry.load_model(row).classes == seed_result.model.classes
+    assert "no version of this registry owns it" in caplog.text

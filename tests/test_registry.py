@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -39,6 +41,44 @@ def test_register_records_lineage_metrics_and_artifacts(
     report = json.loads((folder / "report.json").read_text())
     assert report["version"] == "v0001" and report["cv"]["chosen"]["weight"] == row.params["weight"]
     assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_new_version_never_writes_into_a_folder_it_does_not_own(
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database reset with the artifact folder kept: v0001's old files stay as they were and
+    the new v0001 gets a folder of its own, named in the log."""
+    stray = settings.artifacts_dir / "v0001" / "model.joblib"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(b"an earlier registry's model")
+    with (
+        caplog.at_level(logging.WARNING, logger="service.ml.registry"),
+        Session(engine) as session,
+    ):
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    assert stray.read_bytes() == b"an earlier registry's model"
+    assert [p.name for p in stray.parent.iterdir()] == ["model.joblib"]
+    folder = Path(row.artifact_path)
+    assert row.version == "v0001" and folder.name.startswith("v0001-")
+    assert registry.load_model(row).classes == seed_result.model.classes
+    assert str(folder) in caplog.text
+
+
+def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    broken = dataclasses.replace(seed_result, metrics={"weighted_f1": 0.9})  # no report to draw
+    with Session(engine) as session:
+        with pytest.raises(KeyError):
+            registry.register(session, result=broken, artifacts_dir=settings.artifacts_dir)
+        assert registry.list_versions(session) == []
+    assert list(settings.artifacts_dir.iterdir()) == []
+    with Session(engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    assert Path(row.artifact_path).name == row.version
 
 
 def test_promote_archives_previous_and_rollback_restores_it(

@@ -41,7 +41,7 @@ from sqlmodel import Session
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
 from service.entities.common import new_id, utcnow
-from service.errors import ConflictError, InvalidInputError
+from service.errors import InvalidInputError
 from service.ml import registry
 from service.tags import TagSet
 
@@ -252,12 +252,6 @@ def import_bundle(
     _check_tags(source.params.get("classes", []), tags, source.version)
     row = _candidate(manifest, note=note)
     folder = registry.add_version(session, row, artifacts_dir=artifacts_dir)
-    if any(folder.iterdir()):  # left by a registry whose database was reset: not ours to delete
-        session.rollback()
-        raise ConflictError(
-            f"{folder} already holds files that no version of this registry owns: "
-            "move them away, then import again"
-        )
     try:
         for name, blob in files.items():
             (folder / name).write_bytes(blob)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import logging
 import operator
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need n
 MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
 
@@ -89,9 +92,27 @@ def register(
         gate=gate,
     )
     folder = add_version(session, row, artifacts_dir=artifacts_dir)
+    try:
+        _write_artifacts(folder, result=result, version=row.version, gate=gate)
+        row.artifact_path = str(folder.resolve())
+        row.checksum = sha256_file(folder / MODEL_FILE)
+        session.add(row)
+        session.commit()
+    except BaseException:
+        # Neither a row without its files nor files without their row stays behind.
+        session.rollback()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    session.refresh(row)
+    return row
+
+
+def _write_artifacts(
+    folder: Path, *, result: TrainResult, version: str, gate: dict[str, Any] | None
+) -> None:
     joblib.dump(result.model, folder / MODEL_FILE)
     report = {
-        "version": row.version,
+        "version": version,
         "metrics": result.metrics,
         "params": result.params,
         "cv": result.cv,
@@ -101,23 +122,31 @@ def register(
     (folder / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
     from service.ml.evaluation import render_png
 
-    render_png(result.metrics, folder / REPORT_PNG, title=f"tagflow {row.version}")
-    row.artifact_path = str(folder.resolve())
-    row.checksum = sha256_file(folder / MODEL_FILE)
-    session.add(row)
-    session.commit()
-    session.refresh(row)
-    return row
+    render_png(result.metrics, folder / REPORT_PNG, title=f"tagflow {version}")
 
 
 def add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
     """Give a new `row` the next version name (from its id, so concurrent writers never share
-    one) and an artifact folder; the caller fills the folder and commits."""
+    one) and a new, empty artifact folder; the caller fills the folder and commits."""
     session.add(row)
     session.flush()
     row.version = f"v{row.id:04d}"
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
     folder = artifacts_dir / row.version
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        # Left by a registry whose database was reset, or by another one sharing the folder:
+        # their files are not ours to overwrite or delete, so this version lives beside them.
+        folder = artifacts_dir / f"{row.version}-{new_id()[-8:]}"
+        folder.mkdir()
+        log.warning(
+            "%s already exists and no version of this registry owns it: %s stores its "
+            "artifacts in %s instead",
+            artifacts_dir / row.version,
+            row.version,
+            folder,
+        )
     return folder
 
 
