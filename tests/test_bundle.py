@@ -4,6 +4,7 @@ unapproved bundles refused with nothing recorded."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -98,6 +99,14 @@ def _with_manifest(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def
     return _pack({**files, "manifest.json": json.dumps(manifest).encode()})
 
 
+def _with_report(data: bytes, report: bytes) -> bytes:
+    """`data` with another report.json, its checksum in the manifest to match."""
+    files = _members(data)
+    manifest = json.loads(files["manifest.json"])
+    manifest["files"]["report.json"] = hashlib.sha256(report).hexdigest()
+    return _pack({**files, "report.json": report, "manifest.json": json.dumps(manifest).encode()})
+
+
 def _nothing_recorded(target: tuple[Engine, Path]) -> None:
     engine, artifacts = target
     with Session(engine) as session:
@@ -143,7 +152,12 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
     assert "imported from v0001" in row.note
     folder = Path(row.artifact_path)
     assert folder.parent == target[1] and folder.name == "v0001"
-    assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+    # The report names the version as this registry knows it, and where it came from.
+    report = json.loads((folder / "report.json").read_text())
+    assert report["version"] == "v0001" and report["imported"] == lineage
+    assert report["metrics"] == source.metrics
+    picture = (folder / "report.png").read_bytes()
+    assert picture[:4] == b"\x89PNG" and picture != _members(data)["report.png"]
 
     moved = registry.load_model(row)
     expected = shared_result.model.predict_proba(TEXTS, encoder.encode)
@@ -210,6 +224,12 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
             lambda data: _with_manifest(data, lambda m: m["model"].update(data_hash="x\x00")),
             "malformed version name or data hash",
         ),
+        (lambda data: _with_report(data, b"{not json"), "report.json is not JSON"),
+        (lambda data: _with_report(data, b'{"version": "v0001"}'), "has no metrics"),
+        (
+            lambda data: _with_report(data, b'{"metrics": {"n": 3}}'),
+            "evaluation report cannot be drawn",
+        ),
     ],
     ids=[
         "garbage",
@@ -223,6 +243,9 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
         "threshold",
         "nul-in-version",
         "nul-in-data-hash",
+        "report-not-json",
+        "report-without-metrics",
+        "report-unreadable-metrics",
     ],
 )
 def test_what_is_not_a_bundle_is_a_clear_error(

@@ -253,9 +253,9 @@ def import_bundle(
     row = _candidate(manifest, note=note)
     folder = registry.add_version(session, row, artifacts_dir=artifacts_dir)
     try:
-        for name, blob in files.items():
-            (folder / name).write_bytes(blob)
+        (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
         row.artifact_path = str(folder.resolve())
+        _write_report(folder, files[registry.REPORT_JSON], row=row, source=source.version)
         model = registry.load_model(row)  # the checksum again, then what the pickle holds
         _check_tags(model.classes, tags, source.version)
         session.commit()
@@ -299,6 +299,26 @@ def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
         checksum=source.checksum,
         note=note or f"imported from {source.version} (exported {manifest.exported_at:%Y-%m-%d})",
     )
+
+
+def _write_report(folder: Path, data: bytes, *, row: ModelVersion, source: str) -> None:
+    """The source's evaluation report under this registry's version name, with the lineage,
+    so that neither the JSON nor the picture names a version this registry does not have."""
+    try:
+        report = json.loads(data)
+    except ValueError as exc:
+        raise InvalidInputError(f"the bundle's {registry.REPORT_JSON} is not JSON: {exc}") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
+        raise InvalidInputError(f"the bundle's {registry.REPORT_JSON} has no metrics: refused")
+    report |= {"version": row.version, "imported": row.params["imported"]}
+    try:
+        registry.write_report(
+            folder, report, title=f"tagflow {row.version} (imported from {source})"
+        )
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise InvalidInputError(
+            f"the bundle's evaluation report cannot be drawn ({type(exc).__name__}: {exc}): refused"
+        ) from None
 
 
 def _check_tags(classes: list[str], tags: TagSet, version: str) -> None:

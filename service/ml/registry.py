@@ -119,10 +119,16 @@ def _write_artifacts(
         "gate": gate,
         "train_seconds": result.seconds,
     }
+    write_report(folder, report, title=f"tagflow {version}")
+
+
+def write_report(folder: Path, report: dict[str, Any], *, title: str) -> None:
+    """A version's evaluation report beside its model: `report` as JSON, and a picture of
+    its `metrics` under `title`."""
     (folder / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str))
     from service.ml.evaluation import render_png
 
-    render_png(result.metrics, folder / REPORT_PNG, title=f"tagflow {version}")
+    render_png(report["metrics"], folder / REPORT_PNG, title=title)
 
 
 def add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
