@@ -28,7 +28,14 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     listed = runner.invoke(app, ["models", "list"], env=env)
     assert "v0001" in listed.output and "v0002" in listed.output
     none = runner.invoke(app, ["models", "list", "--where", "weighted_f1>1.5"], env=env)
-    assert "v0001" not in none.output
+    assert none.exit_code == 0 and "no version meets weighted_f1>1.5" in none.output
+    as_json = runner.invoke(
+        app, ["models", "list", "--json", "--where", "auto.coverage>=0.5"], env=env
+    )
+    assert as_json.exit_code == 0, as_json.output
+    records = json.loads(as_json.output)["models"]  # as GET /models answers
+    assert [r["version"] for r in records] == ["v0002", "v0001"]
+    assert records[1]["status"] == "production" and records[1]["metrics"]["auto"]["coverage"] >= 0.5
     typo = runner.invoke(app, ["models", "list", "--where", "weighted_f>0.5"], env=env)
     assert typo.exit_code == 2 and "did you mean weighted_f1" in typo.output
 

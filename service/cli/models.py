@@ -17,6 +17,7 @@ from service.cli.common import (
     open_session,
     settings_or_exit,
 )
+from service.entities import ModelVersion, ModelVersionPublic
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset
@@ -29,6 +30,9 @@ def models_list(
     where: Annotated[
         list[str] | None, typer.Option(help="e.g. per_class.mlops.precision>=0.95")
     ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the versions' records as JSON, as GET /models")
+    ] = False,
 ) -> None:
     """List versions, newest first, optionally filtered by metric criteria."""
     settings = settings_or_exit()
@@ -39,6 +43,16 @@ def models_list(
     except TagflowError as exc:  # a malformed criterion, or one on a metric no version has
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
+    if as_json:
+        records = [ModelVersionPublic.model_validate(r, from_attributes=True) for r in rows]
+        print(json.dumps({"models": [r.model_dump(mode="json") for r in records]}, indent=2))
+    elif rows:
+        console.print(_versions_table(rows))
+    else:
+        console.print("no version" + (" meets " + " and ".join(where) if where else " yet"))
+
+
+def _versions_table(rows: list[ModelVersion]) -> Table:
     table = Table("version", "status", "created", "rows", "weighted F1", "auto cov", "auto prec")
     for row in rows:
         auto = row.metrics.get("auto", {})
@@ -51,7 +65,7 @@ def models_list(
             f"{auto.get('coverage') or 0:.0%}",
             f"{auto.get('precision') or 0:.3f}",
         )
-    console.print(table)
+    return table
 
 
 def _compare_table(outcome: dict) -> Table:
