@@ -14,6 +14,11 @@ from service.cli import app
 from service.config import SEED_DATASET, Caller, Role
 
 
+def _said(output: str) -> str:
+    """CLI output with rich's line wrapping undone."""
+    return " ".join(output.split())
+
+
 def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     env = cli_env
     runner = CliRunner()
@@ -47,8 +52,10 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert report["version"] == "v0001" and report["n"] >= 240
 
     assert runner.invoke(app, ["models", "promote", "v0002"], env=env).exit_code == 0
-    rolled = runner.invoke(app, ["models", "rollback"], env=env)
+    rolled = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)
     assert rolled.exit_code == 0 and "v0001 is production" in rolled.output
+    again = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)
+    assert again.exit_code == 1 and "v0002 is not production (v0001 is)" in _said(again.output)
     missing = runner.invoke(app, ["models", "promote", "v0042"], env=env)
     assert missing.exit_code == 1 and "does not exist" in missing.output
 

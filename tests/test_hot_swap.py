@@ -51,8 +51,18 @@ def test_promote_under_concurrent_requests(client: TestClient, seed_result: Trai
     # Once the promote call has returned, nothing answers with the old model any more.
     after = client.post("/predict", json=ITEM, headers=auth("client")).json()
     assert after["model_version"] == candidate
-    rolled = client.post("/models/rollback", headers=auth("admin"))
+    rolled = client.post("/models/rollback", params={"from": candidate}, headers=auth("admin"))
     assert rolled.status_code == 200 and rolled.json()["version"] == "v0001"
+    assert (
+        client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
+        == "v0001"
+    )
+    # The same request again (a retry) changes nothing: the candidate is no longer production.
+    again = client.post("/models/rollback", params={"from": candidate}, headers=auth("admin"))
+    assert again.status_code == 409 and "nothing rolled back" in again.json()["detail"]
+    # Nor does a plain one bring the candidate back: v0001 replaced nothing.
+    first = client.post("/models/rollback", headers=auth("admin"))
+    assert first.status_code == 404 and "before v0001" in first.json()["detail"]
     assert (
         client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
         == "v0001"

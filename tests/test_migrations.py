@@ -19,7 +19,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Enum, event, func, inspect, select, text
+from sqlalchemy import Enum, Insert, event, func, insert, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
@@ -164,18 +164,28 @@ def _add_rows(engine: Engine, *, version: str = "v0001") -> None:
                 reviewer="ann",
             )
         )
-        session.add(
-            ModelVersion(
-                version=version,
-                data_hash="d",
-                data_rows=3,
-                artifact_path="a",
-                checksum="c",
-                promoted_at=datetime.now(UTC),
-            )
-        )
+        # Through the table and the columns of 0001, which a pre-migration database has.
+        session.execute(_model_version_row(version, promoted_at=datetime.now(UTC)))
         session.add(OutboxItem(kind="review", payload={"prediction_id": "p1"}))
         session.commit()
+
+
+def _model_version_row(version: str, *, promoted_at: datetime | None) -> Insert:
+    """An insert of a model version with the columns of the baseline schema only."""
+    return insert(ModelVersion.__table__).values(  # type: ignore[arg-type]
+        version=version,
+        status="CANDIDATE",
+        data_hash="d",
+        data_rows=3,
+        params={},
+        metrics={},
+        thresholds={},
+        artifact_path="a",
+        checksum="c",
+        note="",
+        created_at=datetime.now(UTC),
+        promoted_at=promoted_at,
+    )
 
 
 def _row_counts(engine: Engine) -> dict[str, int]:
@@ -229,6 +239,27 @@ def test_pre_migration_database_is_stamped_upgraded_and_keeps_its_rows(
     fresh = engines()
     init_db(fresh)
     assert upgraded == _schema(fresh)
+
+
+def test_model_versions_get_their_rollback_order_from_their_promotions(
+    engines: Callable[[], Engine],
+) -> None:
+    """0008: each promoted version remembers the one promoted before it, so a rollback after
+    the upgrade goes where it went before (to the last production before the current one)."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0007")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        for version, day in (("v0001", 1), ("v0002", None), ("v0003", 3), ("v0004", 2)):
+            at = None if day is None else start.replace(day=day)
+            session.execute(_model_version_row(version, promoted_at=at))
+        session.commit()
+    init_db(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version, previous_version FROM modelversion")).all()
+    previous = {version: before for version, before in rows}
+    assert previous == {"v0001": None, "v0002": None, "v0003": "v0004", "v0004": "v0001"}
 
 
 def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:

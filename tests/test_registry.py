@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from service.config import Settings
 from service.entities import ModelStatus
-from service.errors import ArtifactError, InvalidInputError, NotFoundError
+from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import registry
 from service.ml.training import TrainResult
 
@@ -81,28 +81,48 @@ def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
     assert Path(row.artifact_path).name == row.version
 
 
-def test_promote_archives_previous_and_rollback_restores_it(
+def test_promote_archives_previous_and_rollback_walks_back(
     engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
 ) -> None:
+    def status(session: Session) -> dict[str, ModelStatus]:
+        return {r.version: r.status for r in registry.list_versions(session)}
+
     with Session(engine) as session:
-        first = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        second = registry.register(
-            session, result=shared_result, artifacts_dir=settings.artifacts_dir
-        )
-        registry.promote(session, version=first.version)
-        registry.promote(session, version=second.version)
-        statuses = {r.version: r.status for r in registry.list_versions(session)}
-        assert statuses == {"v0001": ModelStatus.ARCHIVED, "v0002": ModelStatus.PRODUCTION}
-        restored = registry.rollback(session)
-        assert restored.version == "v0001"
-        assert registry.get_production(session).version == "v0001"
-        assert registry.get_version(session, version="v0002").status is ModelStatus.ARCHIVED
+        for result in (seed_result, shared_result, seed_result):
+            registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+        for version in ("v0001", "v0002", "v0003"):
+            registry.promote(session, version=version)
+        assert registry.promote(session, version="v0003").previous_version == "v0002"  # no-op
+        assert status(session) == {
+            "v0003": ModelStatus.PRODUCTION,
+            "v0002": ModelStatus.ARCHIVED,
+            "v0001": ModelStatus.ARCHIVED,
+        }
+        # A rollback goes back, and the next one further back: never forward again to the
+        # version just rolled away from.
         assert registry.rollback(session).version == "v0002"
+        assert registry.get_version(session, version="v0003").status is ModelStatus.ARCHIVED
+        assert registry.rollback(session).version == "v0001"
+        with pytest.raises(NotFoundError, match="no version was production before v0001"):
+            registry.rollback(session)
+        assert registry.get_production(session).version == "v0001"
+        # A promotion is remembered again: rolling it back restores what it replaced.
+        registry.promote(session, version="v0003")
+        assert registry.rollback(session).version == "v0001"
 
 
-def test_rollback_without_history_is_an_error(engine: Engine) -> None:
-    with Session(engine) as session, pytest.raises(NotFoundError):
-        registry.rollback(session)
+def test_rollback_from_a_version_no_longer_production_is_refused(
+    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+) -> None:
+    """A retried rollback, or a second operator's, names the version it means to leave."""
+    with Session(engine) as session:
+        for result in (seed_result, shared_result):
+            row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+            registry.promote(session, version=row.version)
+        assert registry.rollback(session, current="v0002").version == "v0001"
+        with pytest.raises(ConflictError, match="v0002 is not production \\(v0001 is\\)"):
+            registry.rollback(session, current="v0002")
+        assert registry.get_production(session).version == "v0001"
 
 
 def test_filter_by_metric_criteria(

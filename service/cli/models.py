@@ -4,11 +4,13 @@ served cut, and export / import of a version between deployments."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
+from sqlmodel import Session
 
 from service.cli.common import (
     cli_encoder,
@@ -129,15 +131,11 @@ def models_compare(
         console.print(_compare_table(outcome))
 
 
-def _registry_action(action: str, version: str | None = None) -> None:
+def _registry_action(action: str, change: Callable[[Session], ModelVersion]) -> None:
     settings = settings_or_exit()
     try:
         with open_session(settings) as session:
-            row = (
-                registry.promote(session, version=version)
-                if version
-                else registry.rollback(session)
-            )
+            row = change(session)
     except TagflowError as exc:
         console.print(f"[red]cannot {action}:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -147,13 +145,18 @@ def _registry_action(action: str, version: str | None = None) -> None:
 @models_app.command("promote")
 def models_promote(version: str) -> None:
     """Promote a version to production (its artifact checksum must match)."""
-    _registry_action("promote", version)
+    _registry_action("promote", lambda session: registry.promote(session, version=version))
 
 
 @models_app.command("rollback")
-def models_rollback() -> None:
-    """Promote the previous production version again."""
-    _registry_action("roll back")
+def models_rollback(
+    current: Annotated[
+        str | None,
+        typer.Option("--from", help="Roll back only if this version is still production"),
+    ] = None,
+) -> None:
+    """Restore the version production replaced; again, and it goes further back."""
+    _registry_action("roll back", lambda session: registry.rollback(session, current=current))
 
 
 @models_app.command("recalibrate")

@@ -37,8 +37,11 @@ class ModelVersion(ModelVersionBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
     promoted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    # The production version this one replaced when last promoted: what a rollback restores.
+    previous_version: str | None = None
 
 
 class ModelVersionPublic(ModelVersionBase):
     created_at: datetime
     promoted_at: datetime | None
+    previous_version: str | None = None

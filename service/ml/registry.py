@@ -19,7 +19,7 @@ from sqlmodel import Session, col, select
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase
 from service.entities.common import new_id, utcnow
-from service.errors import ArtifactError, InvalidInputError, NotFoundError
+from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 
 if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need neither
     from service.ml.classifier import TagModel
@@ -241,11 +241,39 @@ def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
 
 
 def promote(session: Session, *, version: str) -> ModelVersion:
-    """Make `version` production (its artifact must verify); the previous one is archived."""
+    """Make `version` production (its artifact must verify); the previous one is archived,
+    and is what a rollback from `version` restores."""
     row = get_version(session, version=version)
+    return _make_production(session, row, current=get_production(session), remember=True)
+
+
+def rollback(session: Session, *, current: str | None = None) -> ModelVersion:
+    """Restore the version production replaced; rollbacks in a row walk further back, never
+    forward to the version just rolled away from. With `current`, only if that version is still
+    production, so a retried or concurrent rollback does not roll back twice."""
+    production = get_production(session)
+    if production is None:
+        raise NotFoundError("no production version to roll back from")
+    if current is not None and production.version != current:
+        raise ConflictError(
+            f"{current} is not production ({production.version} is): nothing rolled back"
+        )
+    if production.previous_version is None:
+        raise NotFoundError(f"no version was production before {production.version}")
+    previous = get_version(session, version=production.previous_version)
+    # The restored version keeps its own previous_version, so the next rollback goes further.
+    return _make_production(session, previous, current=production, remember=False)
+
+
+def _make_production(
+    session: Session, row: ModelVersion, *, current: ModelVersion | None, remember: bool
+) -> ModelVersion:
     load_model(row)  # refuse before touching the registry
-    current = get_production(session)
-    if current is not None and current.id != row.id:
+    if current is not None and current.id == row.id:
+        return row  # already production: nothing to archive or remember
+    if remember:
+        row.previous_version = current.version if current else None
+    if current is not None:
         current.status = ModelStatus.ARCHIVED
         session.add(current)
         session.flush()
@@ -255,21 +283,6 @@ def promote(session: Session, *, version: str) -> ModelVersion:
     session.commit()
     session.refresh(row)
     return row
-
-
-def rollback(session: Session) -> ModelVersion:
-    """Promote the version that was production before the current one."""
-    current = get_production(session)
-    query = (
-        select(ModelVersion)
-        .where(ModelVersion.status == ModelStatus.ARCHIVED)
-        .where(col(ModelVersion.promoted_at).is_not(None))
-        .order_by(col(ModelVersion.promoted_at).desc())
-    )
-    for previous in session.exec(query):
-        if current is None or previous.id != current.id:
-            return promote(session, version=previous.version)
-    raise NotFoundError("no previously promoted version to roll back to")
 
 
 def serving_threshold(row: ModelVersionBase) -> float:

@@ -164,9 +164,22 @@ def promote_model(
 
 
 @router.post("/rollback", response_model=ModelVersionPublic)
-def rollback_model(session: SessionDep, state: StateDep, _caller: AdminKey) -> ModelVersionPublic:
-    """Promote the version that was production before the current one."""
-    row = registry.rollback(session)
+def rollback_model(
+    session: SessionDep,
+    state: StateDep,
+    _caller: AdminKey,
+    current: Annotated[
+        StorableStr | None,
+        Query(
+            alias="from",
+            description="Roll back only if this version is still production (409 if not), so "
+            "a retried or concurrent rollback does not go back twice",
+        ),
+    ] = None,
+) -> ModelVersionPublic:
+    """Restore the version the production version replaced; rollbacks in a row walk further
+    back through the promotions, never forward to the version just rolled away from."""
+    row = registry.rollback(session, current=current)
     sync_production(state)
     return public(row)
 
