@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from enum import StrEnum
@@ -57,6 +58,10 @@ class Caller:
     name: str | None = None
 
 
+_COMMENT = re.compile(r"(^|\s)#.*$")
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
 def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, Caller]:
     """Parse `role:key` and `role/name:key` entries into `{key: Caller}`.
 
@@ -64,16 +69,18 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
     the key file). A malformed entry, an unknown role or a key listed twice is an error, never
     skipped: a key given two roles by mistake must not silently get the last one.
     """
-    lines = (line for line in raw.splitlines() if not line.lstrip().startswith("#"))
+    # A comment runs from `#` at the start of a line, or after a space, to the end of the line.
+    lines = (_COMMENT.sub("", line) for line in raw.splitlines())
     keys: dict[str, Caller] = {}
     for entry in filter(None, (p.strip() for line in lines for p in line.split(","))):
         holder, sep, key = entry.partition(":")
         role, slash, name = (part.strip() for part in holder.partition("/"))
         key = key.strip()
-        if not sep or not key or (slash and not name):
+        if not sep or not key or (slash and not name) or any(c.isspace() for c in key):
             raise ValueError(
                 f"API key entry {entry!r} in {source} is not of the form role:key or role/name:key"
             )
+        key = _hashed_form(key, entry=entry, source=source)
         if len(name) > MAX_NAME_CHARS:
             raise ValueError(f"the name in {entry!r} is over {MAX_NAME_CHARS} characters")
         if key in keys:
@@ -84,6 +91,20 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
             roles = ", ".join(r.value for r in Role)
             raise ValueError(f"unknown role {role!r} in {source} (roles: {roles})") from None
     return keys
+
+
+def _hashed_form(key: str, *, entry: str, source: str) -> str:
+    """`key` as given, or a `sha256:` entry with its digest in lower case. A malformed digest is
+    an error: taken as a plain key, the text of the hash itself would open the API."""
+    if key[:7].lower() != "sha256:":
+        return key
+    digest = key[7:]
+    if not _HEX_DIGEST.fullmatch(digest):
+        raise ValueError(
+            f"API key entry {entry!r} in {source}: sha256: must be followed by the 64 hex "
+            "digits of the key's SHA-256 (tagflow keys new prints the line)"
+        )
+    return "sha256:" + digest.lower()
 
 
 def read_key_file_content(path: Path) -> bytes:
@@ -98,7 +119,7 @@ def parse_key_file(content: bytes, *, path: Path, fixed: dict[str, Caller]) -> d
     """The keys in the API key file's `content` (entries as in `parse_api_keys`), refused if
     one of them is also among the `fixed` keys of TAGFLOW_API_KEYS: one key, one holder."""
     try:
-        raw = content.decode("utf-8")
+        raw = content.decode("utf-8-sig")  # an editor's byte-order mark is not part of a role
     except UnicodeDecodeError as exc:
         raise ValueError(f"cannot read the API key file {path}: {exc}") from None
     keys = parse_api_keys(raw, source=str(path))

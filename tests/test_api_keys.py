@@ -186,6 +186,12 @@ def test_a_key_kept_by_its_hash_is_accepted_and_the_hash_is_not_a_key(
     assert keys.lookup(hash_key("root-key")) is None
     assert keys.lookup(hash_key(key).removeprefix("sha256:")) is None
     assert sorted(c.role for c in keys.callers()) == sorted(Role)
+    # Nor does a hash in capitals: it is the same hash, never a plain key.
+    path.write_text(f"client:{hash_key('upper').upper()}\n")
+    clock.now += 2
+    keys.refresh()
+    assert keys.lookup("upper") == Caller(Role.CLIENT)
+    assert keys.lookup(hash_key("upper").upper()) is None
 
 
 def test_each_key_shows_when_it_last_opened_a_request(tmp_path: Path, clock: Clock) -> None:

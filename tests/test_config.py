@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -40,11 +41,34 @@ def test_keys_parse_into_roles_and_holders() -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["client", "boss:key", "client:", "reviewer/:key", "boss/ann:key", f"reviewer/{'a' * 201}:k"],
+    [
+        "client",
+        "boss:key",
+        "client:",
+        "reviewer/:key",
+        "boss/ann:key",
+        f"reviewer/{'a' * 201}:k",
+        "client:two words",  # a key holds no space: this is a typo, not a key
+        "client:sha256:abc",  # a hash too short is not taken as a plain key
+        f"client:sha256:{'g' * 64}",
+        f"client:SHA256:{'a' * 63}",
+    ],
 )
 def test_malformed_keys_are_errors(raw: str) -> None:
     with pytest.raises(ValidationError):
         Settings(_env_file=None, api_keys=raw)  # type: ignore[call-arg]
+
+
+def test_a_comment_may_follow_an_entry_on_its_line() -> None:
+    """As the README's key file example shows; `#` inside a key is part of it."""
+    keys = parse_api_keys("client/search:k-1        # the search service\nadmin:a#b # ops\n")
+    assert keys == {"k-1": Caller(Role.CLIENT, "search"), "a#b": Caller(Role.ADMIN)}
+
+
+def test_a_hash_in_capitals_is_the_same_hash() -> None:
+    digest = hashlib.sha256(b"secret-key").hexdigest()
+    keys = parse_api_keys(f"client:SHA256:{digest.upper()}")
+    assert keys == {f"sha256:{digest}": Caller(Role.CLIENT)}
 
 
 def test_a_key_listed_twice_is_refused() -> None:
@@ -60,6 +84,9 @@ def test_a_key_file_is_checked_at_start(tmp_path: Path) -> None:
     path.write_text("client:app\nreviewer ann\n")
     with pytest.raises(ValidationError, match=f"'reviewer ann' in {path}"):
         Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("\ufeffclient:app\n", encoding="utf-8")  # a byte-order mark, as editors save
+    settings = Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
+    assert settings.file_keys == {"app": Caller(Role.CLIENT)}
     path.write_text("admin:root\n")
     with pytest.raises(ValidationError, match="also in TAGFLOW_API_KEYS"):
         Settings(_env_file=None, api_keys="admin:root", api_keys_file=path)  # type: ignore[call-arg]
