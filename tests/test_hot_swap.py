@@ -147,8 +147,9 @@ def test_models_listing_and_filter(sqlite_client: TestClient, seed_result: Train
         "/models", params={"where": f"weighted_f1>={cut}"}, headers=auth("client")
     ).json()["models"]
     assert [m["version"] for m in filtered] == [v for v, f in f1.items() if f >= cut]
-    bad = sqlite_client.get("/models", params={"where": "f1 ~ 3"}, headers=auth("client"))
-    assert bad.status_code == 422
+    for malformed in ("f1 ~ 3", "weighted_f1>=e", "weighted_f1>=-"):
+        bad = sqlite_client.get("/models", params={"where": malformed}, headers=auth("client"))
+        assert bad.status_code == 422 and "is not of the form" in bad.json()["detail"]
     typo = sqlite_client.get("/models", params={"where": "weighted_f>0"}, headers=auth("client"))
     assert typo.status_code == 422 and "did you mean weighted_f1" in typo.json()["detail"]
     png = sqlite_client.get("/models/v0001/report.png", headers=auth("client"))

@@ -154,8 +154,11 @@ def test_filter_by_metric_criteria(
         session.commit()
         later = registry.Criterion.parse("added_later>=1")  # older versions lack it: left out
         assert registry.list_versions(session, criteria=[later]) == [newest_only]
-    with pytest.raises(InvalidInputError):
-        registry.Criterion.parse("weighted_f1 is high")
+    for malformed in ("weighted_f1 is high", "weighted_f1>=e", "weighted_f1>=.", "f1<1e", "f1>-"):
+        with pytest.raises(InvalidInputError, match="is not of the form"):
+            registry.Criterion.parse(malformed)
+    with pytest.raises(InvalidInputError, match="is not of the form"):
+        registry.Criterion.parse("weighted_f1<1e999")  # no version's metric is infinite
 
 
 def test_checksum_mismatch_is_refused_and_registry_untouched(

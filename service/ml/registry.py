@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import json
 import logging
+import math
 import operator
 import re
 import shutil
@@ -44,12 +45,16 @@ class Criterion:
     @classmethod
     def parse(cls, text: str) -> Criterion:
         match = _CRITERION.match(text)
-        if not match:
+        try:
+            value = float(match[3]) if match else None
+        except ValueError:  # the pattern lets through "e", "." or "1e"
+            value = None
+        if match is None or value is None or not math.isfinite(value):
             raise InvalidInputError(
                 f"criterion {text!r} is not of the form metric.path>=number "
                 "(e.g. per_class.mlops.precision>=0.95)"
             )
-        return cls(tuple(match[1].split(".")), match[2], float(match[3]))
+        return cls(tuple(match[1].split(".")), match[2], value)
 
     def holds(self, metrics: dict[str, Any]) -> bool:
         node: Any = metrics
