@@ -99,6 +99,11 @@ def _with_manifest(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def
     return _pack({**files, "manifest.json": json.dumps(manifest).encode()})
 
 
+def _with_record(data: bytes, change) -> bytes:  # type: ignore[no-untyped-def]
+    """`data` with its manifest's model record changed by `change`."""
+    return _with_manifest(data, lambda manifest: change(manifest["model"]))
+
+
 def _with_report(data: bytes, report: bytes) -> bytes:
     """`data` with another report.json, its checksum in the manifest to match."""
     files = _members(data)
@@ -224,6 +229,30 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
             lambda data: _with_manifest(data, lambda m: m["model"].update(data_hash="x\x00")),
             "malformed version name or data hash",
         ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"]["thresholds"].update(auto=5.0)),
+            "auto threshold 5.0 is outside",
+        ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"]["thresholds"].update(auto=True)),
+            "no auto threshold",
+        ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"].update(data_rows=10**30)),
+            "data_rows 1000000000000000000000000000000 is outside",
+        ),
+        (
+            lambda data: _with_manifest(data, lambda m: m["model"].update(data_rows=-5)),
+            "data_rows -5 is outside",
+        ),
+        (
+            lambda data: _with_record(data, lambda r: r["metrics"].update(weighted_f1="a")),
+            "metric weighted_f1 is 'a'",
+        ),
+        (
+            lambda data: _with_record(data, lambda r: r["metrics"]["auto"].update(coverage=2)),
+            "metric auto.coverage is 2",
+        ),
         (lambda data: _with_report(data, b"{not json"), "report.json is not JSON"),
         (lambda data: _with_report(data, b'{"version": "v0001"}'), "has no metrics"),
         (
@@ -243,6 +272,12 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
         "threshold",
         "nul-in-version",
         "nul-in-data-hash",
+        "threshold-out-of-range",
+        "threshold-bool",
+        "rows-overflow",
+        "rows-negative",
+        "f1-not-a-number",
+        "coverage-out-of-range",
         "report-not-json",
         "report-without-metrics",
         "report-unreadable-metrics",

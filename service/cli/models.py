@@ -57,17 +57,26 @@ def models_list(
 def _versions_table(rows: list[ModelVersion]) -> Table:
     table = Table("version", "status", "created", "rows", "weighted F1", "auto cov", "auto prec")
     for row in rows:
-        auto = row.metrics.get("auto", {})
+        auto = row.metrics.get("auto")
+        auto = auto if isinstance(auto, dict) else {}
         table.add_row(
             row.version,
             row.status.value,
             f"{row.created_at:%Y-%m-%d %H:%M}",
             str(row.data_rows),
-            f"{row.metrics.get('weighted_f1', 0):.3f}",
-            f"{auto.get('coverage') or 0:.0%}",
-            f"{auto.get('precision') or 0:.3f}",
+            _figure(row.metrics.get("weighted_f1"), ".3f"),
+            _figure(auto.get("coverage"), ".0%"),
+            _figure(auto.get("precision"), ".3f"),
         )
     return table
+
+
+def _figure(value: object, spec: str) -> str:
+    """A metric as the table shows it; "-" for one that is missing or not a number (nothing
+    accepted has no precision), so one odd record does not stop the listing."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return "-"
 
 
 def _compare_table(outcome: dict) -> Table:

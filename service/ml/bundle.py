@@ -27,6 +27,7 @@ import hmac
 import io
 import json
 import logging
+import math
 import re
 import shutil
 import tarfile
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
@@ -58,6 +59,7 @@ MEMBERS = frozenset({MANIFEST, SIGNATURE, registry.MODEL_FILE, *REPORT_FILES})
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
 VERSION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+MAX_ROWS = 2**31 - 1  # data_rows is an INTEGER column
 
 
 class BundleManifest(BaseModel):
@@ -170,14 +172,45 @@ def _manifest(raw: bytes) -> BundleManifest:
         raise InvalidInputError(
             f"not a tagflow model bundle: {MANIFEST} has a malformed version name or data hash"
         )
-    if not isinstance(manifest.model.thresholds.get("auto"), int | float):
-        raise InvalidInputError(f"not a tagflow model bundle: {MANIFEST} has no auto threshold")
+    _check_record(manifest.model)
     if manifest.files.get(registry.MODEL_FILE) != manifest.model.checksum:
         raise InvalidInputError(
             f"not a tagflow model bundle: {MANIFEST} gives {registry.MODEL_FILE} another "
             "checksum than its model record"
         )
     return manifest
+
+
+def _check_record(model: ModelVersionPublic) -> None:
+    """The figures an import records and serves by are in range: the cut it would serve with
+    (the range an admin may set), the row count (an integer column), and the metrics that
+    listings print."""
+    auto = model.thresholds.get("auto")
+    if not _number(auto):
+        raise InvalidInputError(f"not a tagflow model bundle: {MANIFEST} has no auto threshold")
+    problems = []
+    if not 0.0 < auto <= registry.MAX_THRESHOLD:
+        problems.append(f"auto threshold {auto} is outside (0, {registry.MAX_THRESHOLD}]")
+    if not 0 <= model.data_rows <= MAX_ROWS:
+        problems.append(f"data_rows {model.data_rows} is outside [0, {MAX_ROWS}]")
+    summary = model.metrics.get("auto")
+    if not isinstance(summary, dict):
+        problems.append("metrics.auto is missing")
+        summary = {}
+    # Weighted F1 is always measured; acceptance figures are null when nothing is accepted.
+    for name, value, required in (
+        ("weighted_f1", model.metrics.get("weighted_f1"), True),
+        ("auto.coverage", summary.get("coverage"), False),
+        ("auto.precision", summary.get("precision"), False),
+    ):
+        if (value is not None or required) and not (_number(value) and 0.0 <= value <= 1.0):
+            problems.append(f"metric {name} is {value!r}, not a number in [0, 1]")
+    if problems:
+        raise InvalidInputError(f"not a tagflow model bundle: {MANIFEST}: {'; '.join(problems)}")
+
+
+def _number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_files(manifest: BundleManifest, files: dict[str, bytes]) -> None:

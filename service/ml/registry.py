@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need n
 MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to review
 log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
@@ -300,8 +301,8 @@ def set_serving_threshold(
     session: Session, *, version: str, threshold: float, evidence: dict[str, Any]
 ) -> ModelVersion:
     """Record a new auto-acceptance cut for `version`; every change is kept in its history."""
-    if not 0.0 < threshold <= 1.01:
-        raise InvalidInputError(f"threshold {threshold} is outside (0, 1.01]")
+    if not 0.0 < threshold <= MAX_THRESHOLD:
+        raise InvalidInputError(f"threshold {threshold} is outside (0, {MAX_THRESHOLD}]")
     row = get_version(session, version=version)
     entry = {**evidence, "previous": serving_threshold(row), "threshold": threshold}
     history = [*row.thresholds.get("history", []), {**entry, "at": utcnow().isoformat()}]
