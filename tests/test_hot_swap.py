@@ -127,6 +127,27 @@ def test_tampered_production_row_is_not_loaded(
     assert body["model_version"] == "v0001"
     ready = sqlite_client.get("/readyz").json()
     assert any("checksum" in e for e in ready["model_errors"])
+    assert "tagflow_model_errors 1.0" in _metrics(sqlite_client)
+    # Once the artifact verifies again, the version serves and the refusal is over (the alert
+    # on tagflow_model_errors resolves); the count since start keeps it.
+    with Session(state.engine) as session:
+        row = registry.get_version(session, version=candidate)
+        row.checksum = registry.sha256_file(Path(row.artifact_path) / registry.MODEL_FILE)
+        session.add(row)
+        session.commit()
+    deadline = time.monotonic() + 10
+    while state.predictor.current.version != candidate and time.monotonic() < deadline:
+        time.sleep(0.1)
+    body = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()
+    assert body["model_version"] == candidate
+    assert sqlite_client.get("/readyz").json()["model_errors"] == []
+    metrics = _metrics(sqlite_client)
+    assert "tagflow_model_errors 0.0" in metrics
+    assert "tagflow_model_refusals_total 1.0" in metrics
+
+
+def _metrics(client: TestClient) -> str:
+    return client.get("/metrics", headers=auth("client")).text
 
 
 def test_unknown_version_is_404(sqlite_client: TestClient) -> None:

@@ -54,8 +54,12 @@ def _serve(state: AppState, row: ModelVersion) -> None:
             message = str(exc)
             if message not in state.model_errors:
                 state.model_errors.append(message)
+                state.model_refusals += 1
                 log.error("%s; still serving %s", message, current.version if current else None)
         else:
+            if state.model_errors:
+                log.info("%s serves: the earlier refusal is resolved", row.version)
+                state.model_errors.clear()
             _enqueue_reprioritize(state, row.version)
     elif current.accept_at != threshold:
         # Recalibrated: the same artifact, served with a new cut.

@@ -111,8 +111,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if taken := await asyncio.to_thread(state.log.take_back_spill):
         log.warning("%d predictions spilled at the last shutdown go to the database now", taken)
     await asyncio.to_thread(sync_production, state)
-    if state.predictor.current is None:
+    if state.predictor.current is None and not state.model_errors:
         log.warning("no production model in the registry: /predict answers 503 until one is")
+    elif state.predictor.current is None:
+        log.warning("the production model was refused: /predict answers 503 until one serves")
     if settings.review_overlap_share and state.keys.shared_review_keys():
         log.warning(
             "second opinions are on but some reviewer keys are shared: 'another reviewer' then "

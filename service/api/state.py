@@ -43,7 +43,10 @@ class AppState:
     metrics: Metrics
     dead_letters: WaitingCount
     keys: KeyRing
+    # Why the registry's production version is not served (its artifact refused at load);
+    # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)
+    model_refusals: int = 0  # versions refused at load since start
     # Shadow scorings that raised since start (logged each; production answers are unaffected).
     shadow_errors: int = 0
     # When the watch loop next judges the served cut by the audit (time.monotonic()).

@@ -56,9 +56,17 @@ def _models(state: AppState) -> Iterator[Sample]:
             )
     yield Sample(
         "tagflow_model_errors",
-        "Model versions refused at load (bad checksum, unapproved tags) since start",
+        "Why the registry's production version is not served: refusals at load (bad checksum, "
+        "unapproved tags), back to 0 once a production version serves",
         len(state.model_errors),
         {},
+    )
+    yield Sample(
+        "tagflow_model_refusals",
+        "Model versions refused at load since start",
+        state.model_refusals,
+        {},
+        True,
     )
     yield Sample(
         "tagflow_shadow_errors",
