@@ -22,11 +22,12 @@ if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX R
 console = Console()
 
 
-def settings_or_exit() -> Settings:
+def settings_or_exit(*, serving: bool = False) -> Settings:
     """The settings from the environment; bad ones are a line each (naming the variable) and
-    exit code 2."""
+    exit code 2. API keys are required only `serving` requests: the other commands act on the
+    data directory directly, so they also run beside `make run`, whose keys are generated."""
     try:
-        return Settings()
+        return Settings() if serving else Settings(dev=True)
     except ValidationError as exc:
         console.print(f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False)
         raise typer.Exit(2) from None

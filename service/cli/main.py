@@ -215,7 +215,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
     from service.api.main import create_app
     from service.logs import configure_logging
 
-    settings = settings_or_exit()
+    settings = settings_or_exit(serving=True)
     port_free_or_exit(host, port)
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
@@ -243,7 +243,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
         console.print("[yellow]development mode[/yellow]: no TAGFLOW_API_KEYS set; generated keys:")
         for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
             console.print(f"  {pair}")
-    settings = settings_or_exit()
+    settings = settings_or_exit(serving=True)
     port_free_or_exit(host, port)
     configure_logging(settings)
     embedded = None
@@ -251,7 +251,7 @@ def up(host: str = "127.0.0.1", port: int = 8000) -> None:
         embedded = EmbeddedRedis(settings.redis_dir)
         os.environ["TAGFLOW_REDIS_URL"] = embedded.start()
         console.print(f"embedded Redis at {embedded.url} (files in {settings.redis_dir})")
-        settings = settings_or_exit()
+        settings = settings_or_exit(serving=True)
     with open_session(settings) as session:
         has_model = registry.get_production(session) is not None
     if not has_model:
