@@ -147,3 +147,19 @@ def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
     path.write_text(f"{ann_line}\n{ann_line}\n")
     refused = CliRunner().invoke(app, ["keys", "list"], env=env)
     assert refused.exit_code == 2 and "listed twice" in refused.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["serve", "--port", "99999"], "Invalid value for '--port'"),
+        (["serve", "--host", "nowhere.invalid", "--port", "0"], "pass --host"),
+        (["db", "prune", "--older-than-days", "1000000", "--dry-run"], "--older-than-days"),
+    ],
+)
+def test_out_of_range_options_are_one_line_errors(
+    args: list[str], said: str, cli_env: dict[str, str]
+) -> None:
+    result = CliRunner().invoke(app, args, env=cli_env)
+    assert result.exit_code == 2 and said in _said(result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -110,6 +110,19 @@ def test_unsupported_and_missing_files(tmp_path: Path, tags: TagSet) -> None:
     latin.write_bytes("title,description,tag\ncaf\xe9,x,other\n".encode("latin-1"))
     with pytest.raises(DatasetError, match="not UTF-8"):
         load_dataset(latin, tags=tags)
+    (tmp_path / "folder.csv").mkdir()
+    with pytest.raises(DatasetError, match="folder.csv: cannot read it"):
+        load_dataset(tmp_path / "folder.csv", tags=tags)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(
+    tmp_path: Path, shared_dataset: Path, tags: TagSet
+) -> None:
+    """Spreadsheets save CSV with one; the file must read as without it."""
+    plain, _ = load_dataset(shared_dataset, tags=tags)
+    marked = tmp_path / "excel.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + shared_dataset.read_bytes())
+    assert load_dataset(marked, tags=tags)[0] == plain
 
 
 def test_split_is_frozen_and_leak_free(shared_dataset: Path, tags: TagSet) -> None:

@@ -45,6 +45,9 @@ def port_free_or_exit(host: str, port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
         try:
             probe.bind((host, port))
+        except socket.gaierror as exc:  # the host, not the port
+            console.print(f"[red]cannot listen on {host}:[/red] {exc.strerror}; pass --host")
+            raise typer.Exit(2) from None
         except OSError as exc:
             console.print(
                 f"[red]cannot listen on {host}:{port}:[/red] {exc.strerror}; "

@@ -60,7 +60,8 @@ def db_upgrade() -> None:
 @db_app.command("prune")
 def db_prune(
     older_than_days: Annotated[
-        float, typer.Option(min=1.0, help="Delete logged predictions older than this")
+        float,
+        typer.Option(min=1.0, max=36500.0, help="Delete logged predictions older than this"),
     ],
     dry_run: Annotated[bool, typer.Option(help="Only count what would go")] = False,
 ) -> None:

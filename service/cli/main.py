@@ -207,8 +207,11 @@ def retrain(
     console.print(_gate_table(outcome))
 
 
+Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
+
+
 @app.command()
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
+def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Run the API (one process; model scoring runs in its thread pool)."""
     import uvicorn
 
@@ -232,7 +235,7 @@ def worker(burst: bool = False) -> None:
 
 
 @app.command()
-def up(host: str = "127.0.0.1", port: int = 8000) -> None:
+def up(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Everything on one machine: Redis (embedded if none configured), a worker and the API."""
     from service.logs import configure_logging
     from service.redis_server import EmbeddedRedis

@@ -107,7 +107,7 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
     try:
         if suffix in {".jsonl", ".ndjson"}:
             rows = []
-            with path.open(encoding="utf-8") as fh:
+            with path.open(encoding="utf-8-sig") as fh:
                 for n, line in enumerate(fh, start=1):
                     if not line.strip():
                         continue
@@ -122,12 +122,15 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
                     rows.append(row)
             return rows
         if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as fh:
+            # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of "title"
+            with path.open(newline="", encoding="utf-8-sig") as fh:
                 return list(csv.DictReader(fh))
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text") from None
     except csv.Error as exc:
         raise DatasetError(f"{path}: malformed CSV ({exc})") from None
+    except OSError as exc:  # a directory, no permission, a read error
+        raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
 
 
