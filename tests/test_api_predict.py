@@ -115,6 +115,11 @@ BAD_INPUTS = [
     # Neither database can store these: refused here, never left to poison the write-behind log.
     ("NUL in the title", b'{"title": "a \\u0000 b", "description": "d"}', 422),
     ("lone surrogate in the description", b'{"title": "t", "description": "\\ud800"}', 422),
+    ("invisible title", b'{"title": "\\u200b\\u2060", "description": "d"}', 422),
+    # FastAPI answers these with a bare 400 "error parsing the body"; said here as a 422.
+    ("not UTF-8", b'{"title": "\xff", "description": "d"}', 422),
+    ("nested too deeply", b"[" * 100_000, 422),
+    ("a number of 5,000 digits", b'{"title": ' + b"1" * 5000 + b"}", 422),
 ]
 
 

@@ -157,6 +157,9 @@ def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine
     unapproved = report(client, prediction_id=pid, correct_tag="astrology")
     assert unapproved.status_code == 422 and "approved" in unapproved.json()["detail"]
     assert report(client, prediction_id=pid).status_code == 422  # no correct_tag
+    long = report(client, prediction_id=pid, correct_tag="mlops", comment="x" * 2001)
+    assert long.status_code == 422
+    assert long.json()["detail"][0]["msg"] == "String should have at most 2000 characters"
     assert (
         client.post("/feedback", json={"prediction_id": pid, "correct_tag": "mlops"}).status_code
         == 401

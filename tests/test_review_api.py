@@ -287,7 +287,9 @@ def test_error_statuses(sqlite_client: TestClient) -> None:
     empty = sqlite_client.post("/review/claim", json=body("ann"), headers=headers)
     assert empty.status_code == 204 and empty.content == b""
     [task_id] = add_tasks(state_of(sqlite_client).engine, 1)
-    assert sqlite_client.post("/review/claim", json=body(" "), headers=headers).status_code == 422
+    blank = sqlite_client.post("/review/claim", json=body(" "), headers=headers)
+    assert blank.status_code == 422
+    assert blank.json()["detail"][0]["msg"] == "String should have at least 1 character"
     assert sqlite_client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
     url = f"/review/{task_id}"
     unapproved = sqlite_client.post(

@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import (
     ArtifactError,
@@ -62,6 +64,24 @@ async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
 
 
+# What FastAPI's JSON decoding raised, for the bodies it answers with a bare 400 "There was
+# an error parsing the body" (only a JSONDecodeError becomes its 422): said as a 422 too.
+_UNPARSABLE = (
+    (UnicodeDecodeError, "the body is not UTF-8 text (JSON bodies are UTF-8)"),
+    (RecursionError, "the JSON body is nested too deeply"),
+    (ValueError, "the JSON body holds a value Python cannot read (e.g. a number over 4300 digits)"),
+)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        for kind, detail in _UNPARSABLE:
+            if isinstance(exc.__cause__, kind):
+                return JSONResponse({"detail": detail}, status_code=422)
+    return await http_exception_handler(request, exc)
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
@@ -69,5 +89,6 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(TagflowError, _domain_error)
     app.add_exception_handler(Exception, _unexpected)

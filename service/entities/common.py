@@ -5,9 +5,9 @@ from __future__ import annotations
 import secrets
 import time
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
 
 def utcnow() -> datetime:
@@ -48,3 +48,10 @@ def storable(value: str) -> str:
 
 
 StorableStr = Annotated[str, AfterValidator(storable)]
+
+
+def storable_text(*, min_length: int | None = None, max_length: int | None = None) -> Any:
+    """`StorableStr` with length bounds, checked on the string before `storable` (a bound
+    given to `Field` would be checked after the validator, and refused in "items")."""
+    bounds = StringConstraints(min_length=min_length, max_length=max_length)
+    return Annotated[str, bounds, AfterValidator(storable)]

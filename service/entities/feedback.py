@@ -8,7 +8,12 @@ from enum import StrEnum
 from sqlalchemy import Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import StorableStr, utcnow
+from service.entities.common import storable_text, utcnow
+
+PredictionIdText = storable_text(min_length=1, max_length=64)
+TagText = storable_text(min_length=1, max_length=100)
+CommentText = storable_text(max_length=2000)
+ReporterText = storable_text(max_length=200)
 
 
 class FeedbackStatus(StrEnum):
@@ -19,10 +24,10 @@ class FeedbackStatus(StrEnum):
 
 
 class FeedbackCreate(SQLModel):
-    prediction_id: StorableStr = Field(min_length=1, max_length=64)
-    correct_tag: StorableStr = Field(min_length=1, max_length=100)
-    comment: StorableStr | None = Field(default=None, max_length=2000)
-    reporter: StorableStr | None = Field(default=None, max_length=200)
+    prediction_id: PredictionIdText
+    correct_tag: TagText
+    comment: CommentText | None = None
+    reporter: ReporterText | None = None
 
 
 class Feedback(SQLModel, table=True):

@@ -5,20 +5,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import unicodedata
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.api.deps import ClientKey, StateDep
 from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
-from service.entities.common import StorableStr, new_id
+from service.entities.common import StorableStr, new_id, storable_text
 from service.ml.dataset import item_text, text_hash
 from service.ml.serving import Scored
 
 router = APIRouter(tags=["predict"])
 log = logging.getLogger(__name__)
+
+
+TitleText = storable_text(min_length=1)
 
 
 class Item(BaseModel):
@@ -35,8 +39,17 @@ class Item(BaseModel):
         },
     )
 
-    title: StorableStr = Field(min_length=1, description="Non-empty title")
+    title: TitleText = Field(description="Non-empty title")
     description: StorableStr = Field(default="", description="Short description; may be empty")
+
+    @field_validator("title")
+    @classmethod
+    def _visible(cls, value: str) -> str:
+        # Whitespace is stripped; a title of only invisible characters (zero-width spaces,
+        # controls) is as empty, and would be logged and queued for review as a blank item.
+        if not any(unicodedata.category(ch)[0] not in "CZ" for ch in value):
+            raise ValueError("must contain a visible character")
+        return value
 
 
 class BatchRequest(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import APIRouter, HTTPException, Response, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
@@ -17,11 +17,13 @@ from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud import review as review_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
-from service.entities.common import StorableStr, as_utc, day_start, utcnow
+from service.entities.common import as_utc, day_start, storable_text, utcnow
 from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
 
 router = APIRouter(prefix="/review", tags=["review"])
 log = logging.getLogger(__name__)
+ReviewerText = storable_text(min_length=1, max_length=MAX_NAME_CHARS)
+TagText = storable_text(min_length=1, max_length=100)
 
 
 class ReviewerBody(BaseModel):
@@ -30,7 +32,7 @@ class ReviewerBody(BaseModel):
 
     model_config = ConfigDict(str_strip_whitespace=True)
 
-    reviewer: StorableStr | None = Field(None, min_length=1, max_length=MAX_NAME_CHARS)
+    reviewer: ReviewerText | None = None
 
 
 def acting_reviewer(caller: Caller, body: ReviewerBody | None) -> str:
@@ -54,7 +56,7 @@ def acting_reviewer(caller: Caller, body: ReviewerBody | None) -> str:
 
 
 class LabelBody(ReviewerBody):
-    tag: StorableStr = Field(min_length=1, max_length=100)
+    tag: TagText
 
 
 class ReviewStats(BaseModel):
