@@ -215,8 +215,11 @@ def test_api_serves_a_new_cut_at_once_and_by_hand(client: TestClient) -> None:
     assert history[1]["previous"] == 1.01
     assert client.post("/predict", json=item, headers=auth("client")).json()["status"] == "auto"
 
-    bad = client.put(f"/models/{version}/threshold", json={"threshold": 1.5}, headers=auth("admin"))
-    assert bad.status_code == 422
+    for wrong in (1.5, True, "0.5"):  # out of range; a boolean or a string is not a cut
+        bad = client.put(
+            f"/models/{version}/threshold", json={"threshold": wrong}, headers=auth("admin")
+        )
+        assert bad.status_code == 422, wrong
     missing = client.put("/models/v9999/threshold", json={"threshold": 0.9}, headers=auth("admin"))
     assert missing.status_code == 404
     report = client.post(f"/models/{version}/recalibrate?apply=false", headers=auth("admin"))

@@ -17,7 +17,7 @@ from service.comparison import enqueue_compare
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
-from service.entities.common import StorableStr
+from service.entities.common import StorableStr, storable_text
 from service.errors import NotFoundError
 from service.jobs import JobAccepted
 from service.ml import registry
@@ -129,9 +129,15 @@ def recalibrate_model(
     return outcome
 
 
+NoteText = storable_text(max_length=500)
+
+
 class ThresholdUpdate(BaseModel):
-    threshold: float = Field(gt=0.0, le=1.01, description="1.01 sends every prediction to review")
-    note: StorableStr = Field(default="", max_length=500)
+    # strict: `true` or "0.5" is a client's mistake, not a cut of 1.0 or 0.5
+    threshold: float = Field(
+        gt=0.0, le=1.01, strict=True, description="1.01 sends every prediction to review"
+    )
+    note: NoteText = ""
 
 
 @router.put("/{version}/threshold", response_model=ModelVersionPublic)
