@@ -296,6 +296,22 @@ def test_what_is_not_a_bundle_is_a_clear_error(
     _nothing_recorded(target)
 
 
+def test_a_bundle_without_reports_gets_one_drawn_from_its_record(
+    seed_bundle: bytes, seed_result: TrainResult, target: tuple[Engine, Path], tags: TagSet
+) -> None:
+    """A version whose source had lost its report files still moves, with a report here."""
+    files = _members(seed_bundle)
+    manifest = json.loads(files.pop("manifest.json"))
+    for name in ("report.json", "report.png"):
+        files.pop(name)
+        manifest["files"].pop(name)
+    data = _pack({**files, "manifest.json": json.dumps(manifest).encode()})
+    row = _import(target, data, tags, seed_result.model.encoder)
+    report = json.loads((Path(row.artifact_path) / "report.json").read_text())
+    assert report["version"] == row.version and report["metrics"] == row.metrics
+    assert (Path(row.artifact_path) / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_a_damaged_artifact_is_not_exported(
     sqlite_engine: Engine,
     make_settings,  # type: ignore[no-untyped-def]

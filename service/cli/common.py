@@ -24,7 +24,7 @@ console = Console()
 
 def settings_or_exit(*, serving: bool = False) -> Settings:
     """The settings from the environment; bad ones are a line each (naming the variable) and
-    exit code 2. API keys are required only `serving` requests: the other commands act on the
+    exit code 2. API keys are required only when `serving` requests: other commands act on the
     data directory directly, so they also run beside `make run`, whose keys are generated."""
     try:
         return Settings() if serving else Settings(dev=True)

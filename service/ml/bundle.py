@@ -288,7 +288,7 @@ def import_bundle(
     try:
         (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
         row.artifact_path = str(folder.resolve())
-        _write_report(folder, files[registry.REPORT_JSON], row=row, source=source.version)
+        _write_report(folder, files.get(registry.REPORT_JSON), row=row, source=source.version)
         model = registry.load_model(row)  # the checksum again, then what the pickle holds
         _check_tags(model.classes, tags, source.version)
         session.commit()
@@ -334,11 +334,12 @@ def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
     )
 
 
-def _write_report(folder: Path, data: bytes, *, row: ModelVersion, source: str) -> None:
+def _write_report(folder: Path, data: bytes | None, *, row: ModelVersion, source: str) -> None:
     """The source's evaluation report under this registry's version name, with the lineage,
-    so that neither the JSON nor the picture names a version this registry does not have."""
+    so that neither the JSON nor the picture names a version this registry does not have. A
+    bundle without one (its source had lost it) gets one from the record's metrics."""
     try:
-        report = json.loads(data)
+        report = json.loads(data) if data is not None else {"metrics": row.metrics}
     except ValueError as exc:
         raise InvalidInputError(f"the bundle's {registry.REPORT_JSON} is not JSON: {exc}") from None
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
