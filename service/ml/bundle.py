@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import re
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -284,19 +283,11 @@ def import_bundle(
     source = manifest.model
     _check_tags(source.params.get("classes", []), tags, source.version)
     row = _candidate(manifest, note=note)
-    folder = registry.add_version(session, row, artifacts_dir=artifacts_dir)
-    try:
+    with registry.new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
-        row.artifact_path = str(folder.resolve())
         _write_report(folder, files.get(registry.REPORT_JSON), row=row, source=source.version)
         model = registry.load_model(row)  # the checksum again, then what the pickle holds
         _check_tags(model.classes, tags, source.version)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    session.refresh(row)
     warnings = []
     if not bundle.signed:
         warnings.append(

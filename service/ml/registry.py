@@ -11,6 +11,7 @@ import operator
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -97,19 +98,9 @@ def register(
         note=note,
         gate=gate,
     )
-    folder = add_version(session, row, artifacts_dir=artifacts_dir)
-    try:
+    with new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         _write_artifacts(folder, result=result, version=row.version, gate=gate)
-        row.artifact_path = str(folder.resolve())
         row.checksum = sha256_file(folder / MODEL_FILE)
-        session.add(row)
-        session.commit()
-    except BaseException:
-        # Neither a row without its files nor files without their row stays behind.
-        session.rollback()
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    session.refresh(row)
     return row
 
 
@@ -137,9 +128,27 @@ def write_report(folder: Path, report: dict[str, Any], *, title: str) -> None:
     render_png(report["metrics"], folder / REPORT_PNG, title=title)
 
 
-def add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
+@contextmanager
+def new_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Iterator[Path]:
+    """A new version, recorded with its artifact folder or not at all: `row` gets its version
+    name and a new, empty folder (`artifact_path`), which the body fills. If the body raises,
+    neither the row nor the folder stays behind; else the row is committed."""
+    folder = _add_version(session, row, artifacts_dir=artifacts_dir)
+    row.artifact_path = str(folder.resolve())
+    try:
+        yield folder
+        session.add(row)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    session.refresh(row)
+
+
+def _add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
     """Give a new `row` the next version name (from its id, so concurrent writers never share
-    one) and a new, empty artifact folder; the caller fills the folder and commits."""
+    one) and a new, empty artifact folder."""
     session.add(row)
     session.flush()
     row.version = f"v{row.id:04d}"
