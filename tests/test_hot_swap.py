@@ -157,6 +157,22 @@ def test_unknown_version_is_404(sqlite_client: TestClient) -> None:
     assert "v9999" in response.json()["detail"]
 
 
+def test_server_paths_are_shown_to_admin_keys_only(sqlite_client: TestClient) -> None:
+    admin = sqlite_client.get("/models/v0001", headers=auth("admin")).json()
+    assert Path(admin["artifact_path"]).name == "v0001"
+    for role in ("client", "reviewer"):
+        listed = sqlite_client.get("/models", headers=auth(role)).json()["models"]
+        one = sqlite_client.get("/models/v0001", headers=auth(role)).json()
+        for shown in (listed[-1], one):
+            assert shown["version"] == "v0001" and shown["artifact_path"] is None
+            assert shown["checksum"] == admin["checksum"] and shown["metrics"] == admin["metrics"]
+            assert Path(admin["params"]["source"]).is_absolute()
+            assert shown["params"]["source"] == Path(admin["params"]["source"]).name
+            assert {k: v for k, v in shown["params"].items() if k != "source"} == {
+                k: v for k, v in admin["params"].items() if k != "source"
+            }
+
+
 def test_models_listing_and_filter(sqlite_client: TestClient, seed_result: TrainResult) -> None:
     _register(sqlite_client, seed_result)
     listed = sqlite_client.get("/models", headers=auth("client")).json()["models"]

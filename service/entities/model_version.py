@@ -42,6 +42,8 @@ class ModelVersion(ModelVersionBase, table=True):
 
 
 class ModelVersionPublic(ModelVersionBase):
+    # Where the artifacts sit on the server: shown to admin keys only (null for the others).
+    artifact_path: str | None = None  # type: ignore[assignment]
     created_at: datetime
     promoted_at: datetime | None
     previous_version: str | None = None

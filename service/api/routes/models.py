@@ -3,7 +3,7 @@ version between deployments (export and import)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
@@ -14,6 +14,7 @@ from service.api.deps import AdminKey, AnyKey, PredictorDep, SessionDep, Setting
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate_as_configured
 from service.comparison import enqueue_compare
+from service.config import Caller, Role
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
@@ -31,14 +32,22 @@ class ModelList(BaseModel):
     models: list[ModelVersionPublic]
 
 
-def public(row: ModelVersion) -> ModelVersionPublic:
-    return ModelVersionPublic.model_validate(row, from_attributes=True)
+def public(row: ModelVersion, *, caller: Caller) -> ModelVersionPublic:
+    """The version as `caller` may see it: server paths (the artifact folder, the training
+    file's directory) only for admin keys; other keys see the training file's name."""
+    shown = ModelVersionPublic.model_validate(row, from_attributes=True)
+    if caller.role is Role.ADMIN:
+        return shown
+    params = dict(shown.params)
+    if isinstance(params.get("source"), str):
+        params["source"] = PurePath(params["source"]).name
+    return shown.model_copy(update={"artifact_path": None, "params": params})
 
 
 @router.get("", response_model=ModelList)
 def list_models(
     session: SessionDep,
-    _caller: AnyKey,
+    caller: AnyKey,
     status: ModelStatus | None = None,
     where: Annotated[
         list[str] | None,
@@ -47,7 +56,7 @@ def list_models(
 ) -> ModelList:
     criteria = [registry.Criterion.parse(w) for w in where or []]
     rows = registry.list_versions(session, status=status, criteria=criteria)
-    return ModelList(models=[public(r) for r in rows])
+    return ModelList(models=[public(r, caller=caller) for r in rows])
 
 
 @router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
@@ -76,8 +85,8 @@ def compare_model(
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
-def get_model(version: StorableStr, session: SessionDep, _caller: AnyKey) -> ModelVersionPublic:
-    return public(registry.get_version(session, version=version))
+def get_model(version: StorableStr, session: SessionDep, caller: AnyKey) -> ModelVersionPublic:
+    return public(registry.get_version(session, version=version), caller=caller)
 
 
 @router.get("/{version}/report.png", response_class=FileResponse)
@@ -146,7 +155,7 @@ def set_threshold(
     body: ThresholdUpdate,
     session: SessionDep,
     state: StateDep,
-    _caller: AdminKey,
+    caller: AdminKey,
 ) -> ModelVersionPublic:
     """Set the cut `version` is served with by hand; the change is kept in its history."""
     row = registry.set_serving_threshold(
@@ -156,24 +165,24 @@ def set_threshold(
         evidence={"source": "manual", "note": body.note},
     )
     sync_production(state)
-    return public(row)
+    return public(row, caller=caller)
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)
 def promote_model(
-    version: StorableStr, session: SessionDep, state: StateDep, _caller: AdminKey
+    version: StorableStr, session: SessionDep, state: StateDep, caller: AdminKey
 ) -> ModelVersionPublic:
     """Make `version` production; this API serves it before answering."""
     row = registry.promote(session, version=version)
     sync_production(state)
-    return public(row)
+    return public(row, caller=caller)
 
 
 @router.post("/rollback", response_model=ModelVersionPublic)
 def rollback_model(
     session: SessionDep,
     state: StateDep,
-    _caller: AdminKey,
+    caller: AdminKey,
     current: Annotated[
         StorableStr | None,
         Query(
@@ -187,7 +196,7 @@ def rollback_model(
     back through the promotions, never forward to the version just rolled away from."""
     row = registry.rollback(session, current=current)
     sync_production(state)
-    return public(row)
+    return public(row, caller=caller)
 
 
 @router.get(
@@ -219,7 +228,7 @@ def import_model(
     session: SessionDep,
     settings: SettingsDep,
     predictor: PredictorDep,
-    _caller: AdminKey,
+    caller: AdminKey,
 ) -> ModelImported:
     """Record an exported version as a new `candidate` of this registry (promote it as any
     other). Refused: a damaged or altered bundle, a model with unapproved tags, and with
@@ -232,4 +241,4 @@ def import_model(
         encoder=predictor.encoder.path.name,
         key=settings.bundle_secret,
     )
-    return ModelImported(model=public(imported.row), warnings=imported.warnings)
+    return ModelImported(model=public(imported.row, caller=caller), warnings=imported.warnings)
