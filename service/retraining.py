@@ -132,7 +132,13 @@ def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _promote_if_allowed(
-    session: Session, *, settings: Settings, version: str, passed: bool, before: str | None
+    session: Session,
+    *,
+    settings: Settings,
+    tags: TagSet,
+    version: str,
+    passed: bool,
+    before: str | None,
 ) -> tuple[bool, str]:
     if not passed:
         return False, "gate failed: waits as a candidate"
@@ -141,7 +147,7 @@ def _promote_if_allowed(
     current = registry.get_production(session)
     if (current.version if current else None) != before:
         return False, "production changed during training: promote by hand"
-    registry.promote(session, version=version)
+    registry.promote(session, version=version, tags=tags)
     return True, "gate passed: promoted"
 
 
@@ -240,7 +246,12 @@ def retrain(
     )
     checks = review_suspects(session, result=result, version=version, settings=settings)
     promoted, outcome = _promote_if_allowed(
-        session, settings=settings, version=version, passed=gate["passed"], before=before
+        session,
+        settings=settings,
+        tags=tags,
+        version=version,
+        passed=gate["passed"],
+        before=before,
     )
     log.info("retrain (%s): %s %s", reason, version, outcome)
     return {

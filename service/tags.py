@@ -7,9 +7,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import TagflowError
 
-class TagFileError(ValueError):
-    """The tag file is missing, empty or malformed."""
+
+class TagFileError(TagflowError, ValueError):
+    """The tag file is missing, unreadable, empty or malformed."""
 
 
 @dataclass(frozen=True)
@@ -43,21 +45,33 @@ class TagSet:
 
 
 def load_tags(path: Path) -> TagSet:
-    """Read a `tag,description` CSV. A missing file or duplicate tag is an explicit error."""
+    """Read a `tag,description` CSV (a byte-order mark is allowed). A missing or unreadable
+    file, a malformed row, or tags that differ only in case are explicit errors."""
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            # strict: an unterminated quote is an error, not one tag swallowing the rest.
+            rows = list(csv.DictReader(fh, strict=True))
     except FileNotFoundError:
         raise TagFileError(f"tag file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise TagFileError(f"tag file {path} cannot be read: {exc}") from None
     tags: list[Tag] = []
     for row in rows:
         name = (row.get("tag") or "").strip()
         if not name:
             raise TagFileError(f"{path}: every row needs a non-empty 'tag' column")
         tags.append(Tag(name=name, description=(row.get("description") or "").strip()))
-    names = [t.name for t in tags]
     if not tags:
         raise TagFileError(f"{path}: no tags")
-    if len(set(names)) != len(names):
-        raise TagFileError(f"{path}: duplicate tags")
+    _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
+
+
+def _check_distinct(path: Path, names: list[str]) -> None:
+    """Refuse duplicates, also ones that differ only in case: `MLOps` beside `mlops` would be
+    two approved tags a reviewer cannot tell apart, and training data would split between them."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name or names.count(name) > 1:
+            raise TagFileError(f"{path}: duplicate tags ({other!r} and {name!r})")

@@ -238,7 +238,8 @@ def register_promoted(engine: Engine, settings: Settings, result: TrainResult) -
     """Register `result` in this test's registry and make it production; returns the version."""
     with Session(engine, expire_on_commit=False) as session:
         row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
-        return registry.promote(session, version=row.version).version
+        tags = load_tags(settings.tags_file)
+        return registry.promote(session, version=row.version, tags=tags).version
 
 
 @pytest.fixture

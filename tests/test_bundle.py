@@ -131,7 +131,7 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
         source = registry.register(
             session, result=shared_result, artifacts_dir=settings.artifacts_dir
         )
-        registry.promote(session, version=source.version)
+        registry.promote(session, version=source.version, tags=tags)
         # A cut set on the source deployment: kept as lineage, not applied on import.
         registry.set_serving_threshold(
             session, version=source.version, threshold=0.97, evidence={"source": "manual"}
@@ -168,7 +168,9 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
     expected = shared_result.model.predict_proba(TEXTS, encoder.encode)
     assert (moved.predict_proba(TEXTS, encoder.encode) == expected).all()
     with Session(target[0]) as session:
-        assert registry.promote(session, version="v0001").status is ModelStatus.PRODUCTION
+        assert (
+            registry.promote(session, version="v0001", tags=tags).status is ModelStatus.PRODUCTION
+        )
         # Retraining here needs this deployment's own base data, not the source's file path.
         with pytest.raises(InvalidInputError, match="no base dataset"):
             base_source(session, settings=settings.model_copy(update={"base_dataset": None}))

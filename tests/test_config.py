@@ -134,6 +134,41 @@ def test_tag_file_errors(tmp_path: Path) -> None:
         load_tags(dup)
 
 
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        # Two tags a reviewer cannot tell apart, and training data split between them.
+        ("tag,description\nmlops,x\nMLOps,y\n", "duplicate tags \\('mlops' and 'MLOps'\\)"),
+        # Not one tag whose description swallows every row after it.
+        ('tag,description\nmlops,"unterminated\nother,x\n', "cannot be read"),
+        ("tag,description\n", "no tags"),
+        ("description\nx\n", "non-empty 'tag' column"),
+    ],
+)
+def test_malformed_tag_files_are_refused(tmp_path: Path, content: str, error: str) -> None:
+    path = tmp_path / "tags.csv"
+    path.write_text(content)
+    with pytest.raises(TagFileError, match=error):
+        load_tags(path)
+
+
+def test_a_tag_file_that_cannot_be_read_is_a_tag_file_error(tmp_path: Path) -> None:
+    """A directory or a file that is not UTF-8: the same one-line error, not an OSError."""
+    with pytest.raises(TagFileError, match="cannot be read"):
+        load_tags(tmp_path)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("tag,description\nnaïve,x\n".encode("latin-1"))
+    with pytest.raises(TagFileError, match="cannot be read"):
+        load_tags(latin)
+
+
+def test_a_tag_file_saved_with_a_byte_order_mark_reads_the_same(tmp_path: Path) -> None:
+    """Spreadsheet programs write one; it must not hide the 'tag' column."""
+    path = tmp_path / "tags.csv"
+    path.write_bytes("tag,description\nmlops,x\nother,y\n".encode("utf-8-sig"))
+    assert load_tags(path).names == ["mlops", "other"]
+
+
 def test_a_refused_configuration_reads_one_line_per_variable() -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(api_keys="admin:k", target_precision=2, max_title_chars="many")  # type: ignore[arg-type]

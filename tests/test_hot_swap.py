@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from service.api.main import create_app
+from service.config import Settings
+from service.db import init_db, make_engine
 from service.entities import ModelStatus
 from service.ml import registry
 from service.ml.training import TrainResult
+from service.tags import TagSet
 from tests.conftest import auth
 
 ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
@@ -70,12 +75,14 @@ def test_promote_under_concurrent_requests(client: TestClient, seed_result: Trai
 
 
 def test_promotion_from_outside_reaches_the_api(
-    sqlite_client: TestClient, seed_result: TrainResult
+    sqlite_client: TestClient,
+    seed_result: TrainResult,
+    tags: TagSet,
 ) -> None:
     """A promotion by the CLI or a worker (another process) is picked up by the watch loop."""
     candidate = _register(sqlite_client, seed_result)
     with Session(sqlite_client.app.state.tagflow.engine) as session:
-        registry.promote(session, version=candidate)
+        registry.promote(session, version=candidate, tags=tags)
     deadline = time.monotonic() + 10
     version = None
     while time.monotonic() < deadline and version != candidate:
@@ -191,3 +198,35 @@ def test_models_listing_and_filter(sqlite_client: TestClient, seed_result: Train
     assert typo.status_code == 422 and "did you mean weighted_f1" in typo.json()["detail"]
     png = sqlite_client.get("/models/v0001/report.png", headers=auth("client"))
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_a_version_with_tags_no_longer_approved_is_not_promoted(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    seed_result: TrainResult,
+    tags: TagSet,
+) -> None:
+    """`mlops` was dropped from the approved list: a version that can still answer it is a 409
+    for the API's admins, and nothing in the registry changes."""
+    narrower = tmp_path / "tags.csv"
+    narrower.write_text(
+        "tag,description\n"
+        + "".join(f"{t.name},{t.description}\n" for t in tags.tags if t.name != "mlops")
+    )
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}", tags_file=narrower)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    with Session(engine) as session:
+        for _ in range(2):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(session, version="v0001", tags=tags)  # before the list changed
+    with TestClient(create_app(settings)) as client:
+        refused = client.post("/models/v0002/promote", headers=auth("admin"))
+        assert refused.status_code == 409
+        assert refused.json()["detail"] == (
+            "v0002 can answer with tags that are not approved (mlops): it stays candidate"
+        )
+    with Session(engine) as session:
+        statuses = {r.version: r.status for r in registry.list_versions(session)}
+    engine.dispose()
+    assert statuses == {"v0001": ModelStatus.PRODUCTION, "v0002": ModelStatus.CANDIDATE}

@@ -170,11 +170,13 @@ def _add_rows(engine: Engine, *, version: str = "v0001") -> None:
         session.commit()
 
 
-def _model_version_row(version: str, *, promoted_at: datetime | None) -> Insert:
+def _model_version_row(
+    version: str, *, promoted_at: datetime | None, status: str = "CANDIDATE"
+) -> Insert:
     """An insert of a model version with the columns of the baseline schema only."""
     return insert(ModelVersion.__table__).values(  # type: ignore[arg-type]
         version=version,
-        status="CANDIDATE",
+        status=status,
         data_hash="d",
         data_rows=3,
         params={},
@@ -260,6 +262,32 @@ def test_model_versions_get_their_rollback_order_from_their_promotions(
         rows = conn.execute(text("SELECT version, previous_version FROM modelversion")).all()
     previous = {version: before for version, before in rows}
     assert previous == {"v0001": None, "v0002": None, "v0003": "v0004", "v0004": "v0001"}
+
+
+def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(
+    engines: Callable[[], Engine],
+) -> None:
+    """0009: what a promotion race left behind before the one-production index existed is
+    settled as the later promotion would have: the others are archived, nothing is deleted."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0008")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        for version, day in (("v0001", 1), ("v0002", 3), ("v0003", 2), ("v0004", None)):
+            at = None if day is None else start.replace(day=day)
+            status = "CANDIDATE" if day is None else "PRODUCTION"
+            session.execute(_model_version_row(version, promoted_at=at, status=status))
+        session.commit()
+    init_db(engine)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT version, status FROM modelversion")).all())
+    assert rows == {
+        "v0001": "ARCHIVED",
+        "v0002": "PRODUCTION",
+        "v0003": "ARCHIVED",
+        "v0004": "CANDIDATE",
+    }
 
 
 def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:

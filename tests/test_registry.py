@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from service.config import Settings
@@ -16,6 +18,7 @@ from service.entities import ModelStatus
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import registry
 from service.ml.training import TrainResult
+from service.tags import TagSet
 
 
 @pytest.fixture
@@ -82,7 +85,11 @@ def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
 
 
 def test_promote_archives_previous_and_rollback_walks_back(
-    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    shared_result: TrainResult,
+    tags: TagSet,
 ) -> None:
     def status(session: Session) -> dict[str, ModelStatus]:
         return {r.version: r.status for r in registry.list_versions(session)}
@@ -91,8 +98,10 @@ def test_promote_archives_previous_and_rollback_walks_back(
         for result in (seed_result, shared_result, seed_result):
             registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
         for version in ("v0001", "v0002", "v0003"):
-            registry.promote(session, version=version)
-        assert registry.promote(session, version="v0003").previous_version == "v0002"  # no-op
+            registry.promote(session, version=version, tags=tags)
+        assert (
+            registry.promote(session, version="v0003", tags=tags).previous_version == "v0002"
+        )  # no-op
         assert status(session) == {
             "v0003": ModelStatus.PRODUCTION,
             "v0002": ModelStatus.ARCHIVED,
@@ -100,28 +109,32 @@ def test_promote_archives_previous_and_rollback_walks_back(
         }
         # A rollback goes back, and the next one further back: never forward again to the
         # version just rolled away from.
-        assert registry.rollback(session).version == "v0002"
+        assert registry.rollback(session, tags=tags).version == "v0002"
         assert registry.get_version(session, version="v0003").status is ModelStatus.ARCHIVED
-        assert registry.rollback(session).version == "v0001"
+        assert registry.rollback(session, tags=tags).version == "v0001"
         with pytest.raises(NotFoundError, match="no version was production before v0001"):
-            registry.rollback(session)
+            registry.rollback(session, tags=tags)
         assert registry.get_production(session).version == "v0001"
         # A promotion is remembered again: rolling it back restores what it replaced.
-        registry.promote(session, version="v0003")
-        assert registry.rollback(session).version == "v0001"
+        registry.promote(session, version="v0003", tags=tags)
+        assert registry.rollback(session, tags=tags).version == "v0001"
 
 
 def test_rollback_from_a_version_no_longer_production_is_refused(
-    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    shared_result: TrainResult,
+    tags: TagSet,
 ) -> None:
     """A retried rollback, or a second operator's, names the version it means to leave."""
     with Session(engine) as session:
         for result in (seed_result, shared_result):
             row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
-            registry.promote(session, version=row.version)
-        assert registry.rollback(session, current="v0002").version == "v0001"
+            registry.promote(session, version=row.version, tags=tags)
+        assert registry.rollback(session, tags=tags, current="v0002").version == "v0001"
         with pytest.raises(ConflictError, match="v0002 is not production \\(v0001 is\\)"):
-            registry.rollback(session, current="v0002")
+            registry.rollback(session, tags=tags, current="v0002")
         assert registry.get_production(session).version == "v0001"
 
 
@@ -162,15 +175,95 @@ def test_filter_by_metric_criteria(
 
 
 def test_checksum_mismatch_is_refused_and_registry_untouched(
-    engine: Engine, settings: Settings, seed_result: TrainResult, shared_result: TrainResult
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    shared_result: TrainResult,
+    tags: TagSet,
 ) -> None:
     with Session(engine) as session:
         good = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version=good.version)
+        registry.promote(session, version=good.version, tags=tags)
         bad = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
         artifact = Path(bad.artifact_path) / "model.joblib"
         artifact.write_bytes(artifact.read_bytes() + b"tampered")
         with pytest.raises(ArtifactError, match="checksum"):
-            registry.promote(session, version=bad.version)
+            registry.promote(session, version=bad.version, tags=tags)
         assert registry.get_production(session).version == good.version
         assert registry.get_version(session, version=bad.version).status is ModelStatus.CANDIDATE
+
+
+def test_concurrent_promotions_leave_one_production_version(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """Operators and the retraining job promoting at once: every promotion succeeds or is a
+    clear conflict, and one version is production, remembering one that really was before."""
+    with Session(engine) as session:
+        for _ in range(4):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    versions = ["v0001", "v0002", "v0003", "v0004"]
+    for _round in range(3):
+        outcomes = _promote_all_at_once(engine, versions, tags)
+        assert set(outcomes) == set(versions), "a promotion raised something else"
+        with Session(engine) as session:
+            rows = registry.list_versions(session)
+        production = [r for r in rows if r.status is ModelStatus.PRODUCTION]
+        assert len(production) == 1, [(r.version, r.status) for r in rows]
+        assert outcomes[production[0].version] == "promoted"
+        assert production[0].previous_version in {*versions, None} - {production[0].version}
+        assert {r.status for r in rows} == {ModelStatus.PRODUCTION, ModelStatus.ARCHIVED}
+
+
+def test_the_database_refuses_a_second_production_version(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    with Session(engine) as session:
+        for _ in range(2):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(session, version="v0001", tags=tags)
+        second = registry.get_version(session, version="v0002")
+        second.status = ModelStatus.PRODUCTION
+        session.add(second)
+        with pytest.raises(IntegrityError):
+            session.commit()
+
+
+def test_a_version_with_unapproved_tags_is_not_promoted(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """The running APIs would refuse to serve it; the registry refuses to call it production."""
+    narrower = TagSet(tags=tuple(t for t in tags.tags if t.name != "mlops"))
+    with Session(engine) as session:
+        for _ in range(2):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(session, version="v0001", tags=tags)
+        with pytest.raises(ConflictError, match=r"v0002 can answer with tags that are not "):
+            registry.promote(session, version="v0002", tags=narrower)
+        assert registry.get_version(session, version="v0002").status is ModelStatus.CANDIDATE
+        registry.promote(session, version="v0002", tags=tags)
+        with pytest.raises(ConflictError, match=r"\(mlops\): it stays archived"):
+            registry.rollback(session, tags=narrower)
+        assert registry.get_production(session).version == "v0002"
+
+
+def _promote_all_at_once(engine: Engine, versions: list[str], tags: TagSet) -> dict[str, str]:
+    """Promote every version from its own thread and session, released together; what each
+    promotion came to ("promoted", or the conflict it reported)."""
+    barrier = threading.Barrier(len(versions))
+    outcomes: dict[str, str] = {}
+
+    def promote(version: str) -> None:
+        with Session(engine) as session:
+            barrier.wait(timeout=10)
+            try:
+                registry.promote(session, version=version, tags=tags)
+                outcomes[version] = "promoted"
+            except ConflictError as exc:  # lost every retry: a clear, retryable refusal
+                outcomes[version] = f"conflict: {exc}"
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes

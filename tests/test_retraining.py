@@ -300,6 +300,7 @@ def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
     new_items: list[Example],
     engine: Engine,
     redis_conn: redis.Redis,
+    tags: TagSet,
 ) -> None:
     client = make_client(weak_result, auto_promote=False)
     add_labels(engine, new_items[:20], share=0.2)
@@ -327,7 +328,7 @@ def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
     # Promotion by another process (the CLI or a worker) reaches the running API by itself.
     outside = make_engine(database_url)
     with Session(outside) as session:
-        registry.promote(session, version=candidate)
+        registry.promote(session, version=candidate, tags=tags)
     outside.dispose()
     deadline = time.monotonic() + 5
     while served_version(client) != candidate and time.monotonic() < deadline:

@@ -23,6 +23,7 @@ from service.entities import ModelVersion, ModelVersionPublic
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset
+from service.tags import TagSet
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 
@@ -140,11 +141,12 @@ def models_compare(
         console.print(_compare_table(outcome))
 
 
-def _registry_action(action: str, change: Callable[[Session], ModelVersion]) -> None:
+def _registry_action(action: str, change: Callable[[Session, TagSet], ModelVersion]) -> None:
     settings = settings_or_exit()
     try:
+        tags = cli_tags(settings)
         with open_session(settings) as session:
-            row = change(session)
+            row = change(session, tags)
     except TagflowError as exc:
         console.print(f"[red]cannot {action}:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -154,7 +156,9 @@ def _registry_action(action: str, change: Callable[[Session], ModelVersion]) -> 
 @models_app.command("promote")
 def models_promote(version: str) -> None:
     """Promote a version to production (its artifact checksum must match)."""
-    _registry_action("promote", lambda session: registry.promote(session, version=version))
+    _registry_action(
+        "promote", lambda session, tags: registry.promote(session, version=version, tags=tags)
+    )
 
 
 @models_app.command("rollback")
@@ -165,7 +169,9 @@ def models_rollback(
     ] = None,
 ) -> None:
     """Restore the version production replaced; again, and it goes further back."""
-    _registry_action("roll back", lambda session: registry.rollback(session, current=current))
+    _registry_action(
+        "roll back", lambda session, tags: registry.rollback(session, tags=tags, current=current)
+    )
 
 
 @models_app.command("recalibrate")

@@ -6,7 +6,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlmodel import Field, SQLModel
 
 from service.entities.common import utcnow
@@ -34,6 +34,18 @@ class ModelVersionBase(SQLModel):
 
 
 class ModelVersion(ModelVersionBase, table=True):
+    __table_args__ = (
+        # At most one production version, as a database guarantee: two promotions at once
+        # (two operators, the retraining job and an operator) cannot both win.
+        Index(
+            "ix_modelversion_one_production",
+            "status",
+            unique=True,
+            sqlite_where=text("status = 'PRODUCTION'"),
+            postgresql_where=text("status = 'PRODUCTION'"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
     promoted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))

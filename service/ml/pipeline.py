@@ -66,7 +66,7 @@ def train_file(
     version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
     review_suspects(session, result=result, version=version.version, settings=settings)
     if promote:
-        version = registry.promote(session, version=version.version)
+        version = registry.promote(session, version=version.version, tags=tags)
     return Outcome(version=version, result=result, validation=report)
 
 

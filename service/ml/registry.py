@@ -10,18 +10,20 @@ import math
 import operator
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import joblib
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase
 from service.entities.common import new_id, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
+from service.tags import TagSet
 
 if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need neither
     from service.ml.classifier import TagModel
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need n
 MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+_PROMOTION_TRIES = 5  # each lost race means another promotion committed: progress
 MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to review
 log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
@@ -255,35 +258,75 @@ def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield path
 
 
-def promote(session: Session, *, version: str) -> ModelVersion:
-    """Make `version` production (its artifact must verify); the previous one is archived,
-    and is what a rollback from `version` restores."""
-    row = get_version(session, version=version)
-    return _make_production(session, row, current=get_production(session), remember=True)
+def promote(session: Session, *, version: str, tags: TagSet) -> ModelVersion:
+    """Make `version` production (its artifact must verify, and every tag it can answer with
+    must be approved); the previous one is archived, and is what a rollback from `version`
+    restores."""
+
+    def attempt() -> ModelVersion:
+        row = get_version(session, version=version)
+        current = get_production(session)
+        return _make_production(session, row, current=current, tags=tags, remember=True)
+
+    return _serialized(session, attempt, action=f"promotion of {version}")
 
 
-def rollback(session: Session, *, current: str | None = None) -> ModelVersion:
+def rollback(session: Session, *, tags: TagSet, current: str | None = None) -> ModelVersion:
     """Restore the version production replaced; rollbacks in a row walk further back, never
     forward to the version just rolled away from. With `current`, only if that version is still
     production, so a retried or concurrent rollback does not roll back twice."""
-    production = get_production(session)
-    if production is None:
-        raise NotFoundError("no production version to roll back from")
-    if current is not None and production.version != current:
-        raise ConflictError(
-            f"{current} is not production ({production.version} is): nothing rolled back"
-        )
-    if production.previous_version is None:
-        raise NotFoundError(f"no version was production before {production.version}")
-    previous = get_version(session, version=production.previous_version)
-    # The restored version keeps its own previous_version, so the next rollback goes further.
-    return _make_production(session, previous, current=production, remember=False)
+
+    def attempt() -> ModelVersion:
+        production = get_production(session)
+        if production is None:
+            raise NotFoundError("no production version to roll back from")
+        if current is not None and production.version != current:
+            raise ConflictError(
+                f"{current} is not production ({production.version} is): nothing rolled back"
+            )
+        if production.previous_version is None:
+            raise NotFoundError(f"no version was production before {production.version}")
+        previous = get_version(session, version=production.previous_version)
+        # The restored version keeps its own previous_version, so the next rollback goes further.
+        return _make_production(session, previous, current=production, tags=tags, remember=False)
+
+    return _serialized(session, attempt, action="rollback")
+
+
+def _serialized(
+    session: Session, attempt: Callable[[], ModelVersion], *, action: str
+) -> ModelVersion:
+    """Run a change of production, again on fresh rows when a concurrent one won the race.
+
+    The database allows one production row (a partial unique index): a change that read the
+    old production version before another change committed fails on write, and is re-run on
+    what is production now, so it archives the right version and remembers it for rollback.
+    """
+    for tries in range(1, _PROMOTION_TRIES + 1):
+        try:
+            return attempt()
+        except IntegrityError as exc:
+            session.rollback()
+            log.info("%s raced another change of production (try %d): %s", action, tries, exc)
+    raise ConflictError(f"{action} lost {_PROMOTION_TRIES} races to other promotions: try again")
 
 
 def _make_production(
-    session: Session, row: ModelVersion, *, current: ModelVersion | None, remember: bool
+    session: Session,
+    row: ModelVersion,
+    *,
+    current: ModelVersion | None,
+    tags: TagSet,
+    remember: bool,
 ) -> ModelVersion:
-    load_model(row)  # refuse before touching the registry
+    # Refuse before touching the registry: a model that does not verify, or one the running
+    # APIs would refuse to serve (they keep the old model), never becomes production.
+    unknown = tags.unapproved(load_model(row).classes)
+    if unknown:
+        raise ConflictError(
+            f"{row.version} can answer with tags that are not approved ({', '.join(unknown)}): "
+            f"it stays {row.status.value}"
+        )
     if current is not None and current.id == row.id:
         return row  # already production: nothing to archive or remember
     if remember:

@@ -172,8 +172,9 @@ def set_threshold(
 def promote_model(
     version: StorableStr, session: SessionDep, state: StateDep, caller: AdminKey
 ) -> ModelVersionPublic:
-    """Make `version` production; this API serves it before answering."""
-    row = registry.promote(session, version=version)
+    """Make `version` production; this API serves it before answering. 409 when it can answer
+    with a tag that is not approved."""
+    row = registry.promote(session, version=version, tags=state.tags)
     sync_production(state)
     return public(row, caller=caller)
 
@@ -194,7 +195,7 @@ def rollback_model(
 ) -> ModelVersionPublic:
     """Restore the version the production version replaced; rollbacks in a row walk further
     back through the promotions, never forward to the version just rolled away from."""
-    row = registry.rollback(session, current=current)
+    row = registry.rollback(session, tags=state.tags, current=current)
     sync_production(state)
     return public(row, caller=caller)
 
