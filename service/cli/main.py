@@ -4,9 +4,6 @@ everything at once (`up`). The registry and schema commands are in `models` and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +23,7 @@ from service.cli.common import (
 from service.cli.db import db_app
 from service.cli.keys import keys_app
 from service.cli.models import models_app
-from service.config import SEED_DATASET, Settings, generate_dev_keys
+from service.config import Settings
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset
@@ -237,35 +234,6 @@ def worker(burst: bool = False) -> None:
 @app.command()
 def up(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Everything on one machine: Redis (embedded if none configured), a worker and the API."""
-    from service.logs import configure_logging
-    from service.redis_server import EmbeddedRedis
+    from service.cli.up import run_up
 
-    if not os.environ.get("TAGFLOW_API_KEYS") and not os.environ.get("TAGFLOW_API_KEYS_FILE"):
-        os.environ["TAGFLOW_DEV"] = "1"
-        os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
-        console.print("[yellow]development mode[/yellow]: no TAGFLOW_API_KEYS set; generated keys:")
-        for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
-            console.print(f"  {pair}")
-    settings = settings_or_exit(serving=True)
-    port_free_or_exit(host, port)
-    configure_logging(settings)
-    embedded = None
-    if not settings.redis_url:
-        embedded = EmbeddedRedis(settings.redis_dir)
-        os.environ["TAGFLOW_REDIS_URL"] = embedded.start()
-        console.print(f"embedded Redis at {embedded.url} (files in {settings.redis_dir})")
-        settings = settings_or_exit(serving=True)
-    with open_session(settings) as session:
-        has_model = registry.get_production(session) is not None
-    if not has_model:
-        console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
-        train_with_progress(settings, SEED_DATASET, promote=True)
-    worker_proc = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
-    try:
-        console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
-        serve(host=host, port=port)
-    finally:
-        worker_proc.terminate()
-        worker_proc.wait(timeout=30)
-        if embedded is not None:
-            embedded.stop()
+    run_up(host, port, serve=serve)

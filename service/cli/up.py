@@ -1,0 +1,86 @@
+"""`tagflow up`: everything on one machine, in one command. Redis (embedded when none is
+configured), the bundled seed model when there is no production one, a worker and the API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import ExitStack
+
+import typer
+
+from service.cli.common import console, open_session, port_free_or_exit, settings_or_exit
+from service.config import SEED_DATASET, Settings, generate_dev_keys
+from service.ml import registry
+from service.processes import DataDirBusyError, die_with_parent, sigterm_as_exit, sole_owner
+
+
+def up_settings() -> Settings:
+    """The settings `up` serves with. Keys from the environment, `.env` or a key file are used
+    as they are; with none anywhere, development mode with generated keys, announced."""
+    configured = settings_or_exit()  # reads .env as well; keys optional here
+    if not configured.keys and configured.api_keys_file is None:
+        os.environ["TAGFLOW_DEV"] = "1"
+        os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
+        console.print("[yellow]development mode[/yellow]: no API keys configured; generated keys:")
+        for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
+            console.print(f"  {pair}")
+    return settings_or_exit(serving=True)
+
+
+def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
+    """Start everything, serve until stopped (Ctrl-C or SIGTERM), then stop the worker and
+    Redis, in that order. Its children die with it even if it is killed (SIGKILL)."""
+    from service.logs import configure_logging
+
+    settings = up_settings()
+    port_free_or_exit(host, port)
+    configure_logging(settings)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
+        except DataDirBusyError as exc:
+            console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        stack.enter_context(sigterm_as_exit())
+        settings = _with_redis(settings, stack)
+        with open_session(settings) as session:
+            has_model = registry.get_production(session) is not None
+        if not has_model:
+            from service.cli.main import train_with_progress
+
+            console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
+            train_with_progress(settings, SEED_DATASET, promote=True)
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"], preexec_fn=die_with_parent()
+        )
+        stack.callback(_stop, worker)
+        console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
+        serve(host=host, port=port)
+
+
+def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
+    """`settings` with a Redis: the configured one, else an embedded one stopped on exit."""
+    if settings.redis_url:
+        return settings
+    from service.redis_server import EmbeddedRedis
+
+    embedded = EmbeddedRedis(settings.redis_dir)
+    # The worker, a child, finds it through the environment.
+    os.environ["TAGFLOW_REDIS_URL"] = embedded.start()
+    stack.callback(embedded.stop)
+    console.print(f"embedded Redis at {embedded.url} (files in {settings.redis_dir})")
+    return settings_or_exit(serving=True)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    """Stop the worker as RQ expects (SIGTERM: finish the current job), killing it if it has
+    not stopped in 30 s."""
+    worker.terminate()
+    try:
+        worker.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        worker.kill()
+        worker.wait()

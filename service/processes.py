@@ -1,0 +1,80 @@
+"""Child processes that do not outlive the process that started them, and the lock that lets
+one `tagflow up` own a data directory."""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+class DataDirBusyError(RuntimeError):
+    """Another process holds the data directory's lock."""
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for `subprocess.Popen`: the child gets SIGTERM when its parent dies,
+    even by SIGKILL, so an embedded Redis or a worker never runs on, orphaned, holding the
+    data directory's files. Linux only; elsewhere a no-op (the parent's clean exits still stop
+    its children)."""
+    parent = os.getpid()
+
+    def arm() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
+@contextmanager
+def sole_owner(data_dir: Path, *, what: str) -> Iterator[None]:
+    """Hold `data_dir`'s lock file for the block; DataDirBusyError at once when another process
+    holds it. The kernel releases the lock when the holder dies, however it dies."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ".tagflow-up.lock"
+    handle: IO[str] = path.open("a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DataDirBusyError(
+                f"{data_dir} is in use by {holder}: one {what} per data directory "
+                "(stop it, or pass another TAGFLOW_DATA_DIR)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{what} (pid {os.getpid()})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+@contextmanager
+def sigterm_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM (a service manager's stop, `docker stop`) ends the process as
+    Ctrl-C does: by an exception, so cleanup in `finally` blocks and exit stacks runs. Its
+    default action kills the process on the spot, leaving its children behind."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,180 @@
+"""`tagflow up` as a user runs it: a real process with an embedded Redis, a worker and the API;
+stopped by SIGTERM or killed, it leaves nothing running; one per data directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from typer.testing import CliRunner
+
+from service.cli import app
+from tests.conftest import KEYS, auth
+
+ITEM = b'{"title": "Tracking experiments with MLflow", "description": "Model registry."}'
+
+
+@pytest.fixture
+def up_env(tmp_path: Path, encoder_dir: Path) -> dict[str, str]:
+    """A user's environment: keys, a data directory, and no Redis URL (so `up` embeds one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    return {
+        **env,
+        "HF_HUB_OFFLINE": "1",
+        "TAGFLOW_API_KEYS": ",".join(f"{role}:{key}" for role, key in KEYS.items()),
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "up", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+    deadline = time.monotonic() + 180  # the first start trains the seed model
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"not ready in time:\n{log.read_text()}")
+
+
+def _children(process: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """The worker and the embedded redis-server, both started by `up`."""
+    children = psutil.Process(process.pid).children(recursive=True)
+    names = sorted(" ".join(c.cmdline()) for c in children)
+    assert any("redis-server" in n for n in names) and any("worker" in n for n in names), names
+    return children
+
+
+def _gone(processes: list[psutil.Process], within_s: float) -> list[str]:
+    """The processes still running after `within_s` seconds."""
+    deadline = time.monotonic() + within_s
+    alive = processes
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [p for p in alive if _running(p)]
+    return [" ".join(p.cmdline()) for p in alive if _running(p)]
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _predict(url: str) -> dict[str, str]:
+    request = urllib.request.Request(
+        f"{url}/predict",
+        data=ITEM,
+        headers={**auth("client"), "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(response.headers) | {"status": str(response.status)}
+
+
+@pytest.fixture
+def started(up_env: dict[str, str], tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """The `up` processes a test starts, killed (with their children) if the test fails."""
+    processes: list[subprocess.Popen[bytes]] = []
+    yield processes
+    for process in processes:
+        if process.poll() is None:
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait()
+
+
+def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    log = tmp_path / "up.log"
+    first, url = _start(up_env, log)
+    started.append(first)
+    _wait_ready(first, url, log)
+    assert _predict(url)["status"] == "200"
+
+    # A second `up` on the same data directory would train and promote beside the first, and
+    # start a second Redis on the same files: refused at once.
+    second = subprocess.run(
+        [sys.executable, "-m", "service.cli", "up", "--port", str(_free_port())],
+        env=up_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 2, second.stdout + second.stderr
+    assert f"is in use by tagflow up (pid {first.pid})" in " ".join(second.stdout.split())
+
+    # SIGTERM (a service manager's stop) ends it as Ctrl-C does: worker and Redis stopped too.
+    children = _children(first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=60) != -signal.SIGTERM, "died by the signal: no cleanup ran"
+    assert _gone(children, within_s=5) == []
+
+    # SIGKILL runs no cleanup at all: the children go with it, and a restart is not refused.
+    again, url = _start(up_env, log)
+    started.append(again)
+    _wait_ready(again, url, log)
+    children = _children(again)
+    again.kill()
+    again.wait(timeout=10)
+    assert _gone(children, within_s=15) == []
+    last, url = _start(up_env, log)
+    started.append(last)
+    _wait_ready(last, url, log)
+    last.send_signal(signal.SIGTERM)
+    last.wait(timeout=60)
+
+
+def test_up_uses_the_keys_in_a_dot_env_file(
+    tmp_path: Path, encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys in `.env` are keys: no development mode, no generated keys. (The port is held, so
+    `up` stops right after that decision.)"""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TAGFLOW_API_KEYS=admin:from-dot-env-0123456789\n")
+    env = {
+        "TAGFLOW_API_KEYS": None,
+        "TAGFLOW_API_KEYS_FILE": None,
+        "TAGFLOW_DEV": None,
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = str(holder.getsockname()[1])
+        result = CliRunner().invoke(app, ["up", "--port", port], env=env)
+    assert result.exit_code == 2 and "cannot listen" in result.output, result.output
+    assert "development mode" not in result.output and "client:client-" not in result.output

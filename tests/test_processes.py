@@ -1,0 +1,99 @@
+"""Children that die with their parent, and the lock that gives a data directory one owner."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from service.processes import DataDirBusyError, sole_owner
+
+
+def test_a_data_directory_has_one_owner_at_a_time(tmp_path: Path) -> None:
+    with sole_owner(tmp_path, what="tagflow up"):
+        other = subprocess.run(
+            [sys.executable, "-c", _TRY_LOCK.format(path=str(tmp_path))],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode == 3, other.stderr
+        assert f"{tmp_path} is in use by tagflow up (pid " in other.stdout
+        with pytest.raises(DataDirBusyError), sole_owner(tmp_path, what="tagflow up"):
+            pass
+    with sole_owner(tmp_path, what="tagflow up"):  # released on exit
+        pass
+
+
+_TRY_LOCK = """
+import sys
+from pathlib import Path
+from service.processes import DataDirBusyError, sole_owner
+try:
+    with sole_owner(Path({path!r}), what="tagflow up"):
+        sys.exit(0)
+except DataDirBusyError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def test_the_lock_goes_with_a_killed_owner(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup: the kernel releases the lock, so a restart is not refused."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK.format(path=str(tmp_path))], stdout=subprocess.PIPE
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with pytest.raises(DataDirBusyError), sole_owner(tmp_path, what="tagflow up"):
+        pass
+    holder.kill()
+    holder.wait(timeout=10)
+    with sole_owner(tmp_path, what="tagflow up"):
+        pass
+
+
+_HOLD_LOCK = """
+import time
+from pathlib import Path
+from service.processes import sole_owner
+with sole_owner(Path({path!r}), what="tagflow up"):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_child_dies_with_its_killed_parent() -> None:
+    """What keeps an embedded Redis or a worker from running on, orphaned, after SIGKILL."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_PARENT)], stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    child = psutil.Process(int(parent.stdout.readline()))
+    assert child.is_running() and child.ppid() == parent.pid
+    parent.kill()
+    parent.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child), "the child outlived its killed parent"
+
+
+_PARENT = """
+import subprocess, time
+from service.processes import die_with_parent
+child = subprocess.Popen(["sleep", "120"], preexec_fn=die_with_parent())
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
