@@ -140,6 +140,11 @@ def generate_dev_keys() -> str:
     return ",".join(f"{role.value}:{role.value}-{secrets.token_urlsafe(12)}" for role in Role)
 
 
+# The databases the schema, its migrations and the tests cover (plain `postgresql` is
+# SQLAlchemy's default driver for it, psycopg 3).
+SUPPORTED_DATABASES = frozenset({"sqlite", "sqlite+pysqlite", "postgresql", "postgresql+psycopg"})
+
+
 class Settings(BaseSettings):
     """Everything tagflow reads from its environment. Unsafe values are refused unless `dev`."""
 
@@ -240,6 +245,16 @@ class Settings(BaseSettings):
         parse_api_keys(value)
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is not None and _database_kind(value) not in SUPPORTED_DATABASES:
+            raise ValueError(
+                "is not a database tagflow runs on: use sqlite:///PATH or "
+                "postgresql+psycopg://USER@HOST:PORT/DB"
+            )
+        return value
+
     @field_validator("bundle_key")
     @classmethod
     def _check_bundle_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -326,6 +341,17 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """Read settings from the environment (a fresh object each call; the app keeps its own)."""
     return Settings()
+
+
+def _database_kind(url: str) -> str | None:
+    """The SQLAlchemy driver name of `url` (e.g. `postgresql+psycopg`), None if unparsable."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).drivername
+    except ArgumentError:
+        return None
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -163,3 +163,49 @@ def test_out_of_range_options_are_one_line_errors(
     result = CliRunner().invoke(app, args, env=cli_env)
     assert result.exit_code == 2 and said in _said(result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize(
+    ("command", "overrides", "said"),
+    [
+        (["serve"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
+        (["serve"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "TAGFLOW_TAGS_FILE: tag file"),
+        (["up"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "TAGFLOW_TAGS_FILE: tag file"),
+        (["serve"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
+        (["up"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
+        (["models", "list"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "not a directory"),
+        (["models", "list"], {"TAGFLOW_DATABASE_URL": "mysql://u@h/db"}, "not a database"),
+        (["serve"], {"TAGFLOW_DATABASE_URL": "not a url"}, "not a database tagflow runs on"),
+        (
+            ["models", "list"],
+            {"TAGFLOW_DATABASE_URL": "postgresql+psycopg://postgres:pw@127.0.0.1:9/test"},
+            "cannot open the database postgresql+psycopg://postgres:***@127.0.0.1:9/test: "
+            "connection failed",
+        ),
+        (
+            ["serve"],
+            {"TAGFLOW_DATABASE_URL": "sqlite:///{tmp}/a-file/tagflow.db"},
+            "unable to open database file",
+        ),
+    ],
+)
+def test_start_up_failures_are_one_line_errors(
+    command: list[str],
+    overrides: dict[str, str | None],
+    said: str,
+    cli_env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """Each names what to change, with exit code 2, before any model loads: not a traceback
+    from the middle of the API's start-up."""
+    (tmp_path / "a-file").write_text("not a folder")
+    env: dict[str, str | None] = {**cli_env, "TAGFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    env.update({k: v.format(tmp=tmp_path) if v else v for k, v in overrides.items()})
+    result = CliRunner().invoke(
+        app, [*command, *(["--port", "0"] if command[0] != "models" else [])], env=env
+    )
+    assert result.exit_code == 2, result.output
+    assert said in _said(result.output)
+    # An exit, not an exception that escaped (CliRunner keeps those in `exception`).
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert len(result.output.strip().splitlines()) <= 4  # rich wraps the line at 80 columns

@@ -10,6 +10,8 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from service.config import Settings, describe_errors
@@ -57,11 +59,66 @@ def port_free_or_exit(host: str, port: int) -> None:
 
 
 def open_session(settings: Settings) -> Session:
-    """A session on the configured database, upgraded to the newest schema first."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
+    """A session on the configured database, upgraded to the newest schema first. A data
+    directory that cannot be made or a database that cannot be opened is one line naming it,
+    and exit code 2."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = make_engine(settings.resolved_database_url)
+        init_db(engine)
+    except OSError as exc:
+        reason = "not a directory" if settings.data_dir.is_file() else exc.strerror or str(exc)
+        console.print(
+            f"[red]cannot use the data directory {settings.data_dir}:[/red] {reason} "
+            "(TAGFLOW_DATA_DIR)",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
+    except SQLAlchemyError as exc:
+        console.print(
+            f"[red]cannot open the database {_shown(settings.resolved_database_url)}:[/red] "
+            f"{_first_line(exc)}",
+            highlight=False,
+        )
+        raise typer.Exit(2) from None
     return Session(engine, expire_on_commit=False)
+
+
+def _shown(url: str) -> str:
+    """`url` without its password."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    """The driver's own message (e.g. "connection refused"), without SQLAlchemy's background
+    link and statement."""
+    cause = getattr(exc, "orig", None) or exc
+    return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+
+
+def preflight_or_exit(settings: Settings) -> None:
+    """What the API checks at start, checked before it starts, each failure one line with exit
+    code 2: a Redis URL, the tag file, the data directory and the database."""
+    if not settings.redis_url:
+        console.print(
+            "[red]cannot serve:[/red] TAGFLOW_REDIS_URL is not set; the API queues review work "
+            "in Redis (`tagflow up` starts an embedded one)",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    tags_or_exit(settings)
+    open_session(settings).close()
+
+
+def tags_or_exit(settings: Settings) -> TagSet:
+    """The approved tags; a missing or malformed tag file is one line and exit code 2."""
+    from service.tags import TagFileError
+
+    try:
+        return cli_tags(settings)
+    except TagFileError as exc:
+        console.print(f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def cli_encoder(settings: Settings) -> Encoder:

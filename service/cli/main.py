@@ -18,6 +18,7 @@ from service.cli.common import (
     metrics_table,
     open_session,
     port_free_or_exit,
+    preflight_or_exit,
     settings_or_exit,
 )
 from service.cli.db import db_app
@@ -217,6 +218,7 @@ def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
 
     settings = settings_or_exit(serving=True)
     port_free_or_exit(host, port)
+    preflight_or_exit(settings)
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
     # event loop per request, and every prediction is logged anyway.

@@ -11,7 +11,13 @@ from contextlib import ExitStack
 
 import typer
 
-from service.cli.common import console, open_session, port_free_or_exit, settings_or_exit
+from service.cli.common import (
+    console,
+    open_session,
+    port_free_or_exit,
+    settings_or_exit,
+    tags_or_exit,
+)
 from service.config import SEED_DATASET, Settings, generate_dev_keys
 from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sigterm_as_exit, sole_owner
@@ -37,6 +43,8 @@ def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
 
     settings = up_settings()
     port_free_or_exit(host, port)
+    tags_or_exit(settings)
+    open_session(settings).close()  # the data directory and database, checked before any work
     configure_logging(settings)
     with ExitStack() as stack:
         try:
