@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +157,33 @@ def test_shadow_stats_of_unknown_and_unshadowed_versions(
     assert client.get("/models/v0001/shadow").status_code == 401
     production = stats(client, "v0001")
     assert production["n"] == 0 and production["agreement_with_production"] is None
+
+
+def test_a_refused_shadow_candidate_is_logged_once(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A candidate whose artifact fails its checksum is not shadowed; the watch loop (every
+    0.05 s here) says so once, not on every tick, and production keeps serving."""
+    settings = make_settings(
+        database_url=str(sqlite_engine.url), shadow=True, watch_interval_s=0.05
+    )
+    register_promoted(sqlite_engine, settings, seed_result)
+    with Session(sqlite_engine, expire_on_commit=False) as session:
+        candidate = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        )
+    artifact = settings.artifacts_dir / Path(candidate.artifact_path).name / registry.MODEL_FILE
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    with (
+        caplog.at_level("ERROR", logger="service.api.lifecycle"),
+        TestClient(create_app(settings)) as client,
+    ):
+        state = client.app.state.tagflow
+        time.sleep(1.0)  # some twenty watch ticks
+        assert state.predictor.shadow is None and state.predictor.current is not None
+        refused = [r for r in caplog.records if "shadow candidate refused" in r.getMessage()]
+        assert len(refused) == 1 and candidate.version in refused[0].getMessage()
+        assert state.model_refusals == 1 and state.model_errors == []

@@ -80,11 +80,17 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         if shadow is not None:
             state.predictor.set_shadow(None)
         return
-    if shadow is None or shadow.version != row.version:
+    if (
+        shadow is None or shadow.version != row.version
+    ) and row.version not in state.shadow_refused:
         try:
             state.predictor.set_shadow(LoadedModel(row.version, registry.load_model(row)))
         except ArtifactError as exc:
-            log.error("shadow candidate refused: %s", exc)
+            # Once per version: the watch loop comes back every few seconds, and the artifact
+            # does not change (a version's checksum is fixed; a new candidate is a new version).
+            state.shadow_refused.add(row.version)
+            state.model_refusals += 1
+            log.error("shadow candidate refused: %s; no shadow model until a new candidate", exc)
 
 
 def drain_outbox(state: AppState) -> int:

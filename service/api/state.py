@@ -47,6 +47,8 @@ class AppState:
     # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)
     model_refusals: int = 0  # versions refused at load since start
+    # Candidates refused as the shadow model, so each is logged once, not every watch tick.
+    shadow_refused: set[str] = field(default_factory=set)
     # Shadow scorings that raised since start (logged each; production answers are unaffected).
     shadow_errors: int = 0
     # When the watch loop next judges the served cut by the audit (time.monotonic()).
