@@ -209,3 +209,23 @@ def test_start_up_failures_are_one_line_errors(
     # An exit, not an exception that escaped (CliRunner keeps those in `exception`).
     assert isinstance(result.exception, SystemExit), result.exception
     assert len(result.output.strip().splitlines()) <= 4  # rich wraps the line at 80 columns
+
+
+def test_a_data_directory_moved_elsewhere_keeps_working(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Restored from a backup to another path: the SQLite file and the artifacts move together,
+    and the versions (recorded with absolute paths) still load."""
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), "--promote"], env=cli_env)
+    assert trained.exit_code == 0, trained.output
+    restored = tmp_path / "restored"
+    (tmp_path / "var").rename(restored)
+    env = {**cli_env, "TAGFLOW_DATA_DIR": str(restored)}
+    evaluated = runner.invoke(app, ["evaluate", "--data", str(SEED_DATASET), "--json"], env=env)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["version"] == "v0001"
+    listed = runner.invoke(app, ["models", "list", "--json"], env=env)
+    assert json.loads(listed.output)["models"][0]["artifact_path"] == str(
+        (restored / "models" / "v0001").resolve()
+    )

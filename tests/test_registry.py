@@ -267,3 +267,30 @@ def _promote_all_at_once(engine: Engine, versions: list[str], tags: TagSet) -> d
     for thread in threads:
         thread.join(timeout=60)
     return outcomes
+
+
+def test_a_moved_artifact_folder_is_found_again_by_checksum(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tmp_path: Path
+) -> None:
+    """A data directory moved or restored elsewhere: versions are relinked to the same-named
+    folders there when their models match the recorded checksums, and only then."""
+    with Session(engine) as session:
+        for _ in range(2):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    moved = tmp_path / "restored" / "artifacts"
+    moved.parent.mkdir()
+    settings.artifacts_dir.rename(moved)
+    tampered = moved / "v0002" / registry.MODEL_FILE
+    tampered.write_bytes(tampered.read_bytes() + b"tampered")
+    with Session(engine) as session:
+        with pytest.raises(ArtifactError, match="missing"):
+            registry.load_model(registry.get_version(session, version="v0001"))
+        assert registry.relink(session, artifacts_dir=moved) == ["v0001"]
+        assert registry.relink(session, artifacts_dir=moved) == []  # done once
+        relinked = registry.get_version(session, version="v0001")
+        assert Path(relinked.artifact_path) == (moved / "v0001").resolve()
+        assert registry.load_model(relinked).classes == seed_result.model.classes
+        left = registry.get_version(session, version="v0002")
+        assert not Path(left.artifact_path).exists()  # still the old, missing path: refused
+        with pytest.raises(ArtifactError, match="missing"):
+            registry.load_model(left)

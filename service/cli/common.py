@@ -81,7 +81,11 @@ def open_session(settings: Settings) -> Session:
             highlight=False,
         )
         raise typer.Exit(2) from None
-    return Session(engine, expire_on_commit=False)
+    session = Session(engine, expire_on_commit=False)
+    from service.ml import registry  # here: `tagflow --help` should not import the registry
+
+    registry.relink(session, artifacts_dir=settings.artifacts_dir)
+    return session
 
 
 def _shown(url: str) -> str:

@@ -174,6 +174,36 @@ def _add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) ->
     return folder
 
 
+def relink(session: Session, *, artifacts_dir: Path) -> list[str]:
+    """Point versions whose recorded artifact folder is gone at the same-named folder in
+    `artifacts_dir`, where its model matches the recorded checksum; the versions relinked.
+
+    Paths are recorded absolute, so a data directory that was moved, or restored from a backup
+    to another place, left every version unloadable. Processes call this at start; a folder
+    whose model does not match is left alone (loading then refuses it, naming the path).
+    """
+    moved = []
+    for row in session.exec(select(ModelVersion)):
+        recorded = Path(row.artifact_path)
+        if (recorded / MODEL_FILE).exists():
+            continue
+        candidate = artifacts_dir / recorded.name
+        model = candidate / MODEL_FILE
+        if model.exists() and sha256_file(model) == row.checksum:
+            row.artifact_path = str(candidate.resolve())
+            session.add(row)
+            moved.append(row.version)
+    if moved:
+        session.commit()
+        log.warning(
+            "artifacts of %s are no longer where they were recorded; found (checksums match) "
+            "and relinked in %s",
+            ", ".join(moved),
+            artifacts_dir,
+        )
+    return moved
+
+
 def verified_artifact(version: ModelVersion) -> Path:
     """The path of `version`'s model file, once its checksum matches the registry's."""
     path = Path(version.artifact_path) / MODEL_FILE
