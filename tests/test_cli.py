@@ -86,31 +86,6 @@ def test_a_port_in_use_is_a_one_line_error_before_any_start_up(
     assert not (tmp_path / "var" / "redis").exists()  # `up` started no Redis, trained nothing
 
 
-@pytest.mark.parametrize("key_file", [False, True])
-def test_up_runs_in_development_mode_only_without_keys(
-    key_file: bool, tmp_path: Path, encoder_dir: Path
-) -> None:
-    """A key file is keys: `up` then neither generates keys nor announces development mode.
-    (The port is held, so `up` stops right after that decision.)"""
-    path = tmp_path / "keys"
-    path.write_text("client/search:k-search\n")
-    env = {
-        "TAGFLOW_API_KEYS": "",
-        "TAGFLOW_DEV": "0",
-        "TAGFLOW_API_KEYS_FILE": str(path) if key_file else "",
-        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
-        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
-    }
-    with socket.socket() as holder:
-        holder.bind(("127.0.0.1", 0))
-        holder.listen()
-        port = str(holder.getsockname()[1])
-        result = CliRunner().invoke(app, ["up", "--port", port], env=env)
-    assert result.exit_code == 2 and "cannot listen" in result.output, result.output
-    assert ("development mode" in result.output) is not key_file
-    assert ("client:client-" in result.output) is not key_file  # a generated key, printed
-
-
 def test_keys_new_prints_a_key_and_the_line_that_accepts_it(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["keys", "new", "reviewer", "--name", "Ann Lee"])
     assert result.exit_code == 0, result.output

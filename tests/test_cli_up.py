@@ -157,24 +157,51 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     last.wait(timeout=60)
 
 
-def test_up_uses_the_keys_in_a_dot_env_file(
-    tmp_path: Path, encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Keys in `.env` are keys: no development mode, no generated keys. (The port is held, so
-    `up` stops right after that decision.)"""
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("TAGFLOW_API_KEYS=admin:from-dot-env-0123456789\n")
-    env = {
-        "TAGFLOW_API_KEYS": None,
-        "TAGFLOW_API_KEYS_FILE": None,
-        "TAGFLOW_DEV": None,
-        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
-        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
-    }
+def _up_with_its_port_held(env: dict[str, str | None]) -> str:
+    """`tagflow up`'s output when its port is taken: it stops right after deciding on
+    development mode, before any start-up work."""
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = str(holder.getsockname()[1])
         result = CliRunner().invoke(app, ["up", "--port", port], env=env)
     assert result.exit_code == 2 and "cannot listen" in result.output, result.output
-    assert "development mode" not in result.output and "client:client-" not in result.output
+    return result.output
+
+
+@pytest.mark.parametrize("key_file", [False, True])
+def test_up_runs_in_development_mode_only_without_keys(
+    key_file: bool, tmp_path: Path, encoder_dir: Path
+) -> None:
+    """A key file is keys: `up` then neither generates keys nor announces development mode."""
+    path = tmp_path / "keys"
+    path.write_text("client/search:k-search\n")
+    output = _up_with_its_port_held(
+        {
+            "TAGFLOW_API_KEYS": "",
+            "TAGFLOW_DEV": "0",
+            "TAGFLOW_API_KEYS_FILE": str(path) if key_file else "",
+            "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+            "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+        }
+    )
+    assert ("development mode" in output) is not key_file
+    assert ("client:client-" in output) is not key_file  # a generated key, printed
+
+
+def test_up_uses_the_keys_in_a_dot_env_file(
+    tmp_path: Path, encoder_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys in `.env` are keys: no development mode, no generated keys."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("TAGFLOW_API_KEYS=admin:from-dot-env-0123456789\n")
+    output = _up_with_its_port_held(
+        {
+            "TAGFLOW_API_KEYS": None,
+            "TAGFLOW_API_KEYS_FILE": None,
+            "TAGFLOW_DEV": None,
+            "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+            "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+        }
+    )
+    assert "development mode" not in output and "client:client-" not in output
