@@ -35,7 +35,12 @@ def compare_registered(
     """`a` against `b`, each as it serves, on the frozen evaluation set (see
     `service.ml.compare.compare_versions`), with where that set came from."""
     sets = build_training_sets(session, settings=settings, tags=tags)
-    contenders = [Contender.registered(registry.get_version(session, version=v)) for v in (a, b)]
+    contenders = [
+        Contender.registered(
+            registry.get_version(session, version=v), artifacts_dir=settings.artifacts_dir
+        )
+        for v in (a, b)
+    ]
     outcome = compare_versions(
         *contenders,
         encoder=encoder,

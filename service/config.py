@@ -248,11 +248,17 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_database_url(cls, value: str | None) -> str | None:
-        if value is not None and _database_kind(value) not in SUPPORTED_DATABASES:
+        if value is None:
+            return value
+        if _database_kind(value) not in SUPPORTED_DATABASES:
             raise ValueError(
                 "is not a database tagflow runs on: use sqlite:///PATH or "
                 "postgresql+psycopg://USER@HOST:PORT/DB"
             )
+        if _in_memory(value):
+            # Each connection would get an empty database of its own: no table the migrations
+            # made, and nothing shared between the API, its threads and the workers.
+            raise ValueError("is an in-memory SQLite database: use sqlite:///PATH to a file")
         return value
 
     @field_validator("bundle_key")
@@ -352,6 +358,16 @@ def _database_kind(url: str) -> str | None:
         return make_url(url).drivername
     except ArgumentError:
         return None
+
+
+def _in_memory(url: str) -> bool:
+    """Whether `url` names an in-memory SQLite database (`sqlite://`, `:memory:`)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
+    )
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -64,17 +64,26 @@ def sole_owner(data_dir: Path, *, what: str) -> Iterator[None]:
         handle.close()  # releases the lock
 
 
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 @contextmanager
-def sigterm_as_exit() -> Iterator[None]:
-    """Within the block, SIGTERM (a service manager's stop, `docker stop`) ends the process as
-    Ctrl-C does: by an exception, so cleanup in `finally` blocks and exit stacks runs. Its
-    default action kills the process on the spot, leaving its children behind."""
+def stop_signals_as_exit() -> Iterator[None]:
+    """Within the block, SIGTERM (a service manager's stop, `docker stop`) and SIGINT (Ctrl-C)
+    end the process by an exception, so cleanup in `finally` blocks and exit stacks runs
+    (SIGTERM's default action kills the process on the spot, leaving its children behind).
+    Signals after the first are ignored: a second Ctrl-C must not cut the cleanup short, stop
+    Redis before the worker has finished with it, or leave the worker behind. (SIGKILL still
+    ends everything, and the children with it: see `die_with_parent`.)"""
 
     def stop(signum: int, _frame: object) -> None:
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {each: signal.signal(each, stop) for each in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for each, handler in previous.items():
+            signal.signal(each, handler)

@@ -147,7 +147,7 @@ def _promote_if_allowed(
     current = registry.get_production(session)
     if (current.version if current else None) != before:
         return False, "production changed during training: promote by hand"
-    registry.promote(session, version=version, tags=tags)
+    registry.promote(session, version=version, tags=tags, artifacts_dir=settings.artifacts_dir)
     return True, "gate passed: promoted"
 
 
@@ -158,12 +158,17 @@ def _gate(
     sets: TrainingSets,
     encoder: Encoder,
     target: float,
+    artifacts_dir: Path,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Score production (as it was when training began) on the candidate's frozen evaluation
     set and apply the gate; returns the gate report, with what it judged, and production's
     metrics."""
     prod_metrics = (
-        evaluate(registry.load_model(production), encoder, sets.evaluation)
+        evaluate(
+            registry.load_model(production, artifacts_dir=artifacts_dir),
+            encoder,
+            sets.evaluation,
+        )
         if production is not None
         else None
     )
@@ -239,7 +244,14 @@ def retrain(
     )
     result.params |= {"source": str(sets.source.resolve()), "reason": reason}
     progress("gate")
-    gate, prod_metrics = _gate(production, result=result, sets=sets, encoder=encoder, target=target)
+    gate, prod_metrics = _gate(
+        production,
+        result=result,
+        sets=sets,
+        encoder=encoder,
+        target=target,
+        artifacts_dir=settings.artifacts_dir,
+    )
     progress("register")
     snapshot_id, version = _register(
         session, result=result, sets=sets, settings=settings, gate=gate, reason=reason

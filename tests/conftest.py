@@ -239,7 +239,9 @@ def register_promoted(engine: Engine, settings: Settings, result: TrainResult) -
     with Session(engine, expire_on_commit=False) as session:
         row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
         tags = load_tags(settings.tags_file)
-        return registry.promote(session, version=row.version, tags=tags).version
+        return registry.promote(
+            session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+        ).version
 
 
 @pytest.fixture

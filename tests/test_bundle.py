@@ -65,7 +65,9 @@ def seed_bundle(
         row = registry.register(
             session, result=seed_result, artifacts_dir=make_settings().artifacts_dir
         )
-        return export_bundle(session, version=row.version)
+        return export_bundle(
+            session, version=row.version, artifacts_dir=make_settings().artifacts_dir
+        )
 
 
 def _import(target: tuple[Engine, Path], data: bytes, tags: TagSet, encoder: str) -> ModelVersion:
@@ -131,12 +133,14 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
         source = registry.register(
             session, result=shared_result, artifacts_dir=settings.artifacts_dir
         )
-        registry.promote(session, version=source.version, tags=tags)
+        registry.promote(
+            session, version=source.version, tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         # A cut set on the source deployment: kept as lineage, not applied on import.
         registry.set_serving_threshold(
             session, version=source.version, threshold=0.97, evidence={"source": "manual"}
         )
-        data = export_bundle(session, version=source.version)
+        data = export_bundle(session, version=source.version, artifacts_dir=settings.artifacts_dir)
         source = registry.get_version(session, version=source.version)
 
     row = _import(target, data, tags, encoder.path.name)
@@ -155,8 +159,8 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
     assert lineage["version"] == source.version and lineage["status"] == "production"
     assert lineage["serving_threshold"] == 0.97
     assert "imported from v0001" in row.note
-    folder = Path(row.artifact_path)
-    assert folder.parent == target[1] and folder.name == "v0001"
+    assert row.artifact_path == "v0001"  # by name, under this deployment's folder
+    folder = target[1] / "v0001"
     # The report names the version as this registry knows it, and where it came from.
     report = json.loads((folder / "report.json").read_text())
     assert report["version"] == "v0001" and report["imported"] == lineage
@@ -164,12 +168,13 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
     picture = (folder / "report.png").read_bytes()
     assert picture[:4] == b"\x89PNG" and picture != _members(data)["report.png"]
 
-    moved = registry.load_model(row)
+    moved = registry.load_model(row, artifacts_dir=target[1])
     expected = shared_result.model.predict_proba(TEXTS, encoder.encode)
     assert (moved.predict_proba(TEXTS, encoder.encode) == expected).all()
     with Session(target[0]) as session:
         assert (
-            registry.promote(session, version="v0001", tags=tags).status is ModelStatus.PRODUCTION
+            registry.promote(session, version="v0001", tags=tags, artifacts_dir=target[1]).status
+            is ModelStatus.PRODUCTION
         )
         # Retraining here needs this deployment's own base data, not the source's file path.
         with pytest.raises(InvalidInputError, match="no base dataset"):
@@ -309,9 +314,9 @@ def test_a_bundle_without_reports_gets_one_drawn_from_its_record(
         manifest["files"].pop(name)
     data = _pack({**files, "manifest.json": json.dumps(manifest).encode()})
     row = _import(target, data, tags, seed_result.model.encoder)
-    report = json.loads((Path(row.artifact_path) / "report.json").read_text())
+    report = json.loads((target[1] / row.artifact_path / "report.json").read_text())
     assert report["version"] == row.version and report["metrics"] == row.metrics
-    assert (Path(row.artifact_path) / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert (target[1] / row.artifact_path / "report.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_damaged_artifact_is_not_exported(
@@ -322,10 +327,10 @@ def test_a_damaged_artifact_is_not_exported(
     settings = make_settings()
     with Session(sqlite_engine) as session:
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        artifact = Path(row.artifact_path) / "model.joblib"
+        artifact = settings.artifacts_dir / row.artifact_path / "model.joblib"
         artifact.write_bytes(artifact.read_bytes() + b"x")
         with pytest.raises(ArtifactError, match="checksum"):
-            export_bundle(session, version=row.version)
+            export_bundle(session, version=row.version, artifacts_dir=settings.artifacts_dir)
 
 
 def test_a_model_of_another_encoder_is_recorded_with_a_warning(
@@ -410,6 +415,7 @@ def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_pa
 
 
 def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
+    make_settings,  # type: ignore[no-untyped-def]
     sqlite_engine: Engine,
     seed_result: TrainResult,
     seed_bundle: bytes,
@@ -417,9 +423,15 @@ def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
     tags: TagSet,
 ) -> None:
     engine, artifacts = target
+    source_dir = make_settings().artifacts_dir  # where seed_bundle's version was registered
     with Session(sqlite_engine) as session:
-        signed = export_bundle(session, version="v0001", key=KEY)
-        other = export_bundle(session, version="v0001", key="another-secret-of-32-characters!")
+        signed = export_bundle(session, version="v0001", artifacts_dir=source_dir, key=KEY)
+        other = export_bundle(
+            session,
+            version="v0001",
+            artifacts_dir=source_dir,
+            key="another-secret-of-32-characters!",
+        )
     assert "manifest.sig" in _members(signed) and "manifest.sig" not in _members(seed_bundle)
 
     def bring(data: bytes) -> Imported:
@@ -463,6 +475,6 @@ def test_files_already_in_the_new_versions_folder_are_left_alone(
         row = _import(target, seed_bundle, tags, seed_result.model.encoder)
     assert stray.read_bytes() == b"someone else's model"
     assert [p.name for p in stray.parent.iterdir()] == ["model.joblib"]
-    assert row.version == "v0001" and Path(row.artifact_path).name.startswith("v0001-")
-    assert registry.load_model(row).classes == seed_result.model.classes
+    assert row.version == "v0001" and row.artifact_path.startswith("v0001-")
+    assert registry.load_model(row, artifacts_dir=target[1]).classes == seed_result.model.classes
     assert "no version of this registry owns it" in caplog.text

@@ -82,7 +82,12 @@ def test_promotion_from_outside_reaches_the_api(
     """A promotion by the CLI or a worker (another process) is picked up by the watch loop."""
     candidate = _register(sqlite_client, seed_result)
     with Session(sqlite_client.app.state.tagflow.engine) as session:
-        registry.promote(session, version=candidate, tags=tags)
+        registry.promote(
+            session,
+            version=candidate,
+            tags=tags,
+            artifacts_dir=sqlite_client.app.state.tagflow.settings.artifacts_dir,
+        )
     deadline = time.monotonic() + 10
     version = None
     while time.monotonic() < deadline and version != candidate:
@@ -100,7 +105,7 @@ def test_tampered_artifact_is_refused_and_old_model_keeps_serving(
     state = client.app.state.tagflow
     with Session(state.engine) as session:
         row = registry.get_version(session, version=candidate)
-        path = Path(row.artifact_path) / "model.joblib"
+        path = state.settings.artifacts_dir / row.artifact_path / "model.joblib"
     path.write_bytes(b"not the model")
     response = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
     assert response.status_code == 409
@@ -139,7 +144,9 @@ def test_tampered_production_row_is_not_loaded(
     # on tagflow_model_errors resolves); the count since start keeps it.
     with Session(state.engine) as session:
         row = registry.get_version(session, version=candidate)
-        row.checksum = registry.sha256_file(Path(row.artifact_path) / registry.MODEL_FILE)
+        row.checksum = registry.sha256_file(
+            state.settings.artifacts_dir / row.artifact_path / registry.MODEL_FILE
+        )
         session.add(row)
         session.commit()
     deadline = time.monotonic() + 10
@@ -219,7 +226,8 @@ def test_a_version_with_tags_no_longer_approved_is_not_promoted(
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version="v0001", tags=tags)  # before the list changed
+        # Promoted before the list changed.
+        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
     with TestClient(create_app(settings)) as client:
         refused = client.post("/models/v0002/promote", headers=auth("admin"))
         assert refused.status_code == 409

@@ -80,7 +80,9 @@ def test_serve_logs_the_service_and_uvicorn_as_json(
     init_db(engine)
     with Session(engine) as session:
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        version = registry.promote(session, version=row.version, tags=tags).version
+        version = registry.promote(
+            session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+        ).version
     engine.dispose()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -39,7 +39,8 @@ def test_register_records_lineage_metrics_and_artifacts(
     assert {"per_class", "slices", "confusion", "precision_coverage", "baselines"} <= set(
         row.metrics
     )
-    folder = Path(row.artifact_path)
+    assert row.artifact_path == "v0001"  # by name: the data directory can move
+    folder = settings.artifacts_dir / "v0001"
     assert registry.sha256_file(folder / "model.joblib") == row.checksum
     report = json.loads((folder / "report.json").read_text())
     assert report["version"] == "v0001" and report["cv"]["chosen"]["weight"] == row.params["weight"]
@@ -64,10 +65,12 @@ def test_a_new_version_never_writes_into_a_folder_it_does_not_own(
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
     assert stray.read_bytes() == b"an earlier registry's model"
     assert [p.name for p in stray.parent.iterdir()] == ["model.joblib"]
-    folder = Path(row.artifact_path)
-    assert row.version == "v0001" and folder.name.startswith("v0001-")
-    assert registry.load_model(row).classes == seed_result.model.classes
-    assert str(folder) in caplog.text
+    assert row.version == "v0001" and row.artifact_path.startswith("v0001-")
+    assert (
+        registry.load_model(row, artifacts_dir=settings.artifacts_dir).classes
+        == seed_result.model.classes
+    )
+    assert str(settings.artifacts_dir / row.artifact_path) in caplog.text
 
 
 def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
@@ -81,7 +84,7 @@ def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
     assert list(settings.artifacts_dir.iterdir()) == []
     with Session(engine) as session:
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-    assert Path(row.artifact_path).name == row.version
+    assert row.artifact_path == row.version
 
 
 def test_promote_archives_previous_and_rollback_walks_back(
@@ -98,9 +101,14 @@ def test_promote_archives_previous_and_rollback_walks_back(
         for result in (seed_result, shared_result, seed_result):
             registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
         for version in ("v0001", "v0002", "v0003"):
-            registry.promote(session, version=version, tags=tags)
+            registry.promote(
+                session, version=version, tags=tags, artifacts_dir=settings.artifacts_dir
+            )
         assert (
-            registry.promote(session, version="v0003", tags=tags).previous_version == "v0002"
+            registry.promote(
+                session, version="v0003", tags=tags, artifacts_dir=settings.artifacts_dir
+            ).previous_version
+            == "v0002"
         )  # no-op
         assert status(session) == {
             "v0003": ModelStatus.PRODUCTION,
@@ -109,15 +117,24 @@ def test_promote_archives_previous_and_rollback_walks_back(
         }
         # A rollback goes back, and the next one further back: never forward again to the
         # version just rolled away from.
-        assert registry.rollback(session, tags=tags).version == "v0002"
+        assert (
+            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            == "v0002"
+        )
         assert registry.get_version(session, version="v0003").status is ModelStatus.ARCHIVED
-        assert registry.rollback(session, tags=tags).version == "v0001"
+        assert (
+            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            == "v0001"
+        )
         with pytest.raises(NotFoundError, match="no version was production before v0001"):
-            registry.rollback(session, tags=tags)
+            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir)
         assert registry.get_production(session).version == "v0001"
         # A promotion is remembered again: rolling it back restores what it replaced.
-        registry.promote(session, version="v0003", tags=tags)
-        assert registry.rollback(session, tags=tags).version == "v0001"
+        registry.promote(session, version="v0003", tags=tags, artifacts_dir=settings.artifacts_dir)
+        assert (
+            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            == "v0001"
+        )
 
 
 def test_rollback_from_a_version_no_longer_production_is_refused(
@@ -131,10 +148,19 @@ def test_rollback_from_a_version_no_longer_production_is_refused(
     with Session(engine) as session:
         for result in (seed_result, shared_result):
             row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
-            registry.promote(session, version=row.version, tags=tags)
-        assert registry.rollback(session, tags=tags, current="v0002").version == "v0001"
+            registry.promote(
+                session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            )
+        assert (
+            registry.rollback(
+                session, tags=tags, artifacts_dir=settings.artifacts_dir, current="v0002"
+            ).version
+            == "v0001"
+        )
         with pytest.raises(ConflictError, match="v0002 is not production \\(v0001 is\\)"):
-            registry.rollback(session, tags=tags, current="v0002")
+            registry.rollback(
+                session, tags=tags, artifacts_dir=settings.artifacts_dir, current="v0002"
+            )
         assert registry.get_production(session).version == "v0001"
 
 
@@ -183,12 +209,16 @@ def test_checksum_mismatch_is_refused_and_registry_untouched(
 ) -> None:
     with Session(engine) as session:
         good = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version=good.version, tags=tags)
+        registry.promote(
+            session, version=good.version, tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         bad = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
-        artifact = Path(bad.artifact_path) / "model.joblib"
+        artifact = settings.artifacts_dir / bad.artifact_path / "model.joblib"
         artifact.write_bytes(artifact.read_bytes() + b"tampered")
         with pytest.raises(ArtifactError, match="checksum"):
-            registry.promote(session, version=bad.version, tags=tags)
+            registry.promote(
+                session, version=bad.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            )
         assert registry.get_production(session).version == good.version
         assert registry.get_version(session, version=bad.version).status is ModelStatus.CANDIDATE
 
@@ -203,7 +233,7 @@ def test_concurrent_promotions_leave_one_production_version(
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
     versions = ["v0001", "v0002", "v0003", "v0004"]
     for _round in range(3):
-        outcomes = _promote_all_at_once(engine, versions, tags)
+        outcomes = _promote_all_at_once(engine, versions, tags, settings.artifacts_dir)
         assert set(outcomes) == set(versions), "a promotion raised something else"
         with Session(engine) as session:
             rows = registry.list_versions(session)
@@ -220,7 +250,7 @@ def test_the_database_refuses_a_second_production_version(
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version="v0001", tags=tags)
+        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
         second = registry.get_version(session, version="v0002")
         second.status = ModelStatus.PRODUCTION
         session.add(second)
@@ -236,17 +266,21 @@ def test_a_version_with_unapproved_tags_is_not_promoted(
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version="v0001", tags=tags)
+        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
         with pytest.raises(ConflictError, match=r"v0002 can answer with tags that are not "):
-            registry.promote(session, version="v0002", tags=narrower)
+            registry.promote(
+                session, version="v0002", tags=narrower, artifacts_dir=settings.artifacts_dir
+            )
         assert registry.get_version(session, version="v0002").status is ModelStatus.CANDIDATE
-        registry.promote(session, version="v0002", tags=tags)
+        registry.promote(session, version="v0002", tags=tags, artifacts_dir=settings.artifacts_dir)
         with pytest.raises(ConflictError, match=r"\(mlops\): it stays archived"):
-            registry.rollback(session, tags=narrower)
+            registry.rollback(session, tags=narrower, artifacts_dir=settings.artifacts_dir)
         assert registry.get_production(session).version == "v0002"
 
 
-def _promote_all_at_once(engine: Engine, versions: list[str], tags: TagSet) -> dict[str, str]:
+def _promote_all_at_once(
+    engine: Engine, versions: list[str], tags: TagSet, artifacts_dir: Path
+) -> dict[str, str]:
     """Promote every version from its own thread and session, released together; what each
     promotion came to ("promoted", or the conflict it reported)."""
     barrier = threading.Barrier(len(versions))
@@ -256,7 +290,7 @@ def _promote_all_at_once(engine: Engine, versions: list[str], tags: TagSet) -> d
         with Session(engine) as session:
             barrier.wait(timeout=10)
             try:
-                registry.promote(session, version=version, tags=tags)
+                registry.promote(session, version=version, tags=tags, artifacts_dir=artifacts_dir)
                 outcomes[version] = "promoted"
             except ConflictError as exc:  # lost every retry: a clear, retryable refusal
                 outcomes[version] = f"conflict: {exc}"
@@ -269,28 +303,36 @@ def _promote_all_at_once(engine: Engine, versions: list[str], tags: TagSet) -> d
     return outcomes
 
 
-def test_a_moved_artifact_folder_is_found_again_by_checksum(
+def test_versions_are_found_where_the_artifacts_folder_is_now(
     engine: Engine, settings: Settings, seed_result: TrainResult, tmp_path: Path
 ) -> None:
-    """A data directory moved or restored elsewhere: versions are relinked to the same-named
-    folders there when their models match the recorded checksums, and only then."""
+    """A data directory moved, restored elsewhere, or mounted at another path by a second host
+    sharing the database: versions record their folder by name, so each process finds them
+    under its own artifacts folder, and nothing it does rewrites where the others look."""
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-    moved = tmp_path / "restored" / "artifacts"
+        # A version recorded before folders were recorded by name: an absolute path.
+        legacy = registry.get_version(session, version="v0002")
+        legacy.artifact_path = str((settings.artifacts_dir / "v0002").resolve())
+        session.add(legacy)
+        session.commit()
+    moved = tmp_path / "restored" / "models"
     moved.parent.mkdir()
     settings.artifacts_dir.rename(moved)
-    tampered = moved / "v0002" / registry.MODEL_FILE
-    tampered.write_bytes(tampered.read_bytes() + b"tampered")
     with Session(engine) as session:
-        with pytest.raises(ArtifactError, match="missing"):
-            registry.load_model(registry.get_version(session, version="v0001"))
-        assert registry.relink(session, artifacts_dir=moved) == ["v0001"]
-        assert registry.relink(session, artifacts_dir=moved) == []  # done once
-        relinked = registry.get_version(session, version="v0001")
-        assert Path(relinked.artifact_path) == (moved / "v0001").resolve()
-        assert registry.load_model(relinked).classes == seed_result.model.classes
-        left = registry.get_version(session, version="v0002")
-        assert not Path(left.artifact_path).exists()  # still the old, missing path: refused
-        with pytest.raises(ArtifactError, match="missing"):
-            registry.load_model(left)
+        for version in ("v0001", "v0002"):
+            row = registry.get_version(session, version=version)
+            assert registry.artifact_folder(row, artifacts_dir=moved) == moved / version
+            model = registry.load_model(row, artifacts_dir=moved)
+            assert model.classes == seed_result.model.classes
+        row = registry.get_version(session, version="v0001")
+        assert row.artifact_path == "v0001"  # loading wrote nothing
+        # Another host, whose copy was tampered with: refused there, by checksum.
+        other = tmp_path / "other-host" / "models"
+        (other / "v0001").mkdir(parents=True)
+        (other / "v0001" / registry.MODEL_FILE).write_bytes(b"tampered")
+        with pytest.raises(ArtifactError, match="checksum.*refused"):
+            registry.load_model(row, artifacts_dir=other)
+        with pytest.raises(ArtifactError, match=f"missing at {other / 'v0002'}"):
+            registry.load_model(registry.get_version(session, version="v0002"), artifacts_dir=other)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,10 +66,12 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     return True
 
 
-def shadow_tags(engine: Engine, version: str, encoder: Encoder, texts: list[str]) -> list[str]:
+def shadow_tags(client: TestClient, version: str, encoder: Encoder, texts: list[str]) -> list[str]:
     """What the candidate answers, computed here from its artifact."""
-    with Session(engine) as session:
-        model = registry.load_model(registry.get_version(session, version=version))
+    state = client.app.state.tagflow
+    with Session(state.engine) as session:
+        row = registry.get_version(session, version=version)
+        model = registry.load_model(row, artifacts_dir=state.settings.artifacts_dir)
     proba = model.predict_proba(texts, encoder.encode)
     return [model.classes[i] for i in proba.argmax(axis=1)]
 
@@ -105,7 +106,7 @@ def test_shadow_agreement_with_production_and_labels(
     results = client.post("/predict/batch", json=body, headers=auth("client")).json()["results"]
     assert all(r["model_version"] != candidate for r in results)
     expected = shadow_tags(
-        engine, candidate, encoder, [item_text(e.title, e.description) for e in items]
+        client, candidate, encoder, [item_text(e.title, e.description) for e in items]
     )
     assert wait_for(lambda: stats(client, candidate)["n"] == len(items))
 
@@ -175,7 +176,7 @@ def test_a_refused_shadow_candidate_is_logged_once(
         candidate = registry.register(
             session, result=seed_result, artifacts_dir=settings.artifacts_dir
         )
-    artifact = settings.artifacts_dir / Path(candidate.artifact_path).name / registry.MODEL_FILE
+    artifact = settings.artifacts_dir / candidate.artifact_path / registry.MODEL_FILE
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     with (
         caplog.at_level("ERROR", logger="service.api.lifecycle"),

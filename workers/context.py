@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
 
 from service.config import Settings
 from service.db import init_db, make_engine
-from service.ml import registry
 from service.ml.encoder import Encoder, load_encoder
 from service.tags import TagSet, load_tags
 
@@ -27,8 +25,6 @@ class JobContext:
     def __post_init__(self) -> None:
         self.engine = make_engine(self.settings.resolved_database_url)
         init_db(self.engine)
-        with Session(self.engine) as session:
-            registry.relink(session, artifacts_dir=self.settings.artifacts_dir)
 
     @cached_property
     def tags(self) -> TagSet:

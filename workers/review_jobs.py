@@ -248,7 +248,7 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
         row = registry.get_production(session)
         if row is None:
             return {"model_version": None, "updated": 0, "requested": version}
-        model = registry.load_model(row)
+        model = registry.load_model(row, artifacts_dir=ctx.settings.artifacts_dir)
         tasks = review_crud.active_tasks(session)
         if not tasks:
             return {"model_version": row.version, "updated": 0, "requested": version}

@@ -49,7 +49,13 @@ def _serve(state: AppState, row: ModelVersion) -> None:
     threshold = registry.serving_threshold(row)
     if current is None or current.version != row.version:
         try:
-            state.predictor.swap(LoadedModel(row.version, registry.load_model(row), threshold))
+            state.predictor.swap(
+                LoadedModel(
+                    row.version,
+                    registry.load_model(row, artifacts_dir=state.settings.artifacts_dir),
+                    threshold,
+                )
+            )
         except ArtifactError as exc:
             message = str(exc)
             if message not in state.model_errors:
@@ -84,7 +90,8 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         shadow is None or shadow.version != row.version
     ) and row.version not in state.shadow_refused:
         try:
-            state.predictor.set_shadow(LoadedModel(row.version, registry.load_model(row)))
+            model = registry.load_model(row, artifacts_dir=state.settings.artifacts_dir)
+            state.predictor.set_shadow(LoadedModel(row.version, model))
         except ArtifactError as exc:
             # Once per version: the watch loop comes back every few seconds, and the artifact
             # does not change (a version's checksum is fixed; a new candidate is a new version).

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from redis import Redis
 from rq import Queue
-from sqlmodel import Session
 
 from service.api import errors
 from service.api.lifecycle import drain_outbox, sync_production, watch
@@ -37,7 +36,6 @@ from service.config import Settings
 from service.db import init_db, make_engine
 from service.dead_letters import WaitingCount
 from service.metrics import Metrics, RequestMetrics, StateCollector
-from service.ml import registry
 from service.ml.encoder import load_encoder
 from service.ml.serving import MicroBatcher, Predictor
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
@@ -54,8 +52,6 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
-    with Session(engine) as session:
-        registry.relink(session, artifacts_dir=settings.artifacts_dir)
     tag_set = load_tags(settings.tags_file)
     encoder = load_encoder(
         settings.resolved_encoder_dir,

@@ -21,7 +21,9 @@ if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX R
     from service.ml.encoder import Encoder
     from service.tags import TagSet
 
-console = Console()
+# soft_wrap: a message is one line however narrow the terminal (or 80 columns, when the output
+# is a pipe or a log file); tables still fit the width.
+console = Console(soft_wrap=True)
 
 
 def settings_or_exit(*, serving: bool = False) -> Settings:
@@ -81,11 +83,7 @@ def open_session(settings: Settings) -> Session:
             highlight=False,
         )
         raise typer.Exit(2) from None
-    session = Session(engine, expire_on_commit=False)
-    from service.ml import registry  # here: `tagflow --help` should not import the registry
-
-    registry.relink(session, artifacts_dir=settings.artifacts_dir)
-    return session
+    return Session(engine, expire_on_commit=False)
 
 
 def _shown(url: str) -> str:
@@ -100,29 +98,19 @@ def _first_line(exc: SQLAlchemyError) -> str:
     return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
-def preflight_or_exit(settings: Settings) -> None:
-    """What the API checks at start, checked before it starts, each failure one line with exit
-    code 2: a Redis URL, the tag file, the data directory and the database."""
+def preflight_or_exit(settings: Settings, *, serving: str) -> None:
+    """What the API (`serve`) or a worker (`work`) checks at start, checked before it starts,
+    each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
+    the database."""
     if not settings.redis_url:
         console.print(
-            "[red]cannot serve:[/red] TAGFLOW_REDIS_URL is not set; the API queues review work "
-            "in Redis (`tagflow up` starts an embedded one)",
+            f"[red]cannot {serving}:[/red] TAGFLOW_REDIS_URL is not set; the API and the "
+            "workers share their queues through Redis (`tagflow up` starts an embedded one)",
             highlight=False,
         )
         raise typer.Exit(2)
-    tags_or_exit(settings)
+    cli_tags(settings)
     open_session(settings).close()
-
-
-def tags_or_exit(settings: Settings) -> TagSet:
-    """The approved tags; a missing or malformed tag file is one line and exit code 2."""
-    from service.tags import TagFileError
-
-    try:
-        return cli_tags(settings)
-    except TagFileError as exc:
-        console.print(f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def cli_encoder(settings: Settings) -> Encoder:
@@ -133,10 +121,15 @@ def cli_encoder(settings: Settings) -> Encoder:
 
 
 def cli_tags(settings: Settings) -> TagSet:
-    """The approved tags."""
-    from service.tags import load_tags
+    """The approved tags; a missing or malformed tag file is one line and exit code 2 (a
+    configuration error, told apart from a refusal, which is exit code 1)."""
+    from service.tags import TagFileError, load_tags
 
-    return load_tags(settings.tags_file)
+    try:
+        return load_tags(settings.tags_file)
+    except TagFileError as exc:
+        console.print(f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def metrics_table(metrics: dict, title: str) -> Table:

@@ -96,7 +96,8 @@ def train_with_progress(settings: Settings, data: Path, promote: bool) -> regist
     console.print(suspects_table(outcome.result.cv["suspect_labels"]))
     console.print(
         f"{outcome.version.version}: {outcome.version.status.value}, "
-        f"trained in {outcome.result.seconds:.1f}s, artifact {outcome.version.artifact_path}"
+        f"trained in {outcome.result.seconds:.1f}s, artifact "
+        f"{registry.artifact_folder(outcome.version, artifacts_dir=settings.artifacts_dir)}"
     )
     return outcome.version
 
@@ -131,7 +132,8 @@ def evaluate(
         examples, _ = load_dataset(data, tags=cli_tags(settings))
         with open_session(settings) as session:
             row = registry.version_or_production(session, version=version)
-            report = run_evaluation(registry.load_model(row), cli_encoder(settings), examples)
+            model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
+            report = run_evaluation(model, cli_encoder(settings), examples)
     except (DatasetError, TagflowError) as exc:
         console.print(f"[red]cannot evaluate:[/red]\n{exc}")
         raise typer.Exit(1) from None
@@ -218,7 +220,7 @@ def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
 
     settings = settings_or_exit(serving=True)
     port_free_or_exit(host, port)
-    preflight_or_exit(settings)
+    preflight_or_exit(settings, serving="serve")
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
     # event loop per request, and every prediction is logged anyway.
@@ -230,7 +232,9 @@ def worker(burst: bool = False) -> None:
     """Run an RQ worker on the labelling and training queues."""
     from workers.worker import run
 
-    run(settings_or_exit(), burst=burst)
+    settings = settings_or_exit()
+    preflight_or_exit(settings, serving="work")
+    run(settings, burst=burst)
 
 
 @app.command()

@@ -19,7 +19,7 @@ from service.cli.common import (
     open_session,
     settings_or_exit,
 )
-from service.entities import ModelVersion, ModelVersionPublic
+from service.entities import ModelVersion
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset
@@ -47,7 +47,7 @@ def models_list(
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if as_json:
-        records = [ModelVersionPublic.model_validate(r, from_attributes=True) for r in rows]
+        records = [registry.public_record(r, artifacts_dir=settings.artifacts_dir) for r in rows]
         print(json.dumps({"models": [r.model_dump(mode="json") for r in records]}, indent=2))
     elif rows:
         console.print(_versions_table(rows))
@@ -125,7 +125,9 @@ def models_compare(
                 registry.get_version(session, version=a),
                 registry.version_or_production(session, version=b),
             ]
-            contenders = [Contender.registered(row) for row in rows]
+            contenders = [
+                Contender.registered(row, artifacts_dir=settings.artifacts_dir) for row in rows
+            ]
         outcome = compare_versions(
             *contenders,
             encoder=cli_encoder(settings),
@@ -141,12 +143,12 @@ def models_compare(
         console.print(_compare_table(outcome))
 
 
-def _registry_action(action: str, change: Callable[[Session, TagSet], ModelVersion]) -> None:
+def _registry_action(action: str, change: Callable[[Session, TagSet, Path], ModelVersion]) -> None:
     settings = settings_or_exit()
     try:
         tags = cli_tags(settings)
         with open_session(settings) as session:
-            row = change(session, tags)
+            row = change(session, tags, settings.artifacts_dir)
     except TagflowError as exc:
         console.print(f"[red]cannot {action}:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -157,7 +159,10 @@ def _registry_action(action: str, change: Callable[[Session, TagSet], ModelVersi
 def models_promote(version: str) -> None:
     """Promote a version to production (its artifact checksum must match)."""
     _registry_action(
-        "promote", lambda session, tags: registry.promote(session, version=version, tags=tags)
+        "promote",
+        lambda session, tags, artifacts: registry.promote(
+            session, version=version, tags=tags, artifacts_dir=artifacts
+        ),
     )
 
 
@@ -170,7 +175,10 @@ def models_rollback(
 ) -> None:
     """Restore the version production replaced; again, and it goes further back."""
     _registry_action(
-        "roll back", lambda session, tags: registry.rollback(session, tags=tags, current=current)
+        "roll back",
+        lambda session, tags, artifacts: registry.rollback(
+            session, tags=tags, artifacts_dir=artifacts, current=current
+        ),
     )
 
 
@@ -230,7 +238,12 @@ def models_export(
     target = out or Path(bundle_name(version))
     try:
         with open_session(settings) as session:
-            data = export_bundle(session, version=version, key=settings.bundle_secret)
+            data = export_bundle(
+                session,
+                version=version,
+                artifacts_dir=settings.artifacts_dir,
+                key=settings.bundle_secret,
+            )
         target.write_bytes(data)
     except (TagflowError, OSError) as exc:
         console.print(f"[red]cannot export:[/red] {exc}")

@@ -12,15 +12,15 @@ from contextlib import ExitStack
 import typer
 
 from service.cli.common import (
+    cli_tags,
     console,
     open_session,
     port_free_or_exit,
     settings_or_exit,
-    tags_or_exit,
 )
 from service.config import SEED_DATASET, Settings, generate_dev_keys
 from service.ml import registry
-from service.processes import DataDirBusyError, die_with_parent, sigterm_as_exit, sole_owner
+from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
 
 
 def up_settings() -> Settings:
@@ -43,7 +43,7 @@ def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
 
     settings = up_settings()
     port_free_or_exit(host, port)
-    tags_or_exit(settings)
+    cli_tags(settings)
     open_session(settings).close()  # the data directory and database, checked before any work
     configure_logging(settings)
     with ExitStack() as stack:
@@ -52,7 +52,7 @@ def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
         except DataDirBusyError as exc:
             console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
-        stack.enter_context(sigterm_as_exit())
+        stack.enter_context(stop_signals_as_exit())
         settings = _with_redis(settings, stack)
         with open_session(settings) as session:
             has_model = registry.get_production(session) is not None

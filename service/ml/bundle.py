@@ -101,11 +101,13 @@ def sign(manifest: bytes, key: str) -> str:
     return hmac.new(key.encode(), manifest, hashlib.sha256).hexdigest()
 
 
-def export_bundle(session: Session, *, version: str, key: str | None = None) -> bytes:
+def export_bundle(
+    session: Session, *, version: str, artifacts_dir: Path, key: str | None = None
+) -> bytes:
     """`version` packed as a bundle, signed with `key` if one is given; its artifact must
     verify against the registry first."""
     row = registry.get_version(session, version=version)
-    model_path = registry.verified_artifact(row)
+    model_path = registry.verified_artifact(row, artifacts_dir=artifacts_dir)
     files = {registry.MODEL_FILE: model_path.read_bytes()}
     for name in REPORT_FILES:
         if (model_path.parent / name).exists():
@@ -286,7 +288,9 @@ def import_bundle(
     with registry.new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
         _write_report(folder, files.get(registry.REPORT_JSON), row=row, source=source.version)
-        model = registry.load_model(row)  # the checksum again, then what the pickle holds
+        model = registry.load_model(
+            row, artifacts_dir=artifacts_dir
+        )  # the checksum again, then what the pickle holds
         _check_tags(model.classes, tags, source.version)
     warnings = []
     if not bundle.signed:

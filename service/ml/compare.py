@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +35,10 @@ class Contender:
     threshold: float
 
     @classmethod
-    def registered(cls, row: ModelVersion) -> Contender:
+    def registered(cls, row: ModelVersion, *, artifacts_dir: Path) -> Contender:
         """A registered version, loaded (checksum verified), at the cut it is served with."""
-        return cls(row.version, registry.load_model(row), registry.serving_threshold(row))
+        model = registry.load_model(row, artifacts_dir=artifacts_dir)
+        return cls(row.version, model, registry.serving_threshold(row))
 
 
 def paired_counts(truth: Sequence[str], a: Sequence[str], b: Sequence[str]) -> dict[str, Any]:

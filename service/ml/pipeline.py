@@ -66,7 +66,9 @@ def train_file(
     version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
     review_suspects(session, result=result, version=version.version, settings=settings)
     if promote:
-        version = registry.promote(session, version=version.version, tags=tags)
+        version = registry.promote(
+            session, version=version.version, tags=tags, artifacts_dir=settings.artifacts_dir
+        )
     return Outcome(version=version, result=result, validation=report)
 
 

@@ -20,7 +20,7 @@ import joblib
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from service.entities import ModelStatus, ModelVersion, ModelVersionBase
+from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
 from service.entities.common import new_id, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.tags import TagSet
@@ -134,10 +134,12 @@ def write_report(folder: Path, report: dict[str, Any], *, title: str) -> None:
 @contextmanager
 def new_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Iterator[Path]:
     """A new version, recorded with its artifact folder or not at all: `row` gets its version
-    name and a new, empty folder (`artifact_path`), which the body fills. If the body raises,
-    neither the row nor the folder stays behind; else the row is committed."""
+    name and a new, empty folder (recorded by name in `artifact_path`), which the body fills.
+    If the body raises, neither the row nor the folder stays behind; else the row is committed."""
     folder = _add_version(session, row, artifacts_dir=artifacts_dir)
-    row.artifact_path = str(folder.resolve())
+    # Recorded relative to the artifacts folder: a data directory moved, restored elsewhere, or
+    # mounted at another path by another host sharing the database still finds it.
+    row.artifact_path = folder.name
     try:
         yield folder
         session.add(row)
@@ -174,39 +176,31 @@ def _add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) ->
     return folder
 
 
-def relink(session: Session, *, artifacts_dir: Path) -> list[str]:
-    """Point versions whose recorded artifact folder is gone at the same-named folder in
-    `artifacts_dir`, where its model matches the recorded checksum; the versions relinked.
+def artifact_folder(row: ModelVersionBase, *, artifacts_dir: Path) -> Path:
+    """Where `row`'s artifacts are on this host: its folder under `artifacts_dir`.
 
-    Paths are recorded absolute, so a data directory that was moved, or restored from a backup
-    to another place, left every version unloadable. Processes call this at start; a folder
-    whose model does not match is left alone (loading then refuses it, naming the path).
+    Versions record their folder's name. Versions recorded before that hold an absolute path,
+    used while it exists; once it is gone (the data directory moved, restored elsewhere, or
+    this host mounts it at another path), the folder of that name under `artifacts_dir`. The
+    checksum decides either way.
     """
-    moved = []
-    for row in session.exec(select(ModelVersion)):
-        recorded = Path(row.artifact_path)
-        if (recorded / MODEL_FILE).exists():
-            continue
-        candidate = artifacts_dir / recorded.name
-        model = candidate / MODEL_FILE
-        if model.exists() and sha256_file(model) == row.checksum:
-            row.artifact_path = str(candidate.resolve())
-            session.add(row)
-            moved.append(row.version)
-    if moved:
-        session.commit()
-        log.warning(
-            "artifacts of %s are no longer where they were recorded; found (checksums match) "
-            "and relinked in %s",
-            ", ".join(moved),
-            artifacts_dir,
-        )
-    return moved
+    recorded = Path(row.artifact_path)
+    if recorded.is_absolute() and recorded.is_dir():
+        return recorded
+    return artifacts_dir / recorded.name
 
 
-def verified_artifact(version: ModelVersion) -> Path:
+def public_record(row: ModelVersion, *, artifacts_dir: Path) -> ModelVersionPublic:
+    """`row` as the API and `models list --json` show it, `artifact_path` as this host finds
+    it (an absolute path)."""
+    shown = ModelVersionPublic.model_validate(row, from_attributes=True)
+    folder = artifact_folder(row, artifacts_dir=artifacts_dir)
+    return shown.model_copy(update={"artifact_path": str(folder.resolve())})
+
+
+def verified_artifact(version: ModelVersion, *, artifacts_dir: Path) -> Path:
     """The path of `version`'s model file, once its checksum matches the registry's."""
-    path = Path(version.artifact_path) / MODEL_FILE
+    path = artifact_folder(version, artifacts_dir=artifacts_dir) / MODEL_FILE
     if not path.exists():
         raise ArtifactError(f"artifact of {version.version} is missing at {path}")
     actual = sha256_file(path)
@@ -218,9 +212,9 @@ def verified_artifact(version: ModelVersion) -> Path:
     return path
 
 
-def load_model(version: ModelVersion) -> TagModel:
+def load_model(version: ModelVersion, *, artifacts_dir: Path) -> TagModel:
     """Load an artifact after checking its checksum; a mismatch is refused, never loaded."""
-    path = verified_artifact(version)
+    path = verified_artifact(version, artifacts_dir=artifacts_dir)
     from service.ml.classifier import TagModel
 
     model = joblib.load(path)
@@ -288,7 +282,7 @@ def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield path
 
 
-def promote(session: Session, *, version: str, tags: TagSet) -> ModelVersion:
+def promote(session: Session, *, version: str, tags: TagSet, artifacts_dir: Path) -> ModelVersion:
     """Make `version` production (its artifact must verify, and every tag it can answer with
     must be approved); the previous one is archived, and is what a rollback from `version`
     restores."""
@@ -296,12 +290,16 @@ def promote(session: Session, *, version: str, tags: TagSet) -> ModelVersion:
     def attempt() -> ModelVersion:
         row = get_version(session, version=version)
         current = get_production(session)
-        return _make_production(session, row, current=current, tags=tags, remember=True)
+        return _make_production(
+            session, row, current=current, tags=tags, artifacts_dir=artifacts_dir, remember=True
+        )
 
     return _serialized(session, attempt, action=f"promotion of {version}")
 
 
-def rollback(session: Session, *, tags: TagSet, current: str | None = None) -> ModelVersion:
+def rollback(
+    session: Session, *, tags: TagSet, artifacts_dir: Path, current: str | None = None
+) -> ModelVersion:
     """Restore the version production replaced; rollbacks in a row walk further back, never
     forward to the version just rolled away from. With `current`, only if that version is still
     production, so a retried or concurrent rollback does not roll back twice."""
@@ -318,7 +316,14 @@ def rollback(session: Session, *, tags: TagSet, current: str | None = None) -> M
             raise NotFoundError(f"no version was production before {production.version}")
         previous = get_version(session, version=production.previous_version)
         # The restored version keeps its own previous_version, so the next rollback goes further.
-        return _make_production(session, previous, current=production, tags=tags, remember=False)
+        return _make_production(
+            session,
+            previous,
+            current=production,
+            tags=tags,
+            artifacts_dir=artifacts_dir,
+            remember=False,
+        )
 
     return _serialized(session, attempt, action="rollback")
 
@@ -347,11 +352,12 @@ def _make_production(
     *,
     current: ModelVersion | None,
     tags: TagSet,
+    artifacts_dir: Path,
     remember: bool,
 ) -> ModelVersion:
     # Refuse before touching the registry: a model that does not verify, or one the running
     # APIs would refuse to serve (they keep the old model), never becomes production.
-    unknown = tags.unapproved(load_model(row).classes)
+    unknown = tags.unapproved(load_model(row, artifacts_dir=artifacts_dir).classes)
     if unknown:
         raise ConflictError(
             f"{row.version} can answer with tags that are not approved ({', '.join(unknown)}): "

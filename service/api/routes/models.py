@@ -32,10 +32,10 @@ class ModelList(BaseModel):
     models: list[ModelVersionPublic]
 
 
-def public(row: ModelVersion, *, caller: Caller) -> ModelVersionPublic:
+def public(row: ModelVersion, *, caller: Caller, artifacts_dir: Path) -> ModelVersionPublic:
     """The version as `caller` may see it: server paths (the artifact folder, the training
     file's directory) only for admin keys; other keys see the training file's name."""
-    shown = ModelVersionPublic.model_validate(row, from_attributes=True)
+    shown = registry.public_record(row, artifacts_dir=artifacts_dir)
     if caller.role is Role.ADMIN:
         return shown
     params = dict(shown.params)
@@ -47,6 +47,7 @@ def public(row: ModelVersion, *, caller: Caller) -> ModelVersionPublic:
 @router.get("", response_model=ModelList)
 def list_models(
     session: SessionDep,
+    settings: SettingsDep,
     caller: AnyKey,
     status: ModelStatus | None = None,
     where: Annotated[
@@ -56,7 +57,8 @@ def list_models(
 ) -> ModelList:
     criteria = [registry.Criterion.parse(w) for w in where or []]
     rows = registry.list_versions(session, status=status, criteria=criteria)
-    return ModelList(models=[public(r, caller=caller) for r in rows])
+    shown = [public(r, caller=caller, artifacts_dir=settings.artifacts_dir) for r in rows]
+    return ModelList(models=shown)
 
 
 @router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
@@ -85,15 +87,21 @@ def compare_model(
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
-def get_model(version: StorableStr, session: SessionDep, caller: AnyKey) -> ModelVersionPublic:
-    return public(registry.get_version(session, version=version), caller=caller)
+def get_model(
+    version: StorableStr, session: SessionDep, settings: SettingsDep, caller: AnyKey
+) -> ModelVersionPublic:
+    row = registry.get_version(session, version=version)
+    return public(row, caller=caller, artifacts_dir=settings.artifacts_dir)
 
 
 @router.get("/{version}/report.png", response_class=FileResponse)
-def get_report_png(version: StorableStr, session: SessionDep, _caller: AnyKey) -> FileResponse:
+def get_report_png(
+    version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AnyKey
+) -> FileResponse:
     """The evaluation picture saved with the version."""
     row = registry.get_version(session, version=version)
-    path = Path(row.artifact_path) / registry.REPORT_PNG
+    folder = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+    path = folder / registry.REPORT_PNG
     if not path.exists():
         raise NotFoundError(f"no report picture for {version}")
     return FileResponse(path, media_type="image/png")
@@ -165,7 +173,7 @@ def set_threshold(
         evidence={"source": "manual", "note": body.note},
     )
     sync_production(state)
-    return public(row, caller=caller)
+    return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)
@@ -174,9 +182,11 @@ def promote_model(
 ) -> ModelVersionPublic:
     """Make `version` production; this API serves it before answering. 409 when it can answer
     with a tag that is not approved."""
-    row = registry.promote(session, version=version, tags=state.tags)
+    row = registry.promote(
+        session, version=version, tags=state.tags, artifacts_dir=state.settings.artifacts_dir
+    )
     sync_production(state)
-    return public(row, caller=caller)
+    return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
 
 
 @router.post("/rollback", response_model=ModelVersionPublic)
@@ -195,9 +205,11 @@ def rollback_model(
 ) -> ModelVersionPublic:
     """Restore the version the production version replaced; rollbacks in a row walk further
     back through the promotions, never forward to the version just rolled away from."""
-    row = registry.rollback(session, tags=state.tags, current=current)
+    row = registry.rollback(
+        session, tags=state.tags, artifacts_dir=state.settings.artifacts_dir, current=current
+    )
     sync_production(state)
-    return public(row, caller=caller)
+    return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
 
 
 @router.get(
@@ -211,7 +223,9 @@ def export_model(
     """`version` packed for another deployment: its registry record and artifact, to import
     there with POST /models/import or `tagflow models import` (signed with TAGFLOW_BUNDLE_KEY
     if it is set)."""
-    data = export_bundle(session, version=version, key=settings.bundle_secret)
+    data = export_bundle(
+        session, version=version, artifacts_dir=settings.artifacts_dir, key=settings.bundle_secret
+    )
     disposition = f'attachment; filename="{bundle_name(version)}"'
     return Response(
         data, media_type="application/gzip", headers={"Content-Disposition": disposition}
@@ -242,4 +256,5 @@ def import_model(
         encoder=predictor.encoder.path.name,
         key=settings.bundle_secret,
     )
-    return ModelImported(model=public(imported.row, caller=caller), warnings=imported.warnings)
+    shown = public(imported.row, caller=caller, artifacts_dir=settings.artifacts_dir)
+    return ModelImported(model=shown, warnings=imported.warnings)
