@@ -70,16 +70,19 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 @contextmanager
 def stop_signals_as_exit() -> Iterator[None]:
     """Within the block, SIGTERM (a service manager's stop, `docker stop`) and SIGINT (Ctrl-C)
-    end the process by an exception, so cleanup in `finally` blocks and exit stacks runs
-    (SIGTERM's default action kills the process on the spot, leaving its children behind).
+    end the process by an exception (exit code 0), so cleanup in `finally` blocks and exit
+    stacks runs (SIGTERM's default action kills the process on the spot, leaving its children
+    behind).
     Signals after the first are ignored: a second Ctrl-C must not cut the cleanup short, stop
     Redis before the worker has finished with it, or leave the worker behind. (SIGKILL still
     ends everything, and the children with it: see `die_with_parent`.)"""
 
-    def stop(signum: int, _frame: object) -> None:
+    def stop(_signum: int, _frame: object) -> None:
         for each in _STOP_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
-        raise SystemExit(128 + signum)
+        # Exit code 0: stopped as asked, cleanup done (`make run` reports anything else as an
+        # error when Ctrl-C ends it).
+        raise SystemExit(0)
 
     previous = {each: signal.signal(each, stop) for each in _STOP_SIGNALS}
     try:

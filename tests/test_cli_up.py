@@ -143,7 +143,7 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     for _ in range(3):
         first.send_signal(signal.SIGTERM)
         time.sleep(0.3)
-    assert first.wait(timeout=60) == 128 + signal.SIGTERM, "died by the signal: no cleanup ran"
+    assert first.wait(timeout=60) == 0, "died by the signal: no cleanup ran"
     assert _gone(children, within_s=5) == []
     with log.open("rb") as out:
         out.seek(logged)
