@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PACKAGE_DATA = Path(__file__).parent / "data"
 DEFAULT_TAGS_FILE = PACKAGE_DATA / "tags.csv"
@@ -250,12 +253,15 @@ class Settings(BaseSettings):
     def _check_database_url(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        if _database_kind(value) not in SUPPORTED_DATABASES:
+        url = _parsed_url(value)
+        if url is None or url.drivername not in SUPPORTED_DATABASES:
             raise ValueError(
                 "is not a database tagflow runs on: use sqlite:///PATH or "
                 "postgresql+psycopg://USER@HOST:PORT/DB"
             )
-        if _in_memory(value):
+        if url.get_backend_name() == "sqlite" and (
+            url.database in (None, "", ":memory:") or url.query.get("mode") == "memory"
+        ):
             # Each connection would get an empty database of its own: no table the migrations
             # made, and nothing shared between the API, its threads and the workers.
             raise ValueError("is an in-memory SQLite database: use sqlite:///PATH to a file")
@@ -349,25 +355,15 @@ def get_settings() -> Settings:
     return Settings()
 
 
-def _database_kind(url: str) -> str | None:
-    """The SQLAlchemy driver name of `url` (e.g. `postgresql+psycopg`), None if unparsable."""
+def _parsed_url(url: str) -> URL | None:
+    """`url` as SQLAlchemy reads it; None if it is not a database URL."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        return make_url(url).drivername
+        return make_url(url)
     except ArgumentError:
         return None
-
-
-def _in_memory(url: str) -> bool:
-    """Whether `url` names an in-memory SQLite database (`sqlite://`, `:memory:`)."""
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    return parsed.get_backend_name() == "sqlite" and (
-        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory"
-    )
 
 
 def describe_errors(exc: ValidationError) -> str:

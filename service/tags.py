@@ -72,6 +72,7 @@ def _check_distinct(path: Path, names: list[str]) -> None:
     two approved tags a reviewer cannot tell apart, and training data would split between them."""
     seen: dict[str, str] = {}
     for name in names:
-        other = seen.setdefault(name.casefold(), name)
-        if other != name or names.count(name) > 1:
+        other = seen.get(name.casefold())
+        if other is not None:
             raise TagFileError(f"{path}: duplicate tags ({other!r} and {name!r})")
+        seen[name.casefold()] = name

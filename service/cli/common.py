@@ -98,13 +98,13 @@ def _first_line(exc: SQLAlchemyError) -> str:
     return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
-def preflight_or_exit(settings: Settings, *, serving: str) -> None:
+def preflight_or_exit(settings: Settings, *, action: str) -> None:
     """What the API (`serve`) or a worker (`work`) checks at start, checked before it starts,
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
     the database."""
     if not settings.redis_url:
         console.print(
-            f"[red]cannot {serving}:[/red] TAGFLOW_REDIS_URL is not set; the API and the "
+            f"[red]cannot {action}:[/red] TAGFLOW_REDIS_URL is not set; the API and the "
             "workers share their queues through Redis (`tagflow up` starts an embedded one)",
             highlight=False,
         )

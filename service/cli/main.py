@@ -213,14 +213,19 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
 @app.command()
 def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Run the API (one process; model scoring runs in its thread pool)."""
+    settings = settings_or_exit(serving=True)
+    port_free_or_exit(host, port)
+    preflight_or_exit(settings, action="serve")
+    run_api(settings, host=host, port=port)
+
+
+def run_api(settings: Settings, *, host: str, port: int) -> None:
+    """Serve the API with `settings` until stopped; the caller has checked them."""
     import uvicorn
 
     from service.api.main import create_app
     from service.logs import configure_logging
 
-    settings = settings_or_exit(serving=True)
-    port_free_or_exit(host, port)
-    preflight_or_exit(settings, serving="serve")
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
     # event loop per request, and every prediction is logged anyway.
@@ -233,7 +238,7 @@ def worker(burst: bool = False) -> None:
     from workers.worker import run
 
     settings = settings_or_exit()
-    preflight_or_exit(settings, serving="work")
+    preflight_or_exit(settings, action="work")
     run(settings, burst=burst)
 
 
@@ -242,4 +247,4 @@ def up(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Everything on one machine: Redis (embedded if none configured), a worker and the API."""
     from service.cli.up import run_up
 
-    run_up(host, port, serve=serve)
+    run_up(host, port)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from contextlib import ExitStack
 
 import typer
@@ -36,15 +35,19 @@ def up_settings() -> Settings:
     return settings_or_exit(serving=True)
 
 
-def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
+def run_up(host: str, port: int) -> None:
     """Start everything, serve until stopped (Ctrl-C or SIGTERM), then stop the worker and
     Redis, in that order. Its children die with it even if it is killed (SIGKILL)."""
+    from service.cli.main import run_api, train_with_progress
     from service.logs import configure_logging
 
     settings = up_settings()
     port_free_or_exit(host, port)
+    # The tag file, the data directory and the database, checked before any work. (A second
+    # `up` that reads "no model" while the first trains one is refused at the lock below.)
     cli_tags(settings)
-    open_session(settings).close()  # the data directory and database, checked before any work
+    with open_session(settings) as session:
+        has_model = registry.get_production(session) is not None
     configure_logging(settings)
     with ExitStack() as stack:
         try:
@@ -54,11 +57,7 @@ def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
             raise typer.Exit(2) from None
         stack.enter_context(stop_signals_as_exit())
         settings = _with_redis(settings, stack)
-        with open_session(settings) as session:
-            has_model = registry.get_production(session) is not None
         if not has_model:
-            from service.cli.main import train_with_progress
-
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
             train_with_progress(settings, SEED_DATASET, promote=True)
         worker = subprocess.Popen(
@@ -66,7 +65,7 @@ def run_up(host: str, port: int, *, serve: Callable[..., None]) -> None:
         )
         stack.callback(_stop, worker)
         console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
-        serve(host=host, port=port)
+        run_api(settings, host=host, port=port)
 
 
 def _with_redis(settings: Settings, stack: ExitStack) -> Settings:

@@ -288,9 +288,8 @@ def import_bundle(
     with registry.new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
         _write_report(folder, files.get(registry.REPORT_JSON), row=row, source=source.version)
-        model = registry.load_model(
-            row, artifacts_dir=artifacts_dir
-        )  # the checksum again, then what the pickle holds
+        # The checksum again, then what the pickle holds.
+        model = registry.load_model(row, artifacts_dir=artifacts_dir)
         _check_tags(model.classes, tags, source.version)
     warnings = []
     if not bundle.signed:
