@@ -60,6 +60,12 @@ class Caller:
     role: Role
     name: str | None = None
 
+    def describe(self) -> str:
+        """The caller as records of who did what name it."""
+        return (
+            f"{self.role.value} key {self.name}" if self.name else f"shared {self.role.value} key"
+        )
+
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")

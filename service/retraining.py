@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 RETRAIN_JOB = "workers.training_jobs.retrain"
 AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
+RETRAINING_ACTOR = "retraining job"  # who promotes, in the production history
 # The automatic job has a fixed id and RQ refuses a second one while it exists: it exists
 # while queued or running, a few minutes after finishing, and an hour after failing (so a
 # broken setup is retried hourly, not every watch tick).
@@ -147,7 +148,13 @@ def _promote_if_allowed(
     current = registry.get_production(session)
     if (current.version if current else None) != before:
         return False, "production changed during training: promote by hand"
-    registry.promote(session, version=version, tags=tags, artifacts_dir=settings.artifacts_dir)
+    registry.promote(
+        session,
+        version=version,
+        tags=tags,
+        artifacts_dir=settings.artifacts_dir,
+        actor=RETRAINING_ACTOR,
+    )
     return True, "gate passed: promoted"
 
 

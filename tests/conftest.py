@@ -240,7 +240,11 @@ def register_promoted(engine: Engine, settings: Settings, result: TrainResult) -
         row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
         tags = load_tags(settings.tags_file)
         return registry.promote(
-            session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            session,
+            actor="test",
+            version=row.version,
+            tags=tags,
+            artifacts_dir=settings.artifacts_dir,
         ).version
 
 

@@ -134,7 +134,11 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
             session, result=shared_result, artifacts_dir=settings.artifacts_dir
         )
         registry.promote(
-            session, version=source.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            session,
+            actor="test",
+            version=source.version,
+            tags=tags,
+            artifacts_dir=settings.artifacts_dir,
         )
         # A cut set on the source deployment: kept as lineage, not applied on import.
         registry.set_serving_threshold(
@@ -173,7 +177,9 @@ def test_an_exported_version_is_imported_as_a_candidate_that_answers_the_same(
     assert (moved.predict_proba(TEXTS, encoder.encode) == expected).all()
     with Session(target[0]) as session:
         assert (
-            registry.promote(session, version="v0001", tags=tags, artifacts_dir=target[1]).status
+            registry.promote(
+                session, actor="test", version="v0001", tags=tags, artifacts_dir=target[1]
+            ).status
             is ModelStatus.PRODUCTION
         )
         # Retraining here needs this deployment's own base data, not the source's file path.

@@ -56,6 +56,17 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert rolled.exit_code == 0 and "v0001 is production" in rolled.output
     again = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)
     assert again.exit_code == 1 and "v0002 is not production (v0001 is)" in _said(again.output)
+    history = runner.invoke(app, ["models", "history", "--json"], env=env)
+    assert history.exit_code == 0, history.output
+    changes = json.loads(history.output)["changes"]  # as GET /models/history answers
+    assert [(c["action"], c["version"], c["actor"].split(" (")[0]) for c in changes] == [
+        ("rollback", "v0001", "tagflow models rollback"),
+        ("promote", "v0002", "tagflow models promote"),
+        ("promote", "v0001", "tagflow train --promote"),
+    ]
+    table = runner.invoke(app, ["models", "history", "--limit", "1"], env=env)
+    assert table.exit_code == 0 and "rollback" in table.output and "v0002" in table.output
+    assert "tagflow train" not in table.output
     missing = runner.invoke(app, ["models", "promote", "v0042"], env=env)
     assert missing.exit_code == 1 and "does not exist" in missing.output
 

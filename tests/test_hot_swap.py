@@ -68,6 +68,19 @@ def test_promote_under_concurrent_requests(client: TestClient, seed_result: Trai
     # Nor does a plain one bring the candidate back: v0001 replaced nothing.
     first = client.post("/models/rollback", headers=auth("admin"))
     assert first.status_code == 404 and "before v0001" in first.json()["detail"]
+    # The history says what happened, newest first, and who asked.
+    history = client.get("/models/history", headers=auth("admin"))
+    assert history.status_code == 200
+    changes = history.json()["changes"]
+    steps = [(c["action"], c["version"], c["replaced"], c["actor"]) for c in changes]
+    assert steps == [
+        ("rollback", "v0001", candidate, "shared admin key"),
+        ("promote", candidate, "v0001", "shared admin key"),
+        ("promote", "v0001", None, "test"),
+    ]
+    assert changes[1]["undone_by"] == changes[0]["id"] and changes[0]["at"].endswith("Z")
+    assert client.get("/models/history", headers=auth("client")).status_code == 403
+    assert client.get("/models/history?limit=0", headers=auth("admin")).status_code == 422
     assert (
         client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
         == "v0001"
@@ -84,6 +97,7 @@ def test_promotion_from_outside_reaches_the_api(
     with Session(sqlite_client.app.state.tagflow.engine) as session:
         registry.promote(
             session,
+            actor="test",
             version=candidate,
             tags=tags,
             artifacts_dir=sqlite_client.app.state.tagflow.settings.artifacts_dir,
@@ -227,7 +241,9 @@ def test_a_version_with_tags_no_longer_approved_is_not_promoted(
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
         # Promoted before the list changed.
-        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, actor="test", version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir
+        )
     with TestClient(create_app(settings)) as client:
         refused = client.post("/models/v0002/promote", headers=auth("admin"))
         assert refused.status_code == 409

@@ -81,7 +81,11 @@ def test_serve_logs_the_service_and_uvicorn_as_json(
     with Session(engine) as session:
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
         version = registry.promote(
-            session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            session,
+            actor="test",
+            version=row.version,
+            tags=tags,
+            artifacts_dir=settings.artifacts_dir,
         ).version
     engine.dispose()
     with socket.socket() as s:

@@ -27,6 +27,7 @@ from service.db import current_revision, head_revision, init_db, make_engine
 from service.entities import Label, ModelVersion, OutboxItem
 from service.migrations import BASELINE, BASELINE_TABLES, VERSION_TABLE, make_config
 from service.migrations.__main__ import main as migrations_main
+from service.ml import production_history
 from tests.conftest import POSTGRES_URL, ROOT
 
 # A tagflow process starting up: makes its engine, says it is ready, waits for the go file.
@@ -288,6 +289,48 @@ def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(
         "v0003": "ARCHIVED",
         "v0004": "CANDIDATE",
     }
+
+
+def test_a_registry_gets_the_promotions_its_versions_remember(
+    engines: Callable[[], Engine],
+) -> None:
+    """0010: the promotions `previous_version` still shows become the production history,
+    oldest first, cut where the chain comes back round (v1 replaced v3, v3 replaced v2, v2
+    replaced v1: the loop rollback went round before the history was kept)."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0009")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    remembered = {"v0001": "v0003", "v0002": "v0001", "v0003": "v0002", "v0004": None}
+    with Session(engine) as session:
+        for version, day, status in (
+            ("v0001", 4, "PRODUCTION"),
+            ("v0002", 2, "ARCHIVED"),
+            ("v0003", 3, "ARCHIVED"),
+            ("v0004", None, "CANDIDATE"),
+        ):
+            at = None if day is None else start.replace(day=day)
+            session.execute(_model_version_row(version, promoted_at=at, status=status))
+            session.execute(
+                text("UPDATE modelversion SET previous_version = :p WHERE version = :v"),
+                {"p": remembered[version], "v": version},
+            )
+        session.commit()
+    init_db(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT action, version, replaced, undone_by FROM productionchange ORDER BY id")
+        ).all()
+    assert [tuple(r) for r in rows] == [
+        ("PROMOTE", "v0002", None, None),
+        ("PROMOTE", "v0003", "v0002", None),
+        ("PROMOTE", "v0001", "v0003", None),
+    ]
+    with Session(engine) as session:
+        history = production_history.history(session)
+        assert [c.version for c in history] == ["v0001", "v0003", "v0002"]
+        assert all("migration 0010" in c.actor for c in history)
+        assert production_history.undoable(session).version == "v0001"  # type: ignore[union-attr]
 
 
 def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:

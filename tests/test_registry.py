@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from service.config import Settings
-from service.entities import ModelStatus
+from service.entities import ModelStatus, ProductionAction
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
-from service.ml import registry
+from service.ml import production_history, registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
 
@@ -102,11 +103,19 @@ def test_promote_archives_previous_and_rollback_walks_back(
             registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
         for version in ("v0001", "v0002", "v0003"):
             registry.promote(
-                session, version=version, tags=tags, artifacts_dir=settings.artifacts_dir
+                session,
+                actor="test",
+                version=version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
             )
         assert (
             registry.promote(
-                session, version="v0003", tags=tags, artifacts_dir=settings.artifacts_dir
+                session,
+                actor="test",
+                version="v0003",
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
             ).previous_version
             == "v0002"
         )  # no-op
@@ -118,23 +127,143 @@ def test_promote_archives_previous_and_rollback_walks_back(
         # A rollback goes back, and the next one further back: never forward again to the
         # version just rolled away from.
         assert (
-            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            registry.rollback(
+                session, actor="test", tags=tags, artifacts_dir=settings.artifacts_dir
+            ).version
             == "v0002"
         )
         assert registry.get_version(session, version="v0003").status is ModelStatus.ARCHIVED
         assert (
-            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            registry.rollback(
+                session, actor="test", tags=tags, artifacts_dir=settings.artifacts_dir
+            ).version
             == "v0001"
         )
         with pytest.raises(NotFoundError, match="no version was production before v0001"):
-            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir)
+            registry.rollback(
+                session, actor="test", tags=tags, artifacts_dir=settings.artifacts_dir
+            )
         assert registry.get_production(session).version == "v0001"
         # A promotion is remembered again: rolling it back restores what it replaced.
-        registry.promote(session, version="v0003", tags=tags, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, actor="test", version="v0003", tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         assert (
-            registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir).version
+            registry.rollback(
+                session, actor="test", tags=tags, artifacts_dir=settings.artifacts_dir
+            ).version
             == "v0001"
         )
+
+
+def test_rollbacks_undo_promotions_in_reverse_even_after_a_version_returns(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """Promote v1, v2, v3, then v1 again: rollbacks in a row restore v3, v2, v1 and then stop.
+    (Versions remembering only what they replaced last time went v3, v2, v1, v3, v2, ...)"""
+    with Session(engine) as session:
+        for _ in range(3):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        for version in ("v0001", "v0002", "v0003", "v0001"):
+            registry.promote(
+                session,
+                actor=f"admin key {version}",
+                version=version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+            )
+        restored = [
+            registry.rollback(
+                session, actor="ops", tags=tags, artifacts_dir=settings.artifacts_dir
+            ).version
+            for _ in range(3)
+        ]
+        assert restored == ["v0003", "v0002", "v0001"]
+        with pytest.raises(NotFoundError, match="no version was production before v0001"):
+            registry.rollback(session, actor="ops", tags=tags, artifacts_dir=settings.artifacts_dir)
+        assert registry.get_production(session).version == "v0001"
+        changes = production_history.history(session)
+    steps = [(c.action.value, c.version, c.replaced) for c in reversed(changes)]
+    assert steps == [
+        ("promote", "v0001", None),
+        ("promote", "v0002", "v0001"),
+        ("promote", "v0003", "v0002"),
+        ("promote", "v0001", "v0003"),
+        ("rollback", "v0003", "v0001"),
+        ("rollback", "v0002", "v0003"),
+        ("rollback", "v0001", "v0002"),
+    ]
+    by_id = {c.id: c for c in changes}
+    # Each rollback marks the promotion it undid; the first promotion is never undone.
+    undone = {c.id: by_id[c.undone_by].replaced for c in changes if c.undone_by is not None}
+    assert sorted(by_id[i].version for i in undone) == ["v0001", "v0002", "v0003"]
+    assert all(
+        by_id[c.undone_by].action is ProductionAction.ROLLBACK for c in changes if c.undone_by
+    )
+    assert changes[-1].undone_by is None and changes[-1].actor == "admin key v0001"
+    assert all(c.actor == "ops" for c in changes if c.action is ProductionAction.ROLLBACK)
+
+
+def test_concurrent_rollbacks_each_undo_a_different_promotion(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """Operators rolling back at the same moment: with --from, one rolls back and the others
+    get a conflict; without it, each undoes the next promotion down, none the same one."""
+    with Session(engine) as session:
+        for _ in range(4):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        for version in ("v0001", "v0002", "v0003", "v0004"):
+            registry.promote(
+                session,
+                actor="test",
+                version=version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+            )
+    named = _all_at_once(
+        engine, [lambda s: _rollback(s, tags, settings.artifacts_dir, current="v0004")] * 3
+    )
+    assert sorted(named) == ["conflict", "conflict", "v0003"], named
+    unnamed = _all_at_once(engine, [lambda s: _rollback(s, tags, settings.artifacts_dir)] * 2)
+    assert sorted(unnamed) == ["v0001", "v0002"], unnamed
+    with Session(engine) as session:
+        assert registry.get_production(session).version == "v0001"
+        changes = production_history.history(session)
+    undone = [c.undone_by for c in changes if c.undone_by is not None]
+    assert len(undone) == len(set(undone)) == 3
+    rollbacks = [c for c in changes if c.action is ProductionAction.ROLLBACK]
+    assert sorted(c.id for c in rollbacks) == sorted(undone)
+
+
+def _rollback(
+    session: Session, tags: TagSet, artifacts_dir: Path, *, current: str | None = None
+) -> str:
+    try:
+        row = registry.rollback(
+            session, actor="test", tags=tags, artifacts_dir=artifacts_dir, current=current
+        )
+    except ConflictError:
+        return "conflict"
+    return row.version
+
+
+def _all_at_once(engine: Engine, actions: list[Callable[[Session], str]]) -> list[str | None]:
+    """Run each action in its own thread and session, released together; what each returned
+    (None if it raised something, which its thread reports)."""
+    barrier = threading.Barrier(len(actions))
+    outcomes: list[str | None] = [None] * len(actions)
+
+    def run(i: int) -> None:
+        with Session(engine) as session:
+            barrier.wait(timeout=10)
+            outcomes[i] = actions[i](session)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(actions))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return outcomes
 
 
 def test_rollback_from_a_version_no_longer_production_is_refused(
@@ -149,17 +278,29 @@ def test_rollback_from_a_version_no_longer_production_is_refused(
         for result in (seed_result, shared_result):
             row = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
             registry.promote(
-                session, version=row.version, tags=tags, artifacts_dir=settings.artifacts_dir
+                session,
+                actor="test",
+                version=row.version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
             )
         assert (
             registry.rollback(
-                session, tags=tags, artifacts_dir=settings.artifacts_dir, current="v0002"
+                session,
+                actor="test",
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+                current="v0002",
             ).version
             == "v0001"
         )
         with pytest.raises(ConflictError, match="v0002 is not production \\(v0001 is\\)"):
             registry.rollback(
-                session, tags=tags, artifacts_dir=settings.artifacts_dir, current="v0002"
+                session,
+                actor="test",
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+                current="v0002",
             )
         assert registry.get_production(session).version == "v0001"
 
@@ -210,14 +351,22 @@ def test_checksum_mismatch_is_refused_and_registry_untouched(
     with Session(engine) as session:
         good = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
         registry.promote(
-            session, version=good.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            session,
+            actor="test",
+            version=good.version,
+            tags=tags,
+            artifacts_dir=settings.artifacts_dir,
         )
         bad = registry.register(session, result=shared_result, artifacts_dir=settings.artifacts_dir)
         artifact = settings.artifacts_dir / bad.artifact_path / "model.joblib"
         artifact.write_bytes(artifact.read_bytes() + b"tampered")
         with pytest.raises(ArtifactError, match="checksum"):
             registry.promote(
-                session, version=bad.version, tags=tags, artifacts_dir=settings.artifacts_dir
+                session,
+                actor="test",
+                version=bad.version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
             )
         assert registry.get_production(session).version == good.version
         assert registry.get_version(session, version=bad.version).status is ModelStatus.CANDIDATE
@@ -234,13 +383,17 @@ def test_concurrent_promotions_leave_one_production_version(
     versions = ["v0001", "v0002", "v0003", "v0004"]
     for _round in range(3):
         outcomes = _promote_all_at_once(engine, versions, tags, settings.artifacts_dir)
-        assert set(outcomes) == set(versions), "a promotion raised something else"
+        assert None not in outcomes.values(), "a promotion raised something else"
         with Session(engine) as session:
             rows = registry.list_versions(session)
+            last = production_history.undoable(session)
         production = [r for r in rows if r.status is ModelStatus.PRODUCTION]
         assert len(production) == 1, [(r.version, r.status) for r in rows]
         assert outcomes[production[0].version] == "promoted"
         assert production[0].previous_version in {*versions, None} - {production[0].version}
+        # The history agrees: a rollback now would undo this very promotion.
+        assert last is not None and last.version == production[0].version
+        assert last.replaced == production[0].previous_version
         assert {r.status for r in rows} == {ModelStatus.PRODUCTION, ModelStatus.ARCHIVED}
 
 
@@ -250,7 +403,9 @@ def test_the_database_refuses_a_second_production_version(
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, actor="test", version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         second = registry.get_version(session, version="v0002")
         second.status = ModelStatus.PRODUCTION
         session.add(second)
@@ -266,41 +421,48 @@ def test_a_version_with_unapproved_tags_is_not_promoted(
     with Session(engine) as session:
         for _ in range(2):
             registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        registry.promote(session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, actor="test", version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         with pytest.raises(ConflictError, match=r"v0002 can answer with tags that are not "):
             registry.promote(
-                session, version="v0002", tags=narrower, artifacts_dir=settings.artifacts_dir
+                session,
+                actor="test",
+                version="v0002",
+                tags=narrower,
+                artifacts_dir=settings.artifacts_dir,
             )
         assert registry.get_version(session, version="v0002").status is ModelStatus.CANDIDATE
-        registry.promote(session, version="v0002", tags=tags, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, actor="test", version="v0002", tags=tags, artifacts_dir=settings.artifacts_dir
+        )
         with pytest.raises(ConflictError, match=r"\(mlops\): it stays archived"):
-            registry.rollback(session, tags=narrower, artifacts_dir=settings.artifacts_dir)
+            registry.rollback(
+                session, actor="test", tags=narrower, artifacts_dir=settings.artifacts_dir
+            )
         assert registry.get_production(session).version == "v0002"
 
 
 def _promote_all_at_once(
     engine: Engine, versions: list[str], tags: TagSet, artifacts_dir: Path
-) -> dict[str, str]:
+) -> dict[str, str | None]:
     """Promote every version from its own thread and session, released together; what each
     promotion came to ("promoted", or the conflict it reported)."""
-    barrier = threading.Barrier(len(versions))
-    outcomes: dict[str, str] = {}
 
-    def promote(version: str) -> None:
-        with Session(engine) as session:
-            barrier.wait(timeout=10)
+    def promotion(version: str) -> Callable[[Session], str]:
+        def act(session: Session) -> str:
             try:
-                registry.promote(session, version=version, tags=tags, artifacts_dir=artifacts_dir)
-                outcomes[version] = "promoted"
+                registry.promote(
+                    session, actor="test", version=version, tags=tags, artifacts_dir=artifacts_dir
+                )
             except ConflictError as exc:  # lost every retry: a clear, retryable refusal
-                outcomes[version] = f"conflict: {exc}"
+                return f"conflict: {exc}"
+            return "promoted"
 
-    threads = [threading.Thread(target=promote, args=(v,)) for v in versions]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return outcomes
+        return act
+
+    outcomes = _all_at_once(engine, [promotion(v) for v in versions])
+    return dict(zip(versions, outcomes, strict=True))
 
 
 def test_versions_are_found_where_the_artifacts_folder_is_now(

@@ -329,7 +329,9 @@ def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
     outside = make_engine(database_url)
     with Session(outside) as session:
         artifacts = client.app.state.tagflow.settings.artifacts_dir
-        registry.promote(session, version=candidate, tags=tags, artifacts_dir=artifacts)
+        registry.promote(
+            session, actor="test", version=candidate, tags=tags, artifacts_dir=artifacts
+        )
     outside.dispose()
     deadline = time.monotonic() + 5
     while served_version(client) != candidate and time.monotonic() < deadline:

@@ -3,6 +3,7 @@ encoder and the tag list, and the metrics table."""
 
 from __future__ import annotations
 
+import getpass
 import socket
 from typing import TYPE_CHECKING
 
@@ -111,6 +112,15 @@ def preflight_or_exit(settings: Settings, *, action: str) -> None:
         raise typer.Exit(2)
     cli_tags(settings)
     open_session(settings).close()
+
+
+def cli_actor(command: str) -> str:
+    """Who changes production from this shell, for the registry's production history."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a container user with no name and no LOGNAME/USER set
+        user = "an unnamed user"
+    return f"{command} ({user}@{socket.gethostname()})"
 
 
 def cli_encoder(settings: Settings) -> Encoder:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from service.cli.common import (
+    cli_actor,
     cli_encoder,
     cli_tags,
     console,
@@ -66,7 +67,9 @@ def suspects_table(report: dict) -> Table | str:
     return table
 
 
-def train_with_progress(settings: Settings, data: Path, promote: bool) -> registry.ModelVersion:
+def train_with_progress(
+    settings: Settings, data: Path, promote_by: str | None
+) -> registry.ModelVersion:
     from service.ml.pipeline import train_file
 
     with (
@@ -87,7 +90,7 @@ def train_with_progress(settings: Settings, data: Path, promote: bool) -> regist
             settings=settings,
             tags=cli_tags(settings),
             encoder=cli_encoder(settings),
-            promote=promote,
+            promote_by=promote_by,
             progress=step,
         )
         bar.update(task, completed=len(TRAIN_STEPS), description="training: done")
@@ -112,7 +115,9 @@ def train(
     try:
         # A bad file fails fast, before the encoder loads.
         load_dataset(data, tags=cli_tags(settings))
-        train_with_progress(settings, data, promote)
+        train_with_progress(
+            settings, data, cli_actor("tagflow train --promote") if promote else None
+        )
     except (DatasetError, TagflowError) as exc:
         console.print(f"[red]cannot train:[/red]\n{exc}")
         raise typer.Exit(1) from None

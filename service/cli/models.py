@@ -13,16 +13,18 @@ from rich.table import Table
 from sqlmodel import Session
 
 from service.cli.common import (
+    cli_actor,
     cli_encoder,
     cli_tags,
     console,
     open_session,
     settings_or_exit,
 )
-from service.entities import ModelVersion
+from service.entities import ModelVersion, ProductionChangePublic
 from service.errors import TagflowError
-from service.ml import registry
+from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
+from service.ml.production_history import MAX_HISTORY
 from service.tags import TagSet
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
@@ -161,7 +163,11 @@ def models_promote(version: str) -> None:
     _registry_action(
         "promote",
         lambda session, tags, artifacts: registry.promote(
-            session, version=version, tags=tags, artifacts_dir=artifacts
+            session,
+            version=version,
+            tags=tags,
+            artifacts_dir=artifacts,
+            actor=cli_actor("tagflow models promote"),
         ),
     )
 
@@ -177,9 +183,48 @@ def models_rollback(
     _registry_action(
         "roll back",
         lambda session, tags, artifacts: registry.rollback(
-            session, tags=tags, artifacts_dir=artifacts, current=current
+            session,
+            tags=tags,
+            artifacts_dir=artifacts,
+            actor=cli_actor("tagflow models rollback"),
+            current=current,
         ),
     )
+
+
+@models_app.command("history")
+def models_history(
+    limit: Annotated[int, typer.Option(min=1, max=MAX_HISTORY, help="How many changes")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the changes as JSON, as GET /models/history")
+    ] = False,
+) -> None:
+    """Changes of production, newest first: promotions and rollbacks, who asked, and which
+    promotion a rollback would undo next."""
+    settings = settings_or_exit()
+    with open_session(settings) as session:
+        changes = production_history.history(session, limit=limit)
+    if as_json:
+        print(json.dumps({"changes": [c.model_dump(mode="json") for c in changes]}, indent=2))
+    elif changes:
+        console.print(_history_table(changes))
+    else:
+        console.print("production has not changed yet")
+
+
+def _history_table(changes: list[ProductionChangePublic]) -> Table:
+    table = Table("#", "at (UTC)", "action", "version", "replaced", "by", "undone by")
+    for change in changes:
+        table.add_row(
+            str(change.id),
+            change.at.strftime("%Y-%m-%d %H:%M:%S"),
+            change.action.value,
+            change.version,
+            change.replaced or "-",
+            change.actor,
+            f"#{change.undone_by}" if change.undone_by else "",
+        )
+    return table
 
 
 @models_app.command("recalibrate")

@@ -11,6 +11,7 @@ from contextlib import ExitStack
 import typer
 
 from service.cli.common import (
+    cli_actor,
     cli_tags,
     console,
     open_session,
@@ -59,7 +60,9 @@ def run_up(host: str, port: int) -> None:
         settings = _with_redis(settings, stack)
         if not has_model:
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
-            train_with_progress(settings, SEED_DATASET, promote=True)
+            train_with_progress(
+                settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
+            )
         worker = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "worker"], preexec_fn=die_with_parent()
         )

@@ -26,6 +26,11 @@ from service.entities.prediction import (
     PredictionStatus,
     ShadowPrediction,
 )
+from service.entities.production_change import (
+    ProductionAction,
+    ProductionChange,
+    ProductionChangePublic,
+)
 from service.entities.review import (
     EarlierLabel,
     ReviewReason,
@@ -57,6 +62,9 @@ __all__ = [
     "PredictionPublic",
     "PredictionRecord",
     "PredictionStatus",
+    "ProductionAction",
+    "ProductionChange",
+    "ProductionChangePublic",
     "ReviewReason",
     "ReviewStage",
     "ReviewStatus",

@@ -49,7 +49,8 @@ class ModelVersion(ModelVersionBase, table=True):
     id: int | None = Field(default=None, primary_key=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
     promoted_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
-    # The production version this one replaced when last promoted: what a rollback restores.
+    # The production version this one replaced when last promoted. (Rollback follows the
+    # production history, entities/production_change.py: a version promoted twice has two.)
     previous_version: str | None = None
 
 

@@ -48,10 +48,11 @@ def train_file(
     settings: Settings,
     tags: TagSet,
     encoder: Encoder,
-    promote: bool = False,
+    promote_by: str | None = None,
     progress: Progress = lambda _s: None,
 ) -> Outcome:
-    """Validate `path`, train on its train split, evaluate on the rest, register the result."""
+    """Validate `path`, train on its train split, evaluate on the rest, register the result;
+    promote it, recording `promote_by` as who did, if given."""
     progress("validate")
     train_set, eval_set, report = base_split(path, tags=tags)
     result = train(
@@ -65,9 +66,13 @@ def train_file(
     progress("register")
     version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
     review_suspects(session, result=result, version=version.version, settings=settings)
-    if promote:
+    if promote_by is not None:
         version = registry.promote(
-            session, version=version.version, tags=tags, artifacts_dir=settings.artifacts_dir
+            session,
+            version=version.version,
+            tags=tags,
+            artifacts_dir=settings.artifacts_dir,
+            actor=promote_by,
         )
     return Outcome(version=version, result=result, validation=report)
 

@@ -23,6 +23,7 @@ from sqlmodel import Session, col, select
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
 from service.entities.common import new_id, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
+from service.ml import production_history
 from service.tags import TagSet
 
 if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need neither
@@ -282,27 +283,35 @@ def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
             yield path
 
 
-def promote(session: Session, *, version: str, tags: TagSet, artifacts_dir: Path) -> ModelVersion:
+def promote(
+    session: Session, *, version: str, tags: TagSet, artifacts_dir: Path, actor: str
+) -> ModelVersion:
     """Make `version` production (its artifact must verify, and every tag it can answer with
-    must be approved); the previous one is archived, and is what a rollback from `version`
-    restores."""
+    must be approved); the previous one is archived, and is what a rollback of this promotion
+    restores. `actor` (who asked) is kept in the production history."""
 
     def attempt() -> ModelVersion:
         row = get_version(session, version=version)
         current = get_production(session)
-        return _make_production(
-            session, row, current=current, tags=tags, artifacts_dir=artifacts_dir, remember=True
+        _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
+        if current is not None and current.id == row.id:
+            return row  # already production: nothing to archive or remember
+        row.previous_version = current.version if current else None
+        production_history.record_promotion(
+            session, version=row.version, replaced=row.previous_version, actor=actor
         )
+        return _switch(session, row, current=current)
 
     return _serialized(session, attempt, action=f"promotion of {version}")
 
 
 def rollback(
-    session: Session, *, tags: TagSet, artifacts_dir: Path, current: str | None = None
+    session: Session, *, tags: TagSet, artifacts_dir: Path, actor: str, current: str | None = None
 ) -> ModelVersion:
-    """Restore the version production replaced; rollbacks in a row walk further back, never
-    forward to the version just rolled away from. With `current`, only if that version is still
-    production, so a retried or concurrent rollback does not roll back twice."""
+    """Undo the latest promotion not yet undone: restore the version it replaced. Rollbacks in
+    a row walk back through the promotions, never forward, and stop at the first one. With
+    `current`, only if that version is still production, so a retried or concurrent rollback
+    does not roll back twice."""
 
     def attempt() -> ModelVersion:
         production = get_production(session)
@@ -312,18 +321,18 @@ def rollback(
             raise ConflictError(
                 f"{current} is not production ({production.version} is): nothing rolled back"
             )
-        if production.previous_version is None:
+        promotion = production_history.undoable(session)
+        if promotion is None or promotion.replaced is None:
             raise NotFoundError(f"no version was production before {production.version}")
-        previous = get_version(session, version=production.previous_version)
-        # The restored version keeps its own previous_version, so the next rollback goes further.
-        return _make_production(
-            session,
-            previous,
-            current=production,
-            tags=tags,
-            artifacts_dir=artifacts_dir,
-            remember=False,
-        )
+        if promotion.version != production.version:
+            raise ConflictError(
+                f"the history's last promotion is of {promotion.version}, but "
+                f"{production.version} is production: promote the version you want instead"
+            )
+        previous = get_version(session, version=promotion.replaced)
+        _refuse_unservable(previous, tags=tags, artifacts_dir=artifacts_dir)
+        production_history.record_rollback(session, promotion=promotion, actor=actor)
+        return _switch(session, previous, current=production)
 
     return _serialized(session, attempt, action="rollback")
 
@@ -335,38 +344,31 @@ def _serialized(
 
     The database allows one production row (a partial unique index): a change that read the
     old production version before another change committed fails on write, and is re-run on
-    what is production now, so it archives the right version and remembers it for rollback.
+    what is production now, so it archives the right version and records what it replaced.
+    Two rollbacks of the same promotion race on marking it undone, with the same outcome.
     """
     for tries in range(1, _PROMOTION_TRIES + 1):
         try:
             return attempt()
-        except IntegrityError as exc:
+        except (IntegrityError, production_history.UndoRaced) as exc:
             session.rollback()
             log.info("%s raced another change of production (try %d): %s", action, tries, exc)
     raise ConflictError(f"{action} lost {_PROMOTION_TRIES} races to other promotions: try again")
 
 
-def _make_production(
-    session: Session,
-    row: ModelVersion,
-    *,
-    current: ModelVersion | None,
-    tags: TagSet,
-    artifacts_dir: Path,
-    remember: bool,
-) -> ModelVersion:
-    # Refuse before touching the registry: a model that does not verify, or one the running
-    # APIs would refuse to serve (they keep the old model), never becomes production.
+def _refuse_unservable(row: ModelVersion, *, tags: TagSet, artifacts_dir: Path) -> None:
+    """Refuse before touching the registry: a model that does not verify, or one the running
+    APIs would refuse to serve (they keep the old model), never becomes production."""
     unknown = tags.unapproved(load_model(row, artifacts_dir=artifacts_dir).classes)
     if unknown:
         raise ConflictError(
             f"{row.version} can answer with tags that are not approved ({', '.join(unknown)}): "
             f"it stays {row.status.value}"
         )
-    if current is not None and current.id == row.id:
-        return row  # already production: nothing to archive or remember
-    if remember:
-        row.previous_version = current.version if current else None
+
+
+def _switch(session: Session, row: ModelVersion, *, current: ModelVersion | None) -> ModelVersion:
+    """Archive `current`, make `row` production, and commit with whatever history was added."""
     if current is not None:
         current.status = ModelStatus.ARCHIVED
         session.add(current)

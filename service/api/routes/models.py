@@ -17,12 +17,13 @@ from service.comparison import enqueue_compare
 from service.config import Caller, Role
 from service.crud.audit import AuditStats, audit_stats
 from service.crud.shadow import ShadowStats, shadow_stats
-from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
+from service.entities import ModelStatus, ModelVersion, ModelVersionPublic, ProductionChangePublic
 from service.entities.common import StorableStr, storable_text
 from service.errors import NotFoundError
 from service.jobs import JobAccepted
-from service.ml import registry
+from service.ml import production_history, registry
 from service.ml.bundle import bundle_name, export_bundle, import_bundle
+from service.ml.production_history import MAX_HISTORY
 from service.retraining import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
@@ -84,6 +85,22 @@ def compare_model(
     a = registry.get_version(session, version=version)
     b = registry.version_or_production(session, version=against)
     return JobAccepted(job_id=enqueue_compare(state.queues.training, a=a.version, b=b.version))
+
+
+class ProductionHistory(BaseModel):
+    changes: list[ProductionChangePublic]
+
+
+@router.get("/history", response_model=ProductionHistory)
+def production_changes(
+    session: SessionDep,
+    _caller: AdminKey,
+    limit: Annotated[int, Query(ge=1, le=MAX_HISTORY)] = 100,
+) -> ProductionHistory:
+    """Changes of production, newest first: each promotion and rollback, who asked, and, on a
+    promotion, the rollback that undid it. The latest promotion not undone is what
+    POST /models/rollback undoes."""
+    return ProductionHistory(changes=production_history.history(session, limit=limit))
 
 
 @router.get("/{version}", response_model=ModelVersionPublic)
@@ -183,7 +200,11 @@ def promote_model(
     """Make `version` production; this API serves it before answering. 409 when it can answer
     with a tag that is not approved."""
     row = registry.promote(
-        session, version=version, tags=state.tags, artifacts_dir=state.settings.artifacts_dir
+        session,
+        version=version,
+        tags=state.tags,
+        artifacts_dir=state.settings.artifacts_dir,
+        actor=caller.describe(),
     )
     sync_production(state)
     return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
@@ -203,10 +224,15 @@ def rollback_model(
         ),
     ] = None,
 ) -> ModelVersionPublic:
-    """Restore the version the production version replaced; rollbacks in a row walk further
-    back through the promotions, never forward to the version just rolled away from."""
+    """Undo the latest promotion not yet undone (GET /models/history shows it): restore the
+    version it replaced. Rollbacks in a row walk back through the promotions, never forward,
+    and stop at the first (404)."""
     row = registry.rollback(
-        session, tags=state.tags, artifacts_dir=state.settings.artifacts_dir, current=current
+        session,
+        tags=state.tags,
+        artifacts_dir=state.settings.artifacts_dir,
+        actor=caller.describe(),
+        current=current,
     )
     sync_production(state)
     return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)

@@ -1,0 +1,82 @@
+"""Every change of the production version, kept so that rollback knows what to undo and a team
+can see who changed production when.
+
+Promotions stack up; a rollback undoes the latest promotion not yet undone and restores the
+version it replaced. The registry (registry.promote / registry.rollback) writes these rows in
+the same transaction as the status change, so history and statuses never disagree.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from service.entities import ProductionAction, ProductionChange, ProductionChangePublic
+from service.entities.common import as_utc
+
+MAX_HISTORY = 1000
+
+
+class UndoRaced(Exception):
+    """Another rollback undid the same promotion first: re-run on what is production now."""
+
+
+def record_promotion(session: Session, *, version: str, replaced: str | None, actor: str) -> None:
+    """Add (uncommitted) the promotion of `version` over `replaced`."""
+    session.add(
+        ProductionChange(
+            action=ProductionAction.PROMOTE, version=version, replaced=replaced, actor=actor
+        )
+    )
+
+
+def undoable(session: Session) -> ProductionChange | None:
+    """The promotion a rollback undoes now: the latest one no rollback has undone."""
+    query = (
+        select(ProductionChange)
+        .where(
+            ProductionChange.action == ProductionAction.PROMOTE,
+            col(ProductionChange.undone_by).is_(None),
+        )
+        .order_by(col(ProductionChange.id).desc())
+        .limit(1)
+    )
+    return session.exec(query).first()
+
+
+def record_rollback(session: Session, *, promotion: ProductionChange, actor: str) -> None:
+    """Add (uncommitted) the rollback of `promotion`, and mark it undone.
+
+    The mark is a conditional update (only while it has none), so of two rollbacks that read
+    the same promotion, the second finds it taken (PostgreSQL waits on the first's row lock
+    and then re-reads; SQLite runs one writer at a time) and raises UndoRaced.
+    """
+    assert promotion.replaced is not None, "the first promotion cannot be rolled back"
+    change = ProductionChange(
+        action=ProductionAction.ROLLBACK,
+        version=promotion.replaced,
+        replaced=promotion.version,
+        actor=actor,
+    )
+    session.add(change)
+    session.flush()
+    marked = session.execute(
+        update(ProductionChange)
+        .where(
+            col(ProductionChange.id) == promotion.id,
+            col(ProductionChange.undone_by).is_(None),
+        )
+        .values(undone_by=change.id)
+        .execution_options(synchronize_session=False)
+    )
+    if marked.rowcount != 1:
+        raise UndoRaced(f"promotion #{promotion.id} of {promotion.version} was already undone")
+
+
+def history(session: Session, *, limit: int = 100) -> list[ProductionChangePublic]:
+    """Changes of production, newest first, as the API and the CLI show them."""
+    query = select(ProductionChange).order_by(col(ProductionChange.id).desc()).limit(limit)
+    shown = [
+        ProductionChangePublic.model_validate(c, from_attributes=True) for c in session.exec(query)
+    ]
+    return [c.model_copy(update={"at": as_utc(c.at)}) for c in shown]
