@@ -6,6 +6,7 @@ import csv
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.errors import TagflowError
 
@@ -46,25 +47,47 @@ class TagSet:
 
 def load_tags(path: Path) -> TagSet:
     """Read a `tag,description` CSV (a byte-order mark is allowed). A missing or unreadable
-    file, a malformed row, or tags that differ only in case are explicit errors."""
+    file, a malformed row, or tags that differ only in case are explicit errors; errors in a
+    row name its line."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            # strict: an unterminated quote is an error, not one tag swallowing the rest.
-            rows = list(csv.DictReader(fh, strict=True))
+            tags = _read_rows(path, csv.DictReader(fh, strict=True))
     except FileNotFoundError:
         raise TagFileError(f"tag file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise TagFileError(f"tag file {path} cannot be read: {exc}") from None
-    tags: list[Tag] = []
-    for row in rows:
-        name = (row.get("tag") or "").strip()
-        if not name:
-            raise TagFileError(f"{path}: every row needs a non-empty 'tag' column")
-        tags.append(Tag(name=name, description=(row.get("description") or "").strip()))
     if not tags:
         raise TagFileError(f"{path}: no tags")
     _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
+
+
+def _read_rows(path: Path, reader: csv.DictReader[str]) -> list[Tag]:
+    rows: list[tuple[int, dict[str | None, Any]]] = []
+    start = 1  # the line a row starts on: a quoted description can span lines
+    try:
+        if reader.fieldnames is not None:  # reads the header
+            start = reader.line_num + 1
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        # strict: an unterminated quote is an error, not one tag swallowing the rest.
+        raise TagFileError(
+            f"tag file {path} cannot be read: the row from line {start}: {exc}"
+        ) from None
+    return [_tag(row, where=f"{path}, line {line}") for line, row in rows]
+
+
+def _tag(row: dict[str | None, Any], *, where: str) -> Tag:
+    if None in row:  # DictReader's key for fields beyond the header's
+        raise TagFileError(
+            f"{where}: more fields than the header's; quote a description that holds commas"
+        )
+    name = (row.get("tag") or "").strip()
+    if not name:
+        raise TagFileError(f"{where}: every row needs a non-empty 'tag' column")
+    return Tag(name=name, description=(row.get("description") or "").strip())
 
 
 def _check_distinct(path: Path, names: list[str]) -> None:

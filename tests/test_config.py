@@ -140,9 +140,14 @@ def test_tag_file_errors(tmp_path: Path) -> None:
         # Two tags a reviewer cannot tell apart, and training data split between them.
         ("tag,description\nmlops,x\nMLOps,y\n", "duplicate tags \\('mlops' and 'MLOps'\\)"),
         # Not one tag whose description swallows every row after it.
-        ('tag,description\nmlops,"unterminated\nother,x\n', "cannot be read"),
+        ('tag,description\nmlops,"unterminated\nother,x\n', "the row from line 2: unexpected"),
+        ('"tag,description\nmlops,x\n', "cannot be read: the row from line 1: unexpected"),
+        # A description over two lines is one row; the next row's line is still its own.
+        ('tag,description\nmlops,"two\nlines"\n,x\n', "line 4: every row needs a non-empty"),
+        # Not a description cut at its first comma.
+        ("tag,description\nmlops,x\nother,a, b\n", "line 3: more fields than the header's"),
         ("tag,description\n", "no tags"),
-        ("description\nx\n", "non-empty 'tag' column"),
+        ("description\nx\n", "line 2: every row needs a non-empty 'tag' column"),
     ],
 )
 def test_malformed_tag_files_are_refused(tmp_path: Path, content: str, error: str) -> None:
