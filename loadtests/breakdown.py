@@ -135,7 +135,7 @@ def main() -> None:
         row = registry.get_production(session)
         if row is None:
             raise SystemExit("no production model in the registry: train one first")
-        model = registry.load_model(row)
+        model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
     train_set, held_out, _ = base_split(args.dataset, tags=load_tags(settings.tags_file))
     report: dict[str, Any] = {
         "model_version": row.version,
