@@ -160,14 +160,15 @@ def test_shadow_stats_of_unknown_and_unshadowed_versions(
     assert production["n"] == 0 and production["agreement_with_production"] is None
 
 
-def test_a_refused_shadow_candidate_is_logged_once(
+def test_a_refused_shadow_candidate_is_logged_once_and_shadowed_once_restored(
     make_settings: Callable[..., Settings],
     sqlite_engine: Engine,
     seed_result: TrainResult,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A candidate whose artifact fails its checksum is not shadowed; the watch loop (every
-    0.05 s here) says so once, not on every tick, and production keeps serving."""
+    0.05 s here) says so once, not on every tick, and production keeps serving. Once the file
+    is restored (from a backup, say), the candidate is shadowed without a restart."""
     settings = make_settings(
         database_url=str(sqlite_engine.url), shadow=True, watch_interval_s=0.05
     )
@@ -177,7 +178,8 @@ def test_a_refused_shadow_candidate_is_logged_once(
             session, result=seed_result, artifacts_dir=settings.artifacts_dir
         )
     artifact = settings.artifacts_dir / candidate.artifact_path / registry.MODEL_FILE
-    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    good = artifact.read_bytes()
+    artifact.write_bytes(good + b"tampered")
     with (
         caplog.at_level("ERROR", logger="service.api.lifecycle"),
         TestClient(create_app(settings)) as client,
@@ -188,3 +190,10 @@ def test_a_refused_shadow_candidate_is_logged_once(
         refused = [r for r in caplog.records if "shadow candidate refused" in r.getMessage()]
         assert len(refused) == 1 and candidate.version in refused[0].getMessage()
         assert state.model_refusals == 1 and state.model_errors == []
+        artifact.write_bytes(good)
+        deadline = time.monotonic() + 5
+        while state.predictor.shadow is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert state.predictor.shadow is not None
+        assert state.predictor.shadow.version == candidate.version
+        assert state.shadow_refused == {} and state.model_refusals == 1

@@ -86,18 +86,22 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         if shadow is not None:
             state.predictor.set_shadow(None)
         return
-    if (
-        shadow is None or shadow.version != row.version
-    ) and row.version not in state.shadow_refused:
-        try:
-            model = registry.load_model(row, artifacts_dir=state.settings.artifacts_dir)
-            state.predictor.set_shadow(LoadedModel(row.version, model))
-        except ArtifactError as exc:
-            # Once per version: the watch loop comes back every few seconds, and the artifact
-            # does not change (a version's checksum is fixed; a new candidate is a new version).
-            state.shadow_refused.add(row.version)
-            state.model_refusals += 1
-            log.error("shadow candidate refused: %s; no shadow model until a new candidate", exc)
+    if shadow is not None and shadow.version == row.version:
+        return
+    artifacts_dir = state.settings.artifacts_dir
+    stamp = registry.artifact_stamp(row, artifacts_dir=artifacts_dir)
+    if row.version in state.shadow_refused and state.shadow_refused[row.version] == stamp:
+        return  # refused as it is: the watch loop comes back every few seconds
+    try:
+        model = registry.load_model(row, artifacts_dir=artifacts_dir)
+    except ArtifactError as exc:
+        state.shadow_refused[row.version] = stamp
+        state.model_refusals += 1
+        log.error("shadow candidate refused: %s; tried again once its artifact changes", exc)
+        return
+    if state.shadow_refused.pop(row.version, None) is not None:
+        log.info("shadow candidate %s loads now: its artifact was restored", row.version)
+    state.predictor.set_shadow(LoadedModel(row.version, model))
 
 
 def drain_outbox(state: AppState) -> int:

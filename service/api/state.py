@@ -14,6 +14,7 @@ from service.api_keys import KeyRing
 from service.config import Settings
 from service.dead_letters import WaitingCount
 from service.metrics import Metrics
+from service.ml.registry import ArtifactStamp
 from service.ml.serving import MicroBatcher, Predictor
 from service.prediction_log import PredictionLog
 from service.tags import TagSet
@@ -47,8 +48,9 @@ class AppState:
     # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)
     model_refusals: int = 0  # versions refused at load since start
-    # Candidates refused as the shadow model, so each is logged once, not every watch tick.
-    shadow_refused: set[str] = field(default_factory=set)
+    # Candidates refused as the shadow model, with their artifact file's stamp then: each is
+    # logged once, not every watch tick, and tried again only once the file has changed.
+    shadow_refused: dict[str, ArtifactStamp] = field(default_factory=dict)
     # Shadow scorings that raised since start (logged each; production answers are unaffected).
     shadow_errors: int = 0
     # When the watch loop next judges the served cut by the audit (time.monotonic()).

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need n
     from service.ml.classifier import TagModel
     from service.ml.training import TrainResult
 
+ArtifactStamp = tuple[int, int] | None
 MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
@@ -189,6 +190,16 @@ def artifact_folder(row: ModelVersionBase, *, artifacts_dir: Path) -> Path:
     if recorded.is_absolute() and recorded.is_dir():
         return recorded
     return artifacts_dir / recorded.name
+
+
+def artifact_stamp(row: ModelVersionBase, *, artifacts_dir: Path) -> ArtifactStamp:
+    """Size and modification time of `row`'s model file (None while it is missing): cheap to
+    read every few seconds, and changed by anything that rewrites or restores the file."""
+    try:
+        stat = (artifact_folder(row, artifacts_dir=artifacts_dir) / MODEL_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
 
 
 def public_record(row: ModelVersion, *, artifacts_dir: Path) -> ModelVersionPublic:
