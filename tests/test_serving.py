@@ -14,7 +14,7 @@ import pytest
 from service.errors import ArtifactError, OverloadedError, UnavailableError
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
-from service.ml.serving import BatchStats, LoadedModel, MicroBatcher, Predictor
+from service.ml.serving import BatchStats, LoadedModel, MicroBatcher, Predictor, Scored
 from service.ml.training import TrainResult
 from service.tags import TagSet
 
@@ -197,6 +197,39 @@ def test_small_requests_go_between_the_chunks_of_a_large_one(
     expected = predictor.score(large)
     assert [(s.tag, s.confidence) for s in big_answer] == [(s.tag, s.confidence) for s in expected]
     assert len(small_answer) == 1
+
+
+def test_a_large_request_is_answered_by_one_version_across_a_swap(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """A promotion while a 6-item request (two chunks of a 4-item batch) waits: both chunks
+    are scored by the version that was production when it came. A request that comes after
+    the swap gets the new version, and is not batched with the old version's chunk."""
+    predictor = RecordingPredictor(encoder, tags)
+    predictor.swap(LoadedModel("v-old", shared_result.model))
+    pool = texts["fast"] + texts["slow"]
+    first, large, small = [pool[70]], pool[:6], [pool[64]]
+
+    async def scenario() -> tuple[list[Scored], list[Scored]]:
+        batcher = MicroBatcher(predictor, max_items=4, wait_ms=20, threads=2)
+        batcher.start()
+        held = asyncio.create_task(batcher.predict(first))
+        await asyncio.sleep(0.05)  # in triage, held by the gate
+        big = asyncio.create_task(batcher.predict(large))
+        await asyncio.sleep(0.05)  # chunk 1 gathered behind it, chunk 2 (2 items) waiting
+        predictor.swap(LoadedModel("v-new", shared_result.model))
+        one = asyncio.create_task(batcher.predict(small))
+        await asyncio.sleep(0.05)
+        predictor.gate.set()
+        answers = await asyncio.wait_for(asyncio.gather(big, one, held), 30)
+        await batcher.stop()
+        return answers[0], answers[1]
+
+    big_answer, small_answer = asyncio.run(scenario())
+    assert [s.model_version for s in big_answer] == ["v-old"] * 6
+    assert [s.model_version for s in small_answer] == ["v-new"]
+    # The small request had room for the 2-item chunk, but not its model.
+    assert predictor.calls == [first, large[:4], small, large[4:]]
 
 
 def test_requests_beyond_the_waiting_bound_are_refused_until_it_clears(

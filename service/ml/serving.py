@@ -191,10 +191,21 @@ def _future() -> asyncio.Future[list[Scored]]:
     return asyncio.get_running_loop().create_future()
 
 
+class _Open:
+    """The model of a batch not started yet: any request may open it."""
+
+
+OPEN = _Open()
+
+
 @dataclass
 class _Pending:
     texts: list[str]
     priority: int = URGENT  # BULK for the chunks of a request larger than a batch
+    # The model a large request's chunks are all scored with: the one current when it came,
+    # so a promotion while it is scored does not answer it with two versions. None: whatever
+    # is current when the batch is triaged.
+    loaded: LoadedModel | None = None
     future: asyncio.Future[list[Scored]] = field(default_factory=_future)
 
 
@@ -260,7 +271,10 @@ class MicroBatcher:
                 return await self._submit(_Pending(texts))
             size = self.max_items
             chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-            parts = await asyncio.gather(*(self._submit(_Pending(c, BULK)) for c in chunks))
+            pinned = self.predictor.current
+            parts = await asyncio.gather(
+                *(self._submit(_Pending(c, BULK, loaded=pinned)) for c in chunks)
+            )
             return [scored for part in parts for scored in part]
         finally:
             self._waiting[lane] -= len(texts)
@@ -294,19 +308,30 @@ class MicroBatcher:
             if triaging is not None:
                 await asyncio.wait([triaging])
             texts = [t for p in batch for t in p.texts]
+            loaded = next((p.loaded for p in batch if p.loaded is not None), None)
             triaging = loop.run_in_executor(
-                self._triage_pool, _on_thread_cpu, self.predictor.triage, texts
+                self._triage_pool, _on_thread_cpu, self.predictor.triage, texts, loaded
             )
             task = asyncio.create_task(self._score(batch, texts, triaging))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    def _take(self, room: int) -> _Pending | None:
-        """The next waiting request that fits in `room` items: small requests first."""
+    def _take(self, room: int, pin: LoadedModel | None | _Open = OPEN) -> _Pending | None:
+        """The next waiting request that fits in `room` items and can be scored by the same
+        model as the batch so far (`pin`: its pinned model, None for the current one, OPEN
+        for a batch not started): small requests first."""
         for lane in (self._interactive, self._bulk):
-            if lane and len(lane[0].texts) <= room:
+            if lane and len(lane[0].texts) <= room and self._joins(lane[0], pin):
                 return lane.popleft()
         return None
+
+    def _joins(self, pending: _Pending, pin: LoadedModel | None | _Open) -> bool:
+        if isinstance(pin, _Open) or pending.loaded is pin:
+            return True
+        current = self.predictor.current
+        # A request that waits for the current model cannot join a batch pinned to one just
+        # swapped away from, nor a pinned chunk a batch of another model.
+        return (pending.loaded or current) is (pin or current)
 
     def _note_arrival(self) -> None:
         now = time.perf_counter()
@@ -337,10 +362,10 @@ class MicroBatcher:
             await self._arrived.wait()
         first = self._take(self.max_items)
         assert first is not None  # every waiting request holds at most max_items texts
-        batch, size = [first], len(first.texts)
+        batch, size, pin = [first], len(first.texts), first.loaded
         deadline = time.perf_counter() + self.wait_s
         while size < self.max_items:
-            item = self._take(self.max_items - size)
+            item = self._take(self.max_items - size, pin)
             if item is None:
                 if self._bulk:  # the next chunk does not fit: do not wait for what cannot join
                     break
@@ -357,6 +382,7 @@ class MicroBatcher:
                 continue
             batch.append(item)
             size += len(item.texts)
+            pin = pin or item.loaded
         self._last_batch = len(batch)
         return batch
 
