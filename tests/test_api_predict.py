@@ -86,6 +86,22 @@ def test_behavioural_cases(sqlite_client: TestClient) -> None:
         assert body["tag"] == expected, (title, body)
 
 
+def test_a_description_may_be_missing_null_or_empty(sqlite_client: TestClient) -> None:
+    """All three mean "no description", and get the same answer."""
+    title = "MLOps is the next big wave in machine learning."
+    bodies = [{"title": title}, {"title": title, "description": None}]
+    bodies.append({"title": title, "description": ""})
+    answers = [sqlite_client.post("/predict", json=b, headers=auth("client")) for b in bodies]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert {(a.json()["tag"], a.json()["confidence"]) for a in answers} == {
+        (answers[0].json()["tag"], answers[0].json()["confidence"])
+    }
+    one = sqlite_client.get(
+        f"/predictions/{answers[1].json()['prediction_id']}", headers=auth("client")
+    )
+    assert one.status_code == 200 and one.json()["description"] == ""
+
+
 def test_concurrent_requests_are_microbatched_and_answered(sqlite_client: TestClient) -> None:
     from concurrent.futures import ThreadPoolExecutor
 

@@ -180,6 +180,19 @@ def test_out_of_range_options_are_one_line_errors(
             {"TAGFLOW_DATABASE_URL": "sqlite:///{tmp}/a-file/tagflow.db"},
             "unable to open database file",
         ),
+        (
+            ["db", "current"],
+            {"TAGFLOW_DATABASE_URL": "postgresql+psycopg://postgres:pw@127.0.0.1:9/test"},
+            "cannot open the database postgresql+psycopg://postgres:***@127.0.0.1:9/test: "
+            "connection failed",
+        ),
+        (
+            ["db", "prune", "--older-than-days", "5", "--dry-run"],
+            {"TAGFLOW_DATABASE_URL": "sqlite:///{tmp}/a-file/tagflow.db"},
+            "cannot open the database sqlite:///",
+        ),
+        (["db", "upgrade"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
+        (["db", "replay-dead-letters"], {"TAGFLOW_DATABASE_URL": "mysql://u@h/db"}, "not a"),
     ],
 )
 def test_start_up_failures_are_one_line_errors(

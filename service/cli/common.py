@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -65,10 +65,20 @@ def open_session(settings: Settings) -> Session:
     """A session on the configured database, upgraded to the newest schema first. A data
     directory that cannot be made or a database that cannot be opened is one line naming it,
     and exit code 2."""
+    return Session(engine_or_exit(settings, upgrade=True), expire_on_commit=False)
+
+
+def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
+    """An engine on the configured database, connected once (and upgraded to the newest
+    schema, with `upgrade`). A data directory that cannot be made or a database that cannot
+    be opened is one line naming it, and exit code 2."""
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
-        init_db(engine)
+        if upgrade:
+            init_db(engine)
+        else:
+            engine.connect().close()
     except OSError as exc:
         reason = "not a directory" if settings.data_dir.is_file() else exc.strerror or str(exc)
         console.print(
@@ -79,20 +89,20 @@ def open_session(settings: Settings) -> Session:
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
         console.print(
-            f"[red]cannot open the database {_shown(settings.resolved_database_url)}:[/red] "
-            f"{_first_line(exc)}",
+            f"[red]cannot open the database {shown_url(settings.resolved_database_url)}:[/red] "
+            f"{first_line(exc)}",
             highlight=False,
         )
         raise typer.Exit(2) from None
-    return Session(engine, expire_on_commit=False)
+    return engine
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """`url` without its password."""
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _first_line(exc: SQLAlchemyError) -> str:
+def first_line(exc: SQLAlchemyError) -> str:
     """The driver's own message (e.g. "connection refused"), without SQLAlchemy's background
     link and statement."""
     cause = getattr(exc, "orig", None) or exc

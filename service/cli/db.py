@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import Engine
 
-from service.cli.common import console, settings_or_exit
+from service.cli.common import console, engine_or_exit, first_line, settings_or_exit, shown_url
 from service.config import Settings
-from service.db import init_db, make_engine
+from service.db import init_db
 
 db_app = typer.Typer(
     help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
@@ -20,15 +20,19 @@ db_app = typer.Typer(
 
 
 def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
-    """Run a schema command; an unreachable database is a one-line error, not a traceback."""
+    """Run a database command. A database that cannot be opened is one line naming it, exit
+    code 2, as in every command; one that fails during the command is one line, exit 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    engine = engine_or_exit(settings, upgrade=False)
     try:
         console.print(action(engine))
     except SQLAlchemyError as exc:
-        console.print(f"[red]database error:[/red] {exc.__class__.__name__}: {exc.orig or exc}")
+        console.print(
+            f"[red]database error on {shown_url(settings.resolved_database_url)}:[/red] "
+            f"{first_line(exc)}",
+            highlight=False,
+        )
         raise typer.Exit(1) from None
     finally:
         engine.dispose()

@@ -40,7 +40,16 @@ class Item(BaseModel):
     )
 
     title: TitleText = Field(description="Non-empty title")
-    description: StorableStr = Field(default="", description="Short description; may be empty")
+    description: StorableStr = Field(
+        default="", description="Short description; may be missing, null or empty"
+    )
+
+    @field_validator("description", mode="before")
+    @classmethod
+    def _null_is_empty(cls, value: object) -> object:
+        # Clients that serialise a missing field as null mean "no description", as the
+        # training data's null does; any other non-string is still a type error.
+        return "" if value is None else value
 
     @field_validator("title")
     @classmethod
