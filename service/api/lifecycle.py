@@ -94,6 +94,7 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         return  # refused as it is: the watch loop comes back every few seconds
     try:
         model = registry.load_model(row, artifacts_dir=artifacts_dir)
+        state.predictor.set_shadow(LoadedModel(row.version, model))  # refuses unapproved tags
     except ArtifactError as exc:
         state.shadow_refused[row.version] = stamp
         state.model_refusals += 1
@@ -101,7 +102,6 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         return
     if state.shadow_refused.pop(row.version, None) is not None:
         log.info("shadow candidate %s loads now: its artifact was restored", row.version)
-    state.predictor.set_shadow(LoadedModel(row.version, model))
 
 
 def drain_outbox(state: AppState) -> int:
