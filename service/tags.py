@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from service.errors import TagflowError
 
@@ -46,48 +45,58 @@ class TagSet:
 
 
 def load_tags(path: Path) -> TagSet:
-    """Read a `tag,description` CSV (a byte-order mark is allowed). A missing or unreadable
-    file, a malformed row, or tags that differ only in case are explicit errors; errors in a
-    row name its line."""
+    """Read a `tag,description` CSV (a byte-order mark and blank lines are allowed). A missing
+    or unreadable file, a malformed row, or tags that differ only in case are explicit errors;
+    errors in a row name the line it starts on."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            tags = _read_rows(path, csv.DictReader(fh, strict=True))
+            rows = _read_rows(path, csv.reader(fh, strict=True))
     except FileNotFoundError:
         raise TagFileError(f"tag file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TagFileError(f"tag file {path} cannot be read: {exc}") from None
+    if not rows:
+        raise TagFileError(f"{path}: no tags")
+    header, *body = rows
+    columns = [name.strip() for name in header[1]]
+    if "tag" not in columns:
+        raise TagFileError(f"{path}, line {header[0]}: the header has no 'tag' column")
+    tags = [
+        _tag(dict(zip(columns, row, strict=False)), row, columns, f"{path}, line {line}")
+        for line, row in body
+    ]
     if not tags:
         raise TagFileError(f"{path}: no tags")
     _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
 
 
-def _read_rows(path: Path, reader: csv.DictReader[str]) -> list[Tag]:
-    rows: list[tuple[int, dict[str | None, Any]]] = []
-    start = 1  # the line a row starts on: a quoted description can span lines
+def _read_rows(path: Path, reader: Iterator[list[str]]) -> list[tuple[int, list[str]]]:
+    """The non-blank rows, each with the line it starts on (a quoted field can span lines)."""
+    rows: list[tuple[int, list[str]]] = []
+    start = 1
     try:
-        if reader.fieldnames is not None:  # reads the header
-            start = reader.line_num + 1
         for row in reader:
-            rows.append((start, row))
-            start = reader.line_num + 1
+            if row:
+                rows.append((start, row))
+            start = reader.line_num + 1  # type: ignore[attr-defined]
     except csv.Error as exc:
         # strict: an unterminated quote is an error, not one tag swallowing the rest.
         raise TagFileError(
             f"tag file {path} cannot be read: the row from line {start}: {exc}"
         ) from None
-    return [_tag(row, where=f"{path}, line {line}") for line, row in rows]
+    return rows
 
 
-def _tag(row: dict[str | None, Any], *, where: str) -> Tag:
-    if None in row:  # DictReader's key for fields beyond the header's
+def _tag(fields: dict[str, str], row: list[str], columns: list[str], where: str) -> Tag:
+    if len(row) > len(columns):
         raise TagFileError(
             f"{where}: more fields than the header's; quote a description that holds commas"
         )
-    name = (row.get("tag") or "").strip()
+    name = fields.get("tag", "").strip()
     if not name:
         raise TagFileError(f"{where}: every row needs a non-empty 'tag' column")
-    return Tag(name=name, description=(row.get("description") or "").strip())
+    return Tag(name=name, description=fields.get("description", "").strip())
 
 
 def _check_distinct(path: Path, names: list[str]) -> None:

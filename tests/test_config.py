@@ -147,7 +147,12 @@ def test_tag_file_errors(tmp_path: Path) -> None:
         # Not a description cut at its first comma.
         ("tag,description\nmlops,x\nother,a, b\n", "line 3: more fields than the header's"),
         ("tag,description\n", "no tags"),
-        ("description\nx\n", "line 2: every row needs a non-empty 'tag' column"),
+        ("description\nx\n", "line 1: the header has no 'tag' column"),
+        ("tag,description\nmlops,x\n ,y\n", "line 3: every row needs a non-empty 'tag' column"),
+        # Blank lines are skipped, and not miscounted (found by a QA pass).
+        ("tag,description\nmlops,ops\n\n\nbad,a,b\n", "line 5: more fields than"),
+        ('tag,description\nmlops,ops\n\n\nbad,"unterminated\n', "the row from line 5: "),
+        ("\n\ntag,description\nmlops,ops\nbad,a,b\n", "line 5: more fields than"),
     ],
 )
 def test_malformed_tag_files_are_refused(tmp_path: Path, content: str, error: str) -> None:
@@ -172,6 +177,18 @@ def test_a_tag_file_saved_with_a_byte_order_mark_reads_the_same(tmp_path: Path) 
     path = tmp_path / "tags.csv"
     path.write_bytes("tag,description\nmlops,x\nother,y\n".encode("utf-8-sig"))
     assert load_tags(path).names == ["mlops", "other"]
+
+
+def test_a_tag_file_with_blank_lines_crlf_and_quoted_commas_reads_as_meant(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tags.csv"
+    path.write_bytes(
+        b'\r\ntag,description\r\nmlops,"ops, pipelines"\r\n\r\nother,"two\r\nlines"\r\nx\r\n'
+    )
+    tags = load_tags(path)
+    assert tags.names == ["mlops", "other", "x"]
+    assert [t.description for t in tags.tags] == ["ops, pipelines", "two\r\nlines", ""]
 
 
 def test_a_refused_configuration_reads_one_line_per_variable() -> None:

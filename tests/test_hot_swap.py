@@ -81,6 +81,10 @@ def test_promote_under_concurrent_requests(client: TestClient, seed_result: Trai
     assert changes[1]["undone_by"] == changes[0]["id"] and changes[0]["at"].endswith("Z")
     assert client.get("/models/history", headers=auth("client")).status_code == 403
     assert client.get("/models/history?limit=0", headers=auth("admin")).status_code == 422
+    # `from` names a version: empty, or with a line break, it is a 422, not a 409 echoing it.
+    for odd in ("", "x\ny", " v0001"):
+        refused = client.post("/models/rollback", params={"from": odd}, headers=auth("admin"))
+        assert refused.status_code == 422, (odd, refused.text)
     assert (
         client.post("/predict", json=ITEM, headers=auth("client")).json()["model_version"]
         == "v0001"
@@ -232,7 +236,7 @@ def test_a_version_with_tags_no_longer_approved_is_not_promoted(
     narrower = tmp_path / "tags.csv"
     narrower.write_text(
         "tag,description\n"
-        + "".join(f"{t.name},{t.description}\n" for t in tags.tags if t.name != "mlops")
+        + "".join(f'{t.name},"{t.description}"\n' for t in tags.tags if t.name != "mlops")
     )
     settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}", tags_file=narrower)
     engine = make_engine(settings.resolved_database_url)
