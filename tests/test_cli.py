@@ -64,6 +64,8 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
         ("promote", "v0002", "tagflow models promote"),
         ("promote", "v0001", "tagflow train --promote"),
     ]
+    odd = runner.invoke(app, ["models", "rollback", "--from", "v0001\nERROR: fake"], env=env)
+    assert odd.exit_code == 2 and "is not a version name" in odd.output
     table = runner.invoke(app, ["models", "history", "--limit", "1"], env=env)
     assert table.exit_code == 0 and "rollback" in table.output and "v0002" in table.output
     assert "tagflow train" not in table.output

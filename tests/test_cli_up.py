@@ -18,6 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from service.cli import app
+from service.processes import sole_owner
 from tests.conftest import KEYS, auth
 
 ITEM = b'{"title": "Tracking experiments with MLflow", "description": "Model registry."}'
@@ -42,7 +43,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+def _start(
+    env: dict[str, str], log: Path, *, terminal: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`up` on a free port; with `terminal`, leading a process group of its own, as a shell
+    starts a foreground command, so that a test can send it Ctrl-C's SIGINT as a terminal
+    does (to the whole group)."""
     port = _free_port()
     with log.open("ab") as out:
         process = subprocess.Popen(
@@ -50,6 +56,7 @@ def _start(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=terminal,
         )
     return process, f"http://127.0.0.1:{port}"
 
@@ -159,11 +166,23 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     again.kill()
     again.wait(timeout=10)
     assert _gone(children, within_s=15) == []
-    last, url = _start(up_env, log)
+
+    # Development mode (no keys anywhere), stopped with Ctrl-C from a terminal: SIGINT to the
+    # whole process group. The keys are printed once it owns the data directory, and the
+    # worker stops after the API, told by `up`, not by the terminal at the same moment.
+    dev_env = {k: v for k, v in up_env.items() if k != "TAGFLOW_API_KEYS"}
+    last, url = _start(dev_env, log, terminal=True)
     started.append(last)
     _wait_ready(last, url, log)
-    last.send_signal(signal.SIGTERM)
-    last.wait(timeout=60)
+    children = _children(last)
+    logged = log.stat().st_size
+    os.killpg(last.pid, signal.SIGINT)
+    assert last.wait(timeout=60) == 0
+    assert _gone(children, within_s=5) == []
+    text = log.read_text(errors="replace")
+    assert "generated keys, new at every start" in text and "client:client-" in text
+    shutdown = text[logged:]
+    assert shutdown.index("Shutting down") < shutdown.index("warm shut down requested"), shutdown
 
 
 def _up_with_its_port_held(env: dict[str, str | None]) -> str:
@@ -195,7 +214,23 @@ def test_up_runs_in_development_mode_only_without_keys(
         }
     )
     assert ("development mode" in output) is not key_file
-    assert ("client:client-" in output) is not key_file  # a generated key, printed
+    assert "client:client-" not in output  # keys are printed only by an `up` that starts
+
+
+def test_an_up_refused_for_a_busy_data_directory_prints_no_keys(
+    tmp_path: Path, encoder_dir: Path
+) -> None:
+    """Keys printed by an `up` that then does not start would be keys nothing accepts."""
+    env = {
+        "TAGFLOW_API_KEYS": "",
+        "TAGFLOW_DEV": "0",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+    with sole_owner((tmp_path / "var").resolve(), what="tagflow up"):
+        result = CliRunner().invoke(app, ["up", "--port", str(_free_port())], env=env)
+    assert result.exit_code == 2 and "is in use by tagflow up" in result.output, result.output
+    assert "development mode" in result.output and "client:client-" not in result.output
 
 
 def test_up_uses_the_keys_in_a_dot_env_file(

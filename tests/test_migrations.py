@@ -304,7 +304,7 @@ def test_a_registry_gets_the_promotions_its_versions_remember(
     remembered = {"v0001": "v0003", "v0002": "v0001", "v0003": "v0002", "v0004": None}
     with Session(engine) as session:
         for version, day, status in (
-            ("v0001", 4, "PRODUCTION"),
+            ("v0001", None, "PRODUCTION"),  # promoted before promoted_at was recorded
             ("v0002", 2, "ARCHIVED"),
             ("v0003", 3, "ARCHIVED"),
             ("v0004", None, "CANDIDATE"),
@@ -330,6 +330,7 @@ def test_a_registry_gets_the_promotions_its_versions_remember(
         history = production_history.history(session)
         assert [c.version for c in history] == ["v0001", "v0003", "v0002"]
         assert all("migration 0010" in c.actor for c in history)
+        assert all(c.at is not None for c in history)  # v0001's is its creation time
         assert production_history.undoable(session).version == "v0001"  # type: ignore[union-attr]
 
 

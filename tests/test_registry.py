@@ -235,6 +235,73 @@ def test_concurrent_rollbacks_each_undo_a_different_promotion(
     assert sorted(c.id for c in rollbacks) == sorted(undone)
 
 
+def test_racing_changes_of_production_keep_the_history_true(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """Double clicks, retries and operators at once (found by a QA pass): the same version
+    promoted four times at once records one promotion; a promotion racing a rollback to the
+    same version records no change that did not happen. After every round the history,
+    replayed from the start, ends at the production version, and rollback still works."""
+    with Session(engine) as session:
+        for _ in range(3):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    artifacts = settings.artifacts_dir
+
+    def promote(version: str) -> Callable[[Session], str]:
+        def act(session: Session) -> str:
+            return registry.promote(
+                session, actor="test", version=version, tags=tags, artifacts_dir=artifacts
+            ).version
+
+        return act
+
+    def rollback(session: Session) -> str:
+        try:
+            return _rollback(session, tags, artifacts)
+        except NotFoundError:
+            return "nothing to roll back"
+
+    _all_at_once(engine, [promote("v0001")] * 4)
+    with Session(engine) as session:
+        assert len(production_history.history(session)) == 1
+    for _round in range(3):
+        for version in ("v0002", "v0003"):
+            _all_at_once(engine, [promote(version)] * 3)
+        outcomes = _all_at_once(engine, [promote("v0002"), rollback, rollback, promote("v0003")])
+        assert None not in outcomes, outcomes
+        _assert_history_true(engine)
+    with Session(engine) as session:
+        before = registry.get_production(session)
+        assert before is not None
+        undo = production_history.undoable(session)
+        if undo is not None and undo.replaced is not None:
+            restored = registry.rollback(session, actor="test", tags=tags, artifacts_dir=artifacts)
+            assert restored.version == undo.replaced
+    _assert_history_true(engine)
+
+
+def _assert_history_true(engine: Engine) -> None:
+    """Replaying the history from the start ends at the production version; each change
+    replaced what was production just before it; each undone promotion was undone by the
+    rollback that restored what it replaced; and a rollback now would undo production's."""
+    with Session(engine) as session:
+        production = registry.get_production(session)
+        changes = list(reversed(production_history.history(session, limit=1000)))
+        undoable = production_history.undoable(session)
+    by_id = {c.id: c for c in changes}
+    current: str | None = None
+    for change in changes:
+        assert change.replaced == current, (change, current)
+        assert change.version != change.replaced, change
+        current = change.version
+        if change.undone_by is not None:
+            undo = by_id[change.undone_by]
+            assert undo.action is ProductionAction.ROLLBACK and undo.id > change.id
+            assert (undo.version, undo.replaced) == (change.replaced, change.version)
+    assert production is not None and current == production.version
+    assert undoable is not None and undoable.version == production.version
+
+
 def _rollback(
     session: Session, tags: TagSet, artifacts_dir: Path, *, current: str | None = None
 ) -> str:

@@ -179,7 +179,10 @@ def models_rollback(
         typer.Option("--from", help="Roll back only if this version is still production"),
     ] = None,
 ) -> None:
-    """Restore the version production replaced; again, and it goes further back."""
+    """Undo the latest promotion not yet undone; again, and it goes further back."""
+    if current is not None and (not current or any(ch.isspace() for ch in current)):
+        console.print(f"[red]cannot roll back:[/red] --from {current!r} is not a version name")
+        raise typer.Exit(2)
     _registry_action(
         "roll back",
         lambda session, tags, artifacts: registry.rollback(

@@ -23,17 +23,27 @@ from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
 
 
-def up_settings() -> Settings:
-    """The settings `up` serves with. Keys from the environment, `.env` or a key file are used
-    as they are; with none anywhere, development mode with generated keys, announced."""
+def up_settings() -> tuple[Settings, list[str]]:
+    """The settings `up` serves with, and the keys it generated. Keys from the environment,
+    `.env` or a key file are used as they are; with none anywhere, development mode with
+    generated keys, announced (the keys are printed once this `up` owns the data directory)."""
     configured = settings_or_exit()  # reads .env as well; keys optional here
+    generated: list[str] = []
     if not configured.keys and configured.api_keys_file is None:
         os.environ["TAGFLOW_DEV"] = "1"
         os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
-        console.print("[yellow]development mode[/yellow]: no API keys configured; generated keys:")
-        for pair in os.environ["TAGFLOW_API_KEYS"].split(","):
-            console.print(f"  {pair}")
-    return settings_or_exit(serving=True)
+        generated = os.environ["TAGFLOW_API_KEYS"].split(",")
+        console.print("[yellow]development mode[/yellow]: no API keys configured")
+    return settings_or_exit(serving=True), generated
+
+
+def _print_keys(generated: list[str]) -> None:
+    console.print(
+        "generated keys, new at every start (to keep keys, set TAGFLOW_API_KEYS or "
+        "TAGFLOW_API_KEYS_FILE; `tagflow keys new` makes them):"
+    )
+    for pair in generated:
+        console.print(f"  {pair}")
 
 
 def run_up(host: str, port: int) -> None:
@@ -42,7 +52,7 @@ def run_up(host: str, port: int) -> None:
     from service.cli.main import run_api, train_with_progress
     from service.logs import configure_logging
 
-    settings = up_settings()
+    settings, generated = up_settings()
     port_free_or_exit(host, port)
     # The tag file, the data directory and the database, checked before any work. (A second
     # `up` that reads "no model" while the first trains one is refused at the lock below.)
@@ -56,6 +66,8 @@ def run_up(host: str, port: int) -> None:
         except DataDirBusyError as exc:
             console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
+        if generated:  # only now: a refused `up` would print keys nothing accepts
+            _print_keys(generated)
         stack.enter_context(stop_signals_as_exit())
         settings = _with_redis(settings, stack)
         if not has_model:
@@ -64,7 +76,11 @@ def run_up(host: str, port: int) -> None:
                 settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
             )
         worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"], preexec_fn=die_with_parent()
+            [sys.executable, "-m", "service.cli", "worker"],
+            preexec_fn=die_with_parent(),
+            # Out of the terminal's process group: Ctrl-C reaches `up` alone, which stops the
+            # API first and then the worker (SIGTERM below), not both at once.
+            start_new_session=True,
         )
         stack.callback(_stop, worker)
         console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")

@@ -8,17 +8,35 @@ the same transaction as the status change, so history and statuses never disagre
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from sqlalchemy import false, text, update
 from sqlmodel import Session, col, select
 
 from service.entities import ProductionAction, ProductionChange, ProductionChangePublic
 from service.entities.common import as_utc
 
 MAX_HISTORY = 1000
+# The key of PostgreSQL's transaction-level advisory lock on changes of production ("tflw").
+_LOCK_KEY = 0x74666C77
 
 
 class UndoRaced(Exception):
     """Another rollback undid the same promotion first: re-run on what is production now."""
+
+
+def lock(session: Session) -> None:
+    """Take the production lock for the rest of the session's transaction: one change of
+    production at a time, across processes and hosts sharing the database, each reading the
+    registry as the one before left it. Waits for the holder (SQLite: up to its busy
+    timeout); the transaction's commit or rollback releases it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
+    else:
+        # SQLite: a transaction's first write takes the database's write lock, and what the
+        # transaction reads after it is the latest commit. This write changes no row.
+        session.execute(
+            update(ProductionChange).where(false()).values(undone_by=None),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def record_promotion(session: Session, *, version: str, replaced: str | None, actor: str) -> None:

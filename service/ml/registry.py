@@ -304,9 +304,9 @@ def promote(
     def attempt() -> ModelVersion:
         row = get_version(session, version=version)
         current = get_production(session)
-        _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
         if current is not None and current.id == row.id:
             return row  # already production: nothing to archive or remember
+        _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
         row.previous_version = current.version if current else None
         production_history.record_promotion(
             session, version=row.version, replaced=row.previous_version, actor=actor
@@ -351,20 +351,29 @@ def rollback(
 def _serialized(
     session: Session, attempt: Callable[[], ModelVersion], *, action: str
 ) -> ModelVersion:
-    """Run a change of production, again on fresh rows when a concurrent one won the race.
+    """Run a change of production under the production lock, so that it reads what is
+    production, and the history's top, as they are, and no other change interleaves: two
+    promotions of one version record one, a promotion racing a rollback to the same version
+    does not record a change that did not happen, and no two changes deadlock.
 
-    The database allows one production row (a partial unique index): a change that read the
-    old production version before another change committed fails on write, and is re-run on
-    what is production now, so it archives the right version and records what it replaced.
-    Two rollbacks of the same promotion race on marking it undone, with the same outcome.
+    Beyond the lock, the database allows one production row (a partial unique index) and a
+    promotion is undone once (a conditional update): a writer that bypassed the lock fails
+    on write, and the change is re-run on fresh rows.
     """
     for tries in range(1, _PROMOTION_TRIES + 1):
         try:
+            production_history.lock(session)
+            session.expire_all()  # rows this session read before the lock may be stale
             return attempt()
         except (IntegrityError, production_history.UndoRaced) as exc:
             session.rollback()
             log.info("%s raced another change of production (try %d): %s", action, tries, exc)
-    raise ConflictError(f"{action} lost {_PROMOTION_TRIES} races to other promotions: try again")
+        except BaseException:
+            session.rollback()  # releases the lock with nothing changed
+            raise
+    raise ConflictError(
+        f"{action} lost {_PROMOTION_TRIES} races to other changes of production: try again"
+    )
 
 
 def _refuse_unservable(row: ModelVersion, *, tags: TagSet, artifacts_dir: Path) -> None:

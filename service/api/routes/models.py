@@ -27,6 +27,7 @@ from service.ml.production_history import MAX_HISTORY
 from service.retraining import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
+VERSION_NAME = r"^[^\x00-\x20\x7f]+$"  # a version's name: no spaces, no control characters
 
 
 class ModelList(BaseModel):
@@ -219,6 +220,8 @@ def rollback_model(
         StorableStr | None,
         Query(
             alias="from",
+            min_length=1,
+            pattern=VERSION_NAME,
             description="Roll back only if this version is still production (409 if not), so "
             "a retried or concurrent rollback does not go back twice",
         ),

@@ -12,6 +12,7 @@ Create Date: 2026-12-04 16:41:29.798182
 """
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -49,9 +50,13 @@ def upgrade() -> None:
 
 def _record_known_promotions(bind: sa.Connection) -> None:
     rows = bind.execute(
-        sa.text("SELECT version, previous_version, promoted_at, status FROM modelversion")
+        sa.text(
+            "SELECT version, previous_version, COALESCE(promoted_at, created_at), status "
+            "FROM modelversion"
+        )
     ).all()
-    by_version = {version: (before, at) for version, before, at, _ in rows}
+    # A version that never recorded its promotion time gets its creation time (or now).
+    by_version = {version: (before, at or datetime.now(UTC)) for version, before, at, _ in rows}
     chain = [version for version, _, _, status in rows if status == "PRODUCTION"]
     while chain:
         before = by_version[chain[-1]][0]
