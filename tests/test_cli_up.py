@@ -175,13 +175,16 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     started.append(last)
     _wait_ready(last, url, log)
     children = _children(last)
+    # Neither child is in the terminal's process group, so Ctrl-C reaches `up` alone.
+    assert [os.getpgid(c.pid) == last.pid for c in children] == [False] * len(children)
     logged = log.stat().st_size
     os.killpg(last.pid, signal.SIGINT)
     assert last.wait(timeout=60) == 0
     assert _gone(children, within_s=5) == []
-    text = log.read_text(errors="replace")
+    output = log.read_bytes()
+    text = output.decode(errors="replace")
     assert "generated keys, new at every start" in text and "client:client-" in text
-    shutdown = text[logged:]
+    shutdown = output[logged:].decode(errors="replace")  # the size is in bytes
     assert shutdown.index("Shutting down") < shutdown.index("warm shut down requested"), shutdown
 
 
