@@ -52,6 +52,9 @@ def keys_list() -> None:
             kept = "sha256" if HASHED.fullmatch(key) else "key"
             table.add_row(fingerprint(key), caller.role.value, caller.name or "", kept, source)
     if not table.row_count:
-        console.print("no API keys configured")
+        console.print(
+            "no API keys configured (`tagflow up` then runs in development mode with keys it "
+            "generates at each start and prints; they are not stored anywhere)"
+        )
         return
     console.print(table)
