@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -73,8 +74,19 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> Non
         ("title,description,tag\nA,B,robotics\n", "tag 'robotics' is not in the approved list"),
         ("title,description,tag\n", "the file has no rows"),
         ("title,description,tag\nA\x00B,x,mlops\n", "row 2: text must not contain a NUL"),
+        (
+            'title,description,tag\nA,B,mlops\nC,"open quote,mlops\nE,F,mlops\n',
+            "malformed CSV in the row from line 3 (unexpected end of data)",
+        ),
     ],
-    ids=["missing column", "empty text", "unapproved tag", "no rows", "NUL in text"],
+    ids=[
+        "missing column",
+        "empty text",
+        "unapproved tag",
+        "no rows",
+        "NUL in text",
+        "unterminated quote",
+    ],
 )
 def test_broken_csv_is_a_clear_error(
     tmp_path: Path, tags: TagSet, content: str, message: str
@@ -154,10 +166,7 @@ def test_too_little_to_train_on_is_a_clear_error(
     examples, _ = load_dataset(shared_dataset, tags=tags)
     few = [e for tag in tags.names for e in [x for x in examples if x.tag == tag][:8]]
     path = tmp_path / "few.csv"
-    path.write_text(
-        "title,description,tag\n"
-        + "".join(f"{json.dumps(e.title)},{json.dumps(e.description)},{e.tag}\n" for e in few)
-    )
+    _write_examples(path, few)
     env = {
         "TAGFLOW_DEV": "1",
         "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
@@ -167,7 +176,19 @@ def test_too_little_to_train_on_is_a_clear_error(
     result = CliRunner().invoke(app, ["train", "--data", str(path)], env=env)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "too little to train on" in " ".join(result.output.split())
+    # With other errors in the file, in the same report: one pass shows everything.
+    robotics = Example(title="A robot arm", description="Grasping.", tag="robotics")
+    _write_examples(path, [*few, robotics])
+    both = " ".join(CliRunner().invoke(app, ["train", "--data", str(path)], env=env).output.split())
+    assert "'robotics' is not in the approved list" in both and "too little to train on" in both
     two_tags = [e for e in examples if e.tag in ("mlops", "computer-vision")]
     check_trainable(two_tags, source="two tags")  # a tag may be absent
     with pytest.raises(DatasetError, match="'other' has 9 example"):
         check_trainable(two_tags + [e for e in examples if e.tag == "other"][:9], source="x")
+
+
+def _write_examples(path: Path, examples: list[Example]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["title", "description", "tag"])
+        writer.writerows([e.title, e.description, e.tag] for e in examples)

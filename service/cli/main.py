@@ -28,7 +28,7 @@ from service.cli.models import models_app
 from service.config import Settings
 from service.errors import TagflowError
 from service.ml import registry
-from service.ml.dataset import DatasetError, load_dataset
+from service.ml.dataset import DatasetError, load_dataset, load_training_file
 
 app = typer.Typer(
     help="tagflow: content classification with a human in the loop.", no_args_is_help=True
@@ -114,7 +114,7 @@ def train(
     settings = settings_or_exit()
     try:
         # A bad file fails fast, before the encoder loads.
-        load_dataset(data, tags=cli_tags(settings))
+        load_training_file(data, tags=cli_tags(settings))
         train_with_progress(
             settings, data, cli_actor("tagflow train --promote") if promote else None
         )

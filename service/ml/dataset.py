@@ -124,14 +124,26 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
         if suffix == ".csv":
             # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of "title"
             with path.open(newline="", encoding="utf-8-sig") as fh:
-                return list(csv.DictReader(fh))
+                return _csv_rows(path, csv.DictReader(fh, strict=True))
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text") from None
-    except csv.Error as exc:
-        raise DatasetError(f"{path}: malformed CSV ({exc})") from None
     except OSError as exc:  # a directory, no permission, a read error
         raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
+
+
+def _csv_rows(path: Path, reader: csv.DictReader[str]) -> list[dict[str, object]]:
+    """Every row; strict, so that an unterminated quote is an error naming where its row
+    starts, not one description swallowing the rest of the file."""
+    rows: list[dict[str, object]] = []
+    start = 1
+    try:
+        for row in reader:
+            rows.append(dict(row))
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: malformed CSV in the row from line {start} ({exc})") from None
+    return rows
 
 
 def validate_rows(
@@ -192,19 +204,40 @@ MIN_PER_TAG = 10
 MIN_TAGS = 2
 
 
-def check_trainable(examples: list[Example], *, source: str) -> None:
-    """DatasetError unless at least `MIN_TAGS` tags have `MIN_PER_TAG` examples each, and no
-    tag has fewer (a tag may be absent: the model then never answers it)."""
+def trainability(examples: list[Example]) -> str | None:
+    """Why `examples` are too little to train on, if they are: at least `MIN_TAGS` tags need
+    `MIN_PER_TAG` examples each, and no tag fewer (a tag may be absent: the model then never
+    answers it)."""
     counts = Counter(e.tag for e in examples)
     scarce = {tag: n for tag, n in sorted(counts.items()) if n < MIN_PER_TAG}
     problems = [f"tag {tag!r} has {n} example(s)" for tag, n in scarce.items()]
     if len(counts) - len(scarce) < MIN_TAGS:
         problems.append(f"{len(counts) - len(scarce)} tag(s) with enough examples")
-    if problems:
-        raise DatasetError(
-            f"{source}: too little to train on: {'; '.join(problems)}. Training needs at least "
-            f"{MIN_PER_TAG} examples of each tag it learns, and at least {MIN_TAGS} such tags."
-        )
+    if not problems:
+        return None
+    return (
+        f"too little to train on: {'; '.join(problems)}. Training needs at least "
+        f"{MIN_PER_TAG} examples of each tag it learns, and at least {MIN_TAGS} such tags."
+    )
+
+
+def check_trainable(examples: list[Example], *, source: str) -> None:
+    """DatasetError if `examples` are too little to train on (see `trainability`)."""
+    if problem := trainability(examples):
+        raise DatasetError(f"{source}: {problem}")
+
+
+def load_training_file(path: Path, *, tags: TagSet) -> tuple[list[Example], ValidationReport]:
+    """`load_dataset`, and enough of each tag to train on, reported together: one pass shows
+    everything wrong with the file."""
+    rows = _read_rows(path)
+    examples, report = validate_rows(rows, tags=tags, source=str(path))
+    read = report.rows_kept or any(e.startswith("row ") for e in report.errors)
+    if read and (problem := trainability(examples)):  # not for a file without the columns
+        report.errors.append(problem)
+    if not report.ok:
+        raise DatasetError(report.render())
+    return examples, report
 
 
 def load_dataset(path: Path, *, tags: TagSet) -> tuple[list[Example], ValidationReport]:

@@ -11,7 +11,7 @@ from service.config import Settings
 from service.crud.predictions import queue_label_checks
 from service.entities import ModelVersion
 from service.ml import registry
-from service.ml.dataset import Example, ValidationReport, check_trainable, load_dataset
+from service.ml.dataset import Example, ValidationReport, load_training_file
 from service.ml.encoder import Encoder
 from service.ml.training import (
     DEFAULT_CONFIG,
@@ -35,8 +35,7 @@ def base_split(
     path: Path, *, tags: TagSet, config: TrainConfig = DEFAULT_CONFIG
 ) -> tuple[list[Example], list[Example], ValidationReport]:
     """The base dataset's frozen train / evaluation split (same seed, same split, every time)."""
-    examples, report = load_dataset(path, tags=tags)
-    check_trainable(examples, source=str(path))
+    examples, report = load_training_file(path, tags=tags)
     train_set, eval_set = split_examples(examples, share=config.eval_share, seed=config.seed)
     return train_set, eval_set, report
 
