@@ -161,17 +161,9 @@ def test_rollbacks_undo_promotions_in_reverse_even_after_a_version_returns(
 ) -> None:
     """Promote v1, v2, v3, then v1 again: rollbacks in a row restore v3, v2, v1 and then stop.
     (Versions remembering only what they replaced last time went v3, v2, v1, v3, v2, ...)"""
+    promotions = ["v0001", "v0002", "v0003", "v0001"]
+    _promote_in_turn(engine, settings, seed_result, tags, promotions, actor="admin key {}")
     with Session(engine) as session:
-        for _ in range(3):
-            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        for version in ("v0001", "v0002", "v0003", "v0001"):
-            registry.promote(
-                session,
-                actor=f"admin key {version}",
-                version=version,
-                tags=tags,
-                artifacts_dir=settings.artifacts_dir,
-            )
         restored = [
             registry.rollback(
                 session, actor="ops", tags=tags, artifacts_dir=settings.artifacts_dir
@@ -209,17 +201,7 @@ def test_concurrent_rollbacks_each_undo_a_different_promotion(
 ) -> None:
     """Operators rolling back at the same moment: with --from, one rolls back and the others
     get a conflict; without it, each undoes the next promotion down, none the same one."""
-    with Session(engine) as session:
-        for _ in range(4):
-            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        for version in ("v0001", "v0002", "v0003", "v0004"):
-            registry.promote(
-                session,
-                actor="test",
-                version=version,
-                tags=tags,
-                artifacts_dir=settings.artifacts_dir,
-            )
+    _promote_in_turn(engine, settings, seed_result, tags, ["v0001", "v0002", "v0003", "v0004"])
     named = _all_at_once(
         engine, [lambda s: _rollback(s, tags, settings.artifacts_dir, current="v0004")] * 3
     )
@@ -300,6 +282,30 @@ def _assert_history_true(engine: Engine) -> None:
             assert (undo.version, undo.replaced) == (change.replaced, change.version)
     assert production is not None and current == production.version
     assert undoable is not None and undoable.version == production.version
+
+
+def _promote_in_turn(
+    engine: Engine,
+    settings: Settings,
+    result: TrainResult,
+    tags: TagSet,
+    promotions: list[str],
+    *,
+    actor: str = "test",
+) -> None:
+    """Register `result` as every version `promotions` names, then promote them in turn
+    (`actor` may name the version: "admin key {}")."""
+    with Session(engine) as session:
+        for _ in sorted(set(promotions)):
+            registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
+        for version in promotions:
+            registry.promote(
+                session,
+                actor=actor.format(version),
+                version=version,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+            )
 
 
 def _rollback(

@@ -59,13 +59,13 @@ def run_up(host: str, port: int) -> None:
     cli_tags(settings)
     with open_session(settings) as session:
         has_model = registry.get_production(session) is not None
-    configure_logging(settings)
     with ExitStack() as stack:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
         except DataDirBusyError as exc:
             console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
+        configure_logging(settings)  # only an `up` that starts takes over the process's logs
         if generated:  # only now: a refused `up` would print keys nothing accepts
             _print_keys(generated)
         stack.enter_context(stop_signals_as_exit())
