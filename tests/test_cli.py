@@ -41,8 +41,9 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     records = json.loads(as_json.output)["models"]  # as GET /models answers
     assert [r["version"] for r in records] == ["v0002", "v0001"]
     assert records[1]["status"] == "production" and records[1]["metrics"]["auto"]["coverage"] >= 0.5
-    typo = runner.invoke(app, ["models", "list", "--where", "weighted_f>0.5"], env=env)
-    assert typo.exit_code == 2 and "did you mean weighted_f1" in typo.output
+    typo = runner.invoke(app, ["models", "list", "--json", "--where", "weighted_f>0.5"], env=env)
+    assert typo.exit_code == 2 and "did you mean weighted_f1" in typo.stderr
+    assert typo.stdout == ""  # errors go to stderr: a script parsing --json never reads one
 
     evaluated = runner.invoke(
         app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env

@@ -141,7 +141,7 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
         timeout=60,
     )
     assert second.returncode == 2, second.stdout + second.stderr
-    assert f"is in use by tagflow up (pid {first.pid})" in " ".join(second.stdout.split())
+    assert f"is in use by tagflow up (pid {first.pid})" in " ".join(second.stderr.split())
 
     # SIGTERM (a service manager's stop) ends it as Ctrl-C does: worker and Redis stopped too,
     # in that order, however many times it is sent (an impatient operator, a supervisor).

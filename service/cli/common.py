@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX R
 # soft_wrap: a message is one line however narrow the terminal (or 80 columns, when the output
 # is a pipe or a log file); tables still fit the width.
 console = Console(soft_wrap=True)
+# Errors go to stderr, so a script reading a command's output (`--json`) never parses one.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def settings_or_exit(*, serving: bool = False) -> Settings:
@@ -34,10 +36,12 @@ def settings_or_exit(*, serving: bool = False) -> Settings:
     try:
         return Settings() if serving else Settings(dev=True)
     except ValidationError as exc:
-        console.print(f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False)
+        err_console.print(
+            f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False
+        )
         raise typer.Exit(2) from None
     except ValueError as exc:  # raised outside validation (UnsafeSettingsError is wrapped)
-        console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -51,10 +55,10 @@ def port_free_or_exit(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except socket.gaierror as exc:  # the host, not the port
-            console.print(f"[red]cannot listen on {host}:[/red] {exc.strerror}; pass --host")
+            err_console.print(f"[red]cannot listen on {host}:[/red] {exc.strerror}; pass --host")
             raise typer.Exit(2) from None
         except OSError as exc:
-            console.print(
+            err_console.print(
                 f"[red]cannot listen on {host}:{port}:[/red] {exc.strerror}; "
                 "pass --port, or stop what holds it"
             )
@@ -81,14 +85,14 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
             engine.connect().close()
     except OSError as exc:
         reason = "not a directory" if settings.data_dir.is_file() else exc.strerror or str(exc)
-        console.print(
+        err_console.print(
             f"[red]cannot use the data directory {settings.data_dir}:[/red] {reason} "
             "(TAGFLOW_DATA_DIR)",
             highlight=False,
         )
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
-        console.print(
+        err_console.print(
             f"[red]cannot open the database {shown_url(settings.resolved_database_url)}:[/red] "
             f"{first_line(exc)}",
             highlight=False,
@@ -114,7 +118,7 @@ def preflight_or_exit(settings: Settings, *, action: str) -> None:
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
     the database."""
     if not settings.redis_url:
-        console.print(
+        err_console.print(
             f"[red]cannot {action}:[/red] TAGFLOW_REDIS_URL is not set; the API and the "
             "workers share their queues through Redis (`tagflow up` starts an embedded one)",
             highlight=False,
@@ -148,7 +152,9 @@ def cli_tags(settings: Settings) -> TagSet:
     try:
         return load_tags(settings.tags_file)
     except TagFileError as exc:
-        console.print(f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False)
+        err_console.print(
+            f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False
+        )
         raise typer.Exit(2) from None
 
 

@@ -10,7 +10,14 @@ from typing import Annotated
 import typer
 from sqlalchemy.engine import Engine
 
-from service.cli.common import console, engine_or_exit, first_line, settings_or_exit, shown_url
+from service.cli.common import (
+    console,
+    engine_or_exit,
+    err_console,
+    first_line,
+    settings_or_exit,
+    shown_url,
+)
 from service.config import Settings
 from service.db import init_db
 
@@ -28,7 +35,7 @@ def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
     try:
         console.print(action(engine))
     except SQLAlchemyError as exc:
-        console.print(
+        err_console.print(
             f"[red]database error on {shown_url(settings.resolved_database_url)}:[/red] "
             f"{first_line(exc)}",
             highlight=False,

@@ -16,6 +16,7 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
+    err_console,
     metrics_table,
     open_session,
     port_free_or_exit,
@@ -119,7 +120,7 @@ def train(
             settings, data, cli_actor("tagflow train --promote") if promote else None
         )
     except (DatasetError, TagflowError) as exc:
-        console.print(f"[red]cannot train:[/red]\n{exc}")
+        err_console.print(f"[red]cannot train:[/red]\n{exc}")
         raise typer.Exit(1) from None
 
 
@@ -140,7 +141,7 @@ def evaluate(
             model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
             report = run_evaluation(model, cli_encoder(settings), examples)
     except (DatasetError, TagflowError) as exc:
-        console.print(f"[red]cannot evaluate:[/red]\n{exc}")
+        err_console.print(f"[red]cannot evaluate:[/red]\n{exc}")
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"version": row.version, **report}, indent=2))
@@ -207,7 +208,7 @@ def retrain(
                 reason="cli",
             )
     except (DatasetError, TagflowError) as exc:
-        console.print(f"[red]cannot retrain:[/red]\n{exc}")
+        err_console.print(f"[red]cannot retrain:[/red]\n{exc}")
         raise typer.Exit(1) from None
     console.print(_gate_table(outcome))
 

@@ -17,6 +17,7 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
+    err_console,
     open_session,
     settings_or_exit,
 )
@@ -46,7 +47,7 @@ def models_list(
         with open_session(settings) as session:
             rows = registry.list_versions(session, criteria=criteria)
     except TagflowError as exc:  # a malformed criterion, or one on a metric no version has
-        console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
     if as_json:
         records = [registry.public_record(r, artifacts_dir=settings.artifacts_dir) for r in rows]
@@ -137,7 +138,7 @@ def models_compare(
             target_precision=settings.target_precision,
         )
     except (DatasetError, TagflowError) as exc:
-        console.print(f"[red]cannot compare:[/red]\n{exc}")
+        err_console.print(f"[red]cannot compare:[/red]\n{exc}")
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(outcome, indent=2))
@@ -152,7 +153,7 @@ def _registry_action(action: str, change: Callable[[Session, TagSet, Path], Mode
         with open_session(settings) as session:
             row = change(session, tags, settings.artifacts_dir)
     except TagflowError as exc:
-        console.print(f"[red]cannot {action}:[/red] {exc}")
+        err_console.print(f"[red]cannot {action}:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"{row.version} is production; running APIs switch within seconds")
 
@@ -181,7 +182,7 @@ def models_rollback(
 ) -> None:
     """Undo the latest promotion not yet undone; again, and it goes further back."""
     if current is not None and (not current or any(ch.isspace() for ch in current)):
-        console.print(f"[red]cannot roll back:[/red] --from {current!r} is not a version name")
+        err_console.print(f"[red]cannot roll back:[/red] --from {current!r} is not a version name")
         raise typer.Exit(2)
     _registry_action(
         "roll back",
@@ -245,7 +246,7 @@ def models_recalibrate(
                 session, version=version, settings=settings, apply=not dry_run
             )
     except TagflowError as exc:
-        console.print(f"[red]cannot recalibrate:[/red] {exc}")
+        err_console.print(f"[red]cannot recalibrate:[/red] {exc}")
         raise typer.Exit(1) from None
     verb = "moved to" if outcome.applied else "would be" if dry_run else "stays at"
     console.print(
@@ -267,7 +268,7 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
                 evidence={"source": "manual", "note": note},
             )
     except TagflowError as exc:
-        console.print(f"[red]cannot set the threshold:[/red] {exc}")
+        err_console.print(f"[red]cannot set the threshold:[/red] {exc}")
         raise typer.Exit(1) from None
     console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
 
@@ -294,7 +295,7 @@ def models_export(
             )
         target.write_bytes(data)
     except (TagflowError, OSError) as exc:
-        console.print(f"[red]cannot export:[/red] {exc}")
+        err_console.print(f"[red]cannot export:[/red] {exc}")
         raise typer.Exit(1) from None
     signed = "signed" if settings.bundle_key else "not signed: no TAGFLOW_BUNDLE_KEY"
     console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
@@ -323,7 +324,7 @@ def models_import(
                 note=note,
             )
     except (TagflowError, OSError) as exc:
-        console.print(f"[red]cannot import {bundle}:[/red] {exc}")
+        err_console.print(f"[red]cannot import {bundle}:[/red] {exc}")
         raise typer.Exit(1) from None
     row = imported.row
     source = row.params["imported"]["version"]

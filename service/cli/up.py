@@ -14,6 +14,7 @@ from service.cli.common import (
     cli_actor,
     cli_tags,
     console,
+    err_console,
     open_session,
     port_free_or_exit,
     settings_or_exit,
@@ -63,7 +64,7 @@ def run_up(host: str, port: int) -> None:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
         except DataDirBusyError as exc:
-            console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
+            err_console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
             raise typer.Exit(2) from None
         configure_logging(settings)  # only an `up` that starts takes over the process's logs
         if generated:  # only now: a refused `up` would print keys nothing accepts
