@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.csv_rows import MalformedCsvError, read_rows
 from service.errors import TagflowError
 
 
@@ -50,7 +50,9 @@ def load_tags(path: Path) -> TagSet:
     errors in a row name the line it starts on."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = _read_rows(path, csv.reader(fh, strict=True))
+            rows = read_rows(fh)
+    except MalformedCsvError as exc:
+        raise TagFileError(f"tag file {path} cannot be read: {exc}") from None
     except FileNotFoundError:
         raise TagFileError(f"tag file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -69,23 +71,6 @@ def load_tags(path: Path) -> TagSet:
         raise TagFileError(f"{path}: no tags")
     _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
-
-
-def _read_rows(path: Path, reader: Iterator[list[str]]) -> list[tuple[int, list[str]]]:
-    """The non-blank rows, each with the line it starts on (a quoted field can span lines)."""
-    rows: list[tuple[int, list[str]]] = []
-    start = 1
-    try:
-        for row in reader:
-            if row:
-                rows.append((start, row))
-            start = reader.line_num + 1  # type: ignore[attr-defined]
-    except csv.Error as exc:
-        # strict: an unterminated quote is an error, not one tag swallowing the rest.
-        raise TagFileError(
-            f"tag file {path} cannot be read: the row from line {start}: {exc}"
-        ) from None
-    return rows
 
 
 def _tag(fields: dict[str, str], row: list[str], columns: list[str], where: str) -> Tag:

@@ -16,15 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlmodel import Session
 
 from service.config import Settings
 from service.db import init_db, make_engine
 from service.logs import configure_logging
-from service.ml import registry
 from service.ml.training import TrainResult
-from service.tags import TagSet
-from tests.conftest import KEYS, ROOT
+from tests.conftest import KEYS, ROOT, register_promoted
 
 
 @pytest.fixture
@@ -73,20 +70,11 @@ def test_serve_logs_the_service_and_uvicorn_as_json(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
     seed_result: TrainResult,
-    tags: TagSet,
 ) -> None:
     settings = make_settings(database_url=f"sqlite:///{tmp_path / 'serve.db'}")
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
-    with Session(engine) as session:
-        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
-        version = registry.promote(
-            session,
-            actor="test",
-            version=row.version,
-            tags=tags,
-            artifacts_dir=settings.artifacts_dir,
-        ).version
+    version = register_promoted(engine, settings, seed_result)
     engine.dispose()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

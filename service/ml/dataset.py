@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.csv_rows import MalformedCsvError, read_rows
 from service.entities.common import storable
 from service.tags import TagSet
 
@@ -124,7 +124,11 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
         if suffix == ".csv":
             # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of "title"
             with path.open(newline="", encoding="utf-8-sig") as fh:
-                return _csv_rows(path, csv.DictReader(fh, strict=True))
+                return _records(read_rows(fh))
+    except MalformedCsvError as exc:
+        raise DatasetError(
+            f"{path}: malformed CSV in the row from line {exc.line} ({exc.reason})"
+        ) from None
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: not UTF-8 text") from None
     except OSError as exc:  # a directory, no permission, a read error
@@ -132,18 +136,15 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
 
 
-def _csv_rows(path: Path, reader: csv.DictReader[str]) -> list[dict[str, object]]:
-    """Every row; strict, so that an unterminated quote is an error naming where its row
-    starts, not one description swallowing the rest of the file."""
-    rows: list[dict[str, object]] = []
-    start = 1
-    try:
-        for row in reader:
-            rows.append(dict(row))
-            start = reader.line_num + 1
-    except csv.Error as exc:
-        raise DatasetError(f"{path}: malformed CSV in the row from line {start} ({exc})") from None
-    return rows
+def _records(rows: list[tuple[int, list[str]]]) -> list[dict[str, object]]:
+    """CSV rows as records keyed by the header, as csv.DictReader makes them: a missing field
+    is None, and fields beyond the header's are left out of the named ones."""
+    if not rows:
+        return []
+    (_, header), *body = rows
+    return [
+        {name: row[i] if i < len(row) else None for i, name in enumerate(header)} for _, row in body
+    ]
 
 
 def validate_rows(
