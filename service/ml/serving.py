@@ -195,7 +195,7 @@ class _Open:
     """The model of a batch not started yet: any request may open it."""
 
 
-OPEN = _Open()
+_OPEN = _Open()
 
 
 @dataclass
@@ -302,13 +302,12 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         triaging: asyncio.Future[Triage] | None = None
         while True:
-            batch = await self._gather()
+            batch, loaded = await self._gather()
             # One triage at a time, and the next batch handed over only when the thread is
             # free: batches queued in the executor could not be overtaken by small requests.
             if triaging is not None:
                 await asyncio.wait([triaging])
             texts = [t for p in batch for t in p.texts]
-            loaded = next((p.loaded for p in batch if p.loaded is not None), None)
             triaging = loop.run_in_executor(
                 self._triage_pool, _on_thread_cpu, self.predictor.triage, texts, loaded
             )
@@ -316,9 +315,9 @@ class MicroBatcher:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    def _take(self, room: int, pin: LoadedModel | None | _Open = OPEN) -> _Pending | None:
+    def _take(self, room: int, pin: LoadedModel | None | _Open = _OPEN) -> _Pending | None:
         """The next waiting request that fits in `room` items and can be scored by the same
-        model as the batch so far (`pin`: its pinned model, None for the current one, OPEN
+        model as the batch so far (`pin`: its pinned model, None for the current one, _OPEN
         for a batch not started): small requests first."""
         for lane in (self._interactive, self._bulk):
             if lane and len(lane[0].texts) <= room and self._joins(lane[0], pin):
@@ -354,9 +353,10 @@ class MicroBatcher:
         """Items of every request not yet answered: waiting, being gathered or being scored."""
         return self._waiting[URGENT] + self._waiting[BULK]
 
-    async def _gather(self) -> list[_Pending]:
+    async def _gather(self) -> tuple[list[_Pending], LoadedModel | None]:
         """The next batch: what waits now, then up to `wait_s` more for up to `max_items`, but
-        only while a batch mate is likely (`_company_likely`)."""
+        only while a batch mate is likely (`_company_likely`); and the model its requests are
+        pinned to (None: the current one)."""
         while not (self._interactive or self._bulk):
             self._arrived.clear()
             await self._arrived.wait()
@@ -384,7 +384,7 @@ class MicroBatcher:
             size += len(item.texts)
             pin = pin or item.loaded
         self._last_batch = len(batch)
-        return batch
+        return batch, pin
 
     async def _score(
         self,
