@@ -70,10 +70,10 @@ def test_duplicates_are_dropped_and_counted(tmp_path: Path, tags: TagSet) -> Non
     ("content", "message"),
     [
         ("title,tag\nA,mlops\n", "missing required column(s): description"),
-        ("title,description,tag\n,,mlops\n", "row 2: empty title and description"),
+        ("title,description,tag\n,,mlops\n", "line 2: empty title and description"),
         ("title,description,tag\nA,B,robotics\n", "tag 'robotics' is not in the approved list"),
         ("title,description,tag\n", "the file has no rows"),
-        ("title,description,tag\nA\x00B,x,mlops\n", "row 2: text must not contain a NUL"),
+        ("title,description,tag\nA\x00B,x,mlops\n", "line 2: text must not contain a NUL"),
         (
             'title,description,tag\nA,B,mlops\nC,"open quote,mlops\nE,F,mlops\n',
             "malformed CSV in the row from line 3 (unexpected end of data)",
@@ -97,6 +97,27 @@ def test_broken_csv_is_a_clear_error(
     assert message in str(excinfo.value)
 
 
+def test_errors_name_the_line_a_row_starts_on(tmp_path: Path, tags: TagSet) -> None:
+    """Not its position: a quoted description spanning lines, and blank lines, come between."""
+    path = _write_csv(
+        tmp_path / "lines.csv",
+        "\ntitle,description,tag\n"  # lines 1-2
+        'A,"two\nlines",mlops\n'  # lines 3-4
+        "\n"  # line 5
+        "B,x,robotics\n"  # line 6
+        ",,mlops\n",  # line 7
+    )
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(path, tags=tags)
+    message = str(excinfo.value)
+    assert "line 6: tag 'robotics' is not in the approved list" in message
+    assert "line 7: empty title and description" in message
+    jsonl = tmp_path / "lines.jsonl"
+    jsonl.write_text('{"title": "a", "description": "b", "tag": "other"}\n\n{"tag": "x"}\n')
+    with pytest.raises(DatasetError, match="line 3: empty title and description"):
+        load_dataset(jsonl, tags=tags)
+
+
 def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
     good = tmp_path / "d.jsonl"
     rows = [{"title": "Speech to text", "description": "ASR transcripts", "tag": "other", "id": 1}]
@@ -109,7 +130,7 @@ def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> 
         load_dataset(bad, tags=tags)
     # Valid JSON, but no UTF-8 (so no hash, no database) can hold a lone surrogate.
     bad.write_text('{"title": "a \\ud800", "description": "b", "tag": "other"}\n')
-    with pytest.raises(DatasetError, match="row 1: text must not contain a lone UTF-16"):
+    with pytest.raises(DatasetError, match="line 1: text must not contain a lone UTF-16"):
         load_dataset(bad, tags=tags)
 
 

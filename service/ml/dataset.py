@@ -100,7 +100,11 @@ def examples_hash(examples: list[Example]) -> str:
     return digest.hexdigest()
 
 
-def _read_rows(path: Path) -> list[dict[str, object]]:
+# A record of a training file with the line it starts on, which is what an error names.
+Row = tuple[int, dict[str, object]]
+
+
+def _read_rows(path: Path) -> list[Row]:
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     suffix = path.suffix.lower()
@@ -119,7 +123,7 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
                         ) from None
                     if not isinstance(row, dict):
                         raise DatasetError(f"{path}: line {n} is not a JSON object")
-                    rows.append(row)
+                    rows.append((n, row))
             return rows
         if suffix == ".csv":
             # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of "title"
@@ -136,43 +140,46 @@ def _read_rows(path: Path) -> list[dict[str, object]]:
     raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
 
 
-def _records(rows: list[tuple[int, list[str]]]) -> list[dict[str, object]]:
-    """CSV rows as records keyed by the header, as csv.DictReader makes them: a missing field
-    is None, and fields beyond the header's are left out of the named ones."""
+def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
+    """CSV rows as records keyed by the header, as csv.DictReader makes them (a missing field
+    is None, and fields beyond the header's are left out of the named ones), each with the
+    line it starts on."""
     if not rows:
         return []
     (_, header), *body = rows
     return [
-        {name: row[i] if i < len(row) else None for i, name in enumerate(header)} for _, row in body
+        (line, {name: row[i] if i < len(row) else None for i, name in enumerate(header)})
+        for line, row in body
     ]
 
 
 def validate_rows(
-    rows: list[dict[str, object]], *, tags: TagSet, source: str
+    rows: list[Row], *, tags: TagSet, source: str
 ) -> tuple[list[Example], ValidationReport]:
-    """Check columns, text, tags and duplicates; return the usable examples and the report."""
+    """Check columns, text, tags and duplicates; return the usable examples and the report.
+    Errors name the line a record starts on (a quoted CSV field can span lines)."""
     report = ValidationReport(source=source, rows_read=len(rows))
     if not rows:
         report.errors.append("the file has no rows")
         return [], report
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0][1]]
     if missing:
         report.errors.append(f"missing required column(s): {', '.join(missing)}")
         return [], report
     seen: set[str] = set()
     examples: list[Example] = []
-    for n, row in enumerate(rows, start=2 if source.endswith(".csv") else 1):
+    for n, row in rows:
         title = str(row.get("title") or "").strip()
         description = str(row.get("description") or "").strip()
         tag = str(row.get("tag") or "").strip()
         if not title and not description:
-            report.errors.append(f"row {n}: empty title and description")
+            report.errors.append(f"line {n}: empty title and description")
             continue
         if problem := _unstorable(title, description):
-            report.errors.append(f"row {n}: {problem}")
+            report.errors.append(f"line {n}: {problem}")
             continue
         if tag not in tags:
-            report.errors.append(f"row {n}: tag {tag!r} is not in the approved list")
+            report.errors.append(f"line {n}: tag {tag!r} is not in the approved list")
             continue
         example = Example(title=title, description=description, tag=tag)
         if example.text_hash in seen:
@@ -233,7 +240,7 @@ def load_training_file(path: Path, *, tags: TagSet) -> tuple[list[Example], Vali
     everything wrong with the file."""
     rows = _read_rows(path)
     examples, report = validate_rows(rows, tags=tags, source=str(path))
-    read = report.rows_kept or any(e.startswith("row ") for e in report.errors)
+    read = report.rows_kept or any(e.startswith("line ") for e in report.errors)
     if read and (problem := trainability(examples)):  # not for a file without the columns
         report.errors.append(problem)
     if not report.ok:
