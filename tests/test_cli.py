@@ -7,10 +7,13 @@ import socket
 from pathlib import Path
 
 import pytest
+from rich.errors import MarkupError
 from typer.testing import CliRunner
 
 from service.api_keys import KeyRing, fingerprint, new_key
 from service.cli import app
+from service.cli.common import console
+from service.cli.main import suspects_table
 from service.config import SEED_DATASET, Caller, Role
 
 
@@ -111,6 +114,30 @@ def test_keys_new_prints_a_key_and_the_line_that_accepts_it(tmp_path: Path) -> N
     assert KeyRing({}, path).lookup(key) == Caller(Role.REVIEWER, "Ann Lee")
     for bad in (["reviewer", "--name", "a:b"], ["reviewer", "--name", " "], ["boss"]):
         assert CliRunner().invoke(app, ["keys", "new", *bad]).exit_code == 2, bad
+
+
+def test_peoples_text_is_printed_as_typed_never_read_as_markup(
+    cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich markup is off: "[/]" in a version name or path was read as a closing tag (a
+    MarkupError traceback), and "[red]" vanished from a key's name in the line it prints."""
+    runner = CliRunner()
+    for args in (
+        ["models", "promote", "[/]"],
+        ["models", "export", "[/]"],
+        ["evaluate", "--data", "[/]x.csv"],
+    ):
+        result = runner.invoke(app, args, env=cli_env)
+        assert not isinstance(result.exception, MarkupError), args
+        assert result.exit_code == 1 and "[/]" in result.stderr, (args, result.output)
+    named = runner.invoke(app, ["keys", "new", "client", "--name", "[red]bob"])
+    assert "line (add it to the key file): client/[red]bob:sha256:" in named.output
+    item = {"title": "[/] Closing tags", "tag": "natural-language-processing"}
+    item |= {"predicted": "computer-vision", "confidence": 0.93, "p_label": 0.02}
+    console.print(suspects_table({"count": 1, "share": 0.01, "max_p_label": 0.05, "items": [item]}))
+    shown = capsys.readouterr().out  # 80 columns, as in a pipe: tags whole, the title wraps
+    assert "[/] Closing" in shown and "natural-language-processing" in shown
+    assert "computer-vision 0.93" in shown
 
 
 def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
@@ -23,10 +24,17 @@ if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX R
     from service.tags import TagSet
 
 # soft_wrap: a message is one line however narrow the terminal (or 80 columns, when the output
-# is a pipe or a log file); tables still fit the width.
-console = Console(soft_wrap=True)
+# is a pipe or a log file); tables still fit the width. markup=False: what is printed holds
+# people's text (paths, version names, tags, titles, key names), and rich would read "[/]" in
+# it as a closing tag and raise, or drop "[red]" from a name; styles are given as Text.
+console = Console(soft_wrap=True, markup=False)
 # Errors go to stderr, so a script reading a command's output (`--json`) never parses one.
-err_console = Console(stderr=True, soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True, markup=False)
+
+
+def print_error(heading: str, detail: object = "", *, sep: str = " ") -> None:
+    """An error on stderr: `heading` in red, then `detail` as it is."""
+    err_console.print(Text.assemble((heading, "red"), sep, str(detail)), highlight=False)
 
 
 def settings_or_exit(*, serving: bool = False) -> Settings:
@@ -36,12 +44,10 @@ def settings_or_exit(*, serving: bool = False) -> Settings:
     try:
         return Settings() if serving else Settings(dev=True)
     except ValidationError as exc:
-        err_console.print(
-            f"[red]configuration error:[/red] {describe_errors(exc)}", highlight=False
-        )
+        print_error("configuration error:", describe_errors(exc))
         raise typer.Exit(2) from None
     except ValueError as exc:  # raised outside validation (UnsafeSettingsError is wrapped)
-        err_console.print(f"[red]configuration error:[/red] {exc}", highlight=False)
+        print_error("configuration error:", exc)
         raise typer.Exit(2) from None
 
 
@@ -55,12 +61,12 @@ def port_free_or_exit(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except socket.gaierror as exc:  # the host, not the port
-            err_console.print(f"[red]cannot listen on {host}:[/red] {exc.strerror}; pass --host")
+            print_error(f"cannot listen on {host}:", f"{exc.strerror}; pass --host")
             raise typer.Exit(2) from None
         except OSError as exc:
-            err_console.print(
-                f"[red]cannot listen on {host}:{port}:[/red] {exc.strerror}; "
-                "pass --port, or stop what holds it"
+            print_error(
+                f"cannot listen on {host}:{port}:",
+                f"{exc.strerror}; pass --port, or stop what holds it",
             )
             raise typer.Exit(2) from None
 
@@ -85,17 +91,14 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
             engine.connect().close()
     except OSError as exc:
         reason = "not a directory" if settings.data_dir.is_file() else exc.strerror or str(exc)
-        err_console.print(
-            f"[red]cannot use the data directory {settings.data_dir}:[/red] {reason} "
-            "(TAGFLOW_DATA_DIR)",
-            highlight=False,
+        print_error(
+            f"cannot use the data directory {settings.data_dir}:", f"{reason} (TAGFLOW_DATA_DIR)"
         )
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
-        err_console.print(
-            f"[red]cannot open the database {shown_url(settings.resolved_database_url)}:[/red] "
-            f"{first_line(exc)}",
-            highlight=False,
+        print_error(
+            f"cannot open the database {shown_url(settings.resolved_database_url)}:",
+            first_line(exc),
         )
         raise typer.Exit(2) from None
     return engine
@@ -118,10 +121,10 @@ def preflight_or_exit(settings: Settings, *, action: str) -> None:
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
     the database."""
     if not settings.redis_url:
-        err_console.print(
-            f"[red]cannot {action}:[/red] TAGFLOW_REDIS_URL is not set; the API and the "
-            "workers share their queues through Redis (`tagflow up` starts an embedded one)",
-            highlight=False,
+        print_error(
+            f"cannot {action}:",
+            "TAGFLOW_REDIS_URL is not set; the API and the workers share their queues through "
+            "Redis (`tagflow up` starts an embedded one)",
         )
         raise typer.Exit(2)
     cli_tags(settings)
@@ -152,9 +155,7 @@ def cli_tags(settings: Settings) -> TagSet:
     try:
         return load_tags(settings.tags_file)
     except TagFileError as exc:
-        err_console.print(
-            f"[red]configuration error:[/red] TAGFLOW_TAGS_FILE: {exc}", highlight=False
-        )
+        print_error("configuration error:", f"TAGFLOW_TAGS_FILE: {exc}")
         raise typer.Exit(2) from None
 
 

@@ -13,8 +13,8 @@ from sqlalchemy.engine import Engine
 from service.cli.common import (
     console,
     engine_or_exit,
-    err_console,
     first_line,
+    print_error,
     settings_or_exit,
     shown_url,
 )
@@ -35,10 +35,8 @@ def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
     try:
         console.print(action(engine))
     except SQLAlchemyError as exc:
-        err_console.print(
-            f"[red]database error on {shown_url(settings.resolved_database_url)}:[/red] "
-            f"{first_line(exc)}",
-            highlight=False,
+        print_error(
+            f"database error on {shown_url(settings.resolved_database_url)}:", first_line(exc)
         )
         raise typer.Exit(1) from None
     finally:

@@ -8,7 +8,11 @@ import typer
 from rich.table import Table
 
 from service.api_keys import HASHED, fingerprint, new_key
-from service.cli.common import console, err_console, settings_or_exit
+from service.cli.common import (
+    console,
+    print_error,
+    settings_or_exit,
+)
 from service.config import MAX_NAME_CHARS, Role
 
 keys_app = typer.Typer(help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_help=True)
@@ -24,12 +28,10 @@ def keys_new(
     """A new random key, and the line that accepts it: add the line to the key file (only the
     key's SHA-256 is in it), and give the key to its holder; it is not shown again."""
     if name is not None and not (name := name.strip()):
-        err_console.print("[red]error:[/red] --name is empty")
+        print_error("error:", "--name is empty")
         raise typer.Exit(2)
     if name and (len(name) > MAX_NAME_CHARS or any(c in name for c in ",:/#\n")):
-        err_console.print(
-            f"[red]error:[/red] a name has up to {MAX_NAME_CHARS} characters, none of , : / #"
-        )
+        print_error("error:", f"a name has up to {MAX_NAME_CHARS} characters, none of , : / #")
         raise typer.Exit(2)
     key, line = new_key(role, name)
     console.print(f"key  (give it to its holder): {key}", highlight=False, soft_wrap=True)

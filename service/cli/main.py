@@ -9,18 +9,19 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
 from service.cli.common import (
     cli_actor,
     cli_encoder,
     cli_tags,
     console,
-    err_console,
     metrics_table,
     open_session,
     port_free_or_exit,
     preflight_or_exit,
+    print_error,
     settings_or_exit,
 )
 from service.cli.db import db_app
@@ -46,11 +47,12 @@ def suspects_table(report: dict) -> Table | str:
     """The training rows whose label the out-of-fold model most confidently denies."""
     if not report["count"]:
         return f"no labels to check: out of fold, every label got more than {report['max_p_label']}"
+    # Tags and figures whole, the title wraps: at 80 columns rich cut the tags instead.
     table = Table(
         "title",
-        "label",
-        "model says",
-        "p(label)",
+        Column("label", no_wrap=True),
+        Column("model says", no_wrap=True),
+        Column("p(label)", no_wrap=True),
         title=(
             f"{report['count']} labels to check ({report['share']:.1%} of the training rows: "
             f"out of fold, p(label) <= {report['max_p_label']}); "
@@ -120,7 +122,7 @@ def train(
             settings, data, cli_actor("tagflow train --promote") if promote else None
         )
     except (DatasetError, TagflowError) as exc:
-        err_console.print(f"[red]cannot train:[/red]\n{exc}")
+        print_error("cannot train:", exc, sep="\n")
         raise typer.Exit(1) from None
 
 
@@ -141,7 +143,7 @@ def evaluate(
             model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
             report = run_evaluation(model, cli_encoder(settings), examples)
     except (DatasetError, TagflowError) as exc:
-        err_console.print(f"[red]cannot evaluate:[/red]\n{exc}")
+        print_error("cannot evaluate:", exc, sep="\n")
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps({"version": row.version, **report}, indent=2))
@@ -168,7 +170,7 @@ def _gate_table(outcome: dict) -> Table:
             fmt(check["candidate"]),
             fmt(check["production"]),
             fmt(check["limit"]),
-            "yes" if check["passed"] else "[red]NO[/red]",
+            Text("yes") if check["passed"] else Text("NO", style="red"),
         )
     table.caption = (
         f"train rows {outcome['train_rows']} ({outcome['train_labels']} labels), "
@@ -208,7 +210,7 @@ def retrain(
                 reason="cli",
             )
     except (DatasetError, TagflowError) as exc:
-        err_console.print(f"[red]cannot retrain:[/red]\n{exc}")
+        print_error("cannot retrain:", exc, sep="\n")
         raise typer.Exit(1) from None
     console.print(_gate_table(outcome))
 

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlmodel import Session
 
 from service.cli.common import (
@@ -19,6 +20,7 @@ from service.cli.common import (
     console,
     err_console,
     open_session,
+    print_error,
     settings_or_exit,
 )
 from service.entities import ModelVersion, ProductionChangePublic
@@ -47,7 +49,7 @@ def models_list(
         with open_session(settings) as session:
             rows = registry.list_versions(session, criteria=criteria)
     except TagflowError as exc:  # a malformed criterion, or one on a metric no version has
-        err_console.print(f"[red]{exc}[/red]")
+        print_error(str(exc))
         raise typer.Exit(2) from None
     if as_json:
         records = [registry.public_record(r, artifacts_dir=settings.artifacts_dir) for r in rows]
@@ -138,7 +140,7 @@ def models_compare(
             target_precision=settings.target_precision,
         )
     except (DatasetError, TagflowError) as exc:
-        err_console.print(f"[red]cannot compare:[/red]\n{exc}")
+        print_error("cannot compare:", exc, sep="\n")
         raise typer.Exit(1) from None
     if as_json:
         print(json.dumps(outcome, indent=2))
@@ -153,7 +155,7 @@ def _registry_action(action: str, change: Callable[[Session, TagSet, Path], Mode
         with open_session(settings) as session:
             row = change(session, tags, settings.artifacts_dir)
     except TagflowError as exc:
-        err_console.print(f"[red]cannot {action}:[/red] {exc}")
+        print_error(f"cannot {action}:", exc)
         raise typer.Exit(1) from None
     console.print(f"{row.version} is production; running APIs switch within seconds")
 
@@ -182,7 +184,7 @@ def models_rollback(
 ) -> None:
     """Undo the latest promotion not yet undone; again, and it goes further back."""
     if current is not None and (not current or any(ch.isspace() for ch in current)):
-        err_console.print(f"[red]cannot roll back:[/red] --from {current!r} is not a version name")
+        print_error("cannot roll back:", f"--from {current!r} is not a version name")
         raise typer.Exit(2)
     _registry_action(
         "roll back",
@@ -246,7 +248,7 @@ def models_recalibrate(
                 session, version=version, settings=settings, apply=not dry_run
             )
     except TagflowError as exc:
-        err_console.print(f"[red]cannot recalibrate:[/red] {exc}")
+        print_error("cannot recalibrate:", exc)
         raise typer.Exit(1) from None
     verb = "moved to" if outcome.applied else "would be" if dry_run else "stays at"
     console.print(
@@ -268,7 +270,7 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
                 evidence={"source": "manual", "note": note},
             )
     except TagflowError as exc:
-        err_console.print(f"[red]cannot set the threshold:[/red] {exc}")
+        print_error("cannot set the threshold:", exc)
         raise typer.Exit(1) from None
     console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
 
@@ -295,7 +297,7 @@ def models_export(
             )
         target.write_bytes(data)
     except (TagflowError, OSError) as exc:
-        err_console.print(f"[red]cannot export:[/red] {exc}")
+        print_error("cannot export:", exc)
         raise typer.Exit(1) from None
     signed = "signed" if settings.bundle_key else "not signed: no TAGFLOW_BUNDLE_KEY"
     console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
@@ -324,10 +326,10 @@ def models_import(
                 note=note,
             )
     except (TagflowError, OSError) as exc:
-        err_console.print(f"[red]cannot import {bundle}:[/red] {exc}")
+        print_error(f"cannot import {bundle}:", exc)
         raise typer.Exit(1) from None
     row = imported.row
     source = row.params["imported"]["version"]
     console.print(f"{row.version}: candidate, imported from {source}; promote it to serve it")
     for warning in imported.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        err_console.print(Text.assemble(("warning:", "yellow"), f" {warning}"))

@@ -9,14 +9,15 @@ import sys
 from contextlib import ExitStack
 
 import typer
+from rich.text import Text
 
 from service.cli.common import (
     cli_actor,
     cli_tags,
     console,
-    err_console,
     open_session,
     port_free_or_exit,
+    print_error,
     settings_or_exit,
 )
 from service.config import SEED_DATASET, Settings, generate_dev_keys
@@ -34,7 +35,7 @@ def up_settings() -> tuple[Settings, list[str]]:
         os.environ["TAGFLOW_DEV"] = "1"
         os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
         generated = os.environ["TAGFLOW_API_KEYS"].split(",")
-        console.print("[yellow]development mode[/yellow]: no API keys configured")
+        console.print(Text.assemble(("development mode", "yellow"), ": no API keys configured"))
     return settings_or_exit(serving=True), generated
 
 
@@ -64,7 +65,7 @@ def run_up(host: str, port: int) -> None:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
         except DataDirBusyError as exc:
-            err_console.print(f"[red]cannot start:[/red] {exc}", highlight=False)
+            print_error("cannot start:", exc)
             raise typer.Exit(2) from None
         configure_logging(settings)  # only an `up` that starts takes over the process's logs
         if generated:  # only now: a refused `up` would print keys nothing accepts
