@@ -81,19 +81,22 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
     # A comment runs from `#` at the start of a line, or after a space, to the end of the line.
     lines = (_COMMENT.sub("", line) for line in raw.splitlines())
     keys: dict[str, Caller] = {}
-    for entry in filter(None, (p.strip() for line in lines for p in line.split(","))):
+    entries = filter(None, (p.strip() for line in lines for p in line.split(",")))
+    for n, entry in enumerate(entries, start=1):
         holder, sep, key = entry.partition(":")
         role, slash, name = (part.strip() for part in holder.partition("/"))
         key = key.strip()
+        # Messages name an entry without its key: they reach logs and terminals.
+        shown = f"entry {n} ({holder.strip()!r})" if sep else f"entry {n}"
         if not sep or not key or (slash and not name) or any(c.isspace() for c in key):
             raise ValueError(
-                f"API key entry {entry!r} in {source} is not of the form role:key or role/name:key"
+                f"API key {shown} in {source} is not of the form role:key or role/name:key"
             )
-        key = _hashed_form(key, entry=entry, source=source)
+        key = _hashed_form(key, shown=shown, source=source)
         if len(name) > MAX_NAME_CHARS:
-            raise ValueError(f"the name in {entry!r} is over {MAX_NAME_CHARS} characters")
+            raise ValueError(f"the name in {shown} is over {MAX_NAME_CHARS} characters")
         if key in keys:
-            raise ValueError(f"an API key is listed twice in {source} ({entry!r})")
+            raise ValueError(f"an API key is listed twice in {source} (again at {shown})")
         try:
             keys[key] = Caller(Role(role), name or None)
         except ValueError:
@@ -102,7 +105,7 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
     return keys
 
 
-def _hashed_form(key: str, *, entry: str, source: str) -> str:
+def _hashed_form(key: str, *, shown: str, source: str) -> str:
     """`key` as given, or a `sha256:` entry with its digest in lower case. A malformed digest is
     an error: taken as a plain key, the text of the hash itself would open the API."""
     if key[:7].lower() != "sha256:":
@@ -110,7 +113,7 @@ def _hashed_form(key: str, *, entry: str, source: str) -> str:
     digest = key[7:]
     if not _HEX_DIGEST.fullmatch(digest):
         raise ValueError(
-            f"API key entry {entry!r} in {source}: sha256: must be followed by the 64 hex "
+            f"API key {shown} in {source}: sha256: must be followed by the 64 hex "
             "digits of the key's SHA-256 (tagflow keys new prints the line)"
         )
     return "sha256:" + digest.lower()

@@ -73,8 +73,15 @@ def test_a_hash_in_capitals_is_the_same_hash() -> None:
 
 def test_a_key_listed_twice_is_refused() -> None:
     # Otherwise the last entry would win, and a typo could hand a client key admin rights.
-    with pytest.raises(ValidationError, match="listed twice"):
-        Settings(_env_file=None, api_keys="client:same,admin:same")  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="listed twice") as excinfo:
+        Settings(_env_file=None, api_keys="client:s3cret,admin:s3cret")  # type: ignore[call-arg]
+    # Named by position and holder, never with the key: the message reaches logs.
+    said = describe_errors(excinfo.value)  # as the CLI and the API's log show it
+    assert "again at entry 2 ('admin')" in said and "s3cret" not in said
+    for malformed in ("s3cret", "client/:s3cret", "client:s3 cret"):
+        with pytest.raises(ValidationError, match="is not of the form") as excinfo:
+            Settings(_env_file=None, api_keys=malformed)  # type: ignore[call-arg]
+        assert "s3cret" not in describe_errors(excinfo.value)
 
 
 def test_a_key_file_is_checked_at_start(tmp_path: Path) -> None:
@@ -82,7 +89,7 @@ def test_a_key_file_is_checked_at_start(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="cannot read the API key file"):
         Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
     path.write_text("client:app\nreviewer ann\n")
-    with pytest.raises(ValidationError, match=f"'reviewer ann' in {path}"):
+    with pytest.raises(ValidationError, match=f"entry 2 in {path} is not of the form"):
         Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]
     path.write_text("\ufeffclient:app\n", encoding="utf-8")  # a byte-order mark, as editors save
     settings = Settings(_env_file=None, api_keys_file=path)  # type: ignore[call-arg]

@@ -114,8 +114,68 @@ def test_errors_name_the_line_a_row_starts_on(tmp_path: Path, tags: TagSet) -> N
     assert "line 7: empty title and description" in message
     jsonl = tmp_path / "lines.jsonl"
     jsonl.write_text('{"title": "a", "description": "b", "tag": "other"}\n\n{"tag": "x"}\n')
-    with pytest.raises(DatasetError, match="line 3: empty title and description"):
+    with pytest.raises(DatasetError, match="line 3: missing field.s.: title, description"):
         load_dataset(jsonl, tags=tags)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('{"title": 123, "description": "b", "tag": "mlops"}', "title must be text, not a number"),
+        (
+            '{"title": "a", "description": ["b"], "tag": "mlops"}',
+            "description must be text, not a list",
+        ),
+        ('{"title": "a", "description": "b", "tag": true}', "tag must be text, not true/false"),
+        ('{"title": "\u200b", "description": " ", "tag": "mlops"}', "empty title and description"),
+        ('{"title": "a", "description": ' + "1" * 5000 + ', "tag": "mlops"}', "is not valid JSON"),
+        (
+            '{"title": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "is not valid JSON (nested too deeply)",
+        ),
+    ],
+    ids=["number", "list", "boolean", "invisible text", "5000 digits", "deep nesting"],
+)
+def test_json_lines_values_are_text_or_a_clear_error(
+    tmp_path: Path, tags: TagSet, line: str, message: str
+) -> None:
+    """Not str() of whatever came: a number or a list used to train as "123" or "['b']", and
+    deep nesting or a huge number escaped as a RecursionError or ValueError traceback."""
+    path = tmp_path / "types.jsonl"
+    path.write_text('{"title": "ok", "description": null, "tag": "mlops"}\n' + line + "\n")
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(path, tags=tags)
+    assert "line 2" in str(excinfo.value) and message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("title,description,tag,tag\nA,B,mlops,other\n", "line 1: the header names 'tag' more"),
+        ("title,description,tag\nA,B,mlops\nC,D,E,mlops\n", "line 3: 4 fields, the header has 3"),
+        (b"title,description,tag\nA,B,mlops\ncaf\xe9,x,other\n", "line 3 has the byte 0xe9"),
+    ],
+    ids=["column twice", "unquoted comma", "latin-1"],
+)
+def test_csv_file_problems_name_their_line(
+    tmp_path: Path, tags: TagSet, content: str | bytes, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(path, tags=tags)
+
+
+def test_header_names_are_stripped_and_conflicting_duplicates_warned(
+    tmp_path: Path, tags: TagSet
+) -> None:
+    path = _write_csv(
+        tmp_path / "d.csv",
+        "title, description ,tag\nA,x,mlops\nB,y,other\na ,X,computer-vision\n",
+    )
+    examples, report = load_dataset(path, tags=tags)
+    assert [e.tag for e in examples] == ["mlops", "other"] and report.duplicates_dropped == 1
+    assert "line 4 (computer-vision) repeats line 2 (mlops)" in report.render()
 
 
 def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
@@ -144,7 +204,7 @@ def test_unsupported_and_missing_files(tmp_path: Path, tags: TagSet) -> None:
     with pytest.raises(DatasetError, match="not UTF-8"):
         load_dataset(latin, tags=tags)
     (tmp_path / "folder.csv").mkdir()
-    with pytest.raises(DatasetError, match="folder.csv: cannot read it"):
+    with pytest.raises(DatasetError, match="folder.csv: a directory, not a training file"):
         load_dataset(tmp_path / "folder.csv", tags=tags)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -48,6 +49,12 @@ def storable(value: str) -> str:
 
 
 StorableStr = Annotated[str, AfterValidator(storable)]
+
+
+def has_visible(value: str) -> bool:
+    """Whether `value` has a character a person can see: a text of only whitespace, zero-width
+    spaces or control characters is as empty as "", wherever text comes in."""
+    return any(unicodedata.category(ch)[0] not in "CZ" for ch in value)
 
 
 def storable_text(*, min_length: int | None = None, max_length: int | None = None) -> Any:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.csv_rows import MalformedCsvError, read_rows
-from service.entities.common import storable
+from service.entities.common import has_visible, storable
 from service.tags import TagSet
 
 REQUIRED_COLUMNS = ("title", "description", "tag")
@@ -105,52 +106,124 @@ Row = tuple[int, dict[str, object]]
 
 
 def _read_rows(path: Path) -> list[Row]:
+    """The records of a CSV or JSON Lines file. A file that cannot be read as one (not there,
+    not text, not UTF-8, malformed) is a DatasetError naming the line where it can."""
+    suffix = path.suffix.lower()
+    if path.is_dir():
+        raise DatasetError(f"{path}: a directory, not a training file")
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
-    suffix = path.suffix.lower()
+    if suffix not in {".csv", ".jsonl", ".ndjson"}:
+        raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
     try:
-        if suffix in {".jsonl", ".ndjson"}:
-            rows = []
-            with path.open(encoding="utf-8-sig") as fh:
-                for n, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise DatasetError(
-                            f"{path}: line {n} is not valid JSON ({exc.msg})"
-                        ) from None
-                    if not isinstance(row, dict):
-                        raise DatasetError(f"{path}: line {n} is not a JSON object")
-                    rows.append((n, row))
-            return rows
+        text = _decoded(path.read_bytes())
         if suffix == ".csv":
-            # utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of "title"
-            with path.open(newline="", encoding="utf-8-sig") as fh:
-                return _records(read_rows(fh))
+            return _records(read_rows(io.StringIO(text, newline="")))
+        return _json_records(text)
     except MalformedCsvError as exc:
         raise DatasetError(
             f"{path}: malformed CSV in the row from line {exc.line} ({exc.reason})"
         ) from None
-    except UnicodeDecodeError:
-        raise DatasetError(f"{path}: not UTF-8 text") from None
-    except OSError as exc:  # a directory, no permission, a read error
+    except DatasetError as exc:
+        raise DatasetError(f"{path}: {exc}") from None
+    except OSError as exc:  # no permission, a read error
         raise DatasetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
-    raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
+
+
+def _decoded(data: bytes) -> str:
+    """`data` as text; utf-8-sig: a byte-order mark (as spreadsheets save CSV) is not part of
+    the first column's name."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"not UTF-8 text: line {line} has the byte {data[exc.start]:#04x} "
+            "(save the file as UTF-8)"
+        ) from None
+
+
+def _json_records(text: str) -> list[Row]:
+    rows: list[Row] = []
+    # Universal newlines (\n, \r\n, \r), not str.splitlines: JSON strings may hold U+2028.
+    for n, line in enumerate(io.StringIO(text, newline=None), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"line {n} is not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise DatasetError(f"line {n} is not valid JSON ({reason})") from None
+        if not isinstance(row, dict):
+            raise DatasetError(f"line {n} is not a JSON object")
+        rows.append((n, row))
+    return rows
 
 
 def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
-    """CSV rows as records keyed by the header, as csv.DictReader makes them (a missing field
-    is None, and fields beyond the header's are left out of the named ones), each with the
-    line it starts on."""
+    """CSV rows as records keyed by the header's names (stripped), each with the line it
+    starts on. A header naming a column twice is an error, as is a row with more fields than
+    the header (an unquoted comma would cut a description short); a missing field is None."""
     if not rows:
         return []
-    (_, header), *body = rows
-    return [
-        (line, {name: row[i] if i < len(row) else None for i, name in enumerate(header)})
-        for line, row in body
-    ]
+    (header_line, header), *body = rows
+    names = [name.strip() for name in header]
+    if twice := sorted({name for name in names if names.count(name) > 1}):
+        raise DatasetError(
+            f"line {header_line}: the header names {', '.join(map(repr, twice))} more than once"
+        )
+    records: list[Row] = []
+    for line, row in body:
+        if len(row) > len(names):
+            raise DatasetError(
+                f"line {line}: {len(row)} fields, the header has {len(names)}; "
+                "quote a field that holds commas"
+            )
+        records.append(
+            (line, {name: row[i] if i < len(row) else None for i, name in enumerate(names)})
+        )
+    return records
+
+
+class _RowProblem(ValueError):
+    """Why one record cannot be a training example."""
+
+
+JSON_TYPES = {
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def _text_field(row: dict[str, object], name: str) -> str:
+    """A text field, stripped; null is empty (as "description": null is to the API)."""
+    value = row.get(name)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise _RowProblem(
+            f"{name} must be text, not {JSON_TYPES.get(type(value), type(value).__name__)}"
+        )
+    return value.strip()
+
+
+def _example(row: dict[str, object], *, tags: TagSet) -> Example:
+    """`row` as an example, or _RowProblem saying why it cannot be one."""
+    if missing := [c for c in REQUIRED_COLUMNS if c not in row]:
+        raise _RowProblem(f"missing field(s): {', '.join(missing)}")
+    title, description, tag = (_text_field(row, name) for name in REQUIRED_COLUMNS)
+    if not has_visible(title) and not has_visible(description):
+        raise _RowProblem("empty title and description")
+    if problem := _unstorable(title, description):
+        raise _RowProblem(problem)
+    if tag not in tags:
+        raise _RowProblem(f"tag {tag!r} is not in the approved list")
+    return Example(title=title, description=description, tag=tag)
 
 
 def validate_rows(
@@ -162,38 +235,46 @@ def validate_rows(
     if not rows:
         report.errors.append("the file has no rows")
         return [], report
-    missing = [c for c in REQUIRED_COLUMNS if c not in rows[0][1]]
-    if missing:
+    if source.lower().endswith(".csv") and (
+        missing := [c for c in REQUIRED_COLUMNS if c not in rows[0][1]]
+    ):  # a header's problem, said once, not on every row
         report.errors.append(f"missing required column(s): {', '.join(missing)}")
         return [], report
-    seen: set[str] = set()
+    first: dict[str, tuple[int, str]] = {}  # text hash -> the line and tag it was kept from
+    conflicts: list[str] = []
     examples: list[Example] = []
     for n, row in rows:
-        title = str(row.get("title") or "").strip()
-        description = str(row.get("description") or "").strip()
-        tag = str(row.get("tag") or "").strip()
-        if not title and not description:
-            report.errors.append(f"line {n}: empty title and description")
+        try:
+            example = _example(row, tags=tags)
+        except _RowProblem as exc:
+            report.errors.append(f"line {n}: {exc}")
             continue
-        if problem := _unstorable(title, description):
-            report.errors.append(f"line {n}: {problem}")
-            continue
-        if tag not in tags:
-            report.errors.append(f"line {n}: tag {tag!r} is not in the approved list")
-            continue
-        example = Example(title=title, description=description, tag=tag)
-        if example.text_hash in seen:
+        kept = first.setdefault(example.text_hash, (n, example.tag))
+        if kept[0] != n:
             report.duplicates_dropped += 1
+            if kept[1] != example.tag:
+                conflicts.append(f"line {n} ({example.tag}) repeats line {kept[0]} ({kept[1]})")
             continue
-        seen.add(example.text_hash)
         examples.append(example)
     report.rows_kept = len(examples)
     report.tag_counts = dict(Counter(e.tag for e in examples))
+    _warn(report, tags=tags, conflicts=conflicts)
+    return examples, report
+
+
+def _warn(report: ValidationReport, *, tags: TagSet, conflicts: list[str]) -> None:
     for name in tags.names:
         count = report.tag_counts.get(name, 0)
         if count < 5:
             report.warnings.append(f"tag {name!r} has only {count} examples")
-    return examples, report
+    if conflicts:
+        shown = "; ".join(conflicts[:5]) + (
+            f"; and {len(conflicts) - 5} more" if len(conflicts) > 5 else ""
+        )
+        report.warnings.append(
+            f"{len(conflicts)} duplicate(s) with another tag than the first row's, which is "
+            f"kept: {shown}"
+        )
 
 
 def _unstorable(*texts: str) -> str | None:

@@ -102,6 +102,9 @@ def evaluate_predictions(
     conf = proba.max(axis=1)
     correct = np.array([a == b for a, b in zip(y_true, y_pred, strict=True)])
     accepted = conf >= threshold
+    # A tag the model cannot answer (absent from its training data) still has its row and
+    # column, with recall 0: left out, its items vanished from the table and the matrix.
+    labels = classes + sorted(set(y_true) - set(classes))
     slices = {}
     for name, member in SLICES.items():
         idx = [i for i, e in enumerate(examples) if member(e)]
@@ -114,11 +117,11 @@ def evaluate_predictions(
         "n": len(examples),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "weighted_f1": weighted_f1(y_true, y_pred),
-        "per_class": _per_class(y_true, y_pred, classes),
+        "per_class": _per_class(y_true, y_pred, labels),
         "slices": slices,
         "confusion": {
-            "labels": classes,
-            "matrix": confusion_matrix(y_true, y_pred, labels=classes).tolist(),
+            "labels": labels,
+            "matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         },
         "auto": {
             "threshold": threshold,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import unicodedata
 
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -14,7 +13,7 @@ from service.api.deps import ClientKey, StateDep
 from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
-from service.entities.common import StorableStr, new_id, storable_text
+from service.entities.common import StorableStr, has_visible, new_id, storable_text
 from service.ml.dataset import item_text, text_hash
 from service.ml.serving import Scored
 
@@ -56,7 +55,7 @@ class Item(BaseModel):
     def _visible(cls, value: str) -> str:
         # Whitespace is stripped; a title of only invisible characters (zero-width spaces,
         # controls) is as empty, and would be logged and queued for review as a blank item.
-        if not any(unicodedata.category(ch)[0] not in "CZ" for ch in value):
+        if not has_visible(value):
             raise ValueError("must contain a visible character")
         return value
 
