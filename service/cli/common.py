@@ -169,10 +169,19 @@ def metrics_table(metrics: dict, title: str) -> Table:
             tag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
         )
     auto = metrics["auto"]
-    table.caption = (
-        f"weighted F1 {metrics['weighted_f1']:.3f}  accuracy {metrics['accuracy']:.3f}  "
-        f"auto: {auto['coverage']:.0%} accepted at precision "
-        f"{auto['precision'] if auto['precision'] is None else round(auto['precision'], 3)}  "
-        + "  ".join(f"{k} {v['weighted_f1']:.3f}" for k, v in metrics.get("baselines", {}).items())
+    accepted = (
+        f"auto: {auto['coverage']:.0%} accepted, at precision {auto['precision']:.3f}"
+        if auto["precision"] is not None
+        else "auto: no item accepted"
     )
+    # A line each, so the caption fits 80 columns.
+    lines = [
+        f"weighted F1 {metrics['weighted_f1']:.3f}  accuracy {metrics['accuracy']:.3f}",
+        accepted,
+    ]
+    if baselines := metrics.get("baselines", {}):
+        lines.append(
+            "baselines: " + "  ".join(f"{k} {v['weighted_f1']:.3f}" for k, v in baselines.items())
+        )
+    table.caption = "\n".join(lines)
     return table
