@@ -410,6 +410,9 @@ def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_pa
     assert "warning" not in imported.output
     assert "v0001" in runner.invoke(app, ["models", "list"], env=elsewhere).output
     assert runner.invoke(app, ["models", "promote", "v0001"], env=elsewhere).exit_code == 0
+    again = runner.invoke(app, ["models", "import", str(bundle)], env=elsewhere)
+    assert again.exit_code == 0 and "v0002: candidate" in again.stdout
+    assert "already holds the same model as v0001" in _said(again.stderr)
 
     broken = tmp_path / "broken.tar.gz"
     broken.write_bytes(b"junk")

@@ -284,6 +284,7 @@ def import_bundle(
     manifest, files = bundle.manifest, bundle.files
     source = manifest.model
     _check_tags(source.params.get("classes", []), tags, source.version)
+    already = registry.versions_with_checksum(session, checksum=source.checksum)
     row = _candidate(manifest, note=note)
     with registry.new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
@@ -296,6 +297,11 @@ def import_bundle(
         warnings.append(
             "signature not checked: this deployment has no TAGFLOW_BUNDLE_KEY, so it accepts "
             "a bundle from anyone with an admin key"
+        )
+    if already:
+        warnings.append(
+            f"this registry already holds the same model as {', '.join(already)} (the same "
+            f"checksum); {row.version} is another version of it"
         )
     if model.encoder and model.encoder != encoder:
         warnings.append(

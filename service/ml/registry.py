@@ -242,6 +242,16 @@ def get_version(session: Session, *, version: str) -> ModelVersion:
     return row
 
 
+def versions_with_checksum(session: Session, *, checksum: str) -> list[str]:
+    """The versions whose artifact has this checksum: the same model, registered before."""
+    rows = session.exec(
+        select(ModelVersion.version)
+        .where(ModelVersion.checksum == checksum)
+        .order_by(col(ModelVersion.id))
+    )
+    return list(rows)
+
+
 def get_production(session: Session) -> ModelVersion | None:
     return session.exec(
         select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION)
