@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue, SimpleWorker
+from rq import Queue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -23,6 +23,7 @@ from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE
 from tests.conftest import auth, register_promoted
 from workers.context import JobContext, use_context
+from workers.worker import Worker
 
 ITEM = {
     "title": "YOLO object detection on drone images",
@@ -74,7 +75,7 @@ def work_labeling(client: TestClient, conn: redis.Redis) -> None:
     """Run the labelling jobs in this process, as `tagflow worker` would."""
     use_context(JobContext(client.app.state.tagflow.settings))
     try:
-        SimpleWorker([Queue(LABELING_QUEUE, connection=conn)], connection=conn).work(burst=True)
+        Worker([Queue(LABELING_QUEUE, connection=conn)], connection=conn).work(burst=True)
     finally:
         use_context(None)
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import pytest
 import redis
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
 
 from service.errors import NotFoundError, UnavailableError
 from service.jobs import RESULT_TTL_S, JobState, enqueue_job, job_public
+from workers.worker import Worker
 
 
 def work(queue: Queue) -> None:
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    Worker([queue], connection=queue.connection).work(burst=True)
 
 
 def test_a_queued_job_then_its_result(redis_conn: redis.Redis) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue, Retry, SimpleWorker
+from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy.engine import Engine
@@ -32,6 +32,7 @@ from tests.test_review_api import (
     state_of,
 )
 from workers.context import JobContext, use_context
+from workers.worker import Worker
 
 SCORES = {"natural-language-processing": 0.4, "computer-vision": 0.35, "mlops": 0.15, "other": 0.1}
 
@@ -217,9 +218,7 @@ def test_failing_jobs_are_retried_then_kept_as_failed(
     def work(with_scheduler: bool = False) -> None:
         use_context(JobContext(settings))
         try:
-            SimpleWorker([queue], connection=redis_conn).work(
-                burst=True, with_scheduler=with_scheduler
-            )
+            Worker([queue], connection=redis_conn).work(burst=True, with_scheduler=with_scheduler)
         finally:
             use_context(None)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import ValidationError
-from rq import Queue, SimpleWorker
+from rq import Queue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
@@ -27,6 +27,7 @@ from service.outbox import TRAINING_QUEUE
 from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune
 from tests.conftest import make_prediction, sqlite_app
 from workers.context import JobContext, use_context
+from workers.worker import Worker
 
 DAY = timedelta(days=1)
 
@@ -127,7 +128,7 @@ def test_the_worker_runs_the_prune(
     job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=settings.retention_days)
     use_context(JobContext(settings))
     try:
-        SimpleWorker([queue], connection=redis_conn).work(burst=True)
+        Worker([queue], connection=redis_conn).work(burst=True)
     finally:
         use_context(None)
     job = queue.fetch_job(job_id)  # type: ignore[arg-type]

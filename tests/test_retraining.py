@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
-from rq import Queue, SimpleWorker
+from rq import Queue
 from rq.job import Job
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
@@ -42,6 +42,7 @@ from service.outbox import TRAINING_QUEUE
 from service.tags import TagSet
 from tests.conftest import KEYS, auth, register_promoted
 from workers.context import JobContext, use_context
+from workers.worker import Worker
 
 ITEM = {"title": "Serving models with Kubernetes", "description": "Deploy and monitor models."}
 
@@ -284,7 +285,7 @@ def work_training(client: TestClient, conn: redis.Redis) -> None:
     """Run the training queue in this process, as `tagflow worker` would."""
     use_context(JobContext(client.app.state.tagflow.settings))
     try:
-        SimpleWorker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
+        Worker([Queue(TRAINING_QUEUE, connection=conn)], connection=conn).work(burst=True)
     finally:
         use_context(None)
 

@@ -1,13 +1,18 @@
-"""`tagflow worker` as a process, against a Redis that goes away while it runs a job."""
+"""`tagflow worker`: stopped between jobs only, and as a process against a Redis that goes
+away while it runs a job."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.job import JobStatus
@@ -15,6 +20,45 @@ from rq.job import JobStatus
 from service.outbox import LABELING_QUEUE
 from service.redis_server import EmbeddedRedis
 from tests.conftest import ROOT
+from workers.worker import POLL_S, Worker
+
+
+@pytest.fixture
+def restored_signals() -> Iterator[None]:
+    """The worker installs its SIGINT/SIGTERM handlers in this (pytest's) process."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+class _StoppedAfterPop(Worker):
+    """The worker, sent SIGTERM between popping a job and starting it, where a stop of
+    `tagflow up` can land."""
+
+    def reorder_queues(self, reference_queue: Queue) -> None:  # called right after the pop
+        os.kill(os.getpid(), signal.SIGTERM)
+        super().reorder_queues(reference_queue)
+
+
+def test_a_stop_between_popping_a_job_and_starting_it_runs_the_job_first(
+    redis_conn: Redis, restored_signals: None
+) -> None:
+    """RQ's own worker stopped there at once: the job was in no queue and no registry, lost."""
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    job = queue.enqueue("time.sleep", 0)
+    _StoppedAfterPop([queue], connection=redis_conn).work()  # not burst: only a stop ends it
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert len(queue) == 0
+
+
+def test_an_idle_worker_still_stops_promptly(redis_conn: Redis, restored_signals: None) -> None:
+    """Waiting for a job polls every POLL_S seconds instead of blocking for RQ's 405 s."""
+    worker = Worker([Queue(LABELING_QUEUE, connection=redis_conn)], connection=redis_conn)
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    started = time.monotonic()
+    worker.work()
+    assert time.monotonic() - started < 0.5 + POLL_S + 10
 
 
 def test_a_worker_that_loses_redis_mid_job_stops_with_one_line(
