@@ -227,3 +227,24 @@ def test_trusted_feedback_becomes_a_label(
     assert feedback is not None and feedback.label_id == labels[0].id
     assert all(label.holdout == holdout_for(label.text_hash, share=0.5) for label in labels)
     assert user_report_rows(engine) == []  # trusted: nobody is asked to review it
+
+    # The content has a label now: a report against it goes to a person (it used to overwrite
+    # it, the last report winning), and one agreeing with it is confirmed by it.
+    against = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        correct_tag=other_tag(claimed),
+        reporter="dave",
+    )
+    assert against.status_code == 201 and against.json()["status"] == "received"
+    assert [r.payload["feedback_id"] for r in user_report_rows(engine)] == [
+        against.json()["feedback_id"]
+    ]
+    agreeing = report(
+        client, prediction_id=prediction["prediction_id"], correct_tag=claimed, reporter="erin"
+    )
+    assert agreeing.json()["status"] == "confirmed"
+    view = client.get(f"/feedback/{agreeing.json()['feedback_id']}", headers=auth("client"))
+    assert view.json()["final_tag"] == claimed
+    with Session(engine) as session:
+        assert len(session.exec(select(Label)).all()) == 2  # neither wrote a label

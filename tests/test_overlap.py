@@ -15,14 +15,15 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.config import Settings
+from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
 from service.crud import overlap, queue_bound
 from service.crud import review as review_crud
 from service.crud.labels import holdout_for
 from service.crud.predictions import in_audit_sample
-from service.entities import Label
+from service.entities import Feedback, FeedbackStatus, Label
 from service.entities.common import utcnow
-from service.entities.review import ReviewStage, ReviewStatus
+from service.entities.review import ReviewReason, ReviewStage, ReviewStatus
 from service.errors import ConflictError
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
@@ -153,6 +154,51 @@ def test_undo_steps_back_one_stage(engine: Engine) -> None:
     label(engine, task_id, CV, "bob")
     with Session(engine) as session:
         assert overlap.pairs(session) == [overlap.Pair("ann", CV, "bob", CV, None)]
+
+
+def _report(engine: Engine, task_id: int, correct_tag: str) -> int:
+    """A user's report that a task reviews (as the review job links it)."""
+    task = get(engine, task_id)
+    with Session(engine) as session:
+        row = Feedback(
+            prediction_id="p" * 32,
+            correct_tag=correct_tag,
+            text_hash=task.text_hash,
+            status=FeedbackStatus.IN_REVIEW,
+            task_id=task_id,
+        )
+        session.add(row)
+        session.commit()
+        assert row.id is not None
+        return row.id
+
+
+def _settled(engine: Engine, feedback_id: int) -> tuple[str, str | None]:
+    with Session(engine) as session:
+        row = feedback_crud.get_feedback(session, feedback_id=feedback_id)
+        view = feedback_crud.feedback_public(session, feedback=row)
+    return view.status, view.final_tag
+
+
+def test_a_report_is_settled_by_the_tasks_final_label_only(engine: Engine) -> None:
+    """Not by a first label waiting for a second opinion, nor by two that differ; an undo
+    puts it back in review; and its final tag is the label that settled it, whatever the
+    content's label later becomes."""
+    task_id = add_task(engine, "a reported task", 0.5, reason=ReviewReason.USER_REPORT)
+    feedback_id = _report(engine, task_id, MLOPS)
+    label(engine, task_id, MLOPS, "ann")
+    assert _settled(engine, feedback_id) == ("in_review", None)
+    label(engine, task_id, CV, "bob")  # a dispute: it waits for a decision
+    assert _settled(engine, feedback_id) == ("in_review", None)
+    label(engine, task_id, CV, "cat")
+    assert _settled(engine, feedback_id) == ("rejected", CV)
+    do(engine, review_crud.reopen, task_id=task_id, reviewer="cat", lease_s=60)
+    assert _settled(engine, feedback_id) == ("in_review", None)
+    label(engine, task_id, MLOPS, "cat")
+    assert _settled(engine, feedback_id) == ("confirmed", MLOPS)
+    later = add_task(engine, "a reported task", 0.5)  # the same content, reviewed again
+    label(engine, later, NLP, "dan", share=0.0)
+    assert _settled(engine, feedback_id) == ("confirmed", MLOPS)
 
 
 def test_the_queue_bound_sheds_only_unlabelled_tasks(engine: Engine) -> None:

@@ -2,7 +2,9 @@
 
 A report is not trusted by default: it is stored with an outbox row that asks the labelling
 queue for a human review (reason `user_report`). With `trust_feedback` it becomes a label
-right away.
+right away when the content has none; against a label already given (by a reviewer, or by an
+earlier report) it goes to review like any other report, and agreeing with one it is
+confirmed by it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from service.entities import (
     FeedbackCreate,
     FeedbackPublic,
     FeedbackStatus,
+    Label,
     LabelSource,
     OutboxItem,
     Prediction,
 )
 from service.entities.common import as_utc
+from service.entities.feedback import SETTLED
 from service.entities.review import ReviewReason
 from service.errors import InvalidInputError, NotFoundError
 from service.tags import TagSet
@@ -31,7 +35,6 @@ from service.tags import TagSet
 log = logging.getLogger(__name__)
 
 FEEDBACK_REVIEWER = "feedback"  # the reviewer name on trusted labels without a reporter
-SETTLED = (FeedbackStatus.CONFIRMED, FeedbackStatus.REJECTED)
 
 
 def find_feedback(session: Session, *, prediction_id: str, reporter: str) -> Feedback | None:
@@ -91,9 +94,15 @@ def create_feedback(
     try:
         session.add(feedback)
         session.flush()
-        if trust:
+        current = labels_crud.current_label(session, text_hash=prediction.text_hash)
+        if trust and current is None:
             _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
+        elif trust and current is not None and current.tag == feedback.correct_tag:
+            feedback.status = FeedbackStatus.CONFIRMED  # the label in force already says so
+            feedback.label_id = current.id
         else:
+            # Untrusted, or trusted against a label already given (by a reviewer, or by an
+            # earlier report): a person decides, no report overwrites another's label.
             payload = review_payload(prediction, reason=ReviewReason.USER_REPORT)
             payload["feedback_id"] = feedback.id
             session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
@@ -118,11 +127,13 @@ def get_feedback(session: Session, *, feedback_id: int) -> Feedback:
 
 
 def feedback_public(session: Session, *, feedback: Feedback) -> FeedbackPublic:
-    """The public view; `final_tag` is the content's current label once the report is settled."""
+    """The public view; `final_tag` is the label that settled the report (the one its status
+    compares with: a later label of the same content, from another review, does not change
+    what became of this report)."""
     assert feedback.id is not None
     final_tag = None
-    if feedback.status in SETTLED:
-        label = labels_crud.current_label(session, text_hash=feedback.text_hash)
+    if feedback.status in SETTLED and feedback.label_id is not None:
+        label = session.get(Label, feedback.label_id)
         final_tag = label.tag if label is not None else None
     return FeedbackPublic(
         feedback_id=feedback.id,

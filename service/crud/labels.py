@@ -148,6 +148,7 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
             count_where(suggested & (col(Label.tag) == ReviewTask.suggestion_tag)),
             count_where(
                 col(later.id).is_not(None)
+                & (later.source == LabelSource.REVIEW)  # not a user's trusted report
                 & (later.reviewer != Label.reviewer)
                 & (later.tag != Label.tag)
             ),

@@ -25,6 +25,7 @@ from service.crud.aggregates import counts_by
 from service.crud.review_intake import SKIP_STEP
 from service.entities import Feedback, FeedbackStatus, Label, LabelSource
 from service.entities.common import day_start, utcnow
+from service.entities.feedback import SETTLED
 from service.entities.review import ACTIVE, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.outbox import pending_count
@@ -211,12 +212,23 @@ def _transition(
 
 
 def _settle_feedback(session: Session, *, task_id: int, label: Label) -> None:
-    """User reports reviewed by this task: confirmed when the label agrees, else rejected."""
+    """User reports reviewed by this task, once its label is final: confirmed when the label
+    agrees, else rejected."""
     for feedback in session.exec(select(Feedback).where(Feedback.task_id == task_id)):
         agrees = feedback.correct_tag == label.tag
         feedback.status = FeedbackStatus.CONFIRMED if agrees else FeedbackStatus.REJECTED
         feedback.label_id = label.id
         session.add(feedback)
+
+
+def _unsettle_feedback(session: Session, *, task_id: int) -> None:
+    """User reports of a task whose final label was taken back (undo): in review again."""
+    session.exec(
+        update(Feedback)
+        .where(col(Feedback.task_id) == task_id, col(Feedback.status).in_(SETTLED))
+        .values(status=FeedbackStatus.IN_REVIEW, label_id=None)
+        .execution_options(synchronize_session=False)
+    )
 
 
 def label(
@@ -266,7 +278,8 @@ def label(
         .values(**recorded)
         .execution_options(synchronize_session=False)
     )
-    _settle_feedback(session, task_id=task_id, label=row)
+    if step.closes:  # not a first label waiting for a second, nor two waiting for a decision
+        _settle_feedback(session, task_id=task_id, label=row)
     session.commit()
     session.refresh(row)
     return row
@@ -328,6 +341,8 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
             )
             .execution_options(synchronize_session=False)
         )
+        if result.rowcount == 1 and task.status == ReviewStatus.LABELED:
+            _unsettle_feedback(session, task_id=task_id)
         session.commit()
     except IntegrityError:
         session.rollback()

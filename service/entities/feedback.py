@@ -23,6 +23,10 @@ class FeedbackStatus(StrEnum):
     REJECTED = "rejected"  # a reviewer chose another tag
 
 
+# What became of a report once a final label decided it.
+SETTLED = (FeedbackStatus.CONFIRMED, FeedbackStatus.REJECTED)
+
+
 class FeedbackCreate(SQLModel):
     prediction_id: PredictionIdText
     correct_tag: TagText
