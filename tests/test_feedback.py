@@ -96,9 +96,17 @@ def test_report_goes_to_review_and_settles_with_the_label(
     assert first.status_code == 201
     assert first.json() == {"feedback_id": first.json()["feedback_id"], "status": "received"}
     again = report(
-        client, prediction_id=prediction["prediction_id"], correct_tag="other", reporter="alice"
+        client, prediction_id=prediction["prediction_id"], correct_tag=claimed, reporter="alice"
     )
     assert again.status_code == 200 and again.json() == first.json()
+    changed = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        correct_tag=other_tag(claimed),
+        reporter="alice",
+    )  # not dropped without a word: a report is not changed
+    assert changed.status_code == 409
+    assert "reporter 'alice' already reported" in changed.json()["detail"]
     # A second reporter disagrees with alice: her own report, the same review task.
     bob = report(
         client,
@@ -178,7 +186,12 @@ def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine
         assert response.status_code == 201, response.text
     anonymous = report(client, prediction_id=pid, correct_tag="mlops")
     assert anonymous.status_code == 201
-    assert report(client, prediction_id=pid, correct_tag="other").json() == anonymous.json()
+    assert report(client, prediction_id=pid, correct_tag="mlops").json() == anonymous.json()
+    other = report(client, prediction_id=pid, correct_tag="other", reporter="  ")  # anonymous
+    assert other.status_code == 409 and "name the reporter" in other.json()["detail"]
+    invisible = report(client, prediction_id=pid, correct_tag="other", reporter="\u200b\u200b")
+    assert invisible.status_code == 422
+    assert invisible.json()["detail"][0]["msg"].endswith("must contain a visible character")
     with Session(engine) as session:
         assert len(session.exec(select(Feedback)).all()) == 4
     assert len(user_report_rows(engine)) == 4

@@ -290,6 +290,8 @@ def test_error_statuses(sqlite_client: TestClient) -> None:
     blank = sqlite_client.post("/review/claim", json=body(" "), headers=headers)
     assert blank.status_code == 422
     assert blank.json()["detail"][0]["msg"] == "String should have at least 1 character"
+    invisible = sqlite_client.post("/review/claim", json=body("\u200b"), headers=headers)
+    assert invisible.status_code == 422  # a name of its own that shows nothing
     assert sqlite_client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
     url = f"/review/{task_id}"
     unapproved = sqlite_client.post(

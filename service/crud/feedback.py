@@ -29,7 +29,7 @@ from service.entities import (
 from service.entities.common import as_utc
 from service.entities.feedback import SETTLED
 from service.entities.review import ReviewReason
-from service.errors import InvalidInputError, NotFoundError
+from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,16 @@ def create_feedback(
     """Store a report; returns `(feedback, created)`.
 
     Idempotent per (prediction, reporter): a repeated report returns the first one with
-    `created=False` and writes nothing. The feedback row and its outbox row (or, when
-    trusted, its label) are committed in one transaction.
+    `created=False` and writes nothing; one naming another tag is a ConflictError. The
+    feedback row and its outbox row (or, when trusted, its label) are committed in one
+    transaction.
     """
     if body.correct_tag not in tags:
         raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
     reporter = (body.reporter or "").strip()
     existing = find_feedback(session, prediction_id=prediction.id, reporter=reporter)
     if existing is not None:
-        return existing, False
+        return _repeated(existing, body=body), False
     feedback = Feedback(
         prediction_id=prediction.id,
         reporter=reporter,
@@ -114,9 +115,22 @@ def create_feedback(
         if existing is None:
             raise
         log.info("feedback on %s by %r raced; returning the first", prediction.id, reporter)
-        return existing, False
+        return _repeated(existing, body=body), False
     session.refresh(feedback)
     return feedback, True
+
+
+def _repeated(existing: Feedback, *, body: FeedbackCreate) -> Feedback:
+    """The first report, when `body` repeats it (a retry); ConflictError when it names another
+    tag, which would otherwise be dropped without a word."""
+    if existing.correct_tag == body.correct_tag:
+        return existing
+    who = f"reporter {existing.reporter!r}" if existing.reporter else "an anonymous reporter"
+    hint = "" if existing.reporter else "; name the reporter to tell reports apart"
+    raise ConflictError(
+        f"{who} already reported prediction {existing.prediction_id} as "
+        f"{existing.correct_tag!r} (feedback {existing.id}), and a report is not changed{hint}"
+    )
 
 
 def get_feedback(session: Session, *, feedback_id: int) -> Feedback:

@@ -179,9 +179,9 @@ def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
     if task.status == ReviewStatus.LEASED and task.leased_by != reviewer:
         return ConflictError(f"task {task_id} is leased to {task.leased_by!r}")
     if reviewer in (task.first_reviewer, task.second_reviewer):
+        wanted = "a decision" if task.stage == ReviewStage.ADJUDICATE else "a second opinion"
         return ConflictError(
-            f"task {task_id} waits for a {task.stage.value} label from another reviewer than "
-            f"{reviewer!r}"
+            f"task {task_id} waits for {wanted} from another reviewer than {reviewer!r}"
         )
     return ConflictError(f"task {task_id} changed concurrently; try again")
 

@@ -57,8 +57,21 @@ def has_visible(value: str) -> bool:
     return any(unicodedata.category(ch)[0] not in "CZ" for ch in value)
 
 
-def storable_text(*, min_length: int | None = None, max_length: int | None = None) -> Any:
+def visible_or_blank(value: str) -> str:
+    """`value`, if it is blank or shows something: a name of only zero-width spaces or control
+    characters reads as nothing to a person, yet would be a name of its own."""
+    if value.strip() and not has_visible(value):
+        raise ValueError("must contain a visible character")
+    return value
+
+
+def storable_text(
+    *, min_length: int | None = None, max_length: int | None = None, name: bool = False
+) -> Any:
     """`StorableStr` with length bounds, checked on the string before `storable` (a bound
-    given to `Field` would be checked after the validator, and refused in "items")."""
+    given to `Field` would be checked after the validator, and refused in "items"); a `name`
+    (a reviewer's, a reporter's) must also be blank or show something (`visible_or_blank`)."""
     bounds = StringConstraints(min_length=min_length, max_length=max_length)
+    if name:
+        return Annotated[str, bounds, AfterValidator(storable), AfterValidator(visible_or_blank)]
     return Annotated[str, bounds, AfterValidator(storable)]

@@ -13,7 +13,7 @@ from service.entities.common import storable_text, utcnow
 PredictionIdText = storable_text(min_length=1, max_length=64)
 TagText = storable_text(min_length=1, max_length=100)
 CommentText = storable_text(max_length=2000)
-ReporterText = storable_text(max_length=200)
+ReporterText = storable_text(max_length=200, name=True)
 
 
 class FeedbackStatus(StrEnum):

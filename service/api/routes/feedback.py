@@ -53,7 +53,10 @@ def _store(
     "",
     response_model=FeedbackReceipt,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "This reporter already reported this prediction"}},
+    responses={
+        200: {"description": "This reporter already reported this prediction so"},
+        409: {"description": "This reporter already reported this prediction as another tag"},
+    },
 )
 async def post_feedback(
     body: FeedbackCreate,
@@ -65,9 +68,11 @@ async def post_feedback(
     """Report that a prediction's tag is wrong; `correct_tag` must be an approved tag.
 
     201 with the new report. Idempotent: the same (prediction_id, reporter) again answers
-    200 with the first report's body and stores nothing. Unknown prediction: 404; tag not
-    approved: 422. The report waits for a reviewer (`received`, then `in_review`) unless
-    feedback is trusted, when it becomes a label at once (`confirmed`).
+    200 with the first report's body and stores nothing; with another `correct_tag`, 409 (a
+    report is not changed; anonymous reports of a prediction count as one reporter's).
+    Unknown prediction: 404; tag not approved: 422. The report waits for a reviewer
+    (`received`, then `in_review`) unless feedback is trusted, when it becomes a label at
+    once (`confirmed`) if the content has none.
     """
     prediction = await find_prediction(state, session, body.prediction_id)
     feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)

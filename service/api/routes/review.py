@@ -22,7 +22,7 @@ from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
 
 router = APIRouter(prefix="/review", tags=["review"])
 log = logging.getLogger(__name__)
-ReviewerText = storable_text(min_length=1, max_length=MAX_NAME_CHARS)
+ReviewerText = storable_text(min_length=1, max_length=MAX_NAME_CHARS, name=True)
 TagText = storable_text(min_length=1, max_length=100)
 
 
