@@ -169,6 +169,7 @@ def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine
     long = report(client, prediction_id=pid, correct_tag="mlops", comment="x" * 2001)
     assert long.status_code == 422
     assert long.json()["detail"][0]["msg"] == "String should have at most 2000 characters"
+    assert long.json()["detail"][0]["input"] == "x" * 200 + "... (2001 characters)"  # not whole
     assert (
         client.post("/feedback", json={"prediction_id": pid, "correct_tag": "mlops"}).status_code
         == 401

@@ -59,9 +59,27 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
+# A 422 shows the input it refused, up to this many characters: a 20,000-character comment
+# came back whole.
+ECHO_CHARS = 200
+
+
+def _shown_input(value: Any) -> Any:
+    """A refused input as a 422 shows it: short ones whole, long ones cut, saying so."""
+    if isinstance(value, str) and len(value) > ECHO_CHARS:
+        return f"{value[:ECHO_CHARS]}... ({len(value)} characters)"
+    if isinstance(value, dict | list) and len(text := json.dumps(value, default=str)) > ECHO_CHARS:
+        return f"{text[:ECHO_CHARS]}... ({len(text)} characters of JSON)"
+    return value
+
+
 async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+    errors = jsonable_encoder(exc.errors())
+    for error in errors:
+        if "input" in error:
+            error["input"] = _shown_input(error["input"])
+    return AsciiJSONResponse({"detail": errors}, status_code=422)
 
 
 # What FastAPI's JSON decoding raised, for the bodies it answers with a bare 400 "There was
