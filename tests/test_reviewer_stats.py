@@ -26,6 +26,9 @@ def test_reviewer_stats_count_agreement_and_changes_by_others(
     first = label_task(engine, suggested[0], "mlops", reviewer="ann")  # kept the suggestion
     label_task(engine, suggested[1], "other", reviewer="ann")  # changed it
     label_task(engine, no_suggestion, "other", reviewer="ann")
+    label_task(engine, suggested[2], "computer-vision", reviewer="bob")
+    # Bob takes it back and answers again: one answer of his, not two.
+    do(engine, review_crud.reopen, task_id=suggested[2], reviewer="bob", lease_s=60)
     label_task(engine, suggested[2], "mlops", reviewer="bob")
     # A user reports ann's first label; bob's review of the report replaces it.
     report = add_task(engine, "item 0", 0.9, reason=ReviewReason.USER_REPORT)

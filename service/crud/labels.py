@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import func
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
+from sqlmodel.sql.expression import Select
 
 from service.crud.aggregates import count_where, rate
 from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_contents, pairs
@@ -132,8 +133,22 @@ def export_rows(session: Session) -> list[dict[str, object]]:
     ]
 
 
+def review_labels_standing() -> Select[tuple[int]]:
+    """The ids of review labels their own reviewer did not take back: an undo and a new label
+    on the same task are one answer, not two."""
+    # Aliases of their own: in a query on Label, SQLAlchemy would correlate a bare Label here.
+    mine, later = aliased(Label), aliased(Label)
+    taken_back = (later.reviewer == mine.reviewer) & (later.task_id == mine.task_id)
+    return (
+        select(mine.id)
+        .outerjoin(later, col(later.id) == mine.superseded_by)
+        .where(mine.source == LabelSource.REVIEW, ~func.coalesce(taken_back, False))
+    )
+
+
 def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
-    """Per reviewer, their review labels: all of them, those since `since` (the day's start),
+    """Per reviewer, their review labels (not those they took back): all of them, those since
+    `since` (the day's start),
     agreement with the task's suggestion, how many another reviewer later replaced, and their
     agreement with other reviewers on the overlap sample."""
     later = aliased(Label)
@@ -156,7 +171,7 @@ def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
         .select_from(Label)
         .outerjoin(ReviewTask, col(ReviewTask.id) == Label.task_id)
         .outerjoin(later, col(later.id) == Label.superseded_by)
-        .where(Label.source == LabelSource.REVIEW)
+        .where(col(Label.id).in_(review_labels_standing()))
         .group_by(Label.reviewer)
         .order_by(Label.reviewer)
     )

@@ -368,7 +368,10 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
     labeled_today = session.exec(
         select(func.count())
         .select_from(Label)
-        .where(Label.source == LabelSource.REVIEW, col(Label.created_at) >= day_start(now))
+        .where(
+            col(Label.id).in_(labels_crud.review_labels_standing()),
+            col(Label.created_at) >= day_start(now),
+        )
     ).one()
     return {
         "open": open_,
