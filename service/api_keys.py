@@ -161,6 +161,12 @@ class KeyRing:
         """Every key's holder (one entry per key)."""
         return list(self._keys.values())
 
+    def personal_reviewers(self) -> set[str]:
+        """The names (case-folded) of the personal keys that may review: only they act as them."""
+        return {
+            c.name.casefold() for c in self._keys.values() if c.name and c.role is not Role.CLIENT
+        }
+
     def shared_review_keys(self) -> bool:
         """Whether some key that may review is shared by its role (names are then declared)."""
         return any(c.name is None and c.role is not Role.CLIENT for c in self._keys.values())

@@ -48,7 +48,9 @@ POSTGRES_URL = os.environ.get(
 DEFAULT_ENCODER: EncoderKind = Settings.model_fields["encoder"].default
 KEYS = {"client": "test-client-key", "reviewer": "test-reviewer-key", "admin": "test-admin-key"}
 # Keys issued to a person (`role/name:key`): review actions are recorded under the name.
-PERSONAL_KEYS = {"ann": "test-ann-key", "bob": "test-bob-key"}
+# Holders of personal keys; the shared reviewer key acts under other names (ann, bob, ...):
+# a shared key may not act as the holder of a personal one.
+PERSONAL_KEYS = {"pia": "test-pia-key", "quin": "test-quin-key"}
 
 
 def auth(role: str) -> dict[str, str]:

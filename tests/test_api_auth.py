@@ -48,9 +48,9 @@ def test_probes_need_no_key(sqlite_client: TestClient) -> None:
 
 
 def test_whoami_tells_a_personal_key_from_a_shared_one(sqlite_client: TestClient) -> None:
-    assert sqlite_client.get("/whoami", headers=auth_as("ann")).json() == {
+    assert sqlite_client.get("/whoami", headers=auth_as("pia")).json() == {
         "role": "reviewer",
-        "name": "ann",
+        "name": "pia",
     }
     assert sqlite_client.get("/whoami", headers=auth("client")).json() == {
         "role": "client",

@@ -290,15 +290,15 @@ def test_second_opinion_and_decision_over_http(
 def test_a_personal_key_cannot_give_its_own_second_opinion(
     make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
 ) -> None:
-    """With personal keys, "another reviewer" is another key: Ann cannot second her own label
-    by typing another name; Bob's key can."""
+    """With personal keys, "another reviewer" is another key: Pia cannot second her own label
+    by typing another name; Quin's key can."""
     with sqlite_app(make_settings, tmp_path, shared_result, review_overlap_share=1.0) as client:
         [task_id] = add_tasks(client.app.state.tagflow.engine, 1)  # type: ignore[attr-defined]
-        assert client.post("/review/claim", headers=auth_as("ann")).json()["stage"] == "first"
-        first = client.post(f"/review/{task_id}/label", json={"tag": NLP}, headers=auth_as("ann"))
+        assert client.post("/review/claim", headers=auth_as("pia")).json()["stage"] == "first"
+        first = client.post(f"/review/{task_id}/label", json={"tag": NLP}, headers=auth_as("pia"))
         assert first.status_code == 201
-        posing = client.post("/review/claim", json=body("zed"), headers=auth_as("ann"))
+        posing = client.post("/review/claim", json=body("zed"), headers=auth_as("pia"))
         assert posing.status_code == 403
-        assert client.post("/review/claim", headers=auth_as("ann")).status_code == 204
-        second = client.post("/review/claim", headers=auth_as("bob")).json()
+        assert client.post("/review/claim", headers=auth_as("pia")).status_code == 204
+        second = client.post("/review/claim", headers=auth_as("quin")).json()
         assert (second["task_id"], second["stage"]) == (task_id, "second")

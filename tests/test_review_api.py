@@ -253,33 +253,38 @@ def test_roles(sqlite_client: TestClient) -> None:
 
 
 def test_a_personal_key_acts_as_its_holder(sqlite_client: TestClient) -> None:
-    """A key issued to Ann needs no name in the body, records Ann, and cannot act as Bob; a
+    """A key issued to Pia needs no name in the body, records Pia, and cannot act as Quin; a
     shared key must name the reviewer."""
     engine = state_of(sqlite_client).engine
     [task_id] = add_tasks(engine, 1)
     shared = sqlite_client.post("/review/claim", headers=auth("reviewer"))
     assert shared.status_code == 422 and "shared" in shared.json()["detail"]
     assert sqlite_client.post("/review/claim", json={}, headers=auth("reviewer")).status_code == 422
-    posing = sqlite_client.post("/review/claim", json=body("bob"), headers=auth_as("ann"))
-    assert posing.status_code == 403 and "ann's" in posing.json()["detail"]
-    claimed = sqlite_client.post("/review/claim", headers=auth_as("ann"))
+    posing = sqlite_client.post("/review/claim", json=body("quin"), headers=auth_as("pia"))
+    assert posing.status_code == 403 and "pia's" in posing.json()["detail"]
+    claimed = sqlite_client.post("/review/claim", headers=auth_as("pia"))
     assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
-    # The lease is Ann's: Bob's key cannot label it, and neither can the shared key as "bob".
+    # The lease is Pia's: Quin's key cannot label it, nor the shared key under another name.
     url = f"/review/{task_id}/label"
     for headers, payload in (
-        (auth_as("bob"), {"tag": "mlops"}),
-        (auth("reviewer"), body("bob", tag="mlops")),
+        (auth_as("quin"), {"tag": "mlops"}),
+        (auth("reviewer"), body("zed", tag="mlops")),
     ):
         assert sqlite_client.post(url, json=payload, headers=headers).status_code == 409
-    same_name = sqlite_client.post(url, json=body("ann", tag="mlops"), headers=auth_as("ann"))
-    assert same_name.status_code == 201 and same_name.json()["reviewer"] == "ann"
-    reopened = sqlite_client.post(f"/review/{task_id}/reopen", headers=auth_as("ann"))
+    # Nor the shared key as Pia (or Quin): who has a personal key acts with it alone.
+    for name in ("pia", "PIA", "quin"):
+        posing = sqlite_client.post(url, json=body(name, tag="mlops"), headers=auth("reviewer"))
+        assert posing.status_code == 403, name
+        assert "has a personal key" in posing.json()["detail"]
+    same_name = sqlite_client.post(url, json=body("pia", tag="mlops"), headers=auth_as("pia"))
+    assert same_name.status_code == 201 and same_name.json()["reviewer"] == "pia"
+    reopened = sqlite_client.post(f"/review/{task_id}/reopen", headers=auth_as("pia"))
     assert reopened.status_code == 200
-    relabel = sqlite_client.post(url, json={"tag": "other"}, headers=auth_as("ann"))
-    assert relabel.status_code == 201 and relabel.json()["reviewer"] == "ann"
+    relabel = sqlite_client.post(url, json={"tag": "other"}, headers=auth_as("pia"))
+    assert relabel.status_code == 201 and relabel.json()["reviewer"] == "pia"
     with Session(engine) as session:
         labels = session.exec(select(Label.reviewer, Label.tag).order_by(Label.id)).all()
-    assert [tuple(row) for row in labels] == [("ann", "mlops"), ("ann", "other")]
+    assert [tuple(row) for row in labels] == [("pia", "mlops"), ("pia", "other")]
 
 
 def test_error_statuses(sqlite_client: TestClient) -> None:

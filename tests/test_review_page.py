@@ -374,22 +374,37 @@ def saved_credentials(driver: WebDriver) -> dict[str, str] | None:
 
 
 @pytest.mark.browser
+def test_the_shared_key_cannot_sign_in_as_a_personal_key_holder(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="pia", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: "personal key" in text_of(d, "message"), "a whose-key message")
+    assert text_of(browser, "message") == (
+        "'pia' has a personal key: only that key acts as 'pia'. Sign in with that key, or "
+        "under your own name."
+    )
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
+
+
+@pytest.mark.browser
 def test_a_personal_key_signs_in_without_a_name(
     live_app: LiveApp, browser: WebDriver, tags: TagSet
 ) -> None:
     first, second, _ = seed_queue(live_app.engine)
-    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["ann"])
+    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["pia"])
     wait_for_title(browser, ITEMS[0].title)
-    assert text_of(browser, "who-name") == "ann"
-    assert saved_credentials(browser) == {"reviewer": "ann", "key": PERSONAL_KEYS["ann"]}
+    assert text_of(browser, "who-name") == "pia"
+    assert saved_credentials(browser) == {"reviewer": "pia", "key": PERSONAL_KEYS["pia"]}
 
     press(browser, "1")
     wait_for_title(browser, ITEMS[1].title)
     labels = active_labels(live_app.engine, first)
-    assert [(label.tag, label.reviewer) for label in labels] == [(tags.names[0], "ann")]
+    assert [(label.tag, label.reviewer) for label in labels] == [(tags.names[0], "pia")]
     with Session(live_app.engine) as session:
         task = session.get(ReviewTask, second)
-        assert task is not None and task.leased_by == "ann"
+        assert task is not None and task.leased_by == "pia"
     assert browser_errors(browser) == []
 
 
@@ -398,21 +413,21 @@ def test_a_personal_key_cannot_sign_in_as_someone_else(
     live_app: LiveApp, browser: WebDriver
 ) -> None:
     seed_queue(live_app.engine)
-    sign_in(browser, live_app.url, reviewer="bob", key=PERSONAL_KEYS["ann"])
+    sign_in(browser, live_app.url, reviewer="quin", key=PERSONAL_KEYS["pia"])
     wait_until(browser, lambda d: "personal key" in text_of(d, "message"), "a not-yours message")
     assert text_of(browser, "message") == (
-        "This key is ann's personal key; leave the name empty or type ann."
+        "This key is pia's personal key; leave the name empty or type pia."
     )
     assert browser.find_element(By.ID, "signin").is_displayed()
     assert not browser.find_element(By.ID, "who").is_displayed()
     assert saved_credentials(browser) is None
     assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
 
-    # Clearing the name is enough: the key still in the form signs Ann in.
+    # Clearing the name is enough: the key still in the form signs Pia in.
     browser.find_element(By.ID, "reviewer-name").clear()
     browser.find_element(By.ID, "signin-submit").click()
     wait_for_title(browser, ITEMS[0].title)
-    assert text_of(browser, "who-name") == "ann"
+    assert text_of(browser, "who-name") == "pia"
     assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN, ReviewStatus.LEASED}
 
 
@@ -424,26 +439,26 @@ def test_a_saved_sign_in_is_checked_again_on_the_next_visit(
     name the key no longer carries (re-issued as someone's personal key): back to sign-in,
     saying whose key it is, and nothing is claimed under the old name."""
     seed_queue(live_app.engine)
-    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["ann"])
+    sign_in(browser, live_app.url, reviewer="", key=PERSONAL_KEYS["pia"])
     wait_for_title(browser, ITEMS[0].title)
     browser.refresh()  # the next visit: the lease is released on leaving, and claimed again
     wait_for_title(browser, ITEMS[0].title)
-    assert text_of(browser, "who-name") == "ann"
+    assert text_of(browser, "who-name") == "pia"
 
     browser.execute_script(
         "localStorage.setItem('tagflow.review.credentials', JSON.stringify(arguments[0]))",
-        {"reviewer": "bob", "key": PERSONAL_KEYS["ann"]},
+        {"reviewer": "quin", "key": PERSONAL_KEYS["pia"]},
     )
     browser.refresh()
     wait_until(browser, lambda d: "personal key" in text_of(d, "message"), "a not-yours message")
     assert text_of(browser, "message") == (
-        "This key is ann's personal key; leave the name empty or type ann."
+        "This key is pia's personal key; leave the name empty or type pia."
     )
     assert browser.find_element(By.ID, "signin").is_displayed()
     assert saved_credentials(browser) is None
     with Session(live_app.engine) as session:
         leased_by = {t.leased_by for t in session.exec(select(ReviewTask)).all()}
-        assert "bob" not in leased_by
+        assert "quin" not in leased_by
     assert browser_errors(browser) == []
 
 

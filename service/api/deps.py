@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from service.api.state import AppState
+from service.api_keys import KeyRing
 from service.config import Caller, Role, Settings
 from service.ml.serving import Predictor
 from service.tags import TagSet
@@ -54,6 +55,13 @@ async def get_tags(state: StateDep) -> TagSet:
 
 
 TagsDep = Annotated[TagSet, Depends(get_tags)]
+
+
+async def get_keys(state: StateDep) -> KeyRing:
+    return state.keys
+
+
+KeysDep = Annotated[KeyRing, Depends(get_keys)]
 
 _bearer = HTTPBearer(auto_error=False)
 

@@ -175,7 +175,10 @@ function authProblem(err) {
   forgetCredentials();
   state.key = "";
   showSignin();
-  if (err.status === 403) {
+  if (err.status === 403 && (err.detail || "").includes("has a personal key")) {
+    // A shared key under the name of someone who has a key of their own.
+    say(`${err.detail}. Sign in with that key, or under your own name.`, "error");
+  } else if (err.status === 403) {
     say(`This key is not allowed to review items (${err.detail}). Sign in with a reviewer key.`,
       "error");
   } else {

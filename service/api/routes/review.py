@@ -11,7 +11,16 @@ from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
 
-from service.api.deps import ReviewerKey, RowId, SessionDep, SettingsDep, StateDep, TagsDep
+from service.api.deps import (
+    KeysDep,
+    ReviewerKey,
+    RowId,
+    SessionDep,
+    SettingsDep,
+    StateDep,
+    TagsDep,
+)
+from service.api_keys import KeyRing
 from service.config import MAX_NAME_CHARS, Caller
 from service.crud import labels as labels_crud
 from service.crud import overlap
@@ -35,9 +44,10 @@ class ReviewerBody(BaseModel):
     reviewer: ReviewerText | None = None
 
 
-def acting_reviewer(caller: Caller, body: ReviewerBody | None) -> str:
+def acting_reviewer(caller: Caller, body: ReviewerBody | None, keys: KeyRing) -> str:
     """The name a review action is recorded under: the key's own, or the one the request
-    gives when the key is shared. A personal key cannot act under another name (403)."""
+    gives when the key is shared. A personal key cannot act under another name, nor a shared
+    key as the holder of a personal one (403)."""
     declared = body.reviewer if body is not None else None
     if caller.name is None:
         if declared is None:
@@ -45,6 +55,11 @@ def acting_reviewer(caller: Caller, body: ReviewerBody | None) -> str:
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
                 "name the reviewer: this key is shared by its role, so the body must say who "
                 'acts ({"reviewer": "your name"})',
+            )
+        if declared.casefold() in keys.personal_reviewers():
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"{declared!r} has a personal key: only that key acts as {declared!r}",
             )
         return declared
     if declared is not None and declared != caller.name:
@@ -100,10 +115,11 @@ def claim(
     session: SessionDep,
     settings: SettingsDep,
     caller: ReviewerKey,
+    keys: KeysDep,
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic | Response:
     """Lease the most useful open task to the reviewer for `review_lease_s` seconds."""
-    reviewer = acting_reviewer(caller, body)
+    reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -150,13 +166,14 @@ def label_task(
     settings: SettingsDep,
     tags: TagsDep,
     caller: ReviewerKey,
+    keys: KeysDep,
 ) -> LabelPublic:
     """The reviewer's answer: an approved tag. It supersedes any earlier label of the content."""
     row = review_crud.label(
         session,
         task_id=task_id,
         tag=body.tag,
-        reviewer=acting_reviewer(caller, body),
+        reviewer=acting_reviewer(caller, body, keys),
         tags=tags,
         holdout_share=settings.label_holdout_share,
         overlap_share=settings.review_overlap_share,
@@ -168,20 +185,28 @@ def label_task(
 
 @router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
 def skip_task(
-    task_id: RowId, session: SessionDep, caller: ReviewerKey, body: ReviewerBody | None = None
+    task_id: RowId,
+    session: SessionDep,
+    caller: ReviewerKey,
+    keys: KeysDep,
+    body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
-    reviewer = acting_reviewer(caller, body)
+    reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.skip(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task)
 
 
 @router.post("/{task_id}/release", response_model=ReviewTaskPublic)
 def release_task(
-    task_id: RowId, session: SessionDep, caller: ReviewerKey, body: ReviewerBody | None = None
+    task_id: RowId,
+    session: SessionDep,
+    caller: ReviewerKey,
+    keys: KeysDep,
+    body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
-    reviewer = acting_reviewer(caller, body)
+    reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.release(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task)
 
@@ -192,10 +217,11 @@ def reopen_task(
     session: SessionDep,
     settings: SettingsDep,
     caller: ReviewerKey,
+    keys: KeysDep,
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Undo: lease a task this reviewer labelled back to them; their next label replaces it."""
-    reviewer = acting_reviewer(caller, body)
+    reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.reopen(
         session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
