@@ -143,6 +143,10 @@ def test_report_goes_to_review_and_settles_with_the_label(
     task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
     assert task.status_code == 200 and task.json()["task_id"] == in_review["task_id"]
     assert task.json()["reason"] == "user_report"
+    assert task.json()["reports"] == [  # what the users said, for the reviewer to judge
+        {"correct_tag": claimed, "comment": "this is about something else"},
+        {"correct_tag": other_tag(claimed), "comment": None},
+    ]
     labeled = client.post(
         f"/review/{in_review['task_id']}/label",
         json={"reviewer": "rev", "tag": claimed},

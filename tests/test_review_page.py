@@ -27,7 +27,15 @@ from service.api.routes import review_page
 from service.config import Settings
 from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
-from service.entities import Label, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
+from service.entities import (
+    Feedback,
+    FeedbackStatus,
+    Label,
+    ReviewReason,
+    ReviewStage,
+    ReviewStatus,
+    ReviewTask,
+)
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
@@ -92,6 +100,9 @@ ITEMS = [
 ]
 
 
+REPORT_COMMENT = "it reads text <img src=x onerror=alert(1)>"
+
+
 @dataclass
 class LiveApp:
     url: str
@@ -133,6 +144,17 @@ def seed_queue(engine: Engine) -> list[int]:
         tasks = [_task(ITEMS[0], duplicate_of=done.id, duplicate_tag="computer-vision")]
         tasks += [_task(item) for item in ITEMS[1:]]
         session.add_all(tasks)
+        session.commit()
+        session.add(  # the report the first task reviews, with markup a page must not run
+            Feedback(
+                prediction_id="f" * 32,
+                correct_tag="natural-language-processing",
+                comment=REPORT_COMMENT,
+                text_hash=tasks[0].text_hash,
+                status=FeedbackStatus.IN_REVIEW,
+                task_id=tasks[0].id,
+            )
+        )
         session.commit()
         return [task.id for task in tasks]  # type: ignore[misc]
 
@@ -260,6 +282,9 @@ def test_label_skip_undo_then_empty_queue(
     # Highest priority first, with why it is here and what the model thinks.
     wait_for_title(browser, ITEMS[0].title)
     assert "Reported by a user" in text_of(browser, "badges")
+    assert text_of(browser, "reports") == (
+        f"A user says it is natural-language-processing (“{REPORT_COMMENT}”)."
+    )
     assert "computer-vision" in text_of(browser, "duplicate")
     assert text_of(browser, "suggestion-tag").startswith("computer-vision")
     buttons = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag")

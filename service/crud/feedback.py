@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
 from service.crud.predictions import REVIEW_KIND, review_payload
@@ -28,7 +28,7 @@ from service.entities import (
 )
 from service.entities.common import as_utc
 from service.entities.feedback import SETTLED
-from service.entities.review import ReviewReason
+from service.entities.review import ReviewReason, UserReport
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.tags import TagSet
 
@@ -131,6 +131,15 @@ def _repeated(existing: Feedback, *, body: FeedbackCreate) -> Feedback:
         f"{who} already reported prediction {existing.prediction_id} as "
         f"{existing.correct_tag!r} (feedback {existing.id}), and a report is not changed{hint}"
     )
+
+
+def reports_for_task(session: Session, *, task_id: int) -> list[UserReport]:
+    """The user reports a review task reviews, oldest first (the reporter's name is left out:
+    the reviewer judges the claim, not who made it)."""
+    rows = session.exec(
+        select(Feedback).where(Feedback.task_id == task_id).order_by(col(Feedback.id))
+    )
+    return [UserReport(correct_tag=row.correct_tag, comment=row.comment) for row in rows]
 
 
 def get_feedback(session: Session, *, feedback_id: int) -> Feedback:

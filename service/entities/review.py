@@ -115,9 +115,16 @@ class EarlierLabel(SQLModel):
     tag: str
 
 
+class UserReport(SQLModel):
+    """What a user said of the content's tag (POST /feedback), as its reviewer sees it."""
+
+    correct_tag: str
+    comment: str | None
+
+
 class ReviewTaskPublic(SQLModel):
     """What a reviewer receives on claim. A second opinion shows no earlier label (it must be
-    independent); an adjudication shows both."""
+    independent); an adjudication shows both. `reports`: the user reports the task reviews."""
 
     task_id: int
     title: str
@@ -128,5 +135,6 @@ class ReviewTaskPublic(SQLModel):
     reason: ReviewReason
     stage: ReviewStage
     earlier_labels: list[EarlierLabel]
+    reports: list[UserReport] = []
     priority: float
     lease_expires_at: datetime | None

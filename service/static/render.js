@@ -116,6 +116,19 @@ function renderEarlier(task) {
   el.replaceChildren(...(labels.length ? [...parts, ". Your label decides."] : []));
 }
 
+/** What users reported of the tag (a user_report task): the claim, and their comment. */
+function renderReports(task) {
+  const el = $("reports");
+  const reports = task.reports || [];
+  el.hidden = reports.length === 0;
+  const parts = reports.flatMap((r, i) => [
+    i ? "; " : reports.length > 1 ? "Users say it is " : "A user says it is ",
+    element("strong", "", r.correct_tag),
+    r.comment ? ` (“${r.comment}”)` : "",
+  ]);
+  el.replaceChildren(...(reports.length ? [...parts, "."] : []));
+}
+
 function renderDuplicate(task) {
   const el = $("duplicate");
   el.hidden = task.duplicate_of === null || task.duplicate_of === undefined;
@@ -181,6 +194,7 @@ export function renderTask(task, tags) {
   $("item-description").scrollTop = 0;
   renderDuplicate(task);
   renderEarlier(task);
+  renderReports(task);
   $("task-ref").textContent = `Task #${task.task_id}`;
   renderScores(task.suggestion, tags);
   const suggested = task.suggestion && task.suggestion.tag;

@@ -22,6 +22,7 @@ from service.api.deps import (
 )
 from service.api_keys import KeyRing
 from service.config import MAX_NAME_CHARS, Caller
+from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud import review as review_crud
@@ -101,6 +102,7 @@ def task_public(session: Session, task: ReviewTask) -> ReviewTaskPublic:
         reason=task.reason,
         stage=task.stage,
         earlier_labels=overlap.earlier_labels(session, task=task),
+        reports=feedback_crud.reports_for_task(session, task_id=task.id),
         priority=round(task.priority, 6),
         lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
     )
