@@ -9,11 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
-from service.migrations import current_revision, head_revision, upgrade
+from service.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ __all__ = [
     "current_revision",
     "head_revision",
     "init_db",
+    "is_outage",
     "make_engine",
     "ping",
     "session_scope",
@@ -79,13 +81,38 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+# PostgreSQL's SQLSTATE for a table that does not exist (SQLite says so as an OperationalError).
+UNDEFINED_TABLE = "42P01"
+
+
+# SQLite's result codes for a file that is locked, cannot be opened, read or written: the
+# state of the machine, not of the statement (its OperationalError also covers syntax errors).
+SQLITE_OUTAGES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL")
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether a failed statement may succeed as it is later: the database was unreachable,
+    busy (SQLite's lock), timed out, or has no tagflow tables (recreated empty, not yet
+    upgraded), rather than refusing what was sent."""
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, sqlite3.Error):
+        name = getattr(orig, "sqlite_errorname", "") or ""
+        return name.startswith(SQLITE_OUTAGES) or str(orig).startswith("no such table")
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
+        return True
+    return isinstance(exc, sa_exc.ProgrammingError) and (
+        getattr(orig, "sqlstate", None) == UNDEFINED_TABLE
+    )
+
+
 def ping(engine: Engine) -> bool:
-    """True when the database answers a trivial query."""
+    """True when the database answers and holds tagflow's schema (a database recreated empty
+    answers `SELECT 1` but refuses every read and write)."""
     from sqlalchemy import text
 
     try:
         with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
+            conn.execute(text(f"SELECT 1 FROM {VERSION_TABLE}"))
         return True
     except Exception as exc:  # readiness probes report, they do not raise
         log.warning("database ping failed: %s: %s", type(exc).__name__, exc)

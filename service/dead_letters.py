@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from service.crud.predictions import save_predictions
-from service.db import session_scope
+from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
-from service.prediction_log import append_lines, is_outage, move_aside, replaying_path
+from service.prediction_log import append_lines, move_aside, replaying_path
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ process never imports the worker modules, and a job runs with the worker's conte
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -72,9 +73,17 @@ def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
     return job.id
 
 
-def _error(job: Job) -> str | None:
-    lines = [line for line in (job.exc_info or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "the job failed without an error message"
+# The line of a traceback that names the exception: "module.SomeError: what went wrong".
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout)\b(: .*)?$")
+
+
+def error_line(exc_info: str | None) -> str:
+    """The line of a failed job's traceback that says what went wrong: the exception's own,
+    which is not always the last (SQLAlchemy's end with the SQL and a documentation link)."""
+    lines = [line for line in (exc_info or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return "the job failed without an error message"
+    return next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1])
 
 
 def job_public(connection: Redis, *, job_id: str) -> JobPublic:
@@ -83,7 +92,7 @@ def job_public(connection: Redis, *, job_id: str) -> JobPublic:
         job = Job.fetch(job_id, connection=connection)
         state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
         result = job.return_value() if state is JobState.FINISHED else None
-        error = _error(job) if state is JobState.FAILED else None
+        error = error_line(job.exc_info) if state is JobState.FAILED else None
     except NoSuchJobError:
         raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
     except RedisError as exc:

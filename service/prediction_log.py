@@ -26,12 +26,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.crud.predictions import already_written, save_predictions
-from service.db import session_scope
+from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
 
 log = logging.getLogger(__name__)
@@ -276,9 +275,3 @@ def _is_current(handle: IO[str], path: Path) -> bool:
         return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
     except FileNotFoundError:
         return False
-
-
-def is_outage(exc: Exception) -> bool:
-    """Whether a failed write may succeed as it is later: the database was unreachable, busy
-    (SQLite's lock) or timed out, rather than refusing the rows."""
-    return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError)

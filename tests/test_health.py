@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import create_engine
+
+from tests.conftest import auth
 
 
 def test_ready_only_while_the_database_answers(
@@ -31,3 +34,37 @@ def test_ready_only_while_the_database_answers(
     assert sqlite_client.get("/healthz").json() == {"status": "ok"}  # alive all along
     assert any("database ping failed" in r.getMessage() for r in caplog.records)
     assert sqlite_client.get("/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("database", ["unreachable", "empty"])
+def test_a_database_outage_is_a_503_to_retry_not_a_500(
+    sqlite_client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture, database: str
+) -> None:
+    """Down, or recreated empty (it answers SELECT 1, yet holds no table): not ready, and the
+    routes that need it answer 503 with Retry-After and log one line, not a traceback."""
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    working = state.engine
+    state.engine = (
+        create_engine(
+            "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+        )
+        if database == "unreachable"
+        else create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    )
+    try:
+        with caplog.at_level(logging.ERROR, logger="service.api.errors"):
+            ready = sqlite_client.get("/readyz")
+            models = sqlite_client.get("/models", headers=auth("admin"))
+            history = sqlite_client.get("/models/history", headers=auth("admin"))
+    finally:
+        state.engine.dispose()
+        state.engine = working
+    assert ready.status_code == 503 and ready.json()["database"] is False
+    for response in (models, history):
+        assert response.status_code == 503, response.text
+        assert response.json() == {"detail": "the database is unavailable; try again shortly"}
+        assert response.headers["retry-after"] == "5"
+    logged = [r for r in caplog.records if r.name == "service.api.errors"]
+    assert len(logged) == 2 and all(r.exc_info is None for r in logged)
+    assert "database unavailable for GET /models" in logged[0].getMessage()
+    assert sqlite_client.get("/models", headers=auth("admin")).status_code == 200

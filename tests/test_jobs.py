@@ -6,13 +6,17 @@ The jobs here are standard-library functions, queued by dotted name as the API q
 
 from __future__ import annotations
 
+import traceback
+
 import pytest
 import redis
 from rq import Queue
 from rq.job import Job
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from service.errors import NotFoundError, UnavailableError
-from service.jobs import RESULT_TTL_S, JobState, enqueue_job, job_public
+from service.jobs import RESULT_TTL_S, JobState, enqueue_job, error_line, job_public
 from workers.worker import Worker
 
 
@@ -41,6 +45,25 @@ def test_a_failed_job_reports_the_last_line_of_its_error(redis_conn: redis.Redis
     assert failed.status is JobState.FAILED and failed.result is None
     assert failed.error is not None and failed.error.startswith("TypeError:")
     assert "\n" not in failed.error
+
+
+def test_the_error_line_is_the_exceptions_own() -> None:
+    """A database error's traceback ends with its SQL and a documentation link, which is what
+    a failed retraining reported while the database was down."""
+    engine = create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+    )
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError:
+        exc_info = traceback.format_exc()
+    finally:
+        engine.dispose()
+    assert exc_info.strip().splitlines()[-1].startswith("(Background on this error at")
+    line = error_line(exc_info)
+    assert line.startswith("sqlalchemy.exc.OperationalError: (psycopg.OperationalError)"), line
+    assert error_line("") == "the job failed without an error message"
 
 
 def test_an_unknown_job_is_not_found(redis_conn: redis.Redis) -> None:

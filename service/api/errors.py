@@ -11,8 +11,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.db import is_outage
 from service.errors import (
     ArtifactError,
     ConflictError,
@@ -35,6 +37,7 @@ STATUS = {
 
 
 RETRY_AFTER_S = 1  # an overload is a burst: the micro-batcher clears hundreds of items a second
+DATABASE_RETRY_AFTER_S = 5  # a restart or failover takes seconds
 
 
 async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -100,6 +103,22 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return await http_exception_handler(request, exc)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database down, locked, timing out or without tagflow's tables: a 503 to retry, with
+    a line in the log (each request's traceback flooded it during an outage). Any other
+    database error is unexpected."""
+    if not is_outage(exc):
+        return await _unexpected(request, exc)
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    log.error("database unavailable for %s %s: %s", request.method, request.url.path, reason)
+    return JSONResponse(
+        {"detail": "the database is unavailable; try again shortly"},
+        status_code=503,
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse({"detail": "internal error; it has been logged"}, status_code=500)
@@ -109,4 +128,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(TagflowError, _domain_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

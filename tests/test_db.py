@@ -1,0 +1,49 @@
+"""service/db.py on SQLite and PostgreSQL: what counts as an outage, and the readiness ping."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from service.db import is_outage, ping
+
+
+def _error_of(engine: Engine, statement: str) -> SQLAlchemyError:
+    with engine.connect() as conn, pytest.raises(SQLAlchemyError) as excinfo:
+        conn.execute(text(statement))
+    return excinfo.value
+
+
+def test_a_missing_table_is_an_outage_a_bad_statement_is_not(engine: Engine) -> None:
+    """A database recreated empty refuses every write until it is upgraded: rows are kept for
+    later, not dead-lettered one by one (PostgreSQL says so as a ProgrammingError)."""
+    assert is_outage(_error_of(engine, "SELECT 1 FROM no_such_table"))
+    assert not is_outage(_error_of(engine, "SELEC 1"))
+    assert not is_outage(_error_of(engine, "INSERT INTO labels_nowhere VALUES (1"))
+
+
+def test_the_ping_wants_the_schema_not_just_an_answer(engine: Engine) -> None:
+    assert ping(engine)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE alembic_version"))
+    assert not ping(engine)
+
+
+def test_a_locked_sqlite_file_is_an_outage(tmp_path: Path) -> None:
+    """The lock another process holds (SQLite's "database is locked"), not a statement error."""
+    path = tmp_path / "locked.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x INTEGER)")
+    holder.execute("BEGIN EXCLUSIVE")
+    impatient = create_engine(f"sqlite:///{path}", connect_args={"timeout": 0.1})
+    try:
+        error = _error_of(impatient, "INSERT INTO t VALUES (1)")
+    finally:
+        impatient.dispose()
+        holder.close()
+    assert "locked" in str(error) and is_outage(error)
