@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -136,7 +137,19 @@ BAD_INPUTS = [
     ("not UTF-8", b'{"title": "\xff", "description": "d"}', 422),
     ("nested too deeply", b"[" * 100_000, 422),
     ("a number of 5,000 digits", b'{"title": ' + b"1" * 5000 + b"}", 422),
+    # Python reads these, JSON has no such values: the 422 that echoes them must be JSON.
+    ("NaN", b'{"title": NaN}', 422),
+    ("Infinity in a list", b'{"title": "t", "description": [-Infinity]}', 422),
 ]
+
+
+def _strict_json(text: str) -> object:
+    """`text` read as JSON, as JavaScript or Go read it: no NaN, no infinities."""
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
 
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
@@ -147,7 +160,7 @@ def test_bad_input_is_a_clear_4xx(
         "/predict", content=body, headers=auth("client") | {"content-type": "application/json"}
     )
     assert response.status_code == status, case
-    assert response.json()["detail"], case
+    assert _strict_json(response.text)["detail"], case  # type: ignore[index]
 
 
 def test_title_at_the_limit_is_accepted(sqlite_client: TestClient) -> None:
@@ -173,3 +186,5 @@ def test_batch_item_over_limit_names_the_item(sqlite_client: TestClient) -> None
     response = sqlite_client.post("/predict/batch", json={"items": items}, headers=auth("client"))
     assert response.status_code == 422
     assert "items[1].title" in response.json()["detail"]
+    one = sqlite_client.post("/predict/batch", json={"items": items[1:]}, headers=auth("client"))
+    assert one.json()["detail"].startswith("items[0].title has 301 characters")

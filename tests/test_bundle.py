@@ -10,7 +10,7 @@ import json
 import logging
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
+from pathlib import Path, PurePath
 
 import pytest
 from fastapi.testclient import TestClient
@@ -379,6 +379,12 @@ def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
     assert model["version"] == "v0002" and model["status"] == "candidate"
     assert model["params"]["imported"]["version"] == "v0001"
     assert [w for w in imported.json()["warnings"] if "signature not checked" in w]
+    # The source deployment's training file: its path for admin keys, its name for others.
+    path = model["params"]["imported"]["source"]
+    assert path.startswith("/") and path.endswith(".csv")
+    seen = sqlite_client.get("/models/v0002", headers=auth("client")).json()
+    assert seen["params"]["imported"]["source"] == PurePath(path).name
+    assert seen["params"]["imported"]["version"] == "v0001"
 
     promoted = sqlite_client.post("/models/v0002/promote", headers=auth("admin"))
     assert promoted.status_code == 200

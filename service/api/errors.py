@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -59,7 +60,21 @@ class AsciiJSONResponse(JSONResponse):
     422 into a 500."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        text = json.dumps(_finite(content), ensure_ascii=True, separators=(",", ":"))
+        return text.encode("ascii")
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN and the infinities as strings: Python's json module reads and writes
+    them, but they are not JSON, and a strict parser (JavaScript's, Go's) refuses the whole
+    body when a 422 echoes {"title": NaN}."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 # A 422 shows the input it refused, up to this many characters: a 20,000-character comment

@@ -4,7 +4,7 @@ version between deployments (export and import)."""
 from __future__ import annotations
 
 from pathlib import Path, PurePath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import FileResponse
@@ -40,10 +40,18 @@ def public(row: ModelVersion, *, caller: Caller, artifacts_dir: Path) -> ModelVe
     shown = registry.public_record(row, artifacts_dir=artifacts_dir)
     if caller.role is Role.ADMIN:
         return shown
-    params = dict(shown.params)
-    if isinstance(params.get("source"), str):
-        params["source"] = PurePath(params["source"]).name
+    params = _file_names(shown.params)
+    if isinstance(imported := params.get("imported"), dict):  # the source deployment's file
+        params["imported"] = _file_names(imported)
     return shown.model_copy(update={"artifact_path": None, "params": params})
+
+
+def _file_names(params: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the training file's path cut to its name."""
+    shown = dict(params)
+    if isinstance(shown.get("source"), str):
+        shown["source"] = PurePath(shown["source"]).name
+    return shown
 
 
 @router.get("", response_model=ModelList)

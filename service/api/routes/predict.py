@@ -68,10 +68,11 @@ class BatchResponse(BaseModel):
     results: list[PredictionPublic]
 
 
-def check_lengths(items: list[Item], settings: Settings) -> None:
-    """Configurable limits, so they are checked here rather than in the static schema."""
+def check_lengths(items: list[Item], settings: Settings, *, batch: bool) -> None:
+    """Configurable limits, so they are checked here rather than in the static schema. In a
+    batch, the message names the item (also in a batch of one)."""
     for i, item in enumerate(items):
-        where = f"items[{i}]." if len(items) > 1 else ""
+        where = f"items[{i}]." if batch else ""
         if len(item.title) > settings.max_title_chars:
             raise HTTPException(
                 status.HTTP_422_UNPROCESSABLE_CONTENT,
@@ -152,7 +153,7 @@ async def predict(item: Item, _caller: ClientKey, state: StateDep) -> Prediction
     """Tag one item. `status` is `auto` when confident enough to accept, else `review`."""
     # The batcher and settings come from the state, not dependencies of their own: each
     # dependency is a node FastAPI solves per request, on the event loop (see deps.allow).
-    check_lengths([item], state.settings)
+    check_lengths([item], state.settings, batch=False)
     return (await _predict(state, [item]))[0]
 
 
@@ -167,5 +168,5 @@ async def predict_batch(body: BatchRequest, _caller: ClientKey, state: StateDep)
             status.HTTP_422_UNPROCESSABLE_CONTENT,
             f"{len(body.items)} items; a batch holds at most {settings.max_batch_items}",
         )
-    check_lengths(body.items, settings)
+    check_lengths(body.items, settings, batch=True)
     return BatchResponse(results=await _predict(state, body.items))
