@@ -5,6 +5,10 @@ PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
+# Where pip finds PyTorch. Empty: the configured index (on the project's machines, the CPU
+# wheel). On a machine whose index serves the CUDA build (standard PyPI on Linux):
+#   make run TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
 
 .PHONY: run test lint bench simulate clean
 
@@ -14,7 +18,7 @@ $(BIN)/activate:
 # PyTorch first, so nothing pulls a multi-GB CUDA build as a dependency.
 $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install "$(TORCH)"
+	$(BIN)/pip install "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install -c constraints.txt -e ".[dev]"
 	touch $@
 
