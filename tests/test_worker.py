@@ -32,6 +32,22 @@ def restored_signals() -> Iterator[None]:
         signal.signal(sig, handler)
 
 
+@pytest.fixture
+def watchdog(restored_signals: None) -> Iterator[None]:
+    """A worker that does not stop is stopped cold after 30 s (two signals: RQ takes a second
+    one as "now"), so that the test fails instead of hanging the suite."""
+
+    def force() -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.5)  # RQ ignores a second signal within a second of the first
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    timer = threading.Timer(30, force)
+    timer.start()
+    yield
+    timer.cancel()
+
+
 class _StoppedAfterPop(Worker):
     """The worker, sent SIGTERM between popping a job and starting it, where a stop of
     `tagflow up` can land."""
@@ -42,7 +58,7 @@ class _StoppedAfterPop(Worker):
 
 
 def test_a_stop_between_popping_a_job_and_starting_it_runs_the_job_first(
-    redis_conn: Redis, restored_signals: None
+    redis_conn: Redis, watchdog: None
 ) -> None:
     """RQ's own worker stopped there at once: the job was in no queue and no registry, lost."""
     queue = Queue(LABELING_QUEUE, connection=redis_conn)
@@ -52,13 +68,54 @@ def test_a_stop_between_popping_a_job_and_starting_it_runs_the_job_first(
     assert len(queue) == 0
 
 
-def test_an_idle_worker_still_stops_promptly(redis_conn: Redis, restored_signals: None) -> None:
+def test_an_idle_worker_still_stops_promptly(redis_conn: Redis, watchdog: None) -> None:
     """Waiting for a job polls every POLL_S seconds instead of blocking for RQ's 405 s."""
     worker = Worker([Queue(LABELING_QUEUE, connection=redis_conn)], connection=redis_conn)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
     started = time.monotonic()
     worker.work()
     assert time.monotonic() - started < 0.5 + POLL_S + 10
+    idle = Worker([Queue(LABELING_QUEUE, connection=redis_conn)], connection=redis_conn)
+    started = time.monotonic()
+    assert idle.work(max_idle_time=2) is False  # idle that long: it ends, as RQ's does
+    assert 2 <= time.monotonic() - started < 2 + POLL_S + 10
+
+
+def test_a_worker_stops_on_sigterm_while_redis_is_away(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """RQ's own wait retries a lost Redis without end and never looks at a stop: a worker
+    whose Redis had gone (`tagflow up` killed outright) ran on. Now it stops within a poll."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        connection = Redis.from_url(url)
+        deadline = time.monotonic() + 60
+        while not connection.keys("rq:worker:*"):  # registered: waiting for jobs
+            assert time.monotonic() < deadline and worker.poll() is None, "never started"
+            time.sleep(0.1)
+        connection.close()
+        server.stop()
+        time.sleep(2 * POLL_S)  # it is retrying Redis now
+        worker.terminate()
+        output, _ = worker.communicate(timeout=30)
+    finally:
+        server.stop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode in (0, 1), output[-3000:]
+    assert "cannot reach Redis" in output
+    assert "╭" not in output  # no rich traceback box from the CLI
 
 
 def test_a_worker_that_loses_redis_mid_job_stops_with_one_line(

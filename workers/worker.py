@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
-from rq.exceptions import StopRequested
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.job import Job
+from rq.worker import WorkerStatus
 
 from service.config import Settings
 from service.logs import configure_logging
@@ -30,25 +34,65 @@ class Worker(SimpleWorker):
     registry, gone without a trace (a QA pass lost a review request so when `tagflow up` was
     stopped right after its API handed the request over). Here a stop only sets the flag RQ
     checks between jobs, a popped job is always run first, and waiting for a job polls every
-    `POLL_S` seconds so that an idle worker still stops promptly.
+    `POLL_S` seconds, looking at the flag between waits, so that an idle worker still stops
+    promptly, also while Redis is away (RQ's own wait retries a lost Redis without end).
     """
 
     def _shutdown(self) -> None:
+        """A warm stop, asked by a signal: noted, for the work loop to act on between jobs."""
         self._stop_requested = True
-        self.set_shutdown_requested_date()
+        try:
+            self.set_shutdown_requested_date()  # for `rq info`; Redis may be the trouble
+        except RedisError as exc:
+            log.warning("stop requested; could not record it in Redis (%s)", exc)
         if self.scheduler:
             self.stop_scheduler()
 
     def dequeue_job_and_maintain_ttl(
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
-        if timeout is None or max_idle_time is not None:  # burst, or bounded: RQ's own way
+        """The next job, waited for in polls of `POLL_S` (None after `max_idle_time`);
+        StopRequested once a stop is asked. With no timeout (burst), RQ's own single look."""
+        if timeout is None:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        self.set_state(WorkerStatus.IDLE)
+        self.procline("Listening on " + ",".join(self.queue_names()))
+        idle_since = time.monotonic()
         while not self._stop_requested:
-            # Bounded waits (max_idle_time: None once idle that long) instead of one long one.
-            if result := super().dequeue_job_and_maintain_ttl(POLL_S, POLL_S):
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+            if result := self._poll():
                 return result
         raise StopRequested
+
+    def _poll(self) -> tuple[Job, Queue] | None:
+        """One wait of at most POLL_S for a job, as RQ's loop makes it (heartbeat, maintenance,
+        pop); None when none came or Redis cannot be reached (retried at the next poll)."""
+        try:
+            self.heartbeat()
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            result = self.queue_class.dequeue_any(
+                self._ordered_queues,
+                POLL_S,
+                connection=self.connection,
+                job_class=self.job_class,
+                serializer=self.serializer,
+                death_penalty_class=self.death_penalty_class,
+            )
+        except DequeueTimeout:
+            return None
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.error("worker: cannot reach Redis (%s); retrying in %d s", exc, POLL_S)
+            time.sleep(POLL_S)
+            return None
+        if result is not None:
+            job, queue = result
+            self.reorder_queues(reference_queue=queue)
+            job.redis_server_version = self.get_redis_server_version()
+            log.info("worker %s: %s: %s", self.name, queue.name, job.id)
+            self.heartbeat()
+        return result
 
 
 def run(settings: Settings, *, burst: bool = False) -> None:
