@@ -8,13 +8,16 @@ in one process (the tests) never share or double-register a metric.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -80,11 +83,33 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            # The template, not the path: /models/{version}, so ids do not explode the labels.
-            template = getattr(route, "path", None) or "unmatched"
+            template = route_template(scope)
             self.metrics.requests.labels(template, scope["method"], str(code)).inc()
             self.metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The route a request is counted under: its template, not its path (/models/{version},
+    so ids do not explode the labels). A request answered before routing (a 413 for a body
+    over the limit) is matched here against the app's documented paths, so that it counts
+    under its route too, not as "unmatched"."""
+    if (route := scope.get("route")) is not None:
+        return getattr(route, "path", None) or "unmatched"
+    path = scope.get("path", "")
+    for pattern, template in _templates(scope.get("app")):
+        if pattern.match(path):
+            return template
+    return "unmatched"
+
+
+def _templates(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    """The app's path templates (from its OpenAPI schema) as regular expressions, made once."""
+    if app is None or not hasattr(app, "openapi"):
+        return []
+    if (made := getattr(app.state, "path_templates", None)) is None:
+        made = [(compile_path(t)[0], t) for t in app.openapi().get("paths", {})]
+        app.state.path_templates = made
+    return made
 
 
 @dataclass(frozen=True)

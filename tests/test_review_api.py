@@ -52,6 +52,7 @@ TASK_KEYS = {
     "duplicate_tag",
     "reason",
     "stage",
+    "reports",
     "earlier_labels",
     "priority",
     "lease_expires_at",
