@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from httpx import Response
 from sqlalchemy.engine import Engine
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from service.config import Settings
 from service.crud import feedback as feedback_crud
@@ -21,7 +21,15 @@ from service.crud import overlap, queue_bound
 from service.crud import review as review_crud
 from service.crud.labels import holdout_for
 from service.crud.predictions import in_audit_sample
-from service.entities import Feedback, FeedbackStatus, Label
+from service.entities import (
+    Feedback,
+    FeedbackCreate,
+    FeedbackStatus,
+    Label,
+    OutboxItem,
+    Prediction,
+    PredictionStatus,
+)
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStage, ReviewStatus
 from service.errors import ConflictError
@@ -30,7 +38,7 @@ from service.ml.training import TrainResult
 from tests.conftest import auth, auth_as, sqlite_app
 from tests.test_metrics import scrape
 from tests.test_review_api import add_tasks, body
-from tests.test_review_queue import add_task, do, get, label_task
+from tests.test_review_queue import TAGS, add_task, do, get, label_task
 
 NLP, CV, MLOPS = "natural-language-processing", "computer-vision", "mlops"
 
@@ -199,6 +207,40 @@ def test_a_report_is_settled_by_the_tasks_final_label_only(engine: Engine) -> No
     later = add_task(engine, "a reported task", 0.5)  # the same content, reviewed again
     label(engine, later, NLP, "dan", share=0.0)
     assert _settled(engine, feedback_id) == ("confirmed", MLOPS)
+
+
+def test_a_trusted_report_is_not_confirmed_by_a_label_still_in_review(engine: Engine) -> None:
+    """A first label waiting for a second opinion is the content's label in force, but not
+    its last word: a trusted report agreeing with it goes to review like any other."""
+    task_id = add_task(engine, "a reported task", 0.5)
+    label(engine, task_id, MLOPS, "ann")  # in the overlap sample: waits for a second opinion
+    task = get(engine, task_id)
+    prediction = Prediction(
+        id="p" * 32,
+        text_hash=task.text_hash,
+        title=task.title,
+        description=task.description,
+        tag=CV,
+        confidence=0.6,
+        scores={CV: 0.6, MLOPS: 0.4},
+        status=PredictionStatus.REVIEW,
+        model_version="v0001",
+        latency_ms=1.0,
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        session.add(prediction)
+        session.commit()
+        feedback, created = feedback_crud.create_feedback(
+            session,
+            body=FeedbackCreate(prediction_id=prediction.id, correct_tag=MLOPS, reporter="eve"),
+            prediction=prediction,
+            tags=TAGS,
+            trust=True,
+            holdout_share=0.0,
+        )
+        waiting = session.exec(select(OutboxItem)).all()
+    assert created and feedback.status == FeedbackStatus.RECEIVED
+    assert [row.payload["feedback_id"] for row in waiting] == [feedback.id]
 
 
 def test_the_queue_bound_sheds_only_unlabelled_tasks(engine: Engine) -> None:

@@ -28,7 +28,7 @@ from service.entities import (
 )
 from service.entities.common import as_utc
 from service.entities.feedback import SETTLED
-from service.entities.review import ReviewReason, UserReport
+from service.entities.review import ReviewReason, ReviewTask, UserReport
 from service.errors import ConflictError, InvalidInputError, NotFoundError
 from service.tags import TagSet
 
@@ -96,14 +96,16 @@ def create_feedback(
         session.add(feedback)
         session.flush()
         current = labels_crud.current_label(session, text_hash=prediction.text_hash)
+        settled = not _in_review(session, text_hash=prediction.text_hash)
         if trust and current is None:
             _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
-        elif trust and current is not None and current.tag == feedback.correct_tag:
+        elif trust and settled and current is not None and current.tag == feedback.correct_tag:
             feedback.status = FeedbackStatus.CONFIRMED  # the label in force already says so
             feedback.label_id = current.id
         else:
             # Untrusted, or trusted against a label already given (by a reviewer, or by an
-            # earlier report): a person decides, no report overwrites another's label.
+            # earlier report) or not final yet: a person decides, no report overwrites
+            # another's label.
             payload = review_payload(prediction, reason=ReviewReason.USER_REPORT)
             payload["feedback_id"] = feedback.id
             session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
@@ -118,6 +120,13 @@ def create_feedback(
         return _repeated(existing, body=body), False
     session.refresh(feedback)
     return feedback, True
+
+
+def _in_review(session: Session, *, text_hash: str) -> bool:
+    """Whether the content has a task not labelled yet: its label in force may be a first
+    one waiting for a second opinion, or one of two waiting for a decision."""
+    task = select(ReviewTask.id).where(ReviewTask.open_key == text_hash)
+    return session.exec(task).first() is not None
 
 
 def _repeated(existing: Feedback, *, body: FeedbackCreate) -> Feedback:
