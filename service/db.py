@@ -85,24 +85,40 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 UNDEFINED_TABLE = "42P01"
 
 
-# SQLite's result codes for a file that is locked, cannot be opened, read or written: the
-# state of the machine, not of the statement (its OperationalError also covers syntax errors).
-SQLITE_OUTAGES = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE_FULL")
+# SQLite's result codes for a file that is locked, read-only, or cannot be opened, read or
+# written: the state of the machine, not of the statement (its OperationalError also covers
+# syntax errors).
+SQLITE_OUTAGES = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_FULL",
+    "SQLITE_READONLY",
+)
+# PostgreSQL's SQLSTATEs (or their classes) that a retry may get past: the connection (08),
+# resources (53), an operator's intervention (57P01-57P03, 57014), a lock or serialization
+# conflict (55P03, 40001, 40P01), no tagflow tables (42P01). Others psycopg reports as an
+# OperationalError (a program limit, 54xxx) fail the same way every time.
+POSTGRES_OUTAGES = ("08", "53", "57P0", "57014", "55P03", "40001", "40P01", UNDEFINED_TABLE)
 
 
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed statement may succeed as it is later: the database was unreachable,
     busy (SQLite's lock), timed out, or has no tagflow tables (recreated empty, not yet
     upgraded), rather than refusing what was sent."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no connection free in the pool
+        return True
     orig = getattr(exc, "orig", None)
     if isinstance(orig, sqlite3.Error):
         name = getattr(orig, "sqlite_errorname", "") or ""
         return name.startswith(SQLITE_OUTAGES) or str(orig).startswith("no such table")
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError | sa_exc.TimeoutError):
-        return True
-    return isinstance(exc, sa_exc.ProgrammingError) and (
-        getattr(orig, "sqlstate", None) == UNDEFINED_TABLE
-    )
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate is None:  # no answer from a server: refused, unreachable, cut off
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return sqlstate.startswith(POSTGRES_OUTAGES)
 
 
 def ping(engine: Engine) -> bool:

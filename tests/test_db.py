@@ -47,3 +47,19 @@ def test_a_locked_sqlite_file_is_an_outage(tmp_path: Path) -> None:
         impatient.dispose()
         holder.close()
     assert "locked" in str(error) and is_outage(error)
+
+
+def test_postgres_errors_are_outages_by_their_sqlstate(engine: Engine) -> None:
+    """A statement cancelled by a timeout may pass later; one past a program limit never
+    will, though psycopg reports both as an OperationalError."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's SQLSTATEs")
+    with engine.connect() as conn:
+        conn.execute(text("SET statement_timeout = 50"))
+        with pytest.raises(SQLAlchemyError) as cancelled:
+            conn.execute(text("SELECT pg_sleep(1)"))
+    assert getattr(cancelled.value.orig, "sqlstate", None) == "57014"  # type: ignore[attr-defined]
+    assert is_outage(cancelled.value)
+    too_long = _error_of(engine, "SELECT repeat('x', 2000000000)")
+    assert getattr(too_long.orig, "sqlstate", "").startswith("54")  # type: ignore[attr-defined]
+    assert not is_outage(too_long)
