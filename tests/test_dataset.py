@@ -166,6 +166,19 @@ def test_csv_file_problems_name_their_line(
         load_dataset(path, tags=tags)
 
 
+def test_unnamed_columns_are_not_read_and_old_mac_lines_counted(
+    tmp_path: Path, tags: TagSet
+) -> None:
+    """A spreadsheet saves empty trailing columns ("tag,,"); a file may end lines with \r."""
+    path = _write_csv(tmp_path / "sheet.csv", "title,description,tag,,\nA,x,mlops,,\n")
+    examples, _ = load_dataset(path, tags=tags)
+    assert examples == [Example("A", "x", "mlops")]
+    old = tmp_path / "old.csv"
+    old.write_bytes(b"title,description,tag\rA,x,mlops\rcaf\xe9,x,other\r")
+    with pytest.raises(DatasetError, match="line 3 has the byte 0xe9"):
+        load_dataset(old, tags=tags)
+
+
 def test_header_names_are_stripped_and_conflicting_duplicates_warned(
     tmp_path: Path, tags: TagSet
 ) -> None:

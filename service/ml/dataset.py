@@ -136,7 +136,8 @@ def _decoded(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        before = data[: exc.start]  # lines as the readers count them: \n, \r\n or \r
+        line = before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n") + 1
         raise DatasetError(
             f"not UTF-8 text: line {line} has the byte {data[exc.start]:#04x} "
             "(save the file as UTF-8)"
@@ -170,7 +171,9 @@ def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
         return []
     (header_line, header), *body = rows
     names = [name.strip() for name in header]
-    if twice := sorted({name for name in names if names.count(name) > 1}):
+    # Unnamed columns (a spreadsheet's empty trailing ones: "title,description,tag,,") are
+    # not read; only a name given twice is an error.
+    if twice := sorted({name for name in names if name and names.count(name) > 1}):
         raise DatasetError(
             f"line {header_line}: the header names {', '.join(map(repr, twice))} more than once"
         )
@@ -181,9 +184,8 @@ def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
                 f"line {line}: {len(row)} fields, the header has {len(names)}; "
                 "quote a field that holds commas"
             )
-        records.append(
-            (line, {name: row[i] if i < len(row) else None for i, name in enumerate(names)})
-        )
+        fields = {name: row[i] if i < len(row) else None for i, name in enumerate(names)}
+        records.append((line, {name: value for name, value in fields.items() if name}))
     return records
 
 
