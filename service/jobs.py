@@ -6,7 +6,6 @@ process never imports the worker modules, and a job runs with the worker's conte
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from typing import Any
 
@@ -73,17 +72,25 @@ def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
     return job.id
 
 
-# The line of a traceback that names the exception: "module.SomeError: what went wrong".
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Timeout)\b(: .*)?$")
+# What SQLAlchemy appends to an error's message: the statement, its parameters, a web link.
+_APPENDIX = ("[SQL:", "[parameters:", "(Background on this error at")
+MAX_ERROR_LINES = 30
 
 
 def error_line(exc_info: str | None) -> str:
-    """The line of a failed job's traceback that says what went wrong: the exception's own,
-    which is not always the last (SQLAlchemy's end with the SQL and a documentation link)."""
+    """What a failed job's traceback says went wrong: the exception's name and message, the
+    text after the last frame (which is not always the last line: SQLAlchemy's message ends
+    with its SQL and a documentation link; a training file's report runs over many lines)."""
     lines = [line for line in (exc_info or "").strip().splitlines() if line.strip()]
     if not lines:
         return "the job failed without an error message"
-    return next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1])
+    frames = [i for i, line in enumerate(lines) if line.startswith('  File "')]
+    start = frames[-1] + 1 if frames else 0
+    while start < len(lines) and lines[start].startswith("    "):  # the frame's code, carets
+        start += 1
+    message = lines[start:]
+    kept = [line for line in message if not line.startswith(_APPENDIX)] or lines[-1:]
+    return "\n".join(kept[:MAX_ERROR_LINES])
 
 
 def job_public(connection: Redis, *, job_id: str) -> JobPublic:

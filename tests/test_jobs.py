@@ -64,6 +64,11 @@ def test_the_error_line_is_the_exceptions_own() -> None:
     line = error_line(exc_info)
     assert line.startswith("sqlalchemy.exc.OperationalError: (psycopg.OperationalError)"), line
     assert error_line("") == "the job failed without an error message"
+    report = 'Traceback (most recent call last):\n  File "x.py", line 1, in f\n    g()\n'
+    report += "service.ml.dataset.DatasetError: validation of d.csv: 3 rows read\nerror: line 2"
+    assert error_line(report) == (
+        "service.ml.dataset.DatasetError: validation of d.csv: 3 rows read\nerror: line 2"
+    )
 
 
 def test_an_unknown_job_is_not_found(redis_conn: redis.Redis) -> None:
