@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,13 @@ def new_key(role: Role, name: str | None = None) -> tuple[str, str]:
     key = f"{role.value}-{secrets.token_urlsafe(24)}"
     holder = f"{role.value}/{name}" if name else role.value
     return key, f"{holder}:{hash_key(key)}"
+
+
+def name_key(name: str) -> str:
+    """What a person reads in a name: compatibility forms folded (fullwidth "ｐｉａ" is "pia"),
+    invisible format characters (a zero-width space) dropped, case folded."""
+    folded = unicodedata.normalize("NFKC", name)
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").casefold().strip()
 
 
 def fingerprint(key: str) -> str:
@@ -162,9 +170,10 @@ class KeyRing:
         return list(self._keys.values())
 
     def personal_reviewers(self) -> set[str]:
-        """The names (case-folded) of the personal keys that may review: only they act as them."""
+        """The names (as `name_key` makes them) of the personal keys that may review: only
+        they act as them."""
         return {
-            c.name.casefold() for c in self._keys.values() if c.name and c.role is not Role.CLIENT
+            name_key(c.name) for c in self._keys.values() if c.name and c.role is not Role.CLIENT
         }
 
     def shared_review_keys(self) -> bool:

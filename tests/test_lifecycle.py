@@ -34,9 +34,11 @@ def test_a_step_failing_the_same_way_is_logged_once_a_minute(
             failures.failed("drain_outbox", down, now=float(second))
         failures.succeeded("drain_outbox")
         failures.failed("drain_outbox", ValueError("a bug"), now=200.0)
+        failures.failed("drain_outbox", ValueError("a bug"), now=300.0)
     messages = [(r.getMessage(), r.exc_info) for r in caplog.records]
-    assert len(messages) == 4, messages
-    (first, tb1), (again, tb2), (back, _), (bug, tb3) = messages
+    assert len(messages) == 5, messages
+    (first, tb1), (again, tb2), (back, _), (bug, tb3), (bug_again, tb4) = messages
+    assert bug_again.endswith("(failing for 2 rounds): ValueError: a bug") and tb4 is None
     assert first.startswith("background step drain_outbox failed: OperationalError")
     assert again.startswith("background step drain_outbox failed (failing for 31 rounds)")
     assert tb1 is None and tb2 is None  # an outage is a line, not a traceback

@@ -58,6 +58,7 @@ TagsDep = Annotated[TagSet, Depends(get_tags)]
 
 
 async def get_keys(state: StateDep) -> KeyRing:
+    """The API keys in force (also who holds a personal one)."""
     return state.keys
 
 

@@ -165,14 +165,16 @@ class StepFailures:
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if text == self.said and now - self.said_at < REPEAT_LOG_S:
             return
-        outage = is_outage(exc) or isinstance(exc, RedisError)
+        # The traceback once, for a failure that is new and not an outage.
+        quiet = text == self.said or is_outage(exc) or isinstance(exc, RedisError)
         repeats = f" (failing for {self.count} rounds)" if self.count > 1 else ""
         log.error(
-            "background step %s failed%s: %s", step, repeats, text, exc_info=None if outage else exc
+            "background step %s failed%s: %s", step, repeats, text, exc_info=None if quiet else exc
         )
         self.said, self.said_at = text, now
 
     def succeeded(self, step: str) -> None:
+        """The step worked: say so if it had been failing, and start counting afresh."""
         if self.count:
             log.info("background step %s works again after %d failed rounds", step, self.count)
         self.count, self.said = 0, ""

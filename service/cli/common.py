@@ -34,7 +34,8 @@ err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 def print_error(heading: str, detail: object = "", *, sep: str = " ") -> None:
     """An error on stderr: `heading` in red, then `detail` as it is."""
-    err_console.print(Text.assemble((heading, "red"), sep, str(detail)), highlight=False)
+    shown = str(detail)
+    err_console.print(Text.assemble((heading, "red"), sep if shown else "", shown), highlight=False)
 
 
 def settings_or_exit(*, serving: bool = False) -> Settings:

@@ -20,7 +20,7 @@ from service.api.deps import (
     StateDep,
     TagsDep,
 )
-from service.api_keys import KeyRing
+from service.api_keys import KeyRing, name_key
 from service.config import MAX_NAME_CHARS, Caller
 from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
@@ -57,7 +57,7 @@ def acting_reviewer(caller: Caller, body: ReviewerBody | None, keys: KeyRing) ->
                 "name the reviewer: this key is shared by its role, so the body must say who "
                 'acts ({"reviewer": "your name"})',
             )
-        if declared.casefold() in keys.personal_reviewers():
+        if name_key(declared) in keys.personal_reviewers():
             raise HTTPException(
                 status.HTTP_403_FORBIDDEN,
                 f"{declared!r} has a personal key: only that key acts as {declared!r}",
