@@ -99,6 +99,23 @@ def test_report_goes_to_review_and_settles_with_the_label(
         client, prediction_id=prediction["prediction_id"], correct_tag=claimed, reporter="alice"
     )
     assert again.status_code == 200 and again.json() == first.json()
+    same_words = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        correct_tag=claimed,
+        reporter="alice",
+        comment="this is about something else",
+    )
+    assert same_words.status_code == 200 and same_words.json() == first.json()
+    reworded = report(
+        client,
+        prediction_id=prediction["prediction_id"],
+        correct_tag=claimed,
+        reporter="alice",
+        comment="it is a computer-vision paper",
+    )  # a new comment is not dropped without a word either
+    assert reworded.status_code == 409
+    assert f"as {claimed!r} with another comment" in reworded.json()["detail"]
     changed = report(
         client,
         prediction_id=prediction["prediction_id"],

@@ -75,7 +75,8 @@ def create_feedback(
     """Store a report; returns `(feedback, created)`.
 
     Idempotent per (prediction, reporter): a repeated report returns the first one with
-    `created=False` and writes nothing; one naming another tag is a ConflictError. The
+    `created=False` and writes nothing; one naming another tag, or bringing another comment,
+    is a ConflictError. The
     feedback row and its outbox row (or, when trusted, its label) are committed in one
     transaction.
     """
@@ -130,15 +131,20 @@ def _in_review(session: Session, *, text_hash: str) -> bool:
 
 
 def _repeated(existing: Feedback, *, body: FeedbackCreate) -> Feedback:
-    """The first report, when `body` repeats it (a retry); ConflictError when it names another
-    tag, which would otherwise be dropped without a word."""
-    if existing.correct_tag == body.correct_tag:
+    """The first report, when `body` repeats it (a retry, with the same comment or none);
+    ConflictError when it names another tag or brings another comment, which would otherwise
+    be dropped without a word."""
+    comment = body.comment or ""
+    if existing.correct_tag == body.correct_tag and comment in ("", existing.comment or ""):
         return existing
     who = f"reporter {existing.reporter!r}" if existing.reporter else "an anonymous reporter"
     hint = "" if existing.reporter else "; name the reporter to tell reports apart"
+    what = repr(existing.correct_tag)
+    if existing.correct_tag == body.correct_tag:
+        what += " with another comment" if existing.comment else " without a comment"
     raise ConflictError(
-        f"{who} already reported prediction {existing.prediction_id} as "
-        f"{existing.correct_tag!r} (feedback {existing.id}), and a report is not changed{hint}"
+        f"{who} already reported prediction {existing.prediction_id} as {what} "
+        f"(feedback {existing.id}), and a report is not changed{hint}"
     )
 
 

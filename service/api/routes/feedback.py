@@ -55,7 +55,10 @@ def _store(
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"description": "This reporter already reported this prediction so"},
-        409: {"description": "This reporter already reported this prediction as another tag"},
+        409: {
+            "description": "This reporter already reported this prediction, as another tag "
+            "or with another comment"
+        },
     },
 )
 async def post_feedback(
@@ -68,8 +71,9 @@ async def post_feedback(
     """Report that a prediction's tag is wrong; `correct_tag` must be an approved tag.
 
     201 with the new report. Idempotent: the same (prediction_id, reporter) again answers
-    200 with the first report's body and stores nothing; with another `correct_tag`, 409 (a
-    report is not changed; anonymous reports of a prediction count as one reporter's).
+    200 with the first report's body and stores nothing (a retry may leave the comment out);
+    with another `correct_tag` or another comment, 409 (a report is not changed; anonymous
+    reports of a prediction count as one reporter's).
     Unknown prediction: 404; tag not approved: 422. The report waits for a reviewer
     (`received`, then `in_review`) unless feedback is trusted, when it becomes a label at
     once (`confirmed`) if the content has none.
