@@ -171,6 +171,8 @@ def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
         (["serve", "--port", "99999"], "Invalid value for '--port'"),
         (["serve", "--host", "nowhere.invalid", "--port", "0"], "pass --host"),
         (["db", "prune", "--older-than-days", "1000000", "--dry-run"], "--older-than-days"),
+        (["db", "prune", "--older-than-days", "nan"], "nan is not a number of days from 1 to"),
+        (["db", "prune", "--older-than-days", "0.5"], "0.5 is not a number of days from 1 to"),
     ],
 )
 def test_out_of_range_options_are_one_line_errors(
@@ -265,3 +267,18 @@ def test_a_data_directory_moved_elsewhere_keeps_working(
     assert json.loads(listed.output)["models"][0]["artifact_path"] == str(
         (restored / "models" / "v0001").resolve()
     )
+
+
+def test_db_current_asks_without_creating_a_database(cli_env: dict[str, str]) -> None:
+    """Asking which revision a missing SQLite database is at leaves no empty file behind (the
+    next command would find a database "at none" there)."""
+    env = {**cli_env, "COLUMNS": "400"}  # the path on one line
+    database = Path(env["TAGFLOW_DATA_DIR"]) / "tagflow.db"
+    result = CliRunner().invoke(app, ["db", "current"], env=env)
+    assert result.exit_code == 0, result.output
+    assert f"database: none (no file at {database})" in _said(result.output)
+    assert not database.exists()
+    assert CliRunner().invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    again = CliRunner().invoke(app, ["db", "current"], env=env)
+    assert again.exit_code == 0 and "no file" not in again.output
+    assert "database: none" not in again.output

@@ -3,12 +3,14 @@ predictions, and the redrive of those the database refused."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 
 from service.cli.common import (
     console,
@@ -48,10 +50,25 @@ def db_current() -> None:
     """The schema revision the database is at, and the newest one this code knows."""
     from service.db import current_revision, head_revision
 
+    settings = settings_or_exit()
+    missing = _missing_sqlite_file(settings.resolved_database_url)
+    if missing is not None:
+        # Asking is not creating: opening a SQLite URL would leave an empty file behind.
+        console.print(f"database: none (no file at {missing}); code: {head_revision()}")
+        return
     _database(
-        settings_or_exit(),
+        settings,
         lambda engine: f"database: {current_revision(engine) or 'none'}; code: {head_revision()}",
     )
+
+
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL that does not exist yet; None for any other database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
 
 
 @db_app.command("upgrade")
@@ -66,11 +83,19 @@ def db_upgrade() -> None:
     _database(settings_or_exit(), run)
 
 
+def _days(value: float) -> float:
+    """A number of days from 1 to 36500 (checked here, not by a range on the option: `nan`
+    failed that as "should be less than or equal to 36500")."""
+    if not (math.isfinite(value) and 1 <= value <= 36500):
+        raise typer.BadParameter(f"{value} is not a number of days from 1 to 36500")
+    return value
+
+
 @db_app.command("prune")
 def db_prune(
     older_than_days: Annotated[
         float,
-        typer.Option(min=1.0, max=36500.0, help="Delete logged predictions older than this"),
+        typer.Option(callback=_days, help="Delete logged predictions older than this (1 to 36500)"),
     ],
     dry_run: Annotated[bool, typer.Option(help="Only count what would go")] = False,
 ) -> None:
