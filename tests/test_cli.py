@@ -52,8 +52,13 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
         app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env
     )
     assert evaluated.exit_code == 0, evaluated.output
-    report = json.loads(evaluated.output)
+    report = json.loads(evaluated.stdout)
     assert report["version"] == "v0001" and report["n"] >= 240
+    # The seed's training split is in the file: said, and counted, not silently scored.
+    assert report["seen_in_training"] == records[1]["data_rows"] < report["n"]
+    assert f"{records[1]['data_rows']} of {report['n']} items are in v0001's training data" in (
+        _said(evaluated.stderr)
+    )
 
     assert runner.invoke(app, ["models", "promote", "v0002"], env=env).exit_code == 0
     rolled = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)
@@ -262,7 +267,7 @@ def test_a_data_directory_moved_elsewhere_keeps_working(
     env = {**cli_env, "TAGFLOW_DATA_DIR": str(restored)}
     evaluated = runner.invoke(app, ["evaluate", "--data", str(SEED_DATASET), "--json"], env=env)
     assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.output)["version"] == "v0001"
+    assert json.loads(evaluated.stdout)["version"] == "v0001"
     listed = runner.invoke(app, ["models", "list", "--json"], env=env)
     assert json.loads(listed.output)["models"][0]["artifact_path"] == str(
         (restored / "models" / "v0001").resolve()

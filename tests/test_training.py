@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from service.ml.training import TrainResult, choose_fast_threshold
+from service.config import SEED_DATASET
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult, choose_fast_threshold, seen_in_training
+from service.tags import TagSet
 
 AB = np.array(["a", "b"])
 
@@ -49,3 +54,16 @@ def test_report_describes_the_fast_path_as_served(shared_result: TrainResult) ->
     assert fast["answered"] == round(fast["share"] * shared_result.metrics["n"])
     assert fast["precision"] >= 0.95
     assert shared_result.params["fast_threshold"] == shared_result.model.fast_threshold
+
+
+def test_a_model_knows_which_items_it_was_trained_on(
+    seed_result: TrainResult, tags: TagSet
+) -> None:
+    """Lineage kept in the model itself (and so under its checksum): an evaluation can say
+    which of its items the model saw."""
+    train_set, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    model = seed_result.model
+    assert seen_in_training(model, train_set) == len(train_set) == seed_result.data_rows
+    assert seen_in_training(model, eval_set) == 0
+    older = dataclasses.replace(model, trained_on=frozenset())  # trained before it was kept
+    assert seen_in_training(older, train_set) is None

@@ -38,6 +38,11 @@ def print_error(heading: str, detail: object = "", *, sep: str = " ") -> None:
     err_console.print(Text.assemble((heading, "red"), sep if shown else "", shown), highlight=False)
 
 
+def print_warning(text: str) -> None:
+    """A warning on stderr, kept out of a command's output (`--json`) like an error."""
+    err_console.print(Text.assemble(("warning:", "yellow"), f" {text}"), highlight=False)
+
+
 def settings_or_exit(*, serving: bool = False) -> Settings:
     """The settings from the environment; bad ones are a line each (naming the variable) and
     exit code 2. API keys are required only when `serving` requests: other commands act on the

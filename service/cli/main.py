@@ -22,6 +22,7 @@ from service.cli.common import (
     port_free_or_exit,
     preflight_or_exit,
     print_error,
+    print_warning,
     settings_or_exit,
 )
 from service.cli.db import db_app
@@ -134,6 +135,7 @@ def evaluate(
 ) -> None:
     """Evaluate a registered version on a labelled file."""
     from service.ml.training import evaluate as run_evaluation
+    from service.ml.training import seen_in_training
 
     settings = settings_or_exit()
     try:
@@ -145,8 +147,14 @@ def evaluate(
     except (DatasetError, TagflowError) as exc:
         print_error("cannot evaluate:", exc, sep="\n")
         raise typer.Exit(1) from None
+    seen = seen_in_training(model, examples)
+    if seen:
+        print_warning(
+            f"{seen} of {len(examples)} items are in {row.version}'s training data: these "
+            "figures overstate how it does on items it never saw"
+        )
     if as_json:
-        print(json.dumps({"version": row.version, **report}, indent=2))
+        print(json.dumps({"version": row.version, "seen_in_training": seen, **report}, indent=2))
     else:
         console.print(metrics_table(report, f"{row.version} on {data}"))
 

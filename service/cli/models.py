@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
-from rich.text import Text
 from sqlmodel import Session
 
 from service.cli.common import (
@@ -18,9 +17,9 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
-    err_console,
     open_session,
     print_error,
+    print_warning,
     settings_or_exit,
 )
 from service.entities import ModelVersion, ProductionChangePublic
@@ -332,4 +331,4 @@ def models_import(
     source = row.params["imported"]["version"]
     console.print(f"{row.version}: candidate, imported from {source}; promote it to serve it")
     for warning in imported.warnings:
-        err_console.print(Text.assemble(("warning:", "yellow"), f" {warning}"))
+        print_warning(warning)

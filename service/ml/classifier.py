@@ -44,6 +44,9 @@ class TagModel:
     threshold: float  # `auto` at or above this confidence, else `review`
     encoder: str = ""  # the ONNX file the embedding head was trained on
     fast_threshold: float = NEVER  # TF-IDF confidence at which the encoder is skipped
+    # Lineage: the training items' text hashes (their first 16 hex digits), so an evaluation
+    # can tell the items the model saw. Empty in models trained before it was kept.
+    trained_on: frozenset[str] = frozenset()
     # Serving-speed copies of the heads (built on first use, never pickled).
     _fast: tuple[LinearHead, LinearTfidf] | None = field(
         default=None, init=False, repr=False, compare=False

@@ -207,6 +207,19 @@ def evaluate(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> 
     return report
 
 
+def trained_key(example: Example) -> str:
+    """How `TagModel.trained_on` knows an item: 64 bits of its text hash are plenty to tell
+    a training set's items apart, at half the memory of the whole hash."""
+    return example.text_hash[:16]
+
+
+def seen_in_training(model: TagModel, examples: Sequence[Example]) -> int | None:
+    """How many of `examples` the model was trained on; None for a model that does not say."""
+    if not model.trained_on:
+        return None
+    return sum(trained_key(e) in model.trained_on for e in examples)
+
+
 def fast_path_report(model: TagModel, texts: list[str], y: list[str]) -> dict[str, Any]:
     """How many items the fast path answered alone, and how many of those it got right."""
     proba, unsettled = model.fast_proba(texts)
@@ -266,6 +279,7 @@ def _train(
         config=config,
         progress=progress,
     )
+    model.trained_on = frozenset(trained_key(e) for e in train_examples)
     progress("evaluate")
     metrics = evaluate(model, encoder, eval_examples)
     params = {
