@@ -3,6 +3,7 @@ stopped by SIGTERM or killed, it leaves nothing running; one per data directory.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -252,3 +253,67 @@ def test_up_uses_the_keys_in_a_dot_env_file(
         }
     )
     assert "development mode" not in output and "client:client-" not in output
+
+
+def _post(url: str, path: str, role: str) -> dict[str, object]:
+    request = urllib.request.Request(f"{url}{path}", data=b"", headers=auth(role), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return dict(json.loads(response.read()))
+
+
+def _job_state(url: str, job_id: object) -> str:
+    request = urllib.request.Request(f"{url}/jobs/{job_id}", headers=auth("admin"))
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return str(json.loads(response.read())["status"])
+
+
+def _retraining_started(url: str) -> None:
+    """Ask for a retraining and return once the worker runs it."""
+    job_id = _post(url, "/models/retrain", "admin")["job_id"]
+    deadline = time.monotonic() + 60
+    while (state := _job_state(url, job_id)) == "queued" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert state == "started", state
+
+
+def _versions(env: dict[str, str]) -> list[str]:
+    listed = CliRunner().invoke(app, ["models", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    return sorted(m["version"] for m in json.loads(listed.stdout)["models"])
+
+
+def test_up_lets_the_workers_job_finish_unless_asked_twice(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """Stopped during a retraining, `up` waits for it (a cut retraining would be lost work
+    and a failed job); a second Ctrl-C stops the worker at once."""
+    log = tmp_path / "up.log"
+    first, url = _start(up_env, log, terminal=True)
+    started.append(first)
+    _wait_ready(first, url, log)
+    _retraining_started(url)
+    children = _children(first)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=600) == 0
+    assert _gone(children, within_s=5) == []
+    assert "the worker is finishing its job" in log.read_text()
+    assert _versions(up_env) == ["v0001", "v0002"]  # the retraining's candidate is registered
+
+    again, url = _start(up_env, log, terminal=True)
+    started.append(again)
+    _wait_ready(again, url, log)
+    _retraining_started(url)
+    children = _children(again)
+    logged = log.stat().st_size
+    os.killpg(again.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while "the worker is finishing its job" not in log.read_bytes()[logged:].decode(
+        errors="replace"
+    ):
+        assert time.monotonic() < deadline and again.poll() is None, log.read_text()
+        time.sleep(0.05)
+    os.killpg(again.pid, signal.SIGINT)
+    assert again.wait(timeout=20) == 0
+    assert _gone(children, within_s=5) == []
+    assert "stopping the worker now" in log.read_bytes()[logged:].decode(errors="replace")
+    assert _versions(up_env) == ["v0001", "v0002"]  # cut: no third version

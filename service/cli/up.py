@@ -4,8 +4,11 @@ configured), the bundled seed model when there is no production one, a worker an
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from contextlib import ExitStack
 
 import typer
@@ -21,8 +24,11 @@ from service.cli.common import (
     settings_or_exit,
 )
 from service.config import SEED_DATASET, Settings, generate_dev_keys
+from service.jobs import JOB_TIMEOUT_S
 from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
+
+IDLE_STOP_S = 3  # an idle worker stops within a poll (1 s); longer, and it is running a job
 
 
 def up_settings() -> tuple[Settings, list[str]]:
@@ -104,11 +110,37 @@ def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
-    """Stop the worker as RQ expects (SIGTERM: finish the current job), killing it if it has
-    not stopped in 30 s."""
+    """Stop the worker as RQ expects: SIGTERM, and it finishes the job it is running. A
+    retraining can take minutes, so `up` waits for it, as long as a job may run (compose
+    gives the worker as long), unless a second Ctrl-C asks to cut it short."""
     worker.terminate()
     try:
-        worker.wait(timeout=30)
+        worker.wait(timeout=IDLE_STOP_S)
+        return
     except subprocess.TimeoutExpired:
+        pass
+    console.print(
+        "the worker is finishing its job (a retraining takes minutes): waiting; "
+        "Ctrl-C again stops it now, and the job is cut"
+    )
+    cut = _wait_or_interrupt(worker, within_s=JOB_TIMEOUT_S)
+    if worker.poll() is None:
+        console.print("stopping the worker now" if cut else "the worker overran its job timeout")
         worker.kill()
         worker.wait()
+
+
+def _wait_or_interrupt(worker: subprocess.Popen[bytes], *, within_s: float) -> bool:
+    """Wait up to `within_s` for the worker to exit; True if a Ctrl-C (SIGINT) came first.
+    (SIGTERM stays ignored: a supervisor repeating its stop must not cut a job.)"""
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: interrupted.set())
+    try:
+        deadline = time.monotonic() + within_s
+        while worker.poll() is None and not interrupted.is_set():
+            if time.monotonic() >= deadline:
+                break
+            interrupted.wait(0.2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return interrupted.is_set()
