@@ -4,6 +4,7 @@ trusted feedback."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -19,6 +20,7 @@ from service.api.main import create_app
 from service.config import Settings
 from service.crud.labels import holdout_for
 from service.entities import Feedback, Label, LabelSource, OutboxItem
+from service.entities.review import ReviewTask
 from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE
 from tests.conftest import auth, register_promoted
@@ -176,6 +178,56 @@ def test_report_goes_to_review_and_settles_with_the_label(
     bob_view = client.get(f"/feedback/{bob.json()['feedback_id']}", headers=auth("admin")).json()
     assert bob_view["status"] == "rejected" and bob_view["final_tag"] == claimed
     assert bob_view["task_id"] == alice["task_id"]
+
+
+def test_trusted_feedback_on_content_in_review_joins_the_task(
+    make_client: Callable[..., TestClient], engine: Engine, redis_conn: redis.Redis
+) -> None:
+    """A report about content a reviewer is asked to label does not label it under the
+    reviewer (whose label would then overwrite it): it joins the task, for the reviewer."""
+    client = make_client(trust_feedback=True)
+    unsure = next(
+        answer
+        for title in ("Notes", "My project", "Experiments", "An overview", "Tools and tips")
+        if (answer := predict(client, {"title": title}))["status"] == "review"
+    )
+    wait_for(lambda: len(review_rows(engine)) == 1)
+    work_labeling(client, redis_conn)  # the low-confidence task is open
+    claimed = other_tag(unsure["tag"])
+    response = report(
+        client, prediction_id=unsure["prediction_id"], correct_tag=claimed, reporter="carol"
+    )
+    assert response.status_code == 201 and response.json()["status"] == "received"
+    work_labeling(client, redis_conn)
+    with Session(engine) as session:
+        assert session.exec(select(Label)).all() == []
+        assert len(session.exec(select(ReviewTask)).all()) == 1  # joined, not a second task
+    task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    assert task.status_code == 200 and task.json()["reason"] == "user_report"
+    assert task.json()["reports"] == [{"correct_tag": claimed, "comment": None}]
+    labeled = client.post(
+        f"/review/{task.json()['task_id']}/label",
+        json={"reviewer": "rev", "tag": claimed},
+        headers=auth("reviewer"),
+    )
+    assert labeled.status_code == 201
+    view = client.get(f"/feedback/{response.json()['feedback_id']}", headers=auth("client"))
+    assert view.json()["status"] == "confirmed" and view.json()["final_tag"] == claimed
+    assert view.json()["task_id"] == task.json()["task_id"]
+
+
+def review_rows(engine: Engine) -> list[OutboxItem]:
+    """The outbox rows that ask for a review of a prediction, sent to RQ."""
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxItem)).all()
+    return [r for r in rows if r.sent_at is not None]
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
 
 
 def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine) -> None:

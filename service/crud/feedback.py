@@ -2,9 +2,9 @@
 
 A report is not trusted by default: it is stored with an outbox row that asks the labelling
 queue for a human review (reason `user_report`). With `trust_feedback` it becomes a label
-right away when the content has none; against a label already given (by a reviewer, or by an
-earlier report) it goes to review like any other report, and agreeing with one it is
-confirmed by it.
+right away when the content has none and no review task is open for it; against a label
+already given (by a reviewer, or by an earlier report), or for content in review, it goes to
+review like any other report, and agreeing with a final label it is confirmed by it.
 """
 
 from __future__ import annotations
@@ -98,15 +98,16 @@ def create_feedback(
         session.flush()
         current = labels_crud.current_label(session, text_hash=prediction.text_hash)
         settled = not _in_review(session, text_hash=prediction.text_hash)
-        if trust and current is None:
+        if trust and settled and current is None:
             _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
         elif trust and settled and current is not None and current.tag == feedback.correct_tag:
             feedback.status = FeedbackStatus.CONFIRMED  # the label in force already says so
             feedback.label_id = current.id
         else:
             # Untrusted, or trusted against a label already given (by a reviewer, or by an
-            # earlier report) or not final yet: a person decides, no report overwrites
-            # another's label.
+            # earlier report) or not final yet, or about content a reviewer is asked to label
+            # already: a person decides, and no report overwrites another's label (nor
+            # labels what a reviewer is about to label, who would then overwrite it).
             payload = review_payload(prediction, reason=ReviewReason.USER_REPORT)
             payload["feedback_id"] = feedback.id
             session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
