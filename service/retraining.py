@@ -91,7 +91,11 @@ def _usable_labels(session: Session, tags: TagSet) -> list[Label]:
 
 def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
     """Base split plus current labels: held-out labels only evaluate, the rest train; a label
-    replaces base rows of the same content in both sets."""
+    replaces base rows of the same content in both sets.
+
+    A label on the content of a base training row trains, even when its hash holds it out (a
+    label check on a training row, say): every model trained on the base has learned that
+    content, so evaluating on it would favour production over the candidate in the gate."""
     read_at = utcnow()
     source = base_source(session, settings=settings)
     base_train, base_eval, _ = base_split(source, tags=tags)
@@ -99,8 +103,12 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     labelled = {label.text_hash for label in labels}
     kept_train = [e for e in base_train if e.text_hash not in labelled]
     kept_eval = [e for e in base_eval if e.text_hash not in labelled]
-    train_labels = [label for label in labels if not label.holdout]
-    holdout_labels = [label for label in labels if label.holdout]
+    trained_content = {e.text_hash for e in base_train}
+    holdout_labels = [
+        label for label in labels if label.holdout and label.text_hash not in trained_content
+    ]
+    held_out = {id(label) for label in holdout_labels}
+    train_labels = [label for label in labels if id(label) not in held_out]
     sets = TrainingSets(
         train=kept_train + [_example(label) for label in train_labels],
         evaluation=kept_eval + [_example(label) for label in holdout_labels],

@@ -193,6 +193,33 @@ def test_training_sets_labels_replace_base_rows_and_holdouts_only_evaluate(
         )
 
 
+def test_held_out_labels_on_base_training_rows_train_instead_of_evaluating(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    new_items: list[Example],
+) -> None:
+    """A label check confirms or corrects a training row; were it held out, production (which
+    trained on that row) would be scored on its own training data, and the gate would lean its
+    way. Such a label replaces the row in training; held-out labels on new content evaluate."""
+    settings = make_settings()
+    base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
+    confirmed, corrected = base_train[0], rotated(base_train[1], tags)
+    labels = add_labels(engine, [confirmed, corrected, base_eval[0], new_items[0]], share=0.9999)
+    assert all(label.holdout for label in labels)
+    with Session(engine) as session:
+        sets = retraining.build_training_sets(session, settings=settings, tags=tags)
+
+    trained_by_production = {e.text_hash for e in base_train}
+    assert not [e for e in sets.evaluation if e.text_hash in trained_by_production]
+    assert confirmed in sets.train and corrected in sets.train and base_train[1] not in sets.train
+    assert base_eval[0] in sets.evaluation and new_items[0] in sets.evaluation
+    assert sets.train_label_ids == [labels[0].id, labels[1].id]
+    assert sets.holdout_label_ids == [labels[2].id, labels[3].id]
+    assert len(sets.train) == len(base_train) and len(sets.evaluation) == len(base_eval) + 1
+    assert check_leakage(sets.train, sets.evaluation) == 0
+
+
 def test_retrain_promotes_a_better_candidate_and_records_its_snapshot(
     engine: Engine,
     make_settings: Callable[..., Settings],
