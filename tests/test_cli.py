@@ -143,6 +143,12 @@ def test_peoples_text_is_printed_as_typed_never_read_as_markup(
     shown = capsys.readouterr().out  # 80 columns, as in a pipe: tags whole, the title wraps
     assert "[/] Closing" in shown and "natural-language-processing" in shown
     assert "computer-vision 0.93" in shown
+    # Both tags long: side by side in columns of their own, they left the title no room.
+    item |= {"title": "Model Serving using FastAPI", "tag": "computer-vision"}
+    item |= {"predicted": "natural-language-processing"}
+    console.print(suspects_table({"count": 1, "share": 0.01, "max_p_label": 0.05, "items": [item]}))
+    shown = capsys.readouterr().out
+    assert "Model Serving using FastAPI" in shown and "natural-language-processing 0.93" in shown
 
 
 def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:

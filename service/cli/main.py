@@ -48,11 +48,12 @@ def suspects_table(report: dict) -> Table | str:
     """The training rows whose label the out-of-fold model most confidently denies."""
     if not report["count"]:
         return f"no labels to check: out of fold, every label got more than {report['max_p_label']}"
-    # Tags and figures whole, the title wraps: at 80 columns rich cut the tags instead.
+    # Tags and figures whole, the title wraps: at 80 columns rich cut the tags instead. The
+    # label and the model's answer share a column, one above the other: side by side, two
+    # long tags ("natural-language-processing 0.93") left the title no room at all.
     table = Table(
-        "title",
-        Column("label", no_wrap=True),
-        Column("model says", no_wrap=True),
+        Column("title", min_width=20),
+        Column("label\nmodel says", no_wrap=True),
         Column("p(label)", no_wrap=True),
         title=(
             f"{report['count']} labels to check ({report['share']:.1%} of the training rows: "
@@ -64,8 +65,7 @@ def suspects_table(report: dict) -> Table | str:
         title = item["title"] if len(item["title"]) <= 60 else item["title"][:57] + "..."
         table.add_row(
             title,
-            item["tag"],
-            f"{item['predicted']} {item['confidence']:.2f}",
+            f"{item['tag']}\n{item['predicted']} {item['confidence']:.2f}",
             f"{item['p_label']:.2f}",
         )
     return table
