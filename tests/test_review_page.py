@@ -536,6 +536,59 @@ def test_a_shared_key_asks_for_a_name(live_app: LiveApp, browser: WebDriver) -> 
     assert set(task_statuses(live_app.engine).values()) == {ReviewStatus.OPEN}
 
 
+def add_report(engine: Engine, task_id: int, correct_tag: str, comment: str) -> None:
+    """One more user report for the task `task_id` reviews."""
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        session.add(
+            Feedback(
+                prediction_id=f"{task_id:032x}{len(comment):x}"[-32:],
+                correct_tag=correct_tag,
+                comment=comment,
+                text_hash=task.text_hash,
+                status=FeedbackStatus.IN_REVIEW,
+                task_id=task_id,
+            )
+        )
+        session.commit()
+
+
+def page_overflow(driver: WebDriver) -> int:
+    """How far the page is wider than the window (0: nothing to scroll sideways for)."""
+    return driver.execute_script(
+        "const root = document.documentElement; return root.scrollWidth - root.clientWidth"
+    )
+
+
+@pytest.mark.browser
+def test_long_words_stay_inside_a_phone_wide_page(live_app: LiveApp, browser: WebDriver) -> None:
+    """A user's comment of one 400-character word, a 200-character title and a reviewer's
+    name as long as the API takes wrap or are cut short: before, each made the page wider
+    than a phone's screen, and the name pushed Switch (sign out) out of sight."""
+    with Session(live_app.engine, expire_on_commit=False) as session:
+        long_title = Item("Tokenizer" * 22, "", 2.0, ReviewReason.USER_REPORT, ITEMS[0].scores)
+        task = _task(long_title)
+        session.add(task)
+        session.commit()
+    add_report(live_app.engine, task.id, "mlops", "x" * 400)  # type: ignore[arg-type]
+    browser.set_window_size(420, 860)
+    name = "Maximilian" * 20
+    sign_in(browser, live_app.url, reviewer=name, key=KEYS["reviewer"])
+    wait_for_title(browser, long_title.title)
+    assert text_of(browser, "reports").startswith("A user says it is mlops (“xxx")
+    assert page_overflow(browser) == 0
+    press(browser, "s")  # the message line quotes the title
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Skipped"), "skipped")
+    assert page_overflow(browser) == 0
+
+    switch = browser.find_element(By.ID, "sign-out")
+    width = browser.execute_script("return document.documentElement.clientWidth")
+    assert switch.is_displayed() and switch.rect["x"] + switch.rect["width"] <= width
+    assert browser.find_element(By.ID, "who-name").get_attribute("title") == name
+    assert browser_errors(browser) == []
+
+
 def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     page = sqlite_client.get("/review")
     assert page.status_code == 200

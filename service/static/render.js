@@ -53,6 +53,7 @@ export function renderEmpty() {
 
 export function renderWho(reviewer) {
   $("who-name").textContent = reviewer;
+  $("who-name").title = reviewer; // cut short with an ellipsis when it is long
   $("who").hidden = false;
 }
 
