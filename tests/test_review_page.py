@@ -589,6 +589,58 @@ def test_long_words_stay_inside_a_phone_wide_page(live_app: LiveApp, browser: We
     assert browser_errors(browser) == []
 
 
+# The left edges of the characters of `needle`, where it is drawn in the element `id`.
+CHARACTER_LEFTS = """
+const [id, needle] = arguments;
+const walker = document.createTreeWalker(document.getElementById(id), NodeFilter.SHOW_TEXT);
+for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+  const at = node.data.indexOf(needle);
+  if (at < 0) continue;
+  return [...needle].map((_, i) => {
+    const range = document.createRange();
+    range.setStart(node, at + i);
+    range.setEnd(node, at + i + 1);
+    return range.getBoundingClientRect().left;
+  });
+}
+return null;
+"""
+
+
+def reads_left_to_right(driver: WebDriver, element_id: str, needle: str) -> bool:
+    lefts = driver.execute_script(CHARACTER_LEFTS, element_id, needle)
+    assert lefts, f"{needle!r} is not in #{element_id}"
+    return lefts == sorted(lefts)
+
+
+@pytest.mark.browser
+def test_a_right_to_left_override_stays_inside_its_own_text(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """A comment or a title holding U+202E (right-to-left override) is drawn reversed, as
+    its sender asked, but what follows it on the line is not: before, a report's comment
+    turned the next report's tag around ("rehto"), and a title the message line after it."""
+    first, _, _ = seed_queue(live_app.engine)
+    with Session(live_app.engine) as session:
+        task = session.get(ReviewTask, first)
+        assert task is not None
+        task.title = "Receipts \u202eOCR"
+        session.add(task)
+        session.commit()
+    add_report(live_app.engine, first, "mlops", "see \u202ethis comment")
+    add_report(live_app.engine, first, "other", "")
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, "Receipts \u202eOCR")
+    assert reads_left_to_right(browser, "reports", "other")
+    assert reads_left_to_right(browser, "reports", "Users say it is")
+
+    press(browser, "3")
+    wait_for_title(browser, ITEMS[1].title)
+    assert "Press U to undo." in text_of(browser, "message")
+    assert reads_left_to_right(browser, "message", "Press U to undo")
+    assert browser_errors(browser) == []
+
+
 def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     page = sqlite_client.get("/review")
     assert page.status_code == 200

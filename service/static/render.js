@@ -30,8 +30,15 @@ export function fail(what, response) {
   say(`${what} failed: ${detail}`, "error");
 }
 
+/** Text from outside (a title, a comment, a name) set apart for the bidirectional algorithm:
+ * a right-to-left override in it (U+202E) would otherwise turn the rest of its line around. */
+function isolated(text) {
+  return `\u2068${text}\u2069`;
+}
+
+/** A title to quote in the message line, cut to 60 characters and isolated. */
 export function shortTitle(title) {
-  return title.length > 60 ? `${title.slice(0, 57)}…` : title;
+  return isolated(title.length > 60 ? `${title.slice(0, 57)}…` : title);
 }
 
 export function showOnly(id) {
@@ -111,7 +118,8 @@ function renderEarlier(task) {
   el.hidden = labels.length === 0;
   const parts = labels.flatMap((l, i) => [
     i ? "; " : "",
-    `${l.reviewer} chose `,
+    element("bdi", "", l.reviewer),
+    " chose ",
     element("strong", "", l.tag),
   ]);
   el.replaceChildren(...(labels.length ? [...parts, ". Your label decides."] : []));
@@ -125,7 +133,7 @@ function renderReports(task) {
   const parts = reports.flatMap((r, i) => [
     i ? "; " : reports.length > 1 ? "Users say it is " : "A user says it is ",
     element("strong", "", r.correct_tag),
-    r.comment ? ` (“${r.comment}”)` : "",
+    ...(r.comment ? [" (“", element("bdi", "", r.comment), "”)"] : []),
   ]);
   el.replaceChildren(...(reports.length ? [...parts, "."] : []));
 }
