@@ -641,6 +641,69 @@ def test_a_right_to_left_override_stays_inside_its_own_text(
     assert browser_errors(browser) == []
 
 
+def luminance(css_color: str) -> float:
+    """WCAG relative luminance of a computed colour, `rgb(r, g, b)`."""
+    channels = [int(v) / 255 for v in re.findall(r"\d+", css_color)[:3]]
+    linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def contrast(one: str, other: str) -> float:
+    high, low = sorted((luminance(one), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+COMPUTED = (
+    "return getComputedStyle(document.querySelector(arguments[0]), arguments[1])[arguments[2]]"
+)
+
+
+def computed(driver: WebDriver, selector: str, prop: str, pseudo: str | None = None) -> str:
+    return driver.execute_script(COMPUTED, selector, pseudo, prop)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_on_the_accent_and_the_focus_ring_can_be_seen(
+    live_app: LiveApp, browser: WebDriver, scheme: str
+) -> None:
+    """WCAG AA in either colour scheme: text on the accent colour (Start reviewing, the
+    "suggested" tag) at 4.5:1, the focus ring at 3:1 against the panel. Before, white on the
+    dark scheme's light blue was 2.4:1, and the amber ring on white 2:1."""
+    seed_queue(live_app.engine)
+    browser.execute_cdp_cmd(
+        "Emulation.setEmulatedMedia",
+        {"features": [{"name": "prefers-color-scheme", "value": scheme}]},
+    )
+    browser.get(f"{live_app.url}/review")
+    wait_until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in form")
+    button = "#signin-submit"
+    assert (
+        contrast(computed(browser, button, "color"), computed(browser, button, "backgroundColor"))
+        >= 4.5
+    )
+    # The sign-in form puts the focus in the name field: its ring, on the panel around it.
+    assert browser.execute_script("return document.activeElement.id") == "reviewer-name"
+    ring = computed(browser, "#reviewer-name", "outlineColor")
+    assert computed(browser, "#reviewer-name", "outlineStyle") == "solid"
+    assert contrast(ring, computed(browser, "#signin", "backgroundColor")) >= 3
+
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    chip = ".tag.suggested"
+    text, background = (computed(browser, chip, p, "::after") for p in ("color", "backgroundColor"))
+    assert contrast(text, background) >= 4.5
+    press(browser, "\t")  # from the item to Skip, by keyboard: the ring shows
+    assert browser.execute_script("return document.activeElement.id") == "skip"
+    assert (
+        contrast(
+            computed(browser, "#skip", "outlineColor"),
+            computed(browser, ".decide", "backgroundColor"),
+        )
+        >= 3
+    )
+
+
 def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     page = sqlite_client.get("/review")
     assert page.status_code == 200
