@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,12 +46,12 @@ def _free_port() -> int:
 
 
 def _start(
-    env: dict[str, str], log: Path, *, terminal: bool = False
+    env: dict[str, str], log: Path, *, terminal: bool = False, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """`up` on a free port; with `terminal`, leading a process group of its own, as a shell
-    starts a foreground command, so that a test can send it Ctrl-C's SIGINT as a terminal
-    does (to the whole group)."""
-    port = _free_port()
+    """`up` on a free port (`port`: that one); with `terminal`, leading a process group of its
+    own, as a shell starts a foreground command, so that a test can send it Ctrl-C's SIGINT
+    as a terminal does (to the whole group)."""
+    port = _free_port() if port is None else port
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "up", "--port", str(port)],
@@ -60,6 +61,20 @@ def _start(
             start_new_session=terminal,
         )
     return process, f"http://127.0.0.1:{port}"
+
+
+def _printed_url(process: subprocess.Popen[bytes], log: Path, *, after: int) -> str:
+    """The API's address as `up` prints it, in what `log` got past byte `after`."""
+    deadline = time.monotonic() + 180  # printed once the seed model is trained
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        with log.open("rb") as out:
+            out.seek(after)
+            found = re.search(rb"API on (http://127\.0\.0\.1:\d+) ", out.read())
+        if found:
+            return found.group(1).decode()
+        time.sleep(0.2)
+    raise AssertionError(f"no address printed:\n{log.read_text()}")
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, log: Path) -> None:
@@ -171,9 +186,13 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     # Development mode (no keys anywhere), stopped with Ctrl-C from a terminal: SIGINT to the
     # whole process group. The keys are printed once it owns the data directory, and the
     # worker stops after the API, told by `up`, not by the terminal at the same moment.
+    # With `--port 0`, the address it prints is the port the system picked, and served.
     dev_env = {k: v for k, v in up_env.items() if k != "TAGFLOW_API_KEYS"}
-    last, url = _start(dev_env, log, terminal=True)
+    began = log.stat().st_size
+    last, _ = _start(dev_env, log, terminal=True, port=0)
     started.append(last)
+    url = _printed_url(last, log, after=began)
+    assert not url.endswith(":0"), url
     _wait_ready(last, url, log)
     children = _children(last)
     # Neither child is in the terminal's process group, so Ctrl-C reaches `up` alone.

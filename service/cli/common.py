@@ -57,10 +57,11 @@ def settings_or_exit(*, serving: bool = False) -> Settings:
         raise typer.Exit(2) from None
 
 
-def port_free_or_exit(host: str, port: int) -> None:
-    """Exit with a one-line error (code 2) when `host:port` cannot be listened on, before any
-    start-up work: uvicorn would find out only after the model is loaded, in the middle of
-    the log, and `tagflow up` after training the seed."""
+def port_free_or_exit(host: str, port: int) -> int:
+    """The port to serve on: `port`, or for 0 a free one the system picks now, so that the
+    address printed is the one served. Exit with a one-line error (code 2) when `host:port`
+    cannot be listened on, before any start-up work: uvicorn would find out only after the
+    model is loaded, in the middle of the log, and `tagflow up` after training the seed."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
@@ -75,6 +76,7 @@ def port_free_or_exit(host: str, port: int) -> None:
                 f"{exc.strerror}; pass --port, or stop what holds it",
             )
             raise typer.Exit(2) from None
+        return int(probe.getsockname()[1])
 
 
 def open_session(settings: Settings) -> Session:

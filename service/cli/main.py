@@ -230,7 +230,7 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
 def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Run the API (one process; model scoring runs in its thread pool)."""
     settings = settings_or_exit(serving=True)
-    port_free_or_exit(host, port)
+    port = port_free_or_exit(host, port)
     preflight_or_exit(settings, action="serve")
     run_api(settings, host=host, port=port)
 

@@ -61,7 +61,7 @@ def run_up(host: str, port: int) -> None:
     from service.logs import configure_logging
 
     settings, generated = up_settings()
-    port_free_or_exit(host, port)
+    port = port_free_or_exit(host, port)  # `--port 0`: the port printed below is served
     # The tag file, the data directory and the database, checked before any work. (A second
     # `up` that reads "no model" while the first trains one is refused at the lock below.)
     cli_tags(settings)
