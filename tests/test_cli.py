@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -90,6 +97,52 @@ def test_only_serving_needs_keys(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "TAGFLOW_API_KEYS is empty" in result.output
     listed = CliRunner().invoke(app, ["models", "list"], env=env)
     assert listed.exit_code == 0 and "no version yet" in listed.output
+
+
+def test_serve_in_development_mode_without_keys_generates_them(
+    tmp_path: Path, encoder_dir: Path, test_redis_url: str
+) -> None:
+    """TAGFLOW_DEV=1 lets `serve` start with no keys configured; an API that accepts no key
+    would answer 401 to every request, so it generates and prints keys as `up` does, and
+    prints the address it serves (with `--port 0`, the port the system picked)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "TAGFLOW_DEV": "1",
+        "TAGFLOW_DATA_DIR": str(tmp_path / "var"),
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+        "TAGFLOW_REDIS_URL": test_redis_url,
+    }
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", "0"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (printed := re.search(r"API on (http://127\.0\.0\.1:\d+) ", log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        url = printed.group(1)
+        key = re.search(r"client:(client-\S+)", log.read_text())
+        assert key and not url.endswith(":0"), log.read_text()
+        request = urllib.request.Request(
+            f"{url}/whoami", headers={"Authorization": f"Bearer {key.group(1)}"}
+        )
+        while True:  # uvicorn binds just after the line is printed
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert json.loads(response.read())["role"] == "client"
+                break
+            except urllib.error.URLError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+    finally:
+        process.terminate()  # uvicorn stops, then ends by the signal it caught
+        process.wait(timeout=30)
 
 
 @pytest.mark.parametrize("command", ["serve", "up"])

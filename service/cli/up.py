@@ -45,7 +45,7 @@ def up_settings() -> tuple[Settings, list[str]]:
     return settings_or_exit(serving=True), generated
 
 
-def _print_keys(generated: list[str]) -> None:
+def print_generated_keys(generated: list[str]) -> None:
     console.print(
         "generated keys, new at every start (to keep keys, set TAGFLOW_API_KEYS or "
         "TAGFLOW_API_KEYS_FILE; `tagflow keys new` makes them):"
@@ -75,7 +75,7 @@ def run_up(host: str, port: int) -> None:
             raise typer.Exit(2) from None
         configure_logging(settings)  # only an `up` that starts takes over the process's logs
         if generated:  # only now: a refused `up` would print keys nothing accepts
-            _print_keys(generated)
+            print_generated_keys(generated)
         stack.enter_context(stop_signals_as_exit())
         settings = _with_redis(settings, stack)
         if not has_model:
