@@ -180,7 +180,7 @@ class Settings(BaseSettings):
     max_description_chars: int = Field(5000, ge=1)
     max_batch_items: int = Field(256, ge=1)
     # Larger request bodies are refused with 413 before they are read; unset: the largest
-    # valid batch (service/api/limits.py), 8.1 MB with the defaults above.
+    # valid batch (service/api/limits.py), 8,207,360 bytes with the defaults above.
     max_body_bytes: int | None = Field(None, ge=1)
     target_precision: float = Field(0.99, gt=0.0, le=1.0)
     # Share of predictions (chosen by content hash, accepted or not) reviewed as the audit
