@@ -1,0 +1,85 @@
+"""The Docker files, read as a reviewer who cannot run them must read them: every setting they
+pass is one tagflow reads, every file the image copies is in the build context, PyTorch is the
+pinned CPU build, and compose gives the worker time to finish the longest job it runs.
+(deploy/prometheus is checked with promtool in tests/test_alerts.py.)"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+
+import yaml
+
+from service.config import Settings
+from service.jobs import JOB_TIMEOUT_S
+from tests.conftest import ROOT
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+# Compose's own variables, read by compose or Prometheus, never by tagflow.
+NOT_SETTINGS = {"TAGFLOW_METRICS_KEY"}
+
+
+def _duration_s(text: str) -> float:
+    units = {"h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", text))
+
+
+def test_every_tagflow_variable_the_deploy_files_set_is_a_setting() -> None:
+    """A misspelt TAGFLOW_ variable is ignored without a word (extra="ignore")."""
+    fields = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
+    compose_env = {
+        name
+        for service in COMPOSE["services"].values()
+        for name in service.get("environment", {})
+        if name.startswith("TAGFLOW_")
+    }
+    named = set(re.findall(r"TAGFLOW_[A-Z_]+", DOCKERFILE)) | compose_env
+    assert named and named - NOT_SETTINGS <= fields, sorted(named - NOT_SETTINGS - fields)
+
+
+def test_the_image_copies_files_the_build_context_has() -> None:
+    ignored = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    sources = [
+        src
+        for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE, flags=re.M)
+        for src in line.split()[:-1]
+    ]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        assert not any(fnmatch.fnmatch(src, pattern) for pattern in ignored), src
+
+
+def test_the_image_installs_the_cpu_torch_the_makefile_pins() -> None:
+    pinned = re.search(r"^TORCH \?= (torch==\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    installed = re.search(r"--index-url (\S+) (torch==\S+)", DOCKERFILE)
+    assert pinned and installed
+    assert installed.group(1) == "https://download.pytorch.org/whl/cpu"
+    assert installed.group(2) == pinned.group(1)
+
+
+def test_compose_lets_the_worker_finish_a_retraining_and_runs_as_the_image_says() -> None:
+    services = COMPOSE["services"]
+    assert _duration_s(services["worker"]["stop_grace_period"]) > JOB_TIMEOUT_S
+    # The API's schema comes first; the image's HTTP check means nothing without a server.
+    assert services["worker"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert services["worker"]["healthcheck"] == {"disable": True}
+    assert services["init"]["healthcheck"] == {"disable": True}
+    # The database tagflow is given is the one the postgres service creates.
+    url = services["api"]["environment"]["TAGFLOW_DATABASE_URL"]
+    pg = services["postgres"]["environment"]
+    expected = (
+        f"postgresql+psycopg://{pg['POSTGRES_USER']}:{pg['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{pg['POSTGRES_DB']}"
+    )
+    assert url == expected
+    assert services["api"]["command"][-4:] == ["--host", "0.0.0.0", "--port", "8000"]
+    assert "8000:8000" in services["api"]["ports"]
+    assert "127.0.0.1:8000/healthz" in DOCKERFILE
+    # Secrets are given at run time, never baked into the image.
+    assert not re.search(r"^ENV .*(API_KEYS|BUNDLE_KEY|PASSWORD)", DOCKERFILE, flags=re.M)
