@@ -104,11 +104,12 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     kept_train = [e for e in base_train if e.text_hash not in labelled]
     kept_eval = [e for e in base_eval if e.text_hash not in labelled]
     trained_content = {e.text_hash for e in base_train}
-    holdout_labels = [
-        label for label in labels if label.holdout and label.text_hash not in trained_content
-    ]
-    held_out = {id(label) for label in holdout_labels}
-    train_labels = [label for label in labels if id(label) not in held_out]
+
+    def evaluates(label: Label) -> bool:
+        return label.holdout and label.text_hash not in trained_content
+
+    holdout_labels = [label for label in labels if evaluates(label)]
+    train_labels = [label for label in labels if not evaluates(label)]
     sets = TrainingSets(
         train=kept_train + [_example(label) for label in train_labels],
         evaluation=kept_eval + [_example(label) for label in holdout_labels],

@@ -4,7 +4,6 @@ trusted feedback."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -24,6 +23,7 @@ from service.entities.review import ReviewTask
 from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE
 from tests.conftest import auth, register_promoted
+from tests.test_review_api import VAGUE, wait_outbox_sent
 from workers.context import JobContext, use_context
 from workers.worker import Worker
 
@@ -188,10 +188,10 @@ def test_trusted_feedback_on_content_in_review_joins_the_task(
     client = make_client(trust_feedback=True)
     unsure = next(
         answer
-        for title in ("Notes", "My project", "Experiments", "An overview", "Tools and tips")
+        for title in VAGUE
         if (answer := predict(client, {"title": title}))["status"] == "review"
     )
-    wait_for(lambda: len(review_rows(engine)) == 1)
+    wait_outbox_sent(engine, at_least=1)
     work_labeling(client, redis_conn)  # the low-confidence task is open
     claimed = other_tag(unsure["tag"])
     response = report(
@@ -214,20 +214,6 @@ def test_trusted_feedback_on_content_in_review_joins_the_task(
     view = client.get(f"/feedback/{response.json()['feedback_id']}", headers=auth("client"))
     assert view.json()["status"] == "confirmed" and view.json()["final_tag"] == claimed
     assert view.json()["task_id"] == task.json()["task_id"]
-
-
-def review_rows(engine: Engine) -> list[OutboxItem]:
-    """The outbox rows that ask for a review of a prediction, sent to RQ."""
-    with Session(engine) as session:
-        rows = session.exec(select(OutboxItem)).all()
-    return [r for r in rows if r.sent_at is not None]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def test_errors_and_roles(make_client: Callable[..., TestClient], engine: Engine) -> None:

@@ -63,9 +63,10 @@ def db_current() -> None:
 
 
 def _missing_sqlite_file(url: str) -> Path | None:
-    """The file of a SQLite URL that does not exist yet; None for any other database."""
+    """The file of a SQLite URL that does not exist yet; None for any other database. (An
+    in-memory SQLite URL never gets here: `Settings` refuses it.)"""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
         return None
     path = Path(parsed.database)
     return None if path.exists() else path

@@ -4,7 +4,6 @@ everything at once (`up`). The registry and schema commands are in `models` and 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +28,7 @@ from service.cli.common import (
 from service.cli.db import db_app
 from service.cli.keys import keys_app
 from service.cli.models import models_app
-from service.config import Settings, generate_dev_keys
+from service.config import Settings
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset, load_training_file
@@ -230,16 +229,14 @@ Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
 @app.command()
 def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
     """Run the API (one process; model scoring runs in its thread pool)."""
-    from service.cli.up import print_generated_keys
+    from service.cli.up import no_keys_configured, print_generated_keys, with_generated_keys
 
     settings = settings_or_exit(serving=True)
     generated: list[str] = []
-    if settings.dev and not settings.keys and settings.api_keys_file is None:
+    if settings.dev and no_keys_configured(settings):
         # An API that accepts no key answers 401 to every request but /healthz and /readyz:
         # in development mode, keys are generated as `up` makes them.
-        os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
-        generated = os.environ["TAGFLOW_API_KEYS"].split(",")
-        settings = settings_or_exit(serving=True)
+        settings, generated = with_generated_keys()
     port = port_free_or_exit(host, port)
     preflight_or_exit(settings, action="serve")
     if generated:  # only now: a refused `serve` would print keys nothing accepts

@@ -36,13 +36,23 @@ def up_settings() -> tuple[Settings, list[str]]:
     `.env` or a key file are used as they are; with none anywhere, development mode with
     generated keys, announced (the keys are printed once this `up` owns the data directory)."""
     configured = settings_or_exit()  # reads .env as well; keys optional here
-    generated: list[str] = []
-    if not configured.keys and configured.api_keys_file is None:
+    if no_keys_configured(configured):
         os.environ["TAGFLOW_DEV"] = "1"
-        os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
-        generated = os.environ["TAGFLOW_API_KEYS"].split(",")
         console.print(Text.assemble(("development mode", "yellow"), ": no API keys configured"))
-    return settings_or_exit(serving=True), generated
+        return with_generated_keys()
+    return settings_or_exit(serving=True), []
+
+
+def no_keys_configured(settings: Settings) -> bool:
+    """No key in the environment, `.env` or a key file: an API would accept none."""
+    return not settings.keys and settings.api_keys_file is None
+
+
+def with_generated_keys() -> tuple[Settings, list[str]]:
+    """Serving settings with a generated key per role (development mode), and the keys, to be
+    printed once the command is sure to start."""
+    os.environ["TAGFLOW_API_KEYS"] = generate_dev_keys()
+    return settings_or_exit(serving=True), os.environ["TAGFLOW_API_KEYS"].split(",")
 
 
 def print_generated_keys(generated: list[str]) -> None:
