@@ -66,6 +66,7 @@ def test_two_versions_scored_as_they_serve_on_the_same_items(
             held_out, score(model, encoder, held_out), model.classes, threshold=cut
         )
         assert {k: outcome[side][k] for k in expected} == expected
+        assert outcome[side]["seen_in_training"] == 0  # neither trained on the held-out split
     paired = outcome["paired"]
     right = {s: round(outcome[s]["accuracy"] * len(held_out)) for s in ("a", "b")}
     assert paired["items"] == len(held_out)
@@ -76,9 +77,10 @@ def test_two_versions_scored_as_they_serve_on_the_same_items(
     )
     # A model of this platform's own items beats one of our 321 seed rows, and not by luck.
     assert right["a"] > right["b"] and paired["mcnemar_p"] < 0.01
+    extra = {"version", "seen_in_training"}
     assert outcome["gate"] == apply_gate(
-        {k: v for k, v in outcome["a"].items() if k != "version"},
-        {k: v for k, v in outcome["b"].items() if k != "version"},
+        {k: v for k, v in outcome["a"].items() if k not in extra},
+        {k: v for k, v in outcome["b"].items() if k not in extra},
         target_precision=0.99,
     )
 
@@ -93,11 +95,19 @@ def test_models_compare_on_the_command_line(cli_env: dict[str, str]) -> None:
     data = ["--data", str(SEED_DATASET)]
     as_json = runner.invoke(app, ["models", "compare", "v0002", *data, "--json"], env=env)
     assert as_json.exit_code == 0, as_json.output
-    outcome = json.loads(as_json.output)
+    outcome = json.loads(as_json.stdout)
     assert (outcome["a"]["version"], outcome["b"]["version"]) == ("v0002", "v0001")  # production
     # The same data and the same training procedure: the same model, tag for tag.
     assert outcome["paired"]["same_tag"] == outcome["paired"]["items"] == outcome["a"]["n"]
     assert outcome["gate"]["passed"]
+    # Both trained on the seed's training split, which is in the file: counted, and said on
+    # stderr (the JSON on stdout stays parseable), not silently scored.
+    rows = json.loads(runner.invoke(app, ["models", "list", "--json"], env=env).stdout)["models"]
+    for side, record in zip(("a", "b"), rows, strict=True):  # v0002, v0001
+        seen = outcome[side]["seen_in_training"]
+        assert seen == record["data_rows"] < outcome[side]["n"]
+        said = " ".join(as_json.stderr.split())
+        assert f"{seen} of {outcome[side]['n']} items are in {record['version']}'s training" in said
 
     table = runner.invoke(app, ["models", "compare", "v0002", "v0001", *data], env=env)
     assert table.exit_code == 0 and "v0002 against v0001" in table.output

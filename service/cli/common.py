@@ -43,6 +43,16 @@ def print_warning(text: str) -> None:
     err_console.print(Text.assemble(("warning:", "yellow"), f" {text}"), highlight=False)
 
 
+def warn_seen_in_training(version: str, seen: int | None, items: int) -> None:
+    """Warn that a version is scored on items it was trained on (`seen`: how many of `items`;
+    None when the version does not record what it trained on)."""
+    if seen:
+        print_warning(
+            f"{seen} of {items} items are in {version}'s training data: these figures "
+            "overstate how it does on items it never saw"
+        )
+
+
 def settings_or_exit(*, serving: bool = False) -> Settings:
     """The settings from the environment; bad ones are a line each (naming the variable) and
     exit code 2. API keys are required only when `serving` requests: other commands act on the

@@ -22,8 +22,8 @@ from service.cli.common import (
     port_free_or_exit,
     preflight_or_exit,
     print_error,
-    print_warning,
     settings_or_exit,
+    warn_seen_in_training,
 )
 from service.cli.db import db_app
 from service.cli.keys import keys_app
@@ -148,11 +148,7 @@ def evaluate(
         print_error("cannot evaluate:", exc, sep="\n")
         raise typer.Exit(1) from None
     seen = seen_in_training(model, examples)
-    if seen:
-        print_warning(
-            f"{seen} of {len(examples)} items are in {row.version}'s training data: these "
-            "figures overstate how it does on items it never saw"
-        )
+    warn_seen_in_training(row.version, seen, len(examples))
     if as_json:
         print(json.dumps({"version": row.version, "seen_in_training": seen, **report}, indent=2))
     else:

@@ -21,6 +21,7 @@ from service.cli.common import (
     print_error,
     print_warning,
     settings_or_exit,
+    warn_seen_in_training,
 )
 from service.entities import ModelVersion, ProductionChangePublic
 from service.errors import TagflowError
@@ -141,6 +142,8 @@ def models_compare(
     except (DatasetError, TagflowError) as exc:
         print_error("cannot compare:", exc, sep="\n")
         raise typer.Exit(1) from None
+    for side in (outcome["a"], outcome["b"]):
+        warn_seen_in_training(side["version"], side["seen_in_training"], len(examples))
     if as_json:
         print(json.dumps(outcome, indent=2))
     else:

@@ -24,6 +24,7 @@ from service.ml.dataset import Example
 from service.ml.encoder import Encoder
 from service.ml.evaluation import evaluate_predictions
 from service.ml.gate import apply_gate
+from service.ml.training import seen_in_training
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,11 @@ def compare_versions(
     examples: Sequence[Example],
     target_precision: float,
 ) -> dict[str, Any]:
-    """`a` against `b` on `examples`: both reports, the gate (a as candidate), paired counts."""
+    """`a` against `b` on `examples`: both reports, the gate (a as candidate), paired counts.
+
+    Each side also says how many of the items its version was trained on (`seen_in_training`,
+    None for a version that does not record it): a version scored on items it learned looks
+    better than it is, and the comparison tilts its way."""
     texts = [e.text for e in examples]
     embeddings = precomputed(texts, encoder.encode(texts))  # encoded once, for both
     reports, tags = {}, {}
@@ -78,9 +83,10 @@ def compare_versions(
         reports[side] = evaluate_predictions(
             examples, proba, contender.model.classes, threshold=contender.threshold
         )
+    seen = {side: seen_in_training(c.model, examples) for side, c in (("a", a), ("b", b))}
     return {
-        "a": {"version": a.version, **reports["a"]},
-        "b": {"version": b.version, **reports["b"]},
+        "a": {"version": a.version, "seen_in_training": seen["a"], **reports["a"]},
+        "b": {"version": b.version, "seen_in_training": seen["b"], **reports["b"]},
         "paired": paired_counts([e.tag for e in examples], tags["a"], tags["b"]),
         "gate": apply_gate(reports["a"], reports["b"], target_precision=target_precision),
     }
