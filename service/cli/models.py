@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 from sqlmodel import Session
 
@@ -42,7 +43,9 @@ def models_list(
         bool, typer.Option("--json", help="Print the versions' records as JSON, as GET /models")
     ] = False,
 ) -> None:
-    """List versions, newest first, optionally filtered by metric criteria."""
+    """List versions, newest first, optionally filtered by metric criteria.
+
+    On its evaluation set: F1 (weighted), auto (share answered on its own), auto prec."""
     settings = settings_or_exit()
     try:
         criteria = [registry.Criterion.parse(w) for w in where or []]
@@ -61,7 +64,10 @@ def models_list(
 
 
 def _versions_table(rows: list[ModelVersion]) -> Table:
-    table = Table("version", "status", "created", "rows", "weighted F1", "auto cov", "auto prec")
+    # One line per version on an 80-column terminal: a wrapped date reads as two versions.
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("version", "status", "created (UTC)", "rows", "F1", "auto", "auto prec"):
+        table.add_column(header, no_wrap=True)
     for row in rows:
         auto = row.metrics.get("auto")
         auto = auto if isinstance(auto, dict) else {}
