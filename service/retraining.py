@@ -127,6 +127,17 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     return sets
 
 
+def held_out_label_ids(session: Session, *, settings: Settings, tags: TagSet) -> set[int] | None:
+    """The labels the next retraining would hold out to evaluate, by its own rule (a label on a
+    base training row trains, whatever its hash says); None when that cannot be told (no base
+    dataset, or one that does not load), for the caller to fall back on the hash alone."""
+    try:
+        return set(build_training_sets(session, settings=settings, tags=tags).holdout_label_ids)
+    except (InvalidInputError, DatasetError, OSError) as exc:
+        log.warning("held-out labels told by hash alone: %s", exc)
+        return None
+
+
 def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
     """The headline numbers of an evaluation report."""
     if metrics is None:

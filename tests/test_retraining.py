@@ -220,6 +220,32 @@ def test_held_out_labels_on_base_training_rows_train_instead_of_evaluating(
     assert check_leakage(sets.train, sets.evaluation) == 0
 
 
+def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    new_items: list[Example],
+) -> None:
+    """The export's `holdout` column follows retraining's rule, not the hash alone: a held-out
+    label on a base training row trains, so the file must not offer it for evaluation."""
+    base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
+    labels = add_labels(engine, [base_train[0], base_eval[0], new_items[0]], share=0.9999)
+    assert all(label.holdout for label in labels)  # all three held out by hash
+    with Session(engine) as session:
+        held_out = retraining.held_out_label_ids(session, settings=make_settings(), tags=tags)
+        rows = labels_crud.export_rows(session, held_out=held_out)
+        assert {row["id"]: row["holdout"] for row in rows} == {
+            labels[0].id: False,  # trains: production learned this row
+            labels[1].id: True,
+            labels[2].id: True,
+        }
+        # No base dataset known (none configured, no production model): the hash alone.
+        unknown = make_settings(base_dataset=None)
+        assert retraining.held_out_label_ids(session, settings=unknown, tags=tags) is None
+        rows = labels_crud.export_rows(session, held_out=None)
+        assert [row["holdout"] for row in rows] == [True, True, True]
+
+
 def test_retrain_promotes_a_better_candidate_and_records_its_snapshot(
     engine: Engine,
     make_settings: Callable[..., Settings],

@@ -115,9 +115,13 @@ def _created_on(value: datetime) -> str:
     return as_utc(value).isoformat()
 
 
-def export_rows(session: Session) -> list[dict[str, object]]:
+def export_rows(session: Session, *, held_out: set[int] | None) -> list[dict[str, object]]:
     """Current labels in the training-file schema (`title, description, tag` plus provenance),
-    loadable with `service.ml.dataset.load_dataset`."""
+    loadable with `service.ml.dataset.load_dataset`.
+
+    `holdout` says whether retraining evaluates on the label rather than trains on it: true for
+    the ids in `held_out` (`service.retraining.held_out_label_ids`), or, when that is None, for
+    labels whose hash falls in the held-out share."""
     return [
         {
             "id": label.id,
@@ -127,7 +131,7 @@ def export_rows(session: Session) -> list[dict[str, object]]:
             "tag": label.tag,
             "reviewer": label.reviewer,
             "source": label.source.value,
-            "holdout": label.holdout,
+            "holdout": label.holdout if held_out is None else label.id in held_out,
         }
         for label in current_labels(session)
     ]

@@ -10,8 +10,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service.api.deps import ReviewerKey, SessionDep
+from service.api.deps import ReviewerKey, SessionDep, SettingsDep, TagsDep
 from service.crud import labels as labels_crud
+from service.retraining import held_out_label_ids
 
 router = APIRouter(prefix="/labels", tags=["labels"])
 
@@ -38,12 +39,15 @@ def render(rows: list[dict[str, object]], fmt: ExportFormat) -> str:
 @router.get("/export", response_class=Response)
 def export_labels(
     session: SessionDep,
+    settings: SettingsDep,
+    tags: TagsDep,
     _caller: ReviewerKey,
     fmt: Annotated[ExportFormat, Query(alias="format")] = ExportFormat.CSV,
 ) -> Response:
     """Current (not superseded) labels: `id,created_on,title,description,tag` plus
-    `reviewer,source,holdout`."""
-    body = render(labels_crud.export_rows(session), fmt)
+    `reviewer,source,holdout` (`holdout`: the next retraining evaluates on it, not trains)."""
+    held_out = held_out_label_ids(session, settings=settings, tags=tags)
+    body = render(labels_crud.export_rows(session, held_out=held_out), fmt)
     return Response(
         body,
         media_type=MEDIA_TYPES[fmt],
