@@ -12,7 +12,7 @@ Also here: queueing retraining on RQ, by hand or automatically after enough new 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,14 @@ from service.entities.common import utcnow
 from service.errors import InvalidInputError
 from service.jobs import JOB_TIMEOUT_S, enqueue_job
 from service.ml import registry
-from service.ml.dataset import DatasetError, Example, check_leakage, examples_hash
+from service.ml.dataset import (
+    MIN_PER_TAG,
+    DatasetError,
+    Example,
+    check_leakage,
+    examples_hash,
+    scarce_tags,
+)
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, review_suspects
@@ -62,6 +69,9 @@ class TrainingSets:
     holdout_label_ids: list[int]
     replaced_base_rows: int
     read_at: datetime
+    # Tags with too few training examples to learn (a newly approved tag's first labels): left
+    # out of training until they reach MIN_PER_TAG, with how many each had.
+    scarce_tags: dict[str, int] = field(default_factory=dict)
 
 
 def base_source(session: Session, *, settings: Settings) -> Path:
@@ -89,6 +99,25 @@ def _usable_labels(session: Session, tags: TagSet) -> list[Label]:
     return [label for label in labels if label.tag in tags]
 
 
+def _learnable(
+    base: list[Example], labels: list[Label]
+) -> tuple[list[Example], list[Label], dict[str, int]]:
+    """The base rows and labels to train on, leaving out the tags too scarce to learn.
+
+    A tag with a label or two (a newly approved one, say) cannot be learned, and a single
+    example breaks model selection's folds: such a tag waits, its labels kept, until it has
+    MIN_PER_TAG examples. Returns the examples, their labels, and the scarce tags' counts."""
+    train = base + [_example(label) for label in labels]
+    scarce = scarce_tags(train)
+    if scarce:
+        log.warning("too few examples to learn %s: left out until %d each", scarce, MIN_PER_TAG)
+    return (
+        [e for e in train if e.tag not in scarce],
+        [label for label in labels if label.tag not in scarce],
+        scarce,
+    )
+
+
 def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
     """Base split plus current labels: held-out labels only evaluate, the rest train; a label
     replaces base rows of the same content in both sets.
@@ -110,8 +139,9 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
 
     holdout_labels = [label for label in labels if evaluates(label)]
     train_labels = [label for label in labels if not evaluates(label)]
+    train, train_labels, scarce = _learnable(kept_train, train_labels)
     sets = TrainingSets(
-        train=kept_train + [_example(label) for label in train_labels],
+        train=train,
         evaluation=kept_eval + [_example(label) for label in holdout_labels],
         source=source,
         base_hash=registry.sha256_file(source),
@@ -120,6 +150,7 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
         holdout_label_ids=[label.id for label in holdout_labels if label.id is not None],
         replaced_base_rows=len(base_train) + len(base_eval) - len(kept_train) - len(kept_eval),
         read_at=read_at,
+        scarce_tags=scarce,
     )
     leaked = check_leakage(sets.train, sets.evaluation)
     if leaked:
@@ -246,6 +277,7 @@ def _sets_summary(sets: TrainingSets) -> dict[str, int]:
         "train_labels": len(sets.train_label_ids),
         "holdout_labels": len(sets.holdout_label_ids),
         "replaced_base_rows": sets.replaced_base_rows,
+        "scarce_tags": sets.scarce_tags,
     }
 
 

@@ -33,13 +33,13 @@ from service.db import init_db, make_engine
 from service.entities import DatasetSnapshot, Label, ModelStatus
 from service.errors import InvalidInputError
 from service.ml import registry
-from service.ml.dataset import Example, check_leakage, load_dataset
+from service.ml.dataset import MIN_PER_TAG, Example, check_leakage, load_dataset
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.outbox import TRAINING_QUEUE
-from service.tags import TagSet
+from service.tags import Tag, TagSet
 from tests.conftest import KEYS, auth, register_promoted
 from workers.context import JobContext, use_context
 from workers.worker import Worker
@@ -218,6 +218,40 @@ def test_held_out_labels_on_base_training_rows_train_instead_of_evaluating(
     assert sets.holdout_label_ids == [labels[2].id, labels[3].id]
     assert len(sets.train) == len(base_train) and len(sets.evaluation) == len(base_eval) + 1
     assert check_leakage(sets.train, sets.evaluation) == 0
+
+
+def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    """An admin approves a new tag and reviewers start using it. With one label of it,
+    training crashed in model selection (a fold with no example of the tag: "shape
+    mismatch"), so every retraining failed until a second label came; with two, the model
+    learned a tag from two examples. The tag is left out of training, its labels kept, until
+    it has MIN_PER_TAG examples, as `tagflow train` asks of a file."""
+    graphs = TagSet((*tags.tags, Tag("graphs", "Graph neural networks and graph learning.")))
+    items = [
+        Example(
+            f"Graph network {i}", f"Message passing over molecule graphs, variant {i}.", "graphs"
+        )
+        for i in range(MIN_PER_TAG)
+    ]
+    first = add_labels(engine, items[:1], share=0.0)
+    with Session(engine) as session:
+        sets = retraining.build_training_sets(session, settings=make_settings(), tags=graphs)
+    assert sets.scarce_tags == {"graphs": 1}
+    assert first[0].id not in sets.train_label_ids and items[0] not in sets.train
+    result = train(sets.train, sets.evaluation, encoder=encoder, target_precision=0.99)
+    assert "graphs" not in result.model.classes  # trained, on the other tags
+
+    rest = add_labels(engine, items[1:], share=0.0)
+    with Session(engine) as session:
+        sets = retraining.build_training_sets(session, settings=make_settings(), tags=graphs)
+    assert sets.scarce_tags == {}
+    assert sets.train_label_ids == [row.id for row in first + rest]
+    assert sum(e.tag == "graphs" for e in sets.train) == MIN_PER_TAG
 
 
 def test_the_label_export_marks_as_held_out_what_retraining_holds_out(

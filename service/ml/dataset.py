@@ -295,12 +295,18 @@ MIN_PER_TAG = 10
 MIN_TAGS = 2
 
 
+def scarce_tags(examples: list[Example]) -> dict[str, int]:
+    """The tags present with fewer than `MIN_PER_TAG` examples, and how many each has."""
+    counts = Counter(e.tag for e in examples)
+    return {tag: n for tag, n in sorted(counts.items()) if n < MIN_PER_TAG}
+
+
 def trainability(examples: list[Example]) -> str | None:
     """Why `examples` are too little to train on, if they are: at least `MIN_TAGS` tags need
     `MIN_PER_TAG` examples each, and no tag fewer (a tag may be absent: the model then never
     answers it)."""
     counts = Counter(e.tag for e in examples)
-    scarce = {tag: n for tag, n in sorted(counts.items()) if n < MIN_PER_TAG}
+    scarce = scarce_tags(examples)
     problems = [f"tag {tag!r} has {n} example(s)" for tag, n in scarce.items()]
     if len(counts) - len(scarce) < MIN_TAGS:
         problems.append(f"{len(counts) - len(scarce)} tag(s) with enough examples")
