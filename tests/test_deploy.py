@@ -6,11 +6,15 @@ pinned CPU build, and compose gives the worker time to finish the longest job it
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import yaml
 
-from service.config import Settings
+from service.config import SEED_DATASET, Settings
 from service.jobs import JOB_TIMEOUT_S
 from tests.conftest import ROOT
 
@@ -83,3 +87,66 @@ def test_compose_lets_the_worker_finish_a_retraining_and_runs_as_the_image_says(
     assert "127.0.0.1:8000/healthz" in DOCKERFILE
     # Secrets are given at run time, never baked into the image.
     assert not re.search(r"^ENV .*(API_KEYS|BUNDLE_KEY|PASSWORD)", DOCKERFILE, flags=re.M)
+
+
+# Python with `import torch` failing as it does where PyTorch is not installed (the image's
+# runtime): a finder ahead of the others refuses it, and it never enters sys.modules.
+WITHOUT_TORCH = """
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, _NoTorch())
+"""
+SERVE_AND_PREDICT = """
+from fastapi.testclient import TestClient
+from service.api.main import create_app
+from service.config import Settings
+import workers.maintenance_jobs, workers.review_jobs, workers.training_jobs, workers.worker
+with TestClient(create_app(Settings())) as client:
+    answer = client.post(
+        "/predict",
+        json={"title": "YOLO for counting cars", "description": "Object detection on video."},
+        headers={"Authorization": "Bearer k"},
+    )
+    print(answer.status_code, answer.json()["tag"])
+"""
+
+
+def test_the_runtime_runs_without_pytorch_which_the_image_uninstalls(
+    cli_env: dict[str, str], test_redis_url: str, tmp_path: Path
+) -> None:
+    """The image drops PyTorch after the ONNX export: training, the API and the worker's jobs
+    must never import it, and a missing encoder must say why instead of a ModuleNotFoundError."""
+    built = DOCKERFILE.split("FROM ${PYTHON_IMAGE} AS runtime")[0]
+    assert built.index("ensure_onnx(") < built.index("pip uninstall --yes torch")
+    env = {
+        **os.environ,
+        **cli_env,
+        "TAGFLOW_API_KEYS": "client:k",
+        "TAGFLOW_REDIS_URL": test_redis_url,
+    }
+
+    def run(code: str, *args: str, **changes: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", WITHOUT_TORCH + code, *args],
+            env=env | changes,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    cli = "from service.cli import app\napp(prog_name='tagflow')"
+    trained = run(cli, "train", "--data", str(SEED_DATASET), "--promote")
+    assert trained.returncode == 0, trained.stderr
+    served = run(SERVE_AND_PREDICT)
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.split()[-2:] == ["200", "computer-vision"]
+
+    no_encoder = run(cli, "train", "--data", str(SEED_DATASET), TAGFLOW_ENCODER_DIR=str(tmp_path))
+    assert no_encoder.returncode == 1
+    said = " ".join(no_encoder.stderr.split())
+    assert "exporting it needs PyTorch, which this installation lacks" in said, said

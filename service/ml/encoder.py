@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import EncoderKind
+from service.errors import UnavailableError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -42,7 +43,14 @@ def bundled_model_dir() -> Path:
 
 def _trace(target: Path) -> None:
     """Trace the bundled model to ONNX (needs PyTorch, only at export time)."""
-    import torch
+    try:
+        import torch
+    except ImportError:  # a runtime without PyTorch, such as the Docker image's
+        raise UnavailableError(
+            f"the ONNX encoder is not in {target.parent} and exporting it needs PyTorch, which "
+            "this installation lacks: point TAGFLOW_ENCODER_DIR at an exported encoder (the "
+            "Docker image has one in /opt/encoder) or install torch"
+        ) from None
     import transformers
     from transformers import AutoModel
 
