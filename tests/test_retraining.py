@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from service import retraining
 from service.api.main import create_app
 from service.cli import app as cli_app
-from service.config import SEED_DATASET, Settings
+from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
 from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
 from service.db import init_db, make_engine
@@ -547,11 +547,15 @@ def test_cli_retrain_and_enqueue(
     test_redis_url: str,
     redis_conn: redis.Redis,
 ) -> None:
+    # A newly approved tag with a single label: trained on without it, and said.
+    tags_file = tmp_path / "tags.csv"
+    tags_file.write_text(DEFAULT_TAGS_FILE.read_text() + "graphs,Graph learning.\n")
     env = {
         "TAGFLOW_API_KEYS": f"admin:{KEYS['admin']}",
         "TAGFLOW_DATA_DIR": str(tmp_path / "cli"),
         "TAGFLOW_ENCODER_DIR": str(encoder_dir),
         "TAGFLOW_REDIS_URL": test_redis_url,
+        "TAGFLOW_TAGS_FILE": str(tags_file),
     }
     settings = make_settings(data_dir=tmp_path / "cli", base_dataset=None)
     (tmp_path / "cli").mkdir()
@@ -559,9 +563,15 @@ def test_cli_retrain_and_enqueue(
     init_db(engine)
     production = register_promoted(engine, settings, seed_result)
     add_labels(engine, new_items[:10], share=0.2)
+    add_labels(
+        engine, [Example("Graph attention networks", "Node classification.", "graphs")], share=0
+    )
     runner = CliRunner()
     ran = runner.invoke(cli_app, ["retrain"], env=env)
     assert ran.exit_code == 0, ran.output
+    assert "tag 'graphs' has 1 training example(s): left out of training until it has 10" in (
+        " ".join(ran.stderr.split())
+    )
     assert "weighted_f1" in ran.output and "auto_precision" in ran.output
     assert "snapshot" in ran.output
     with Session(engine) as session:

@@ -22,6 +22,7 @@ from service.cli.common import (
     port_free_or_exit,
     preflight_or_exit,
     print_error,
+    print_warning,
     settings_or_exit,
     warn_seen_in_training,
 )
@@ -31,7 +32,7 @@ from service.cli.models import models_app
 from service.config import Settings
 from service.errors import TagflowError
 from service.ml import registry
-from service.ml.dataset import DatasetError, load_dataset, load_training_file
+from service.ml.dataset import MIN_PER_TAG, DatasetError, load_dataset, load_training_file
 
 app = typer.Typer(
     help="tagflow: content classification with a human in the loop.", no_args_is_help=True
@@ -217,6 +218,11 @@ def retrain(
         print_error("cannot retrain:", exc, sep="\n")
         raise typer.Exit(1) from None
     console.print(_gate_table(outcome))
+    for tag, count in outcome["scarce_tags"].items():
+        print_warning(
+            f"tag {tag!r} has {count} training example(s): left out of training until it has "
+            f"{MIN_PER_TAG} (its labels are kept)"
+        )
 
 
 Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
