@@ -5,23 +5,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from rich.errors import MarkupError
+from sqlmodel import Session, select
 from typer.testing import CliRunner
 
 from service.api_keys import KeyRing, fingerprint, new_key
 from service.cli import app
 from service.cli.common import console
 from service.cli.main import suspects_table
-from service.config import SEED_DATASET, Caller, Role
+from service.config import SEED_DATASET, Caller, Role, Settings
+from service.db import init_db, make_engine
+from service.entities.prediction import Prediction
+from service.ml.training import TrainResult
+from tests.conftest import KEYS, auth, register_promoted
 
 
 def _said(output: str) -> str:
@@ -145,7 +152,7 @@ def test_serve_in_development_mode_without_keys_generates_them(
                 assert process.poll() is None and time.monotonic() < deadline, log.read_text()
                 time.sleep(0.2)
     finally:
-        process.terminate()  # uvicorn stops, then ends by the signal it caught
+        process.terminate()
         process.wait(timeout=30)
 
 
@@ -350,3 +357,70 @@ def test_db_current_asks_without_creating_a_database(cli_env: dict[str, str]) ->
     again = CliRunner().invoke(app, ["db", "current"], env=env)
     assert again.exit_code == 0 and "no file" not in again.output
     assert "database: none" not in again.output
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
+    stop: signal.Signals,
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """A supervisor (systemd, Docker, Kubernetes) reads a non-zero exit as a failed stop:
+    `serve` ended by the SIGTERM that uvicorn re-raises after its clean shutdown (143)."""
+    database = tmp_path / "api.db"
+    settings = make_settings(database_url=f"sqlite:///{database}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "TAGFLOW_API_KEYS": f"client:{KEYS['client']}",
+        "TAGFLOW_DATA_DIR": str(settings.data_dir),
+        "TAGFLOW_DATABASE_URL": settings.resolved_database_url,
+        "TAGFLOW_ENCODER_DIR": str(settings.encoder_dir),
+        "TAGFLOW_REDIS_URL": str(settings.redis_url),
+        # Nothing is written before the stop: the row in the database is the shutdown's.
+        "TAGFLOW_LOG_FLUSH_INTERVAL_S": "600",
+    }
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/predict",
+            data=json.dumps({"title": "BERT for NER", "description": ""}).encode(),
+            headers={**auth("client"), "Content-Type": "application/json"},
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    answered = json.loads(response.read())["prediction_id"]
+                break
+            except urllib.error.URLError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        process.send_signal(stop)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert "Application shutdown complete" in log.read_text()
+    with Session(engine) as session:
+        assert [row.id for row in session.exec(select(Prediction))] == [answered]
+    engine.dispose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -153,3 +153,34 @@ def test_a_worker_that_loses_redis_mid_job_stops_with_one_line(
     assert "worker stopped: lost its Redis connection" in output
     assert "Traceback (most recent call last)" not in output.split("worker stopped:")[-1]
     assert "╭" not in output  # no rich traceback box from the CLI
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_worker_stopped_during_a_job_finishes_it_and_exits_0(
+    stop: signal.Signals, cli_env: dict[str, str], test_redis_url: str, redis_conn: Redis
+) -> None:
+    """`tagflow worker` as a supervisor stops it: the job it runs is finished, and the stop is
+    a clean one (exit 0), which systemd, Docker or Kubernetes do not report as a failure."""
+    job = Queue(LABELING_QUEUE, connection=redis_conn).enqueue("time.sleep", 2)
+    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": test_redis_url}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while job.get_status(refresh=True) != JobStatus.STARTED:
+            assert time.monotonic() < deadline and worker.poll() is None, "the job never started"
+            time.sleep(0.05)
+        worker.send_signal(stop)
+        output, _ = worker.communicate(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode == 0, output[-3000:]
+    assert job.get_status(refresh=True) == JobStatus.FINISHED

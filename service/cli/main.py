@@ -33,6 +33,7 @@ from service.config import Settings
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import MIN_PER_TAG, DatasetError, load_dataset, load_training_file
+from service.processes import stop_signals_as_exit
 
 app = typer.Typer(
     help="tagflow: content classification with a human in the loop.", no_args_is_help=True
@@ -244,7 +245,11 @@ def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
     if generated:  # only now: a refused `serve` would print keys nothing accepts
         print_generated_keys(generated)
     console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
-    run_api(settings, host=host, port=port)
+    # uvicorn shuts down cleanly on SIGTERM, then raises the signal again for the handler it
+    # found: with the default one, `serve` died by it (exit 143), which systemd, Docker or
+    # Kubernetes read as a failed stop. Here that second raise ends it with 0, as `up` ends.
+    with stop_signals_as_exit():
+        run_api(settings, host=host, port=port)
 
 
 def run_api(settings: Settings, *, host: str, port: int) -> None:
