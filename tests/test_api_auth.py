@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,3 +96,51 @@ def test_keys_in_the_key_file_change_without_a_restart(
         assert "tagflow_api_keys_file_valid 0.0" in metrics
         assert 'tagflow_api_keys{role="reviewer"} 4.0' in metrics  # 3 fixed + cat's
         assert "tagflow_api_keys_file_rejections_total 1.0" in metrics
+
+
+# Bodies FastAPI fails to read before any dependency runs (the key check is a dependency).
+UNREADABLE = {
+    "malformed JSON": b'{"title": "Image captioning", ',
+    "not UTF-8": b'{"title": "\xff\xfe"}',
+    "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+def _json_body_routes(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path) of every operation that reads a JSON body, path parameters filled in."""
+    routes = []
+    for path, operations in client.get("/openapi.json").json()["paths"].items():
+        for method, operation in operations.items():
+            if "application/json" in operation.get("requestBody", {}).get("content", {}):
+                filled = path.replace("{version}", "v0001").replace("{task_id}", "1")
+                routes.append((method.upper(), filled))
+    return routes
+
+
+def test_no_key_no_role_learns_nothing_about_the_body(sqlite_client: TestClient) -> None:
+    """The key is checked before the body is read as JSON: a body that is not JSON got a 422
+    from FastAPI before the key check ran, to callers without a key too. Now a missing or
+    unknown key is 401 and a key of the wrong role 403, whatever the body; only a caller
+    allowed to use the operation is told what is wrong with the body."""
+    routes = _json_body_routes(sqlite_client)
+    assert ("POST", "/predict") in routes and ("PUT", "/models/v0001/threshold") in routes
+    content = {"Content-Type": "application/json"}
+    for (method, path), (kind, body) in itertools.product(routes, UNREADABLE.items()):
+        for headers in ({}, bearer("nope"), {"Authorization": "Basic abc"}):
+            response = sqlite_client.request(method, path, content=body, headers=headers | content)
+            assert response.status_code == 401, (method, path, kind, headers, response.text)
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+        allowed = sqlite_client.request(method, path, content=body, headers=auth("admin") | content)
+        assert allowed.status_code == 422, (method, path, kind, allowed.text)
+    for method, path, role in (
+        ("POST", "/predict", "reviewer"),
+        ("POST", "/predict/batch", "reviewer"),
+        ("POST", "/review/1/label", "client"),
+        ("PUT", "/models/v0001/threshold", "reviewer"),
+    ):
+        for kind, body in UNREADABLE.items():
+            response = sqlite_client.request(
+                method, path, content=body, headers=auth(role) | content
+            )
+            assert response.status_code == 403, (method, path, kind, response.text)
+            assert f"({role})" in response.json()["detail"]

@@ -7,10 +7,11 @@ API process held the GIL under load.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi.dependencies.models import Dependant
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -83,6 +84,22 @@ def caller_of(request: Request, credentials: HTTPAuthorizationCredentials | None
     return caller
 
 
+def caller_with_role(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, roles: tuple[Role, ...]
+) -> Caller:
+    """The caller, if its key has one of `roles` (admin has them all); 401 or 403 if not."""
+    caller = caller_of(request, credentials)
+    if caller.role is not Role.ADMIN and caller.role not in roles:
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, f"this key's role ({caller.role.value}) may not do this"
+        )
+    return caller
+
+
+# The roles each key check made by `allow` lets through, for `refusal_before_body`.
+_ROLES_OF_CHECK: dict[Callable[..., Any], tuple[Role, ...]] = {}
+
+
 def allow(*roles: Role):  # type: ignore[no-untyped-def]
     """A dependency that lets only `roles` (and admin) through; others get 403."""
 
@@ -93,14 +110,40 @@ def allow(*roles: Role):  # type: ignore[no-untyped-def]
         request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Caller:
-        caller = caller_of(request, credentials)
-        if caller.role is not Role.ADMIN and caller.role not in roles:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN, f"this key's role ({caller.role.value}) may not do this"
-            )
-        return caller
+        return caller_with_role(request, credentials, roles)
 
+    _ROLES_OF_CHECK[check] = roles
     return check
+
+
+def _roles_checked(dependant: Dependant) -> tuple[Role, ...] | None:
+    """The roles the key check among `dependant`'s dependencies lets through; None if the
+    operation checks no key."""
+    for dependency in dependant.dependencies:
+        if dependency.call in _ROLES_OF_CHECK:
+            return _ROLES_OF_CHECK[dependency.call]
+        if (roles := _roles_checked(dependency)) is not None:
+            return roles
+    return None
+
+
+async def refusal_before_body(request: Request) -> HTTPException | None:
+    """The 401 or 403 the operation's key check gives this request; None if the key passes
+    or the operation checks none.
+
+    FastAPI reads and parses a JSON body before it runs any dependency, the key check
+    included, so a body that is not JSON was answered with its 422 (or 400) to a caller
+    with no key. The error handlers ask this first: an unauthenticated caller learns nothing
+    about what it sent, and a request that passes pays nothing for it."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    roles = _roles_checked(dependant) if isinstance(dependant, Dependant) else None
+    if roles is None:
+        return None
+    try:
+        caller_with_role(request, await _bearer(request), roles)
+    except HTTPException as refused:
+        return refused
+    return None
 
 
 # The caller behind the request's key, let through only with one of these roles.

@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.api.deps import refusal_before_body
 from service.db import is_outage
 from service.errors import (
     ArtifactError,
@@ -91,8 +92,10 @@ def _shown_input(value: Any) -> Any:
     return value
 
 
-async def _invalid_request(_request: Request, exc: Exception) -> JSONResponse:
+async def _invalid_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
+    if refused := await refusal_before_body(request):  # a body that is not JSON, say
+        return await http_exception_handler(request, refused)
     errors = jsonable_encoder(exc.errors())
     for error in errors:
         if "input" in error:
@@ -112,6 +115,8 @@ _UNPARSABLE = (
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and exc.__cause__ is not None:
+        if refused := await refusal_before_body(request):
+            return await http_exception_handler(request, refused)
         for kind, detail in _UNPARSABLE:
             if isinstance(exc.__cause__, kind):
                 return JSONResponse({"detail": detail}, status_code=422)
