@@ -13,6 +13,7 @@ from sqlmodel import Session, col, func, select
 
 from service.entities import OutboxItem
 from service.entities.common import utcnow
+from service.jobs import REVIEW_JOB_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,10 @@ def relay(session: Session, *, queue: Queue, limit: int = 500) -> int:
         return 0
     jobs = [
         Queue.prepare_data(
-            JOBS[kind], args=([row.payload for row in batch],), retry=REVIEW_RETRY, timeout=600
+            JOBS[kind],
+            args=([row.payload for row in batch],),
+            retry=REVIEW_RETRY,
+            timeout=REVIEW_JOB_TIMEOUT_S,
         )
         for kind, batch in batches(rows)
     ]

@@ -18,15 +18,13 @@ from sqlmodel import Session
 
 from service.crud.predictions import prune_predictions
 from service.entities.common import utcnow
+from service.jobs import PRUNE_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
 PRUNE_JOB = "workers.maintenance_jobs.prune"
 PRUNE_KEY = "tagflow:retention:last-enqueued"
 PRUNE_EVERY = timedelta(days=1)
-# Deleting a large backlog in batches of 5,000 rows: 70,000 rows/s on SQLite, 41,000 on
-# PostgreSQL (measured with `tagflow db prune`), so an hour covers well over 100 million rows.
-PRUNE_TIMEOUT_S = 3600
 
 
 def maybe_enqueue_prune(

@@ -15,6 +15,7 @@ from service.calibration import recalibrate_as_configured
 from service.db import is_outage
 from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError
+from service.jobs import REPRIORITIZE_TIMEOUT_S
 from service.ml import registry
 from service.ml.serving import LoadedModel
 from service.outbox import relay
@@ -76,7 +77,7 @@ def _serve(state: AppState, row: ModelVersion) -> None:
 def _enqueue_reprioritize(state: AppState, version: str) -> None:
     """Best effort: re-score the review queue with the newly served model."""
     try:
-        state.queues.labeling.enqueue(REPRIORITIZE_JOB, version, job_timeout=1800)
+        state.queues.labeling.enqueue(REPRIORITIZE_JOB, version, job_timeout=REPRIORITIZE_TIMEOUT_S)
     except RedisError as exc:
         log.warning("could not enqueue review re-prioritisation for %s: %s", version, exc)
 

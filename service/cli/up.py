@@ -24,7 +24,7 @@ from service.cli.common import (
     settings_or_exit,
 )
 from service.config import SEED_DATASET, Settings, generate_dev_keys
-from service.jobs import JOB_TIMEOUT_S
+from service.jobs import LONGEST_JOB_TIMEOUT_S
 from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
 
@@ -121,8 +121,8 @@ def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
     """Stop the worker as RQ expects: SIGTERM, and it finishes the job it is running. A
-    retraining can take minutes, so `up` waits for it, as long as a job may run (compose
-    gives the worker as long), unless a second Ctrl-C asks to cut it short."""
+    retraining can take minutes, so `up` waits for it, as long as the longest job may run
+    (compose gives the worker as long), unless a second Ctrl-C asks to cut it short."""
     worker.terminate()
     try:
         worker.wait(timeout=IDLE_STOP_S)
@@ -133,7 +133,7 @@ def _stop(worker: subprocess.Popen[bytes]) -> None:
         "the worker is finishing its job (a retraining takes minutes): waiting; "
         "Ctrl-C again stops it now, and the job is cut"
     )
-    cut = _wait_or_interrupt(worker, within_s=JOB_TIMEOUT_S)
+    cut = _wait_or_interrupt(worker, within_s=LONGEST_JOB_TIMEOUT_S)
     if worker.poll() is None:
         console.print("stopping the worker now" if cut else "the worker overran its job timeout")
         worker.kill()
