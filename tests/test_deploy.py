@@ -20,6 +20,7 @@ from service.jobs import LONGEST_JOB_TIMEOUT_S
 from tests.conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+README = (ROOT / "README.md").read_text()
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 # Compose's own variables, read by compose or Prometheus, never by tagflow.
 NOT_SETTINGS = {"TAGFLOW_METRICS_KEY"}
@@ -168,3 +169,29 @@ def test_the_runtime_runs_without_pytorch_which_the_image_uninstalls(
     assert no_encoder.returncode == 1
     said = " ".join(no_encoder.stderr.split())
     assert "exporting it needs PyTorch, which this installation lacks" in said, said
+def test_a_first_compose_run_is_told_how_to_set_the_api_keys() -> None:
+    """Compose refuses to start without TAGFLOW_API_KEYS and prints the hint after `:?`
+    ("required variable TAGFLOW_API_KEYS is missing a value: <hint>"): the hint says the form
+    and where the command that makes keys is, and that command, run as the README shows it,
+    gives keys the API accepts, one per role."""
+    value = COMPOSE["services"]["api"]["environment"]["TAGFLOW_API_KEYS"]
+    hint = re.fullmatch(r"\$\{TAGFLOW_API_KEYS:\?([^}$]+)\}", value)
+    assert hint, value
+    assert all(f"{role}:" in hint.group(1) for role in ("client", "reviewer", "admin"))
+    assert "README.md, Docker" in hint.group(1)
+    docker_section = README.split("\n## Docker\n", 1)[1]
+    line = re.search(r"^export TAGFLOW_API_KEYS=.*$", docker_section, flags=re.M)
+    assert line, "the Docker section shows no way to set the keys"
+    keys = subprocess.run(
+        ["bash", "-c", f'{line.group(0)}; printf %s "$TAGFLOW_API_KEYS"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    settings = Settings(_env_file=None, api_keys=keys)  # type: ignore[call-arg]
+    assert sorted(caller.role.value for caller in settings.keys.values()) == [
+        "admin",
+        "client",
+        "reviewer",
+    ]
+    assert all(len(key) >= 32 for key in settings.keys)
