@@ -12,9 +12,13 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from redis.exceptions import RedisError
+
 from service.config import LogFormat, Settings
+from service.db import is_outage
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 ORT_TOOLING = f"{os.sep}onnxruntime{os.sep}"
@@ -58,3 +62,48 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level)
+
+
+# Work that keeps failing the same way is logged again after this long, not every round.
+REPEAT_LOG_S = 60.0
+
+
+@dataclass
+class RepeatedFailures:
+    """Recurring work (a background step of the API, the prediction log's flush) and how it
+    has been failing: what the log has said of it, and when."""
+
+    what: str
+    logger: logging.Logger
+    count: int = 0
+    said: str = ""
+    said_at: float = 0.0
+
+    def failed(self, exc: Exception, *, now: float, detail: str = "") -> None:
+        """Log a failure: with its traceback when it is new, a line when it is an outage (the
+        database or Redis away), and a repeat at most every REPEAT_LOG_S (during an outage,
+        each round logged a traceback: thousands of lines a minute). `detail` is appended."""
+        self.count += 1
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if text == self.said and now - self.said_at < REPEAT_LOG_S:
+            return
+        # The traceback once, for a failure that is new and not an outage.
+        quiet = text == self.said or is_outage(exc) or isinstance(exc, RedisError)
+        repeats = f" (failing for {self.count} rounds)" if self.count > 1 else ""
+        self.logger.error(
+            "%s failed%s: %s%s",
+            self.what,
+            repeats,
+            text,
+            detail,
+            exc_info=None if quiet else exc,
+        )
+        self.said, self.said_at = text, now
+
+    def succeeded(self, detail: str = "") -> None:
+        """The work was done: say so if it had been failing, and start counting afresh."""
+        if self.count:
+            self.logger.info(
+                "%s works again after %d failed rounds%s", self.what, self.count, detail
+            )
+        self.count, self.said = 0, ""

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from sqlmodel import Session
 from service.crud.predictions import already_written, save_predictions
 from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
+from service.logs import RepeatedFailures
 
 log = logging.getLogger(__name__)
 
@@ -162,14 +164,20 @@ class PredictionLog:
         self._task = asyncio.create_task(self._run(), name="prediction-log")
 
     async def _run(self) -> None:
+        # An outage is a line when it starts, again each minute, and one when it ends: a
+        # traceback every interval (4 a second by default) flooded the log while PostgreSQL
+        # was down.
+        failures = RepeatedFailures("prediction log flush", log)
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await asyncio.to_thread(self.flush)
-            except Exception:
-                log.exception(
-                    "prediction log flush failed; %d rows kept for retry", len(self._buffer)
-                )
+                written = await asyncio.to_thread(self.flush)
+            except Exception as exc:
+                kept = f"; {len(self._buffer)} rows kept for retry"
+                failures.failed(exc, now=time.monotonic(), detail=kept)
+            else:
+                if written:  # an empty buffer asks nothing of the database: no news of it
+                    failures.succeeded(detail=f"; {written} rows written")
 
     async def close(self) -> None:
         """Stop the loop and write what is left; what the database cannot take now goes to

@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
-from service.api.lifecycle import REPEAT_LOG_S, StepFailures
+from service.api.lifecycle import log as lifecycle_log
+from service.logs import REPEAT_LOG_S, RepeatedFailures
 
 
 def _database_down() -> OperationalError:
@@ -28,13 +29,14 @@ def test_a_step_failing_the_same_way_is_logged_once_a_minute(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """An outage used to log a traceback per step every two seconds."""
-    failures, down = StepFailures(), _database_down()
+    failures = RepeatedFailures("background step drain_outbox", lifecycle_log)
+    down = _database_down()
     with caplog.at_level(logging.INFO, logger="service.api.lifecycle"):
         for second in range(0, 120, 2):  # two minutes of rounds
-            failures.failed("drain_outbox", down, now=float(second))
-        failures.succeeded("drain_outbox")
-        failures.failed("drain_outbox", ValueError("a bug"), now=200.0)
-        failures.failed("drain_outbox", ValueError("a bug"), now=300.0)
+            failures.failed(down, now=float(second))
+        failures.succeeded()
+        failures.failed(ValueError("a bug"), now=200.0)
+        failures.failed(ValueError("a bug"), now=300.0)
     messages = [(r.getMessage(), r.exc_info) for r in caplog.records]
     assert len(messages) == 5, messages
     (first, tb1), (again, tb2), (back, _), (bug, tb3), (bug_again, tb4) = messages

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,36 @@ def test_without_a_spill_file_a_failed_final_flush_raises(engine: Engine) -> Non
     down.record(make_prediction(new_id()))
     with pytest.raises(OperationalError):
         asyncio.run(down.close())
+
+
+def test_an_outage_is_a_line_when_it_starts_and_one_when_it_ends(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The flush loop logged a traceback at every interval of an outage (75 tracebacks, over
+    4,000 lines, in 9 s of PostgreSQL away in the QA pass): now one line, no traceback, then
+    one when the rows are written."""
+    log = PredictionLog(_unreachable(engine), interval_s=0.01, batch_size=50)
+    rows = [make_prediction(new_id()) for _ in range(3)]
+
+    async def scenario() -> None:
+        log.start()
+        for row in rows:
+            log.record(row)
+        while log.failures < 20:  # 20 failed flushes: far more than one a minute
+            await asyncio.sleep(0.01)
+        log.engine = engine  # the database is back
+        while log.buffered:
+            await asyncio.sleep(0.01)
+        await log.close()
+
+    with caplog.at_level(logging.INFO, logger="service.prediction_log"):
+        asyncio.run(scenario())
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert len(said) == 2, said
+    (level, failed, tb), (back_level, back, _) = said
+    assert level == "ERROR" and tb is None
+    assert failed.startswith("prediction log flush failed: OperationalError")
+    assert failed.endswith("; 3 rows kept for retry")
+    assert back_level == "INFO" and back.startswith("prediction log flush works again after")
+    assert back.endswith("failed rounds; 3 rows written")
+    assert _count(engine, Prediction) == 3

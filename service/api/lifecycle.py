@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from service.api.state import AppState
 from service.calibration import recalibrate_as_configured
-from service.db import is_outage
 from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError
 from service.jobs import REPRIORITIZE_TIMEOUT_S
+from service.logs import RepeatedFailures
 from service.ml import registry
 from service.ml.serving import LoadedModel
 from service.outbox import relay
@@ -146,52 +146,19 @@ def auto_prune(state: AppState) -> str | None:
     )
 
 
-# A step that keeps failing the same way is logged again after this long, not every round.
-REPEAT_LOG_S = 60.0
-
-
-@dataclass
-class StepFailures:
-    """How one background step has been failing: what the log has said of it, and when."""
-
-    count: int = 0
-    said: str = ""
-    said_at: float = 0.0
-
-    def failed(self, step: str, exc: Exception, *, now: float) -> None:
-        """Log a failure: with its traceback when it is new, a line when it is an outage (the
-        database or Redis away), and a repeat at most every REPEAT_LOG_S (during an outage,
-        each round of every step logged a traceback: thousands of lines a minute)."""
-        self.count += 1
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if text == self.said and now - self.said_at < REPEAT_LOG_S:
-            return
-        # The traceback once, for a failure that is new and not an outage.
-        quiet = text == self.said or is_outage(exc) or isinstance(exc, RedisError)
-        repeats = f" (failing for {self.count} rounds)" if self.count > 1 else ""
-        log.error(
-            "background step %s failed%s: %s", step, repeats, text, exc_info=None if quiet else exc
-        )
-        self.said, self.said_at = text, now
-
-    def succeeded(self, step: str) -> None:
-        """The step worked: say so if it had been failing, and start counting afresh."""
-        if self.count:
-            log.info("background step %s works again after %d failed rounds", step, self.count)
-        self.count, self.said = 0, ""
-
-
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
     """Poll the registry (promotions from the CLI or a worker), retry the outbox, start
     automatic retraining, move the served cut by the audit, and queue the daily retention."""
     steps = (sync_production, drain_outbox, auto_retrain, auto_recalibrate, auto_prune)
-    failures = {step.__name__: StepFailures() for step in steps}
+    failures = {
+        step.__name__: RepeatedFailures(f"background step {step.__name__}", log) for step in steps
+    }
     while True:
         await asyncio.sleep(interval_s)
         for step in steps:
             try:
                 await asyncio.to_thread(step, state)
             except Exception as exc:
-                failures[step.__name__].failed(step.__name__, exc, now=time.monotonic())
+                failures[step.__name__].failed(exc, now=time.monotonic())
             else:
-                failures[step.__name__].succeeded(step.__name__)
+                failures[step.__name__].succeeded()
