@@ -3,6 +3,7 @@ and failing jobs retried with backoff and kept visible in the FailedJobRegistry.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +24,14 @@ from service.crud.predictions import save_predictions
 from service.entities import OutboxItem, PredictionStatus
 from service.entities.review import ReviewTask
 from service.ml.training import TrainResult
-from service.outbox import JOBS, LABELING_QUEUE, REVIEW_BATCH, REVIEW_RETRY, relay
+from service.outbox import (
+    JOBS,
+    LABELING_QUEUE,
+    REVIEW_BATCH,
+    REVIEW_RETRY,
+    relay,
+    relay_failures,
+)
 from service.redis_server import EmbeddedRedis
 from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_review_api import (
@@ -199,6 +207,34 @@ def test_relay_marks_nothing_sent_when_redis_is_down(
         assert relay(session, queue=queue) == 3
     assert queue.count == 1 and len(payloads(queue)) == 3
     assert all(r.sent_at is not None for r in outbox_rows(engine))
+    conn.close()
+
+
+def test_a_redis_outage_is_logged_when_it_starts_and_when_it_ends(
+    engine: Engine, own_redis: EmbeddedRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The API relays after every log flush (four times a second) and from its watch loop:
+    each failed relay logged a warning (4 lines a second while Redis was down in the QA pass)."""
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue(LABELING_QUEUE, connection=conn)
+    failures = relay_failures()
+    with Session(engine) as session:
+        unsure = [make_prediction(f"Unsure {i}", status=PredictionStatus.REVIEW) for i in range(2)]
+        save_predictions(session, predictions=unsure)
+        own_redis.stop()
+        with caplog.at_level(logging.INFO, logger="service.outbox"):
+            for _ in range(20):
+                assert relay(session, queue=queue, failures=failures) == 0
+            own_redis.start()
+            assert relay(session, queue=queue, failures=failures) == 2
+    said = [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records]
+    assert len(said) == 2, said
+    (level, down, tb), (back_level, back, _) = said
+    assert level == "ERROR" and tb is None
+    assert down.startswith("outbox relay to Redis failed: ConnectionError")
+    assert down.endswith("; 2 rows wait")
+    assert back_level == "INFO"
+    assert back == "outbox relay to Redis works again after 20 failed rounds; 2 rows sent"
     conn.close()
 
 

@@ -109,7 +109,7 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
 def drain_outbox(state: AppState) -> int:
     """Send unsent outbox rows to RQ (one relay at a time in this process)."""
     with state.outbox_lock, Session(state.engine) as session:
-        return relay(session, queue=state.queues.labeling)
+        return relay(session, queue=state.queues.labeling, failures=state.outbox_failures)
 
 
 def auto_retrain(state: AppState) -> str | None:

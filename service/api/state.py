@@ -13,9 +13,11 @@ from sqlalchemy.engine import Engine
 from service.api_keys import KeyRing
 from service.config import Settings
 from service.dead_letters import WaitingCount
+from service.logs import RepeatedFailures
 from service.metrics import Metrics
 from service.ml.registry import ArtifactStamp
 from service.ml.serving import MicroBatcher, Predictor
+from service.outbox import relay_failures
 from service.prediction_log import PredictionLog
 from service.tags import TagSet
 
@@ -60,3 +62,5 @@ class AppState:
     # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both
     # after each log flush and from the watch loop.
     outbox_lock: threading.Lock = field(default_factory=threading.Lock)
+    # How that relay has been failing (a Redis outage: logged once, not at every try).
+    outbox_failures: RepeatedFailures = field(default_factory=relay_failures)
