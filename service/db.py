@@ -30,6 +30,14 @@ __all__ = [
 ]
 
 
+# libpq waits for a server without end by default: with the database host hanging (it takes
+# the connection and never answers, as a host cut off by a network fault does), a request, the
+# prediction log's flush and the shutdown's last flush and outbox relay all waited forever, so
+# a SIGTERM never ended `tagflow serve` and the supervisor's SIGKILL lost the buffered rows
+# that an outage otherwise spills to disk. A failed connection is an outage (503, rows kept).
+POSTGRES_CONNECT_TIMEOUT_S = 5
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so the API and worker can share it."""
     if url.startswith("sqlite"):
@@ -45,7 +53,13 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+    )
 
 
 def _enable_wal(dbapi_conn: sqlite3.Connection, attempts: int = 100) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from service.db import is_outage, ping
+from service.db import POSTGRES_CONNECT_TIMEOUT_S, is_outage, make_engine, ping
 
 
 def _error_of(engine: Engine, statement: str) -> SQLAlchemyError:
@@ -63,3 +65,24 @@ def test_postgres_errors_are_outages_by_their_sqlstate(engine: Engine) -> None:
     too_long = _error_of(engine, "SELECT repeat('x', 2000000000)")
     assert getattr(too_long.orig, "sqlstate", "").startswith("54")  # type: ignore[attr-defined]
     assert not is_outage(too_long)
+
+
+def test_a_postgres_host_that_never_answers_is_an_outage_within_the_connect_timeout() -> None:
+    """A host that takes the connection and never answers (cut off by a network fault):
+    libpq waited for it without end, so requests, the log's flush and a clean shutdown hung
+    (a SIGTERM never ended `tagflow serve`; the supervisor's SIGKILL then lost the buffered
+    rows). Now it is an outage, as a refused connection is, after the connect timeout."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel completes connections; nothing ever answers on them
+        port = silent.getsockname()[1]
+        engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/tagflow")
+        started = time.monotonic()
+        try:
+            with pytest.raises(SQLAlchemyError) as error, engine.connect():
+                pass
+        finally:
+            engine.dispose()
+        waited = time.monotonic() - started
+    assert is_outage(error.value), error.value
+    assert POSTGRES_CONNECT_TIMEOUT_S - 1 <= waited < POSTGRES_CONNECT_TIMEOUT_S + 5, waited

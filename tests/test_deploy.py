@@ -16,6 +16,7 @@ import yaml
 
 import service.jobs
 from service.config import SEED_DATASET, Settings
+from service.db import POSTGRES_CONNECT_TIMEOUT_S
 from service.jobs import LONGEST_JOB_TIMEOUT_S
 from tests.conftest import ROOT
 
@@ -89,6 +90,9 @@ def test_every_job_timeout_is_one_of_service_jobs() -> None:
 def test_compose_lets_the_worker_finish_its_longest_job_and_runs_as_the_image_says() -> None:
     services = COMPOSE["services"]
     assert _duration_s(services["worker"]["stop_grace_period"]) > LONGEST_JOB_TIMEOUT_S
+    # The API's last flush and outbox relay may each wait out a connection to a hanging
+    # database before spilling; a SIGKILL before then loses the buffered predictions.
+    assert _duration_s(services["api"]["stop_grace_period"]) > 2 * POSTGRES_CONNECT_TIMEOUT_S + 5
     # The API's schema comes first; the image's HTTP check means nothing without a server.
     assert services["worker"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert services["worker"]["healthcheck"] == {"disable": True}
