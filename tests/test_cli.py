@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -424,3 +425,29 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_database_unavailable_mid_command_is_one_line(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+) -> None:
+    """Opening the database was checked (one line, exit 2), but a database that fails once the
+    command runs (here: locked by another process past SQLite's 30 s busy timeout; the same
+    for PostgreSQL gone) printed rich's page-long traceback box."""
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    engine.dispose()
+    holder = sqlite3.connect(settings.data_dir / "tagflow.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")  # a writer that holds on (a backup, a stuck job)
+        result = CliRunner().invoke(app, ["models", "promote", "v0001"], env=cli_env)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert result.exit_code == 2, result.output
+    assert "the database is unavailable: database is locked" in result.stderr
+    assert "Traceback" not in result.output and "╭" not in result.output

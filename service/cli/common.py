@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import getpass
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
@@ -15,9 +16,10 @@ from rich.text import Text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
+from typer.core import TyperGroup
 
 from service.config import Settings, describe_errors
-from service.db import init_db, make_engine
+from service.db import init_db, is_outage, make_engine
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
     from service.ml.encoder import Encoder
@@ -120,6 +122,22 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
         )
         raise typer.Exit(2) from None
     return engine
+
+
+class CommandGroup(TyperGroup):
+    """The `tagflow` command group: a database that becomes unavailable while a command runs
+    (locked past SQLite's busy timeout, PostgreSQL gone or not answering) is one line and
+    exit code 2, as one that cannot be opened is, not a page of traceback. Any other
+    database error is a bug, and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SQLAlchemyError as exc:
+            if not is_outage(exc):
+                raise
+            print_error("the database is unavailable:", f"{first_line(exc)}; try again")
+            raise typer.Exit(2) from None
 
 
 def shown_url(url: str) -> str:

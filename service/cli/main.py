@@ -13,6 +13,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from service.cli.common import (
+    CommandGroup,
     cli_actor,
     cli_encoder,
     cli_tags,
@@ -36,7 +37,9 @@ from service.ml.dataset import MIN_PER_TAG, DatasetError, load_dataset, load_tra
 from service.processes import stop_signals_as_exit
 
 app = typer.Typer(
-    help="tagflow: content classification with a human in the loop.", no_args_is_help=True
+    help="tagflow: content classification with a human in the loop.",
+    no_args_is_help=True,
+    cls=CommandGroup,
 )
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
