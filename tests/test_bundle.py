@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePath
 
@@ -24,7 +25,7 @@ from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
 from service.errors import ArtifactError, InvalidInputError
 from service.ml import registry
-from service.ml.bundle import Imported, export_bundle, import_bundle
+from service.ml.bundle import MAX_TAR_BYTES, Imported, export_bundle, import_bundle, read_bundle
 from service.ml.encoder import FP32_FILE, Encoder
 from service.ml.training import TrainResult
 from service.retraining import base_source
@@ -307,6 +308,23 @@ def test_what_is_not_a_bundle_is_a_clear_error(
     with pytest.raises(InvalidInputError, match=message):
         _import(target, make(seed_bundle), tags, seed_result.model.encoder)
     _nothing_recorded(target)
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME], ids=["pax", "gnu"])
+def test_a_header_that_unpacks_past_the_bound_is_refused_before_it_is_held(kind: bytes) -> None:
+    """tarfile reads a pax or long-name header whole, whatever size it declares: a 2 MB
+    bundle of one such header made an import hold 2 GB. The unpacking stops at the bound."""
+    header = tarfile.TarInfo("././@LongHeader")
+    header.type = kind
+    header.size = 4 * MAX_TAR_BYTES
+    packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # gzip
+    parts = [packer.compress(header.tobuf(format=tarfile.USTAR_FORMAT))]
+    zeros = bytes(1 << 20)
+    parts += [packer.compress(zeros) for _ in range(MAX_TAR_BYTES // len(zeros) + 2)]
+    data = b"".join([*parts, packer.flush()])
+    assert len(data) < 2_000_000  # well under the HTTP body limit
+    with pytest.raises(InvalidInputError, match=f"unpacks to more than {MAX_TAR_BYTES} bytes"):
+        read_bundle(data)
 
 
 def test_a_bundle_without_reports_gets_one_drawn_from_its_record(

@@ -22,6 +22,7 @@ loads what an admin sends, and says so in a warning.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import hmac
 import io
@@ -56,6 +57,11 @@ MEMBERS = frozenset({MANIFEST, SIGNATURE, registry.MODEL_FILE, *REPORT_FILES})
 # a few MB (1.2 MB trained on the bundled seed), and a hostile bundle must not expand into all
 # of memory.
 MAX_MEMBER_BYTES = 64 * 1024 * 1024
+# A bound on the whole tar as it is unpacked, checked before the bytes are held: tarfile reads
+# a pax or GNU long-name header whole before the member it describes, whatever size it
+# declares, so a 2 MB bundle of one such header made an import hold 2 GB (and a body under the
+# HTTP limit, 8 GB).
+MAX_TAR_BYTES = len(MEMBERS) * MAX_MEMBER_BYTES + 1024 * 1024
 VERSION_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_ROWS = 2**31 - 1  # data_rows is an INTEGER column
@@ -243,11 +249,35 @@ def _check_signature(manifest: bytes, signature: bytes | None, key: str) -> None
         )
 
 
+class _BoundedGzip(gzip.GzipFile):
+    """A gzip stream that refuses to unpack past `limit` bytes, before it holds them."""
+
+    def __init__(self, data: bytes, *, limit: int) -> None:
+        super().__init__(fileobj=io.BytesIO(data), mode="rb")
+        self._limit = limit
+
+    def read(self, size: int | None = -1) -> bytes:
+        room = self._limit - self.tell()
+        if room < 0:  # a seek went past it
+            raise InvalidInputError(_too_large(self._limit))
+        chunk = super().read(room + 1 if size is None or size < 0 or size > room else size)
+        if self.tell() > self._limit:
+            raise InvalidInputError(_too_large(self._limit))
+        return chunk
+
+
+def _too_large(limit: int) -> str:
+    return f"not a tagflow model bundle: it unpacks to more than {limit} bytes"
+
+
 def _members(data: bytes) -> dict[str, bytes]:
     """Every member of the tar, by name; only the expected plain files, each once."""
     files: dict[str, bytes] = {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        with (
+            _BoundedGzip(data, limit=MAX_TAR_BYTES) as unpacked,
+            tarfile.open(fileobj=unpacked, mode="r:") as tar,
+        ):
             for member in tar:
                 if member.name not in MEMBERS or not member.isfile() or member.name in files:
                     raise InvalidInputError(
@@ -259,6 +289,8 @@ def _members(data: bytes) -> dict[str, bytes]:
                 extracted = tar.extractfile(member)
                 assert extracted is not None  # a regular file always has content
                 files[member.name] = extracted.read()
+    except gzip.BadGzipFile:
+        raise InvalidInputError("not a tagflow model bundle (a .tar.gz): not a gzip file") from None
     except (tarfile.TarError, EOFError, OSError) as exc:  # gzip errors are OSErrors
         raise InvalidInputError(f"not a tagflow model bundle (a .tar.gz): {exc}") from None
     return files
