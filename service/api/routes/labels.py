@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Response
 
 from service.api.deps import ReviewerKey, SessionDep, SettingsDep, TagsDep
 from service.crud import labels as labels_crud
+from service.csv_rows import escape_cell
 from service.retraining import held_out_label_ids
 
 router = APIRouter(prefix="/labels", tags=["labels"])
@@ -26,13 +27,17 @@ MEDIA_TYPES = {ExportFormat.CSV: "text/csv", ExportFormat.JSONL: "application/x-
 
 
 def render(rows: list[dict[str, object]], fmt: ExportFormat) -> str:
-    """Rows in the training schema (`load_dataset` reads both formats)."""
+    """Rows in the training schema (`load_dataset` reads both formats). In CSV, a text that
+    a spreadsheet would run as a formula (a title of "=HYPERLINK(...)", sent by anyone with a
+    client key) is written with a leading apostrophe, which `load_dataset` takes off."""
     if fmt is ExportFormat.JSONL:
         return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=labels_crud.EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**row, "holdout": str(row["holdout"]).lower()} for row in rows)
+    for row in rows:
+        cells = {k: escape_cell(v) if isinstance(v, str) else v for k, v in row.items()}
+        writer.writerow({**cells, "holdout": str(row["holdout"]).lower()})
     return out.getvalue()
 
 
