@@ -447,6 +447,29 @@ def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_pa
     assert missing.exit_code == 1 and "does not exist" in missing.output
 
 
+def test_the_command_line_warns_before_it_loads_an_unsigned_bundle(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Loading the pickle runs its code: a warning after the import would come too late."""
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=cli_env)
+    assert trained.exit_code == 0, trained.output
+    bundle = tmp_path / "v1.tar.gz"
+    exported = runner.invoke(app, ["models", "export", "v0001", "--out", str(bundle)], env=cli_env)
+    assert exported.exit_code == 0, exported.output
+    elsewhere = {**cli_env, "TAGFLOW_DATA_DIR": str(tmp_path / "elsewhere")}
+    imported = runner.invoke(app, ["models", "import", str(bundle)], env=elsewhere)
+    assert imported.exit_code == 0, imported.output
+    said = _said(imported.stderr)
+    assert "is not checked against a bundle key" in said
+    assert "runs any code its maker put in it" in said
+    # Before the import: the warning comes ahead of what the import itself says.
+    assert said.index("runs any code") < said.index("signature not checked")
+    # A file that never gets as far as loading is warned about too: the warning cannot wait.
+    refused = runner.invoke(app, ["models", "import", str(tmp_path / "none.tar.gz")], env=elsewhere)
+    assert refused.exit_code == 1 and "runs any code" in _said(refused.stderr)
+
+
 def test_with_a_bundle_key_only_bundles_signed_with_it_are_imported(
     make_settings,  # type: ignore[no-untyped-def]
     sqlite_engine: Engine,

@@ -321,6 +321,14 @@ def models_import(
     from service.ml.encoder import onnx_file
 
     settings = settings_or_exit()
+    if not settings.bundle_secret:
+        # Said before the import, since the import itself loads the pickle: afterwards is late.
+        print_warning(
+            f"{bundle} is not checked against a bundle key (TAGFLOW_BUNDLE_KEY is not set), and "
+            "its model file is a pickle: importing it runs any code its maker put in it, as "
+            "this user. Its checksums are its own: they catch damage, not a forger. Import only "
+            "a bundle exported by a deployment you run"
+        )
     try:
         data = bundle.read_bytes()
         with open_session(settings) as session:

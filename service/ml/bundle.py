@@ -327,8 +327,8 @@ def import_bundle(
     warnings = []
     if not bundle.signed:
         warnings.append(
-            "signature not checked: this deployment has no TAGFLOW_BUNDLE_KEY, so it accepts "
-            "a bundle from anyone with an admin key"
+            "signature not checked: this deployment has no TAGFLOW_BUNDLE_KEY, so it loads "
+            "a model file, a pickle that runs code as it loads, from anyone with an admin key"
         )
     if already:
         warnings.append(
