@@ -17,6 +17,7 @@ from sqlmodel import Session, select
 
 from service.api.main import create_app
 from service.config import Settings
+from service.crud.feedback import MAX_REPORTS_SHOWN
 from service.crud.labels import holdout_for
 from service.entities import Feedback, Label, LabelSource, OutboxItem
 from service.entities.review import ReviewTask
@@ -178,6 +179,30 @@ def test_report_goes_to_review_and_settles_with_the_label(
     bob_view = client.get(f"/feedback/{bob.json()['feedback_id']}", headers=auth("admin")).json()
     assert bob_view["status"] == "rejected" and bob_view["final_tag"] == claimed
     assert bob_view["task_id"] == alice["task_id"]
+
+
+def test_a_task_shows_its_first_reports_however_many_come(
+    make_client: Callable[..., TestClient], redis_conn: redis.Redis
+) -> None:
+    """One client key reporting under many names must not make every claim of the task a
+    response of megabytes (3,000 reports made it 6.1 MB)."""
+    client = make_client()
+    prediction = predict(client)
+    sent = [(other_tag(prediction["tag"]), f"report {n}") for n in range(MAX_REPORTS_SHOWN + 5)]
+    for n, (tag, comment) in enumerate(sent):
+        response = report(
+            client,
+            prediction_id=prediction["prediction_id"],
+            correct_tag=tag,
+            comment=comment,
+            reporter=f"user-{n}",
+        )
+        assert response.status_code == 201
+    work_labeling(client, redis_conn)
+    task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    assert task.status_code == 200 and task.json()["reason"] == "user_report"
+    shown = [(r["correct_tag"], r["comment"]) for r in task.json()["reports"]]
+    assert shown == sent[:MAX_REPORTS_SHOWN]
 
 
 def test_trusted_feedback_on_content_in_review_joins_the_task(
