@@ -21,6 +21,12 @@ from service.config import LogFormat, Settings
 from service.db import is_outage
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+# Line breaks and other control characters, as escapes: messages carry text from requests (a
+# prediction id from the path, a database's error about a value), and a line break in one
+# would start a forged record, "2026-12-05 ... ERROR ..." on a line of its own. A terminal
+# escape (ESC) could rewrite what a reader's terminal shows.
+_CONTROL = [*range(0x20), 0x7F, 0x85, 0x2028, 0x2029]
+ESCAPES = {c: chr(c).encode("unicode_escape").decode() for c in _CONTROL if c != ord("\t")}
 ORT_TOOLING = f"{os.sep}onnxruntime{os.sep}"
 
 
@@ -40,6 +46,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, a record per line: control characters in the message are escaped (a
+    traceback after it keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return super().formatMessage(record).translate(ESCAPES)
+
+
 class ExportToolingFilter(logging.Filter):
     """Drops what onnxruntime's Python tooling logs below ERROR.
 
@@ -57,7 +71,7 @@ def configure_logging(settings: Settings) -> None:
     """Replace the root logger's handlers with one to stderr in the configured format."""
     handler = logging.StreamHandler(sys.stderr)
     json_lines = settings.log_format == LogFormat.JSON
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter(TEXT_FORMAT))
     handler.addFilter(ExportToolingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -66,6 +66,28 @@ def test_text_lines_by_default(
     assert capsys.readouterr().err.rstrip().endswith(" WARNING service.test outbox waiting")
 
 
+def test_text_in_a_message_cannot_forge_a_record(
+    make_settings: Callable[..., Settings],
+    root_logger: logging.Logger,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A prediction id from a request path (%0A decodes to a line break) is logged as it came
+    when the prediction log cannot be flushed: it must stay on its record's line."""
+    configure_logging(make_settings())
+    forged = "x\n2026-12-05 08:00:00,000 ERROR service.api admin key leaked\r\x1b[2Kz\u2028"
+    try:
+        raise RuntimeError("database down")
+    except RuntimeError:
+        logging.getLogger("service.test").exception("flush failed looking up %s", forged)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(
+        " ERROR service.test flush failed looking up "
+        "x\\n2026-12-05 08:00:00,000 ERROR service.api admin key leaked\\r\\x1b[2Kz\\u2028"
+    )
+    assert lines[1] == "Traceback (most recent call last):"  # the traceback keeps its lines
+    assert lines[-1] == "RuntimeError: database down"
+
+
 def test_serve_logs_the_service_and_uvicorn_as_json(
     make_settings: Callable[..., Settings],
     tmp_path: Path,
