@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from selenium import webdriver
@@ -39,7 +40,7 @@ from service.entities import (
 from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import KEYS, PERSONAL_KEYS, live_server, register_promoted
+from tests.conftest import KEYS, PERSONAL_KEYS, auth, live_server, register_promoted
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -353,7 +354,7 @@ def test_lost_lease_claims_the_next_item(live_app: LiveApp, browser: WebDriver) 
 
     press(browser, "1")
     wait_for_title(browser, ITEMS[1].title)
-    assert "Lease lost" in text_of(browser, "message")
+    assert f"was not labelled: task {first} is leased to 'bob'." in text_of(browser, "message")
     assert active_labels(live_app.engine, first) == []
     assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
 
@@ -788,3 +789,80 @@ def test_a_decision_shows_both_labels_and_a_second_opinion_none(
     assert [label.tag for label in active_labels(live_app.engine, decide)] == ["computer-vision"]
     assert task_statuses(live_app.engine) == {blind: ReviewStatus.LEASED}
     assert browser_errors(browser) == []
+
+
+# ---------- conflicts and failures ----------
+
+
+def post_as_ada(app: LiveApp, path: str, body: dict[str, str]) -> httpx.Response:
+    """A request from Ada's other tab: the same shared key, the same name."""
+    return httpx.post(
+        f"{app.url}{path}", json={"reviewer": "ada", **body}, headers=auth("reviewer"), timeout=30
+    )
+
+
+def requests_to(driver: WebDriver, path: str) -> int:
+    """How many requests the page has made to `path` (fetches are resource timing entries)."""
+    return driver.execute_script(
+        "return performance.getEntriesByType('resource')"
+        ".filter((e) => new URL(e.name).pathname === arguments[0]).length",
+        path,
+    )
+
+
+@pytest.mark.browser
+def test_a_label_refused_says_why_in_the_servers_words(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada labels an item in another tab, then presses a tag on this one: the server's 409
+    says the item is already labelled, and so does the page. Before, every 409 read "Lease
+    lost: this item went to someone else", which sent her looking for a colleague."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert post_as_ada(live_app, f"/review/{first}/label", {"tag": "mlops"}).status_code == 201
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    message = text_of(browser, "message")
+    assert "was not labelled" in message and "Lease lost" not in message
+    assert f"task {first} is already labelled; reopen it to change the label" in message
+    assert [label.tag for label in active_labels(live_app.engine, first)] == ["mlops"]
+    [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
+    assert f"/review/{first}/label" in refusal and "409" in refusal
+
+
+# Every label of a task is refused as a concurrent change would be (the row's update does not
+# happen): what a reviewer sees when their label keeps racing another writer.
+LABELS_RACE = """
+CREATE TRIGGER labels_race BEFORE UPDATE OF status ON review_task
+WHEN upper(NEW.status) = 'LABELED' BEGIN SELECT RAISE(IGNORE); END
+"""
+
+
+@pytest.mark.browser
+def test_a_label_that_raced_is_tried_again_then_kept_on_screen(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """A 409 "changed concurrently; try again" is tried again once; when it races again, the
+    item stays on the page (it is still Ada's) with the server's words, and the next press
+    labels it. Before, the page said "Lease lost" and moved on to the next item."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    with live_app.engine.begin() as connection:
+        connection.exec_driver_sql(LABELS_RACE)
+
+    press(browser, "1")
+    wait_until(browser, lambda d: "not labelled" in text_of(d, "message"), "a not-labelled message")
+    assert f"task {first} changed concurrently" in text_of(browser, "message")
+    assert requests_to(browser, f"/review/{first}/label") == 2
+    wait_for_title(browser, ITEMS[0].title)
+    assert active_labels(live_app.engine, first) == []
+    assert len(browser_errors(browser)) == 2  # the two 409s, which the browser logs
+
+    with live_app.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER labels_race")
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]

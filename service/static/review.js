@@ -4,7 +4,9 @@
  * and wires sign-in, the keyboard shortcuts and the page lifecycle. HTTP and credentials live
  * in api.js, drawing in render.js. */
 
-import { AuthError, api, forgetCredentials, loadCredentials, saveCredentials } from "./api.js";
+import {
+  AuthError, api, detailOf, forgetCredentials, loadCredentials, saveCredentials,
+} from "./api.js";
 import {
   $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStats,
   renderTagButtons, renderTask, renderWho, say, shortTitle,
@@ -31,6 +33,17 @@ function call(method, path, body, options) {
 
 function reviewerBody() {
   return { reviewer: state.reviewer };
+}
+
+/** What the server said in an answer that is not a success, as words for the reviewer. */
+function why(response) {
+  return detailOf(response.data) || `the server answered HTTP ${response.status}`;
+}
+
+/** A 409 that says the change raced another one ("task 5 changed concurrently; try again",
+ * "the queue is too contended right now; try again"): the same request may well go through. */
+function raced(response) {
+  return response.status === 409 && /changed concurrently|too contended/.test(why(response));
 }
 
 /* ---------- Views, with the state that goes with them ---------- */
@@ -88,15 +101,24 @@ async function claimNext() {
   refreshStats();
 }
 
+/** POST `path`, once more if the server says the change raced another one. */
+async function act(path, body) {
+  const response = await call("POST", path, body);
+  return raced(response) ? call("POST", path, body) : response;
+}
+
+/** After a 409 on `task`: an item that raced again is still the reviewer's and stays; any
+ * other (labelled meanwhile, leased to someone else, shed...) is gone, and the next comes. */
+async function refused(task, verb, response) {
+  say(`“${shortTitle(task.title)}” was not ${verb}: ${why(response)}.`, "warn");
+  if (!raced(response)) await claimNext();
+}
+
 async function label(tag) {
   const task = state.task;
   if (!task) return;
-  const body = { tag, reviewer: state.reviewer };
-  const response = await call("POST", `/review/${task.task_id}/label`, body);
-  if (response.status === 409) {
-    say("Lease lost: this item went to someone else. Here is the next one.", "warn");
-    return claimNext();
-  }
+  const response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
+  if (response.status === 409) return refused(task, "labelled", response);
   if (!response.ok) return fail("Labelling", response);
   state.labelled.push({ taskId: task.task_id, title: task.title, tag });
   state.sessionDone.add(task.task_id);
@@ -108,10 +130,10 @@ async function label(tag) {
 async function skip() {
   const task = state.task;
   if (!task) return;
-  const response = await call("POST", `/review/${task.task_id}/skip`, reviewerBody());
-  if (response.status === 409) say("Lease lost: this item went to someone else.", "warn");
-  else if (!response.ok) return fail("Skipping", response);
-  else say(`Skipped “${shortTitle(task.title)}”.`, "info");
+  const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
+  if (response.status === 409) return refused(task, "skipped", response);
+  if (!response.ok) return fail("Skipping", response);
+  say(`Skipped “${shortTitle(task.title)}”.`, "info");
   await claimNext();
 }
 
