@@ -866,3 +866,42 @@ def test_a_label_that_raced_is_tried_again_then_kept_on_screen(
     press(browser, "1")
     wait_for_title(browser, ITEMS[1].title)
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]
+
+
+def block_claims(driver: WebDriver, blocked: bool) -> None:
+    """Make the browser's requests to /review/claim fail as a dropped connection does."""
+    driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd(
+        "Network.setBlockedURLs", {"urls": ["*/review/claim"] if blocked else []}
+    )
+
+
+@pytest.mark.browser
+def test_a_saved_label_is_not_offered_again_when_the_next_claim_fails(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """The label is saved, then claiming the next item fails: the page says the label is
+    saved and offers Retry, and the labelled item is gone from it. Before, the item stayed
+    on screen as if it were still to label, and a second press relabelled it."""
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    block_claims(browser, True)
+
+    press(browser, "1")
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    assert not browser.find_element(By.ID, "workspace").is_displayed()
+    message = text_of(browser, "message")
+    assert message.startswith("Saved") and "Could not fetch the next item" in message
+    press(browser, "2")  # nothing to label on this page now
+    press(browser, "s")
+    time.sleep(0.5)
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]
+    assert browser.execute_script("return document.activeElement.id") == "retry"
+
+    block_claims(browser, False)
+    press(browser, "\n")  # Enter on the focused Retry
+    wait_for_title(browser, ITEMS[1].title)
+    assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
+    press(browser, "u")  # the saved label can still be taken back
+    wait_for_title(browser, ITEMS[0].title)

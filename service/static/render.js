@@ -6,7 +6,7 @@
 import { detailOf } from "./api.js";
 
 const LEASE_WARN_S = 60;
-const VIEWS = ["signin", "empty", "workspace"];
+const VIEWS = ["signin", "empty", "stalled", "workspace"];
 
 export const $ = (id) => document.getElementById(id);
 
@@ -58,6 +58,13 @@ export function renderEmpty() {
   $("check-again").focus({ preventScroll: true });
 }
 
+/** No item: the next one could not be fetched (the message line says why); Retry has the
+ * focus, so Enter tries again. */
+export function renderStalled() {
+  showOnly("stalled");
+  $("retry").focus({ preventScroll: true });
+}
+
 export function renderWho(reviewer) {
   $("who-name").textContent = reviewer;
   $("who-name").title = reviewer; // cut short with an ellipsis when it is long
@@ -74,6 +81,7 @@ export function renderCounts(done, undoable) {
   $("stat-session").textContent = String(done);
   $("undo").disabled = undoable === 0;
   $("empty-undo").hidden = undoable === 0;
+  $("stalled-undo").hidden = undoable === 0;
 }
 
 export function renderStats(stats) {

@@ -8,8 +8,8 @@ import {
   AuthError, api, detailOf, forgetCredentials, loadCredentials, saveCredentials,
 } from "./api.js";
 import {
-  $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStats,
-  renderTagButtons, renderTask, renderWho, say, shortTitle,
+  $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStalled,
+  renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
 } from "./render.js";
 
 const EMPTY_POLL_MS = 20000;
@@ -80,6 +80,15 @@ function setBusy(busy) {
   renderBusy(busy);
 }
 
+/** The page's stand after a label, or no item, when the next one could not be fetched:
+ * what it held is no longer offered, and Retry claims again. */
+function showStalled(text) {
+  stopEmptyPoll();
+  state.task = null;
+  renderStalled();
+  say(text, "error");
+}
+
 function updateCounts() {
   renderCounts(state.sessionDone.size, state.labelled.length);
 }
@@ -93,11 +102,22 @@ async function loadTags() {
   renderTagButtons(state.tags, (tag) => run(() => label(tag)));
 }
 
-async function claimNext() {
-  const response = await call("POST", "/review/claim", reviewerBody());
+/** Claim the next item and show it. When that fails, the page stops on Retry (the message
+ * starts with `done`, what was saved before): it never goes on showing an item it may no
+ * longer hold. */
+async function claimNext(done = "") {
+  let response;
+  try {
+    response = await call("POST", "/review/claim", reviewerBody());
+  } catch (err) {
+    if (err instanceof AuthError) throw err;
+    console.error(err);
+    return showStalled(`${done}Could not fetch the next item: tagflow cannot be reached `
+      + `(${err.message}).`);
+  }
   if (response.status === 204) showEmpty();
   else if (response.ok && response.data) showTask(response.data);
-  else fail("Claiming the next item", response);
+  else showStalled(`${done}Could not fetch the next item: ${why(response)}.`);
   refreshStats();
 }
 
@@ -110,8 +130,9 @@ async function act(path, body) {
 /** After a 409 on `task`: an item that raced again is still the reviewer's and stays; any
  * other (labelled meanwhile, leased to someone else, shed...) is gone, and the next comes. */
 async function refused(task, verb, response) {
-  say(`“${shortTitle(task.title)}” was not ${verb}: ${why(response)}.`, "warn");
-  if (!raced(response)) await claimNext();
+  const text = `“${shortTitle(task.title)}” was not ${verb}: ${why(response)}.`;
+  say(text, "warn");
+  if (!raced(response)) await claimNext(`${text} `);
 }
 
 async function label(tag) {
@@ -120,11 +141,12 @@ async function label(tag) {
   const response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
   if (response.status === 409) return refused(task, "labelled", response);
   if (!response.ok) return fail("Labelling", response);
+  state.task = null; // saved: whatever happens next, this item is not offered again
   state.labelled.push({ taskId: task.task_id, title: task.title, tag });
   state.sessionDone.add(task.task_id);
   updateCounts();
   say(`Labelled “${shortTitle(task.title)}” as ${tag}. Press U to undo.`, "success");
-  await claimNext();
+  await claimNext(`Saved “${shortTitle(task.title)}” as ${tag}. `);
 }
 
 async function skip() {
@@ -133,8 +155,9 @@ async function skip() {
   const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
   if (response.status === 409) return refused(task, "skipped", response);
   if (!response.ok) return fail("Skipping", response);
+  state.task = null;
   say(`Skipped “${shortTitle(task.title)}”.`, "info");
-  await claimNext();
+  await claimNext(`Skipped “${shortTitle(task.title)}”. `);
 }
 
 async function undo() {
@@ -324,6 +347,7 @@ function bindControls() {
   $("skip").addEventListener("click", () => run(skip));
   $("undo").addEventListener("click", () => run(undo));
   $("check-again").addEventListener("click", () => run(claimNext));
+  $("retry").addEventListener("click", () => run(claimNext));
   document.addEventListener("keydown", onKey);
   window.addEventListener("pagehide", releaseOnExit);
   window.addEventListener("pageshow", (event) => {
