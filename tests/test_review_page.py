@@ -4,6 +4,7 @@ thread, SQLite, Redis, a trained production model) through the page's keyboard s
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -231,6 +232,11 @@ def press(driver: WebDriver, key: str) -> None:
 
 def sign_in(driver: WebDriver, url: str, *, reviewer: str, key: str) -> None:
     driver.get(f"{url}/review")
+    fill_sign_in(driver, reviewer=reviewer, key=key)
+
+
+def fill_sign_in(driver: WebDriver, *, reviewer: str, key: str) -> None:
+    """Sign in on the form the page shows (without loading the page again)."""
     wait_until(driver, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in form")
     if reviewer:  # left empty: the name comes with a personal key
         driver.find_element(By.ID, "reviewer-name").send_keys(reviewer)
@@ -905,3 +911,49 @@ def test_a_saved_label_is_not_offered_again_when_the_next_claim_fails(
     assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
     press(browser, "u")  # the saved label can still be taken back
     wait_for_title(browser, ITEMS[0].title)
+
+
+@pytest.mark.browser
+def test_switching_during_a_claim_drops_its_item_and_releases_it(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """Ada presses Switch while her claim waits for the database: when it answers, the page
+    stays on the sign-in form and gives the item back, and Bob then gets it. Before, Ada's
+    item appeared over the sign-in form and stayed leased to her until the lease expired."""
+    first, _, _ = seed_queue(live_app.engine)
+    database = live_app.engine.url.database
+    assert database is not None
+    writer = sqlite3.connect(database, isolation_level=None, timeout=30)
+    writer.execute("BEGIN IMMEDIATE")  # the claim's update waits for this lock
+    try:
+        sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+        wait_until(
+            browser,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag"),
+            "the tags (the claim comes next)",
+        )
+        time.sleep(1.0)  # the claim reaches the server and waits
+        browser.find_element(By.ID, "sign-out").click()
+        wait_until(browser, lambda d: text_of(d, "message").startswith("Signed out"), "signed out")
+    finally:
+        writer.execute("COMMIT")
+        writer.close()
+
+    # Ada's claim is answered now, and the page gives its item back.
+    wait_until(
+        browser,
+        lambda d: requests_to(d, f"/review/{first}/release") == 1,
+        "the item claimed for Ada to be released",
+    )
+    assert requests_to(browser, "/review/claim") == 1
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.OPEN
+    assert browser.find_element(By.ID, "signin").is_displayed()
+    assert not browser.find_element(By.ID, "workspace").is_displayed()
+
+    fill_sign_in(browser, reviewer="bob", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "who-name") == "bob"
+    with Session(live_app.engine) as session:
+        leased = session.exec(select(ReviewTask).where(ReviewTask.status == ReviewStatus.LEASED))
+        assert [(task.id, task.leased_by) for task in leased] == [(first, "bob")]
+    assert browser_errors(browser) == []

@@ -24,6 +24,8 @@ const state = {
   sessionDone: new Set(), // task ids labelled in this session
   busy: false,
   emptyTimer: null,
+  // Bumped by Switch: an answer to a request made before it belongs to nobody on this page.
+  epoch: 0,
 };
 
 /** An API call with the signed-in reviewer's key. */
@@ -33,6 +35,11 @@ function call(method, path, body, options) {
 
 function reviewerBody() {
   return { reviewer: state.reviewer };
+}
+
+/** Whether the reviewer switched since `epoch` was read. */
+function stale(epoch) {
+  return epoch !== state.epoch;
 }
 
 /** What the server said in an answer that is not a success, as words for the reviewer. */
@@ -106,19 +113,33 @@ async function loadTags() {
  * starts with `done`, what was saved before): it never goes on showing an item it may no
  * longer hold. */
 async function claimNext(done = "") {
+  const epoch = state.epoch;
+  const who = { key: state.key, reviewer: state.reviewer };
   let response;
   try {
     response = await call("POST", "/review/claim", reviewerBody());
   } catch (err) {
-    if (err instanceof AuthError) throw err;
+    if (err instanceof AuthError || stale(epoch)) throw err;
     console.error(err);
     return showStalled(`${done}Could not fetch the next item: tagflow cannot be reached `
       + `(${err.message}).`);
   }
+  if (stale(epoch)) return giveBack(response, who);
   if (response.status === 204) showEmpty();
   else if (response.ok && response.data) showTask(response.data);
   else showStalled(`${done}Could not fetch the next item: ${why(response)}.`);
   refreshStats();
+}
+
+/** A claim answered after the reviewer switched: nobody will see its item, so its lease goes
+ * back to the queue now rather than when it expires. */
+function giveBack(response, who) {
+  const task = response.ok ? response.data : null;
+  if (!task || !task.task_id || (state.task && state.task.task_id === task.task_id)) return;
+  const body = { reviewer: who.reviewer };
+  api(who.key, "POST", `/review/${task.task_id}/release`, body)
+    .then((answer) => answer.ok || console.warn("release failed:", answer.status))
+    .catch((err) => console.warn("release failed:", err));
 }
 
 /** POST `path`, once more if the server says the change raced another one. */
@@ -138,7 +159,9 @@ async function refused(task, verb, response) {
 async function label(tag) {
   const task = state.task;
   if (!task) return;
+  const epoch = state.epoch;
   const response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
+  if (stale(epoch)) return;
   if (response.status === 409) return refused(task, "labelled", response);
   if (!response.ok) return fail("Labelling", response);
   state.task = null; // saved: whatever happens next, this item is not offered again
@@ -152,7 +175,9 @@ async function label(tag) {
 async function skip() {
   const task = state.task;
   if (!task) return;
+  const epoch = state.epoch;
   const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
+  if (stale(epoch)) return;
   if (response.status === 409) return refused(task, "skipped", response);
   if (!response.ok) return fail("Skipping", response);
   state.task = null;
@@ -163,7 +188,10 @@ async function skip() {
 async function undo() {
   const last = state.labelled[state.labelled.length - 1];
   if (!last) return say("Nothing to undo yet.", "info");
+  const epoch = state.epoch;
+  const who = { key: state.key, reviewer: state.reviewer };
   const response = await call("POST", `/review/${last.taskId}/reopen`, reviewerBody());
+  if (stale(epoch)) return giveBack(response, who);
   if (!response.ok) {
     if (response.status === 404 || response.status === 409) state.labelled.pop();
     updateCounts();
@@ -197,16 +225,18 @@ async function refreshStats() {
 
 /* ---------- One action at a time, and what goes wrong ---------- */
 
-/** Run one user action at a time; auth and network problems end up on the message line. */
+/** Run one user action at a time; auth and network problems end up on the message line.
+ * Once the reviewer switched, what the action still does or throws is theirs no more. */
 async function run(action) {
   if (state.busy) return;
+  const epoch = state.epoch;
   setBusy(true);
   try {
     await action();
   } catch (err) {
-    handleError(err);
+    if (!stale(epoch)) handleError(err);
   } finally {
-    setBusy(false);
+    if (!stale(epoch)) setBusy(false);
   }
 }
 
@@ -295,16 +325,30 @@ async function onSignin(event) {
   start();
 }
 
+/** "Switch": hands the page to the next person at once, even with a request in flight (its
+ * answer is then ignored, and an item it claimed released), and gives back the item shown. */
 async function signOut() {
-  await run(async () => {
-    if (state.task) await release(state.task);
-  });
+  const task = state.task;
+  const who = { key: state.key, reviewer: state.reviewer };
+  state.epoch += 1;
   forgetCredentials();
-  // "Switch" hands the page to the next person: their own personal key would be refused
-  // with the last reviewer's name still in the form.
+  // Their own personal key would be refused with the last reviewer's name still in the form.
   Object.assign(state, { key: "", reviewer: "" });
-  say("Signed out. Your lease was released.", "info");
+  setBusy(false);
   showSignin();
+  if (!task) return say("Signed out.", "info");
+  say("Signed out. Releasing your item…", "info");
+  let released = false;
+  try {
+    const body = { reviewer: who.reviewer };
+    released = (await api(who.key, "POST", `/review/${task.task_id}/release`, body)).ok;
+  } catch (err) {
+    console.warn("release failed:", err);
+  }
+  if (state.key) return; // someone signed in meanwhile: the message line is theirs
+  if (released) say("Signed out. Your item was released.", "info");
+  else say("Signed out. Your item could not be released: it goes back to the queue when its "
+    + "lease runs out.", "warn");
 }
 
 /* ---------- Keyboard ---------- */
