@@ -957,3 +957,40 @@ def test_switching_during_a_claim_drops_its_item_and_releases_it(
         leased = session.exec(select(ReviewTask).where(ReviewTask.status == ReviewStatus.LEASED))
         assert [(task.id, task.leased_by) for task in leased] == [(first, "bob")]
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_undo_survives_a_reload(live_app: LiveApp, browser: WebDriver, tags: TagSet) -> None:
+    """The page keeps its undo list in sessionStorage: after a reload, U still reopens the
+    reviewer's last label. Before, the list was lost and U did nothing."""
+    first, second, third = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[2].title)
+
+    browser.refresh()
+    wait_for_title(browser, ITEMS[2].title)
+    assert text_of(browser, "stat-session") == "2"
+    assert browser.find_element(By.ID, "undo").is_enabled()
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[1].title)
+    assert text_of(browser, "stat-session") == "1"
+    assert task_statuses(live_app.engine) == {second: ReviewStatus.LEASED, third: ReviewStatus.OPEN}
+    press(browser, "u")  # and the one before: the item on screen goes back to the queue
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine) == {
+        first: ReviewStatus.LEASED,
+        second: ReviewStatus.OPEN,
+        third: ReviewStatus.OPEN,
+    }
+
+    # Switch forgets it: the next reviewer in this tab cannot undo Ada's labels.
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in")
+    sign_in(browser, live_app.url, reviewer="bob", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: text_of(d, "who-name") == "bob", "signed in as bob")
+    assert not browser.find_element(By.ID, "undo").is_enabled()
+    assert browser_errors(browser) == []

@@ -1,8 +1,11 @@
 /* tagflow review page, talking to the server: one fetch wrapper that sends the reviewer's key as
  * a Bearer token and turns 401/403 into an AuthError, the reading of FastAPI's error `detail`,
- * and the reviewer's name + key kept in localStorage. No DOM, no page state. */
+ * the reviewer's name + key kept in localStorage, and their undo list in sessionStorage. No DOM,
+ * no page state. */
 
 const STORAGE_KEY = "tagflow.review.credentials";
+const HISTORY_KEY = "tagflow.review.history";
+const HISTORY_MAX = 100; // labels U can take back after a reload; the server keeps them all
 
 /** The key was refused (401) or may not do this (403). */
 export class AuthError extends Error {
@@ -65,4 +68,34 @@ export function saveCredentials(reviewer, key) {
 
 export function forgetCredentials() {
   localStorage.removeItem(STORAGE_KEY);
+}
+
+/* ---------- The undo list, kept in this tab ---------- */
+
+/** `reviewer`'s undo list and the ids labelled in this tab, as saved before a reload; empty
+ * for anyone else (the tab changed hands with Switch). */
+export function loadHistory(reviewer) {
+  const empty = { labelled: [], sessionDone: new Set() };
+  try {
+    const saved = JSON.parse(sessionStorage.getItem(HISTORY_KEY) || "null");
+    if (!saved || saved.reviewer !== reviewer || !Array.isArray(saved.labelled)) return empty;
+    return { labelled: saved.labelled, sessionDone: new Set(saved.done || []) };
+  } catch (err) {
+    console.warn("ignoring an unreadable undo list:", err);
+    return empty;
+  }
+}
+
+export function saveHistory(reviewer, labelled, done) {
+  if (!reviewer) return;
+  const saved = { reviewer, labelled: labelled.slice(-HISTORY_MAX), done };
+  try {
+    sessionStorage.setItem(HISTORY_KEY, JSON.stringify(saved));
+  } catch (err) {
+    console.warn("the undo list is not kept over a reload:", err); // storage full or off
+  }
+}
+
+export function forgetHistory() {
+  sessionStorage.removeItem(HISTORY_KEY);
 }

@@ -5,7 +5,8 @@
  * in api.js, drawing in render.js. */
 
 import {
-  AuthError, api, detailOf, forgetCredentials, loadCredentials, saveCredentials,
+  AuthError, api, detailOf, forgetCredentials, forgetHistory, loadCredentials, loadHistory,
+  saveCredentials, saveHistory,
 } from "./api.js";
 import {
   $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStalled,
@@ -98,6 +99,8 @@ function showStalled(text) {
 
 function updateCounts() {
   renderCounts(state.sessionDone.size, state.labelled.length);
+  // Kept for this tab only, so that U still works after a reload.
+  saveHistory(state.reviewer, state.labelled, [...state.sessionDone]);
 }
 
 /* ---------- Actions ---------- */
@@ -318,7 +321,7 @@ async function onSignin(event) {
     reviewer = await reviewerFor(key, typed);
   });
   if (!reviewer) return;
-  Object.assign(state, { reviewer, key, labelled: [], sessionDone: new Set() });
+  Object.assign(state, { reviewer, key, ...loadHistory(reviewer) });
   updateCounts();
   saveCredentials(reviewer, key);
   say("", "info");
@@ -332,9 +335,11 @@ async function signOut() {
   const who = { key: state.key, reviewer: state.reviewer };
   state.epoch += 1;
   forgetCredentials();
+  forgetHistory();
   // Their own personal key would be refused with the last reviewer's name still in the form.
-  Object.assign(state, { key: "", reviewer: "" });
+  Object.assign(state, { key: "", reviewer: "", labelled: [], sessionDone: new Set() });
   setBusy(false);
+  updateCounts();
   showSignin();
   if (!task) return say("Signed out.", "info");
   say("Signed out. Releasing your item…", "info");
@@ -410,7 +415,8 @@ function startTimers() {
  * re-issued to someone else since then goes back to the sign-in form saying whose it is,
  * rather than failing at the first claim; a revoked one is refused as at sign-in. */
 async function resume(saved) {
-  Object.assign(state, saved);
+  Object.assign(state, saved, loadHistory(saved.reviewer));
+  updateCounts();
   let reviewer; // stays undefined when the check threw: unreachable, or the key refused
   await run(async () => {
     reviewer = await reviewerFor(saved.key, saved.reviewer);
@@ -420,7 +426,10 @@ async function resume(saved) {
     state.key = "";
     return showSignin(); // the message line keeps what reviewerFor said
   }
-  if (reviewer) state.reviewer = reviewer;
+  if (reviewer && reviewer !== state.reviewer) {
+    Object.assign(state, { reviewer, ...loadHistory(reviewer) });
+    updateCounts();
+  }
   // Unreachable, or an answer other than 200: start() tries again and says what fails.
   if (state.key) start();
 }
