@@ -874,12 +874,11 @@ def test_a_label_that_raced_is_tried_again_then_kept_on_screen(
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]
 
 
-def block_claims(driver: WebDriver, blocked: bool) -> None:
-    """Make the browser's requests to /review/claim fail as a dropped connection does."""
+def block_requests(driver: WebDriver, *paths: str) -> None:
+    """Make the browser's requests to `paths` fail as a dropped connection does (none: let
+    every request through again)."""
     driver.execute_cdp_cmd("Network.enable", {})
-    driver.execute_cdp_cmd(
-        "Network.setBlockedURLs", {"urls": ["*/review/claim"] if blocked else []}
-    )
+    driver.execute_cdp_cmd("Network.setBlockedURLs", {"urls": [f"*{path}" for path in paths]})
 
 
 @pytest.mark.browser
@@ -892,7 +891,7 @@ def test_a_saved_label_is_not_offered_again_when_the_next_claim_fails(
     first, second, _ = seed_queue(live_app.engine)
     sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
     wait_for_title(browser, ITEMS[0].title)
-    block_claims(browser, True)
+    block_requests(browser, "/review/claim")
 
     press(browser, "1")
     wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
@@ -905,7 +904,7 @@ def test_a_saved_label_is_not_offered_again_when_the_next_claim_fails(
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]
     assert browser.execute_script("return document.activeElement.id") == "retry"
 
-    block_claims(browser, False)
+    block_requests(browser)
     press(browser, "\n")  # Enter on the focused Retry
     wait_for_title(browser, ITEMS[1].title)
     assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
@@ -994,3 +993,27 @@ def test_undo_survives_a_reload(live_app: LiveApp, browser: WebDriver, tags: Tag
     wait_until(browser, lambda d: text_of(d, "who-name") == "bob", "signed in as bob")
     assert not browser.find_element(By.ID, "undo").is_enabled()
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_reload_that_cannot_load_the_tags_offers_retry(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """Ada reloads while the tags cannot be fetched: the page stops on Retry, which loads
+    them and her item once tagflow answers. Before, it showed no view at all, only "Could not
+    reach tagflow", and nothing but another reload could bring the work back."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    block_requests(browser, "/tags")
+
+    browser.refresh()
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    assert text_of(browser, "message").startswith("Could not load the tags")
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.OPEN  # released on leaving
+
+    block_requests(browser)
+    press(browser, "\n")  # Enter on the focused Retry
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag")) > 0

@@ -105,11 +105,28 @@ function updateCounts() {
 
 /* ---------- Actions ---------- */
 
+/** The approved tags and a button for each; when they cannot be loaded, the page stops on
+ * Retry rather than showing nothing. */
 async function loadTags() {
-  const response = await call("GET", "/tags");
-  if (!response.ok) return fail("Loading the tags", response);
+  const epoch = state.epoch;
+  let response;
+  try {
+    response = await call("GET", "/tags");
+  } catch (err) {
+    if (err instanceof AuthError || stale(epoch)) throw err;
+    console.error(err);
+    return showStalled(`Could not load the tags: tagflow cannot be reached (${err.message}).`);
+  }
+  if (stale(epoch)) return;
+  if (!response.ok) return showStalled(`Could not load the tags: ${why(response)}.`);
   state.tags = response.data.tags;
   renderTagButtons(state.tags, (tag) => run(() => label(tag)));
+}
+
+/** The tags (unless loaded already), then an item: what sign-in and Retry do. */
+async function begin() {
+  if (!state.tags.length) await loadTags();
+  if (state.tags.length) await claimNext();
 }
 
 /** Claim the next item and show it. When that fails, the page stops on Retry (the message
@@ -268,10 +285,7 @@ function authProblem(err) {
 
 async function start() {
   renderWho(state.reviewer);
-  await run(async () => {
-    await loadTags();
-    if (state.tags.length) await claimNext();
-  });
+  await run(begin);
 }
 
 /** Why the name typed at sign-in cannot go with a key, or "" when it can. A personal key
@@ -396,7 +410,7 @@ function bindControls() {
   $("skip").addEventListener("click", () => run(skip));
   $("undo").addEventListener("click", () => run(undo));
   $("check-again").addEventListener("click", () => run(claimNext));
-  $("retry").addEventListener("click", () => run(claimNext));
+  $("retry").addEventListener("click", () => run(begin));
   document.addEventListener("keydown", onKey);
   window.addEventListener("pagehide", releaseOnExit);
   window.addEventListener("pageshow", (event) => {
