@@ -1017,3 +1017,23 @@ def test_a_reload_that_cannot_load_the_tags_offers_retry(
     wait_for_title(browser, ITEMS[0].title)
     assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
     assert len(browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag")) > 0
+
+
+@pytest.mark.browser
+def test_switch_after_the_item_was_labelled_elsewhere_holds_nothing(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """Ada labels her item in another tab, then presses Switch here: the release is refused
+    (409, the item is labelled), so she holds nothing and the page just says "Signed out."
+    Before, it said her item could not be released and would stay hers until its lease ran
+    out."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert post_as_ada(live_app, f"/review/{first}/label", {"tag": "mlops"}).status_code == 201
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: requests_to(d, f"/review/{first}/release") == 1, "the release")
+    wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "the answer")
+    assert text_of(browser, "message") == "Signed out."
+    assert browser.find_element(By.ID, "signin").is_displayed()

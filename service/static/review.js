@@ -357,15 +357,17 @@ async function signOut() {
   showSignin();
   if (!task) return say("Signed out.", "info");
   say("Signed out. Releasing your item…", "info");
-  let released = false;
+  let answer = null;
   try {
     const body = { reviewer: who.reviewer };
-    released = (await api(who.key, "POST", `/review/${task.task_id}/release`, body)).ok;
+    answer = await api(who.key, "POST", `/review/${task.task_id}/release`, body);
   } catch (err) {
     console.warn("release failed:", err);
   }
   if (state.key) return; // someone signed in meanwhile: the message line is theirs
-  if (released) say("Signed out. Your item was released.", "info");
+  if (answer && answer.ok) say("Signed out. Your item was released.", "info");
+  // Refused (labelled meanwhile, leased to someone else) or gone: it was not theirs to hold.
+  else if (answer && (answer.status === 409 || answer.status === 404)) say("Signed out.", "info");
   else say("Signed out. Your item could not be released: it goes back to the queue when its "
     + "lease runs out.", "warn");
 }
