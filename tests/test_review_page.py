@@ -1037,3 +1037,32 @@ def test_switch_after_the_item_was_labelled_elsewhere_holds_nothing(
     wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "the answer")
     assert text_of(browser, "message") == "Signed out."
     assert browser.find_element(By.ID, "signin").is_displayed()
+
+
+# Every claim's update is dropped, as when other claims keep taking the candidates first:
+# the server gives up after its attempts with 409 "the queue is too contended right now".
+CLAIMS_RACE = """
+CREATE TRIGGER claims_race BEFORE UPDATE OF status ON review_task
+WHEN upper(OLD.status) = 'OPEN' AND upper(NEW.status) = 'LEASED' BEGIN SELECT RAISE(IGNORE); END
+"""
+
+
+@pytest.mark.browser
+def test_a_contended_claim_is_tried_again_once_then_offers_retry(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """A claim refused as "too contended; try again" is sent once more before the page says
+    so; then Retry claims once the queue is free. Before, the first refusal was final."""
+    first, _, _ = seed_queue(live_app.engine)
+    with live_app.engine.begin() as connection:
+        connection.exec_driver_sql(CLAIMS_RACE)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    assert "the queue is too contended right now" in text_of(browser, "message")
+    assert requests_to(browser, "/review/claim") == 2
+
+    with live_app.engine.begin() as connection:
+        connection.exec_driver_sql("DROP TRIGGER claims_race")
+    press(browser, "\n")
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED

@@ -137,7 +137,7 @@ async function claimNext(done = "") {
   const who = { key: state.key, reviewer: state.reviewer };
   let response;
   try {
-    response = await call("POST", "/review/claim", reviewerBody());
+    response = await act("/review/claim", reviewerBody());
   } catch (err) {
     if (err instanceof AuthError || stale(epoch)) throw err;
     console.error(err);
