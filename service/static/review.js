@@ -65,9 +65,15 @@ function showSignin() {
 function showEmpty() {
   state.task = null;
   renderEmpty();
+  startEmptyPoll();
+}
+
+/** Look for work every 20 seconds while the page has none: the queue empty, or the last try
+ * failed (an outage ends without the reviewer pressing Retry). */
+function startEmptyPoll() {
   if (state.emptyTimer === null) {
     state.emptyTimer = setInterval(() => {
-      if (document.visibilityState === "visible") run(claimNext);
+      if (document.visibilityState === "visible") run(begin);
     }, EMPTY_POLL_MS);
   }
 }
@@ -91,10 +97,10 @@ function setBusy(busy) {
 /** The page's stand after a label, or no item, when the next one could not be fetched:
  * what it held is no longer offered, and Retry claims again. */
 function showStalled(text) {
-  stopEmptyPoll();
   state.task = null;
   renderStalled();
   say(text, "error");
+  startEmptyPoll();
 }
 
 function updateCounts() {
