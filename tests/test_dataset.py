@@ -154,8 +154,12 @@ def test_json_lines_values_are_text_or_a_clear_error(
         ("title,description,tag,tag\nA,B,mlops,other\n", "line 1: the header names 'tag' more"),
         ("title,description,tag\nA,B,mlops\nC,D,E,mlops\n", "line 3: 4 fields, the header has 3"),
         (b"title,description,tag\nA,B,mlops\ncaf\xe9,x,other\n", "line 3 has the byte 0xe9"),
+        # A spreadsheet in a locale whose decimal mark is the comma saves with semicolons:
+        # once said as "line 4: 2 fields, the header has 1; quote a field that holds commas".
+        ("title;description;tag\nA;B;mlops\nC, D;E;mlops\n", "line 1: .* separated by semicolons"),
+        ("title\tdescription\ttag\nA\tB\tmlops\n", "line 1: .* separated by tabs, not commas"),
     ],
-    ids=["column twice", "unquoted comma", "latin-1"],
+    ids=["column twice", "unquoted comma", "latin-1", "semicolons", "tabs"],
 )
 def test_csv_file_problems_name_their_line(
     tmp_path: Path, tags: TagSet, content: str | bytes, message: str

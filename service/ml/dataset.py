@@ -163,6 +163,19 @@ def _json_records(text: str) -> list[Row]:
     return rows
 
 
+# What a spreadsheet in another locale writes instead of commas, by how the error names it.
+OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs", "|": "vertical bars"}
+
+
+def _other_separator(header: str) -> str | None:
+    """How a one-column header is separated, when it is the training columns joined by
+    something other than a comma (a semicolon CSV from a spreadsheet in another locale)."""
+    for separator, name in OTHER_SEPARATORS.items():
+        if any(part.strip() in REQUIRED_COLUMNS for part in header.split(separator)[1:]):
+            return name
+    return None
+
+
 def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
     """CSV rows as records keyed by the header's names (stripped), each with the line it
     starts on. A header naming a column twice is an error, as is a row with more fields than
@@ -172,6 +185,11 @@ def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
         return []
     (header_line, header), *body = rows
     names = [name.strip() for name in header]
+    if len(names) == 1 and (separator := _other_separator(names[0])):
+        raise DatasetError(
+            f"line {header_line}: the header is one column, {names[0]!r}: the file is "
+            f"separated by {separator}, not commas; save it as CSV (comma-separated) or JSON Lines"
+        )
     # Unnamed columns (a spreadsheet's empty trailing ones: "title,description,tag,,") are
     # not read; only a name given twice is an error.
     if twice := sorted({name for name in names if name and names.count(name) > 1}):
