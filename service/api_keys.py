@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
 HASHED = re.compile(r"sha256:([0-9a-f]{64})")
 FINGERPRINT_HEX = 12  # of the key's SHA-256: names a key in /metrics without giving it away
+# Shorter plain keys are warned about at start: /metrics shows every key's fingerprint to any
+# key holder, and 48 bits of a SHA-256 confirm a guess offline, with no request to count or
+# refuse it. `tagflow keys new` makes 32 random characters after the role.
+MIN_KEY_CHARS = 20
 
 
 def hash_key(key: str) -> str:
@@ -175,6 +179,11 @@ class KeyRing:
         return {
             name_key(c.name) for c in self._keys.values() if c.name and c.role is not Role.CLIENT
         }
+
+    def guessable(self) -> list[Caller]:
+        """The holders of plain keys under `MIN_KEY_CHARS` (a hashed entry's length is not
+        known; `tagflow keys new` makes those)."""
+        return [caller for key, caller in self._plain.items() if len(key) < MIN_KEY_CHARS]
 
     def shared_review_keys(self) -> bool:
         """Whether some key that may review is shared by its role (names are then declared)."""

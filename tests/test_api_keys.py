@@ -8,7 +8,9 @@ import logging
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
+from service.api.main import create_app
 from service.api_keys import KeyRing, fingerprint, hash_key, new_key
 from service.config import Caller, Role, Settings, parse_api_keys
 
@@ -252,3 +254,40 @@ def test_the_ring_starts_from_the_file_as_the_settings_checked_it(tmp_path: Path
     keys.refresh()
     assert not keys.file_valid and keys.rejections == 1
     assert keys.lookup("app") == Caller(Role.CLIENT)  # the checked keys stay
+
+
+SHORT_KEYS = "admin:Tagflow2026!,reviewer/ann:ann-secret,client:" + "c" * 19
+LONG_KEYS = ",".join(f"{role}:{role}-{'x' * 20}" for role in ("admin", "client"))
+
+
+@pytest.mark.parametrize(
+    ("keys", "warning"),
+    [
+        (
+            SHORT_KEYS,
+            "3 API key(s) of under 20 characters "
+            "(reviewer key ann, shared admin key, shared client key)",
+        ),
+        (LONG_KEYS, None),
+    ],
+    ids=["short", "long"],
+)
+def test_keys_short_enough_to_guess_are_warned_about_at_start(
+    make_settings,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+    keys: str,
+    warning: str | None,
+) -> None:
+    """A client key reads every key's fingerprint in /metrics: a short admin key can then be
+    guessed offline. The API says so at start, naming holders, never keys."""
+    with (
+        caplog.at_level(logging.WARNING, logger="service.api.main"),
+        TestClient(create_app(make_settings(api_keys=keys))),
+    ):
+        pass
+    said = [r.getMessage() for r in caplog.records if "short enough to guess" in r.getMessage()]
+    if warning is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(warning)
+        assert "Tagflow2026!" not in said[0] and "ann-secret" not in said[0]

@@ -31,7 +31,7 @@ from service.api.routes import (
 )
 from service.api.state import AppState, Queues
 from service.api.telemetry import read_state
-from service.api_keys import KeyRing
+from service.api_keys import MIN_KEY_CHARS, KeyRing
 from service.config import Settings
 from service.db import init_db, make_engine
 from service.dead_letters import WaitingCount
@@ -115,6 +115,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.warning("no production model in the registry: /predict answers 503 until one is")
     elif state.predictor.current is None:
         log.warning("the production model was refused: /predict answers 503 until one serves")
+    if short := state.keys.guessable():
+        log.warning(
+            "%d API key(s) of under %d characters (%s): short enough to guess, and /metrics "
+            "shows every key's fingerprint to any key holder, who can then test guesses "
+            "offline; issue random keys with `tagflow keys new`",
+            len(short),
+            MIN_KEY_CHARS,
+            ", ".join(sorted(c.describe() for c in short)),
+        )
     if settings.review_overlap_share and state.keys.shared_review_keys():
         log.warning(
             "second opinions are on but some reviewer keys are shared: 'another reviewer' then "
