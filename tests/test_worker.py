@@ -57,6 +57,19 @@ class _StoppedAfterPop(Worker):
         super().reorder_queues(reference_queue)
 
 
+def start_worker(cli_env: dict[str, str], *, redis_url: str) -> subprocess.Popen[str]:
+    """`tagflow worker` as its own process on `redis_url`, its output on one pipe."""
+    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": redis_url}
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
 def test_a_stop_between_popping_a_job_and_starting_it_runs_the_job_first(
     redis_conn: Redis, watchdog: None
 ) -> None:
@@ -88,15 +101,7 @@ def test_a_worker_stops_on_sigterm_while_redis_is_away(
     whose Redis had gone (`tagflow up` killed outright) ran on. Now it stops within a poll."""
     server = EmbeddedRedis(tmp_path / "redis")
     url = server.start()
-    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": url}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker(cli_env, redis_url=url)
     try:
         connection = Redis.from_url(url)
         deadline = time.monotonic() + 60
@@ -129,15 +134,7 @@ def test_a_worker_that_loses_redis_mid_job_stops_with_one_line(
     worker: subprocess.Popen[str] | None = None
     try:
         job = Queue(LABELING_QUEUE, connection=Redis.from_url(url)).enqueue("time.sleep", 2)
-        env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": url}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        worker = start_worker(cli_env, redis_url=url)
         deadline = time.monotonic() + 60
         while job.get_status(refresh=True) != JobStatus.STARTED:
             assert time.monotonic() < deadline and worker.poll() is None, "the job never started"
@@ -162,15 +159,7 @@ def test_a_worker_stopped_during_a_job_finishes_it_and_exits_0(
     """`tagflow worker` as a supervisor stops it: the job it runs is finished, and the stop is
     a clean one (exit 0), which systemd, Docker or Kubernetes do not report as a failure."""
     job = Queue(LABELING_QUEUE, connection=redis_conn).enqueue("time.sleep", 2)
-    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": test_redis_url}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "worker"],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    worker = start_worker(cli_env, redis_url=test_redis_url)
     try:
         deadline = time.monotonic() + 60
         while job.get_status(refresh=True) != JobStatus.STARTED:
