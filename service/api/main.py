@@ -16,6 +16,7 @@ from service.api import errors
 from service.api.lifecycle import drain_outbox, sync_production, watch
 from service.api.limits import BodyLimit, max_body_bytes
 from service.api.routes import (
+    docs,
     feedback,
     health,
     jobs,
@@ -155,6 +156,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         description="Content classification with a human in the loop.",
         lifespan=lifespan,
+        # /docs is served by routes.docs from the package, not from a CDN; no ReDoc.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -163,6 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     errors.install(app)
     for router in (
+        docs.router,
         health.router,
         predict.router,
         predictions.router,
