@@ -266,6 +266,11 @@ def test_out_of_range_options_are_one_line_errors(
         (["worker"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
         (["worker"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
         (["worker"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "TAGFLOW_TAGS_FILE: tag file"),
+        (
+            ["worker"],
+            {},
+            "cannot work: Redis at redis://127.0.0.1:1/0 does not answer: Error 111 connecting",
+        ),
         (["train", "--data", "x.csv"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "tag file"),
         (["models", "promote", "v0001"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "tag file"),
         (["serve"], {"TAGFLOW_DATABASE_URL": "sqlite://"}, "in-memory SQLite"),

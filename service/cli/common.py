@@ -152,10 +152,11 @@ def first_line(exc: SQLAlchemyError) -> str:
     return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
-def preflight_or_exit(settings: Settings, *, action: str) -> None:
+def preflight_or_exit(settings: Settings, *, action: str, reach_redis: bool = False) -> None:
     """What the API (`serve`) or a worker (`work`) checks at start, checked before it starts,
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
-    the database."""
+    the database, and with `reach_redis` that Redis answers (a worker has nothing to do
+    without it; the API serves predictions and keeps review work in its outbox)."""
     if not settings.redis_url:
         print_error(
             f"cannot {action}:",
@@ -165,6 +166,21 @@ def preflight_or_exit(settings: Settings, *, action: str) -> None:
         raise typer.Exit(2)
     cli_tags(settings)
     open_session(settings).close()
+    if reach_redis:
+        from redis import Redis
+        from redis.exceptions import RedisError
+
+        try:
+            with Redis.from_url(settings.redis_url, socket_connect_timeout=5) as redis:
+                redis.ping()
+        except RedisError as exc:
+            # RQ's own message for this was "worker stopped: lost its Redis connection", for
+            # a worker that never had one.
+            print_error(
+                f"cannot {action}: Redis at {shown_url(settings.redis_url)} does not answer:",
+                f"{exc} (TAGFLOW_REDIS_URL)",
+            )
+            raise typer.Exit(2) from None
 
 
 def cli_actor(command: str) -> str:

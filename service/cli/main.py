@@ -274,7 +274,7 @@ def worker(burst: bool = False) -> None:
     from workers.worker import run
 
     settings = settings_or_exit()
-    preflight_or_exit(settings, action="work")
+    preflight_or_exit(settings, action="work", reach_redis=True)
     run(settings, burst=burst)
 
 
