@@ -336,3 +336,44 @@ def test_up_lets_the_workers_job_finish_unless_asked_twice(
     assert _gone(children, within_s=5) == []
     assert "stopping the worker now" in log.read_bytes()[logged:].decode(errors="replace")
     assert _versions(up_env) == ["v0001", "v0002"]  # cut: no third version
+
+
+def _worker_of(process: subprocess.Popen[bytes]) -> psutil.Process:
+    [worker] = [
+        c
+        for c in psutil.Process(process.pid).children()
+        if _running(c) and "worker" in " ".join(c.cmdline())  # a zombie has no command line
+    ]
+    return worker
+
+
+def test_up_starts_another_worker_when_its_worker_stops_on_its_own(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A worker that crashed, or ended on a Redis lost between jobs (exit 1, for a supervisor
+    to restart it), left `up` serving without one and saying nothing: review work piled up
+    in Redis unseen. `up` now says so and starts another."""
+    log = tmp_path / "up.log"
+    process, url = _start(up_env, log)
+    started.append(process)
+    _wait_ready(process, url, log)
+    first = _worker_of(process)
+    first.kill()
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.poll() is None, log.read_text()
+        try:
+            second = _worker_of(process)
+            if second.pid != first.pid:
+                break
+        except ValueError:  # none running between the two
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    assert "the worker stopped on its own (exit -9): starting another in 2 s" in log.read_text()
+    assert _predict(url)["status"] == "200"
+    children = _children(process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0, log.read_text()
+    assert _gone(children, within_s=5) == []
+    assert "starting another" not in log.read_text().split("Shutting down")[-1]

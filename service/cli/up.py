@@ -3,6 +3,7 @@ configured), the bundled seed model when there is no production one, a worker an
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -29,6 +30,11 @@ from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
 
 IDLE_STOP_S = 3  # an idle worker stops within a poll (1 s); longer, and it is running a job
+# A worker that stopped on its own is started again after the first delay, doubled at each
+# stop up to the last; one that ran that long before stopping starts from the first again.
+WORKER_RESTART_S = (2.0, 60.0)
+
+log = logging.getLogger(__name__)
 
 
 def up_settings() -> tuple[Settings, list[str]]:
@@ -93,14 +99,8 @@ def run_up(host: str, port: int) -> None:
             train_with_progress(
                 settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
             )
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
-            preexec_fn=die_with_parent(),
-            # Out of the terminal's process group: Ctrl-C reaches `up` alone, which stops the
-            # API first and then the worker (SIGTERM below), not both at once.
-            start_new_session=True,
-        )
-        stack.callback(_stop, worker)
+        worker = SupervisedWorker()
+        stack.callback(worker.stop)
         console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
         run_api(settings, host=host, port=port)
 
@@ -117,6 +117,60 @@ def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
     stack.callback(embedded.stop)
     console.print(f"embedded Redis at {embedded.url} (files in {settings.redis_dir})")
     return settings_or_exit(serving=True)
+
+
+def _start_worker() -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "worker"],
+        preexec_fn=die_with_parent(),
+        # Out of the terminal's process group: Ctrl-C reaches `up` alone, which stops the
+        # API first and then the worker (SIGTERM below), not both at once.
+        start_new_session=True,
+    )
+
+
+class SupervisedWorker:
+    """`up`'s worker, started again when it stops on its own: a crash, or a Redis lost
+    between jobs (the worker then ends with exit 1, for a supervisor to restart it). `up` is
+    that supervisor: before, it served on without a worker and said nothing, and review
+    work piled up in Redis unseen. A worker that keeps stopping is restarted less and less
+    often, up to once a minute."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._stopped = threading.Event()  # set by `stop`: no restart from then on
+        self.process = _start_worker()
+        self.restarts = 0
+        threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        delay = WORKER_RESTART_S[0]
+        while True:
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._stopped.is_set():
+                return
+            if time.monotonic() - started >= WORKER_RESTART_S[-1]:
+                delay = WORKER_RESTART_S[0]  # it had been working: a fresh failure
+            log.error(
+                "the worker stopped on its own (exit %s): starting another in %g s", code, delay
+            )
+            if self._stopped.wait(delay):
+                return
+            with self._lock:
+                if self._stopping:
+                    return
+                self.process = _start_worker()
+                self.restarts += 1
+            delay = min(delay * 2, WORKER_RESTART_S[-1])
+
+    def stop(self) -> None:
+        """Stop the worker as `_stop` does; no restart from then on."""
+        with self._lock:
+            self._stopping = True
+            self._stopped.set()
+        _stop(self.process)
 
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
