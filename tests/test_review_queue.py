@@ -3,6 +3,7 @@ duplicates and diversity, leases under concurrency, append-only labels, re-prior
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
 from service.config import DEFAULT_TAGS_FILE, Settings
@@ -19,6 +21,7 @@ from service.crud import labels as labels_crud
 from service.crud import review as review_crud
 from service.crud import review_intake
 from service.crud.predictions import queue_label_checks
+from service.db import is_outage, make_engine
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
 from service.entities.common import new_id, utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
@@ -343,6 +346,37 @@ def test_a_labelling_job_runs_its_whole_batch_and_raises_for_what_failed(
         "actions": {"duplicate": 2},
         "shed": {"age": 0, "limit": 0},
     }
+
+
+def test_a_labelling_job_stops_at_the_first_payload_the_database_is_away_for(
+    ctx: JobContext, engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database away every payload failed in turn, each with a traceback (on a
+    SQLite file locked by another process, after its 30 s busy timeout each: 100 payloads
+    outlast the job's 10-minute timeout). The job now stops at the first, in one line, and
+    RQ retries it whole."""
+    reachable = ctx.engine
+    ctx.engine = make_engine(
+        "sqlite:////nonexistent-dir/tagflow.db"
+        if engine.dialect.name == "sqlite"
+        else "postgresql+psycopg://postgres@127.0.0.1:1/test"
+    )
+    batch = [payload(f"Unsure item {i}") for i in range(5)]
+    try:
+        with (
+            caplog.at_level(logging.INFO, logger="workers.review_jobs"),
+            pytest.raises(OperationalError) as error,
+        ):
+            review_jobs.process_reviews(batch)
+    finally:
+        ctx.engine.dispose()
+        ctx.engine = reachable
+    assert is_outage(error.value)
+    said = [(r.getMessage(), r.exc_info) for r in caplog.records]
+    assert len(said) == 1 and said[0][1] is None, said
+    assert said[0][0].startswith("labelling job stopped at payload 1 of 5, retried later")
+    # Back, the retry creates the tasks.
+    assert review_jobs.process_reviews(batch)["actions"] == {"created": 5}
 
 
 def test_a_labelling_job_screens_its_batch_against_the_labels(

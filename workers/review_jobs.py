@@ -17,7 +17,7 @@ from sqlmodel import Session
 from service.crud import labels as labels_crud
 from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
-from service.db import session_scope
+from service.db import is_outage, session_scope
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewTask
 from service.ml import priority as prio
@@ -159,10 +159,22 @@ def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     labels = LabelIndex(get_context().encoder)
     actions: Counter[str] = Counter()
     failed: list[str] = []
-    for payload in payloads:
+    for number, payload in enumerate(payloads, start=1):
         try:
             actions[process_review(payload, labels=labels)["action"]] += 1
         except Exception as exc:  # recorded, and raised below once the others have run
+            if is_outage(exc):
+                # The database is away: every payload left would fail the same way, each with
+                # a traceback (or, on a locked SQLite file, after 30 s of busy wait each: past
+                # the job's timeout). The job is retried whole; payloads done count once.
+                log.error(
+                    "labelling job stopped at payload %d of %d, retried later: the database "
+                    "is unavailable (%s)",
+                    number,
+                    len(payloads),
+                    f"{type(exc).__name__}: {exc}".splitlines()[0],
+                )
+                raise
             log.exception("review payload %s failed", str(payload.get("text_hash"))[:12])
             failed.append(f"{str(payload.get('text_hash'))[:12]}: {type(exc).__name__}: {exc}")
     shed = bound_queue(get_context())
