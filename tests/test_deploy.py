@@ -173,6 +173,8 @@ def test_the_runtime_runs_without_pytorch_which_the_image_uninstalls(
     assert no_encoder.returncode == 1
     said = " ".join(no_encoder.stderr.split())
     assert "exporting it needs PyTorch, which this installation lacks" in said, said
+
+
 def test_a_first_compose_run_is_told_how_to_set_the_api_keys() -> None:
     """Compose refuses to start without TAGFLOW_API_KEYS and prints the hint after `:?`
     ("required variable TAGFLOW_API_KEYS is missing a value: <hint>"): the hint says the form
