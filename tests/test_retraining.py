@@ -14,6 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -35,6 +36,7 @@ from service.errors import InvalidInputError
 from service.ml import registry
 from service.ml.dataset import MIN_PER_TAG, Example, check_leakage, load_dataset
 from service.ml.encoder import Encoder
+from service.ml.evaluation import evaluate_predictions
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
@@ -139,6 +141,30 @@ def test_gate_checks(candidate: dict[str, Any], failed: list[str]) -> None:
     assert by_name["auto_precision"]["limit"] == 0.99
     assert by_name["slice_f1:empty"]["passed"] and "skipped" in by_name["slice_f1:empty"]["note"]
     json.dumps(report)
+
+
+def test_gate_skips_a_retired_tag_only_production_answers() -> None:
+    """Retired the wrong way round (the line removed while production still answers the tag),
+    production is refused at load and /predict answers 503. A candidate trained without the
+    tag must be able to pass the gate: no evaluation item carries the tag any more (its labels
+    are left out), so production's answers with it are all wrong and the candidate, which
+    never gives it, cannot do worse on it. The gate used to fail it on `precision:retired`
+    (candidate None) at every retraining, so the deployment stayed without a model."""
+    examples = [Example(f"item {i}", "", tag) for i, tag in enumerate("aabb")]
+    prod_proba = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.05, 0.9, 0.05], [0, 1.0, 0]])
+    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
+    cand_proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0, 1.0]])
+    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
+    report = apply_gate(candidate, production, target_precision=0.99)
+    assert report["passed"], report["failed"]
+    retired = next(c for c in report["checks"] if c["name"] == "precision:retired")
+    assert retired["candidate"] is None and "skipped" in retired["note"]
+    # A tag that evaluation items carry is still judged: a candidate that lost it fails.
+    examples[1] = Example("item 1", "", "retired")
+    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
+    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
+    report = apply_gate(candidate, production, target_precision=0.99)
+    assert "precision:retired" in report["failed"]
 
 
 def test_gate_without_production_checks_only_automatic_precision() -> None:
