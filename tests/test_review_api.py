@@ -303,6 +303,43 @@ def test_roles(sqlite_client: TestClient) -> None:
     assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
 
 
+def test_a_task_suggesting_a_retired_tag_offers_no_suggestion(sqlite_client: TestClient) -> None:
+    """A task made while a tag was approved, claimed after its line was removed: the reviewer
+    is not offered the retired tag (the page has no button for it, and a label with it is
+    refused), but still sees the model's scores. Claim, skip, release and undo agree."""
+    engine = state_of(sqlite_client).engine
+    [task_id] = add_tasks(engine, 1)
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        task.suggestion_tag = "graph-learning"
+        task.suggestion_scores = {"graph-learning": 0.55, "other": 0.3}
+        session.add(task)
+        session.commit()
+    claimed = sqlite_client.post("/review/claim", json=body("ann"), headers=auth("reviewer"))
+    assert claimed.status_code == 200 and claimed.json()["task_id"] == task_id
+    suggestion = claimed.json()["suggestion"]
+    assert suggestion == {"tag": None, "scores": {"graph-learning": 0.55, "other": 0.3}}
+    skipped = sqlite_client.post(
+        f"/review/{task_id}/skip", json=body("ann"), headers=auth("reviewer")
+    )
+    assert skipped.json()["suggestion"]["tag"] is None
+    again = sqlite_client.post("/review/claim", json=body("ann"), headers=auth("reviewer"))
+    refused = sqlite_client.post(
+        f"/review/{task_id}/label", json=body("ann", tag="graph-learning"), headers=auth("reviewer")
+    )
+    assert again.json()["task_id"] == task_id and refused.status_code == 422
+    assert "not in the approved list" in refused.json()["detail"]
+    labelled = sqlite_client.post(
+        f"/review/{task_id}/label", json=body("ann", tag="other"), headers=auth("reviewer")
+    )
+    assert labelled.status_code == 201
+    reopened = sqlite_client.post(
+        f"/review/{task_id}/reopen", json=body("ann"), headers=auth("reviewer")
+    )
+    assert reopened.status_code == 200 and reopened.json()["suggestion"]["tag"] is None
+
+
 def test_a_personal_key_acts_as_its_holder(sqlite_client: TestClient) -> None:
     """A key issued to Pia needs no name in the body, records Pia, and cannot act as Quin; a
     shared key must name the reviewer."""

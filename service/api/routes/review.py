@@ -29,6 +29,7 @@ from service.crud import review as review_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
 from service.entities.common import as_utc, day_start, storable_text, utcnow
 from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
+from service.tags import TagSet
 
 router = APIRouter(prefix="/review", tags=["review"])
 log = logging.getLogger(__name__)
@@ -89,14 +90,17 @@ class ReviewStats(BaseModel):
     note: str | None = None
 
 
-def task_public(session: Session, task: ReviewTask) -> ReviewTaskPublic:
-    """What a reviewer sees of a task (never the table row itself)."""
+def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTaskPublic:
+    """What a reviewer sees of a task (never the table row itself). A suggestion of a tag
+    retired since the task was made is not offered: the page would suggest a tag it has no
+    button for, and that a label cannot carry (its score stays, as the model gave it)."""
     assert task.id is not None
+    suggested = task.suggestion_tag if task.suggestion_tag in tags else None
     return ReviewTaskPublic(
         task_id=task.id,
         title=task.title,
         description=task.description,
-        suggestion=Suggestion(tag=task.suggestion_tag, scores=task.suggestion_scores),
+        suggestion=Suggestion(tag=suggested, scores=task.suggestion_scores),
         duplicate_of=task.duplicate_of,
         duplicate_tag=task.duplicate_tag,
         reason=task.reason,
@@ -116,6 +120,7 @@ def task_public(session: Session, task: ReviewTask) -> ReviewTaskPublic:
 def claim(
     session: SessionDep,
     settings: SettingsDep,
+    tags: TagsDep,
     caller: ReviewerKey,
     keys: KeysDep,
     body: ReviewerBody | None = None,
@@ -125,7 +130,7 @@ def claim(
     task = review_crud.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return task_public(session, task)
+    return task_public(session, task, tags=tags)
 
 
 @router.get("/stats", response_model=ReviewStats)
@@ -189,6 +194,7 @@ def label_task(
 def skip_task(
     task_id: RowId,
     session: SessionDep,
+    tags: TagsDep,
     caller: ReviewerKey,
     keys: KeysDep,
     body: ReviewerBody | None = None,
@@ -196,13 +202,14 @@ def skip_task(
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
     reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.skip(session, task_id=task_id, reviewer=reviewer)
-    return task_public(session, task)
+    return task_public(session, task, tags=tags)
 
 
 @router.post("/{task_id}/release", response_model=ReviewTaskPublic)
 def release_task(
     task_id: RowId,
     session: SessionDep,
+    tags: TagsDep,
     caller: ReviewerKey,
     keys: KeysDep,
     body: ReviewerBody | None = None,
@@ -210,7 +217,7 @@ def release_task(
     """Give the lease back unchanged (page closed)."""
     reviewer = acting_reviewer(caller, body, keys)
     task = review_crud.release(session, task_id=task_id, reviewer=reviewer)
-    return task_public(session, task)
+    return task_public(session, task, tags=tags)
 
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
@@ -218,6 +225,7 @@ def reopen_task(
     task_id: RowId,
     session: SessionDep,
     settings: SettingsDep,
+    tags: TagsDep,
     caller: ReviewerKey,
     keys: KeysDep,
     body: ReviewerBody | None = None,
@@ -227,4 +235,4 @@ def reopen_task(
     task = review_crud.reopen(
         session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
-    return task_public(session, task)
+    return task_public(session, task, tags=tags)
