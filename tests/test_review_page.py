@@ -24,6 +24,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service.api.deps import get_tags
 from service.api.main import create_app
 from service.api.routes import review_page
 from service.config import Settings
@@ -836,6 +837,50 @@ def test_a_label_refused_says_why_in_the_servers_words(
     assert [label.tag for label in active_labels(live_app.engine, first)] == ["mlops"]
     [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
     assert f"/review/{first}/label" in refusal and "409" in refusal
+
+
+@pytest.mark.browser
+def test_a_tag_retired_while_the_page_is_open_reloads_the_buttons_and_keeps_the_item(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    browser: WebDriver,
+    tags: TagSet,
+) -> None:
+    """Ada's page loaded the tags before tagflow restarted without one (here the approved
+    tags are a dependency override). Pressing the retired tag's key is refused (422); the
+    page says so, loads the tags again and keeps the item, held, for one of them. Before, it
+    kept the refused button and its shortcut, and every press of it failed again."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, shared_result)
+    app = create_app(settings)
+    kept = TagSet(tags=tags.tags[:-1])
+    try:
+        with live_server(app) as url:
+            first, _, _ = seed_queue(engine)
+            sign_in(browser, url, reviewer="ada", key=KEYS["reviewer"])
+            wait_for_title(browser, ITEMS[0].title)
+            app.dependency_overrides[get_tags] = lambda: kept
+
+            press(browser, str(len(tags)))  # the last tag's shortcut: retired since
+            wait_until(
+                browser,
+                lambda d: len(d.find_elements(By.CSS_SELECTOR, "#tag-buttons button")) == len(kept),
+                "the buttons of the approved tags",
+            )
+            message = text_of(browser, "message")
+            assert f"tag '{tags.names[-1]}' is not in the approved list" in message
+            assert "The approved tags have changed" in message
+            assert text_of(browser, "item-title") == ITEMS[0].title
+            assert active_labels(engine, first) == []
+
+            press(browser, "1")
+            wait_for_title(browser, ITEMS[1].title)
+            assert [label.tag for label in active_labels(engine, first)] == [kept.names[0]]
+    finally:
+        engine.dispose()
 
 
 # Every label of a task is refused as a concurrent change would be (the row's update does not

@@ -182,6 +182,17 @@ async function refused(task, verb, response) {
   if (!raced(response)) await claimNext(`${text} `);
 }
 
+/** The tag pressed was taken off the approved list after the page loaded it (tagflow
+ * restarted with a new tag file): the buttons are loaded again and the item stays on screen,
+ * still held, for another tag. Before, the page kept offering the refused button. */
+async function retired(task, response) {
+  const text = `“${shortTitle(task.title)}” was not labelled: ${why(response)}.`;
+  await loadTags();
+  if (state.task !== task) return;
+  showTask(task);
+  say(`${text} The approved tags have changed: pick one of these.`, "warn");
+}
+
 async function label(tag) {
   const task = state.task;
   if (!task) return;
@@ -189,6 +200,9 @@ async function label(tag) {
   const response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
   if (stale(epoch)) return;
   if (response.status === 409) return refused(task, "labelled", response);
+  if (response.status === 422 && /not in the approved list/.test(why(response))) {
+    return retired(task, response);
+  }
   if (!response.ok) return fail("Labelling", response);
   state.task = null; // saved: whatever happens next, this item is not offered again
   state.labelled.push({ taskId: task.task_id, title: task.title, tag });
