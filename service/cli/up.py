@@ -138,10 +138,8 @@ class SupervisedWorker:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._stopping = False
         self._stopped = threading.Event()  # set by `stop`: no restart from then on
         self.process = _start_worker()
-        self.restarts = 0
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
 
     def _watch(self) -> None:
@@ -158,17 +156,15 @@ class SupervisedWorker:
             )
             if self._stopped.wait(delay):
                 return
-            with self._lock:
-                if self._stopping:
+            with self._lock:  # `stop` may have come meanwhile: never start one after it
+                if self._stopped.is_set():
                     return
                 self.process = _start_worker()
-                self.restarts += 1
             delay = min(delay * 2, WORKER_RESTART_S[-1])
 
     def stop(self) -> None:
         """Stop the worker as `_stop` does; no restart from then on."""
         with self._lock:
-            self._stopping = True
             self._stopped.set()
         _stop(self.process)
 
