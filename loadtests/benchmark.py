@@ -52,6 +52,8 @@ from service.tags import load_tags
 
 HERE = Path(__file__).resolve().parent
 CLIENT_KEY = "bench-client-key"
+METRICS_KEY = "bench-metrics-key"  # /metrics takes a metrics (or admin) key, not a client's
+METRICS_HEADERS = {"Authorization": f"Bearer {METRICS_KEY}"}
 CONCURRENCIES = (1, 8)
 LEVERS: dict[str, dict[str, str]] = {
     "microbatch_off": {"TAGFLOW_MICROBATCH_MAX": "1"},
@@ -162,7 +164,7 @@ async def measured(
 ) -> RunStats:
     """One closed-loop run, with the server's CPU time per request and, for tagflow, where the
     scoring part of it went (warm-up requests included in both)."""
-    scoring_before = server.scoring_totals(headers)
+    scoring_before = server.scoring_totals(METRICS_HEADERS)
     before = cpu_seconds(server.process.pid)
     stats = await drive(
         server.url, payloads, total=total, concurrency=concurrency, warmup=warmup, headers=headers
@@ -170,7 +172,7 @@ async def measured(
     used = cpu_seconds(server.process.pid) - before
     requests = max(total + warmup, 1)
     stats.server_cpu_ms_per_request = round(used * 1000.0 / requests, 3)
-    scoring_after = server.scoring_totals(headers)
+    scoring_after = server.scoring_totals(METRICS_HEADERS)
     if scoring_before and scoring_after:
         stats.scoring = scoring_split(scoring_before, scoring_after, requests)
     return stats
@@ -407,7 +409,7 @@ def make_bench(dataset: Path, *, out: Path, encoder_dir: Path, plan: Plan) -> tu
         {
             "TAGFLOW_DATA_DIR": str(workdir / "data"),
             "TAGFLOW_ENCODER_DIR": str(encoder_dir.resolve()),
-            "TAGFLOW_API_KEYS": f"client:{CLIENT_KEY},admin:bench-admin-key",
+            "TAGFLOW_API_KEYS": f"client:{CLIENT_KEY},metrics:{METRICS_KEY},admin:bench-admin-key",
             "TAGFLOW_REDIS_URL": redis_url,
         }
     )

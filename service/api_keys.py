@@ -28,10 +28,13 @@ log = logging.getLogger(__name__)
 CHECK_EVERY_S = 1.0
 HASHED = re.compile(r"sha256:([0-9a-f]{64})")
 FINGERPRINT_HEX = 12  # of the key's SHA-256: names a key in /metrics without giving it away
-# Shorter plain keys are warned about at start: /metrics shows every key's fingerprint to any
-# key holder, and 48 bits of a SHA-256 confirm a guess offline, with no request to count or
-# refuse it. `tagflow keys new` makes 32 random characters after the role.
+# Shorter plain keys are warned about at start: /metrics shows every key's fingerprint to its
+# scraper (a `metrics` or admin key), and 48 bits of a SHA-256 confirm a guess offline, with
+# no request to count or refuse it. `tagflow keys new` makes 32 random characters after the
+# role.
 MIN_KEY_CHARS = 20
+# The roles whose keys act in the review queue, so a personal one acts as its holder there.
+REVIEWING = frozenset({Role.REVIEWER, Role.ADMIN})
 
 
 def hash_key(key: str) -> str:
@@ -176,9 +179,7 @@ class KeyRing:
     def personal_reviewers(self) -> set[str]:
         """The names (as `name_key` makes them) of the personal keys that may review: only
         they act as them."""
-        return {
-            name_key(c.name) for c in self._keys.values() if c.name and c.role is not Role.CLIENT
-        }
+        return {name_key(c.name) for c in self._keys.values() if c.name and c.role in REVIEWING}
 
     def guessable(self) -> list[Caller]:
         """The holders of plain keys under `MIN_KEY_CHARS` (a hashed entry's length is not
@@ -187,7 +188,7 @@ class KeyRing:
 
     def shared_review_keys(self) -> bool:
         """Whether some key that may review is shared by its role (names are then declared)."""
-        return any(c.name is None and c.role is not Role.CLIENT for c in self._keys.values())
+        return any(c.name is None and c.role in REVIEWING for c in self._keys.values())
 
     def samples(self) -> Iterator[Sample]:
         """What /metrics shows: keys by role, when each key was last used, and whether the key

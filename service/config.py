@@ -23,11 +23,14 @@ MAX_NAME_CHARS = 200  # a reviewer's name, on a key or in a request
 
 
 class Role(StrEnum):
-    """What an API key may do. `admin` implies `reviewer` implies nothing about `client`."""
+    """What an API key may do. `admin` implies every other role; `reviewer` implies nothing
+    about `client`. `metrics` reads /metrics and nothing else: the scrape shows every key's
+    fingerprint, which a holder of any other key must not see."""
 
     CLIENT = "client"
     REVIEWER = "reviewer"
     ADMIN = "admin"
+    METRICS = "metrics"
 
 
 class EncoderKind(StrEnum):

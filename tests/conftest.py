@@ -46,7 +46,12 @@ POSTGRES_URL = os.environ.get(
     "TAGFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 DEFAULT_ENCODER: EncoderKind = Settings.model_fields["encoder"].default
-KEYS = {"client": "test-client-key", "reviewer": "test-reviewer-key", "admin": "test-admin-key"}
+KEYS = {
+    "client": "test-client-key",
+    "reviewer": "test-reviewer-key",
+    "admin": "test-admin-key",
+    "metrics": "test-metrics-key",
+}
 # Keys issued to a person (`role/name:key`): review actions are recorded under the name.
 # Holders of personal keys; the shared reviewer key acts under other names (ann, bob, ...):
 # a shared key may not act as the holder of a personal one.

@@ -150,6 +150,7 @@ def test_samples_count_keys_by_role_and_the_file_state(tmp_path: Path, clock: Cl
         ("tagflow_api_keys", "client"): 2,
         ("tagflow_api_keys", "reviewer"): 1,
         ("tagflow_api_keys", "admin"): 1,
+        ("tagflow_api_keys", "metrics"): 0,
         ("tagflow_api_keys_file_valid", None): 0,
         ("tagflow_api_keys_file_reloads", None): 0,
         ("tagflow_api_keys_file_rejections", None): 1,
@@ -162,6 +163,7 @@ def test_samples_count_keys_by_role_and_the_file_state(tmp_path: Path, clock: Cl
         ("client:c,reviewer/ann:a,admin/root:r", False),
         ("client:c,reviewer/ann:a,reviewer:r", True),
         ("client:c,reviewer/ann:a,admin:r", True),  # admin keys may review too
+        ("client:c,reviewer/ann:a,metrics:m", False),  # a metrics key cannot review
     ],
 )
 def test_shared_review_keys(tmp_path: Path, clock: Clock, raw: str, shared: bool) -> None:
@@ -187,7 +189,9 @@ def test_a_key_kept_by_its_hash_is_accepted_and_the_hash_is_not_a_key(
     assert keys.lookup(hash_key(key)) is None
     assert keys.lookup(hash_key("root-key")) is None
     assert keys.lookup(hash_key(key).removeprefix("sha256:")) is None
-    assert sorted(c.role for c in keys.callers()) == sorted(Role)
+    assert sorted(c.role for c in keys.callers()) == sorted(
+        [Role.CLIENT, Role.REVIEWER, Role.ADMIN]
+    )
     # Nor does a hash in capitals: it is the same hash, never a plain key.
     path.write_text(f"client:{hash_key('upper').upper()}\n")
     clock.now += 2

@@ -179,7 +179,7 @@ def test_tampered_production_row_is_not_loaded(
 
 
 def _metrics(client: TestClient) -> str:
-    return client.get("/metrics", headers=auth("client")).text
+    return client.get("/metrics", headers=auth("metrics")).text
 
 
 def test_unknown_version_is_404(sqlite_client: TestClient) -> None:

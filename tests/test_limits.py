@@ -47,14 +47,14 @@ def test_a_declared_body_over_the_limit_is_refused_unread(small_limit_client: Te
     assert response.json() == {
         "detail": f"request body of {LIMIT + JSON_AROUND} bytes is over the limit of {LIMIT} bytes"
     }
-    metrics = small_limit_client.get("/metrics", headers=auth("client")).text
+    metrics = small_limit_client.get("/metrics", headers=auth("metrics")).text
     # Refused before routing, yet counted under its route (it was "unmatched", out of sight of
     # a /predict dashboard).
     assert 'tagflow_http_requests_total{method="POST",route="/predict",status="413"} 1.0' in (
         metrics
     )
     small_limit_client.post("/nowhere", content=body(LIMIT), headers=auth("client"))
-    metrics = small_limit_client.get("/metrics", headers=auth("client")).text
+    metrics = small_limit_client.get("/metrics", headers=auth("metrics")).text
     assert 'tagflow_http_requests_total{method="POST",route="unmatched",status="413"} 1.0' in (
         metrics
     )

@@ -29,7 +29,7 @@ ITEMS = [
 
 def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     """Every sample of a /metrics scrape, keyed by name and label set."""
-    response = client.get("/metrics", headers=auth("client"))
+    response = client.get("/metrics", headers=auth("metrics"))
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return {
@@ -99,9 +99,22 @@ def test_metrics_follow_predictions_and_responses(sqlite_client: TestClient) -> 
     assert total(samples, "tagflow_scrape_errors_total") == 0
 
 
-def test_metrics_need_a_key(sqlite_client: TestClient) -> None:
+def test_metrics_need_a_metrics_or_admin_key(sqlite_client: TestClient) -> None:
+    """The scrape shows every key's fingerprint, enough to confirm a guessed key offline, so a
+    client or reviewer key is refused; the metrics key reads /metrics and nothing else."""
     assert sqlite_client.get("/metrics").status_code == 401
-    assert sqlite_client.get("/metrics", headers=auth("reviewer")).status_code == 200
+    for role in ("client", "reviewer"):
+        refused = sqlite_client.get("/metrics", headers=auth(role))
+        assert refused.status_code == 403
+        assert "tagflow_api_key" not in refused.text
+    for role in ("metrics", "admin"):
+        scrape = sqlite_client.get("/metrics", headers=auth(role))
+        assert scrape.status_code == 200
+        assert "tagflow_api_key_last_used_timestamp_seconds" in scrape.text
+    item = {"title": "A title", "description": "A description"}
+    assert sqlite_client.post("/predict", json=item, headers=auth("metrics")).status_code == 403
+    assert sqlite_client.get("/tags", headers=auth("metrics")).status_code == 403
+    assert sqlite_client.get("/review/stats", headers=auth("metrics")).status_code == 403
 
 
 def test_unreachable_redis_is_a_gauge_not_a_failed_scrape(sqlite_client: TestClient) -> None:

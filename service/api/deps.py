@@ -151,6 +151,7 @@ ClientKey = Annotated[Caller, Depends(allow(Role.CLIENT))]
 ReviewerKey = Annotated[Caller, Depends(allow(Role.REVIEWER))]
 AdminKey = Annotated[Caller, Depends(allow())]
 AnyKey = Annotated[Caller, Depends(allow(Role.CLIENT, Role.REVIEWER))]
+MetricsKey = Annotated[Caller, Depends(allow(Role.METRICS))]
 
 
 # Path parameters, bounded so a value neither store can take is a 422, not a database error:

@@ -119,7 +119,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     if short := state.keys.guessable():
         log.warning(
             "%d API key(s) of under %d characters (%s): short enough to guess, and /metrics "
-            "shows every key's fingerprint to any key holder, who can then test guesses "
+            "shows every key's fingerprint to its scraper, who can then test guesses "
             "offline; issue random keys with `tagflow keys new`",
             len(short),
             MIN_KEY_CHARS,

@@ -20,7 +20,7 @@ keys_app = typer.Typer(help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_he
 
 @keys_app.command("new")
 def keys_new(
-    role: Annotated[Role, typer.Argument(help="client, reviewer or admin")],
+    role: Annotated[Role, typer.Argument(help="client, reviewer, admin or metrics")],
     name: Annotated[
         str | None, typer.Option(help="whose key it is (a reviewer's name: a personal key)")
     ] = None,
