@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import create_engine
 
+from service.api.main import create_app
 from tests.conftest import auth
 
 
@@ -54,17 +55,38 @@ def test_a_database_outage_is_a_503_to_retry_not_a_500(
     try:
         with caplog.at_level(logging.ERROR, logger="service.api.errors"):
             ready = sqlite_client.get("/readyz")
-            models = sqlite_client.get("/models", headers=auth("admin"))
-            history = sqlite_client.get("/models/history", headers=auth("admin"))
+            responses = [
+                sqlite_client.get(path, headers=auth("admin"))
+                for path in ("/models", "/models/history", "/models")
+            ]
     finally:
         state.engine.dispose()
         state.engine = working
     assert ready.status_code == 503 and ready.json()["database"] is False
-    for response in (models, history):
+    for response in responses:
         assert response.status_code == 503, response.text
         assert response.json() == {"detail": "the database is unavailable; try again shortly"}
         assert response.headers["retry-after"] == "5"
+    # One line for the outage, not one per request: the next comes after a minute at most.
     logged = [r for r in caplog.records if r.name == "service.api.errors"]
-    assert len(logged) == 2 and all(r.exc_info is None for r in logged)
+    assert len(logged) == 1 and logged[0].exc_info is None
     assert "database unavailable for GET /models" in logged[0].getMessage()
     assert sqlite_client.get("/models", headers=auth("admin")).status_code == 200
+
+
+def test_with_no_model_every_predict_is_a_503_and_the_log_has_one_line(
+    make_settings,  # type: ignore[no-untyped-def]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With no production model, a client retrying made a log line per request (1,778 in
+    20 s); each is still a 503, and the log says it once a minute."""
+    item = {"title": "A graph neural network library", "description": "Message passing."}
+    with (
+        caplog.at_level(logging.WARNING, logger="service.api.errors"),
+        TestClient(create_app(make_settings())) as client,
+    ):
+        answers = [client.post("/predict", json=item, headers=auth("client")) for _ in range(40)]
+    assert [a.status_code for a in answers] == [503] * 40
+    assert answers[0].json() == {"detail": "no production model is loaded yet"}
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.api.errors"]
+    assert logged == ["domain error: no production model is loaded yet"]

@@ -19,7 +19,7 @@ import pytest
 
 from service.config import Settings
 from service.db import init_db, make_engine
-from service.logs import configure_logging
+from service.logs import RequestRefusals, configure_logging
 from service.ml.training import TrainResult
 from tests.conftest import KEYS, ROOT, register_promoted
 
@@ -171,3 +171,27 @@ def test_onnx_export_tooling_lines_are_dropped(
     assert (tmp_path / "tiny-int8.onnx").exists()
     assert "Quantization parameters" not in err and "pre-processing" not in err, err
     assert err.rstrip().endswith(" INFO service.ml.encoder exported"), err
+
+
+def test_request_refusals_log_a_reason_once_a_minute_with_the_count_unlogged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client retrying against a 503 made a line per request; now one per reason and
+    minute, the next one saying how many went unlogged."""
+    refusals = RequestRefusals(logging.getLogger("tests.refusals"), every_s=60.0)
+    with caplog.at_level(logging.WARNING, logger="tests.refusals"):
+        for second in range(100):
+            refusals.refused(
+                logging.ERROR, "no model", "no model loaded", now=1000.0 + second * 0.1
+            )
+        refusals.refused(logging.WARNING, "overloaded", "refused: busy", now=1005.0)
+        refusals.refused(logging.ERROR, "no model", "no model loaded", now=1059.9)
+        refusals.refused(logging.ERROR, "no model", "no model loaded", now=1060.0)
+        refusals.refused(logging.ERROR, "no model", "no model loaded", now=1200.0)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (logging.ERROR, "no model loaded"),
+        (logging.WARNING, "refused: busy"),
+        (logging.ERROR, "no model loaded (and 100 more since its last line, not logged)"),
+        (logging.ERROR, "no model loaded"),
+    ]

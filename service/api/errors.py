@@ -26,6 +26,7 @@ from service.errors import (
     TagflowError,
     UnavailableError,
 )
+from service.logs import RequestRefusals
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,21 @@ RETRY_AFTER_S = 1  # an overload is a burst: the micro-batcher clears hundreds o
 DATABASE_RETRY_AFTER_S = 5  # a restart or failover takes seconds
 
 
-async def _domain_error(_request: Request, exc: Exception) -> JSONResponse:
+def _refusals(request: Request) -> RequestRefusals:
+    return request.app.state.refusals
+
+
+async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
     if isinstance(exc, OverloadedError):
         # Expected under a burst, counted in /metrics: a warning, not an error.
-        log.warning("refused: %s", exc)
+        _refusals(request).refused(logging.WARNING, "overloaded", f"refused: {exc}")
         return JSONResponse(
             {"detail": str(exc)}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)}
         )
     if status >= 500:
-        log.error("domain error: %s", exc)
+        kind = type(exc).__name__
+        _refusals(request).refused(logging.ERROR, f"{kind}: {exc}", f"domain error: {exc}")
     return JSONResponse({"detail": str(exc)}, status_code=status)
 
 
@@ -125,13 +131,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     """The database down, locked, timing out or without tagflow's tables: a 503 to retry, with
-    a line in the log (each request's traceback flooded it during an outage). Any other
-    database error is unexpected."""
+    a line in the log per reason and minute (each request's traceback flooded it during an
+    outage). Any other database error is unexpected."""
     if not is_outage(exc):
         return await _unexpected(request, exc)
     cause = getattr(exc, "orig", None) or exc
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    log.error("database unavailable for %s %s: %s", request.method, request.url.path, reason)
+    _refusals(request).refused(
+        logging.ERROR,
+        f"database: {type(cause).__name__}",  # one outage, whichever table a route reads
+        f"database unavailable for {request.method} {request.url.path}: {reason}",
+    )
     return JSONResponse(
         {"detail": "the database is unavailable; try again shortly"},
         status_code=503,
@@ -145,6 +155,7 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    app.state.refusals = RequestRefusals(log)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(TagflowError, _domain_error)
