@@ -258,3 +258,36 @@ def test_a_version_with_tags_no_longer_approved_is_not_promoted(
         statuses = {r.version: r.status for r in registry.list_versions(session)}
     engine.dispose()
     assert statuses == {"v0001": ModelStatus.PRODUCTION, "v0002": ModelStatus.CANDIDATE}
+
+
+def test_a_missing_artifact_is_refused_and_readyz_shows_no_server_path(
+    sqlite_client: TestClient, shared_result: TrainResult
+) -> None:
+    """/readyz answers callers with no key, so a refusal shows the artifact's path under the
+    artifacts directory, not where that directory is on the server."""
+    candidate = _register(sqlite_client, shared_result)
+    state = sqlite_client.app.state.tagflow
+    artifacts = state.settings.artifacts_dir
+    with Session(state.engine) as session:
+        row = registry.get_version(session, version=candidate)
+        folder = row.artifact_path
+        model_file = artifacts / folder / registry.MODEL_FILE
+        model_file.rename(model_file.with_suffix(".moved"))
+        # Named production by hand: promote() verifies the artifact first.
+        previous = registry.get_production(session)
+        assert previous is not None
+        previous.status, row.status = ModelStatus.ARCHIVED, ModelStatus.PRODUCTION
+        session.add_all([previous, row])
+        session.commit()
+        try:
+            deadline = time.monotonic() + 10
+            while not state.model_errors and time.monotonic() < deadline:
+                time.sleep(0.1)
+            ready = sqlite_client.get("/readyz").json()
+        finally:
+            model_file.with_suffix(".moved").rename(model_file)
+    assert ready["model_version"] == "v0001"  # the old version serves on
+    assert ready["model_errors"] == [
+        f"artifact of {candidate} is missing at {folder}/{registry.MODEL_FILE}"
+    ]
+    assert str(artifacts.resolve().parent) not in str(ready)

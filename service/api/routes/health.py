@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
@@ -27,6 +30,16 @@ def readyz(state: StateDep) -> JSONResponse:
         "ready": ready,
         "model_version": current.version if current else None,
         "database": database,
-        "model_errors": state.model_errors[-5:],
+        "model_errors": [
+            _without_paths(error, state.settings.artifacts_dir) for error in state.model_errors[-5:]
+        ],
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _without_paths(error: str, artifacts_dir: Path) -> str:
+    """A refusal as /readyz shows it to callers with no key: an artifact's path relative to the
+    artifacts directory (the log line has it whole), so a probe learns no server paths."""
+    return error.replace(f"{artifacts_dir.resolve()}{os.sep}", "").replace(
+        f"{artifacts_dir}{os.sep}", ""
+    )
