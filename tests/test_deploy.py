@@ -186,10 +186,10 @@ def test_a_first_compose_run_is_told_how_to_set_the_api_keys() -> None:
     assert all(f"{role}:" in hint.group(1) for role in ("client", "reviewer", "admin"))
     assert "README.md, Docker" in hint.group(1)
     docker_section = README.split("\n## Docker\n", 1)[1]
-    line = re.search(r"^export TAGFLOW_API_KEYS=.*$", docker_section, flags=re.M)
-    assert line, "the Docker section shows no way to set the keys"
+    lines = re.findall(r"^export TAGFLOW_(?:API|METRICS)_KEYS?=.*$", docker_section, flags=re.M)
+    assert len(lines) == 2, "the Docker section shows no way to set the keys"
     keys = subprocess.run(
-        ["bash", "-c", f'{line.group(0)}; printf %s "$TAGFLOW_API_KEYS"'],
+        ["bash", "-c", f'{"; ".join(lines)}; printf %s "$TAGFLOW_API_KEYS"'],
         capture_output=True,
         text=True,
         check=True,
@@ -198,6 +198,7 @@ def test_a_first_compose_run_is_told_how_to_set_the_api_keys() -> None:
     assert sorted(caller.role.value for caller in settings.keys.values()) == [
         "admin",
         "client",
+        "metrics",
         "reviewer",
     ]
     assert all(len(key) >= 32 for key in settings.keys)
