@@ -49,11 +49,27 @@ def new_key(role: Role, name: str | None = None) -> tuple[str, str]:
     return key, f"{holder}:{hash_key(key)}"
 
 
+# Cyrillic and Greek letters drawn as Latin ones, each to the Latin letter it shows: "рiа"
+# (Cyrillic р and а) reads as "pia". Cases apart, as a capital and its small letter can look
+# like different Latin letters (Greek Ν is N, ν is v).
+LOOK_ALIKES = str.maketrans(
+    dict(
+        zip(
+            "асеһіјӏорԛѕԝхуԁАВСЕНІЈКМОРЅТХУҮαιονρυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ",
+            "acehijlopqswxydABCEHIJKMOPSTXYYaiovpuxABEZHIKMNOPTYX",
+            strict=True,
+        )
+    )
+)
+
+
 def name_key(name: str) -> str:
     """What a person reads in a name: compatibility forms folded (fullwidth "ｐｉａ" is "pia"),
-    invisible format characters (a zero-width space) dropped, case folded."""
+    invisible format characters (a zero-width space) dropped, Cyrillic and Greek look-alikes
+    read as the Latin letters they show, case folded."""
     folded = unicodedata.normalize("NFKC", name)
-    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").casefold().strip()
+    visible = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return visible.translate(LOOK_ALIKES).casefold().strip()
 
 
 def fingerprint(key: str) -> str:

@@ -360,7 +360,8 @@ def test_a_personal_key_acts_as_its_holder(sqlite_client: TestClient) -> None:
     ):
         assert sqlite_client.post(url, json=payload, headers=headers).status_code == 409
     # Nor the shared key as Pia (or Quin): who has a personal key acts with it alone.
-    for name in ("pia", "PIA", "quin", "pi\u200ba", "\uff50\uff49\uff41"):  # zero-width, fullwidth
+    # Zero-width space, fullwidth, Cyrillic р and а, all Cyrillic, Greek capitals.
+    for name in ("pia", "PIA", "quin", "pi\u200ba", "\uff50\uff49\uff41", "рiа", "ріа", "ΡΙΑ"):
         posing = sqlite_client.post(url, json=body(name, tag="mlops"), headers=auth("reviewer"))
         assert posing.status_code == 403, name
         assert "has a personal key" in posing.json()["detail"]
