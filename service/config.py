@@ -240,6 +240,10 @@ class Settings(BaseSettings):
     review_overlap_share: float = Field(0.0, ge=0.0, le=1.0)
     duplicate_cosine: float = Field(0.95, gt=0.0, le=1.0)
     trust_feedback: bool = False
+    # Reports one key may send a minute (across API processes, counted in Redis); more get 429
+    # with Retry-After. 0: no quota. A report is review work, and one client key can send
+    # them under any number of reporter names.
+    feedback_per_key_per_minute: int = Field(600, ge=0)
     # The loop closes itself by default: a retrain (behind the quality gate) after this many new
     # labels; 0 turns it off. In the loop simulation, retraining is what lifted automatic
     # acceptance from the seed model's 0.95 live precision to 0.99+.

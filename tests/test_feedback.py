@@ -4,6 +4,8 @@ trusted feedback."""
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -15,6 +17,7 @@ from rq import Queue
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
+from service import quotas
 from service.api.main import create_app
 from service.config import Settings
 from service.crud.feedback import MAX_REPORTS_SHOWN
@@ -346,3 +349,45 @@ def test_trusted_feedback_becomes_a_label(
     assert view.json()["final_tag"] == claimed
     with Session(engine) as session:
         assert len(session.exec(select(Label)).all()) == 2  # neither wrote a label
+
+
+def _away_from_a_minute_boundary() -> None:
+    """Quotas count per wall-clock minute: start a test with at least 10 s of it left."""
+    if time.time() % quotas.WINDOW_S > quotas.WINDOW_S - 10:
+        time.sleep(quotas.WINDOW_S - time.time() % quotas.WINDOW_S + 0.1)
+
+
+def test_a_key_over_its_quota_of_reports_a_minute_gets_429_and_other_keys_do_not(
+    make_client: Callable[..., TestClient],
+    redis_conn: redis.Redis,
+    engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One client key can send reports under any number of reporter names, each one review
+    work: past its quota a minute it gets 429 with Retry-After, nothing stored; another key
+    has a quota of its own, and with Redis away reports are taken, not lost."""
+    client = make_client(feedback_per_key_per_minute=3)
+    pid = predict(client)["prediction_id"]
+    _away_from_a_minute_boundary()
+    sent = [
+        report(client, prediction_id=pid, correct_tag="mlops", reporter=f"user-{n}")
+        for n in range(4)
+    ]
+    assert [r.status_code for r in sent] == [201, 201, 201, 429]
+    assert 1 <= int(sent[3].headers["retry-after"]) <= 60
+    assert "3 reports this minute" in sent[3].json()["detail"]
+    other_key = report(client, "reviewer", prediction_id=pid, correct_tag="mlops", reporter="r")
+    assert other_key.status_code == 201
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 4
+    assert redis_conn.keys("tagflow:quota:feedback:*")  # counted where every API process sees
+    state = client.app.state.tagflow  # type: ignore[attr-defined]
+    working = state.redis
+    state.redis = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+    try:
+        with caplog.at_level(logging.WARNING, logger="service.api.errors"):
+            outage = report(client, prediction_id=pid, correct_tag="mlops", reporter="user-9")
+    finally:
+        state.redis = working
+    assert outage.status_code == 201  # the quota could not be counted: the report is kept
+    assert any("quota not checked" in r.getMessage() for r in caplog.records)

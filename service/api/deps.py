@@ -16,8 +16,9 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from service.api.state import AppState
-from service.api_keys import KeyRing
+from service.api_keys import KeyRing, fingerprint
 from service.config import Caller, Role, Settings
+from service.logs import RequestRefusals
 from service.ml.serving import Predictor
 from service.tags import TagSet
 
@@ -144,6 +145,25 @@ async def refusal_before_body(request: Request) -> HTTPException | None:
     except HTTPException as refused:
         return refused
     return None
+
+
+async def get_key_id(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The request's key by its fingerprint (as /metrics names it), for per-key quotas; use
+    it after a key check, which refuses a request without a key first."""
+    return fingerprint(credentials.credentials) if credentials else ""
+
+
+KeyId = Annotated[str, Depends(get_key_id)]
+
+
+async def get_refusals(request: Request) -> RequestRefusals:
+    """The log of refused requests (once per reason and minute)."""
+    return request.app.state.refusals
+
+
+RefusalsDep = Annotated[RequestRefusals, Depends(get_refusals)]
 
 
 # The caller behind the request's key, let through only with one of these roles.

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, HTTPException, Response, status
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 from sqlmodel import Session
 
-from service.api.deps import AnyKey, RowId, SessionDep, StateDep
+from service import quotas
+from service.api.deps import AnyKey, KeyId, RefusalsDep, RowId, SessionDep, StateDep
 from service.api.lifecycle import drain_outbox
 from service.api.routes.predictions import find_prediction
 from service.api.state import AppState
+from service.config import Caller
 from service.crud import feedback as feedback_crud
 from service.entities import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus, Prediction
+from service.logs import RequestRefusals
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
 log = logging.getLogger(__name__)
@@ -49,6 +54,34 @@ def _store(
     )
 
 
+async def _within_quota(
+    state: AppState, refusals: RequestRefusals, *, caller: Caller, key_id: str
+) -> None:
+    """429 if the key has sent its quota of reports this minute. With Redis away the report
+    is taken, and the log says so: a lost report is worse than one over the quota."""
+    limit = state.settings.feedback_per_key_per_minute
+    try:
+        wait = await asyncio.to_thread(
+            quotas.take, state.redis, action="feedback", key_id=key_id, limit=limit, now=time.time()
+        )
+    except RedisError as exc:
+        reason = f"feedback quota not checked: Redis is unavailable ({exc}); reports taken"
+        refusals.refused(logging.WARNING, "feedback quota: redis", reason)
+        return
+    if wait is None:
+        return
+    refusals.refused(
+        logging.WARNING,
+        f"feedback quota: {key_id}",
+        f"feedback quota: {caller.describe()} (key {key_id}) sent over {limit} reports a minute",
+    )
+    raise HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        f"this key has sent {limit} reports this minute, its quota; retry in {wait} s",
+        headers={"Retry-After": str(wait)},
+    )
+
+
 @router.post(
     "",
     response_model=FeedbackReceipt,
@@ -59,6 +92,7 @@ def _store(
             "description": "This reporter already reported this prediction, as another tag "
             "or with another comment"
         },
+        429: {"description": "The key has sent its quota of reports this minute"},
     },
 )
 async def post_feedback(
@@ -66,7 +100,9 @@ async def post_feedback(
     response: Response,
     session: SessionDep,
     state: StateDep,
-    _caller: AnyKey,
+    caller: AnyKey,
+    key_id: KeyId,
+    refusals: RefusalsDep,
 ) -> FeedbackReceipt:
     """Report that a prediction's tag is wrong; `correct_tag` must be an approved tag.
 
@@ -74,10 +110,12 @@ async def post_feedback(
     200 with the first report's body and stores nothing (a retry may leave the comment out);
     with another `correct_tag` or another comment, 409 (a report is not changed; anonymous
     reports of a prediction count as one reporter's).
-    Unknown prediction: 404; tag not approved: 422. The report waits for a reviewer
-    (`received`, then `in_review`) unless feedback is trusted, when it becomes a label at
-    once (`confirmed`) if the content has none.
+    Unknown prediction: 404; tag not approved: 422; over the key's quota of reports a
+    minute (TAGFLOW_FEEDBACK_PER_KEY_PER_MINUTE): 429 with Retry-After. The report waits for
+    a reviewer (`received`, then `in_review`) unless feedback is trusted, when it becomes a
+    label at once (`confirmed`) if the content has none.
     """
+    await _within_quota(state, refusals, caller=caller, key_id=key_id)
     prediction = await find_prediction(state, session, body.prediction_id)
     feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
     assert feedback.id is not None
