@@ -673,3 +673,30 @@ def test_reprioritize_rescores_open_tasks_with_production(
     behind, ahead = (copy, yolo) if yolo.uncertainty >= copy.uncertainty else (yolo, copy)
     assert ahead.diversity_penalty == 0 and behind.diversity_penalty > 0.3
     assert get(engine, labelled).model_version is None  # labelled tasks are left alone
+
+
+def test_reprioritize_keeps_a_label_checks_file_label(
+    ctx: JobContext, engine: Engine, settings: Settings, shared_result: TrainResult
+) -> None:
+    """A label check asks a reviewer whether the training file's label is right: its suggestion
+    is that label. A newly promoted model re-scores the task (scores, priority) and leaves the
+    label, or the reviewer would never see what the file says."""
+    doubted = {"natural-language-processing": 0.05, "computer-vision": 0.9, "mlops": 0.03}
+    check = payload(
+        YOLO,
+        scores=doubted | {"other": 0.02},
+        reason="label_check",
+        prediction_id=None,
+        tag="natural-language-processing",
+    )
+    task_id = review_jobs.process_review(check)["task_id"]
+    assert get(engine, task_id).suggestion_tag == "natural-language-processing"
+    version = register_promoted(engine, settings, shared_result)
+    assert review_jobs.reprioritize(version)["updated"] == 1
+    task = get(engine, task_id)
+    assert task.model_version == version
+    assert task.suggestion_tag == "natural-language-processing"
+    [p] = score(shared_result.model, ctx.encoder, [Example(YOLO, "", "other")])
+    expected = dict(zip(shared_result.model.classes, p.tolist(), strict=True))
+    assert task.suggestion_scores == pytest.approx(expected, abs=1e-5)
+    assert max(task.suggestion_scores, key=task.suggestion_scores.__getitem__) == "computer-vision"

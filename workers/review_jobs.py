@@ -251,9 +251,17 @@ def _diversity_in_order(embeddings: np.ndarray, base: np.ndarray) -> np.ndarray:
     return penalties
 
 
+def rescored_suggestion(task: ReviewTask, predicted: str) -> str | None:
+    """The tag a re-scored task suggests: the model's `predicted` one, except on a label check,
+    whose suggestion is the training file's label it asks a reviewer to confirm (the model's
+    view is in the scores beside it)."""
+    return task.suggestion_tag if task.reason == ReviewReason.LABEL_CHECK else predicted
+
+
 def reprioritize(version: str | None = None) -> dict[str, Any]:
-    """Re-score every open/leased task with the registry's production model: suggestion,
-    scores, uncertainty, and priority with the diversity term recomputed in priority order.
+    """Re-score every open/leased task with the registry's production model: suggestion (a
+    label check's stays the file's label), scores, uncertainty, and priority with the diversity
+    term recomputed in priority order.
     `version` is the version that triggered the job; the registry's production one is used."""
     ctx = get_context()
     with session_scope(ctx.engine) as session:
@@ -271,7 +279,7 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
         for task, p, emb in zip(tasks, proba, embeddings, strict=True):
             by_class = dict(zip(model.classes, p.tolist(), strict=True))
             task.suggestion_scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in names}
-            task.suggestion_tag = model.classes[int(p.argmax())]
+            task.suggestion_tag = rescored_suggestion(task, model.classes[int(p.argmax())])
             task.uncertainty = prio.margin_uncertainty(task.suggestion_scores)
             task.model_version = row.version
             task.updated_at = utcnow()
