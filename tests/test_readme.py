@@ -1,0 +1,78 @@
+"""The README's "Using it" examples, sent to the real app: each curl line names a route the app
+has, with a key whose role that route lets through (a wrong key is a 401 or 403 whatever else
+the example gets right)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from fastapi.testclient import TestClient
+from starlette.routing import Match
+
+from tests.conftest import KEYS, ROOT
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+# The key each variable of the examples holds, by its role.
+ROLE_OF_VARIABLE = {
+    "KEY": "client",
+    "REVIEWER_KEY": "reviewer",
+    "ADMIN_KEY": "admin",
+    "OTHER_ADMIN_KEY": "admin",
+    "METRICS_KEY": "metrics",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """One curl command of the README: what it sends, and with which key variable."""
+
+    command: str
+    method: str
+    path: str
+    key_variable: str | None
+
+
+def using_it_block() -> str:
+    """The shell block of the "Using it" section."""
+    section = README.split("\n## Using it\n", 1)[1]
+    return section.split("```bash\n", 1)[1].split("\n```", 1)[0]
+
+
+def curl_examples(block: str) -> list[Example]:
+    """Every curl command in `block`, its continuation lines joined."""
+    lines = block.replace("\\\n", " ").splitlines()
+    examples = []
+    for command in (line for line in lines if line.startswith("curl ")):
+        method = re.search(r"-X (\w+)", command)
+        sends = re.search(r" (-d|--data-binary) ", command)
+        url = re.search(r"localhost:8000(/[^\"'\s?]*)", command)
+        key = re.search(r"Bearer \$(\w+)", command)
+        assert url, command
+        examples.append(
+            Example(
+                command=command,
+                method=method.group(1) if method else "POST" if sends else "GET",
+                path=url.group(1),
+                key_variable=key.group(1) if key else None,
+            )
+        )
+    return examples
+
+
+def has_route(client: TestClient, method: str, path: str) -> bool:
+    """Whether the app has an operation for `method` on `path`."""
+    scope = {"type": "http", "method": method, "path": path}
+    return any(route.matches(scope)[0] is Match.FULL for route in client.app.routes)  # type: ignore[attr-defined]
+
+
+def test_every_example_sends_a_key_its_route_accepts(sqlite_client: TestClient) -> None:
+    examples = curl_examples(using_it_block())
+    assert len(examples) > 20
+    for example in examples:
+        assert has_route(sqlite_client, example.method, example.path), example.command
+        headers = {}
+        if example.key_variable is not None:
+            headers["Authorization"] = f"Bearer {KEYS[ROLE_OF_VARIABLE[example.key_variable]]}"
+        response = sqlite_client.request(example.method, example.path, headers=headers)
+        assert response.status_code not in (401, 403), (example.command, response.text)
