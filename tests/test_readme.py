@@ -1,6 +1,6 @@
 """The README's "Using it" examples, sent to the real app: each curl line names a route the app
 has, with a key whose role that route lets through (a wrong key is a 401 or 403 whatever else
-the example gets right)."""
+the example gets right), held in a variable the block says how to set."""
 
 from __future__ import annotations
 
@@ -76,3 +76,15 @@ def test_every_example_sends_a_key_its_route_accepts(sqlite_client: TestClient) 
             headers["Authorization"] = f"Bearer {KEYS[ROLE_OF_VARIABLE[example.key_variable]]}"
         response = sqlite_client.request(example.method, example.path, headers=headers)
         assert response.status_code not in (401, 403), (example.command, response.text)
+
+
+def test_every_key_variable_is_set_before_its_first_use() -> None:
+    """A reader copying the block sets each key first: `VAR=role-...` (the form `make run`
+    prints), before the first example that sends it."""
+    block = using_it_block()
+    for variable, role in ROLE_OF_VARIABLE.items():
+        used = block.find(f'Bearer ${variable}"')
+        if used < 0:
+            continue
+        assigned = re.search(rf"(?<![A-Z_]){variable}={role}-\.\.\.", block)
+        assert assigned and assigned.start() < used, f"{variable} is used before it is set"
