@@ -88,3 +88,25 @@ def test_every_key_variable_is_set_before_its_first_use() -> None:
             continue
         assigned = re.search(rf"(?<![A-Z_]){variable}={role}-\.\.\.", block)
         assert assigned and assigned.start() < used, f"{variable} is used before it is set"
+
+
+def roles_the_readme_lets_send_feedback() -> set[str]:
+    """The roles the configuration table's TAGFLOW_API_KEYS row says may send feedback."""
+    row = re.search(r"^\| `TAGFLOW_API_KEYS` \|.*$", README, flags=re.M)
+    assert row, "no TAGFLOW_API_KEYS row"
+    said = re.search(r"; ([^;]*?) may send feedback", row.group(0))
+    assert said, row.group(0)
+    if said.group(1) == "any role's key":
+        return set(KEYS)
+    return {role for role in KEYS if re.search(rf"`?{role}`?", said.group(1).split("(")[0])}
+
+
+def test_the_roles_said_to_send_feedback_are_those_it_accepts(sqlite_client: TestClient) -> None:
+    accepted = {
+        role
+        for role, key in KEYS.items()
+        if sqlite_client.post("/feedback", headers={"Authorization": f"Bearer {key}"}).status_code
+        != 403
+    }
+    assert accepted == {"client", "reviewer", "admin"}
+    assert roles_the_readme_lets_send_feedback() == accepted
