@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
+import typer
 from fastapi.testclient import TestClient
 from starlette.routing import Match
 
+from service.cli import app as cli_app
 from tests.conftest import KEYS, ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -110,3 +113,38 @@ def test_the_roles_said_to_send_feedback_are_those_it_accepts(sqlite_client: Tes
     }
     assert accepted == {"client", "reviewer", "admin"}
     assert roles_the_readme_lets_send_feedback() == accepted
+
+
+def cli_commands() -> dict[str, list[str]]:
+    """Every `tagflow` command (`tagflow models list`, ...) with the options its --help shows."""
+    found: dict[str, list[str]] = {}
+
+    def walk(command: Any, path: list[str]) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+            return
+        options = [
+            name
+            for param in command.params
+            if param.param_type_name == "option"
+            for name in param.opts
+            if name != "--help"
+        ]
+        found[" ".join(["tagflow", *path])] = options
+
+    walk(typer.main.get_command(cli_app), [])
+    return found
+
+
+def test_the_command_table_shows_every_command_and_option() -> None:
+    """Each command has a row in "Command line" whose first cell names it with its options, as
+    `--help` lists them."""
+    cells = re.findall(r"^\| (`tagflow [^|]*) \|", README, flags=re.M)
+    commands = cli_commands()
+    assert len(commands) > 20
+    for command, options in commands.items():
+        rows = [cell for cell in cells if re.search(rf"`{re.escape(command)}[ `]", cell)]
+        assert rows, f"{command} has no row"
+        missing = [o for o in options if not any(re.search(rf"{o}\b", cell) for cell in rows)]
+        assert not missing, f"{command}: {missing} not in the table"
