@@ -148,3 +148,12 @@ def test_the_command_table_shows_every_command_and_option() -> None:
         assert rows, f"{command} has no row"
         missing = [o for o in options if not any(re.search(rf"{o}\b", cell) for cell in rows)]
         assert not missing, f"{command}: {missing} not in the table"
+
+
+def test_the_migration_example_names_the_file_a_revision_writes() -> None:
+    """`python -m service.migrations revision` numbers a revision after the newest one."""
+    named = re.search(r"# writes versions/(\w+?)_add_x_to_label\.py", README)
+    assert named, "the migration example names no file"
+    versions = ROOT / "service" / "migrations" / "versions"
+    head = max(int(path.name[:4]) for path in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
+    assert named.group(1) in ("NNNN", f"{head + 1:04d}"), named.group(0)
