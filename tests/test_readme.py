@@ -157,3 +157,29 @@ def test_the_migration_example_names_the_file_a_revision_writes() -> None:
     versions = ROOT / "service" / "migrations" / "versions"
     head = max(int(path.name[:4]) for path in versions.glob("[0-9][0-9][0-9][0-9]_*.py"))
     assert named.group(1) in ("NNNN", f"{head + 1:04d}"), named.group(0)
+
+
+def mentioned(path: str, text: str) -> bool:
+    """Whether `text` names `path` (a route template), as itself or with example values."""
+    pattern = re.sub(r"\\\{[^}]*\\\}", r"[^/\\s\"'?`]+", re.escape(path))
+    return (
+        re.search(rf"(?<![\w/]){pattern}(?![\w/])|localhost:8000{pattern}(?![\w/])", text)
+        is not None
+    )
+
+
+def test_every_operation_is_in_the_readme(sqlite_client: TestClient) -> None:
+    """An endpoint the README never names is one a reader cannot find. Sibling actions may be
+    listed after one named in full ("POST /review/536/skip, /release and /reopen")."""
+    text = re.sub(r"\n#\s*", " ", README)  # a comment's continuation lines read as one
+    paths = list(sqlite_client.get("/openapi.json").json()["paths"])
+    assert len(paths) > 25
+    missing = []
+    for path in paths:
+        parent, _, last = path.rpartition("/")
+        siblings = [p for p in paths if p.rpartition("/")[0] == parent and p != path]
+        listed = re.search(rf"(, | and )/{re.escape(last)}(?![\w/])", text) is not None
+        as_sibling = listed and any(mentioned(p, text) for p in siblings)
+        if not (mentioned(path, text) or (parent and as_sibling)):
+            missing.append(path)
+    assert missing == []
