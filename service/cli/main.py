@@ -197,15 +197,17 @@ def retrain(
     from service import retraining
 
     settings = settings_or_exit()
+    if enqueue and not settings.redis_url:
+        # A setting, as for `serve` and `worker`: one line, exit code 2.
+        print_error("cannot queue a retraining:", "TAGFLOW_REDIS_URL is not set")
+        raise typer.Exit(2)
     try:
-        if enqueue:
+        if enqueue and settings.redis_url:
             from redis import Redis
             from rq import Queue
 
             from service.outbox import TRAINING_QUEUE
 
-            if not settings.redis_url:
-                raise TagflowError("TAGFLOW_REDIS_URL is not set: cannot queue")
             queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url))
             job_id = retraining.enqueue_retrain(queue, reason="cli")
             console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
