@@ -1,5 +1,9 @@
 """Domain errors. The API maps them to HTTP statuses in one place (`service/api/errors.py`)."""
 
+from __future__ import annotations
+
+from typing import Any
+
 
 class TagflowError(Exception):
     """Base class: every domain error carries a message meant for the caller."""
@@ -10,7 +14,13 @@ class NotFoundError(TagflowError):
 
 
 class ConflictError(TagflowError):
-    """The request contradicts the current state, e.g. a task leased to someone else (409)."""
+    """The request contradicts the current state, e.g. a task leased to someone else (409).
+    `extra`: JSON fields the answer carries besides its `detail`, for a client to act on (the
+    label that stands in the way, say)."""
+
+    def __init__(self, message: str, *, extra: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.extra = extra or {}
 
 
 class InvalidInputError(TagflowError):

@@ -7,6 +7,7 @@ import csv
 import io
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from service.ml import registry
 from service.ml.dataset import load_dataset, text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth, auth_as
+from tests.conftest import auth, auth_as, sqlite_app
 from workers.context import JobContext, use_context
 
 # Short, vague items the model is rarely sure about: some come back with status `review`.
@@ -439,3 +440,52 @@ def test_promotion_reprioritizes_the_queue(
     assert all(
         t and t.model_version == version and t.suggestion_scores != {"other": 1.0} for t in rescored
     )
+
+
+def test_a_label_sent_again_is_saved_once(client: TestClient) -> None:
+    """A label sent again after its answer was lost: the same tag answers 200 with the label
+    saved the first time; another tag is a 409 carrying that label (its reviewer's to change
+    by undo); another reviewer is told whose label it is. Before, the retry was a bare 409
+    "already labelled", and its sender could not tell their label was saved."""
+    [task_id] = add_tasks(state_of(client).engine, 1)
+    headers = auth("reviewer")
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    url = f"/review/{task_id}/label"
+    saved = client.post(url, json=body("ann", tag="mlops"), headers=headers)
+    assert saved.status_code == 201
+
+    again = client.post(url, json=body("ann", tag="mlops"), headers=headers)
+    assert again.status_code == 200 and again.json() == saved.json()
+    other = client.post(url, json=body("ann", tag="other"), headers=headers)
+    assert other.status_code == 409 and other.json()["label"] == saved.json()
+    assert other.json()["detail"] == (
+        f"task {task_id} is already labelled 'mlops' by 'ann' (you); reopen it to change the label"
+    )
+    for action in ("label", "skip"):  # someone else: whose label it is, and not the label
+        payload = body("bob", tag="mlops") if action == "label" else body("bob")
+        refused = client.post(f"/review/{task_id}/{action}", json=payload, headers=headers)
+        assert refused.status_code == 409 and "label" not in refused.json(), action
+        assert refused.json()["detail"] == f"task {task_id} is already labelled by 'ann'", action
+    with Session(state_of(client).engine) as session:
+        assert [row.tag for row in session.exec(select(Label)).all()] == ["mlops"]
+
+
+def test_a_first_opinion_sent_again_is_saved_once(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> None:
+    """In the overlap sample the first label sends the task back to the queue for a second
+    opinion: the same label sent again answers 200 with the saved one, and still does once
+    the second opinion closed the task. Before, it was a 409 "waits for a second opinion from
+    another reviewer than 'ann'"."""
+    with sqlite_app(make_settings, tmp_path, shared_result, review_overlap_share=1.0) as client:
+        [task_id] = add_tasks(state_of(client).engine, 1)
+        headers, url = auth("reviewer"), f"/review/{task_id}/label"
+        saved = client.post(url, json=body("ann", tag="mlops"), headers=headers)
+        assert saved.status_code == 201
+        again = client.post(url, json=body("ann", tag="mlops"), headers=headers)
+        assert again.status_code == 200 and again.json()["id"] == saved.json()["id"]
+        assert client.post(url, json=body("bob", tag="mlops"), headers=headers).status_code == 201
+        late = client.post(url, json=body("ann", tag="mlops"), headers=headers)
+        assert late.status_code == 200 and late.json()["id"] == saved.json()["id"]
+        with Session(state_of(client).engine) as session:
+            assert [row.reviewer for row in session.exec(select(Label)).all()] == ["ann", "bob"]

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -43,6 +44,7 @@ from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
 from service.tags import TagSet
 from tests.conftest import KEYS, PERSONAL_KEYS, auth, live_server, register_promoted
+from tests.lossy_proxy import LossyProxy, lossy_proxy
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -821,9 +823,42 @@ def requests_to(driver: WebDriver, path: str) -> int:
 def test_a_label_refused_says_why_in_the_servers_words(
     live_app: LiveApp, browser: WebDriver, tags: TagSet
 ) -> None:
-    """Ada labels an item in another tab, then presses a tag on this one: the server's 409
-    says the item is already labelled, and so does the page. Before, every 409 read "Lease
-    lost: this item went to someone else", which sent her looking for a colleague."""
+    """Bob labels Ada's item (her lease ran out, say), then she presses a tag: the server's
+    409 says the item is already labelled and by whom, and so does the page. Before, every
+    409 read "Lease lost: this item went to someone else", which sent her looking for a
+    colleague."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    with Session(live_app.engine) as session:
+        task = session.get(ReviewTask, first)
+        assert task is not None
+        task.lease_expires_at = datetime(2000, 1, 1, tzinfo=UTC)
+        session.add(task)
+        session.commit()
+    bob = {"tag": "mlops", "reviewer": "bob"}
+    answer = httpx.post(f"{live_app.url}/review/{first}/label", json=bob, headers=auth("reviewer"))
+    assert answer.status_code == 201
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    message = text_of(browser, "message")
+    assert "was not labelled" in message and "Lease lost" not in message
+    assert f"task {first} is already labelled by 'bob'." in message
+    assert [label.tag for label in active_labels(live_app.engine, first)] == ["mlops"]
+    assert text_of(browser, "stat-session") == "0"
+    [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
+    assert f"/review/{first}/label" in refusal and "409" in refusal
+
+
+@pytest.mark.browser
+def test_a_label_given_in_another_tab_is_shown_as_the_reviewers_own(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada labels an item in another tab, then presses another tag on this one: the 409
+    carries her saved label, and the page says the item is labelled mlops by her, counts it
+    and lets U change it. Before, it read "was not labelled: ... already labelled", as if
+    someone else's label stood in her way, and U could not reach it."""
     first, _, _ = seed_queue(live_app.engine)
     sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
     wait_for_title(browser, ITEMS[0].title)
@@ -832,11 +867,11 @@ def test_a_label_refused_says_why_in_the_servers_words(
     press(browser, "1")
     wait_for_title(browser, ITEMS[1].title)
     message = text_of(browser, "message")
-    assert "was not labelled" in message and "Lease lost" not in message
-    assert f"task {first} is already labelled; reopen it to change the label" in message
-    assert [label.tag for label in active_labels(live_app.engine, first)] == ["mlops"]
-    [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
-    assert f"/review/{first}/label" in refusal and "409" in refusal
+    assert "is already labelled mlops, by you" in message and "not labelled" not in message
+    assert text_of(browser, "stat-session") == "1"
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert "(was mlops)" in text_of(browser, "message")
 
 
 @pytest.mark.browser
@@ -1116,3 +1151,108 @@ def test_a_contended_claim_is_tried_again_once_then_offers_retry(
     )
     assert text_of(browser, "item-title") == ITEMS[0].title
     assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+
+# ---------- lost answers: the server did the work, the browser never heard ----------
+
+
+@pytest.fixture
+def proxy(live_app: LiveApp) -> Iterator[LossyProxy]:
+    """The live app behind a proxy that can lose requests or answers; the page goes through
+    it (every request a new connection, so Chromium resends nothing by itself)."""
+    with lossy_proxy(live_app.url) as lossy:
+        yield lossy
+
+
+def all_labels(engine: Engine, task_id: int) -> list[Label]:
+    """Every label of a task, superseded ones too, oldest first."""
+    with Session(engine) as session:
+        return list(session.exec(select(Label).where(Label.task_id == task_id).order_by(Label.id)))
+
+
+# What the page says when a request got no answer: now, and before labels were known to be
+# safe to send again.
+NO_ANSWER = re.compile(r"did not answer|Could not reach")
+
+
+def press_until_gone(driver: WebDriver, key: str, title: str) -> None:
+    """Press `key` as a reviewer does while `title` stays on screen: again after each request
+    that got no answer (at most three times). Chromium may send a request again by itself
+    when the connection closes unanswered, so the first press can be enough."""
+    for _ in range(3):
+        driver.execute_script("document.getElementById('message').textContent = ''")
+        press(driver, key)
+        wait_until(
+            driver,
+            lambda d: text_of(d, "item-title") != title or NO_ANSWER.search(text_of(d, "message")),
+            f"an answer to {key!r}",
+        )
+        if text_of(driver, "item-title") != title:
+            return
+    raise AssertionError(f"{title!r} is still on screen after pressing {key!r} three times")
+
+
+@pytest.mark.browser
+def test_a_label_whose_answer_was_lost_is_saved_once_and_the_page_says_so(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label reaches the server, which saves it, and the answer is lost. She presses the
+    same tag again: the server answers with the label it saved (200), the page says it is
+    saved, counts it once and U takes it back. Before, the second press was refused as
+    "already labelled", the page said "was not labelled", and U could not undo it."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/label")
+
+    press_until_gone(browser, "1", ITEMS[0].title)
+    wait_for_title(browser, ITEMS[1].title)
+    assert proxy.lost == [f"POST /review/{first}/label answer"]
+    message = text_of(browser, "message")
+    assert "not labelled" not in message and "already" not in message
+    assert message.startswith("Labelled") and tags.names[0] in message
+    assert [(label.tag, label.reviewer) for label in all_labels(live_app.engine, first)] == [
+        (tags.names[0], "ada")
+    ]
+    assert text_of(browser, "stat-session") == "1"
+
+    press(browser, "u")  # the page knows the label is Ada's, and can take it back
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[1].title)
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
+    assert len(all_labels(live_app.engine, first)) == 2
+
+
+@pytest.mark.browser
+def test_another_tag_after_a_lost_answer_keeps_the_saved_label_and_says_which(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label is saved and its answer lost; the network is down a while, then she presses
+    another tag. Nothing is saved twice nor silently replaced: the page says the item is
+    labelled with her first tag, and U then changes it to the second."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/label")
+    proxy.lose_requests("POST", f"/review/{first}/label", count=10)  # Chromium's own resends
+
+    press(browser, "1")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+    proxy.clear()
+    assert text_of(browser, "item-title") == ITEMS[0].title
+    assert text_of(browser, "stat-session") == "0"
+
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[1].title)
+    message = text_of(browser, "message")
+    assert f"is already labelled {tags.names[0]}, by you" in message
+    assert text_of(browser, "stat-session") == "1"
+    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
+
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[1].title)
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
+    assert len(all_labels(live_app.engine, first)) == 2

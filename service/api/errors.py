@@ -58,7 +58,8 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         kind = type(exc).__name__
         _refusals(request).refused(logging.ERROR, f"{kind}: {exc}", f"domain error: {exc}")
-    return JSONResponse({"detail": str(exc)}, status_code=status)
+    extra = exc.extra if isinstance(exc, ConflictError) else {}
+    return JSONResponse({**extra, "detail": str(exc)}, status_code=status)
 
 
 class AsciiJSONResponse(JSONResponse):

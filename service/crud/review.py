@@ -23,7 +23,7 @@ from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud.aggregates import counts_by
 from service.crud.review_intake import SKIP_STEP
-from service.entities import Feedback, FeedbackStatus, Label, LabelSource
+from service.entities import Feedback, FeedbackStatus, Label, LabelPublic, LabelSource
 from service.entities.common import day_start, utcnow
 from service.entities.feedback import SETTLED
 from service.entities.review import ACTIVE, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
@@ -168,12 +168,43 @@ def _may_act(reviewer: str, now: datetime) -> ColumnElement[bool]:
     )
 
 
+class LabelledAlready(ConflictError):
+    """The task already holds `label`, the acting reviewer's own: their request came after it
+    (a retry whose first answer was lost, another tab). The 409 carries the label, so that a
+    client can tell its reviewer the label is saved, and which tag it has."""
+
+    def __init__(self, task_id: int, label: Label) -> None:
+        super().__init__(
+            f"task {task_id} is already labelled {label.tag!r} by {label.reviewer!r} (you); "
+            "reopen it to change the label",
+            extra={"label": LabelPublic.of(label).model_dump(mode="json")},
+        )
+        self.label = label
+
+
+def recorded_label(session: Session, *, task: ReviewTask, reviewer: str) -> Label | None:
+    """`reviewer`'s label that `task` records as one of its answers (final, first or second
+    opinion), if any. An undo takes the label off the task, so a label undone is not one."""
+    ids = [i for i in (task.final_label_id, task.first_label_id, task.second_label_id) if i]
+    if not ids:
+        return None
+    return session.exec(
+        select(Label)
+        .where(col(Label.id).in_(ids), Label.reviewer == reviewer)
+        .order_by(col(Label.id).desc())
+    ).first()
+
+
 def _refusal(session: Session, *, task_id: int, reviewer: str) -> ConflictError:
     """Why `reviewer` may not act on a task (NotFoundError raised for unknown tasks)."""
     session.rollback()
     task = get_task(session, task_id=task_id)
+    if (own := recorded_label(session, task=task, reviewer=reviewer)) is not None:
+        return LabelledAlready(task_id, own)
     if task.status == ReviewStatus.LABELED:
-        return ConflictError(f"task {task_id} is already labelled; reopen it to change the label")
+        final = session.get(Label, task.final_label_id) if task.final_label_id else None
+        by = f" by {final.reviewer!r}" if final is not None else ""
+        return ConflictError(f"task {task_id} is already labelled{by}")
     if task.status == ReviewStatus.SHED:
         return ConflictError(f"task {task_id} was shed from the queue unreviewed (queue bound)")
     if task.status == ReviewStatus.LEASED and task.leased_by != reviewer:

@@ -8,7 +8,7 @@ from enum import StrEnum
 from sqlalchemy import Column, DateTime
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import utcnow
+from service.entities.common import as_utc, utcnow
 
 
 class LabelSource(StrEnum):
@@ -39,6 +39,13 @@ class LabelPublic(LabelBase):
     id: int
     created_at: datetime
     superseded_by: int | None
+
+    @classmethod
+    def of(cls, row: Label) -> LabelPublic:
+        """What a client is shown of a stored label (its time in UTC, as every answer has it)."""
+        public = cls.model_validate(row, from_attributes=True)
+        public.created_at = as_utc(public.created_at)
+        return public
 
 
 class ReviewerStats(SQLModel):

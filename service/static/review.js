@@ -193,23 +193,57 @@ async function retired(task, response) {
   say(`${text} The approved tags have changed: pick one of these.`, "warn");
 }
 
+/** The label the server holds for `task` that is this reviewer's own, carried by a 409
+ * (their earlier request was saved, and its answer never reached the page); null for any
+ * other refusal. */
+function ownLabel(response) {
+  const saved = response.status === 409 && response.data ? response.data.label : null;
+  return saved && saved.reviewer === state.reviewer ? saved : null;
+}
+
+/** `task` is labelled `tag` on the server: it leaves the page, counts, and U can take it back. */
+function recordLabel(task, tag) {
+  state.task = null; // saved: whatever happens next, this item is not offered again
+  state.labelled.push({ taskId: task.task_id, title: task.title, tag });
+  state.sessionDone.add(task.task_id);
+  updateCounts();
+}
+
+/** The reviewer's own label was saved already (its answer was lost on the way): the page
+ * says so, with the tag saved, and goes on as after any label. */
+async function savedBefore(task, saved) {
+  recordLabel(task, saved.tag);
+  const text = `“${shortTitle(task.title)}” is already labelled ${saved.tag}, by you (a label `
+    + "whose answer did not reach this page, or another tab). Press U to change it.";
+  say(text, "success");
+  await claimNext(`${text} `);
+}
+
 async function label(tag) {
   const task = state.task;
   if (!task) return;
   const epoch = state.epoch;
-  const response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
+  let response;
+  try {
+    response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
+  } catch (err) {
+    if (err instanceof AuthError || stale(epoch)) throw err;
+    console.error(err);
+    return say(`“${shortTitle(task.title)}” may or may not be saved: tagflow did not answer `
+      + `(${err.message}). Press the tag again: a label saved already is not saved twice.`,
+    "error");
+  }
   if (stale(epoch)) return;
+  const saved = ownLabel(response);
+  if (saved) return savedBefore(task, saved);
   if (response.status === 409) return refused(task, "labelled", response);
   if (response.status === 422 && /not in the approved list/.test(why(response))) {
     return retired(task, response);
   }
   if (!response.ok) return fail("Labelling", response);
-  state.task = null; // saved: whatever happens next, this item is not offered again
-  state.labelled.push({ taskId: task.task_id, title: task.title, tag });
-  state.sessionDone.add(task.task_id);
-  updateCounts();
-  say(`Labelled “${shortTitle(task.title)}” as ${tag}. Press U to undo.`, "success");
-  await claimNext(`Saved “${shortTitle(task.title)}” as ${tag}. `);
+  recordLabel(task, response.data.tag);
+  say(`Labelled “${shortTitle(task.title)}” as ${response.data.tag}. Press U to undo.`, "success");
+  await claimNext(`Saved “${shortTitle(task.title)}” as ${response.data.tag}. `);
 }
 
 async function skip() {
@@ -218,6 +252,8 @@ async function skip() {
   const epoch = state.epoch;
   const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
   if (stale(epoch)) return;
+  const saved = ownLabel(response);
+  if (saved) return savedBefore(task, saved);
   if (response.status === 409) return refused(task, "skipped", response);
   if (!response.ok) return fail("Skipping", response);
   state.task = null;

@@ -165,29 +165,44 @@ def review_agreement(session: SessionDep, _caller: ReviewerKey) -> AgreementStat
     return overlap.agreement_stats(session)
 
 
-@router.post("/{task_id}/label", response_model=LabelPublic, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/{task_id}/label",
+    response_model=LabelPublic,
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "The same label was saved already (a retry): the saved one"}},
+)
 def label_task(
     task_id: RowId,
     body: LabelBody,
+    response: Response,
     session: SessionDep,
     settings: SettingsDep,
     tags: TagsDep,
     caller: ReviewerKey,
     keys: KeysDep,
 ) -> LabelPublic:
-    """The reviewer's answer: an approved tag. It supersedes any earlier label of the content."""
-    row = review_crud.label(
-        session,
-        task_id=task_id,
-        tag=body.tag,
-        reviewer=acting_reviewer(caller, body, keys),
-        tags=tags,
-        holdout_share=settings.label_holdout_share,
-        overlap_share=settings.review_overlap_share,
-    )
-    public = LabelPublic.model_validate(row, from_attributes=True)
-    public.created_at = as_utc(public.created_at)
-    return public
+    """The reviewer's answer: an approved tag. It supersedes any earlier label of the content.
+
+    Sent again after the first answer was lost, it saves nothing twice: the same tag answers
+    200 with the label saved the first time; another tag is a 409 that carries the saved label
+    (`label`), which an undo (reopen) lets its reviewer change."""
+    reviewer = acting_reviewer(caller, body, keys)
+    try:
+        row = review_crud.label(
+            session,
+            task_id=task_id,
+            tag=body.tag,
+            reviewer=reviewer,
+            tags=tags,
+            holdout_share=settings.label_holdout_share,
+            overlap_share=settings.review_overlap_share,
+        )
+    except review_crud.LabelledAlready as already:
+        if already.label.tag != body.tag:
+            raise
+        response.status_code = status.HTTP_200_OK
+        row = already.label
+    return LabelPublic.of(row)
 
 
 @router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
