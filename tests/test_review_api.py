@@ -489,3 +489,32 @@ def test_a_first_opinion_sent_again_is_saved_once(
         assert late.status_code == 200 and late.json()["id"] == saved.json()["id"]
         with Session(state_of(client).engine) as session:
             assert [row.reviewer for row in session.exec(select(Label)).all()] == ["ann", "bob"]
+
+
+def test_a_skip_sent_again_counts_once(client: TestClient) -> None:
+    """A skip sent again after its answer was lost is answered with the task as it stands,
+    also once someone else holds it; a skip after claiming the task again counts. Before,
+    every copy counted: one more skip and one more step down the queue each."""
+    engine = state_of(client).engine
+    [task_id] = add_tasks(engine, 1)
+    headers, url = auth("reviewer"), f"/review/{task_id}/skip"
+
+    def skips() -> tuple[int, str | None]:
+        with Session(engine) as session:
+            task = session.get(ReviewTask, task_id)
+            assert task is not None
+            return task.skips, task.leased_by
+
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    first = client.post(url, json=body("ann"), headers=headers)
+    assert first.status_code == 200
+    again = client.post(url, json=body("ann"), headers=headers)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert skips() == (1, None)
+    assert client.post("/review/claim", json=body("bob"), headers=headers).status_code == 200
+    assert client.post(url, json=body("ann"), headers=headers).status_code == 200
+    assert skips() == (1, "bob")
+    assert client.post(url, json=body("bob"), headers=headers).status_code == 200
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    assert client.post(url, json=body("ann"), headers=headers).status_code == 200
+    assert skips() == (3, None)

@@ -30,6 +30,7 @@ from service.api.main import create_app
 from service.api.routes import review_page
 from service.config import Settings
 from service.crud import labels as labels_crud
+from service.crud.review_intake import SKIP_STEP
 from service.db import init_db, make_engine
 from service.entities import (
     Feedback,
@@ -1256,3 +1257,31 @@ def test_another_tag_after_a_lost_answer_keeps_the_saved_label_and_says_which(
     wait_for_title(browser, ITEMS[1].title)
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
     assert len(all_labels(live_app.engine, first)) == 2
+
+
+def task_row(engine: Engine, task_id: int) -> ReviewTask:
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        return task
+
+
+@pytest.mark.browser
+def test_a_skip_whose_answer_was_lost_counts_once(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver
+) -> None:
+    """Ada's skip reaches the server and its answer is lost; she presses S again. The item
+    is skipped once: one skip counted, its priority lowered once. Before, the second press
+    skipped it again (two skips, twice the drop), as if two reviewers had passed on it."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/skip")
+
+    press_until_gone(browser, "s", ITEMS[0].title)
+    wait_for_title(browser, ITEMS[1].title)
+    assert proxy.lost == [f"POST /review/{first}/skip answer"]
+    assert text_of(browser, "message").startswith("Skipped")
+    task = task_row(live_app.engine, first)
+    assert (task.status, task.skips, task.skipped_by) == (ReviewStatus.OPEN, 1, "ada")
+    assert task.priority == pytest.approx(ITEMS[0].priority - SKIP_STEP)

@@ -316,21 +316,43 @@ def label(
     return row
 
 
+def _skipped_already(task: ReviewTask, *, reviewer: str) -> bool:
+    """Whether `reviewer`'s skip of `task` is in already: they were the last to skip it and
+    do not hold it since (a skip sent again after its answer was lost). Skipping a task takes
+    the lease back, so a reviewer who claims it again holds it and can skip it again."""
+    return task.skipped_by == reviewer and task.leased_by != reviewer and task.status in ACTIVE
+
+
+def _not_skipped_by(reviewer: str) -> ColumnElement[bool]:
+    """`_skipped_already` as the skip's guard, so that two copies of one skip racing each other
+    count once too."""
+    skipped_by = col(ReviewTask.skipped_by)
+    return or_(skipped_by.is_(None), skipped_by != reviewer, col(ReviewTask.leased_by) == reviewer)
+
+
 def skip(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
-    """Put a task back, a little lower, and hand it to other reviewers first."""
-    _transition(
-        session,
-        task_id=task_id,
-        reviewer=reviewer,
-        values={
-            "status": ReviewStatus.OPEN,
-            "leased_by": None,
-            "lease_expires_at": None,
-            "skips": ReviewTask.skips + 1,
-            "skipped_by": reviewer,
-            "priority": ReviewTask.priority - SKIP_STEP,
-        },
-    )
+    """Put a task back, a little lower, and hand it to other reviewers first. A skip sent
+    again counts once: the task is answered as it stands."""
+    try:
+        _transition(
+            session,
+            task_id=task_id,
+            reviewer=reviewer,
+            values={
+                "status": ReviewStatus.OPEN,
+                "leased_by": None,
+                "lease_expires_at": None,
+                "skips": ReviewTask.skips + 1,
+                "skipped_by": reviewer,
+                "priority": ReviewTask.priority - SKIP_STEP,
+            },
+            guards=(_not_skipped_by(reviewer),),
+        )
+    except ConflictError:
+        task = get_task(session, task_id=task_id)  # _refusal rolled back: as stored now
+        if _skipped_already(task, reviewer=reviewer):
+            return task
+        raise
     session.commit()
     return get_task(session, task_id=task_id)
 
