@@ -518,3 +518,26 @@ def test_a_skip_sent_again_counts_once(client: TestClient) -> None:
     assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
     assert client.post(url, json=body("ann"), headers=headers).status_code == 200
     assert skips() == (3, None)
+
+
+def test_an_undo_sent_again_leases_the_task_back_once(client: TestClient) -> None:
+    """An undo sent again after its answer was lost leases the task back as the first one
+    did, and the next label replaces the undone one; once someone else labelled the task,
+    the undo is refused as before. Before, the repeat was a 409 "no label of 'ann' to undo"."""
+    engine = state_of(client).engine
+    [task_id] = add_tasks(engine, 1)
+    headers, url = auth("reviewer"), f"/review/{task_id}/reopen"
+    assert client.post("/review/claim", json=body("ann"), headers=headers).status_code == 200
+    label = f"/review/{task_id}/label"
+    first = client.post(label, json=body("ann", tag="mlops"), headers=headers).json()
+    undone = client.post(url, json=body("ann"), headers=headers)
+    assert undone.status_code == 200
+    again = client.post(url, json=body("ann"), headers=headers)
+    assert again.status_code == 200 and again.json()["task_id"] == task_id
+    assert client.post(url, json=body("bob"), headers=headers).status_code == 409
+    second = client.post(label, json=body("ann", tag="other"), headers=headers)
+    assert second.status_code == 201 and second.json()["supersedes"] == first["id"]
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None and task.status == ReviewStatus.LABELED
+        assert task.final_label_id == second.json()["id"]

@@ -1285,3 +1285,35 @@ def test_a_skip_whose_answer_was_lost_counts_once(
     task = task_row(live_app.engine, first)
     assert (task.status, task.skips, task.skipped_by) == (ReviewStatus.OPEN, 1, "ada")
     assert task.priority == pytest.approx(ITEMS[0].priority - SKIP_STEP)
+
+
+@pytest.mark.browser
+def test_an_undo_whose_answer_was_lost_brings_the_item_back_when_sent_again(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's undo reaches the server, which leases the item back to her, and its answer is
+    lost; she presses U again. The item comes back on her page, the one she was shown goes
+    back to the queue, and her next label replaces the first. Before, the second U was
+    refused ("no label of 'ada' to undo"), the page dropped the label from its undo list and
+    said the undo failed, and the reopened item stayed leased to her, unseen, until the lease
+    ran out."""
+    first, second, third = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    proxy.lose_answers("POST", f"/review/{first}/reopen")
+
+    press_until_gone(browser, "u", ITEMS[1].title)
+    wait_for_title(browser, ITEMS[0].title)
+    assert proxy.lost == [f"POST /review/{first}/reopen answer"]
+    assert text_of(browser, "message").startswith("Undone")
+    assert task_statuses(live_app.engine) == {
+        first: ReviewStatus.LEASED,
+        second: ReviewStatus.OPEN,
+        third: ReviewStatus.OPEN,
+    }
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[1].title)
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
+    assert len(all_labels(live_app.engine, first)) == 2

@@ -369,11 +369,51 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     return get_task(session, task_id=task_id)
 
 
+def _undone_already(
+    session: Session, *, task: ReviewTask, reviewer: str, current: Label | None
+) -> bool:
+    """Whether `reviewer`'s undo of `task` is in already (an undo sent again after its answer
+    was lost): the label in force is theirs, from this task, and the task no longer records
+    it. Only an undo takes a label off its task while the label stays in force."""
+    return (
+        task.status != ReviewStatus.LABELED
+        and current is not None
+        and (current.task_id, current.reviewer) == (task.id, reviewer)
+        and recorded_label(session, task=task, reviewer=reviewer) is None
+    )
+
+
+def _lease_again(session: Session, *, task: ReviewTask, reviewer: str, lease_s: int) -> ReviewTask:
+    """An undone task leased to its reviewer again (renewed if they still hold it), as the
+    undo did; ConflictError when someone else holds it now."""
+    assert task.id is not None
+    now = utcnow()
+    result = session.exec(
+        update(ReviewTask)
+        .where(col(ReviewTask.id) == task.id, ReviewTask.stage == task.stage)
+        .where(ReviewTask.status != ReviewStatus.LABELED, _may_act(reviewer, now))
+        .values(
+            status=ReviewStatus.LEASED,
+            leased_by=reviewer,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        raise ConflictError(f"task {task.id} changed concurrently or is leased to someone else")
+    return get_task(session, task_id=task.id)
+
+
 def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
     """Undo: lease a task back to the reviewer whose label was its last word, at that label's
-    stage; their next label supersedes it."""
+    stage; their next label supersedes it. An undo sent again leases the task back the same
+    way (it does not step back another stage)."""
     task = get_task(session, task_id=task_id)
     current = labels_crud.current_label(session, text_hash=task.text_hash)
+    if _undone_already(session, task=task, reviewer=reviewer, current=current):
+        return _lease_again(session, task=task, reviewer=reviewer, lease_s=lease_s)
     values = overlap.undo_values(task, reviewer=reviewer, current=current)
     now = utcnow()
     may_take = (
