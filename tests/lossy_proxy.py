@@ -24,12 +24,15 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
 @dataclass
 class Rule:
     """What happens to the next `count` requests `method path`: `forward` True loses only the
-    answer (the server still gets the request), False loses the request itself."""
+    answer (the server still gets the request), False loses the request itself. With `hold`
+    set, the connection stays open, unanswered, until the event is set (a network that went
+    silent), and then closes."""
 
     method: str
     path: str
     forward: bool
     count: int
+    hold: threading.Event | None = None
 
 
 class LossyProxy:
@@ -55,6 +58,14 @@ class LossyProxy:
         """The next `count` requests are lost on the way: the server never sees them."""
         with self.lock:
             self.rules.append(Rule(method, path, forward=False, count=count))
+
+    def hold_answers(self, method: str, path: str, count: int = 1) -> threading.Event:
+        """The next `count` requests reach the server; their answers never come, and their
+        connections stay open until the event returned is set."""
+        released = threading.Event()
+        with self.lock:
+            self.rules.append(Rule(method, path, forward=True, count=count, hold=released))
+        return released
 
     def clear(self) -> None:
         with self.lock:
@@ -90,6 +101,8 @@ class LossyProxy:
                 return  # closed unanswered; the server never heard of it
             status, reason, answer_headers, answer = self._forward(method, path, headers, body)
             if rule is not None:
+                if rule.hold is not None:
+                    rule.hold.wait(timeout=120)
                 return  # the server did the work; the answer goes nowhere
             lines = [f"HTTP/1.1 {status} {reason}"]
             lines += [f"{k}: {v}" for k, v in answer_headers if k.lower() not in HOP_BY_HOP]

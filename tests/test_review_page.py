@@ -51,6 +51,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 SCREENSHOT = Path("/tmp/review_page.png")
 WAIT_S = 15
+REQUEST_TIMEOUT_S = 20  # api.js: how long the page waits for an answer
 
 
 @dataclass(frozen=True)
@@ -1317,3 +1318,32 @@ def test_an_undo_whose_answer_was_lost_brings_the_item_back_when_sent_again(
     wait_for_title(browser, ITEMS[1].title)
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
     assert len(all_labels(live_app.engine, first)) == 2
+
+
+@pytest.mark.browser
+def test_a_label_the_network_never_answers_frees_the_page(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label reaches the server and the network goes silent: no answer, no closed
+    connection. Within the page's request timeout it says the label may or may not be saved
+    and takes keys again; pressing the tag again saves nothing twice. Before, the page stayed
+    busy with no word for as long as the connection hung (over a minute here), every key
+    ignored."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    held = proxy.hold_answers("POST", f"/review/{first}/label")
+    try:
+        press(browser, "1")
+        WebDriverWait(browser, REQUEST_TIMEOUT_S + WAIT_S).until(
+            lambda d: "may or may not be saved" in text_of(d, "message"),
+            message="the page to give up on the label",
+        )
+        assert "did not answer" in text_of(browser, "message")
+        assert browser.find_element(By.ID, "workspace").get_attribute("aria-busy") == "false"
+        press(browser, "1")
+        wait_for_title(browser, ITEMS[1].title)
+    finally:
+        held.set()
+    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
+    assert text_of(browser, "stat-session") == "1"

@@ -6,6 +6,10 @@
 const STORAGE_KEY = "tagflow.review.credentials";
 const HISTORY_KEY = "tagflow.review.history";
 const HISTORY_MAX = 100; // labels U can take back after a reload; the server keeps them all
+// How long a call waits for its answer. A network that goes silent (no answer, the
+// connection never closed) otherwise kept the page busy, every key ignored, for minutes.
+// What the server did meanwhile is safe to send again: a label or a skip counts once.
+const REQUEST_TIMEOUT_MS = 20000;
 
 /** The key was refused (401) or may not do this (403). */
 export class AuthError extends Error {
@@ -35,11 +39,22 @@ async function readBody(response) {
   }
 }
 
-/** One API call with `key`; resolves to {status, ok, data} unless the key is refused. */
+/** `fetch`, given up after REQUEST_TIMEOUT_MS: it then throws an Error saying so. */
+async function fetchInTime(path, options) {
+  try {
+    return await fetch(path, { ...options, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+  } catch (err) {
+    if (err.name !== "TimeoutError") throw err;
+    throw new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`);
+  }
+}
+
+/** One API call with `key`; resolves to {status, ok, data} unless the key is refused. Throws
+ * when no answer comes (the network failed, or nothing came in time). */
 export async function api(key, method, path, body, { keepalive = false } = {}) {
   const headers = { Authorization: `Bearer ${key}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const response = await fetch(path, {
+  const response = await fetchInTime(path, {
     method, headers, keepalive, body: body === undefined ? undefined : JSON.stringify(body),
   });
   const data = await readBody(response);
