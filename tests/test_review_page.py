@@ -1347,3 +1347,36 @@ def test_a_label_the_network_never_answers_frees_the_page(
         held.set()
     assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
     assert text_of(browser, "stat-session") == "1"
+
+
+@pytest.mark.browser
+def test_an_undo_whose_release_of_the_shown_item_fails_still_shows_the_item_undone(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada presses U: the server leases her labelled item back, then the release of the item
+    she was shown is lost on the way. The page shows the item undone all the same (it is
+    hers now), and the one she was shown, still leased to her, comes back at her next claim.
+    Before, the failed release aborted the undo on the page: it kept showing the other item,
+    said tagflow could not be reached, and had dropped the label from its undo list, while the
+    server held the undone item for her unseen."""
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    proxy.lose_requests("POST", f"/review/{second}/release")
+
+    press(browser, "u")
+    wait_until(
+        browser,
+        lambda d: text_of(d, "item-title") == ITEMS[0].title or text_of(d, "message"),
+        "an answer to the undo",
+    )
+    wait_for_title(browser, ITEMS[0].title)
+    assert proxy.lost == [f"POST /review/{second}/release request"]
+    assert text_of(browser, "message").startswith("Undone")
+    assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED  # still Ada's
+
+    press(browser, "2")
+    wait_for_title(browser, ITEMS[1].title)  # her next claim gives it back to her
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]

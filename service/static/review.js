@@ -283,9 +283,18 @@ async function undo() {
   refreshStats();
 }
 
+/** Give `task` back to the queue, as a courtesy: when that fails, the lease runs out by
+ * itself, and until then the reviewer's next claim hands the task back to them. A failure is
+ * logged, never thrown, so it cannot undo what the action around it did. */
 async function release(task, options = {}) {
-  const response = await call("POST", `/review/${task.task_id}/release`, reviewerBody(), options);
-  if (!response.ok) console.warn("release of task", task.task_id, "failed:", response.status);
+  try {
+    const response = await call("POST", `/review/${task.task_id}/release`, reviewerBody(),
+      options);
+    if (!response.ok) console.warn("release of task", task.task_id, "failed:", response.status);
+  } catch (err) {
+    if (err instanceof AuthError) throw err;
+    console.warn("release of task", task.task_id, "failed:", err);
+  }
 }
 
 async function refreshStats() {
