@@ -1380,3 +1380,80 @@ def test_an_undo_whose_release_of_the_shown_item_fails_still_shows_the_item_undo
     press(browser, "2")
     wait_for_title(browser, ITEMS[1].title)  # her next claim gives it back to her
     assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[1]]
+
+
+@pytest.mark.browser
+def test_a_label_with_no_answer_is_settled_after_a_reload(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label is saved and its answer lost, and she reloads the page. The page sends the
+    label again before claiming: it says the item is labelled, counts it, and U takes it
+    back. Before, the reloaded page went on to the next item without a word: the label was
+    saved, but the page counted nothing and U could not reach it."""
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/label")
+    press(browser, "1")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+
+    browser.refresh()
+    wait_for_title(browser, ITEMS[1].title)
+    wait_until(browser, lambda d: "is labelled" in text_of(d, "message"), "the label settled")
+    assert tags.names[0] in text_of(browser, "message")
+    assert text_of(browser, "stat-session") == "1"
+    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+
+@pytest.mark.browser
+def test_undo_after_a_label_with_no_answer_takes_back_that_label(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada labels two items; the second label is saved and its answer lost, and she presses
+    U. What she takes back is that label, the last she gave: the item stays on her page to
+    label again, and the first item's label stands. Before, U reopened the first item and
+    the second's label stood unseen (the page knew nothing of it)."""
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    proxy.lose_answers("POST", f"/review/{second}/label")
+    press(browser, "2")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+
+    press(browser, "u")
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Undone"), "the undo")
+    assert text_of(browser, "item-title") == ITEMS[1].title
+    assert f"(was {tags.names[1]})" in text_of(browser, "message")
+    assert task_statuses(live_app.engine)[second] is ReviewStatus.LEASED
+    assert [label.tag for label in active_labels(live_app.engine, first)] == [tags.names[0]]
+    press(browser, "3")
+    wait_for_title(browser, ITEMS[2].title)
+    assert [label.tag for label in active_labels(live_app.engine, second)] == [tags.names[2]]
+    assert len(all_labels(live_app.engine, second)) == 2
+
+
+@pytest.mark.browser
+def test_undo_works_when_the_only_label_got_no_answer(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """The first label of Ada's session is saved and its answer lost: U is on all the same,
+    and takes that label back. Before, U was off (the page had no label to undo) while the
+    label stood."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/label")
+    press(browser, "1")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+    assert browser.find_element(By.ID, "undo").is_enabled()
+
+    press(browser, "u")
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Undone"), "the undo")
+    assert text_of(browser, "item-title") == ITEMS[0].title
+    assert text_of(browser, "stat-session") == "0"
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED

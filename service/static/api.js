@@ -87,23 +87,25 @@ export function forgetCredentials() {
 
 /* ---------- The undo list, kept in this tab ---------- */
 
-/** `reviewer`'s undo list and the ids labelled in this tab, as saved before a reload; empty
- * for anyone else (the tab changed hands with Switch). */
+/** `reviewer`'s undo list, the ids labelled in this tab and the label sent with no answer
+ * yet (`pending`), as saved before a reload; empty for anyone else (the tab changed hands
+ * with Switch). */
 export function loadHistory(reviewer) {
-  const empty = { labelled: [], sessionDone: new Set() };
+  const empty = { labelled: [], sessionDone: new Set(), pending: null };
   try {
     const saved = JSON.parse(sessionStorage.getItem(HISTORY_KEY) || "null");
     if (!saved || saved.reviewer !== reviewer || !Array.isArray(saved.labelled)) return empty;
-    return { labelled: saved.labelled, sessionDone: new Set(saved.done || []) };
+    const pending = saved.pending && saved.pending.taskId ? saved.pending : null;
+    return { labelled: saved.labelled, sessionDone: new Set(saved.done || []), pending };
   } catch (err) {
     console.warn("ignoring an unreadable undo list:", err);
     return empty;
   }
 }
 
-export function saveHistory(reviewer, labelled, done) {
+export function saveHistory(reviewer, labelled, done, pending = null) {
   if (!reviewer) return;
-  const saved = { reviewer, labelled: labelled.slice(-HISTORY_MAX), done };
+  const saved = { reviewer, labelled: labelled.slice(-HISTORY_MAX), done, pending };
   try {
     sessionStorage.setItem(HISTORY_KEY, JSON.stringify(saved));
   } catch (err) {

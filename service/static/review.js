@@ -23,6 +23,9 @@ const state = {
   task: null, // the task this page holds a lease on
   labelled: [], // {taskId, title, tag} labelled in this session, newest last (for undo)
   sessionDone: new Set(), // task ids labelled in this session
+  // A label sent that got no answer ({taskId, title, tag}): it may be saved or not, so it is
+  // sent again (safe: a label counts once) before a reload claims or U undoes anything.
+  pending: null,
   busy: false,
   emptyTimer: null,
   // Bumped by Switch: an answer to a request made before it belongs to nobody on this page.
@@ -104,9 +107,9 @@ function showStalled(text) {
 }
 
 function updateCounts() {
-  renderCounts(state.sessionDone.size, state.labelled.length);
+  renderCounts(state.sessionDone.size, state.labelled.length + (state.pending ? 1 : 0));
   // Kept for this tab only, so that U still works after a reload.
-  saveHistory(state.reviewer, state.labelled, [...state.sessionDone]);
+  saveHistory(state.reviewer, state.labelled, [...state.sessionDone], state.pending);
 }
 
 /* ---------- Actions ---------- */
@@ -132,7 +135,9 @@ async function loadTags() {
 /** The tags (unless loaded already), then an item: what sign-in and Retry do. */
 async function begin() {
   if (!state.tags.length) await loadTags();
-  if (state.tags.length) await claimNext();
+  if (!state.tags.length) return;
+  await settlePending();
+  await claimNext();
 }
 
 /** Claim the next item and show it. When that fails, the page stops on Retry (the message
@@ -203,7 +208,8 @@ function ownLabel(response) {
 
 /** `task` is labelled `tag` on the server: it leaves the page, counts, and U can take it back. */
 function recordLabel(task, tag) {
-  state.task = null; // saved: whatever happens next, this item is not offered again
+  // Saved: whatever happens next, this item is not offered again.
+  if (state.task && state.task.task_id === task.task_id) state.task = null;
   state.labelled.push({ taskId: task.task_id, title: task.title, tag });
   state.sessionDone.add(task.task_id);
   updateCounts();
@@ -219,6 +225,38 @@ async function savedBefore(task, saved) {
   await claimNext(`${text} `);
 }
 
+/** An answer about `task` came: a label sent for it with no answer is settled by it. */
+function settled(task) {
+  if (state.pending && state.pending.taskId === task.task_id) {
+    state.pending = null;
+    updateCounts();
+  }
+}
+
+/** Send again the label that got no answer, and say what became of it: saved (now or the
+ * first time; it counts once either way) or refused. Still no answer: it stays pending. */
+async function settlePending() {
+  const pending = state.pending;
+  if (!pending) return;
+  const epoch = state.epoch;
+  const task = { task_id: pending.taskId, title: pending.title };
+  let response;
+  try {
+    response = await call("POST", `/review/${pending.taskId}/label`,
+      { tag: pending.tag, reviewer: state.reviewer });
+  } catch (err) {
+    if (err instanceof AuthError || stale(epoch)) throw err;
+    return console.warn("the label with no answer could not be sent again:", err);
+  }
+  if (stale(epoch)) return;
+  settled(task);
+  const saved = ownLabel(response) || (response.ok ? response.data : null);
+  if (!saved) return say(`“${shortTitle(task.title)}” was not labelled: ${why(response)}.`, "warn");
+  recordLabel(task, saved.tag);
+  say(`“${shortTitle(task.title)}” is labelled ${saved.tag} (the answer to your label had not `
+    + "reached this page).", "success");
+}
+
 async function label(tag) {
   const task = state.task;
   if (!task) return;
@@ -229,11 +267,14 @@ async function label(tag) {
   } catch (err) {
     if (err instanceof AuthError || stale(epoch)) throw err;
     console.error(err);
+    state.pending = { taskId: task.task_id, title: task.title, tag };
+    updateCounts();
     return say(`“${shortTitle(task.title)}” may or may not be saved: tagflow did not answer `
       + `(${err.message}). Press the tag again: a label saved already is not saved twice.`,
     "error");
   }
   if (stale(epoch)) return;
+  settled(task);
   const saved = ownLabel(response);
   if (saved) return savedBefore(task, saved);
   if (response.status === 409) return refused(task, "labelled", response);
@@ -252,6 +293,7 @@ async function skip() {
   const epoch = state.epoch;
   const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
   if (stale(epoch)) return;
+  settled(task);
   const saved = ownLabel(response);
   if (saved) return savedBefore(task, saved);
   if (response.status === 409) return refused(task, "skipped", response);
@@ -262,6 +304,7 @@ async function skip() {
 }
 
 async function undo() {
+  await settlePending(); // the last label may be the one whose answer never came
   const last = state.labelled[state.labelled.length - 1];
   if (!last) return say("Nothing to undo yet.", "info");
   const epoch = state.epoch;
@@ -416,7 +459,9 @@ async function signOut() {
   forgetCredentials();
   forgetHistory();
   // Their own personal key would be refused with the last reviewer's name still in the form.
-  Object.assign(state, { key: "", reviewer: "", labelled: [], sessionDone: new Set() });
+  Object.assign(state, {
+    key: "", reviewer: "", labelled: [], sessionDone: new Set(), pending: null,
+  });
   setBusy(false);
   updateCounts();
   showSignin();
@@ -449,7 +494,7 @@ function shortcut(key) {
   const tag = /^[1-9]$/.test(key) ? state.tags[Number(key) - 1] : undefined;
   if (tag && state.task) return () => label(tag.name);
   if (key === "s" && state.task) return skip;
-  if (key === "u" && state.labelled.length) return undo;
+  if (key === "u" && (state.labelled.length || state.pending)) return undo;
   return null;
 }
 
