@@ -541,3 +541,41 @@ def test_an_undo_sent_again_leases_the_task_back_once(client: TestClient) -> Non
         task = session.get(ReviewTask, task_id)
         assert task is not None and task.status == ReviewStatus.LABELED
         assert task.final_label_id == second.json()["id"]
+
+
+def test_copies_of_one_action_sent_at_once_count_once_and_all_succeed(client: TestClient) -> None:
+    """Eight copies of one reviewer's label, skip and undo, sent at the same moment (a page's
+    retry while the first is still on its way): each takes effect once, and every copy is
+    answered as a success. Before, copies of an undo that raced the first were refused (409
+    "changed concurrently"), and the page then dropped the label from its undo list."""
+    engine = state_of(client).engine
+    labelled, skipped = add_tasks(engine, 2)
+    headers = auth("reviewer")
+    assert client.post("/review/claim", json=body("ann"), headers=headers).json()["task_id"] in {
+        labelled,
+        skipped,
+    }
+
+    def at_once(path: str, payload: dict[str, str]) -> list[int]:
+        barrier = threading.Barrier(8)
+        statuses: list[int] = []
+
+        def send() -> None:
+            barrier.wait()
+            statuses.append(client.post(path, json=payload, headers=headers).status_code)
+
+        threads = [threading.Thread(target=send) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return sorted(statuses)
+
+    assert at_once(f"/review/{labelled}/label", body("ann", tag="mlops")) == [200] * 7 + [201]
+    assert at_once(f"/review/{skipped}/skip", body("ann")) == [200] * 8
+    assert at_once(f"/review/{labelled}/reopen", body("ann")) == [200] * 8
+    with Session(engine) as session:
+        assert [row.tag for row in session.exec(select(Label)).all()] == ["mlops"]
+        tasks = {task.id: task for task in session.exec(select(ReviewTask)).all()}
+    assert (tasks[labelled].status, tasks[labelled].leased_by) == (ReviewStatus.LEASED, "ann")
+    assert (tasks[skipped].status, tasks[skipped].skips) == (ReviewStatus.OPEN, 1)

@@ -441,8 +441,18 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
         session.rollback()
         raise ConflictError(f"another open task exists for the content of task {task_id}") from None
     if result.rowcount != 1:
-        raise ConflictError(f"task {task_id} changed concurrently or is leased to someone else")
+        return _reopen_lost_race(session, task_id=task_id, reviewer=reviewer, lease_s=lease_s)
     return get_task(session, task_id=task_id)
+
+
+def _reopen_lost_race(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
+    """After an undo's update found the task changed: a copy of the same undo, sent at the
+    same time, got there first (the task is leased back to `reviewer`), or it is a conflict."""
+    task = get_task(session, task_id=task_id)
+    current = labels_crud.current_label(session, text_hash=task.text_hash)
+    if _undone_already(session, task=task, reviewer=reviewer, current=current):
+        return _lease_again(session, task=task, reviewer=reviewer, lease_s=lease_s)
+    raise ConflictError(f"task {task_id} changed concurrently or is leased to someone else")
 
 
 def count_tasks(session: Session, *conditions: Any) -> int:
