@@ -22,7 +22,7 @@ from service.ml.dataset import Example, item_text
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
-from service.tags import TagSet
+from service.tags import TagSet, load_tags
 from tests.conftest import auth, register_promoted
 from tests.test_retraining import add_labels
 
@@ -197,3 +197,43 @@ def test_a_refused_shadow_candidate_is_logged_once_and_shadowed_once_restored(
         assert state.predictor.shadow is not None
         assert state.predictor.shadow.version == candidate.version
         assert state.shadow_refused == {} and state.model_refusals == 1
+
+
+def test_a_promoted_shadow_is_dropped_when_the_newest_candidate_is_refused(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+) -> None:
+    """The shadow is the newest candidate or nothing. Once the shadowed candidate is promoted
+    and the candidate left is refused (an old one that answers a tag retired since, or one
+    whose artifact fails its checksum), production must not go on scoring itself as its own
+    shadow, which reported an agreement with production of 1.0."""
+    settings = make_settings(
+        database_url=str(sqlite_engine.url), shadow=True, watch_interval_s=0.05
+    )
+    register_promoted(sqlite_engine, settings, seed_result)
+    with Session(sqlite_engine, expire_on_commit=False) as session:
+        refused = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        )
+        shadowed = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        )
+    artifact = settings.artifacts_dir / refused.artifact_path / registry.MODEL_FILE
+    artifact.write_bytes(artifact.read_bytes() + b"tampered")
+    with TestClient(create_app(settings)) as client:
+        predictor = client.app.state.tagflow.predictor
+        assert wait_for(lambda: predictor.shadow is not None)
+        assert predictor.shadow.version == shadowed.version
+        with Session(sqlite_engine) as session:
+            registry.promote(
+                session,
+                version=shadowed.version,
+                tags=load_tags(settings.tags_file),
+                artifacts_dir=settings.artifacts_dir,
+                actor="test",
+            )
+        assert wait_for(lambda: predictor.current.version == shadowed.version)
+        assert wait_for(lambda: predictor.shadow is None), (
+            f"production {predictor.current.version} shadows {predictor.shadow.version}"
+        )

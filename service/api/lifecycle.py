@@ -82,18 +82,22 @@ def _enqueue_reprioritize(state: AppState, version: str) -> None:
         log.warning("could not enqueue review re-prioritisation for %s: %s", version, exc)
 
 
-def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
+def _sync_shadow(state: AppState, row: ModelVersion | None) -> None:
+    """Shadow `row`, the newest candidate, or nothing when there is none or it is refused: a
+    shadow loaded before (a candidate promoted since, say) must not go on scoring."""
     shadow = state.predictor.shadow
-    if row is None:
-        if shadow is not None:
-            state.predictor.set_shadow(None)
+    if row is not None and shadow is not None and shadow.version == row.version:
         return
-    if shadow is not None and shadow.version == row.version:
-        return
+    if (row is None or not _load_shadow(state, row)) and shadow is not None:
+        state.predictor.set_shadow(None)
+
+
+def _load_shadow(state: AppState, row: ModelVersion) -> bool:
+    """Shadow `row`; False when it is refused, which is logged once per state of its artifact."""
     artifacts_dir = state.settings.artifacts_dir
     stamp = registry.artifact_stamp(row, artifacts_dir=artifacts_dir)
     if row.version in state.shadow_refused and state.shadow_refused[row.version] == stamp:
-        return  # refused as it is: the watch loop comes back every few seconds
+        return False  # refused as it is: the watch loop comes back every few seconds
     try:
         model = registry.load_model(row, artifacts_dir=artifacts_dir)
         state.predictor.set_shadow(LoadedModel(row.version, model))  # refuses unapproved tags
@@ -101,9 +105,10 @@ def _sync_shadow(state: AppState, row) -> None:  # type: ignore[no-untyped-def]
         state.shadow_refused[row.version] = stamp
         state.model_refusals += 1
         log.error("shadow candidate refused: %s; tried again once its artifact changes", exc)
-        return
+        return False
     if state.shadow_refused.pop(row.version, None) is not None:
         log.info("shadow candidate %s loads now: its artifact was restored", row.version)
+    return True
 
 
 def drain_outbox(state: AppState) -> int:
