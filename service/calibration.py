@@ -191,11 +191,22 @@ def _decide(
     conf = np.array([c for c, _ in items])
     correct = np.array([ok for _, ok in items])
     # Each stricter cut must reach the target too (choose_threshold); 1.01 sends all to review.
-    cut = choose_threshold(conf, correct, target=stats.target, min_support=min(20, len(items)))
+    support = min(20, len(items))
+    cut = choose_threshold(conf, correct, target=stats.target, min_support=support)
     proposed = max(current, cut)
-    return (
-        CalibrationAction.RAISE,
-        proposed,
+    shortfall = (
         f"audit precision {stats.precision:.3f} (95% interval below {stats.target}) on "
-        f"{stats.audited} items; the audited items at or above {proposed:.4f} reach the target",
+        f"{stats.audited} items"
     )
+    return CalibrationAction.RAISE, proposed, f"{shortfall}; {_raised_to(proposed, support, stats)}"
+
+
+def _raised_to(proposed: float, support: int, stats: AuditStats) -> str:
+    """What the raised cut rests on: the audited items above it, or none when no cut with
+    `support` of them reaches the target (1.01, which accepts nothing)."""
+    if proposed > 1.0:
+        return (
+            f"no cut with at least {support} audited items above it reaches {stats.target}: "
+            f"everything goes to review ({proposed})"
+        )
+    return f"the audited items at or above {proposed:.4f} reach the target"

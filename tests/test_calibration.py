@@ -186,6 +186,26 @@ def test_too_few_audits_below_the_cut_do_not_lower_it(
         assert threshold_of(session, version) == cut
 
 
+def test_a_raise_to_all_review_does_not_claim_a_cut_reaching_the_target(
+    engine: Engine, version: str, cut: float
+) -> None:
+    """26 audited items, two of them wrong among the most confident (as in a QA run after a
+    new tag: "other" accepted at 0.90 and 0.87 for reinforcement learning): no cut with 20
+    audited items above it reaches 0.99, so everything goes to review. The reason said "the
+    audited items at or above 1.0100 reach the target", of an empty set."""
+    conf = np.linspace(cut, 0.999, 26)
+    wrong = np.zeros(26, dtype=bool)
+    wrong[[-2, -5]] = True
+    add_audits(engine, version, conf, wrong)
+    with Session(engine) as session:
+        raised = recalibrate(session, version=version, target=TARGET, min_audited=20, apply=True)
+    assert raised.action is CalibrationAction.RAISE and raised.proposed == 1.01
+    assert raised.at_proposed is not None and raised.at_proposed.audited == 0
+    assert "reach the target" not in raised.reason
+    assert "no cut with at least 20 audited items above it reaches 0.99" in raised.reason
+    assert "everything goes to review" in raised.reason
+
+
 def threshold_of(session: Session, version: str) -> float:
     return registry.serving_threshold(registry.get_version(session, version=version))
 
