@@ -42,7 +42,7 @@ from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, review_suspects
 from service.ml.training import Progress, TrainResult, evaluate, train
-from service.tags import TagSet
+from service.tags import Tag, TagSet
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,35 @@ def _usable_labels(session: Session, tags: TagSet) -> list[Label]:
     return [label for label in labels if label.tag in tags]
 
 
+def _base_tags(session: Session, tags: TagSet) -> TagSet:
+    """The tags the base file may carry: the approved ones, and those any registered version
+    was trained on, which include a tag retired since (its rows are then left out, as its
+    labels are), even once production is a version trained without it. Any other tag in the
+    file is still an error."""
+    known = {
+        name for row in registry.list_versions(session) for name in row.params.get("classes", [])
+    }
+    retired = [Tag(name, "") for name in tags.unapproved(known)]
+    return TagSet((*tags.tags, *retired)) if retired else tags
+
+
+def _approved(
+    train: list[Example], evaluation: list[Example], tags: TagSet
+) -> tuple[list[Example], list[Example]]:
+    """The base split's rows whose tag is still approved; a retired tag's rows are left out,
+    with a warning naming it."""
+    kept_train = [e for e in train if e.tag in tags]
+    kept_eval = [e for e in evaluation if e.tag in tags]
+    left_out = [e.tag for e in train + evaluation if e.tag not in tags]
+    if left_out:
+        log.warning(
+            "%d base rows carry tags no longer approved %s; left out of retraining",
+            len(left_out),
+            sorted(set(left_out)),
+        )
+    return kept_train, kept_eval
+
+
 def _learnable(
     base: list[Example], labels: list[Label]
 ) -> tuple[list[Example], list[Label], dict[str, int]]:
@@ -127,12 +156,13 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     content, so evaluating on it would favour production over the candidate in the gate."""
     read_at = utcnow()
     source = base_source(session, settings=settings)
-    base_train, base_eval, _ = base_split(source, tags=tags)
+    all_train, all_eval, _ = base_split(source, tags=_base_tags(session, tags))
+    base_train, base_eval = _approved(all_train, all_eval, tags)
     labels = _usable_labels(session, tags)
     labelled = {label.text_hash for label in labels}
     kept_train = [e for e in base_train if e.text_hash not in labelled]
     kept_eval = [e for e in base_eval if e.text_hash not in labelled]
-    trained_content = {e.text_hash for e in base_train}
+    trained_content = {e.text_hash for e in all_train}
 
     def evaluates(label: Label) -> bool:
         return label.holdout and label.text_hash not in trained_content
@@ -145,7 +175,7 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
         evaluation=kept_eval + [_example(label) for label in holdout_labels],
         source=source,
         base_hash=registry.sha256_file(source),
-        base_rows=len(base_train) + len(base_eval),
+        base_rows=len(all_train) + len(all_eval),
         train_label_ids=[label.id for label in train_labels if label.id is not None],
         holdout_label_ids=[label.id for label in holdout_labels if label.id is not None],
         replaced_base_rows=len(base_train) + len(base_eval) - len(kept_train) - len(kept_eval),

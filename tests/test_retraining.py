@@ -34,7 +34,7 @@ from service.db import init_db, make_engine
 from service.entities import DatasetSnapshot, Label, ModelStatus
 from service.errors import InvalidInputError
 from service.ml import registry
-from service.ml.dataset import MIN_PER_TAG, Example, check_leakage, load_dataset
+from service.ml.dataset import MIN_PER_TAG, DatasetError, Example, check_leakage, load_dataset
 from service.ml.encoder import Encoder
 from service.ml.evaluation import evaluate_predictions
 from service.ml.gate import apply_gate
@@ -278,6 +278,49 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
     assert sets.scarce_tags == {}
     assert sets.train_label_ids == [row.id for row in first + rest]
     assert sum(e.tag == "graphs" for e in sets.train) == MIN_PER_TAG
+
+
+def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    seed_result: TrainResult,
+) -> None:
+    """The README's way out of retiring a tag in the wrong order (its line removed while
+    production answers it) is a retraining. When production's base file holds rows of the tag
+    (a tag of the bundled seed, or one taught with `tagflow train --data`), every retraining
+    failed on the file's "tag ... is not in the approved list". The retired tag's base rows are
+    now left out, as its labels are, and the frozen split of the other rows does not move."""
+    retired = TagSet(tuple(t for t in tags.tags if t.name != "mlops"))
+    base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
+    # Without a version that knew the tag, it is still an error in the base file.
+    with Session(engine) as session, pytest.raises(DatasetError, match="'mlops' is not in"):
+        retraining.build_training_sets(session, settings=make_settings(), tags=retired)
+
+    register_promoted(engine, make_settings(), seed_result)
+    # Production then retrained without the tag (a version that answers it no longer): its
+    # source is the same file, and the rows are still left out; the first version of this fix
+    # asked production alone, and the retraining after the one that recovered failed again.
+    register_promoted(engine, make_settings(), seed_result)
+    with Session(engine) as session:
+        production = registry.get_production(session)
+        assert production is not None and production.version == "v0002"
+        production.params = {**production.params, "classes": retired.names}
+        session.add(production)
+        session.commit()
+    row = next(e for e in base_train if e.tag == "mlops")
+    relabelled = Example(row.title, row.description, "other")
+    label = add_labels(engine, [relabelled], share=0.9999)[0]
+    assert label.holdout  # by hash; it trains all the same: production trained on that row
+    with Session(engine) as session:
+        sets = retraining.build_training_sets(
+            session, settings=make_settings(base_dataset=None), tags=retired
+        )
+
+    assert sets.train == [e for e in base_train if e.tag != "mlops"] + [relabelled]
+    assert sets.evaluation == [e for e in base_eval if e.tag != "mlops"]
+    assert sets.train_label_ids == [label.id] and sets.holdout_label_ids == []
+    assert sets.base_rows == len(base_train) + len(base_eval)
 
 
 def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
