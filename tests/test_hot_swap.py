@@ -17,7 +17,7 @@ from service.entities import ModelStatus
 from service.ml import registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth
+from tests.conftest import auth, register_promoted
 
 ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
 
@@ -291,3 +291,39 @@ def test_a_missing_artifact_is_refused_and_readyz_shows_no_server_path(
         f"artifact of {candidate} is missing at {folder}/{registry.MODEL_FILE}"
     ]
     assert str(artifacts.resolve().parent) not in str(ready)
+
+
+def test_a_refused_production_version_is_named_in_predicts_503(
+    make_settings: Callable[..., Settings], tmp_path: Path, seed_result: TrainResult
+) -> None:
+    """When the only production version is refused at load, /predict's 503 said no model was
+    loaded "yet", as if one were coming; it names the refused version and sends the caller to
+    /readyz for why (client keys see it: no server path in it)."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    version = register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        folder = registry.get_version(session, version=version).artifact_path
+    engine.dispose()
+    model_file = settings.artifacts_dir / folder / registry.MODEL_FILE
+    moved = model_file.with_suffix(".moved")
+    model_file.rename(moved)
+    with TestClient(create_app(settings)) as client:
+        state = client.app.state.tagflow
+        refused = client.post("/predict", json=ITEM, headers=auth("client"))
+        ready = client.get("/readyz").json()
+        moved.rename(model_file)
+        deadline = time.monotonic() + 10
+        while state.predictor.current is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        served = client.post("/predict", json=ITEM, headers=auth("client"))
+    assert refused.status_code == 503
+    assert refused.json() == {
+        "detail": f"production version {version} was refused at load; GET /readyz says why"
+    }
+    assert str(settings.artifacts_dir) not in refused.text
+    assert ready["model_errors"] == [
+        f"artifact of {version} is missing at {folder}/{registry.MODEL_FILE}"
+    ]
+    assert served.status_code == 200 and served.json()["model_version"] == version

@@ -59,12 +59,14 @@ def _serve(state: AppState, row: ModelVersion) -> None:
                 )
             )
         except ArtifactError as exc:
+            state.predictor.refused(row.version)
             message = str(exc)
             if message not in state.model_errors:
                 state.model_errors.append(message)
                 state.model_refusals += 1
                 log.error("%s; still serving %s", message, current.version if current else None)
         else:
+            state.predictor.refused(None)
             if state.model_errors:
                 log.info("%s serves: the earlier refusal is resolved", row.version)
                 state.model_errors.clear()

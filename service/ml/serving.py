@@ -42,6 +42,8 @@ T = TypeVar("T")
 COMPANY_WINDOWS = 3.0
 ARRIVAL_WEIGHT = 0.1
 MAX_GAP_S = 1.0
+# What /predict's 503 says while no model serves and no production version was refused.
+NO_MODEL = "no production model is loaded yet"
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Predictor:
         self.fast_path = fast_path
         self._current: LoadedModel | None = None
         self._shadow: LoadedModel | None = None
+        # Why nothing serves, for /predict's 503 (read only then: no cost while a model serves).
+        self._unavailable = NO_MODEL
 
     @property
     def current(self) -> LoadedModel | None:
@@ -119,6 +123,16 @@ class Predictor:
         self._current = loaded  # a single reference assignment: atomic for readers
         log.info("serving model %s", loaded.version)
 
+    def refused(self, version: str | None) -> None:
+        """Note that production `version` was refused at load (None: no version is, any more),
+        so that while nothing serves the 503 names it instead of promising a model "yet"; the
+        reason, which may hold a server path, is /readyz's to give."""
+        self._unavailable = (
+            NO_MODEL
+            if version is None
+            else f"production version {version} was refused at load; GET /readyz says why"
+        )
+
     def set_shadow(self, loaded: LoadedModel | None) -> None:
         if loaded is not None:
             self.check(loaded)
@@ -134,7 +148,7 @@ class Predictor:
         """The fast path over a batch: which rows are settled, which need the encoder."""
         loaded = loaded or self._current
         if loaded is None:
-            raise UnavailableError("no production model is loaded yet")
+            raise UnavailableError(self._unavailable)
         proba, unsettled = loaded.model.fast_proba(texts, fast_path=self.fast_path)
         return Triage(loaded, texts, proba, [int(i) for i in unsettled])
 
