@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -153,3 +154,59 @@ def test_compare_over_the_api_as_a_job(
     paired = result["paired"]
     assert paired["only_b_right"] > paired["only_a_right"] and paired["mcnemar_p"] < 0.01
     assert not result["gate"]["passed"] and "weighted_f1" in result["gate"]["failed"]
+
+
+def _cells(output: str, first: str) -> list[str]:
+    """The cells of the table row that starts with `first`, box drawing left out."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip(" │┃|").split("│")]
+        cells = cells if len(cells) > 1 else line.split()
+        if cells and cells[0] == first:
+            return cells
+    raise AssertionError(f"no row {first!r} in:\n{output}")
+
+
+def test_a_tag_with_no_items_and_no_answers_shows_no_figures(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Evaluated on a file with no mlops item, a model that never answered mlops had mlops
+    precision, recall and F1 of 0.000 in `tagflow evaluate` and `models compare` (slices in
+    the same case showed "-"): nothing was measured, so the tables show "-" and the JSON
+    null."""
+    runner = CliRunner()
+    for extra in (["--promote"], []):
+        trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), *extra], env=cli_env)
+        assert trained.exit_code == 0, trained.output
+    with SEED_DATASET.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    picked = [r for r in rows if r["tag"] == "computer-vision"][:5]
+    picked += [r for r in rows if r["tag"] == "natural-language-processing"][:5]
+    data = tmp_path / "no_mlops.csv"
+    with data.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["title", "description", "tag"])
+        writer.writeheader()
+        writer.writerows(picked)
+
+    args = ["evaluate", "--data", str(data), "--version", "v0001"]
+    report = json.loads(runner.invoke(app, [*args, "--json"], env=cli_env).stdout)
+    confusion = report["confusion"]
+    column = confusion["labels"].index("mlops")
+    assert sum(row[column] for row in confusion["matrix"]) == 0  # never answered mlops
+    assert report["per_class"]["mlops"] == {
+        "precision": None,
+        "recall": None,
+        "f1": None,
+        "support": 0,
+    }
+    table = runner.invoke(app, args, env={**cli_env, "COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    assert _cells(table.output, "mlops") == ["mlops", "-", "-", "-", "0"]
+    assert _cells(table.output, "computer-vision")[1] != "-"
+
+    compare = ["models", "compare", "v0002", "v0001", "--data", str(data)]
+    outcome = json.loads(runner.invoke(app, [*compare, "--json"], env=cli_env).stdout)
+    assert outcome["a"]["per_class"]["mlops"]["f1"] is None
+    assert outcome["gate"]["passed"], outcome["gate"]["failed"]
+    table = runner.invoke(app, compare, env={**cli_env, "COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    assert _cells(table.output, "F1 mlops") == ["F1 mlops", "-", "-"]

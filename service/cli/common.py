@@ -212,14 +212,14 @@ def cli_tags(settings: Settings) -> TagSet:
 
 
 def metrics_table(metrics: dict, title: str) -> Table:
-    """Per-class figures of an evaluation report, the summary in the caption."""
+    """Per-class figures of an evaluation report, the summary in the caption; "-" for a class
+    with no figures (no item carries it and the model never answered it)."""
     table = Table(title=title)
     for col in ("tag", "precision", "recall", "f1", "support"):
         table.add_column(col, justify="right" if col != "tag" else "left")
     for tag, m in metrics["per_class"].items():
-        table.add_row(
-            tag, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"])
-        )
+        figures = ("-" if m[k] is None else f"{m[k]:.3f}" for k in ("precision", "recall", "f1"))
+        table.add_row(tag, *figures, str(m["support"]))
     auto = metrics["auto"]
     accepted = (
         f"auto: {auto['coverage']:.0%} accepted, at precision {auto['precision']:.3f}"

@@ -70,16 +70,25 @@ def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int 
 
 
 def _per_class(y_true: Sequence[str], y_pred: Sequence[str], classes: list[str]) -> dict:
+    """Precision, recall, F1 and support of each class. A class no item carries and the model
+    never answered has no figures (None, "-" in the tables, as an empty slice has): nothing
+    was measured, and 0.0 would read as a model that fails the class."""
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
+    answered = set(y_pred)
     return {
         c: {
-            "precision": float(p[i]),
-            "recall": float(r[i]),
-            "f1": float(f[i]),
+            "precision": _measured(p[i], c, answered, int(s[i])),
+            "recall": _measured(r[i], c, answered, int(s[i])),
+            "f1": _measured(f[i], c, answered, int(s[i])),
             "support": int(s[i]),
         }
         for i, c in enumerate(classes)
     }
+
+
+def _measured(value: float, tag: str, answered: set[str], support: int) -> float | None:
+    """`value` as a figure of `tag`'s; None when no item carries the tag and none was given it."""
+    return float(value) if support or tag in answered else None
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> float:
@@ -170,13 +179,18 @@ def _per_class_panel(ax: Any, report: dict[str, Any]) -> None:
     labels = report["confusion"]["labels"]
     x = np.arange(len(labels))
     for k, metric in enumerate(("precision", "recall", "f1")):
-        values = [report["per_class"][c][metric] for c in labels]
+        # A class with no figures (no item, no answer) gets no bar.
+        values = [_or_nan(report["per_class"][c][metric]) for c in labels]
         ax.bar(x + (k - 1) * 0.27, values, 0.27, label=metric)
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.2)  # room above the bars for the legend
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.legend(fontsize=8, ncol=3, loc="upper center")
     ax.set_title(f"per class (weighted F1 {report['weighted_f1']:.3f})")
+
+
+def _or_nan(value: float | None) -> float:
+    return np.nan if value is None else value
 
 
 def _coverage_panel(ax: Any, report: dict[str, Any]) -> None:

@@ -48,6 +48,12 @@ def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> l
             note = "the candidate never answers it and no item carries it: skipped"
             checks.append(Check(f"precision:{tag}", None, prod["precision"], None, True, note))
             continue
+        if prod.get("precision") is None:
+            # No item carries the tag and production never answers it: nothing to keep up.
+            # (A candidate's answers with it are all wrong, and weigh on its weighted F1.)
+            note = "no item carries it and production never answers it: skipped"
+            checks.append(Check(f"precision:{tag}", cand, None, None, True, note))
+            continue
         checks.append(
             _at_least(
                 f"precision:{tag}",
