@@ -336,7 +336,7 @@ def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
     assert all(label.holdout for label in labels)  # all three held out by hash
     with Session(engine) as session:
         held_out = retraining.held_out_label_ids(session, settings=make_settings(), tags=tags)
-        rows = labels_crud.export_rows(session, held_out=held_out)
+        rows = labels_crud.export_rows(session, held_out=held_out, tags=tags)
         assert {row["id"]: row["holdout"] for row in rows} == {
             labels[0].id: False,  # trains: production learned this row
             labels[1].id: True,
@@ -345,8 +345,42 @@ def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
         # No base dataset known (none configured, no production model): the hash alone.
         unknown = make_settings(base_dataset=None)
         assert retraining.held_out_label_ids(session, settings=unknown, tags=tags) is None
-        rows = labels_crud.export_rows(session, held_out=None)
+        rows = labels_crud.export_rows(session, held_out=None, tags=tags)
         assert [row["holdout"] for row in rows] == [True, True, True]
+
+
+def test_the_label_export_shows_a_retired_tags_labels_as_the_database_holds_them(
+    engine: Engine,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    tmp_path: Path,
+    seed_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    """Retraining leaves a retired tag's labels out either way, and the export's `holdout`
+    column, told by retraining's rule, said false for every one of them, held out in the
+    database or not; it now says what the database does for them."""
+    tags_file = tmp_path / "tags.csv"
+    kept = [line for line in DEFAULT_TAGS_FILE.read_text().splitlines() if "mlops" not in line]
+    tags_file.write_text("\n".join(kept) + "\n")
+    settings = make_settings(database_url=database_url, tags_file=tags_file)
+    with Session(engine) as session:  # a version that knew mlops: the base file still loads
+        registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    mlops = [e for e in new_items if e.tag == "mlops"]
+    other = next(e for e in new_items if e.tag != "mlops")
+    labels = add_labels(engine, [mlops[0], other], share=0.9999)
+    labels += add_labels(engine, [mlops[1]], share=0.0001)
+    assert [label.holdout for label in labels] == [True, True, False]  # by hash
+    with TestClient(create_app(settings)) as client:
+        exported = client.get("/labels/export?format=jsonl", headers=auth("reviewer"))
+    assert exported.status_code == 200, exported.text
+    rows = [json.loads(line) for line in exported.text.splitlines()]
+    assert {row["id"]: (row["tag"], row["holdout"]) for row in rows} == {
+        labels[0].id: ("mlops", True),
+        labels[1].id: (other.tag, True),
+        labels[2].id: ("mlops", False),
+    }
 
 
 def test_retrain_promotes_a_better_candidate_and_records_its_snapshot(

@@ -19,6 +19,7 @@ from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_conten
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
 from service.entities.review import ReviewTask
+from service.tags import TagSet
 
 EXPORT_COLUMNS = (
     "id",
@@ -115,13 +116,17 @@ def _created_on(value: datetime) -> str:
     return as_utc(value).isoformat()
 
 
-def export_rows(session: Session, *, held_out: set[int] | None) -> list[dict[str, object]]:
+def export_rows(
+    session: Session, *, held_out: set[int] | None, tags: TagSet
+) -> list[dict[str, object]]:
     """Current labels in the training-file schema (`title, description, tag` plus provenance),
     loadable with `service.ml.dataset.load_dataset`.
 
     `holdout` says whether retraining evaluates on the label rather than trains on it: true for
     the ids in `held_out` (`service.retraining.held_out_label_ids`), or, when that is None, for
-    labels whose hash falls in the held-out share."""
+    labels whose hash falls in the held-out share. A label of a tag not in `tags` (retired),
+    which retraining leaves out either way and so never counts in `held_out`, shows what the
+    database holds, as it would once relabelled in the file."""
     return [
         {
             "id": label.id,
@@ -131,10 +136,17 @@ def export_rows(session: Session, *, held_out: set[int] | None) -> list[dict[str
             "tag": label.tag,
             "reviewer": label.reviewer,
             "source": label.source.value,
-            "holdout": label.holdout if held_out is None else label.id in held_out,
+            "holdout": _holdout(label, held_out, tags),
         }
         for label in current_labels(session)
     ]
+
+
+def _holdout(label: Label, held_out: set[int] | None, tags: TagSet) -> bool:
+    """The export's `holdout` for `label` (see `export_rows`)."""
+    if held_out is None or label.tag not in tags:
+        return label.holdout
+    return label.id in held_out
 
 
 def review_labels_standing() -> Select[tuple[int]]:

@@ -52,7 +52,7 @@ def export_labels(
     """Current (not superseded) labels: `id,created_on,title,description,tag` plus
     `reviewer,source,holdout` (`holdout`: the next retraining evaluates on it, not trains)."""
     held_out = held_out_label_ids(session, settings=settings, tags=tags)
-    body = render(labels_crud.export_rows(session, held_out=held_out), fmt)
+    body = render(labels_crud.export_rows(session, held_out=held_out, tags=tags), fmt)
     return Response(
         body,
         media_type=MEDIA_TYPES[fmt],
