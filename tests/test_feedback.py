@@ -391,3 +391,16 @@ def test_a_key_over_its_quota_of_reports_a_minute_gets_429_and_other_keys_do_not
         state.redis = working
     assert outage.status_code == 201  # the quota could not be counted: the report is kept
     assert any("quota not checked" in r.getMessage() for r in caplog.records)
+
+
+def test_with_no_quota_reports_are_not_counted(
+    make_client: Callable[..., TestClient], redis_conn: redis.Redis
+) -> None:
+    client = make_client(feedback_per_key_per_minute=0)
+    pid = predict(client)["prediction_id"]
+    sent = [
+        report(client, prediction_id=pid, correct_tag="mlops", reporter=f"user-{n}")
+        for n in range(5)
+    ]
+    assert [r.status_code for r in sent] == [201] * 5
+    assert redis_conn.keys("tagflow:quota:*") == []
