@@ -579,3 +579,31 @@ def test_copies_of_one_action_sent_at_once_count_once_and_all_succeed(client: Te
         tasks = {task.id: task for task in session.exec(select(ReviewTask)).all()}
     assert (tasks[labelled].status, tasks[labelled].leased_by) == (ReviewStatus.LEASED, "ann")
     assert (tasks[skipped].status, tasks[skipped].skips) == (ReviewStatus.OPEN, 1)
+
+
+def test_releasing_all_held_gives_back_only_the_reviewers_leases(client: TestClient) -> None:
+    """POST /review/release (no task) gives back every lease its reviewer holds, unchanged,
+    and says which: what a page changing hands sends, since a claim saved with its answer
+    lost leased a task it cannot name. Another reviewer's lease stays theirs; sent again, it
+    releases nothing."""
+    engine = state_of(client).engine
+    add_tasks(engine, 2)
+    headers = auth("reviewer")
+    ann = client.post("/review/claim", json=body("ann"), headers=headers).json()["task_id"]
+    bob = client.post("/review/claim", json=body("bob"), headers=headers).json()["task_id"]
+
+    released = client.post("/review/release", json=body("ann"), headers=headers)
+    assert released.status_code == 200 and released.json() == {"released": [ann]}
+    assert client.post("/review/release", json=body("ann"), headers=headers).json() == {
+        "released": []
+    }
+    with Session(engine) as session:
+        statuses = {
+            task.id: (task.status, task.leased_by) for task in session.exec(select(ReviewTask))
+        }
+    assert statuses[ann] == (ReviewStatus.OPEN, None)
+    assert statuses[bob] == (ReviewStatus.LEASED, "bob")
+    assert client.post("/review/release", json={}, headers=headers).status_code == 422
+    assert (
+        client.post("/review/release", json=body("ann"), headers=auth("client")).status_code == 403
+    )

@@ -1105,8 +1105,8 @@ def test_a_reload_that_cannot_load_the_tags_offers_retry(
 def test_switch_after_the_item_was_labelled_elsewhere_holds_nothing(
     live_app: LiveApp, browser: WebDriver
 ) -> None:
-    """Ada labels her item in another tab, then presses Switch here: the release is refused
-    (409, the item is labelled), so she holds nothing and the page just says "Signed out."
+    """Ada labels her item in another tab, then presses Switch here: the release gives back
+    nothing (the item is labelled), so she holds nothing and the page just says "Signed out."
     Before, it said her item could not be released and would stay hers until its lease ran
     out."""
     first, _, _ = seed_queue(live_app.engine)
@@ -1115,10 +1115,42 @@ def test_switch_after_the_item_was_labelled_elsewhere_holds_nothing(
     assert post_as_ada(live_app, f"/review/{first}/label", {"tag": "mlops"}).status_code == 201
 
     browser.find_element(By.ID, "sign-out").click()
-    wait_until(browser, lambda d: requests_to(d, f"/review/{first}/release") == 1, "the release")
+    wait_until(browser, lambda d: requests_to(d, "/review/release") == 1, "the release")
     wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "the answer")
     assert text_of(browser, "message") == "Signed out."
     assert browser.find_element(By.ID, "signin").is_displayed()
+
+
+def leases(engine: Engine) -> list[tuple[int, str]]:
+    """(task id, reviewer) of every leased task."""
+    with Session(engine) as session:
+        leased = session.exec(select(ReviewTask).where(ReviewTask.status == ReviewStatus.LEASED))
+        return [(task.id, task.leased_by) for task in leased]  # type: ignore[misc]
+
+
+@pytest.mark.browser
+def test_switch_after_a_claim_whose_answer_was_lost_releases_its_item(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver
+) -> None:
+    """Ada's claim is saved and its answer lost: the page stops on Retry, not knowing which
+    item the server leased her. She presses Switch and Bob signs in: he gets that item, as
+    Switch gave back all Ada held. Before, it stayed leased to Ada, unseen, until the lease
+    ran out (10 minutes), and Bob got the next one."""
+    first, _, _ = seed_queue(live_app.engine)
+    proxy.lose_answers("POST", "/review/claim")
+    proxy.lose_requests("POST", "/review/claim", count=10)  # Chromium's own resends
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    proxy.clear()
+    assert proxy.lost[0] == "POST /review/claim answer"
+    assert leases(live_app.engine) == [(first, "ada")]
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: leases(live_app.engine) == [], "Ada's item given back")
+    assert text_of(browser, "message") == "Signed out."
+    fill_sign_in(browser, reviewer="bob", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert leases(live_app.engine) == [(first, "bob")]
 
 
 # Every claim's update is dropped, as when other claims keep taking the candidates first:

@@ -369,6 +369,31 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     return get_task(session, task_id=task_id)
 
 
+def release_held(session: Session, *, reviewer: str) -> list[int]:
+    """Give back every lease `reviewer` holds, unchanged, and return the tasks' ids: what a
+    page hands over (Switch) may include a task whose claim or undo answer never reached it,
+    leased to the reviewer unseen until the lease ran out."""
+    now = utcnow()
+    ids = list(
+        session.exec(
+            select(ReviewTask.id)
+            .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.leased_by) == reviewer)
+            .order_by(col(ReviewTask.id))
+            .with_for_update()
+        )
+    )
+    if ids:
+        session.exec(
+            update(ReviewTask)
+            .where(col(ReviewTask.id).in_(ids), ReviewTask.status == ReviewStatus.LEASED)
+            .where(col(ReviewTask.leased_by) == reviewer)
+            .values(status=ReviewStatus.OPEN, leased_by=None, lease_expires_at=None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    session.commit()
+    return [task_id for task_id in ids if task_id is not None]
+
+
 def _undone_already(
     session: Session, *, task: ReviewTask, reviewer: str, current: Label | None
 ) -> bool:

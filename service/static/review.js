@@ -451,7 +451,9 @@ async function onSignin(event) {
 }
 
 /** "Switch": hands the page to the next person at once, even with a request in flight (its
- * answer is then ignored, and an item it claimed released), and gives back the item shown. */
+ * answer is then ignored, and an item it claimed released), and gives back every item the
+ * reviewer holds: the one shown, and one whose claim or undo was saved with its answer lost,
+ * which the page cannot name. */
 async function signOut() {
   const task = state.task;
   const who = { key: state.key, reviewer: state.reviewer };
@@ -465,21 +467,36 @@ async function signOut() {
   setBusy(false);
   updateCounts();
   showSignin();
-  if (!task) return say("Signed out.", "info");
-  say("Signed out. Releasing your item…", "info");
-  let answer = null;
+  if (!who.key) return say("Signed out.", "info");
+  say(task ? "Signed out. Releasing your item…" : "Signed out.", "info");
+  const released = await releaseHeld(who);
+  if (state.key) return; // someone signed in meanwhile: the message line is theirs
+  say(signedOutText(task, released), released === null ? "warn" : "info");
+}
+
+/** Give back every lease `who` holds (POST /review/release); the ids released, or null when
+ * that got no answer or was refused. */
+async function releaseHeld(who) {
   try {
-    const body = { reviewer: who.reviewer };
-    answer = await api(who.key, "POST", `/review/${task.task_id}/release`, body);
+    const answer = await api(who.key, "POST", "/review/release", { reviewer: who.reviewer });
+    if (answer.ok && answer.data) return answer.data.released;
+    console.warn("release failed:", answer.status);
   } catch (err) {
     console.warn("release failed:", err);
   }
-  if (state.key) return; // someone signed in meanwhile: the message line is theirs
-  if (answer && answer.ok) say("Signed out. Your item was released.", "info");
-  // Refused (labelled meanwhile, leased to someone else) or gone: it was not theirs to hold.
-  else if (answer && (answer.status === 409 || answer.status === 404)) say("Signed out.", "info");
-  else say("Signed out. Your item could not be released: it goes back to the queue when its "
-    + "lease runs out.", "warn");
+  return null;
+}
+
+/** What Switch says once the release answered: `task` is the item shown, if any. */
+function signedOutText(task, released) {
+  if (released === null) {
+    return task ? "Signed out. Your item could not be released: it goes back to the queue when "
+      + "its lease runs out." : "Signed out. An item claimed for you may stay held until its "
+      + "lease runs out: tagflow did not answer the release.";
+  }
+  // Not released: labelled meanwhile, leased to someone else, gone; it was not theirs to hold.
+  if (task && released.includes(task.task_id)) return "Signed out. Your item was released.";
+  return "Signed out.";
 }
 
 /* ---------- Keyboard ---------- */

@@ -235,6 +235,25 @@ def release_task(
     return task_public(session, task, tags=tags)
 
 
+class Released(BaseModel):
+    """The tasks a release of everything held gave back to the queue (ids, ascending)."""
+
+    released: list[int]
+
+
+@router.post("/release", response_model=Released)
+def release_held(
+    session: SessionDep,
+    caller: ReviewerKey,
+    keys: KeysDep,
+    body: ReviewerBody | None = None,
+) -> Released:
+    """Give back every lease the reviewer holds (the page changes hands): also a task whose
+    claim was saved and its answer lost, which the page cannot name."""
+    reviewer = acting_reviewer(caller, body, keys)
+    return Released(released=review_crud.release_held(session, reviewer=reviewer))
+
+
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
 def reopen_task(
     task_id: RowId,
