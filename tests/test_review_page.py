@@ -1489,3 +1489,38 @@ def test_undo_works_when_the_only_label_got_no_answer(
     assert text_of(browser, "item-title") == ITEMS[0].title
     assert text_of(browser, "stat-session") == "0"
     assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+
+@pytest.mark.browser
+def test_switch_sends_a_label_with_no_answer_again_first(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label is lost on the way (the server never sees it) and she presses Switch. The
+    page sends it again first: while that gets no answer either, it does not switch and says
+    why; once tagflow answers, the label is saved and the page switches. Before, Switch
+    dropped the label the page was keeping to send again, and it was lost."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_requests("POST", f"/review/{first}/label", count=10)
+    press(browser, "1")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Not switched"), "refused")
+    assert tags.names[0] in text_of(browser, "message")
+    assert text_of(browser, "who-name") == "ada"
+    assert browser.find_element(By.ID, "workspace").is_displayed()
+    assert all_labels(live_app.engine, first) == []
+
+    proxy.clear()
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in")
+    wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "the release")
+    message = text_of(browser, "message")
+    assert f"is labelled {tags.names[0]} (the answer to your label" in message
+    assert message.endswith("reached this page). Signed out.")
+    assert [(label.tag, label.reviewer) for label in all_labels(live_app.engine, first)] == [
+        (tags.names[0], "ada")
+    ]
+    assert leases(live_app.engine) == []

@@ -30,6 +30,7 @@ const state = {
   emptyTimer: null,
   // Bumped by Switch: an answer to a request made before it belongs to nobody on this page.
   epoch: 0,
+  switching: false, // Switch is sending a label with no answer again first
 };
 
 /** An API call with the signed-in reviewer's key. */
@@ -234,10 +235,11 @@ function settled(task) {
 }
 
 /** Send again the label that got no answer, and say what became of it: saved (now or the
- * first time; it counts once either way) or refused. Still no answer: it stays pending. */
+ * first time; it counts once either way) or refused. Returns what it said ("" with nothing
+ * pending); null when there is still no answer, and the label stays pending. */
 async function settlePending() {
   const pending = state.pending;
-  if (!pending) return;
+  if (!pending) return "";
   const epoch = state.epoch;
   const task = { task_id: pending.taskId, title: pending.title };
   let response;
@@ -246,15 +248,22 @@ async function settlePending() {
       { tag: pending.tag, reviewer: state.reviewer });
   } catch (err) {
     if (err instanceof AuthError || stale(epoch)) throw err;
-    return console.warn("the label with no answer could not be sent again:", err);
+    console.warn("the label with no answer could not be sent again:", err);
+    return null;
   }
-  if (stale(epoch)) return;
+  if (stale(epoch)) return null;
   settled(task);
   const saved = ownLabel(response) || (response.ok ? response.data : null);
-  if (!saved) return say(`“${shortTitle(task.title)}” was not labelled: ${why(response)}.`, "warn");
-  recordLabel(task, saved.tag);
-  say(`“${shortTitle(task.title)}” is labelled ${saved.tag} (the answer to your label had not `
-    + "reached this page).", "success");
+  let text;
+  if (saved) {
+    recordLabel(task, saved.tag);
+    text = `“${shortTitle(task.title)}” is labelled ${saved.tag} (the answer to your label had `
+      + "not reached this page).";
+  } else {
+    text = `“${shortTitle(task.title)}” was not labelled: ${why(response)}.`;
+  }
+  say(text, saved ? "success" : "warn");
+  return text;
 }
 
 async function label(tag) {
@@ -450,11 +459,49 @@ async function onSignin(event) {
   start();
 }
 
-/** "Switch": hands the page to the next person at once, even with a request in flight (its
- * answer is then ignored, and an item it claimed released), and gives back every item the
- * reviewer holds: the one shown, and one whose claim or undo was saved with its answer lost,
- * which the page cannot name. */
+/** "Switch": hands the page to the next person, once a label that got no answer was sent
+ * again (settleBeforeSwitch); then at once, even with a request in flight (its answer is
+ * then ignored, and an item it claimed released), giving back every item the reviewer
+ * holds: the one shown, and one whose claim or undo was saved with its answer lost, which
+ * the page cannot name. */
 async function signOut() {
+  if (state.switching) return;
+  state.switching = true;
+  let settledText;
+  try {
+    settledText = await settleBeforeSwitch();
+  } finally {
+    state.switching = false;
+  }
+  if (settledText !== null) await handOver(settledText ? `${settledText} ` : "");
+}
+
+/** Before Switch: the label sent with no answer is sent again, as the next reviewer could
+ * not. What that said ("" with nothing pending); null when it still got no answer: the page
+ * then does not switch and says so, for switching would lose the label. A key refused now
+ * can send nothing more, and the page switches. */
+async function settleBeforeSwitch() {
+  const pending = state.pending;
+  if (!pending) return "";
+  const title = shortTitle(pending.title);
+  say(`Sending your label of “${title}” again before switching…`, "info");
+  let text;
+  try {
+    text = await settlePending();
+  } catch (err) {
+    if (!(err instanceof AuthError)) throw err;
+    return `Your label of “${title}” could not be sent: the key was refused (${err.detail}).`;
+  }
+  if (text === null) {
+    say(`Not switched: your label of “${title}” (${pending.tag}) still got no answer, and `
+      + "switching would lose it. Switch again once tagflow can be reached.", "error");
+  }
+  return text;
+}
+
+/** Switch proper: the page is the next person's at once, and `before` (what became of a
+ * label with no answer) starts the message line. */
+async function handOver(before) {
   const task = state.task;
   const who = { key: state.key, reviewer: state.reviewer };
   state.epoch += 1;
@@ -467,11 +514,11 @@ async function signOut() {
   setBusy(false);
   updateCounts();
   showSignin();
-  if (!who.key) return say("Signed out.", "info");
-  say(task ? "Signed out. Releasing your item…" : "Signed out.", "info");
+  if (!who.key) return say(`${before}Signed out.`, "info");
+  say(`${before}${task ? "Signed out. Releasing your item…" : "Signed out."}`, "info");
   const released = await releaseHeld(who);
   if (state.key) return; // someone signed in meanwhile: the message line is theirs
-  say(signedOutText(task, released), released === null ? "warn" : "info");
+  say(`${before}${signedOutText(task, released)}`, released === null ? "warn" : "info");
 }
 
 /** Give back every lease `who` holds (POST /review/release); the ids released, or null when
