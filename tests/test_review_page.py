@@ -1524,3 +1524,34 @@ def test_switch_sends_a_label_with_no_answer_again_first(
         (tags.names[0], "ada")
     ]
     assert leases(live_app.engine) == []
+
+
+@pytest.mark.browser
+def test_a_label_with_no_answer_is_settled_when_the_page_comes_back_from_history(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's label is saved and its answer lost; she leaves the page and comes Back to it,
+    which the browser restores from its back/forward cache (no reload). The page sends the
+    label again before claiming, as after a reload: it says the item is labelled, counts it,
+    and U takes it back. Before, it claimed the next item without a word."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/label")
+    proxy.lose_requests("POST", f"/review/{first}/label", count=10)  # Chromium's own resends
+    press(browser, "1")
+    wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+    proxy.clear()
+    browser.execute_script("window.notReloaded = true")
+
+    browser.get("about:blank")
+    browser.back()
+    wait_for_title(browser, ITEMS[1].title)
+    assert browser.execute_script("return window.notReloaded === true"), "not from the bfcache"
+    wait_until(browser, lambda d: "is labelled" in text_of(d, "message"), "the label settled")
+    assert tags.names[0] in text_of(browser, "message")
+    assert text_of(browser, "stat-session") == "1"
+    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED

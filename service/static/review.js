@@ -133,7 +133,8 @@ async function loadTags() {
   renderTagButtons(state.tags, (tag) => run(() => label(tag)));
 }
 
-/** The tags (unless loaded already), then an item: what sign-in and Retry do. */
+/** The tags (unless loaded already), the label with no answer sent again, then an item:
+ * what sign-in, Retry and a return from the back/forward cache do. */
 async function begin() {
   if (!state.tags.length) await loadTags();
   if (!state.tags.length) return;
@@ -589,8 +590,10 @@ function bindControls() {
   $("retry").addEventListener("click", () => run(begin));
   document.addEventListener("keydown", onKey);
   window.addEventListener("pagehide", releaseOnExit);
+  // Back from the back/forward cache: what it held was released on leaving, and it starts
+  // again as a reload does (a label with no answer sent again first, then a claim).
   window.addEventListener("pageshow", (event) => {
-    if (event.persisted && state.key) run(claimNext);
+    if (event.persisted && state.key) run(begin);
   });
 }
 
