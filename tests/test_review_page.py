@@ -1555,3 +1555,27 @@ def test_a_label_with_no_answer_is_settled_when_the_page_comes_back_from_history
     press(browser, "u")
     wait_for_title(browser, ITEMS[0].title)
     assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+
+@pytest.mark.browser
+def test_a_skip_with_no_answer_says_it_is_safe_to_press_again(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver
+) -> None:
+    """Ada's skip reaches the server and no answer comes back: the page says the skip may
+    have gone through and that pressing S again is safe, and the second S skips it once.
+    Before, it said only "Could not reach tagflow ... try again", as if nothing was done."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    proxy.lose_answers("POST", f"/review/{first}/skip")
+    proxy.lose_requests("POST", f"/review/{first}/skip", count=10)  # Chromium's own resends
+
+    press(browser, "s")
+    wait_until(browser, lambda d: "may already be skipped" in text_of(d, "message"), "unsure")
+    assert "counts once" in text_of(browser, "message")
+    assert text_of(browser, "item-title") == ITEMS[0].title
+    proxy.clear()
+    press(browser, "s")
+    wait_for_title(browser, ITEMS[1].title)
+    task = task_row(live_app.engine, first)
+    assert (task.status, task.skips, task.skipped_by) == (ReviewStatus.OPEN, 1, "ada")

@@ -301,7 +301,15 @@ async function skip() {
   const task = state.task;
   if (!task) return;
   const epoch = state.epoch;
-  const response = await act(`/review/${task.task_id}/skip`, reviewerBody());
+  let response;
+  try {
+    response = await act(`/review/${task.task_id}/skip`, reviewerBody());
+  } catch (err) {
+    if (err instanceof AuthError || stale(epoch)) throw err;
+    console.error(err);
+    return say(`“${shortTitle(task.title)}” may already be skipped: tagflow did not answer `
+      + `(${err.message}). Press S again: a skip sent twice counts once.`, "error");
+  }
   if (stale(epoch)) return;
   settled(task);
   const saved = ownLabel(response);
