@@ -67,6 +67,14 @@ class LossyProxy:
             self.rules.append(Rule(method, path, forward=True, count=count, hold=released))
         return released
 
+    def hold_requests(self, method: str, path: str, count: int = 1) -> threading.Event:
+        """The next `count` requests never reach the server, and their connections stay open,
+        unanswered, until the event returned is set (a request lost in a silent network)."""
+        released = threading.Event()
+        with self.lock:
+            self.rules.append(Rule(method, path, forward=False, count=count, hold=released))
+        return released
+
     def clear(self) -> None:
         with self.lock:
             self.rules.clear()
@@ -98,6 +106,8 @@ class LossyProxy:
             method, path, headers, body = request
             rule = self._rule_for(method, urlsplit(path).path)
             if rule is not None and not rule.forward:
+                if rule.hold is not None:
+                    rule.hold.wait(timeout=120)
                 return  # closed unanswered; the server never heard of it
             status, reason, answer_headers, answer = self._forward(method, path, headers, body)
             if rule is not None:

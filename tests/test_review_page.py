@@ -1579,3 +1579,31 @@ def test_a_skip_with_no_answer_says_it_is_safe_to_press_again(
     wait_for_title(browser, ITEMS[1].title)
     task = task_row(live_app.engine, first)
     assert (task.status, task.skips, task.skipped_by) == (ReviewStatus.OPEN, 1, "ada")
+
+
+@pytest.mark.browser
+def test_switch_during_a_label_sends_it_before_switching(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada presses a tag and, while the label is still on its way (lost in a silent network,
+    it never reaches the server), presses Switch. The page sends the label again before it
+    switches, and it is saved once. Before, Switch ignored the label in flight: it never
+    reached the server, and nobody was told it was lost."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    held = proxy.hold_requests("POST", f"/review/{first}/label")
+    try:
+        press(browser, "1")
+        wait_until(browser, lambda d: proxy.lost, "the label lost on its way")
+        browser.find_element(By.ID, "sign-out").click()
+        wait_until(browser, lambda d: d.find_element(By.ID, "signin").is_displayed(), "sign-in")
+        wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "the release")
+    finally:
+        held.set()
+    assert proxy.lost == [f"POST /review/{first}/label request"]
+    assert f"is labelled {tags.names[0]}" in text_of(browser, "message")
+    assert [(label.tag, label.reviewer) for label in all_labels(live_app.engine, first)] == [
+        (tags.names[0], "ada")
+    ]
+    assert leases(live_app.engine) == []

@@ -23,8 +23,9 @@ const state = {
   task: null, // the task this page holds a lease on
   labelled: [], // {taskId, title, tag} labelled in this session, newest last (for undo)
   sessionDone: new Set(), // task ids labelled in this session
-  // A label sent that got no answer ({taskId, title, tag}): it may be saved or not, so it is
-  // sent again (safe: a label counts once) before a reload claims or U undoes anything.
+  // A label sent with no answer yet ({taskId, title, tag}): it may be saved or not, so it is
+  // sent again (safe: a label counts once) before a reload claims, U undoes anything or
+  // Switch hands the page over.
   pending: null,
   busy: false,
   emptyTimer: null,
@@ -271,14 +272,19 @@ async function label(tag) {
   const task = state.task;
   if (!task) return;
   const epoch = state.epoch;
+  // Pending from the moment it is sent: a Switch or a reload before the answer sends it again.
+  state.pending = { taskId: task.task_id, title: task.title, tag };
+  updateCounts();
   let response;
   try {
     response = await act(`/review/${task.task_id}/label`, { tag, reviewer: state.reviewer });
   } catch (err) {
-    if (err instanceof AuthError || stale(epoch)) throw err;
+    if (stale(epoch)) throw err;
+    if (err instanceof AuthError) {
+      settled(task); // refused: nothing to send again
+      throw err;
+    }
     console.error(err);
-    state.pending = { taskId: task.task_id, title: task.title, tag };
-    updateCounts();
     return say(`“${shortTitle(task.title)}” may or may not be saved: tagflow did not answer `
       + `(${err.message}). Press the tag again: a label saved already is not saved twice.`,
     "error");
