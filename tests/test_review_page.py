@@ -403,6 +403,19 @@ def test_unknown_key_is_refused(live_app: LiveApp, browser: WebDriver) -> None:
     assert browser.execute_script("return localStorage.length") == 0
 
 
+def settled_then_undone(browser: WebDriver, live_app: LiveApp, tags: TagSet, first: int) -> None:
+    """After a reload or a return from the back/forward cache: the page has sent the
+    unanswered label of `first` (the first item) again, saved once and counted, and U takes
+    it back, leasing the item to its reviewer again."""
+    wait_until(browser, lambda d: "is labelled" in text_of(d, "message"), "the label settled")
+    assert tags.names[0] in text_of(browser, "message")
+    assert text_of(browser, "stat-session") == "1"
+    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+
+
 def saved_credentials(driver: WebDriver) -> dict[str, str] | None:
     """What the page keeps in localStorage for the next visit (None: nothing)."""
     return driver.execute_script(
@@ -1431,13 +1444,7 @@ def test_a_label_with_no_answer_is_settled_after_a_reload(
 
     browser.refresh()
     wait_for_title(browser, ITEMS[1].title)
-    wait_until(browser, lambda d: "is labelled" in text_of(d, "message"), "the label settled")
-    assert tags.names[0] in text_of(browser, "message")
-    assert text_of(browser, "stat-session") == "1"
-    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
-    press(browser, "u")
-    wait_for_title(browser, ITEMS[0].title)
-    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+    settled_then_undone(browser, live_app, tags, first)
 
 
 @pytest.mark.browser
@@ -1548,13 +1555,7 @@ def test_a_label_with_no_answer_is_settled_when_the_page_comes_back_from_history
     browser.back()
     wait_for_title(browser, ITEMS[1].title)
     assert browser.execute_script("return window.notReloaded === true"), "not from the bfcache"
-    wait_until(browser, lambda d: "is labelled" in text_of(d, "message"), "the label settled")
-    assert tags.names[0] in text_of(browser, "message")
-    assert text_of(browser, "stat-session") == "1"
-    assert [label.tag for label in all_labels(live_app.engine, first)] == [tags.names[0]]
-    press(browser, "u")
-    wait_for_title(browser, ITEMS[0].title)
-    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
+    settled_then_undone(browser, live_app, tags, first)
 
 
 @pytest.mark.browser
