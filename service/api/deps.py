@@ -158,9 +158,13 @@ async def get_key_id(
 KeyId = Annotated[str, Depends(get_key_id)]
 
 
-async def get_refusals(request: Request) -> RequestRefusals:
-    """The log of refused requests (once per reason and minute)."""
+def refusals_of(request: Request) -> RequestRefusals:
+    """The log of refused requests (once per reason and minute), kept on the app."""
     return request.app.state.refusals
+
+
+async def get_refusals(request: Request) -> RequestRefusals:
+    return refusals_of(request)
 
 
 RefusalsDep = Annotated[RequestRefusals, Depends(get_refusals)]

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.api.deps import refusal_before_body
+from service.api.deps import refusal_before_body, refusals_of
 from service.db import is_outage
 from service.errors import (
     ArtifactError,
@@ -43,21 +43,17 @@ RETRY_AFTER_S = 1  # an overload is a burst: the micro-batcher clears hundreds o
 DATABASE_RETRY_AFTER_S = 5  # a restart or failover takes seconds
 
 
-def _refusals(request: Request) -> RequestRefusals:
-    return request.app.state.refusals
-
-
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
     if isinstance(exc, OverloadedError):
         # Expected under a burst, counted in /metrics: a warning, not an error.
-        _refusals(request).refused(logging.WARNING, "overloaded", f"refused: {exc}")
+        refusals_of(request).refused(logging.WARNING, "overloaded", f"refused: {exc}")
         return JSONResponse(
             {"detail": str(exc)}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)}
         )
     if status >= 500:
         kind = type(exc).__name__
-        _refusals(request).refused(logging.ERROR, f"{kind}: {exc}", f"domain error: {exc}")
+        refusals_of(request).refused(logging.ERROR, f"{kind}: {exc}", f"domain error: {exc}")
     extra = exc.extra if isinstance(exc, ConflictError) else {}
     return JSONResponse({**extra, "detail": str(exc)}, status_code=status)
 
@@ -138,7 +134,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
         return await _unexpected(request, exc)
     cause = getattr(exc, "orig", None) or exc
     reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-    _refusals(request).refused(
+    refusals_of(request).refused(
         logging.ERROR,
         f"database: {type(cause).__name__}",  # one outage, whichever table a route reads
         f"database unavailable for {request.method} {request.url.path}: {reason}",
