@@ -249,6 +249,10 @@ def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
         (["db", "prune", "--older-than-days", "1000000", "--dry-run"], "--older-than-days"),
         (["db", "prune", "--older-than-days", "nan"], "nan is not a number of days from 1 to"),
         (["db", "prune", "--older-than-days", "0.5"], "0.5 is not a number of days from 1 to"),
+        # A cut out of range is a usage error, as typer's own are (it used to exit 1).
+        (["models", "threshold", "v0001", "1.5"], "threshold 1.5 is outside (0, 1.01]"),
+        (["models", "threshold", "v0001", "0"], "threshold 0.0 is outside (0, 1.01]"),
+        (["models", "threshold", "v0001", "nan"], "threshold nan is outside (0, 1.01]"),
     ],
 )
 def test_out_of_range_options_are_one_line_errors(

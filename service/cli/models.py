@@ -25,7 +25,7 @@ from service.cli.common import (
     warn_seen_in_training,
 )
 from service.entities import ModelVersion, ProductionChangePublic
-from service.errors import TagflowError
+from service.errors import InvalidInputError, TagflowError
 from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
 from service.ml.production_history import MAX_HISTORY
@@ -277,7 +277,10 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
                 threshold=threshold,
                 evidence={"source": "manual", "note": note},
             )
-    except TagflowError as exc:
+    except InvalidInputError as exc:  # a cut out of range: a usage error (2), as typer's are
+        print_error("cannot set the threshold:", exc)
+        raise typer.Exit(2) from None
+    except TagflowError as exc:  # no such version
         print_error("cannot set the threshold:", exc)
         raise typer.Exit(1) from None
     console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
