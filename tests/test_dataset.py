@@ -17,6 +17,7 @@ from service.ml.dataset import (
     check_leakage,
     check_trainable,
     load_dataset,
+    load_training_file,
     text_hash,
 )
 from service.ml.pipeline import base_split
@@ -283,6 +284,29 @@ def test_too_little_to_train_on_is_a_clear_error(
     check_trainable(two_tags, source="two tags")  # a tag may be absent
     with pytest.raises(DatasetError, match="'other' has 9 example"):
         check_trainable(two_tags + [e for e in examples if e.tag == "other"][:9], source="x")
+
+
+def test_a_scarce_tag_is_reported_once(tmp_path: Path, shared_dataset: Path, tags: TagSet) -> None:
+    """A tag with 1 to 4 examples was reported twice, as the too-little-to-train-on error and
+    as a "has only N examples" warning; an absent tag (a model never answers it) is a warning."""
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    enough = [
+        e
+        for tag in tags.names
+        if tag != "other"
+        for e in [x for x in examples if x.tag == tag][:15]
+    ]
+    path = tmp_path / "scarce.csv"
+    _write_examples(path, enough + [e for e in examples if e.tag == "other"][:3])
+    with pytest.raises(DatasetError) as refused:
+        load_training_file(path, tags=tags)
+    assert str(refused.value).count("'other'") == 1, str(refused.value)
+    assert "tag 'other' has 3 example(s)" in str(refused.value)
+    _write_examples(path, enough)
+    _, report = load_training_file(path, tags=tags)
+    assert report.warnings == [
+        "tag 'other' has no examples: a model trained on this never answers it"
+    ]
 
 
 def _write_examples(path: Path, examples: list[Example]) -> None:
