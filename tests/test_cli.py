@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from rich.errors import MarkupError
+from sqlalchemy import make_url, text
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -461,3 +462,29 @@ def test_a_database_unavailable_mid_command_is_one_line(
     assert result.exit_code == 2, result.output
     assert "the database is unavailable: database is locked" in result.stderr
     assert "Traceback" not in result.output and "╭" not in result.output
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_a_database_unavailable_during_db_prune_is_exit_2(
+    cli_env: dict[str, str], database_url: str, dry_run: list[str]
+) -> None:
+    """`tagflow db` commands caught a database outage once the command ran (here a lock held
+    past PostgreSQL's lock_timeout) as "database error on ...", exit 1: a refusal, where the
+    README and every other command say an unavailable database is exit 2, worth a retry."""
+    url = make_url(database_url).update_query_dict({"options": "-c lock_timeout=200"})
+    env = {**cli_env, "TAGFLOW_DATABASE_URL": url.render_as_string(hide_password=False)}
+    holder = make_engine(database_url)
+    try:
+        with holder.connect() as conn:  # a migration or a stuck job that holds the table
+            conn.execute(text("LOCK TABLE prediction IN ACCESS EXCLUSIVE MODE"))
+            result = CliRunner().invoke(
+                app, ["db", "prune", "--older-than-days", "1", *dry_run], env=env
+            )
+    finally:
+        holder.dispose()
+    assert result.exit_code == 2, result.output
+    assert "the database is unavailable: canceling statement due to lock timeout" in _said(
+        result.stderr
+    )
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -21,7 +21,7 @@ from service.cli.common import (
     shown_url,
 )
 from service.config import Settings
-from service.db import init_db
+from service.db import init_db, is_outage
 
 db_app = typer.Typer(
     help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
@@ -29,14 +29,17 @@ db_app = typer.Typer(
 
 
 def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
-    """Run a database command. A database that cannot be opened is one line naming it, exit
-    code 2, as in every command; one that fails during the command is one line, exit 1."""
+    """Run a database command. A database that cannot be opened, or that becomes unavailable
+    during the command (locked, gone), is one line, exit code 2, as in every command; one that
+    refuses what the command does is one line, exit 1."""
     from sqlalchemy.exc import SQLAlchemyError
 
     engine = engine_or_exit(settings, upgrade=False)
     try:
         console.print(action(engine))
     except SQLAlchemyError as exc:
+        if is_outage(exc):
+            raise  # CommandGroup's "the database is unavailable", exit 2
         print_error(
             f"database error on {shown_url(settings.resolved_database_url)}:", first_line(exc)
         )
