@@ -79,6 +79,18 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert f"{records[1]['data_rows']} of {report['n']} items are in v0001's training data" in (
         _said(evaluated.stderr)
     )
+    # As it serves: at a cut set after training (by hand here, or by the audit), as `models
+    # compare` scores it; it used to report the cut training chose.
+    assert runner.invoke(app, ["models", "threshold", "v0001", "0.99"], env=env).exit_code == 0
+    at_cut = runner.invoke(
+        app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env
+    )
+    served = json.loads(at_cut.stdout)["auto"]
+    assert served["threshold"] == 0.99 != report["auto"]["threshold"]
+    compared = runner.invoke(
+        app, ["models", "compare", "v0001", "v0001", "--data", str(SEED_DATASET), "--json"], env=env
+    )
+    assert json.loads(compared.stdout)["a"]["auto"] == served
 
     assert runner.invoke(app, ["models", "promote", "v0002"], env=env).exit_code == 0
     rolled = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)

@@ -148,7 +148,12 @@ def evaluate(
         with open_session(settings) as session:
             row = registry.version_or_production(session, version=version)
             model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
-            report = run_evaluation(model, cli_encoder(settings), examples)
+            report = run_evaluation(
+                model,
+                cli_encoder(settings),
+                examples,
+                threshold=registry.serving_threshold(row),  # as it serves, as compare scores it
+            )
     except (DatasetError, TagflowError) as exc:
         print_error("cannot evaluate:", exc, sep="\n")
         raise typer.Exit(1) from None

@@ -187,13 +187,20 @@ def score(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> np.
     return model.predict_proba([e.text for e in examples], encoder.encode)
 
 
-def evaluate(model: TagModel, encoder: Encoder, examples: Sequence[Example]) -> dict[str, Any]:
+def evaluate(
+    model: TagModel,
+    encoder: Encoder,
+    examples: Sequence[Example],
+    *,
+    threshold: float | None = None,
+) -> dict[str, Any]:
     """Held-out report of `model` as served, its fast path, the single-head baselines and the
-    keyword rules."""
+    keyword rules. `threshold`: the cut it is served with, if not the one training chose."""
     texts = [e.text for e in examples]
     emb = encoder.encode(texts)  # every embedding: the embedding-only baseline needs them all
     proba = model.predict_proba(texts, precomputed(texts, emb))
-    report = evaluate_predictions(examples, proba, model.classes, threshold=model.threshold)
+    cut = model.threshold if threshold is None else threshold
+    report = evaluate_predictions(examples, proba, model.classes, threshold=cut)
     y = [e.tag for e in examples]
     report["fast_path"] = fast_path_report(model, texts, y)
     heads = {
