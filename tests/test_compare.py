@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from service.api.main import create_app
 from service.cli import app
-from service.config import SEED_DATASET, Settings
+from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
 from service.ml import registry
 from service.ml.compare import Contender, compare_versions, paired_counts
 from service.ml.encoder import Encoder
@@ -210,3 +210,45 @@ def test_a_tag_with_no_items_and_no_answers_shows_no_figures(
     table = runner.invoke(app, compare, env={**cli_env, "COLUMNS": "100"})
     assert table.exit_code == 0, table.output
     assert _cells(table.output, "F1 mlops") == ["F1 mlops", "-", "-"]
+
+
+def test_a_tag_only_the_judged_version_knows_has_its_row(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The compare table listed F1 for B's tags only: a candidate that learned a newly
+    approved tag (robotics) and gave it to items of another tag had its figures in the JSON,
+    but no row in the table, so the table hid its wrong answers."""
+    tags_file = tmp_path / "tags.csv"
+    tags_file.write_text(DEFAULT_TAGS_FILE.read_text() + 'robotics,"Robots and their control."\n')
+    env = {**cli_env, "TAGFLOW_TAGS_FILE": str(tags_file)}
+    with SEED_DATASET.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    things = ["cups", "boxes", "tools", "fruit", "cables", "bottles", "shoes", "books"]
+    robots = [
+        {
+            "title": f"Robot arm grasping {thing}",
+            "description": f"A robot learns to pick and place {thing} with a gripper.",
+            "tag": "robotics",
+        }
+        for thing in things + ["toys", "plates", "bags", "parts"]
+    ]
+    with_robots = tmp_path / "with_robots.csv"
+    wrong = tmp_path / "robots_as_other.csv"  # items the candidate calls robotics, wrongly
+    for path, extra in ((with_robots, robots), (wrong, [{**r, "tag": "other"} for r in robots])):
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["title", "description", "tag"])
+            writer.writeheader()
+            writer.writerows({k: r[k] for k in ("title", "description", "tag")} for r in rows)
+            writer.writerows(extra)
+    runner = CliRunner()
+    for data, extra in ((SEED_DATASET, ["--promote"]), (with_robots, [])):
+        trained = runner.invoke(app, ["train", "--data", str(data), *extra], env=env)
+        assert trained.exit_code == 0, trained.output
+
+    compare = ["models", "compare", "v0002", "v0001", "--data", str(wrong)]
+    outcome = json.loads(runner.invoke(app, [*compare, "--json"], env=env).stdout)
+    assert outcome["a"]["per_class"]["robotics"]["precision"] == 0.0  # answered, wrongly
+    assert "robotics" not in outcome["b"]["per_class"]
+    table = runner.invoke(app, compare, env={**env, "COLUMNS": "100"})
+    assert table.exit_code == 0, table.output
+    assert _cells(table.output, "F1 robotics") == ["F1 robotics", "0.000", "-"]

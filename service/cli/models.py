@@ -103,8 +103,9 @@ def _compare_table(outcome: dict) -> Table:
     row("accuracy", a["accuracy"], b["accuracy"])
     row("auto: share accepted", a["auto"]["coverage"], b["auto"]["coverage"], ".1%")
     row("auto: precision", a["auto"]["precision"], b["auto"]["precision"])
-    for tag, m in b["per_class"].items():
-        row(f"F1 {tag}", a["per_class"].get(tag, {}).get("f1"), m["f1"])
+    # Either side's tags: a tag only A learned (newly approved, say) has figures too.
+    for tag in {**b["per_class"], **a["per_class"]}:
+        row(f"F1 {tag}", *(side["per_class"].get(tag, {}).get("f1") for side in (a, b)))
     for name, s in b["slices"].items():
         row(f"F1 slice {name} (n={s['n']})", a["slices"].get(name, {}).get("f1"), s["f1"])
     gate = outcome["gate"]
