@@ -282,6 +282,8 @@ def test_out_of_range_options_are_one_line_errors(
         (["serve"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
         (["worker"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
         (["retrain", "--enqueue"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
+        # Set but not answering, as for `worker` (it used to be exit 1, on two lines).
+        (["retrain", "--enqueue"], {}, "cannot queue a retraining: Redis is unavailable"),
         (["worker"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
         (["worker"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "TAGFLOW_TAGS_FILE: tag file"),
         (

@@ -31,7 +31,7 @@ from service.cli.db import db_app
 from service.cli.keys import keys_app
 from service.cli.models import models_app
 from service.config import Settings
-from service.errors import TagflowError
+from service.errors import TagflowError, UnavailableError
 from service.ml import registry
 from service.ml.dataset import MIN_PER_TAG, DatasetError, load_dataset, load_training_file
 from service.processes import stop_signals_as_exit
@@ -206,17 +206,10 @@ def retrain(
         # A setting, as for `serve` and `worker`: one line, exit code 2.
         print_error("cannot queue a retraining:", "TAGFLOW_REDIS_URL is not set")
         raise typer.Exit(2)
+    if enqueue and settings.redis_url:
+        _enqueue_retrain(settings.redis_url)
+        return
     try:
-        if enqueue and settings.redis_url:
-            from redis import Redis
-            from rq import Queue
-
-            from service.outbox import TRAINING_QUEUE
-
-            queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url))
-            job_id = retraining.enqueue_retrain(queue, reason="cli")
-            console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
-            return
         with open_session(settings) as session, console.status("retraining..."):
             outcome = retraining.retrain(
                 session,
@@ -234,6 +227,24 @@ def retrain(
             f"tag {tag!r} has {count} training example(s): left out of training until it has "
             f"{MIN_PER_TAG} (its labels are kept)"
         )
+
+
+def _enqueue_retrain(redis_url: str) -> None:
+    """Queue a retraining for a worker. Redis not answering is one line, exit code 2, as it is
+    for `worker`: not a refusal, worth a retry."""
+    from redis import Redis
+    from rq import Queue
+
+    from service import retraining
+    from service.outbox import TRAINING_QUEUE
+
+    queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(redis_url))
+    try:
+        job_id = retraining.enqueue_retrain(queue, reason="cli")
+    except UnavailableError as exc:
+        print_error("cannot queue a retraining:", exc)
+        raise typer.Exit(2) from None
+    console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
 
 
 Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
