@@ -502,3 +502,34 @@ def test_a_database_unavailable_during_db_prune_is_exit_2(
         result.stderr
     )
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["db", "upgrade"],
+        ["db", "prune", "--older-than-days", "1", "--dry-run"],
+        ["models", "list"],
+        ["serve", "--port", "0"],
+    ],
+)
+def test_a_database_from_a_newer_tagflow_is_one_line(
+    command: list[str], cli_env: dict[str, str], make_settings: Callable[..., Settings]
+) -> None:
+    """A database upgraded by a newer tagflow (the code rolled back after an upgrade, or a
+    host left behind on a shared registry) ended every command in a page of Alembic traceback,
+    "Can't locate revision identified by '0099'"; it is a configuration error that says so."""
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099'"))
+    engine.dispose()
+    env = {**cli_env, "TAGFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}  # `serve` needs one set
+    result = CliRunner().invoke(app, command, env=env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    said = _said(result.stderr)
+    assert "the database is at schema revision 0099, which this tagflow does not know" in said
+    assert len(result.output.strip().splitlines()) == 1, result.output

@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 
 from service.config import Settings, describe_errors
 from service.db import init_db, is_outage, make_engine
+from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
     from service.ml.encoder import Encoder
@@ -127,12 +128,15 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
 class CommandGroup(TyperGroup):
     """The `tagflow` command group: a database that becomes unavailable while a command runs
     (locked past SQLite's busy timeout, PostgreSQL gone or not answering) is one line and
-    exit code 2, as one that cannot be opened is, not a page of traceback. Any other
-    database error is a bug, and keeps its traceback."""
+    exit code 2, as one that cannot be opened is, not a page of traceback; so is a database
+    a newer tagflow has upgraded. Any other database error is a bug, and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except UnknownRevisionError as exc:  # a configuration error: the code is too old
+            print_error("cannot use the database:", exc)
+            raise typer.Exit(2) from None
         except SQLAlchemyError as exc:
             if not is_outage(exc):
                 raise

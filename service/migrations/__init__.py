@@ -68,6 +68,17 @@ def head_revision() -> str:
     return heads[0]
 
 
+class UnknownRevisionError(RuntimeError):
+    """The database is at a revision this code does not have: a newer tagflow upgraded it."""
+
+
+@cache
+def known_revisions() -> frozenset[str]:
+    """Every revision in the package."""
+    script = ScriptDirectory.from_config(make_config())
+    return frozenset(rev.revision for rev in script.walk_revisions())
+
+
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at; None for an empty (or create_all-made) database."""
     with engine.connect() as conn:
@@ -75,9 +86,18 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine) -> None:
-    """Bring the database to the head revision; a no-op (no lock taken) when it is there."""
-    if current_revision(engine) == head_revision():
+    """Bring the database to the head revision; a no-op (no lock taken) when it is there.
+    UnknownRevisionError for a database a newer tagflow has upgraded (Alembic's own error is
+    "Can't locate revision", deep in a traceback)."""
+    current = current_revision(engine)
+    if current == head_revision():
         return
+    if current is not None and current not in known_revisions():
+        raise UnknownRevisionError(
+            f"the database is at schema revision {current}, which this tagflow does not know "
+            f"(its newest is {head_revision()}): a newer tagflow has upgraded it; run that "
+            "version, or restore the database from before the upgrade"
+        )
     with _PROCESS_LOCK, _exclusive(engine) as conn:
         config = make_config(conn)
         # Checked again under the lock: another process may have migrated meanwhile, in which
