@@ -432,6 +432,12 @@ def test_export_and_import_from_the_command_line(cli_env: dict[str, str], tmp_pa
     assert imported.exit_code == 0, imported.output
     assert "v0001: candidate, imported from v0001" in imported.output
     assert "warning" not in imported.output
+    # A note with a byte that is not UTF-8 (a Latin-1 terminal's "é") arrives as a lone
+    # surrogate, which no database stores: it was a traceback from the driver.
+    latin1 = runner.invoke(
+        app, ["models", "import", str(bundle), "--note", "caf\udce9"], env=elsewhere
+    )
+    assert latin1.exit_code == 2 and "Invalid value for '--note'" in latin1.output
     assert "v0001" in runner.invoke(app, ["models", "list"], env=elsewhere).output
     assert runner.invoke(app, ["models", "promote", "v0001"], env=elsewhere).exit_code == 0
     again = runner.invoke(app, ["models", "import", str(bundle)], env=elsewhere)

@@ -25,6 +25,7 @@ from service.cli.common import (
     warn_seen_in_training,
 )
 from service.entities import ModelVersion, ProductionChangePublic
+from service.entities.common import storable
 from service.errors import InvalidInputError, TagflowError
 from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
@@ -315,10 +316,21 @@ def models_export(
     console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
 
 
+def _storable_note(value: str) -> str:
+    """A note the database can store. A byte that is not UTF-8 in an argument (a Latin-1
+    terminal's "é") reaches Python as a lone surrogate, which no database stores."""
+    try:
+        return storable(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}: is the terminal's encoding UTF-8?") from None
+
+
 @models_app.command("import")
 def models_import(
     bundle: Path,
-    note: Annotated[str, typer.Option(help="Kept with the new version")] = "",
+    note: Annotated[
+        str, typer.Option(callback=_storable_note, help="Kept with the new version")
+    ] = "",
 ) -> None:
     """Record an exported version as a new candidate here (checked first: checksum, tags)."""
     from service.ml.bundle import import_bundle
