@@ -112,6 +112,11 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert "tagflow train" not in table.output
     missing = runner.invoke(app, ["models", "promote", "v0042"], env=env)
     assert missing.exit_code == 1 and "does not exist" in missing.output
+    # A byte that is not UTF-8 in the name (a lone surrogate to Python) names no version,
+    # as over HTTP (404); it was the database driver's UnicodeEncodeError traceback.
+    for command in (["models", "promote"], ["models", "export"], ["models", "recalibrate"]):
+        odd = runner.invoke(app, [*command, "v\udcff"], env=env)
+        assert odd.exit_code == 1 and "does not exist" in odd.output, odd.output
 
 
 def test_only_serving_needs_keys(tmp_path: Path) -> None:

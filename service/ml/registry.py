@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
-from service.entities.common import new_id, utcnow
+from service.entities.common import new_id, storable, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import production_history
 from service.tags import TagSet
@@ -236,6 +236,12 @@ def load_model(version: ModelVersion, *, artifacts_dir: Path) -> TagModel:
 
 
 def get_version(session: Session, *, version: str) -> ModelVersion:
+    """The version of that name; NotFoundError for none, and for a name no database can store
+    (a byte that is not UTF-8 in a command-line argument), which the driver would refuse."""
+    try:
+        storable(version)
+    except ValueError:
+        raise NotFoundError(f"model version {version!r} does not exist") from None
     row = session.exec(select(ModelVersion).where(ModelVersion.version == version)).first()
     if row is None:
         raise NotFoundError(f"model version {version!r} does not exist")
