@@ -81,7 +81,12 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     )
     # As it serves: at a cut set after training (by hand here, or by the audit), as `models
     # compare` scores it; it used to report the cut training chose.
-    assert runner.invoke(app, ["models", "threshold", "v0001", "0.99"], env=env).exit_code == 0
+    cut = runner.invoke(app, ["models", "threshold", "v0001", "0.99"], env=env)
+    assert cut.exit_code == 0 and "v0001 is served with cut 0.99; running APIs" in cut.output
+    # A version not in production is not served: said so (it read "is served with cut").
+    later = runner.invoke(app, ["models", "threshold", "v0002", "0.9"], env=env)
+    assert later.exit_code == 0, later.output
+    assert "v0002 (candidate) will be served with cut 0.9 once promoted" in _said(later.output)
     at_cut = runner.invoke(
         app, ["evaluate", "--data", str(SEED_DATASET), "--version", "v0001", "--json"], env=env
     )

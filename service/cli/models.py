@@ -24,7 +24,7 @@ from service.cli.common import (
     settings_or_exit,
     warn_seen_in_training,
 )
-from service.entities import ModelVersion, ProductionChangePublic
+from service.entities import ModelStatus, ModelVersion, ProductionChangePublic
 from service.entities.common import storable
 from service.errors import InvalidInputError, TagflowError
 from service.ml import production_history, registry
@@ -273,7 +273,7 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
     settings = settings_or_exit()
     try:
         with open_session(settings) as session:
-            registry.set_serving_threshold(
+            row = registry.set_serving_threshold(
                 session,
                 version=version,
                 threshold=threshold,
@@ -285,7 +285,14 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
     except TagflowError as exc:  # no such version
         print_error("cannot set the threshold:", exc)
         raise typer.Exit(1) from None
-    console.print(f"{version} is served with cut {threshold}; running APIs switch within seconds")
+    if row.status is ModelStatus.PRODUCTION:
+        console.print(
+            f"{version} is served with cut {threshold}; running APIs switch within seconds"
+        )
+    else:
+        console.print(
+            f"{version} ({row.status.value}) will be served with cut {threshold} once promoted"
+        )
 
 
 @models_app.command("export")
