@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import redis
@@ -69,3 +70,34 @@ def test_a_prediction_shows_its_review_and_then_its_label(
     }
     assert record["label"]["tag"] == "mlops" and record["label"]["source"] == "review"
     assert record["label"]["created_at"].endswith("Z")
+
+
+def test_a_prediction_answered_by_another_api_process_is_found_and_reported(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    shared_result: TrainResult,
+) -> None:
+    """Two API processes behind one address: a prediction answered by one sits in that
+    process's write-behind buffer for up to its flush interval, and a lookup or a report sent
+    at once reaches the other, which cannot flush that buffer. It waits for the row instead of
+    answering 404 "does not exist"."""
+    settings = make_settings(database_url=database_url, log_flush_interval_s=0.5)
+    register_promoted(engine, settings, shared_result)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        answers = [
+            first.post("/predict", json=ITEM, headers=auth("client")).json() for _ in range(2)
+        ]
+        record = second.get(f"/predictions/{answers[0]['prediction_id']}", headers=auth("client"))
+        assert record.status_code == 200, record.text
+        assert record.json()["prediction_id"] == answers[0]["prediction_id"]
+        report = second.post(
+            "/feedback",
+            json={"prediction_id": answers[1]["prediction_id"], "correct_tag": "mlops"},
+            headers=auth("client"),
+        )
+        assert report.status_code == 201, report.text
+        # An id made long ago is not waited for: it is 404 at once.
+        started = time.monotonic()
+        missing = second.get("/predictions/" + "0" * 32, headers=auth("client"))
+        assert missing.status_code == 404 and time.monotonic() - started < 1

@@ -25,6 +25,17 @@ def new_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{secrets.token_hex(10)}"
 
 
+def id_made_at(value: str) -> float | None:
+    """When `new_id` made `value`, in seconds since the epoch; None for a string it cannot
+    have made."""
+    if len(value) != 32:
+        return None
+    try:
+        return int(value[:12], 16) / 1000
+    except ValueError:
+        return None
+
+
 def as_utc(value: datetime) -> datetime:
     """SQLite returns naive datetimes; treat them as the UTC they were written as."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)

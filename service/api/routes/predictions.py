@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from fastapi import APIRouter
 from sqlmodel import Session
@@ -12,15 +13,21 @@ from service.api.deps import AnyKey, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
 from service.entities import Prediction, PredictionRecord
-from service.entities.common import StorableStr
+from service.entities.common import StorableStr, id_made_at
 from service.errors import NotFoundError, UnavailableError
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
 log = logging.getLogger(__name__)
+# How long past another API process's flush interval a prediction it answered may take to be
+# written (a flush behind a slow one, a busy database), and how often to look meanwhile.
+OTHER_PROCESS_GRACE_S = 2.0
+OTHER_PROCESS_POLL_S = 0.05
 
 
 async def find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
-    """The stored prediction; one still in the write-behind buffer is flushed first."""
+    """The stored prediction; one still in the write-behind buffer is flushed first, and one
+    made moments ago is waited for: another API process may have answered it and not written
+    it yet."""
     try:
         return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
     except NotFoundError:
@@ -30,7 +37,25 @@ async def find_prediction(state: AppState, session: Session, prediction_id: str)
         except Exception as exc:
             log.exception("prediction log flush failed while looking up %s", prediction_id)
             raise UnavailableError("the prediction log cannot be written now; retry") from exc
-        return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
+    deadline = _written_by(state, prediction_id)
+    while True:
+        try:
+            return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
+        except NotFoundError:
+            if time.time() >= deadline:
+                raise
+        await asyncio.sleep(OTHER_PROCESS_POLL_S)
+
+
+def _written_by(state: AppState, prediction_id: str) -> float:
+    """When a prediction with this id, answered by any API process, is in the database at the
+    latest (its id says when it was made; processes share the flush interval). An id dated
+    in the future is not waited for longer than one just made."""
+    made = id_made_at(prediction_id)
+    if made is None:
+        return 0.0
+    wait = state.settings.log_flush_interval_s + OTHER_PROCESS_GRACE_S
+    return min(made, time.time()) + wait
 
 
 @router.get("/{prediction_id}", response_model=PredictionRecord)
