@@ -56,6 +56,7 @@ class PredictionLog:
         self.dead_letter = dead_letter
         self.spill = spill
         self._replaying: Path | None = None
+        self._replay_lock: IO[str] | None = None  # held while the replay file is this log's
         self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -106,6 +107,7 @@ class PredictionLog:
             if self._replaying is not None:  # everything taken back is written now
                 self._replaying.unlink(missing_ok=True)
                 self._replaying = None
+                self._release_replay()
         self.written += written
         if written and self.after_flush is not None:
             self.after_flush()
@@ -209,8 +211,15 @@ class PredictionLog:
         what a replay cut short left), to be written by the next flush. How many predictions."""
         if self.spill is None:
             return 0
+        # API processes sharing a data directory start together: one takes the file back.
+        self._replay_lock = lock_replay(self.spill)
+        if self._replay_lock is None:
+            log.info("another API process is writing back %s", self.spill)
+            return 0
         replaying = move_aside(self.spill)
-        if replaying is None:
+        if replaying is None or replaying.stat().st_size == 0:  # the lock's file alone
+            replaying_path(self.spill).unlink(missing_ok=True)
+            self._release_replay()
             return 0
         rows: list[PredictionCreate] = []
         shadows: list[ShadowPrediction] = []
@@ -233,6 +242,30 @@ class PredictionLog:
         )
         self._replaying = replaying
         return len(rows) - len(done)
+
+    def _release_replay(self) -> None:
+        if self._replay_lock is not None:
+            self._replay_lock.close()
+            self._replay_lock = None
+
+
+def lock_replay(path: Path) -> IO[str] | None:
+    """Make the replay of the JSON Lines file at `path` this process's alone: an open handle on
+    its replay file, exclusively locked until closed (the kernel lets go of a process that
+    dies); None while another process holds it. The file is created empty if need be, and
+    `move_aside` then appends to it."""
+    aside = replaying_path(path)
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = aside.open("a", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return None
+        if _is_current(handle, aside):
+            return handle
+        handle.close()  # locked as its holder unlinked it, written back: lock the new one
 
 
 def append_lines(path: Path, entries: Sequence[dict[str, object] | str]) -> None:

@@ -151,7 +151,8 @@ def test_a_replay_cut_short_is_finished_without_duplicates(engine: Engine, tmp_p
     assert cut_short.take_back_spill() == 4
     batch = [cut_short._buffer.popleft() for _ in range(2)]  # what its first flush would take
     shadows = [cut_short._shadows.popleft() for _ in range(2)]
-    cut_short._save(batch, shadows)  # ... and then the process dies: the replay file stays
+    cut_short._save(batch, shadows)  # ... and then the process dies: the replay file stays,
+    cut_short._release_replay()  # and the kernel lets go of its lock on it
 
     dead = tmp_path / "dead-letter" / "predictions.jsonl"
     up = PredictionLog(engine, interval_s=60, batch_size=10, spill=spill, dead_letter=dead)
@@ -162,6 +163,30 @@ def test_a_replay_cut_short_is_finished_without_duplicates(engine: Engine, tmp_p
         assert set(session.exec(select(Prediction.id))) == {r.id for r in rows}
     assert _count(engine, ShadowPrediction) == 4
     assert list(spill.parent.iterdir()) == []
+
+
+def test_api_processes_starting_together_write_back_a_spill_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """API processes sharing a data directory start together (a deploy, a host reboot) after
+    one of them spilled: one takes the spill file back and the other leaves it to it, so no
+    row is written twice, none is dead-lettered as a duplicate and no shadow score doubles."""
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    rows = [make_prediction(new_id()) for _ in range(3)]
+    _spill_in_an_outage(engine, spill, rows, [_shadow(rows[0].id)])
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    first, second = (
+        PredictionLog(engine, interval_s=60, batch_size=10, spill=spill, dead_letter=dead)
+        for _ in range(2)
+    )
+    assert first.take_back_spill() == 3
+    assert second.take_back_spill() == 0
+    assert (first.flush(), second.flush()) == (3, 0)
+    assert first.dead_lettered == second.dead_lettered == 0 and not dead.exists()
+    assert _count(engine, Prediction) == 3 and _count(engine, ShadowPrediction) == 1
+    assert list(spill.parent.iterdir()) == []
+    # Once the first has written it back, a later start finds nothing left to take.
+    assert PredictionLog(engine, interval_s=60, batch_size=10, spill=spill).take_back_spill() == 0
 
 
 def test_without_a_spill_file_a_failed_final_flush_raises(engine: Engine) -> None:
