@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import redis
+from fastapi.testclient import TestClient
+from rq import Queue
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session
 
+from service.api.lifecycle import REPRIORITIZE_JOB
 from service.api.lifecycle import log as lifecycle_log
+from service.api.main import create_app
+from service.config import Settings
+from service.db import init_db, make_engine
 from service.logs import REPEAT_LOG_S, RepeatedFailures
+from service.ml import registry
+from service.ml.training import TrainResult
+from service.outbox import LABELING_QUEUE
+from tests.conftest import auth, register_promoted
 
 
 def _database_down() -> OperationalError:
@@ -47,3 +62,54 @@ def test_a_step_failing_the_same_way_is_logged_once_a_minute(
     assert back == "background step drain_outbox works again after 60 failed rounds"
     assert bug == "background step drain_outbox failed: ValueError: a bug" and tb3 is not None
     assert REPEAT_LOG_S == 60.0
+
+
+def _rescorings(redis_conn: redis.Redis) -> list[tuple[object, ...]]:
+    """The queued re-scorings of the review queue, by the version that asked for each."""
+    queued = Queue(LABELING_QUEUE, connection=redis_conn).get_jobs()
+    return [job.args for job in queued if job.func_name == REPRIORITIZE_JOB]
+
+
+def _serves(client: TestClient, version: str) -> None:
+    deadline = time.monotonic() + 10
+    while client.get("/readyz").json()["model_version"] != version:
+        assert time.monotonic() < deadline, f"{version} is not served"
+        time.sleep(0.05)
+
+
+def test_api_processes_ask_for_one_rescoring_of_the_queue_per_change_of_production(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    redis_conn: redis.Redis,
+    seed_result: TrainResult,
+    shared_result: TrainResult,
+) -> None:
+    """Every API process swaps to a new production version, and used to queue a re-scoring of
+    every open review task for it: with N processes, N jobs of the same work (seconds each on a
+    worker, per 5,000 tasks), ahead of the review items behind them. One per change now."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    first_version = register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        candidate = registry.register(
+            session, result=shared_result, artifacts_dir=settings.artifacts_dir
+        ).version
+    engine.dispose()
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        assert _rescorings(redis_conn) == [(first_version,)]  # both started serving it
+        promoted = first.post(f"/models/{candidate}/promote", headers=auth("admin"))
+        assert promoted.status_code == 200
+        _serves(second, candidate)
+        assert _rescorings(redis_conn) == [(first_version,), (candidate,)]
+        # Back and forth: each change of production is one more, even to a version served before.
+        assert second.post("/models/rollback", headers=auth("admin")).status_code == 200
+        _serves(first, first_version)
+        assert first.post(f"/models/{candidate}/promote", headers=auth("admin")).status_code == 200
+        _serves(second, candidate)
+    assert _rescorings(redis_conn) == [
+        (first_version,),
+        (candidate,),
+        (first_version,),
+        (candidate,),
+    ]

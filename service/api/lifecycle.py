@@ -8,11 +8,13 @@ import time
 from dataclasses import replace
 
 from redis.exceptions import RedisError
+from rq.exceptions import DuplicateJobError
 from sqlmodel import Session
 
 from service.api.state import AppState
 from service.calibration import recalibrate_as_configured
 from service.entities import ModelStatus, ModelVersion
+from service.entities.common import as_utc
 from service.errors import ArtifactError
 from service.jobs import REPRIORITIZE_TIMEOUT_S
 from service.logs import RepeatedFailures
@@ -24,6 +26,9 @@ from service.retraining import maybe_enqueue_auto_retrain
 
 log = logging.getLogger(__name__)
 REPRIORITIZE_JOB = "workers.review_jobs.reprioritize"
+# A re-scoring's id is kept this long after it ran, so API processes that swap to the same
+# production version later (restarts, a rolling deploy) do not ask for it again.
+REPRIORITIZE_RESULT_TTL_S = 24 * 3600
 
 
 def sync_production(state: AppState) -> str | None:
@@ -70,18 +75,30 @@ def _serve(state: AppState, row: ModelVersion) -> None:
             if state.model_errors:
                 log.info("%s serves: the earlier refusal is resolved", row.version)
                 state.model_errors.clear()
-            _enqueue_reprioritize(state, row.version)
+            _enqueue_reprioritize(state, row)
     elif current.accept_at != threshold:
         # Recalibrated: the same artifact, served with a new cut.
         state.predictor.swap(replace(current, threshold=threshold))
 
 
-def _enqueue_reprioritize(state: AppState, version: str) -> None:
-    """Best effort: re-score the review queue with the newly served model."""
+def _enqueue_reprioritize(state: AppState, row: ModelVersion) -> None:
+    """Best effort: re-score the review queue with the newly served model, once per change of
+    production however many API processes swap to it (the job's id names the change)."""
+    # Microseconds since the epoch; SQLite hands back the UTC it stored as a naive datetime.
+    promoted = round(as_utc(row.promoted_at).timestamp() * 1e6) if row.promoted_at else 0
     try:
-        state.queues.labeling.enqueue(REPRIORITIZE_JOB, version, job_timeout=REPRIORITIZE_TIMEOUT_S)
+        state.queues.labeling.enqueue(
+            REPRIORITIZE_JOB,
+            row.version,
+            job_id=f"tagflow-reprioritize-{row.version}-{promoted}",
+            unique=True,
+            job_timeout=REPRIORITIZE_TIMEOUT_S,
+            result_ttl=REPRIORITIZE_RESULT_TTL_S,
+        )
+    except DuplicateJobError:
+        log.debug("re-scoring for %s already asked for by another API process", row.version)
     except RedisError as exc:
-        log.warning("could not enqueue review re-prioritisation for %s: %s", version, exc)
+        log.warning("could not enqueue review re-prioritisation for %s: %s", row.version, exc)
 
 
 def _sync_shadow(state: AppState, row: ModelVersion | None) -> None:
