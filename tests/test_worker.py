@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 from redis import Redis
-from rq import Queue
-from rq.job import JobStatus
+from rq import Queue, Retry
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 from service.outbox import LABELING_QUEUE
 from service.redis_server import EmbeddedRedis
 from tests.conftest import ROOT
-from workers.worker import POLL_S, Worker
+from workers.worker import CLAIM_TTL_S, POLL_S, Worker
 
 
 @pytest.fixture
@@ -176,3 +177,56 @@ def test_a_worker_stopped_during_a_job_finishes_it_and_exits_0(
             worker.communicate()
     assert worker.returncode == 0, output[-3000:]
     assert job.get_status(refresh=True) == JobStatus.FINISHED
+
+
+def _wait_started(job: Job, worker: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while job.get_status(refresh=True) != JobStatus.STARTED:
+        assert time.monotonic() < deadline and worker.poll() is None, "the job never started"
+        time.sleep(0.05)
+
+
+def test_a_killed_workers_job_is_retried_within_a_claim(
+    cli_env: dict[str, str], test_redis_url: str, redis_conn: Redis
+) -> None:
+    """A worker killed outright (kill -9, the OOM killer) in the middle of a job: the next
+    worker's maintenance retries the job once its claim lapses (CLAIM_TTL_S), not once its
+    whole timeout has passed (RQ's SimpleWorker: 11 minutes for a labelling job, 31 for a
+    retraining, the job "started" all along)."""
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    job = queue.enqueue("time.sleep", 60, retry=Retry(max=1), job_timeout=600)
+    worker = start_worker(cli_env, redis_url=test_redis_url)
+    try:
+        _wait_started(job, worker)
+    finally:
+        worker.kill()
+        worker.communicate()
+    # What the next worker's maintenance sees once the claim has lapsed.
+    StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + CLAIM_TTL_S + 1)
+    assert job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+    job.refresh()
+    assert job.retries_left == 0
+
+
+def test_a_running_job_keeps_its_claim_past_its_ttl(
+    redis_conn: Redis, restored_signals: None
+) -> None:
+    """Its worker renews the claim while the job runs: maintenance (here, of the same Redis,
+    from another thread) never takes a job from a live worker, however long it runs."""
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    job = queue.enqueue("time.sleep", 4, retry=Retry(max=1))
+    worker = Worker([queue], connection=redis_conn, claim_ttl_s=2, renew_s=0.5)
+    seen: list[JobStatus | None] = []
+
+    def maintain_later() -> None:
+        time.sleep(3)  # the job has run past its first claim's 2 s
+        StartedJobRegistry(queue=queue).cleanup()
+        seen.append(job.get_status(refresh=True))
+
+    checker = threading.Thread(target=maintain_later)
+    checker.start()
+    worker.work(burst=True)
+    checker.join()
+    assert seen == [JobStatus.STARTED]
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    assert job.retries_left == 1  # never retried

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -11,6 +15,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import Queue, SimpleWorker
 from rq.exceptions import DequeueTimeout, StopRequested
+from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 
@@ -24,6 +29,16 @@ log = logging.getLogger(__name__)
 
 # How long one wait for a job blocks: a stop asked while idle takes effect within it.
 POLL_S = 1
+# While a job runs, its worker renews its claim on it every RENEW_S seconds; a claim not
+# renewed for CLAIM_TTL_S marks a job whose worker died (kill -9, the OOM killer, a lost host),
+# which the next maintenance, every MAINTENANCE_S and by any worker (the one started in its
+# place too), retries or fails as RQ does for abandoned jobs. RQ's SimpleWorker claims a job
+# once, for its whole timeout plus a minute, and maintains every 10 minutes: a killed worker's
+# labelling job stayed "started", its review items in no queue, for 11-21 minutes, and a
+# retraining for 31-41 (GET /jobs said "started" all along).
+RENEW_S = 10
+CLAIM_TTL_S = 45
+MAINTENANCE_S = 30
 
 
 class Worker(SimpleWorker):
@@ -36,7 +51,50 @@ class Worker(SimpleWorker):
     checks between jobs, a popped job is always run first, and waiting for a job polls every
     `POLL_S` seconds, looking at the flag between waits, so that an idle worker still stops
     promptly, also while Redis is away (RQ's own wait retries a lost Redis without end).
+
+    A job's claim is renewed while it runs (`RENEW_S`, `CLAIM_TTL_S`), so a job whose worker
+    died is found within a minute or so, not after its timeout.
     """
+
+    def __init__(
+        self, *args: Any, claim_ttl_s: int = CLAIM_TTL_S, renew_s: float = RENEW_S, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.claim_ttl_s = claim_ttl_s
+        self.renew_s = renew_s
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        """How long a claim on a running job lasts unless renewed (RQ's SimpleWorker: the
+        job's whole timeout plus a minute)."""
+        return self.claim_ttl_s
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run `job` here, as SimpleWorker does, its claim renewed while it runs."""
+        execution = self.prepare_execution(job)
+        with self._claim_renewed(job, execution):
+            self.perform_job(job, queue, execution)
+        self.set_state(WorkerStatus.IDLE)
+
+    @contextmanager
+    def _claim_renewed(self, job: Job, execution: Execution) -> Iterator[None]:
+        """Renew this worker's claim on `job` from a thread of its own while the block runs
+        (the job runs on this one)."""
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(self.renew_s):
+                try:
+                    self.maintain_heartbeats(job, execution)
+                except RedisError as exc:  # the job finds out itself; its claim may lapse
+                    log.warning("could not renew the claim on job %s: %s", job.id, exc)
+
+        thread = threading.Thread(target=renew, name=f"claim {job.id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _shutdown(self) -> None:
         """A warm stop, asked by a signal: noted, for the work loop to act on between jobs."""
@@ -108,7 +166,8 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (LABELING_QUEUE, TRAINING_QUEUE)]
     try:
-        Worker(queues, connection=redis).work(burst=burst, with_scheduler=True)
+        worker = Worker(queues, connection=redis, maintenance_interval=MAINTENANCE_S)
+        worker.work(burst=burst, with_scheduler=True)
     except RedisConnectionError as exc:
         # RQ retries while it waits for jobs; this is Redis gone in the middle of a job's
         # bookkeeping (an outage, or `tagflow up` killed outright: its Redis stops with it).
