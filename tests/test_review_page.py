@@ -1608,3 +1608,50 @@ def test_switch_during_a_label_sends_it_before_switching(
         (tags.names[0], "ada")
     ]
     assert leases(live_app.engine) == []
+
+
+# ---------- a tab closed with a label pending ----------
+
+
+def wait_for_labels(engine: Engine, task_id: int, expected: list[tuple[str, str]]) -> None:
+    """Wait until `task_id`'s labels, oldest first, are `expected` ((tag, reviewer) each)."""
+    deadline = time.monotonic() + WAIT_S
+    while (found := [(row.tag, row.reviewer) for row in all_labels(engine, task_id)]) != expected:
+        assert time.monotonic() < deadline, f"labels of task {task_id}: {found} != {expected}"
+        time.sleep(0.1)
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("lost", ["answered nothing", "still on its way"])
+def test_a_label_with_no_answer_is_sent_when_its_tab_is_closed(
+    live_app: LiveApp, proxy: LossyProxy, browser: WebDriver, tags: TagSet, lost: str
+) -> None:
+    """Ada labels an item in a tab of her own; the label never reaches the server (its request
+    lost, or held in a silent network), and she closes the tab. The page sends the label as
+    it goes, and it is saved once; the item is not given back to the queue before it. Before,
+    the label kept in the closed tab's sessionStorage went with the tab: lost unseen."""
+    first, _, _ = seed_queue(live_app.engine)
+    home = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    sign_in(browser, proxy.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    if lost == "answered nothing":
+        proxy.lose_requests("POST", f"/review/{first}/label", count=10)  # Chromium's resends
+        press(browser, "1")
+        wait_until(browser, lambda d: "may or may not be saved" in text_of(d, "message"), "unsure")
+        proxy.clear()
+        held = None
+    else:
+        held = proxy.hold_requests("POST", f"/review/{first}/label")
+        press(browser, "1")
+        wait_until(browser, lambda d: proxy.lost, "the label lost on its way")
+    try:
+        assert all_labels(live_app.engine, first) == []
+        browser.close()
+        browser.switch_to.window(home)
+        wait_for_labels(live_app.engine, first, [(tags.names[0], "ada")])
+    finally:
+        if held is not None:
+            held.set()
+    assert leases(live_app.engine) == []
+    assert task_statuses(live_app.engine).get(first) is None  # labelled, out of the queue

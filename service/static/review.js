@@ -588,10 +588,33 @@ function onKey(event) {
 
 /* ---------- Page lifecycle ---------- */
 
+/** The page is going away (closed, left, or hidden where the browser may discard it): the
+ * label with no answer is sent once more, then the item shown is given back. Both go as
+ * keepalive fetches, which outlive the page (sendBeacon cannot carry the Authorization
+ * header the key travels in). */
+function onExit() {
+  if (!state.key) return;
+  sendPendingOnExit();
+  releaseOnExit();
+}
+
+/** Send the label with no answer as the page goes: its sessionStorage goes with a closed tab,
+ * and the label with it. Sent twice (a label in flight, hidden then closed) it counts once;
+ * it stays pending here, for a page that comes back settles it as a reload does. */
+function sendPendingOnExit() {
+  const pending = state.pending;
+  if (!pending) return;
+  call("POST", `/review/${pending.taskId}/label`, { tag: pending.tag, reviewer: state.reviewer },
+    { keepalive: true })
+    .catch((err) => console.warn("the label with no answer could not be sent:", err));
+}
+
 function releaseOnExit() {
-  if (!state.task || !state.key) return;
-  // sendBeacon cannot carry the Authorization header; a keepalive fetch outlives the page.
-  release(state.task, { keepalive: true }).catch((err) => console.warn("release failed:", err));
+  const task = state.task;
+  // The item of a label with no answer is not given back: its label, sent above, takes it
+  // out of the queue, and released first it could go to another reviewer meanwhile.
+  if (!task || (state.pending && state.pending.taskId === task.task_id)) return;
+  release(task, { keepalive: true }).catch((err) => console.warn("release failed:", err));
   state.task = null;
 }
 
@@ -603,7 +626,11 @@ function bindControls() {
   $("check-again").addEventListener("click", () => run(claimNext));
   $("retry").addEventListener("click", () => run(begin));
   document.addEventListener("keydown", onKey);
-  window.addEventListener("pagehide", releaseOnExit);
+  window.addEventListener("pagehide", onExit);
+  // A phone may discard a hidden page without a pagehide: the last moment to send is now.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "hidden" && state.key) sendPendingOnExit();
+  });
   // Back from the back/forward cache: what it held was released on leaving, and it starts
   // again as a reload does (a label with no answer sent again first, then a claim).
   window.addEventListener("pageshow", (event) => {
