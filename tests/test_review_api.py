@@ -607,3 +607,30 @@ def test_releasing_all_held_gives_back_only_the_reviewers_leases(client: TestCli
     assert (
         client.post("/review/release", json=body("ann"), headers=auth("client")).status_code == 403
     )
+
+
+def test_releasing_all_held_keeps_what_the_reviewers_other_tabs_show(client: TestClient) -> None:
+    """A page that changes hands names in `keep` the items its reviewer's other tabs show:
+    those stay leased to the reviewer, the rest go back. Before, the release took them too,
+    and the next claim handed them to whoever signed in, under the other tab."""
+    engine = state_of(client).engine
+    add_tasks(engine, 3)
+    headers = auth("reviewer")
+    shown = client.post("/review/claim", json=body("ann"), headers=headers).json()["task_id"]
+    # A second lease of ann's, as an undo whose answer was lost leaves: taken over from bob.
+    unseen = client.post("/review/claim", json=body("bob"), headers=headers).json()["task_id"]
+    with Session(engine) as session:
+        task = session.get(ReviewTask, unseen)
+        assert task is not None
+        task.leased_by = "ann"
+        session.add(task)
+        session.commit()
+
+    keep = {**body("ann"), "keep": [shown]}
+    released = client.post("/review/release", json=keep, headers=headers)
+    assert released.status_code == 200 and released.json() == {"released": [unseen]}
+    with Session(engine) as session:
+        task = session.get(ReviewTask, shown)
+        assert task is not None and (task.status, task.leased_by) == (ReviewStatus.LEASED, "ann")
+    refused = client.post("/review/release", json={**body("ann"), "keep": [0]}, headers=headers)
+    assert refused.status_code == 422

@@ -737,7 +737,7 @@ def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
     assert '<script type="module" src="/review/assets/review.js">' in page.text
     assert "/review/assets/review.css" in page.text
     modules = script_modules(sqlite_client)
-    assert set(modules) == {"review.js", "api.js", "render.js"}
+    assert set(modules) == {"review.js", "api.js", "render.js", "tabs.js"}
     assert "/review/claim" in modules["review.js"]
     style = sqlite_client.get("/review/assets/review.css")
     assert style.status_code == 200 and style.headers["content-type"].startswith("text/css")
@@ -1655,3 +1655,40 @@ def test_a_label_with_no_answer_is_sent_when_its_tab_is_closed(
             held.set()
     assert leases(live_app.engine) == []
     assert task_statuses(live_app.engine).get(first) is None  # labelled, out of the queue
+
+
+# ---------- one reviewer, two tabs ----------
+
+
+@pytest.mark.browser
+def test_switch_in_one_tab_leaves_the_item_another_tab_of_the_reviewer_shows(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada reviews in two tabs, which show the item she holds; she hands one tab to Bob with
+    Switch. Her other tab keeps its item: Bob gets the next one, and Ada's label is saved.
+    Before, Switch gave back every lease Ada held, Bob was handed the item her other tab
+    showed, and her label there was refused as "leased to 'bob'"."""
+    first, second, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    kept = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{live_app.url}/review")  # signed in already: the saved key
+    wait_for_title(browser, ITEMS[0].title)  # the item Ada holds
+
+    browser.find_element(By.ID, "sign-out").click()
+    wait_until(browser, lambda d: requests_to(d, "/review/release") == 1, "the release")
+    wait_until(browser, lambda d: "Releasing" not in text_of(d, "message"), "its answer")
+    assert leases(live_app.engine) == [(first, "ada")]
+    assert "your other tab" in text_of(browser, "message")
+    fill_sign_in(browser, reviewer="bob", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[1].title)
+    assert sorted(leases(live_app.engine)) == [(first, "ada"), (second, "bob")]
+
+    browser.switch_to.window(kept)
+    press(browser, "1")
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Labelled"), "the label")
+    assert [(row.tag, row.reviewer) for row in all_labels(live_app.engine, first)] == [
+        (tags.names[0], "ada")
+    ]
+    assert browser_errors(browser) == []

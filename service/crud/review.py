@@ -12,6 +12,7 @@ Concurrency is settled by the database, the same way on SQLite and PostgreSQL:
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -369,19 +370,21 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     return get_task(session, task_id=task_id)
 
 
-def release_held(session: Session, *, reviewer: str) -> list[int]:
-    """Give back every lease `reviewer` holds, unchanged, and return the tasks' ids: what a
-    page hands over (Switch) may include a task whose claim or undo answer never reached it,
-    leased to the reviewer unseen until the lease ran out."""
+def release_held(session: Session, *, reviewer: str, keep: Collection[int] = ()) -> list[int]:
+    """Give back every lease `reviewer` holds but those of `keep`, unchanged, and return the
+    tasks' ids: what a page hands over (Switch) may include a task whose claim or undo answer
+    never reached it, leased to the reviewer unseen until the lease ran out. `keep` names the
+    tasks the reviewer's other tabs still show."""
     now = utcnow()
-    ids = list(
-        session.exec(
-            select(ReviewTask.id)
-            .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.leased_by) == reviewer)
-            .order_by(col(ReviewTask.id))
-            .with_for_update()
-        )
+    held = (
+        select(ReviewTask.id)
+        .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.leased_by) == reviewer)
+        .order_by(col(ReviewTask.id))
+        .with_for_update()
     )
+    if keep:
+        held = held.where(col(ReviewTask.id).not_in(list(keep)))
+    ids = list(session.exec(held))
     if ids:
         session.exec(
             update(ReviewTask)

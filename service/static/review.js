@@ -12,6 +12,7 @@ import {
   $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStalled,
   renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
 } from "./render.js";
+import { showing, shownElsewhere } from "./tabs.js";
 
 const EMPTY_POLL_MS = 20000;
 const STATS_POLL_MS = 30000;
@@ -61,14 +62,20 @@ function raced(response) {
 
 /* ---------- Views, with the state that goes with them ---------- */
 
+/** The page holds `task` now (null: none), and the reviewer's other tabs can tell. */
+function hold(task) {
+  state.task = task;
+  showing(state.reviewer, task ? task.task_id : null);
+}
+
 function showSignin() {
-  state.task = null;
+  hold(null);
   stopEmptyPoll();
   renderSignin(state.reviewer);
 }
 
 function showEmpty() {
-  state.task = null;
+  hold(null);
   renderEmpty();
   startEmptyPoll();
 }
@@ -90,7 +97,7 @@ function stopEmptyPoll() {
 
 function showTask(task) {
   stopEmptyPoll();
-  state.task = task;
+  hold(task);
   renderTask(task, state.tags);
 }
 
@@ -102,7 +109,7 @@ function setBusy(busy) {
 /** The page's stand after a label, or no item, when the next one could not be fetched:
  * what it held is no longer offered, and Retry claims again. */
 function showStalled(text) {
-  state.task = null;
+  hold(null);
   renderStalled();
   say(text, "error");
   startEmptyPoll();
@@ -212,7 +219,7 @@ function ownLabel(response) {
 /** `task` is labelled `tag` on the server: it leaves the page, counts, and U can take it back. */
 function recordLabel(task, tag) {
   // Saved: whatever happens next, this item is not offered again.
-  if (state.task && state.task.task_id === task.task_id) state.task = null;
+  if (state.task && state.task.task_id === task.task_id) hold(null);
   state.labelled.push({ taskId: task.task_id, title: task.title, tag });
   state.sessionDone.add(task.task_id);
   updateCounts();
@@ -322,7 +329,7 @@ async function skip() {
   if (saved) return savedBefore(task, saved);
   if (response.status === 409) return refused(task, "skipped", response);
   if (!response.ok) return fail("Skipping", response);
-  state.task = null;
+  hold(null);
   say(`Skipped “${shortTitle(task.title)}”.`, "info");
   await claimNext(`Skipped “${shortTitle(task.title)}”. `);
 }
@@ -531,16 +538,21 @@ async function handOver(before) {
   showSignin();
   if (!who.key) return say(`${before}Signed out.`, "info");
   say(`${before}${task ? "Signed out. Releasing your item…" : "Signed out."}`, "info");
-  const released = await releaseHeld(who);
+  // What the reviewer's other tabs show stays theirs: its lease is theirs as much as this
+  // tab's (a claim hands a reviewer the item they hold), and they are still at it there.
+  const kept = (await shownElsewhere(who.reviewer)) || [];
+  const released = await releaseHeld(who, kept);
   if (state.key) return; // someone signed in meanwhile: the message line is theirs
-  say(`${before}${signedOutText(task, released)}`, released === null ? "warn" : "info");
+  const text = signedOutText(task, released, kept);
+  say(`${before}${text}`, released === null ? "warn" : "info");
 }
 
-/** Give back every lease `who` holds (POST /review/release); the ids released, or null when
- * that got no answer or was refused. */
-async function releaseHeld(who) {
+/** Give back every lease `who` holds but the items of `kept` (POST /review/release); the ids
+ * released, or null when that got no answer or was refused. */
+async function releaseHeld(who, kept) {
   try {
-    const answer = await api(who.key, "POST", "/review/release", { reviewer: who.reviewer });
+    const body = { reviewer: who.reviewer, keep: kept };
+    const answer = await api(who.key, "POST", "/review/release", body);
     if (answer.ok && answer.data) return answer.data.released;
     console.warn("release failed:", answer.status);
   } catch (err) {
@@ -549,8 +561,12 @@ async function releaseHeld(who) {
   return null;
 }
 
-/** What Switch says once the release answered: `task` is the item shown, if any. */
-function signedOutText(task, released) {
+/** What Switch says once the release answered: `task` is the item shown, if any, and `kept`
+ * the items left to the reviewer's other tabs. */
+function signedOutText(task, released, kept) {
+  if (task && kept.includes(task.task_id)) {
+    return "Signed out. Your item stays yours in your other tab, which shows it.";
+  }
   if (released === null) {
     return task ? "Signed out. Your item could not be released: it goes back to the queue when "
       + "its lease runs out." : "Signed out. An item claimed for you may stay held until its "
@@ -615,7 +631,7 @@ function releaseOnExit() {
   // out of the queue, and released first it could go to another reviewer meanwhile.
   if (!task || (state.pending && state.pending.taskId === task.task_id)) return;
   release(task, { keepalive: true }).catch((err) => console.warn("release failed:", err));
-  state.task = null;
+  hold(null);
 }
 
 function bindControls() {

@@ -4,9 +4,10 @@ reviewer stats, and agreement on the overlap sample."""
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Response, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
@@ -35,6 +36,8 @@ router = APIRouter(prefix="/review", tags=["review"])
 log = logging.getLogger(__name__)
 ReviewerText = storable_text(min_length=1, max_length=MAX_NAME_CHARS, name=True)
 TagText = storable_text(min_length=1, max_length=100)
+MAX_KEPT = 100  # tasks a release may leave leased: one per other tab of the reviewer
+TaskId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 
 
 class ReviewerBody(BaseModel):
@@ -235,6 +238,13 @@ def release_task(
     return task_public(session, task, tags=tags)
 
 
+class ReleaseBody(ReviewerBody):
+    """Who gives their leases back, and the tasks to leave them (`keep`): the ones the same
+    reviewer's other tabs show, which stay theirs."""
+
+    keep: list[TaskId] = Field(default_factory=list, max_length=MAX_KEPT)
+
+
 class Released(BaseModel):
     """The tasks a release of everything held gave back to the queue (ids, ascending)."""
 
@@ -246,12 +256,14 @@ def release_held(
     session: SessionDep,
     caller: ReviewerKey,
     keys: KeysDep,
-    body: ReviewerBody | None = None,
+    body: ReleaseBody | None = None,
 ) -> Released:
     """Give back every lease the reviewer holds (the page changes hands): also a task whose
-    claim was saved and its answer lost, which the page cannot name."""
+    claim was saved and its answer lost, which the page cannot name. Tasks in `keep` (shown
+    in the reviewer's other tabs) stay leased to them."""
     reviewer = acting_reviewer(caller, body, keys)
-    return Released(released=review_crud.release_held(session, reviewer=reviewer))
+    keep = body.keep if body is not None else []
+    return Released(released=review_crud.release_held(session, reviewer=reviewer, keep=keep))
 
 
 @router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
