@@ -1692,3 +1692,30 @@ def test_switch_in_one_tab_leaves_the_item_another_tab_of_the_reviewer_shows(
         (tags.names[0], "ada")
     ]
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_closing_one_tab_leaves_the_item_another_tab_of_the_reviewer_shows(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada's two tabs show the item she holds, and she closes one: the item stays leased to
+    her, for the other tab shows it, and her label there is saved. Before, the closed tab
+    gave the item back to the queue, for anyone to claim from under the other tab."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    kept = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{live_app.url}/review")
+    wait_for_title(browser, ITEMS[0].title)
+    time.sleep(2.5)  # long enough for each tab to see what the other shows
+
+    browser.close()
+    browser.switch_to.window(kept)
+    time.sleep(1.0)  # a release sent as the tab closed would have landed by now
+    assert leases(live_app.engine) == [(first, "ada")]
+    press(browser, "1")
+    wait_until(browser, lambda d: text_of(d, "message").startswith("Labelled"), "the label")
+    assert [(row.tag, row.reviewer) for row in all_labels(live_app.engine, first)] == [
+        (tags.names[0], "ada")
+    ]

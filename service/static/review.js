@@ -12,7 +12,7 @@ import {
   $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStalled,
   renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
 } from "./render.js";
-import { showing, shownElsewhere } from "./tabs.js";
+import { lastShownElsewhere, showing, shownElsewhere } from "./tabs.js";
 
 const EMPTY_POLL_MS = 20000;
 const STATS_POLL_MS = 30000;
@@ -630,6 +630,8 @@ function releaseOnExit() {
   // The item of a label with no answer is not given back: its label, sent above, takes it
   // out of the queue, and released first it could go to another reviewer meanwhile.
   if (!task || (state.pending && state.pending.taskId === task.task_id)) return;
+  // Another tab of the reviewer shows it: the lease is theirs there still.
+  if (lastShownElsewhere(state.reviewer).includes(task.task_id)) return;
   release(task, { keepalive: true }).catch((err) => console.warn("release failed:", err));
   hold(null);
 }
@@ -655,7 +657,10 @@ function bindControls() {
 }
 
 function startTimers() {
-  setInterval(() => renderLease(state.task), 1000);
+  setInterval(() => {
+    renderLease(state.task);
+    if (state.task) shownElsewhere(state.reviewer); // for releaseOnExit, which cannot wait
+  }, 1000);
   setInterval(() => {
     if (document.visibilityState === "visible") refreshStats();
   }, STATS_POLL_MS);

@@ -8,6 +8,8 @@ const PREFIX = "tagflow.review.shown ";
 const TAB = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
 
 let current = null; // {name, done}: the lock this tab holds (or asked for), done() lets it go
+// What shownElsewhere found last, for a tab closing: no promise settles once it is gone.
+let lastFound = { reviewer: "", ids: [] };
 
 /** This tab shows `taskId` to `reviewer` now (null: nothing). */
 export function showing(reviewer, taskId) {
@@ -49,5 +51,12 @@ export async function shownElsewhere(reviewer) {
       console.warn("ignoring an unreadable lock name:", name, err);
     }
   }
-  return [...ids];
+  lastFound = { reviewer, ids: [...ids] };
+  return lastFound.ids;
+}
+
+/** What shownElsewhere(`reviewer`) found last (at most a second ago while this tab shows an
+ * item; throttled timers in a hidden tab can make it older): read as the tab closes. */
+export function lastShownElsewhere(reviewer) {
+  return lastFound.reviewer === reviewer ? lastFound.ids : [];
 }
