@@ -495,8 +495,9 @@ def test_a_saved_sign_in_is_checked_again_on_the_next_visit(
     wait_for_title(browser, ITEMS[0].title)
     assert text_of(browser, "who-name") == "pia"
 
-    browser.execute_script(
-        "localStorage.setItem('tagflow.review.credentials', JSON.stringify(arguments[0]))",
+    browser.execute_script(  # kept for the browser and for this tab
+        "for (const storage of [localStorage, sessionStorage]) "
+        "storage.setItem('tagflow.review.credentials', JSON.stringify(arguments[0]))",
         {"reviewer": "quin", "key": PERSONAL_KEYS["pia"]},
     )
     browser.refresh()
@@ -1719,3 +1720,41 @@ def test_closing_one_tab_leaves_the_item_another_tab_of_the_reviewer_shows(
     assert [(row.tag, row.reviewer) for row in all_labels(live_app.engine, first)] == [
         (tags.names[0], "ada")
     ]
+
+
+@pytest.mark.browser
+def test_a_tab_reloaded_after_another_tab_switched_stays_its_reviewers(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada signs in, opens a second tab (signed in by what the first saved) and labels there;
+    in the first tab she presses Switch and Bob signs in. Her second tab, reloaded, is still
+    hers: her name, her count, and U takes back her label. Before, it came back signed in as
+    Bob (the sign-in the last tab saved), its undo list dropped: the next labels there were
+    Bob's, and a label of Ada's with no answer was forgotten."""
+    first, _, _ = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    switched = browser.current_window_handle
+    browser.switch_to.new_window("tab")
+    browser.get(f"{live_app.url}/review")
+    wait_for_title(browser, ITEMS[0].title)
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    kept = browser.current_window_handle
+
+    browser.switch_to.window(switched)
+    browser.find_element(By.ID, "sign-out").click()
+    fill_sign_in(browser, reviewer="bob", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: text_of(d, "who-name") == "bob", "Bob signed in")
+
+    browser.switch_to.window(kept)
+    browser.refresh()
+    wait_until(browser, lambda d: d.find_element(By.ID, "workspace").is_displayed(), "an item")
+    assert text_of(browser, "who-name") == "ada"
+    assert text_of(browser, "stat-session") == "1"
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert (first, "ada") in leases(live_app.engine)
+    browser.switch_to.new_window("tab")  # a new tab starts from the last sign-in: Bob's
+    browser.get(f"{live_app.url}/review")
+    wait_until(browser, lambda d: text_of(d, "who-name") == "bob", "Bob's sign-in")

@@ -66,10 +66,14 @@ export async function api(key, method, path, body, { keepalive = false } = {}) {
 
 /* ---------- Credentials kept in this browser ---------- */
 
-/** The saved {reviewer, key}, or null when there is none (or it cannot be read). */
-export function loadCredentials() {
+/* Kept twice: for this tab (sessionStorage), which a reload of it resumes, and for the
+ * browser (localStorage), which a new tab starts from. A Switch in another tab changes the
+ * browser's, never this tab's: reloaded, a tab stays its reviewer's, with their undo list
+ * and a label of theirs still with no answer. */
+
+function readCredentials(storage) {
   try {
-    const saved = JSON.parse(localStorage.getItem(STORAGE_KEY) || "null");
+    const saved = JSON.parse(storage.getItem(STORAGE_KEY) || "null");
     return saved && saved.reviewer && saved.key ? saved : null;
   } catch (err) {
     console.warn("ignoring unreadable saved credentials:", err);
@@ -77,12 +81,22 @@ export function loadCredentials() {
   }
 }
 
-export function saveCredentials(reviewer, key) {
-  localStorage.setItem(STORAGE_KEY, JSON.stringify({ reviewer, key }));
+/** The saved {reviewer, key}: this tab's, else the browser's; null when there is none (or it
+ * cannot be read). */
+export function loadCredentials() {
+  return readCredentials(sessionStorage) || readCredentials(localStorage);
+}
+
+/** Keep {reviewer, key} for this tab and, unless `tabOnly`, for the next tabs opened. */
+export function saveCredentials(reviewer, key, { tabOnly = false } = {}) {
+  const saved = JSON.stringify({ reviewer, key });
+  if (!tabOnly) localStorage.setItem(STORAGE_KEY, saved);
+  sessionStorage.setItem(STORAGE_KEY, saved);
 }
 
 export function forgetCredentials() {
   localStorage.removeItem(STORAGE_KEY);
+  sessionStorage.removeItem(STORAGE_KEY);
 }
 
 /* ---------- The undo list, kept in this tab ---------- */

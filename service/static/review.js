@@ -685,6 +685,8 @@ async function resume(saved) {
     Object.assign(state, { reviewer, ...loadHistory(reviewer) });
     updateCounts();
   }
+  // This tab is theirs now, whoever later signs in in another tab.
+  if (reviewer) saveCredentials(reviewer, saved.key, { tabOnly: true });
   // Unreachable, or an answer other than 200: start() tries again and says what fails.
   if (state.key) start();
 }
