@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from redis import Redis
 from rq import Queue, Retry
@@ -198,9 +199,14 @@ def test_a_killed_workers_job_is_retried_within_a_claim(
     worker = start_worker(cli_env, redis_url=test_redis_url)
     try:
         _wait_started(job, worker)
+        forked = psutil.Process(worker.pid).children()  # RQ's scheduler
     finally:
         worker.kill()
-        worker.communicate()
+        worker.communicate(timeout=30)
+    # The scheduler dies with its worker, not left running under init with the lock.
+    assert forked, "the worker started no scheduler"
+    _, alive = psutil.wait_procs(forked, timeout=10)
+    assert not alive, f"left running after the worker was killed: {alive}"
     # What the next worker's maintenance sees once the claim has lapsed.
     StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + CLAIM_TTL_S + 1)
     assert job.get_status(refresh=True) in (JobStatus.QUEUED, JobStatus.SCHEDULED)

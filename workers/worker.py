@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from rq.worker import WorkerStatus
 from service.config import Settings
 from service.logs import configure_logging
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
+from service.processes import die_with_parent
 from workers.context import JobContext, use_context
 
 log = logging.getLogger(__name__)
@@ -163,6 +165,10 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     if not settings.redis_url:
         raise SystemExit("TAGFLOW_REDIS_URL is not set")
     use_context(JobContext(settings))
+    # RQ forks its scheduler from this process (multiprocessing, fork): armed in the child, it
+    # stops when this worker dies, even by SIGKILL, instead of running on under init holding
+    # the scheduler lock (and the worker's stdout, so a reader of it never saw the end).
+    os.register_at_fork(after_in_child=die_with_parent())
     redis = Redis.from_url(settings.redis_url)
     queues = [Queue(name, connection=redis) for name in (LABELING_QUEUE, TRAINING_QUEUE)]
     try:
