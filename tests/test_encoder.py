@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -89,3 +90,45 @@ def test_the_kind_may_be_given_by_name(encoder_dir: Path) -> None:
     assert ensure_onnx(encoder_dir, "onnx-fp32").name == "minilm-fused.onnx"  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         ensure_onnx(encoder_dir, "int8")  # type: ignore[arg-type]
+
+
+_EXPORT_AND_ENCODE = """
+import logging, sys
+import os
+from pathlib import Path
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+from service.ml.encoder import load_encoder
+encoder = load_encoder(Path(sys.argv[1]), "onnx-int8", threads=1, cache_size=0)
+print(float(encoder.encode(["Graph neural networks for molecules."])[0][0]))
+"""
+
+
+def test_processes_starting_together_export_once(tmp_path: Path) -> None:
+    """An API and a worker started at once on an empty encoder dir both export: they wrote the
+    same temporary files, and one died (FileNotFoundError) when the other moved them into place.
+    Now one exports while the other waits for it, and both serve the same file."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _EXPORT_AND_ENCODE, str(tmp_path / "enc")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    outputs = [proc.communicate(timeout=600) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    assert len({out.strip() for out, _ in outputs}) == 1, outputs
+    exports = sum(err.count("exporting MiniLM to ONNX") for _, err in outputs)
+    assert exports == 1, [err[-2000:] for _, err in outputs]
+    assert sorted(p.name for p in (tmp_path / "enc").iterdir()) == [
+        ".export.lock",
+        "minilm-fused-int8.onnx",
+        "minilm-fused.onnx",
+    ]

@@ -9,6 +9,7 @@ and tokenizers, no PyTorch, which keeps the API process small and quick to start
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
@@ -31,6 +32,7 @@ EMBEDDING_DIM = 384
 NUM_HEADS = 12
 FP32_FILE = "minilm-fused.onnx"
 INT8_FILE = "minilm-fused-int8.onnx"
+EXPORT_LOCK_FILE = ".export.lock"
 MAX_TOKENS = 256
 
 
@@ -132,7 +134,14 @@ def onnx_file(kind: EncoderKind) -> str:
 def ensure_onnx(encoder_dir: Path, kind: EncoderKind) -> Path:
     """Path of the ONNX file for `kind`, exporting it first if it is not there yet."""
     path = encoder_dir / onnx_file(kind)
-    with _export_lock:
+    if path.exists():
+        return path
+    encoder_dir.mkdir(parents=True, exist_ok=True)
+    # Threads of this process take the lock, other processes (an API and a worker started
+    # together on an empty dir) the file lock: the export writes fixed temporary names, so two
+    # at once clobbered each other. Whoever waited finds the files there and exports nothing.
+    with _export_lock, (encoder_dir / EXPORT_LOCK_FILE).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not path.exists():
             log.info("exporting MiniLM to ONNX in %s (one time)", encoder_dir)
             export_onnx(encoder_dir)
