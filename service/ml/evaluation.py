@@ -124,6 +124,7 @@ def evaluate_predictions(
         }
     return {
         "n": len(examples),
+        "classes": list(classes),  # the tags the model can answer
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "weighted_f1": weighted_f1(y_true, y_pred),
         "per_class": _per_class(y_true, y_pred, labels),

@@ -37,9 +37,54 @@ def _weighted_f1(candidate: dict[str, Any], production: dict[str, Any]) -> Check
     return _at_least("weighted_f1", candidate["weighted_f1"], prod, prod, "not lower")
 
 
+def _known_tags(production: dict[str, Any]) -> set[str]:
+    """The tags production can answer (a report from before `classes` was kept: all it lists)."""
+    return set(production.get("classes", production["per_class"]))
+
+
+def _new_tag_floor(production: dict[str, Any]) -> float | None:
+    """The precision a tag new to production must reach: that of production's least precise
+    tag (on items that carry it), less the allowed drop. None when nothing was measured."""
+    known = _known_tags(production)
+    measured = [
+        figures["precision"]
+        for tag, figures in production["per_class"].items()
+        if tag in known and figures.get("support") and figures.get("precision") is not None
+    ]
+    return min(measured) - MAX_CLASS_PRECISION_DROP if measured else None
+
+
+def _answers(report: dict[str, Any], tag: str) -> int:
+    """How often the model gave `tag` (its confusion-matrix column): a precision of 0.0 with
+    none is sklearn's zero_division, not a measurement."""
+    labels = report["confusion"]["labels"]
+    return sum(row[labels.index(tag)] for row in report["confusion"]["matrix"])
+
+
+def _new_tag_precision(tag: str, candidate: dict[str, Any], floor: float | None) -> Check:
+    """A tag production cannot answer (newly approved): production's figure for it is 0.0 or
+    nothing, which any candidate would clear, so its answers with the tag went unchecked."""
+    cand = candidate["per_class"].get(tag, {}).get("precision")
+    if cand is None or not _answers(candidate, tag):
+        note = "new tag the candidate never answers here: skipped"
+        return Check(f"precision:{tag}", None, None, None, True, note)
+    if floor is None:
+        note = "new tag; production has no measured precision to compare: skipped"
+        return Check(f"precision:{tag}", cand, None, None, True, note)
+    note = f"new tag: at least production's least precise tag, less {MAX_CLASS_PRECISION_DROP}"
+    return _at_least(f"precision:{tag}", cand, None, floor, note)
+
+
 def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> list[Check]:
-    checks = []
+    known, floor = _known_tags(production), _new_tag_floor(production)
+    checks = [
+        _new_tag_precision(tag, candidate, floor)
+        for tag in sorted(set(production["per_class"]) | set(candidate["per_class"]))
+        if tag not in known
+    ]
     for tag, prod in production["per_class"].items():
+        if tag not in known:
+            continue
         cand = candidate["per_class"].get(tag, {}).get("precision")
         if cand is None and prod.get("support") == 0:
             # Only production answers the tag and no item carries it (a retired tag, whose
