@@ -279,8 +279,9 @@ def _register(
     gate: dict[str, Any],
     reason: str,
 ) -> tuple[int | None, str]:
-    """Record the data snapshot and register the candidate with it; returns (snapshot id,
-    version)."""
+    """Record the data snapshot and register the candidate with it, in one transaction (a
+    snapshot with no version would count as the latest for the automatic trigger); returns
+    (snapshot id, version)."""
     snapshot = snapshots_crud.create_snapshot(
         session,
         base_hash=sets.base_hash,

@@ -20,7 +20,9 @@ import redis
 from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 from typer.testing import CliRunner
 
@@ -453,6 +455,60 @@ def test_worse_candidate_fails_the_gate_and_waits(
     assert current is not None and current.version == production
 
 
+def refuse_new_versions(engine: Engine) -> None:
+    """A trigger that makes the database refuse every new model version row: a retraining
+    then fails where it registers its version, as one whose process died there (kill -9, the
+    OOM killer, the artifacts' disk full) never wrote it."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(
+                text(
+                    "CREATE TRIGGER refuse_version BEFORE INSERT ON modelversion "
+                    "BEGIN SELECT RAISE(ABORT, 'version refused'); END"
+                )
+            )
+            return
+        conn.execute(
+            text(
+                "CREATE FUNCTION refuse_version() RETURNS trigger AS "
+                "$$ BEGIN RAISE EXCEPTION 'version refused'; END $$ LANGUAGE plpgsql"
+            )
+        )
+        conn.execute(
+            text(
+                "CREATE TRIGGER refuse_version BEFORE INSERT ON modelversion "
+                "FOR EACH ROW EXECUTE FUNCTION refuse_version()"
+            )
+        )
+
+
+def test_a_retraining_that_dies_registering_its_version_leaves_no_snapshot(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+    new_items: list[Example],
+    redis_conn: redis.Redis,
+) -> None:
+    """The snapshot was committed before the version: one left by a retraining that died in
+    between counted as the latest, so the 12 labels it had read were not "new" and the next
+    automatic retraining waited for 12 more, though no model had learned them."""
+    settings = make_settings(retrain_after_labels=12)
+    register_promoted(engine, settings, seed_result)
+    add_labels(engine, new_items[:12], share=0.2)
+    refuse_new_versions(engine)
+    with Session(engine) as session, pytest.raises(DBAPIError, match="version refused"):
+        retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+    with Session(engine) as session:
+        assert session.exec(select(DatasetSnapshot)).all() == []
+        assert len(registry.list_versions(session)) == 1
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 12
+        queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+        queued = retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+        assert queued == retraining.AUTO_RETRAIN_JOB_ID
+
+
 @pytest.fixture
 def make_client(
     make_settings: Callable[..., Settings],
@@ -589,6 +645,7 @@ def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
         snapshots_crud.create_snapshot(
             session, base_hash="x", base_rows=1, train_label_ids=[], holdout_label_ids=[]
         )
+        session.commit()
         assert snapshots_crud.labels_since_latest_snapshot(session) == 0
         assert auto(session) is None
     add_labels(engine, new_items[3:6], share=0.2)

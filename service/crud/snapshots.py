@@ -1,7 +1,9 @@
 """Dataset snapshots: which base data and which reviewer labels a retraining used.
 
 A snapshot's `created_at` is when its training sets were read, so labels created later are
-"new" for the automatic-retraining trigger.
+"new" for the automatic-retraining trigger. A snapshot is committed together with the model
+version trained on it, never before: one left by a retraining that died registering its version
+counted as the latest, and the next automatic retraining waited for labels enough again.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ def create_snapshot(
     holdout_label_ids: list[int],
     created_at: datetime | None = None,
 ) -> DatasetSnapshot:
-    """Record a snapshot (committed)."""
+    """Add a snapshot to the session, flushed (it has its id) but not committed: the caller
+    commits it with the version trained on it (`registry.register`), or rolls both back."""
     row = DatasetSnapshot(
         base_hash=base_hash,
         base_rows=base_rows,
@@ -33,8 +36,7 @@ def create_snapshot(
         created_at=created_at or utcnow(),
     )
     session.add(row)
-    session.commit()
-    session.refresh(row)
+    session.flush()
     return row
 
 
