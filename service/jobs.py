@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
@@ -66,9 +66,11 @@ _STATES = {
 }
 
 
-def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
-    """Queue a job whose result is kept a week (GET /jobs/{id}); UnavailableError without
-    Redis."""
+def enqueue_job(
+    queue: Queue, func: str, *args: str, description: str, retry: Retry | None = None
+) -> str:
+    """Queue a job whose result is kept a week (GET /jobs/{id}), run again as `retry` says
+    when it fails; UnavailableError without Redis."""
     try:
         job = queue.enqueue(
             func,
@@ -77,6 +79,7 @@ def enqueue_job(queue: Queue, func: str, *args: str, description: str) -> str:
             result_ttl=RESULT_TTL_S,
             failure_ttl=RESULT_TTL_S,
             description=description,
+            retry=retry,
         )
     except RedisError as exc:
         raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc

@@ -17,9 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from redis.exceptions import RedisError
-from rq import Queue
-from rq.exceptions import DuplicateJobError
+from redis import Redis
+from redis.exceptions import RedisError, WatchError
+from rq import Queue, Retry
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
+from rq.job import Job, JobStatus
 from sqlmodel import Session
 
 from service.config import Settings
@@ -49,11 +51,18 @@ log = logging.getLogger(__name__)
 RETRAIN_JOB = "workers.training_jobs.retrain"
 AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
 RETRAINING_ACTOR = "retraining job"  # who promotes, in the production history
-# The automatic job has a fixed id and RQ refuses a second one while it exists: it exists
-# while queued or running, a few minutes after finishing, and an hour after failing (so a
-# broken setup is retried hourly, not every watch tick).
+# A retraining whose worker was killed (kill -9, the OOM killer, a stop that cut it short) is
+# run again, at most this many times: it is idempotent but for the candidate it registers.
+# One that raises is not (workers.training_jobs): its data or setup would fail it again.
+RETRAIN_RETRIES = 2
+# The automatic job has a fixed id and RQ refuses a second one while it exists: never a second
+# while one is queued, running or waiting for its retry. Once it has ended, the first label
+# after its end frees the id for the next (`_release_ended_auto_job`); without new labels it
+# is kept a few minutes after finishing and an hour after failing (so a broken setup is
+# retried hourly, not every watch tick).
 AUTO_RESULT_TTL_S = 300
 AUTO_FAILURE_TTL_S = 3600
+_ENDED = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
 
 
 @dataclass
@@ -376,24 +385,60 @@ def retrain(
 
 
 def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
-    """Queue a retraining."""
-    return enqueue_job(queue, RETRAIN_JOB, reason, description=f"retrain ({reason})")
+    """Queue a retraining (run again if its worker is killed)."""
+    return enqueue_job(
+        queue,
+        RETRAIN_JOB,
+        reason,
+        description=f"retrain ({reason})",
+        retry=Retry(max=RETRAIN_RETRIES),
+    )
+
+
+def _ended_at(job: Job) -> datetime | None:
+    """When `job` ended: its latest result's time (a failure recorded by maintenance, for a
+    killed worker, has no end time of its own)."""
+    result = job.latest_result()
+    return result.created_at if result is not None else job.ended_at or job.enqueued_at
+
+
+def _release_ended_auto_job(session: Session, *, connection: Redis) -> None:
+    """Delete the last automatic retraining once it has ended and a label has come since, so
+    that its id takes the next one: RQ keeps an ended job, and so its id, for its result's or
+    failure's TTL, and a failed one blocked automatic retraining for an hour. Watched: of API
+    processes releasing it at once, one deletes it and the others find it changed."""
+    try:
+        with connection.pipeline() as pipe:
+            pipe.watch(Job.key_for(AUTO_RETRAIN_JOB_ID))
+            job = Job.fetch(AUTO_RETRAIN_JOB_ID, connection=connection)
+            if job.get_status() not in _ENDED:
+                return
+            if not snapshots_crud.labels_since(session, since=_ended_at(job)):
+                return
+            pipe.multi()
+            job.delete(pipeline=pipe)
+            pipe.execute()
+    except (NoSuchJobError, InvalidJobOperation, WatchError):  # gone or changed meanwhile
+        return
 
 
 def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Queue) -> str | None:
     """Queue one automatic retraining once `retrain_after_labels` new labels exist since the
-    latest snapshot; never a second while one is queued or running. Returns the job id."""
+    latest snapshot; never a second while one is queued or running, and after one has ended
+    (failed included), not before a label has come since. Returns the job id."""
     if settings.retrain_after_labels <= 0:
         return None
     new_labels = snapshots_crud.labels_since_latest_snapshot(session)
     if new_labels < settings.retrain_after_labels:
         return None
     try:
+        _release_ended_auto_job(session, connection=queue.connection)
         queue.enqueue(
             RETRAIN_JOB,
             "auto",
             job_id=AUTO_RETRAIN_JOB_ID,
             unique=True,
+            retry=Retry(max=RETRAIN_RETRIES),
             job_timeout=JOB_TIMEOUT_S,
             result_ttl=AUTO_RESULT_TTL_S,
             failure_ttl=AUTO_FAILURE_TTL_S,

@@ -8,6 +8,7 @@ seed trained with a third of its tags wrong), so a retrained candidate is predic
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -15,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import redis
 from fastapi.testclient import TestClient
 from rq import Queue
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
@@ -45,8 +48,9 @@ from service.ml.training import TrainResult, train
 from service.outbox import TRAINING_QUEUE
 from service.tags import Tag, TagSet
 from tests.conftest import KEYS, auth, register_promoted
+from tests.test_worker import start_worker
 from workers.context import JobContext, use_context
-from workers.worker import Worker
+from workers.worker import CLAIM_TTL_S, Worker
 
 ITEM = {"title": "Serving models with Kubernetes", "description": "Deploy and monitor models."}
 
@@ -652,6 +656,116 @@ def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
     with Session(engine) as session:
         assert snapshots_crud.labels_since_latest_snapshot(session) == 3
         assert auto(session) == retraining.AUTO_RETRAIN_JOB_ID
+
+
+def test_a_retraining_whose_worker_is_killed_runs_again(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    new_items: list[Example],
+    test_redis_url: str,
+    redis_conn: redis.Redis,
+) -> None:
+    """A worker killed in the middle of a retraining (kill -9, the OOM killer): maintenance
+    failed the job for good once its claim lapsed, and its fixed id then kept the automatic
+    retraining from being queued again for an hour. It is now run again by the next worker."""
+    settings = make_settings(retrain_after_labels=3)  # the data dir of `cli_env`
+    settings.data_dir.mkdir()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    add_labels(engine, new_items[:3], share=0.2)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        job_id = retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+    assert job_id is not None
+    job = Job.fetch(job_id, connection=redis_conn)
+    worker = start_worker(cli_env, redis_url=test_redis_url)
+    forked: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while job.get_status(refresh=True) != JobStatus.STARTED:
+            assert time.monotonic() < deadline and worker.poll() is None, "the job never started"
+            time.sleep(0.05)
+        forked = psutil.Process(worker.pid).children()
+    finally:
+        worker.kill()
+        worker.communicate(timeout=30)
+    for left in psutil.wait_procs(forked, timeout=10)[1]:  # the scheduler dies with it
+        left.kill()
+    # What the next worker's maintenance does once the killed worker's claim has lapsed.
+    StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + CLAIM_TTL_S + 1)
+    assert job.get_status(refresh=True) == JobStatus.QUEUED
+    job.refresh()
+    assert job.retries_left == retraining.RETRAIN_RETRIES - 1
+    use_context(JobContext(settings))
+    try:
+        Worker([queue], connection=redis_conn).work(burst=True)
+    finally:
+        use_context(None)
+    assert job.get_status(refresh=True) == JobStatus.FINISHED
+    result = job.return_value()
+    assert result is not None and result["reason"] == "auto"
+    with Session(engine) as session:
+        assert len(registry.list_versions(session)) == 2  # the killed run registered none
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+    engine.dispose()
+
+
+def test_a_failed_retraining_is_not_run_again_and_the_next_label_queues_another(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    new_items: list[Example],
+    tmp_path: Path,
+    redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A retraining that raises (here, its base file is missing) would fail every run again:
+    it fails once, and the same labels do not queue it again at every watch tick. The next
+    label does: a failed automatic retraining no longer holds its job id for an hour."""
+    settings = make_settings(
+        database_url=str(sqlite_engine.url),
+        base_dataset=tmp_path / "missing.csv",
+        retrain_after_labels=3,
+    )
+    register_promoted(sqlite_engine, settings, seed_result)
+    add_labels(sqlite_engine, new_items[:3], share=0.2)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+
+    def auto() -> str | None:
+        with Session(sqlite_engine) as session:
+            return retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+
+    def work() -> int:
+        """Run the queue as a worker does; returns how many retrainings it started."""
+        caplog.clear()
+        use_context(JobContext(settings))
+        try:
+            Worker([queue], connection=redis_conn).work(burst=True)
+        finally:
+            use_context(None)
+        return sum("retraining" in r.message and "started" in r.message for r in caplog.records)
+
+    caplog.set_level(logging.INFO, logger="workers.training_jobs")
+
+    manual = Job.fetch(retraining.enqueue_retrain(queue), connection=redis_conn)
+    assert manual.retries_left == retraining.RETRAIN_RETRIES  # for a killed worker
+    assert auto() == retraining.AUTO_RETRAIN_JOB_ID
+    assert work() == 2, "a retraining that raised was run again"
+    assert manual.get_status(refresh=True) == JobStatus.FAILED
+    failed = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    assert failed.get_status() == JobStatus.FAILED
+    assert "missing.csv: no such file" in (failed.latest_result().exc_string or "")
+    assert auto() is None and queue.count == 0  # no new label: not queued again
+    add_labels(sqlite_engine, new_items[3:4], share=0.2)
+    assert auto() == retraining.AUTO_RETRAIN_JOB_ID
+    assert queue.job_ids == [retraining.AUTO_RETRAIN_JOB_ID]
+    assert FailedJobRegistry(queue=queue).get_job_ids() == [manual.id]  # the old one is gone
+    queued = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    assert queued.get_status() == JobStatus.QUEUED
+    assert queued.retries_left == retraining.RETRAIN_RETRIES
+    assert auto() is None and queue.count == 1  # never a second while one is queued
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:

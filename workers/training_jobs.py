@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from rq import get_current_job
 
 from service import comparison, retraining
 from service.db import session_scope
@@ -12,15 +16,31 @@ from workers.context import get_context
 log = logging.getLogger(__name__)
 
 
+@contextmanager
+def _final_on_error() -> Iterator[None]:
+    """An error the job raises fails it for good: its retries (RETRAIN_RETRIES) are for a
+    worker killed under it, while bad data, a missing base file or a timeout would fail every
+    run again. RQ reads the retries left from this very job object once the error is out."""
+    try:
+        yield
+    except Exception:
+        job = get_current_job()
+        if job is not None:
+            job.retries_left = 0
+        raise
+
+
 def retrain(reason: str = "manual") -> dict[str, Any]:
     """Retrain on the base dataset plus current labels, behind the quality gate (see
-    `service.retraining.retrain`). Raises on failure, so RQ records the job as failed."""
-    ctx = get_context()
+    `service.retraining.retrain`). Raises on failure, so RQ records the job as failed (and
+    does not run it again)."""
     log.info("retraining (%s) started", reason)
-    with session_scope(ctx.engine) as session:
-        return retraining.retrain(
-            session, settings=ctx.settings, tags=ctx.tags, encoder=ctx.encoder, reason=reason
-        )
+    with _final_on_error():
+        ctx = get_context()
+        with session_scope(ctx.engine) as session:
+            return retraining.retrain(
+                session, settings=ctx.settings, tags=ctx.tags, encoder=ctx.encoder, reason=reason
+            )
 
 
 def compare(a: str, b: str) -> dict[str, Any]:

@@ -56,10 +56,15 @@ def latest_snapshot(session: Session) -> DatasetSnapshot | None:
     ).first()
 
 
+def labels_since(session: Session, *, since: datetime | None) -> int:
+    """Current (not superseded) labels created after `since`; all with None."""
+    query = select(func.count()).select_from(Label).where(col(Label.superseded_by).is_(None))
+    if since is not None:
+        query = query.where(col(Label.created_at) > as_utc(since))
+    return session.exec(query).one()
+
+
 def labels_since_latest_snapshot(session: Session) -> int:
     """Current (not superseded) labels created after the latest snapshot; all if none."""
-    query = select(func.count()).select_from(Label).where(col(Label.superseded_by).is_(None))
     latest = latest_snapshot(session)
-    if latest is not None:
-        query = query.where(col(Label.created_at) > as_utc(latest.created_at))
-    return session.exec(query).one()
+    return labels_since(session, since=latest.created_at if latest is not None else None)
