@@ -56,10 +56,12 @@ RETRAINING_ACTOR = "retraining job"  # who promotes, in the production history
 # One that raises is not (workers.training_jobs): its data or setup would fail it again.
 RETRAIN_RETRIES = 2
 # The automatic job has a fixed id and RQ refuses a second one while it exists: never a second
-# while one is queued, running or waiting for its retry. Once it has ended, the first label
-# after its end frees the id for the next (`_release_ended_auto_job`); without new labels it
-# is kept a few minutes after finishing and an hour after failing (so a broken setup is
-# retried hourly, not every watch tick).
+# while one is queued, running or waiting for its retry. Once it has ended, labels after its
+# end free the id for the next (`_release_ended_auto_job`): the first label after a finished
+# one, `retrain_after_labels` of them after a failed one (a failure late in a run, such as a
+# full disk, would otherwise cost a whole retraining per label); else the id is kept a few
+# minutes after finishing and an hour after failing (a broken setup is retried hourly, not at
+# every watch tick).
 AUTO_RESULT_TTL_S = 300
 AUTO_FAILURE_TTL_S = 3600
 _ENDED = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
@@ -402,18 +404,21 @@ def _ended_at(job: Job) -> datetime | None:
     return result.created_at if result is not None else job.ended_at or job.enqueued_at
 
 
-def _release_ended_auto_job(session: Session, *, connection: Redis) -> None:
-    """Delete the last automatic retraining once it has ended and a label has come since, so
-    that its id takes the next one: RQ keeps an ended job, and so its id, for its result's or
-    failure's TTL, and a failed one blocked automatic retraining for an hour. Watched: of API
-    processes releasing it at once, one deletes it and the others find it changed."""
+def _release_ended_auto_job(session: Session, *, connection: Redis, after_failure: int) -> None:
+    """Delete the last automatic retraining once it has ended and labels have come since (one
+    after a finished job, `after_failure` after a failed one), so that its id takes the next
+    one: RQ keeps an ended job, and so its id, for its result's or failure's TTL, and a failed
+    one blocked automatic retraining for an hour. Watched: of API processes releasing it at
+    once, one deletes it and the others find it changed."""
     try:
         with connection.pipeline() as pipe:
             pipe.watch(Job.key_for(AUTO_RETRAIN_JOB_ID))
             job = Job.fetch(AUTO_RETRAIN_JOB_ID, connection=connection)
-            if job.get_status() not in _ENDED:
+            status = job.get_status()
+            if status not in _ENDED:
                 return
-            if not snapshots_crud.labels_since(session, since=_ended_at(job)):
+            needed = 1 if status == JobStatus.FINISHED else after_failure
+            if snapshots_crud.labels_since(session, since=_ended_at(job)) < needed:
                 return
             pipe.multi()
             job.delete(pipeline=pipe)
@@ -424,15 +429,18 @@ def _release_ended_auto_job(session: Session, *, connection: Redis) -> None:
 
 def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Queue) -> str | None:
     """Queue one automatic retraining once `retrain_after_labels` new labels exist since the
-    latest snapshot; never a second while one is queued or running, and after one has ended
-    (failed included), not before a label has come since. Returns the job id."""
+    latest snapshot; never a second while one is queued or running, and after one has ended,
+    not before a label has come since (`retrain_after_labels` after a failed one). Returns the
+    job id."""
     if settings.retrain_after_labels <= 0:
         return None
     new_labels = snapshots_crud.labels_since_latest_snapshot(session)
     if new_labels < settings.retrain_after_labels:
         return None
     try:
-        _release_ended_auto_job(session, connection=queue.connection)
+        _release_ended_auto_job(
+            session, connection=queue.connection, after_failure=settings.retrain_after_labels
+        )
         queue.enqueue(
             RETRAIN_JOB,
             "auto",

@@ -712,7 +712,7 @@ def test_a_retraining_whose_worker_is_killed_runs_again(
     engine.dispose()
 
 
-def test_a_failed_retraining_is_not_run_again_and_the_next_label_queues_another(
+def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     make_settings: Callable[..., Settings],
     sqlite_engine: Engine,
     seed_result: TrainResult,
@@ -722,8 +722,9 @@ def test_a_failed_retraining_is_not_run_again_and_the_next_label_queues_another(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A retraining that raises (here, its base file is missing) would fail every run again:
-    it fails once, and the same labels do not queue it again at every watch tick. The next
-    label does: a failed automatic retraining no longer holds its job id for an hour."""
+    it fails once, and the same labels do not queue it again at every watch tick. New labels
+    do, as many as start a retraining: a failed automatic retraining no longer holds its job
+    id for an hour."""
     settings = make_settings(
         database_url=str(sqlite_engine.url),
         base_dataset=tmp_path / "missing.csv",
@@ -758,7 +759,11 @@ def test_a_failed_retraining_is_not_run_again_and_the_next_label_queues_another(
     assert failed.get_status() == JobStatus.FAILED
     assert "missing.csv: no such file" in (failed.latest_result().exc_string or "")
     assert auto() is None and queue.count == 0  # no new label: not queued again
-    add_labels(sqlite_engine, new_items[3:4], share=0.2)
+    # After a failure, as many labels as start a retraining (a failure late in a run, a full
+    # disk, would otherwise cost a whole retraining per label).
+    add_labels(sqlite_engine, new_items[3:5], share=0.2)
+    assert auto() is None and queue.count == 0
+    add_labels(sqlite_engine, new_items[5:6], share=0.2)
     assert auto() == retraining.AUTO_RETRAIN_JOB_ID
     assert queue.job_ids == [retraining.AUTO_RETRAIN_JOB_ID]
     assert FailedJobRegistry(queue=queue).get_job_ids() == [manual.id]  # the old one is gone
