@@ -10,6 +10,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
+from service.api.lifecycle import sync_production
 from service.api.main import create_app
 from service.config import Settings
 from service.db import init_db, make_engine
@@ -17,7 +18,7 @@ from service.entities import ModelStatus
 from service.ml import registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, register_promoted, sqlite_app
 
 ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
 
@@ -327,3 +328,40 @@ def test_a_refused_production_version_is_named_in_predicts_503(
         f"artifact of {version} is missing at {folder}/{registry.MODEL_FILE}"
     ]
     assert served.status_code == 200 and served.json()["model_version"] == version
+
+
+def test_a_refusal_ends_once_production_is_rolled_back_to_the_served_version(
+    make_settings: Callable[..., Settings], tmp_path: Path, seed_result: TrainResult
+) -> None:
+    """v0002 was promoted, and this API refused its artifact (corrupt here) and served v0001
+    on; production was rolled back to v0001. /readyz and tagflow_model_errors went on naming
+    v0002's refusal until some other swap: the alert on it did not resolve."""
+    with sqlite_app(make_settings, tmp_path, seed_result, watch_interval_s=3600) as client:
+        state = client.app.state.tagflow
+        candidate = _register(client, seed_result)
+        with Session(state.engine) as session:
+            registry.promote(
+                session,
+                actor="test",
+                version=candidate,
+                tags=state.tags,
+                artifacts_dir=state.settings.artifacts_dir,
+            )
+            row = registry.get_version(session, version=candidate)
+            model_file = state.settings.artifacts_dir / row.artifact_path / registry.MODEL_FILE
+        model_file.write_bytes(b"corrupt after promotion")  # as this host's copy is
+        sync_production(state)  # the watch loop's step, at once
+        refused = client.get("/readyz").json()
+        assert refused["model_version"] == "v0001"
+        assert any(candidate in e and "checksum" in e for e in refused["model_errors"])
+        assert "tagflow_model_errors 1.0" in _metrics(client)
+        back = client.post(f"/models/rollback?from={candidate}", headers=auth("admin"))
+        assert back.status_code == 200 and back.json()["version"] == "v0001"
+        ready = client.get("/readyz")
+        predicted = client.post("/predict", json=ITEM, headers=auth("client"))
+        metrics = _metrics(client)
+    assert ready.status_code == 200
+    assert ready.json()["model_version"] == "v0001" and ready.json()["model_errors"] == []
+    assert "tagflow_model_errors 0.0" in metrics
+    assert "tagflow_model_refusals_total 1.0" in metrics  # the history since start stays
+    assert predicted.json()["model_version"] == "v0001"

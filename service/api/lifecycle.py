@@ -71,14 +71,25 @@ def _serve(state: AppState, row: ModelVersion) -> None:
                 state.model_refusals += 1
                 log.error("%s; still serving %s", message, current.version if current else None)
         else:
-            state.predictor.refused(None)
-            if state.model_errors:
-                log.info("%s serves: the earlier refusal is resolved", row.version)
-                state.model_errors.clear()
+            _resolve_refusals(state, row)
             _enqueue_reprioritize(state, row)
-    elif current.accept_at != threshold:
+        return
+    # Production is the version served: a refusal of another version (one promoted, refused
+    # here, then rolled back from) is over, though no swap happened.
+    _resolve_refusals(state, row)
+    if current.accept_at != threshold:
         # Recalibrated: the same artifact, served with a new cut.
         state.predictor.swap(replace(current, threshold=threshold))
+
+
+def _resolve_refusals(state: AppState, row: ModelVersion) -> None:
+    """Production `row` serves: forget why production was not served (/readyz,
+    tagflow_model_errors); the log keeps each refusal, and tagflow_model_refusals_total counts
+    them."""
+    state.predictor.refused(None)
+    if state.model_errors:
+        log.info("%s serves: the earlier refusal is resolved", row.version)
+        state.model_errors.clear()
 
 
 def _enqueue_reprioritize(state: AppState, row: ModelVersion) -> None:
