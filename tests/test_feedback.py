@@ -393,6 +393,46 @@ def test_a_key_over_its_quota_of_reports_a_minute_gets_429_and_other_keys_do_not
     assert any("quota not checked" in r.getMessage() for r in caplog.records)
 
 
+def test_repeats_of_a_recorded_report_use_no_quota_and_unknown_predictions_do(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    """A report sent again (its answer was lost) is answered as the first one was, and used up
+    the key's quota as if it were new review work: five retries of one report left a quota of
+    3 spent, and later a retry was a 429 rather than its 200. A report of an unknown
+    prediction still counts: it is not review work, but each may wait for another API
+    process's log to be written, and an unbounded stream of them probes for ids."""
+    client = make_client(feedback_per_key_per_minute=3)
+    pid = predict(client)["prediction_id"]
+    _away_from_a_minute_boundary()
+    first = report(client, prediction_id=pid, correct_tag="mlops", reporter="user-0")
+    repeats = [
+        report(client, prediction_id=pid, correct_tag="mlops", reporter="user-0") for _ in range(5)
+    ]
+    changed = report(client, prediction_id=pid, correct_tag="other", reporter="user-0")
+    new = [
+        report(client, prediction_id=pid, correct_tag="mlops", reporter=f"user-{n}")
+        for n in range(1, 4)
+    ]
+    repeat_past_quota = report(client, prediction_id=pid, correct_tag="mlops", reporter="user-0")
+    assert first.status_code == 201
+    assert [r.status_code for r in repeats] == [200] * 5
+    assert {r.json()["feedback_id"] for r in repeats} == {first.json()["feedback_id"]}
+    assert changed.status_code == 409
+    assert [r.status_code for r in new] == [201, 201, 429]
+    assert repeat_past_quota.status_code == 200
+    assert repeat_past_quota.json()["feedback_id"] == first.json()["feedback_id"]
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 3
+    unknown = "0" * 32  # made at the epoch: not waited for
+    probes = [
+        report(client, "reviewer", prediction_id=unknown, correct_tag="mlops", reporter=f"p{n}")
+        for n in range(3)
+    ]
+    assert [r.status_code for r in probes] == [404] * 3
+    after = report(client, "reviewer", prediction_id=pid, correct_tag="mlops", reporter="r")
+    assert after.status_code == 429
+
+
 def test_with_no_quota_reports_are_not_counted(
     make_client: Callable[..., TestClient], redis_conn: redis.Redis
 ) -> None:

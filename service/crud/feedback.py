@@ -50,6 +50,17 @@ def find_feedback(session: Session, *, prediction_id: str, reporter: str) -> Fee
     ).first()
 
 
+def recorded_report(session: Session, *, body: FeedbackCreate, tags: TagSet) -> Feedback | None:
+    """The report `body` repeats (a retry whose answer was lost), None for a new one; a tag
+    not approved is an InvalidInputError, and a report that contradicts the recorded one a
+    ConflictError. Needs no prediction: a repeat is answered before the key's quota is taken."""
+    if body.correct_tag not in tags:
+        raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
+    reporter = (body.reporter or "").strip()
+    existing = find_feedback(session, prediction_id=body.prediction_id, reporter=reporter)
+    return None if existing is None else _repeated(existing, body=body)
+
+
 def _trust(session: Session, *, feedback: Feedback, prediction: Prediction, share: float) -> None:
     """Turn a trusted report into the content's current label (flushes, does not commit)."""
     label = labels_crud.append_label(
@@ -84,12 +95,10 @@ def create_feedback(
     feedback row and its outbox row (or, when trusted, its label) are committed in one
     transaction.
     """
-    if body.correct_tag not in tags:
-        raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
-    reporter = (body.reporter or "").strip()
-    existing = find_feedback(session, prediction_id=prediction.id, reporter=reporter)
+    existing = recorded_report(session, body=body, tags=tags)
     if existing is not None:
-        return _repeated(existing, body=body), False
+        return existing, False
+    reporter = (body.reporter or "").strip()
     feedback = Feedback(
         prediction_id=prediction.id,
         reporter=reporter,

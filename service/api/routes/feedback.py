@@ -113,10 +113,21 @@ async def post_feedback(
     with another `correct_tag` or another comment, 409 (a report is not changed; anonymous
     reports of a prediction count as one reporter's).
     Unknown prediction: 404; tag not approved: 422; over the key's quota of reports a
-    minute (TAGFLOW_FEEDBACK_PER_KEY_PER_MINUTE): 429 with Retry-After. The report waits for
+    minute (TAGFLOW_FEEDBACK_PER_KEY_PER_MINUTE): 429 with Retry-After; a repeat (200) uses
+    none of the quota, a report of an unknown prediction (404) does. The report waits for
     a reviewer (`received`, then `in_review`) unless feedback is trusted, when it becomes a
     label at once (`confirmed`) if the content has none.
     """
+    recorded = await asyncio.to_thread(
+        feedback_crud.recorded_report, session, body=body, tags=state.tags
+    )
+    if recorded is not None:
+        # A repeat adds no review work: answered as the first report was, whatever the quota.
+        assert recorded.id is not None
+        response.status_code = status.HTTP_200_OK
+        return FeedbackReceipt(feedback_id=recorded.id, status=recorded.status)
+    # A report of an unknown prediction is counted too (404 after the count): it may wait for
+    # another API process's log, and unbounded ones would probe for prediction ids.
     await _within_quota(state, refusals, caller=caller, key_id=key_id)
     prediction = await find_prediction(state, session, body.prediction_id)
     feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
