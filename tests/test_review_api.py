@@ -252,6 +252,56 @@ def test_concurrent_claims_over_http(client: TestClient) -> None:
     assert (stats["open"], stats["leased"]) == (5, 20)
 
 
+def test_one_reviewers_claims_at_once_lease_one_task(client: TestClient) -> None:
+    """Claims sent at once by one reviewer (two tabs opening, a retry racing the first) each
+    found no lease of theirs and leased a task each: ann or bob held 2-6 of them, and all but
+    the one their tabs showed were stranded until their next claims handed them back one by
+    one. A reviewer's claims now take turns: every copy is answered with the same task, and
+    another reviewer claiming at the same moment is not held up by them nor handed theirs.
+    Three rounds, each given back before the next, as the race need not show in every one."""
+    engine = state_of(client).engine
+    add_tasks(engine, 20)
+    for _ in range(3):
+        handed = _claims_at_once(client, ["ann"] * 8 + ["bob"] * 8)
+        assert {status for status, _ in handed["ann"] + handed["bob"]} == {200}
+        ann = {task_id for _, task_id in handed["ann"]}
+        bob = {task_id for _, task_id in handed["bob"]}
+        assert len(ann) == 1 and len(bob) == 1 and ann != bob
+        with Session(engine) as session:
+            leased = {
+                task.id: task.leased_by
+                for task in session.exec(select(ReviewTask))
+                if task.status == ReviewStatus.LEASED
+            }
+        assert leased == {ann.pop(): "ann", bob.pop(): "bob"}
+        for reviewer in ("ann", "bob"):
+            given_back = client.post(
+                "/review/release", json=body(reviewer), headers=auth("reviewer")
+            )
+            assert given_back.status_code == 200
+
+
+def _claims_at_once(client: TestClient, reviewers: list[str]) -> dict[str, list[Any]]:
+    """POST /review/claim for each of `reviewers` from a thread each, all released at once;
+    each reviewer's (status, task id) answers."""
+    barrier = threading.Barrier(len(reviewers))
+    handed: dict[str, list[Any]] = {reviewer: [] for reviewer in reviewers}
+    lock = threading.Lock()
+
+    def claim(reviewer: str) -> None:
+        barrier.wait()
+        response = client.post("/review/claim", json=body(reviewer), headers=auth("reviewer"))
+        with lock:
+            handed[reviewer].append((response.status_code, response.json()["task_id"]))
+
+    threads = [threading.Thread(target=claim, args=(r,)) for r in reviewers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return handed
+
+
 def test_relabel_through_undo_keeps_history(
     client: TestClient, tags: TagSet, tmp_path: Path
 ) -> None:

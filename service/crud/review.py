@@ -6,7 +6,9 @@ Concurrency is settled by the database, the same way on SQLite and PostgreSQL:
 - one open task per content: the unique `open_key` (NULL once labelled);
 - one reviewer per task: claim picks a candidate with `SELECT ... FOR UPDATE SKIP LOCKED`
   (PostgreSQL; SQLite has no row locks and ignores it) and takes it with a conditional
-  `UPDATE ... WHERE status = 'open'`, trying the next candidate when another claim won.
+  `UPDATE ... WHERE status = 'open'`, trying the next candidate when another claim won;
+- one task per claiming reviewer: a reviewer's claims take turns (`_lock_reviewer`), so
+  claims sent at once (two tabs, a retry) all resume the lease the first one took.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Collection
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, update
+from sqlalchemy import ColumnElement, false, func, or_, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -35,6 +37,8 @@ from service.tags import TagSet
 log = logging.getLogger(__name__)
 
 CLAIM_ATTEMPTS = 50
+# PostgreSQL's advisory locks in their two-key form: this class, and a hash of the reviewer.
+_CLAIM_LOCK_CLASS = 0x74666C63
 
 
 def get_task(session: Session, *, task_id: int) -> ReviewTask:
@@ -107,6 +111,7 @@ def claim(session: Session, *, reviewer: str, lease_s: int) -> ReviewTask | None
     open task to them. None when nothing is open."""
     now = utcnow()
     _expire_leases(session, now=now)
+    _lock_reviewer(session, reviewer=reviewer)
     if (held := _resume(session, reviewer=reviewer, now=now, lease_s=lease_s)) is not None:
         return held
     for _ in range(CLAIM_ATTEMPTS):
@@ -130,6 +135,27 @@ def claim(session: Session, *, reviewer: str, lease_s: int) -> ReviewTask | None
             return get_task(session, task_id=task_id)
     session.rollback()
     raise ConflictError("the queue is too contended right now; try again")
+
+
+def _lock_reviewer(session: Session, *, reviewer: str) -> None:
+    """Take `reviewer`'s claim lock for the rest of the session's transaction, so that their
+    claims take turns: each reads the lease the one before took, and resumes it, instead of
+    finding none and leasing another task (claims sent at once held up to one task each).
+    PostgreSQL: an advisory lock per reviewer, so other reviewers' claims go on; SQLite: the
+    database's write lock, which a claim takes anyway to lease a task. The transaction's
+    commit or rollback releases it."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:reviewer))"),
+            {"cls": _CLAIM_LOCK_CLASS, "reviewer": reviewer},
+        )
+    else:
+        # A transaction's first write takes the write lock, and what it reads after that is
+        # the latest commit. This write changes no row.
+        session.execute(
+            update(ReviewTask).where(false()).values(leased_by=None),
+            execution_options={"synchronize_session": False},
+        )
 
 
 def _resume(session: Session, *, reviewer: str, now: datetime, lease_s: int) -> ReviewTask | None:
