@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
@@ -97,6 +97,25 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 
 # PostgreSQL's SQLSTATE for a table that does not exist (SQLite says so as an OperationalError).
 UNDEFINED_TABLE = "42P01"
+# PostgreSQL's SQLSTATE for a lock not granted within lock_timeout.
+LOCK_NOT_AVAILABLE = "55P03"
+
+
+def bound_lock_waits(session: Session, *, seconds: float) -> None:
+    """Let each lock the session's transaction waits for take `seconds` at most, until the
+    transaction ends (PostgreSQL's `SET LOCAL lock_timeout`), after which the statement fails
+    with LOCK_NOT_AVAILABLE, an outage; by default PostgreSQL waits as long as the lock is
+    held. SQLite waits its busy timeout (30 s) and needs nothing."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT set_config('lock_timeout', :timeout, true)"),
+            {"timeout": f"{max(1, round(seconds * 1000))}ms"},
+        )
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether a statement failed because a lock was not granted within lock_timeout."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
 # SQLite's result codes for a file that is locked, read-only, or cannot be opened, read or

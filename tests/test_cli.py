@@ -272,6 +272,10 @@ def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
         (["db", "prune", "--older-than-days", "1000000", "--dry-run"], "--older-than-days"),
         (["db", "prune", "--older-than-days", "nan"], "nan is not a number of days from 1 to"),
         (["db", "prune", "--older-than-days", "0.5"], "0.5 is not a number of days from 1 to"),
+        (
+            ["db", "prune", "--older-than-days", "1", "--lock-timeout", "0"],
+            "0.0 is not a number of seconds from",
+        ),
         # A cut out of range is a usage error, as typer's own are (it used to exit 1).
         (["models", "threshold", "v0001", "1.5"], "threshold 1.5 is outside (0, 1.01]"),
         (["models", "threshold", "v0001", "0"], "threshold 0.0 is outside (0, 1.01]"),
@@ -493,10 +497,11 @@ def test_a_database_unavailable_mid_command_is_one_line(
 def test_a_database_unavailable_during_db_prune_is_exit_2(
     cli_env: dict[str, str], database_url: str, dry_run: list[str]
 ) -> None:
-    """`tagflow db` commands caught a database outage once the command ran (here a lock held
-    past PostgreSQL's lock_timeout) as "database error on ...", exit 1: a refusal, where the
-    README and every other command say an unavailable database is exit 2, worth a retry."""
-    url = make_url(database_url).update_query_dict({"options": "-c lock_timeout=200"})
+    """`tagflow db` commands caught a database outage once the command ran (here a statement
+    cancelled by PostgreSQL's statement_timeout while it waited for a held lock) as "database
+    error on ...", exit 1: a refusal, where the README and every other command say an
+    unavailable database is exit 2, worth a retry."""
+    url = make_url(database_url).update_query_dict({"options": "-c statement_timeout=200"})
     env = {**cli_env, "TAGFLOW_DATABASE_URL": url.render_as_string(hide_password=False)}
     holder = make_engine(database_url)
     try:
@@ -508,10 +513,48 @@ def test_a_database_unavailable_during_db_prune_is_exit_2(
     finally:
         holder.dispose()
     assert result.exit_code == 2, result.output
-    assert "the database is unavailable: canceling statement due to lock timeout" in _said(
+    assert "the database is unavailable: canceling statement due to statement timeout" in _said(
         result.stderr
     )
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    ("options", "waits_s"), [([], 10), (["--dry-run", "--lock-timeout", "1"], 1)]
+)
+def test_db_prune_waits_for_a_held_lock_a_bounded_time(
+    cli_env: dict[str, str], database_url: str, options: list[str], waits_s: float
+) -> None:
+    """`tagflow db prune` behind a lock another transaction held (a migration, a stuck job)
+    waited for as long as it was held: from cron, a prune that never ended and was never
+    reported. It waits 10 s for a lock (`--lock-timeout`), then says so in one line, exit 2
+    as for a database that is unavailable: worth a retry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= {**cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_DATABASE_URL": database_url}
+    holder = make_engine(database_url)
+    try:
+        with holder.connect() as conn:
+            conn.execute(text("LOCK TABLE prediction IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            result = subprocess.run(
+                [sys.executable, "-m", "service.cli", "db", "prune", "--older-than-days", "1"]
+                + options,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=waits_s + 30,
+            )
+            took = time.monotonic() - started
+    finally:
+        holder.dispose()
+    assert result.returncode == 2, result.stderr
+    assert _said(result.stderr) == (
+        "the database is unavailable: a lock another transaction holds on the predictions was "
+        f"not released within {waits_s:g} s (--lock-timeout); try again"
+    )
+    assert waits_s <= took < waits_s + 30
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from service.cli.common import (
     shown_url,
 )
 from service.config import Settings
-from service.db import init_db, is_outage
+from service.db import init_db, is_lock_timeout, is_outage
 
 db_app = typer.Typer(
     help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
@@ -95,6 +95,18 @@ def _days(value: float) -> float:
     return value
 
 
+# How long `db prune` waits for a lock by default: a migration or a long transaction holding
+# the prediction table stops a cron prune with exit 2 instead of holding it for good.
+PRUNE_LOCK_TIMEOUT_S = 10.0
+
+
+def _lock_seconds(value: float) -> float:
+    """A number of seconds from 0.1 to 3600."""
+    if not (math.isfinite(value) and 0.1 <= value <= 3600):
+        raise typer.BadParameter(f"{value} is not a number of seconds from 0.1 to 3600")
+    return value
+
+
 @db_app.command("prune")
 def db_prune(
     older_than_days: Annotated[
@@ -102,11 +114,20 @@ def db_prune(
         typer.Option(callback=_days, help="Delete logged predictions older than this (1 to 36500)"),
     ],
     dry_run: Annotated[bool, typer.Option(help="Only count what would go")] = False,
+    lock_timeout: Annotated[
+        float,
+        typer.Option(
+            callback=_lock_seconds,
+            help="Seconds to wait for a lock another transaction holds (PostgreSQL), 0.1 to 3600",
+        ),
+    ] = PRUNE_LOCK_TIMEOUT_S,
 ) -> None:
     """Delete logged predictions older than N days, with their shadow scores.
 
     Predictions a user report points at are kept. Run it from cron: the log grows with traffic.
+    A lock held past --lock-timeout (a migration, a stuck transaction) stops it, exit 2.
     """
+    from sqlalchemy.exc import OperationalError
     from sqlmodel import Session
 
     from service.crud.predictions import prune_predictions
@@ -116,7 +137,21 @@ def db_prune(
         init_db(engine)
         before = utcnow() - timedelta(days=older_than_days)
         with Session(engine) as session:
-            gone = prune_predictions(session, before=before, dry_run=dry_run)
+            try:
+                gone = prune_predictions(
+                    session, before=before, dry_run=dry_run, lock_timeout_s=lock_timeout
+                )
+            except OperationalError as exc:
+                if not is_lock_timeout(exc):
+                    raise
+                # PostgreSQL's own words ("canceling statement due to lock timeout") do not
+                # say whose lock, nor how long was waited.
+                print_error(
+                    "the database is unavailable:",
+                    "a lock another transaction holds on the predictions was not released "
+                    f"within {lock_timeout:g} s (--lock-timeout); try again",
+                )
+                raise typer.Exit(2) from None
         verb = "would delete" if dry_run else "deleted"
         return (
             f"{verb} {gone['predictions']} predictions and {gone['shadow_predictions']} shadow "

@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, func, insert
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
+from service.db import bound_lock_waits
 from service.entities import (
     Feedback,
     OutboxItem,
@@ -188,10 +189,23 @@ def _prunable(before: datetime) -> Select[tuple[str]]:
 
 
 def prune_predictions(
-    session: Session, *, before: datetime, dry_run: bool = False, batch: int = PRUNE_BATCH
+    session: Session,
+    *,
+    before: datetime,
+    dry_run: bool = False,
+    batch: int = PRUNE_BATCH,
+    lock_timeout_s: float | None = None,
 ) -> dict[str, int]:
     """Delete logged predictions older than `before`, and their shadow scores, in batches;
-    predictions a user report points at stay. Returns how many rows went (or would go)."""
+    predictions a user report points at stay. Returns how many rows went (or would go).
+    With `lock_timeout_s`, a lock held elsewhere is waited for that long at most in each
+    batch (PostgreSQL), then the prune stops with an outage: the batches before are kept."""
+
+    def begin() -> None:
+        if lock_timeout_s is not None:
+            bound_lock_waits(session, seconds=lock_timeout_s)
+
+    begin()
     if dry_run:
         prunable = _prunable(before)
         of_prunable = col(ShadowPrediction.prediction_id).in_(prunable)
@@ -212,4 +226,5 @@ def prune_predictions(
         session.commit()
         deleted["shadow_predictions"] += int(shadow.rowcount)
         deleted["predictions"] += int(rows.rowcount)
+        begin()  # the bound lasts one transaction
     return deleted
