@@ -365,3 +365,34 @@ def test_a_refusal_ends_once_production_is_rolled_back_to_the_served_version(
     assert "tagflow_model_errors 0.0" in metrics
     assert "tagflow_model_refusals_total 1.0" in metrics  # the history since start stays
     assert predicted.json()["model_version"] == "v0001"
+
+
+def test_readyz_names_only_the_refusal_of_the_production_version(
+    make_settings: Callable[..., Settings], tmp_path: Path, seed_result: TrainResult
+) -> None:
+    """v0002 promoted and refused here, then v0003 promoted over it and refused too: /readyz
+    went on naming v0002's refusal beside v0003's, and tagflow_model_errors read 2, though
+    v0002 is no longer production. Only the production version's refusals are shown; the
+    count since start keeps both."""
+    with sqlite_app(make_settings, tmp_path, seed_result, watch_interval_s=3600) as client:
+        state = client.app.state.tagflow
+        for _ in range(2):
+            candidate = _register(client, seed_result)
+            with Session(state.engine) as session:
+                registry.promote(
+                    session,
+                    actor="test",
+                    version=candidate,
+                    tags=state.tags,
+                    artifacts_dir=state.settings.artifacts_dir,
+                )
+                row = registry.get_version(session, version=candidate)
+                model_file = state.settings.artifacts_dir / row.artifact_path / registry.MODEL_FILE
+            model_file.write_bytes(b"corrupt after promotion")
+            sync_production(state)
+        ready = client.get("/readyz").json()
+        metrics = _metrics(client)
+    assert ready["model_version"] == "v0001"
+    assert [e.split(" has ")[0] for e in ready["model_errors"]] == ["artifact of v0003"]
+    assert "tagflow_model_errors 1.0" in metrics
+    assert "tagflow_model_refusals_total 2.0" in metrics

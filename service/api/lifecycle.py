@@ -65,6 +65,9 @@ def _serve(state: AppState, row: ModelVersion) -> None:
             )
         except ArtifactError as exc:
             state.predictor.refused(row.version)
+            if state.refused_version != row.version:
+                state.model_errors.clear()  # about a version no longer production
+                state.refused_version = row.version
             message = str(exc)
             if message not in state.model_errors:
                 state.model_errors.append(message)
@@ -87,6 +90,7 @@ def _resolve_refusals(state: AppState, row: ModelVersion) -> None:
     tagflow_model_errors); the log keeps each refusal, and tagflow_model_refusals_total counts
     them."""
     state.predictor.refused(None)
+    state.refused_version = None
     if state.model_errors:
         log.info("%s serves: the earlier refusal is resolved", row.version)
         state.model_errors.clear()

@@ -49,6 +49,9 @@ class AppState:
     # Why the registry's production version is not served (its artifact refused at load);
     # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)
+    # The production version `model_errors` are about: a refusal of a version production has
+    # moved on from is not why production is not served.
+    refused_version: str | None = None
     model_refusals: int = 0  # versions refused at load since start
     # Candidates refused as the shadow model, with their artifact file's stamp then: each is
     # logged once, not every watch tick, and tried again only once the file has changed.
