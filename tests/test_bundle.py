@@ -472,7 +472,9 @@ def test_the_command_line_warns_before_it_loads_an_unsigned_bundle(
     # Before the import: the warning comes ahead of what the import itself says.
     assert said.index("runs any code") < said.index("signature not checked")
     # A file that never gets as far as loading is warned about too: the warning cannot wait.
-    refused = runner.invoke(app, ["models", "import", str(tmp_path / "none.tar.gz")], env=elsewhere)
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"junk")
+    refused = runner.invoke(app, ["models", "import", str(junk)], env=elsewhere)
     assert refused.exit_code == 1 and "runs any code" in _said(refused.stderr)
 
 

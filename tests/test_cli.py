@@ -586,3 +586,55 @@ def test_a_database_from_a_newer_tagflow_is_one_line(
     said = _said(result.stderr)
     assert "the database is at schema revision 0099, which this tagflow does not know" in said
     assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
+            ["models", "import", "{tmp}/none.tar.gz"],
+            "cannot import: {tmp}/none.tar.gz: no such file",
+        ),
+        (["models", "import", "{tmp}"], "cannot import: {tmp}: a directory, not a file (BUNDLE)"),
+        (
+            ["models", "export", "v0001", "--out", "{tmp}/no/v1.tar.gz"],
+            "cannot export: {tmp}/no/v1.tar.gz: no such directory {tmp}/no (--out)",
+        ),
+        (
+            ["models", "export", "v0001", "--out", "{tmp}/a-file/v1.tar.gz"],
+            "{tmp}/a-file/v1.tar.gz: {tmp}/a-file is not a directory (--out)",
+        ),
+        (["models", "export", "v0001", "--out", "{tmp}"], "{tmp}: a directory, not a file"),
+        (["train", "--data", "{tmp}/none.csv"], "cannot train: {tmp}/none.csv: no such file"),
+        (["evaluate", "--data", "{tmp}"], "cannot evaluate: {tmp}: a directory, not a file"),
+        (
+            ["models", "compare", "v0001", "--data", "{tmp}/none.csv"],
+            "cannot compare: {tmp}/none.csv: no such file (--data)",
+        ),
+    ],
+)
+def test_a_path_that_cannot_be_used_is_a_one_line_usage_error(
+    command: list[str],
+    said: str,
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """`models import` / `models export` with a missing or unwritable path printed the raw
+    "[Errno 2] No such file or directory: ..." with exit 1, a refusal; each command naming a
+    file now says which path and what is wrong, exit 2, before it does any work."""
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)  # v0001: export gets as far as the path
+    engine.dispose()
+    (tmp_path / "a-file").write_text("not a folder")
+    args = [arg.format(tmp=tmp_path) for arg in command]
+    result = CliRunner().invoke(app, args, env=cli_env)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert said.format(tmp=tmp_path) in _said(result.stderr)
+    assert len(result.output.strip().splitlines()) == 1, result.output  # no warning first
+    assert "Errno" not in result.output

@@ -4,8 +4,10 @@ encoder and the tag list, and the metrics table."""
 from __future__ import annotations
 
 import getpass
+import os
 import socket
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import typer
@@ -90,6 +92,50 @@ def port_free_or_exit(host: str, port: int) -> int:
             )
             raise typer.Exit(2) from None
         return int(probe.getsockname()[1])
+
+
+def input_file_or_exit(path: Path, *, action: str, name: str) -> Path:
+    """`path` as a file to read, for the argument or option `name`. Missing, a directory, or
+    not readable is one line naming the path and what is wrong, exit code 2 (a usage error):
+    said at once, before the command loads or asks anything."""
+    if not path.exists():
+        reason = "no such file"
+    elif path.is_dir():
+        reason = "a directory, not a file"
+    else:
+        try:
+            path.open("rb").close()
+            return path
+        except OSError as exc:  # no permission, a broken mount
+            reason = f"cannot read it ({exc.strerror or exc})"
+    _path_error(action, path, reason, name)
+
+
+def output_file_or_exit(path: Path, *, action: str, name: str) -> Path:
+    """`path` as a file to write, for the argument or option `name`: its folder exists and
+    takes a new file, and it is not a directory itself. Otherwise one line naming the path and
+    what is wrong, exit code 2 (a usage error), before anything is written."""
+    folder = path.parent
+    if path.is_dir():
+        reason = "a directory, not a file"
+    elif not folder.exists():
+        reason = f"no such directory {folder}"
+    elif not folder.is_dir():
+        reason = f"{folder} is not a directory"
+    elif not os.access(folder, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        # os.access also says a read-only file system is not writable, even for root.
+        reason = "cannot write there (no permission, or a read-only file system)"
+    else:
+        return path
+    _path_error(action, path, reason, name)
+
+
+def _path_error(action: str, path: Path, reason: str, name: str) -> NoReturn:
+    """The one line a path that cannot be used is, with exit code 2."""
+    print_error(f"cannot {action}:", f"{path}: {reason} ({name})")
+    raise typer.Exit(2)
 
 
 def open_session(settings: Settings) -> Session:

@@ -18,6 +18,7 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
+    input_file_or_exit,
     metrics_table,
     open_session,
     port_free_or_exit,
@@ -121,9 +122,11 @@ def train(
 ) -> None:
     """Validate a training file, train, evaluate on a held-out split, register the version."""
     settings = settings_or_exit()
+    tags = cli_tags(settings)
+    input_file_or_exit(data, action="train", name="--data")
     try:
         # A bad file fails fast, before the encoder loads.
-        load_training_file(data, tags=cli_tags(settings))
+        load_training_file(data, tags=tags)
         train_with_progress(
             settings, data, cli_actor("tagflow train --promote") if promote else None
         )
@@ -143,8 +146,10 @@ def evaluate(
     from service.ml.training import seen_in_training
 
     settings = settings_or_exit()
+    tags = cli_tags(settings)
+    input_file_or_exit(data, action="evaluate", name="--data")
     try:
-        examples, _ = load_dataset(data, tags=cli_tags(settings))
+        examples, _ = load_dataset(data, tags=tags)
         with open_session(settings) as session:
             row = registry.version_or_production(session, version=version)
             model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)

@@ -18,7 +18,9 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
+    input_file_or_exit,
     open_session,
+    output_file_or_exit,
     print_error,
     print_warning,
     settings_or_exit,
@@ -131,8 +133,10 @@ def models_compare(
     from service.ml.compare import Contender, compare_versions
 
     settings = settings_or_exit()
+    tags = cli_tags(settings)
+    input_file_or_exit(data, action="compare", name="--data")
     try:
-        examples, _ = load_dataset(data, tags=cli_tags(settings))
+        examples, _ = load_dataset(data, tags=tags)
         with open_session(settings) as session:
             rows = [
                 registry.get_version(session, version=a),
@@ -315,9 +319,15 @@ def models_export(
                 artifacts_dir=settings.artifacts_dir,
                 key=settings.bundle_secret,
             )
-        target.write_bytes(data)
-    except (TagflowError, OSError) as exc:
+    except TagflowError as exc:
         print_error("cannot export:", exc)
+        raise typer.Exit(1) from None
+    # Checked once the version is known to exist: the default file is named after it.
+    output_file_or_exit(target, action="export", name="--out")
+    try:
+        target.write_bytes(data)
+    except OSError as exc:  # the disk full, say: the checks above could not tell
+        print_error("cannot export:", f"{target}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
     signed = "signed" if settings.bundle_key else "not signed: no TAGFLOW_BUNDLE_KEY"
     console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
@@ -344,6 +354,7 @@ def models_import(
     from service.ml.encoder import onnx_file
 
     settings = settings_or_exit()
+    input_file_or_exit(bundle, action="import", name="BUNDLE")
     if not settings.bundle_secret:
         # Said before the import, since the import itself loads the pickle: afterwards is late.
         print_warning(
