@@ -148,13 +148,22 @@ def _learnable(
     example breaks model selection's folds: such a tag waits, its labels kept, until it has
     MIN_PER_TAG examples. Returns the examples, their labels, and the scarce tags' counts."""
     train = base + [_example(label) for label in labels]
+    # Not logged here: whoever retrains says it once (scarce_tag_warning), and a label export,
+    # which reads the same sets, has nothing to say about it.
     scarce = scarce_tags(train)
-    if scarce:
-        log.warning("too few examples to learn %s: left out until %d each", scarce, MIN_PER_TAG)
     return (
         [e for e in train if e.tag not in scarce],
         [label for label in labels if label.tag not in scarce],
         scarce,
+    )
+
+
+def scarce_tag_warning(tag: str, count: int) -> str:
+    """What a retraining says of a tag left out of training for too few examples: the CLI
+    prints it, the retraining job logs it."""
+    return (
+        f"tag {tag!r} has {count} training example(s): left out of training until it has "
+        f"{MIN_PER_TAG} (its labels are kept)"
     )
 
 

@@ -26,9 +26,11 @@ from service.api_keys import KeyRing, fingerprint, new_key
 from service.cli import app
 from service.cli.common import console
 from service.cli.main import suspects_table
-from service.config import SEED_DATASET, Caller, Role, Settings
+from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Caller, Role, Settings
+from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
 from service.entities.prediction import Prediction
+from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from tests.conftest import KEYS, auth, register_promoted
 
@@ -638,3 +640,51 @@ def test_a_path_that_cannot_be_used_is_a_one_line_usage_error(
     assert said.format(tmp=tmp_path) in _said(result.stderr)
     assert len(result.output.strip().splitlines()) == 1, result.output  # no warning first
     assert "Errno" not in result.output
+
+
+def test_retrain_warns_of_a_scarce_tag_once(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """`tagflow retrain` printed a newly approved tag with too few labels twice: the library's
+    log line ("too few examples to learn {'graphs': 1}") and the CLI's own warning. Run as a
+    process: the log line reached stderr through Python's last-resort handler, which the test
+    runner's log capture replaces."""
+    tags_file = tmp_path / "tags.csv"
+    tags_file.write_text(DEFAULT_TAGS_FILE.read_text() + "graphs,Graph learning.\n")
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        for item in (
+            Example("Graph attention networks", "Node classification.", "graphs"),
+            Example("Autoscaling model servers", "Kubernetes pods for inference.", "mlops"),
+        ):
+            labels_crud.append_label(
+                session,
+                text_hash=item.text_hash,
+                title=item.title,
+                description=item.description,
+                tag=item.tag,
+                reviewer="rev",
+                holdout_share=0.0,
+            )
+        session.commit()
+    engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= cli_env | {"TAGFLOW_TAGS_FILE": str(tags_file), "HF_HUB_OFFLINE": "1"}
+    ran = subprocess.run(
+        [sys.executable, "-m", "service.cli", "retrain"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr
+    said = _said(ran.stderr)
+    assert said.count("graphs") == 1, ran.stderr
+    assert "warning: tag 'graphs' has 1 training example(s): left out of training" in said

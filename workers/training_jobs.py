@@ -38,9 +38,12 @@ def retrain(reason: str = "manual") -> dict[str, Any]:
     with _final_on_error():
         ctx = get_context()
         with session_scope(ctx.engine) as session:
-            return retraining.retrain(
+            outcome = retraining.retrain(
                 session, settings=ctx.settings, tags=ctx.tags, encoder=ctx.encoder, reason=reason
             )
+    for tag, count in outcome["scarce_tags"].items():
+        log.warning(retraining.scarce_tag_warning(tag, count))
+    return outcome
 
 
 def compare(a: str, b: str) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from service.cli.models import models_app
 from service.config import Settings
 from service.errors import TagflowError, UnavailableError
 from service.ml import registry
-from service.ml.dataset import MIN_PER_TAG, DatasetError, load_dataset, load_training_file
+from service.ml.dataset import DatasetError, load_dataset, load_training_file
 from service.processes import stop_signals_as_exit
 
 app = typer.Typer(
@@ -228,10 +228,7 @@ def retrain(
         raise typer.Exit(1) from None
     console.print(_gate_table(outcome))
     for tag, count in outcome["scarce_tags"].items():
-        print_warning(
-            f"tag {tag!r} has {count} training example(s): left out of training until it has "
-            f"{MIN_PER_TAG} (its labels are kept)"
-        )
+        print_warning(retraining.scarce_tag_warning(tag, count))
 
 
 def _enqueue_retrain(redis_url: str) -> None:
