@@ -67,7 +67,7 @@ _STATES = {
 
 
 def enqueue_job(
-    queue: Queue, func: str, *args: str, description: str, retry: Retry | None = None
+    queue: Queue, func: str, *args: str | bool, description: str, retry: Retry | None = None
 ) -> str:
     """Queue a job whose result is kept a week (GET /jobs/{id}), run again as `retry` says
     when it fails; UnavailableError without Redis."""

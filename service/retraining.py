@@ -43,7 +43,7 @@ from service.ml.dataset import (
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, review_suspects
-from service.ml.training import Progress, TrainResult, evaluate, train
+from service.ml.training import DEFAULT_CONFIG, Progress, TrainResult, evaluate, train
 from service.tags import Tag, TagSet
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,57 @@ def _sets_summary(sets: TrainingSets) -> dict[str, int]:
     }
 
 
+def remakes(
+    version: ModelVersion, *, sets: TrainingSets, target_precision: float, encoder: Encoder
+) -> bool:
+    """Whether training on `sets` now would make `version` again: the same training rows (by
+    content and tag) and the same training settings, so the same model (training is seeded);
+    the evaluation rows do not change what is learned."""
+    same = {
+        "target_precision": target_precision,
+        "folds": DEFAULT_CONFIG.folds,
+        "seed": DEFAULT_CONFIG.seed,
+        "encoder": encoder.path.name,
+    }
+    return version.data_hash == examples_hash(sets.train) and all(
+        version.params.get(name) == value for name, value in same.items()
+    )
+
+
+def _nothing_new(
+    session: Session, *, production: ModelVersion, sets: TrainingSets, reason: str
+) -> dict[str, Any]:
+    """The result of a retraining that would only make production again: nothing trained,
+    nothing registered. The snapshot is still recorded, so the automatic retraining counts
+    new labels from now, not again from before labels that changed nothing (a reviewer
+    confirming a base row's tag gives the same row)."""
+    snapshot = snapshots_crud.create_snapshot(
+        session,
+        base_hash=sets.base_hash,
+        base_rows=sets.base_rows,
+        train_label_ids=sets.train_label_ids,
+        holdout_label_ids=sets.holdout_label_ids,
+        created_at=sets.read_at,
+    )
+    session.commit()  # no version to commit it with (`create_snapshot` only flushes)
+    outcome = f"nothing new since {production.version}: nothing trained or registered"
+    log.info("retrain (%s): %s", reason, outcome)
+    return {
+        "candidate": None,
+        "promoted": False,
+        "outcome": outcome,
+        "production_before": production.version,
+        "reason": reason,
+        "snapshot_id": snapshot.id,
+        "gate_passed": None,
+        "failed_checks": [],
+        "checks": [],
+        **_sets_summary(sets),
+        "label_checks_sent": 0,
+        "metrics": {"candidate": None, "production": None},
+    }
+
+
 def retrain(
     session: Session,
     *,
@@ -339,16 +390,24 @@ def retrain(
     tags: TagSet,
     encoder: Encoder,
     reason: str = "manual",
+    force: bool = False,
     progress: Progress = lambda _step: None,
 ) -> dict[str, Any]:
     """Train a candidate on base data plus labels, gate it against production, register it
     with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
-    summary."""
+    summary. With nothing new since production (same training rows, same settings), nothing
+    is trained or registered unless `force`: the candidate would be production's twin."""
     production = registry.get_production(session)
     before = production.version if production is not None else None
     progress("data")
     sets = build_training_sets(session, settings=settings, tags=tags)
     target = settings.target_precision
+    if (
+        not force
+        and production is not None
+        and remakes(production, sets=sets, target_precision=target, encoder=encoder)
+    ):
+        return _nothing_new(session, production=production, sets=sets, reason=reason)
     result = train(
         sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
     )
@@ -395,12 +454,15 @@ def retrain(
 # --- queueing retraining ------------------------------------------------------------------
 
 
-def enqueue_retrain(queue: Queue, *, reason: str = "manual") -> str:
-    """Queue a retraining (run again if its worker is killed)."""
+def enqueue_retrain(queue: Queue, *, reason: str = "manual", force: bool = False) -> str:
+    """Queue a retraining (run again if its worker is killed; `force`: even with nothing new
+    since production)."""
+    # `force` is passed only when set: a worker not yet upgraded runs the others as before.
+    args = (reason, True) if force else (reason,)
     return enqueue_job(
         queue,
         RETRAIN_JOB,
-        reason,
+        *args,
         description=f"retrain ({reason})",
         retry=Retry(max=RETRAIN_RETRIES),
     )

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import redis
 from rich.errors import MarkupError
+from rq import Queue
 from sqlalchemy import make_url, text
 from sqlmodel import Session, select
 from typer.testing import CliRunner
@@ -30,8 +32,10 @@ from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Caller, Role, Settin
 from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
 from service.entities.prediction import Prediction
+from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
+from service.outbox import TRAINING_QUEUE
 from tests.conftest import KEYS, auth, register_promoted
 
 
@@ -688,3 +692,36 @@ def test_retrain_warns_of_a_scarce_tag_once(
     said = _said(ran.stderr)
     assert said.count("graphs") == 1, ran.stderr
     assert "warning: tag 'graphs' has 1 training example(s): left out of training" in said
+
+
+def test_retrain_with_nothing_new_says_so_unless_forced(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    test_redis_url: str,
+    redis_conn: redis.Redis,
+) -> None:
+    """`tagflow retrain` right after `tagflow train --promote` on the base file (nothing new)
+    trained, registered and promoted a twin of production. It says so, exit 0, and registers
+    nothing; --force trains anyway, also through the worker (--enqueue --force)."""
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    production = register_promoted(engine, settings, seed_result)
+    env = {
+        **cli_env,
+        "TAGFLOW_BASE_DATASET": str(SEED_DATASET),
+        "TAGFLOW_REDIS_URL": test_redis_url,
+    }
+    runner = CliRunner()
+    ran = runner.invoke(app, ["retrain"], env=env)
+    assert ran.exit_code == 0, ran.output
+    assert f"nothing new since {production}" in _said(ran.stdout) and "--force" in ran.stdout
+    with Session(engine) as session:
+        assert [row.version for row in registry.list_versions(session)] == [production]
+    engine.dispose()
+    queued = runner.invoke(app, ["retrain", "--enqueue", "--force"], env=env)
+    assert queued.exit_code == 0, queued.output
+    (job,) = Queue(TRAINING_QUEUE, connection=redis_conn).jobs
+    assert job.args == ("cli", True)

@@ -862,3 +862,42 @@ def test_cli_retrain_and_enqueue(
     assert queued.exit_code == 0 and "queued retraining job" in queued.output
     assert Queue(TRAINING_QUEUE, connection=redis_conn).count == 1
     engine.dispose()
+
+
+def test_a_retraining_with_nothing_new_registers_nothing_unless_forced(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+) -> None:
+    """With the same training rows as production's (and the same settings), a retraining
+    trained, registered and promoted production's twin. The automatic one gets there too: a
+    reviewer confirming a base row's tag (a label check) gives that very row, so 50 such
+    labels queued a retraining that remade production. It now says so and registers nothing;
+    its snapshot counts the labels read, so the automatic trigger waits for new ones."""
+    settings = make_settings()
+    production = register_promoted(engine, settings, seed_result)
+    base_train, _, _ = base_split(SEED_DATASET, tags=tags)
+    add_labels(engine, base_train[:3], share=0.0)  # confirmations: the same rows, same tags
+    with Session(engine, expire_on_commit=False) as session:
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 3
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        json.dumps(outcome)
+        assert outcome["candidate"] is None and not outcome["promoted"], outcome
+        assert outcome["outcome"].startswith(f"nothing new since {production}")
+        assert outcome["train_labels"] == 3 and outcome["snapshot_id"] is not None
+        assert [row.version for row in registry.list_versions(session)] == [production]
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+
+        forced = retraining.retrain(
+            session, settings=settings, tags=tags, encoder=encoder, force=True
+        )
+        twin = registry.get_version(session, version=forced["candidate"])
+        assert twin.version != production
+        assert twin.data_hash == registry.get_version(session, version=production).data_hash
+
+    # Another target precision is another model: it trains.
+    other = make_settings(target_precision=0.95)
+    with Session(engine, expire_on_commit=False) as session:
+        assert retraining.retrain(session, settings=other, tags=tags, encoder=encoder)["candidate"]

@@ -30,16 +30,21 @@ def _final_on_error() -> Iterator[None]:
         raise
 
 
-def retrain(reason: str = "manual") -> dict[str, Any]:
+def retrain(reason: str = "manual", force: bool = False) -> dict[str, Any]:
     """Retrain on the base dataset plus current labels, behind the quality gate (see
-    `service.retraining.retrain`). Raises on failure, so RQ records the job as failed (and
-    does not run it again)."""
+    `service.retraining.retrain`; `force`: even with nothing new since production). Raises
+    on failure, so RQ records the job as failed (and does not run it again)."""
     log.info("retraining (%s) started", reason)
     with _final_on_error():
         ctx = get_context()
         with session_scope(ctx.engine) as session:
             outcome = retraining.retrain(
-                session, settings=ctx.settings, tags=ctx.tags, encoder=ctx.encoder, reason=reason
+                session,
+                settings=ctx.settings,
+                tags=ctx.tags,
+                encoder=ctx.encoder,
+                reason=reason,
+                force=force,
             )
     for tag, count in outcome["scarce_tags"].items():
         log.warning(retraining.scarce_tag_warning(tag, count))

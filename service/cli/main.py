@@ -202,8 +202,13 @@ def _gate_table(outcome: dict) -> Table:
 @app.command()
 def retrain(
     enqueue: Annotated[bool, typer.Option(help="Queue it for the worker instead")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Train even with nothing new since the production model")
+    ] = False,
 ) -> None:
-    """Retrain on the base dataset plus reviewer labels, behind the quality gate."""
+    """Retrain on the base dataset plus reviewer labels, behind the quality gate. With nothing
+    new since the production model (the same training rows and settings), it says so and
+    registers nothing, unless --force."""
     from service import retraining
 
     settings = settings_or_exit()
@@ -212,7 +217,7 @@ def retrain(
         print_error("cannot queue a retraining:", "TAGFLOW_REDIS_URL is not set")
         raise typer.Exit(2)
     if enqueue and settings.redis_url:
-        _enqueue_retrain(settings.redis_url)
+        _enqueue_retrain(settings.redis_url, force=force)
         return
     try:
         with open_session(settings) as session, console.status("retraining..."):
@@ -222,16 +227,23 @@ def retrain(
                 tags=cli_tags(settings),
                 encoder=cli_encoder(settings),
                 reason="cli",
+                force=force,
             )
     except (DatasetError, TagflowError) as exc:
         print_error("cannot retrain:", exc, sep="\n")
         raise typer.Exit(1) from None
-    console.print(_gate_table(outcome))
+    if outcome["candidate"] is None:  # nothing new: no gate, no table
+        console.print(
+            f"{outcome['outcome']} (train rows {outcome['train_rows']}, "
+            f"{outcome['train_labels']} labels); --force trains anyway"
+        )
+    else:
+        console.print(_gate_table(outcome))
     for tag, count in outcome["scarce_tags"].items():
         print_warning(retraining.scarce_tag_warning(tag, count))
 
 
-def _enqueue_retrain(redis_url: str) -> None:
+def _enqueue_retrain(redis_url: str, *, force: bool) -> None:
     """Queue a retraining for a worker. Redis not answering is one line, exit code 2, as it is
     for `worker`: not a refusal, worth a retry."""
     from redis import Redis
@@ -242,7 +254,7 @@ def _enqueue_retrain(redis_url: str) -> None:
 
     queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(redis_url))
     try:
-        job_id = retraining.enqueue_retrain(queue, reason="cli")
+        job_id = retraining.enqueue_retrain(queue, reason="cli", force=force)
     except UnavailableError as exc:
         print_error("cannot queue a retraining:", exc)
         raise typer.Exit(2) from None
