@@ -345,6 +345,15 @@ def test_out_of_range_options_are_one_line_errors(
             "cannot open the database sqlite:///",
         ),
         (["db", "upgrade"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
+        # It said "database: none (no file at .../a-file/tagflow.db)", exit 0.
+        (["db", "current"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
+        # A file as the models folder, or as the dead-letter file: tracebacks.
+        (["models", "list"], {"TAGFLOW_DATA_DIR": "{tmp}/odd"}, "odd/models is not a directory"),
+        (
+            ["db", "replay-dead-letters"],
+            {"TAGFLOW_DATA_DIR": "{tmp}/odd-letters"},
+            "dead-letter/predictions.jsonl: Is a directory",
+        ),
         (["db", "replay-dead-letters"], {"TAGFLOW_DATABASE_URL": "mysql://u@h/db"}, "not a"),
     ],
 )
@@ -358,6 +367,9 @@ def test_start_up_failures_are_one_line_errors(
     """Each names what to change, with exit code 2, before any model loads: not a traceback
     from the middle of the API's start-up."""
     (tmp_path / "a-file").write_text("not a folder")
+    (tmp_path / "odd-letters" / "dead-letter" / "predictions.jsonl").mkdir(parents=True)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "models").write_text("not a folder")
     env: dict[str, str | None] = {**cli_env, "TAGFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
     env.update({k: v.format(tmp=tmp_path) if v else v for k, v in overrides.items()})
     result = CliRunner().invoke(

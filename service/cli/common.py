@@ -151,13 +151,20 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
     be opened is one line naming it, and exit code 2."""
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # Its models folder too: a file there ended training and imports in a traceback.
+        settings.artifacts_dir.mkdir(exist_ok=True)
         engine = make_engine(settings.resolved_database_url)
         if upgrade:
             init_db(engine)
         else:
             engine.connect().close()
     except OSError as exc:
-        reason = "not a directory" if settings.data_dir.is_file() else exc.strerror or str(exc)
+        if settings.data_dir.is_file():
+            reason = "not a directory"
+        elif settings.artifacts_dir.is_file():
+            reason = f"{settings.artifacts_dir} is not a directory"
+        else:
+            reason = exc.strerror or str(exc)
         print_error(
             f"cannot use the data directory {settings.data_dir}:", f"{reason} (TAGFLOW_DATA_DIR)"
         )

@@ -37,6 +37,9 @@ def _database(settings: Settings, action: Callable[[Engine], str]) -> None:
     engine = engine_or_exit(settings, upgrade=False)
     try:
         console.print(action(engine))
+    except OSError as exc:  # a file in the data directory that cannot be used (a folder, say)
+        print_error(f"cannot use {exc.filename}:", f"{exc.strerror or exc} (TAGFLOW_DATA_DIR)")
+        raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
         if is_outage(exc):
             raise  # CommandGroup's "the database is unavailable", exit 2
@@ -55,7 +58,7 @@ def db_current() -> None:
 
     settings = settings_or_exit()
     missing = _missing_sqlite_file(settings.resolved_database_url)
-    if missing is not None:
+    if missing is not None and not settings.data_dir.is_file():  # a file: said as elsewhere
         # Asking is not creating: opening a SQLite URL would leave an empty file behind.
         console.print(f"database: none (no file at {missing}); code: {head_revision()}")
         return
