@@ -221,14 +221,15 @@ def test_peoples_text_is_printed_as_typed_never_read_as_markup(
     """rich markup is off: "[/]" in a version name or path was read as a closing tag (a
     MarkupError traceback), and "[red]" vanished from a key's name in the line it prints."""
     runner = CliRunner()
-    for args in (
-        ["models", "promote", "[/]"],
-        ["models", "export", "[/]"],
-        ["evaluate", "--data", "[/]x.csv"],
+    # An unknown version is a refusal (1); a missing --data file a usage error (2).
+    for args, code in (
+        (["models", "promote", "[/]"], 1),
+        (["models", "export", "[/]"], 1),
+        (["evaluate", "--data", "[/]x.csv"], 2),
     ):
         result = runner.invoke(app, args, env=cli_env)
         assert not isinstance(result.exception, MarkupError), args
-        assert result.exit_code == 1 and "[/]" in result.stderr, (args, result.output)
+        assert result.exit_code == code and "[/]" in result.stderr, (args, result.output)
     named = runner.invoke(app, ["keys", "new", "client", "--name", "[red]bob"])
     assert "line (add it to the key file): client/[red]bob:sha256:" in named.output
     item = {"title": "[/] Closing tags", "tag": "natural-language-processing"}
