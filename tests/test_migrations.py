@@ -16,18 +16,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from rq import Queue
 from sqlalchemy import Enum, Insert, event, func, insert, inspect, select, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
 from service.db import current_revision, head_revision, init_db, make_engine
 from service.entities import Label, ModelVersion, OutboxItem
+from service.entities.common import as_utc
 from service.migrations import BASELINE, BASELINE_TABLES, VERSION_TABLE, make_config
 from service.migrations.__main__ import main as migrations_main
 from service.ml import production_history
+from service.outbox import LABELING_QUEUE, redeliver_lost, relay
 from tests.conftest import POSTGRES_URL, ROOT
 
 # A tagflow process starting up: makes its engine, says it is ready, waits for the go file.
@@ -167,8 +171,15 @@ def _add_rows(engine: Engine, *, version: str = "v0001") -> None:
         )
         # Through the table and the columns of 0001, which a pre-migration database has.
         session.execute(_model_version_row(version, promoted_at=datetime.now(UTC)))
-        session.add(OutboxItem(kind="review", payload={"prediction_id": "p1"}))
+        session.execute(_outbox_row({"prediction_id": "p1"}, sent_at=None))
         session.commit()
+
+
+def _outbox_row(payload: dict[str, str], *, sent_at: datetime | None) -> Insert:
+    """An insert of an outbox row with the columns of the baseline schema only."""
+    return insert(OutboxItem.__table__).values(  # type: ignore[arg-type]
+        kind="review", payload=payload, attempts=0, sent_at=sent_at
+    )
 
 
 def _model_version_row(
@@ -263,6 +274,32 @@ def test_model_versions_get_their_rollback_order_from_their_promotions(
         rows = conn.execute(text("SELECT version, previous_version FROM modelversion")).all()
     previous = {version: before for version, before in rows}
     assert previous == {"v0001": None, "v0002": None, "v0003": "v0004", "v0004": "v0001"}
+
+
+def test_outbox_rows_sent_before_0011_are_not_sent_again(
+    engines: Callable[[], Engine], redis_conn: redis.Redis
+) -> None:
+    """0011: a row sent before it went in a job that names no row, which no worker marks
+    done; the check for jobs Redis lost leaves it alone (or it would send the whole history
+    again), and the upgrade rewrites no row. A row not sent yet is sent as any other."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0010")
+    sent_at = datetime(2026, 12, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        session.execute(_outbox_row({"prediction_id": "sent"}, sent_at=sent_at))
+        session.execute(_outbox_row({"prediction_id": "waiting"}, sent_at=None))
+        session.commit()
+    init_db(engine)
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        assert redeliver_lost(session, queue=queue) == 0
+        rows = {r.payload["prediction_id"]: r for r in session.scalars(select(OutboxItem))}
+    assert as_utc(rows["sent"].sent_at) == sent_at
+    assert rows["sent"].job_id is None and rows["sent"].done_at is None
+    with Session(engine) as session:
+        assert relay(session, queue=queue) == 1
+    assert [p["prediction_id"] for job in queue.get_jobs() for p in job.args[0]] == ["waiting"]
 
 
 def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(

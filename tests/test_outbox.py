@@ -4,6 +4,7 @@ and failing jobs retried with backoff and kept visible in the FailedJobRegistry.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from service.outbox import (
     LABELING_QUEUE,
     REVIEW_BATCH,
     REVIEW_RETRY,
+    redeliver_lost,
     relay,
     relay_failures,
 )
@@ -147,6 +149,67 @@ def test_same_text_twice_is_one_task_even_when_resent(
         [task] = session.exec(select(ReviewTask)).all()
     assert task.arrivals == 2 and len(task.arrival_keys) == 2
     assert FailedJobRegistry(queue=queue).count == 0
+
+
+def restart_losing_everything(server: EmbeddedRedis) -> None:
+    """Restart `server` with none of its data, as the machine's Redis (no persistence) or a
+    failover to an empty replica comes back."""
+    server.stop()
+    for path in server.workdir.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != "redis-auth.conf":
+            path.unlink()
+    server.start()
+
+
+def test_review_items_whose_jobs_redis_lost_are_sent_again(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    own_redis: EmbeddedRedis,
+) -> None:
+    settings = make_settings(database_url=database_url, redis_url=own_redis.url)
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue(LABELING_QUEUE, connection=conn)
+
+    def send(titles: list[str]) -> None:
+        with Session(engine) as session:
+            save_predictions(
+                session,
+                predictions=[make_prediction(t, status=PredictionStatus.REVIEW) for t in titles],
+            )
+            assert relay(session, queue=queue) == len(titles)
+
+    def tasks() -> set[str]:
+        with Session(engine) as session:
+            return {t.title for t in session.exec(select(ReviewTask))}
+
+    worked, lost, after = ["Worked 1", "Worked 2"], ["Lost 1", "Lost 2", "Lost 3"], ["After 1"]
+    send(worked)
+    run_labeling_worker(conn, settings)  # done: never sent again, whatever Redis forgets
+    send(lost)  # in the labelling queue when Redis restarts
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue(LABELING_QUEUE, connection=conn)
+    send(after)  # waiting in the new Redis: not sent twice
+    run_labeling_worker(conn, settings)
+    assert tasks() == set(worked + after)  # the restart lost three review items
+
+    with Session(engine) as session:
+        assert redeliver_lost(session, queue=queue) == len(lost)
+        assert relay(session, queue=queue) == len(lost)
+        assert redeliver_lost(session, queue=queue) == 0  # their new job is in Redis
+    run_labeling_worker(conn, settings)
+    assert tasks() == set(worked + lost + after)
+    with Session(engine) as session:
+        stored = session.exec(select(ReviewTask)).all()
+        assert all(t.arrivals == 1 for t in stored)
+        assert all(r.done_at is not None for r in session.exec(select(OutboxItem)))
+    restart_losing_everything(own_redis)  # done rows stay done
+    with Session(engine) as session:
+        assert redeliver_lost(session, queue=Queue(LABELING_QUEUE, connection=conn)) == 0
+    conn.close()
 
 
 def test_relay_sends_in_order_in_one_transaction_up_to_its_limit(

@@ -25,6 +25,7 @@ from service.ml import registry
 from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import item_text
 from service.ml.encoder import EMBEDDING_DIM, Encoder
+from service.outbox import OUTBOX_ID, mark_done
 from workers.context import JobContext, get_context
 
 log = logging.getLogger(__name__)
@@ -159,9 +160,12 @@ def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
     labels = LabelIndex(get_context().encoder)
     actions: Counter[str] = Counter()
     failed: list[str] = []
+    done: list[int] = []
     for number, payload in enumerate(payloads, start=1):
         try:
             actions[process_review(payload, labels=labels)["action"]] += 1
+            if payload.get(OUTBOX_ID) is not None:  # jobs relayed before 0011 name no row
+                done.append(int(payload[OUTBOX_ID]))
         except Exception as exc:  # recorded, and raised below once the others have run
             if is_outage(exc):
                 # The database is away: every payload left would fail the same way, each with
@@ -177,6 +181,10 @@ def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
                 raise
             log.exception("review payload %s failed", str(payload.get("text_hash"))[:12])
             failed.append(f"{str(payload.get('text_hash'))[:12]}: {type(exc).__name__}: {exc}")
+    # Before RQ counts the job finished (and, after its result's TTL, forgets it): a row sent
+    # but not done whose job Redis no longer has is sent again (`outbox.redeliver_lost`).
+    with session_scope(get_context().engine) as session:
+        mark_done(session, ids=done)
     shed = bound_queue(get_context())
     if failed:
         raise ReviewBatchError(

@@ -20,7 +20,7 @@ from service.jobs import REPRIORITIZE_TIMEOUT_S
 from service.logs import RepeatedFailures
 from service.ml import registry
 from service.ml.serving import LoadedModel
-from service.outbox import relay
+from service.outbox import redeliver_lost, relay
 from service.retention import maybe_enqueue_prune
 from service.retraining import maybe_enqueue_auto_retrain
 
@@ -29,6 +29,9 @@ REPRIORITIZE_JOB = "workers.review_jobs.reprioritize"
 # A re-scoring's id is kept this long after it ran, so API processes that swap to the same
 # production version later (restarts, a rolling deploy) do not ask for it again.
 REPRIORITIZE_RESULT_TTL_S = 24 * 3600
+# How often the outbox is checked for jobs Redis lost: a look at each job in flight, cheap, but
+# not worth every watch tick; a Redis restart costs its review items this long at most.
+REDELIVERY_CHECK_S = 30.0
 
 
 def sync_production(state: AppState) -> str | None:
@@ -151,6 +154,16 @@ def drain_outbox(state: AppState) -> int:
         return relay(session, queue=state.queues.labeling, failures=state.outbox_failures)
 
 
+def redeliver_outbox(state: AppState) -> int:
+    """Every `REDELIVERY_CHECK_S` (and at the first tick), send again the outbox rows whose job
+    Redis lost before the worker ran it (`outbox.redeliver_lost`)."""
+    if time.monotonic() < state.next_redelivery_check:
+        return 0
+    state.next_redelivery_check = time.monotonic() + REDELIVERY_CHECK_S
+    with state.outbox_lock, Session(state.engine) as session:
+        return redeliver_lost(session, queue=state.queues.labeling)
+
+
 def auto_retrain(state: AppState) -> str | None:
     """Queue a retraining once enough new labels exist (`retrain_after_labels`)."""
     with Session(state.engine) as session:
@@ -186,9 +199,17 @@ def auto_prune(state: AppState) -> str | None:
 
 
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
-    """Poll the registry (promotions from the CLI or a worker), retry the outbox, start
-    automatic retraining, move the served cut by the audit, and queue the daily retention."""
-    steps = (sync_production, drain_outbox, auto_retrain, auto_recalibrate, auto_prune)
+    """Poll the registry (promotions from the CLI or a worker), retry the outbox and send again
+    what Redis lost of it, start automatic retraining, move the served cut by the audit, and
+    queue the daily retention."""
+    steps = (
+        sync_production,
+        redeliver_outbox,
+        drain_outbox,
+        auto_retrain,
+        auto_recalibrate,
+        auto_prune,
+    )
     failures = {
         step.__name__: RepeatedFailures(f"background step {step.__name__}", log) for step in steps
     }

@@ -60,6 +60,8 @@ class AppState:
     shadow_errors: int = 0
     # When the watch loop next judges the served cut by the audit (time.monotonic()).
     next_recalibration: float = 0.0
+    # When the watch loop next looks for outbox jobs that Redis lost (time.monotonic()).
+    next_redelivery_check: float = 0.0
     # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both

@@ -1,6 +1,8 @@
 """The outbox: review work written in the same transaction as its prediction, sent to RQ later.
 
-A row stays until RQ has accepted the job, so a Redis outage loses nothing.
+A row stays until RQ has accepted the job, so a Redis outage loses nothing; it is done once the
+worker has processed its payload, so a job that Redis lost (a restart: it keeps nothing on
+disk) is found by its id and sent again (`service.outbox.redeliver_lost`).
 """
 
 from __future__ import annotations
@@ -8,13 +10,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime
+from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlmodel import Field, SQLModel
 
 from service.entities.common import utcnow
 
+# Rows sent whose payload the worker has not processed yet: what `redeliver_lost` looks at
+# every 30 s. Partial, so it holds only those, however long the table (rows are kept).
+IN_FLIGHT = "job_id IS NOT NULL AND done_at IS NULL"
+
 
 class OutboxItem(SQLModel, table=True):
+    __table_args__ = (
+        Index(
+            "ix_outboxitem_in_flight",
+            "job_id",
+            sqlite_where=text(IN_FLIGHT),
+            postgresql_where=text(IN_FLIGHT),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     kind: str = Field(index=True)
     payload: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -24,3 +39,7 @@ class OutboxItem(SQLModel, table=True):
     sent_at: datetime | None = Field(
         default=None, sa_column=Column(DateTime(timezone=True), index=True)
     )
+    # The RQ job that carries the payload since it was sent, and when the worker processed it
+    # (rows sent before migration 0011 have neither, and are never sent again).
+    job_id: str | None = None
+    done_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
