@@ -3,13 +3,14 @@ away while it runs a job."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -18,10 +19,18 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, select
 
-from service.outbox import LABELING_QUEUE
+from service.config import Settings
+from service.crud.predictions import save_predictions
+from service.db import make_engine
+from service.entities import PredictionStatus
+from service.entities.review import ReviewTask
+from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_prediction
+from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, POLL_S, Worker
 
 
@@ -236,3 +245,50 @@ def test_a_running_job_keeps_its_claim_past_its_ttl(
     assert seen == [JobStatus.STARTED]
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert job.retries_left == 1  # never retried
+
+
+def test_jobs_wait_with_their_retries_while_the_database_is_away(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    redis_conn: Redis,
+    caplog: pytest.LogCaptureFixture,
+    watchdog: None,
+) -> None:
+    """Taken during an outage, every labelling job failed at once and spent a retry: an outage
+    of 13 minutes put them all in the failed registry. Now the first spends one, and the worker
+    takes no other until the database answers."""
+    caplog.set_level(logging.INFO, logger="workers.worker")
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        for title in ("Unsure first", "Unsure second"):  # one job each
+            save_predictions(
+                session, predictions=[make_prediction(title, status=PredictionStatus.REVIEW)]
+            )
+            assert relay(session, queue=queue) == 1
+    first, second = queue.get_jobs()
+    context = JobContext(make_settings(database_url=database_url))
+    up = context.engine
+    context.engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")  # refused
+    use_context(context)
+    try:
+        worker = Worker([queue], connection=redis_conn)
+        worker.work(max_idle_time=2)  # takes the first, then waits: no job until it answers
+        first.refresh()
+        second.refresh()
+        assert first.get_status() == JobStatus.SCHEDULED
+        assert first.retries_left == REVIEW_RETRY.max - 1
+        assert second.get_status() == JobStatus.QUEUED
+        assert second.retries_left == REVIEW_RETRY.max and queue.job_ids == [second.id]
+        assert "no job is taken until it answers" in caplog.text
+
+        context.engine.dispose()
+        context.engine = up  # the database is back
+        worker.work(max_idle_time=2)
+    finally:
+        use_context(None)
+        up.dispose()
+    assert second.get_status(refresh=True) == JobStatus.FINISHED
+    assert "the database answers again" in caplog.text
+    with Session(engine) as session:
+        assert [t.title for t in session.exec(select(ReviewTask))] == ["Unsure second"]

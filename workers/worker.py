@@ -19,12 +19,14 @@ from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
+from sqlalchemy import text
 
 from service.config import Settings
+from service.db import is_outage
 from service.logs import configure_logging
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.processes import die_with_parent
-from workers.context import JobContext, use_context
+from workers.context import JobContext, get_context, use_context
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,48 @@ CLAIM_TTL_S = 45
 MAINTENANCE_S = 30
 
 
+class DatabaseWatch:
+    """Whether the worker may take a job: not while the database a job failed on is away.
+
+    Every job needs the database. Taken during an outage, each failed at once and spent one
+    of its retries (2, 10, 30, 120, 600 s apart), so an outage of 13 minutes or more put every
+    labelling job in the failed registry, its review items and user reports out of the queue
+    until someone requeued them. Now the first job that meets the outage spends one retry;
+    the others wait in their queues, retries intact, until the database answers.
+    """
+
+    def __init__(self) -> None:
+        self.down_since: float | None = None
+
+    def failed(self, exc: BaseException | None) -> None:
+        """Note a job's failure: an outage stops the taking of jobs."""
+        if self.down_since is None and exc is not None and is_outage(exc):
+            self.down_since = time.monotonic()
+            log.error(
+                "worker: the database is unavailable (%s); no job is taken until it answers "
+                "(jobs wait in their queues, their retries kept)",
+                f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
+
+    def answers(self) -> bool:
+        """True unless the database was found away and still is (asked once per call)."""
+        if self.down_since is None:
+            return True
+        try:
+            with get_context().engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as exc:
+            if is_outage(exc):
+                return False
+            raise
+        log.info(
+            "worker: the database answers again after %.0f s; taking jobs",
+            time.monotonic() - self.down_since,
+        )
+        self.down_since = None
+        return True
+
+
 class Worker(SimpleWorker):
     """RQ's SimpleWorker, stopped by SIGTERM/SIGINT only between jobs.
 
@@ -55,7 +99,8 @@ class Worker(SimpleWorker):
     promptly, also while Redis is away (RQ's own wait retries a lost Redis without end).
 
     A job's claim is renewed while it runs (`RENEW_S`, `CLAIM_TTL_S`), so a job whose worker
-    died is found within a minute or so, not after its timeout.
+    died is found within a minute or so, not after its timeout. After a job failed for want of
+    the database, no job is taken until it answers (`DatabaseWatch`).
     """
 
     def __init__(
@@ -64,6 +109,12 @@ class Worker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self.claim_ttl_s = claim_ttl_s
         self.renew_s = renew_s
+        self.database = DatabaseWatch()
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """RQ's logging and handlers for a failed job, then a look at why it failed."""
+        super().handle_exception(job, *exc_info)
+        self.database.failed(exc_info[1] if len(exc_info) > 1 else None)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         """How long a claim on a running job lasts unless renewed (RQ's SimpleWorker: the
@@ -127,11 +178,15 @@ class Worker(SimpleWorker):
 
     def _poll(self) -> tuple[Job, Queue] | None:
         """One wait of at most POLL_S for a job, as RQ's loop makes it (heartbeat, maintenance,
-        pop); None when none came or Redis cannot be reached (retried at the next poll)."""
+        pop); None when none came, Redis cannot be reached or the database is away (retried at
+        the next poll)."""
         try:
             self.heartbeat()
             if self.should_run_maintenance_tasks:
                 self.run_maintenance_tasks()
+            if not self.database.answers():
+                time.sleep(POLL_S)
+                return None
             result = self.queue_class.dequeue_any(
                 self._ordered_queues,
                 POLL_S,
