@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Match
 
 from service.cli import app as cli_app
@@ -183,3 +184,47 @@ def test_every_operation_is_in_the_readme(sqlite_client: TestClient) -> None:
         if not (mentioned(path, text) or (parent and as_sibling)):
             missing.append(path)
     assert missing == []
+
+
+def metrics_section() -> str:
+    """The "Metrics" section, alerts included."""
+    return README.split("\n### Metrics\n", 1)[1].split("\n## ", 1)[0]
+
+
+def metrics_named(text: str) -> tuple[set[str], dict[str, set[str]]]:
+    """The metric names `text` gives in full, and each name it shortens after a full one
+    (`tagflow_prediction_log_buffered`, `…_written_total`) with what it may stand for."""
+    full = set(re.findall(r"tagflow_\w+", text))
+    prefixes = {name[: m.start()] for name in full for m in re.finditer("_", name)}
+    short = {suffix: {p + suffix for p in prefixes} for suffix in re.findall(r"…(_\w+)", text)}
+    return full, short
+
+
+# Served once there is something to measure: labelled audit items, overlap pairs.
+SERVED_WHEN_MEASURED = {
+    "tagflow_audit_precision",
+    "tagflow_audit_meets_target",
+    "tagflow_review_kappa",
+}
+
+
+def test_the_metrics_section_names_every_metric_served(sqlite_client: TestClient) -> None:
+    """A metric the README does not name is one an operator does not know to graph or alert on;
+    a name it gives that the API does not serve is a panel that stays empty."""
+    item = {"title": "YOLOv8 object detection", "description": "Real-time detection."}
+    headers = {"Authorization": f"Bearer {KEYS['client']}"}
+    assert sqlite_client.post("/predict", json=item, headers=headers).status_code == 200
+    response = sqlite_client.get("/metrics", headers={"Authorization": f"Bearer {KEYS['metrics']}"})
+    assert response.status_code == 200, response.text
+    families = list(text_string_to_metric_families(response.text))
+    # prometheus-client adds a `_created` series (a start time) to each counter and histogram.
+    served = {f.name for f in families if f.name.startswith("tagflow_")} - {
+        f"{f.name}_created" for f in families
+    }
+    samples = {s.name for f in families for s in f.samples} | SERVED_WHEN_MEASURED
+    full, short = metrics_named(metrics_section())
+    assert len(served) > 30 and short
+    named = full.union(*short.values())
+    assert {name for name in served if not {name, f"{name}_total"} & named} == set()
+    assert full - served - samples == set()
+    assert [suffix for suffix, names in short.items() if not names & samples] == []
