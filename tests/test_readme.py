@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -13,7 +15,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Match
 
+from service.api.limits import max_body_bytes
 from service.cli import app as cli_app
+from service.config import Settings
 from tests.conftest import KEYS, ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -228,3 +232,43 @@ def test_the_metrics_section_names_every_metric_served(sqlite_client: TestClient
     assert {name for name in served if not {name, f"{name}_total"} & named} == set()
     assert full - served - samples == set()
     assert [suffix for suffix, names in short.items() if not names & samples] == []
+
+
+def configuration_rows() -> dict[str, str]:
+    """The "Configuration" table: each variable's setting name and the default its row shows
+    (a row naming two variables, `A` / `B`, shows two defaults the same way)."""
+    rows: dict[str, str] = {}
+    for names, default in re.findall(r"^\| (`TAGFLOW_[^|]*?) \| ([^|]*?) \|", README, flags=re.M):
+        variables = re.findall(r"`TAGFLOW_(\w+)`", names)
+        defaults = default.split(" / ") if len(variables) > 1 else [default]
+        assert len(defaults) == len(variables), names
+        rows.update((v.lower(), d.strip()) for v, d in zip(variables, defaults, strict=True))
+    return rows
+
+
+def shown(value: object) -> str:
+    """A default as the table writes it: `true`, `onnx-int8`, `300`, `./var`."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, Path):
+        return value.relative_to(ROOT).as_posix() if value.is_absolute() else f"./{value}"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def test_the_configuration_table_has_every_setting_with_its_default() -> None:
+    """Every setting of `Settings` has a row and every row names a setting, and a row that shows
+    its default as a value (`300`, not "unset") shows the one the code has."""
+    rows = configuration_rows()
+    fields = Settings.model_fields
+    assert set(rows) == set(fields)
+    literal = {name: cell for name, cell in rows.items() if re.fullmatch(r"`[^`<]*`", cell)}
+    assert len(literal) > 30
+    for name, cell in literal.items():
+        assert cell.strip("`") in (shown(fields[name].default), str(fields[name].default)), name
+    body_bound = re.search(r"([\d,]+) bytes", rows["max_body_bytes"])
+    assert body_bound, rows["max_body_bytes"]
+    assert int(body_bound.group(1).replace(",", "")) == max_body_bytes(Settings.model_construct())
