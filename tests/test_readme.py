@@ -272,3 +272,16 @@ def test_the_configuration_table_has_every_setting_with_its_default() -> None:
     body_bound = re.search(r"([\d,]+) bytes", rows["max_body_bytes"])
     assert body_bound, rows["max_body_bytes"]
     assert int(body_bound.group(1).replace(",", "")) == max_body_bytes(Settings.model_construct())
+
+
+# Variables the README names that are not settings: compose's and the test suite's.
+NOT_SETTINGS = {"TAGFLOW_METRICS_KEY", "TAGFLOW_TEST_POSTGRES_URL", "TAGFLOW_TEST_REDIS_DB"}
+
+
+def test_every_variable_the_readme_names_is_read() -> None:
+    """A variable renamed or dropped in the code, still named in a paragraph, would be set by a
+    reader and silently ignored (Settings ignores unknown TAGFLOW_ variables)."""
+    named = set(re.findall(r"\bTAGFLOW_[A-Z0-9_]*[A-Z0-9]", README))
+    settings = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
+    assert named - settings - NOT_SETTINGS == set()
+    assert named >= NOT_SETTINGS
