@@ -411,6 +411,25 @@ def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
     assert (after["tag"], after["scores"]) == (before["tag"], before["scores"])
 
 
+def test_a_version_imported_twice_keeps_where_it_was_trained(sqlite_client: TestClient) -> None:
+    """Training deployment to staging to production: the bundle staging exports holds a version
+    that was itself imported, whose training file and first lineage must not be lost on the
+    way (they were: `source` came out null, and the first hop was gone)."""
+    gzip = {"content-type": "application/gzip"}
+    for version in ("v0001", "v0002"):
+        bundle = sqlite_client.get(f"/models/{version}/bundle", headers=auth("admin")).content
+        imported = sqlite_client.post(
+            "/models/import", content=bundle, headers=auth("admin") | gzip
+        )
+        assert imported.status_code == 201, imported.text
+    first = sqlite_client.get("/models/v0002", headers=auth("admin")).json()["params"]["imported"]
+    twice = sqlite_client.get("/models/v0003", headers=auth("admin")).json()["params"]["imported"]
+    assert twice["version"] == "v0002" and twice["earlier"] == first
+    assert twice["source"] == first["source"] and twice["source"].endswith(".csv")
+    seen = sqlite_client.get("/models/v0003", headers=auth("client")).json()["params"]["imported"]
+    assert seen["source"] == seen["earlier"]["source"] == PurePath(first["source"]).name
+
+
 def _said(output: str) -> str:
     """CLI output as one line: rich wraps long lines at the terminal's width."""
     return " ".join(output.split())

@@ -397,16 +397,21 @@ def _check_tags(classes: list[str], tags: TagSet, version: str) -> None:
 
 
 def _lineage(manifest: BundleManifest) -> dict[str, Any]:
-    """Where an imported version came from, kept in its `params.imported`."""
+    """Where an imported version came from, kept in its `params.imported`. A source that was
+    itself imported has no training file of its own (its import dropped the path): the file is
+    its lineage's, and that lineage is kept whole under `earlier`, so a version passed from
+    deployment to deployment still says where it was trained."""
     source = manifest.model
+    earlier = source.params.get("imported")
+    earlier = earlier if isinstance(earlier, dict) else None
     return {
         "version": source.version,
         "status": source.status.value,
         "created_at": source.created_at.isoformat(),
         "dataset_snapshot_id": source.dataset_snapshot_id,
-        "source": source.params.get("source"),
+        "source": source.params.get("source") or (earlier or {}).get("source"),
         "serving_threshold": registry.serving_threshold(source),
         "exported_at": manifest.exported_at.isoformat(),
         "tagflow_version": manifest.tagflow_version,
         "imported_at": utcnow().isoformat(),
-    }
+    } | ({"earlier": earlier} if earlier else {})

@@ -41,16 +41,18 @@ def public(row: ModelVersion, *, caller: Caller, artifacts_dir: Path) -> ModelVe
     if caller.role is Role.ADMIN:
         return shown
     params = _file_names(shown.params)
-    if isinstance(imported := params.get("imported"), dict):  # the source deployment's file
-        params["imported"] = _file_names(imported)
     return shown.model_copy(update={"artifact_path": None, "params": params})
 
 
 def _file_names(params: dict[str, Any]) -> dict[str, Any]:
-    """`params` with the training file's path cut to its name."""
+    """`params` with the training file's path cut to its name, in its lineage too (the source
+    deployment's file, and the one before it for a version imported twice)."""
     shown = dict(params)
     if isinstance(shown.get("source"), str):
         shown["source"] = PurePath(shown["source"]).name
+    for hop in ("imported", "earlier"):
+        if isinstance(shown.get(hop), dict):
+            shown[hop] = _file_names(shown[hop])
     return shown
 
 
