@@ -43,6 +43,7 @@ from service.ml.dataset import (
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, review_suspects
+from service.ml.production_history import rolled_back_from
 from service.ml.training import DEFAULT_CONFIG, Progress, TrainResult, evaluate, train
 from service.tags import Tag, TagSet
 
@@ -349,8 +350,33 @@ def remakes(
     )
 
 
+def _twin(
+    session: Session,
+    *,
+    production: ModelVersion | None,
+    sets: TrainingSets,
+    target: float,
+    encoder: Encoder,
+) -> ModelVersion | None:
+    """The version training on `sets` would make again, if it would be production or a version
+    production was rolled back from: production's twin changes nothing, and a rolled-back
+    version's twin, promoted by the gate it passed before, would undo the rollback."""
+    if production is None:
+        return None
+    rolled_back = [registry.get_version(session, version=v) for v in rolled_back_from(session)]
+    for version in (production, *rolled_back):
+        if remakes(version, sets=sets, target_precision=target, encoder=encoder):
+            return version
+    return None
+
+
 def _nothing_new(
-    session: Session, *, production: ModelVersion, sets: TrainingSets, reason: str
+    session: Session,
+    *,
+    production: ModelVersion,
+    twin: ModelVersion,
+    sets: TrainingSets,
+    reason: str,
 ) -> dict[str, Any]:
     """The result of a retraining that would only make production again: nothing trained,
     nothing registered. The snapshot is still recorded, so the automatic retraining counts
@@ -365,7 +391,12 @@ def _nothing_new(
         created_at=sets.read_at,
     )
     session.commit()  # no version to commit it with (`create_snapshot` only flushes)
-    outcome = f"nothing new since {production.version}: nothing trained or registered"
+    outcome = (
+        f"nothing new since {production.version}: nothing trained or registered"
+        if twin.version == production.version
+        else f"the same data and settings made {twin.version}, which production was rolled "
+        "back from: nothing trained or registered (force to train anyway)"
+    )
     log.info("retrain (%s): %s", reason, outcome)
     return {
         "candidate": None,
@@ -402,12 +433,13 @@ def retrain(
     progress("data")
     sets = build_training_sets(session, settings=settings, tags=tags)
     target = settings.target_precision
-    if (
-        not force
-        and production is not None
-        and remakes(production, sets=sets, target_precision=target, encoder=encoder)
-    ):
-        return _nothing_new(session, production=production, sets=sets, reason=reason)
+    twin = (
+        None
+        if force
+        else _twin(session, production=production, sets=sets, target=target, encoder=encoder)
+    )
+    if production is not None and twin is not None:
+        return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
     result = train(
         sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
     )

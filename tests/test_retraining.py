@@ -901,3 +901,44 @@ def test_a_retraining_with_nothing_new_registers_nothing_unless_forced(
     other = make_settings(target_precision=0.95)
     with Session(engine, expire_on_commit=False) as session:
         assert retraining.retrain(session, settings=other, tags=tags, encoder=encoder)["candidate"]
+
+
+def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    """An admin rolls production back from v2. The next retraining, on the data v2 was
+    trained on (no label since), made v2's twin, which passed the gate v2 had passed and was
+    promoted: the rollback undone behind the admin's back. It now trains nothing and says
+    which version it would have remade; a new label, or force, trains."""
+    settings = make_settings(target_precision=0.9)
+    first = register_promoted(engine, settings, seed_result)
+    add_labels(engine, new_items[:12], share=0.0)
+    with Session(engine, expire_on_commit=False) as session:
+        second = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        rolled_back = second["candidate"]
+        if not second["promoted"]:  # the gate's verdict is not what this test is about
+            registry.promote(
+                session,
+                version=rolled_back,
+                tags=tags,
+                artifacts_dir=settings.artifacts_dir,
+                actor="t",
+            )
+        registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir, actor="t")
+        assert registry.get_production(session).version == first  # type: ignore[union-attr]
+
+        again = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        assert again["candidate"] is None and not again["promoted"], again
+        assert f"made {rolled_back}, which production was rolled back from" in again["outcome"]
+        assert {v.version for v in registry.list_versions(session)} == {first, rolled_back}
+        assert registry.get_production(session).version == first  # type: ignore[union-attr]
+
+    add_labels(engine, new_items[12:13], share=0.0)  # something new: it trains
+    with Session(engine, expire_on_commit=False) as session:
+        newer = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        assert newer["candidate"] not in (None, first, rolled_back)

@@ -91,6 +91,16 @@ def record_rollback(session: Session, *, promotion: ProductionChange, actor: str
         raise UndoRaced(f"promotion #{promotion.id} of {promotion.version} was already undone")
 
 
+def rolled_back_from(session: Session) -> list[str]:
+    """The versions production was ever rolled back from, newest rollback first."""
+    query = (
+        select(ProductionChange.replaced)
+        .where(ProductionChange.action == ProductionAction.ROLLBACK)
+        .order_by(col(ProductionChange.id).desc())
+    )
+    return list(dict.fromkeys(v for v in session.exec(query) if v is not None))
+
+
 def history(session: Session, *, limit: int = 100) -> list[ProductionChangePublic]:
     """Changes of production, newest first, as the API and the CLI show them."""
     query = select(ProductionChange).order_by(col(ProductionChange.id).desc()).limit(limit)
