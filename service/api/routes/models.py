@@ -74,10 +74,13 @@ def list_models(
 
 
 @router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
-def retrain_model(state: StateDep, _caller: AdminKey) -> JobAccepted:
+def retrain_model(state: StateDep, _caller: AdminKey, force: bool = False) -> JobAccepted:
     """Queue a retraining on the base dataset plus current labels; follow it at
-    GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate."""
-    return JobAccepted(job_id=enqueue_retrain(state.queues.training, reason="manual"))
+    GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate. With
+    nothing new since production (or a version rolled back from) it trains nothing, unless
+    `force=true`."""
+    job_id = enqueue_retrain(state.queues.training, reason="manual", force=force)
+    return JobAccepted(job_id=job_id)
 
 
 @router.post("/{version}/compare", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
