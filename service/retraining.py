@@ -27,7 +27,7 @@ from sqlmodel import Session
 from service.config import Settings
 from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
-from service.entities import Label, ModelVersion
+from service.entities import DatasetSnapshot, Label, ModelVersion
 from service.entities.common import utcnow
 from service.errors import InvalidInputError
 from service.jobs import JOB_TIMEOUT_S, enqueue_job
@@ -291,6 +291,18 @@ def _gate(
     return gate, prod_metrics
 
 
+def _add_snapshot(session: Session, *, sets: TrainingSets) -> DatasetSnapshot:
+    """Add (flushed, not committed) the snapshot of the data `sets` were built from."""
+    return snapshots_crud.create_snapshot(
+        session,
+        base_hash=sets.base_hash,
+        base_rows=sets.base_rows,
+        train_label_ids=sets.train_label_ids,
+        holdout_label_ids=sets.holdout_label_ids,
+        created_at=sets.read_at,
+    )
+
+
 def _register(
     session: Session,
     *,
@@ -303,14 +315,7 @@ def _register(
     """Record the data snapshot and register the candidate with it, in one transaction (a
     snapshot with no version would count as the latest for the automatic trigger); returns
     (snapshot id, version)."""
-    snapshot = snapshots_crud.create_snapshot(
-        session,
-        base_hash=sets.base_hash,
-        base_rows=sets.base_rows,
-        train_label_ids=sets.train_label_ids,
-        holdout_label_ids=sets.holdout_label_ids,
-        created_at=sets.read_at,
-    )
+    snapshot = _add_snapshot(session, sets=sets)
     row = registry.register(
         session,
         result=result,
@@ -382,14 +387,7 @@ def _nothing_new(
     nothing registered. The snapshot is still recorded, so the automatic retraining counts
     new labels from now, not again from before labels that changed nothing (a reviewer
     confirming a base row's tag gives the same row)."""
-    snapshot = snapshots_crud.create_snapshot(
-        session,
-        base_hash=sets.base_hash,
-        base_rows=sets.base_rows,
-        train_label_ids=sets.train_label_ids,
-        holdout_label_ids=sets.holdout_label_ids,
-        created_at=sets.read_at,
-    )
+    snapshot = _add_snapshot(session, sets=sets)
     session.commit()  # no version to commit it with (`create_snapshot` only flushes)
     outcome = (
         f"nothing new since {production.version}: nothing trained or registered"
