@@ -292,3 +292,55 @@ def test_jobs_wait_with_their_retries_while_the_database_is_away(
     assert "the database answers again" in caplog.text
     with Session(engine) as session:
         assert [t.title for t in session.exec(select(ReviewTask))] == ["Unsure second"]
+
+
+def test_a_burst_worker_waits_for_the_database_too(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    redis_conn: Redis,
+    caplog: pytest.LogCaptureFixture,
+    watchdog: None,
+) -> None:
+    """`tagflow worker --burst` took RQ's own single look for each job, with no look at the
+    database: in an outage it took every job, each failed at once and spent a retry. Now it
+    waits for the database as the worker that polls does, then empties its queues."""
+    caplog.set_level(logging.INFO, logger="workers.worker")
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        for title in ("Unsure first", "Unsure second"):  # one job each
+            save_predictions(
+                session, predictions=[make_prediction(title, status=PredictionStatus.REVIEW)]
+            )
+            assert relay(session, queue=queue) == 1
+    first, second = queue.get_jobs()
+    context = JobContext(make_settings(database_url=database_url))
+    up = context.engine
+    down = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")  # refused
+    context.engine = down
+    use_context(context)
+
+    def back() -> None:  # the database answers again a few seconds into the outage
+        context.engine = up
+
+    timer = threading.Timer(3, back)
+    started = time.monotonic()
+    timer.start()
+    try:
+        Worker([queue], connection=redis_conn).work(burst=True)
+        took = time.monotonic() - started
+    finally:
+        timer.cancel()
+        use_context(None)
+        down.dispose()
+        up.dispose()
+    first.refresh()
+    assert first.get_status() == JobStatus.SCHEDULED  # the one that met the outage
+    assert first.retries_left == REVIEW_RETRY.max - 1
+    assert second.get_status(refresh=True) == JobStatus.FINISHED, "taken in the outage"
+    second.refresh()
+    assert second.retries_left == REVIEW_RETRY.max
+    assert took >= 3  # it waited for the database instead of ending with jobs left
+    assert "the database answers again" in caplog.text
+    with Session(engine) as session:
+        assert [t.title for t in session.exec(select(ReviewTask))] == ["Unsure second"]

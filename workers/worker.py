@@ -163,8 +163,10 @@ class Worker(SimpleWorker):
         self, timeout: int | None, max_idle_time: int | None = None
     ) -> tuple[Job, Queue] | None:
         """The next job, waited for in polls of `POLL_S` (None after `max_idle_time`);
-        StopRequested once a stop is asked. With no timeout (burst), RQ's own single look."""
+        StopRequested once a stop is asked. With no timeout (burst), RQ's own single look, once
+        the database answers."""
         if timeout is None:
+            self._wait_for_the_database()
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         self.set_state(WorkerStatus.IDLE)
         self.procline("Listening on " + ",".join(self.queue_names()))
@@ -175,6 +177,19 @@ class Worker(SimpleWorker):
             if result := self._poll():
                 return result
         raise StopRequested
+
+    def _wait_for_the_database(self) -> None:
+        """Until the database answers, take no job (a burst worker's wait, which the polls
+        make for a worker that waits for jobs): RQ's single look took every job of the
+        queues in an outage, each failed at once and spent a retry. StopRequested once a stop
+        is asked."""
+        while not self.database.answers():
+            if self._stop_requested:
+                raise StopRequested
+            self.heartbeat()  # registered while it waits, as a polling worker is
+            if self.should_run_maintenance_tasks:
+                self.run_maintenance_tasks()
+            time.sleep(POLL_S)
 
     def _poll(self) -> tuple[Job, Queue] | None:
         """One wait of at most POLL_S for a job, as RQ's loop makes it (heartbeat, maintenance,
