@@ -344,3 +344,56 @@ def test_a_burst_worker_waits_for_the_database_too(
     assert "the database answers again" in caplog.text
     with Session(engine) as session:
         assert [t.title for t in session.exec(select(ReviewTask))] == ["Unsure second"]
+
+
+def test_a_probe_error_that_is_no_outage_keeps_the_worker_waiting(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    tmp_path: Path,
+    redis_conn: Redis,
+    caplog: pytest.LogCaptureFixture,
+    watchdog: None,
+) -> None:
+    """The database found away, the worker's probe met an error that is not an outage (here
+    a file that is not a database, as a botched restore leaves): raised into RQ's loop, it
+    ended the worker ("found an unhandled exception, quitting", exit 0, so a supervisor that
+    restarts on failure left it stopped, and the jobs waited for nobody). Now it is logged
+    once and the worker goes on waiting, then takes the jobs once the database answers."""
+    caplog.set_level(logging.INFO)
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(sqlite_engine) as session:
+        for title in ("Unsure first", "Unsure second"):  # one job each
+            save_predictions(
+                session, predictions=[make_prediction(title, status=PredictionStatus.REVIEW)]
+            )
+            assert relay(session, queue=queue) == 1
+    first, second = queue.get_jobs()
+    context = JobContext(make_settings(database_url=str(sqlite_engine.url)))
+    up = context.engine
+    refused = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/test")
+    garbage = tmp_path / "restored.db"
+    garbage.write_bytes(b"not a database, " * 512)
+    broken = make_engine(f"sqlite:///{garbage}")
+    context.engine = refused  # the first job meets an outage
+    use_context(context)
+
+    def swap(to: Engine) -> None:
+        context.engine = to
+
+    timers = [threading.Timer(1.5, swap, (broken,)), threading.Timer(5, swap, (up,))]
+    for timer in timers:
+        timer.start()
+    try:
+        Worker([queue], connection=redis_conn).work(max_jobs=2)  # the failed one, then one more
+    finally:
+        for timer in timers:
+            timer.cancel()
+        use_context(None)
+        for each in (refused, broken, up):
+            each.dispose()
+    assert first.get_status(refresh=True) == JobStatus.SCHEDULED
+    assert second.get_status(refresh=True) == JobStatus.FINISHED, "the worker stopped"
+    assert "found an unhandled exception" not in caplog.text
+    refusals = [r for r in caplog.records if "file is not a database" in r.getMessage()]
+    assert len(refusals) == 1, "logged once, not at every poll"
+    assert "the database answers again" in caplog.text

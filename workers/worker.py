@@ -57,6 +57,9 @@ class DatabaseWatch:
 
     def __init__(self) -> None:
         self.down_since: float | None = None
+        # The last probe error that was not an outage, as logged: logged again only when
+        # it changes, not at every poll.
+        self.refusal: str | None = None
 
     def failed(self, exc: BaseException | None) -> None:
         """Note a job's failure: an outage stops the taking of jobs."""
@@ -69,22 +72,40 @@ class DatabaseWatch:
             )
 
     def answers(self) -> bool:
-        """True unless the database was found away and still is (asked once per call)."""
+        """True unless the database was found away and still is (asked once per call).
+
+        Any error of the probe means it is still away: one that is not an outage (a file that
+        is not a database, a server refusing the query) is logged, once while it lasts, and
+        waited out like an outage. Raised, it reached RQ's loop, which ended the worker (exit
+        0) and left the jobs waiting for nobody."""
         if self.down_since is None:
             return True
         try:
             with get_context().engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
-            if is_outage(exc):
-                return False
-            raise
+            if not is_outage(exc):
+                self._refused(exc)
+            return False
         log.info(
             "worker: the database answers again after %.0f s; taking jobs",
             time.monotonic() - self.down_since,
         )
         self.down_since = None
+        self.refusal = None
         return True
+
+    def _refused(self, exc: Exception) -> None:
+        """Log a probe error that is not an outage, unless it is the one logged last."""
+        refusal = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if refusal != self.refusal:
+            self.refusal = refusal
+            log.error(
+                "worker: the database refuses the worker's check (%s), which waiting alone may "
+                "not cure; still no job is taken until it answers",
+                refusal,
+                exc_info=exc,
+            )
 
 
 class Worker(SimpleWorker):
