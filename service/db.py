@@ -99,6 +99,10 @@ def session_scope(engine: Engine) -> Iterator[Session]:
 UNDEFINED_TABLE = "42P01"
 # PostgreSQL's SQLSTATE for a lock not granted within lock_timeout.
 LOCK_NOT_AVAILABLE = "55P03"
+# How long a prune of the prediction log (`tagflow db prune`, the worker's daily one) waits
+# for a lock by default: a migration or a long transaction holding the table stops it instead
+# of holding it, and whatever waits behind it, for good.
+PRUNE_LOCK_TIMEOUT_S = 10.0
 
 
 def bound_lock_waits(session: Session, *, seconds: float) -> None:

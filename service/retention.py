@@ -14,9 +14,11 @@ from datetime import timedelta
 from redis import Redis
 from rq import Queue
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from service.crud.predictions import prune_predictions
+from service.db import PRUNE_LOCK_TIMEOUT_S, is_lock_timeout
 from service.entities.common import utcnow
 from service.jobs import PRUNE_TIMEOUT_S
 
@@ -42,11 +44,26 @@ def maybe_enqueue_prune(
     return job.id
 
 
-def prune_older_than(engine: Engine, *, days: float) -> dict[str, int]:
-    """Delete logged predictions older than `days` (reported ones stay); counts by table."""
+def prune_older_than(
+    engine: Engine, *, days: float, lock_timeout_s: float = PRUNE_LOCK_TIMEOUT_S
+) -> dict[str, int]:
+    """Delete logged predictions older than `days` (reported ones stay); counts by table.
+
+    A lock held elsewhere past `lock_timeout_s` (PostgreSQL) stops it with the database's
+    error, the batches before it deleted: without the bound, a migration or a transaction left
+    open on the table held the worker, and every job behind the prune, for as long."""
     before = utcnow() - timedelta(days=days)
     with Session(engine) as session:
-        gone = prune_predictions(session, before=before)
+        try:
+            gone = prune_predictions(session, before=before, lock_timeout_s=lock_timeout_s)
+        except OperationalError as exc:
+            if is_lock_timeout(exc):
+                log.error(
+                    "retention: a lock another transaction holds on the predictions was not "
+                    "released within %g s; the prune stopped (the next one goes on)",
+                    lock_timeout_s,
+                )
+            raise
     log.info(
         "retention: deleted %d predictions and %d shadow scores older than %s",
         gone["predictions"],

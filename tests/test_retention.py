@@ -4,6 +4,7 @@ and those a user report points at stay."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -13,6 +14,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 from rq import Queue
+from rq.job import JobStatus
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
@@ -20,6 +23,7 @@ from typer.testing import CliRunner
 from service.cli import app
 from service.config import Settings
 from service.crud.predictions import prune_predictions, save_predictions
+from service.db import PRUNE_LOCK_TIMEOUT_S
 from service.entities import Feedback, Prediction, ShadowPrediction
 from service.entities.common import utcnow
 from service.ml.training import TrainResult
@@ -135,6 +139,45 @@ def test_the_worker_runs_the_prune(
     assert job is not None and job.return_value() == {"predictions": 5, "shadow_predictions": 5}
     predictions, shadows = remaining(engine)
     assert len(predictions) == len(shadows) == 2 and not predictions & set(old)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The daily prune waited for a lock as long as it was held (PostgreSQL's default): a
+    migration or a transaction left open on the prediction table held the worker, and every
+    job behind the prune, for as long. It now gives up after PRUNE_LOCK_TIMEOUT_S, as
+    `tagflow db prune` does, and fails (the next day's prune goes on)."""
+    old = log_predictions(engine, old=3, recent=1)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
+    assert job_id is not None
+    holder = engine.connect()
+    holder.execute(text("LOCK TABLE prediction IN ACCESS EXCLUSIVE MODE"))  # as ALTER TABLE
+    # Let go in the end, so that a prune that waits for it cannot hang the suite.
+    release = threading.Timer(PRUNE_LOCK_TIMEOUT_S + 20, holder.rollback)
+    use_context(JobContext(make_settings(database_url=database_url, retention_days=90)))
+    started = time.monotonic()
+    release.start()
+    try:
+        Worker([queue], connection=redis_conn).work(burst=True)
+        took = time.monotonic() - started
+    finally:
+        release.cancel()
+        use_context(None)
+        holder.rollback()
+        holder.close()
+    job = queue.fetch_job(job_id)
+    assert job is not None and job.get_status() == JobStatus.FAILED, "waited for the lock"
+    assert took < PRUNE_LOCK_TIMEOUT_S + 10
+    assert "lock timeout" in (job.exc_info or "")
+    assert f"not released within {PRUNE_LOCK_TIMEOUT_S:g} s" in caplog.text
+    assert set(old) <= remaining(engine)[0]  # the table was never reached: all there
 
 
 def test_retention_under_a_day_is_refused(make_settings: Callable[..., Settings]) -> None:

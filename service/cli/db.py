@@ -21,7 +21,7 @@ from service.cli.common import (
     shown_url,
 )
 from service.config import Settings
-from service.db import init_db, is_lock_timeout, is_outage
+from service.db import PRUNE_LOCK_TIMEOUT_S, init_db, is_lock_timeout, is_outage
 
 db_app = typer.Typer(
     help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
@@ -96,11 +96,6 @@ def _days(value: float) -> float:
     if not (math.isfinite(value) and 1 <= value <= 36500):
         raise typer.BadParameter(f"{value} is not a number of days from 1 to 36500")
     return value
-
-
-# How long `db prune` waits for a lock by default: a migration or a long transaction holding
-# the prediction table stops a cron prune with exit 2 instead of holding it for good.
-PRUNE_LOCK_TIMEOUT_S = 10.0
 
 
 def _lock_seconds(value: float) -> float:
