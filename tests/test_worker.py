@@ -31,7 +31,7 @@ from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
 from tests.conftest import ROOT, make_prediction
 from workers.context import JobContext, use_context
-from workers.worker import CLAIM_TTL_S, POLL_S, Worker
+from workers.worker import CLAIM_TTL_S, POLL_S, REDIS_TIMEOUT_S, Worker
 
 
 @pytest.fixture
@@ -133,6 +133,42 @@ def test_a_worker_stops_on_sigterm_while_redis_is_away(
             worker.kill()
             worker.communicate()
     assert worker.returncode in (0, 1), output[-3000:]
+    assert "cannot reach Redis" in output
+    assert "╭" not in output  # no rich traceback box from the CLI
+
+
+def test_a_worker_stops_on_sigterm_while_redis_hangs(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A Redis that hangs (stopped, its host cut off without a reset) answered nothing and
+    refused nothing: the worker waited in silence, RQ's socket timeout being 415 s, and a
+    SIGTERM waited too (its handler writes to Redis), while `tagflow up` and compose's grace
+    period waited for the worker. Each command now gives up after REDIS_TIMEOUT_S."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    assert server.process is not None
+    worker = start_worker(cli_env, redis_url=url)
+    try:
+        connection = Redis.from_url(url)
+        deadline = time.monotonic() + 60
+        while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
+            assert time.monotonic() < deadline and worker.poll() is None, "never started"
+            time.sleep(0.1)
+        connection.close()
+        server.process.send_signal(signal.SIGSTOP)  # hung: connections open, no answer
+        time.sleep(2 * POLL_S)
+        worker.terminate()
+        stopping = time.monotonic()
+        output, _ = worker.communicate(timeout=3 * REDIS_TIMEOUT_S + 30)
+        took = time.monotonic() - stopping
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.communicate()
+    assert worker.returncode in (0, 1), output[-3000:]
+    assert took < 3 * REDIS_TIMEOUT_S, output[-3000:]
     assert "cannot reach Redis" in output
     assert "╭" not in output  # no rich traceback box from the CLI
 

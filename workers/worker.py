@@ -43,6 +43,12 @@ POLL_S = 1
 RENEW_S = 10
 CLAIM_TTL_S = 45
 MAINTENANCE_S = 30
+# How long a Redis command may go unanswered (a connection, too) before the worker counts
+# Redis as away: the longest command it sends is its wait for a job, POLL_S. RQ's own is that
+# wait plus 10 s, 415 s, and none for a connection: a Redis that hung (stopped, its host cut
+# off without a reset) held the worker silent that long, a stop asked meanwhile too (its
+# handler writes to Redis), so `tagflow up` and compose's grace period waited for it.
+REDIS_TIMEOUT_S = 10
 
 
 class DatabaseWatch:
@@ -131,6 +137,11 @@ class Worker(SimpleWorker):
         self.claim_ttl_s = claim_ttl_s
         self.renew_s = renew_s
         self.database = DatabaseWatch()
+
+    @property
+    def connection_timeout(self) -> int:
+        """The socket timeout RQ gives the worker's connection (`REDIS_TIMEOUT_S`)."""
+        return REDIS_TIMEOUT_S
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """RQ's logging and handlers for a failed job, then a look at why it failed."""
@@ -260,14 +271,14 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     # stops when this worker dies, even by SIGKILL, instead of running on under init holding
     # the scheduler lock (and the worker's stdout, so a reader of it never saw the end).
     os.register_at_fork(after_in_child=die_with_parent())
-    redis = Redis.from_url(settings.redis_url)
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=REDIS_TIMEOUT_S)
     queues = [Queue(name, connection=redis) for name in (LABELING_QUEUE, TRAINING_QUEUE)]
     try:
         worker = Worker(queues, connection=redis, maintenance_interval=MAINTENANCE_S)
         worker.work(burst=burst, with_scheduler=True)
-    except RedisConnectionError as exc:
-        # RQ retries while it waits for jobs; this is Redis gone in the middle of a job's
-        # bookkeeping (an outage, or `tagflow up` killed outright: its Redis stops with it).
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # RQ retries while it waits for jobs; this is Redis gone (or hung) in the middle of a
+        # job's bookkeeping (an outage, or `tagflow up` killed outright: its Redis stops with it).
         # RQ has logged the details; one line and a failure exit, for a supervisor to restart.
         log.error("worker stopped: lost its Redis connection (%s)", exc)
         raise SystemExit(1) from None
