@@ -25,3 +25,12 @@ def take(redis: Redis, *, action: str, key_id: str, limit: int, now: float) -> i
     if int(count) <= limit:
         return None
     return max(1, int((window + 1) * WINDOW_S - now + 0.999))
+
+
+def give_back(redis: Redis, *, action: str, key_id: str, now: float) -> None:
+    """Undo one `take` made at `now` (same minute: the count it added to), for an action that
+    turned out to need none. Raises RedisError when Redis cannot count."""
+    name = f"tagflow:quota:{action}:{key_id}:{int(now // WINDOW_S)}"
+    with redis.pipeline() as pipe:
+        # A count that expired meanwhile comes back at -1, in a minute no take reads again.
+        pipe.decr(name).expire(name, 2 * WINDOW_S).execute()

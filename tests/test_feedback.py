@@ -5,11 +5,13 @@ trusted feedback."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from typing import Any
 
+import httpx
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -26,7 +28,7 @@ from service.entities import Feedback, Label, LabelSource, OutboxItem
 from service.entities.review import ReviewTask
 from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, live_server, register_promoted
 from tests.test_review_api import VAGUE, wait_outbox_sent
 from workers.context import JobContext, use_context
 from workers.worker import Worker
@@ -431,6 +433,62 @@ def test_repeats_of_a_recorded_report_use_no_quota_and_unknown_predictions_do(
     assert [r.status_code for r in probes] == [404] * 3
     after = report(client, "reviewer", prediction_id=pid, correct_tag="mlops", reporter="r")
     assert after.status_code == 429
+
+
+def _concurrently(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    """POST each body to /feedback at once, one connection each, as retrying clients do."""
+    barrier = threading.Barrier(len(bodies))
+    answers: list[httpx.Response] = []
+
+    def send(body: dict[str, Any]) -> None:
+        with httpx.Client(base_url=url, headers=auth("client"), timeout=30) as http:
+            barrier.wait()
+            answers.append(http.post("/feedback", json=body))
+
+    threads = [threading.Thread(target=send, args=(body,)) for body in bodies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def _quota_used(conn: redis.Redis) -> int:
+    return sum(int(conn.get(name) or 0) for name in conn.keys("tagflow:quota:feedback:*"))
+
+
+def test_a_report_sent_again_while_the_first_is_in_flight_uses_quota_once(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    seed_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    """Copies of one report sent at once (a client retrying while its first attempt is still
+    in flight) all passed the repeat check before the first was stored, and each took quota:
+    8 copies against a live server stored one report and spent 8 of the key's quota, on
+    SQLite and PostgreSQL alike (2 copies: 2). A copy that finds the report stored by then is
+    a repeat, or a 409 with another tag, and gives its count back: 1 either way."""
+    settings = make_settings(database_url=database_url, feedback_per_key_per_minute=600)
+    register_promoted(engine, settings, seed_result)
+    with live_server(create_app(settings)) as url:
+        answer = httpx.post(f"{url}/predict", json=ITEM, headers=auth("client"), timeout=30)
+        pid = answer.json()["prediction_id"]
+        _away_from_a_minute_boundary()
+        same = {"prediction_id": pid, "correct_tag": "mlops", "reporter": "user-1"}
+        copies = _concurrently(url, [same] * 8)
+        assert sorted(r.status_code for r in copies) == [200] * 7 + [201]
+        assert len({r.json()["feedback_id"] for r in copies}) == 1
+        assert _quota_used(redis_conn) == 1
+        # Racing reports of one reporter with two tags: one is stored, the others repeat it
+        # (200) or contradict it (409), and neither uses quota.
+        bodies = [{**same, "reporter": "user-2", "correct_tag": t} for t in ["mlops", "other"] * 4]
+        racing = _concurrently(url, bodies)
+        assert sorted(r.status_code for r in racing).count(201) == 1
+        assert {r.status_code for r in racing} <= {200, 201, 409}
+        assert _quota_used(redis_conn) == 2
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 2
 
 
 def test_with_no_quota_reports_are_not_counted(

@@ -19,6 +19,7 @@ from service.api.state import AppState
 from service.config import Caller
 from service.crud import feedback as feedback_crud
 from service.entities import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus, Prediction
+from service.errors import ConflictError
 from service.logs import RequestRefusals
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
@@ -56,22 +57,24 @@ def _store(
 
 async def _within_quota(
     state: AppState, refusals: RequestRefusals, *, caller: Caller, key_id: str
-) -> None:
-    """429 if the key has sent its quota of reports this minute. With Redis away the report
-    is taken, and the log says so: a lost report is worse than one over the quota."""
+) -> float | None:
+    """429 if the key has sent its quota of reports this minute; else the time the report
+    was counted at (None: not counted). With Redis away the report is taken, and the log says
+    so: a lost report is worse than one over the quota."""
     limit = state.settings.feedback_per_key_per_minute
     if limit <= 0:
-        return  # no quota: no trip to Redis
+        return None  # no quota: no trip to Redis
+    now = time.time()
     try:
         wait = await asyncio.to_thread(
-            quotas.take, state.redis, action="feedback", key_id=key_id, limit=limit, now=time.time()
+            quotas.take, state.redis, action="feedback", key_id=key_id, limit=limit, now=now
         )
     except RedisError as exc:
         reason = f"feedback quota not checked: Redis is unavailable ({exc}); reports taken"
         refusals.refused(logging.WARNING, "feedback quota: redis", reason)
-        return
+        return None
     if wait is None:
-        return
+        return now
     refusals.refused(
         logging.WARNING,
         f"feedback quota: {key_id}",
@@ -82,6 +85,20 @@ async def _within_quota(
         f"this key has sent {limit} reports this minute, its quota; retry in {wait} s",
         headers={"Retry-After": str(wait)},
     )
+
+
+async def _give_back(state: AppState, *, key_id: str, counted_at: float | None) -> None:
+    """Return the quota a report was counted against when it turned out to repeat one (or
+    contradict one) recorded meanwhile: a retry sent while its first attempt was in flight
+    passed the repeat check before the first was stored, and took quota twice."""
+    if counted_at is None:
+        return
+    try:
+        await asyncio.to_thread(
+            quotas.give_back, state.redis, action="feedback", key_id=key_id, now=counted_at
+        )
+    except RedisError:
+        log.warning("feedback quota: Redis is unavailable; a repeated report stays counted")
 
 
 @router.post(
@@ -128,11 +145,20 @@ async def post_feedback(
         return FeedbackReceipt(feedback_id=recorded.id, status=recorded.status)
     # A report of an unknown prediction is counted too (404 after the count): it may wait for
     # another API process's log, and unbounded ones would probe for prediction ids.
-    await _within_quota(state, refusals, caller=caller, key_id=key_id)
+    counted_at = await _within_quota(state, refusals, caller=caller, key_id=key_id)
     prediction = await find_prediction(state, session, body.prediction_id)
-    feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
+    try:
+        feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
+    except ConflictError:
+        # Another tag or comment than a report recorded since the check above: a 409, which
+        # uses no quota, as it would not have had that report been stored first.
+        await _give_back(state, key_id=key_id, counted_at=counted_at)
+        raise
     assert feedback.id is not None
     if not created:
+        # The same report, stored since the check above by a concurrent request (its first
+        # attempt, still in flight when this retry came): a repeat, which uses no quota.
+        await _give_back(state, key_id=key_id, counted_at=counted_at)
         response.status_code = status.HTTP_200_OK
     elif feedback.status == FeedbackStatus.RECEIVED:
         await asyncio.to_thread(_drain, state)
