@@ -73,3 +73,22 @@ def test_the_report_names_the_tags_the_model_can_answer() -> None:
     )
     assert report["classes"] == ["a", "b"]
     assert report["confusion"]["labels"] == ["a", "b", "n"]  # n's items keep their row
+
+
+def test_a_known_tag_production_never_answers_holds_the_candidate_to_the_floor() -> None:
+    """Production knows n but never answers it on these items: its precision was sklearn's 0.0,
+    a limit of -0.02 any candidate cleared, so answering n wrongly a third of the time passed.
+    It is null now, and the candidate's answers with n must reach the new-tag floor (0.78)."""
+    classes = ["a", "b", "n"]
+    production = evaluate_predictions(
+        EXAMPLES, _proba(PRODUCTION_ANSWERS, classes), classes, threshold=0.5
+    )
+    assert production["per_class"]["n"]["precision"] is None
+    sure = [True] * 7 + [False] + [True] * 2
+    candidate = evaluate_predictions(
+        EXAMPLES, _proba("aaaabbbnnn", classes, sure), classes, threshold=0.5
+    )
+    report = apply_gate(candidate, production, target_precision=0.99)
+    assert report["failed"] == ["precision:n"], report["checks"]
+    check = _check(report, "precision:n")
+    assert check["limit"] == pytest.approx(0.78) and "production never answers it" in check["note"]

@@ -70,25 +70,23 @@ def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int 
 
 
 def _per_class(y_true: Sequence[str], y_pred: Sequence[str], classes: list[str]) -> dict:
-    """Precision, recall, F1 and support of each class. A class no item carries and the model
-    never answered has no figures (None, "-" in the tables, as an empty slice has): nothing
-    was measured, and 0.0 would read as a model that fails the class."""
+    """Precision, recall, F1 and support of each class. A ratio over nothing is None ("-" in
+    the tables), not sklearn's zero_division 0.0: the precision of a tag the model never
+    answered (0.0 read as "always wrong" when it was never said) and the recall of a tag no
+    item carries. F1, 2TP / (2TP + FP + FN), is measured once either happened (0.0 for a tag
+    whose items the model never gives it), and None only when neither did."""
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=classes, zero_division=0)
     answered = set(y_pred)
-    return {
-        c: {
-            "precision": _measured(p[i], c, answered, int(s[i])),
-            "recall": _measured(r[i], c, answered, int(s[i])),
-            "f1": _measured(f[i], c, answered, int(s[i])),
-            "support": int(s[i]),
+    report = {}
+    for i, c in enumerate(classes):
+        support = int(s[i])
+        report[c] = {
+            "precision": float(p[i]) if c in answered else None,
+            "recall": float(r[i]) if support else None,
+            "f1": float(f[i]) if support or c in answered else None,
+            "support": support,
         }
-        for i, c in enumerate(classes)
-    }
-
-
-def _measured(value: float, tag: str, answered: set[str], support: int) -> float | None:
-    """`value` as a figure of `tag`'s; None when no item carries the tag and none was given it."""
-    return float(value) if support or tag in answered else None
+    return report
 
 
 def weighted_f1(y_true: Sequence[str], y_pred: Sequence[str]) -> float:

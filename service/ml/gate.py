@@ -61,24 +61,27 @@ def _answers(report: dict[str, Any], tag: str) -> int:
     return sum(row[labels.index(tag)] for row in report["confusion"]["matrix"])
 
 
-def _new_tag_precision(tag: str, candidate: dict[str, Any], floor: float | None) -> Check:
-    """A tag production cannot answer (newly approved): production's figure for it is 0.0 or
-    nothing, which any candidate would clear, so its answers with the tag went unchecked."""
+def _unmeasured_in_production(
+    tag: str, candidate: dict[str, Any], floor: float | None, why: str
+) -> Check:
+    """A tag production never answers on these items (newly approved, or one it does not
+    say): production's precision for it is null (once sklearn's 0.0, a limit of -0.02 any
+    candidate cleared), so the candidate's answers with it are held to `floor` instead."""
     cand = candidate["per_class"].get(tag, {}).get("precision")
     if cand is None or not _answers(candidate, tag):
-        note = "new tag the candidate never answers here: skipped"
+        note = f"{why} the candidate never answers it here: skipped"
         return Check(f"precision:{tag}", None, None, None, True, note)
     if floor is None:
-        note = "new tag; production has no measured precision to compare: skipped"
+        note = f"{why} production has no measured precision to compare: skipped"
         return Check(f"precision:{tag}", cand, None, None, True, note)
-    note = f"new tag: at least production's least precise tag, less {MAX_CLASS_PRECISION_DROP}"
+    note = f"{why} at least production's least precise tag, less {MAX_CLASS_PRECISION_DROP}"
     return _at_least(f"precision:{tag}", cand, None, floor, note)
 
 
 def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> list[Check]:
     known, floor = _known_tags(production), _new_tag_floor(production)
     checks = [
-        _new_tag_precision(tag, candidate, floor)
+        _unmeasured_in_production(tag, candidate, floor, "new tag;")
         for tag in sorted(set(production["per_class"]) | set(candidate["per_class"]))
         if tag not in known
     ]
@@ -94,17 +97,38 @@ def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> l
             checks.append(Check(f"precision:{tag}", None, prod["precision"], None, True, note))
             continue
         if prod.get("precision") is None:
-            # No item carries the tag and production never answers it: nothing to keep up.
-            # (A candidate's answers with it are all wrong, and weigh on its weighted F1.)
-            note = "no item carries it and production never answers it: skipped"
-            checks.append(Check(f"precision:{tag}", cand, None, None, True, note))
+            if not prod.get("support"):
+                # No item carries the tag and production never answers it: nothing to keep
+                # up. (A candidate's answers with it are all wrong, and weigh on its F1.)
+                note = "no item carries it and production never answers it: skipped"
+                checks.append(Check(f"precision:{tag}", cand, None, None, True, note))
+            else:
+                why = "production never answers it;"
+                checks.append(_unmeasured_in_production(tag, candidate, floor, why))
+            continue
+        limit = prod["precision"] - MAX_CLASS_PRECISION_DROP
+        if cand is None:
+            # Items carry the tag and production says it, but the candidate never does: no
+            # answer of its is wrong, yet every such item is missed. It fails unless
+            # production's own answers with the tag were (nearly) all wrong too.
+            note = "the candidate never answers it, production does"
+            checks.append(
+                Check(
+                    f"precision:{tag}",
+                    None,
+                    prod["precision"],
+                    round(limit, 6),
+                    limit <= EPSILON,
+                    note,
+                )
+            )
             continue
         checks.append(
             _at_least(
                 f"precision:{tag}",
                 cand,
                 prod["precision"],
-                prod["precision"] - MAX_CLASS_PRECISION_DROP,
+                limit,
                 f"drop of at most {MAX_CLASS_PRECISION_DROP}",
             )
         )

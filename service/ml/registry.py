@@ -291,7 +291,9 @@ def _check_known(criteria: list[Criterion], rows: list[ModelVersion]) -> None:
     """Refuse a criterion on a metric no listed version has: a typo would otherwise match
     nothing, which reads as "no version qualifies". (A metric only newer versions have just
     leaves the older ones out.)"""
-    known = {path for row in rows for path in metric_paths(row.metrics)}
+    # A figure a version has as null (the precision of a tag it never answered) is a metric
+    # all the same: the criterion leaves that version out, it is not a typo.
+    known = {path for row in rows for path in metric_paths(row.metrics, with_null=True)}
     for criterion in criteria:
         name = ".".join(criterion.path)
         if rows and name not in known:
@@ -300,13 +302,18 @@ def _check_known(criteria: list[Criterion], rows: list[ModelVersion]) -> None:
             raise InvalidInputError(f"no version has a metric {name!r}{hint}")
 
 
-def metric_paths(metrics: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    """Every number in a metrics document, as the dotted path a criterion names it by."""
+def metric_paths(
+    metrics: dict[str, Any], prefix: str = "", *, with_null: bool = False
+) -> Iterator[str]:
+    """Every number in a metrics document (and, `with_null`, every figure nothing measured),
+    as the dotted path a criterion names it by."""
     for key, value in metrics.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict):
-            yield from metric_paths(value, f"{path}.")
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+            yield from metric_paths(value, f"{path}.", with_null=with_null)
+        elif (isinstance(value, int | float) and not isinstance(value, bool)) or (
+            with_null and value is None
+        ):
             yield path
 
 
