@@ -159,3 +159,32 @@ def test_a_tag_the_model_never_answers_has_no_precision_everywhere_it_shows(
         back["limit"] is not None and back["candidate"] == says["per_class"]["other"]["precision"]
     )
     assert "production never answers it" in back["note"]
+
+
+def test_the_picture_tells_a_zero_from_a_figure_not_measured() -> None:
+    """In the per-class panel a bar of 0 and a missing figure both drew nothing, so "other"
+    (never answered: precision not measured, recall and F1 0) showed as an empty slot. Each
+    is now marked ("-", "0"), each tag shows its support, and the auto point names its cut."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from service.ml.evaluation import _coverage_panel, _per_class_panel
+
+    examples = [Example("Docker", "", "mlops"), Example("GANs", "", "computer-vision")]
+    examples += [Example("Speech", "", "other")]
+    proba = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    report = evaluate_predictions(examples, proba, ["computer-vision", "mlops"], threshold=0.75)
+    fig, (bars, curve) = plt.subplots(1, 2)
+    try:
+        _per_class_panel(bars, report)
+        _coverage_panel(curve, report)
+        marks = sorted((round(t.get_position()[0], 2), t.get_text()) for t in bars.texts)
+        ticks = [t.get_text() for t in bars.get_xticklabels()]
+        legend = curve.get_legend().get_texts()[0].get_text()
+    finally:
+        plt.close(fig)
+    assert marks == [(1.73, "-"), (2.0, "0"), (2.27, "0")]  # other: precision, recall, f1
+    assert ticks[2] == "other\n(n=1)"
+    assert legend.startswith("auto (cut 0.750): 67% accepted")

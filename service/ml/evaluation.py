@@ -178,14 +178,21 @@ def _per_class_panel(ax: Any, report: dict[str, Any]) -> None:
     labels = report["confusion"]["labels"]
     x = np.arange(len(labels))
     for k, metric in enumerate(("precision", "recall", "f1")):
-        # A class with no figures (no item, no answer) gets no bar.
-        values = [_or_nan(report["per_class"][c][metric]) for c in labels]
-        ax.bar(x + (k - 1) * 0.27, values, 0.27, label=metric)
-    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=8)
+        values = [report["per_class"][c][metric] for c in labels]
+        offset = (k - 1) * 0.27
+        ax.bar(x + offset, [_or_nan(v) for v in values], 0.27, label=metric)
+        # A bar of 0 and a figure nothing measured both draw nothing: say which it is.
+        for xi, value in zip(x, values, strict=True):
+            if value is None or value == 0:
+                mark = "-" if value is None else "0"
+                ax.text(xi + offset, 0.01, mark, ha="center", va="bottom", fontsize=8)
+    # Support under each tag: a precision of 0.4 on 8 items is not one on 800.
+    names = [f"{c}\n(n={report['per_class'][c]['support']})" for c in labels]
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.2)  # room above the bars for the legend
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.legend(fontsize=8, ncol=3, loc="upper center")
-    ax.set_title(f"per class (weighted F1 {report['weighted_f1']:.3f})")
+    ax.set_title(f"per class (weighted F1 {report['weighted_f1']:.3f}; -: not measured)")
 
 
 def _or_nan(value: float | None) -> float:
@@ -202,7 +209,10 @@ def _coverage_panel(ax: Any, report: dict[str, Any]) -> None:
             [auto["precision"]],
             color="red",
             zorder=3,
-            label=f"auto: {auto['coverage']:.0%} accepted at precision {auto['precision']:.3f}",
+            label=(
+                f"auto (cut {auto['threshold']:.3f}): {auto['coverage']:.0%} accepted "
+                f"at precision {auto['precision']:.3f}"
+            ),
         )
         ax.legend(fontsize=8, loc="lower left")
     ax.set_xlabel("coverage (share accepted, most confident first)")
