@@ -227,6 +227,9 @@ class Settings(BaseSettings):
     # those a user report points at stay. 0 keeps them all (or prune from cron: tagflow db prune).
     retention_days: float = Field(0.0, ge=0.0)
     log_batch_size: int = Field(500, ge=1)
+    # Predictions the write-behind log keeps in memory while the database is away (about 1.8 KB
+    # each); past this, the oldest go to the spill file and are written from there later.
+    log_max_buffered: int = Field(20_000, ge=1)
 
     review_lease_s: int = Field(600, ge=1)
     # The queue's bound: past this many open low-confidence tasks, the lowest-priority ones are

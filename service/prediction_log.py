@@ -3,8 +3,12 @@ inserts. A flush that fails for want of the database keeps its rows for the next
 flushes what is left, so a clean shutdown loses nothing.
 
 If the database cannot be reached at shutdown, what is left goes to a spill file, and the next
-process puts it back in its buffer at start (`take_back_spill`), so an outage during a restart
-loses nothing either.
+process writes it back (`take_back_spill`), so an outage during a restart loses nothing either.
+A long outage does not grow the buffer without bound either: past `max_buffered` rows, the
+oldest go to the same spill file (an hour at 300 req/s was 2-3 GB of memory, all lost to an OOM
+kill), and once the database answers they are written back from it, oldest first, a few
+batches per flush beside the new rows. Whichever API process holds the spill's replay lock
+writes it back, for every process sharing the data directory.
 
 A row the database refuses (not an outage: a value it cannot store, a duplicate id) would fail
 every later flush and hold back every row behind it. So when a batch fails for another reason
@@ -20,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 import time
 from collections import deque
@@ -36,6 +41,10 @@ from service.entities import Prediction, PredictionCreate, ShadowPrediction
 from service.logs import RepeatedFailures
 
 log = logging.getLogger(__name__)
+# Batches of the spill file written back per flush, at most: the write-back of a long outage
+# (a million rows) is spread over flushes, so the rows answered meanwhile are written at each
+# flush too, and a GET /predictions/{id} that flushes does not wait for all of it.
+WRITE_BACK_BATCHES_PER_FLUSH = 4
 
 
 class PredictionLog:
@@ -51,12 +60,19 @@ class PredictionLog:
         after_flush: Callable[[], None] | None = None,
         dead_letter: Path | None = None,
         spill: Path | None = None,
+        max_buffered: int | None = None,
     ) -> None:
         self.engine = engine
         self.dead_letter = dead_letter
         self.spill = spill
+        # Past this many rows in memory, the oldest go to the spill file (None: no bound;
+        # without a spill file there is nowhere to put them).
+        self.max_buffered = max_buffered
         self._replaying: Path | None = None
         self._replay_lock: IO[str] | None = None  # held while the replay file is this log's
+        self._replay_offset = 0  # bytes of the replay file written back already
+        self._replay_skipped = 0  # rows of the replay found written (a replay cut short)
+        self._spilling = False  # rows went to disk since the last complete write-back
         self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -68,11 +84,20 @@ class PredictionLog:
         self.failures = 0
         self.written = 0
         self.dead_lettered = 0
+        self.spilled = 0  # rows moved from memory to the spill file during outages
 
     @property
     def buffered(self) -> int:
-        """Predictions answered but not written yet."""
+        """Predictions answered but not written yet, in memory (not those spilled to disk)."""
         return len(self._buffer)
+
+    @property
+    def writing_back(self) -> bool:
+        """Whether predictions spilled to disk (by any process sharing the data directory) wait
+        to be written back: until then, the database lacks some answered predictions."""
+        return self.spill is not None and (
+            self.spill.exists() or replaying_path(self.spill).exists()
+        )
 
     def record(self, prediction: PredictionCreate) -> None:
         """Queue one prediction for writing (O(1), no I/O)."""
@@ -82,36 +107,138 @@ class PredictionLog:
         self._shadows.append(shadow)
 
     def pending(self, prediction_id: str) -> Prediction | None:
-        """A prediction that is buffered but not yet written, if any."""
+        """A prediction that is answered but not yet written, if any: in the buffer, or in the
+        spill file (read through: for tests and tools, not for the request path)."""
         found = next((p for p in list(self._buffer) if p.id == prediction_id), None)
+        if found is None and self.spill is not None:
+            found = _find_spilled(self.spill, prediction_id)
         return None if found is None else Prediction.model_validate(found.model_dump())
 
     def flush(self) -> int:
-        """Write everything buffered now; on an outage put it back and re-raise."""
-        written = 0
+        """Write back a few batches of the spill file, then everything buffered now; on an
+        outage keep the rows (the oldest to the spill file past `max_buffered`) and re-raise."""
+        before = self.written
         with self._flush_lock:
-            while self._buffer or self._shadows:
-                batch = [
-                    self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))
-                ]
-                shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
-                try:
-                    self._save(batch, shadows)
-                    written += len(batch)
-                except Exception as exc:
-                    if is_outage(exc):
-                        self._put_back(batch, shadows)
-                        raise
-                    log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
-                    written += self._save_apart(batch, shadows)
-            if self._replaying is not None:  # everything taken back is written now
-                self._replaying.unlink(missing_ok=True)
-                self._replaying = None
-                self._release_replay()
-        self.written += written
+            try:
+                self._write_back()
+                self._write_buffer()
+            except Exception:
+                self.failures += 1
+                raise
+            finally:
+                self._overflow()
+        written = self.written - before
         if written and self.after_flush is not None:
             self.after_flush()
         return written
+
+    def _write_buffer(self) -> None:
+        while self._buffer or self._shadows:
+            batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
+            self._write(batch, shadows, put_back=True)
+
+    def _write(
+        self, batch: list[PredictionCreate], shadows: list[ShadowPrediction], *, put_back: bool
+    ) -> None:
+        """Write a batch; a refused one row by row. On an outage, the rows not written go back
+        to the buffer (`put_back`; a spill file's stay in the file) and it re-raises."""
+        try:
+            self._save(batch, shadows)
+            self.written += len(batch)
+        except Exception as exc:
+            if not is_outage(exc):
+                log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
+                self.written += self._save_apart(batch, shadows, put_back=put_back)
+                return
+            if put_back:
+                self._put_back(batch, shadows)
+            raise
+
+    def _write_back(self) -> None:
+        """Write up to WRITE_BACK_BATCHES_PER_FLUSH batches of the spill file, oldest first,
+        if there is one and no other process is writing it back. Rows a replay cut short wrote
+        already are skipped; an outage leaves the rest in the file, where the next flush goes
+        on from."""
+        if self.spill is None:
+            return
+        if self._replaying is None:
+            if not self.spill.exists() and not replaying_path(self.spill).exists():
+                return
+            if not self._claim_spill():
+                return  # another process holds it: it writes back ours too
+        assert self._replaying is not None
+        for _ in range(WRITE_BACK_BATCHES_PER_FLUSH):
+            offset = self._replay_offset
+            rows, shadows, end = _read_spilled(self._replaying, offset, self.batch_size)
+            if end == offset:  # all written: the rows spilled since come next
+                if self.spill.exists() and move_aside(self.spill) is not None:
+                    continue
+                self._finish_replay()
+                return
+            if rows or shadows:
+                with Session(self.engine) as session:
+                    done, done_shadows = already_written(session, predictions=rows, shadows=shadows)
+                self._replay_skipped += len(done)
+                self._write(
+                    [r for r in rows if r.id not in done],
+                    [s for s in shadows if (s.prediction_id, s.model_version) not in done_shadows],
+                    put_back=False,
+                )
+            self._replay_offset = end
+
+    def _claim_spill(self) -> bool:
+        """Make the spill file this process's to write back (False: another process has it)."""
+        assert self.spill is not None
+        self._replay_lock = lock_replay(self.spill)
+        if self._replay_lock is None:
+            return False
+        replaying = move_aside(self.spill)
+        if replaying is None or replaying.stat().st_size == 0:  # the lock's file alone
+            replaying_path(self.spill).unlink(missing_ok=True)
+            self._release_replay()
+            return False
+        self._replaying, self._replay_offset, self._replay_skipped = replaying, 0, 0
+        return True
+
+    def _finish_replay(self) -> None:
+        assert self._replaying is not None
+        self._replaying.unlink(missing_ok=True)
+        self._replaying = None
+        self._release_replay()
+        if self._replay_skipped:
+            log.info(
+                "%d spilled predictions were written before the last stop", self._replay_skipped
+            )
+        if self._spilling:
+            log.info("prediction log: every prediction spilled to %s is written", self.spill)
+            self._spilling = False
+
+    def _overflow(self) -> None:
+        """Past `max_buffered`, move the oldest rows (down to half the bound, so that this is
+        not a few rows every flush) and the shadow scores to the spill file."""
+        if self.spill is None or self.max_buffered is None:
+            return
+        if len(self._buffer) <= self.max_buffered:
+            return
+        rows = [self._buffer.popleft() for _ in range(len(self._buffer) - self.max_buffered // 2)]
+        shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
+        try:
+            _append_spill(self.spill, rows, shadows)
+        except OSError as exc:  # a full disk: kept in memory, not lost
+            log.error("prediction log: cannot spill to %s: %s", self.spill, exc)
+            self._buffer.extendleft(reversed(rows))
+            self._shadows.extendleft(reversed(shadows))
+            return
+        self.spilled += len(rows)
+        if not self._spilling:
+            log.warning(
+                "prediction log: over %d rows waiting for the database; the oldest go to %s "
+                "and are written from there once it answers",
+                self.max_buffered,
+                self.spill,
+            )
+            self._spilling = True
 
     def _save(self, batch: Sequence[PredictionCreate], shadows: Sequence[ShadowPrediction]) -> None:
         with session_scope(self.engine) as session:
@@ -124,11 +251,13 @@ class PredictionLog:
     ) -> None:
         self._buffer.extendleft(reversed(batch))
         self._shadows.extendleft(reversed(shadows))
-        self.failures += 1
 
-    def _save_apart(self, batch: list[PredictionCreate], shadows: list[ShadowPrediction]) -> int:
+    def _save_apart(
+        self, batch: list[PredictionCreate], shadows: list[ShadowPrediction], *, put_back: bool
+    ) -> int:
         """Each row in a transaction of its own (with its shadow scores); a row refused alone
-        is dead-lettered. An outage midway puts back what is not written yet and re-raises."""
+        is dead-lettered. An outage midway puts back what is not written yet (`put_back`) and
+        re-raises."""
         by_id: dict[str, list[ShadowPrediction]] = {}
         for shadow in shadows:
             by_id.setdefault(shadow.prediction_id, []).append(shadow)
@@ -139,10 +268,12 @@ class PredictionLog:
                 self._save([row], mine)
                 written += 1
             except Exception as exc:
-                if is_outage(exc):  # by_id still holds every shadow not written yet
+                if not is_outage(exc):
+                    self._dead_letter(row, mine, exc)
+                    continue
+                if put_back:  # by_id still holds every shadow not written yet
                     self._put_back(batch[i:], mine + [s for v in by_id.values() for s in v])
-                    raise
-                self._dead_letter(row, mine, exc)
+                raise
         orphans = [s for v in by_id.values() for s in v]
         if orphans:  # their predictions were written by an earlier flush
             self._save([], orphans)
@@ -176,6 +307,8 @@ class PredictionLog:
                 written = await asyncio.to_thread(self.flush)
             except Exception as exc:
                 kept = f"; {len(self._buffer)} rows kept for retry"
+                if self._spilling:
+                    kept += f", {self.spilled} moved to {self.spill} since start"
                 failures.failed(exc, now=time.monotonic(), detail=kept)
             else:
                 if written:  # an empty buffer asks nothing of the database: no news of it
@@ -197,56 +330,83 @@ class PredictionLog:
             log.exception(
                 "final flush failed: %d predictions kept in %s for the next start", kept, self.spill
             )
+        finally:
+            # What is left of a write-back is the next start's (it skips what was written).
+            self._release_replay()
 
     def _spill_out(self, path: Path) -> int:
         rows, shadows = list(self._buffer), list(self._shadows)
         self._buffer.clear()
         self._shadows.clear()
-        entries = [{"prediction": r.model_dump(mode="json")} for r in rows]
-        append_lines(path, entries + [{"shadow": s.model_dump(mode="json")} for s in shadows])
+        _append_spill(path, rows, shadows)
         return len(rows)
 
     def take_back_spill(self) -> int:
-        """At start: put back in the buffer what a previous process spilled at shutdown (and
-        what a replay cut short left), to be written by the next flush. How many predictions."""
+        """At start: make this process the one that writes back what a previous process spilled
+        (at shutdown or in an outage) and what a replay cut short left; the flushes write it,
+        a few batches each. How many predictions the file holds (rows a replay cut short
+        wrote already among them: those are skipped, not written twice)."""
         if self.spill is None:
             return 0
         # API processes sharing a data directory start together: one takes the file back.
-        self._replay_lock = lock_replay(self.spill)
-        if self._replay_lock is None:
-            log.info("another API process is writing back %s", self.spill)
+        if not self._claim_spill():
+            if replaying_path(self.spill).exists():  # not ours: another process holds it
+                log.info("another API process is writing back %s", self.spill)
             return 0
-        replaying = move_aside(self.spill)
-        if replaying is None or replaying.stat().st_size == 0:  # the lock's file alone
-            replaying_path(self.spill).unlink(missing_ok=True)
-            self._release_replay()
-            return 0
-        rows: list[PredictionCreate] = []
-        shadows: list[ShadowPrediction] = []
-        for line in replaying.read_text(encoding="utf-8").splitlines():
-            entry = json.loads(line)
-            if "prediction" in entry:
-                rows.append(PredictionCreate.model_validate(entry["prediction"]))
-            else:
-                shadows.append(ShadowPrediction.model_validate(entry["shadow"]))
-        # A replay cut short (the process died between its flushes) left rows that are in the
-        # database already: taken again, they would be refused as duplicates and dead-lettered,
-        # a false alarm, and their shadow scores counted twice.
-        with Session(self.engine) as session:
-            done, done_shadows = already_written(session, predictions=rows, shadows=shadows)
-        if done:
-            log.info("%d spilled predictions were written before the last stop", len(done))
-        self._buffer.extend(r for r in rows if r.id not in done)
-        self._shadows.extend(
-            s for s in shadows if (s.prediction_id, s.model_version) not in done_shadows
-        )
-        self._replaying = replaying
-        return len(rows) - len(done)
+        assert self._replaying is not None
+        with self._replaying.open("rb") as lines:
+            return sum(1 for line in lines if line.startswith(SPILLED_PREDICTION))
 
     def _release_replay(self) -> None:
         if self._replay_lock is not None:
             self._replay_lock.close()
             self._replay_lock = None
+
+
+# How a prediction's line in a spill file starts (`_append_spill`'s json.dumps of a dict).
+SPILLED_PREDICTION = b'{"prediction": '
+
+
+def _append_spill(
+    path: Path, rows: Sequence[PredictionCreate], shadows: Sequence[ShadowPrediction]
+) -> None:
+    entries = [{"prediction": r.model_dump(mode="json")} for r in rows]
+    append_lines(path, entries + [{"shadow": s.model_dump(mode="json")} for s in shadows])
+
+
+def _read_spilled(
+    path: Path, offset: int, batch_size: int
+) -> tuple[list[PredictionCreate], list[ShadowPrediction], int]:
+    """Up to `batch_size` predictions of the spill file at `path` from byte `offset`, with the
+    shadow scores among them, and the offset after them (`offset`: the file ends there)."""
+    rows: list[PredictionCreate] = []
+    shadows: list[ShadowPrediction] = []
+    with path.open("rb") as lines:
+        lines.seek(offset)
+        while len(rows) < batch_size and (line := lines.readline()).endswith(b"\n"):
+            try:
+                entry = json.loads(line)
+                if "prediction" in entry:
+                    rows.append(PredictionCreate.model_validate(entry["prediction"]))
+                else:
+                    shadows.append(ShadowPrediction.model_validate(entry["shadow"]))
+            except ValueError as exc:  # a line cut by a crash: it must not stop the rest
+                log.error("a line of %s cannot be read, skipped: %s", path, exc)
+            offset += len(line)
+    return rows, shadows, offset
+
+
+def _find_spilled(spill: Path, prediction_id: str) -> PredictionCreate | None:
+    """The prediction `prediction_id` in the spill file or its replay, if there."""
+    needle = f'"id": "{prediction_id}"'.encode()
+    for path in (replaying_path(spill), spill):
+        with contextlib.suppress(FileNotFoundError), path.open("rb") as lines:
+            for line in lines:
+                if needle in line and line.startswith(SPILLED_PREDICTION):
+                    found = PredictionCreate.model_validate(json.loads(line)["prediction"])
+                    if found.id == prediction_id:
+                        return found
+    return None
 
 
 def lock_replay(path: Path) -> IO[str] | None:
@@ -304,8 +464,9 @@ def move_aside(path: Path) -> Path | None:
         with path.open("a", encoding="utf-8") as held:
             fcntl.flock(held, fcntl.LOCK_EX)
             os.replace(path, taken)
-        with aside.open("a", encoding="utf-8") as out:
-            out.write(taken.read_text(encoding="utf-8"))
+        # Copied in chunks: a spill file of a long outage is gigabytes.
+        with aside.open("ab") as out, taken.open("rb") as lines:
+            shutil.copyfileobj(lines, out)
         taken.unlink()
     return aside if aside.exists() else None
 

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlmodel import Session, func, select
+from sqlmodel import Session, col, func, select
 
 from service.db import make_engine
 from service.entities import (
@@ -23,8 +24,8 @@ from service.entities import (
     ShadowPrediction,
 )
 from service.entities.common import new_id
-from service.prediction_log import PredictionLog
-from tests.conftest import make_prediction
+from service.prediction_log import PredictionLog, append_lines, lock_replay
+from tests.conftest import auth, make_prediction
 
 
 def _count(engine: Engine, table: type) -> int:
@@ -149,14 +150,13 @@ def test_a_replay_cut_short_is_finished_without_duplicates(engine: Engine, tmp_p
     _spill_in_an_outage(engine, spill, rows, [_shadow(r.id) for r in rows])
     cut_short = PredictionLog(engine, interval_s=60, batch_size=2, spill=spill)
     assert cut_short.take_back_spill() == 4
-    batch = [cut_short._buffer.popleft() for _ in range(2)]  # what its first flush would take
-    shadows = [cut_short._shadows.popleft() for _ in range(2)]
-    cut_short._save(batch, shadows)  # ... and then the process dies: the replay file stays,
-    cut_short._release_replay()  # and the kernel lets go of its lock on it
+    # What its first flush writes (the first rows and their shadow scores) ...
+    cut_short._save(rows[:2], [_shadow(r.id) for r in rows[:2]])
+    cut_short._release_replay()  # ... and then the process dies: the kernel lets go of the lock
 
     dead = tmp_path / "dead-letter" / "predictions.jsonl"
     up = PredictionLog(engine, interval_s=60, batch_size=10, spill=spill, dead_letter=dead)
-    assert up.take_back_spill() == 2
+    assert up.take_back_spill() == 4  # the file's rows, two of them written already
     assert up.flush() == 2
     assert up.dead_lettered == 0 and not dead.exists()
     with Session(engine) as session:
@@ -231,3 +231,112 @@ def test_an_outage_is_a_line_when_it_starts_and_one_when_it_ends(
     assert back_level == "INFO" and back.startswith("prediction log flush works again after")
     assert back.endswith("failed rounds; 3 rows written")
     assert _count(engine, Prediction) == 3
+
+
+def _outbox_order(engine: Engine) -> list[str]:
+    """The prediction ids of the outbox rows, in the order they were written."""
+    with Session(engine) as session:
+        items = session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all()
+    return [item.payload["prediction_id"] for item in items]
+
+
+def _review(n: int) -> list[PredictionCreate]:
+    """Review predictions: each writes an outbox row, whose id shows the order of writing."""
+    return [make_prediction(new_id(), status=PredictionStatus.REVIEW) for _ in range(n)]
+
+
+def test_a_long_outage_moves_the_oldest_rows_to_disk_and_writes_them_back_in_order(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """While the database is away, memory holds at most `max_buffered` rows: the oldest go to
+    the spill file (without a bound, an hour at 300 req/s was 2-3 GB, lost to an OOM kill).
+    Once it answers, every row is written once, the spilled ones oldest first (a few batches
+    a flush, beside the rows in memory, which are not held back behind a long write-back)."""
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    log = PredictionLog(
+        _unreachable(engine),
+        interval_s=60,
+        batch_size=10,
+        spill=spill,
+        dead_letter=dead,
+        max_buffered=10,
+    )
+    rows = _review(35)
+    for row in rows[:25]:
+        log.record(row)
+        log.record_shadow(_shadow(row.id))
+    with pytest.raises(OperationalError):
+        log.flush()
+    assert (log.buffered, log.spilled) == (5, 20)  # down to half the bound, the oldest out
+    assert len(spill.read_text().splitlines()) == 20 + 25  # and every shadow score
+    assert log.pending(rows[0].id) is not None and log.pending(rows[24].id) is not None
+    for row in rows[25:]:
+        log.record(row)
+    with pytest.raises(OperationalError):  # the write-back is tried first, and fails too
+        log.flush()
+    assert (log.buffered, log.spilled, log.failures) == (5, 30, 2)
+
+    log.engine = engine  # the database is back
+    written = 0
+    while log.buffered or spill.exists() or log._replaying is not None:
+        written += log.flush()
+    assert written == 35 and log.dead_lettered == 0 and not dead.exists()
+    order = _outbox_order(engine)
+    assert sorted(order) == sorted(r.id for r in rows)  # each once
+    assert [i for i in order if i in {r.id for r in rows[:30]}] == [r.id for r in rows[:30]]
+    assert _count(engine, ShadowPrediction) == 25
+    assert list(spill.parent.iterdir()) == []
+
+
+def test_rows_one_process_spills_are_written_back_once_by_another(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """API processes share the data directory's spill file: a process whose database is away
+    spills, another that reaches it writes those rows back (holding the replay lock), and
+    neither writes a row twice."""
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    cut_off = PredictionLog(
+        _unreachable(engine), interval_s=60, batch_size=5, spill=spill, max_buffered=4
+    )
+    rows = _review(12)
+    for row in rows[:10]:
+        cut_off.record(row)
+    with pytest.raises(OperationalError):
+        cut_off.flush()
+    assert (cut_off.buffered, cut_off.spilled) == (2, 8)
+    other = PredictionLog(engine, interval_s=60, batch_size=5, spill=spill, dead_letter=dead)
+    other.record(rows[10])
+    assert other.flush() == 9  # the spilled rows, oldest first, then its own
+    cut_off.engine = engine
+    cut_off.record(rows[11])
+    assert cut_off.flush() == 3  # its buffer only: the spilled rows are written
+    assert _outbox_order(engine) == [r.id for r in rows[:8] + rows[10:11] + rows[8:10] + rows[11:]]
+    assert other.dead_lettered == cut_off.dead_lettered == 0 and not dead.exists()
+    assert list(spill.parent.iterdir()) == []
+
+
+def test_a_prediction_still_spilled_is_a_503_to_retry_not_a_404(
+    sqlite_client: TestClient,
+) -> None:
+    """After an outage, spilled predictions are written back a few batches a flush (here by
+    another API process, which holds the spill's replay lock): until one is, looking it up
+    says to retry, where it said 404, as for an id never answered."""
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    spill = state.settings.spill_path
+    row = make_prediction("answered while the database was away")
+    row.id = f"{int((time.time() - 3600) * 1000):012x}{row.id[12:]}"  # an hour ago: no wait
+    append_lines(spill, [{"prediction": row.model_dump(mode="json")}])
+    other_process = lock_replay(spill)
+    assert other_process is not None
+    try:
+        waiting = sqlite_client.get(f"/predictions/{row.id}", headers=auth("client"))
+    finally:
+        other_process.close()
+    assert waiting.status_code == 503, waiting.text
+    assert "still being written" in waiting.json()["detail"]
+    assert sqlite_client.get(f"/predictions/{row.id}", headers=auth("client")).status_code == 200
+    assert not state.log.writing_back
+    unknown = f"{row.id[:12]}{'0' * 20}"
+    assert sqlite_client.get(f"/predictions/{unknown}", headers=auth("client")).status_code == 404

@@ -86,6 +86,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
             audit_share=settings.audit_share,
             dead_letter=settings.dead_letter_path,
             spill=settings.spill_path,
+            max_buffered=settings.log_max_buffered,
         ),
         redis=redis,
         queues=queues,
@@ -110,7 +111,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = await asyncio.to_thread(build_state, settings, app.state.metrics)
     if taken := await asyncio.to_thread(state.log.take_back_spill):
-        log.warning("%d predictions spilled at the last shutdown go to the database now", taken)
+        log.warning("%d predictions spilled before this start go to the database now", taken)
     await asyncio.to_thread(sync_production, state)
     if state.predictor.current is None and not state.model_errors:
         log.warning("no production model in the registry: /predict answers 503 until one is")

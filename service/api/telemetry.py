@@ -130,6 +130,13 @@ def _write_behind(state: AppState) -> Iterator[Sample]:
         True,
     )
     yield Sample(
+        "tagflow_prediction_log_spilled",
+        "Predictions an outage moved from the buffer to the spill file (written back later)",
+        state.log.spilled,
+        {},
+        True,
+    )
+    yield Sample(
         "tagflow_prediction_log_dead_letters",
         "Predictions the database refused on their own, written to the dead-letter file instead",
         state.log.dead_lettered,

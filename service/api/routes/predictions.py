@@ -27,7 +27,8 @@ OTHER_PROCESS_POLL_S = 0.05
 async def find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
     """The stored prediction; one still in the write-behind buffer is flushed first, and one
     made moments ago is waited for: another API process may have answered it and not written
-    it yet."""
+    it yet. While predictions spilled in an outage are written back, one not found may be
+    among them: a 503 to retry, not a 404."""
     try:
         return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
     except NotFoundError:
@@ -42,7 +43,16 @@ async def find_prediction(state: AppState, session: Session, prediction_id: str)
         try:
             return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
         except NotFoundError:
-            if time.time() >= deadline:
+            if time.time() < deadline:
+                pass
+            elif state.log.writing_back:
+                # It may be one of the predictions an outage sent to the spill file, written
+                # back a few batches a flush: not known to be unknown, and soon written.
+                raise UnavailableError(
+                    "predictions answered while the database was away are still being "
+                    "written; retry shortly"
+                ) from None
+            else:
                 raise
         await asyncio.sleep(OTHER_PROCESS_POLL_S)
 
