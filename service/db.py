@@ -161,12 +161,17 @@ def is_outage(exc: BaseException) -> bool:
 def ping(engine: Engine) -> bool:
     """True when the database answers and holds tagflow's schema (a database recreated empty
     answers `SELECT 1` but refuses every read and write)."""
+    return ping_failure(engine) is None
+
+
+def ping_failure(engine: Engine) -> Exception | None:
+    """Why `ping` fails, or None when it does not. Not logged here: the caller knows how often
+    it asks (a load balancer's /readyz every second made a line a second in an outage)."""
     from sqlalchemy import text
 
     try:
         with engine.connect() as conn:
             conn.execute(text(f"SELECT 1 FROM {VERSION_TABLE}"))
-        return True
+        return None
     except Exception as exc:  # readiness probes report, they do not raise
-        log.warning("database ping failed: %s: %s", type(exc).__name__, exc)
-        return False
+        return exc

@@ -90,22 +90,25 @@ class RepeatedFailures:
 
     what: str
     logger: logging.Logger
+    level: int = logging.ERROR  # of the failure lines (a recovery is INFO)
+    every_s: float = REPEAT_LOG_S  # how often a failure that goes on is said again
     count: int = 0
     said: str = ""
     said_at: float = 0.0
 
     def failed(self, exc: Exception, *, now: float, detail: str = "") -> None:
         """Log a failure: with its traceback when it is new, a line when it is an outage (the
-        database or Redis away), and a repeat at most every REPEAT_LOG_S (during an outage,
+        database or Redis away), and a repeat at most every `every_s` (during an outage,
         each round logged a traceback: thousands of lines a minute). `detail` is appended."""
         self.count += 1
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
-        if text == self.said and now - self.said_at < REPEAT_LOG_S:
+        if text == self.said and now - self.said_at < self.every_s:
             return
         # The traceback once, for a failure that is new and not an outage.
         quiet = text == self.said or is_outage(exc) or isinstance(exc, RedisError)
         repeats = f" (failing for {self.count} rounds)" if self.count > 1 else ""
-        self.logger.error(
+        self.logger.log(
+            self.level,
             "%s failed%s: %s%s",
             self.what,
             repeats,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ def test_ready_only_while_the_database_answers(
         "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
     )
     try:
-        with caplog.at_level(logging.WARNING, logger="service.db"):
+        with caplog.at_level(logging.WARNING, logger="service.api.routes.health"):
             down = sqlite_client.get("/readyz")
     finally:
         state.engine.dispose()
@@ -33,7 +34,7 @@ def test_ready_only_while_the_database_answers(
     assert down.json()["database"] is False
     assert down.json()["model_version"] == "v0001"
     assert sqlite_client.get("/healthz").json() == {"status": "ok"}  # alive all along
-    assert any("database ping failed" in r.getMessage() for r in caplog.records)
+    assert any("database check for /readyz failed" in r.getMessage() for r in caplog.records)
     assert sqlite_client.get("/readyz").status_code == 200
 
 
@@ -90,3 +91,42 @@ def test_with_no_model_every_predict_is_a_503_and_the_log_has_one_line(
     assert answers[0].json() == {"detail": "no production model is loaded yet"}
     logged = [r.getMessage() for r in caplog.records if r.name == "service.api.errors"]
     assert logged == ["domain error: no production model is loaded yet"]
+
+
+def test_an_outage_is_a_line_when_readyz_first_fails_not_one_per_probe(
+    sqlite_client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A load balancer probes /readyz every second or so: during an outage each probe logged a
+    warning (30 probes, 30 lines). Now the first failure is a line, a repeat says how many
+    probes have failed since, at most every `every_s` (a minute), and the recovery is a line."""
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    working = state.engine
+    state.engine = create_engine(
+        "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+    )
+    state.readiness_failures.every_s = 1.0  # a minute in production
+    try:
+        with caplog.at_level(logging.INFO):
+            probes = [sqlite_client.get("/readyz").status_code for _ in range(30)]
+            time.sleep(1.1)
+            probes.append(sqlite_client.get("/readyz").status_code)
+            state.engine.dispose()
+            state.engine = working
+            back = sqlite_client.get("/readyz").status_code
+            again = sqlite_client.get("/readyz").status_code
+    finally:
+        state.engine.dispose()
+        state.engine = working
+    assert probes == [503] * 31 and back == again == 200
+    said = [
+        (r.levelname, r.getMessage(), r.exc_info)
+        for r in caplog.records
+        if r.name in ("service.db", "service.api.routes.health")
+    ]
+    assert len(said) == 3, said
+    (level, first, tb), (repeat_level, repeat, _), (back_level, recovered, _) = said
+    assert level == repeat_level == "WARNING" and tb is None
+    assert first.startswith("database check for /readyz failed: OperationalError")
+    assert repeat.startswith("database check for /readyz failed (failing for 31 rounds): ")
+    assert back_level == "INFO"
+    assert recovered == "database check for /readyz works again after 31 failed rounds"

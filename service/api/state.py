@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from dataclasses import dataclass, field
 
@@ -20,6 +21,15 @@ from service.ml.serving import MicroBatcher, Predictor
 from service.outbox import relay_failures
 from service.prediction_log import PredictionLog
 from service.tags import TagSet
+
+
+def readiness_failures() -> RepeatedFailures:
+    """How /readyz's database check has been failing: a load balancer probes every second or
+    so, and an outage logged a warning at each probe; now a line when it starts, one a minute
+    saying how many probes failed, and one when the database answers again (in the route's
+    logger)."""
+    logger = logging.getLogger("service.api.routes.health")
+    return RepeatedFailures("database check for /readyz", logger, level=logging.WARNING)
 
 
 @dataclass
@@ -69,3 +79,5 @@ class AppState:
     outbox_lock: threading.Lock = field(default_factory=threading.Lock)
     # How that relay has been failing (a Redis outage: logged once, not at every try).
     outbox_failures: RepeatedFailures = field(default_factory=relay_failures)
+    # How /readyz's database check has been failing (logged once, not at every probe).
+    readiness_failures: RepeatedFailures = field(default_factory=readiness_failures)

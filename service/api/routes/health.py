@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from service.api.deps import StateDep
-from service.db import ping
+from service.db import ping_failure
 
 router = APIRouter(tags=["health"])
 
@@ -21,10 +23,16 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-def readyz(state: StateDep) -> JSONResponse:
+async def readyz(state: StateDep) -> JSONResponse:
     """200 only when a model is loaded and the database answers."""
     current = state.predictor.current
-    database = ping(state.engine)
+    failure = await asyncio.to_thread(ping_failure, state.engine)
+    # Counted here, on the event loop: concurrent probes do not race on the count.
+    if failure is None:
+        state.readiness_failures.succeeded()
+    else:
+        state.readiness_failures.failed(failure, now=time.monotonic())
+    database = failure is None
     ready = current is not None and database
     body = {
         "ready": ready,
