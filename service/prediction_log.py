@@ -73,6 +73,7 @@ class PredictionLog:
         self._replay_offset = 0  # bytes of the replay file written back already
         self._replay_skipped = 0  # rows of the replay found written (a replay cut short)
         self._spilling = False  # rows went to disk since the last complete write-back
+        self._spill_refused = False  # the last spill failed (a full disk), and was logged
         self.audit_share = audit_share
         self.interval_s = interval_s
         self.batch_size = batch_size
@@ -170,7 +171,12 @@ class PredictionLog:
         assert self._replaying is not None
         for _ in range(WRITE_BACK_BATCHES_PER_FLUSH):
             offset = self._replay_offset
-            rows, shadows, end = _read_spilled(self._replaying, offset, self.batch_size)
+            try:
+                rows, shadows, end = _read_spilled(self._replaying, offset, self.batch_size)
+            except FileNotFoundError:  # removed by hand: nothing left to write back
+                log.warning("%s is gone: its predictions are not written back", self._replaying)
+                self._finish_replay()
+                return
             if end == offset:  # all written: the rows spilled since come next
                 if self.spill.exists() and move_aside(self.spill) is not None:
                     continue
@@ -226,10 +232,13 @@ class PredictionLog:
         try:
             _append_spill(self.spill, rows, shadows)
         except OSError as exc:  # a full disk: kept in memory, not lost
-            log.error("prediction log: cannot spill to %s: %s", self.spill, exc)
+            if not self._spill_refused:  # once, not at every flush (4 a second)
+                log.error("prediction log: cannot spill to %s: %s", self.spill, exc)
+            self._spill_refused = True
             self._buffer.extendleft(reversed(rows))
             self._shadows.extendleft(reversed(shadows))
             return
+        self._spill_refused = False
         self.spilled += len(rows)
         if not self._spilling:
             log.warning(

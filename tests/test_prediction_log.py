@@ -340,3 +340,27 @@ def test_a_prediction_still_spilled_is_a_503_to_retry_not_a_404(
     assert not state.log.writing_back
     unknown = f"{row.id[:12]}{'0' * 20}"
     assert sqlite_client.get(f"/predictions/{unknown}", headers=auth("client")).status_code == 404
+
+
+def test_a_spill_file_that_cannot_be_written_keeps_the_rows_in_memory(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A spill the disk refuses (here its directory is a file) loses no row: they stay in
+    memory, and the refusal is one line, not one per flush (four a second)."""
+    (tmp_path / "spill").write_text("not a directory")
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    log = PredictionLog(
+        _unreachable(engine), interval_s=60, batch_size=10, spill=spill, max_buffered=4
+    )
+    rows = [make_prediction(new_id()) for _ in range(10)]
+    for row in rows:
+        log.record(row)
+    with caplog.at_level(logging.ERROR, logger="service.prediction_log"):
+        for _ in range(3):
+            with pytest.raises(OperationalError):
+                log.flush()
+    assert (log.buffered, log.spilled) == (10, 0)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and said[0].startswith(f"prediction log: cannot spill to {spill}: ")
+    log.engine = engine
+    assert log.flush() == 10 and _count(engine, Prediction) == 10
