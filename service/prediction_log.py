@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 # (a million rows) is spread over flushes, so the rows answered meanwhile are written at each
 # flush too, and a GET /predictions/{id} that flushes does not wait for all of it.
 WRITE_BACK_BATCHES_PER_FLUSH = 4
+# Batches read per flush, at most: those a replay cut short wrote already cost a query each,
+# not a write, so more of them fit in a flush.
+READ_BACK_BATCHES_PER_FLUSH = 64
 
 
 class PredictionLog:
@@ -157,7 +160,7 @@ class PredictionLog:
             raise
 
     def _write_back(self) -> None:
-        """Write up to WRITE_BACK_BATCHES_PER_FLUSH batches of the spill file, oldest first,
+        """Write up to WRITE_BACK_BATCHES_PER_FLUSH batches' worth of the spill file, oldest first,
         if there is one and no other process is writing it back. Rows a replay cut short wrote
         already are skipped; an outage leaves the rest in the file, where the next flush goes
         on from."""
@@ -169,7 +172,10 @@ class PredictionLog:
             if not self._claim_spill():
                 return  # another process holds it: it writes back ours too
         assert self._replaying is not None
-        for _ in range(WRITE_BACK_BATCHES_PER_FLUSH):
+        to_write = WRITE_BACK_BATCHES_PER_FLUSH * self.batch_size
+        for _ in range(READ_BACK_BATCHES_PER_FLUSH):
+            if to_write <= 0:
+                return
             offset = self._replay_offset
             try:
                 rows, shadows, end = _read_spilled(self._replaying, offset, self.batch_size)
@@ -186,11 +192,13 @@ class PredictionLog:
                 with Session(self.engine) as session:
                     done, done_shadows = already_written(session, predictions=rows, shadows=shadows)
                 self._replay_skipped += len(done)
+                fresh = [r for r in rows if r.id not in done]
                 self._write(
-                    [r for r in rows if r.id not in done],
+                    fresh,
                     [s for s in shadows if (s.prediction_id, s.model_version) not in done_shadows],
                     put_back=False,
                 )
+                to_write -= len(fresh)
             self._replay_offset = end
 
     def _claim_spill(self) -> bool:
@@ -340,7 +348,9 @@ class PredictionLog:
                 "final flush failed: %d predictions kept in %s for the next start", kept, self.spill
             )
         finally:
-            # What is left of a write-back is the next start's (it skips what was written).
+            # What is left of a write-back is another process's or the next start's (which
+            # skip what was written).
+            self._replaying = None
             self._release_replay()
 
     def _spill_out(self, path: Path) -> int:

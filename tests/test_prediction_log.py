@@ -364,3 +364,24 @@ def test_a_spill_file_that_cannot_be_written_keeps_the_rows_in_memory(
     assert len(said) == 1 and said[0].startswith(f"prediction log: cannot spill to {spill}: ")
     log.engine = engine
     assert log.flush() == 10 and _count(engine, Prediction) == 10
+
+
+def test_a_stop_during_the_write_back_leaves_the_rest_to_another_process(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """The write-back goes a few batches a flush: a process that stops halfway lets go of the
+    spill, and another process writes the rest, skipping what was written (not dead-lettered
+    as duplicates)."""
+    spill = tmp_path / "spill" / "predictions.jsonl"
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    rows = _review(50)
+    _spill_in_an_outage(engine, spill, rows, [])
+    stopping = PredictionLog(engine, interval_s=60, batch_size=5, spill=spill, dead_letter=dead)
+    assert stopping.take_back_spill() == 50
+    assert stopping.flush() == 20  # 4 batches of 5 a flush
+    asyncio.run(stopping.close())  # its last flush writes 4 more, then it lets go
+    assert _count(engine, Prediction) == 40 and stopping.writing_back
+    other = PredictionLog(engine, interval_s=60, batch_size=5, spill=spill, dead_letter=dead)
+    assert other.flush() == 10
+    assert other.dead_lettered == 0 and not dead.exists() and not other.writing_back
+    assert _outbox_order(engine) == [r.id for r in rows]
