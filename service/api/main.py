@@ -149,6 +149,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         _drain_quietly(state)
         state.redis.close()
         state.engine.dispose()
+        # Frozen objects are never collected, and this app's state is cyclic (the log's
+        # after_flush calls back into it): in a process that runs apps one after another, the
+        # test suite, every stopped app's state, models and encoder stayed for good, about
+        # 43 MB an app. Back in the collector's reach, they go once the app does.
+        gc.unfreeze()
 
 
 def create_app(settings: Settings) -> FastAPI:
