@@ -9,7 +9,10 @@ import weakref
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlmodel import Session
+
 from service.config import Settings
+from service.ml import registry
 from service.ml.training import TrainResult
 from tests.conftest import auth, sqlite_app
 
@@ -41,3 +44,44 @@ def test_a_stopped_app_leaves_nothing_it_loaded_behind(
     # The lifespan froze them (gc.freeze) for quicker collections while it served; a frozen
     # cycle is never collected, so every app the suite started stayed in memory.
     assert [r() is None for r in refs] == [True, True, True]
+
+
+def test_a_hot_swap_frees_the_model_it_replaces(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    seed_result: TrainResult,
+) -> None:
+    """Forty promotions back and forth, each followed by predictions (which build the model's
+    fast-path heads and word caches), then one more with none after it: only the model served
+    is still alive, whatever scored the last requests before it."""
+    # Only the promotions swap: a watch tick loading the same version at once would hold the
+    # model it replaces for as long as its load takes.
+    with sqlite_app(
+        make_settings, tmp_path, shared_result, shadow=False, watch_interval_s=3600
+    ) as client:
+        state = client.app.state.tagflow
+        with Session(state.engine, expire_on_commit=False) as session:
+            other = registry.register(
+                session, result=seed_result, artifacts_dir=state.settings.artifacts_dir
+            ).version
+        first = state.predictor.current
+        assert first is not None
+        models = [weakref.ref(first.model)]
+        del first
+        for i in range(41):
+            version = other if i % 2 == 0 else "v0001"
+            promoted = client.post(f"/models/{version}/promote", headers=auth("admin"))
+            assert promoted.status_code == 200
+            models.append(weakref.ref(state.predictor.current.model))
+            if i == 40:
+                break
+            for item in ITEMS:
+                answer = client.post("/predict", json=item, headers=auth("client")).json()
+                assert answer["model_version"] == version
+        assert state.batcher.stats.encoded > 0  # the scorer threads had work too
+        gc.collect()
+        # An idle scorer thread kept its last task's batch, and with it the model that scored
+        # it; so did the micro-batcher's loop while it waited for the next request.
+        alive = [i for i, ref in enumerate(models) if ref() is not None]
+        assert alive == [41]

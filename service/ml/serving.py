@@ -313,21 +313,32 @@ class MicroBatcher:
         return await pending.future
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        triaging: asyncio.Future[Triage] | None = None
+        triage_free = asyncio.Event()
+        triage_free.set()
         while True:
             batch, loaded = await self._gather()
             # One triage at a time, and the next batch handed over only when the thread is
             # free: batches queued in the executor could not be overtaken by small requests.
-            if triaging is not None:
-                await asyncio.wait([triaging])
-            texts = [t for p in batch for t in p.texts]
-            triaging = loop.run_in_executor(
-                self._triage_pool, _on_thread_cpu, self.predictor.triage, texts, loaded
-            )
-            task = asyncio.create_task(self._score(batch, texts, triaging))
-            self._inflight.add(task)
-            task.add_done_callback(self._inflight.discard)
+            await triage_free.wait()
+            triage_free.clear()
+            self._dispatch(batch, loaded, triage_free.set)
+            # Nothing of the batch stays referenced here while the next one gathers: its
+            # triage holds the model that scored it, which a swap may replace meanwhile.
+            del batch, loaded
+
+    def _dispatch(
+        self, batch: list[_Pending], loaded: LoadedModel | None, triaged: Callable[[], None]
+    ) -> None:
+        """Triage `batch` on the triage thread, calling `triaged` once it is done, and answer
+        its requests from a task of their own."""
+        texts = [t for p in batch for t in p.texts]
+        triaging = asyncio.get_running_loop().run_in_executor(
+            self._triage_pool, _on_thread_cpu, self.predictor.triage, texts, loaded
+        )
+        triaging.add_done_callback(lambda _: triaged())
+        task = asyncio.create_task(self._score(batch, texts, triaging))
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
     def _take(self, room: int, pin: LoadedModel | None | _Open = _OPEN) -> _Pending | None:
         """The next waiting request that fits in `room` items and can be scored by the same

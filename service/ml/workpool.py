@@ -51,14 +51,22 @@ class PriorityPool:
             thread.join()
 
     def _work(self) -> None:
-        while True:
-            _, _, future, call = self._queue.get()
-            if future is None:
-                return
-            if not future.set_running_or_notify_cancel():
-                continue
-            fn, args = call
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # handed to the waiting request, which re-raises it
-                future.set_exception(exc)
+        while self._run_next():
+            pass
+
+    def _run_next(self) -> bool:
+        """Run the next task; False at the stop marker. A call of its own, so that nothing of
+        a task outlives it on this thread: kept in the loop's variables while the thread
+        waited for the next task, its arguments (a triaged batch, which holds its model) kept
+        a model swapped out since then alive for as long as the thread stayed idle."""
+        _, _, future, call = self._queue.get()
+        if future is None:
+            return False
+        if not future.set_running_or_notify_cancel():
+            return True
+        fn, args = call
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to the waiting request, which re-raises it
+            future.set_exception(exc)
+        return True
