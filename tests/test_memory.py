@@ -5,6 +5,7 @@ versions for months keeps more than it serves."""
 from __future__ import annotations
 
 import gc
+import pickle
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -85,3 +86,22 @@ def test_a_hot_swap_frees_the_model_it_replaces(
         # it; so did the micro-batcher's loop while it waited for the next request.
         alive = [i for i, ref in enumerate(models) if ref() is not None]
         assert alive == [41]
+
+
+def test_a_model_let_go_is_freed_without_waiting_for_the_collector(
+    shared_result: TrainResult,
+) -> None:
+    """A swapped-out model goes by reference counting alone, fast-path heads included: with
+    a reference cycle among them, its vocabularies waited for a full collection, which a large
+    heap makes rare."""
+    model = pickle.loads(pickle.dumps(shared_result.model))  # as an artifact loads
+    model.fast_proba([ITEMS[0]["title"]])  # builds the fast-path heads
+    heads = model._fast
+    assert heads is not None
+    refs = [weakref.ref(model), *(weakref.ref(v) for v in heads[1].vectorizers)]
+    del model, heads
+    gc.disable()
+    try:
+        assert [r() is None for r in refs] == [True] * len(refs)
+    finally:
+        gc.enable()

@@ -50,7 +50,13 @@ class _Vectorizer:
         self.idf = vec.idf_
         self.sublinear = vec.sublinear_tf
         self.offset = offset
-        self.counts = self._word_counts(vec) if _by_word(vec) else self._text_counts
+        # Not a bound method of self: that was a reference cycle, so a model swapped out left
+        # its vocabularies to wait for a full collection instead of going at once.
+        self.counts = (
+            self._word_counts(vec)
+            if _by_word(vec)
+            else functools.partial(_text_counts, self.analyze, self.vocabulary)
+        )
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Feature indices (offset into the union) and their L2-normalised tf-idf values."""
@@ -60,16 +66,6 @@ class _Vectorizer:
         values = tf * self.idf[index]
         norm = float(np.sqrt(values @ values)) or 1.0
         return index + self.offset, values / norm
-
-    def _text_counts(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """Vocabulary indices of the text's n-grams and their counts."""
-        # Counting, matching against the vocabulary and gathering run in C (Counter, key-set
-        # intersection, map/fromiter): a Python loop per n-gram cost most of the fast path.
-        counts = Counter(self.analyze(text))
-        known = list(counts.keys() & self.vocabulary.keys())
-        index = np.fromiter(map(self.vocabulary.__getitem__, known), np.intp, len(known))
-        tf = np.fromiter(map(counts.__getitem__, known), np.float64, len(known))
-        return index, tf
 
     def _word_counts(self, vec: TfidfVectorizer) -> Callable[[str], tuple[np.ndarray, np.ndarray]]:
         """`_text_counts` for `char_wb`, whose n-grams never cross a word: each word's
@@ -97,6 +93,19 @@ class _Vectorizer:
             return index.astype(np.intp), tf.astype(np.float64)
 
         return counts
+
+
+def _text_counts(
+    analyze: Callable[[str], list[str]], vocabulary: dict[str, int], text: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vocabulary indices of the text's n-grams and their counts."""
+    # Counting, matching against the vocabulary and gathering run in C (Counter, key-set
+    # intersection, map/fromiter): a Python loop per n-gram cost most of the fast path.
+    counts = Counter(analyze(text))
+    known = list(counts.keys() & vocabulary.keys())
+    index = np.fromiter(map(vocabulary.__getitem__, known), np.intp, len(known))
+    tf = np.fromiter(map(counts.__getitem__, known), np.float64, len(known))
+    return index, tf
 
 
 def _by_word(vec: TfidfVectorizer) -> bool:
