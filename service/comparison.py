@@ -24,9 +24,11 @@ from service.tags import TagSet
 COMPARE_JOB = "workers.training_jobs.compare"
 
 
-def enqueue_compare(queue: Queue, *, a: str, b: str) -> str:
-    """Queue the comparison of version `a` with version `b`."""
-    return enqueue_job(queue, COMPARE_JOB, a, b, description=f"compare {a} with {b}")
+def enqueue_compare(session: Session, *, queue: Queue, a: str, b: str) -> str:
+    """Record and queue the comparison of version `a` with version `b`."""
+    return enqueue_job(
+        session, queue=queue, func=COMPARE_JOB, args=(a, b), description=f"compare {a} with {b}"
+    )
 
 
 def compare_registered(

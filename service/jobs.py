@@ -2,21 +2,36 @@
 
 The jobs themselves are plain functions in `workers/`, queued by dotted name: the API
 process never imports the worker modules, and a job runs with the worker's context.
+
+An admin's job (a retraining, a comparison) is recorded in the database before it is queued
+(`JobRecord`), and its worker keeps the record up to date: Redis may lose the job (a restart:
+the machine's Redis keeps nothing on disk), and the job is then queued again from its record
+(`redeliver_lost_jobs`), while GET /jobs/{id} answers from the record.
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from sqlmodel import Session, col, select
 
+from service.entities import JobRecord, JobState
+from service.entities.common import as_utc, utcnow
 from service.errors import NotFoundError, UnavailableError
+
+log = logging.getLogger(__name__)
 
 # Every job's timeout, in one place: RQ stops a job that runs longer and records it as failed,
 # and whatever lets a worker finish its job before stopping it (compose's stop grace period,
@@ -31,15 +46,6 @@ LONGEST_JOB_TIMEOUT_S = max(
     JOB_TIMEOUT_S, REPRIORITIZE_TIMEOUT_S, REVIEW_JOB_TIMEOUT_S, PRUNE_TIMEOUT_S
 )
 RESULT_TTL_S = 7 * 24 * 3600
-
-
-class JobState(StrEnum):
-    """A job's state as the API reports it (RQ's finer states folded into these four)."""
-
-    QUEUED = "queued"
-    STARTED = "started"
-    FINISHED = "finished"
-    FAILED = "failed"
 
 
 class JobAccepted(BaseModel):
@@ -67,23 +73,51 @@ _STATES = {
 
 
 def enqueue_job(
-    queue: Queue, func: str, *args: str | bool, description: str, retry: Retry | None = None
+    session: Session,
+    *,
+    queue: Queue,
+    func: str,
+    args: Sequence[str | bool] = (),
+    description: str,
+    retries: int = 0,
 ) -> str:
-    """Queue a job whose result is kept a week (GET /jobs/{id}), run again as `retry` says
-    when it fails; UnavailableError without Redis."""
+    """Record a job, then queue it with its result kept a week (GET /jobs/{id}), run again up
+    to `retries` times if its worker is killed under it. UnavailableError without Redis, and
+    then nothing is recorded: the caller is told to try again, not to wait for it."""
+    record = JobRecord(
+        id=str(uuid.uuid4()), func=func, args=list(args), description=description, retries=retries
+    )
+    session.add(record)
+    session.commit()  # before Redis has it: a worker may record its start at once
     try:
-        job = queue.enqueue(
-            func,
-            *args,
+        _send(queue, record)
+    except RedisError as exc:
+        session.delete(record)
+        session.commit()
+        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
+    session.add(record)
+    session.commit()
+    return record.id
+
+
+def _send(queue: Queue, record: JobRecord) -> None:
+    """Queue `record`'s job under its id, unless Redis has it already (another API process
+    sent it again first); the record says when it was sent."""
+    with contextlib.suppress(DuplicateJobError):
+        queue.enqueue(
+            record.func,
+            *record.args,
+            job_id=record.id,
+            unique=True,  # atomic in Redis: two senders never queue the job twice
             job_timeout=JOB_TIMEOUT_S,
             result_ttl=RESULT_TTL_S,
             failure_ttl=RESULT_TTL_S,
-            description=description,
-            retry=retry,
+            description=record.description,
+            retry=Retry(max=record.retries) if record.retries else None,
         )
-    except RedisError as exc:
-        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
-    return job.id
+    record.state = JobState.QUEUED
+    record.sent_at = utcnow()
+    record.sends += 1
 
 
 # What SQLAlchemy appends to an error's message: the statement, its parameters, a web link.
@@ -107,15 +141,120 @@ def error_line(exc_info: str | None) -> str:
     return "\n".join(kept[:MAX_ERROR_LINES])
 
 
-def job_public(connection: Redis, *, job_id: str) -> JobPublic:
-    """The state of a job; NotFoundError for unknown (or expired) ids."""
+def job_public(session: Session, *, connection: Redis, job_id: str) -> JobPublic:
+    """The state of a job: Redis's while it has the job, else the job's record (a job Redis
+    lost is queued again from it); a record's final state wins, since the worker writes it
+    before RQ's own bookkeeping. NotFoundError for unknown (or expired) ids; UnavailableError
+    when Redis cannot be asked about a job that has no record."""
+    record = session.get(JobRecord, job_id)
+    if record is not None and record.state in (JobState.FINISHED, JobState.FAILED):
+        return _recorded(record)
     try:
         job = Job.fetch(job_id, connection=connection)
-        state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
-        result = job.return_value() if state is JobState.FINISHED else None
-        error = error_line(job.exc_info) if state is JobState.FAILED else None
+        state, result, error = _redis_state(job)
     except NoSuchJobError:
-        raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
+        if record is None:
+            raise NotFoundError(f"job {job_id!r} does not exist (or its result expired)") from None
+        return _recorded(record)
     except RedisError as exc:
-        raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
+        if record is None:
+            raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
+        return _recorded(record)
     return JobPublic(job_id=job_id, status=state, result=result, error=error)
+
+
+def _redis_state(job: Job) -> tuple[JobState, Any, str | None]:
+    """`job`'s state as RQ has it, with its result or its error."""
+    state = _STATES.get(job.get_status(refresh=True), JobState.QUEUED)
+    result = job.return_value() if state is JobState.FINISHED else None
+    error = error_line(job.exc_info) if state is JobState.FAILED else None
+    return state, result, error
+
+
+def _recorded(record: JobRecord) -> JobPublic:
+    return JobPublic(
+        job_id=record.id, status=record.state, result=record.result, error=record.error
+    )
+
+
+# --- the worker's side of a recorded job ------------------------------------------------------
+
+
+def job_started(session: Session, *, job_id: str) -> JobRecord | None:
+    """Record that a worker runs the job; its record (None for a job with none: an automatic
+    retraining, or one queued before records were kept). A record already finished is left as
+    it is: its worker died after recording that and before RQ knew, and RQ runs it again."""
+    record = session.get(JobRecord, job_id)
+    if record is None or record.state is JobState.FINISHED:
+        return record
+    record.state = JobState.STARTED
+    record.started_at = utcnow()
+    session.add(record)
+    session.commit()
+    return record
+
+
+def job_ended(
+    session: Session, *, job_id: str, result: Any = None, error: str | None = None
+) -> None:
+    """Record a job's end: finished with `result` (stored as JSON), or failed with `error`."""
+    record = session.get(JobRecord, job_id)
+    if record is None:
+        return
+    record.state = JobState.FAILED if error is not None else JobState.FINISHED
+    record.result = None if error is not None else json.loads(json.dumps(result))
+    record.error = error
+    record.ended_at = utcnow()
+    session.add(record)
+    session.commit()
+
+
+# --- jobs Redis lost -------------------------------------------------------------------------
+
+# A started job whose record Redis lost may still run on a worker that lost Redis meanwhile;
+# RQ cuts it at its timeout, so once that has passed (and a claim's lapse) it runs nowhere.
+STILL_RUNNING_S = JOB_TIMEOUT_S + 60
+
+
+def _may_still_run(record: JobRecord) -> bool:
+    started = record.started_at
+    return (
+        record.state is JobState.STARTED
+        and started is not None
+        and as_utc(started) > utcnow() - timedelta(seconds=STILL_RUNNING_S)
+    )
+
+
+def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
+    """Queue again the recorded jobs Redis no longer has (a restart, a flush, a failover);
+    how many. Queued ones at once; started ones once their run is surely over (its worker
+    died too). Jobs Redis has are left to it, but a final state RQ recorded on its own (a job
+    whose worker was killed once more than its retries allow) is copied to the record, which
+    outlives Redis's week."""
+    records = session.exec(
+        select(JobRecord).where(col(JobRecord.state).in_([JobState.QUEUED, JobState.STARTED]))
+    ).all()
+    sent: list[str] = []
+    for record in records:
+        try:
+            job = Job.fetch(record.id, connection=queue.connection)
+        except NoSuchJobError:
+            job = None
+        if job is not None:
+            state, result, error = _redis_state(job)
+            if state in (JobState.FINISHED, JobState.FAILED):
+                job_ended(session, job_id=record.id, result=result, error=error)
+            continue
+        if _may_still_run(record):
+            continue
+        _send(queue, record)
+        session.add(record)
+        session.commit()
+        sent.append(record.id)
+    if sent:
+        log.warning(
+            "%d job(s) that Redis no longer has (restarted or flushed?) queued again: %s",
+            len(sent),
+            ", ".join(sent),
+        )
+    return len(sent)

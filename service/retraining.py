@@ -484,17 +484,20 @@ def retrain(
 # --- queueing retraining ------------------------------------------------------------------
 
 
-def enqueue_retrain(queue: Queue, *, reason: str = "manual", force: bool = False) -> str:
-    """Queue a retraining (run again if its worker is killed; `force`: even with nothing new
-    since production)."""
+def enqueue_retrain(
+    session: Session, *, queue: Queue, reason: str = "manual", force: bool = False
+) -> str:
+    """Record and queue a retraining (run again if its worker is killed, queued again if Redis
+    loses it; `force`: even with nothing new since production)."""
     # `force` is passed only when set: a worker not yet upgraded runs the others as before.
     args = (reason, True) if force else (reason,)
     return enqueue_job(
-        queue,
-        RETRAIN_JOB,
-        *args,
+        session,
+        queue=queue,
+        func=RETRAIN_JOB,
+        args=args,
         description=f"retrain ({reason})",
-        retry=Retry(max=RETRAIN_RETRIES),
+        retries=RETRAIN_RETRIES,
     )
 
 

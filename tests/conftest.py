@@ -123,6 +123,16 @@ def redis_conn(test_redis_url: str) -> Iterator[redis.Redis]:
     conn.close()
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[EmbeddedRedis]:
+    """A Redis of this test's own, on its own port, that the test may stop or restart (never
+    the shared one)."""
+    server = EmbeddedRedis(tmp_path / "own-redis")
+    server.start()
+    yield server
+    server.stop()
+
+
 def _reset_postgres(url: str) -> Engine:
     engine = make_engine(url)
     with engine.begin() as conn:

@@ -1,4 +1,5 @@
-"""Queueing a background job and reading its state, on the real Redis with a real RQ worker.
+"""Queueing a background job and reading its state, on the real Redis with a real RQ worker,
+and its record in the database, which outlives a Redis restart.
 
 The jobs here are standard-library functions, queued by dotted name as the API queues
 `workers.*`: what is under test is the queueing and the state, not a job's work.
@@ -7,16 +8,32 @@ The jobs here are standard-library functions, queued by dotted name as the API q
 from __future__ import annotations
 
 import traceback
+from datetime import timedelta
 
 import pytest
 import redis
 from rq import Queue
 from rq.job import Job
 from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
+from sqlmodel import Session, select
 
+from service.entities import JobRecord
+from service.entities.common import utcnow
 from service.errors import NotFoundError, UnavailableError
-from service.jobs import RESULT_TTL_S, JobState, enqueue_job, error_line, job_public
+from service.jobs import (
+    RESULT_TTL_S,
+    STILL_RUNNING_S,
+    JobState,
+    enqueue_job,
+    error_line,
+    job_public,
+    job_started,
+    redeliver_lost_jobs,
+)
+from service.redis_server import EmbeddedRedis
+from tests.test_outbox import restart_losing_everything
 from workers.worker import Worker
 
 
@@ -24,24 +41,105 @@ def work(queue: Queue) -> None:
     Worker([queue], connection=queue.connection).work(burst=True)
 
 
-def test_a_queued_job_then_its_result(redis_conn: redis.Redis) -> None:
+def enqueue(engine: Engine, queue: Queue, func: str, *args: str, retries: int = 0) -> str:
+    with Session(engine) as session:
+        return enqueue_job(
+            session, queue=queue, func=func, args=args, description=func, retries=retries
+        )
+
+
+def state(engine: Engine, conn: redis.Redis, job_id: str) -> tuple[JobState, object, str | None]:
+    with Session(engine) as session:
+        job = job_public(session, connection=conn, job_id=job_id)
+    return job.status, job.result, job.error
+
+
+def redeliver(engine: Engine, queue: Queue) -> int:
+    with Session(engine) as session:
+        return redeliver_lost_jobs(session, queue=queue)
+
+
+def test_a_queued_job_then_its_result(sqlite_engine: Engine, redis_conn: redis.Redis) -> None:
     queue = Queue("jobs-test", connection=redis_conn)
-    job_id = enqueue_job(queue, "posixpath.basename", "/data/seed.csv", description="basename")
-    queued = job_public(redis_conn, job_id=job_id)
-    assert (queued.status, queued.result, queued.error) == (JobState.QUEUED, None, None)
+    job_id = enqueue(sqlite_engine, queue, "posixpath.basename", "/data/seed.csv")
+    assert state(sqlite_engine, redis_conn, job_id) == (JobState.QUEUED, None, None)
     job = Job.fetch(job_id, connection=redis_conn)
-    assert job.description == "basename" and job.result_ttl == RESULT_TTL_S
+    assert job.description == "posixpath.basename" and job.result_ttl == RESULT_TTL_S
+    with Session(sqlite_engine) as session:
+        record = session.get(JobRecord, job_id)
+        assert record is not None and record.args == ["/data/seed.csv"] and record.sends == 1
 
     work(queue)
-    done = job_public(redis_conn, job_id=job_id)
-    assert (done.status, done.result, done.error) == (JobState.FINISHED, "seed.csv", None)
+    assert state(sqlite_engine, redis_conn, job_id) == (JobState.FINISHED, "seed.csv", None)
 
 
-def test_a_failed_job_reports_the_last_line_of_its_error(redis_conn: redis.Redis) -> None:
+def test_a_job_redis_lost_is_queued_again_from_its_record(
+    engine: Engine, own_redis: EmbeddedRedis
+) -> None:
+    """The machine's Redis keeps nothing on disk: a retraining queued by an admin and lost in
+    a restart before a worker took it was gone (GET /jobs/{id}: 404) and never ran."""
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    lost = enqueue(engine, queue, "posixpath.basename", "/data/lost.csv", retries=2)
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    assert state(engine, conn, lost) == (JobState.QUEUED, None, None)  # from its record
+
+    assert redeliver(engine, queue) == 1
+    assert redeliver(engine, queue) == 0  # Redis has it again: not queued twice
+    assert queue.job_ids == [lost]
+    assert Job.fetch(lost, connection=conn).retries_left == 2
+    work(queue)
+    assert state(engine, conn, lost) == (JobState.FINISHED, "lost.csv", None)
+    assert redeliver(engine, queue) == 0  # the end RQ recorded goes to the record too
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    assert state(engine, conn, lost) == (JobState.FINISHED, "lost.csv", None)
+    assert redeliver(engine, Queue("jobs-test", connection=conn)) == 0
+    with Session(engine) as session:
+        record = session.get(JobRecord, lost)
+        assert record is not None and record.sends == 2 and record.ended_at is not None
+    conn.close()
+
+
+def test_a_started_job_redis_lost_is_queued_again_once_it_cannot_still_run(
+    sqlite_engine: Engine, own_redis: EmbeddedRedis
+) -> None:
+    """A worker that lost Redis in the middle of a job goes on running it; queued again at
+    once, it would run twice (two candidates from one retraining)."""
+    conn = redis.Redis.from_url(own_redis.url)
+    job_id = enqueue(
+        sqlite_engine, Queue("jobs-test", connection=conn), "posixpath.basename", "/d/run.csv"
+    )
+    with Session(sqlite_engine) as session:
+        job_started(session, job_id=job_id)
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    assert state(sqlite_engine, conn, job_id) == (JobState.STARTED, None, None)
+    assert redeliver(sqlite_engine, queue) == 0 and queue.count == 0
+    with Session(sqlite_engine) as session:
+        record = session.get(JobRecord, job_id)
+        assert record is not None
+        record.started_at = utcnow() - timedelta(seconds=STILL_RUNNING_S + 1)
+        session.add(record)
+        session.commit()
+    assert redeliver(sqlite_engine, queue) == 1
+    assert state(sqlite_engine, conn, job_id) == (JobState.QUEUED, None, None)
+    work(queue)
+    assert state(sqlite_engine, conn, job_id) == (JobState.FINISHED, "run.csv", None)
+    conn.close()
+
+
+def test_a_failed_job_reports_the_last_line_of_its_error(
+    sqlite_engine: Engine, redis_conn: redis.Redis
+) -> None:
     queue = Queue("jobs-test", connection=redis_conn)
-    job_id = enqueue_job(queue, "math.sqrt", "nine", description="sqrt")
+    job_id = enqueue(sqlite_engine, queue, "math.sqrt", "nine")
     work(queue)
-    failed = job_public(redis_conn, job_id=job_id)
+    with Session(sqlite_engine) as session:
+        failed = job_public(session, connection=redis_conn, job_id=job_id)
     assert failed.status is JobState.FAILED and failed.result is None
     assert failed.error is not None and failed.error.startswith("TypeError:")
     assert "\n" not in failed.error
@@ -71,17 +169,24 @@ def test_the_error_line_is_the_exceptions_own() -> None:
     )
 
 
-def test_an_unknown_job_is_not_found(redis_conn: redis.Redis) -> None:
-    with pytest.raises(NotFoundError, match="does not exist"):
-        job_public(redis_conn, job_id="no-such-job")
+def test_an_unknown_job_is_not_found(sqlite_engine: Engine, redis_conn: redis.Redis) -> None:
+    with pytest.raises(NotFoundError, match="does not exist"), Session(sqlite_engine) as session:
+        job_public(session, connection=redis_conn, job_id="no-such-job")
 
 
-def test_without_redis_queueing_and_reading_are_unavailable() -> None:
+def test_without_redis_queueing_and_reading_are_unavailable(
+    sqlite_engine: Engine, redis_conn: redis.Redis
+) -> None:
     # Port 1 is never a Redis: the connection is refused at once. Made as the service makes its
     # clients (from a URL, which sets no retries): redis-py's constructor default retries a
     # refused connection with backoff, 3-4 s a command here.
     down = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_timeout=2, socket_connect_timeout=2)
     with pytest.raises(UnavailableError, match="not queued"):
-        enqueue_job(Queue("jobs-test", connection=down), "math.sqrt", "4", description="sqrt")
-    with pytest.raises(UnavailableError, match="state unknown"):
-        job_public(down, job_id="any")
+        enqueue(sqlite_engine, Queue("jobs-test", connection=down), "math.sqrt", "4")
+    with Session(sqlite_engine) as session:
+        assert not session.exec(select(JobRecord)).all()  # refused: nothing to wait for
+        with pytest.raises(UnavailableError, match="state unknown"):
+            job_public(session, connection=down, job_id="any")
+    # A job with a record answers from it while Redis cannot be asked.
+    queued = enqueue(sqlite_engine, Queue("jobs-test", connection=redis_conn), "math.sqrt", "4")
+    assert state(sqlite_engine, down, queued) == (JobState.QUEUED, None, None)

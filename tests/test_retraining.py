@@ -38,6 +38,7 @@ from service.crud import snapshots as snapshots_crud
 from service.db import init_db, make_engine
 from service.entities import DatasetSnapshot, Label, ModelStatus
 from service.errors import InvalidInputError
+from service.jobs import job_ended
 from service.ml import registry
 from service.ml.dataset import MIN_PER_TAG, DatasetError, Example, check_leakage, load_dataset
 from service.ml.encoder import Encoder
@@ -46,8 +47,10 @@ from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.outbox import TRAINING_QUEUE
+from service.redis_server import EmbeddedRedis
 from service.tags import Tag, TagSet
 from tests.conftest import KEYS, auth, register_promoted
+from tests.test_outbox import restart_losing_everything
 from tests.test_worker import start_worker
 from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, Worker
@@ -590,6 +593,67 @@ def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
     assert served_version(client) == candidate
 
 
+def test_an_admins_retraining_and_comparison_survive_a_redis_restart(
+    make_client: Callable[..., TestClient],
+    weak_result: TrainResult,
+    new_items: list[Example],
+    engine: Engine,
+    own_redis: EmbeddedRedis,
+) -> None:
+    """Queued by an admin and lost in a Redis restart before a worker took them (the machine's
+    Redis keeps nothing on disk): GET /jobs/{id} answered 404 and the retraining never ran.
+    They are now recorded, answered from the record, and queued again by the API."""
+    client = make_client(weak_result, auto_promote=False, redis_url=own_redis.url)
+    add_labels(engine, new_items[:20], share=0.2)
+    retrain_id = client.post("/models/retrain", headers=auth("admin")).json()["job_id"]
+    production = served_version(client)
+    compare_id = client.post(f"/models/{production}/compare", headers=auth("admin")).json()
+    compare_id = compare_id["job_id"]
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    assert Queue(TRAINING_QUEUE, connection=conn).count == 0  # Redis lost both
+    for job_id in (retrain_id, compare_id):
+        answer = client.get(f"/jobs/{job_id}", headers=auth("admin"))
+        assert answer.status_code == 200 and answer.json()["status"] == "queued"
+
+    client.app.state.tagflow.next_job_check = 0.0  # the API's next look, not in 30 s
+    queue = Queue(TRAINING_QUEUE, connection=conn)
+    assert wait_for(lambda: queue.count == 2, timeout_s=10), "the API did not queue them again"
+    assert sorted(queue.job_ids) == sorted([retrain_id, compare_id])
+    work_training(client, conn)
+    restart_losing_everything(own_redis)  # the results outlive Redis too
+    done = client.get(f"/jobs/{retrain_id}", headers=auth("admin")).json()
+    assert done["status"] == "finished" and done["result"]["gate_passed"]
+    assert done["result"]["train_labels"] + done["result"]["holdout_labels"] == 20
+    model = client.get(f"/models/{done['result']['candidate']}", headers=auth("client")).json()
+    assert model["status"] == "candidate"
+    compared = client.get(f"/jobs/{compare_id}", headers=auth("admin")).json()
+    assert compared["status"] == "finished" and compared["result"]["evaluation"]["rows"] > 0
+    conn.close()
+
+
+def test_a_retraining_its_record_says_finished_is_not_run_again(
+    make_client: Callable[..., TestClient],
+    seed_result: TrainResult,
+    engine: Engine,
+    redis_conn: redis.Redis,
+) -> None:
+    """Its worker recorded the end, then died before RQ knew: RQ runs it again (its retries are
+    for a killed worker), and the record's result stands instead of a second training."""
+    client = make_client(seed_result)
+    job_id = client.post("/models/retrain?force=true", headers=auth("admin")).json()["job_id"]
+    with Session(engine) as session:
+        job_ended(session, job_id=job_id, result={"candidate": "v0002", "outcome": "recorded"})
+        versions = len(registry.list_versions(session))
+    work_training(client, redis_conn)
+    assert Job.fetch(job_id, connection=redis_conn).return_value() == {
+        "candidate": "v0002",
+        "outcome": "recorded",
+    }
+    with Session(engine) as session:
+        assert len(registry.list_versions(session)) == versions  # nothing trained
+
+
 def test_failed_job_reports_its_error(
     make_client: Callable[..., TestClient],
     seed_result: TrainResult,
@@ -750,7 +814,9 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
 
     caplog.set_level(logging.INFO, logger="workers.training_jobs")
 
-    manual = Job.fetch(retraining.enqueue_retrain(queue), connection=redis_conn)
+    with Session(sqlite_engine) as session:
+        manual_id = retraining.enqueue_retrain(session, queue=queue)
+    manual = Job.fetch(manual_id, connection=redis_conn)
     assert manual.retries_left == retraining.RETRAIN_RETRIES  # for a killed worker
     assert auto() == retraining.AUTO_RETRAIN_JOB_ID
     assert work() == 2, "a retraining that raised was run again"

@@ -16,7 +16,7 @@ from service.calibration import recalibrate_as_configured
 from service.entities import ModelStatus, ModelVersion
 from service.entities.common import as_utc
 from service.errors import ArtifactError
-from service.jobs import REPRIORITIZE_TIMEOUT_S
+from service.jobs import REPRIORITIZE_TIMEOUT_S, redeliver_lost_jobs
 from service.logs import RepeatedFailures
 from service.ml import registry
 from service.ml.serving import LoadedModel
@@ -164,6 +164,16 @@ def redeliver_outbox(state: AppState) -> int:
         return redeliver_lost(session, queue=state.queues.labeling)
 
 
+def redeliver_jobs(state: AppState) -> int:
+    """Every `REDELIVERY_CHECK_S` (and at the first tick), queue again the admin jobs (a
+    retraining, a comparison) that Redis lost (`jobs.redeliver_lost_jobs`)."""
+    if time.monotonic() < state.next_job_check:
+        return 0
+    state.next_job_check = time.monotonic() + REDELIVERY_CHECK_S
+    with Session(state.engine) as session:
+        return redeliver_lost_jobs(session, queue=state.queues.training)
+
+
 def auto_retrain(state: AppState) -> str | None:
     """Queue a retraining once enough new labels exist (`retrain_after_labels`)."""
     with Session(state.engine) as session:
@@ -200,12 +210,13 @@ def auto_prune(state: AppState) -> str | None:
 
 async def watch(state: AppState, interval_s: float = 2.0) -> None:
     """Poll the registry (promotions from the CLI or a worker), retry the outbox and send again
-    what Redis lost of it, start automatic retraining, move the served cut by the audit, and
-    queue the daily retention."""
+    what Redis lost of it and of the admins' jobs, start automatic retraining, move the served
+    cut by the audit, and queue the daily retention."""
     steps = (
         sync_production,
         redeliver_outbox,
         drain_outbox,
+        redeliver_jobs,
         auto_retrain,
         auto_recalibrate,
         auto_prune,

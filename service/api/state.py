@@ -72,6 +72,8 @@ class AppState:
     next_recalibration: float = 0.0
     # When the watch loop next looks for outbox jobs that Redis lost (time.monotonic()).
     next_redelivery_check: float = 0.0
+    # When it next looks for admin jobs (retraining, comparison) that Redis lost.
+    next_job_check: float = 0.0
     # Strong references to fire-and-forget tasks (shadow scoring), so they are not collected.
     background: set[asyncio.Task[None]] = field(default_factory=set)
     # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both

@@ -217,7 +217,7 @@ def retrain(
         print_error("cannot queue a retraining:", "TAGFLOW_REDIS_URL is not set")
         raise typer.Exit(2)
     if enqueue and settings.redis_url:
-        _enqueue_retrain(settings.redis_url, force=force)
+        _enqueue_retrain(settings, force=force)
         return
     try:
         with open_session(settings) as session, console.status("retraining..."):
@@ -243,7 +243,7 @@ def retrain(
         print_warning(retraining.scarce_tag_warning(tag, count))
 
 
-def _enqueue_retrain(redis_url: str, *, force: bool) -> None:
+def _enqueue_retrain(settings: Settings, *, force: bool) -> None:
     """Queue a retraining for a worker. Redis not answering is one line, exit code 2, as it is
     for `worker`: not a refusal, worth a retry."""
     from redis import Redis
@@ -252,9 +252,10 @@ def _enqueue_retrain(redis_url: str, *, force: bool) -> None:
     from service import retraining
     from service.outbox import TRAINING_QUEUE
 
-    queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(redis_url))
+    queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url or ""))
     try:
-        job_id = retraining.enqueue_retrain(queue, reason="cli", force=force)
+        with open_session(settings) as session:
+            job_id = retraining.enqueue_retrain(session, queue=queue, reason="cli", force=force)
     except UnavailableError as exc:
         print_error("cannot queue a retraining:", exc)
         raise typer.Exit(2) from None

@@ -4,6 +4,7 @@ Importing this package registers every table on `SQLModel.metadata`.
 """
 
 from service.entities.feedback import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus
+from service.entities.job import JobRecord, JobState
 from service.entities.label import (
     AgreementStats,
     Label,
@@ -49,6 +50,8 @@ __all__ = [
     "FeedbackCreate",
     "FeedbackPublic",
     "FeedbackStatus",
+    "JobRecord",
+    "JobState",
     "Label",
     "LabelPublic",
     "LabelSource",

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.api.deps import AdminKey, JobId, StateDep
+from service.api.deps import AdminKey, JobId, SessionDep, StateDep
 from service.jobs import JobPublic, job_public
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
 @router.get("/{job_id}", response_model=JobPublic, response_model_exclude_none=True)
-def read_job(job_id: JobId, state: StateDep, _caller: AdminKey) -> JobPublic:
-    """`queued`, `started`, `finished` (with `result`) or `failed` (with `error`).
-    404 for an unknown or expired id; 503 when Redis cannot be asked."""
-    return job_public(state.redis, job_id=job_id)
+def read_job(job_id: JobId, session: SessionDep, state: StateDep, _caller: AdminKey) -> JobPublic:
+    """`queued`, `started`, `finished` (with `result`) or `failed` (with `error`), from Redis
+    or, for a job Redis lost or while it cannot be asked, from the job's record. 404 for an
+    unknown or expired id; 503 when Redis cannot be asked about a job with no record."""
+    return job_public(session, connection=state.redis, job_id=job_id)

@@ -74,12 +74,14 @@ def list_models(
 
 
 @router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
-def retrain_model(state: StateDep, _caller: AdminKey, force: bool = False) -> JobAccepted:
+def retrain_model(
+    session: SessionDep, state: StateDep, _caller: AdminKey, force: bool = False
+) -> JobAccepted:
     """Queue a retraining on the base dataset plus current labels; follow it at
     GET /jobs/{job_id}. The candidate is promoted only if it passes the quality gate. With
     nothing new since production (or a version rolled back from) it trains nothing, unless
     `force=true`."""
-    job_id = enqueue_retrain(state.queues.training, reason="manual", force=force)
+    job_id = enqueue_retrain(session, queue=state.queues.training, reason="manual", force=force)
     return JobAccepted(job_id=job_id)
 
 
@@ -98,7 +100,8 @@ def compare_model(
     and the paired counts with McNemar's exact test. The result is at GET /jobs/{job_id}."""
     a = registry.get_version(session, version=version)
     b = registry.version_or_production(session, version=against)
-    return JobAccepted(job_id=enqueue_compare(state.queues.training, a=a.version, b=b.version))
+    job_id = enqueue_compare(session, queue=state.queues.training, a=a.version, b=b.version)
+    return JobAccepted(job_id=job_id)
 
 
 class ProductionHistory(BaseModel):
