@@ -27,7 +27,7 @@ from sqlmodel import Session
 from service.config import Settings
 from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
-from service.entities import DatasetSnapshot, Label, ModelVersion
+from service.entities import DatasetSnapshot, Label, ModelStatus, ModelVersion
 from service.entities.common import utcnow
 from service.errors import InvalidInputError
 from service.jobs import JOB_TIMEOUT_S, enqueue_job
@@ -375,6 +375,78 @@ def _twin(
     return None
 
 
+def _registered_twin(
+    session: Session,
+    *,
+    production: ModelVersion,
+    sets: TrainingSets,
+    target: float,
+    encoder: Encoder,
+) -> ModelVersion | None:
+    """The newest candidate that training on `sets` would make again and gate the same way:
+    the same training rows and settings, judged on the same evaluation rows against the same
+    production. Training it again would only register its copy: a retraining run again after
+    its worker died between registering and promoting (RQ's retry) registered a second
+    candidate, and so did two retrainings on the same data with auto-promote off."""
+    eval_hash = examples_hash(sets.evaluation)
+    for row in registry.list_versions(session, status=ModelStatus.CANDIDATE):
+        gate = row.gate or {}
+        judged_alike = (
+            gate.get("production_version") == production.version
+            and gate.get("eval_hash") == eval_hash
+            and isinstance(gate.get("passed"), bool)
+        )
+        if judged_alike and remakes(row, sets=sets, target_precision=target, encoder=encoder):
+            return row
+    return None
+
+
+def _finish_registered(
+    session: Session,
+    *,
+    settings: Settings,
+    tags: TagSet,
+    production: ModelVersion,
+    candidate: ModelVersion,
+    sets: TrainingSets,
+    reason: str,
+) -> dict[str, Any]:
+    """The result of a retraining whose candidate is registered already (`_registered_twin`):
+    nothing trained or registered, and the candidate promoted if its gate passed and the
+    settings allow, as the retraining that registered it would have done. The snapshot is
+    recorded, as for `_nothing_new`, so the automatic retraining counts labels from now."""
+    gate = candidate.gate or {}
+    snapshot = _add_snapshot(session, sets=sets)
+    session.commit()
+    promoted, outcome = _promote_if_allowed(
+        session,
+        settings=settings,
+        tags=tags,
+        version=candidate.version,
+        passed=bool(gate.get("passed")),
+        before=production.version,
+    )
+    outcome = (
+        f"{candidate.version} is registered from the same data and settings, gated on the same "
+        f"evaluation against {production.version}: not trained again; {outcome}"
+    )
+    log.info("retrain (%s): %s", reason, outcome)
+    return {
+        "candidate": candidate.version,
+        "promoted": promoted,
+        "outcome": outcome,
+        "production_before": production.version,
+        "reason": reason,
+        "snapshot_id": snapshot.id,
+        "gate_passed": gate.get("passed"),
+        "failed_checks": gate.get("failed", []),
+        "checks": gate.get("checks", []),
+        **_sets_summary(sets),
+        "label_checks_sent": 0,
+        "metrics": {"candidate": summary(candidate.metrics), "production": gate.get("production")},
+    }
+
+
 def _nothing_new(
     session: Session,
     *,
@@ -425,7 +497,11 @@ def retrain(
     """Train a candidate on base data plus labels, gate it against production, register it
     with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
     summary. With nothing new since production (same training rows, same settings), nothing
-    is trained or registered unless `force`: the candidate would be production's twin."""
+    is trained or registered unless `force`: the candidate would be production's twin. Nor
+    when a candidate from the same rows and settings is registered already, gated on the same
+    evaluation rows against the same production: that one is finished instead (promoted if
+    its gate passed and the settings allow), as a retraining run again after its worker was
+    killed between registering and promoting must do."""
     production = registry.get_production(session)
     before = production.version if production is not None else None
     progress("data")
@@ -438,6 +514,23 @@ def retrain(
     )
     if production is not None and twin is not None:
         return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
+    registered = (
+        None
+        if force or production is None
+        else _registered_twin(
+            session, production=production, sets=sets, target=target, encoder=encoder
+        )
+    )
+    if production is not None and registered is not None:
+        return _finish_registered(
+            session,
+            settings=settings,
+            tags=tags,
+            production=production,
+            candidate=registered,
+            sets=sets,
+            reason=reason,
+        )
     result = train(
         sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
     )

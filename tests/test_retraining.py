@@ -969,6 +969,42 @@ def test_a_retraining_with_nothing_new_registers_nothing_unless_forced(
         assert retraining.retrain(session, settings=other, tags=tags, encoder=encoder)["candidate"]
 
 
+def test_a_retraining_finishes_the_candidate_it_registered_instead_of_training_another(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    weak_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    """A retraining killed after registering its candidate and before promoting it is run
+    again by RQ (its retries), and trained and registered a second, identical candidate;
+    with auto-promote off, each retraining on the same data registered one more. A candidate
+    from the same data and settings, gated on the same evaluation against the same production,
+    is now finished instead: promoted if the settings allow, nothing trained."""
+    settings = make_settings(auto_promote=False)
+    weak = register_promoted(engine, settings, weak_result)
+    add_labels(engine, new_items[:20], share=0.2)
+    with Session(engine, expire_on_commit=False) as session:
+        first = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        candidate = first["candidate"]
+        assert first["gate_passed"] and not first["promoted"], first["failed_checks"]
+
+        again = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        json.dumps(again)
+        assert again["candidate"] == candidate and not again["promoted"]
+        assert "not trained again" in again["outcome"] and "promote by hand" in again["outcome"]
+        assert again["gate_passed"] and again["metrics"] == first["metrics"]
+
+        # As RQ's retry of a retraining whose worker was killed before it promoted.
+        promoting = make_settings(auto_promote=True)
+        retried = retraining.retrain(session, settings=promoting, tags=tags, encoder=encoder)
+        assert retried["candidate"] == candidate and retried["promoted"], retried["outcome"]
+        assert [row.version for row in registry.list_versions(session)] == [candidate, weak]
+        assert registry.get_version(session, version=candidate).status is ModelStatus.PRODUCTION
+        assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+
+
 def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(
     engine: Engine,
     make_settings: Callable[..., Settings],
