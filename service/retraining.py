@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -594,19 +594,30 @@ def enqueue_retrain(
     )
 
 
-def _ended_at(job: Job) -> datetime | None:
-    """When `job` ended: its latest result's time (a failure recorded by maintenance, for a
-    killed worker, has no end time of its own)."""
+def _ended_at(job: Job, *, connection: Redis, now: datetime) -> datetime | None:
+    """When `job` ended, on the clock of `now` (this process's, which stamps labels too): its
+    latest result's time (a failure recorded by maintenance, for a killed worker, has no end
+    time of its own). RQ takes that time from Redis's clock (the id of the result's entry in
+    its stream), so it is moved by how far Redis's clock is from this one: compared as it was
+    with labels' times, a Redis clock minutes behind counted labels given before a failure as
+    labels since it, and the failed retraining was queued again with nothing new."""
     result = job.latest_result()
-    return result.created_at if result is not None else job.ended_at or job.enqueued_at
+    if result is None:
+        return job.ended_at or job.enqueued_at
+    seconds, micros = connection.time()
+    redis_now = datetime.fromtimestamp(seconds + micros / 1e6, UTC)
+    return result.created_at - (redis_now - now)
 
 
-def _release_ended_auto_job(session: Session, *, connection: Redis, after_failure: int) -> None:
+def _release_ended_auto_job(
+    session: Session, *, connection: Redis, after_failure: int, now: datetime | None = None
+) -> None:
     """Delete the last automatic retraining once it has ended and labels have come since (one
     after a finished job, `after_failure` after a failed one), so that its id takes the next
     one: RQ keeps an ended job, and so its id, for its result's or failure's TTL, and a failed
     one blocked automatic retraining for an hour. Watched: of API processes releasing it at
-    once, one deletes it and the others find it changed."""
+    once, one deletes it and the others find it changed. `now`: this process's time (tests
+    give another, as a clock that differs from Redis's)."""
     try:
         with connection.pipeline() as pipe:
             pipe.watch(Job.key_for(AUTO_RETRAIN_JOB_ID))
@@ -615,7 +626,8 @@ def _release_ended_auto_job(session: Session, *, connection: Redis, after_failur
             if status not in _ENDED:
                 return
             needed = 1 if status == JobStatus.FINISHED else after_failure
-            if snapshots_crud.labels_since(session, since=_ended_at(job)) < needed:
+            ended = _ended_at(job, connection=connection, now=now or utcnow())
+            if snapshots_crud.labels_since(session, since=ended) < needed:
                 return
             pipe.multi()
             job.delete(pipeline=pipe)

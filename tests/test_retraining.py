@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
 from service.db import init_db, make_engine
 from service.entities import DatasetSnapshot, Label, ModelStatus
+from service.entities.common import utcnow
 from service.errors import InvalidInputError
 from service.jobs import job_ended
 from service.ml import registry
@@ -837,6 +839,57 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     assert queued.get_status() == JobStatus.QUEUED
     assert queued.retries_left == retraining.RETRAIN_RETRIES
     assert auto() is None and queue.count == 1  # never a second while one is queued
+
+
+def test_the_automatic_trigger_reads_a_failures_time_on_its_own_clock(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    new_items: list[Example],
+    tmp_path: Path,
+    redis_conn: redis.Redis,
+) -> None:
+    """After a failed automatic retraining, the labels given since its end free its id for the
+    next. Its end came from Redis's clock (RQ's result time) and the labels' times from the
+    API's: with the API's clock two hours ahead, labels given ten minutes before the failure
+    counted as given since it, and the failure was queued again with nothing new."""
+    settings = make_settings(
+        database_url=str(sqlite_engine.url),
+        base_dataset=tmp_path / "missing.csv",
+        retrain_after_labels=3,
+    )
+    register_promoted(sqlite_engine, settings, seed_result)
+    add_labels(sqlite_engine, new_items[:3], share=0.2)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    with Session(sqlite_engine) as session:
+        assert retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+    use_context(JobContext(settings))
+    try:
+        Worker([queue], connection=redis_conn).work(burst=True)
+    finally:
+        use_context(None)
+    job = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    assert job.get_status() == JobStatus.FAILED
+    api_now = utcnow() + timedelta(hours=2)  # the API's clock, two hours ahead of Redis's
+
+    def given_at(examples: list[Example], at: datetime) -> None:
+        with Session(sqlite_engine) as session:
+            for label in add_labels(sqlite_engine, examples, share=0.2):
+                label.created_at = at
+                session.add(label)
+            session.commit()
+
+    def released() -> bool:
+        with Session(sqlite_engine) as session:
+            retraining._release_ended_auto_job(
+                session, connection=redis_conn, after_failure=3, now=api_now
+            )
+        return not redis_conn.exists(Job.key_for(retraining.AUTO_RETRAIN_JOB_ID))
+
+    given_at(new_items[3:6], api_now - timedelta(minutes=10))  # before the failure
+    assert not released(), "labels given before the failure counted as given since"
+    given_at(new_items[6:9], api_now + timedelta(minutes=1))
+    assert released()
 
 
 def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
