@@ -202,11 +202,17 @@ def job_ended(
     if record is None:
         return
     record.state = JobState.FAILED if error is not None else JobState.FINISHED
-    record.result = None if error is not None else json.loads(json.dumps(result))
+    record.result = None if error is not None else _as_json(result)
     record.error = error
     record.ended_at = utcnow()
     session.add(record)
     session.commit()
+
+
+def _as_json(value: Any) -> Any:
+    """`value` as JSON both databases store: NaN and the infinities (a metric of an empty set;
+    PostgreSQL's json refuses them) become null, and what JSON has no type for, its text."""
+    return json.loads(json.dumps(value, default=str), parse_constant=lambda _: None)
 
 
 # --- jobs Redis lost -------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from service.jobs import (
     JobState,
     enqueue_job,
     error_line,
+    job_ended,
     job_public,
     job_started,
     redeliver_lost_jobs,
@@ -101,6 +102,21 @@ def test_a_job_redis_lost_is_queued_again_from_its_record(
         record = session.get(JobRecord, lost)
         assert record is not None and record.sends == 2 and record.ended_at is not None
     conn.close()
+
+
+def test_a_result_is_recorded_as_json_both_databases_store(
+    engine: Engine, redis_conn: redis.Redis
+) -> None:
+    """PostgreSQL's json refuses NaN, which a metric of an empty set is: the worker's record
+    of the job's end failed, and the job stayed `started` in its record."""
+    job_id = enqueue(engine, Queue("jobs-test", connection=redis_conn), "posixpath.basename", "a")
+    with Session(engine) as session:
+        job_ended(session, job_id=job_id, result={"precision": float("nan"), "n": 0})
+    assert state(engine, redis_conn, job_id) == (
+        JobState.FINISHED,
+        {"precision": None, "n": 0},
+        None,
+    )
 
 
 def test_a_started_job_redis_lost_is_queued_again_once_it_cannot_still_run(
