@@ -492,6 +492,7 @@ def retrain(
     encoder: Encoder,
     reason: str = "manual",
     force: bool = False,
+    resume: bool = False,
     progress: Progress = lambda _step: None,
 ) -> dict[str, Any]:
     """Train a candidate on base data plus labels, gate it against production, register it
@@ -501,7 +502,8 @@ def retrain(
     when a candidate from the same rows and settings is registered already, gated on the same
     evaluation rows against the same production: that one is finished instead (promoted if
     its gate passed and the settings allow), as a retraining run again after its worker was
-    killed between registering and promoting must do."""
+    killed between registering and promoting must do; `resume` (a run of the same job again)
+    looks for that candidate even when forced."""
     production = registry.get_production(session)
     before = production.version if production is not None else None
     progress("data")
@@ -516,7 +518,7 @@ def retrain(
         return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
     registered = (
         None
-        if force or production is None
+        if (force and not resume) or production is None
         else _registered_twin(
             session, production=production, sets=sets, target=target, encoder=encoder
         )

@@ -606,6 +606,8 @@ def test_an_admins_retraining_and_comparison_survive_a_redis_restart(
     Redis keeps nothing on disk): GET /jobs/{id} answered 404 and the retraining never ran.
     They are now recorded, answered from the record, and queued again by the API."""
     client = make_client(weak_result, auto_promote=False, redis_url=own_redis.url)
+    state = client.app.state.tagflow
+    state.next_job_check = time.monotonic() + 3600  # the API looks when the test says
     add_labels(engine, new_items[:20], share=0.2)
     retrain_id = client.post("/models/retrain", headers=auth("admin")).json()["job_id"]
     production = served_version(client)
@@ -618,7 +620,7 @@ def test_an_admins_retraining_and_comparison_survive_a_redis_restart(
         answer = client.get(f"/jobs/{job_id}", headers=auth("admin"))
         assert answer.status_code == 200 and answer.json()["status"] == "queued"
 
-    client.app.state.tagflow.next_job_check = 0.0  # the API's next look, not in 30 s
+    state.next_job_check = 0.0  # the API's next look (every 30 s)
     queue = Queue(TRAINING_QUEUE, connection=conn)
     assert wait_for(lambda: queue.count == 2, timeout_s=10), "the API did not queue them again"
     assert sorted(queue.job_ids) == sorted([retrain_id, compare_id])
@@ -1034,7 +1036,8 @@ def test_a_retraining_finishes_the_candidate_it_registered_instead_of_training_a
     again by RQ (its retries), and trained and registered a second, identical candidate;
     with auto-promote off, each retraining on the same data registered one more. A candidate
     from the same data and settings, gated on the same evaluation against the same production,
-    is now finished instead: promoted if the settings allow, nothing trained."""
+    is now finished instead: promoted if the settings allow, nothing trained (a forced
+    retraining only when it runs again, since forced is to train anew)."""
     settings = make_settings(auto_promote=False)
     weak = register_promoted(engine, settings, weak_result)
     add_labels(engine, new_items[:20], share=0.2)
@@ -1048,6 +1051,11 @@ def test_a_retraining_finishes_the_candidate_it_registered_instead_of_training_a
         assert again["candidate"] == candidate and not again["promoted"]
         assert "not trained again" in again["outcome"] and "promote by hand" in again["outcome"]
         assert again["gate_passed"] and again["metrics"] == first["metrics"]
+        # Forced, run again by RQ (`tagflow up` cut a forced retraining): the same holds.
+        resumed = retraining.retrain(
+            session, settings=settings, tags=tags, encoder=encoder, force=True, resume=True
+        )
+        assert resumed["candidate"] == candidate, resumed["outcome"]
 
         # As RQ's retry of a retraining whose worker was killed before it promoted.
         promoting = make_settings(auto_promote=True)

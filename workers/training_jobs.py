@@ -13,7 +13,7 @@ from sqlmodel import Session
 
 from service import comparison, retraining
 from service.db import session_scope
-from service.entities import JobState
+from service.entities import JobRecord, JobState
 from service.jobs import error_line, job_ended, job_started
 from workers.context import get_context
 
@@ -34,21 +34,26 @@ def _final_on_error() -> Iterator[None]:
         raise
 
 
-def _recorded(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+def _recorded(work: Callable[[bool], dict[str, Any]]) -> dict[str, Any]:
     """Run `work` as the current job with its record (an admin's job has one, see
     `service.jobs`) kept up to date: started, then finished with its result or failed with its
     error (an error fails these jobs for good). A job its record says finished is not run
-    again: its worker died between recording that and telling RQ, which then ran it again."""
+    again: its worker died between recording that and telling RQ, which then ran it again.
+    `work` is told whether the job ran before (RQ's retry, or queued again after Redis lost
+    it while it ran): a run cut short may have left work to finish."""
     job = get_current_job()
     if job is None:  # called directly, not as an RQ job
-        return work()
+        return work(False)
+    retried = job.retries_left is not None and job.retries_left < retraining.RETRAIN_RETRIES
     with Session(get_context().engine) as session:
+        before = session.get(JobRecord, job.id)
+        ran_before = retried or (before is not None and before.started_at is not None)
         record = job_started(session, job_id=job.id)
         if record is not None and record.state is JobState.FINISHED:
             log.info("job %s already finished (its record says so): not run again", job.id)
             return dict(record.result or {})
     try:
-        outcome = work()
+        outcome = work(ran_before)
     except Exception:
         _record_end(job.id, error=error_line(traceback.format_exc()))
         raise
@@ -72,10 +77,10 @@ def retrain(reason: str = "manual", force: bool = False) -> dict[str, Any]:
     on failure, so RQ records the job as failed (and does not run it again)."""
     log.info("retraining (%s) started", reason)
     with _final_on_error():
-        return _recorded(lambda: _retrain(reason, force))
+        return _recorded(lambda again: _retrain(reason, force, again=again))
 
 
-def _retrain(reason: str, force: bool) -> dict[str, Any]:
+def _retrain(reason: str, force: bool, *, again: bool) -> dict[str, Any]:
     ctx = get_context()
     with session_scope(ctx.engine) as session:
         outcome = retraining.retrain(
@@ -85,6 +90,7 @@ def _retrain(reason: str, force: bool) -> dict[str, Any]:
             encoder=ctx.encoder,
             reason=reason,
             force=force,
+            resume=again,
         )
     for tag, count in outcome["scarce_tags"].items():
         log.warning(retraining.scarce_tag_warning(tag, count))
@@ -94,7 +100,7 @@ def _retrain(reason: str, force: bool) -> dict[str, Any]:
 def compare(a: str, b: str) -> dict[str, Any]:
     """Version `a` against version `b` on the frozen evaluation set (see
     `service.comparison.compare_registered`)."""
-    return _recorded(lambda: _compare(a, b))
+    return _recorded(lambda _again: _compare(a, b))
 
 
 def _compare(a: str, b: str) -> dict[str, Any]:
