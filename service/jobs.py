@@ -217,12 +217,13 @@ def _as_json(value: Any) -> Any:
 
 # --- jobs Redis lost -------------------------------------------------------------------------
 
-# A started job whose record Redis lost may still run on a worker that lost Redis meanwhile;
-# RQ cuts it at its timeout, so once that has passed (and a claim's lapse) it runs nowhere.
+# A started job that Redis lost may still run on a worker that lost Redis meanwhile; RQ cuts
+# it at its timeout, so once that has passed (and a claim's lapse) it runs nowhere.
 STILL_RUNNING_S = JOB_TIMEOUT_S + 60
 
 
 def _may_still_run(record: JobRecord) -> bool:
+    """Whether a worker may still be running `record`'s job (it started within the timeout)."""
     started = record.started_at
     return (
         record.state is JobState.STARTED
