@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlmodel import Session
 
@@ -396,3 +398,46 @@ def test_readyz_names_only_the_refusal_of_the_production_version(
     assert [e.split(" has ")[0] for e in ready["model_errors"]] == ["artifact of v0003"]
     assert "tagflow_model_errors 1.0" in metrics
     assert "tagflow_model_refusals_total 2.0" in metrics
+
+
+def test_the_watch_loop_and_a_promotion_swap_once_and_never_backwards(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    seed_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The watch loop's registry look ran beside the promote and rollback routes' own, with no
+    lock: a tick that read production just after a change loaded the new version a second
+    time beside the route (twice the memory and load time; nearly every change here), and one
+    that read it just before could swap the old version back after the route served the new
+    one. With the loop ticking continuously, each promotion and rollback is now one swap, in
+    order, and what the route answered stays served."""
+    rounds = 30
+    with (
+        caplog.at_level(logging.INFO, logger="service.ml.serving"),
+        sqlite_app(make_settings, tmp_path, seed_result, watch_interval_s=0.001) as client,
+    ):
+        state = client.app.state.tagflow
+        candidate = _register(client, seed_result)
+        wrong: list[tuple[str, str | None]] = []
+        for _ in range(rounds):
+            for action, version in (
+                (f"/models/{candidate}/promote", candidate),
+                (f"/models/rollback?from={candidate}", "v0001"),
+            ):
+                answer = client.post(action, headers=auth("admin"))
+                assert answer.status_code == 200, answer.text
+                # Answered once this API serves it; a few ticks later it still does.
+                for _ in range(5):
+                    served = state.predictor.current.version
+                    if served != version:
+                        wrong.append((version, served))
+                    time.sleep(0.002)
+    swaps = [
+        r.getMessage().split()[-1] for r in caplog.records if "serving model" in r.getMessage()
+    ]
+    changes = [v for n, v in enumerate(swaps) if n == 0 or swaps[n - 1] != v]
+    # Before the lock: 114-117 swaps for 61 changes (a second load of nearly every version).
+    assert len(swaps) == len(changes), f"{len(swaps)} swaps for {len(changes)} changes"
+    assert changes == ["v0001"] + [candidate, "v0001"] * rounds, changes
+    assert wrong == []

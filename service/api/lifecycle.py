@@ -39,18 +39,25 @@ def sync_production(state: AppState) -> str | None:
 
     A version whose artifact fails verification is not served; the old model keeps serving
     and the error is recorded (visible in /readyz). Returns the served version.
+
+    The watch loop and the admin routes (promote, rollback, threshold, recalibrate) run this
+    at the same time: one at a time, each reading the registry once it has the lock, so a
+    tick that read production before a promotion cannot swap the old version back after the
+    route served the new one, nor load the same version a second time beside it. Predictions
+    never take the lock: they read `predictor.current`, which a swap replaces in one step.
     """
-    with Session(state.engine) as session:
-        row = registry.get_production(session)
-        shadow_row = (
-            next(iter(registry.list_versions(session, status=ModelStatus.CANDIDATE)), None)
-            if state.settings.shadow
-            else None
-        )
-    if row is not None:
-        _serve(state, row)
-    _sync_shadow(state, shadow_row)
-    return state.predictor.current.version if state.predictor.current else None
+    with state.production_lock:
+        with Session(state.engine) as session:
+            row = registry.get_production(session)
+            shadow_row = (
+                next(iter(registry.list_versions(session, status=ModelStatus.CANDIDATE)), None)
+                if state.settings.shadow
+                else None
+            )
+        if row is not None:
+            _serve(state, row)
+        _sync_shadow(state, shadow_row)
+        return state.predictor.current.version if state.predictor.current else None
 
 
 def _serve(state: AppState, row: ModelVersion) -> None:

@@ -79,6 +79,9 @@ class AppState:
     # One relay at a time: SQLite ignores FOR UPDATE SKIP LOCKED, and the relay runs both
     # after each log flush and from the watch loop.
     outbox_lock: threading.Lock = field(default_factory=threading.Lock)
+    # One registry-read-and-swap at a time (lifecycle.sync_production: the watch loop and the
+    # admin routes); held while a version loads, never on the predict path.
+    production_lock: threading.Lock = field(default_factory=threading.Lock)
     # How that relay has been failing (a Redis outage: logged once, not at every try).
     outbox_failures: RepeatedFailures = field(default_factory=relay_failures)
     # How /readyz's database check has been failing (logged once, not at every probe).
