@@ -16,6 +16,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 from rq import Queue
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
 
@@ -502,3 +503,63 @@ def test_with_no_quota_reports_are_not_counted(
     ]
     assert [r.status_code for r in sent] == [201] * 5
     assert redis_conn.keys("tagflow:quota:*") == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_report_the_database_could_not_store_uses_no_quota(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    seed_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    """A report counted against the key's quota and then not stored, the database being
+    locked (here: a table lock held past the API's lock_timeout, as a migration would), answered
+    503 "try again shortly" and kept its count: three such reports spent a quota of 3, and the
+    key's next four real reports were all 429. A report refused by the outage now gives its
+    count back. One sent to a database already unreachable is refused by the repeat check,
+    before it is counted (so it was before too)."""
+    # The API's connections wait 300 ms for a lock, then fail (LOCK_NOT_AVAILABLE: an outage).
+    locking = f"{database_url}?options=-c%20lock_timeout%3D300"
+    settings = make_settings(database_url=locking, feedback_per_key_per_minute=3)
+    register_promoted(engine, settings, seed_result)
+    with TestClient(create_app(settings)) as client:
+        pid = predict(client)["prediction_id"]
+        _away_from_a_minute_boundary()
+        state = client.app.state.tagflow  # type: ignore[attr-defined]
+        working = state.engine
+        state.engine = create_engine(
+            "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+        )
+        try:
+            down = report(client, prediction_id=pid, correct_tag="mlops", reporter="user-0")
+        finally:
+            state.engine.dispose()
+            state.engine = working
+        with engine.connect() as conn, conn.begin():
+            conn.execute(text("LOCK TABLE feedback IN SHARE MODE"))  # reads pass, writes wait
+            locked = [
+                report(client, prediction_id=pid, correct_tag="mlops", reporter=f"user-{n}")
+                for n in range(2)
+            ]
+        with engine.connect() as conn, conn.begin():
+            # The prediction log cannot write: a report of a prediction still in its buffer
+            # fails when it is looked up, after the count.
+            conn.execute(text("LOCK TABLE prediction IN SHARE MODE"))
+            buffered = predict(client, {"title": "A new item", "description": ""})
+            unwritten = report(
+                client, prediction_id=buffered["prediction_id"], correct_tag="mlops", reporter="u"
+            )
+        assert _quota_used(redis_conn) == 0
+        back = [
+            report(client, prediction_id=pid, correct_tag="mlops", reporter=f"user-{n}")
+            for n in range(4)
+        ]
+    for refused in [down, *locked]:
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] == "5"
+    assert unwritten.status_code == 503
+    assert "prediction log cannot be written" in unwritten.json()["detail"]
+    assert [r.status_code for r in back] == [201, 201, 201, 429]
+    with Session(engine) as session:
+        assert len(session.exec(select(Feedback)).all()) == 3

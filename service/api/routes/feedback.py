@@ -19,7 +19,7 @@ from service.api.state import AppState
 from service.config import Caller
 from service.crud import feedback as feedback_crud
 from service.entities import Feedback, FeedbackCreate, FeedbackPublic, FeedbackStatus, Prediction
-from service.errors import ConflictError
+from service.errors import NotFoundError
 from service.logs import RequestRefusals
 
 router = APIRouter(prefix="/feedback", tags=["feedback"])
@@ -88,9 +88,10 @@ async def _within_quota(
 
 
 async def _give_back(state: AppState, *, key_id: str, counted_at: float | None) -> None:
-    """Return the quota a report was counted against when it turned out to repeat one (or
-    contradict one) recorded meanwhile: a retry sent while its first attempt was in flight
-    passed the repeat check before the first was stored, and took quota twice."""
+    """Return the quota a report was counted against when it was not stored: it turned out
+    to repeat one (or contradict one) recorded meanwhile (a retry sent while its first attempt
+    was in flight passed the repeat check before the first was stored, and took quota twice),
+    or the database failed to store it."""
     if counted_at is None:
         return
     try:
@@ -98,7 +99,7 @@ async def _give_back(state: AppState, *, key_id: str, counted_at: float | None) 
             quotas.give_back, state.redis, action="feedback", key_id=key_id, now=counted_at
         )
     except RedisError:
-        log.warning("feedback quota: Redis is unavailable; a repeated report stays counted")
+        log.warning("feedback quota: Redis is unavailable; a report not stored stays counted")
 
 
 @router.post(
@@ -130,10 +131,11 @@ async def post_feedback(
     with another `correct_tag` or another comment, 409 (a report is not changed; anonymous
     reports of a prediction count as one reporter's).
     Unknown prediction: 404; tag not approved: 422; over the key's quota of reports a
-    minute (TAGFLOW_FEEDBACK_PER_KEY_PER_MINUTE): 429 with Retry-After; a repeat (200) uses
-    none of the quota, a report of an unknown prediction (404) does. The report waits for
-    a reviewer (`received`, then `in_review`) unless feedback is trusted, when it becomes a
-    label at once (`confirmed`) if the content has none.
+    minute (TAGFLOW_FEEDBACK_PER_KEY_PER_MINUTE): 429 with Retry-After; a repeat (200) and a
+    report the database could not store (503) use none of the quota; a report of an unknown
+    prediction (404) uses it. The report waits for a reviewer (`received`, then
+    `in_review`) unless feedback is trusted, when it becomes a label at once (`confirmed`) if
+    the content has none.
     """
     recorded = await asyncio.to_thread(
         feedback_crud.recorded_report, session, body=body, tags=state.tags
@@ -146,12 +148,16 @@ async def post_feedback(
     # A report of an unknown prediction is counted too (404 after the count): it may wait for
     # another API process's log, and unbounded ones would probe for prediction ids.
     counted_at = await _within_quota(state, refusals, caller=caller, key_id=key_id)
-    prediction = await find_prediction(state, session, body.prediction_id)
     try:
+        prediction = await find_prediction(state, session, body.prediction_id)
         feedback, created = await asyncio.to_thread(_store, state, session, body, prediction)
-    except ConflictError:
-        # Another tag or comment than a report recorded since the check above: a 409, which
-        # uses no quota, as it would not have had that report been stored first.
+    except NotFoundError:
+        raise  # an unknown prediction: counted, as said above
+    except Exception:
+        # Not stored: another tag or comment than a report recorded since the check above (a
+        # 409, which would have used no quota had that report been stored first), or the
+        # database down or locked (a 503 the client is told to retry: each retry took quota,
+        # and the key's next real report was a 429), or any other failure of ours (a 500).
         await _give_back(state, key_id=key_id, counted_at=counted_at)
         raise
     assert feedback.id is not None
