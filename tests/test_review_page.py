@@ -615,6 +615,43 @@ def test_long_words_stay_inside_a_phone_wide_page(live_app: LiveApp, browser: We
     assert browser_errors(browser) == []
 
 
+# Where an element is, against the window: [top, bottom, the window's height].
+VIEWPORT_SPAN = """
+const r = document.getElementById(arguments[0]).getBoundingClientRect();
+return [r.top, r.bottom, window.innerHeight];
+"""
+
+
+@pytest.mark.browser
+def test_on_a_phone_the_next_item_comes_into_sight_after_a_tap(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """On a phone the tag buttons are below the item: the reviewer scrolls down and taps one.
+    Before, the next item came in above the screen (its title 470 px above the window's top,
+    the "Labelled" line too) while the same tag buttons stayed under the thumb, so the next
+    tap labelled an item the reviewer had not seen; and Skip and Undo were squeezed into
+    columns of one word a line."""
+    seed_queue(live_app.engine)
+    browser.set_window_size(390, 844)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    undo = browser.find_element(By.ID, "undo")
+    skip = browser.find_element(By.ID, "skip")
+    line = float(computed(browser, "#undo", "line-height").removesuffix("px"))
+    assert undo.rect["height"] < 2 * line and skip.rect["height"] < 2 * line
+
+    last = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[-1]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'end'})", last)
+    assert browser.execute_script(VIEWPORT_SPAN, "item-title")[1] < 0  # scrolled past it
+    last.click()
+    wait_for_title(browser, ITEMS[1].title)
+    top, bottom, height = browser.execute_script(VIEWPORT_SPAN, "item-title")
+    assert top >= 0 and bottom <= height, (top, bottom, height)
+    top, _, _ = browser.execute_script(VIEWPORT_SPAN, "message")
+    assert top >= 0 and text_of(browser, "message").startswith("Labelled")
+    assert browser_errors(browser) == []
+
+
 # The left edges of the characters of `needle`, where it is drawn in the element `id`.
 CHARACTER_LEFTS = """
 const [id, needle] = arguments;

@@ -222,6 +222,16 @@ export function renderTask(task, tags) {
   showOnly("workspace");
   // Focus the item, not a button: a second Enter must not label the next item by accident.
   $("item").focus({ preventScroll: true });
+  revealItem();
+}
+
+/** Bring the item into sight, with the message line above it, when its top is above the
+ * window: on a phone (or a short window) the reviewer scrolls down to the tag buttons, and
+ * the next item otherwise came in out of sight while the same buttons stayed under their
+ * thumb, so the next tap labelled an item they had not seen. Where the item is in sight
+ * already, nothing moves. */
+function revealItem() {
+  if ($("item").getBoundingClientRect().top < 0) $("message").scrollIntoView({ block: "start" });
 }
 
 /* ---------- Lease countdown ---------- */
