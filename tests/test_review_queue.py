@@ -527,6 +527,24 @@ def test_skip_sinks_a_task_and_offers_it_to_others_first(engine: Engine) -> None
     assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == first
 
 
+def test_skipping_every_item_goes_round_them_instead_of_back_to_the_same(
+    engine: Engine,
+) -> None:
+    """Once a reviewer has skipped every item open to them, S moves on to the item they
+    skipped longest ago. Before, the skipped ones came back in priority order, so the top one
+    came back at every skip until its priority sank below the next (in a probe on a real
+    stack: 8 skips in a row answered with the same item while another waited)."""
+    top, low = add_task(engine, "top", 0.96), add_task(engine, "low", 0.6)
+    handed = []
+    for _ in range(6):
+        task = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+        handed.append(task.id)
+        do(engine, review_crud.skip, task_id=task.id, reviewer="ann")
+    assert handed == [top, low, top, low, top, low]
+    # Someone who skipped nothing still gets them in priority order.
+    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == top
+
+
 def test_release_gives_the_lease_back_unchanged(engine: Engine) -> None:
     task_id = add_task(engine, "first", 0.9)
     do(engine, review_crud.claim, reviewer="ann", lease_s=60)

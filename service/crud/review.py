@@ -85,19 +85,28 @@ def _expire_leases(session: Session, *, now: datetime) -> int:
 
 def _next_candidate(session: Session, *, reviewer: str) -> int | None:
     """The best open task for `reviewer` (not one they labelled at an earlier stage): ones
-    they skipped come last.
+    they skipped come last, the one they skipped longest ago first.
 
-    Two queries, each in plain priority order, rather than one ordered by "skipped by me"
-    first: that expression cannot use the priority index, so every claim sorted the whole
-    queue (17.7 ms on PostgreSQL with 20,000 open tasks, against 0.3 ms read off the index).
+    Two queries rather than one ordered by "skipped by me" first: that expression cannot use
+    the priority index, so every claim sorted the whole queue (17.7 ms on PostgreSQL with
+    20,000 open tasks, against 0.3 ms read off the index). The second is asked only when
+    every task open to the reviewer is one they skipped; in priority order it handed back
+    the top one at every skip (a skip sinks it by SKIP_STEP only), so S seemed to do nothing.
     """
     eligible = (ReviewTask.status == ReviewStatus.OPEN, overlap.not_labelled_by(reviewer))
     skipped_by = col(ReviewTask.skipped_by)
-    for mine in (or_(skipped_by.is_(None), skipped_by != reviewer), skipped_by == reviewer):
+    by_priority = (col(ReviewTask.priority).desc(), col(ReviewTask.id))
+    # A skip stamps updated_at: oldest first goes round the skipped tasks. (Another reviewer
+    # claiming and releasing one since stamps it again, which only moves it later in the round.)
+    tiers = (
+        (or_(skipped_by.is_(None), skipped_by != reviewer), by_priority),
+        (skipped_by == reviewer, (col(ReviewTask.updated_at), *by_priority)),
+    )
+    for mine, order in tiers:
         found = session.exec(
             select(ReviewTask.id)
             .where(*eligible, mine)
-            .order_by(col(ReviewTask.priority).desc(), col(ReviewTask.id))
+            .order_by(*order)
             .limit(1)
             .with_for_update(skip_locked=True)
         ).first()
