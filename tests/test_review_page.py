@@ -1134,7 +1134,10 @@ def test_a_reload_that_cannot_load_the_tags_offers_retry(
 ) -> None:
     """Ada reloads while the tags cannot be fetched: the page stops on Retry, which loads
     them and her item once tagflow answers. Before, it showed no view at all, only "Could not
-    reach tagflow", and nothing but another reload could bring the work back."""
+    reach tagflow", and nothing but another reload could bring the work back. Once the item
+    is back, so is a quiet message line: before, "Could not load the tags" stayed in red above
+    it (and "Could not fetch the next item: the database is unavailable" above the item a
+    Retry fetched once a stopped PostgreSQL was back)."""
     first, _, _ = seed_queue(live_app.engine)
     sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
     wait_for_title(browser, ITEMS[0].title)
@@ -1148,6 +1151,7 @@ def test_a_reload_that_cannot_load_the_tags_offers_retry(
     block_requests(browser)
     press(browser, "\n")  # Enter on the focused Retry
     wait_for_title(browser, ITEMS[0].title)
+    assert text_of(browser, "message") == ""
     assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED
     assert len(browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag")) > 0
 

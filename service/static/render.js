@@ -25,6 +25,13 @@ export function say(text, kind = "info") {
   el.className = text ? `message ${kind}` : "message";
 }
 
+/** Take a failure off the message line once what failed works again (an item or the empty
+ * queue came): left there, "Could not fetch the next item" stayed in red above the item a
+ * Retry fetched. What an action said since (a label saved, a warning) stays. */
+function clearFailure() {
+  if ($("message").classList.contains("error")) say("");
+}
+
 export function fail(what, response) {
   const detail = detailOf(response.data) || `HTTP ${response.status}`;
   say(`${what} failed: ${detail}`, "error");
@@ -54,6 +61,7 @@ export function renderSignin(reviewer) {
 }
 
 export function renderEmpty() {
+  clearFailure();
   showOnly("empty");
   $("check-again").focus({ preventScroll: true });
 }
@@ -205,6 +213,7 @@ export function renderTagButtons(tags, onPick) {
 
 /** Fill the workspace with `task` and show it; `tags` orders the score bars. */
 export function renderTask(task, tags) {
+  clearFailure();
   renderBadges(task);
   $("item-title").textContent = task.title;
   $("item-description").textContent = task.description || "(no description)";
