@@ -15,10 +15,12 @@ from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
 from service.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
+from service.pg import POSTGRES_READ_TIMEOUT_S, BoundedConnection
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "POSTGRES_READ_TIMEOUT_S",
     "current_revision",
     "head_revision",
     "init_db",
@@ -36,10 +38,21 @@ __all__ = [
 # a SIGTERM never ended `tagflow serve` and the supervisor's SIGKILL lost the buffered rows
 # that an outage otherwise spills to disk. A failed connection is an outage (503, rows kept).
 POSTGRES_CONNECT_TIMEOUT_S = 5
+# Once connected, a server that stops answering is given up after POSTGRES_READ_TIMEOUT_S per
+# exchange (service.pg). Keepalives and tcp_user_timeout add what TCP can tell: a host cut
+# off (no ACK, no reset) is found within ~30 s also where that bound is lifted (migrations).
+POSTGRES_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms: data sent and not acknowledged
+}
 
 
-def make_engine(url: str) -> Engine:
-    """Create an engine; SQLite gets WAL and a busy timeout so the API and worker can share it."""
+def make_engine(url: str, *, read_timeout_s: float | None = POSTGRES_READ_TIMEOUT_S) -> Engine:
+    """Create an engine; SQLite gets WAL and a busy timeout so the API and worker can share it,
+    PostgreSQL a bound on each wait for the server (`read_timeout_s`, None for none)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
@@ -53,13 +66,21 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,
-        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S},
+        connect_args={"connect_timeout": POSTGRES_CONNECT_TIMEOUT_S, **POSTGRES_KEEPALIVES},
     )
+
+    @event.listens_for(engine, "do_connect")
+    def _bounded(_dialect, _record, cargs, cparams):  # type: ignore[no-untyped-def]
+        conn = BoundedConnection.connect(*cargs, **cparams)
+        conn.read_timeout_s = read_timeout_s
+        return conn
+
+    return engine
 
 
 def _enable_wal(dbapi_conn: sqlite3.Connection, attempts: int = 100) -> None:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.db import POSTGRES_CONNECT_TIMEOUT_S, is_outage, make_engine, ping
+from service.pg import CANCEL_TIMEOUT_S
+from tests.conftest import POSTGRES_URL
 
 
 def _error_of(engine: Engine, statement: str) -> SQLAlchemyError:
@@ -86,3 +90,92 @@ def test_a_postgres_host_that_never_answers_is_an_outage_within_the_connect_time
         waited = time.monotonic() - started
     assert is_outage(error.value), error.value
     assert POSTGRES_CONNECT_TIMEOUT_S - 1 <= waited < POSTGRES_CONNECT_TIMEOUT_S + 5, waited
+
+
+class FreezableProxy:
+    """A TCP proxy to the test PostgreSQL that can freeze as a hung server does: connections
+    stay open and the kernel ACKs what is sent, but nothing is ever answered (keepalives,
+    tcp_user_timeout and the server's statement_timeout cannot tell)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.thawed = threading.Event()
+        self.thawed.set()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            self.thawed.wait()  # frozen: taken by the kernel, never served
+            server = socket.create_connection(self.target)
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.thawed.wait()  # frozen: read by the kernel, never passed on
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for each in (src, dst):
+                each.close()
+
+    def close(self) -> None:
+        self.thawed.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def proxy() -> Iterator[FreezableProxy]:
+    url = make_url(POSTGRES_URL)
+    proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
+    yield proxy
+    proxy.close()
+
+
+def test_a_postgres_server_that_hangs_mid_query_is_an_outage_within_the_read_bound(
+    proxy: FreezableProxy,
+) -> None:
+    """A server that hangs with a connection open (frozen, swapping, its disk hung): libpq has
+    no read timeout, so a request, the log's flush or a labelling job waited on it for as long
+    as it hung (a job until its 10-minute timeout). Now the wait ends after the engine's read
+    bound (plus a bounded cancel) with an outage, and the connection is dropped from the pool."""
+    url = make_url(POSTGRES_URL).set(host="127.0.0.1", port=proxy.port)
+    engine = make_engine(url.render_as_string(hide_password=False), read_timeout_s=2)
+    outcome: dict[str, object] = {}
+
+    def query() -> None:
+        started = time.monotonic()
+        try:
+            conn.execute(text("SELECT 1"))
+            outcome["answer"] = "answered"
+        except SQLAlchemyError as exc:
+            outcome["answer"] = exc
+        outcome["waited"] = time.monotonic() - started
+
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))  # connected; then the server hangs
+            proxy.thawed.clear()
+            waiting = threading.Thread(target=query, daemon=True)
+            waiting.start()
+            waiting.join(2 + CANCEL_TIMEOUT_S + 10)
+            proxy.thawed.set()  # without the bound, it answers only now
+            waiting.join(10)
+            dropped = conn.invalidated  # the pool does not hand out the broken connection
+        with engine.connect() as conn:  # the server back, a new connection answers
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+    finally:
+        engine.dispose()
+    error = outcome["answer"]
+    assert isinstance(error, SQLAlchemyError), f"{error} after {outcome['waited']:.1f} s"
+    assert is_outage(error), error
+    assert dropped
+    assert 2 <= outcome["waited"] < 2 + CANCEL_TIMEOUT_S + 2, outcome["waited"]  # type: ignore[operator]

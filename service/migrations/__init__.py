@@ -25,6 +25,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
+from service.pg import unbounded
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent
 # The revision whose schema equals what create_all made before migrations existed.
 BASELINE = "0001"
@@ -140,7 +142,9 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
                 raise
             conn.exec_driver_sql("COMMIT")
         return
-    with engine.begin() as conn:
+    # No read bound (service.pg): a migration may rebuild an index over the whole prediction
+    # log, and a second process waits here for the first's to commit.
+    with engine.begin() as conn, unbounded(conn):
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
         yield conn
