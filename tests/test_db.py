@@ -97,11 +97,11 @@ class FreezableProxy:
     stay open and the kernel ACKs what is sent, but nothing is ever answered (keepalives,
     tcp_user_timeout and the server's statement_timeout cannot tell)."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, *, listen_on: int = 0) -> None:
         self.target = (host, port)
         self.thawed = threading.Event()
         self.thawed.set()
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server(("127.0.0.1", listen_on))
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 

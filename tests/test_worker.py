@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,7 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, select
 
 from service.config import Settings
@@ -29,7 +30,8 @@ from service.entities import PredictionStatus
 from service.entities.review import ReviewTask
 from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
-from tests.conftest import ROOT, make_prediction
+from tests.conftest import POSTGRES_URL, ROOT, make_prediction
+from tests.test_db import FreezableProxy
 from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, POLL_S, REDIS_TIMEOUT_S, Worker
 
@@ -433,3 +435,84 @@ def test_a_probe_error_that_is_no_outage_keeps_the_worker_waiting(
     refusals = [r for r in caplog.records if "file is not a database" in r.getMessage()]
     assert len(refusals) == 1, "logged once, not at every poll"
     assert "the database answers again" in caplog.text
+
+
+def _refused_postgres_url() -> tuple[str, int]:
+    """A PostgreSQL URL on a port nothing listens on (yet), and the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = make_url(POSTGRES_URL).set(host="127.0.0.1", port=port)
+    return url.render_as_string(hide_password=False), port
+
+
+def _wait_for(
+    output: list[str], text: str, worker: subprocess.Popen[str], *, within_s: float
+) -> None:
+    """Until `text` is in the worker's output (read on a thread into `output`)."""
+    deadline = time.monotonic() + within_s
+    while not any(text in line for line in output):
+        assert time.monotonic() < deadline, "".join(output)[-3000:]
+        assert worker.poll() is None, "".join(output)[-3000:]
+        time.sleep(0.1)
+
+
+def _read_into(worker: subprocess.Popen[str]) -> list[str]:
+    output: list[str] = []
+    assert worker.stdout is not None
+    threading.Thread(target=lambda: output.extend(worker.stdout), daemon=True).start()  # type: ignore[arg-type]
+    return output
+
+
+def test_a_worker_started_while_the_database_is_down_waits_and_stops_on_sigterm(
+    cli_env: dict[str, str], test_redis_url: str
+) -> None:
+    """Started while its PostgreSQL refused connections, `tagflow worker` exited 2 ("cannot
+    open the database") for its supervisor to start it again and again. Now it says so once
+    and waits, and a SIGTERM meanwhile stops it (exit 0)."""
+    url, _ = _refused_postgres_url()
+    worker = start_worker({**cli_env, "TAGFLOW_DATABASE_URL": url}, redis_url=test_redis_url)
+    output = _read_into(worker)
+    try:
+        _wait_for(output, "waiting for it before taking jobs", worker, within_s=60)
+        time.sleep(3)  # a retry or two: still waiting, said once
+        assert worker.poll() is None, "".join(output)[-3000:]
+        worker.terminate()
+        worker.wait(timeout=10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    text = "".join(output)
+    assert worker.returncode == 0, text[-3000:]
+    assert "cannot open the database" not in text
+    assert text.count("the database is unavailable") == 1, text[-3000:]
+
+
+def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
+    cli_env: dict[str, str], test_redis_url: str, redis_conn: Redis
+) -> None:
+    """The database comes up (here: a proxy to the test PostgreSQL starts listening on the
+    refused port): the worker starts and waits for jobs, without a restart."""
+    url, port = _refused_postgres_url()
+    worker = start_worker({**cli_env, "TAGFLOW_DATABASE_URL": url}, redis_url=test_redis_url)
+    output = _read_into(worker)
+    proxy: FreezableProxy | None = None
+    try:
+        _wait_for(output, "waiting for it before taking jobs", worker, within_s=60)
+        target = make_url(POSTGRES_URL)
+        proxy = FreezableProxy(target.host or "127.0.0.1", target.port or 5432, listen_on=port)
+        _wait_for(output, "the database answers after", worker, within_s=30)
+        deadline = time.monotonic() + 60
+        while b"idle" not in [redis_conn.hget(k, "state") for k in redis_conn.keys("rq:worker:*")]:
+            assert time.monotonic() < deadline and worker.poll() is None, "".join(output)[-3000:]
+            time.sleep(0.1)
+        worker.terminate()
+        worker.wait(timeout=30)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+        if proxy is not None:
+            proxy.close()
+    assert worker.returncode == 0, "".join(output)[-3000:]

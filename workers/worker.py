@@ -20,12 +20,14 @@ from rq.executions import Execution
 from rq.job import Job
 from rq.worker import WorkerStatus
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
-from service.db import is_outage
-from service.logs import configure_logging
+from service.db import init_db, is_outage, make_engine
+from service.logs import REPEAT_LOG_S, configure_logging
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
-from service.processes import die_with_parent
+from service.processes import die_with_parent, stop_signals_as_exit
 from workers.context import JobContext, get_context, use_context
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ MAINTENANCE_S = 30
 # off without a reset) held the worker silent that long, a stop asked meanwhile too (its
 # handler writes to Redis), so `tagflow up` and compose's grace period waited for it.
 REDIS_TIMEOUT_S = 10
+# A worker started while its database server is away tries it again this often.
+START_RETRY_S = 2.0
 
 
 class DatabaseWatch:
@@ -255,6 +259,60 @@ class Worker(SimpleWorker):
             log.info("worker %s: %s: %s", self.name, queue.name, job.id)
             self.heartbeat()
         return result
+
+
+def wait_for_the_database(settings: Settings, *, retry_s: float = START_RETRY_S) -> None:
+    """Return once the database server answers (its schema upgraded), as a worker waits after a
+    job failed for want of it; a SIGTERM or SIGINT meanwhile ends the process (exit 0).
+
+    Started during an outage, the worker exited 2 ("cannot open the database") and left it to
+    its supervisor to start it again and again (4 restarts in 25 s in a QA run; `tagflow up`
+    backs off up to a minute, so the worker came back up to a minute after the database).
+    Only an outage is waited for: any other error (a wrong password, no such database) is left
+    to the caller's check, which names it with exit code 2, and so is SQLite, whose outages at
+    start are a path that cannot be opened (a configuration error) or a lock, which its busy
+    timeout waits for already. Said once, then every REPEAT_LOG_S while it lasts."""
+    url = settings.resolved_database_url
+    if make_url(url).get_backend_name() == "sqlite":
+        return
+    configure_logging(settings)
+    started = time.monotonic()
+    said_at: float | None = None
+    with stop_signals_as_exit():
+        while True:
+            engine = make_engine(url)
+            try:
+                init_db(engine)
+            except SQLAlchemyError as exc:
+                if not is_outage(exc):
+                    return
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                now = time.monotonic()
+                if said_at is None:
+                    log.error(
+                        "worker: the database is unavailable (%s); waiting for it before taking "
+                        "jobs (tried every %g s)",
+                        reason,
+                        retry_s,
+                    )
+                    said_at = now
+                elif now - said_at >= REPEAT_LOG_S:
+                    log.error(
+                        "worker: still waiting for the database after %.0f s (%s)",
+                        now - started,
+                        reason,
+                    )
+                    said_at = now
+            else:
+                if said_at is not None:
+                    log.info(
+                        "worker: the database answers after %.0f s; starting",
+                        time.monotonic() - started,
+                    )
+                return
+            finally:
+                engine.dispose()
+            time.sleep(retry_s)
 
 
 def run(settings: Settings, *, burst: bool = False) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -209,11 +210,18 @@ def first_line(exc: SQLAlchemyError) -> str:
     return str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
 
 
-def preflight_or_exit(settings: Settings, *, action: str, reach_redis: bool = False) -> None:
+def preflight_or_exit(
+    settings: Settings,
+    *,
+    action: str,
+    reach_redis: bool = False,
+    before_database: Callable[[Settings], None] | None = None,
+) -> None:
     """What the API (`serve`) or a worker (`work`) checks at start, checked before it starts,
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
     the database, and with `reach_redis` that Redis answers (a worker has nothing to do
-    without it; the API serves predictions and keeps review work in its outbox)."""
+    without it; the API serves predictions and keeps review work in its outbox).
+    `before_database` runs before the database is checked (the worker's wait for it)."""
     if not settings.redis_url:
         print_error(
             f"cannot {action}:",
@@ -222,6 +230,8 @@ def preflight_or_exit(settings: Settings, *, action: str, reach_redis: bool = Fa
         )
         raise typer.Exit(2)
     cli_tags(settings)
+    if before_database is not None:
+        before_database(settings)
     open_session(settings).close()
     if reach_redis:
         from redis import Redis

@@ -303,11 +303,14 @@ def run_api(settings: Settings, *, host: str, port: int) -> None:
 
 @app.command()
 def worker(burst: bool = False) -> None:
-    """Run an RQ worker on the labelling and training queues."""
-    from workers.worker import run
+    """Run an RQ worker on the labelling and training queues. Started while the database
+    server is away, it waits for it (a line, then one a minute) instead of exiting."""
+    from workers.worker import run, wait_for_the_database
 
     settings = settings_or_exit()
-    preflight_or_exit(settings, action="work", reach_redis=True)
+    preflight_or_exit(
+        settings, action="work", reach_redis=True, before_database=wait_for_the_database
+    )
     run(settings, burst=burst)
 
 
