@@ -143,6 +143,18 @@ def is_lock_timeout(exc: BaseException) -> bool:
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE
 
 
+# PostgreSQL's SQLSTATEs for a statement that lost to another transaction: a lock not granted
+# within lock_timeout, a serialization failure, a deadlock. Outages to whoever retries them
+# (the same statement may pass later), but the database answers all along.
+POSTGRES_CONFLICTS = (LOCK_NOT_AVAILABLE, "40001", "40P01")
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether a statement failed for another transaction's locks, not for want of the
+    database (see POSTGRES_CONFLICTS)."""
+    return getattr(getattr(exc, "orig", None), "sqlstate", None) in POSTGRES_CONFLICTS
+
+
 # SQLite's result codes for a file that is locked, read-only, or cannot be opened, read or
 # written: the state of the machine, not of the statement (its OperationalError also covers
 # syntax errors).

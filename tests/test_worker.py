@@ -30,6 +30,7 @@ from service.entities import PredictionStatus
 from service.entities.review import ReviewTask
 from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
+from service.retention import PRUNE_JOB
 from tests.conftest import POSTGRES_URL, ROOT, make_prediction
 from tests.test_db import FreezableProxy
 from workers.context import JobContext, use_context
@@ -516,3 +517,42 @@ def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
         if proxy is not None:
             proxy.close()
     assert worker.returncode == 0, "".join(output)[-3000:]
+
+
+def test_a_prune_that_meets_a_held_lock_is_not_called_a_database_outage(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    redis_conn: Redis,
+    caplog: pytest.LogCaptureFixture,
+    watchdog: None,
+) -> None:
+    """The prune gives up a lock another transaction holds after its lock timeout (PostgreSQL's
+    55P03), which counts as an outage for whoever retries it; the worker then logged "the
+    database is unavailable ... no job is taken until it answers" and, a second later, "the
+    database answers again after 1 s", of a database that never stopped answering. Now it
+    says what happened and goes on taking jobs."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("PostgreSQL's lock_timeout")
+    caplog.set_level(logging.INFO)
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    job = queue.enqueue(PRUNE_JOB, 30)
+    context = JobContext(make_settings(database_url=database_url))
+    use_context(context)
+    holder = engine.connect()
+    try:
+        holder.exec_driver_sql("LOCK TABLE prediction IN ACCESS EXCLUSIVE MODE")
+        worker = Worker([queue], connection=redis_conn)
+        worker.work(burst=True)
+    finally:
+        holder.rollback()
+        holder.close()
+        use_context(None)
+        context.engine.dispose()
+    assert job.get_status(refresh=True) == JobStatus.FAILED
+    assert worker.database.down_since is None  # jobs go on being taken
+    said = caplog.text
+    assert "was not released within" in said  # retention's own line
+    assert "the database is unavailable" not in said, said[-3000:]
+    assert "the database answers again" not in said
+    assert "lost to another transaction's lock" in said

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
-from service.db import init_db, is_outage, make_engine
+from service.db import init_db, is_conflict, is_outage, make_engine
 from service.logs import REPEAT_LOG_S, configure_logging
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.processes import die_with_parent, stop_signals_as_exit
@@ -72,7 +72,16 @@ class DatabaseWatch:
         self.refusal: str | None = None
 
     def failed(self, exc: BaseException | None) -> None:
-        """Note a job's failure: an outage stops the taking of jobs."""
+        """Note a job's failure: an outage stops the taking of jobs, unless it was a conflict
+        with another transaction (the prune's lock timeout, a deadlock): the database answers,
+        and the worker said it was unavailable, then a second later that it answered again."""
+        if self.down_since is None and exc is not None and is_conflict(exc):
+            log.warning(
+                "worker: a job lost to another transaction's lock (%s); the database answers, "
+                "so jobs go on being taken",
+                f"{type(exc).__name__}: {exc}".splitlines()[0],
+            )
+            return
         if self.down_since is None and exc is not None and is_outage(exc):
             self.down_since = time.monotonic()
             log.error(
