@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from service.db import POSTGRES_CONNECT_TIMEOUT_S, is_outage, make_engine, ping
 from service.pg import CANCEL_TIMEOUT_S
 from tests.conftest import POSTGRES_URL
+from tests.freezable_proxy import FreezableProxy
 
 
 def _error_of(engine: Engine, statement: str) -> SQLAlchemyError:
@@ -90,46 +91,6 @@ def test_a_postgres_host_that_never_answers_is_an_outage_within_the_connect_time
         waited = time.monotonic() - started
     assert is_outage(error.value), error.value
     assert POSTGRES_CONNECT_TIMEOUT_S - 1 <= waited < POSTGRES_CONNECT_TIMEOUT_S + 5, waited
-
-
-class FreezableProxy:
-    """A TCP proxy to the test PostgreSQL that can freeze as a hung server does: connections
-    stay open and the kernel ACKs what is sent, but nothing is ever answered (keepalives,
-    tcp_user_timeout and the server's statement_timeout cannot tell)."""
-
-    def __init__(self, host: str, port: int, *, listen_on: int = 0) -> None:
-        self.target = (host, port)
-        self.thawed = threading.Event()
-        self.thawed.set()
-        self.listener = socket.create_server(("127.0.0.1", listen_on))
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:  # closed
-                return
-            self.thawed.wait()  # frozen: taken by the kernel, never served
-            server = socket.create_connection(self.target)
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                self.thawed.wait()  # frozen: read by the kernel, never passed on
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for each in (src, dst):
-                each.close()
-
-    def close(self) -> None:
-        self.thawed.set()
-        self.listener.close()
 
 
 @pytest.fixture

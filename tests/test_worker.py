@@ -32,7 +32,7 @@ from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
 from service.retention import PRUNE_JOB
 from tests.conftest import POSTGRES_URL, ROOT, make_prediction
-from tests.test_db import FreezableProxy
+from tests.freezable_proxy import FreezableProxy
 from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, POLL_S, REDIS_TIMEOUT_S, Worker
 
