@@ -123,7 +123,8 @@ def db_prune(
     """Delete logged predictions older than N days, with their shadow scores.
 
     Predictions a user report points at are kept. Run it from cron: the log grows with traffic.
-    A lock held past --lock-timeout (a migration, a stuck transaction) stops it, exit 2.
+    A lock held past --lock-timeout (a migration, a stuck transaction) stops it, exit 2, as
+    an unavailable database does (worth a retry), and said as a lock, not an outage.
     """
     from sqlalchemy.exc import OperationalError
     from sqlmodel import Session
@@ -143,11 +144,13 @@ def db_prune(
                 if not is_lock_timeout(exc):
                     raise
                 # PostgreSQL's own words ("canceling statement due to lock timeout") do not
-                # say whose lock, nor how long was waited.
+                # say whose lock, nor how long was waited. Nor is it an outage: the database
+                # answered all along (exit 2 all the same: worth a retry, as an outage is).
                 print_error(
-                    "the database is unavailable:",
-                    "a lock another transaction holds on the predictions was not released "
-                    f"within {lock_timeout:g} s (--lock-timeout); try again",
+                    "the predictions are locked:",
+                    "a lock another transaction holds on them was not released within "
+                    f"{lock_timeout:g} s (--lock-timeout); the database answers; try again "
+                    "once that transaction ends",
                 )
                 raise typer.Exit(2) from None
         verb = "would delete" if dry_run else "deleted"
