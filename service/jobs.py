@@ -217,6 +217,12 @@ def _as_json(value: Any) -> Any:
 
 # --- jobs Redis lost -------------------------------------------------------------------------
 
+# How many times one job is sent to Redis at most (its first send and the redeliveries after
+# Redis lost it). A job whose every run takes its worker down, and Redis with it (the machine
+# out of memory), was sent again after each loss without end; with RQ's retries, it has then
+# been tried many times, and the cause wants a person.
+MAX_SENDS = 5
+
 # A started job that Redis lost may still run on a worker that lost Redis meanwhile; RQ cuts
 # it at its timeout, so once that has passed (and a claim's lapse) it runs nowhere.
 STILL_RUNNING_S = JOB_TIMEOUT_S + 60
@@ -237,7 +243,7 @@ def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
     how many. Queued ones at once; started ones once their run is surely over (its worker
     died too). Jobs Redis has are left to it, but a final state RQ recorded on its own (a job
     whose worker was killed once more than its retries allow) is copied to the record, which
-    outlives Redis's week."""
+    outlives Redis's week. A job Redis lost MAX_SENDS times is not sent again: failed."""
     records = session.exec(
         select(JobRecord).where(col(JobRecord.state).in_([JobState.QUEUED, JobState.STARTED]))
     ).all()
@@ -254,6 +260,9 @@ def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
             continue
         if _may_still_run(record):
             continue
+        if record.sends >= MAX_SENDS:
+            _give_up(session, record=record)
+            continue
         _send(queue, record)
         session.add(record)
         session.commit()
@@ -265,3 +274,22 @@ def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
             ", ".join(sent),
         )
     return len(sent)
+
+
+def _give_up(session: Session, *, record: JobRecord) -> None:
+    """Record as failed a job Redis lost too often to send it again (see MAX_SENDS)."""
+    job_ended(
+        session,
+        job_id=record.id,
+        error=(
+            f"Redis lost this job {record.sends} times (restarted or flushed while it was "
+            "queued or running: its run may take its worker and Redis down, out of memory?); "
+            "not queued again, queue it again once the cause is found"
+        ),
+    )
+    log.error(
+        "job %s (%s) lost by Redis %d times: recorded as failed, not queued again",
+        record.id,
+        record.description,
+        record.sends,
+    )

@@ -23,6 +23,7 @@ from service.entities import JobRecord
 from service.entities.common import utcnow
 from service.errors import NotFoundError, UnavailableError
 from service.jobs import (
+    MAX_SENDS,
     RESULT_TTL_S,
     STILL_RUNNING_S,
     JobState,
@@ -145,6 +146,36 @@ def test_a_started_job_redis_lost_is_queued_again_once_it_cannot_still_run(
     assert state(sqlite_engine, conn, job_id) == (JobState.QUEUED, None, None)
     work(queue)
     assert state(sqlite_engine, conn, job_id) == (JobState.FINISHED, "run.csv", None)
+    conn.close()
+
+
+def test_a_job_redis_loses_again_and_again_is_sent_at_most_max_sends_times(
+    sqlite_engine: Engine, own_redis: EmbeddedRedis
+) -> None:
+    """A job whose every run takes its worker and Redis down (the machine out of memory) was
+    sent again after each loss, without end: after MAX_SENDS sends it is recorded as failed,
+    with an error that says why, and not sent again."""
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    job_id = enqueue(sqlite_engine, queue, "posixpath.basename", "/d/oom.csv", retries=2)
+    sends = 1
+    while True:
+        with Session(sqlite_engine) as session:  # a worker took it, and died with Redis
+            record = job_started(session, job_id=job_id)
+            assert record is not None
+            record.started_at = utcnow() - timedelta(seconds=STILL_RUNNING_S + 1)
+            session.add(record)
+            session.commit()
+        conn.flushdb()  # our own Redis, lost with everything in it
+        if redeliver(sqlite_engine, queue) == 0:
+            break
+        sends += 1
+        assert queue.job_ids == [job_id] and sends <= MAX_SENDS
+    assert sends == MAX_SENDS and queue.count == 0
+    status, result, error = state(sqlite_engine, conn, job_id)
+    assert (status, result) == (JobState.FAILED, None)
+    assert error is not None and error.startswith(f"Redis lost this job {MAX_SENDS} times")
+    assert redeliver(sqlite_engine, queue) == 0 and queue.count == 0  # failed: left alone
     conn.close()
 
 
