@@ -15,11 +15,17 @@ from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
 from service.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
-from service.pg import POSTGRES_READ_TIMEOUT_S, BoundedConnection
+from service.pg import (
+    POSTGRES_PING_TIMEOUT_S,
+    POSTGRES_READ_TIMEOUT_S,
+    BoundedConnection,
+    bound_pool_pings,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "POSTGRES_PING_TIMEOUT_S",
     "POSTGRES_READ_TIMEOUT_S",
     "current_revision",
     "head_revision",
@@ -50,9 +56,15 @@ POSTGRES_KEEPALIVES = {
 }
 
 
-def make_engine(url: str, *, read_timeout_s: float | None = POSTGRES_READ_TIMEOUT_S) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    read_timeout_s: float | None = POSTGRES_READ_TIMEOUT_S,
+    ping_timeout_s: float | None = POSTGRES_PING_TIMEOUT_S,
+) -> Engine:
     """Create an engine; SQLite gets WAL and a busy timeout so the API and worker can share it,
-    PostgreSQL a bound on each wait for the server (`read_timeout_s`, None for none)."""
+    PostgreSQL a bound on each wait for the server (`read_timeout_s`, None for none), and a
+    shorter one on the pool's ping of a pooled connection (`ping_timeout_s`)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_pre_ping=True
@@ -80,6 +92,7 @@ def make_engine(url: str, *, read_timeout_s: float | None = POSTGRES_READ_TIMEOU
         conn.read_timeout_s = read_timeout_s
         return conn
 
+    bound_pool_pings(engine, read_timeout_s=read_timeout_s, ping_timeout_s=ping_timeout_s)
     return engine
 
 

@@ -9,7 +9,8 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from sqlalchemy.engine import Connection
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +22,11 @@ RV = TypeVar("RV")
 # take seconds); migrations, which may rebuild an index over the whole log, are exempt
 # (`unbounded`).
 POSTGRES_READ_TIMEOUT_S = 60.0
+# How long the pool's ping of a connection that sat in the pool may take (`bound_pool_pings`):
+# an empty statement that a server answering at all answers in milliseconds. With the read
+# bound, the first request after a server hang waited 60 s for it (then the cancel and a new
+# connection's timeout: 67 s).
+POSTGRES_PING_TIMEOUT_S = 5.0
 # How long the server may take to stop the statement given up, before the connection is
 # closed anyway (a frozen server never answers the cancel request either).
 CANCEL_TIMEOUT_S = 2.0
@@ -82,3 +88,28 @@ def unbounded(conn: Connection) -> Iterator[None]:
         yield
     finally:
         dbapi.read_timeout_s = bound
+
+
+def bound_pool_pings(
+    engine: Engine, *, read_timeout_s: float | None, ping_timeout_s: float | None
+) -> None:
+    """Give the pool's pre-ping (`pool_pre_ping`) of `engine`'s BoundedConnections
+    `ping_timeout_s` instead of `read_timeout_s`, statements keeping the latter.
+
+    SQLAlchemy pings a pooled connection through the dialect, with no hook of its own, between
+    the pool's "checkin" of it and its next "checkout" event: the connection carries the ping's
+    bound while it sits in the pool, and gets the statements' back once it is handed out. A
+    ping given up closes the connection, and SQLAlchemy then renews the whole pool (a hang
+    took every pooled connection with it), not one connection per request."""
+    if ping_timeout_s is not None and read_timeout_s is not None:
+        ping_timeout_s = min(ping_timeout_s, read_timeout_s)
+
+    @event.listens_for(engine, "checkin")
+    def _for_the_ping(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(dbapi_conn, BoundedConnection):  # None: invalidated, not pooled
+            dbapi_conn.read_timeout_s = ping_timeout_s
+
+    @event.listens_for(engine, "checkout")
+    def _for_statements(dbapi_conn, _record, _proxy) -> None:  # type: ignore[no-untyped-def]
+        if isinstance(dbapi_conn, BoundedConnection):
+            dbapi_conn.read_timeout_s = read_timeout_s

@@ -140,3 +140,50 @@ def test_a_postgres_server_that_hangs_mid_query_is_an_outage_within_the_read_bou
     assert is_outage(error), error
     assert dropped
     assert 2 <= outcome["waited"] < 2 + CANCEL_TIMEOUT_S + 2, outcome["waited"]  # type: ignore[operator]
+
+
+def test_the_pools_ping_after_a_server_hang_has_a_bound_of_its_own(
+    proxy: FreezableProxy,
+) -> None:
+    """The pool's pre-ping of a pooled connection waited the full read bound (60 s) for a
+    server that hung while the connection sat in the pool, then 2 s for the cancel and 5 s
+    for a new connection: the first request after a hang took 67 s. The ping now has a bound
+    of its own (POSTGRES_PING_TIMEOUT_S, here 1 s), and statements keep the full one."""
+    url = make_url(POSTGRES_URL).set(host="127.0.0.1", port=proxy.port)
+    engine = make_engine(
+        url.render_as_string(hide_password=False), read_timeout_s=30, ping_timeout_s=1
+    )
+    outcome: dict[str, object] = {}
+
+    def checkout() -> None:
+        started = time.monotonic()
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            outcome["answer"] = "answered"
+        except SQLAlchemyError as exc:
+            outcome["answer"] = exc
+        outcome["waited"] = time.monotonic() - started
+
+    try:
+        with engine.connect() as conn:  # connected, then back in the pool
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            bound = conn.connection.dbapi_connection.read_timeout_s  # type: ignore[union-attr]
+        proxy.thawed.clear()  # the server hangs while the connection sits in the pool
+        waiting = threading.Thread(target=checkout, daemon=True)
+        waiting.start()
+        # A ping of 1 s, the cancel, a new connection that times out: about 8 s; 30 s without.
+        waiting.join(1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 8)
+        proxy.thawed.set()
+        waiting.join(40)
+        with engine.connect() as conn:  # the server back: answers, with the statements' bound
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+            after = conn.connection.dbapi_connection.read_timeout_s  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    error = outcome["answer"]
+    assert isinstance(error, SQLAlchemyError), f"{error} after {outcome['waited']:.1f} s"
+    assert is_outage(error), error
+    waited = outcome["waited"]
+    assert waited < 1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 4, waited  # type: ignore[operator]
+    assert bound == after == 30
