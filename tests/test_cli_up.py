@@ -17,11 +17,13 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from service.cli import app
 from service.processes import sole_owner
-from tests.conftest import KEYS, auth
+from tests.conftest import KEYS, POSTGRES_URL, auth
+from tests.freezable_proxy import FreezableProxy
 
 ITEM = b'{"title": "Tracking experiments with MLflow", "description": "Model registry."}'
 
@@ -378,3 +380,48 @@ def test_up_starts_another_worker_when_its_worker_stops_on_its_own(
     assert process.wait(timeout=60) == 0, log.read_text()
     assert _gone(children, within_s=5) == []
     assert "starting another" not in log.read_text().split("Shutting down")[-1]
+
+
+def _said_within(log: Path, text: str, process: subprocess.Popen[bytes], within_s: float) -> str:
+    """`log` once it has `text` (the process still running)."""
+    deadline = time.monotonic() + within_s
+    while text not in (said := log.read_text()):
+        assert time.monotonic() < deadline and process.poll() is None, said[-3000:]
+        time.sleep(0.1)
+    return said
+
+
+def test_up_started_while_its_postgres_is_away_waits_for_it(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """`tagflow up` on a PostgreSQL server that was away exited 2 at start ("cannot open the
+    database"), where `tagflow worker` waits: under a supervisor, started again and again. Now
+    it says so once, starts nothing (no Redis, no worker) and waits, goes on once the server
+    answers (here: a proxy to the test PostgreSQL listening on the refused port), and a
+    SIGTERM stops it, exit 0."""
+    with socket.socket() as probe:  # a port nothing listens on, yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = make_url(POSTGRES_URL).set(host="127.0.0.1", port=port)
+    env = {**up_env, "TAGFLOW_DATABASE_URL": url.render_as_string(hide_password=False)}
+    log = tmp_path / "up.log"
+    process, _ = _start(env, log)
+    started.append(process)
+    target = make_url(POSTGRES_URL)
+    proxy: FreezableProxy | None = None
+    try:
+        _said_within(log, "waiting for it before starting anything", process, 60)
+        time.sleep(3)  # a retry or two: still waiting, said once, nothing started
+        assert process.poll() is None, log.read_text()
+        assert psutil.Process(process.pid).children(recursive=True) == []
+        proxy = FreezableProxy(target.host or "127.0.0.1", target.port or 5432, listen_on=port)
+        _said_within(log, "up: the database answers after", process, 30)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if proxy is not None:
+            proxy.close()
+    said = log.read_text()
+    assert process.returncode == 0, said[-3000:]
+    assert "cannot open the database" not in said
+    assert said.count("the database is unavailable") == 1, said[-3000:]

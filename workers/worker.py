@@ -270,7 +270,13 @@ class Worker(SimpleWorker):
         return result
 
 
-def wait_for_the_database(settings: Settings, *, retry_s: float = START_RETRY_S) -> None:
+def wait_for_the_database(
+    settings: Settings,
+    *,
+    retry_s: float = START_RETRY_S,
+    who: str = "worker",
+    before: str = "taking jobs",
+) -> None:
     """Return once the database server answers (its schema upgraded), as a worker waits after a
     job failed for want of it; a SIGTERM or SIGINT meanwhile ends the process (exit 0).
 
@@ -280,7 +286,8 @@ def wait_for_the_database(settings: Settings, *, retry_s: float = START_RETRY_S)
     Only an outage is waited for: any other error (a wrong password, no such database) is left
     to the caller's check, which names it with exit code 2, and so is SQLite, whose outages at
     start are a path that cannot be opened (a configuration error) or a lock, which its busy
-    timeout waits for already. Said once, then every REPEAT_LOG_S while it lasts."""
+    timeout waits for already. Said once, then every REPEAT_LOG_S while it lasts, by `who`
+    (`tagflow up` waits the same way, `before` starting anything)."""
     url = settings.resolved_database_url
     if make_url(url).get_backend_name() == "sqlite":
         return
@@ -299,15 +306,18 @@ def wait_for_the_database(settings: Settings, *, retry_s: float = START_RETRY_S)
                 now = time.monotonic()
                 if said_at is None:
                     log.error(
-                        "worker: the database is unavailable (%s); waiting for it before taking "
-                        "jobs (tried every %g s)",
+                        "%s: the database is unavailable (%s); waiting for it before %s "
+                        "(tried every %g s)",
+                        who,
                         reason,
+                        before,
                         retry_s,
                     )
                     said_at = now
                 elif now - said_at >= REPEAT_LOG_S:
                     log.error(
-                        "worker: still waiting for the database after %.0f s (%s)",
+                        "%s: still waiting for the database after %.0f s (%s)",
+                        who,
                         now - started,
                         reason,
                     )
@@ -315,7 +325,8 @@ def wait_for_the_database(settings: Settings, *, retry_s: float = START_RETRY_S)
             else:
                 if said_at is not None:
                     log.info(
-                        "worker: the database answers after %.0f s; starting",
+                        "%s: the database answers after %.0f s; starting",
+                        who,
                         time.monotonic() - started,
                     )
                 return

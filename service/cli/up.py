@@ -80,9 +80,11 @@ def run_up(host: str, port: int) -> None:
     port = port_free_or_exit(host, port)  # `--port 0`: the port printed below is served
     # The tag file, the data directory and the database, checked before any work. (A second
     # `up` that reads "no model" while the first trains one is refused at the lock below.)
+    # A PostgreSQL server that is away is waited for instead, once this `up` owns the data
+    # directory: under a supervisor, exit 2 only made it start `up` again and again.
     cli_tags(settings)
-    with open_session(settings) as session:
-        has_model = registry.get_production(session) is not None
+    database_away = _postgres_away(settings)
+    has_model = False if database_away else _has_production_model(settings)
     with ExitStack() as stack:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
@@ -93,6 +95,11 @@ def run_up(host: str, port: int) -> None:
         if generated:  # only now: a refused `up` would print keys nothing accepts
             print_generated_keys(generated)
         stack.enter_context(stop_signals_as_exit())
+        if database_away:
+            from workers.worker import wait_for_the_database
+
+            wait_for_the_database(settings, who="up", before="starting anything")
+            has_model = _has_production_model(settings)
         settings = _with_redis(settings, stack)
         if not has_model:
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
@@ -103,6 +110,34 @@ def run_up(host: str, port: int) -> None:
         stack.callback(worker.stop)
         console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
         run_api(settings, host=host, port=port)
+
+
+def _postgres_away(settings: Settings) -> bool:
+    """Whether the configured database is a PostgreSQL server that is away (refused,
+    unreachable, not answering). SQLite never is: a file that cannot be opened is a
+    configuration error, which `open_session` names; so is any other refusal here."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.db import is_outage, make_engine
+
+    url = settings.resolved_database_url
+    if make_url(url).get_backend_name() == "sqlite":
+        return False
+    engine = make_engine(url)
+    try:
+        engine.connect().close()
+    except SQLAlchemyError as exc:
+        return is_outage(exc)
+    finally:
+        engine.dispose()
+    return False
+
+
+def _has_production_model(settings: Settings) -> bool:
+    """Whether a model is in production; a database that cannot be opened is one line, exit 2."""
+    with open_session(settings) as session:
+        return registry.get_production(session) is not None
 
 
 def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
