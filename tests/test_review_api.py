@@ -20,7 +20,7 @@ from sqlmodel import Session, func, select
 from service.api.state import AppState
 from service.config import Settings
 from service.crud import review_intake
-from service.entities import Label, OutboxItem
+from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.ml import registry
 from service.ml.dataset import load_dataset, text_hash
@@ -684,3 +684,35 @@ def test_releasing_all_held_keeps_what_the_reviewers_other_tabs_show(client: Tes
         assert task is not None and (task.status, task.leased_by) == (ReviewStatus.LEASED, "ann")
     refused = client.post("/review/release", json={**body("ann"), "keep": [0]}, headers=headers)
     assert refused.status_code == 422
+
+
+def test_an_audit_task_does_not_show_what_users_claim(sqlite_client: TestClient) -> None:
+    """An audit item a user reported (its reports join the open task, which stays an audit
+    item) is claimed without the users' claim: shown "users say it is mlops", the reviewer
+    leaned that way, and the audit's live precision with them. Before, `reports` carried it
+    as for any reported task; a reported task that is not an audit item still shows it."""
+    engine = state_of(sqlite_client).engine
+    low, audit = add_tasks(engine, 2)
+    with Session(engine) as session:
+        task = session.get(ReviewTask, audit)
+        assert task is not None
+        task.reason = ReviewReason.AUDIT
+        session.add(task)
+        for i, task_id in enumerate((low, audit)):
+            session.add(
+                Feedback(
+                    prediction_id=str(i) * 32,
+                    correct_tag="mlops",
+                    comment="it is mlops",
+                    text_hash=text_hash(f"task {i}", ""),
+                    status=FeedbackStatus.IN_REVIEW,
+                    task_id=task_id,
+                )
+            )
+        session.commit()
+    headers = auth("reviewer")
+    claimed = sqlite_client.post("/review/claim", json=body("ann"), headers=headers).json()
+    assert (claimed["task_id"], claimed["reason"], claimed["reports"]) == (audit, "audit", [])
+    claimed = sqlite_client.post("/review/claim", json=body("bob"), headers=headers).json()
+    assert claimed["task_id"] == low
+    assert claimed["reports"] == [{"correct_tag": "mlops", "comment": "it is mlops"}]

@@ -29,7 +29,7 @@ from service.crud import overlap
 from service.crud import review as review_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
 from service.entities.common import as_utc, day_start, storable_text, utcnow
-from service.entities.review import ReviewTask, ReviewTaskPublic, Suggestion
+from service.entities.review import ReviewReason, ReviewTask, ReviewTaskPublic, Suggestion
 from service.tags import TagSet
 
 router = APIRouter(prefix="/review", tags=["review"])
@@ -109,7 +109,11 @@ def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTa
         reason=task.reason,
         stage=task.stage,
         earlier_labels=overlap.earlier_labels(session, task=task),
-        reports=feedback_crud.reports_for_task(session, task_id=task.id),
+        # An audit item is labelled blind to what users claim of it: shown "users say it is
+        # mlops", the reviewer leans that way, and the audit's precision figure with them.
+        reports=[]
+        if task.reason == ReviewReason.AUDIT
+        else feedback_crud.reports_for_task(session, task_id=task.id),
         priority=round(task.priority, 6),
         lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
     )
