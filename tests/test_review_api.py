@@ -8,6 +8,7 @@ import io
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from service.api.state import AppState
 from service.config import Settings
 from service.crud import review_intake
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
+from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.ml import registry
 from service.ml.dataset import load_dataset, text_hash
@@ -684,6 +686,72 @@ def test_releasing_all_held_keeps_what_the_reviewers_other_tabs_show(client: Tes
         assert task is not None and (task.status, task.leased_by) == (ReviewStatus.LEASED, "ann")
     refused = client.post("/review/release", json={**body("ann"), "keep": [0]}, headers=headers)
     assert refused.status_code == 422
+
+
+def test_a_lease_is_renewed_by_its_holder_only(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> None:
+    """POST /review/{id}/renew keeps a reviewer's lease for another `review_lease_s` from now,
+    for as long as they are at the item (the page renews it). Before, there was no way to: a
+    reviewer still reading lost the item to the next claim once its 10 minutes ran out. Only
+    the holder renews: another reviewer, a lease run out and taken, a skipped or labelled
+    task get a 409 that says why."""
+    with sqlite_app(make_settings, tmp_path, shared_result, review_lease_s=300) as client:
+        engine = state_of(client).engine
+        first, _ = add_tasks(engine, 2)[::-1]  # the highest priority is claimed first
+        headers = auth("reviewer")
+        claimed = client.post("/review/claim", json=body("ann"), headers=headers).json()
+        assert claimed["task_id"] == first
+        set_lease(engine, first, seconds_left=5)
+
+        renewed = client.post(f"/review/{first}/renew", json=body("ann"), headers=headers)
+        assert renewed.status_code == 200 and set(renewed.json()) == TASK_KEYS
+        assert 290 < seconds_left(renewed.json()["lease_expires_at"]) <= 300
+        with Session(engine) as session:
+            task = session.get(ReviewTask, first)
+            assert task is not None and (task.status, task.leased_by) == (
+                ReviewStatus.LEASED,
+                "ann",
+            )
+
+        refused = client.post(f"/review/{first}/renew", json=body("bob"), headers=headers)
+        assert refused.status_code == 409
+        assert refused.json()["detail"] == f"task {first} is leased to 'ann'"
+
+        set_lease(engine, first, seconds_left=-1)  # ran out, and bob's claim takes it
+        assert (
+            client.post("/review/claim", json=body("bob"), headers=headers).json()["task_id"]
+            == first
+        )
+        refused = client.post(f"/review/{first}/renew", json=body("ann"), headers=headers)
+        assert refused.status_code == 409
+        assert refused.json()["detail"] == f"task {first} is leased to 'bob'"
+
+        assert client.post(f"/review/{first}/skip", json=body("bob"), headers=headers).is_success
+        refused = client.post(f"/review/{first}/renew", json=body("bob"), headers=headers)
+        assert refused.status_code == 409
+        assert "its lease ran out or was given back" in refused.json()["detail"]
+
+        assert (
+            client.post("/review/999999/renew", json=body("ann"), headers=headers).status_code
+            == 404
+        )
+        forbidden = client.post(f"/review/{first}/renew", json=body("ann"), headers=auth("client"))
+        assert forbidden.status_code == 403
+
+
+def set_lease(engine: Engine, task_id: int, *, seconds_left: float) -> None:
+    """Move a task's lease expiry to `seconds_left` from now (negative: run out)."""
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None
+        task.lease_expires_at = utcnow() + timedelta(seconds=seconds_left)
+        session.add(task)
+        session.commit()
+
+
+def seconds_left(expires_at: str) -> float:
+    return (datetime.fromisoformat(expires_at) - utcnow()).total_seconds()
 
 
 def test_an_audit_task_does_not_show_what_users_claim(sqlite_client: TestClient) -> None:

@@ -1802,3 +1802,94 @@ def test_a_tab_reloaded_after_another_tab_switched_stays_its_reviewers(
     browser.switch_to.new_window("tab")  # a new tab starts from the last sign-in: Bob's
     browser.get(f"{live_app.url}/review")
     wait_until(browser, lambda d: text_of(d, "who-name") == "bob", "Bob's sign-in")
+
+
+# ---------- lease renewal ----------
+
+SHORT_LEASE_S = 4
+
+
+@pytest.fixture
+def short_lease_app(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> Iterator[LiveApp]:
+    """The live app with leases of SHORT_LEASE_S seconds (600 by default)."""
+    settings = make_settings(
+        database_url=f"sqlite:///{tmp_path / 'review.db'}", review_lease_s=SHORT_LEASE_S
+    )
+    with serve_live(settings, shared_result) as app:
+        yield app
+
+
+def lease_of(engine: Engine, task_id: int) -> tuple[str | None, float]:
+    """Who holds a task's lease, and the seconds left on it (negative: run out)."""
+    with Session(engine) as session:
+        task = session.get(ReviewTask, task_id)
+        assert task is not None and task.lease_expires_at is not None
+        left = task.lease_expires_at.replace(tzinfo=UTC) - datetime.now(UTC)
+        return task.leased_by, left.total_seconds()
+
+
+@pytest.mark.browser
+def test_the_lease_is_renewed_while_the_reviewer_is_at_the_item_and_not_once_idle(
+    short_lease_app: LiveApp, browser: WebDriver
+) -> None:
+    """With 4-second leases, Ada stays on her item for 3 leases, pressing keys: the page renews
+    it, and Bob's claim gets the next item. Before, the page never renewed a lease: it ran
+    out after its 4 s (10 minutes by default) and Bob's claim took Ada's item from under her.
+    Once she does nothing for 2 lease lengths, the page stops renewing and the lease runs out."""
+    app = short_lease_app
+    first, second, _ = seed_queue(app.engine)
+    sign_in(browser, app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    until = time.monotonic() + 3 * SHORT_LEASE_S
+    while time.monotonic() < until:
+        press(browser, "x")  # no shortcut: only a reviewer at work
+        holder, left = lease_of(app.engine, first)
+        assert holder == "ada" and left > 0, (holder, left)
+        time.sleep(0.3)
+    bob = httpx.post(
+        f"{app.url}/review/claim", json={"reviewer": "bob"}, headers=auth("reviewer")
+    ).json()
+    assert bob["task_id"] == second
+    assert "yours for" in text_of(browser, "lease")
+
+    # Idle: renewals stop after 2 lease lengths, and the last one runs out.
+    WebDriverWait(browser, 3 * SHORT_LEASE_S + WAIT_S).until(
+        lambda d: "lease expired" in text_of(d, "lease"), message="the lease to run out"
+    )
+    assert lease_of(app.engine, first)[1] < 0
+    time.sleep(1.5)  # still run out: a renewal would have moved it
+    assert lease_of(app.engine, first)[1] < 0
+    assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_hidden_tab_does_not_renew_and_back_in_sight_moves_on_from_a_lost_item(
+    short_lease_app: LiveApp, browser: WebDriver
+) -> None:
+    """A tab in the background renews nothing: its lease runs out and Bob's claim takes the
+    item. Back in sight, the page tries to renew, is told the item is Bob's, says so and
+    shows Ada the next item (before, it kept showing the lost item until a label was
+    refused)."""
+    app = short_lease_app
+    first, second, _ = seed_queue(app.engine)
+    sign_in(browser, app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    ada = browser.current_window_handle
+    browser.switch_to.new_window("tab")  # Ada's tab is hidden now
+    deadline = time.monotonic() + WAIT_S
+    while lease_of(app.engine, first)[1] >= 0:
+        assert time.monotonic() < deadline, "the hidden tab kept renewing"
+        time.sleep(0.2)
+    bob = httpx.post(
+        f"{app.url}/review/claim", json={"reviewer": "bob"}, headers=auth("reviewer")
+    ).json()
+    assert bob["task_id"] == first
+
+    browser.switch_to.window(ada)
+    wait_for_title(browser, ITEMS[1].title)
+    assert f"was not kept for you: task {first} is leased to 'bob'." in text_of(browser, "message")
+    assert lease_of(app.engine, second)[0] == "ada"
+    [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
+    assert f"/review/{first}/renew" in refusal and "409" in refusal

@@ -405,6 +405,32 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
     return get_task(session, task_id=task_id)
 
 
+def renew(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
+    """Extend the lease `reviewer` holds on a task by `lease_s` seconds from now: the page
+    renews it while its reviewer is still at the item, which otherwise went to another
+    reviewer after 10 minutes. Only the holder renews, and only a lease still theirs: one
+    run out and taken back to the queue (a claim expires it), labelled, skipped or leased to
+    someone else is a 409 that says why (404 for an unknown task)."""
+    now = utcnow()
+    result = session.exec(
+        update(ReviewTask)
+        .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.LEASED)
+        .where(col(ReviewTask.leased_by) == reviewer)
+        .values(lease_expires_at=now + timedelta(seconds=lease_s), updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        if get_task(session, task_id=task_id).status == ReviewStatus.OPEN:
+            # Not "changed concurrently; try again": sent again, it would fail the same way.
+            raise ConflictError(
+                f"task {task_id} is not leased to {reviewer!r}: its lease ran out or was given back"
+            )
+        raise _refusal(session, task_id=task_id, reviewer=reviewer)
+    session.commit()
+    return get_task(session, task_id=task_id)
+
+
 def release_held(session: Session, *, reviewer: str, keep: Collection[int] = ()) -> list[int]:
     """Give back every lease `reviewer` holds but those of `keep`, unchanged, and return the
     tasks' ids: what a page hands over (Switch) may include a task whose claim or undo answer

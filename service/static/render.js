@@ -245,7 +245,8 @@ function revealItem() {
 
 /* ---------- Lease countdown ---------- */
 
-function leaseDeadline(task) {
+/** When the lease on `task` runs out, in ms since the epoch (null: none). */
+export function leaseDeadline(task) {
   const raw = task && task.lease_expires_at;
   if (!raw) return null;
   const hasZone = /([zZ]|[+-]\d\d:?\d\d)$/.test(raw);

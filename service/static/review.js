@@ -9,13 +9,21 @@ import {
   saveCredentials, saveHistory,
 } from "./api.js";
 import {
-  $, fail, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin, renderStalled,
-  renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
+  $, fail, leaseDeadline, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin,
+  renderStalled, renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
 } from "./render.js";
 import { lastShownElsewhere, showing, shownElsewhere } from "./tabs.js";
 
 const EMPTY_POLL_MS = 20000;
 const STATS_POLL_MS = 30000;
+// The lease is renewed halfway through, while the tab is visible and its reviewer has done
+// something on the page (a key, a click, a touch, a scroll, the pointer moved) within the
+// last RENEW_IDLE_LEASES lease lengths (20 minutes with the 10-minute default): an item
+// left on an open page goes back to the queue when its lease then runs out.
+const RENEW_IDLE_LEASES = 2;
+const RENEW_RETRY_MS = 5000; // after a renewal that got no answer
+const MIN_LEASE_MS = 2000; // a floor for a lease read off a browser clock ahead of the server's
+const ACTIVITY_EVENTS = ["keydown", "pointerdown", "pointermove", "wheel", "touchstart", "scroll"];
 
 const state = {
   reviewer: "",
@@ -33,6 +41,10 @@ const state = {
   // Bumped by Switch: an answer to a request made before it belongs to nobody on this page.
   epoch: 0,
   switching: false, // Switch is sending a label with no answer again first
+  // Lease renewal of `task`: its length as the page saw it, when to renew it next, whether
+  // a renewal is in flight, and when the reviewer last did something on the page.
+  lease: { ms: 0, renewAt: Infinity, renewing: false },
+  activeAt: Date.now(),
 };
 
 /** An API call with the signed-in reviewer's key. */
@@ -66,6 +78,19 @@ function raced(response) {
 function hold(task) {
   state.task = task;
   showing(state.reviewer, task ? task.task_id : null);
+  leaseTaken(task);
+}
+
+/** `task`'s lease was taken or renewed just now: the next renewal is due halfway through. */
+function leaseTaken(task) {
+  const deadline = leaseDeadline(task);
+  if (deadline === null || Number.isNaN(deadline)) {
+    state.lease.renewAt = Infinity;
+    return;
+  }
+  const now = Date.now();
+  state.lease.ms = Math.max(deadline - now, MIN_LEASE_MS);
+  state.lease.renewAt = now + state.lease.ms / 2;
 }
 
 function showSignin() {
@@ -382,6 +407,55 @@ async function refreshStats() {
   }
 }
 
+/** Renew the lease on the item shown when it is due (see RENEW_IDLE_LEASES): before, the
+ * lease ran out after 10 minutes while the reviewer was still at the item, and another
+ * reviewer's claim took it. Runs beside the reviewer's actions, not as one: the server renews
+ * only a lease its reviewer still holds, so a renewal landing after a label or a skip changes
+ * nothing. A refusal (someone else holds the item now, it is labelled...) is handled as a
+ * refused label is: the page says why and claims the next item. */
+async function renewLease() {
+  const task = state.task;
+  const now = Date.now();
+  if (!task || state.lease.renewing || now < state.lease.renewAt) return;
+  if (document.visibilityState !== "visible") return;
+  if (now - state.activeAt > RENEW_IDLE_LEASES * state.lease.ms) return;
+  if (state.pending && state.pending.taskId === task.task_id) return; // its label takes it
+  const epoch = state.epoch;
+  state.lease.renewing = true;
+  let response;
+  try {
+    response = await call("POST", `/review/${task.task_id}/renew`, reviewerBody());
+  } catch (err) {
+    // No answer, or the key refused: the reviewer's next action meets that and says so.
+    console.warn("lease renewal failed:", err);
+    if (state.task === task) state.lease.renewAt = Date.now() + RENEW_RETRY_MS;
+    return;
+  } finally {
+    state.lease.renewing = false;
+  }
+  if (stale(epoch) || state.task !== task) return;
+  if (response.ok && response.data) {
+    task.lease_expires_at = response.data.lease_expires_at;
+    leaseTaken(task);
+    renderLease(task);
+  } else if (response.status === 409) {
+    state.lease.renewAt = Infinity;
+    const saved = ownLabel(response);
+    run(async () => {
+      if (state.task !== task) return; // an action moved on meanwhile
+      await (saved ? savedBefore(task, saved) : refused(task, "kept for you", response));
+    });
+  } else {
+    console.warn("lease renewal failed:", response.status);
+    state.lease.renewAt = Date.now() + RENEW_RETRY_MS;
+  }
+}
+
+/** The reviewer did something on the page: their item's lease is renewed while they do. */
+function active() {
+  state.activeAt = Date.now();
+}
+
 /* ---------- One action at a time, and what goes wrong ---------- */
 
 /** Run one user action at a time; auth and network problems end up on the message line.
@@ -648,7 +722,11 @@ function bindControls() {
   // A phone may discard a hidden page without a pagehide: the last moment to send is now.
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "hidden" && state.key) sendPendingOnExit();
+    if (document.visibilityState === "visible") active(); // back at the page
   });
+  for (const type of ACTIVITY_EVENTS) {
+    document.addEventListener(type, active, { capture: true, passive: true });
+  }
   // Back from the back/forward cache: what it held was released on leaving, and it starts
   // again as a reload does (a label with no answer sent again first, then a claim).
   window.addEventListener("pageshow", (event) => {
@@ -660,6 +738,7 @@ function startTimers() {
   setInterval(() => {
     renderLease(state.task);
     if (state.task) shownElsewhere(state.reviewer); // for releaseOnExit, which cannot wait
+    if (state.key) renewLease();
   }, 1000);
   setInterval(() => {
     if (document.visibilityState === "visible") refreshStats();

@@ -242,6 +242,25 @@ def release_task(
     return task_public(session, task, tags=tags)
 
 
+@router.post("/{task_id}/renew", response_model=ReviewTaskPublic)
+def renew_task(
+    task_id: RowId,
+    session: SessionDep,
+    settings: SettingsDep,
+    tags: TagsDep,
+    caller: ReviewerKey,
+    keys: KeysDep,
+    body: ReviewerBody | None = None,
+) -> ReviewTaskPublic:
+    """Keep the lease: `review_lease_s` more seconds from now, for its holder only (the page
+    renews while its reviewer is at the item; 409 once the task is not theirs)."""
+    reviewer = acting_reviewer(caller, body, keys)
+    task = review_crud.renew(
+        session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
+    )
+    return task_public(session, task, tags=tags)
+
+
 class ReleaseBody(ReviewerBody):
     """Who gives their leases back, and the tasks to leave them (`keep`): the ones the same
     reviewer's other tabs show, which stay theirs."""
