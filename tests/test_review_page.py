@@ -1893,3 +1893,35 @@ def test_a_hidden_tab_does_not_renew_and_back_in_sight_moves_on_from_a_lost_item
     assert lease_of(app.engine, second)[0] == "ada"
     [refusal] = browser_errors(browser)  # the browser logs each 409 it sees
     assert f"/review/{first}/renew" in refusal and "409" in refusal
+
+
+@pytest.mark.browser
+def test_keyboard_hints_are_not_shown_on_a_touch_screen(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """On a phone (a coarse pointer that cannot hover: Chromium's touch emulation) the page
+    does not say "press a number" above the tag buttons, nor "Press U" to undo: there are no
+    keys to press. Before, both showed. With a keyboard they still do."""
+    seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert browser.find_element(By.ID, "keys-hint").is_displayed()
+
+    browser.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": True})
+    browser.set_window_size(390, 844)
+    browser.refresh()  # signed in already: the saved key
+    wait_for_title(browser, ITEMS[0].title)
+    touch_only = "return matchMedia('(hover: none) and (pointer: coarse)').matches"
+    assert browser.execute_script(touch_only)
+    assert not browser.find_element(By.ID, "keys-hint").is_displayed()
+    assert text_of(browser, "decide-heading").lower() == "your label"
+    buttons = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")
+    buttons[-1].click()
+    wait_for_title(browser, ITEMS[1].title)
+    assert browser.find_element(By.ID, "undo").is_displayed()  # Undo is a button to tap
+    browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[0].click()
+    wait_for_title(browser, ITEMS[2].title)
+    browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[0].click()
+    wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty")
+    assert not browser.find_element(By.ID, "empty-undo").is_displayed()
+    assert browser_errors(browser) == []
