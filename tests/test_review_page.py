@@ -1925,3 +1925,36 @@ def test_keyboard_hints_are_not_shown_on_a_touch_screen(
     wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty")
     assert not browser.find_element(By.ID, "empty-undo").is_displayed()
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_key_revoked_is_met_by_the_lease_renewal(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    browser: WebDriver,
+) -> None:
+    """Cat's key is revoked while she reads her item: the page's next renewal is refused, and
+    the page goes back to sign-in as a refused label does (not renewing in vain every 5 s)."""
+    keys = tmp_path / "keys"
+    keys.write_text("reviewer/cat:cat-old\n")
+    settings = make_settings(
+        database_url=f"sqlite:///{tmp_path / 'review.db'}",
+        api_keys_file=keys,
+        review_lease_s=SHORT_LEASE_S,
+    )
+    with serve_live(settings, shared_result) as app:
+        first, _, _ = seed_queue(app.engine)
+        sign_in(browser, app.url, reviewer="", key="cat-old")
+        wait_for_title(browser, ITEMS[0].title)
+        keys.write_text("reviewer/cat:cat-new\n")
+        deadline = time.monotonic() + WAIT_S
+        while not browser.find_element(By.ID, "signin").is_displayed():
+            assert time.monotonic() < deadline, "the page did not go back to sign-in"
+            press(browser, "x")  # at work: the page renews
+            time.sleep(0.3)
+        assert text_of(browser, "message") == (
+            "The API key was not accepted (unknown API key). Check it and sign in again."
+        )
+        [refused] = browser_errors(browser)
+        assert f"/review/{first}/renew" in refused and "401" in refused

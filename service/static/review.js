@@ -426,9 +426,10 @@ async function renewLease() {
   try {
     response = await call("POST", `/review/${task.task_id}/renew`, reviewerBody());
   } catch (err) {
-    // No answer, or the key refused: the reviewer's next action meets that and says so.
-    console.warn("lease renewal failed:", err);
     if (state.task === task) state.lease.renewAt = Date.now() + RENEW_RETRY_MS;
+    // A key refused (revoked meanwhile) goes back to sign-in, as any action's would.
+    if (err instanceof AuthError && !stale(epoch)) run(async () => { throw err; });
+    else console.warn("lease renewal failed:", err);
     return;
   } finally {
     state.lease.renewing = false;
