@@ -83,6 +83,12 @@ def configure_logging(settings: Settings) -> None:
 REPEAT_LOG_S = 60.0
 
 
+def exception_line(exc: BaseException) -> str:
+    """An exception as one log line: its type and the first line of its message (a database
+    error's message goes on with the statement and its parameters)."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
 @dataclass
 class RepeatedFailures:
     """Recurring work (a background step of the API, the prediction log's flush) and how it
@@ -101,7 +107,7 @@ class RepeatedFailures:
         database or Redis away), and a repeat at most every `every_s` (during an outage,
         each round logged a traceback: thousands of lines a minute). `detail` is appended."""
         self.count += 1
-        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        text = exception_line(exc)
         if text == self.said and now - self.said_at < self.every_s:
             return
         # The traceback once, for a failure that is new and not an outage.

@@ -20,6 +20,7 @@ from service.crud import review as review_crud
 from service.db import is_outage, session_scope
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewTask
+from service.logs import exception_line
 from service.ml import priority as prio
 from service.ml import registry
 from service.ml.classifier import TagModel, precomputed
@@ -176,7 +177,7 @@ def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
                     "is unavailable (%s)",
                     number,
                     len(payloads),
-                    f"{type(exc).__name__}: {exc}".splitlines()[0],
+                    exception_line(exc),
                 )
                 raise
             log.exception("review payload %s failed", str(payload.get("text_hash"))[:12])

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
 from service.db import init_db, is_conflict, is_outage, make_engine
-from service.logs import REPEAT_LOG_S, configure_logging
+from service.logs import REPEAT_LOG_S, configure_logging, exception_line
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.processes import die_with_parent, stop_signals_as_exit
 from workers.context import JobContext, get_context, use_context
@@ -79,7 +79,7 @@ class DatabaseWatch:
             log.warning(
                 "worker: a job lost to another transaction's lock (%s); the database answers, "
                 "so jobs go on being taken",
-                f"{type(exc).__name__}: {exc}".splitlines()[0],
+                exception_line(exc),
             )
             return
         if self.down_since is None and exc is not None and is_outage(exc):
@@ -87,7 +87,7 @@ class DatabaseWatch:
             log.error(
                 "worker: the database is unavailable (%s); no job is taken until it answers "
                 "(jobs wait in their queues, their retries kept)",
-                f"{type(exc).__name__}: {exc}".splitlines()[0],
+                exception_line(exc),
             )
 
     def answers(self) -> bool:
@@ -116,7 +116,7 @@ class DatabaseWatch:
 
     def _refused(self, exc: Exception) -> None:
         """Log a probe error that is not an outage, unless it is the one logged last."""
-        refusal = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        refusal = exception_line(exc)
         if refusal != self.refusal:
             self.refusal = refusal
             log.error(
@@ -302,7 +302,7 @@ def wait_for_the_database(
             except SQLAlchemyError as exc:
                 if not is_outage(exc):
                     return
-                reason = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                reason = exception_line(exc)
                 now = time.monotonic()
                 if said_at is None:
                     log.error(
