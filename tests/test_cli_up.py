@@ -305,7 +305,10 @@ def _versions(env: dict[str, str]) -> list[str]:
 
 
 def test_up_lets_the_workers_job_finish_unless_asked_twice(
-    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+    up_env: dict[str, str],
+    tmp_path: Path,
+    started: list[subprocess.Popen[bytes]],
+    shared_dataset: Path,
 ) -> None:
     """Stopped during a retraining, `up` waits for it (a cut retraining would be lost work
     and a failed job); a second Ctrl-C stops the worker at once."""
@@ -321,7 +324,11 @@ def test_up_lets_the_workers_job_finish_unless_asked_twice(
     assert "the worker is finishing its job" in log.read_text()
     assert _versions(up_env) == ["v0001", "v0002"]  # the retraining's candidate is registered
 
-    again, url = _start(up_env, log, terminal=True)
+    # The retraining to cut must outlast the stop: a seed retraining (about 4 s) had
+    # registered its version by the second Ctrl-C, which `up` sends about 3.5 s after the
+    # first. One on the shared dataset (764 items) takes several times as long.
+    slow_env = {**up_env, "TAGFLOW_BASE_DATASET": str(shared_dataset)}
+    again, url = _start(slow_env, log, terminal=True)
     started.append(again)
     _wait_ready(again, url, log)
     _retraining_started(url)
