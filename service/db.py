@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -29,8 +30,10 @@ __all__ = [
     "POSTGRES_READ_TIMEOUT_S",
     "current_revision",
     "head_revision",
+    "configuration_refusal",
     "init_db",
     "is_outage",
+    "is_outage_to_wait_for",
     "make_engine",
     "ping",
     "session_scope",
@@ -189,7 +192,12 @@ POSTGRES_OUTAGES = ("08", "53", "57P0", "57014", "55P03", "40001", "40P01", UNDE
 def is_outage(exc: BaseException) -> bool:
     """Whether a failed statement may succeed as it is later: the database was unreachable,
     busy (SQLite's lock), timed out, or has no tagflow tables (recreated empty, not yet
-    upgraded), rather than refusing what was sent."""
+    upgraded), rather than refusing what was sent.
+
+    A connection refused for its configuration (`configuration_refusal`) counts too: a
+    running API keeps its rows and answers 503 as in an outage, as whoever fixes it (creates
+    the database, the role) restarts nothing. A process deciding whether to wait for the
+    database at all (the worker, `tagflow up`) asks `is_outage_to_wait_for` instead."""
     if isinstance(exc, sa_exc.TimeoutError):  # no connection free in the pool
         return True
     orig = getattr(exc, "orig", None)
@@ -202,6 +210,51 @@ def is_outage(exc: BaseException) -> bool:
     if sqlstate is None:  # no answer from a server: refused, unreachable, cut off
         return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
     return sqlstate.startswith(POSTGRES_OUTAGES)
+
+
+# What a PostgreSQL server says (libpq passes it on after "FATAL:") when it refuses a connection
+# for a setting of the client's or its own that no wait changes: no such database (SQLSTATE
+# 3D000), no such role, a role without LOGIN or pg_hba.conf rejecting it (28000), failed
+# password, ident or peer authentication (28P01), no CONNECT privilege (42501). psycopg gives
+# a connection it could not open no SQLSTATE (an OperationalError, as for a refused port), so
+# the server's message is what tells them apart; its text is stable across versions. A server
+# set to answer in another language is not recognised, and is waited for as an outage is.
+POSTGRES_CONFIGURATION_REFUSALS = re.compile(
+    r'database ".*" does not exist'
+    r'|role ".*" does not exist'
+    r'|role ".*" is not permitted to log in'
+    r"|authentication failed for user"
+    r"|no pg_hba\.conf entry for"
+    r'|permission denied for database ".*"'
+)
+# libpq's own, for a server asking for a password the URL does not give.
+LIBPQ_CONFIGURATION_REFUSALS = ("fe_sendauth: no password supplied",)
+
+
+def configuration_refusal(exc: BaseException) -> str | None:
+    """The reason a PostgreSQL server refused to open a connection, when it is one no wait
+    cures (no such database or role, failed authentication: see
+    POSTGRES_CONFIGURATION_REFUSALS), in the server's words (`database "x" does not exist`);
+    None for anything else, an outage included. Never holds a password: the server's
+    messages name the role and the database only."""
+    orig = getattr(exc, "orig", None)
+    if not isinstance(exc, sa_exc.OperationalError) or getattr(orig, "sqlstate", None):
+        return None
+    # One line per host libpq tried ("localhost" is ::1, then 127.0.0.1): any may be the one.
+    for line in str(orig).splitlines():
+        reason = line.partition("FATAL:")[2].strip()
+        if reason and POSTGRES_CONFIGURATION_REFUSALS.search(reason):
+            return reason
+        for refusal in LIBPQ_CONFIGURATION_REFUSALS:
+            if refusal in line:
+                return refusal
+    return None
+
+
+def is_outage_to_wait_for(exc: BaseException) -> bool:
+    """Whether a process that needs the database should wait for it rather than stop: an
+    outage (`is_outage`) that is not a configuration refusal, which waiting never ends."""
+    return is_outage(exc) and configuration_refusal(exc) is None
 
 
 def ping(engine: Engine) -> bool:

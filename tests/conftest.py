@@ -24,7 +24,7 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
 from service.api.main import create_app
@@ -45,6 +45,25 @@ SHARED_DATASET = ROOT.parent / "shared" / "data" / "madewithml" / "dataset.csv"
 POSTGRES_URL = os.environ.get(
     "TAGFLOW_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
+# The test PostgreSQL server, asked for what it refuses for good (a configuration error, not an
+# outage): a database, then a role, that does not exist; each URL with a password that must
+# never be shown. Parameters (URL, the server's reason) of the tests that start a command on it.
+MISCONFIGURED_POSTGRES = [
+    pytest.param(
+        make_url(POSTGRES_URL)
+        .set(database="tagflow_no_such_database", password="s3cret-pw")
+        .render_as_string(hide_password=False),
+        'database "tagflow_no_such_database" does not exist',
+        id="no-such-database",
+    ),
+    pytest.param(
+        make_url(POSTGRES_URL)
+        .set(username="tagflow_no_such_role", password="s3cret-pw")
+        .render_as_string(hide_password=False),
+        'role "tagflow_no_such_role" does not exist',
+        id="no-such-role",
+    ),
+]
 DEFAULT_ENCODER: EncoderKind = Settings.model_fields["encoder"].default
 KEYS = {
     "client": "test-client-key",

@@ -36,7 +36,7 @@ from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE
-from tests.conftest import KEYS, auth, register_promoted
+from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, auth, register_promoted
 
 
 def _said(output: str) -> str:
@@ -356,6 +356,16 @@ def test_out_of_range_options_are_one_line_errors(
             "dead-letter/predictions.jsonl: Is a directory",
         ),
         (["db", "replay-dead-letters"], {"TAGFLOW_DATABASE_URL": "mysql://u@h/db"}, "not a"),
+        # The server's reason alone, not libpq's "connection failed: connection to server...".
+        *(
+            (
+                ["models", "list"],
+                {"TAGFLOW_DATABASE_URL": misconfigured.values[0]},
+                f"{make_url(misconfigured.values[0]).render_as_string(hide_password=True)} "
+                f"refused the connection: {misconfigured.values[1]} (TAGFLOW_DATABASE_URL)",
+            )
+            for misconfigured in MISCONFIGURED_POSTGRES
+        ),
     ],
 )
 def test_start_up_failures_are_one_line_errors(

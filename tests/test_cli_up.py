@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from service.cli import app
 from service.processes import sole_owner
-from tests.conftest import KEYS, POSTGRES_URL, auth
+from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, POSTGRES_URL, auth
 from tests.freezable_proxy import FreezableProxy
 
 ITEM = b'{"title": "Tracking experiments with MLflow", "description": "Model registry."}'
@@ -432,3 +432,26 @@ def test_up_started_while_its_postgres_is_away_waits_for_it(
     assert process.returncode == 0, said[-3000:]
     assert "cannot open the database" not in said
     assert said.count("the database is unavailable") == 1, said[-3000:]
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_up_on_a_misconfigured_database_exits_2_at_once(
+    up_env: dict[str, str],
+    tmp_path: Path,
+    started: list[subprocess.Popen[bytes]],
+    url: str,
+    reason: str,
+) -> None:
+    """A database or role that does not exist: psycopg gives it no SQLSTATE, as for a refused
+    port, and `up` waited for it as for a server away, without end. Now one line naming the
+    database (no password) and the server's reason, exit 2, with nothing started."""
+    log = tmp_path / "up.log"
+    process, _ = _start({**up_env, "TAGFLOW_DATABASE_URL": url}, log)
+    started.append(process)
+    process.wait(timeout=30)  # a waiting `up` never ends by itself
+    said = log.read_text()
+    assert process.returncode == 2, said[-3000:]
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert f"the database at {shown} refused the connection: {reason}" in said, said
+    assert "s3cret-pw" not in said
+    assert "unavailable" not in said and "embedded Redis" not in said, said[-3000:]

@@ -31,7 +31,7 @@ from service.entities.review import ReviewTask
 from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
 from service.redis_server import EmbeddedRedis
 from service.retention import PRUNE_JOB
-from tests.conftest import POSTGRES_URL, ROOT, make_prediction
+from tests.conftest import MISCONFIGURED_POSTGRES, POSTGRES_URL, ROOT, make_prediction
 from tests.freezable_proxy import FreezableProxy
 from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, POLL_S, REDIS_TIMEOUT_S, Worker
@@ -517,6 +517,79 @@ def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
         if proxy is not None:
             proxy.close()
     assert worker.returncode == 0, "".join(output)[-3000:]
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_a_worker_started_on_a_misconfigured_database_exits_2_at_once(
+    cli_env: dict[str, str], test_redis_url: str, url: str, reason: str
+) -> None:
+    """A database or role that does not exist reaches psycopg as an OperationalError without
+    SQLSTATE, as a refused port does: the worker took it for an outage and waited for good,
+    saying `the database is unavailable` once a minute. Now one line naming the database (no
+    password) and the server's reason, exit 2, as a bad setting is."""
+    worker = start_worker({**cli_env, "TAGFLOW_DATABASE_URL": url}, redis_url=test_redis_url)
+    try:
+        output, _ = worker.communicate(timeout=30)  # a waiting worker never ends by itself
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 2, output[-3000:]
+    shown = make_url(url).render_as_string(hide_password=True)
+    assert f"the database at {shown} refused the connection: {reason}" in output, output
+    assert "s3cret-pw" not in output
+    assert "unavailable" not in output and "waiting" not in output, output[-3000:]
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_a_running_worker_whose_database_refuses_it_for_good_exits_2(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    redis_conn: Redis,
+    caplog: pytest.LogCaptureFixture,
+    watchdog: None,
+    url: str,
+    reason: str,
+) -> None:
+    """The database dropped, or the role, under a running worker: the first job to meet it
+    spends one retry as in an outage, and the worker's check then stops it with exit 2 and a
+    line saying why (it waited without end, registered and idle, doing nothing), the other
+    jobs left in their queue with their retries for a worker that can use the database."""
+    caplog.set_level(logging.INFO)
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(sqlite_engine) as session:
+        for title in ("Unsure first", "Unsure second"):  # one job each
+            save_predictions(
+                session, predictions=[make_prediction(title, status=PredictionStatus.REVIEW)]
+            )
+            assert relay(session, queue=queue) == 1
+    first, second = queue.get_jobs()
+    context = JobContext(make_settings(database_url=str(sqlite_engine.url)))
+    up = context.engine
+    refusing = make_engine(url)
+    context.engine = refusing
+    use_context(context)
+    worker = Worker([queue], connection=redis_conn)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            worker.work(max_idle_time=10)  # no job, no refusal: ends in 10 s, and fails below
+    finally:
+        use_context(None)
+        refusing.dispose()
+        up.dispose()
+    assert stopped.value.code == 2
+    assert first.get_status(refresh=True) == JobStatus.SCHEDULED
+    first.refresh()
+    assert first.retries_left == REVIEW_RETRY.max - 1
+    assert second.get_status(refresh=True) == JobStatus.QUEUED
+    second.refresh()
+    assert second.retries_left == REVIEW_RETRY.max and queue.job_ids == [second.id]
+    shown = make_url(url).render_as_string(hide_password=True)
+    said = caplog.text
+    assert f"the database at {shown} refused the connection: {reason}" in said, said[-3000:]
+    assert "s3cret-pw" not in said
+    assert "worker: the database is unavailable" not in said, said[-3000:]
+    assert redis_conn.hexists(worker.key, "death"), "RQ's teardown: the worker is unregistered"
 
 
 def test_a_prune_that_meets_a_held_lock_is_not_called_a_database_outage(

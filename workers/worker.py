@@ -24,7 +24,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from service.config import Settings
-from service.db import init_db, is_conflict, is_outage, make_engine
+from service.db import (
+    configuration_refusal,
+    init_db,
+    is_conflict,
+    is_outage,
+    is_outage_to_wait_for,
+    make_engine,
+)
 from service.logs import REPEAT_LOG_S, configure_logging, exception_line
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.processes import die_with_parent, stop_signals_as_exit
@@ -82,6 +89,11 @@ class DatabaseWatch:
                 exception_line(exc),
             )
             return
+        if self.down_since is None and exc is not None and configuration_refusal(exc):
+            # Not called an outage: the check at the next poll names the refusal and stops
+            # the worker (`answers`). Not from here: RQ has yet to schedule this job's retry.
+            self.down_since = time.monotonic()
+            return
         if self.down_since is None and exc is not None and is_outage(exc):
             self.down_since = time.monotonic()
             log.error(
@@ -96,13 +108,25 @@ class DatabaseWatch:
         Any error of the probe means it is still away: one that is not an outage (a file that
         is not a database, a server refusing the query) is logged, once while it lasts, and
         waited out like an outage. Raised, it reached RQ's loop, which ended the worker (exit
-        0) and left the jobs waiting for nobody."""
+        0) and left the jobs waiting for nobody. A server refusing the connection for its
+        configuration (no such database or role, failed authentication) ends the worker with
+        exit 2 and a line saying so, as it would end a worker starting now: waiting, the
+        worker looked alive (registered, idle) and did nothing, for good."""
         if self.down_since is None:
             return True
+        engine = get_context().engine
         try:
-            with get_context().engine.connect() as conn:
+            with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
         except Exception as exc:
+            if reason := configuration_refusal(exc):
+                log.error(
+                    "worker: the database at %s refused the connection: %s "
+                    "(TAGFLOW_DATABASE_URL); stopping (exit 2), as waiting will not change that",
+                    engine.url.render_as_string(hide_password=True),
+                    reason,
+                )
+                raise SystemExit(2) from None
             if not is_outage(exc):
                 self._refused(exc)
             return False
@@ -283,8 +307,9 @@ def wait_for_the_database(
     Started during an outage, the worker exited 2 ("cannot open the database") and left it to
     its supervisor to start it again and again (4 restarts in 25 s in a QA run; `tagflow up`
     backs off up to a minute, so the worker came back up to a minute after the database).
-    Only an outage is waited for: any other error (a wrong password, no such database) is left
-    to the caller's check, which names it with exit code 2, and so is SQLite, whose outages at
+    Only an outage is waited for: any other error, a configuration refusal included (a wrong
+    password, no such database: `configuration_refusal`), is left to the caller's check, which
+    names it with exit code 2, and so is SQLite, whose outages at
     start are a path that cannot be opened (a configuration error) or a lock, which its busy
     timeout waits for already. Said once, then every REPEAT_LOG_S while it lasts, by `who`
     (`tagflow up` waits the same way, `before` starting anything)."""
@@ -300,7 +325,7 @@ def wait_for_the_database(
             try:
                 init_db(engine)
             except SQLAlchemyError as exc:
-                if not is_outage(exc):
+                if not is_outage_to_wait_for(exc):
                     return
                 reason = exception_line(exc)
                 now = time.monotonic()

@@ -22,7 +22,7 @@ from sqlmodel import Session
 from typer.core import TyperGroup
 
 from service.config import Settings, describe_errors
-from service.db import init_db, is_outage, make_engine
+from service.db import configuration_refusal, init_db, is_outage, make_engine
 from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -171,10 +171,14 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
         )
         raise typer.Exit(2) from None
     except SQLAlchemyError as exc:
-        print_error(
-            f"cannot open the database {shown_url(settings.resolved_database_url)}:",
-            first_line(exc),
-        )
+        shown = shown_url(settings.resolved_database_url)
+        if reason := configuration_refusal(exc):  # the server's reason alone, not libpq's
+            print_error(
+                f"the database at {shown} refused the connection:",
+                f"{reason} (TAGFLOW_DATABASE_URL)",
+            )
+        else:
+            print_error(f"cannot open the database {shown}:", first_line(exc))
         raise typer.Exit(2) from None
     return engine
 

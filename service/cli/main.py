@@ -304,7 +304,8 @@ def run_api(settings: Settings, *, host: str, port: int) -> None:
 @app.command()
 def worker(burst: bool = False) -> None:
     """Run an RQ worker on the labelling and training queues. Started while the database
-    server is away, it waits for it (a line, then one a minute) instead of exiting."""
+    server is away, it waits for it (a line, then one a minute) instead of exiting; one that
+    refuses it for its configuration (no such database or role) is one line, exit 2."""
     from workers.worker import run, wait_for_the_database
 
     settings = settings_or_exit()

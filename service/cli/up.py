@@ -115,11 +115,13 @@ def run_up(host: str, port: int) -> None:
 def _postgres_away(settings: Settings) -> bool:
     """Whether the configured database is a PostgreSQL server that is away (refused,
     unreachable, not answering). SQLite never is: a file that cannot be opened is a
-    configuration error, which `open_session` names; so is any other refusal here."""
+    configuration error, which `open_session` names; so is any other refusal here, a server
+    refusing the connection for its configuration too (no such database or role, failed
+    authentication), which `up` waited for without end."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db import is_outage, make_engine
+    from service.db import is_outage_to_wait_for, make_engine
 
     url = settings.resolved_database_url
     if make_url(url).get_backend_name() == "sqlite":
@@ -128,7 +130,7 @@ def _postgres_away(settings: Settings) -> bool:
     try:
         engine.connect().close()
     except SQLAlchemyError as exc:
-        return is_outage(exc)
+        return is_outage_to_wait_for(exc)
     finally:
         engine.dispose()
     return False
