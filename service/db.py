@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "POSTGRES_PING_TIMEOUT_S",
     "POSTGRES_READ_TIMEOUT_S",
+    "configuration_refusal",
     "current_revision",
     "head_revision",
-    "configuration_refusal",
     "init_db",
     "is_outage",
     "is_outage_to_wait_for",

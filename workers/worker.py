@@ -309,10 +309,10 @@ def wait_for_the_database(
     backs off up to a minute, so the worker came back up to a minute after the database).
     Only an outage is waited for: any other error, a configuration refusal included (a wrong
     password, no such database: `configuration_refusal`), is left to the caller's check, which
-    names it with exit code 2, and so is SQLite, whose outages at
-    start are a path that cannot be opened (a configuration error) or a lock, which its busy
-    timeout waits for already. Said once, then every REPEAT_LOG_S while it lasts, by `who`
-    (`tagflow up` waits the same way, `before` starting anything)."""
+    names it with exit code 2, and so is SQLite, whose outages at start are a path that cannot
+    be opened (a configuration error) or a lock, which its busy timeout waits for already.
+    Said once, then every REPEAT_LOG_S while it lasts, by `who` (`tagflow up` waits the same
+    way, `before` starting anything)."""
     url = settings.resolved_database_url
     if make_url(url).get_backend_name() == "sqlite":
         return
