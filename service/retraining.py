@@ -42,7 +42,7 @@ from service.ml.dataset import (
 )
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
-from service.ml.pipeline import base_split, review_suspects
+from service.ml.pipeline import base_split, review_saved_suspects, review_suspects
 from service.ml.production_history import rolled_back_from
 from service.ml.training import DEFAULT_CONFIG, Progress, TrainResult, evaluate, train
 from service.tags import Tag, TagSet
@@ -412,12 +412,15 @@ def _finish_registered(
     reason: str,
 ) -> dict[str, Any]:
     """The result of a retraining whose candidate is registered already (`_registered_twin`):
-    nothing trained or registered, and the candidate promoted if its gate passed and the
-    settings allow, as the retraining that registered it would have done. The snapshot is
-    recorded, as for `_nothing_new`, so the automatic retraining counts labels from now."""
+    nothing trained or registered, and the rest done as the retraining that registered it
+    would have, had it not died first: the candidate's label checks sent from its saved report
+    (unless they were sent), and the candidate promoted if its gate passed and the settings
+    allow. The snapshot is recorded, as for `_nothing_new`, so the automatic retraining counts
+    labels from now."""
     gate = candidate.gate or {}
     snapshot = _add_snapshot(session, sets=sets)
     session.commit()
+    checks = review_saved_suspects(session, version=candidate, settings=settings)
     promoted, outcome = _promote_if_allowed(
         session,
         settings=settings,
@@ -442,7 +445,7 @@ def _finish_registered(
         "failed_checks": gate.get("failed", []),
         "checks": gate.get("checks", []),
         **_sets_summary(sets),
-        "label_checks_sent": 0,
+        "label_checks_sent": checks,
         "metrics": {"candidate": summary(candidate.metrics), "production": gate.get("production")},
     }
 
@@ -500,10 +503,10 @@ def retrain(
     summary. With nothing new since production (same training rows, same settings), nothing
     is trained or registered unless `force`: the candidate would be production's twin. Nor
     when a candidate from the same rows and settings is registered already, gated on the same
-    evaluation rows against the same production: that one is finished instead (promoted if
-    its gate passed and the settings allow), as a retraining run again after its worker was
-    killed between registering and promoting must do; `resume` (a run of the same job again)
-    looks for that candidate even when forced."""
+    evaluation rows against the same production: that one is finished instead (its label
+    checks sent if they were not, promoted if its gate passed and the settings allow), as a
+    retraining run again after its worker was killed between registering and promoting must
+    do; `resume` (a run of the same job again) looks for that candidate even when forced."""
     production = registry.get_production(session)
     before = production.version if production is not None else None
     progress("data")

@@ -27,7 +27,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
 from service import retraining
@@ -37,7 +37,7 @@ from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
 from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
 from service.db import init_db, make_engine
-from service.entities import DatasetSnapshot, Label, ModelStatus
+from service.entities import DatasetSnapshot, Label, ModelStatus, OutboxItem
 from service.entities.common import utcnow
 from service.errors import InvalidInputError
 from service.jobs import job_ended
@@ -464,31 +464,41 @@ def test_worse_candidate_fails_the_gate_and_waits(
     assert current is not None and current.version == production
 
 
-def refuse_new_versions(engine: Engine) -> None:
-    """A trigger that makes the database refuse every new model version row: a retraining
-    then fails where it registers its version, as one whose process died there (kill -9, the
-    OOM killer, the artifacts' disk full) never wrote it."""
+def refuse_inserts(engine: Engine, *, table: str) -> None:
+    """A trigger that makes the database refuse every new row of `table` with the error
+    "`table` refused": a retraining then fails where it writes one, as one whose process died
+    there (kill -9, the OOM killer, the artifacts' disk full) never wrote it."""
     with engine.begin() as conn:
         if engine.dialect.name == "sqlite":
             conn.execute(
                 text(
-                    "CREATE TRIGGER refuse_version BEFORE INSERT ON modelversion "
-                    "BEGIN SELECT RAISE(ABORT, 'version refused'); END"
+                    f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+                    f"BEGIN SELECT RAISE(ABORT, '{table} refused'); END"
                 )
             )
             return
         conn.execute(
             text(
-                "CREATE FUNCTION refuse_version() RETURNS trigger AS "
-                "$$ BEGIN RAISE EXCEPTION 'version refused'; END $$ LANGUAGE plpgsql"
+                f"CREATE FUNCTION refuse_{table}() RETURNS trigger AS "
+                f"$$ BEGIN RAISE EXCEPTION '{table} refused'; END $$ LANGUAGE plpgsql"
             )
         )
         conn.execute(
             text(
-                "CREATE TRIGGER refuse_version BEFORE INSERT ON modelversion "
-                "FOR EACH ROW EXECUTE FUNCTION refuse_version()"
+                f"CREATE TRIGGER refuse_{table} BEFORE INSERT ON {table} "
+                f"FOR EACH ROW EXECUTE FUNCTION refuse_{table}()"
             )
         )
+
+
+def allow_inserts(engine: Engine, *, table: str) -> None:
+    """Drop the trigger of `refuse_inserts`: the database is back to normal."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.execute(text(f"DROP TRIGGER refuse_{table}"))
+            return
+        conn.execute(text(f"DROP TRIGGER refuse_{table} ON {table}"))
+        conn.execute(text(f"DROP FUNCTION refuse_{table}()"))
 
 
 def test_a_retraining_that_dies_registering_its_version_leaves_no_snapshot(
@@ -506,8 +516,8 @@ def test_a_retraining_that_dies_registering_its_version_leaves_no_snapshot(
     settings = make_settings(retrain_after_labels=12)
     register_promoted(engine, settings, seed_result)
     add_labels(engine, new_items[:12], share=0.2)
-    refuse_new_versions(engine)
-    with Session(engine) as session, pytest.raises(DBAPIError, match="version refused"):
+    refuse_inserts(engine, table="modelversion")
+    with Session(engine) as session, pytest.raises(DBAPIError, match="modelversion refused"):
         retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
     with Session(engine) as session:
         assert session.exec(select(DatasetSnapshot)).all() == []
@@ -1064,6 +1074,60 @@ def test_a_retraining_finishes_the_candidate_it_registered_instead_of_training_a
         assert [row.version for row in registry.list_versions(session)] == [candidate, weak]
         assert registry.get_version(session, version=candidate).status is ModelStatus.PRODUCTION
         assert snapshots_crud.labels_since_latest_snapshot(session) == 0
+
+
+def label_checks(engine: Engine) -> list[dict[str, Any]]:
+    """The payloads of every label check sent to review (outbox rows are never deleted)."""
+    with Session(engine) as session:
+        rows = session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all()
+    return [row.payload for row in rows if row.payload["reason"] == "label_check"]
+
+
+def test_a_retraining_that_died_before_its_label_checks_sends_them_when_run_again(
+    make_client: Callable[..., TestClient],
+    seed_result: TrainResult,
+    new_items: list[Example],
+    engine: Engine,
+    redis_conn: redis.Redis,
+    tags: TagSet,
+) -> None:
+    """A retraining registers its candidate, then sends its label checks: one that died in
+    between (here the database refuses the checks' rows) left a candidate that the next
+    retraining on the same data finished without them, so the labels it doubted never reached
+    a reviewer. They are now sent from the candidate's saved report, once."""
+    client = make_client(seed_result, auto_promote=False, review_suspects=True)
+    artifacts = client.app.state.tagflow.settings.artifacts_dir
+    # Wrong labels on new content: rows the out-of-fold model denies, so there are checks.
+    add_labels(engine, [rotated(e, tags) for e in new_items[:10]], share=0.0)
+
+    def run_retraining() -> dict[str, Any]:
+        job_id = client.post("/models/retrain", headers=auth("admin")).json()["job_id"]
+        work_training(client, redis_conn)
+        return client.get(f"/jobs/{job_id}", headers=auth("admin")).json()
+
+    refuse_inserts(engine, table="outboxitem")
+    died = run_retraining()
+    assert died["status"] == "failed" and "outboxitem refused" in died["error"], died
+    with Session(engine) as session:
+        [candidate] = registry.list_versions(session, status=ModelStatus.CANDIDATE)
+    report = registry.saved_report(candidate, artifacts_dir=artifacts)
+    doubted = [item["text_hash"] for item in report["cv"]["suspect_labels"]["items"]]
+    assert doubted and label_checks(engine) == []
+
+    allow_inserts(engine, table="outboxitem")
+    again = run_retraining()
+    assert again["status"] == "finished", again
+    result = again["result"]
+    assert result["candidate"] == candidate.version and "not trained again" in result["outcome"]
+    assert result["label_checks_sent"] == len(doubted)
+    sent = label_checks(engine)
+    assert [check["text_hash"] for check in sent] == doubted
+    assert {check["model_version"] for check in sent} == {candidate.version}
+
+    once_more = run_retraining()  # the same candidate again: its checks went already
+    assert once_more["result"]["candidate"] == candidate.version, once_more
+    assert once_more["result"]["label_checks_sent"] == 0
+    assert label_checks(engine) == sent
 
 
 def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(

@@ -141,6 +141,24 @@ def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], vers
     return len(suspects)
 
 
+def label_checks_sent(session: Session, *, version: str) -> bool:
+    """Whether label checks from `version`'s training were sent (`queue_label_checks` adds
+    them all in one commit, so some means all). Told by their outbox rows, which are never
+    deleted; the scan reads the payloads, which is fine for what asks it (a retraining that
+    finishes a registered candidate, rare), not for a request path."""
+    payload = col(OutboxItem.payload)
+    found = session.exec(
+        select(OutboxItem.id)
+        .where(
+            OutboxItem.kind == REVIEW_KIND,
+            payload["reason"].as_string() == ReviewReason.LABEL_CHECK.value,
+            payload["model_version"].as_string() == version,
+        )
+        .limit(1)
+    ).first()
+    return found is not None
+
+
 def get_prediction(session: Session, *, prediction_id: str) -> Prediction:
     row = session.get(Prediction, prediction_id)
     if row is None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlmodel import Session
 
 from service.config import Settings
-from service.crud.predictions import queue_label_checks
+from service.crud.predictions import label_checks_sent, queue_label_checks
 from service.entities import ModelVersion
+from service.logs import exception_line
 from service.ml import registry
 from service.ml.dataset import Example, ValidationReport, load_training_file
 from service.ml.encoder import Encoder
@@ -22,6 +24,8 @@ from service.ml.training import (
     train,
 )
 from service.tags import TagSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,3 +88,22 @@ def review_suspects(
         return 0
     items = result.cv["suspect_labels"]["items"]
     return queue_label_checks(session, suspects=items, version=version)
+
+
+def review_saved_suspects(session: Session, *, version: ModelVersion, settings: Settings) -> int:
+    """Send the label checks of a registered `version` from its saved report, unless they were
+    sent already: what a retraining that died between registering the version and sending them
+    left undone, for the run that finishes it. Never a check twice; how many were sent."""
+    if not settings.review_suspects or label_checks_sent(session, version=version.version):
+        return 0
+    try:
+        report = registry.saved_report(version, artifacts_dir=settings.artifacts_dir)
+        items = report["cv"]["suspect_labels"]["items"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning(
+            "%s: label checks not sent, its saved report does not list them: %s",
+            version.version,
+            exception_line(exc),
+        )
+        return 0
+    return queue_label_checks(session, suspects=items, version=version.version)

@@ -124,6 +124,16 @@ def _write_artifacts(
     write_report(folder, report, title=f"tagflow {version}")
 
 
+def saved_report(row: ModelVersionBase, *, artifacts_dir: Path) -> dict[str, Any]:
+    """The evaluation report saved beside `row`'s model (`_write_artifacts`). OSError when the
+    file is missing or unreadable, ValueError when it is not a JSON object."""
+    path = artifact_folder(row, artifacts_dir=artifacts_dir) / REPORT_JSON
+    report = json.loads(path.read_text())
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return report
+
+
 def write_report(folder: Path, report: dict[str, Any], *, title: str) -> None:
     """A version's evaluation report beside its model: `report` as JSON, and a picture of
     its `metrics` under `title`."""
