@@ -1,5 +1,6 @@
 """Relays outbox rows to RQ. Rows are marked sent only after Redis accepted the job, and done
-only once the worker has processed them: a job Redis lost before then is sent again."""
+only once the worker has processed them: a job Redis lost before then is sent again, up to
+`MAX_SENDS` times; then the row is stopped until an operator sends it again (`resend_stopped`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.job import Job
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlmodel import Session, col, func, select
 
 from service.entities import OutboxItem
@@ -33,11 +34,22 @@ OUTBOX_ID = "outbox_id"
 # Backoff for failed labelling jobs: RQ re-queues them after these delays, then keeps the
 # job in its failed registry (visible in /review/stats and `rq info`), never drops it.
 REVIEW_RETRY = Retry(max=5, interval=[2, 10, 30, 120, 600])
+# How many times one row is handed to RQ at most (its first send and the sends after Redis lost
+# its job). A payload whose run takes its worker and Redis down (out of memory) was sent again
+# after each loss without end and without a word; after this many the cause wants a person.
+MAX_SENDS = 5
 
 
 def pending_count(session: Session) -> int:
     return session.exec(
         select(func.count()).select_from(OutboxItem).where(col(OutboxItem.sent_at).is_(None))
+    ).one()
+
+
+def stopped_count(session: Session) -> int:
+    """Rows the relay gave up on (see `MAX_SENDS`), waiting for `tagflow db resend-outbox`."""
+    return session.exec(
+        select(func.count()).select_from(OutboxItem).where(col(OutboxItem.stopped_at).is_not(None))
     ).one()
 
 
@@ -96,7 +108,9 @@ def relay(
     for job_id, _, batch in sent:
         ids = [row.id for row in batch]
         session.execute(
-            update(OutboxItem).where(col(OutboxItem.id).in_(ids)).values(sent_at=now, job_id=job_id)
+            update(OutboxItem)
+            .where(col(OutboxItem.id).in_(ids))
+            .values(sent_at=now, job_id=job_id, sends=col(OutboxItem.sends) + 1)
         )
     session.commit()
     if failures is not None:
@@ -122,7 +136,10 @@ def redeliver_lost(session: Session, *, queue: Queue) -> int:
 
     A job Redis still has is waiting, running, retrying or failed (kept in the failed
     registry, not sent twice); a job the worker finished is done, its rows marked before RQ
-    counted it finished, and Redis keeps it for its result's TTL after that (500 s)."""
+    counted it finished, and Redis keeps it for its result's TTL after that (500 s).
+
+    A row already sent `MAX_SENDS` times is stopped instead (`_stop_lost`). Each row put back or
+    stopped names the lost job in its `last_error`, for the worker's log of its last run."""
     job_ids = session.exec(
         select(OutboxItem.job_id)
         .where(col(OutboxItem.job_id).is_not(None), col(OutboxItem.done_at).is_(None))
@@ -139,10 +156,12 @@ def redeliver_lost(session: Session, *, queue: Queue) -> int:
         return 0
     # Only rows still not done and still on a lost job: another API process may have put them
     # back and sent them again meanwhile.
+    on_lost = (col(OutboxItem.job_id).in_(lost), col(OutboxItem.done_at).is_(None))
+    stopped = _stop_lost(session, on_lost=on_lost)
     result = session.execute(
         update(OutboxItem)
-        .where(col(OutboxItem.job_id).in_(lost), col(OutboxItem.done_at).is_(None))
-        .values(sent_at=None, job_id=None)
+        .where(*on_lost)
+        .values(sent_at=None, job_id=None, last_error=_lost_job_error())
     )
     session.commit()
     count = result.rowcount
@@ -153,7 +172,59 @@ def redeliver_lost(session: Session, *, queue: Queue) -> int:
             count,
             len(lost),
         )
+    for row_id, kind, sends, last_error in stopped:
+        log.error(
+            "outbox row %d (%s) stopped after %d sends, its job lost each time: not sent again "
+            "until tagflow db resend-outbox %d; last error: %s",
+            row_id,
+            kind,
+            sends,
+            row_id,
+            last_error,
+        )
     return count
+
+
+def _lost_job_error() -> ColumnElement[str]:
+    """The `last_error` of a row whose job Redis lost, naming the job (the value before the
+    UPDATE that clears it: SET reads the old row)."""
+    return (
+        "job "
+        + col(OutboxItem.job_id)
+        + " lost: Redis no longer had it (restarted or flushed? or its run took Redis down)"
+    )
+
+
+def _stop_lost(
+    session: Session, *, on_lost: Sequence[ColumnElement[bool]]
+) -> list[tuple[int, str, int, str]]:
+    """Stop the rows matching `on_lost` (sent, not done, job lost) already sent `MAX_SENDS`
+    times: never sent again automatically. Their id, kind, sends and last error, for the log:
+    RETURNING gives the rows this UPDATE changed, so another API process stopping them at the
+    same time does not log them twice."""
+    stopped = session.execute(
+        update(OutboxItem)
+        .where(*on_lost, col(OutboxItem.sends) >= MAX_SENDS)
+        .values(job_id=None, stopped_at=utcnow(), last_error=_lost_job_error())
+        .returning(OutboxItem.id, OutboxItem.kind, OutboxItem.sends, OutboxItem.last_error)
+    ).all()
+    return [(row_id, kind, sends, last_error) for row_id, kind, sends, last_error in stopped]
+
+
+def resend_stopped(session: Session, *, ids: Sequence[int] | None = None) -> list[tuple[int, str]]:
+    """Put the stopped rows `ids` (all stopped rows when None) back for the relay, which sends
+    them at its next pass, their count of sends from 0 again; the id and kind of each, in
+    order. Rows not stopped are left as they are."""
+    query = update(OutboxItem).where(col(OutboxItem.stopped_at).is_not(None))
+    if ids is not None:
+        query = query.where(col(OutboxItem.id).in_(ids))
+    resent = session.execute(
+        query.values(stopped_at=None, sends=0, sent_at=None, job_id=None).returning(
+            OutboxItem.id, OutboxItem.kind
+        )
+    ).all()
+    session.commit()
+    return sorted((row_id, kind) for row_id, kind in resent)
 
 
 def batches(rows: Sequence[OutboxItem]) -> Iterator[tuple[str, list[OutboxItem]]]:

@@ -21,7 +21,20 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from rq import Queue
-from sqlalchemy import Enum, Insert, event, func, insert, inspect, select, text
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    Insert,
+    column,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
@@ -175,9 +188,20 @@ def _add_rows(engine: Engine, *, version: str = "v0001") -> None:
         session.commit()
 
 
+# The outbox table as the baseline made it: an insert through the model's table would also
+# write the columns later revisions added (their defaults), which an older database lacks.
+_BASELINE_OUTBOX = table(
+    "outboxitem",
+    column("kind"),
+    column("payload", JSON),
+    column("attempts"),
+    column("sent_at", DateTime(timezone=True)),
+)
+
+
 def _outbox_row(payload: dict[str, str], *, sent_at: datetime | None) -> Insert:
     """An insert of an outbox row with the columns of the baseline schema only."""
-    return insert(OutboxItem.__table__).values(  # type: ignore[arg-type]
+    return insert(_BASELINE_OUTBOX).values(
         kind="review", payload=payload, attempts=0, sent_at=sent_at
     )
 
@@ -300,6 +324,27 @@ def test_outbox_rows_sent_before_0011_are_not_sent_again(
     with Session(engine) as session:
         assert relay(session, queue=queue) == 1
     assert [p["prediction_id"] for job in queue.get_jobs() for p in job.args[0]] == ["waiting"]
+
+
+def test_outbox_rows_from_before_0013_count_their_sends_from_0(
+    engines: Callable[[], Engine], redis_conn: redis.Redis
+) -> None:
+    """0013: rows written before it get `sends` 0 (the column is NOT NULL) and no stop; a row
+    waiting is sent as any other, and counted."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0012")
+    with Session(engine) as session:
+        session.execute(_outbox_row({"prediction_id": "waiting"}, sent_at=None))
+        session.commit()
+    init_db(engine)
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT sends, stopped_at FROM outboxitem")).one()
+    assert tuple(before) == (0, None)
+    with Session(engine) as session:
+        assert relay(session, queue=Queue(LABELING_QUEUE, connection=redis_conn)) == 1
+        [row] = session.scalars(select(OutboxItem)).all()
+    assert row.sends == 1 and row.stopped_at is None
 
 
 def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(

@@ -28,11 +28,13 @@ from service.ml.training import TrainResult
 from service.outbox import (
     JOBS,
     LABELING_QUEUE,
+    MAX_SENDS,
     REVIEW_BATCH,
     REVIEW_RETRY,
     redeliver_lost,
     relay,
     relay_failures,
+    resend_stopped,
 )
 from service.redis_server import EmbeddedRedis
 from tests.conftest import auth, make_prediction, register_promoted
@@ -342,3 +344,81 @@ def test_failing_jobs_are_retried_then_kept_as_failed(
     assert "KeyError" in (exhausted.latest_result().exc_string or "")
     stats = sqlite_client.get("/review/stats", headers=auth("reviewer")).json()
     assert stats["failed_jobs"] == 1 and stats["note"] is None
+
+
+# --- the cap on sends --------------------------------------------------------------------------
+
+
+def review_jobs(queue: Queue) -> list[Job]:
+    """The labelling jobs in `queue` (not the API's re-prioritisation after a promotion)."""
+    return [job for job in queue.get_jobs() if job.func_name == JOBS["review"]]
+
+
+def lose_every_job(engine: Engine, conn: redis.Redis) -> int:
+    """Send the outbox's one unsent row and lose its job (Redis comes back empty) again and
+    again, as a payload whose run takes its worker and Redis down would, until the relay
+    stops sending it; how many times it was sent."""
+    queue = Queue(LABELING_QUEUE, connection=conn)
+    sent = 0
+    with Session(engine) as session:
+        while relay(session, queue=queue) == 1:
+            sent += 1
+            assert sent <= MAX_SENDS, "sent past the cap"
+            assert len(review_jobs(queue)) == 1
+            conn.flushdb()  # the job is gone before any worker ran it
+            put_back = redeliver_lost(session, queue=queue)
+            assert put_back == (0 if sent == MAX_SENDS else 1)
+    return sent
+
+
+def one_review_row(engine: Engine, title: str) -> int:
+    with Session(engine) as session:
+        save_predictions(
+            session, predictions=[make_prediction(title, status=PredictionStatus.REVIEW)]
+        )
+        [row] = session.exec(select(OutboxItem)).all()
+        assert row.id is not None
+        return row.id
+
+
+def test_a_row_whose_job_is_lost_every_time_is_stopped_after_max_sends(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    row_id = one_review_row(engine, "A payload that takes Redis down")
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with caplog.at_level(logging.ERROR, logger="service.outbox"):
+        assert lose_every_job(engine, redis_conn) == MAX_SENDS
+        with Session(engine) as session:  # later passes neither send it nor log it again
+            for _ in range(3):
+                assert redeliver_lost(session, queue=queue) == 0
+                assert relay(session, queue=queue) == 0
+    assert queue.count == 0
+    [row] = outbox_rows(engine)
+    assert row.stopped_at is not None and row.sends == MAX_SENDS
+    assert row.sent_at is not None and row.job_id is None and row.done_at is None
+    assert row.last_error is not None and " lost: Redis no longer had it" in row.last_error
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        (
+            "ERROR",
+            f"outbox row {row_id} (review) stopped after {MAX_SENDS} sends, its job lost each "
+            f"time: not sent again until tagflow db resend-outbox {row_id}; last error: "
+            f"{row.last_error}",
+        )
+    ]
+
+    with Session(engine) as session:
+        assert resend_stopped(session, ids=[row_id + 1]) == []  # not a stopped row
+        assert resend_stopped(session) == [(row_id, "review")]
+        assert relay(session, queue=queue) == 1
+    [row] = outbox_rows(engine)
+    assert row.stopped_at is None and row.sends == 1 and row.job_id is not None
+    run_labeling_worker(redis_conn, make_settings(database_url=database_url))
+    with Session(engine) as session:
+        [task] = session.exec(select(ReviewTask)).all()
+    assert task.title == "A payload that takes Redis down"
+    assert outbox_rows(engine)[0].done_at is not None
