@@ -17,9 +17,11 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, ScheduledJobRegistry
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, select
+from typer.testing import CliRunner
 
 from service.api.lifecycle import drain_outbox
 from service.api.main import create_app
+from service.cli import app as cli_app
 from service.config import Settings
 from service.crud.predictions import save_predictions
 from service.entities import OutboxItem, PredictionStatus
@@ -29,6 +31,7 @@ from service.outbox import (
     JOBS,
     LABELING_QUEUE,
     MAX_SENDS,
+    OUTBOX_ID,
     REVIEW_BATCH,
     REVIEW_RETRY,
     redeliver_lost,
@@ -38,6 +41,7 @@ from service.outbox import (
 )
 from service.redis_server import EmbeddedRedis
 from tests.conftest import auth, make_prediction, register_promoted
+from tests.test_metrics import scrape, total
 from tests.test_review_api import (
     predict_until_review,
     run_labeling_worker,
@@ -422,3 +426,40 @@ def test_a_row_whose_job_is_lost_every_time_is_stopped_after_max_sends(
         [task] = session.exec(select(ReviewTask)).all()
     assert task.title == "A payload that takes Redis down"
     assert outbox_rows(engine)[0].done_at is not None
+
+
+def test_stopped_rows_show_in_metrics_and_stats_until_resent(
+    client: TestClient,
+    database_url: str,
+    redis_conn: redis.Redis,
+    cli_env: dict[str, str],
+) -> None:
+    """The gauge and the stats field say a row was given up on; `tagflow db resend-outbox`
+    puts it back, and the running API's relay sends it at its next pass."""
+    state = state_of(client)
+    with state.outbox_lock:  # the API's own relay waits meanwhile
+        row_id = one_review_row(state.engine, "Another payload that takes Redis down")
+        assert lose_every_job(state.engine, redis_conn) == MAX_SENDS
+    assert total(scrape(client), "tagflow_outbox_stopped") == 1
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert stats["outbox_stopped"] == 1 and stats["outbox_pending"] == 0
+
+    env = {**cli_env, "TAGFLOW_DATABASE_URL": database_url}
+    result = CliRunner().invoke(cli_app, ["db", "resend-outbox", str(row_id), "999999"], env=env)
+    assert result.exit_code == 1, result.output
+    assert result.stdout.strip() == (
+        f"re-queued 1 outbox row(s) for the relay's next pass: {row_id} (review)"
+    )
+    assert result.stderr.strip() == "not re-queued: 999999: no such row, or not stopped"
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    wait_for(lambda: len(review_jobs(queue)) == 1, what="the API's relay to send it again")
+    [row] = outbox_rows(state.engine)
+    assert row.stopped_at is None and row.sends == 1 and row.sent_at is not None
+    assert [p[OUTBOX_ID] for job in review_jobs(queue) for p in job.args[0]] == [row_id]
+    assert total(scrape(client), "tagflow_outbox_stopped") == 0
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert stats["outbox_stopped"] == 0
+
+    again = CliRunner().invoke(cli_app, ["db", "resend-outbox"], env=env)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "no stopped outbox rows re-queued"

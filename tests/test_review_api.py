@@ -168,7 +168,7 @@ def test_prediction_to_label_to_export(
     stats = client.get("/review/stats", headers=auth("reviewer")).json()
     assert stats["labeled_today"] == 1 and stats["failed_jobs"] == 0
     assert stats["open"] == len(stored) - 1 and stats["leased"] == 0
-    assert stats["outbox_pending"] == 0
+    assert stats["outbox_pending"] == 0 and stats["outbox_stopped"] == 0
 
     for fmt in ("csv", "jsonl"):
         export = client.get(f"/labels/export?format={fmt}", headers=auth("reviewer"))

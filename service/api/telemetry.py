@@ -3,7 +3,8 @@ micro-batcher's totals, the write-behind buffer, the review queue, the audit est
 
 Alerting on these is the point: e.g. `tagflow_audit_meets_target == 0` (live automatic
 precision is below target with 95% confidence), a growing `tagflow_outbox_pending` (Redis
-unreachable), or `tagflow_rq_failed_jobs > 0`.
+unreachable), `tagflow_outbox_stopped > 0` (review items the relay gave up on), or
+`tagflow_rq_failed_jobs > 0`.
 """
 
 from __future__ import annotations
@@ -194,6 +195,13 @@ def _database(state: AppState) -> Iterator[Sample]:
         "tagflow_outbox_pending",
         "Review items waiting in the database outbox for Redis",
         counts["outbox_pending"],
+        {},
+    )
+    yield Sample(
+        "tagflow_outbox_stopped",
+        "Review items the outbox relay stopped sending (each of their jobs lost), waiting for "
+        "`tagflow db resend-outbox`",
+        counts["outbox_stopped"],
         {},
     )
     if audit is not None:

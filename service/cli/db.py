@@ -1,5 +1,6 @@
 """`tagflow db`: the database schema (Alembic migrations), the retention of logged
-predictions, and the redrive of those the database refused."""
+predictions, the redrive of those the database refused, and of the review items the outbox
+relay stopped sending."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from service.config import Settings
 from service.db import PRUNE_LOCK_TIMEOUT_S, init_db, is_lock_timeout, is_outage
 
 db_app = typer.Typer(
-    help="The database: schema (Alembic migrations), retention, dead letters.", no_args_is_help=True
+    help="The database: schema (Alembic migrations), retention, dead letters, stopped outbox rows.",
+    no_args_is_help=True,
 )
 
 
@@ -188,4 +190,44 @@ def db_replay_dead_letters() -> None:
 
     _database(settings, run)
     if reports and reports[0].kept:
+        raise typer.Exit(1)
+
+
+@db_app.command("resend-outbox")
+def db_resend_outbox(
+    ids: Annotated[
+        list[int] | None,
+        typer.Argument(
+            metavar="ID",
+            help="Outbox row ids (as the relay's log names them); all stopped rows if none",
+        ),
+    ] = None,
+) -> None:
+    """Send again the review items the outbox relay stopped after 5 sends, each job lost (the
+    API logged each at ERROR): their count of sends starts from 0, and the relay of a running
+    API sends them at its next pass (every TAGFLOW_WATCH_INTERVAL_S). Fix the cause first.
+
+    Exits 1 when an id given is not a stopped row, after re-queueing the others.
+    """
+    from sqlmodel import Session
+
+    from service.outbox import resend_stopped
+
+    unknown: list[int] = []
+
+    def run(engine: Engine) -> str:
+        init_db(engine)
+        with Session(engine) as session:
+            resent = resend_stopped(session, ids=ids or None)
+        unknown.extend(sorted(set(ids or ()) - {row_id for row_id, _ in resent}))
+        if not resent:
+            return "no stopped outbox rows re-queued"
+        shown = ", ".join(f"{row_id} ({kind})" for row_id, kind in resent)
+        return f"re-queued {len(resent)} outbox row(s) for the relay's next pass: {shown}"
+
+    _database(settings_or_exit(), run)
+    if unknown:
+        print_error(
+            "not re-queued:", f"{', '.join(map(str, unknown))}: no such row, or not stopped"
+        )
         raise typer.Exit(1)

@@ -31,7 +31,7 @@ from service.entities.common import day_start, utcnow
 from service.entities.feedback import SETTLED
 from service.entities.review import ACTIVE, ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError, InvalidInputError, NotFoundError
-from service.outbox import pending_count
+from service.outbox import pending_count, stopped_count
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
@@ -573,4 +573,5 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "by_reason": by_reason,
         "by_stage": by_stage,
         "outbox_pending": pending_count(session),
+        "outbox_stopped": stopped_count(session),
     }

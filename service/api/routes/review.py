@@ -89,6 +89,7 @@ class ReviewStats(BaseModel):
     by_reason: dict[str, int]
     by_stage: dict[str, int]  # open and leased tasks by the answer they wait for
     outbox_pending: int
+    outbox_stopped: int  # sent MAX_SENDS times, each job lost: wait for `db resend-outbox`
     failed_jobs: int | None
     note: str | None = None
 
@@ -142,7 +143,7 @@ def claim(
 
 @router.get("/stats", response_model=ReviewStats)
 def review_stats(session: SessionDep, state: StateDep, _caller: ReviewerKey) -> ReviewStats:
-    """Queue counts, outbox rows waiting for Redis, and failed labelling jobs."""
+    """Queue counts, outbox rows waiting for Redis or stopped, and failed labelling jobs."""
     counts = review_crud.stats(session, now=utcnow())
     try:
         failed: int | None = FailedJobRegistry(queue=state.queues.labeling).count
