@@ -3,7 +3,8 @@
 With `TAGFLOW_RETENTION_DAYS` set, the API's watch loop asks Redis once a day, across every API
 process, for the right to enqueue one prune job (`SET NX` with a day's expiry), and a worker
 runs it: the deletes never run in the process that answers requests. `tagflow db prune` does
-the same by hand.
+the same by hand. A prune that fails (a lock held elsewhere past its bound, the database
+down a moment) is tried again later the same day (`PRUNE_RETRY`), not left to the next day's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from datetime import timedelta
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Retry
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
@@ -27,19 +28,23 @@ log = logging.getLogger(__name__)
 PRUNE_JOB = "workers.maintenance_jobs.prune"
 PRUNE_KEY = "tagflow:retention:last-enqueued"
 PRUNE_EVERY = timedelta(days=1)
+# A failed prune is queued again 5 min, 30 min and 2 h after its failures (the worker's RQ
+# scheduler does it): a transient database error no longer costs the day's prune. Even with
+# every try cut at PRUNE_TIMEOUT_S, the last ends within 7 h, long before the next day's.
+PRUNE_RETRY = Retry(max=3, interval=[300, 1800, 7200])
 
 
 def maybe_enqueue_prune(
     redis: Redis, queue: Queue, *, retention_days: float, every: timedelta = PRUNE_EVERY
 ) -> str | None:
-    """Enqueue the prune job if none was enqueued within `every` (by any process); its id.
-    None when retention is off or it is not due."""
+    """Enqueue the prune job, retried on failure (`PRUNE_RETRY`), if none was enqueued within
+    `every` (by any process); its id. None when retention is off or it is not due."""
     if not retention_days:
         return None
     stamp = utcnow().isoformat()
     if not redis.set(PRUNE_KEY, stamp, nx=True, ex=int(every.total_seconds())):
         return None
-    job = queue.enqueue(PRUNE_JOB, retention_days, job_timeout=PRUNE_TIMEOUT_S)
+    job = queue.enqueue(PRUNE_JOB, retention_days, job_timeout=PRUNE_TIMEOUT_S, retry=PRUNE_RETRY)
     log.info("retention: prune of predictions older than %g days enqueued", retention_days)
     return job.id
 
