@@ -90,13 +90,16 @@ def test_audited_predictions_measure_live_precision(
         before = client.get(f"/models/{version}/audit", headers=auth("client")).json()
         assert before["audited"] == 0 and before["precision"] is None
 
-        # The reviewer confirms two accepted tags and corrects one.
+        # The reviewer confirms two accepted tags and corrects one, labelling blind: the claim
+        # shows neither the accepted tag nor the scores (the test reads the tag off the task).
+        accepted = {t.id: t.suggestion_tag for t in tasks}
         for n in range(len(SURE)):
             task = client.post(
                 "/review/claim", json={"reviewer": "ann"}, headers=auth("reviewer")
             ).json()
             assert task["reason"] == "audit"
-            suggested = task["suggestion"]["tag"]
+            assert task["suggestion"] == {"tag": None, "scores": {}}
+            suggested = accepted[task["task_id"]]
             tag = suggested if n < 2 else next(t for t in settings_tags(client) if t != suggested)
             labelled = client.post(
                 f"/review/{task['task_id']}/label",

@@ -754,11 +754,16 @@ def seconds_left(expires_at: str) -> float:
     return (datetime.fromisoformat(expires_at) - utcnow()).total_seconds()
 
 
-def test_an_audit_task_does_not_show_what_users_claim(sqlite_client: TestClient) -> None:
+def test_an_audit_task_shows_neither_the_models_suggestion_nor_what_users_claim(
+    sqlite_client: TestClient,
+) -> None:
     """An audit item a user reported (its reports join the open task, which stays an audit
     item) is claimed without the users' claim: shown "users say it is mlops", the reviewer
     leaned that way, and the audit's live precision with them. Before, `reports` carried it
-    as for any reported task; a reported task that is not an audit item still shows it."""
+    as for any reported task; a reported task that is not an audit item still shows it.
+    Nor does it show the model's tag or scores, for the same reason (before, the suggestion
+    was there as for any task), in any answer that carries the task; the low-confidence task
+    still shows its suggestion."""
     engine = state_of(sqlite_client).engine
     low, audit = add_tasks(engine, 2)
     with Session(engine) as session:
@@ -781,6 +786,20 @@ def test_an_audit_task_does_not_show_what_users_claim(sqlite_client: TestClient)
     headers = auth("reviewer")
     claimed = sqlite_client.post("/review/claim", json=body("ann"), headers=headers).json()
     assert (claimed["task_id"], claimed["reason"], claimed["reports"]) == (audit, "audit", [])
+    blind = {"tag": None, "scores": {}}
+    assert claimed["suggestion"] == blind
     claimed = sqlite_client.post("/review/claim", json=body("bob"), headers=headers).json()
     assert claimed["task_id"] == low
     assert claimed["reports"] == [{"correct_tag": "mlops", "comment": "it is mlops"}]
+    assert claimed["suggestion"] == {"tag": "other", "scores": {"other": 1.0}}
+    for action in ("renew", "skip"):
+        answer = sqlite_client.post(f"/review/{audit}/{action}", json=body("ann"), headers=headers)
+        assert answer.status_code == 200 and answer.json()["suggestion"] == blind, action
+    claimed = sqlite_client.post("/review/claim", json=body("cat"), headers=headers).json()
+    assert (claimed["task_id"], claimed["suggestion"]) == (audit, blind)
+    labelled = sqlite_client.post(
+        f"/review/{audit}/label", json=body("cat", tag="mlops"), headers=headers
+    )
+    assert labelled.status_code == 201
+    reopened = sqlite_client.post(f"/review/{audit}/reopen", json=body("cat"), headers=headers)
+    assert reopened.status_code == 200 and reopened.json()["suggestion"] == blind

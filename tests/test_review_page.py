@@ -856,6 +856,41 @@ def test_a_decision_shows_both_labels_and_a_second_opinion_none(
     assert browser_errors(browser) == []
 
 
+@pytest.mark.browser
+def test_an_audit_item_is_shown_without_the_models_suggestion(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """An audit item is labelled blind: the page shows no model panel (no tag, no scores) and
+    no tag button marked "suggested", and the item takes the panel's width. Before, the model's
+    tag and scores were shown as for any item, and the reviewer leaned towards them. The next
+    item, not an audit one, shows its suggestion again."""
+    first, _, _ = seed_queue(live_app.engine)
+    with Session(live_app.engine) as session:
+        task = session.get(ReviewTask, first)
+        assert task is not None
+        task.reason = ReviewReason.AUDIT
+        session.add(task)
+        session.commit()
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    assert "Audit sample" in text_of(browser, "badges")
+    assert not browser.find_element(By.ID, "suggestion").is_displayed()
+    assert browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag.suggested") == []
+    assert "%" not in text_of(browser, "workspace")  # no score anywhere
+    item = browser.find_element(By.ID, "item").rect
+    decide = browser.find_element(By.CSS_SELECTOR, ".decide").rect
+    assert abs(item["width"] - decide["width"]) < 2  # no empty column where the panel was
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    assert browser.find_element(By.ID, "suggestion").is_displayed()
+    assert text_of(browser, "suggestion-tag").startswith("mlops")
+    suggested = browser.find_elements(By.CSS_SELECTOR, "#tag-buttons .tag.suggested")
+    assert [b.get_attribute("data-tag") for b in suggested] == ["mlops"]
+    assert browser.find_element(By.ID, "item").rect["width"] < decide["width"] - 100
+    assert browser_errors(browser) == []
+
+
 # ---------- conflicts and failures ----------
 
 

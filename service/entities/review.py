@@ -104,6 +104,9 @@ class ReviewTask(SQLModel, table=True):
 
 
 class Suggestion(SQLModel):
+    """The model's tag and scores as a reviewer sees them: empty (no tag, no scores) for an
+    audit item, which is labelled blind."""
+
     tag: str | None
     scores: dict[str, float]
 

@@ -107,7 +107,9 @@ function badge(text, kind) {
 function reasonBadge(reason) {
   if (reason === "user_report") return badge("Reported by a user", "report");
   if (reason === "low_confidence") return badge("Low model confidence", "lowconf");
-  if (reason === "audit") return badge("Audit sample: a random item, label it as usual", "audit");
+  if (reason === "audit") {
+    return badge("Audit sample: a random item; the model's suggestion is hidden, label it as usual", "audit");
+  }
   if (reason === "label_check") {
     return badge("Label check: the suggestion is the training data's label, which the model doubts", "check");
   }
@@ -168,8 +170,18 @@ function percent(value) {
   return `${Math.round(Number(value || 0) * 100)}%`;
 }
 
-/** One bar per tag (in shortcut order), then any other tag the model scored. */
+/** Whether the task comes with nothing of the model's: no tag and no scores (an audit item,
+ * which is labelled blind). A suggested tag retired since still has its scores to show. */
+function noSuggestion(suggestion) {
+  return !suggestion || (!suggestion.tag && Object.keys(suggestion.scores || {}).length === 0);
+}
+
+/** The model panel: one bar per tag (in shortcut order), then any other tag the model
+ * scored; hidden, the item taking its width, when the task comes with no suggestion. */
 function renderScores(suggestion, tags) {
+  const blind = noSuggestion(suggestion);
+  $("suggestion").hidden = blind;
+  $("workspace").classList.toggle("blind", blind);
   const scores = (suggestion && suggestion.scores) || {};
   const names = tags.map((t) => t.name);
   for (const name of Object.keys(scores)) if (!names.includes(name)) names.push(name);

@@ -94,24 +94,32 @@ class ReviewStats(BaseModel):
     note: str | None = None
 
 
-def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTaskPublic:
-    """What a reviewer sees of a task (never the table row itself). A suggestion of a tag
-    retired since the task was made is not offered: the page would suggest a tag it has no
-    button for, and that a label cannot carry (its score stays, as the model gave it)."""
-    assert task.id is not None
+def suggestion_shown(task: ReviewTask, *, tags: TagSet) -> Suggestion:
+    """The model's suggestion as a reviewer sees it. An audit item shows none (no tag, no
+    scores): its label measures how often the tag accepted automatically was right, and a
+    reviewer shown that tag leans towards it, and the precision figure with them. A tag
+    retired since the task was made is not offered either: the page would suggest a tag it
+    has no button for, and that a label cannot carry (its score stays, as the model gave it)."""
+    if task.reason == ReviewReason.AUDIT:
+        return Suggestion(tag=None, scores={})
     suggested = task.suggestion_tag if task.suggestion_tag in tags else None
+    return Suggestion(tag=suggested, scores=task.suggestion_scores)
+
+
+def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTaskPublic:
+    """What a reviewer sees of a task (never the table row itself)."""
+    assert task.id is not None
     return ReviewTaskPublic(
         task_id=task.id,
         title=task.title,
         description=task.description,
-        suggestion=Suggestion(tag=suggested, scores=task.suggestion_scores),
+        suggestion=suggestion_shown(task, tags=tags),
         duplicate_of=task.duplicate_of,
         duplicate_tag=task.duplicate_tag,
         reason=task.reason,
         stage=task.stage,
         earlier_labels=overlap.earlier_labels(session, task=task),
-        # An audit item is labelled blind to what users claim of it: shown "users say it is
-        # mlops", the reviewer leans that way, and the audit's precision figure with them.
+        # An audit item is labelled blind to what users claim of it too, for the same reason.
         reports=[]
         if task.reason == ReviewReason.AUDIT
         else feedback_crud.reports_for_task(session, task_id=task.id),
