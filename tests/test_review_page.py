@@ -1958,8 +1958,60 @@ def test_keyboard_hints_are_not_shown_on_a_touch_screen(
     wait_for_title(browser, ITEMS[2].title)
     browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[0].click()
     wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty")
-    assert not browser.find_element(By.ID, "empty-undo").is_displayed()
+    # The empty view's Undo is a button to tap too; its "or press U" is not shown.
+    assert browser.find_element(By.ID, "empty-undo-button").is_displayed()
+    assert text_of(browser, "empty-undo") == "Undo last label"
+    browser.find_element(By.ID, "empty-undo-button").click()
+    wait_for_title(browser, ITEMS[2].title)
+    assert text_of(browser, "stat-session") == "2"
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_the_empty_and_stalled_views_offer_an_undo_button(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Once the reviewer has a label to take back, the views with no item (the queue empty
+    for them, or the next claim failed) show an "Undo last label" button, which does what U
+    does: the item comes back, leased to them. Before, those views said only "Press U", which
+    a phone cannot press (and did not show it there): its reviewer had no way to undo. With
+    nothing to undo, no button."""
+    first, second, third = seed_queue(live_app.engine)
+    block_requests(browser, "/review/claim")
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    assert not browser.find_element(By.ID, "stalled-undo").is_displayed()  # nothing to undo
+
+    block_requests(browser)
+    browser.find_element(By.ID, "retry").click()
+    wait_for_title(browser, ITEMS[0].title)
+    block_requests(browser, "/review/claim")
+    press(browser, "1")
+    wait_until(browser, lambda d: d.find_element(By.ID, "stalled").is_displayed(), "Retry")
+    undo = browser.find_element(By.ID, "stalled-undo-button")
+    assert undo.is_displayed() and undo.text == "Undo last label"
+    assert "or press U" in text_of(browser, "stalled-undo")  # a keyboard: the key beside it
+    undo.click()
+    wait_for_title(browser, ITEMS[0].title)
+    assert task_statuses(live_app.engine)[first] is ReviewStatus.LEASED  # back, for a new label
+    assert text_of(browser, "stat-session") == "0"
+
+    block_requests(browser)
+    for task_id in (first, second, third):
+        title = text_of(browser, "item-title")
+        press(browser, str(tags.names.index("other") + 1))
+        wait_until(
+            browser,
+            lambda d, shown=title: (
+                d.find_element(By.ID, "empty").is_displayed() or text_of(d, "item-title") != shown
+            ),
+            f"the label of task {task_id} saved",
+        )
+    wait_until(browser, lambda d: d.find_element(By.ID, "empty").is_displayed(), "empty queue")
+    browser.find_element(By.ID, "empty-undo-button").click()
+    wait_for_title(browser, ITEMS[2].title)
+    assert task_statuses(live_app.engine) == {third: ReviewStatus.LEASED}
+    assert text_of(browser, "message").startswith("Undone")
 
 
 @pytest.mark.browser

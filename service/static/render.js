@@ -84,7 +84,9 @@ export function renderBusy(busy) {
   $("workspace").setAttribute("aria-busy", String(busy));
 }
 
-/** `done`: items labelled this session; `undoable`: labels U can still take back. */
+/** `done`: items labelled this session; `undoable`: labels U (or an Undo button: the
+ * workspace's, or the one the empty and stalled views show while there is one) can still
+ * take back. */
 export function renderCounts(done, undoable) {
   $("stat-session").textContent = String(done);
   $("undo").disabled = undoable === 0;

@@ -715,7 +715,9 @@ function bindControls() {
   $("signin-form").addEventListener("submit", onSignin);
   $("sign-out").addEventListener("click", signOut);
   $("skip").addEventListener("click", () => run(skip));
-  $("undo").addEventListener("click", () => run(undo));
+  for (const id of ["undo", "empty-undo-button", "stalled-undo-button"]) {
+    $(id).addEventListener("click", () => run(undo));
+  }
   $("check-again").addEventListener("click", () => run(claimNext));
   $("retry").addEventListener("click", () => run(begin));
   document.addEventListener("keydown", onKey);
