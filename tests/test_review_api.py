@@ -18,6 +18,7 @@ from rq import Queue, SimpleWorker
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, func, select
 
+from service.api.routes.review import lease_remaining_s
 from service.api.state import AppState
 from service.config import Settings
 from service.crud import review_intake
@@ -61,6 +62,7 @@ TASK_KEYS = {
     "earlier_labels",
     "priority",
     "lease_expires_at",
+    "lease_remaining_s",
 }
 
 
@@ -320,6 +322,8 @@ def test_relabel_through_undo_keeps_history(
     reopened = client.post(f"/review/{task_id}/reopen", json=body("ann"), headers=headers)
     assert reopened.status_code == 200
     assert set(reopened.json()) == TASK_KEYS and reopened.json()["task_id"] == task_id
+    lease_s = state_of(client).settings.review_lease_s
+    assert_lease_remaining(reopened.json(), lease_s=lease_s)  # leased to ann again
     second = client.post(f"/review/{task_id}/label", json=body("ann", tag="other"), headers=headers)
     assert second.status_code == 201
     assert second.json()["supersedes"] == first.json()["id"]
@@ -702,11 +706,13 @@ def test_a_lease_is_renewed_by_its_holder_only(
         headers = auth("reviewer")
         claimed = client.post("/review/claim", json=body("ann"), headers=headers).json()
         assert claimed["task_id"] == first
+        assert_lease_remaining(claimed, lease_s=300)
         set_lease(engine, first, seconds_left=5)
 
         renewed = client.post(f"/review/{first}/renew", json=body("ann"), headers=headers)
         assert renewed.status_code == 200 and set(renewed.json()) == TASK_KEYS
         assert 290 < seconds_left(renewed.json()["lease_expires_at"]) <= 300
+        assert_lease_remaining(renewed.json(), lease_s=300)
         with Session(engine) as session:
             task = session.get(ReviewTask, first)
             assert task is not None and (task.status, task.leased_by) == (
@@ -727,7 +733,8 @@ def test_a_lease_is_renewed_by_its_holder_only(
         assert refused.status_code == 409
         assert refused.json()["detail"] == f"task {first} is leased to 'bob'"
 
-        assert client.post(f"/review/{first}/skip", json=body("bob"), headers=headers).is_success
+        skipped = client.post(f"/review/{first}/skip", json=body("bob"), headers=headers)
+        assert skipped.is_success and skipped.json()["lease_remaining_s"] is None  # no lease
         refused = client.post(f"/review/{first}/renew", json=body("bob"), headers=headers)
         assert refused.status_code == 409
         assert "its lease ran out or was given back" in refused.json()["detail"]
@@ -738,6 +745,21 @@ def test_a_lease_is_renewed_by_its_holder_only(
         )
         forbidden = client.post(f"/review/{first}/renew", json=body("ann"), headers=auth("client"))
         assert forbidden.status_code == 403
+
+
+def assert_lease_remaining(task: dict[str, Any], *, lease_s: int) -> None:
+    """`lease_remaining_s` is within a lease just taken or renewed (a fresh one: the request
+    took well under 10 s), and says what `lease_expires_at` says, by the same clock."""
+    remaining = task["lease_remaining_s"]
+    assert lease_s - 10 < remaining <= lease_s, remaining
+    assert abs(seconds_left(task["lease_expires_at"]) - remaining) < 10
+
+
+def test_lease_remaining_is_counted_on_the_servers_clock() -> None:
+    now = utcnow()
+    assert lease_remaining_s(now + timedelta(seconds=90.5), now=now) == 90.5
+    assert lease_remaining_s(now + timedelta(microseconds=1600), now=now) == 0.002
+    assert lease_remaining_s(now - timedelta(seconds=1), now=now) == 0.0  # run out: not negative
 
 
 def set_lease(engine: Engine, task_id: int, *, seconds_left: float) -> None:

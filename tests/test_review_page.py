@@ -1899,6 +1899,45 @@ def test_the_lease_is_renewed_while_the_reviewer_is_at_the_item_and_not_once_idl
     assert browser_errors(browser) == []
 
 
+# Puts the page's clock (Date.now) off by {ms} milliseconds, before any script of the page runs.
+CLOCK_OFF = "(() => {{ const now = Date.now; Date.now = () => now.call(Date) + {ms}; }})();"
+
+
+def seconds_shown(driver: WebDriver) -> int:
+    """The seconds the page's lease countdown shows ("yours for 9:58")."""
+    shown = re.fullmatch(r"yours for (\d+):(\d\d)", text_of(driver, "lease"))
+    assert shown, text_of(driver, "lease")
+    return int(shown[1]) * 60 + int(shown[2])
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("clock_off_s", [20 * 60, -20 * 60], ids=["ahead", "behind"])
+def test_the_lease_countdown_is_the_servers_whatever_the_browsers_clock(
+    live_app: LiveApp, browser: WebDriver, clock_off_s: int
+) -> None:
+    """The browser's clock is 20 minutes off (its Date.now, which is all the page reads of
+    it). The page counts the 10-minute lease down from the seconds the server says are left
+    (`lease_remaining_s`), so it shows what the server holds. Before, it read
+    `lease_expires_at` against its own clock: 20 minutes ahead, a fresh item showed "lease
+    expired: another reviewer may take this item"; behind, "yours for 29:59"."""
+    first, _, _ = seed_queue(live_app.engine)
+    browser.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument", {"source": CLOCK_OFF.format(ms=clock_off_s * 1000)}
+    )
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+    page_off_s = browser.execute_script("return Date.now()") / 1000 - time.time()
+    assert abs(page_off_s - clock_off_s) < 5  # the page's clock is off indeed
+    wait_until(browser, lambda d: text_of(d, "lease").startswith("yours for"), "the countdown")
+    _, left = lease_of(live_app.engine, first)
+    assert abs(seconds_shown(browser) - left) <= 2, (text_of(browser, "lease"), left)
+    assert browser.find_element(By.ID, "lease").get_attribute("class") == "lease"  # no warning
+    time.sleep(2.1)
+    _, left = lease_of(live_app.engine, first)
+    assert abs(seconds_shown(browser) - left) <= 2  # and it counts down
+    assert browser_errors(browser) == []
+
+
 @pytest.mark.browser
 def test_a_hidden_tab_does_not_renew_and_back_in_sight_moves_on_from_a_lost_item(
     short_lease_app: LiveApp, browser: WebDriver

@@ -127,7 +127,10 @@ class UserReport(SQLModel):
 
 class ReviewTaskPublic(SQLModel):
     """What a reviewer receives on claim. A second opinion shows no earlier label (it must be
-    independent); an adjudication shows both. `reports`: the user reports the task reviews."""
+    independent); an adjudication shows both. `reports`: the user reports the task reviews.
+    `lease_remaining_s`: the seconds left on the lease when the answer was made, by the
+    server's clock (0 once run out; None with no lease): a page counts down from it, which a
+    browser clock set wrong cannot throw off, as it did reading `lease_expires_at`."""
 
     task_id: int
     title: str
@@ -141,3 +144,4 @@ class ReviewTaskPublic(SQLModel):
     reports: list[UserReport] = []
     priority: float
     lease_expires_at: datetime | None
+    lease_remaining_s: float | None

@@ -259,12 +259,23 @@ function revealItem() {
 
 /* ---------- Lease countdown ---------- */
 
-/** When the lease on `task` runs out, in ms since the epoch (null: none). */
+/** `task` just came from the server: its lease runs out `lease_remaining_s` from now, by
+ * the server's clock. Read off `lease_expires_at` against the browser's clock, as before, a
+ * clock 20 minutes ahead showed a fresh item's lease as run out, and one behind showed
+ * minutes the reviewer did not have. The deadline is kept on Date.now(), whose error cancels
+ * out, rather than performance.now(), which some systems stop while the computer sleeps.
+ * Returns `task`. */
+export function leaseReceived(task) {
+  const left = task ? task.lease_remaining_s : null;
+  if (task) task.leaseEndsAt = typeof left === "number" ? Date.now() + left * 1000 : null;
+  return task;
+}
+
+/** When the lease on `task` runs out, on Date.now()'s clock, as `leaseReceived` set it
+ * (null: none). */
 export function leaseDeadline(task) {
-  const raw = task && task.lease_expires_at;
-  if (!raw) return null;
-  const hasZone = /([zZ]|[+-]\d\d:?\d\d)$/.test(raw);
-  return Date.parse(hasZone ? raw : `${raw}Z`);
+  const end = task && task.leaseEndsAt;
+  return typeof end === "number" ? end : null;
 }
 
 function leaseText(left) {
@@ -277,7 +288,7 @@ function leaseText(left) {
 export function renderLease(task) {
   const el = $("lease");
   const deadline = leaseDeadline(task);
-  if (deadline === null || Number.isNaN(deadline)) {
+  if (deadline === null) {
     el.textContent = "";
     return;
   }

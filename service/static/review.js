@@ -9,8 +9,9 @@ import {
   saveCredentials, saveHistory,
 } from "./api.js";
 import {
-  $, fail, leaseDeadline, renderBusy, renderCounts, renderEmpty, renderLease, renderSignin,
-  renderStalled, renderStats, renderTagButtons, renderTask, renderWho, say, shortTitle,
+  $, fail, leaseDeadline, leaseReceived, renderBusy, renderCounts, renderEmpty,
+  renderLease, renderSignin, renderStalled, renderStats, renderTagButtons, renderTask, renderWho,
+  say, shortTitle,
 } from "./render.js";
 import { lastShownElsewhere, showing, shownElsewhere } from "./tabs.js";
 
@@ -22,7 +23,7 @@ const STATS_POLL_MS = 30000;
 // left on an open page goes back to the queue when its lease then runs out.
 const RENEW_IDLE_LEASES = 2;
 const RENEW_RETRY_MS = 5000; // after a renewal that got no answer
-const MIN_LEASE_MS = 2000; // a floor for a lease read off a browser clock ahead of the server's
+const MIN_LEASE_MS = 2000; // a floor: a lease the server says is (nearly) over renews in 1 s
 const ACTIVITY_EVENTS = ["keydown", "pointerdown", "pointermove", "wheel", "touchstart", "scroll"];
 
 const state = {
@@ -84,7 +85,7 @@ function hold(task) {
 /** `task`'s lease was taken or renewed just now: the next renewal is due halfway through. */
 function leaseTaken(task) {
   const deadline = leaseDeadline(task);
-  if (deadline === null || Number.isNaN(deadline)) {
+  if (deadline === null) {
     state.lease.renewAt = Infinity;
     return;
   }
@@ -192,7 +193,7 @@ async function claimNext(done = "") {
   }
   if (stale(epoch)) return giveBack(response, who);
   if (response.status === 204) showEmpty();
-  else if (response.ok && response.data) showTask(response.data);
+  else if (response.ok && response.data) showTask(leaseReceived(response.data));
   else showStalled(`${done}Could not fetch the next item: ${why(response)}.`);
   refreshStats();
 }
@@ -377,7 +378,7 @@ async function undo() {
   updateCounts();
   const current = state.task;
   if (current && current.task_id !== response.data.task_id) await release(current);
-  showTask(response.data);
+  showTask(leaseReceived(response.data));
   say(`Undone: “${shortTitle(last.title)}” is back (was ${last.tag}). Label it again.`, "info");
   refreshStats();
 }
@@ -436,7 +437,8 @@ async function renewLease() {
   }
   if (stale(epoch) || state.task !== task) return;
   if (response.ok && response.data) {
-    task.lease_expires_at = response.data.lease_expires_at;
+    task.lease_remaining_s = response.data.lease_remaining_s;
+    leaseReceived(task);
     leaseTaken(task);
     renderLease(task);
   } else if (response.status === 409) {

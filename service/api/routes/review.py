@@ -4,6 +4,7 @@ reviewer stats, and agreement on the overlap sample."""
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Response, status
@@ -109,6 +110,7 @@ def suggestion_shown(task: ReviewTask, *, tags: TagSet) -> Suggestion:
 def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTaskPublic:
     """What a reviewer sees of a task (never the table row itself)."""
     assert task.id is not None
+    expires = as_utc(task.lease_expires_at) if task.lease_expires_at else None
     return ReviewTaskPublic(
         task_id=task.id,
         title=task.title,
@@ -124,8 +126,14 @@ def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTa
         if task.reason == ReviewReason.AUDIT
         else feedback_crud.reports_for_task(session, task_id=task.id),
         priority=round(task.priority, 6),
-        lease_expires_at=as_utc(task.lease_expires_at) if task.lease_expires_at else None,
+        lease_expires_at=expires,
+        lease_remaining_s=None if expires is None else lease_remaining_s(expires, now=utcnow()),
     )
+
+
+def lease_remaining_s(expires: datetime, *, now: datetime) -> float:
+    """Seconds from `now` until a lease `expires` (0 once it has run out), to the millisecond."""
+    return round(max(0.0, (expires - now).total_seconds()), 3)
 
 
 @router.post(
