@@ -17,7 +17,7 @@ from sqlmodel import Session
 from service.crud import labels as labels_crud
 from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
-from service.db import is_outage, session_scope
+from service.db import configuration_refusal, is_outage, session_scope
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewTask
 from service.logs import exception_line
@@ -172,12 +172,15 @@ def process_reviews(payloads: list[dict[str, Any]]) -> dict[str, Any]:
                 # The database is away: every payload left would fail the same way, each with
                 # a traceback (or, on a locked SQLite file, after 30 s of busy wait each: past
                 # the job's timeout). The job is retried whole; payloads done count once.
+                # A refusal for its configuration (no such database) is no outage: called
+                # one, it contradicted the worker's next line, which stops on it (exit 2).
+                refusal = configuration_refusal(exc)
                 log.error(
                     "labelling job stopped at payload %d of %d, retried later: the database "
-                    "is unavailable (%s)",
+                    + ("refused the connection (%s)" if refusal else "is unavailable (%s)"),
                     number,
                     len(payloads),
-                    exception_line(exc),
+                    refusal or exception_line(exc),
                 )
                 raise
             log.exception("review payload %s failed", str(payload.get("text_hash"))[:12])
