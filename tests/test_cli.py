@@ -307,11 +307,6 @@ def test_out_of_range_options_are_one_line_errors(
         (["retrain", "--enqueue"], {}, "cannot queue a retraining: Redis is unavailable"),
         (["worker"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),
         (["worker"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "TAGFLOW_TAGS_FILE: tag file"),
-        (
-            ["worker"],
-            {},
-            "cannot work: Redis at redis://127.0.0.1:1/0 does not answer: Error 111 connecting",
-        ),
         (["train", "--data", "x.csv"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "tag file"),
         (["models", "promote", "v0001"], {"TAGFLOW_TAGS_FILE": "{tmp}/none.csv"}, "tag file"),
         (["serve"], {"TAGFLOW_DATABASE_URL": "sqlite://"}, "in-memory SQLite"),
@@ -391,6 +386,17 @@ def test_start_up_failures_are_one_line_errors(
     # An exit, not an exception that escaped (CliRunner keeps those in `exception`).
     assert isinstance(result.exception, SystemExit), result.exception
     assert len(result.output.strip().splitlines()) == 1, result.output  # also in a pipe
+
+
+def test_a_worker_whose_redis_does_not_answer_at_start_exits_1(cli_env: dict[str, str]) -> None:
+    """An outage, as a Redis lost mid-job is: one line, exit 1, for a supervisor to start it
+    again. It was exit 2, which is a configuration error's, and `tagflow up` does not start
+    a worker again after one (a Redis restarting under `up` would have stopped `up`)."""
+    env = {**cli_env, "TAGFLOW_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = CliRunner().invoke(app, ["worker"], env=env)
+    said = "cannot work: Redis at redis://127.0.0.1:1/0 does not answer: Error 111 connecting"
+    assert result.exit_code == 1 and said in _said(result.output), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_a_data_directory_moved_elsewhere_keeps_working(

@@ -224,7 +224,9 @@ def preflight_or_exit(
     """What the API (`serve`) or a worker (`work`) checks at start, checked before it starts,
     each failure one line with exit code 2: a Redis URL, the tag file, the data directory and
     the database, and with `reach_redis` that Redis answers (a worker has nothing to do
-    without it; the API serves predictions and keeps review work in its outbox).
+    without it; the API serves predictions and keeps review work in its outbox): exit code 1
+    if not, an outage, as for a worker that loses its Redis mid-job, so that 2 stays a
+    configuration error, which `tagflow up` does not restart its worker for.
     `before_database` runs before the database is checked (the worker's wait for it)."""
     if not settings.redis_url:
         print_error(
@@ -251,7 +253,7 @@ def preflight_or_exit(
                 f"cannot {action}: Redis at {shown_url(settings.redis_url)} does not answer:",
                 f"{exc} (TAGFLOW_REDIS_URL)",
             )
-            raise typer.Exit(2) from None
+            raise typer.Exit(1) from None
 
 
 def cli_actor(command: str) -> str:
