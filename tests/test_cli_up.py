@@ -12,16 +12,22 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from redis import Redis
+from rq import Queue, Worker
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from typer.testing import CliRunner
 
 from service.cli import app
+from service.outbox import LABELING_QUEUE
 from service.processes import sole_owner
+from service.retention import PRUNE_JOB
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, POSTGRES_URL, auth
 from tests.freezable_proxy import FreezableProxy
 
@@ -455,3 +461,77 @@ def test_up_on_a_misconfigured_database_exits_2_at_once(
     assert f"the database at {shown} refused the connection: {reason}" in said, said
     assert "s3cret-pw" not in said
     assert "unavailable" not in said and "embedded Redis" not in said, said[-3000:]
+
+
+@pytest.fixture
+def throwaway_postgres() -> Iterator[str]:
+    """A database of its own on the test PostgreSQL server, for a test to drop (its URL);
+    dropped at the end in any case."""
+    name = f"tagflow_up_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def test_up_stops_with_exit_2_when_its_worker_meets_a_configuration_refusal(
+    up_env: dict[str, str],
+    tmp_path: Path,
+    started: list[subprocess.Popen[bytes]],
+    throwaway_postgres: str,
+) -> None:
+    """The database dropped under a running `up`: its worker stops on the refusal (exit 2),
+    and `up` started it again, each time to the same line, once a minute without end, while
+    it looked alive. Now `up` says so, pointing at the worker's line, and stops everything as
+    on Ctrl-C (the API shut down cleanly, the worker and Redis gone), exit 2.
+
+    Dropped (WITH (FORCE): `up`'s connections closed) once `up` is ready, so the refusal is
+    met by the worker, not by `up`'s own check at start; a job sent to the worker's queue in
+    the embedded Redis then makes it use the database."""
+    log = tmp_path / "up.log"
+    process, url = _start({**up_env, "TAGFLOW_DATABASE_URL": throwaway_postgres}, log)
+    started.append(process)
+    _wait_ready(process, url, log)
+    children = _children(process)
+    found = re.search(r"embedded Redis at (redis://\S+) ", log.read_text())
+    assert found, log.read_text()
+    database = make_url(throwaway_postgres).database
+    with Redis.from_url(found.group(1)) as redis:
+        # The API is ready before its worker is: dropped before, the worker's start-up check
+        # met the refusal instead (also exit 2), not a running worker.
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=redis) == 0:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.2)
+        admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+        try:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE "{database}" WITH (FORCE)'))
+        finally:
+            admin.dispose()
+        Queue(LABELING_QUEUE, connection=redis).enqueue(PRUNE_JOB, 30)
+    process.wait(timeout=120)  # an `up` restarting its worker never ends by itself
+    said = log.read_text()
+    assert process.returncode == 2, said[-3000:]
+    shown = make_url(throwaway_postgres).render_as_string(hide_password=True)
+    worker_said = (
+        f'worker: the database at {shown} refused the connection: database "{database}" '
+        "does not exist (TAGFLOW_DATABASE_URL); stopping (exit 2)"
+    )
+    up_said = (
+        "the worker stopped on a configuration error (exit 2; its line above says which: a "
+        "database that refuses the connection is fixed in TAGFLOW_DATABASE_URL), which "
+        "starting it again would repeat: stopping tagflow up"
+    )
+    assert worker_said in said and up_said in said, said[-3000:]
+    assert "starting another" not in said, said[-3000:]
+    # In that order, then the API's clean shutdown (its lifespan ran to the end).
+    shutdown = said[said.index(worker_said) :]
+    assert shutdown.index(up_said) < shutdown.index("Shutting down"), shutdown
+    assert "Application shutdown complete" in shutdown, shutdown
+    assert _gone(children, within_s=5) == []

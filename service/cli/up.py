@@ -33,6 +33,9 @@ IDLE_STOP_S = 3  # an idle worker stops within a poll (1 s); longer, and it is r
 # A worker that stopped on its own is started again after the first delay, doubled at each
 # stop up to the last; one that ran that long before stopping starts from the first again.
 WORKER_RESTART_S = (2.0, 60.0)
+# The worker's exit status for a configuration error (a setting, the tag file, the data
+# directory, a database refusing the connection): not restarted, as a restart repeats it.
+CONFIGURATION_ERROR = 2
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +111,14 @@ def run_up(host: str, port: int) -> None:
             )
         worker = SupervisedWorker()
         stack.callback(worker.stop)
-        console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
-        run_api(settings, host=host, port=port)
+        try:
+            console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
+            run_api(settings, host=host, port=port)
+        except SystemExit:  # the stop `up` asked for itself: its own status below
+            if not worker.refused.is_set():
+                raise
+    if worker.refused.is_set():  # the API, the worker and Redis are stopped by now
+        raise typer.Exit(2)
 
 
 def _postgres_away(settings: Settings) -> bool:
@@ -171,11 +180,17 @@ class SupervisedWorker:
     between jobs (the worker then ends with exit 1, for a supervisor to restart it). `up` is
     that supervisor: before, it served on without a worker and said nothing, and review
     work piled up in Redis unseen. A worker that keeps stopping is restarted less and less
-    often, up to once a minute."""
+    often, up to once a minute.
+
+    Except one that exits 2 (`CONFIGURATION_ERROR`): a configuration error, such as its
+    database refusing the connection for good (no such database or role), which every
+    restart repeated, once a minute without end, while `up` looked alive. Then `up` stops as
+    on Ctrl-C (SIGTERM to itself: the API shuts down cleanly) and exits 2 (`refused`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._stopped = threading.Event()  # set by `stop`: no restart from then on
+        self.refused = threading.Event()  # set when the worker exited on a configuration error
         self.process = _start_worker()
         threading.Thread(target=self._watch, name="worker-watch", daemon=True).start()
 
@@ -185,6 +200,11 @@ class SupervisedWorker:
             started = time.monotonic()
             code = self.process.wait()
             if self._stopped.is_set():
+                return
+            if code == CONFIGURATION_ERROR:
+                with self._lock:  # not once `stop` came: a second SIGTERM cuts uvicorn short
+                    if not self._stopped.is_set():
+                        self._stop_up()
                 return
             if time.monotonic() - started >= WORKER_RESTART_S[-1]:
                 delay = WORKER_RESTART_S[0]  # it had been working: a fresh failure
@@ -198,6 +218,17 @@ class SupervisedWorker:
                     return
                 self.process = _start_worker()
             delay = min(delay * 2, WORKER_RESTART_S[-1])
+
+    def _stop_up(self) -> None:
+        """Stop `up` (exit 2) on the worker's configuration error, which its own line names."""
+        log.error(
+            "the worker stopped on a configuration error (exit %d; its line above says which: "
+            "a database that refuses the connection is fixed in TAGFLOW_DATABASE_URL), which "
+            "starting it again would repeat: stopping tagflow up",
+            CONFIGURATION_ERROR,
+        )
+        self.refused.set()  # before the signal: `run_up` reads it once the API has stopped
+        os.kill(os.getpid(), signal.SIGTERM)  # as a Ctrl-C: the API stops cleanly, then the rest
 
     def stop(self) -> None:
         """Stop the worker as `_stop` does; no restart from then on."""
