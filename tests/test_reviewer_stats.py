@@ -33,6 +33,9 @@ def test_reviewer_stats_count_agreement_and_changes_by_others(
     # A user reports ann's first label; bob's review of the report replaces it.
     report = add_task(engine, "item 0", 0.9, reason=ReviewReason.USER_REPORT)
     label_task(engine, report, "computer-vision", reviewer="bob")
+    # An audit item, labelled blind: its tag was never shown, so no agreement with it counts.
+    audit = add_task(engine, "audited", 0.95, suggestion_tag="mlops", reason=ReviewReason.AUDIT)
+    label_task(engine, audit, "mlops", reviewer="bob")
     # One of ann's labels was yesterday's.
     with Session(engine) as session:
         session.exec(
@@ -48,9 +51,9 @@ def test_reviewer_stats_count_agreement_and_changes_by_others(
     ann, bob = by_name["ann"], by_name["bob"]
     assert (ann["labels"], ann["labels_today"], ann["with_suggestion"]) == (3, 2, 2)
     assert ann["agreed_with_suggestion"] == 0.5 and ann["changed_by_others"] == 1
-    assert (bob["labels"], bob["labels_today"], bob["with_suggestion"]) == (2, 2, 1)
+    assert (bob["labels"], bob["labels_today"], bob["with_suggestion"]) == (3, 3, 1)
     assert bob["agreed_with_suggestion"] == 1.0 and bob["changed_by_others"] == 0
     assert client.get("/review/reviewers", headers=auth("client")).status_code == 403
     # The queue's own count of today's labels uses the same day.
     stats = do(engine, review_crud.stats, now=utcnow())
-    assert stats["labeled_today"] == 4
+    assert stats["labeled_today"] == 5

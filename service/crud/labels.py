@@ -18,7 +18,7 @@ from service.crud.aggregates import count_where, rate
 from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_contents, pairs
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
-from service.entities.review import ReviewTask
+from service.entities.review import ReviewReason, ReviewTask
 from service.tags import TagSet
 
 EXPORT_COLUMNS = (
@@ -164,11 +164,15 @@ def review_labels_standing() -> Select[tuple[int]]:
 
 def reviewer_stats(session: Session, *, since: datetime) -> list[ReviewerStats]:
     """Per reviewer, their review labels (not those they took back): all of them, those since
-    `since` (the day's start),
-    agreement with the task's suggestion, how many another reviewer later replaced, and their
-    agreement with other reviewers on the overlap sample."""
+    `since` (the day's start), agreement with the suggestion the task showed (none on an audit
+    item), how many another reviewer later replaced, and their agreement with other reviewers
+    on the overlap sample."""
     later = aliased(Label)
-    suggested = col(ReviewTask.suggestion_tag).is_not(None)
+    # An audit item is labelled blind (the page shows no suggestion): a label that matches its
+    # tag is no sign of a suggestion taken unread, and would dilute the share that is.
+    suggested = col(ReviewTask.suggestion_tag).is_not(None) & (
+        col(ReviewTask.reason) != ReviewReason.AUDIT
+    )
     rows = session.exec(
         select(  # type: ignore[call-overload]
             Label.reviewer,

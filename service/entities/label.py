@@ -56,8 +56,8 @@ class ReviewerStats(SQLModel):
     labels: int
     labels_today: int
     last_label_at: datetime
-    # Of their labels on tasks that had a suggestion: the share that kept it. Near 1.0 may
-    # mean the suggestion is being accepted unread.
+    # Of their labels on tasks that showed a suggestion (not audit items, labelled blind): the
+    # share that kept it. Near 1.0 may mean the suggestion is being accepted unread.
     with_suggestion: int
     agreed_with_suggestion: float | None
     # Their labels that a later label by another reviewer replaced with another tag (e.g.
