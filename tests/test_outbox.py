@@ -47,6 +47,7 @@ from tests.test_review_api import (
     run_labeling_worker,
     state_of,
 )
+from tests.waiting import wait_until
 from workers.context import JobContext, use_context
 from workers.worker import Worker
 
@@ -73,14 +74,6 @@ def outbox_rows(engine: Engine) -> list[OutboxItem]:
         return list(session.exec(select(OutboxItem).order_by(OutboxItem.id)))
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
 def test_predictions_survive_a_redis_outage(
     make_settings: Callable[..., Settings],
     database_url: str,
@@ -93,7 +86,7 @@ def test_predictions_survive_a_redis_outage(
     with TestClient(create_app(settings)) as client:
         own_redis.stop()
         review = predict_until_review(client)  # answered while Redis is down
-        wait_for(
+        wait_until(
             lambda: (
                 len(outbox_rows(engine)) == len(review)  # the relay stops at the
                 and outbox_rows(engine)[0].attempts >= 2
@@ -115,7 +108,7 @@ def test_predictions_survive_a_redis_outage(
             drain_outbox(state)
             return all(r.sent_at is not None for r in outbox_rows(engine))
 
-        wait_for(drained, what="the outbox to drain after Redis came back")
+        wait_until(drained, what="the outbox to drain after Redis came back")
         conn = redis.Redis.from_url(own_redis.url)
         run_labeling_worker(conn, settings)
         conn.close()
