@@ -21,6 +21,7 @@ from service.ml import registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
 from tests.conftest import auth, register_promoted, sqlite_app
+from tests.waiting import wait_until
 
 ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
 
@@ -35,28 +36,38 @@ def _register(client: TestClient, result: TrainResult) -> str:
 
 def test_promote_under_concurrent_requests(client: TestClient, seed_result: TrainResult) -> None:
     candidate = _register(client, seed_result)
-    seen: list[tuple[int, str | None]] = []
+    # (sent after the promote call returned, status, version): counted, not timed, so that
+    # a busy machine sends requests on both sides of the promotion however slowly.
+    seen: list[tuple[bool, int, str | None]] = []
+    returned = threading.Event()
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
+            after = returned.is_set()
             r = client.post("/predict", json=ITEM, headers=auth("client"))
-            seen.append((r.status_code, r.json().get("model_version")))
+            seen.append((after, r.status_code, r.json().get("model_version")))
+
+    def answered(*, after: bool) -> int:
+        return sum(1 for sent_after, _, _ in list(seen) if sent_after is after)
 
     threads = [threading.Thread(target=hammer) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
-    promoted = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        wait_until(lambda: answered(after=False) >= 8, what="answers before the promotion")
+        promoted = client.post(f"/models/{candidate}/promote", headers=auth("admin"))
+        returned.set()
+        wait_until(lambda: answered(after=True) >= 8, what="answers after the promotion")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert promoted.status_code == 200 and promoted.json()["status"] == "production"
-    assert seen and all(code == 200 for code, _ in seen)
-    versions = [v for _, v in seen]
-    assert versions[0] == "v0001" and versions[-1] == candidate
+    assert all(code == 200 for _, code, _ in seen)
+    assert seen[0][2] == "v0001"
     # Once the promote call has returned, nothing answers with the old model any more.
+    assert {version for after, _, version in seen if after} == {candidate}
     after = client.post("/predict", json=ITEM, headers=auth("client")).json()
     assert after["model_version"] == candidate
     rolled = client.post("/models/rollback", params={"from": candidate}, headers=auth("admin"))
@@ -109,14 +120,13 @@ def test_promotion_from_outside_reaches_the_api(
             tags=tags,
             artifacts_dir=sqlite_client.app.state.tagflow.settings.artifacts_dir,
         )
-    deadline = time.monotonic() + 10
-    version = None
-    while time.monotonic() < deadline and version != candidate:
-        version = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()[
+
+    def served() -> str:
+        return sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()[
             "model_version"
         ]
-        time.sleep(0.1)
-    assert version == candidate
+
+    wait_until(lambda: served() == candidate, what=f"{candidate} to be served")
 
 
 def test_tampered_artifact_is_refused_and_old_model_keeps_serving(
@@ -155,7 +165,8 @@ def test_tampered_production_row_is_not_loaded(
         session.add_all([previous, row])
         session.commit()
     state.predictor.swap(state.predictor.current)  # no-op, keeps v0001 until the watcher runs
-    time.sleep(1.0)
+    # Until the watch loop has met the row (a fixed 1 s was too short on a busy machine).
+    wait_until(lambda: state.model_errors, what="the watch loop to refuse the tampered row")
     body = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()
     assert body["model_version"] == "v0001"
     ready = sqlite_client.get("/readyz").json()
@@ -170,9 +181,7 @@ def test_tampered_production_row_is_not_loaded(
         )
         session.add(row)
         session.commit()
-    deadline = time.monotonic() + 10
-    while state.predictor.current.version != candidate and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: state.predictor.current.version == candidate, what=f"{candidate} served")
     body = sqlite_client.post("/predict", json=ITEM, headers=auth("client")).json()
     assert body["model_version"] == candidate
     assert sqlite_client.get("/readyz").json()["model_errors"] == []
@@ -283,9 +292,7 @@ def test_a_missing_artifact_is_refused_and_readyz_shows_no_server_path(
         session.add_all([previous, row])
         session.commit()
         try:
-            deadline = time.monotonic() + 10
-            while not state.model_errors and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: state.model_errors, what="the watch loop to refuse the artifact")
             ready = sqlite_client.get("/readyz").json()
         finally:
             model_file.with_suffix(".moved").rename(model_file)
@@ -317,9 +324,7 @@ def test_a_refused_production_version_is_named_in_predicts_503(
         refused = client.post("/predict", json=ITEM, headers=auth("client"))
         ready = client.get("/readyz").json()
         moved.rename(model_file)
-        deadline = time.monotonic() + 10
-        while state.predictor.current is None and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: state.predictor.current is not None, what="the version to load")
         served = client.post("/predict", json=ITEM, headers=auth("client"))
     assert refused.status_code == 503
     assert refused.json() == {
