@@ -90,7 +90,8 @@ def test_a_postgres_host_that_never_answers_is_an_outage_within_the_connect_time
             engine.dispose()
         waited = time.monotonic() - started
     assert is_outage(error.value), error.value
-    assert POSTGRES_CONNECT_TIMEOUT_S - 1 <= waited < POSTGRES_CONNECT_TIMEOUT_S + 5, waited
+    # Without the timeout it waits for good; the upper margin is for a busy CI machine.
+    assert POSTGRES_CONNECT_TIMEOUT_S - 1 <= waited < POSTGRES_CONNECT_TIMEOUT_S + 10, waited
 
 
 @pytest.fixture
@@ -139,7 +140,9 @@ def test_a_postgres_server_that_hangs_mid_query_is_an_outage_within_the_read_bou
     assert isinstance(error, SQLAlchemyError), f"{error} after {outcome['waited']:.1f} s"
     assert is_outage(error), error
     assert dropped
-    assert 2 <= outcome["waited"] < 2 + CANCEL_TIMEOUT_S + 2, outcome["waited"]  # type: ignore[operator]
+    # Without the bound it answers only once thawed, past 2 + CANCEL_TIMEOUT_S + 10 s; the
+    # margin below that is for a busy CI machine (it was 2 s).
+    assert 2 <= outcome["waited"] < 2 + CANCEL_TIMEOUT_S + 8, outcome["waited"]  # type: ignore[operator]
 
 
 def test_the_pools_ping_after_a_server_hang_has_a_bound_of_its_own(
@@ -172,8 +175,9 @@ def test_the_pools_ping_after_a_server_hang_has_a_bound_of_its_own(
         proxy.thawed.clear()  # the server hangs while the connection sits in the pool
         waiting = threading.Thread(target=checkout, daemon=True)
         waiting.start()
-        # A ping of 1 s, the cancel, a new connection that times out: about 8 s; 30 s without.
-        waiting.join(1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 8)
+        # A ping of 1 s, the cancel, a new connection that times out: about 8 s; 30 s without
+        # (thawed after 24 s, a checkout still waiting then gets an answer: the test fails).
+        waiting.join(1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 16)
         proxy.thawed.set()
         waiting.join(40)
         with engine.connect() as conn:  # the server back: answers, with the statements' bound
@@ -185,5 +189,5 @@ def test_the_pools_ping_after_a_server_hang_has_a_bound_of_its_own(
     assert isinstance(error, SQLAlchemyError), f"{error} after {outcome['waited']:.1f} s"
     assert is_outage(error), error
     waited = outcome["waited"]
-    assert waited < 1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 4, waited  # type: ignore[operator]
+    assert waited < 1 + CANCEL_TIMEOUT_S + POSTGRES_CONNECT_TIMEOUT_S + 12, waited  # type: ignore[operator]
     assert bound == after == 30
