@@ -702,8 +702,8 @@ def test_a_right_to_left_override_stays_inside_its_own_text(
 
     press(browser, "3")
     wait_for_title(browser, ITEMS[1].title)
-    assert "Press U to undo." in text_of(browser, "message")
-    assert reads_left_to_right(browser, "message", "Press U to undo")
+    assert "Press U to undo it." in text_of(browser, "message")
+    assert reads_left_to_right(browser, "message", "Press U to undo it")
     assert browser_errors(browser) == []
 
 
@@ -1977,8 +1977,9 @@ def test_keyboard_hints_are_not_shown_on_a_touch_screen(
     live_app: LiveApp, browser: WebDriver
 ) -> None:
     """On a phone (a coarse pointer that cannot hover: Chromium's touch emulation) the page
-    does not say "press a number" above the tag buttons, nor "Press U" to undo: there are no
-    keys to press. Before, both showed. With a keyboard they still do."""
+    does not say "press a number" above the tag buttons, nor "Press U" to undo (its messages
+    say to tap the Undo button), nor show S and U on those buttons: there are no keys to
+    press. Before, all showed. With a keyboard they still do."""
     seed_queue(live_app.engine)
     sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
     wait_for_title(browser, ITEMS[0].title)
@@ -1996,6 +1997,10 @@ def test_keyboard_hints_are_not_shown_on_a_touch_screen(
     buttons[-1].click()
     wait_for_title(browser, ITEMS[1].title)
     assert browser.find_element(By.ID, "undo").is_displayed()  # Undo is a button to tap
+    # ...and the messages name it, not the U key; nor do Skip and Undo show their keys.
+    assert "Tap “Undo last label” to undo it." in text_of(browser, "message")
+    assert "Press U" not in text_of(browser, "message")
+    assert text_of(browser, "undo") == "Undo last label" and text_of(browser, "skip") == "Skip"
     browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[0].click()
     wait_for_title(browser, ITEMS[2].title)
     browser.find_elements(By.CSS_SELECTOR, "#tag-buttons button")[0].click()

@@ -25,6 +25,9 @@ const RENEW_IDLE_LEASES = 2;
 const RENEW_RETRY_MS = 5000; // after a renewal that got no answer
 const MIN_LEASE_MS = 2000; // a floor: a lease the server says is (nearly) over renews in 1 s
 const ACTIVITY_EVENTS = ["keydown", "pointerdown", "pointermove", "wheel", "touchstart", "scroll"];
+// A phone or tablet: no keys to press, so messages name the Undo button, not U (the same
+// query as review.css's, which hides the keyboard hints there).
+const TOUCH_ONLY = window.matchMedia("(hover: none) and (pointer: coarse)");
 
 const state = {
   reviewer: "",
@@ -251,12 +254,17 @@ function recordLabel(task, tag) {
   updateCounts();
 }
 
+/** How to take back the label just given: the key, or on a touch screen the button. */
+function undoHint(verb) {
+  return TOUCH_ONLY.matches ? `Tap “Undo last label” to ${verb} it.` : `Press U to ${verb} it.`;
+}
+
 /** The reviewer's own label was saved already (its answer was lost on the way): the page
  * says so, with the tag saved, and goes on as after any label. */
 async function savedBefore(task, saved) {
   recordLabel(task, saved.tag);
   const text = `“${shortTitle(task.title)}” is already labelled ${saved.tag}, by you (a label `
-    + "whose answer did not reach this page, or another tab). Press U to change it.";
+    + `whose answer did not reach this page, or another tab). ${undoHint("change")}`;
   say(text, "success");
   await claimNext(`${text} `);
 }
@@ -332,7 +340,7 @@ async function label(tag) {
   }
   if (!response.ok) return fail("Labelling", response);
   recordLabel(task, response.data.tag);
-  say(`Labelled “${shortTitle(task.title)}” as ${response.data.tag}. Press U to undo.`, "success");
+  say(`Labelled “${shortTitle(task.title)}” as ${response.data.tag}. ${undoHint("undo")}`, "success");
   await claimNext(`Saved “${shortTitle(task.title)}” as ${response.data.tag}. `);
 }
 
