@@ -42,7 +42,7 @@ from service.ml.dataset import (
 )
 from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
-from service.ml.pipeline import base_split, review_saved_suspects, review_suspects
+from service.ml.pipeline import base_split, doubted_labels, review_saved_suspects
 from service.ml.production_history import rolled_back_from
 from service.ml.training import DEFAULT_CONFIG, Progress, TrainResult, evaluate, train
 from service.tags import Tag, TagSet
@@ -311,11 +311,13 @@ def _register(
     settings: Settings,
     gate: dict[str, Any],
     reason: str,
-) -> tuple[int | None, str]:
-    """Record the data snapshot and register the candidate with it, in one transaction (a
-    snapshot with no version would count as the latest for the automatic trigger); returns
-    (snapshot id, version)."""
+) -> tuple[int | None, str, int]:
+    """Record the data snapshot and register the candidate with it and its label checks, in
+    one transaction (a snapshot with no version would count as the latest for the automatic
+    trigger; a version without its checks left them unsent); returns (snapshot id, version,
+    label checks sent)."""
     snapshot = _add_snapshot(session, sets=sets)
+    checks = doubted_labels(result, settings=settings)
     row = registry.register(
         session,
         result=result,
@@ -323,8 +325,9 @@ def _register(
         snapshot_id=snapshot.id,
         gate=gate,
         note=f"retrain ({reason})",
+        label_checks=checks,
     )
-    return snapshot.id, row.version
+    return snapshot.id, row.version, len(checks)
 
 
 def _sets_summary(sets: TrainingSets) -> dict[str, int]:
@@ -413,10 +416,10 @@ def _finish_registered(
 ) -> dict[str, Any]:
     """The result of a retraining whose candidate is registered already (`_registered_twin`):
     nothing trained or registered, and the rest done as the retraining that registered it
-    would have, had it not died first: the candidate's label checks sent from its saved report
-    (unless they were sent), and the candidate promoted if its gate passed and the settings
-    allow. The snapshot is recorded, as for `_nothing_new`, so the automatic retraining counts
-    labels from now."""
+    would have, had it not died first: the candidate promoted if its gate passed and the
+    settings allow, and, for a candidate registered before its label checks were written with
+    it, those checks sent from its saved report (unless they were sent). The snapshot is
+    recorded, as for `_nothing_new`, so the automatic retraining counts labels from now."""
     gate = candidate.gate or {}
     snapshot = _add_snapshot(session, sets=sets)
     session.commit()
@@ -499,14 +502,15 @@ def retrain(
     progress: Progress = lambda _step: None,
 ) -> dict[str, Any]:
     """Train a candidate on base data plus labels, gate it against production, register it
-    with its snapshot and gate report, and promote it when allowed. Returns a JSON-able
-    summary. With nothing new since production (same training rows, same settings), nothing
-    is trained or registered unless `force`: the candidate would be production's twin. Nor
-    when a candidate from the same rows and settings is registered already, gated on the same
-    evaluation rows against the same production: that one is finished instead (its label
-    checks sent if they were not, promoted if its gate passed and the settings allow), as a
-    retraining run again after its worker was killed between registering and promoting must
-    do; `resume` (a run of the same job again) looks for that candidate even when forced."""
+    with its snapshot, gate report and label checks (one commit), and promote it when allowed.
+    Returns a JSON-able summary. With nothing new since production (same training rows, same
+    settings), nothing is trained or registered unless `force`: the candidate would be
+    production's twin. Nor when a candidate from the same rows and settings is registered
+    already, gated on the same evaluation rows against the same production: that one is
+    finished instead (promoted if its gate passed and the settings allow; the label checks of
+    one registered before they went with it sent if they were not), as a retraining run again
+    after its worker was killed between registering and promoting must do; `resume` (a run of
+    the same job again) looks for that candidate even when forced."""
     production = registry.get_production(session)
     before = production.version if production is not None else None
     progress("data")
@@ -550,10 +554,9 @@ def retrain(
         artifacts_dir=settings.artifacts_dir,
     )
     progress("register")
-    snapshot_id, version = _register(
+    snapshot_id, version, checks = _register(
         session, result=result, sets=sets, settings=settings, gate=gate, reason=reason
     )
-    checks = review_suspects(session, result=result, version=version, settings=settings)
     promoted, outcome = _promote_if_allowed(
         session,
         settings=settings,

@@ -24,7 +24,7 @@ from fastapi.testclient import TestClient
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
-from sqlalchemy import text
+from sqlalchemy import delete, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
@@ -1077,13 +1077,13 @@ def test_a_retraining_finishes_the_candidate_it_registered_instead_of_training_a
 
 
 def label_checks(engine: Engine) -> list[dict[str, Any]]:
-    """The payloads of every label check sent to review (outbox rows are never deleted)."""
+    """The payloads of every label check in the outbox, in order."""
     with Session(engine) as session:
         rows = session.exec(select(OutboxItem).order_by(col(OutboxItem.id))).all()
     return [row.payload for row in rows if row.payload["reason"] == "label_check"]
 
 
-def test_a_retraining_that_died_before_its_label_checks_sends_them_when_run_again(
+def test_a_retraining_whose_label_checks_fail_registers_no_version(
     make_client: Callable[..., TestClient],
     seed_result: TrainResult,
     new_items: list[Example],
@@ -1091,10 +1091,11 @@ def test_a_retraining_that_died_before_its_label_checks_sends_them_when_run_agai
     redis_conn: redis.Redis,
     tags: TagSet,
 ) -> None:
-    """A retraining registers its candidate, then sends its label checks: one that died in
-    between (here the database refuses the checks' rows) left a candidate that the next
-    retraining on the same data finished without them, so the labels it doubted never reached
-    a reviewer. They are now sent from the candidate's saved report, once."""
+    """A retraining registered its candidate, then sent its label checks: one that died in
+    between (here the database refuses the checks' rows) left a candidate without them, and
+    the next retraining on the same data finished it. The checks are now written in the
+    transaction that registers the version: when they fail, no version, snapshot or artifact
+    folder is left, and the next run trains, registers and sends them, once."""
     client = make_client(seed_result, auto_promote=False, review_suspects=True)
     artifacts = client.app.state.tagflow.settings.artifacts_dir
     # Wrong labels on new content: rows the out-of-fold model denies, so there are checks.
@@ -1105,29 +1106,80 @@ def test_a_retraining_that_died_before_its_label_checks_sends_them_when_run_agai
         work_training(client, redis_conn)
         return client.get(f"/jobs/{job_id}", headers=auth("admin")).json()
 
+    with Session(engine) as session:
+        [production] = [row.version for row in registry.list_versions(session)]
+    folders = sorted(p.name for p in artifacts.iterdir())
     refuse_inserts(engine, table="outboxitem")
     died = run_retraining()
     assert died["status"] == "failed" and "outboxitem refused" in died["error"], died
     with Session(engine) as session:
-        [candidate] = registry.list_versions(session, status=ModelStatus.CANDIDATE)
-    report = registry.saved_report(candidate, artifacts_dir=artifacts)
-    doubted = [item["text_hash"] for item in report["cv"]["suspect_labels"]["items"]]
-    assert doubted and label_checks(engine) == []
+        assert [row.version for row in registry.list_versions(session)] == [production]
+        assert session.exec(select(DatasetSnapshot)).all() == []
+    assert sorted(p.name for p in artifacts.iterdir()) == folders
+    assert label_checks(engine) == []
 
     allow_inserts(engine, table="outboxitem")
     again = run_retraining()
     assert again["status"] == "finished", again
     result = again["result"]
-    assert result["candidate"] == candidate.version and "not trained again" in result["outcome"]
-    assert result["label_checks_sent"] == len(doubted)
+    with Session(engine) as session:
+        candidate = registry.get_version(session, version=result["candidate"])
+    assert (
+        candidate.status is ModelStatus.CANDIDATE and "not trained again" not in result["outcome"]
+    )
+    report = registry.saved_report(candidate, artifacts_dir=artifacts)
+    doubted = [item["text_hash"] for item in report["cv"]["suspect_labels"]["items"]]
+    assert doubted and result["label_checks_sent"] == len(doubted)
+    assert candidate.params[registry.LABEL_CHECKS] == len(doubted)
     sent = label_checks(engine)
     assert [check["text_hash"] for check in sent] == doubted
     assert {check["model_version"] for check in sent} == {candidate.version}
 
-    once_more = run_retraining()  # the same candidate again: its checks went already
+    once_more = run_retraining()  # the same candidate, finished: its checks went with it
     assert once_more["result"]["candidate"] == candidate.version, once_more
+    assert "not trained again" in once_more["result"]["outcome"]
     assert once_more["result"]["label_checks_sent"] == 0
     assert label_checks(engine) == sent
+
+
+def test_a_candidate_registered_without_its_label_checks_gets_them_once(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    """A candidate registered before its label checks were written with it, by a retraining
+    that died before sending them, has no `label_checks` in its params and no checks: the
+    retraining that finishes it sends them from its saved report (274410a) and records them
+    in it, so that once their outbox rows are pruned (done and old), it sends none again."""
+    settings = make_settings(auto_promote=False, review_suspects=True)
+    register_promoted(engine, settings, seed_result)
+    add_labels(engine, [rotated(e, tags) for e in new_items[:10]], share=0.0)
+    with Session(engine, expire_on_commit=False) as session:
+        first = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        sent = label_checks(engine)
+        assert sent and first["label_checks_sent"] == len(sent)
+        # What the code before this change left when it died between the two commits.
+        candidate = registry.get_version(session, version=first["candidate"])
+        candidate.params = {k: v for k, v in candidate.params.items() if k != registry.LABEL_CHECKS}
+        session.add(candidate)
+        session.execute(delete(OutboxItem))
+        session.commit()
+
+        again = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        assert again["candidate"] == candidate.version and "not trained again" in again["outcome"]
+        assert again["label_checks_sent"] == len(sent)
+        assert label_checks(engine) == sent
+        session.refresh(candidate)
+        assert candidate.params[registry.LABEL_CHECKS] == len(sent)
+
+        session.execute(delete(OutboxItem))  # as the retention prune, once they are done and old
+        session.commit()
+        pruned = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        assert pruned["candidate"] == candidate.version and pruned["label_checks_sent"] == 0
+        assert label_checks(engine) == []
 
 
 def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(

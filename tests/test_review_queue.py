@@ -20,7 +20,7 @@ from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud import labels as labels_crud
 from service.crud import review as review_crud
 from service.crud import review_intake
-from service.crud.predictions import queue_label_checks
+from service.crud.predictions import add_label_checks
 from service.db import is_outage, make_engine
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
 from service.entities.common import new_id, utcnow
@@ -269,7 +269,8 @@ def test_a_doubted_training_label_becomes_one_label_check_task(
     }
     for version in ("v0001", "v0002"):
         with Session(engine) as session:
-            assert queue_label_checks(session, suspects=[suspect], version=version) == 1
+            assert add_label_checks(session, suspects=[suspect], version=version) == 1
+            session.commit()
     with Session(engine) as session:
         outbox = session.exec(select(OutboxItem)).all()
     assert [o.payload["reason"] for o in outbox] == ["label_check", "label_check"]

@@ -11,16 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
 from service.config import SEED_DATASET, Settings
 from service.entities import OutboxItem
+from service.ml import registry
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder
 from service.ml.pipeline import train_file
 from service.ml.suspects import find_suspects
 from service.ml.training import TrainResult, fit
 from service.tags import TagSet
+from tests.test_retraining import refuse_inserts
 
 CLASSES = ["computer-vision", "mlops", "natural-language-processing", "other"]
 
@@ -127,3 +130,27 @@ def test_training_sends_doubted_labels_to_review(
     # Only the rows of the training split can be judged out of fold; those sent are planted.
     assert len({p["text_hash"] for p in sent} - flipped) <= 1
     assert all(p["model_version"] == version for p in sent)
+    with Session(engine) as session:  # the version records how many went with it
+        assert registry.get_version(session, version=version).params["label_checks"] == len(sent)
+
+
+def test_training_whose_label_checks_fail_registers_no_version(
+    tmp_path: Path,
+    engine: Engine,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    encoder: Encoder,
+    tags: TagSet,
+) -> None:
+    """`tagflow train` registered its version, then sent its label checks in a second commit:
+    when that one failed, the version stayed without them, and nothing sent them later. They
+    are now committed with the version: a database that refuses them registers neither."""
+    path, _ = planted_seed(tmp_path, tags)
+    settings = make_settings(database_url=database_url, review_suspects=True)
+    refuse_inserts(engine, table="outboxitem")
+    with Session(engine) as session, pytest.raises(DBAPIError, match="outboxitem refused"):
+        train_file(session, path=path, settings=settings, tags=tags, encoder=encoder)
+    with Session(engine) as session:
+        assert registry.list_versions(session) == []
+        assert session.exec(select(OutboxItem)).all() == []
+    assert not settings.artifacts_dir.exists() or list(settings.artifacts_dir.iterdir()) == []

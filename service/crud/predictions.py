@@ -119,12 +119,14 @@ def already_written(
     return found, found_shadows
 
 
-def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], version: str) -> int:
-    """Send training rows whose label the model doubts (`SuspectReport.items`, as dumped in the
-    training report) to review as `label_check` tasks, through the outbox like every review
-    item. The suggestion is the file's label with the model's out-of-fold scores beside it, so
-    the reviewer sees both. Content that already has a reviewer's label opens nothing (the
-    labelling job checks), and a row sent again by the next training counts once."""
+def add_label_checks(session: Session, *, suspects: Sequence[dict[str, Any]], version: str) -> int:
+    """Add (not commit) the review items that send training rows whose label the model doubts
+    (`SuspectReport.items`, as dumped in the training report) to review as `label_check`
+    tasks, through the outbox like every review item: the caller commits them with the
+    version they come from (`registry.register`). The suggestion is the file's label with the
+    model's out-of-fold scores beside it, so the reviewer sees both. Content that already has
+    a reviewer's label opens nothing (the labelling job checks), and a row sent again by the
+    next training counts once. How many."""
     for item in suspects:
         payload = {
             "prediction_id": None,
@@ -137,26 +139,33 @@ def queue_label_checks(session: Session, *, suspects: list[dict[str, Any]], vers
             "reason": ReviewReason.LABEL_CHECK.value,
         }
         session.add(OutboxItem(kind=REVIEW_KIND, payload=payload))
-    session.commit()
     return len(suspects)
 
 
-def label_checks_sent(session: Session, *, version: str) -> bool:
-    """Whether label checks from `version`'s training were sent (`queue_label_checks` adds
-    them all in one commit, so some means all). Told by their outbox rows, which are never
-    deleted; the scan reads the payloads, which is fine for what asks it (a retraining that
-    finishes a registered candidate, rare), not for a request path."""
+def label_checks_sent(session: Session, *, version: str) -> int:
+    """How many label checks from `version`'s training the outbox holds. Asked only for a
+    version registered before its checks were written in its own transaction (one with no
+    `registry.LABEL_CHECKS` in its params), by a retraining that finishes it
+    (`pipeline.review_saved_suspects`), which then records them in the version: no one asks
+    again for that version.
+
+    The retention prune deletes done outbox rows older than its period (`db prune`: at least a
+    day; 30 to 90 in practice), so this could miss checks that went, and they would go again.
+    Not in practice: what asks is a retraining run again minutes after the one that registered
+    the version died (RQ's retry), or the first retraining on that same data since the
+    upgrade, and checks that old are rare; were one sent again, content a reviewer labelled
+    since opens nothing and an open task for it counts it once (`add_label_checks`). The scan
+    reads the payloads, which is fine for what asks it (rare), not for a request path."""
     payload = col(OutboxItem.payload)
-    found = session.exec(
-        select(OutboxItem.id)
+    return session.exec(
+        select(func.count())
+        .select_from(OutboxItem)
         .where(
             OutboxItem.kind == REVIEW_KIND,
             payload["reason"].as_string() == ReviewReason.LABEL_CHECK.value,
             payload["model_version"].as_string() == version,
         )
-        .limit(1)
-    ).first()
-    return found is not None
+    ).one()
 
 
 def get_prediction(session: Session, *, prediction_id: str) -> Prediction:

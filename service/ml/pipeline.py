@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session
 
 from service.config import Settings
-from service.crud.predictions import label_checks_sent, queue_label_checks
+from service.crud.predictions import add_label_checks, label_checks_sent
 from service.entities import ModelVersion
 from service.logs import exception_line
 from service.ml import registry
@@ -67,8 +68,12 @@ def train_file(
     )
     result.params["source"] = str(path.resolve())
     progress("register")
-    version = registry.register(session, result=result, artifacts_dir=settings.artifacts_dir)
-    review_suspects(session, result=result, version=version.version, settings=settings)
+    version = registry.register(
+        session,
+        result=result,
+        artifacts_dir=settings.artifacts_dir,
+        label_checks=doubted_labels(result, settings=settings),
+    )
     if promote_by is not None:
         version = registry.promote(
             session,
@@ -80,30 +85,49 @@ def train_file(
     return Outcome(version=version, result=result, validation=report)
 
 
-def review_suspects(
-    session: Session, *, result: TrainResult, version: str, settings: Settings
-) -> int:
-    """Send the labels training doubted (ml/suspects.py) to review, if the settings say so."""
+def doubted_labels(result: TrainResult, *, settings: Settings) -> list[dict[str, Any]]:
+    """The training rows whose label `result`'s model doubts (ml/suspects.py), to send to
+    review with its version (`registry.register`); none when the settings say not to."""
     if not settings.review_suspects:
-        return 0
-    items = result.cv["suspect_labels"]["items"]
-    return queue_label_checks(session, suspects=items, version=version)
+        return []
+    return list(result.cv["suspect_labels"]["items"])
 
 
 def review_saved_suspects(session: Session, *, version: ModelVersion, settings: Settings) -> int:
-    """Send the label checks of a registered `version` from its saved report, unless they were
-    sent already: what a retraining that died between registering the version and sending them
-    left undone, for the run that finishes it. Never a check twice; how many were sent."""
-    if not settings.review_suspects or label_checks_sent(session, version=version.version):
+    """Send the label checks of a `version` registered before they were written with it (no
+    `registry.LABEL_CHECKS` in its params) from its saved report, unless they were sent
+    already: what a retraining that died between registering the version and sending them
+    left undone, for the run that finishes it. They are then recorded in the version, in the
+    same commit, so it is never asked again. Never a check twice; how many were sent.
+
+    Versions registered since carry their checks (`registry.register`): nothing to do."""
+    if registry.LABEL_CHECKS in version.params or not settings.review_suspects:
         return 0
+    already = label_checks_sent(session, version=version.version)
+    items: list[dict[str, Any]] = []
+    if not already:
+        saved = _saved_suspects(version, settings=settings)
+        if saved is None:
+            return 0
+        items = saved
+        add_label_checks(session, suspects=items, version=version.version)
+    # A new dict: SQLAlchemy does not see in-place changes to a JSON column.
+    version.params = {**version.params, registry.LABEL_CHECKS: already or len(items)}
+    session.add(version)
+    session.commit()
+    return len(items)
+
+
+def _saved_suspects(version: ModelVersion, *, settings: Settings) -> list[dict[str, Any]] | None:
+    """The doubted labels listed in `version`'s saved report; None, logged, when it lists none
+    that can be read."""
     try:
         report = registry.saved_report(version, artifacts_dir=settings.artifacts_dir)
-        items = report["cv"]["suspect_labels"]["items"]
+        return list(report["cv"]["suspect_labels"]["items"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning(
             "%s: label checks not sent, its saved report does not list them: %s",
             version.version,
             exception_line(exc),
         )
-        return 0
-    return queue_label_checks(session, suspects=items, version=version.version)
+        return None

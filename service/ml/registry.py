@@ -10,7 +10,7 @@ import math
 import operator
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ import joblib
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
+from service.crud.predictions import add_label_checks
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
 from service.entities.common import new_id, storable, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
@@ -36,6 +37,10 @@ REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
 _PROMOTION_TRIES = 5  # each lost race means another promotion committed: progress
 MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to review
+# The key of a version's params that says how many label checks were sent with it (in the
+# transaction that registered it): versions without it were registered before that, and a
+# retraining that finishes one may have to send them (`pipeline.review_saved_suspects`).
+LABEL_CHECKS = "label_checks"
 log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 _CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
@@ -88,14 +93,19 @@ def register(
     snapshot_id: int | None = None,
     note: str = "",
     gate: dict[str, Any] | None = None,
+    label_checks: Sequence[dict[str, Any]] = (),
 ) -> ModelVersion:
-    """Write a trained model's artifacts and record it as a `candidate` version."""
+    """Write a trained model's artifacts and record it as a `candidate` version, with the
+    review items of its `label_checks` (the training rows whose label it doubts, as
+    `SuspectReport.items`) in the same commit: a version is never registered without its
+    checks, nor checks sent for a version that is not. Its params record how many
+    (`LABEL_CHECKS`)."""
     row = ModelVersion(
         version=f"pending-{new_id()}",
         data_hash=result.data_hash,
         data_rows=result.data_rows,
         dataset_snapshot_id=snapshot_id,
-        params=result.params,
+        params={**result.params, LABEL_CHECKS: len(label_checks)},
         metrics=result.metrics,
         thresholds={"auto": result.model.threshold},
         artifact_path="",
@@ -106,6 +116,8 @@ def register(
     with new_version(session, row, artifacts_dir=artifacts_dir) as folder:
         _write_artifacts(folder, result=result, version=row.version, gate=gate)
         row.checksum = sha256_file(folder / MODEL_FILE)
+        # Named after the version, known once it is added: committed with it by new_version.
+        add_label_checks(session, suspects=label_checks, version=row.version)
     return row
 
 
