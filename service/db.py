@@ -142,12 +142,12 @@ LOCK_NOT_AVAILABLE = "55P03"
 PRUNE_LOCK_TIMEOUT_S = 10.0
 
 
-def bound_lock_waits(session: Session, *, seconds: float) -> None:
+def bound_lock_waits(session: Session, *, seconds: float | None) -> None:
     """Let each lock the session's transaction waits for take `seconds` at most, until the
     transaction ends (PostgreSQL's `SET LOCAL lock_timeout`), after which the statement fails
-    with LOCK_NOT_AVAILABLE, an outage; by default PostgreSQL waits as long as the lock is
-    held. SQLite waits its busy timeout (30 s) and needs nothing."""
-    if session.get_bind().dialect.name == "postgresql":
+    with LOCK_NOT_AVAILABLE, an outage; by default (and with `seconds` None) PostgreSQL waits
+    as long as the lock is held. SQLite waits its busy timeout (30 s) and needs nothing."""
+    if seconds is not None and session.get_bind().dialect.name == "postgresql":
         session.execute(
             text("SELECT set_config('lock_timeout', :timeout, true)"),
             {"timeout": f"{max(1, round(seconds * 1000))}ms"},

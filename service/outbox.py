@@ -9,13 +9,16 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import datetime
 
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from rq.job import Job
-from sqlalchemy import ColumnElement, update
+from sqlalchemy import ColumnElement, Select, delete, update
 from sqlmodel import Session, col, func, select
 
+from service.crud.predictions import PRUNE_BATCH
+from service.db import bound_lock_waits
 from service.entities import OutboxItem
 from service.entities.common import utcnow
 from service.jobs import REVIEW_JOB_TIMEOUT_S
@@ -233,3 +236,40 @@ def batches(rows: Sequence[OutboxItem]) -> Iterator[tuple[str, list[OutboxItem]]
         same = list(run)
         for start in range(0, len(same), REVIEW_BATCH):
             yield kind, same[start : start + REVIEW_BATCH]
+
+
+def _prunable(before: datetime) -> Select[tuple[int]]:
+    """Ids of the rows done before `before` and not stopped, oldest first. Rows pending, in
+    flight (sent, not done) or stopped are still owed to the labelling queue, whatever their
+    age; a row done is owed nothing (its work is in a review task or a label by then)."""
+    return (
+        select(OutboxItem.id)
+        .where(col(OutboxItem.done_at) < before, col(OutboxItem.stopped_at).is_(None))
+        .order_by(col(OutboxItem.id))
+    )
+
+
+def prune_done(
+    session: Session,
+    *,
+    before: datetime,
+    dry_run: bool = False,
+    batch: int = PRUNE_BATCH,
+    lock_timeout_s: float | None = None,
+) -> int:
+    """Delete the rows done before `before` (see `_prunable`), `batch` rows per transaction:
+    every review item, label check and user report passes through the outbox, and the table
+    grew for ever. How many went (or, `dry_run`, would go). With `lock_timeout_s`, a lock held
+    elsewhere is waited for that long at most in each batch (PostgreSQL), then it stops with
+    an outage, the batches before deleted, as the prediction prune does."""
+    bound_lock_waits(session, seconds=lock_timeout_s)
+    if dry_run:
+        return session.exec(select(func.count()).select_from(_prunable(before).subquery())).one()
+    deleted = 0
+    # In id order: done rows are the oldest, so a walk of the primary key meets them first.
+    while ids := list(session.exec(_prunable(before).limit(batch))):
+        gone = session.exec(delete(OutboxItem).where(col(OutboxItem.id).in_(ids)))
+        session.commit()
+        deleted += int(gone.rowcount)
+        bound_lock_waits(session, seconds=lock_timeout_s)  # the bound lasts one transaction
+    return deleted

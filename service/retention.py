@@ -1,4 +1,5 @@
-"""Automatic retention of the prediction log, for deployments without cron.
+"""Automatic retention of the prediction log and of done outbox rows, for deployments
+without cron.
 
 With `TAGFLOW_RETENTION_DAYS` set, the API's watch loop asks Redis once a day, across every API
 process, for the right to enqueue one prune job (`SET NX` with a day's expiry), and a worker
@@ -10,6 +11,8 @@ down a moment) is tried again later the same day (`PRUNE_RETRY`), not left to th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 from redis import Redis
@@ -22,6 +25,7 @@ from service.crud.predictions import prune_predictions
 from service.db import PRUNE_LOCK_TIMEOUT_S, is_lock_timeout
 from service.entities.common import utcnow
 from service.jobs import PRUNE_TIMEOUT_S
+from service.outbox import prune_done
 
 log = logging.getLogger(__name__)
 
@@ -45,34 +49,49 @@ def maybe_enqueue_prune(
     if not redis.set(PRUNE_KEY, stamp, nx=True, ex=int(every.total_seconds())):
         return None
     job = queue.enqueue(PRUNE_JOB, retention_days, job_timeout=PRUNE_TIMEOUT_S, retry=PRUNE_RETRY)
-    log.info("retention: prune of predictions older than %g days enqueued", retention_days)
+    log.info(
+        "retention: prune of predictions and done outbox rows older than %g days enqueued",
+        retention_days,
+    )
     return job.id
 
 
 def prune_older_than(
     engine: Engine, *, days: float, lock_timeout_s: float = PRUNE_LOCK_TIMEOUT_S
 ) -> dict[str, int]:
-    """Delete logged predictions older than `days` (reported ones stay); counts by table.
+    """Delete logged predictions older than `days` (reported ones stay), then the outbox rows
+    done before then (`outbox.prune_done`); counts by table (`outbox_rows` for the outbox).
 
     A lock held elsewhere past `lock_timeout_s` (PostgreSQL) stops it with the database's
     error, the batches before it deleted: without the bound, a migration or a transaction left
     open on the table held the worker, and every job behind the prune, for as long."""
     before = utcnow() - timedelta(days=days)
     with Session(engine) as session:
-        try:
+        with _logging_lock_timeout("predictions", lock_timeout_s):
             gone = prune_predictions(session, before=before, lock_timeout_s=lock_timeout_s)
-        except OperationalError as exc:
-            if is_lock_timeout(exc):
-                log.error(
-                    "retention: a lock another transaction holds on the predictions was not "
-                    "released within %g s; the prune stopped (the next one goes on)",
-                    lock_timeout_s,
-                )
-            raise
+        with _logging_lock_timeout("outbox", lock_timeout_s):
+            gone["outbox_rows"] = prune_done(session, before=before, lock_timeout_s=lock_timeout_s)
     log.info(
-        "retention: deleted %d predictions and %d shadow scores older than %s",
+        "retention: deleted %d predictions, %d shadow scores and %d done outbox rows older than %s",
         gone["predictions"],
         gone["shadow_predictions"],
+        gone["outbox_rows"],
         before.isoformat(timespec="minutes"),
     )
     return gone
+
+
+@contextmanager
+def _logging_lock_timeout(table: str, lock_timeout_s: float) -> Iterator[None]:
+    """Log a lock on `table` held elsewhere past `lock_timeout_s` as such (the error goes on)."""
+    try:
+        yield
+    except OperationalError as exc:
+        if is_lock_timeout(exc):
+            log.error(
+                "retention: a lock another transaction holds on the %s was not released "
+                "within %g s; the prune stopped (the next one goes on)",
+                table,
+                lock_timeout_s,
+            )
+        raise

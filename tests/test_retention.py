@@ -1,9 +1,11 @@
 """Retention of the prediction log, by hand (`tagflow db prune`) and daily from a worker
 (`TAGFLOW_RETENTION_DAYS`): old predictions and their shadow scores go, in batches; recent ones
-and those a user report points at stay."""
+and those a user report points at stay. So do the outbox rows done before the same cut; rows
+not done (pending, in flight, stopped) stay, however old."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -25,10 +27,10 @@ from service.cli import app
 from service.config import Settings
 from service.crud.predictions import prune_predictions, save_predictions
 from service.db import PRUNE_LOCK_TIMEOUT_S
-from service.entities import Feedback, Prediction, ShadowPrediction
+from service.entities import Feedback, OutboxItem, Prediction, ShadowPrediction
 from service.entities.common import utcnow
 from service.ml.training import TrainResult
-from service.outbox import TRAINING_QUEUE
+from service.outbox import TRAINING_QUEUE, prune_done
 from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune
 from tests.conftest import make_prediction, sqlite_app
 from workers.context import JobContext, use_context
@@ -60,6 +62,53 @@ def remaining(engine: Engine) -> tuple[set[str], set[str]]:
         predictions = set(session.exec(select(Prediction.id)))
         shadows = set(session.exec(select(ShadowPrediction.prediction_id)))
     return predictions, shadows
+
+
+def fill_outbox(engine: Engine, *, old_done: int) -> set[int]:
+    """`old_done` rows done 100 days ago, and one of each kind that must stay: done today,
+    and, 100 days old, pending, in flight, stopped, and stopped though marked done (a worker
+    that ran a payload whose job was counted lost). Returns the ids of those that stay."""
+    old = utcnow() - 100 * DAY
+    sent = {"sent_at": old, "sends": 1}
+    kept = {
+        "done today": {**sent, "done_at": utcnow(), "job_id": "j1"},
+        "pending": {},
+        "in flight": {**sent, "job_id": "j2"},
+        "stopped": {**sent, "sends": 5, "stopped_at": old},
+        "stopped, done": {**sent, "sends": 5, "stopped_at": old, "done_at": old},
+    }
+    with Session(engine) as session:
+        done = [
+            OutboxItem(kind="review", payload={"n": i}, created_at=old, done_at=old, **sent)
+            for i in range(old_done)
+        ]
+        staying = [
+            OutboxItem(kind="review", payload={"n": name}, created_at=old, **fields)
+            for name, fields in kept.items()
+        ]
+        session.add_all(done + staying)
+        session.commit()
+        return {row.id for row in staying if row.id is not None}
+
+
+def outbox_ids(engine: Engine) -> set[int]:
+    with Session(engine) as session:
+        return {row_id for row_id in session.exec(select(OutboxItem.id)) if row_id is not None}
+
+
+def test_outbox_rows_done_before_the_cut_go_in_batches_and_the_others_stay(engine: Engine) -> None:
+    """Every review item, label check and user report passes through the outbox, and its rows
+    were never deleted. Those done before the cut now go; none not done, whatever its age."""
+    staying = fill_outbox(engine, old_done=5)
+    before = utcnow() - 90 * DAY
+    with Session(engine) as session:
+        assert prune_done(session, before=before, dry_run=True) == 5
+    assert len(outbox_ids(engine)) == 10  # a dry run deletes nothing
+    with Session(engine) as session:
+        assert prune_done(session, before=before, batch=2) == 5  # three batches: 2 + 2 + 1
+    assert outbox_ids(engine) == staying
+    with Session(engine) as session:
+        assert prune_done(session, before=before) == 0
 
 
 def test_old_predictions_go_in_batches_and_reported_ones_stay(engine: Engine) -> None:
@@ -95,13 +144,18 @@ def test_prune_from_the_command_line(
     engine: Engine, database_url: str, cli_env: dict[str, str]
 ) -> None:
     log_predictions(engine, old=3, recent=2)
+    staying = fill_outbox(engine, old_done=4)
     env = {**cli_env, "TAGFLOW_DATABASE_URL": database_url}
     runner = CliRunner()
     dry = runner.invoke(app, ["db", "prune", "--older-than-days", "30", "--dry-run"], env=env)
     assert dry.exit_code == 0 and "would delete 3 predictions and 3 shadow scores" in dry.output
+    assert "UTC, and 4 outbox rows done before then" in dry.output
+    assert len(outbox_ids(engine)) == 9
     done = runner.invoke(app, ["db", "prune", "--older-than-days", "30"], env=env)
     assert done.exit_code == 0 and "deleted 3 predictions and 3 shadow scores" in done.output
+    assert "UTC, and 4 outbox rows done before then" in done.output
     assert len(remaining(engine)[0]) == 2
+    assert outbox_ids(engine) == staying
     refused = runner.invoke(app, ["db", "prune", "--older-than-days", "0"], env=env)
     assert refused.exit_code == 2  # at least a day: never the predictions still being answered
 
@@ -128,20 +182,28 @@ def test_the_worker_runs_the_prune(
     make_settings: Callable[..., Settings],
     database_url: str,
     redis_conn: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     old = log_predictions(engine, old=5, recent=2)
+    staying = fill_outbox(engine, old_done=3)
     settings = make_settings(database_url=database_url, retention_days=90)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
     job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=settings.retention_days)
     use_context(JobContext(settings))
     try:
-        Worker([queue], connection=redis_conn).work(burst=True)
+        with caplog.at_level(logging.INFO, logger="service.retention"):
+            Worker([queue], connection=redis_conn).work(burst=True)
     finally:
         use_context(None)
     job = queue.fetch_job(job_id)  # type: ignore[arg-type]
-    assert job is not None and job.return_value() == {"predictions": 5, "shadow_predictions": 5}
+    assert job is not None
+    assert job.return_value() == {"predictions": 5, "shadow_predictions": 5, "outbox_rows": 3}
     predictions, shadows = remaining(engine)
     assert len(predictions) == len(shadows) == 2 and not predictions & set(old)
+    assert outbox_ids(engine) == staying
+    assert "retention: deleted 5 predictions, 5 shadow scores and 3 done outbox rows" in (
+        caplog.text
+    )
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -192,7 +254,7 @@ def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere_and_is_retried(
     finally:
         use_context(None)
     assert job.get_status(refresh=True) == JobStatus.FINISHED
-    assert job.return_value() == {"predictions": 3, "shadow_predictions": 3}
+    assert job.return_value() == {"predictions": 3, "shadow_predictions": 3, "outbox_rows": 0}
     assert not set(old) & remaining(engine)[0]
 
 

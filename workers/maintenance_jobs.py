@@ -7,5 +7,6 @@ from workers.context import get_context
 
 
 def prune(older_than_days: float) -> dict[str, int]:
-    """Retention: delete logged predictions older than `older_than_days` (service/retention.py)."""
+    """Retention: delete logged predictions, and outbox rows done, older than `older_than_days`
+    (service/retention.py); counts by table."""
     return prune_older_than(get_context().engine, days=older_than_days)

@@ -5,7 +5,8 @@ relay stopped sending."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
@@ -111,7 +112,10 @@ def _lock_seconds(value: float) -> float:
 def db_prune(
     older_than_days: Annotated[
         float,
-        typer.Option(callback=_days, help="Delete logged predictions older than this (1 to 36500)"),
+        typer.Option(
+            callback=_days,
+            help="Delete logged predictions, and outbox rows done, older than this (1 to 36500)",
+        ),
     ],
     dry_run: Annotated[bool, typer.Option(help="Only count what would go")] = False,
     lock_timeout: Annotated[
@@ -122,46 +126,62 @@ def db_prune(
         ),
     ] = PRUNE_LOCK_TIMEOUT_S,
 ) -> None:
-    """Delete logged predictions older than N days, with their shadow scores.
+    """Delete logged predictions older than N days, with their shadow scores, and the outbox
+    rows done before then.
 
-    Predictions a user report points at are kept. Run it from cron: the log grows with traffic.
-    A lock held past --lock-timeout (a migration, a stuck transaction) stops it, exit 2, as
-    an unavailable database does (worth a retry), and said as a lock, not an outage.
+    Predictions a user report points at are kept, and so are outbox rows not done (pending,
+    in flight or stopped). Run it from cron: both grow with traffic. A lock held past
+    --lock-timeout (a migration, a stuck transaction) stops it, exit 2, as an unavailable
+    database does (worth a retry), and said as a lock, not an outage.
     """
-    from sqlalchemy.exc import OperationalError
     from sqlmodel import Session
 
     from service.crud.predictions import prune_predictions
     from service.entities.common import utcnow
+    from service.outbox import prune_done
 
     def run(engine: Engine) -> str:
         init_db(engine)
         before = utcnow() - timedelta(days=older_than_days)
         with Session(engine) as session:
-            try:
+            with _locked_exits("the predictions are", lock_timeout):
                 gone = prune_predictions(
                     session, before=before, dry_run=dry_run, lock_timeout_s=lock_timeout
                 )
-            except OperationalError as exc:
-                if not is_lock_timeout(exc):
-                    raise
-                # PostgreSQL's own words ("canceling statement due to lock timeout") do not
-                # say whose lock, nor how long was waited. Nor is it an outage: the database
-                # answered all along (exit 2 all the same: worth a retry, as an outage is).
-                print_error(
-                    "the predictions are locked:",
-                    "a lock another transaction holds on them was not released within "
-                    f"{lock_timeout:g} s (--lock-timeout); the database answers; try again "
-                    "once that transaction ends",
+            with _locked_exits("the outbox rows are", lock_timeout):
+                outbox = prune_done(
+                    session, before=before, dry_run=dry_run, lock_timeout_s=lock_timeout
                 )
-                raise typer.Exit(2) from None
         verb = "would delete" if dry_run else "deleted"
         return (
             f"{verb} {gone['predictions']} predictions and {gone['shadow_predictions']} shadow "
-            f"scores older than {before:%Y-%m-%d %H:%M} UTC"
+            f"scores older than {before:%Y-%m-%d %H:%M} UTC, and {outbox} outbox rows done "
+            "before then"
         )
 
     _database(settings_or_exit(), run)
+
+
+@contextmanager
+def _locked_exits(what: str, lock_timeout: float) -> Iterator[None]:
+    """A lock on `what` held elsewhere past `lock_timeout` as one line, exit 2."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        if not is_lock_timeout(exc):
+            raise
+        # PostgreSQL's own words ("canceling statement due to lock timeout") do not say whose
+        # lock, nor how long was waited. Nor is it an outage: the database answered all
+        # along (exit 2 all the same: worth a retry, as an outage is).
+        print_error(
+            f"{what} locked:",
+            "a lock another transaction holds on them was not released within "
+            f"{lock_timeout:g} s (--lock-timeout); the database answers; try again once that "
+            "transaction ends",
+        )
+        raise typer.Exit(2) from None
 
 
 @db_app.command("replay-dead-letters")

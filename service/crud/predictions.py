@@ -227,12 +227,7 @@ def prune_predictions(
     predictions a user report points at stay. Returns how many rows went (or would go).
     With `lock_timeout_s`, a lock held elsewhere is waited for that long at most in each
     batch (PostgreSQL), then the prune stops with an outage: the batches before are kept."""
-
-    def begin() -> None:
-        if lock_timeout_s is not None:
-            bound_lock_waits(session, seconds=lock_timeout_s)
-
-    begin()
+    bound_lock_waits(session, seconds=lock_timeout_s)
     if dry_run:
         prunable = _prunable(before)
         of_prunable = col(ShadowPrediction.prediction_id).in_(prunable)
@@ -253,5 +248,5 @@ def prune_predictions(
         session.commit()
         deleted["shadow_predictions"] += int(shadow.rowcount)
         deleted["predictions"] += int(rows.rowcount)
-        begin()  # the bound lasts one transaction
+        bound_lock_waits(session, seconds=lock_timeout_s)  # the bound lasts one transaction
     return deleted

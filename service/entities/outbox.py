@@ -17,7 +17,8 @@ from sqlmodel import Field, SQLModel
 from service.entities.common import utcnow
 
 # Rows sent whose payload the worker has not processed yet: what `redeliver_lost` looks at
-# every 30 s. Partial, so it holds only those, however long the table (rows are kept).
+# every 30 s. Partial, so it holds only those, however long the table (done rows stay until
+# the retention prune deletes them, `outbox.prune_done`).
 IN_FLIGHT = "job_id IS NOT NULL AND done_at IS NULL"
 # Rows the relay gave up on: counted at every scrape and /review/stats, a handful at most.
 STOPPED = "stopped_at IS NOT NULL"
