@@ -67,17 +67,38 @@ def sole_owner(data_dir: Path, *, what: str) -> Iterator[None]:
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class StopRequest:
+    """Whether a stop signal came within `stop_signals_as_exit`'s block.
+
+    Its handler raises SystemExit where the main thread happens to be, and a few places
+    swallow whatever is raised there: Python prints "Exception ignored" and goes on. A SIGTERM
+    that came while `subprocess.Popen` ran the at-fork callbacks (logging's lock release)
+    was so lost in a QA run: `tagflow up` went on to start Redis, the worker and the API, and
+    served for good, deaf to further signals (ignored after the first). Code that starts
+    something long after such a step calls `check` first."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def check(self) -> None:
+        """Stop now (SystemExit, exit code 0) if a stop signal came and its exception was lost."""
+        if self.requested:
+            raise SystemExit(0)
+
+
 @contextmanager
-def stop_signals_as_exit() -> Iterator[None]:
+def stop_signals_as_exit() -> Iterator[StopRequest]:
     """Within the block, SIGTERM (a service manager's stop, `docker stop`) and SIGINT (Ctrl-C)
     end the process by an exception (exit code 0), so cleanup in `finally` blocks and exit
     stacks runs (SIGTERM's default action kills the process on the spot, leaving its children
-    behind).
+    behind). What it yields also records the signal, for the exception lost (`StopRequest`).
     Signals after the first are ignored: a second Ctrl-C must not cut the cleanup short, stop
     Redis before the worker has finished with it, or leave the worker behind. (SIGKILL still
     ends everything, and the children with it: see `die_with_parent`.)"""
+    request = StopRequest()
 
     def stop(_signum: int, _frame: object) -> None:
+        request.requested = True
         for each in _STOP_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
         # Exit code 0: stopped as asked, cleanup done (`make run` reports anything else as an
@@ -86,7 +107,7 @@ def stop_signals_as_exit() -> Iterator[None]:
 
     previous = {each: signal.signal(each, stop) for each in _STOP_SIGNALS}
     try:
-        yield
+        yield request
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)

@@ -97,3 +97,38 @@ def _alive(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_stop_signal_whose_exception_was_lost_is_still_a_stop() -> None:
+    """A SIGTERM that lands while `subprocess.Popen` runs the at-fork callbacks raises its
+    SystemExit there, and Python swallows it ("Exception ignored"): in a QA run `tagflow up`
+    so went on to start Redis, the worker and the API, and served for good, deaf to further
+    signals. The stop is recorded all the same, and `check` (where `up` starts the API, and in
+    each round of the workers' wait for the database) ends the process, exit 0."""
+    stopped = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(_LOST_STOP)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Exception ignored" in stopped.stderr  # the exception was lost, as in the QA run
+    assert stopped.stdout.split() == ["went-on"], stopped.stderr  # and `check` stopped it
+    assert stopped.returncode == 0
+
+
+_LOST_STOP = """
+import os, signal, subprocess
+from service.processes import stop_signals_as_exit
+
+def signal_in_fork() -> None:  # a SIGTERM arriving while Popen forks; its handler runs here
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(1000):
+        pass
+
+os.register_at_fork(after_in_parent=signal_in_fork)
+with stop_signals_as_exit() as stop:
+    subprocess.run(["true"], preexec_fn=lambda: None)  # a fork (as with die_with_parent)
+    print("went-on", flush=True)
+    stop.check()
+    print("served", flush=True)
+"""

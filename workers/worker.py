@@ -319,8 +319,9 @@ def wait_for_the_database(
     configure_logging(settings)
     started = time.monotonic()
     said_at: float | None = None
-    with stop_signals_as_exit():
+    with stop_signals_as_exit() as stop:
         while True:
+            stop.check()  # a stop whose exception was lost (see StopRequest) ends the wait
             engine = make_engine(url)
             try:
                 init_db(engine)

@@ -97,13 +97,14 @@ def run_up(host: str, port: int) -> None:
         configure_logging(settings)  # only an `up` that starts takes over the process's logs
         if generated:  # only now: a refused `up` would print keys nothing accepts
             print_generated_keys(generated)
-        stack.enter_context(stop_signals_as_exit())
+        stop = stack.enter_context(stop_signals_as_exit())
         if database_away:
             from workers.worker import wait_for_the_database
 
             wait_for_the_database(settings, who="up", before="starting anything")
             has_model = _has_production_model(settings)
         settings = _with_redis(settings, stack)
+        stop.check()  # each start of a child process is a place where a stop can be lost
         if not has_model:
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
             train_with_progress(
@@ -111,6 +112,7 @@ def run_up(host: str, port: int) -> None:
             )
         worker = SupervisedWorker()
         stack.callback(worker.stop)
+        stop.check()  # from here uvicorn's own handlers take the signals
         try:
             console.print(f"API on http://{host}:{port}  (docs: /docs, reviewer page: /review)")
             run_api(settings, host=host, port=port)
