@@ -54,6 +54,7 @@ from service.tags import Tag, TagSet
 from tests.conftest import KEYS, auth, register_promoted
 from tests.test_outbox import restart_losing_everything
 from tests.test_worker import start_worker
+from tests.waiting import wait_for_watch_rounds, wait_until
 from workers.context import JobContext, use_context
 from workers.worker import CLAIM_TTL_S, Worker
 
@@ -599,10 +600,7 @@ def test_retrain_job_over_the_api_then_promotion_reaches_the_api(
             session, actor="test", version=candidate, tags=tags, artifacts_dir=artifacts
         )
     outside.dispose()
-    deadline = time.monotonic() + 5
-    while served_version(client) != candidate and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert served_version(client) == candidate
+    wait_until(lambda: served_version(client) == candidate, what=f"{candidate} served")
 
 
 def test_an_admins_retraining_and_comparison_survive_a_redis_restart(
@@ -632,7 +630,7 @@ def test_an_admins_retraining_and_comparison_survive_a_redis_restart(
 
     state.next_job_check = 0.0  # the API's next look (every 30 s)
     queue = Queue(TRAINING_QUEUE, connection=conn)
-    assert wait_for(lambda: queue.count == 2, timeout_s=10), "the API did not queue them again"
+    wait_until(lambda: queue.count == 2, what="the API to queue them again")
     assert sorted(queue.job_ids) == sorted([retrain_id, compare_id])
     work_training(client, conn)
     restart_losing_everything(own_redis)  # the results outlive Redis too
@@ -904,15 +902,6 @@ def test_the_automatic_trigger_reads_a_failures_time_on_its_own_clock(
     assert released()
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_watch_loop_retrains_once_after_enough_labels(
     make_settings: Callable[..., Settings],
     sqlite_engine: Engine,
@@ -930,20 +919,24 @@ def test_watch_loop_retrains_once_after_enough_labels(
     weak = register_promoted(sqlite_engine, settings, weak_result)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
     with TestClient(create_app(settings)) as client:
+        state = client.app.state.tagflow
         add_labels(sqlite_engine, new_items[:4], share=0.2)
-        time.sleep(0.6)  # three watch ticks
+        # Three rounds of the loop, each of which would have queued a retraining by now (seen
+        # through, not slept: a busy machine may run none in a guessed 0.6 s).
+        wait_for_watch_rounds(state, 3)
         assert queue.count == 0
         add_labels(sqlite_engine, new_items[4:10], share=0.2)
-        assert wait_for(lambda: queue.count == 1)
-        time.sleep(0.6)
+        wait_until(lambda: queue.count == 1, what="the automatic retraining")
+        wait_for_watch_rounds(state, 3)
         assert queue.count == 1, "a second automatic retraining was queued"
         work_training(client, redis_conn)
         job = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
         assert job.get_status() == "finished" and job.return_value()["reason"] == "auto"
         failed = [c for c in job.return_value()["checks"] if not c["passed"]]
         assert job.return_value()["promoted"], failed
-        assert wait_for(lambda: served_version(client) == job.return_value()["candidate"])
-        time.sleep(0.6)
+        candidate = job.return_value()["candidate"]
+        wait_until(lambda: served_version(client) == candidate, what=f"{candidate} served")
+        wait_for_watch_rounds(state, 3)
         assert queue.count == 0  # the snapshot reset the count: nothing new to train on
         assert served_version(client) != weak
 
