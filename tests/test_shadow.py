@@ -4,7 +4,6 @@ production and with reviewer labels."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -25,6 +24,7 @@ from service.ml.training import TrainResult, train
 from service.tags import TagSet, load_tags
 from tests.conftest import auth, register_promoted
 from tests.test_retraining import add_labels
+from tests.waiting import wait_for_watch_rounds, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +57,6 @@ def shadow_client(
         yield client, candidate
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def shadow_tags(client: TestClient, version: str, encoder: Encoder, texts: list[str]) -> list[str]:
     """What the candidate answers, computed here from its artifact."""
     state = client.app.state.tagflow
@@ -90,7 +81,7 @@ def test_shadow_agreement_with_production_and_labels(
 ) -> None:
     client, candidate = shadow_client
     state = client.app.state.tagflow
-    assert wait_for(lambda: state.predictor.shadow is not None), "candidate not loaded as shadow"
+    wait_until(lambda: state.predictor.shadow is not None, what="the candidate as shadow")
     assert state.predictor.shadow.version == candidate
     assert stats(client, candidate) == {
         "version": candidate,
@@ -108,7 +99,7 @@ def test_shadow_agreement_with_production_and_labels(
     expected = shadow_tags(
         client, candidate, encoder, [item_text(e.title, e.description) for e in items]
     )
-    assert wait_for(lambda: stats(client, candidate)["n"] == len(items))
+    wait_until(lambda: stats(client, candidate)["n"] == len(items), what="the shadow's answers")
 
     with Session(engine) as session:
         logged = {
@@ -185,16 +176,21 @@ def test_a_refused_shadow_candidate_is_logged_once_and_shadowed_once_restored(
         TestClient(create_app(settings)) as client,
     ):
         state = client.app.state.tagflow
-        time.sleep(1.0)  # some twenty watch ticks
+
+        def refused() -> list[str]:
+            return [
+                m for r in caplog.records if "shadow candidate refused" in (m := r.getMessage())
+            ]
+
+        # The refusal seen, then ten more rounds of the watch loop, in which it is not said
+        # again (a fixed 1 s could pass before the loop's first round on a busy machine).
+        wait_until(refused, what="the refusal of the tampered candidate")
+        wait_for_watch_rounds(state, 10)
         assert state.predictor.shadow is None and state.predictor.current is not None
-        refused = [r for r in caplog.records if "shadow candidate refused" in r.getMessage()]
-        assert len(refused) == 1 and candidate.version in refused[0].getMessage()
+        assert len(refused()) == 1 and candidate.version in refused()[0]
         assert state.model_refusals == 1 and state.model_errors == []
         artifact.write_bytes(good)
-        deadline = time.monotonic() + 5
-        while state.predictor.shadow is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert state.predictor.shadow is not None
+        wait_until(lambda: state.predictor.shadow is not None, what="the restored candidate")
         assert state.predictor.shadow.version == candidate.version
         assert state.shadow_refused == {} and state.model_refusals == 1
 
@@ -223,7 +219,7 @@ def test_a_promoted_shadow_is_dropped_when_the_newest_candidate_is_refused(
     artifact.write_bytes(artifact.read_bytes() + b"tampered")
     with TestClient(create_app(settings)) as client:
         predictor = client.app.state.tagflow.predictor
-        assert wait_for(lambda: predictor.shadow is not None)
+        wait_until(lambda: predictor.shadow is not None, what="the newest candidate as shadow")
         assert predictor.shadow.version == shadowed.version
         with Session(sqlite_engine) as session:
             registry.promote(
@@ -233,7 +229,5 @@ def test_a_promoted_shadow_is_dropped_when_the_newest_candidate_is_refused(
                 artifacts_dir=settings.artifacts_dir,
                 actor="test",
             )
-        assert wait_for(lambda: predictor.current.version == shadowed.version)
-        assert wait_for(lambda: predictor.shadow is None), (
-            f"production {predictor.current.version} shadows {predictor.shadow.version}"
-        )
+        wait_until(lambda: predictor.current.version == shadowed.version, what="the promotion")
+        wait_until(lambda: predictor.shadow is None, what="production to stop shadowing itself")
