@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from fastapi.testclient import TestClient
@@ -11,6 +10,7 @@ from sqlmodel import Session, select
 
 from service.entities import Prediction
 from tests.conftest import auth
+from tests.waiting import wait_until
 
 ITEM = {
     "title": "Object detection with YOLO",
@@ -39,13 +39,13 @@ def test_every_prediction_is_logged(client: TestClient) -> None:
         for _ in range(3)
     ]
     engine = client.app.state.tagflow.engine
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+
+    def logged() -> list[Prediction]:
         with Session(engine) as session:
-            rows = session.exec(select(Prediction).where(Prediction.id.in_(ids))).all()
-        if len(rows) == 3:
-            break
-        time.sleep(0.05)
+            return list(session.exec(select(Prediction).where(Prediction.id.in_(ids))))
+
+    wait_until(lambda: len(logged()) == 3, what="the three predictions logged")
+    rows = logged()
     assert {r.id for r in rows} == set(ids)
     assert all(r.title == ITEM["title"] and r.latency_ms > 0 for r in rows)
 

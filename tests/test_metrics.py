@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -19,6 +18,7 @@ from service.metrics import Metrics, Sample, StateCollector
 from service.ml.classifier import NEVER
 from service.ml.serving import LoadedModel
 from tests.conftest import auth
+from tests.waiting import wait_until
 
 ITEMS = [
     {"title": "YOLOv8 object detection", "description": "Real-time detection of cars in images."},
@@ -54,13 +54,11 @@ def test_metrics_follow_predictions_and_responses(sqlite_client: TestClient) -> 
     assert sqlite_client.post("/predict", json=ITEMS[0]).status_code == 401
     assert sqlite_client.get("/models/v-none", headers=auth("client")).status_code == 404
 
-    deadline = time.monotonic() + 5
+    wait_until(
+        lambda: total(scrape(sqlite_client), "tagflow_prediction_log_written_total") >= 3,
+        what="the three predictions written to the log",
+    )
     samples = scrape(sqlite_client)
-    while (
-        total(samples, "tagflow_prediction_log_written_total") < 3 and time.monotonic() < deadline
-    ):
-        time.sleep(0.05)
-        samples = scrape(sqlite_client)
 
     version = answers[0]["model_version"]
     assert total(samples, "tagflow_predictions_total") == 3
@@ -163,12 +161,10 @@ def test_a_failing_shadow_is_counted_and_production_still_answers(
     predictor.set_shadow(LoadedModel("v-broken", broken))
     try:
         answers = [sqlite_client.post("/predict", json=i, headers=auth("client")) for i in ITEMS]
-        deadline = time.monotonic() + 5
-        while (
-            total(scrape(sqlite_client), "tagflow_shadow_errors_total") < 3
-            and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
+        wait_until(
+            lambda: total(scrape(sqlite_client), "tagflow_shadow_errors_total") >= 3,
+            what="the shadow's three errors",
+        )
     finally:
         predictor.set_shadow(None)
     assert [a.status_code for a in answers] == [200, 200, 200]
