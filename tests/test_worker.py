@@ -16,13 +16,17 @@ from pathlib import Path
 
 import psutil
 import pytest
+import typer
 from redis import Redis
 from rq import Queue, Retry
 from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
+from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from service.cli.common import preflight_or_exit
 from service.config import Settings
 from service.crud.predictions import save_predictions
 from service.db import make_engine
@@ -36,7 +40,13 @@ from tests.freezable_proxy import FreezableProxy
 from tests.held_job import HELD_JOB
 from tests.waiting import wait_until
 from workers.context import JobContext, use_context
-from workers.worker import CLAIM_TTL_S, POLL_S, REDIS_TIMEOUT_S, Worker
+from workers.worker import (
+    CLAIM_TTL_S,
+    POLL_S,
+    REDIS_TIMEOUT_S,
+    Worker,
+    context_once_the_database_answers,
+)
 
 
 @pytest.fixture
@@ -565,6 +575,94 @@ def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
         if proxy is not None:
             proxy.close()
     assert worker.returncode == 0, "".join(output)[-3000:]
+
+
+class DatabaseComesBack:
+    """A wait for the database, as the worker's: call `after` calls return at once (the
+    server answered, and goes before the next connection: its URL is on a port nothing
+    listens on); the call after that starts a proxy to the test PostgreSQL on that port, the
+    server back, and returns."""
+
+    def __init__(self, port: int, *, after: int) -> None:
+        self.port, self.after = port, after
+        self.calls = 0
+        self.proxy: FreezableProxy | None = None
+
+    def __call__(self, settings: Settings) -> None:
+        self.calls += 1
+        if self.calls > self.after and self.proxy is None:
+            target = make_url(POSTGRES_URL)
+            self.proxy = FreezableProxy(
+                target.host or "127.0.0.1", target.port or 5432, listen_on=self.port
+            )
+
+    def close(self) -> None:
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+def test_a_database_gone_between_the_workers_wait_and_its_check_is_waited_for_again(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The worker's start-up check connected once its wait returned: a server gone in between
+    was "cannot open the database", exit 2, which `tagflow up` takes for a configuration
+    error and stops on. Now it waits again, and the check passes once the server is back."""
+    url, port = _refused_postgres_url()
+    wait = DatabaseComesBack(port, after=1)
+    try:
+        preflight_or_exit(make_settings(database_url=url), action="work", before_database=wait)
+    finally:
+        wait.close()
+    assert wait.calls == 2 and wait.proxy is not None
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_a_configuration_refusal_at_the_workers_check_is_still_exit_2(
+    make_settings: Callable[..., Settings],
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    reason: str,
+) -> None:
+    """Waiting again is for an outage only: a refusal no wait cures stays one line, exit 2."""
+    wait = DatabaseComesBack(1, after=1)
+    with pytest.raises(typer.Exit) as exited:
+        preflight_or_exit(make_settings(database_url=url), action="work", before_database=wait)
+    assert exited.value.exit_code == 2 and wait.calls == 1
+    assert f"refused the connection: {reason}" in capsys.readouterr().err
+
+
+def test_a_database_gone_when_the_worker_builds_its_context_is_waited_for(
+    make_settings: Callable[..., Settings], caplog: pytest.LogCaptureFixture
+) -> None:
+    """After its check, the worker upgrades the database again as it builds its job context:
+    a server gone by then was "the database is unavailable ...; try again", exit 2, which
+    `tagflow up` stops on. Now it waits for the server, then builds the context."""
+    caplog.set_level(logging.ERROR, logger="workers.worker")
+    url, port = _refused_postgres_url()
+    wait = DatabaseComesBack(port, after=0)
+    try:
+        context = context_once_the_database_answers(make_settings(database_url=url), wait=wait)
+        try:
+            with context.engine.connect() as conn:
+                assert conn.execute(text("SELECT 1")).scalar() == 1
+        finally:
+            context.engine.dispose()
+    finally:
+        wait.close()
+    assert wait.calls == 1
+    said = [r.getMessage() for r in caplog.records if r.name == "workers.worker"]
+    assert len(said) == 1 and "the database went away before the worker started" in said[0]
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_a_configuration_refusal_when_the_worker_builds_its_context_is_raised(
+    make_settings: Callable[..., Settings], url: str, reason: str
+) -> None:
+    """Not waited for: raised, for the command's line and exit code 2."""
+    wait = DatabaseComesBack(1, after=1)
+    with pytest.raises(OperationalError, match=reason):
+        context_once_the_database_answers(make_settings(database_url=url), wait=wait)
+    assert wait.calls == 0
 
 
 @pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)

@@ -24,7 +24,11 @@ class JobContext:
 
     def __post_init__(self) -> None:
         self.engine = make_engine(self.settings.resolved_database_url)
-        init_db(self.engine)
+        try:
+            init_db(self.engine)
+        except Exception:
+            self.engine.dispose()  # the worker builds it again once the database answers
+            raise
 
     @cached_property
     def tags(self) -> TagSet:

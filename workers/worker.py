@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -361,6 +361,28 @@ def wait_for_the_database(
             time.sleep(retry_s)
 
 
+def context_once_the_database_answers(
+    settings: Settings, *, wait: Callable[[Settings], None] = wait_for_the_database
+) -> JobContext:
+    """The worker's job context, its database upgraded; a PostgreSQL server found away here
+    is waited for (`wait`), as at the start-up check, and the context built again once it
+    answers. The server may go between that check and this: the worker exited 2 ("the
+    database is unavailable ...; try again"), which `tagflow up` takes for a configuration
+    error and stops on. Any other error, a configuration refusal included, is raised."""
+    sqlite = make_url(settings.resolved_database_url).get_backend_name() == "sqlite"
+    while True:
+        try:
+            return JobContext(settings)
+        except SQLAlchemyError as exc:
+            if sqlite or not is_outage_to_wait_for(exc):
+                raise
+            log.error(
+                "worker: the database went away before the worker started (%s); waiting for it",
+                exception_line(exc),
+            )
+        wait(settings)
+
+
 def run(settings: Settings, *, burst: bool = False) -> None:
     """Work until stopped (or until the queues are empty, with `burst`).
 
@@ -370,7 +392,7 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     configure_logging(settings)
     if not settings.redis_url:
         raise SystemExit("TAGFLOW_REDIS_URL is not set")
-    use_context(JobContext(settings))
+    use_context(context_once_the_database_answers(settings))
     # RQ forks its scheduler from this process (multiprocessing, fork): armed in the child, it
     # stops when this worker dies, even by SIGKILL, instead of running on under init holding
     # the scheduler lock (and the worker's stdout, so a reader of it never saw the end).

@@ -22,7 +22,13 @@ from sqlmodel import Session
 from typer.core import TyperGroup
 
 from service.config import Settings, describe_errors
-from service.db import configuration_refusal, init_db, is_outage, make_engine
+from service.db import (
+    configuration_refusal,
+    init_db,
+    is_outage,
+    is_outage_to_wait_for,
+    make_engine,
+)
 from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -146,10 +152,39 @@ def open_session(settings: Settings) -> Session:
     return Session(engine_or_exit(settings, upgrade=True), expire_on_commit=False)
 
 
-def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
+def engine_or_exit(
+    settings: Settings, *, upgrade: bool, wait: Callable[[Settings], None] | None = None
+) -> Engine:
     """An engine on the configured database, connected once (and upgraded to the newest
     schema, with `upgrade`). A data directory that cannot be made or a database that cannot
-    be opened is one line naming it, and exit code 2."""
+    be opened is one line naming it, and exit code 2.
+
+    `wait` (the worker's wait for its database server) runs first, and again whenever the
+    server turns out to be away once it returned: it may go between its answer and this
+    connection, and the worker exited 2 there ("cannot open the database"), which `tagflow
+    up` takes for a configuration error and stops on. A configuration refusal stays exit 2."""
+    while True:
+        if wait is not None:
+            wait(settings)
+        try:
+            return _connected_engine(settings, upgrade=upgrade)
+        except SQLAlchemyError as exc:
+            if wait is not None and _server_away(settings, exc):
+                continue  # gone again since `wait` returned: wait for it again
+            _database_error(settings, exc)
+
+
+def _server_away(settings: Settings, exc: SQLAlchemyError) -> bool:
+    """Whether `exc` is a PostgreSQL server away, to be waited for. Not SQLite: its outages at
+    start are a path that cannot be opened or a lock its busy timeout waited for already."""
+    backend = make_url(settings.resolved_database_url).get_backend_name()
+    return backend != "sqlite" and is_outage_to_wait_for(exc)
+
+
+def _connected_engine(settings: Settings, *, upgrade: bool) -> Engine:
+    """`engine_or_exit`'s one try: a data directory that cannot be made is one line and exit
+    code 2; a database error is raised, for the caller to wait or to name it."""
+    engine: Engine | None = None
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         # Its models folder too: a file there ended training and imports in a traceback.
@@ -159,6 +194,7 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
             init_db(engine)
         else:
             engine.connect().close()
+        return engine
     except OSError as exc:
         if settings.data_dir.is_file():
             reason = "not a directory"
@@ -170,17 +206,24 @@ def engine_or_exit(settings: Settings, *, upgrade: bool) -> Engine:
             f"cannot use the data directory {settings.data_dir}:", f"{reason} (TAGFLOW_DATA_DIR)"
         )
         raise typer.Exit(2) from None
-    except SQLAlchemyError as exc:
-        shown = shown_url(settings.resolved_database_url)
-        if reason := configuration_refusal(exc):  # the server's reason alone, not libpq's
-            print_error(
-                f"the database at {shown} refused the connection:",
-                f"{reason} (TAGFLOW_DATABASE_URL)",
-            )
-        else:
-            print_error(f"cannot open the database {shown}:", first_line(exc))
-        raise typer.Exit(2) from None
-    return engine
+    except SQLAlchemyError:
+        if engine is not None:
+            engine.dispose()  # tried again, under the worker's wait: not a pool per try
+        raise
+
+
+def _database_error(settings: Settings, exc: SQLAlchemyError) -> NoReturn:
+    """The one line a database that cannot be opened is, in the server's words when it refuses
+    the connection for its configuration, with exit code 2."""
+    shown = shown_url(settings.resolved_database_url)
+    if reason := configuration_refusal(exc):  # the server's reason alone, not libpq's
+        print_error(
+            f"the database at {shown} refused the connection:",
+            f"{reason} (TAGFLOW_DATABASE_URL)",
+        )
+    else:
+        print_error(f"cannot open the database {shown}:", first_line(exc))
+    raise typer.Exit(2) from None
 
 
 class CommandGroup(TyperGroup):
@@ -227,7 +270,8 @@ def preflight_or_exit(
     without it; the API serves predictions and keeps review work in its outbox): exit code 1
     if not, an outage, as for a worker that loses its Redis mid-job, so that 2 stays a
     configuration error, which `tagflow up` does not restart its worker for.
-    `before_database` runs before the database is checked (the worker's wait for it)."""
+    `before_database` runs before the database is checked (the worker's wait for it), and
+    again should the server be away by the time it is checked (`engine_or_exit`)."""
     if not settings.redis_url:
         print_error(
             f"cannot {action}:",
@@ -236,9 +280,7 @@ def preflight_or_exit(
         )
         raise typer.Exit(2)
     cli_tags(settings)
-    if before_database is not None:
-        before_database(settings)
-    open_session(settings).close()
+    engine_or_exit(settings, upgrade=True, wait=before_database).dispose()
     if reach_redis:
         from redis import Redis
         from redis.exceptions import RedisError
