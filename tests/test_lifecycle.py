@@ -24,7 +24,7 @@ from service.logs import REPEAT_LOG_S, RepeatedFailures
 from service.ml import registry
 from service.ml.training import TrainResult
 from service.outbox import LABELING_QUEUE
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, register_promoted, sqlite_app
 
 
 def _database_down() -> OperationalError:
@@ -62,6 +62,71 @@ def test_a_step_failing_the_same_way_is_logged_once_a_minute(
     assert back == "background step drain_outbox works again after 60 failed rounds"
     assert bug == "background step drain_outbox failed: ValueError: a bug" and tb3 is not None
     assert REPEAT_LOG_S == 60.0
+
+
+PUT_OFF_STEPS = ("redeliver_outbox", "redeliver_jobs", "auto_recalibrate")
+
+
+def _said(caplog: pytest.LogCaptureFixture, step: str, what: str) -> list[str]:
+    """The background loop's lines about `step` that hold `what`."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "service.api.lifecycle"
+        and r.getMessage().startswith(f"background step {step} ")
+        and what in r.getMessage()
+    ]
+
+
+def _until_said(caplog: pytest.LogCaptureFixture, what: str, *, within_s: float) -> None:
+    """Until every step of PUT_OFF_STEPS has a line holding `what`."""
+    deadline = time.monotonic() + within_s
+    while not all(_said(caplog, step, what) for step in PUT_OFF_STEPS):
+        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
+        time.sleep(0.05)
+
+
+def test_a_step_put_off_after_a_failure_is_not_said_to_work_again_during_the_outage(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    shared_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """redeliver_outbox, redeliver_jobs and auto_recalibrate moved their next check forward
+    before they touched the database: the round after a failure skipped them, which counted
+    as a success (`works again after 1 failed rounds` with the database still away), and they
+    tried again only an interval later (30 s; an hour for the recalibration here). Now a step
+    that failed is tried again at the next round, and said to work once it does."""
+    caplog.set_level(logging.INFO, logger="service.api.lifecycle")
+    with sqlite_app(
+        make_settings,
+        tmp_path,
+        shared_result,
+        watch_interval_s=0.05,
+        recalibrate_interval_s=3600.0,
+    ) as client:
+        state = client.app.state.tagflow  # type: ignore[attr-defined]
+        working = state.engine
+        state.engine = create_engine(
+            "postgresql+psycopg://postgres@127.0.0.1:1/test", connect_args={"connect_timeout": 2}
+        )
+        try:
+            time.sleep(0.5)  # a round that began on the working database has ended
+            # Due again in the outage (the first rounds ran them on the working database).
+            state.next_redelivery_check = state.next_job_check = state.next_recalibration = 0.0
+            _until_said(caplog, "failed", within_s=30)
+            time.sleep(1.0)  # rounds every 0.05 s, the database still away
+            during = [line for step in PUT_OFF_STEPS for line in _said(caplog, step, "again")]
+        finally:
+            state.engine.dispose()
+            state.engine = working
+        _until_said(caplog, "works again", within_s=10)  # not an interval later
+    assert during == []
+    for step in PUT_OFF_STEPS:
+        (back,) = _said(caplog, step, "works again")
+        assert back.startswith(f"background step {step} works again after "), back
+        rounds = int(back.split("after ")[1].split()[0])
+        assert rounds > 1, back  # tried at each round of the outage, not once
 
 
 def _rescorings(redis_conn: redis.Redis) -> list[tuple[object, ...]]:

@@ -161,24 +161,35 @@ def drain_outbox(state: AppState) -> int:
         return relay(session, queue=state.queues.labeling, failures=state.outbox_failures)
 
 
+# The steps below that run every so often set their next time once they have done their work,
+# not before: set before, the round after a failure skipped the step, which the watch loop
+# counted as a success ("works again after 1 failed rounds" with the database still away),
+# and the step was tried again only a full interval later. A failed step is tried at the next
+# round (every `watch_interval_s`), its failures logged once a minute (`RepeatedFailures`).
+
+
 def redeliver_outbox(state: AppState) -> int:
-    """Every `REDELIVERY_CHECK_S` (and at the first tick), send again the outbox rows whose job
-    Redis lost before the worker ran it (`outbox.redeliver_lost`)."""
+    """Every `REDELIVERY_CHECK_S` (and at the first tick, and at each tick after a failure),
+    send again the outbox rows whose job Redis lost before the worker ran it
+    (`outbox.redeliver_lost`)."""
     if time.monotonic() < state.next_redelivery_check:
         return 0
-    state.next_redelivery_check = time.monotonic() + REDELIVERY_CHECK_S
     with state.outbox_lock, Session(state.engine) as session:
-        return redeliver_lost(session, queue=state.queues.labeling)
+        sent = redeliver_lost(session, queue=state.queues.labeling)
+    state.next_redelivery_check = time.monotonic() + REDELIVERY_CHECK_S
+    return sent
 
 
 def redeliver_jobs(state: AppState) -> int:
-    """Every `REDELIVERY_CHECK_S` (and at the first tick), queue again the admin jobs (a
-    retraining, a comparison) that Redis lost (`jobs.redeliver_lost_jobs`)."""
+    """Every `REDELIVERY_CHECK_S` (and at the first tick, and at each tick after a failure),
+    queue again the admin jobs (a retraining, a comparison) that Redis lost
+    (`jobs.redeliver_lost_jobs`)."""
     if time.monotonic() < state.next_job_check:
         return 0
-    state.next_job_check = time.monotonic() + REDELIVERY_CHECK_S
     with Session(state.engine) as session:
-        return redeliver_lost_jobs(session, queue=state.queues.training)
+        queued = redeliver_lost_jobs(session, queue=state.queues.training)
+    state.next_job_check = time.monotonic() + REDELIVERY_CHECK_S
+    return queued
 
 
 def auto_retrain(state: AppState) -> str | None:
@@ -190,20 +201,22 @@ def auto_retrain(state: AppState) -> str | None:
 
 
 def auto_recalibrate(state: AppState) -> None:
-    """Every `recalibrate_interval_s`, move the served cut where the audit sample shows it
-    should be: up when live precision is below target, down when a lower cut reaches it
-    (service/calibration.py)."""
+    """Every `recalibrate_interval_s` (and at each tick after a failure), move the served cut
+    where the audit sample shows it should be: up when live precision is below target, down
+    when a lower cut reaches it (service/calibration.py)."""
     settings = state.settings
     current = state.predictor.current
     if not settings.recalibrate_interval_s or current is None:
         return
     if time.monotonic() < state.next_recalibration:
         return
-    state.next_recalibration = time.monotonic() + settings.recalibrate_interval_s
     with Session(state.engine) as session:
         outcome = recalibrate_as_configured(
             session, version=current.version, settings=settings, apply=True
         )
+    # Done: not again for an interval, even should serving the new cut fail below (the
+    # watch loop's sync_production serves it at its next round).
+    state.next_recalibration = time.monotonic() + settings.recalibrate_interval_s
     if outcome.applied:
         sync_production(state)
 
