@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import typer
 from rich.errors import MarkupError
 from rq import Queue
 from sqlalchemy import make_url, text
@@ -26,7 +27,7 @@ from typer.testing import CliRunner
 
 from service.api_keys import KeyRing, fingerprint, new_key
 from service.cli import app
-from service.cli.common import console
+from service.cli.common import CommandGroup, console
 from service.cli.main import suspects_table
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Caller, Role, Settings
 from service.crud import labels as labels_crud
@@ -756,3 +757,32 @@ def test_retrain_with_nothing_new_says_so_unless_forced(
     assert queued.exit_code == 0, queued.output
     (job,) = Queue(TRAINING_QUEUE, connection=redis_conn).jobs
     assert job.args == ("cli", True)
+
+
+@pytest.mark.parametrize(("url", "reason"), MISCONFIGURED_POSTGRES)
+def test_a_configuration_refusal_met_while_a_command_runs_is_named_not_try_again(
+    url: str, reason: str
+) -> None:
+    """A command whose server starts refusing it for its configuration once it runs (the
+    worker's job context, built after its check; a database dropped meanwhile) said "the
+    database is unavailable: ...; try again", though no wait cures it. Now the server's
+    reason, exit 2, as at start."""
+    group = typer.Typer(cls=CommandGroup)
+
+    @group.command()
+    def connect() -> None:
+        engine = make_engine(url)
+        try:
+            engine.connect().close()
+        finally:
+            engine.dispose()
+
+    @group.command()
+    def idle() -> None:  # a second command, so that the group is a group
+        """Nothing."""
+
+    result = CliRunner().invoke(group, ["connect"])
+    assert result.exit_code == 2, result.output
+    said = f"the database refused the connection: {reason} (TAGFLOW_DATABASE_URL)"
+    assert said in result.output, result.output
+    assert "try again" not in result.output and "s3cret-pw" not in result.output

@@ -230,7 +230,9 @@ class CommandGroup(TyperGroup):
     """The `tagflow` command group: a database that becomes unavailable while a command runs
     (locked past SQLite's busy timeout, PostgreSQL gone or not answering) is one line and
     exit code 2, as one that cannot be opened is, not a page of traceback; so is a database
-    a newer tagflow has upgraded. Any other database error is a bug, and keeps its traceback."""
+    a newer tagflow has upgraded, and a server that starts refusing the connection for its
+    configuration (the database dropped), in its words. Any other database error is a bug,
+    and keeps its traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -241,7 +243,14 @@ class CommandGroup(TyperGroup):
         except SQLAlchemyError as exc:
             if not is_outage(exc):
                 raise
-            print_error("the database is unavailable:", f"{first_line(exc)}; try again")
+            if reason := configuration_refusal(exc):
+                # Not "try again": no wait cures it (the worker's job context, built after
+                # its check, met it so, and `tagflow up` reads the worker's exit 2 as this).
+                print_error(
+                    "the database refused the connection:", f"{reason} (TAGFLOW_DATABASE_URL)"
+                )
+            else:
+                print_error("the database is unavailable:", f"{first_line(exc)}; try again")
             raise typer.Exit(2) from None
 
 
