@@ -445,7 +445,7 @@ def test_stopped_rows_show_in_metrics_and_stats_until_resent(
     )
     assert result.stderr.strip() == "not re-queued: 999999: no such row, or not stopped"
     queue = Queue(LABELING_QUEUE, connection=redis_conn)
-    wait_for(lambda: len(review_jobs(queue)) == 1, what="the API's relay to send it again")
+    wait_until(lambda: len(review_jobs(queue)) == 1, what="the API's relay to send it again")
     [row] = outbox_rows(state.engine)
     assert row.stopped_at is None and row.sends == 1 and row.sent_at is not None
     assert [p[OUTBOX_ID] for job in review_jobs(queue) for p in job.args[0]] == [row_id]
