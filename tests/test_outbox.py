@@ -138,7 +138,7 @@ def test_same_text_twice_is_one_task_even_when_resent(
         )
         assert relay(session, queue=queue) == 2
         for row in session.exec(select(OutboxItem)):  # as if the relay crashed before commit
-            row.sent_at = None
+            row.sent_at, row.sends = None, 0  # (its one UPDATE sets both)
             session.add(row)
         session.commit()
         assert relay(session, queue=queue) == 2
@@ -419,6 +419,45 @@ def test_a_row_whose_job_is_lost_every_time_is_stopped_after_max_sends(
         [task] = session.exec(select(ReviewTask)).all()
     assert task.title == "A payload that takes Redis down"
     assert outbox_rows(engine)[0].done_at is not None
+
+
+def test_rows_of_a_lost_job_go_again_one_a_job_so_a_poison_payload_is_stopped_alone(
+    engine: Engine, redis_conn: redis.Redis
+) -> None:
+    """Three review items relayed in one job, lost (Redis empty before a worker ran it): they
+    go again as three jobs, so that when one of them is what takes Redis down, only it keeps
+    losing its job and reaches the cap; the two others go through. Sent again together, all
+    three were lost and stopped with it."""
+    titles = ["Poison payload", "Innocent one", "Innocent two"]
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        save_predictions(
+            session,
+            predictions=[make_prediction(t, status=PredictionStatus.REVIEW) for t in titles],
+        )
+        assert relay(session, queue=queue) == 3
+        assert [len(job.args[0]) for job in review_jobs(queue)] == [3]
+        redis_conn.flushdb()
+        assert redeliver_lost(session, queue=queue) == 3
+        assert relay(session, queue=queue) == 3
+        jobs = review_jobs(queue)
+        assert sorted(job.args[0][0]["title"] for job in jobs) == sorted(titles)
+        assert [len(job.args[0]) for job in jobs] == [1, 1, 1]
+        # From now on only the poison payload's job goes missing, each time it is sent (its
+        # sends 2 to MAX_SENDS); then it is stopped, not sent again.
+        for _ in range(MAX_SENDS - 1):
+            [poison] = [job for job in review_jobs(queue) if job.args[0][0]["title"] == titles[0]]
+            poison.delete()
+            redeliver_lost(session, queue=queue)
+            relay(session, queue=queue)
+    titles_queued = sorted(job.args[0][0]["title"] for job in review_jobs(queue))
+    assert titles_queued == sorted(titles[1:])
+    by_title = {row.payload["title"]: row for row in outbox_rows(engine)}
+    assert by_title[titles[0]].stopped_at is not None
+    assert by_title[titles[0]].sends == MAX_SENDS
+    for title in titles[1:]:
+        assert by_title[title].stopped_at is None and by_title[title].sends == 2
+        assert by_title[title].job_id is not None  # in flight, for a worker to take
 
 
 def test_stopped_rows_show_in_metrics_and_stats_until_resent(
