@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
@@ -34,6 +34,7 @@ __all__ = [
     "init_db",
     "is_outage",
     "is_outage_to_wait_for",
+    "is_server_away",
     "make_engine",
     "ping",
     "session_scope",
@@ -255,6 +256,13 @@ def is_outage_to_wait_for(exc: BaseException) -> bool:
     """Whether a process that needs the database should wait for it rather than stop: an
     outage (`is_outage`) that is not a configuration refusal, which waiting never ends."""
     return is_outage(exc) and configuration_refusal(exc) is None
+
+
+def is_server_away(url: str, exc: BaseException) -> bool:
+    """Whether `exc`, met on the database at `url`, is a server away to wait for
+    (`is_outage_to_wait_for`). Never SQLite: its outages at a process's start are a path that
+    cannot be opened (a configuration error) or a lock its busy timeout waited for already."""
+    return make_url(url).get_backend_name() != "sqlite" and is_outage_to_wait_for(exc)
 
 
 def ping(engine: Engine) -> bool:

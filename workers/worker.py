@@ -30,6 +30,7 @@ from service.db import (
     is_conflict,
     is_outage,
     is_outage_to_wait_for,
+    is_server_away,
     make_engine,
 )
 from service.logs import REPEAT_LOG_S, configure_logging, exception_line
@@ -369,12 +370,11 @@ def context_once_the_database_answers(
     answers. The server may go between that check and this: the worker exited 2 ("the
     database is unavailable ...; try again"), which `tagflow up` takes for a configuration
     error and stops on. Any other error, a configuration refusal included, is raised."""
-    sqlite = make_url(settings.resolved_database_url).get_backend_name() == "sqlite"
     while True:
         try:
             return JobContext(settings)
         except SQLAlchemyError as exc:
-            if sqlite or not is_outage_to_wait_for(exc):
+            if not is_server_away(settings.resolved_database_url, exc):
                 raise
             log.error(
                 "worker: the database went away before the worker started (%s); waiting for it",

@@ -26,7 +26,7 @@ from service.db import (
     configuration_refusal,
     init_db,
     is_outage,
-    is_outage_to_wait_for,
+    is_server_away,
     make_engine,
 )
 from service.migrations import UnknownRevisionError
@@ -169,16 +169,9 @@ def engine_or_exit(
         try:
             return _connected_engine(settings, upgrade=upgrade)
         except SQLAlchemyError as exc:
-            if wait is not None and _server_away(settings, exc):
+            if wait is not None and is_server_away(settings.resolved_database_url, exc):
                 continue  # gone again since `wait` returned: wait for it again
             _database_error(settings, exc)
-
-
-def _server_away(settings: Settings, exc: SQLAlchemyError) -> bool:
-    """Whether `exc` is a PostgreSQL server away, to be waited for. Not SQLite: its outages at
-    start are a path that cannot be opened or a lock its busy timeout waited for already."""
-    backend = make_url(settings.resolved_database_url).get_backend_name()
-    return backend != "sqlite" and is_outage_to_wait_for(exc)
 
 
 def _connected_engine(settings: Settings, *, upgrade: bool) -> Engine:
