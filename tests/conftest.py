@@ -171,6 +171,13 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def empty_postgres_url() -> str:
+    """The test PostgreSQL database, emptied first, for a test about PostgreSQL alone."""
+    _reset_postgres(POSTGRES_URL).dispose()
+    return POSTGRES_URL
+
+
+@pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
     engine = make_engine(database_url)
     init_db(engine)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from service.retention import PRUNE_JOB
 from tests.conftest import MISCONFIGURED_POSTGRES, POSTGRES_URL, ROOT, make_prediction
 from tests.freezable_proxy import FreezableProxy
 from tests.held_job import HELD_JOB
+from tests.postgres_away import DatabaseComesBack, refused_postgres_url
 from tests.waiting import wait_until
 from workers.context import JobContext, use_context
 from workers.worker import (
@@ -496,15 +496,6 @@ def test_a_probe_error_that_is_no_outage_keeps_the_worker_waiting(
     assert "the database answers again" in caplog.text
 
 
-def _refused_postgres_url() -> tuple[str, int]:
-    """A PostgreSQL URL on a port nothing listens on (yet), and the port."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = make_url(POSTGRES_URL).set(host="127.0.0.1", port=port)
-    return url.render_as_string(hide_password=False), port
-
-
 def _wait_for(
     output: list[str], text: str, worker: subprocess.Popen[str], *, within_s: float
 ) -> None:
@@ -529,7 +520,7 @@ def test_a_worker_started_while_the_database_is_down_waits_and_stops_on_sigterm(
     """Started while its PostgreSQL refused connections, `tagflow worker` exited 2 ("cannot
     open the database") for its supervisor to start it again and again. Now it says so once
     and waits, and a SIGTERM meanwhile stops it (exit 0)."""
-    url, _ = _refused_postgres_url()
+    url, _ = refused_postgres_url()
     worker = start_worker({**cli_env, "TAGFLOW_DATABASE_URL": url}, redis_url=test_redis_url)
     output = _read_into(worker)
     try:
@@ -553,7 +544,7 @@ def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
 ) -> None:
     """The database comes up (here: a proxy to the test PostgreSQL starts listening on the
     refused port): the worker starts and waits for jobs, without a restart."""
-    url, port = _refused_postgres_url()
+    url, port = refused_postgres_url()
     worker = start_worker({**cli_env, "TAGFLOW_DATABASE_URL": url}, redis_url=test_redis_url)
     output = _read_into(worker)
     proxy: FreezableProxy | None = None
@@ -577,37 +568,13 @@ def test_a_worker_started_while_the_database_is_down_starts_once_it_answers(
     assert worker.returncode == 0, "".join(output)[-3000:]
 
 
-class DatabaseComesBack:
-    """A wait for the database, as the worker's: call `after` calls return at once (the
-    server answered, and goes before the next connection: its URL is on a port nothing
-    listens on); the call after that starts a proxy to the test PostgreSQL on that port, the
-    server back, and returns."""
-
-    def __init__(self, port: int, *, after: int) -> None:
-        self.port, self.after = port, after
-        self.calls = 0
-        self.proxy: FreezableProxy | None = None
-
-    def __call__(self, settings: Settings) -> None:
-        self.calls += 1
-        if self.calls > self.after and self.proxy is None:
-            target = make_url(POSTGRES_URL)
-            self.proxy = FreezableProxy(
-                target.host or "127.0.0.1", target.port or 5432, listen_on=self.port
-            )
-
-    def close(self) -> None:
-        if self.proxy is not None:
-            self.proxy.close()
-
-
 def test_a_database_gone_between_the_workers_wait_and_its_check_is_waited_for_again(
     make_settings: Callable[..., Settings],
 ) -> None:
     """The worker's start-up check connected once its wait returned: a server gone in between
     was "cannot open the database", exit 2, which `tagflow up` takes for a configuration
     error and stops on. Now it waits again, and the check passes once the server is back."""
-    url, port = _refused_postgres_url()
+    url, port = refused_postgres_url()
     wait = DatabaseComesBack(port, after=1)
     try:
         preflight_or_exit(make_settings(database_url=url), action="work", before_database=wait)
@@ -638,7 +605,7 @@ def test_a_database_gone_when_the_worker_builds_its_context_is_waited_for(
     a server gone by then was "the database is unavailable ...; try again", exit 2, which
     `tagflow up` stops on. Now it waits for the server, then builds the context."""
     caplog.set_level(logging.ERROR, logger="workers.worker")
-    url, port = _refused_postgres_url()
+    url, port = refused_postgres_url()
     wait = DatabaseComesBack(port, after=0)
     try:
         context = context_once_the_database_answers(make_settings(database_url=url), wait=wait)

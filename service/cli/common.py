@@ -174,6 +174,18 @@ def engine_or_exit(
             _database_error(settings, exc)
 
 
+def engine_unless_away(settings: Settings, *, upgrade: bool) -> Engine | None:
+    """`engine_or_exit`'s one try, with None for a PostgreSQL server that is away (refused,
+    unreachable, not answering), for the caller to wait for; any other failure is the same
+    one line and exit code 2."""
+    try:
+        return _connected_engine(settings, upgrade=upgrade)
+    except SQLAlchemyError as exc:
+        if is_server_away(settings.resolved_database_url, exc):
+            return None
+        _database_error(settings, exc)
+
+
 def _connected_engine(settings: Settings, *, upgrade: bool) -> Engine:
     """`engine_or_exit`'s one try: a data directory that cannot be made is one line and exit
     code 2; a database error is raised, for the caller to wait or to name it."""

@@ -10,16 +10,20 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 
 import typer
 from rich.text import Text
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from service.cli.common import (
     cli_actor,
     cli_tags,
     console,
-    open_session,
+    engine_or_exit,
+    engine_unless_away,
     port_free_or_exit,
     print_error,
     settings_or_exit,
@@ -86,8 +90,7 @@ def run_up(host: str, port: int) -> None:
     # A PostgreSQL server that is away is waited for instead, once this `up` owns the data
     # directory: under a supervisor, exit 2 only made it start `up` again and again.
     cli_tags(settings)
-    database_away = _postgres_away(settings)
-    has_model = False if database_away else _has_production_model(settings)
+    has_model = production_model_unless_away(settings)  # None: a server away
     with ExitStack() as stack:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
@@ -98,11 +101,8 @@ def run_up(host: str, port: int) -> None:
         if generated:  # only now: a refused `up` would print keys nothing accepts
             print_generated_keys(generated)
         stop = stack.enter_context(stop_signals_as_exit())
-        if database_away:
-            from workers.worker import wait_for_the_database
-
-            wait_for_the_database(settings, who="up", before="starting anything")
-            has_model = _has_production_model(settings)
+        if has_model is None:
+            has_model = production_model_once_answered(settings, wait=_wait_for_the_database)
         settings = _with_redis(settings, stack)
         stop.check()  # each start of a child process is a place where a stop can be lost
         if not has_model:
@@ -123,34 +123,37 @@ def run_up(host: str, port: int) -> None:
         raise typer.Exit(2)
 
 
-def _postgres_away(settings: Settings) -> bool:
-    """Whether the configured database is a PostgreSQL server that is away (refused,
-    unreachable, not answering). SQLite never is: a file that cannot be opened is a
-    configuration error, which `open_session` names; so is any other refusal here, a server
-    refusing the connection for its configuration too (no such database or role, failed
-    authentication), which `up` waited for without end."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
+def production_model_unless_away(settings: Settings) -> bool | None:
+    """Whether a model is in production, asked in one connection; None when the database is a
+    PostgreSQL server that is away (refused, unreachable, not answering), for `up` to wait for
+    once it owns the data directory. Any other failure is a configuration error, one line and
+    exit 2 before anything starts (`engine_or_exit`): a file that cannot be opened, a server
+    refusing the connection for good (no such database or role, failed authentication).
 
-    from service.db import is_outage_to_wait_for, make_engine
+    One connection, not a check then a query: with two, a server gone between them was "cannot
+    open the database", exit 2, which a supervisor answers by starting `up` again and again."""
+    engine = engine_unless_away(settings, upgrade=True)
+    return None if engine is None else _production_model_in(engine)
 
-    url = settings.resolved_database_url
-    if make_url(url).get_backend_name() == "sqlite":
-        return False
-    engine = make_engine(url)
+
+def production_model_once_answered(settings: Settings, *, wait: Callable[[Settings], None]) -> bool:
+    """Whether a model is in production, once the database answers: `wait` first, and again if
+    the server is gone between its answer and the connection (`engine_or_exit`)."""
+    return _production_model_in(engine_or_exit(settings, upgrade=True, wait=wait))
+
+
+def _production_model_in(engine: Engine) -> bool:
     try:
-        engine.connect().close()
-    except SQLAlchemyError as exc:
-        return is_outage_to_wait_for(exc)
+        with Session(engine) as session:
+            return registry.get_production(session) is not None
     finally:
         engine.dispose()
-    return False
 
 
-def _has_production_model(settings: Settings) -> bool:
-    """Whether a model is in production; a database that cannot be opened is one line, exit 2."""
-    with open_session(settings) as session:
-        return registry.get_production(session) is not None
+def _wait_for_the_database(settings: Settings) -> None:
+    from workers.worker import wait_for_the_database
+
+    wait_for_the_database(settings, who="up", before="starting anything")
 
 
 def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
