@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
+import tarfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -20,6 +23,7 @@ from service.errors import ArtifactError, ConflictError, InvalidInputError, NotF
 from service.ml import production_history, registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
+from tests.conftest import auth
 
 
 @pytest.fixture
@@ -412,6 +416,30 @@ def test_filter_by_metric_criteria(
             registry.Criterion.parse(malformed)
     with pytest.raises(InvalidInputError, match="is not of the form"):
         registry.Criterion.parse("weighted_f1<1e999")  # no version's metric is infinite
+
+
+def test_a_versions_times_are_shown_in_utc_on_both_databases(client: TestClient) -> None:
+    """SQLite gives stored times back without their zone: a record shown as `"23:00"` reads as
+    the client's local time, where PostgreSQL's says `"23:00Z"`. Every place a record is shown
+    (the API, `models list --json`, a bundle's manifest and the lineage an import keeps) says
+    UTC."""
+    listed = client.get("/models", headers=auth("admin")).json()["models"]
+    one = client.get("/models/v0001", headers=auth("client")).json()
+    bundle = client.get("/models/v0001/bundle", headers=auth("admin"))
+    with tarfile.open(fileobj=io.BytesIO(bundle.content), mode="r:gz") as tar:
+        member = tar.extractfile("manifest.json")
+        assert member is not None
+        manifest = json.loads(member.read())["model"]
+    imported = client.post(
+        "/models/import",
+        content=bundle.content,
+        headers={**auth("admin"), "content-type": "application/gzip"},
+    ).json()["model"]
+    for shown in (listed[0], one, manifest, imported):
+        assert shown["created_at"].endswith("Z"), shown["created_at"]
+    for shown in (listed[0], one, manifest):
+        assert shown["promoted_at"].endswith("Z"), shown["promoted_at"]
+    assert imported["params"]["imported"]["created_at"].endswith("+00:00")
 
 
 def test_checksum_mismatch_is_refused_and_registry_untouched(

@@ -6,10 +6,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from pydantic import field_validator
 from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import utcnow
+from service.entities.common import as_utc, utcnow
 
 
 class ModelStatus(StrEnum):
@@ -60,3 +61,10 @@ class ModelVersionPublic(ModelVersionBase):
     created_at: datetime
     promoted_at: datetime | None
     previous_version: str | None = None
+
+    @field_validator("created_at", "promoted_at")
+    @classmethod
+    def _in_utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite gives the stored times back without their zone: shown so, "23:00" read as a
+        # client's local time, and a record said another thing on PostgreSQL ("23:00Z").
+        return as_utc(value) if value is not None else None
