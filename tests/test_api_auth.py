@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.api_keys import hash_key
 from service.config import Settings
 from service.ml.training import TrainResult
-from tests.conftest import auth, auth_as, sqlite_app
+from tests.conftest import KEYS, auth, auth_as, sqlite_app
 from tests.waiting import wait_until
 
 ITEM = {"title": "Image captioning", "description": "Describe photos with words."}
@@ -47,6 +48,46 @@ def test_probes_need_no_key(sqlite_client: TestClient) -> None:
     assert ready.status_code == 200
     assert ready.json()["model_version"] == "v0001"
     assert sqlite_client.get("/openapi.json").status_code == 200
+
+
+# A value for each path parameter of the schema, of the form the operation takes.
+PATH_VALUES = {
+    "version": "v0001",
+    "task_id": "1",
+    "feedback_id": "1",
+    "prediction_id": "0" * 32,
+    "job_id": "no-such-job",
+}
+
+
+def test_the_schema_names_the_roles_each_operation_takes(sqlite_client: TestClient) -> None:
+    """/docs, and a client generated from /openapi.json, learn from each operation which keys
+    it takes: its 401, and its 403 naming the roles, exactly those whose keys the app lets
+    through. Before, no operation said either: the schema showed a bearer key and nothing of
+    roles, so a reader found out by being refused."""
+    paths = sqlite_client.get("/openapi.json").json()["paths"]
+    checked = 0
+    for path, operations in paths.items():
+        url = re.sub(r"\{(\w+)\}", lambda m: PATH_VALUES[m.group(1)], path)
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            if "security" not in operation:  # the probes: no key, no key refused
+                assert not {"401", "403"} & set(responses), (method, path)
+                assert sqlite_client.request(method, url).status_code == 200, (method, path)
+                continue
+            assert "401" in responses and "403" in responses, (method, path)
+            said = re.fullmatch(r".* takes (.+) keys", responses["403"]["description"])
+            assert said, responses["403"]
+            documented = set(re.split(r", | or ", said.group(1)))
+            let_through = {
+                role
+                for role, key in KEYS.items()
+                if sqlite_client.request(method, url, headers=bearer(key)).status_code != 403
+            }
+            assert documented == let_through, (method, path)
+            assert sqlite_client.request(method, url).status_code == 401, (method, path)
+            checked += 1
+    assert checked > 30
 
 
 def test_whoami_tells_a_personal_key_from_a_shared_one(sqlite_client: TestClient) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
 from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -145,6 +146,37 @@ async def refusal_before_body(request: Request) -> HTTPException | None:
     except HTTPException as refused:
         return refused
     return None
+
+
+def roles_taken(roles: tuple[Role, ...]) -> str:
+    """The roles a key check lets through, admin last, as the API's schema names them:
+    `client, reviewer or admin`."""
+    names = [role.value for role in roles if role is not Role.ADMIN] + [Role.ADMIN.value]
+    return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
+_DETAIL = {"application/json": {"schema": {"properties": {"detail": {"type": "string"}}}}}
+
+
+def document_key_checks(router: APIRouter) -> None:
+    """Add to each operation of `router` the 401 and 403 its key check answers, the 403
+    naming the roles whose keys it takes, for the API's schema. Without them /docs, and a
+    client generated from /openapi.json, said of no operation which key it needs, nor that a
+    key can be refused. (The same answers every time: the routers are the modules'.)"""
+    for route in router.routes:
+        roles = _roles_checked(route.dependant) if isinstance(route, APIRoute) else None
+        if roles is None:
+            continue
+        route.responses.setdefault(
+            401, {"description": "No API key, or one not in force", "content": _DETAIL}
+        )
+        route.responses.setdefault(
+            403,
+            {
+                "description": f"A key of another role: this takes {roles_taken(roles)} keys",
+                "content": _DETAIL,
+            },
+        )
 
 
 async def get_key_id(

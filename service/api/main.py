@@ -13,6 +13,7 @@ from redis import Redis
 from rq import Queue
 
 from service.api import errors
+from service.api.deps import document_key_checks
 from service.api.lifecycle import drain_outbox, sync_production, watch
 from service.api.limits import BodyLimit, max_body_bytes
 from service.api.routes import (
@@ -187,5 +188,6 @@ def create_app(settings: Settings) -> FastAPI:
         review_page.router,
         whoami.router,
     ):
+        document_key_checks(router)
         app.include_router(router)
     return app
