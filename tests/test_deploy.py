@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import typer
 import yaml
+from fastapi.testclient import TestClient
 
 import service.jobs
+from service.cli import app as cli_app
 from service.config import SEED_DATASET, Settings
 from service.db import POSTGRES_CONNECT_TIMEOUT_S
 from service.jobs import LONGEST_JOB_TIMEOUT_S
@@ -202,3 +205,77 @@ def test_a_first_compose_run_is_told_how_to_set_the_api_keys() -> None:
         "reviewer",
     ]
     assert all(len(key) >= 32 for key in settings.keys)
+
+
+def _stage(name: str) -> str:
+    """The Dockerfile's stage `name` (builder, runtime), continuation lines joined."""
+    stages = re.split(r"^FROM \S+ AS (\w+)$", DOCKERFILE.replace("\\\n", " "), flags=re.M)
+    return dict(zip(stages[1::2], stages[2::2], strict=True))[name]
+
+
+def _env(stage: str) -> dict[str, str]:
+    """What the ENV instructions of `stage` set."""
+    return {
+        name: value
+        for line in re.findall(r"^ENV (.+)$", stage, flags=re.M)
+        for name, value in re.findall(r"(\w+)=(\S+)", line)
+    }
+
+
+def _runs(args: list[str]) -> bool:
+    """Whether `tagflow ARGS...` names a command and options the CLI has (values are not
+    checked: a compose variable or a shell substitution stands for them)."""
+    command = typer.main.get_command(cli_app)
+    words = iter(args)
+    for word in words:
+        if not hasattr(command, "commands"):  # a command, not a group
+            if word.startswith("--"):
+                option = next((p for p in command.params if word in p.opts), None)
+                if option is None:
+                    return False
+                if not getattr(option, "is_flag", False):
+                    next(words, None)
+            continue
+        if word not in command.commands:
+            return False
+        command = command.commands[word]
+    return not hasattr(command, "commands")
+
+
+def test_the_image_serves_what_it_builds_from_where_compose_keeps_it(
+    sqlite_client: TestClient,
+) -> None:
+    """What test_deploy.py did not read: that the runtime looks for the encoder where the build
+    exported it (else the first start exports again, which needs the PyTorch the image lacks),
+    keeps its state in the directory its user owns and compose mounts for every tagflow
+    service, runs offline, and that its commands and health checks are ones tagflow has."""
+    builder, runtime = _stage("builder"), _stage("runtime")
+    env = _env(runtime)
+    exported = re.search(r"ensure_onnx\(Path\('([^']+)'\)", builder)
+    assert exported, "the build exports no encoder"
+    assert f"COPY --from=builder {exported.group(1)} {exported.group(1)}" in runtime
+    assert env["TAGFLOW_ENCODER_DIR"] == exported.group(1)
+    assert _env(builder)["HF_HUB_OFFLINE"] == env["HF_HUB_OFFLINE"] == "1"
+    # State: the data directory is the non-root user's, and the volume compose mounts.
+    data = env["TAGFLOW_DATA_DIR"]
+    user = re.search(r"^USER (\w+)$", runtime, flags=re.M)
+    assert user and f"chown {user.group(1)}:{user.group(1)} {data}" in runtime
+    assert f'VOLUME ["{data}"]' in runtime
+    tagflow = {name: service for name, service in COMPOSE["services"].items() if "build" in service}
+    assert set(tagflow) == {"api", "worker", "init"}
+    for name, spec in tagflow.items():
+        assert spec["environment"].get("TAGFLOW_DATA_DIR", data) == data, name
+        assert f"tagflow-data:{data}" in spec["volumes"], name
+    # Commands: the image's and compose's are tagflow commands with options it has.
+    cmd = re.search(r"^CMD (\[.+\])$", runtime, flags=re.M)
+    assert cmd
+    commands = [yaml.safe_load(cmd.group(1))] + [s["command"] for s in tagflow.values()]
+    for command in commands:
+        line = command[-1] if command[0] == "sh" else " ".join(command)
+        args = re.search(r"\btagflow (.+?)(?: \"\$|$)", line)
+        assert args and _runs(args.group(1).split()), command
+    # Health: the image's and compose's checks ask a path that answers without a key.
+    checks = [DOCKERFILE, *(str(s.get("healthcheck", {}).get("test")) for s in tagflow.values())]
+    paths = {p for text in checks for p in re.findall(r"127\.0\.0\.1:8000(/\w+)", text)}
+    assert paths == {"/healthz"}
+    assert all(sqlite_client.get(path).status_code == 200 for path in paths)
