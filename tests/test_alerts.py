@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import redis
 import yaml
 from fastapi.testclient import TestClient
+from rq import Queue, SimpleWorker
+from rq.registry import FailedJobRegistry
 
+from service.outbox import LABELING_QUEUE
 from tests.conftest import ROOT, auth
 from tests.test_metrics import scrape
 
@@ -51,6 +56,34 @@ def test_every_alert_fires_as_its_unit_tests_say() -> None:
     tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
     assert tested == set(alert_exprs()), "every alert has unit tests"
     assert promtool("test", "rules", *TEST_FILES).count("SUCCESS") == len(TEST_FILES)
+
+
+def test_the_failed_jobs_alert_says_a_requeue_that_works(
+    redis_conn: redis.Redis, test_redis_url: str
+) -> None:
+    """TagflowLabellingJobsFailed tells whoever it pages how to requeue the jobs. It said
+    `rq requeue --all`, which rq refuses (`Missing option '--queue'`, exit 2) and would have
+    sent to localhost's Redis, not the worker's. The command it renders (as its unit test
+    has it), given the worker's Redis URL, puts a failed labelling job back on its queue."""
+    tests = yaml.safe_load((PROMETHEUS / "alerts_test.yml").read_text())["tests"]
+    rendered = next(
+        alert["exp_annotations"]["description"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case["alertname"] == "TagflowLabellingJobsFailed"
+        for alert in case["exp_alerts"]
+    )
+    command = re.search(r"rq requeue [^()]+? -u \$TAGFLOW_REDIS_URL", rendered)
+    assert command, rendered
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
+    job = queue.enqueue("json.loads", "not JSON")  # fails: a JSONDecodeError
+    SimpleWorker([queue], connection=redis_conn).work(burst=True)
+    assert job.id in FailedJobRegistry(queue=queue)
+    args = shlex.split(command.group(0).replace("$TAGFLOW_REDIS_URL", test_redis_url))
+    rq = Path(sys.executable).parent / args[0]  # the venv's, as the image's PATH has it
+    result = subprocess.run([rq, *args[1:]], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert job.id not in FailedJobRegistry(queue=queue) and job.id in queue.job_ids
 
 
 def alert_exprs() -> dict[str, str]:
