@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from service.ml.dataset import (
     Example,
     check_leakage,
     check_trainable,
+    item_text,
     load_dataset,
     load_training_file,
     text_hash,
@@ -247,6 +249,23 @@ def test_split_is_frozen_and_leak_free(shared_dataset: Path, tags: TagSet) -> No
 def test_text_hash_ignores_case_and_spacing() -> None:
     assert text_hash("A  Title", "Some text ") == text_hash("a title", "some   text")
     assert text_hash("A", "B") != text_hash("A B", "")
+
+
+# The same texts in Unicode's two canonical forms: composed (NFC, what most keyboards send) and
+# decomposed (NFD: macOS file names, some editors and text pipelines), which differ in every
+# byte that carries an accent, or, in Korean, in every syllable.
+COMPOSED = ("Caf\u00e9 r\u00e9sum\u00e9 parser", "한국어 형태소 분석")
+DECOMPOSED = ("Cafe\u0301 re\u0301sume\u0301 parser", unicodedata.normalize("NFD", COMPOSED[1]))
+
+
+def test_canonically_equal_texts_are_one_content_and_one_model_input() -> None:
+    assert COMPOSED != DECOMPOSED
+    # one content: one review task, one label in force, duplicates and leakage found
+    assert text_hash(*COMPOSED) == text_hash(*DECOMPOSED)
+    train, evaluation = [Example(*COMPOSED, tag="other")], [Example(*DECOMPOSED, tag="other")]
+    assert check_leakage(train, evaluation) == 1
+    # one model input: the TF-IDF head sees the same words, the embedding cache the same key
+    assert item_text(*COMPOSED) == item_text(*DECOMPOSED)
 
 
 def test_cli_train_on_broken_file_reports_without_traceback(tmp_path: Path) -> None:

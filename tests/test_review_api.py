@@ -7,6 +7,7 @@ import csv
 import io
 import threading
 import time
+import unicodedata
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,7 @@ from service.api.routes.review import lease_remaining_s
 from service.api.state import AppState
 from service.config import Settings
 from service.crud import review_intake
-from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
+from service.entities import Feedback, FeedbackStatus, Label, OutboxItem, Prediction
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.ml import registry
@@ -230,6 +231,46 @@ def test_the_csv_export_keeps_formulas_from_running_and_reads_back_as_it_was(
     path.write_bytes(export.content)
     examples, _ = load_dataset(path, tags=tags)
     assert sorted((e.title, e.description) for e in examples) == sorted(FORMULAS)
+
+
+def test_one_text_in_both_unicode_forms_is_one_item_to_review(
+    client: TestClient, redis_conn: redis.Redis
+) -> None:
+    """The same title and description, once composed (NFC) and once decomposed (NFD, as macOS
+    and some text pipelines send accents): stored as sent, but one content, scored alike, one
+    review task, one label that both predictions show."""
+    state = state_of(client)
+    all_to_review = {"threshold": 1.01}
+    put = client.put("/models/v0001/threshold", json=all_to_review, headers=auth("admin"))
+    assert put.status_code == 200
+    composed = {"title": "Caf\u00e9 r\u00e9sum\u00e9 parser", "description": "한국어 형태소 분석"}
+    decomposed = {k: unicodedata.normalize("NFD", v) for k, v in composed.items()}
+    assert decomposed != composed
+    answers = [
+        client.post("/predict", json=item, headers=auth("client")).json()
+        for item in (composed, decomposed)
+    ]
+    assert answers[0]["scores"] == answers[1]["scores"]
+    wait_outbox_sent(state.engine, at_least=2)
+    run_labeling_worker(redis_conn, state.settings)
+
+    with Session(state.engine) as session:
+        stored = [session.get(Prediction, a["prediction_id"]) for a in answers]
+        tasks = session.exec(select(ReviewTask)).all()
+    assert [(p.title, p.description) for p in stored if p] == [
+        (item["title"], item["description"]) for item in (composed, decomposed)
+    ]
+    assert [(t.arrivals, t.status) for t in tasks] == [(2, ReviewStatus.OPEN)]
+    task_id = client.post("/review/claim", json=body("ann"), headers=auth("reviewer")).json()[
+        "task_id"
+    ]
+    label = client.post(
+        f"/review/{task_id}/label", json=body("ann", tag="other"), headers=auth("reviewer")
+    )
+    assert label.status_code == 201
+    for answer in answers:
+        record = client.get(f"/predictions/{answer['prediction_id']}", headers=auth("client"))
+        assert record.json()["label"]["tag"] == "other"
 
 
 def test_concurrent_claims_over_http(client: TestClient) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,18 +78,30 @@ class ValidationReport:
         return "\n".join(lines)
 
 
+def composed(text: str) -> str:
+    """`text` in Unicode's composed form (NFC). An accent typed as one character ("\u00e9") or
+    as a letter and a combining mark ("e\u0301", as macOS and some text pipelines send it) is
+    the same text by Unicode's definition, and looks the same on the page; without this, the two
+    were two contents (two review tasks, a label given to one missing the other, a duplicate
+    across the training and evaluation split unseen) and scored differently (the TF-IDF head
+    read other words). Canonical only (not NFKC): compatibility characters such as "\ufb01"
+    or superscripts are kept as written."""
+    return unicodedata.normalize("NFC", text)
+
+
 def item_text(title: str, description: str) -> str:
     """The single string the models see."""
-    title, description = title.strip(), description.strip()
+    title, description = composed(title).strip(), composed(description).strip()
     return f"{title}. {description}" if description else title
 
 
 def normalise(text: str) -> str:
-    return " ".join(text.lower().split())
+    return " ".join(composed(text).lower().split())
 
 
 def text_hash(title: str, description: str) -> str:
-    """Content identity: case- and whitespace-insensitive SHA-256 of title and description."""
+    """Content identity: SHA-256 of title and description, insensitive to case, whitespace and
+    Unicode's two forms of one text (`composed`)."""
     key = normalise(title) + "\x1f" + normalise(description)
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
