@@ -27,6 +27,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
 
+from service.api.head_limit import HeadLimitedHttpTools
 from service.api.main import create_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, EncoderKind, Settings
 from service.db import init_db, make_engine
@@ -336,7 +337,9 @@ def live_server(app: FastAPI) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    # The HTTP protocol `tagflow serve` runs (service/cli/main.py's run_api).
+    config = uvicorn.Config(app, http=HeadLimitedHttpTools, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     try:

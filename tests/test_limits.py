@@ -3,7 +3,10 @@ waiting to be scored (admission in the micro-batcher, 503 with Retry-After); nev
 
 from __future__ import annotations
 
+import http.client
 import json
+import select
+import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,12 +14,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.api.head_limit import MAX_HEAD_BYTES
 from service.api.limits import max_body_bytes
 from service.config import Settings
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth, sqlite_app
+from tests.conftest import KEYS, auth, live_server, sqlite_app
 from tests.test_metrics import scrape, total
 
 LIMIT = 4096
@@ -93,6 +97,63 @@ def test_the_default_limit_admits_the_largest_valid_batch(
     }
     largest = json.dumps({"items": [item] * settings.max_batch_items}).encode()
     assert len(largest) <= max_body_bytes(settings) < 2 * len(largest)
+
+
+def test_a_request_head_over_the_bound_is_refused_before_it_is_read_whole(
+    sqlite_client: TestClient,
+) -> None:
+    """A header of any size used to be gathered whole, before any key was checked: 100 MB held
+    over 100 MB more and the event loop for 12 s. Here a header that goes on for 1 MiB, 16 KiB
+    at a time: 431 and the connection closed, while the rest is still to come."""
+    with live_server(sqlite_client.app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(f"POST /predict HTTP/1.1\r\nHost: {host}\r\nX-Pad: ".encode())
+            for _ in range(64):
+                sock.sendall(b"p" * 16 * 1024)
+                # Until the server answers; waiting for it after each piece, so that it has
+                # read all that was sent when it closes (unread data would make its close a
+                # reset, which can discard the answer on the way).
+                if select.select([sock], [], [], 0.2)[0]:
+                    break
+            answer = sock.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    detail = {"detail": "request line and headers over 65536 bytes"}
+    assert answer.endswith(json.dumps(detail).encode())
+
+
+def _status_of_head_of(url: str, size: int, body: bytes) -> bytes:
+    """The status line answered to a POST /predict whose head is `size` bytes (padded with an
+    X-Pad header), sent at once with `body`."""
+    host, port = url.removeprefix("http://").split(":")
+    fields = f"Host: {host}\r\nAuthorization: Bearer {KEYS['client']}\r\nConnection: close\r\n"
+    fields += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nX-Pad: "
+    start, end = f"POST /predict HTTP/1.1\r\n{fields}", "\r\n\r\n"
+    head = start + "p" * (size - len(start) - len(end)) + end
+    assert len(head) == size
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        return sock.makefile("rb").readline()
+
+
+def test_the_bound_counts_the_head_alone(sqlite_client: TestClient) -> None:
+    """A head of exactly the bound, with a 1 MB body (valid JSON, mostly spaces), is served;
+    one byte more is not, arriving at once as a whole request; and two requests with 60 KiB
+    of headers and that body each are served on one connection."""
+    padded = b'{"title": "YOLO for counting cars"' + b" " * 1_000_000 + b"}"
+    with live_server(sqlite_client.app) as url:
+        assert _status_of_head_of(url, MAX_HEAD_BYTES, padded).startswith(b"HTTP/1.1 200 ")
+        assert _status_of_head_of(url, MAX_HEAD_BYTES + 1, padded).startswith(b"HTTP/1.1 431 ")
+        connection = http.client.HTTPConnection(url.removeprefix("http://"), timeout=30)
+        for _ in range(2):
+            headers = {**auth("client"), "content-type": "application/json"}
+            connection.request(
+                "POST", "/predict", body=padded, headers={**headers, "X-Pad": "p" * 60 * 1024}
+            )
+            response = connection.getresponse()
+            assert response.status == 200, response.read()[:200]
+            assert json.loads(response.read())["tag"] == "computer-vision"
+        connection.close()
 
 
 def test_an_overloaded_api_answers_503_with_retry_after(

@@ -292,13 +292,22 @@ def run_api(settings: Settings, *, host: str, port: int) -> None:
     """Serve the API with `settings` until stopped; the caller has checked them."""
     import uvicorn
 
+    from service.api.head_limit import HeadLimitedHttpTools
     from service.api.main import create_app
     from service.logs import configure_logging
 
     configure_logging(settings)
     # log_config=None: uvicorn's loggers go to our handler. No access log: it cost ~7% of the
-    # event loop per request, and every prediction is logged anyway.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    # event loop per request, and every prediction is logged anyway. The protocol: uvicorn's
+    # httptools one with a bound on request heads, which it has none of.
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        http=HeadLimitedHttpTools,
+        log_config=None,
+        access_log=False,
+    )
 
 
 @app.command()
