@@ -152,12 +152,57 @@ class PredictionLog:
             self.written += len(batch)
         except Exception as exc:
             if not is_outage(exc):
-                log.warning("prediction log: a batch of %d was refused (%s)", len(batch), exc)
-                self.written += self._save_apart(batch, shadows, put_back=put_back)
+                self.written += self._write_refused(batch, shadows, exc, put_back=put_back)
                 return
             if put_back:
                 self._put_back(batch, shadows)
             raise
+
+    def _write_refused(
+        self,
+        batch: list[PredictionCreate],
+        shadows: list[ShadowPrediction],
+        refusal: Exception,
+        *,
+        put_back: bool,
+    ) -> int:
+        """Write a batch the database refused; how many of its rows it has now.
+
+        Rows it has already are not written again: a flush whose COMMIT the server took and
+        whose answer an outage cut off (PostgreSQL stopped right after it) left them in the
+        database and, as for any outage, back in the buffer, and the next flush's batch was
+        refused for their ids. Those count as written (no earlier flush counted them); the
+        rest go as a batch again, and one refused again goes row by row (`_save_apart`)."""
+        try:
+            with Session(self.engine) as session:
+                done, done_shadows = already_written(session, predictions=batch, shadows=shadows)
+        except Exception:
+            if put_back:
+                self._put_back(batch, shadows)
+            raise
+        if not done and not done_shadows:
+            log.warning("prediction log: a batch of %d was refused (%s)", len(batch), refusal)
+            return self._save_apart(batch, shadows, put_back=put_back)
+        log.info(
+            "prediction log: %d of a batch of %d were written by a commit whose answer was "
+            "lost in an outage: not written twice",
+            len(done),
+            len(batch),
+        )
+        rest = [row for row in batch if row.id not in done]
+        rest_shadows = [
+            s for s in shadows if (s.prediction_id, s.model_version) not in done_shadows
+        ]
+        try:
+            self._save(rest, rest_shadows)
+        except Exception as exc:
+            if is_outage(exc):
+                if put_back:
+                    self._put_back(rest, rest_shadows)
+                raise
+            log.warning("prediction log: a batch of %d was refused (%s)", len(rest), exc)
+            return len(done) + self._save_apart(rest, rest_shadows, put_back=put_back)
+        return len(done) + len(rest)
 
     def _write_back(self) -> None:
         """Write up to WRITE_BACK_BATCHES_PER_FLUSH batches' worth of the spill file, oldest first,

@@ -7,15 +7,16 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, func, select
 
-from service.db import make_engine
+from service.db import is_outage, make_engine
 from service.entities import (
     OutboxItem,
     Prediction,
@@ -25,7 +26,8 @@ from service.entities import (
 )
 from service.entities.common import new_id
 from service.prediction_log import PredictionLog, append_lines, lock_replay
-from tests.conftest import auth, make_prediction
+from tests.conftest import POSTGRES_URL, _reset_postgres, auth, make_prediction
+from tests.freezable_proxy import FreezableProxy
 
 
 def _count(engine: Engine, table: type) -> int:
@@ -101,6 +103,59 @@ def test_a_row_the_database_refuses_is_dead_lettered_and_the_rest_flow(
     assert "UNIQUE" in lines[1]["error"] or "unique" in lines[1]["error"]
     log.record(make_prediction(new_id()))  # nothing is held back behind them
     assert log.flush() == 1 and _count(engine, Prediction) == 3
+
+
+@pytest.fixture
+def proxied_postgres() -> Iterator[tuple[Engine, Engine, FreezableProxy]]:
+    """An engine to the test PostgreSQL database (emptied) through a `FreezableProxy`, and one
+    straight to it, to see what the server has."""
+    direct = _reset_postgres(POSTGRES_URL)
+    url = make_url(POSTGRES_URL)
+    proxy = FreezableProxy(url.host or "127.0.0.1", url.port or 5432)
+    proxied = make_engine(
+        url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    )
+    yield proxied, direct, proxy
+    proxied.dispose()
+    direct.dispose()
+    proxy.close()
+
+
+def test_rows_whose_commit_answer_was_lost_are_written_once_not_dead_lettered(
+    proxied_postgres: tuple[Engine, Engine, FreezableProxy], tmp_path: Path
+) -> None:
+    """PostgreSQL took a flush's COMMIT and the connection was lost before its answer (a QA
+    chaos run's `pg_ctlcluster restart -m immediate` under load): the rows are stored, but the
+    log saw an outage and kept them. The next flush's batch, those rows and the ones answered
+    since, was refused for their duplicate ids, written row by row, and the stored rows were
+    dead-lettered with an ERROR each (3 in that run), waiting to be replayed and raising
+    `tagflow_prediction_log_dead_letters_waiting`, though nothing was lost. Now they are
+    found stored and counted written, and the rest go as a batch. PostgreSQL only: a SQLite
+    commit has no answer to lose."""
+    proxied, direct, proxy = proxied_postgres
+    dead = tmp_path / "dead-letter" / "predictions.jsonl"
+    log = PredictionLog(proxied, interval_s=60, batch_size=100, dead_letter=dead)
+    stored = [make_prediction(new_id(), status=PredictionStatus.REVIEW) for _ in range(3)]
+    for row in stored:
+        log.record(row)
+    log.record_shadow(_shadow(stored[0].id))
+    proxy.lose_commit_answer.set()
+    with pytest.raises(OperationalError) as lost:
+        log.flush()
+    assert is_outage(lost.value)
+    assert log.buffered == 3  # kept: the log cannot tell that the commit took effect
+    assert _count(direct, Prediction) == 3  # it did
+    since = [make_prediction(new_id(), status=PredictionStatus.REVIEW) for _ in range(2)]
+    for row in since:
+        log.record(row)
+    assert log.flush() == 5
+    assert (log.dead_lettered, log.buffered, log.written) == (0, 0, 5)
+    assert not dead.exists()
+    with Session(direct) as session:
+        assert set(session.exec(select(Prediction.id))) == {r.id for r in stored + since}
+        outbox = session.exec(select(OutboxItem.payload)).all()
+    assert sorted(p["prediction_id"] for p in outbox) == sorted(r.id for r in stored + since)
+    assert _count(direct, ShadowPrediction) == 1
 
 
 def _shadow(prediction_id: str) -> ShadowPrediction:
