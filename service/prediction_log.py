@@ -38,6 +38,7 @@ from sqlmodel import Session
 from service.crud.predictions import already_written, save_predictions
 from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
+from service.entities.common import id_made_at
 from service.logs import RepeatedFailures
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ class PredictionLog:
         self.batch_size = batch_size
         self.after_flush = after_flush
         self._buffer: deque[PredictionCreate] = deque()
+        self._in_flight: PredictionCreate | None = None  # the oldest row of the batch in flight
         self._shadows: deque[ShadowPrediction] = deque()
         self._flush_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -102,6 +104,18 @@ class PredictionLog:
         return self.spill is not None and (
             self.spill.exists() or replaying_path(self.spill).exists()
         )
+
+    def unwritten_since(self) -> float | None:
+        """When the oldest prediction answered and not written yet was made (its id's time, in
+        seconds since the epoch), in memory: buffered, or in the batch being written (a flush
+        that hangs holds it); None when there is none. Not the spilled rows."""
+        oldest = self._in_flight
+        if oldest is None:
+            try:
+                oldest = self._buffer[0]
+            except IndexError:  # emptied by a flush meanwhile
+                return None
+        return id_made_at(oldest.id)
 
     def record(self, prediction: PredictionCreate) -> None:
         """Queue one prediction for writing (O(1), no I/O)."""
@@ -138,9 +152,13 @@ class PredictionLog:
 
     def _write_buffer(self) -> None:
         while self._buffer or self._shadows:
+            self._in_flight = self._buffer[0] if self._buffer else None  # before it leaves
             batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
             shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
-            self._write(batch, shadows, put_back=True)
+            try:
+                self._write(batch, shadows, put_back=True)
+            finally:
+                self._in_flight = None
 
     def _write(
         self, batch: list[PredictionCreate], shadows: list[ShadowPrediction], *, put_back: bool

@@ -13,7 +13,9 @@ from service.api.main import create_app
 from service.config import Settings
 from service.ml.training import TrainResult
 from tests.conftest import auth, register_promoted
+from tests.test_prediction_log import _unreachable
 from tests.test_review_api import run_labeling_worker, wait_outbox_sent
+from tests.waiting import wait_until
 
 ITEM = {"title": "YOLOv8 object detection", "description": "Real-time detection of cars."}
 
@@ -101,3 +103,41 @@ def test_a_prediction_answered_by_another_api_process_is_found_and_reported(
         started = time.monotonic()
         missing = second.get("/predictions/" + "0" * 32, headers=auth("client"))
         assert missing.status_code == 404 and time.monotonic() - started < 1
+
+
+def test_a_prediction_another_process_could_not_write_yet_is_a_503_not_a_404(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    shared_result: TrainResult,
+) -> None:
+    """Two API processes, the database away for the first (here its log's engine alone, a
+    real unreachable server): it answers predictions and keeps them in memory. A report or a
+    lookup of one reaching the other process waited the flush interval and the grace, then
+    answered 404 "does not exist", which a client takes as final: a QA chaos run (PostgreSQL
+    stopped 30 s under two `tagflow serve`) had a user's report of a prediction answered 4 s
+    before refused so, while the process that answered it was still writing its backlog. The
+    first process now says in Redis that it holds unwritten predictions, and since when:
+    503 to retry; once written, found and reported as usual."""
+    settings = make_settings(database_url=database_url, log_flush_interval_s=0.1)
+    register_promoted(engine, settings, shared_result)
+    with TestClient(create_app(settings)) as first, TestClient(create_app(settings)) as second:
+        log = first.app.state.tagflow.log  # type: ignore[attr-defined]
+        log.engine = _unreachable(engine)
+        answer = first.post("/predict", json=ITEM, headers=auth("client")).json()
+        pid = answer["prediction_id"]
+        wait_until(lambda: log.failures > 0, what="a failed flush of the first process")
+        record = second.get(f"/predictions/{pid}", headers=auth("client"))
+        assert record.status_code == 503, record.text
+        report = {"prediction_id": pid, "correct_tag": "mlops", "reporter": "ann"}
+        refused = second.post("/feedback", json=report, headers=auth("client"))
+        assert refused.status_code == 503, refused.text
+        # An id made before anything the first process holds is not among them: 404.
+        missing = second.get("/predictions/" + "0" * 32, headers=auth("client"))
+        assert missing.status_code == 404, missing.text
+
+        log.engine = engine  # the database is back for the first process
+        wait_until(lambda: log.buffered == 0 and log.written > 0, what="the first's flush")
+        assert second.get(f"/predictions/{pid}", headers=auth("client")).status_code == 200
+        stored = second.post("/feedback", json=report, headers=auth("client"))
+        assert stored.status_code == 201, stored.text

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +25,11 @@ from service.entities import (
     PredictionStatus,
     ShadowPrediction,
 )
-from service.entities.common import new_id
+from service.entities.common import id_made_at, new_id
 from service.prediction_log import PredictionLog, append_lines, lock_replay
 from tests.conftest import POSTGRES_URL, _reset_postgres, auth, make_prediction
 from tests.freezable_proxy import FreezableProxy
+from tests.waiting import wait_until
 
 
 def _count(engine: Engine, table: type) -> int:
@@ -156,6 +158,30 @@ def test_rows_whose_commit_answer_was_lost_are_written_once_not_dead_lettered(
         outbox = session.exec(select(OutboxItem.payload)).all()
     assert sorted(p["prediction_id"] for p in outbox) == sorted(r.id for r in stored + since)
     assert _count(direct, ShadowPrediction) == 1
+
+
+def test_a_batch_a_hung_flush_holds_counts_as_unwritten(
+    proxied_postgres: tuple[Engine, Engine, FreezableProxy],
+) -> None:
+    """A flush waiting on a database that hangs holds its batch out of the buffer (up to the
+    read bound): `unwritten_since`, which other API processes are told of
+    (`service.unwritten`), counts those rows too."""
+    proxied, _direct, proxy = proxied_postgres
+    log = PredictionLog(proxied, interval_s=60, batch_size=10)
+    log.record(make_prediction(new_id()))
+    assert log.flush() == 1 and log.unwritten_since() is None  # a connection in the pool
+    row = make_prediction(new_id())
+    log.record(row)
+    proxy.thawed.clear()
+    flushing = threading.Thread(target=log.flush, daemon=True)
+    flushing.start()
+    try:
+        wait_until(lambda: log.buffered == 0, what="the flush taking the batch")
+        assert log.unwritten_since() == id_made_at(row.id)
+    finally:
+        proxy.thawed.set()
+    flushing.join(60)
+    assert log.written == 2 and log.unwritten_since() is None
 
 
 def _shadow(prediction_id: str) -> ShadowPrediction:

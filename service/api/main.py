@@ -43,6 +43,7 @@ from service.ml.serving import MicroBatcher, Predictor
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.prediction_log import PredictionLog
 from service.tags import load_tags
+from service.unwritten import Announcer, announce, update_quietly
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def build_state(settings: Settings, metrics: Metrics) -> AppState:
         metrics=metrics,
         dead_letters=WaitingCount(settings.dead_letter_path),
         keys=KeyRing.from_settings(settings),
+        unwritten=Announcer(redis),
     )
     state.log.after_flush = lambda: _drain_quietly(state)
     metrics.add_collector(StateCollector(lambda: read_state(state)))
@@ -141,12 +143,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.batcher.start()
     state.log.start()
     watcher = asyncio.create_task(watch(state, settings.watch_interval_s), name="watch")
+    announcer = asyncio.create_task(announce(state.log, state.unwritten), name="unwritten")
     try:
         yield
     finally:
         watcher.cancel()
+        announcer.cancel()
         await state.batcher.stop()
         await state.log.close()
+        # Written, or spilled for the next start: nothing held in memory any more.
+        await asyncio.to_thread(update_quietly, state.unwritten, None)
         _drain_quietly(state)
         state.redis.close()
         state.engine.dispose()

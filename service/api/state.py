@@ -21,6 +21,7 @@ from service.ml.serving import MicroBatcher, Predictor
 from service.outbox import relay_failures
 from service.prediction_log import PredictionLog
 from service.tags import TagSet
+from service.unwritten import Announcer
 
 
 def readiness_failures() -> RepeatedFailures:
@@ -56,6 +57,8 @@ class AppState:
     metrics: Metrics
     dead_letters: WaitingCount
     keys: KeyRing
+    # This process's entry in Redis while its log holds predictions late (service.unwritten).
+    unwritten: Announcer
     # Why the registry's production version is not served (its artifact refused at load);
     # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)

@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter
 from sqlmodel import Session
 
+from service import unwritten
 from service.api.deps import AnyKey, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
@@ -18,17 +19,16 @@ from service.errors import NotFoundError, UnavailableError
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
 log = logging.getLogger(__name__)
-# How long past another API process's flush interval a prediction it answered may take to be
-# written (a flush behind a slow one, a busy database), and how often to look meanwhile.
-OTHER_PROCESS_GRACE_S = 2.0
+# How often to look for a prediction another API process may be writing (service.unwritten).
 OTHER_PROCESS_POLL_S = 0.05
 
 
 async def find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
     """The stored prediction; one still in the write-behind buffer is flushed first, and one
     made moments ago is waited for: another API process may have answered it and not written
-    it yet. While predictions spilled in an outage are written back, one not found may be
-    among them: a 503 to retry, not a 404."""
+    it yet. While predictions spilled in an outage are written back, or another process
+    holds predictions it could not write since before this one was made (`service.unwritten`),
+    one not found may be among them: a 503 to retry, not a 404."""
     try:
         return await asyncio.to_thread(get_prediction, session, prediction_id=prediction_id)
     except NotFoundError:
@@ -52,6 +52,11 @@ async def find_prediction(state: AppState, session: Session, prediction_id: str)
                     "predictions answered while the database was away are still being "
                     "written; retry shortly"
                 ) from None
+            elif await _held_elsewhere(state, prediction_id):
+                raise UnavailableError(
+                    "another API process holds predictions it has not written yet (its "
+                    "database was away), maybe this one; retry shortly"
+                ) from None
             else:
                 raise
         await asyncio.sleep(OTHER_PROCESS_POLL_S)
@@ -64,8 +69,17 @@ def _written_by(state: AppState, prediction_id: str) -> float:
     made = id_made_at(prediction_id)
     if made is None:
         return 0.0
-    wait = state.settings.log_flush_interval_s + OTHER_PROCESS_GRACE_S
+    wait = state.settings.log_flush_interval_s + unwritten.GRACE_S
     return min(made, time.time()) + wait
+
+
+async def _held_elsewhere(state: AppState, prediction_id: str) -> bool:
+    """Whether another API process may hold this prediction unwritten, late (its database
+    away, or its backlog being written): it said so in Redis (`service.unwritten`)."""
+    made = id_made_at(prediction_id)
+    if made is None:
+        return False
+    return await asyncio.to_thread(unwritten.may_be_held, state.redis, made=made)
 
 
 @router.get("/{prediction_id}", response_model=PredictionRecord)
