@@ -44,6 +44,14 @@ class Queues:
         return [(q.name, q) for q in (self.labeling, self.training)]
 
 
+def scrape_failures(what: str, *, level: int) -> RepeatedFailures:
+    """How a read of /metrics' state (the database's, Redis's) has been failing: Prometheus
+    scrapes every 15 s or so, and an outage logged at each scrape (a database outage a
+    traceback of about 120 lines); now a line when it starts, one a minute, and one when it
+    answers again (in the telemetry logger)."""
+    return RepeatedFailures(what, logging.getLogger("service.api.telemetry"), level=level)
+
+
 @dataclass
 class AppState:
     settings: Settings
@@ -89,3 +97,10 @@ class AppState:
     outbox_failures: RepeatedFailures = field(default_factory=relay_failures)
     # How /readyz's database check has been failing (logged once, not at every probe).
     readiness_failures: RepeatedFailures = field(default_factory=readiness_failures)
+    # How /metrics' reads of the database and of Redis have been failing (the same way).
+    scrape_database_failures: RepeatedFailures = field(
+        default_factory=lambda: scrape_failures("/metrics: database read", level=logging.ERROR)
+    )
+    scrape_redis_failures: RepeatedFailures = field(
+        default_factory=lambda: scrape_failures("/metrics: Redis read", level=logging.WARNING)
+    )

@@ -9,7 +9,7 @@ unreachable), `tagflow_outbox_stopped > 0` (review items the relay gave up on), 
 
 from __future__ import annotations
 
-import logging
+import time
 from collections.abc import Iterator
 
 from redis.exceptions import RedisError
@@ -22,8 +22,6 @@ from service.crud import review as review_crud
 from service.crud.audit import AuditStats, audit_stats
 from service.entities.common import utcnow
 from service.metrics import Sample
-
-log = logging.getLogger(__name__)
 
 
 def read_state(state: AppState) -> Iterator[Sample]:
@@ -168,10 +166,12 @@ def _database(state: AppState) -> Iterator[Sample]:
                 if current is not None
                 else None
             )
-    except Exception:
-        log.exception("/metrics: database read failed")
+    except Exception as exc:
+        # An outage is a line, again each minute; a new failure of another kind a traceback.
+        state.scrape_database_failures.failed(exc, now=time.monotonic())
         yield Sample("tagflow_database_up", "The database answered the last scrape", 0, {})
         return
+    state.scrape_database_failures.succeeded()
     yield Sample("tagflow_database_up", "The database answered the last scrape", 1, {})
     # `shed` only grows: its rate is the work the queue bound turned away (reviewers behind).
     for name in ("open", "leased", "shed"):
@@ -254,9 +254,10 @@ def _redis(state: AppState) -> Iterator[Sample]:
         depths = {name: q.count for name, q in state.queues.items()}
         failed = {name: FailedJobRegistry(queue=q).count for name, q in state.queues.items()}
     except RedisError as exc:
-        log.warning("/metrics: Redis read failed: %s", exc)
+        state.scrape_redis_failures.failed(exc, now=time.monotonic())
         yield Sample("tagflow_redis_up", "Redis answered the last scrape", 0, {})
         return
+    state.scrape_redis_failures.succeeded()
     yield Sample("tagflow_redis_up", "Redis answered the last scrape", 1, {})
     for name, n in depths.items():
         yield Sample("tagflow_rq_queued_jobs", "Jobs waiting in an RQ queue", n, {"queue": name})
