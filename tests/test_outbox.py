@@ -8,6 +8,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
 import redis
@@ -41,6 +42,7 @@ from service.outbox import (
 )
 from service.redis_server import EmbeddedRedis
 from tests.conftest import auth, make_prediction, register_promoted
+from tests.freezable_proxy import FreezableProxy
 from tests.test_metrics import scrape, total
 from tests.test_review_api import (
     predict_until_review,
@@ -495,3 +497,45 @@ def test_stopped_rows_show_in_metrics_and_stats_until_resent(
     again = CliRunner().invoke(cli_app, ["db", "resend-outbox"], env=env)
     assert again.exit_code == 0, again.output
     assert again.stdout.strip() == "no stopped outbox rows re-queued"
+
+
+def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    shared_result: TrainResult,
+    test_redis_url: str,
+) -> None:
+    """The outbox relay ran on the prediction log's flush thread, after each flush that wrote
+    rows: with Redis hung, every flush waited up to the client's 2 s socket timeout for it (a
+    QA chaos run's buffer grew from under 30 rows to 284, what a kill -9 then loses). Now a
+    flush wakes a relay task of its own and returns: here the second flush comes back while the
+    relay the first one woke still hangs on Redis, holding the outbox lock. (No periodic flush
+    or watch-loop relay: the test's flushes are the only ones.)"""
+    target = urlparse(test_redis_url)
+    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    url = target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    database_url = str(sqlite_engine.url)
+    settings = make_settings(
+        database_url=database_url, redis_url=url, log_flush_interval_s=3600, watch_interval_s=3600
+    )
+    register_promoted(sqlite_engine, settings, shared_result)
+    try:
+        with TestClient(create_app(settings)) as client:
+            state = state_of(client)
+            proxy.thawed.clear()  # Redis hangs: connections held, nothing answered
+            state.log.record(make_prediction("first", status=PredictionStatus.REVIEW))
+            assert state.log.flush() == 1
+            wait_until(state.outbox_lock.locked, what="the relay to hang on Redis", timeout_s=10)
+            state.log.record(make_prediction("second", status=PredictionStatus.REVIEW))
+            assert state.log.flush() == 1
+            assert state.outbox_lock.locked()  # the relay still hangs; the flush did not wait
+            proxy.thawed.set()
+
+            def drained() -> bool:
+                drain_outbox(state)
+                return all(r.sent_at is not None for r in outbox_rows(sqlite_engine))
+
+            wait_until(drained, what="the outbox to drain once Redis answers")
+        assert len(outbox_rows(sqlite_engine)) == 2
+    finally:
+        proxy.close()
