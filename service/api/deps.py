@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, status
+from fastapi import Depends, HTTPException, Path, Request, status
 from fastapi.dependencies.models import Dependant
-from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
@@ -118,13 +117,13 @@ def allow(*roles: Role):  # type: ignore[no-untyped-def]
     return check
 
 
-def _roles_checked(dependant: Dependant) -> tuple[Role, ...] | None:
+def roles_checked(dependant: Dependant) -> tuple[Role, ...] | None:
     """The roles the key check among `dependant`'s dependencies lets through; None if the
     operation checks no key."""
     for dependency in dependant.dependencies:
         if dependency.call in _ROLES_OF_CHECK:
             return _ROLES_OF_CHECK[dependency.call]
-        if (roles := _roles_checked(dependency)) is not None:
+        if (roles := roles_checked(dependency)) is not None:
             return roles
     return None
 
@@ -138,7 +137,7 @@ async def refusal_before_body(request: Request) -> HTTPException | None:
     with no key. The error handlers ask this first: an unauthenticated caller learns nothing
     about what it sent, and a request that passes pays nothing for it."""
     dependant = getattr(request.scope.get("route"), "dependant", None)
-    roles = _roles_checked(dependant) if isinstance(dependant, Dependant) else None
+    roles = roles_checked(dependant) if isinstance(dependant, Dependant) else None
     if roles is None:
         return None
     try:
@@ -153,30 +152,6 @@ def roles_taken(roles: tuple[Role, ...]) -> str:
     `client, reviewer or admin`."""
     names = [role.value for role in roles if role is not Role.ADMIN] + [Role.ADMIN.value]
     return " or ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
-
-
-_DETAIL = {"application/json": {"schema": {"properties": {"detail": {"type": "string"}}}}}
-
-
-def document_key_checks(router: APIRouter) -> None:
-    """Add to each operation of `router` the 401 and 403 its key check answers, the 403
-    naming the roles whose keys it takes, for the API's schema. Without them /docs, and a
-    client generated from /openapi.json, said of no operation which key it needs, nor that a
-    key can be refused. (The same answers every time: the routers are the modules'.)"""
-    for route in router.routes:
-        roles = _roles_checked(route.dependant) if isinstance(route, APIRoute) else None
-        if roles is None:
-            continue
-        route.responses.setdefault(
-            401, {"description": "No API key, or one not in force", "content": _DETAIL}
-        )
-        route.responses.setdefault(
-            403,
-            {
-                "description": f"A key of another role: this takes {roles_taken(roles)} keys",
-                "content": _DETAIL,
-            },
-        )
 
 
 async def get_key_id(

@@ -13,7 +13,7 @@ from redis import Redis
 from rq import Queue
 
 from service.api import errors
-from service.api.deps import document_key_checks
+from service.api.answers import document_answers
 from service.api.lifecycle import drain_outbox, sync_production, watch
 from service.api.limits import BodyLimit, max_body_bytes
 from service.api.routes import (
@@ -46,6 +46,25 @@ from service.tags import load_tags
 from service.unwritten import Announcer, announce, update_quietly
 
 log = logging.getLogger(__name__)
+
+ROUTERS = (
+    docs.router,
+    health.router,
+    predict.router,
+    predictions.router,
+    tags.router,
+    models.router,
+    review.router,
+    labels.router,
+    feedback.router,
+    jobs.router,
+    metrics.router,
+    review_page.router,
+    whoami.router,
+)
+# Once, here: the routers are the modules', and every app `create_app` builds includes them.
+for _router in ROUTERS:
+    document_answers(_router)
 
 
 def build_state(settings: Settings, metrics: Metrics) -> AppState:
@@ -203,21 +222,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes(settings))
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)
     errors.install(app)
-    for router in (
-        docs.router,
-        health.router,
-        predict.router,
-        predictions.router,
-        tags.router,
-        models.router,
-        review.router,
-        labels.router,
-        feedback.router,
-        jobs.router,
-        metrics.router,
-        review_page.router,
-        whoami.router,
-    ):
-        document_key_checks(router)
+    for router in ROUTERS:
         app.include_router(router)
     return app

@@ -12,9 +12,14 @@ from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from service import quotas
+from service.api.answers import answers
 from service.api.deps import AnyKey, KeyId, RefusalsDep, RowId, SessionDep, StateDep
 from service.api.lifecycle import drain_outbox
-from service.api.routes.predictions import find_prediction
+from service.api.routes.predictions import (
+    UNKNOWN_PREDICTION,
+    UNWRITTEN_PREDICTIONS,
+    find_prediction,
+)
 from service.api.state import AppState
 from service.config import Caller
 from service.crud import feedback as feedback_crud
@@ -108,11 +113,16 @@ async def _give_back(state: AppState, *, key_id: str, counted_at: float | None) 
     status_code=status.HTTP_201_CREATED,
     responses={
         200: {"description": "This reporter already reported this prediction so"},
-        409: {
-            "description": "This reporter already reported this prediction, as another tag "
-            "or with another comment"
-        },
-        429: {"description": "The key has sent its quota of reports this minute"},
+        **answers(
+            {
+                404: UNKNOWN_PREDICTION,
+                409: "This reporter already reported this prediction, as another tag or "
+                "with another comment",
+                429: "The key has sent its quota of reports this minute: retry after "
+                "Retry-After seconds",
+                503: UNWRITTEN_PREDICTIONS,
+            }
+        ),
     },
 )
 async def post_feedback(
@@ -171,7 +181,11 @@ async def post_feedback(
     return FeedbackReceipt(feedback_id=feedback.id, status=feedback.status)
 
 
-@router.get("/{feedback_id}", response_model=FeedbackPublic)
+@router.get(
+    "/{feedback_id}",
+    response_model=FeedbackPublic,
+    responses=answers({404: "No report with this id"}),
+)
 def read_feedback(feedback_id: RowId, session: SessionDep, _caller: AnyKey) -> FeedbackPublic:
     """A report's status, its review task, and the final tag once a reviewer has decided."""
     feedback = feedback_crud.get_feedback(session, feedback_id=feedback_id)

@@ -22,7 +22,12 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={
+        503: {"description": "Not ready: no model is served, or the database does not answer"}
+    },
+)
 async def readyz(state: StateDep) -> JSONResponse:
     """200 only when a model is loaded and the database answers."""
     current = state.predictor.current

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from service.api.answers import answers
 from service.api.deps import AdminKey, AnyKey, PredictorDep, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate_as_configured
@@ -28,6 +29,13 @@ from service.retraining import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
 VERSION_NAME = r"^[^\x00-\x20\x7f]+$"  # a version's name: no spaces, no control characters
+UNKNOWN_VERSION = "No version of this name"
+UNSERVABLE = (
+    "it can answer with a tag that is not approved, or its artifact is missing or does not "
+    "match the registry's checksum; or other changes of production won the race five times "
+    "(retry)"
+)
+NOT_QUEUED = "Redis is unavailable: the job is not queued (retry)"
 
 
 class ModelList(BaseModel):
@@ -73,7 +81,12 @@ def list_models(
     return ModelList(models=shown)
 
 
-@router.post("/retrain", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/retrain",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=answers({503: NOT_QUEUED}),
+)
 def retrain_model(
     session: SessionDep, state: StateDep, _caller: AdminKey, force: bool = False
 ) -> JobAccepted:
@@ -85,7 +98,18 @@ def retrain_model(
     return JobAccepted(job_id=job_id)
 
 
-@router.post("/{version}/compare", response_model=JobAccepted, status_code=status.HTTP_202_ACCEPTED)
+@router.post(
+    "/{version}/compare",
+    response_model=JobAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    responses=answers(
+        {
+            404: "No version of this name (`version` or `against`), or no production version "
+            "to compare with",
+            503: NOT_QUEUED,
+        }
+    ),
+)
 def compare_model(
     version: StorableStr,
     session: SessionDep,
@@ -120,7 +144,9 @@ def production_changes(
     return ProductionHistory(changes=production_history.history(session, limit=limit))
 
 
-@router.get("/{version}", response_model=ModelVersionPublic)
+@router.get(
+    "/{version}", response_model=ModelVersionPublic, responses=answers({404: UNKNOWN_VERSION})
+)
 def get_model(
     version: StorableStr, session: SessionDep, settings: SettingsDep, caller: AnyKey
 ) -> ModelVersionPublic:
@@ -128,7 +154,11 @@ def get_model(
     return public(row, caller=caller, artifacts_dir=settings.artifacts_dir)
 
 
-@router.get("/{version}/report.png", response_class=FileResponse)
+@router.get(
+    "/{version}/report.png",
+    response_class=FileResponse,
+    responses=answers({404: "No version of this name, or it has no report picture"}),
+)
 def get_report_png(
     version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AnyKey
 ) -> FileResponse:
@@ -141,14 +171,18 @@ def get_report_png(
     return FileResponse(path, media_type="image/png")
 
 
-@router.get("/{version}/shadow", response_model=ShadowStats)
+@router.get(
+    "/{version}/shadow", response_model=ShadowStats, responses=answers({404: UNKNOWN_VERSION})
+)
 def get_shadow_stats(version: StorableStr, session: SessionDep, _caller: AnyKey) -> ShadowStats:
     """How `version`, run in shadow on live traffic, agreed with production and with labels."""
     registry.get_version(session, version=version)
     return shadow_stats(session, version=version)
 
 
-@router.get("/{version}/audit", response_model=AuditStats)
+@router.get(
+    "/{version}/audit", response_model=AuditStats, responses=answers({404: UNKNOWN_VERSION})
+)
 def get_audit_stats(
     version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AnyKey
 ) -> AuditStats:
@@ -162,7 +196,11 @@ def get_audit_stats(
     )
 
 
-@router.post("/{version}/recalibrate", response_model=Recalibration)
+@router.post(
+    "/{version}/recalibrate",
+    response_model=Recalibration,
+    responses=answers({404: UNKNOWN_VERSION}),
+)
 def recalibrate_model(
     version: StorableStr,
     session: SessionDep,
@@ -191,7 +229,11 @@ class ThresholdUpdate(BaseModel):
     note: NoteText = ""
 
 
-@router.put("/{version}/threshold", response_model=ModelVersionPublic)
+@router.put(
+    "/{version}/threshold",
+    response_model=ModelVersionPublic,
+    responses=answers({404: UNKNOWN_VERSION}),
+)
 def set_threshold(
     version: StorableStr,
     body: ThresholdUpdate,
@@ -210,7 +252,11 @@ def set_threshold(
     return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
 
 
-@router.post("/{version}/promote", response_model=ModelVersionPublic)
+@router.post(
+    "/{version}/promote",
+    response_model=ModelVersionPublic,
+    responses=answers({404: UNKNOWN_VERSION, 409: f"Refused, production unchanged: {UNSERVABLE}"}),
+)
 def promote_model(
     version: StorableStr, session: SessionDep, state: StateDep, caller: AdminKey
 ) -> ModelVersionPublic:
@@ -227,7 +273,19 @@ def promote_model(
     return public(row, caller=caller, artifacts_dir=state.settings.artifacts_dir)
 
 
-@router.post("/rollback", response_model=ModelVersionPublic)
+@router.post(
+    "/rollback",
+    response_model=ModelVersionPublic,
+    responses=answers(
+        {
+            404: "No production version, or no version was production before it (the first "
+            "promotion is reached)",
+            409: "Refused, production unchanged: `from` is not production; the history's last "
+            "promotion is not of production; or the version to restore cannot be: "
+            f"{UNSERVABLE}",
+        }
+    ),
+)
 def rollback_model(
     session: SessionDep,
     state: StateDep,
@@ -260,7 +318,15 @@ def rollback_model(
 @router.get(
     "/{version}/bundle",
     response_class=Response,
-    responses={200: {"content": {"application/gzip": {}}, "description": "The bundle"}},
+    responses={
+        200: {"content": {"application/gzip": {}}, "description": "The bundle"},
+        **answers(
+            {
+                404: UNKNOWN_VERSION,
+                409: "Its artifact is missing or does not match the registry's checksum",
+            }
+        ),
+    },
 )
 def export_model(
     version: StorableStr, session: SessionDep, settings: SettingsDep, _caller: AdminKey
@@ -282,7 +348,12 @@ class ModelImported(BaseModel):
     warnings: list[str]
 
 
-@router.post("/import", response_model=ModelImported, status_code=status.HTTP_201_CREATED)
+@router.post(
+    "/import",
+    response_model=ModelImported,
+    status_code=status.HTTP_201_CREATED,
+    responses=answers({409: "The bundle's model file, its checksum right, is not a tagflow model"}),
+)
 def import_model(
     bundle: Annotated[bytes, Body(media_type="application/gzip", description="A model bundle")],
     session: SessionDep,

@@ -9,6 +9,7 @@ import time
 from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.api.answers import answers
 from service.api.deps import ClientKey, StateDep
 from service.api.state import AppState
 from service.config import Settings
@@ -18,6 +19,12 @@ from service.ml.dataset import item_text, text_hash
 from service.ml.serving import Scored
 
 router = APIRouter(tags=["predict"])
+NOT_SERVING = answers(
+    {
+        503: "No production model is served yet, or too many items wait to be scored (then "
+        "with Retry-After)"
+    }
+)
 log = logging.getLogger(__name__)
 
 
@@ -148,7 +155,7 @@ async def _predict(state: AppState, items: list[Item]) -> list[PredictionPublic]
     return results
 
 
-@router.post("/predict", response_model=PredictionPublic)
+@router.post("/predict", response_model=PredictionPublic, responses=NOT_SERVING)
 async def predict(item: Item, _caller: ClientKey, state: StateDep) -> PredictionPublic:
     """Tag one item. `status` is `auto` when confident enough to accept, else `review`."""
     # The batcher and settings come from the state, not dependencies of their own: each
@@ -157,7 +164,7 @@ async def predict(item: Item, _caller: ClientKey, state: StateDep) -> Prediction
     return (await _predict(state, [item]))[0]
 
 
-@router.post("/predict/batch", response_model=BatchResponse)
+@router.post("/predict/batch", response_model=BatchResponse, responses=NOT_SERVING)
 async def predict_batch(body: BatchRequest, _caller: ClientKey, state: StateDep) -> BatchResponse:
     """Tag up to `max_batch_items` items; results come back in the same order."""
     if not body.items:

@@ -10,6 +10,7 @@ from fastapi import APIRouter
 from sqlmodel import Session
 
 from service import unwritten
+from service.api.answers import answers
 from service.api.deps import AnyKey, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
@@ -21,6 +22,12 @@ router = APIRouter(prefix="/predictions", tags=["predict"])
 log = logging.getLogger(__name__)
 # How often to look for a prediction another API process may be writing (service.unwritten).
 OTHER_PROCESS_POLL_S = 0.05
+# What `find_prediction` answers, for the routes that use it.
+UNKNOWN_PREDICTION = "No prediction with this id (or it was pruned)"
+UNWRITTEN_PREDICTIONS = (
+    "The prediction log cannot be written now, or predictions answered while the database "
+    "was away are still being written back: retry shortly"
+)
 
 
 async def find_prediction(state: AppState, session: Session, prediction_id: str) -> Prediction:
@@ -82,7 +89,11 @@ async def _held_elsewhere(state: AppState, prediction_id: str) -> bool:
     return await asyncio.to_thread(unwritten.may_be_held, state.redis, made=made)
 
 
-@router.get("/{prediction_id}", response_model=PredictionRecord)
+@router.get(
+    "/{prediction_id}",
+    response_model=PredictionRecord,
+    responses=answers({404: UNKNOWN_PREDICTION, 503: UNWRITTEN_PREDICTIONS}),
+)
 async def read_prediction(
     prediction_id: StorableStr, session: SessionDep, state: StateDep, _caller: AnyKey
 ) -> PredictionRecord:

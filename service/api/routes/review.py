@@ -13,6 +13,7 @@ from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
 from sqlmodel import Session
 
+from service.api.answers import answers
 from service.api.deps import (
     KeysDep,
     ReviewerKey,
@@ -39,6 +40,17 @@ ReviewerText = storable_text(min_length=1, max_length=MAX_NAME_CHARS, name=True)
 TagText = storable_text(min_length=1, max_length=100)
 MAX_KEPT = 100  # tasks a release may leave leased: one per other tab of the reviewer
 TaskId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+# What `acting_reviewer` refuses, for every route that names the reviewer acting.
+NOT_THIS_NAME = (
+    "A personal key acting under another name, or a shared key under the name of one who "
+    "holds a personal key"
+)
+UNKNOWN_TASK = "No review task with this id"
+NOT_YOURS = (
+    "The task is not this reviewer's to act on: leased to another, labelled, shed, waiting "
+    "for another reviewer's opinion, or its lease ran out"
+)
+TASK_ANSWERS = answers({403: NOT_THIS_NAME, 404: UNKNOWN_TASK, 409: NOT_YOURS})
 
 
 class ReviewerBody(BaseModel):
@@ -139,7 +151,10 @@ def lease_remaining_s(expires: datetime, *, now: datetime) -> float:
 @router.post(
     "/claim",
     response_model=ReviewTaskPublic,
-    responses={204: {"description": "Nothing to review"}},
+    responses={
+        204: {"description": "Nothing to review"},
+        **answers({403: NOT_THIS_NAME, 409: "The queue is too contended right now: retry"}),
+    },
 )
 def claim(
     session: SessionDep,
@@ -193,7 +208,17 @@ def review_agreement(session: SessionDep, _caller: ReviewerKey) -> AgreementStat
     "/{task_id}/label",
     response_model=LabelPublic,
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "The same label was saved already (a retry): the saved one"}},
+    responses={
+        200: {"description": "The same label was saved already (a retry): the saved one"},
+        **answers(
+            {
+                403: NOT_THIS_NAME,
+                404: UNKNOWN_TASK,
+                409: f"{NOT_YOURS}; or this reviewer labelled it already with another tag, "
+                "the label saved then in `label` (reopen the task to change it)",
+            }
+        ),
+    },
 )
 def label_task(
     task_id: RowId,
@@ -229,7 +254,7 @@ def label_task(
     return LabelPublic.of(row)
 
 
-@router.post("/{task_id}/skip", response_model=ReviewTaskPublic)
+@router.post("/{task_id}/skip", response_model=ReviewTaskPublic, responses=TASK_ANSWERS)
 def skip_task(
     task_id: RowId,
     session: SessionDep,
@@ -244,7 +269,7 @@ def skip_task(
     return task_public(session, task, tags=tags)
 
 
-@router.post("/{task_id}/release", response_model=ReviewTaskPublic)
+@router.post("/{task_id}/release", response_model=ReviewTaskPublic, responses=TASK_ANSWERS)
 def release_task(
     task_id: RowId,
     session: SessionDep,
@@ -259,7 +284,7 @@ def release_task(
     return task_public(session, task, tags=tags)
 
 
-@router.post("/{task_id}/renew", response_model=ReviewTaskPublic)
+@router.post("/{task_id}/renew", response_model=ReviewTaskPublic, responses=TASK_ANSWERS)
 def renew_task(
     task_id: RowId,
     session: SessionDep,
@@ -291,7 +316,7 @@ class Released(BaseModel):
     released: list[int]
 
 
-@router.post("/release", response_model=Released)
+@router.post("/release", response_model=Released, responses=answers({403: NOT_THIS_NAME}))
 def release_held(
     session: SessionDep,
     caller: ReviewerKey,
@@ -306,7 +331,18 @@ def release_held(
     return Released(released=review_crud.release_held(session, reviewer=reviewer, keep=keep))
 
 
-@router.post("/{task_id}/reopen", response_model=ReviewTaskPublic)
+@router.post(
+    "/{task_id}/reopen",
+    response_model=ReviewTaskPublic,
+    responses=answers(
+        {
+            403: NOT_THIS_NAME,
+            404: UNKNOWN_TASK,
+            409: "Nothing of this reviewer's to undo (the task's last word is not their "
+            "label), another open task holds the same content, or it changed meanwhile",
+        }
+    ),
+)
 def reopen_task(
     task_id: RowId,
     session: SessionDep,

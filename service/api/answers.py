@@ -1,0 +1,77 @@
+"""The error answers the API's schema (/openapi.json, and so /docs) lists for each operation.
+
+A status the schema does not list is one a client generated from it cannot expect. Those an
+operation gives for what it depends on are added here, once, to every operation that depends
+on it: the 401 and 403 of its key check, the 503 of its database session, the 413 of its
+body. Those it gives for what it does (an unknown version, a conflict, a quota) are declared
+on its route, `responses=answers({404: "when"})`, saying when. Every error answer but the
+422 of a request FastAPI's validation refuses (whose shape FastAPI documents) has the body
+`ErrorBody`, the one `service/api/errors.py` writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict
+
+from service.api.deps import get_session, roles_checked, roles_taken
+
+
+class ErrorBody(BaseModel):
+    """An error answer: `detail`, a message meant for the caller. A 409 may carry more fields
+    for a client to act on (`label`: the label that stands in the way)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    detail: str
+
+
+Answers = dict[int | str, dict[str, Any]]
+
+
+def answers(when: dict[int, str]) -> Answers:
+    """`responses=` for a route: each status it gives with the error body, and when."""
+    return {status: {"model": ErrorBody, "description": text} for status, text in when.items()}
+
+
+UNAVAILABLE_DATABASE = "The database is unavailable (down, locked): retry after Retry-After seconds"
+TOO_LARGE = "The body is over TAGFLOW_MAX_BODY_BYTES, refused before it is read"
+
+
+def document_answers(router: APIRouter) -> None:
+    """Add to each operation of `router` the error answers that follow from its dependencies,
+    after any reason its route gives for the same status (so the 403 ends with the roles).
+    Run once per router: the routers are the modules', and every app includes them as they
+    are (a second run would say each reason twice)."""
+    for route in router.routes:
+        if not isinstance(route, APIRoute):
+            continue
+        route.responses = dict(route.responses)  # its own: routes may share a declaration
+        if (roles := roles_checked(route.dependant)) is not None:
+            _add(route, 401, "No API key, or one not in force")
+            _add(route, 403, f"A key of another role: this takes {roles_taken(roles)} keys")
+        if _depends_on(route.dependant, get_session):
+            _add(route, 503, UNAVAILABLE_DATABASE)
+        if route.body_field is not None:
+            _add(route, 413, TOO_LARGE)
+
+
+def _add(route: APIRoute, status: int, reason: str) -> None:
+    declared = route.responses.get(status)
+    if declared is None:
+        route.responses[status] = {"model": ErrorBody, "description": reason}
+    else:
+        route.responses[status] = {
+            **declared,
+            "description": f"{declared['description']}. {reason}",
+        }
+
+
+def _depends_on(dependant: Dependant, call: Callable[..., Any]) -> bool:
+    """Whether `call` is among `dependant`'s dependencies, at any depth."""
+    return any(d.call is call or _depends_on(d, call) for d in dependant.dependencies)
