@@ -9,6 +9,7 @@ import logging
 import tarfile
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -439,7 +440,35 @@ def test_a_versions_times_are_shown_in_utc_on_both_databases(client: TestClient)
         assert shown["created_at"].endswith("Z"), shown["created_at"]
     for shown in (listed[0], one, manifest):
         assert shown["promoted_at"].endswith("Z"), shown["promoted_at"]
-    assert imported["params"]["imported"]["created_at"].endswith("+00:00")
+    lineage = imported["params"]["imported"]
+    for name in ("created_at", "exported_at", "imported_at"):
+        assert lineage[name].endswith("Z"), lineage
+
+
+def test_the_times_a_version_keeps_as_text_are_shown_as_every_other_time(
+    client: TestClient, engine: Engine
+) -> None:
+    """A threshold's history said when each cut was set as "...+00:00", where every other time
+    the API shows ends in "Z": now written so, and one stored before shown so too."""
+    changed = client.put(
+        "/models/v0001/threshold", json={"threshold": 0.9}, headers=auth("admin")
+    ).json()
+    at = changed["thresholds"]["history"][-1]["at"]
+    assert at.endswith("Z") and datetime.fromisoformat(at).utcoffset() == timedelta(0), at
+    with Session(engine) as session:
+        row = registry.get_version(session, version="v0001")
+        *earlier, last = row.thresholds["history"]
+        stored = last["at"]
+        # New objects throughout: SQLAlchemy does not see in-place changes to a JSON column.
+        history = [*earlier, {**last, "at": "2026-12-06T23:01:58.604988+00:00"}]
+        row.thresholds = {**row.thresholds, "history": history}
+        row.params = {**row.params, "imported": {"created_at": "2026-12-01T10:00:00+00:00"}}
+        session.add(row)
+        session.commit()
+    assert stored == at  # stored as shown
+    shown = client.get("/models/v0001", headers=auth("admin")).json()
+    assert shown["thresholds"]["history"][-1]["at"] == "2026-12-06T23:01:58.604988Z"
+    assert shown["params"]["imported"]["created_at"] == "2026-12-01T10:00:00Z"
 
 
 def test_checksum_mismatch_is_refused_and_registry_untouched(

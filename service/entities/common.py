@@ -41,6 +41,13 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def utc_text(value: datetime) -> str:
+    """`value` as the API shows every time: ISO 8601 in UTC ending in Z, as pydantic writes a
+    datetime field. For the times kept as text in JSON columns (a version's threshold history
+    and import lineage), which `isoformat()` wrote ending in "+00:00"."""
+    return as_utc(value).astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 def day_start(now: datetime) -> datetime:
     """Midnight (UTC) of `now`'s day: where "today" starts in the queue's counts."""
     return now.replace(hour=0, minute=0, second=0, microsecond=0)

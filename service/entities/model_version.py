@@ -10,7 +10,7 @@ from pydantic import field_validator
 from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import as_utc, utcnow
+from service.entities.common import as_utc, utc_text, utcnow
 
 
 class ModelStatus(StrEnum):
@@ -68,3 +68,26 @@ class ModelVersionPublic(ModelVersionBase):
         # SQLite gives the stored times back without their zone: shown so, "23:00" read as a
         # client's local time, and a record said another thing on PostgreSQL ("23:00Z").
         return as_utc(value) if value is not None else None
+
+    @field_validator("params", "thresholds")
+    @classmethod
+    def _times_in_utc_text(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Times these JSON columns keep as text (`thresholds.history[].at`, the lineage's
+        # `params.imported.created_at`...) were written ending in "+00:00", where every other
+        # time the API shows ends in "Z": those stored so are shown as the others.
+        return _in_utc_text(value)
+
+
+def _in_utc_text(value: Any, key: str = "") -> Any:
+    """`value` with every time under a key `at` or `..._at` in `utc_text`'s form, at any
+    depth; what is not a time is left as it is."""
+    if isinstance(value, dict):
+        return {k: _in_utc_text(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_in_utc_text(v, key) for v in value]
+    if isinstance(value, str) and (key == "at" or key.endswith("_at")):
+        try:
+            return utc_text(datetime.fromisoformat(value))
+        except ValueError:
+            return value
+    return value

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
-from service.entities.common import new_id, utcnow
+from service.entities.common import new_id, utc_text, utcnow
 from service.errors import InvalidInputError
 from service.ml import registry
 from service.tags import TagSet
@@ -407,11 +407,11 @@ def _lineage(manifest: BundleManifest) -> dict[str, Any]:
     return {
         "version": source.version,
         "status": source.status.value,
-        "created_at": source.created_at.isoformat(),
+        "created_at": utc_text(source.created_at),
         "dataset_snapshot_id": source.dataset_snapshot_id,
         "source": source.params.get("source") or (earlier or {}).get("source"),
         "serving_threshold": registry.serving_threshold(source),
-        "exported_at": manifest.exported_at.isoformat(),
+        "exported_at": utc_text(manifest.exported_at),
         "tagflow_version": manifest.tagflow_version,
-        "imported_at": utcnow().isoformat(),
+        "imported_at": utc_text(utcnow()),
     } | ({"earlier": earlier} if earlier else {})

@@ -22,7 +22,7 @@ from sqlmodel import Session, col, select
 
 from service.crud.predictions import add_label_checks
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
-from service.entities.common import new_id, storable, utcnow
+from service.entities.common import new_id, storable, utc_text, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import production_history
 from service.tags import TagSet
@@ -460,7 +460,7 @@ def set_serving_threshold(
         raise InvalidInputError(f"threshold {threshold} is outside (0, {MAX_THRESHOLD}]")
     row = get_version(session, version=version)
     entry = {**evidence, "previous": serving_threshold(row), "threshold": threshold}
-    history = [*row.thresholds.get("history", []), {**entry, "at": utcnow().isoformat()}]
+    history = [*row.thresholds.get("history", []), {**entry, "at": utc_text(utcnow())}]
     # A new dict: SQLAlchemy does not see in-place changes to a JSON column.
     row.thresholds = {**row.thresholds, "serving": threshold, "history": history}
     session.add(row)
