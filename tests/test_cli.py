@@ -630,6 +630,61 @@ def test_a_database_from_a_newer_tagflow_is_one_line(
     ("command", "said"),
     [
         (
+            ["evaluate", "--data", str(SEED_DATASET), "--version", "v9"],
+            "cannot evaluate: model version 'v9' does not exist",
+        ),
+        (
+            ["models", "compare", "v9", "--data", str(SEED_DATASET)],
+            "cannot compare: model version 'v9' does not exist",
+        ),
+        (
+            ["train", "--data", "{tmp}/bad.jsonl"],
+            "cannot train: {tmp}/bad.jsonl: line 1 is not valid JSON",
+        ),
+        (["retrain"], "cannot retrain: no base dataset: set TAGFLOW_BASE_DATASET"),
+    ],
+)
+def test_a_refusal_is_one_line(
+    command: list[str],
+    said: str,
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+) -> None:
+    """README: errors are one line on stderr. evaluate, models compare, train and retrain
+    printed their heading on a line of its own and the reason on the next ("cannot
+    evaluate:", then "model version 'v9' does not exist"), which a script reading the last
+    line, or a log keeping lines, took apart."""
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    settings = make_settings(base_dataset=None)  # the data directory cli_env names
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)  # a registry with no version
+    engine.dispose()
+    args = [arg.format(tmp=tmp_path) for arg in command]
+    result = CliRunner().invoke(app, args, env=cli_env)
+    assert result.exit_code == 1, result.output
+    assert result.stderr.startswith(said.format(tmp=tmp_path)), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_validation_report_starts_on_the_line_after_its_heading(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A report is several lines: each of its lines starts a line, the first after the
+    heading."""
+    (tmp_path / "bad.csv").write_text("title,description,tag\nA,B,robotics\n")
+    result = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "bad.csv")], env=cli_env)
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.splitlines()
+    assert lines[0] == "cannot train:" and lines[1].startswith("validation of"), lines
+    assert any(line.startswith("error: line 2: tag 'robotics'") for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("command", "said"),
+    [
+        (
             ["models", "import", "{tmp}/none.tar.gz"],
             "cannot import: {tmp}/none.tar.gz: no such file",
         ),

@@ -44,10 +44,13 @@ console = Console(soft_wrap=True, markup=False)
 err_console = Console(stderr=True, soft_wrap=True, markup=False)
 
 
-def print_error(heading: str, detail: object = "", *, sep: str = " ") -> None:
-    """An error on stderr: `heading` in red, then `detail` as it is."""
+def print_error(heading: str, detail: object = "") -> None:
+    """An error on stderr: `heading` in red, then `detail` as it is, on the same line (an
+    error is one line); a detail of several lines, a training file's validation report,
+    starts on the next."""
     shown = str(detail)
-    err_console.print(Text.assemble((heading, "red"), sep if shown else "", shown), highlight=False)
+    sep = "\n" if "\n" in shown else " " if shown else ""
+    err_console.print(Text.assemble((heading, "red"), sep, shown), highlight=False)
 
 
 def print_warning(text: str) -> None:

@@ -131,7 +131,7 @@ def train(
             settings, data, cli_actor("tagflow train --promote") if promote else None
         )
     except (DatasetError, TagflowError) as exc:
-        print_error("cannot train:", exc, sep="\n")
+        print_error("cannot train:", exc)
         raise typer.Exit(1) from None
 
 
@@ -160,7 +160,7 @@ def evaluate(
                 threshold=registry.serving_threshold(row),  # as it serves, as compare scores it
             )
     except (DatasetError, TagflowError) as exc:
-        print_error("cannot evaluate:", exc, sep="\n")
+        print_error("cannot evaluate:", exc)
         raise typer.Exit(1) from None
     seen = seen_in_training(model, examples)
     warn_seen_in_training(row.version, seen, len(examples))
@@ -230,7 +230,7 @@ def retrain(
                 force=force,
             )
     except (DatasetError, TagflowError) as exc:
-        print_error("cannot retrain:", exc, sep="\n")
+        print_error("cannot retrain:", exc)
         raise typer.Exit(1) from None
     if outcome["candidate"] is None:  # nothing new: no gate, no table
         console.print(

@@ -152,7 +152,7 @@ def models_compare(
             target_precision=settings.target_precision,
         )
     except (DatasetError, TagflowError) as exc:
-        print_error("cannot compare:", exc, sep="\n")
+        print_error("cannot compare:", exc)
         raise typer.Exit(1) from None
     for side in (outcome["a"], outcome["b"]):
         warn_seen_in_training(side["version"], side["seen_in_training"], len(examples))
