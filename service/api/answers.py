@@ -4,9 +4,9 @@ A status the schema does not list is one a client generated from it cannot expec
 operation gives for what it depends on are added here, once, to every operation that depends
 on it: the 401 and 403 of its key check, the 503 of its database session, the 413 of its
 body. Those it gives for what it does (an unknown version, a conflict, a quota) are declared
-on its route, `responses=answers({404: "when"})`, saying when. Every error answer but the
-422 of a request FastAPI's validation refuses (whose shape FastAPI documents) has the body
-`ErrorBody`, the one `service/api/errors.py` writes.
+on its route, `responses=answers({404: "when"})`, saying when. Every error answer has the
+body `ErrorBody`, the one `service/api/errors.py` writes, but the 422, whose `detail` is the
+list FastAPI's validation makes, or a message (`InvalidRequest`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.dependencies.models import Dependant
+from fastapi.dependencies.utils import get_flat_params
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
@@ -31,6 +32,24 @@ class ErrorBody(BaseModel):
     detail: str
 
 
+class FieldError(BaseModel):
+    """One thing FastAPI's validation refused in a request: where (`loc`), what and why."""
+
+    model_config = ConfigDict(extra="allow")  # `input` (cut when long), `ctx`
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """A 422: what FastAPI's validation refused in the request, a list; or, for a request
+    valid in form that the route refuses, a message (an unapproved tag, a title over the
+    configured limit, an empty batch). FastAPI's own schema said a list only."""
+
+    detail: list[FieldError] | str
+
+
 Answers = dict[int | str, dict[str, Any]]
 
 
@@ -41,6 +60,7 @@ def answers(when: dict[int, str]) -> Answers:
 
 UNAVAILABLE_DATABASE = "The database is unavailable (down, locked): retry after Retry-After seconds"
 TOO_LARGE = "The body is over TAGFLOW_MAX_BODY_BYTES, refused before it is read"
+INVALID = "The request is not valid: `detail` lists what is wrong, or says it"
 
 
 def document_answers(router: APIRouter) -> None:
@@ -59,6 +79,8 @@ def document_answers(router: APIRouter) -> None:
             _add(route, 503, UNAVAILABLE_DATABASE)
         if route.body_field is not None:
             _add(route, 413, TOO_LARGE)
+        if route.body_field is not None or get_flat_params(route.dependant):
+            route.responses.setdefault(422, {"model": InvalidRequest, "description": INVALID})
 
 
 def _add(route: APIRoute, status: int, reason: str) -> None:
