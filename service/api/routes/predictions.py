@@ -25,8 +25,9 @@ OTHER_PROCESS_POLL_S = 0.05
 # What `find_prediction` answers, for the routes that use it.
 UNKNOWN_PREDICTION = "No prediction with this id (or it was pruned)"
 UNWRITTEN_PREDICTIONS = (
-    "The prediction log cannot be written now, or predictions answered while the database "
-    "was away are still being written back: retry shortly"
+    "The prediction log cannot be written now, predictions answered while the database was "
+    "away are still being written back, or another API process holds predictions it has not "
+    "written yet: retry shortly"
 )
 
 
