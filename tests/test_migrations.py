@@ -38,8 +38,17 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
+from service.crud import reviewers
 from service.db import current_revision, head_revision, init_db, make_engine
-from service.entities import Label, ModelVersion, OutboxItem
+from service.entities import (
+    Label,
+    LabelSource,
+    ModelVersion,
+    OutboxItem,
+    Reviewer,
+    ReviewReason,
+    ReviewTask,
+)
 from service.entities.common import as_utc
 from service.migrations import BASELINE, BASELINE_TABLES, VERSION_TABLE, make_config
 from service.migrations.__main__ import main as migrations_main
@@ -345,6 +354,61 @@ def test_outbox_rows_from_before_0013_count_their_sends_from_0(
         assert relay(session, queue=Queue(LABELING_QUEUE, connection=redis_conn)) == 1
         [row] = session.scalars(select(OutboxItem)).all()
     assert row.sends == 1 and row.stopped_at is None
+
+
+def test_reviewers_are_recorded_under_their_oldest_spelling(
+    engines: Callable[[], Engine],
+) -> None:
+    """0014: each name the labels and tasks hold, as a person reads it, gets its oldest
+    spelling (a reporter's name on a user's report is no reviewer's); the rows keep theirs,
+    and a request under any spelling is recorded under that one from then on."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0013")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with Session(engine) as session:
+        for reviewer, day, source in (
+            ("ann", 3, LabelSource.REVIEW),
+            ("Ann", 2, LabelSource.REVIEW),
+            ("\uff21\uff2e\uff2e", 4, LabelSource.REVIEW),
+            ("Bob", 1, LabelSource.FEEDBACK),  # a reporter
+            ("bob", 5, LabelSource.REVIEW),
+        ):
+            session.add(
+                Label(
+                    text_hash=f"{day}" * 64,
+                    title="t",
+                    description="",
+                    tag="mlops",
+                    reviewer=reviewer,
+                    source=source,
+                    created_at=start.replace(day=day),
+                )
+            )
+        # Cat has skipped a task and labelled nothing yet.
+        session.add(
+            ReviewTask(
+                text_hash="c" * 64,
+                title="t",
+                description="",
+                reason=ReviewReason.LOW_CONFIDENCE,
+                skipped_by="Cat",
+                created_at=start,
+                updated_at=start,
+            )
+        )
+        session.commit()
+    init_db(engine)
+    with Session(engine) as session:
+        rows = session.scalars(select(Reviewer).order_by(Reviewer.name_key)).all()
+        found = [(r.name_key, r.name) for r in rows]
+        assert found == [("ann", "Ann"), ("bob", "bob"), ("cat", "Cat")]
+        assert as_utc(rows[0].first_seen) == start.replace(day=2)
+        assert sorted(session.scalars(select(Label.reviewer)).all()) == sorted(
+            ["ann", "Ann", "\uff21\uff2e\uff2e", "Bob", "bob"]
+        )
+        assert reviewers.recorded_name(session, name="ANN") == "Ann"
+        assert reviewers.recorded_name(session, name="CAT") == "Cat"
 
 
 def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(

@@ -966,6 +966,37 @@ def test_a_label_given_in_another_tab_is_shown_as_the_reviewers_own(
 
 
 @pytest.mark.browser
+def test_a_label_given_under_another_spelling_is_shown_as_the_reviewers_own(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """Ada first acted as "ADA" (another device); this page is signed in as "ada", the same
+    person, so her actions are recorded under "ADA". Her label from the other device is
+    still hers here: the page says so and U changes it, though the saved label's name is
+    spelled as she first spelled it, not as she typed it on this page."""
+    first, _, _ = seed_queue(live_app.engine)
+    other_device = {"reviewer": "ADA"}
+    assert post(live_app, "/review/claim", other_device).json()["task_id"] == first
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)  # her lease, resumed
+    saved = post(live_app, f"/review/{first}/label", {**other_device, "tag": "mlops"})
+    assert saved.status_code == 201 and saved.json()["reviewer"] == "ADA"
+
+    press(browser, "1")
+    wait_for_title(browser, ITEMS[1].title)
+    message = text_of(browser, "message")
+    assert "is already labelled mlops, by you" in message and "not labelled" not in message
+    assert text_of(browser, "stat-session") == "1"
+    press(browser, "u")
+    wait_for_title(browser, ITEMS[0].title)
+    assert "(was mlops)" in text_of(browser, "message")
+
+
+def post(app: LiveApp, path: str, body: dict[str, str]) -> httpx.Response:
+    """A request with the shared reviewer key."""
+    return httpx.post(f"{app.url}{path}", json=body, headers=auth("reviewer"), timeout=30)
+
+
+@pytest.mark.browser
 def test_a_tag_retired_while_the_page_is_open_reloads_the_buttons_and_keeps_the_item(
     make_settings: Callable[..., Settings],
     tmp_path: Path,

@@ -40,6 +40,7 @@ from service.entities.review import (
     ReviewTask,
     ReviewTaskPublic,
 )
+from service.entities.reviewer import Reviewer
 from service.entities.snapshot import DatasetSnapshot
 
 __all__ = [
@@ -73,6 +74,7 @@ __all__ = [
     "ReviewStatus",
     "ReviewTask",
     "ReviewTaskPublic",
+    "Reviewer",
     "ReviewerStats",
     "ShadowPrediction",
 ]

@@ -239,10 +239,13 @@ async function retired(task, response) {
 
 /** The label the server holds for `task` that is this reviewer's own, carried by a 409
  * (their earlier request was saved, and its answer never reached the page); null for any
- * other refusal. */
+ * other refusal. The server sends a label with its acting reviewer's own only, and names it
+ * as the person was first recorded ("Ann" for an "ann" typed here): the names are not
+ * compared. */
 function ownLabel(response) {
-  const saved = response.status === 409 && response.data ? response.data.label : null;
-  return saved && saved.reviewer === state.reviewer ? saved : null;
+  return response.status === 409 && response.data && response.data.label
+    ? response.data.label
+    : null;
 }
 
 /** `task` is labelled `tag` on the server: it leaves the page, counts, and U can take it back. */

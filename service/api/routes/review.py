@@ -29,6 +29,7 @@ from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
 from service.crud import overlap
 from service.crud import review as review_crud
+from service.crud import reviewers as reviewers_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
 from service.entities.common import as_utc, day_start, storable_text, utcnow
 from service.entities.review import ReviewReason, ReviewTask, ReviewTaskPublic, Suggestion
@@ -62,10 +63,13 @@ class ReviewerBody(BaseModel):
     reviewer: ReviewerText | None = None
 
 
-def acting_reviewer(caller: Caller, body: ReviewerBody | None, keys: KeyRing) -> str:
-    """The name a review action is recorded under: the key's own, or the one the request
-    gives when the key is shared. A personal key cannot act under another name, nor a shared
-    key as the holder of a personal one (403)."""
+def acting_reviewer(
+    session: Session, caller: Caller, body: ReviewerBody | None, keys: KeyRing
+) -> str:
+    """The name a review action is recorded under: the key's own, or, when the key is shared,
+    the one the request gives, as its person was first recorded ("ANN" and "ａｎｎ" act as the
+    "Ann" who came first, so one person is one reviewer). A personal key cannot act under
+    another name, nor a shared key as the holder of a personal one (403)."""
     declared = body.reviewer if body is not None else None
     if caller.name is None:
         if declared is None:
@@ -79,7 +83,7 @@ def acting_reviewer(caller: Caller, body: ReviewerBody | None, keys: KeyRing) ->
                 status.HTTP_403_FORBIDDEN,
                 f"{declared!r} has a personal key: only that key acts as {declared!r}",
             )
-        return declared
+        return reviewers_crud.recorded_name(session, name=declared)
     if declared is not None and declared != caller.name:
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
@@ -165,7 +169,7 @@ def claim(
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic | Response:
     """Lease the most useful open task to the reviewer for `review_lease_s` seconds."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     task = review_crud.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -235,7 +239,7 @@ def label_task(
     Sent again after the first answer was lost, it saves nothing twice: the same tag answers
     200 with the label saved the first time; another tag is a 409 that carries the saved label
     (`label`), which an undo (reopen) lets its reviewer change."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     try:
         row = review_crud.label(
             session,
@@ -264,7 +268,7 @@ def skip_task(
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Not sure: back to the queue, slightly lower, offered to other reviewers first."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     task = review_crud.skip(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task, tags=tags)
 
@@ -279,7 +283,7 @@ def release_task(
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     task = review_crud.release(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task, tags=tags)
 
@@ -296,7 +300,7 @@ def renew_task(
 ) -> ReviewTaskPublic:
     """Keep the lease: `review_lease_s` more seconds from now, for its holder only (the page
     renews while its reviewer is at the item; 409 once the task is not theirs)."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     task = review_crud.renew(
         session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
@@ -326,7 +330,7 @@ def release_held(
     """Give back every lease the reviewer holds (the page changes hands): also a task whose
     claim was saved and its answer lost, which the page cannot name. Tasks in `keep` (shown
     in the reviewer's other tabs) stay leased to them."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     keep = body.keep if body is not None else []
     return Released(released=review_crud.release_held(session, reviewer=reviewer, keep=keep))
 
@@ -353,7 +357,7 @@ def reopen_task(
     body: ReviewerBody | None = None,
 ) -> ReviewTaskPublic:
     """Undo: lease a task this reviewer labelled back to them; their next label replaces it."""
-    reviewer = acting_reviewer(caller, body, keys)
+    reviewer = acting_reviewer(session, caller, body, keys)
     task = review_crud.reopen(
         session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
