@@ -12,6 +12,12 @@ from sqlmodel import Field, SQLModel
 
 from service.entities.common import as_utc, utc_text, utcnow
 
+# The key of a version's params that records the runtime that made it (`ml.runtime`), and what
+# it records: the parts an artifact's pickle, and the answers it gives, depend on.
+RUNTIME = "runtime"
+RUNTIME_PARTS = ("tagflow", "python", "scikit-learn", "numpy", "joblib", "onnxruntime")
+UNKNOWN = "unknown"  # a part a version does not record: registered before tagflow recorded it
+
 
 class ModelStatus(StrEnum):
     CANDIDATE = "candidate"
@@ -76,6 +82,16 @@ class ModelVersionPublic(ModelVersionBase):
         # `params.imported.created_at`...) were written ending in "+00:00", where every other
         # time the API shows ends in "Z": those stored so are shown as the others.
         return _in_utc_text(value)
+
+    @field_validator("params")
+    @classmethod
+    def _runtime_or_unknown(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # Every version shows what made it, in one shape: a version registered before it was
+        # recorded says "unknown" for each part, so a client reading params.runtime never fails.
+        record = value.get(RUNTIME)
+        record = record if isinstance(record, dict) else {}
+        parts = dict.fromkeys((*RUNTIME_PARTS, *record))  # a newer exporter may record more
+        return {**value, RUNTIME: {part: str(record.get(part, UNKNOWN)) for part in parts}}
 
 
 def _in_utc_text(value: Any, key: str = "") -> Any:

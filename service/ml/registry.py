@@ -247,14 +247,26 @@ def verified_artifact(version: ModelVersion, *, artifacts_dir: Path) -> Path:
 
 
 def load_model(version: ModelVersion, *, artifacts_dir: Path) -> TagModel:
-    """Load an artifact after checking its checksum; a mismatch is refused, never loaded."""
+    """Load an artifact after checking its checksum; a mismatch is refused, never loaded, and
+    so is an artifact this runtime cannot be trusted with (`runtime.load_artifact`). What its
+    load warned of without refusing it is logged."""
+    model, notes = load_model_noting(version, artifacts_dir=artifacts_dir)
+    for note in notes:
+        log.warning("%s", note)
+    return model
+
+
+def load_model_noting(version: ModelVersion, *, artifacts_dir: Path) -> tuple[TagModel, list[str]]:
+    """`load_model`, with what the load warned of returned rather than logged (for a report,
+    `tagflow models check`)."""
     path = verified_artifact(version, artifacts_dir=artifacts_dir)
     from service.ml.classifier import TagModel
+    from service.ml.runtime import load_artifact, made_with
 
-    model = joblib.load(path)
-    if not isinstance(model, TagModel):
+    loaded = load_artifact(path, version=version.version, recorded=made_with(version.params))
+    if not isinstance(loaded.obj, TagModel):
         raise ArtifactError(f"artifact of {version.version} is not a tagflow model")
-    return model
+    return loaded.obj, loaded.notes
 
 
 def get_version(session: Session, *, version: str) -> ModelVersion:

@@ -18,6 +18,7 @@ from service.ml.dataset import DatasetError, Example, check_leakage, examples_ha
 from service.ml.encoder import Encoder
 from service.ml.evaluation import choose_threshold, evaluate_predictions, weighted_f1
 from service.ml.features import embedding_classifier, tfidf_classifier
+from service.ml.runtime import RUNTIME, current_runtime
 from service.ml.suspects import find_suspects
 
 Progress = Callable[[str], None]
@@ -299,6 +300,9 @@ def _train(
         "eval_rows": len(eval_examples),
         "eval_hash": examples_hash(eval_examples),
         "encoder": encoder.path.name,
+        # What made it: whoever loads the artifact later is told, and refuses what it cannot
+        # trust (`runtime.load_artifact`).
+        RUNTIME: current_runtime(),
     }
     return TrainResult(
         model=model,

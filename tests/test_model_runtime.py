@@ -1,0 +1,253 @@
+"""A version records the runtime that made it, and one this runtime cannot trust is refused.
+
+The artifacts "made by another scikit-learn" here are real trained models pickled again with
+each estimator's `_sklearn_version` state set to another release, as that release would have
+written them: scikit-learn itself warns when it loads them (`InconsistentVersionWarning`),
+nothing is mocked."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import sklearn
+from fastapi.testclient import TestClient
+from sklearn.base import BaseEstimator
+from sqlalchemy.engine import Engine
+from sqlmodel import Session
+
+from service.config import Settings
+from service.entities import ModelStatus
+from service.entities.model_version import RUNTIME, RUNTIME_PARTS
+from service.errors import ArtifactError
+from service.ml import production_history, registry
+from service.ml.bundle import export_bundle, import_bundle
+from service.ml.runtime import current_runtime
+from service.ml.training import TrainResult
+from service.tags import TagSet
+from tests.conftest import auth, register_promoted
+from tests.waiting import wait_until
+
+ITEM = {"title": "Tracking experiments and deploying models", "description": "An MLOps stack."}
+MAJOR, MINOR = (int(part) for part in sklearn.__version__.split(".")[:2])
+OLDER_MINOR = f"{MAJOR}.{MINOR - 1}.0" if MINOR else f"{MAJOR - 1}.99.0"  # refused
+OTHER_PATCH = f"{MAJOR}.{MINOR}.{'1' if sklearn.__version__.endswith('.0') else '0'}"  # loaded
+
+
+class _PickledBy(pickle.Pickler):
+    """Pickles as scikit-learn `release` would: every estimator's state names that release."""
+
+    def __init__(self, file: Any, release: str) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.release = release
+
+    def reducer_override(self, obj: Any) -> Any:
+        if not isinstance(obj, BaseEstimator):
+            return NotImplemented
+        reduced = obj.__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return (*reduced[:2], {**reduced[2], "_sklearn_version": self.release}, *reduced[3:])
+
+
+def made_by(engine: Engine, settings: Settings, version: str, release: str) -> None:
+    """Make `version`'s artifact the one scikit-learn `release` would have registered: its
+    model pickled by that release, its record saying so, its checksum the file's."""
+    with Session(engine) as session:
+        row = registry.get_version(session, version=version)
+        path = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+        model_file = path / registry.MODEL_FILE
+        model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
+        with model_file.open("wb") as fh:
+            _PickledBy(fh, release).dump(model)
+        row.checksum = registry.sha256_file(model_file)
+        row.params = {**row.params, RUNTIME: {**current_runtime(), "scikit-learn": release}}
+        session.add(row)
+        session.commit()
+
+
+def unrecorded(engine: Engine, version: str) -> None:
+    """Make `version` one registered before the runtime was recorded."""
+    with Session(engine) as session:
+        row = registry.get_version(session, version=version)
+        row.params = {k: v for k, v in row.params.items() if k != RUNTIME}
+        session.add(row)
+        session.commit()
+
+
+def _register(engine: Engine, settings: Settings, result: TrainResult) -> str:
+    with Session(engine, expire_on_commit=False) as session:
+        return registry.register(
+            session, result=result, artifacts_dir=settings.artifacts_dir
+        ).version
+
+
+def _promote(engine: Engine, settings: Settings, tags: TagSet, version: str) -> None:
+    with Session(engine) as session:
+        registry.promote(
+            session, version=version, tags=tags, artifacts_dir=settings.artifacts_dir, actor="t"
+        )
+
+
+def test_a_version_records_the_runtime_that_made_it_and_one_from_before_says_unknown(
+    engine: Engine, make_settings: Callable[..., Settings], shared_result: TrainResult
+) -> None:
+    settings = make_settings()
+    version = _register(engine, settings, shared_result)
+    with Session(engine) as session:
+        row = registry.get_version(session, version=version)
+        shown = registry.public_record(row, artifacts_dir=settings.artifacts_dir)
+    assert row.params[RUNTIME] == current_runtime()
+    assert set(current_runtime()) == set(RUNTIME_PARTS)
+    assert current_runtime()["scikit-learn"] == sklearn.__version__
+    assert shown.params[RUNTIME] == current_runtime()
+    unrecorded(engine, version)
+    with Session(engine) as session:
+        row = registry.get_version(session, version=version)
+        shown = registry.public_record(row, artifacts_dir=settings.artifacts_dir)
+        model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)  # still loads
+    assert shown.params[RUNTIME] == dict.fromkeys(RUNTIME_PARTS, "unknown")
+    assert model.classes == shared_result.model.classes
+
+
+def test_a_version_pickled_by_another_minor_release_is_neither_promoted_nor_rolled_back_to(
+    engine: Engine, make_settings: Callable[..., Settings], shared_result: TrainResult, tags: TagSet
+) -> None:
+    settings = make_settings()
+    first = register_promoted(engine, settings, shared_result)
+    old = _register(engine, settings, shared_result)
+    made_by(engine, settings, old, OLDER_MINOR)
+    with pytest.raises(ArtifactError) as refused, Session(engine) as session:
+        registry.promote(
+            session, version=old, tags=tags, artifacts_dir=settings.artifacts_dir, actor="t"
+        )
+    message = str(refused.value)
+    assert message.startswith(f"{old} cannot be loaded by this runtime: scikit-learn {OLDER_MINOR}")
+    assert f"made with tagflow {current_runtime()['tagflow']}" in message
+    assert f"scikit-learn {OLDER_MINOR}, numpy" in message  # what made it
+    assert f"this runtime is tagflow {current_runtime()['tagflow']}" in message
+    assert f"scikit-learn {sklearn.__version__}, numpy" in message  # what runs now
+    assert "train it again under this runtime" in message
+    assert f"pin scikit-learn=={OLDER_MINOR}" in message
+    # Production and the history are as they were.
+    with Session(engine) as session:
+        assert registry.get_production(session).version == first  # type: ignore[union-attr]
+        assert registry.get_version(session, version=old).status is ModelStatus.CANDIDATE
+        assert [c.version for c in production_history.history(session)] == [first]
+    # A rollback target that this runtime cannot load (made before an upgrade) is refused too.
+    second = _register(engine, settings, shared_result)
+    _promote(engine, settings, tags, second)
+    made_by(engine, settings, first, OLDER_MINOR)
+    with (
+        pytest.raises(ArtifactError, match=f"{first} cannot be loaded by this runtime"),
+        Session(engine) as session,
+    ):
+        registry.rollback(session, tags=tags, artifacts_dir=settings.artifacts_dir, actor="t")
+    with Session(engine) as session:
+        assert registry.get_production(session).version == second  # type: ignore[union-attr]
+
+
+def test_a_version_pickled_by_another_patch_release_loads_with_a_warning(
+    sqlite_engine: Engine,
+    make_settings: Callable[..., Settings],
+    shared_result: TrainResult,
+    tags: TagSet,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings()
+    version = _register(sqlite_engine, settings, shared_result)
+    made_by(sqlite_engine, settings, version, OTHER_PATCH)
+    with caplog.at_level(logging.WARNING, logger="service.ml.registry"):
+        _promote(sqlite_engine, settings, tags, version)
+    assert f"{version} was pickled by scikit-learn {OTHER_PATCH}" in caplog.text
+    with Session(sqlite_engine) as session:
+        assert registry.get_production(session).version == version  # type: ignore[union-attr]
+
+
+def test_a_version_whose_classes_moved_is_refused_with_the_unpickling_error(
+    sqlite_engine: Engine, make_settings: Callable[..., Settings], shared_result: TrainResult
+) -> None:
+    """A release that moved a class the pickle names: its module is not found on load."""
+    settings = make_settings()
+    version = _register(sqlite_engine, settings, shared_result)
+    with Session(sqlite_engine) as session:
+        row = registry.get_version(session, version=version)
+        model_file = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+        model_file /= registry.MODEL_FILE
+        data = model_file.read_bytes()
+        # Renamed in place, one letter for another: the pickle's framing stays as it was.
+        assert b"sklearn.linear_model._logistic" in data
+        model_file.write_bytes(
+            data.replace(b"sklearn.linear_model._logistic", b"sklearn.linear_model._logistix")
+        )
+        row.checksum = registry.sha256_file(model_file)
+        session.add(row)
+        session.commit()
+        with pytest.raises(ArtifactError) as refused:
+            registry.load_model(row, artifacts_dir=settings.artifacts_dir)
+    assert str(refused.value).startswith(
+        f"{version} cannot be loaded by this runtime: it does not unpickle "
+        "(ModuleNotFoundError: No module named 'sklearn.linear_model._logistix')"
+    )
+    assert "pin scikit-learn" not in str(refused.value)  # which release moved it is not known
+
+
+def test_the_api_keeps_serving_when_production_or_the_shadow_was_made_by_another_release(
+    client: TestClient, shared_result: TrainResult
+) -> None:
+    state = client.app.state.tagflow
+    engine, settings = state.engine, state.settings
+    with state.production_lock:  # the watch loop meets it only as an older release made it
+        old = _register(engine, settings, shared_result)
+        made_by(engine, settings, old, OLDER_MINOR)
+    # The newest candidate is shadowed: refused, logged, counted, not shadowed.
+    wait_until(lambda: old in state.shadow_refused, what=f"the shadow to refuse {old}")
+    assert state.predictor.shadow is None
+    promoted = client.post(f"/models/{old}/promote", headers=auth("admin"))
+    assert promoted.status_code == 409
+    assert promoted.json()["detail"].startswith(f"{old} cannot be loaded by this runtime")
+    # Named production behind the API's back (as a registry shared with an older host would):
+    # the hot swap refuses it and the model served keeps serving.
+    with Session(engine) as session:
+        previous = registry.get_production(session)
+        assert previous is not None
+        previous.status = ModelStatus.ARCHIVED
+        row = registry.get_version(session, version=old)
+        row.status = ModelStatus.PRODUCTION
+        session.add_all([previous, row])
+        session.commit()
+    wait_until(lambda: state.model_errors, what=f"the watch loop to refuse {old}")
+    predicted = client.post("/predict", json=ITEM, headers=auth("client"))
+    assert predicted.status_code == 200 and predicted.json()["model_version"] == "v0001"
+    ready = client.get("/readyz").json()
+    assert ready["model_version"] == "v0001"
+    [error] = ready["model_errors"]
+    assert error.startswith(f"{old} cannot be loaded by this runtime: scikit-learn {OLDER_MINOR}")
+    metrics = client.get("/metrics", headers=auth("metrics")).text
+    assert "tagflow_model_errors 1.0" in metrics
+    assert "tagflow_model_refusals_total 2.0" in metrics  # as the shadow, then as production
+    shown = client.get(f"/models/{old}", headers=auth("client")).json()
+    assert shown["params"][RUNTIME]["scikit-learn"] == OLDER_MINOR
+
+
+def test_an_imported_version_keeps_the_exporters_runtime(
+    engine: Engine, make_settings: Callable[..., Settings], shared_result: TrainResult, tags: TagSet
+) -> None:
+    settings = make_settings()
+    source = _register(engine, settings, shared_result)
+    exporter = {**current_runtime(), "tagflow": "0.0.9", "python": "3.11.2"}
+    with Session(engine) as session:
+        row = registry.get_version(session, version=source)
+        row.params = {**row.params, RUNTIME: exporter}
+        session.add(row)
+        session.commit()
+        data = export_bundle(session, version=source, artifacts_dir=settings.artifacts_dir)
+        imported = import_bundle(
+            session,
+            data=data,
+            artifacts_dir=settings.artifacts_dir,
+            tags=tags,
+            encoder=shared_result.model.encoder,
+        )
+    assert imported.row.params[RUNTIME] == exporter
