@@ -7,6 +7,7 @@ nothing is mocked."""
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 from collections.abc import Callable
@@ -18,8 +19,11 @@ from fastapi.testclient import TestClient
 from sklearn.base import BaseEstimator
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
+from typer.testing import CliRunner
 
+from service.cli import app
 from service.config import Settings
+from service.db import make_engine
 from service.entities import ModelStatus
 from service.entities.model_version import RUNTIME, RUNTIME_PARTS
 from service.errors import ArtifactError
@@ -251,3 +255,62 @@ def test_an_imported_version_keeps_the_exporters_runtime(
             encoder=shared_result.model.encoder,
         )
     assert imported.row.params[RUNTIME] == exporter
+
+
+def _check(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(app, ["models", "check", *args], env=env)
+
+
+def test_models_check_reports_what_this_runtime_can_serve(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    shared_result: TrainResult,
+    tags: TagSet,
+) -> None:
+    settings = make_settings()  # the data directory the commands use (cli_env's)
+    engine = make_engine(settings.resolved_database_url)
+    assert CliRunner().invoke(app, ["db", "upgrade"], env=cli_env).exit_code == 0
+    first = register_promoted(engine, settings, shared_result)
+    second = _register(engine, settings, shared_result)
+    _promote(engine, settings, tags, second)
+    clean = _check(cli_env, "--json")
+    assert clean.exit_code == 0, clean.output
+    report = json.loads(clean.stdout)
+    assert report["runtime"] == current_runtime()
+    assert [(v["version"], v["status"], v["loads"]) for v in report["versions"]] == [
+        (second, "production", True),
+        (first, "archived", True),  # the version a rollback restores
+    ]
+    assert report["versions"][0]["made_with"] == current_runtime()
+    assert [a["tag"] for a in report["versions"][0]["answers"]] == [
+        "natural-language-processing",
+        "computer-vision",
+        "mlops",
+        "other",
+    ]
+    # Upgraded: the rollback target was pickled by an older release, production predates the
+    # runtime record.
+    made_by(engine, settings, first, OLDER_MINOR)
+    unrecorded(engine, second)
+    upgraded = _check(cli_env, "--json")
+    assert upgraded.exit_code == 0, upgraded.output  # production still loads
+    now, rollback = json.loads(upgraded.stdout)["versions"]
+    assert now["loads"] and now["made_with"] is None and now["refused"] is None
+    assert not rollback["loads"] and rollback["answers"] == []
+    assert rollback["refused"].startswith(f"{first} cannot be loaded by this runtime")
+    assert rollback["made_with"]["scikit-learn"] == OLDER_MINOR
+    table = _check(cli_env)
+    assert table.exit_code == 0
+    assert f"{first} cannot be loaded by this runtime" in table.stderr
+    lines = {line.split()[0]: line.split() for line in table.stdout.splitlines() if "v000" in line}
+    assert lines[second][-3:] == ["unknown", "unknown", "loads"]
+    assert lines[first][-3:] == [OLDER_MINOR, current_runtime()["python"], "refused"]
+    # A version named is checked alone, and its refusal is the exit code.
+    named = _check(cli_env, first)
+    assert named.exit_code == 1 and f"refused: {first}" in named.stderr
+    # Production refused: exit 1, whatever else loads.
+    made_by(engine, settings, second, OLDER_MINOR)
+    refused = _check(cli_env)
+    assert refused.exit_code == 1 and f"refused: {second}\n" in refused.stderr
+    assert _check(cli_env, "v9999").exit_code == 1
+    engine.dispose()

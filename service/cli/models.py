@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -33,6 +33,9 @@ from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
 from service.ml.production_history import MAX_HISTORY
 from service.tags import TagSet
+
+if TYPE_CHECKING:  # pulls in scikit-learn and ONNX Runtime: `models list` needs neither
+    from service.ml.version_check import VersionCheck
 
 models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
 
@@ -64,6 +67,78 @@ def models_list(
         console.print(_versions_table(rows))
     else:
         console.print("no version" + (" meets " + " and ".join(where) if where else " yet"))
+
+
+@models_app.command("check")
+def models_check(
+    versions: Annotated[
+        list[str] | None,
+        typer.Argument(help="Versions to check (default: production and its rollback targets)"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the checks as JSON")] = False,
+) -> None:
+    """Whether this installation can serve each version: run it before an upgrade (with the
+    new release, against the registry) and after.
+
+    Each version is loaded as the API loads it and scores a few fixed items; a version is
+    refused, with why, when its artifact fails its checksum, was pickled by another major or
+    minor release of scikit-learn, or does not load or score. Exit 1 when production (or a
+    version named) is refused."""
+    from service.ml.runtime import current_runtime
+    from service.ml.version_check import check_version, versions_to_check
+
+    settings = settings_or_exit()
+    try:
+        with open_session(settings) as session:
+            rows = (
+                [registry.get_version(session, version=v) for v in versions]
+                if versions
+                else versions_to_check(session)
+            )
+    except TagflowError as exc:  # no such version
+        print_error("cannot check:", exc)
+        raise typer.Exit(1) from None
+    checks: list[VersionCheck] = []
+    if rows:
+        encoder = cli_encoder(settings)
+        checks = [
+            check_version(row, artifacts_dir=settings.artifacts_dir, encoder=encoder)
+            for row in rows
+        ]
+    if as_json:
+        shown = {"runtime": current_runtime(), "versions": [c.as_json() for c in checks]}
+        print(json.dumps(shown, indent=2))
+    elif checks:
+        console.print(_checks_table(checks))
+        for check in checks:
+            for line in (check.refused, *check.notes):
+                if line:
+                    print_warning(line)
+    else:
+        console.print("no production version: name the versions to check")
+    failed = [c for c in checks if c.refused and (versions or c.status is ModelStatus.PRODUCTION)]
+    if failed:
+        print_error("refused:", ", ".join(c.version for c in failed))
+        raise typer.Exit(1)
+
+
+def _checks_table(checks: list[VersionCheck]) -> Table:
+    from service.ml.runtime import SKLEARN, current_runtime
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for header in ("version", "status", "made with scikit-learn", "python", "here"):
+        table.add_column(header, no_wrap=True)
+    table.caption = f"this runtime: scikit-learn {current_runtime()[SKLEARN]}"
+    for check in checks:
+        made = check.made_with or {}
+        table.add_row(
+            check.version,
+            check.status.value,
+            made.get(SKLEARN, "unknown"),
+            made.get("python", "unknown"),
+            "loads" if check.loads else "refused",
+        )
+    return table
 
 
 def _versions_table(rows: list[ModelVersion]) -> Table:

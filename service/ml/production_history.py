@@ -91,6 +91,20 @@ def record_rollback(session: Session, *, promotion: ProductionChange, actor: str
         raise UndoRaced(f"promotion #{promotion.id} of {promotion.version} was already undone")
 
 
+def rollback_targets(session: Session) -> list[str]:
+    """The versions rollbacks in a row would restore, the next one first: what each promotion
+    not yet undone replaced, newest promotion first (`undoable`)."""
+    query = (
+        select(ProductionChange.replaced)
+        .where(
+            ProductionChange.action == ProductionAction.PROMOTE,
+            col(ProductionChange.undone_by).is_(None),
+        )
+        .order_by(col(ProductionChange.id).desc())
+    )
+    return list(dict.fromkeys(v for v in session.exec(query) if v is not None))
+
+
 def rolled_back_from(session: Session) -> list[str]:
     """The versions production was ever rolled back from, newest rollback first."""
     query = (
