@@ -29,7 +29,7 @@ from service.crud import labels as labels_crud
 from service.crud import snapshots as snapshots_crud
 from service.entities import DatasetSnapshot, Label, ModelStatus, ModelVersion
 from service.entities.common import utcnow
-from service.errors import InvalidInputError
+from service.errors import ArtifactError, InvalidInputError
 from service.jobs import JOB_TIMEOUT_S, enqueue_job
 from service.ml import registry
 from service.ml.dataset import (
@@ -44,6 +44,7 @@ from service.ml.encoder import Encoder
 from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split, doubted_labels, review_saved_suspects
 from service.ml.production_history import rolled_back_from
+from service.ml.runtime import made_with, same_sklearn_release
 from service.ml.training import DEFAULT_CONFIG, Progress, TrainResult, evaluate, train
 from service.tags import Tag, TagSet
 
@@ -272,16 +273,19 @@ def _gate(
     """Score production (as it was when training began) on the candidate's frozen evaluation
     set and apply the gate; returns the gate report, with what it judged, and production's
     metrics."""
-    prod_metrics = (
-        evaluate(
-            registry.load_model(production, artifacts_dir=artifacts_dir),
-            encoder,
-            sets.evaluation,
-        )
-        if production is not None
-        else None
+    prod_metrics, refused = None, None
+    if production is not None:
+        try:
+            model = registry.load_model(production, artifacts_dir=artifacts_dir)
+        except ArtifactError as exc:
+            # Pickled by a release this one cannot trust (`runtime.load_artifact`), say: the
+            # retraining that replaces it must still register its candidate, for an admin.
+            refused = str(exc)
+        else:
+            prod_metrics = evaluate(model, encoder, sets.evaluation)
+    gate = apply_gate(
+        result.metrics, prod_metrics, target_precision=target, production_refused=refused
     )
-    gate = apply_gate(result.metrics, prod_metrics, target_precision=target)
     gate |= {
         "production_version": production.version if production is not None else None,
         "eval_rows": len(sets.evaluation),
@@ -346,15 +350,19 @@ def remakes(
 ) -> bool:
     """Whether training on `sets` now would make `version` again: the same training rows (by
     content and tag) and the same training settings, so the same model (training is seeded);
-    the evaluation rows do not change what is learned."""
+    the evaluation rows do not change what is learned. Not a version another release of
+    scikit-learn made (by its record; one without a record is taken as made here): this one
+    may refuse to load it, and a retraining is how it is replaced."""
     same = {
         "target_precision": target_precision,
         "folds": DEFAULT_CONFIG.folds,
         "seed": DEFAULT_CONFIG.seed,
         "encoder": encoder.path.name,
     }
-    return version.data_hash == examples_hash(sets.train) and all(
-        version.params.get(name) == value for name, value in same.items()
+    return (
+        version.data_hash == examples_hash(sets.train)
+        and all(version.params.get(name) == value for name, value in same.items())
+        and same_sklearn_release(made_with(version.params))
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
 
+from service import retraining
 from service.cli import app
 from service.config import Settings
 from service.db import make_engine
@@ -29,6 +30,7 @@ from service.entities.model_version import RUNTIME, RUNTIME_PARTS
 from service.errors import ArtifactError
 from service.ml import production_history, registry
 from service.ml.bundle import export_bundle, import_bundle
+from service.ml.encoder import Encoder
 from service.ml.runtime import current_runtime
 from service.ml.training import TrainResult
 from service.tags import TagSet
@@ -233,6 +235,31 @@ def test_the_api_keeps_serving_when_production_or_the_shadow_was_made_by_another
     assert "tagflow_model_refusals_total 2.0" in metrics  # as the shadow, then as production
     shown = client.get(f"/models/{old}", headers=auth("client")).json()
     assert shown["params"][RUNTIME]["scikit-learn"] == OLDER_MINOR
+
+
+def test_a_retraining_replaces_a_production_this_runtime_refuses(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    """After an upgrade, production (trained on the base data alone) was made by the older
+    release: a retraining on the same data does not call it "nothing new", and its gate, which
+    cannot score production here, keeps the candidate for an admin instead of failing."""
+    settings = make_settings()
+    before = register_promoted(engine, settings, seed_result)
+    made_by(engine, settings, before, OLDER_MINOR)
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+    assert outcome["candidate"] not in (None, before), outcome["outcome"]
+    assert not outcome["promoted"] and outcome["outcome"] == "gate failed: waits as a candidate"
+    assert "production_scored" in outcome["failed_checks"]
+    [scored] = [c for c in outcome["checks"] if c["name"] == "production_scored"]
+    assert scored["note"].startswith(f"{before} cannot be loaded by this runtime")
+    with Session(engine) as session:
+        assert registry.get_production(session).version == before  # type: ignore[union-attr]
+    _promote(engine, settings, tags, outcome["candidate"])  # by hand: it loads here
 
 
 def test_an_imported_version_keeps_the_exporters_runtime(

@@ -164,16 +164,24 @@ def _auto_precision(
 
 
 def apply_gate(
-    candidate: dict[str, Any], production: dict[str, Any] | None, *, target_precision: float
+    candidate: dict[str, Any],
+    production: dict[str, Any] | None,
+    *,
+    target_precision: float,
+    production_refused: str | None = None,
 ) -> dict[str, Any]:
     """Compare two evaluation reports on the same data; `production=None` (no production
-    model yet) leaves only the automatic-acceptance precision check."""
+    model yet) leaves only the automatic-acceptance precision check. `production_refused`:
+    why there is a production model but this runtime could not score it (its artifact
+    refused at load): nothing shows the candidate is not worse, so it fails."""
     checks: list[Check] = []
     if production is not None:
         checks.append(_weighted_f1(candidate, production))
         checks += _class_precision(candidate, production)
         checks += _slices(candidate, production)
     checks.append(_auto_precision(candidate, production, target_precision))
+    if production_refused is not None:
+        checks.append(Check("production_scored", None, None, None, False, production_refused))
     return {
         "passed": all(c.passed for c in checks),
         "failed": [c.name for c in checks if not c.passed],

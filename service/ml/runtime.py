@@ -138,6 +138,13 @@ def _sklearn_differences(caught: list[warnings.WarningMessage]) -> dict[str, set
     return found
 
 
+def same_sklearn_release(record: Mapping[str, str] | None) -> bool:
+    """Whether a version made with `record` was made by this major and minor release of
+    scikit-learn (one this runtime loads); a version with no record is taken as one."""
+    made = (record or {}).get(SKLEARN)
+    return made is None or _same_minor(made, _sklearn())
+
+
 def _sklearn() -> str:
     return current_runtime()[SKLEARN]
 
