@@ -284,6 +284,31 @@ def test_an_imported_version_keeps_the_exporters_runtime(
     assert imported.row.params[RUNTIME] == exporter
 
 
+def test_a_bundle_this_runtime_cannot_load_is_refused_with_nothing_recorded(
+    engine: Engine, make_settings: Callable[..., Settings], shared_result: TrainResult, tags: TagSet
+) -> None:
+    settings = make_settings()
+    source = _register(engine, settings, shared_result)
+    made_by(engine, settings, source, OLDER_MINOR)  # as a deployment on that release exports
+    with Session(engine) as session:
+        data = export_bundle(session, version=source, artifacts_dir=settings.artifacts_dir)
+    folders = sorted(settings.artifacts_dir.iterdir())
+    with (
+        pytest.raises(ArtifactError, match="cannot be loaded by this runtime"),
+        Session(engine) as session,
+    ):
+        import_bundle(
+            session,
+            data=data,
+            artifacts_dir=settings.artifacts_dir,
+            tags=tags,
+            encoder=shared_result.model.encoder,
+        )
+    with Session(engine) as session:
+        assert [r.version for r in registry.list_versions(session)] == [source]
+    assert sorted(settings.artifacts_dir.iterdir()) == folders
+
+
 def _check(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(app, ["models", "check", *args], env=env)
 
