@@ -13,6 +13,7 @@ import pickle
 from collections.abc import Callable
 from typing import Any
 
+import joblib
 import pytest
 import sklearn
 from fastapi.testclient import TestClient
@@ -197,6 +198,41 @@ def test_a_version_whose_classes_moved_is_refused_with_the_unpickling_error(
         "(ModuleNotFoundError: No module named 'sklearn.linear_model._logistix')"
     )
     assert "pin scikit-learn" not in str(refused.value)  # which release moved it is not known
+
+
+def test_a_version_that_loads_but_cannot_score_is_refused_and_production_stays(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    shared_result: TrainResult,
+    tags: TagSet,
+) -> None:
+    """A model that unpickles without a word but lacks what serving reads (here its embedding
+    head's weights, as a release that renamed them would leave it) was loaded, promoted and
+    swapped in, and then failed every request. A load now scores a probe text first."""
+    settings = make_settings()
+    first = _register(engine, settings, shared_result)
+    _promote(engine, settings, tags, first)
+    broken = _register(engine, settings, shared_result)
+    with Session(engine) as session:
+        row = registry.get_version(session, version=broken)
+        model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
+        del model.embedding_head.coef_
+        model_file = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+        model_file /= registry.MODEL_FILE
+        joblib.dump(model, model_file)
+        row.checksum = registry.sha256_file(model_file)
+        session.add(row)
+        session.commit()
+        with pytest.raises(ArtifactError) as refused:
+            registry.load_model(row, artifacts_dir=settings.artifacts_dir)
+    assert str(refused.value).startswith(
+        f"{broken} loads but cannot score a probe text (AttributeError"
+    )
+    with pytest.raises(ArtifactError):
+        _promote(engine, settings, tags, broken)
+    with Session(engine) as session:
+        production = registry.get_production(session)
+    assert production is not None and production.version == first
 
 
 def test_the_api_keeps_serving_when_production_or_the_shadow_was_made_by_another_release(

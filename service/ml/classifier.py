@@ -24,6 +24,8 @@ from service.ml.fastpath import LinearHead, LinearTfidf
 
 Encode = Callable[[Sequence[str]], np.ndarray]
 NEVER = 1.01  # a confidence cut no probability reaches
+# What `TagModel.probe` scores: any text does; this one has words of every default tag.
+PROBE_TEXT = "Serving a vision transformer and a language model in production"
 
 
 def precomputed(texts: Sequence[str], embeddings: np.ndarray) -> Encode:
@@ -68,6 +70,20 @@ class TagModel:
         proba, slow = self.fast_proba(texts, fast_path=fast_path)
         self.complete(texts, proba, slow, encode)
         return proba
+
+    def probe(self) -> None:
+        """Score one fixed text through both heads as serving does, which also builds the
+        serving copies (`_heads`); ValueError when the answer is not a probability per class.
+        The embedding head gets a unit vector of its width, so no encoder is needed and every
+        loader can call it. Any other exception means the model cannot score at all: an
+        estimator missing what serving reads (a model pickled by a release that changed it),
+        which unpickled without a word and then failed every request it was given."""
+        width = int(self.embedding_head.coef_.shape[1])
+        unit = np.full((1, width), 1.0 / np.sqrt(width), dtype=np.float32)
+        proba = self.predict_proba([PROBE_TEXT], lambda _texts: unit, fast_path=False)
+        sums_to_one = proba.shape == (1, len(self.classes)) and abs(float(proba.sum()) - 1) < 1e-3
+        if not (sums_to_one and np.isfinite(proba).all() and (proba >= 0).all()):
+            raise ValueError(f"a probe text scores {proba.tolist()}, not a probability per tag")
 
     def fast_proba(
         self, texts: Sequence[str], *, fast_path: bool = True

@@ -248,8 +248,9 @@ def verified_artifact(version: ModelVersion, *, artifacts_dir: Path) -> Path:
 
 def load_model(version: ModelVersion, *, artifacts_dir: Path) -> TagModel:
     """Load an artifact after checking its checksum; a mismatch is refused, never loaded, and
-    so is an artifact this runtime cannot be trusted with (`runtime.load_artifact`). What its
-    load warned of without refusing it is logged."""
+    so is an artifact this runtime cannot be trusted with (`runtime.load_artifact`) or one
+    that loads but cannot score (`TagModel.probe`). What its load warned of without refusing
+    it is logged."""
     model, notes = load_model_noting(version, artifacts_dir=artifacts_dir)
     for note in notes:
         log.warning("%s", note)
@@ -266,6 +267,13 @@ def load_model_noting(version: ModelVersion, *, artifacts_dir: Path) -> tuple[Ta
     loaded = load_artifact(path, version=version.version, recorded=made_with(version.params))
     if not isinstance(loaded.obj, TagModel):
         raise ArtifactError(f"artifact of {version.version} is not a tagflow model")
+    try:
+        loaded.obj.probe()
+    except Exception as exc:  # whatever it is, the model cannot serve: refused, and said why
+        raise ArtifactError(
+            f"{version.version} loads but cannot score a probe text "
+            f"({type(exc).__name__}: {exc}): train it again"
+        ) from None
     return loaded.obj, loaded.notes
 
 
