@@ -513,7 +513,9 @@ def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
     or watch-loop relay: the test's flushes are the only ones.)"""
     target = urlparse(test_redis_url)
     proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 6379)
-    url = target._replace(netloc=f"127.0.0.1:{proxy.port}").geturl()
+    credentials = target.netloc.rpartition("@")[0]  # the embedded Redis has a password
+    address = f"127.0.0.1:{proxy.port}"
+    url = target._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
     database_url = str(sqlite_engine.url)
     settings = make_settings(
         database_url=database_url, redis_url=url, log_flush_interval_s=3600, watch_interval_s=3600
