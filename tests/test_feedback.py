@@ -81,7 +81,9 @@ def user_report_rows(engine: Engine) -> list[OutboxItem]:
 
 
 def work_labeling(client: TestClient, conn: redis.Redis) -> None:
-    """Run the labelling jobs in this process, as `tagflow worker` would."""
+    """Run the labelling jobs in this process, as `tagflow worker` would, once the relay task
+    has handed the outbox to RQ (after POST /feedback's answer)."""
+    wait_outbox_sent(client.app.state.tagflow.engine, at_least=0)
     use_context(JobContext(client.app.state.tagflow.settings))
     try:
         Worker([Queue(LABELING_QUEUE, connection=conn)], connection=conn).work(burst=True)
@@ -144,6 +146,7 @@ def test_report_goes_to_review_and_settles_with_the_label(
 
     with Session(engine) as session:
         assert len(session.exec(select(Feedback)).all()) == 2
+    wait_outbox_sent(engine, at_least=2)  # the relay task sends them after the answers
     rows = user_report_rows(engine)
     assert sorted(r.payload["feedback_id"] for r in rows) == sorted(
         [first.json()["feedback_id"], bob.json()["feedback_id"]]

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from service.api.lifecycle import drain_outbox
 from service.api.main import create_app
+from service.api.state import AppState
 from service.cli import app as cli_app
 from service.config import Settings
 from service.crud.predictions import save_predictions
@@ -499,6 +500,26 @@ def test_stopped_rows_show_in_metrics_and_stats_until_resent(
     assert again.stdout.strip() == "no stopped outbox rows re-queued"
 
 
+def freezable_redis(redis_url: str) -> tuple[FreezableProxy, str]:
+    """A proxy in front of the test Redis that a test can freeze, and its URL (with the
+    Redis's credentials: the embedded Redis has a password)."""
+    target = urlparse(redis_url)
+    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    credentials = target.netloc.rpartition("@")[0]
+    address = f"127.0.0.1:{proxy.port}"
+    url = target._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
+    return proxy, url
+
+
+def hang_the_relay(state: AppState, proxy: FreezableProxy) -> None:
+    """Freeze Redis (connections held, nothing answered) and flush a review row, so the
+    relay task hangs on Redis holding the outbox lock, until the client's 2 s timeout."""
+    proxy.thawed.clear()
+    state.log.record(make_prediction("first", status=PredictionStatus.REVIEW))
+    assert state.log.flush() == 1
+    wait_until(state.outbox_lock.locked, what="the relay to hang on Redis", timeout_s=10)
+
+
 def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
     make_settings: Callable[..., Settings],
     sqlite_engine: Engine,
@@ -511,11 +532,7 @@ def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
     flush wakes a relay task of its own and returns: here the second flush comes back while the
     relay the first one woke still hangs on Redis, holding the outbox lock. (No periodic flush
     or watch-loop relay: the test's flushes are the only ones.)"""
-    target = urlparse(test_redis_url)
-    proxy = FreezableProxy(target.hostname or "127.0.0.1", target.port or 6379)
-    credentials = target.netloc.rpartition("@")[0]  # the embedded Redis has a password
-    address = f"127.0.0.1:{proxy.port}"
-    url = target._replace(netloc=f"{credentials}@{address}" if credentials else address).geturl()
+    proxy, url = freezable_redis(test_redis_url)
     database_url = str(sqlite_engine.url)
     settings = make_settings(
         database_url=database_url, redis_url=url, log_flush_interval_s=3600, watch_interval_s=3600
@@ -524,10 +541,7 @@ def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
     try:
         with TestClient(create_app(settings)) as client:
             state = state_of(client)
-            proxy.thawed.clear()  # Redis hangs: connections held, nothing answered
-            state.log.record(make_prediction("first", status=PredictionStatus.REVIEW))
-            assert state.log.flush() == 1
-            wait_until(state.outbox_lock.locked, what="the relay to hang on Redis", timeout_s=10)
+            hang_the_relay(state, proxy)
             state.log.record(make_prediction("second", status=PredictionStatus.REVIEW))
             assert state.log.flush() == 1
             assert state.outbox_lock.locked()  # the relay still hangs; the flush did not wait
@@ -539,5 +553,53 @@ def test_a_flush_does_not_wait_for_the_relay_to_a_hung_redis(
 
             wait_until(drained, what="the outbox to drain once Redis answers")
         assert len(outbox_rows(sqlite_engine)) == 2
+    finally:
+        proxy.close()
+
+
+def test_a_report_does_not_wait_for_the_relay_to_a_hung_redis(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    shared_result: TrainResult,
+    test_redis_url: str,
+) -> None:
+    """POST /feedback relayed the outbox itself before answering: with Redis hung, a report
+    waited for the relay already hanging (the outbox lock) and then for its own, up to the
+    client's 2 s socket timeout each. Now it wakes the relay task and answers: here the report
+    is answered while the relay the flush woke still hangs (no relay failure recorded yet), and
+    its review request reaches RQ once Redis answers. (No quota: the quota's own trip to Redis
+    would hang too; no periodic flush or watch-loop relay.)"""
+    proxy, url = freezable_redis(test_redis_url)
+    settings = make_settings(
+        database_url=str(sqlite_engine.url),
+        redis_url=url,
+        log_flush_interval_s=3600,
+        watch_interval_s=3600,
+        feedback_per_key_per_minute=0,
+    )
+    register_promoted(sqlite_engine, settings, shared_result)
+    try:
+        with TestClient(create_app(settings)) as client:
+            state = state_of(client)
+            item = {"title": "Whisper fine-tuned on court recordings", "description": "ASR."}
+            answer = client.post("/predict", json=item, headers=auth("client"))
+            assert answer.status_code == 200
+            assert state.log.flush() == 1
+            hang_the_relay(state, proxy)
+            report = client.post(
+                "/feedback",
+                json={"prediction_id": answer.json()["prediction_id"], "correct_tag": "other"},
+                headers=auth("client"),
+            )
+            assert report.status_code == 201, report.text
+            assert state.outbox_failures.count == 0  # the hung relay has not timed out yet
+            assert state.outbox_lock.locked()
+            proxy.thawed.set()
+            wait_until(
+                lambda: all(r.sent_at is not None for r in outbox_rows(sqlite_engine)),
+                what="the report's review request to reach RQ once Redis answers",
+            )
+        reasons = sorted(r.payload["reason"] for r in outbox_rows(sqlite_engine))
+        assert "user_report" in reasons
     finally:
         proxy.close()

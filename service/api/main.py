@@ -127,25 +127,26 @@ def _drain_quietly(state: AppState) -> None:
         log.exception("outbox relay failed; rows stay in the outbox")
 
 
-async def relay_after_flushes(state: AppState, flushed: asyncio.Event) -> None:
-    """Send the outbox to RQ each time the prediction log has written rows, on a thread of
-    its own (a task for the app's life). Called from the log's flush thread, the relay held
-    every flush while Redis hung, up to the client's 2 s socket timeout, and made a flush wait
-    for a relay already running: in a QA chaos run with Redis frozen the log's buffer grew
-    from under 30 rows to 284, the answers a kill -9 then loses. The watch loop relays too,
-    every `watch_interval_s`: this is the fast path."""
+async def relay_when_woken(state: AppState, woken: asyncio.Event) -> None:
+    """Send the outbox to RQ each time `state.wake_relay` is called, on a thread of its own (a
+    task for the app's life). Called from the log's flush thread, the relay held every flush
+    while Redis hung, up to the client's 2 s socket timeout, and made a flush wait for a relay
+    already running: in a QA chaos run with Redis frozen the log's buffer grew from under 30
+    rows to 284, the answers a kill -9 then loses. POST /feedback likewise held each report up
+    to 2 s. The watch loop relays too, every `watch_interval_s`: this is the fast path."""
     while True:
-        await flushed.wait()
-        flushed.clear()
+        await woken.wait()
+        woken.clear()
         await asyncio.to_thread(_drain_quietly, state)
 
 
-def _wake_on_flush(state: AppState, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-    """An event the prediction log's flush sets, from whichever thread it runs on, once it
-    has written rows (their review items wait in the outbox)."""
-    flushed = asyncio.Event()
-    state.log.after_flush = lambda: loop.call_soon_threadsafe(flushed.set)
-    return flushed
+def _set_relay_wakeup(state: AppState, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+    """The event `state.wake_relay` sets, from whichever thread calls it; the prediction log
+    calls it once a flush has written rows (their review items wait in the outbox)."""
+    woken = asyncio.Event()
+    state.wake_relay = lambda: loop.call_soon_threadsafe(woken.set)
+    state.log.after_flush = state.wake_relay
+    return woken
 
 
 @asynccontextmanager
@@ -153,7 +154,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     state = await asyncio.to_thread(build_state, settings, app.state.metrics)
     # Set before the spill's write-back: its rows are relayed once the relay starts below.
-    flushed = _wake_on_flush(state, asyncio.get_running_loop())
+    woken = _set_relay_wakeup(state, asyncio.get_running_loop())
     if taken := await asyncio.to_thread(state.log.take_back_spill):
         log.warning("%d predictions spilled before this start go to the database now", taken)
     await asyncio.to_thread(sync_production, state)
@@ -185,7 +186,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.log.start()
     watcher = asyncio.create_task(watch(state, settings.watch_interval_s), name="watch")
     announcer = asyncio.create_task(announce(state.log, state.unwritten), name="unwritten")
-    relay = asyncio.create_task(relay_after_flushes(state, flushed), name="outbox-relay")
+    relay = asyncio.create_task(relay_when_woken(state, woken), name="outbox-relay")
     try:
         yield
     finally:

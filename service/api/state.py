@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from redis import Redis
@@ -31,6 +32,10 @@ def readiness_failures() -> RepeatedFailures:
     logger)."""
     logger = logging.getLogger("service.api.routes.health")
     return RepeatedFailures("database check for /readyz", logger, level=logging.WARNING)
+
+
+def _nothing() -> None:
+    """The outbox relay's wake-up before the lifespan has started the relay task."""
 
 
 @dataclass
@@ -67,6 +72,9 @@ class AppState:
     keys: KeyRing
     # This process's entry in Redis while its log holds predictions late (service.unwritten).
     unwritten: Announcer
+    # Wakes the outbox relay task (service.api.main), from any thread, once rows wait in the
+    # outbox: a log flush wrote predictions sent to review, or a report was stored.
+    wake_relay: Callable[[], None] = _nothing
     # Why the registry's production version is not served (its artifact refused at load);
     # emptied once it, or a later production version, serves.
     model_errors: list[str] = field(default_factory=list)

@@ -14,7 +14,6 @@ from sqlmodel import Session
 from service import quotas
 from service.api.answers import answers
 from service.api.deps import AnyKey, KeyId, RefusalsDep, RowId, SessionDep, StateDep
-from service.api.lifecycle import drain_outbox
 from service.api.routes.predictions import (
     UNKNOWN_PREDICTION,
     UNWRITTEN_PREDICTIONS,
@@ -36,14 +35,6 @@ class FeedbackReceipt(BaseModel):
 
     feedback_id: int
     status: FeedbackStatus
-
-
-def _drain(state: AppState) -> None:
-    """Best effort: hand the review request to RQ now (the watch loop retries otherwise)."""
-    try:
-        drain_outbox(state)
-    except Exception:
-        log.exception("outbox relay failed after feedback; the row waits in the outbox")
 
 
 def _store(
@@ -177,7 +168,9 @@ async def post_feedback(
         await _give_back(state, key_id=key_id, counted_at=counted_at)
         response.status_code = status.HTTP_200_OK
     elif feedback.status == FeedbackStatus.RECEIVED:
-        await asyncio.to_thread(_drain, state)
+        # Its review request waits in the outbox, stored with the report: the relay task
+        # hands it to RQ after this answer, so a hung Redis does not hold the reporter.
+        state.wake_relay()
     return FeedbackReceipt(feedback_id=feedback.id, status=feedback.status)
 
 
