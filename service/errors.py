@@ -32,9 +32,13 @@ class ArtifactError(TagflowError):
 
 
 class UnavailableError(TagflowError):
-    """A dependency (model, Redis) is not ready (503)."""
+    """A dependency (model, Redis, the prediction log) is not ready: 503, with Retry-After
+    `retry_after_s` seconds."""
+
+    retry_after_s = 5  # a restart, a failover or a model load takes seconds
 
 
 class OverloadedError(UnavailableError):
-    """Too much work is waiting to take more now; the caller should retry shortly (503 with
-    Retry-After)."""
+    """Too much work is waiting to take more now; the caller should retry shortly (503)."""
+
+    retry_after_s = 1  # a burst: the micro-batcher clears hundreds of items a second

@@ -46,6 +46,14 @@ def assert_documented(client: TestClient, response: httpx.Response, status: int)
     )
     documented = sorted(paths[path][method]["responses"])
     assert str(status) in documented, f"{request.method} {path} answers {status}: {documented}"
+    if status in (429, 503):
+        assert_retry_after(response, paths[path][method]["responses"][str(status)])
+
+
+def assert_retry_after(response: httpx.Response, documented: dict) -> None:
+    """A 429 or 503 says when to try again, and its schema says it does."""
+    assert int(response.headers["retry-after"]) >= 1, response.headers
+    assert "Retry-After" in documented.get("headers", {}), documented
 
 
 @pytest.fixture
@@ -164,6 +172,8 @@ def test_with_the_database_away_every_operation_answers_as_documented(app: TestC
                 assert str(response.status_code) in operation["responses"], (
                     f"{method.upper()} {path} answers {response.status_code}: {response.text}"
                 )
+                if response.status_code == 503 and path != "/readyz":  # a probe's answer
+                    assert_retry_after(response, operation["responses"]["503"])
     finally:
         state.engine.dispose()
         state.engine = working

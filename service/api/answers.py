@@ -53,9 +53,23 @@ class InvalidRequest(BaseModel):
 Answers = dict[int | str, dict[str, Any]]
 
 
+# A 429 and every 503 but /readyz's say when to try again (service/api/errors.py).
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer", "minimum": 1},
+    }
+}
+
+
+def _answer(status: int, description: str) -> dict[str, Any]:
+    answer: dict[str, Any] = {"model": ErrorBody, "description": description}
+    return answer | {"headers": RETRY_AFTER} if status in (429, 503) else answer
+
+
 def answers(when: dict[int, str]) -> Answers:
     """`responses=` for a route: each status it gives with the error body, and when."""
-    return {status: {"model": ErrorBody, "description": text} for status, text in when.items()}
+    return {status: _answer(status, text) for status, text in when.items()}
 
 
 UNAVAILABLE_DATABASE = "The database is unavailable (down, locked): retry after Retry-After seconds"
@@ -86,7 +100,7 @@ def document_answers(router: APIRouter) -> None:
 def _add(route: APIRoute, status: int, reason: str) -> None:
     declared = route.responses.get(status)
     if declared is None:
-        route.responses[status] = {"model": ErrorBody, "description": reason}
+        route.responses[status] = _answer(status, reason)
     else:
         route.responses[status] = {
             **declared,

@@ -39,23 +39,21 @@ STATUS = {
 }
 
 
-RETRY_AFTER_S = 1  # an overload is a burst: the micro-batcher clears hundreds of items a second
 DATABASE_RETRY_AFTER_S = 5  # a restart or failover takes seconds
 
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+    # Every 503 says when to retry: the schema promises it (service/api/answers.py).
+    retry = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, UnavailableError) else {}
     if isinstance(exc, OverloadedError):
         # Expected under a burst, counted in /metrics: a warning, not an error.
         refusals_of(request).refused(logging.WARNING, "overloaded", f"refused: {exc}")
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=status, headers={"Retry-After": str(RETRY_AFTER_S)}
-        )
-    if status >= 500:
+    elif status >= 500:
         kind = type(exc).__name__
         refusals_of(request).refused(logging.ERROR, f"{kind}: {exc}", f"domain error: {exc}")
     extra = exc.extra if isinstance(exc, ConflictError) else {}
-    return JSONResponse({**extra, "detail": str(exc)}, status_code=status)
+    return JSONResponse({**extra, "detail": str(exc)}, status_code=status, headers=retry)
 
 
 class AsciiJSONResponse(JSONResponse):
