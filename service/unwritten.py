@@ -54,18 +54,24 @@ class Announcer:
         self._renewed = 0.0
         self.failures = RepeatedFailures("announcing unwritten predictions to Redis", log)
 
+    def due(self, oldest: float | None, *, now: float) -> bool:
+        """Whether `update(oldest, now=now)` would ask Redis anything: the announce loop asks
+        four times a second and nearly always has nothing to say, so it skips the hop to a
+        thread then."""
+        if oldest is None:
+            return self._said is not None
+        return oldest != self._said or now - self._renewed >= RENEW_S
+
     def update(self, oldest: float | None, *, now: float) -> bool:
         """`oldest`: when the oldest late row was made (None: no row is late); whether Redis
         was asked anything. Raises RedisError, leaving what Redis has unchanged, to be said
         at the next call."""
+        if not self.due(oldest, now=now):
+            return False
         if oldest is None:
-            if self._said is None:
-                return False
             self.redis.hdel(KEY, self.field)
             self._said = None
             return True
-        if oldest == self._said and now - self._renewed < RENEW_S:
-            return False
         self.redis.hset(KEY, self.field, f"{oldest!r} {now + TTL_S!r}")
         self._said, self._renewed = oldest, now
         return True
@@ -83,8 +89,10 @@ async def announce(predictions: PredictionLog, announcer: Announcer) -> None:
     """Keep this process's entry as its log's late rows are (a task for the app's life)."""
     while True:
         await asyncio.sleep(ANNOUNCE_EVERY_S)
-        late = late_since(predictions, now=time.time())
-        await asyncio.to_thread(update_quietly, announcer, late)
+        now = time.time()
+        late = late_since(predictions, now=now)
+        if announcer.due(late, now=now):
+            await asyncio.to_thread(update_quietly, announcer, late)
 
 
 def update_quietly(announcer: Announcer, oldest: float | None) -> None:

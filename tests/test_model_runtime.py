@@ -11,6 +11,7 @@ import json
 import logging
 import pickle
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -26,7 +27,7 @@ from service import retraining
 from service.cli import app
 from service.config import Settings
 from service.db import make_engine
-from service.entities import ModelStatus
+from service.entities import ModelStatus, ModelVersion
 from service.entities.model_version import RUNTIME, RUNTIME_PARTS
 from service.errors import ArtifactError
 from service.ml import production_history, registry
@@ -58,20 +59,32 @@ class _PickledBy(pickle.Pickler):
         return (*reduced[:2], {**reduced[2], "_sklearn_version": self.release}, *reduced[3:])
 
 
+def rewrite_model_file(
+    session: Session, row: ModelVersion, settings: Settings, write: Callable[[Path], object]
+) -> None:
+    """Replace `row`'s model file by what `write(path)` writes there, and record the new file's
+    checksum, as if the version had been registered so."""
+    model_file = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+    model_file /= registry.MODEL_FILE
+    write(model_file)
+    row.checksum = registry.sha256_file(model_file)
+    session.add(row)
+    session.commit()
+
+
 def made_by(engine: Engine, settings: Settings, version: str, release: str) -> None:
     """Make `version`'s artifact the one scikit-learn `release` would have registered: its
     model pickled by that release, its record saying so, its checksum the file's."""
     with Session(engine) as session:
         row = registry.get_version(session, version=version)
-        path = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
-        model_file = path / registry.MODEL_FILE
         model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
-        with model_file.open("wb") as fh:
-            _PickledBy(fh, release).dump(model)
-        row.checksum = registry.sha256_file(model_file)
+
+        def pickle_by_release(model_file: Path) -> None:
+            with model_file.open("wb") as fh:
+                _PickledBy(fh, release).dump(model)
+
         row.params = {**row.params, RUNTIME: {**current_runtime(), "scikit-learn": release}}
-        session.add(row)
-        session.commit()
+        rewrite_model_file(session, row, settings, pickle_by_release)
 
 
 def unrecorded(engine: Engine, version: str) -> None:
@@ -180,17 +193,15 @@ def test_a_version_whose_classes_moved_is_refused_with_the_unpickling_error(
     version = _register(sqlite_engine, settings, shared_result)
     with Session(sqlite_engine) as session:
         row = registry.get_version(session, version=version)
-        model_file = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
-        model_file /= registry.MODEL_FILE
-        data = model_file.read_bytes()
-        # Renamed in place, one letter for another: the pickle's framing stays as it was.
-        assert b"sklearn.linear_model._logistic" in data
-        model_file.write_bytes(
-            data.replace(b"sklearn.linear_model._logistic", b"sklearn.linear_model._logistix")
-        )
-        row.checksum = registry.sha256_file(model_file)
-        session.add(row)
-        session.commit()
+
+        def move_a_class(model_file: Path) -> None:
+            data = model_file.read_bytes()
+            # Renamed in place, one letter for another: the pickle's framing stays as it was.
+            assert b"sklearn.linear_model._logistic" in data
+            moved = b"sklearn.linear_model._logistix"
+            model_file.write_bytes(data.replace(b"sklearn.linear_model._logistic", moved))
+
+        rewrite_model_file(session, row, settings, move_a_class)
         with pytest.raises(ArtifactError) as refused:
             registry.load_model(row, artifacts_dir=settings.artifacts_dir)
     assert str(refused.value).startswith(
@@ -217,12 +228,7 @@ def test_a_version_that_loads_but_cannot_score_is_refused_and_production_stays(
         row = registry.get_version(session, version=broken)
         model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
         del model.embedding_head.coef_
-        model_file = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
-        model_file /= registry.MODEL_FILE
-        joblib.dump(model, model_file)
-        row.checksum = registry.sha256_file(model_file)
-        session.add(row)
-        session.commit()
+        rewrite_model_file(session, row, settings, lambda path: joblib.dump(model, path))
         with pytest.raises(ArtifactError) as refused:
             registry.load_model(row, artifacts_dir=settings.artifacts_dir)
     assert str(refused.value).startswith(

@@ -16,6 +16,7 @@ from service.prediction_log import PredictionLog
 from service.unwritten import (
     KEY,
     LATE_S,
+    RENEW_S,
     TTL_S,
     Announcer,
     held_since,
@@ -40,6 +41,22 @@ def test_an_entry_while_rows_are_late_and_none_once_written(redis_conn: redis.Re
     assert held_since(redis_conn, now=now) == 100.5
     first.update(None, now=now)
     assert held_since(redis_conn, now=now) is None and not redis_conn.exists(KEY)
+
+
+def test_redis_is_asked_only_when_the_entry_changes_or_is_due_for_renewal(
+    redis_conn: redis.Redis,
+) -> None:
+    """`due` says what `update` would do, so the announce loop skips its thread hop four times
+    a second when there is nothing to say."""
+    announcer, now = Announcer(redis_conn), time.time()
+    assert not announcer.due(None, now=now)  # nothing late, nothing said
+    assert announcer.due(100.5, now=now) and announcer.update(100.5, now=now)
+    assert not announcer.due(100.5, now=now + RENEW_S / 2)
+    assert not announcer.update(100.5, now=now + RENEW_S / 2)
+    assert announcer.due(100.5, now=now + RENEW_S)  # renew before the entry lapses
+    assert announcer.due(99.0, now=now + 0.1)  # an older row is late now
+    assert announcer.due(None, now=now + 0.1) and announcer.update(None, now=now + 0.1)
+    assert not announcer.due(None, now=now + 0.2) and not redis_conn.exists(KEY)
 
 
 def test_the_entry_of_a_process_killed_outright_lapses(redis_conn: redis.Redis) -> None:

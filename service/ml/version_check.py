@@ -66,7 +66,13 @@ def check_version(row: ModelVersion, *, artifacts_dir: Path, encoder: Encoder) -
     try:
         proba = model.predict_proba(list(PROBES), encoder.encode, fast_path=False)
     except Exception as exc:  # whatever scoring raises, serving would raise it per request
-        check.refused = f"{row.version} loads but cannot score ({type(exc).__name__}: {exc})"
+        # The load scored a probe through both heads already (`TagModel.probe`, refused above
+        # as ArtifactError): what fails here is this runtime's encoder feeding the model (an
+        # embedding of another width than the one it was trained on, say).
+        check.refused = (
+            f"{row.version} loads but cannot score this runtime's embeddings "
+            f"({type(exc).__name__}: {exc})"
+        )
         return check
     check.loads = True
     check.answers = [
