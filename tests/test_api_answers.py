@@ -144,6 +144,9 @@ def test_a_quota_and_a_large_body_are_documented(app: TestClient) -> None:
     assert_documented(app, app.post("/feedback", json=second, headers=client), 429)
     large = {"title": "x" * 10_000_000}
     assert_documented(app, app.post("/predict", json=large, headers=client), 413)
+    # An operation that takes no body refuses one over the bound all the same.
+    unasked = app.request("GET", "/tags", content=b"x" * 10_000_000, headers=client)
+    assert_documented(app, unasked, 413)
 
 
 def test_no_model_is_a_documented_503(make_settings: Callable[..., Settings]) -> None:

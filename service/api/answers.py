@@ -2,9 +2,10 @@
 
 A status the schema does not list is one a client generated from it cannot expect. Those an
 operation gives for what it depends on are added here, once, to every operation that depends
-on it: the 401 and 403 of its key check, the 503 of its database session, the 413 of its
-body. Those it gives for what it does (an unknown version, a conflict, a quota) are declared
-on its route, `responses=answers({404: "when"})`, saying when. Every error answer has the
+on it: the 401 and 403 of its key check, the 503 of its database session, and to every
+operation the 413 of a body over the bound. Those it gives for what it does (an unknown
+version, a conflict, a quota) are declared on its route, `responses=answers({404: "when"})`,
+saying when. Every error answer has the
 body `ErrorBody`, the one `service/api/errors.py` writes, but the 422, whose `detail` is the
 list FastAPI's validation makes, or a message (`InvalidRequest`).
 """
@@ -74,6 +75,7 @@ def answers(when: dict[int, str]) -> Answers:
 
 UNAVAILABLE_DATABASE = "The database is unavailable (down, locked): retry after Retry-After seconds"
 TOO_LARGE = "The body is over TAGFLOW_MAX_BODY_BYTES, refused before it is read"
+TOO_LARGE_UNASKED = f"{TOO_LARGE} (this operation takes no body)"
 INVALID = "The request is not valid: `detail` lists what is wrong, or says it"
 
 
@@ -91,8 +93,9 @@ def document_answers(router: APIRouter) -> None:
             _add(route, 403, f"A key of another role: this takes {roles_taken(roles)} keys")
         if _depends_on(route.dependant, get_session):
             _add(route, 503, UNAVAILABLE_DATABASE)
-        if route.body_field is not None:
-            _add(route, 413, TOO_LARGE)
+        # The bound is the middleware's, before any route: an operation that takes no body
+        # refuses one over it all the same.
+        _add(route, 413, TOO_LARGE if route.body_field is not None else TOO_LARGE_UNASKED)
         if route.body_field is not None or get_flat_params(route.dependant):
             route.responses.setdefault(422, {"model": InvalidRequest, "description": INVALID})
 
