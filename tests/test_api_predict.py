@@ -170,6 +170,19 @@ def test_title_at_the_limit_is_accepted(sqlite_client: TestClient) -> None:
     assert response.status_code == 200
 
 
+def test_characters_are_counted_as_composed(sqlite_client: TestClient) -> None:
+    """300 accented letters, each sent as a letter and a combining accent (600 code points, as
+    macOS sends them): 300 characters on the page and to the model, so within the limit."""
+    decomposed = "e\u0301" * 300
+    response = sqlite_client.post("/predict", json={"title": decomposed}, headers=auth("client"))
+    assert response.status_code == 200, response.text
+    over = sqlite_client.post(
+        "/predict", json={"title": decomposed + "e\u0301"}, headers=auth("client")
+    )
+    assert over.status_code == 422
+    assert over.json()["detail"] == "title has 301 characters; the limit is 300"
+
+
 @pytest.mark.parametrize(
     ("items", "fragment"),
     [([], "must not be empty"), ([{"title": "t", "description": ""}] * 257, "at most 256")],

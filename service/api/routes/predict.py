@@ -15,7 +15,7 @@ from service.api.state import AppState
 from service.config import Settings
 from service.entities import PredictionCreate, PredictionPublic, ShadowPrediction
 from service.entities.common import StorableStr, has_visible, new_id, storable_text
-from service.ml.dataset import item_text, text_hash
+from service.ml.dataset import composed, item_text, text_hash
 from service.ml.serving import Scored
 
 router = APIRouter(tags=["predict"])
@@ -77,21 +77,20 @@ class BatchResponse(BaseModel):
 
 def check_lengths(items: list[Item], settings: Settings, *, batch: bool) -> None:
     """Configurable limits, so they are checked here rather than in the static schema. In a
-    batch, the message names the item (also in a batch of one)."""
+    batch, the message names the item (also in a batch of one). Characters are counted in the
+    composed form the model reads (NFC): "é" sent as a letter and a combining accent, as macOS
+    sends it, is one character, as it is on the page, not two."""
     for i, item in enumerate(items):
         where = f"items[{i}]." if batch else ""
-        if len(item.title) > settings.max_title_chars:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"{where}title has {len(item.title)} characters; the limit is "
-                f"{settings.max_title_chars}",
-            )
-        if len(item.description) > settings.max_description_chars:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"{where}description has {len(item.description)} characters; the limit is "
-                f"{settings.max_description_chars}",
-            )
+        for field, text, limit in (
+            ("title", item.title, settings.max_title_chars),
+            ("description", item.description, settings.max_description_chars),
+        ):
+            if len(text) > limit and (length := len(composed(text))) > limit:
+                raise HTTPException(
+                    status.HTTP_422_UNPROCESSABLE_CONTENT,
+                    f"{where}{field} has {length} characters; the limit is {limit}",
+                )
 
 
 def _record(state: AppState, item: Item, scored: Scored, latency_ms: float) -> PredictionPublic:
