@@ -270,9 +270,9 @@ def _gate(
     target: float,
     artifacts_dir: Path,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Score production (as it was when training began) on the candidate's frozen evaluation
-    set and apply the gate; returns the gate report, with what it judged, and production's
-    metrics."""
+    """Score production (as it was when training began, at the cut it serves with) on the
+    candidate's frozen evaluation set and apply the gate; returns the gate report, with what
+    it judged, and production's metrics."""
     prod_metrics, refused = None, None
     if production is not None:
         try:
@@ -282,7 +282,11 @@ def _gate(
             # retraining that replaces it must still register its candidate, for an admin.
             refused = str(exc)
         else:
-            prod_metrics = evaluate(model, encoder, sets.evaluation)
+            # As it serves (a cut set by hand or by the audit since training), as `models
+            # compare` and `tagflow evaluate` score it: at training's cut, the gate's report
+            # showed production accepting what it sends to review.
+            cut = registry.serving_threshold(production)
+            prod_metrics = evaluate(model, encoder, sets.evaluation, threshold=cut)
     gate = apply_gate(
         result.metrics, prod_metrics, target_precision=target, production_refused=refused
     )

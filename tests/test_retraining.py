@@ -465,6 +465,36 @@ def test_worse_candidate_fails_the_gate_and_waits(
     assert current is not None and current.version == production
 
 
+def test_the_gate_scores_production_at_the_cut_it_serves_with(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    seed_result: TrainResult,
+    new_items: list[Example],
+) -> None:
+    """An admin sends everything to review (cut 1.01) while reviewers catch up, then retrains.
+    The gate's report, the job's result and `tagflow evaluate --version` must say what
+    production does: it accepts nothing. They said it accepted most items at training's cut
+    (a QA loop: coverage 0.76 at precision 0.974 in the gate, 0 and null from `evaluate` on
+    the same 154 rows)."""
+    settings = make_settings()
+    production = register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        registry.set_serving_threshold(
+            session, version=production, threshold=1.01, evidence={"source": "manual"}
+        )
+    add_labels(engine, new_items, share=0.2)
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        version = registry.get_version(session, version=outcome["candidate"])
+    served = outcome["metrics"]["production"]
+    assert served["auto_coverage"] == 0.0 and served["auto_precision"] is None, served
+    assert version.gate is not None and version.gate["production"] == served
+    auto = next(c for c in version.gate["checks"] if c["name"] == "auto_precision")
+    assert auto["production"] is None
+
+
 def refuse_inserts(engine: Engine, *, table: str) -> None:
     """A trigger that makes the database refuse every new row of `table` with the error
     "`table` refused": a retraining then fails where it writes one, as one whose process died
