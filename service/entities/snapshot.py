@@ -19,3 +19,33 @@ class DatasetSnapshot(SQLModel, table=True):
     holdout_label_ids: list[int] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)
     )
+
+
+class LineageReport(SQLModel):
+    """A user's report whose content's label went into a version: which label, and what the
+    review made of the report."""
+
+    feedback_id: int
+    label_id: int
+    status: str
+    held_out: bool
+
+
+class ModelLineage(SQLModel):
+    """The data a version was made from, as the registry records it: the base file (by hash
+    and rows) and the reviewer labels it trained on or was evaluated on, by id, with the user
+    reports behind those labels. A version trained from a file alone (`tagflow train`) has no
+    snapshot: `snapshot_id` null and no labels."""
+
+    version: str
+    snapshot_id: int | None
+    read_at: datetime | None
+    base_hash: str | None
+    base_rows: int | None
+    train_rows: int
+    eval_rows: int | None
+    train_labels: int
+    holdout_labels: int
+    train_label_ids: list[int]
+    holdout_label_ids: list[int]
+    reports: list[LineageReport]

@@ -17,9 +17,11 @@ from service.calibration import Recalibration, recalibrate_as_configured
 from service.comparison import enqueue_compare
 from service.config import Caller, Role
 from service.crud.audit import AuditStats, audit_stats
+from service.crud.lineage import lineage
 from service.crud.shadow import ShadowStats, shadow_stats
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic, ProductionChangePublic
 from service.entities.common import StorableStr, storable_text
+from service.entities.snapshot import ModelLineage
 from service.errors import NotFoundError
 from service.jobs import JobAccepted
 from service.ml import production_history, registry
@@ -152,6 +154,17 @@ def get_model(
 ) -> ModelVersionPublic:
     row = registry.get_version(session, version=version)
     return public(row, caller=caller, artifacts_dir=settings.artifacts_dir)
+
+
+@router.get(
+    "/{version}/lineage", response_model=ModelLineage, responses=answers({404: UNKNOWN_VERSION})
+)
+def get_lineage(version: StorableStr, session: SessionDep, _caller: AnyKey) -> ModelLineage:
+    """The data `version` was made from: the base file (hash, rows), the reviewer labels it
+    trained on and those held out to evaluate it, by id, and the user reports behind them
+    (`snapshot_id` null for a version trained from a file alone)."""
+    row = registry.get_version(session, version=version)
+    return lineage(session, version=row)
 
 
 @router.get(

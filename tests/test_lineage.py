@@ -1,0 +1,129 @@
+"""A version's data lineage over the API (GET /models/{version}/lineage), against the loop that
+made it: predictions sent to review, reviewers' labels, users' reports confirmed by review,
+a retraining. On SQLite and PostgreSQL, with real Redis, the real worker code and real models.
+
+The registry recorded only a snapshot id with each version, and nothing served the snapshot:
+which labels a candidate learned from, and which it was judged on, could be read only from the
+database (a QA loop found no API or CLI answer for it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import redis
+from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from service import retraining
+from service.config import SEED_DATASET
+from service.entities import Feedback, Label
+from service.ml.dataset import Example, load_dataset
+from service.ml.encoder import Encoder
+from service.tags import TagSet
+from tests.conftest import auth
+from tests.test_feedback import make_client, work_labeling  # noqa: F401 (a fixture)
+from tests.test_review_api import wait_outbox_sent
+
+ITEMS = 12  # new contents sent to review
+REPORTED = 2  # of them, reported by users with their true tag
+
+
+def new_contents(shared_dataset: Path, tags: TagSet) -> list[Example]:
+    """Items of the shared dataset that the seed (production's base) does not contain."""
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    seed, _ = load_dataset(SEED_DATASET, tags=tags)
+    known = {e.text_hash for e in seed}
+    return [e for e in examples if e.text_hash not in known][:ITEMS]
+
+
+def label_everything(client: TestClient, truth: dict[str, str]) -> None:
+    """Two reviewers take turns labelling every task with the item's true tag."""
+    for turn in range(100):
+        reviewer = ("ann", "bob")[turn % 2]
+        task = client.post("/review/claim", json={"reviewer": reviewer}, headers=auth("reviewer"))
+        if task.status_code == 204:
+            return
+        assert task.status_code == 200, task.text
+        labeled = client.post(
+            f"/review/{task.json()['task_id']}/label",
+            json={"reviewer": reviewer, "tag": truth[task.json()["title"]]},
+            headers=auth("reviewer"),
+        )
+        assert labeled.status_code == 201, labeled.text
+    raise AssertionError("the queue did not empty")
+
+
+def test_a_retrained_versions_lineage_lists_the_labels_and_reports_that_went_in(
+    make_client: Callable[..., TestClient],  # noqa: F811
+    engine: Engine,
+    redis_conn: redis.Redis,
+    shared_dataset: Path,
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    client = make_client(label_holdout_share=0.5, review_suspects=False)
+    production = client.get("/models?status=production", headers=auth("admin")).json()
+    production = production["models"][0]["version"]
+    # Everything to review while reviewers catch up, as an admin would to collect labels.
+    cut = client.put(
+        f"/models/{production}/threshold", json={"threshold": 1.01}, headers=auth("admin")
+    )
+    assert cut.status_code == 200, cut.text
+    items = new_contents(shared_dataset, tags)
+    truth = {e.title: e.tag for e in items}
+    answers = []
+    for e in items:
+        answer = client.post(
+            "/predict",
+            json={"title": e.title, "description": e.description},
+            headers=auth("client"),
+        )
+        assert answer.status_code == 200 and answer.json()["status"] == "review"
+        answers.append(answer.json())
+    reports = [
+        client.post(
+            "/feedback",
+            json={"prediction_id": a["prediction_id"], "correct_tag": e.tag, "reporter": f"u{i}"},
+            headers=auth("client"),
+        ).json()["feedback_id"]
+        for i, (a, e) in enumerate(zip(answers[:REPORTED], items[:REPORTED], strict=True))
+    ]
+    wait_outbox_sent(engine, at_least=ITEMS + REPORTED)
+    work_labeling(client, redis_conn)
+    label_everything(client, truth)
+
+    settings = client.app.state.tagflow.settings
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        labels = session.exec(select(Label).where(col(Label.superseded_by).is_(None))).all()
+        feedback = session.exec(select(Feedback).order_by(col(Feedback.id))).all()
+    assert len(labels) == ITEMS
+
+    answer = client.get(f"/models/{outcome['candidate']}/lineage", headers=auth("client"))
+    assert answer.status_code == 200, answer.text
+    lineage = answer.json()
+    assert lineage["snapshot_id"] == outcome["snapshot_id"]
+    assert lineage["train_labels"] == outcome["train_labels"] == len(lineage["train_label_ids"])
+    assert lineage["holdout_labels"] == outcome["holdout_labels"]
+    assert lineage["holdout_labels"] == len(lineage["holdout_label_ids"]) > 0
+    assert sorted(lineage["train_label_ids"] + lineage["holdout_label_ids"]) == sorted(
+        label.id for label in labels
+    )
+    held_out = {label.id for label in labels if label.holdout}
+    assert set(lineage["holdout_label_ids"]) == held_out
+    assert lineage["train_rows"] == outcome["train_rows"]
+    assert lineage["eval_rows"] == outcome["eval_rows"] and lineage["base_rows"] == 321
+    assert [r["feedback_id"] for r in lineage["reports"]] == reports
+    assert all(r["status"] == "confirmed" for r in lineage["reports"])
+    by_id = {f.id: f for f in feedback}
+    for report in lineage["reports"]:
+        assert report["label_id"] == by_id[report["feedback_id"]].label_id
+        assert report["held_out"] is (report["label_id"] in held_out)
+
+    trained_from_a_file = client.get(f"/models/{production}/lineage", headers=auth("client"))
+    assert trained_from_a_file.status_code == 200
+    assert trained_from_a_file.json()["snapshot_id"] is None
+    assert trained_from_a_file.json()["train_label_ids"] == []
+    assert client.get("/models/v9999/lineage", headers=auth("client")).status_code == 404
