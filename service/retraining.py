@@ -141,6 +141,15 @@ def _approved(
     return kept_train, kept_eval
 
 
+def approved_base_split(
+    session: Session, *, source: Path, tags: TagSet
+) -> tuple[list[Example], list[Example]]:
+    """The base file's frozen train / evaluation split as retraining reads it: rows of a tag
+    retired since left out (`ml.eval_set` rebuilds a version's evaluation set from it)."""
+    all_train, all_eval, _ = base_split(source, tags=_base_tags(session, tags))
+    return _approved(all_train, all_eval, tags)
+
+
 def _learnable(
     base: list[Example], labels: list[Label]
 ) -> tuple[list[Example], list[Label], dict[str, int]]:

@@ -8,6 +8,8 @@ database (a QA loop found no API or CLI answer for it)."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,15 +17,22 @@ import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
+from typer.testing import CliRunner
 
 from service import retraining
-from service.config import SEED_DATASET
+from service.cli import app as cli_app
+from service.config import SEED_DATASET, Settings
+from service.db import init_db, make_engine
 from service.entities import Feedback, Label
+from service.ml import registry
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder
+from service.ml.pipeline import base_split
+from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth
+from tests.conftest import KEYS, auth, register_promoted
 from tests.test_feedback import make_client, work_labeling  # noqa: F401 (a fixture)
+from tests.test_retraining import add_labels, rotated
 from tests.test_review_api import wait_outbox_sent
 
 ITEMS = 12  # new contents sent to review
@@ -127,3 +136,68 @@ def test_a_retrained_versions_lineage_lists_the_labels_and_reports_that_went_in(
     assert trained_from_a_file.json()["snapshot_id"] is None
     assert trained_from_a_file.json()["train_label_ids"] == []
     assert client.get("/models/v9999/lineage", headers=auth("client")).status_code == 404
+
+
+def test_a_versions_evaluation_set_is_given_back_and_reproduces_its_metrics(
+    tmp_path: Path,
+    encoder_dir: Path,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    shared_dataset: Path,
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    """`tagflow models eval-set V` writes the items V was judged on (the base file's held-out
+    split, less the contents a label replaced, plus its held-out labels), and `tagflow
+    evaluate` on that file gives V's recorded metrics back. There was no way to get that set
+    but Python: the base split lives in code."""
+    base = tmp_path / "base.csv"
+    shutil.copyfile(SEED_DATASET, base)
+    settings = make_settings(
+        data_dir=tmp_path / "cli", database_url=database_url, base_dataset=base
+    )
+    settings.data_dir.mkdir()
+    engine = make_engine(database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    _, base_eval, _ = base_split(base, tags=tags)
+    add_labels(engine, new_contents(shared_dataset, tags), share=0.5)
+    add_labels(engine, [rotated(base_eval[0], tags)], share=0.0)  # replaces a base eval row
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
+        recorded = registry.get_version(session, version=outcome["candidate"]).metrics
+    engine.dispose()
+    assert outcome["holdout_labels"] > 0
+
+    env = {
+        "TAGFLOW_API_KEYS": f"admin:{KEYS['admin']}",
+        "TAGFLOW_DATA_DIR": str(settings.data_dir),
+        "TAGFLOW_DATABASE_URL": database_url,
+        "TAGFLOW_ENCODER_DIR": str(encoder_dir),
+    }
+    out = tmp_path / "eval.csv"
+    runner = CliRunner()
+    written = runner.invoke(
+        cli_app, ["models", "eval-set", outcome["candidate"], "--out", str(out)], env=env
+    )
+    assert written.exit_code == 0, written.output
+    examples, _ = load_dataset(out, tags=tags)
+    assert len(examples) == outcome["eval_rows"] == len(base_eval) - 1 + outcome["holdout_labels"]
+    scored = runner.invoke(
+        cli_app,
+        ["evaluate", "--data", str(out), "--version", outcome["candidate"], "--json"],
+        env=env,
+    )
+    assert scored.exit_code == 0, scored.output
+    report = json.loads(scored.stdout)
+    assert report["seen_in_training"] == 0
+    for figure in ("n", "weighted_f1", "accuracy", "auto", "per_class", "confusion"):
+        assert report[figure] == recorded[figure], figure
+
+    with base.open("a", encoding="utf-8") as fh:  # the base file edited since
+        fh.write("Edited later,Not the file it was trained on.,other\n")
+    refused = runner.invoke(
+        cli_app, ["models", "eval-set", outcome["candidate"], "--out", str(out)], env=env
+    )
+    assert refused.exit_code == 1 and "has changed since" in " ".join(refused.stderr.split())
