@@ -60,8 +60,11 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     # One line per version at 80 columns, the time included (it used to wrap onto a second).
     lines = {line.split()[0]: line for line in listed.output.splitlines() if "v000" in line}
     assert list(lines) == ["v0002", "v0001"], listed.output
-    row = r"v0001 +production +\d{4}-\d\d-\d\d \d\d:\d\d +\d+ +0\.\d{3} +\d+% +\d\.\d{3}"
-    assert re.search(row, lines["v0001"]), listed.output
+    row = r"v0001 +production +\d{4}-\d\d-\d\d \d\d:\d\d +\d+ +(\d+) +0\.\d{3} +\d+% +\d\.\d{3}"
+    found = re.search(row, lines["v0001"])
+    assert found, listed.output
+    # The items its figures were measured on: a retrained version's set is another one.
+    assert int(found.group(1)) == 65 and "own evaluation set" in _said(listed.output)
     none = runner.invoke(app, ["models", "list", "--where", "weighted_f1>1.5"], env=env)
     assert none.exit_code == 0 and "no version meets weighted_f1>1.5" in none.output
     as_json = runner.invoke(

@@ -143,9 +143,14 @@ def _checks_table(checks: list[VersionCheck]) -> Table:
 
 def _versions_table(rows: list[ModelVersion]) -> Table:
     # One line per version on an 80-column terminal: a wrapped date reads as two versions.
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for header in ("version", "status", "created (UTC)", "rows", "F1", "auto", "auto prec"):
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # "eval": the items each version's figures were measured on, its own evaluation set (a
+    # retrained version's holds its held-out labels, the hard items review sent back): figures
+    # of two versions on different sets do not compare, `models compare` scores both on one.
+    headers = ("version", "status", "created (UTC)", "rows", "eval", "F1", "auto", "auto prec")
+    for header in headers:
         table.add_column(header, no_wrap=True)
+    table.caption = "F1 and auto on each version's own evaluation set (eval items)"
     for row in rows:
         auto = row.metrics.get("auto")
         auto = auto if isinstance(auto, dict) else {}
@@ -154,6 +159,7 @@ def _versions_table(rows: list[ModelVersion]) -> Table:
             row.status.value,
             f"{row.created_at:%Y-%m-%d %H:%M}",
             str(row.data_rows),
+            _figure(row.metrics.get("n"), ".0f"),
             _figure(row.metrics.get("weighted_f1"), ".3f"),
             _figure(auto.get("coverage"), ".0%"),
             _figure(auto.get("precision"), ".3f"),
