@@ -17,8 +17,10 @@ from typing import Any
 import joblib
 import pytest
 import sklearn
+from alembic import command
 from fastapi.testclient import TestClient
 from sklearn.base import BaseEstimator
+from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 from typer.testing import CliRunner
@@ -26,10 +28,11 @@ from typer.testing import CliRunner
 from service import retraining
 from service.cli import app
 from service.config import Settings
-from service.db import make_engine
+from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
 from service.entities.model_version import RUNTIME, RUNTIME_PARTS
 from service.errors import ArtifactError
+from service.migrations import current_revision, head_revision, make_config
 from service.ml import production_history, registry
 from service.ml.bundle import export_bundle, import_bundle
 from service.ml.encoder import Encoder
@@ -353,6 +356,35 @@ def test_a_bundle_this_runtime_cannot_load_is_refused_with_nothing_recorded(
 
 def _check(env: dict[str, str], *args: str) -> Any:
     return CliRunner().invoke(app, ["models", "check", *args], env=env)
+
+
+def test_models_check_before_an_upgrade_leaves_the_database_at_its_revision(
+    database_url: str,
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    shared_result: TrainResult,
+) -> None:
+    """README: run `tagflow models check` with the new release before the upgrade. It read the
+    registry through a session that upgraded the database first, so the release still in
+    service could no longer open it ("a newer tagflow has upgraded it", exit 2), whatever the
+    check found: an operator told "refused" could not stay on the old release."""
+    settings = make_settings(database_url=database_url)
+    engine = make_engine(database_url)
+    init_db(engine)
+    with engine.begin() as conn:  # the schema of the release in service (0013: before 0014)
+        command.downgrade(make_config(conn), "0013")
+    version = register_promoted(engine, settings, shared_result)
+    env = {**cli_env, "TAGFLOW_DATABASE_URL": database_url}
+    checked = _check(env, "--json")
+    assert checked.exit_code == 0, checked.output
+    versions = json.loads(checked.stdout)["versions"]
+    assert [(v["version"], v["loads"]) for v in versions] == [(version, True)]
+    assert current_revision(engine) == "0013"
+    assert "reviewer" not in inspect(engine).get_table_names()  # 0014's table, rolled back
+    # The upgrade itself is still the operator's step, and works after the check.
+    assert CliRunner().invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    assert current_revision(engine) == head_revision()
+    engine.dispose()
 
 
 def test_models_check_reports_what_this_runtime_can_serve(

@@ -18,6 +18,7 @@ from service.cli.common import (
     cli_encoder,
     cli_tags,
     console,
+    engine_or_exit,
     input_file_or_exit,
     open_session,
     output_file_or_exit,
@@ -29,6 +30,7 @@ from service.cli.common import (
 from service.entities import ModelStatus, ModelVersion, ProductionChangePublic
 from service.entities.common import storable
 from service.errors import InvalidInputError, TagflowError
+from service.migrations import upgraded_view
 from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
 from service.ml.production_history import MAX_HISTORY
@@ -88,8 +90,12 @@ def models_check(
     from service.ml.version_check import check_version, versions_to_check
 
     settings = settings_or_exit()
+    # Read as this release will see the registry, the database left at its revision: run
+    # before an upgrade, upgrading it would lock out the release in service (its next start,
+    # every command), whatever the check finds.
+    engine = engine_or_exit(settings, upgrade=False)
     try:
-        with open_session(settings) as session:
+        with upgraded_view(engine) as conn, Session(conn, expire_on_commit=False) as session:
             rows = (
                 [registry.get_version(session, version=v) for v in versions]
                 if versions

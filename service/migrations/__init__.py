@@ -94,19 +94,51 @@ def upgrade(engine: Engine) -> None:
     current = current_revision(engine)
     if current == head_revision():
         return
+    _refuse_unknown(current)
+    with _PROCESS_LOCK, _exclusive(engine) as conn:
+        _upgrade_on(conn)
+
+
+@contextmanager
+def upgraded_view(engine: Engine) -> Iterator[Connection]:
+    """A connection on which the database is at the head revision, the database itself left
+    at its own: the revisions it lacks run in a transaction rolled back at the end.
+
+    For reading a database as this release will see it before it is upgraded (`tagflow models
+    check`, run with a new release while the old one still serves): upgrading it then would
+    lock out the release in service, which refuses a revision it does not know. While the
+    view is open it holds the migration lock (SQLite's write lock, the tables the revisions
+    alter on PostgreSQL), so read what is needed and close it."""
+    current = current_revision(engine)
+    if current == head_revision():
+        with engine.connect() as conn:
+            yield conn
+        return
+    _refuse_unknown(current)
+    with _PROCESS_LOCK, _exclusive(engine, commit=False) as conn:
+        _upgrade_on(conn)
+        yield conn
+
+
+def _refuse_unknown(current: str | None) -> None:
+    """UnknownRevisionError for a revision this code does not have (a newer tagflow's)."""
     if current is not None and current not in known_revisions():
         raise UnknownRevisionError(
             f"the database is at schema revision {current}, which this tagflow does not know "
             f"(its newest is {head_revision()}): a newer tagflow has upgraded it; run that "
             "version, or restore the database from before the upgrade"
         )
-    with _PROCESS_LOCK, _exclusive(engine) as conn:
-        config = make_config(conn)
-        # Checked again under the lock: another process may have migrated meanwhile, in which
-        # case there is an alembic_version now and the upgrade below does nothing.
-        if _made_by_create_all(conn):
-            command.stamp(config, BASELINE)
-        command.upgrade(config, "head")
+
+
+def _upgrade_on(conn: Connection) -> None:
+    """Run the revisions the database lacks on `conn`, inside its transaction (see
+    `_exclusive`)."""
+    config = make_config(conn)
+    # Checked again under the lock: another process may have migrated meanwhile, in which
+    # case there is an alembic_version now and the upgrade below does nothing.
+    if _made_by_create_all(conn):
+        command.stamp(config, BASELINE)
+    command.upgrade(config, "head")
 
 
 def _made_by_create_all(conn: Connection) -> bool:
@@ -116,8 +148,9 @@ def _made_by_create_all(conn: Connection) -> bool:
 
 
 @contextmanager
-def _exclusive(engine: Engine) -> Iterator[Connection]:
-    """A connection in a transaction that one process at a time can hold; committed at the end.
+def _exclusive(engine: Engine, *, commit: bool = True) -> Iterator[Connection]:
+    """A connection in a transaction that one process at a time can hold; committed at the end
+    (rolled back with `commit` false).
 
     PostgreSQL: DDL is transactional, and `pg_advisory_xact_lock` makes a second process wait
     until the first has committed (the lock is released with the transaction), then see its
@@ -140,11 +173,13 @@ def _exclusive(engine: Engine) -> Iterator[Connection]:
             except BaseException:
                 conn.exec_driver_sql("ROLLBACK")
                 raise
-            conn.exec_driver_sql("COMMIT")
+            conn.exec_driver_sql("COMMIT" if commit else "ROLLBACK")
         return
     # No read bound (service.pg): a migration may rebuild an index over the whole prediction
     # log, and a second process waits here for the first's to commit.
-    with engine.begin() as conn, unbounded(conn):
+    with engine.connect() as conn, conn.begin() as transaction, unbounded(conn):
         if engine.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
         yield conn
+        if not commit:
+            transaction.rollback()
