@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from service.crud import reviewers
+from service.crud import overlap, reviewers
+from service.crud import review as review_crud
 from service.db import current_revision, head_revision, init_db, make_engine
 from service.entities import (
     Label,
@@ -47,6 +48,8 @@ from service.entities import (
     OutboxItem,
     Reviewer,
     ReviewReason,
+    ReviewStage,
+    ReviewStatus,
     ReviewTask,
 )
 from service.entities.common import as_utc
@@ -409,6 +412,65 @@ def test_reviewers_are_recorded_under_their_oldest_spelling(
         )
         assert reviewers.recorded_name(session, name="ANN") == "Ann"
         assert reviewers.recorded_name(session, name="CAT") == "Cat"
+
+
+def test_open_tasks_name_their_reviewers_as_recorded_after_0014(
+    engines: Callable[[], Engine],
+) -> None:
+    """0015: a task still in the queue at the upgrade to 0014 kept the spelling its reviewers
+    had used, and every check of who may act on it compares names as written. Ann, who had
+    labelled as "Ann" first and then, as "ann", claimed one task and gave another its first
+    opinion, is recorded as "Ann" from then on: her lease was not hers to resume and the
+    second opinion on her own first label was hers to give. Labelled tasks and labels keep
+    the spelling they were written with (the figures over them, as 0014 says)."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0013")
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    lease_ends = datetime.now(UTC) + timedelta(minutes=10)
+
+    def task(content: str, **fields: Any) -> ReviewTask:
+        return ReviewTask(
+            text_hash=content * 64,
+            title=content,
+            description="",
+            reason=ReviewReason.LOW_CONFIDENCE,
+            created_at=start,
+            updated_at=start,
+            **fields,
+        )
+
+    with Session(engine) as session:
+        for content, reviewer, day in (("a", "Ann", 1), ("b", "ann", 2)):
+            session.add(
+                Label(
+                    text_hash=content * 64,
+                    title=content,
+                    description="",
+                    tag="mlops",
+                    reviewer=reviewer,
+                    source=LabelSource.REVIEW,
+                    created_at=start.replace(day=day),
+                )
+            )
+        second = task("b", stage=ReviewStage.SECOND, first_reviewer="ann")
+        leased = task("c", status=ReviewStatus.LEASED, leased_by="ann", lease_expires_at=lease_ends)
+        done = task("d", status=ReviewStatus.LABELED, first_reviewer="ann")
+        session.add_all([second, leased, done])
+        session.commit()
+        ids = (second.id, leased.id, done.id)
+    init_db(engine)
+    with Session(engine) as session:
+        ann = reviewers.recorded_name(session, name="ann")
+        assert ann == "Ann"
+        held = review_crud.claim(session, reviewer=ann, lease_s=600)
+        assert held is not None and held.id == ids[1]  # her lease, resumed
+        open_to_ann = session.scalars(
+            select(ReviewTask.id).where(overlap.not_labelled_by(ann), ReviewTask.id == ids[0])
+        ).first()
+        assert open_to_ann is None  # her own first opinion: not hers to second
+        assert session.get(ReviewTask, ids[2]).first_reviewer == "ann"
+        assert sorted(session.scalars(select(Label.reviewer)).all()) == ["Ann", "ann"]
 
 
 def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(
