@@ -207,6 +207,13 @@ class Settings(BaseSettings):
     encoder_threads: int = Field(1, ge=1)
     score_threads: int = Field(2, ge=1)
     embedding_cache_size: int = Field(10_000, ge=0)
+    # The worker's jobs (retraining, comparison, reprioritisation, labelling) run at this
+    # niceness and on this many threads (ONNX Runtime, BLAS, OpenMP; workers/cpu_share.py).
+    # Niceness 0 by default: on the shared 2-core test machine, 10 did not clearly lower
+    # /predict's latency during a retraining, and the retraining took longer and the labelling
+    # fell behind (loadtests/RESULTS.md, "A retraining beside /predict").
+    worker_nice: int = Field(0, ge=0, le=19)
+    worker_threads: int = Field(2, ge=1)
     # Answer from the TF-IDF head alone where training found it as sure as the full model.
     fast_path: bool = True
     microbatch_max: int = Field(16, ge=1)

@@ -36,7 +36,11 @@ class JobContext:
 
     @cached_property
     def encoder(self) -> Encoder:
-        return load_encoder(self.settings.resolved_encoder_dir, self.settings.encoder, threads=2)
+        return load_encoder(
+            self.settings.resolved_encoder_dir,
+            self.settings.encoder,
+            threads=self.settings.worker_threads,
+        )
 
 
 _context: JobContext | None = None

@@ -37,6 +37,7 @@ from service.logs import REPEAT_LOG_S, configure_logging, exception_line
 from service.outbox import LABELING_QUEUE, TRAINING_QUEUE
 from service.processes import die_with_parent, stop_signals_as_exit
 from workers.context import JobContext, get_context, use_context
+from workers.cpu_share import take_back_seat
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +393,8 @@ def run(settings: Settings, *, burst: bool = False) -> None:
     configure_logging(settings)
     if not settings.redis_url:
         raise SystemExit("TAGFLOW_REDIS_URL is not set")
+    # Before any job, and before RQ forks its scheduler, which inherits the niceness.
+    take_back_seat(niceness=settings.worker_nice, threads=settings.worker_threads)
     use_context(context_once_the_database_answers(settings))
     # RQ forks its scheduler from this process (multiprocessing, fork): armed in the child, it
     # stops when this worker dies, even by SIGKILL, instead of running on under init holding

@@ -182,6 +182,11 @@ class Encoder:
         self._lock = threading.Lock()
         self.path = onnx_path
 
+    @property
+    def threads(self) -> int:
+        """The ONNX Runtime threads one text is run on, as its session holds them."""
+        return int(self._session.get_session_options().intra_op_num_threads)
+
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Embeddings for `texts`, shape (n, 384), float32, unit norm."""
         out = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
