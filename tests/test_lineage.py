@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from service import retraining
 from service.cli import app as cli_app
+from service.cli.lineage import id_ranges
 from service.config import SEED_DATASET, Settings
 from service.db import init_db, make_engine
 from service.entities import Feedback, Label
@@ -71,6 +72,7 @@ def test_a_retrained_versions_lineage_lists_the_labels_and_reports_that_went_in(
     shared_dataset: Path,
     tags: TagSet,
     encoder: Encoder,
+    database_url: str,
 ) -> None:
     client = make_client(label_holdout_share=0.5, review_suspects=False)
     production = client.get("/models?status=production", headers=auth("admin")).json()
@@ -130,6 +132,23 @@ def test_a_retrained_versions_lineage_lists_the_labels_and_reports_that_went_in(
     for report in lineage["reports"]:
         assert report["label_id"] == by_id[report["feedback_id"]].label_id
         assert report["held_out"] is (report["label_id"] in held_out)
+
+    # The same at a terminal: `tagflow models lineage V [--json]`.
+    env = {
+        "TAGFLOW_API_KEYS": f"admin:{KEYS['admin']}",
+        "TAGFLOW_DATA_DIR": str(settings.data_dir),
+        "TAGFLOW_DATABASE_URL": database_url,
+    }
+    runner = CliRunner()
+    as_json = runner.invoke(cli_app, ["models", "lineage", outcome["candidate"], "--json"], env=env)
+    assert as_json.exit_code == 0, as_json.output
+    assert json.loads(as_json.stdout) == lineage
+    text = runner.invoke(cli_app, ["models", "lineage", outcome["candidate"]], env=env)
+    assert text.exit_code == 0, text.output
+    assert f"labels held out: {lineage['holdout_labels']} (ids " in text.stdout
+    assert f"user reports behind them: {REPORTED} (" in text.stdout
+    unknown = runner.invoke(cli_app, ["models", "lineage", "v9999"], env=env)
+    assert unknown.exit_code == 1 and "v9999" in unknown.stderr
 
     trained_from_a_file = client.get(f"/models/{production}/lineage", headers=auth("client"))
     assert trained_from_a_file.status_code == 200
@@ -201,3 +220,8 @@ def test_a_versions_evaluation_set_is_given_back_and_reproduces_its_metrics(
         cli_app, ["models", "eval-set", outcome["candidate"], "--out", str(out)], env=env
     )
     assert refused.exit_code == 1 and "has changed since" in " ".join(refused.stderr.split())
+
+
+def test_label_ids_are_shown_as_runs() -> None:
+    assert id_ranges([]) == "none"
+    assert id_ranges([10, 1, 2, 3, 7, 9]) == "ids 1-3, 7, 9-10"

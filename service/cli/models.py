@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 from sqlmodel import Session
 
+from service.cli import lineage
 from service.cli.common import (
     cli_actor,
     cli_encoder,
@@ -386,36 +387,6 @@ def models_threshold(version: str, threshold: float, note: str = "") -> None:
         )
 
 
-@models_app.command("eval-set")
-def models_eval_set(
-    version: str,
-    out: Annotated[Path, typer.Option(help="CSV file to write (title, description, tag)")],
-) -> None:
-    """Write the items a version was evaluated on when trained (its base file's held-out split
-    and its held-out labels), for `tagflow evaluate --data` to reproduce its recorded metrics."""
-    import csv
-
-    from service.csv_rows import escape_cell
-    from service.ml.eval_set import evaluation_set
-
-    settings = settings_or_exit()
-    tags = cli_tags(settings)
-    output_file_or_exit(out, action="write", name="--out")
-    try:
-        with open_session(settings) as session:
-            row = registry.get_version(session, version=version)
-            examples = evaluation_set(session, version=row, tags=tags)
-    except (DatasetError, TagflowError) as exc:
-        print_error("cannot rebuild the evaluation set:", exc)
-        raise typer.Exit(1) from None
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["title", "description", "tag"])
-        for e in examples:  # cells as the label export writes them: never run as formulas
-            writer.writerow([escape_cell(e.title), escape_cell(e.description), e.tag])
-    console.print(f"{len(examples)} items {version} was evaluated on written to {out}")
-
-
 @models_app.command("export")
 def models_export(
     version: str,
@@ -500,3 +471,8 @@ def models_import(
     console.print(f"{row.version}: candidate, imported from {source}; promote it to serve it")
     for warning in imported.warnings:
         print_warning(warning)
+
+
+# The data a version was made from: its own module (service/cli/lineage.py).
+models_app.command("lineage")(lineage.models_lineage)
+models_app.command("eval-set")(lineage.models_eval_set)
