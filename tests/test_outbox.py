@@ -486,10 +486,16 @@ def test_stopped_rows_show_in_metrics_and_stats_until_resent(
         f"re-queued 1 outbox row(s) for the relay's next pass: {row_id} (review)"
     )
     assert result.stderr.strip() == "not re-queued: 999999: no such row, or not stopped"
-    queue = Queue(LABELING_QUEUE, connection=redis_conn)
-    wait_until(lambda: len(review_jobs(queue)) == 1, what="the API's relay to send it again")
+    # Waited for in the database: the relay marks a row sent once Redis has its job, so the
+    # job can be in Redis a moment before the row says so (waiting for the job instead failed
+    # on a loaded machine, the row read before the relay's UPDATE).
+    wait_until(
+        lambda: outbox_rows(state.engine)[0].sent_at is not None,
+        what="the API's relay to send it again",
+    )
     [row] = outbox_rows(state.engine)
-    assert row.stopped_at is None and row.sends == 1 and row.sent_at is not None
+    assert row.stopped_at is None and row.sends == 1
+    queue = Queue(LABELING_QUEUE, connection=redis_conn)
     assert [p[OUTBOX_ID] for job in review_jobs(queue) for p in job.args[0]] == [row_id]
     assert total(scrape(client), "tagflow_outbox_stopped") == 0
     stats = client.get("/review/stats", headers=auth("reviewer")).json()
