@@ -31,7 +31,7 @@ from service.crud.predictions import save_predictions
 from service.db import make_engine
 from service.entities import PredictionStatus
 from service.entities.review import ReviewTask
-from service.outbox import LABELING_QUEUE, REVIEW_RETRY, relay
+from service.outbox import LABELING_QUEUE, REVIEW_RETRY, TRAINING_QUEUE, relay
 from service.redis_server import EmbeddedRedis
 from service.retention import PRUNE_JOB
 from tests.conftest import MISCONFIGURED_POSTGRES, POSTGRES_URL, ROOT, make_prediction
@@ -744,3 +744,29 @@ def test_a_prune_that_meets_a_held_lock_is_not_called_a_database_outage(
     assert "the database is unavailable" not in said, said[-3000:]
     assert "the database answers again" not in said
     assert "lost to another transaction's lock" in said
+
+
+def test_a_retraining_waits_for_one_labelling_job_not_the_whole_backlog(
+    cli_env: dict[str, str], test_redis_url: str, redis_conn: Redis
+) -> None:
+    """`tagflow worker` took its queues in order, labelling first: with a backlog of review
+    items it could not keep up with (a QA run at ~370 req/s: 349 labelling jobs queued), a
+    retraining queued behind them had not started after 7 minutes. It takes them in turn."""
+    labeling = Queue(LABELING_QUEUE, connection=redis_conn)
+    backlog = [labeling.enqueue("time.sleep", 0.01) for _ in range(4)]
+    retraining = Queue(TRAINING_QUEUE, connection=redis_conn).enqueue("time.sleep", 0.01)
+    env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": test_redis_url}
+    worker = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker", "--burst"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    jobs = [*backlog, retraining]
+    for job in jobs:
+        job.refresh()  # its started_at, as the worker recorded it
+        assert job.get_status() == JobStatus.FINISHED, worker.stderr[-3000:]
+    in_order = sorted(jobs, key=lambda job: job.started_at)
+    assert in_order.index(retraining) == 1, [job.origin for job in in_order]
