@@ -25,7 +25,6 @@ from service.entities.snapshot import ModelLineage
 from service.errors import TagflowError
 from service.ml import registry
 from service.ml.dataset import DatasetError
-from service.ml.eval_set import evaluation_set
 
 
 def models_lineage(
@@ -92,6 +91,10 @@ def models_eval_set(
 ) -> None:
     """Write the items a version was evaluated on when trained (its base file's held-out split
     and its held-out labels), for `tagflow evaluate --data` to reproduce its recorded metrics."""
+    # Imported here, not with the module: it brings in the training code, and every tagflow
+    # command (`up` and its worker among them) imports this module to build its CLI.
+    from service.ml.eval_set import evaluation_set
+
     settings = settings_or_exit()
     tags = cli_tags(settings)
     output_file_or_exit(out, action="write", name="--out")
