@@ -37,6 +37,7 @@ from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE
+from service.redis_server import free_port
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, ROOT, auth, register_promoted
 
 
@@ -463,7 +464,7 @@ def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
         # Nothing is written before the stop: the row in the database is the shutdown's.
         "TAGFLOW_LOG_FLUSH_INTERVAL_S": "600",
     }
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -497,12 +498,6 @@ def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
     with Session(engine) as session:
         assert [row.id for row in session.exec(select(Prediction))] == [answered]
     engine.dispose()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_a_database_unavailable_mid_command_is_one_line(

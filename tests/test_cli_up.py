@@ -31,6 +31,7 @@ from service.cli.up import production_model_once_answered, production_model_unle
 from service.config import Settings
 from service.outbox import LABELING_QUEUE
 from service.processes import sole_owner
+from service.redis_server import free_port
 from service.retention import PRUNE_JOB
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, POSTGRES_URL, auth
 from tests.freezable_proxy import FreezableProxy
@@ -54,19 +55,13 @@ def up_env(tmp_path: Path, encoder_dir: Path) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _start(
     env: dict[str, str], log: Path, *, terminal: bool = False, port: int | None = None
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`up` on a free port (`port`: that one); with `terminal`, leading a process group of its
     own, as a shell starts a foreground command, so that a test can send it Ctrl-C's SIGINT
     as a terminal does (to the whole group)."""
-    port = _free_port() if port is None else port
+    port = free_port() if port is None else port
     with log.open("ab") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "up", "--port", str(port)],
@@ -165,7 +160,7 @@ def test_up_stops_cleanly_on_sigterm_and_leaves_nothing_behind_when_killed(
     # A second `up` on the same data directory would train and promote beside the first, and
     # start a second Redis on the same files: refused at once.
     second = subprocess.run(
-        [sys.executable, "-m", "service.cli", "up", "--port", str(_free_port())],
+        [sys.executable, "-m", "service.cli", "up", "--port", str(free_port())],
         env=up_env,
         capture_output=True,
         text=True,
@@ -266,7 +261,7 @@ def test_an_up_refused_for_a_busy_data_directory_prints_no_keys(
         "TAGFLOW_ENCODER_DIR": str(encoder_dir),
     }
     with sole_owner((tmp_path / "var").resolve(), what="tagflow up"):
-        result = CliRunner().invoke(app, ["up", "--port", str(_free_port())], env=env)
+        result = CliRunner().invoke(app, ["up", "--port", str(free_port())], env=env)
     assert result.exit_code == 2 and "is in use by tagflow up" in result.output, result.output
     assert "development mode" in result.output and "client:client-" not in result.output
 

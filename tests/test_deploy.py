@@ -10,17 +10,23 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
+import redis
 import typer
 import yaml
 from fastapi.testclient import TestClient
+from redis import Redis
+from sqlalchemy import make_url
 
 import service.jobs
 from service.cli import app as cli_app
 from service.config import SEED_DATASET, Settings
 from service.db import POSTGRES_CONNECT_TIMEOUT_S
 from service.jobs import LONGEST_JOB_TIMEOUT_S
+from service.redis_server import free_port, redis_binary
 from tests.conftest import ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -279,3 +285,80 @@ def test_the_image_serves_what_it_builds_from_where_compose_keeps_it(
     paths = {p for text in checks for p in re.findall(r"127\.0\.0\.1:8000(/\w+)", text)}
     assert paths == {"/healthz"}
     assert all(sqlite_client.get(path).status_code == 200 for path in paths)
+
+
+def _interpolated(text: str, env: dict[str, str]) -> str:
+    """`text` with compose's `${NAME}` and `${NAME:?hint}` replaced by `env`'s values (others
+    kept)."""
+    return re.sub(r"\$\{(\w+)(?::\?[^}]*)?\}", lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def test_compose_guards_redis_and_postgres_with_the_passwords_the_readme_makes(
+    tmp_path: Path,
+) -> None:
+    """Any container on compose's network could queue an RQ job (a pickle the worker runs) in a
+    Redis without a password. The passwords the README's commands make are the ones the redis
+    and postgres services are started with and the ones tagflow's URLs carry; a redis-server
+    run with the compose file's own arguments refuses a client without it and answers one with
+    the URL tagflow is given."""
+    docker_section = README.split("\n## Docker\n", 1)[1]
+    (line,) = re.findall(r"^export TAGFLOW_REDIS_PASSWORD=.*$", docker_section, flags=re.M)
+    assert "TAGFLOW_POSTGRES_PASSWORD=" in line
+    made = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'{line}; printf "%s %s" "$TAGFLOW_REDIS_PASSWORD" "$TAGFLOW_POSTGRES_PASSWORD"',
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    env = dict(zip(["TAGFLOW_REDIS_PASSWORD", "TAGFLOW_POSTGRES_PASSWORD"], made, strict=True))
+    assert all(len(password) >= 32 for password in env.values())
+    services = COMPOSE["services"]
+    tagflow_env = {k: _interpolated(v, env) for k, v in services["api"]["environment"].items()}
+    pg = {k: _interpolated(v, env) for k, v in services["postgres"]["environment"].items()}
+    database = make_url(tagflow_env["TAGFLOW_DATABASE_URL"])
+    assert database.password == pg["POSTGRES_PASSWORD"] == env["TAGFLOW_POSTGRES_PASSWORD"]
+    assert services["worker"]["environment"] == services["api"]["environment"]
+    redis_env = {k: _interpolated(v, env) for k, v in services["redis"]["environment"].items()}
+    assert redis_env["REDISCLI_AUTH"] == env["TAGFLOW_REDIS_PASSWORD"]  # the health check's
+
+    command = [_interpolated(word, env) for word in services["redis"]["command"]]
+    assert command[0] == "redis-server"
+    port = free_port()
+    server = subprocess.Popen(
+        [
+            redis_binary(),
+            *command[1:],
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        url = tagflow_env["TAGFLOW_REDIS_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+        with Redis.from_url(url, socket_timeout=5, retry_on_timeout=True) as client:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert client.ping()
+                    break
+                except redis.exceptions.ConnectionError:
+                    assert time.monotonic() < deadline, "the compose redis did not start"
+                    time.sleep(0.05)
+        with (
+            Redis(port=port, socket_timeout=5) as anonymous,
+            pytest.raises(redis.exceptions.AuthenticationError),
+        ):
+            anonymous.set("tagflow:job", "pickle")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
