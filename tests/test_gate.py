@@ -92,3 +92,44 @@ def test_a_known_tag_production_never_answers_holds_the_candidate_to_the_floor()
     assert report["failed"] == ["precision:n"], report["checks"]
     check = _check(report, "precision:n")
     assert check["limit"] == pytest.approx(0.78) and "production never answers it" in check["note"]
+
+
+def _three_tags(candidate_answers: str, n: int) -> dict:
+    """n items each of a, b and c. Production answers every a and b item right and two c items
+    b; the candidate's answers are given, the wrong ones unsure (under the cut), as
+    production's are."""
+    examples = [Example(f"item {i}", "", tag) for i, tag in enumerate("a" * n + "b" * n + "c" * n)]
+    truth = "".join(e.tag for e in examples)
+    classes = ["a", "b", "c"]
+
+    def report(answers: str) -> dict:
+        sure = [answer == tag for answer, tag in zip(answers, truth, strict=True)]
+        return evaluate_predictions(
+            examples, _proba(answers, classes, sure), classes, threshold=0.5
+        )
+
+    production = report("a" * n + "b" * n + "c" * (n - 2) + "bb")
+    return apply_gate(report(candidate_answers), production, target_precision=0.99)
+
+
+def test_one_more_wrong_answer_with_a_tag_is_within_the_gate_on_a_small_set() -> None:
+    """15 answers with a: one wrong one moves its precision by 1/16, which a fixed 0.02 refused
+    although the candidate fixes two of production's mistakes."""
+    report = _three_tags("a" * 15 + "a" + "b" * 14 + "c" * 15, 15)
+    assert report["passed"], report["checks"]
+    check = _check(report, "precision:a")
+    assert check["candidate"] == pytest.approx(15 / 16) and check["production"] == 1.0
+    assert check["limit"] == pytest.approx(1 - 1 / 16)
+    assert "one of its 16 answers" in check["note"]
+
+
+@pytest.mark.parametrize("n", [15, 60])
+def test_two_more_wrong_answers_with_a_tag_fail_the_gate(n: int) -> None:
+    """Two wrong answers are more than one answer's worth on a small set, and more than 0.02
+    on a large one, where one answer is less (60 answers: the slack is 0.02, as it was)."""
+    report = _three_tags("a" * n + "aa" + "b" * (n - 2) + "c" * n, n)
+    assert report["failed"] == ["precision:a"], report["checks"]
+    check = _check(report, "precision:a")
+    assert check["candidate"] == pytest.approx(n / (n + 2))
+    slack = max(0.02, 1 / (n + 2))
+    assert check["limit"] == pytest.approx(1 - slack, abs=1e-6)

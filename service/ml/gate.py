@@ -3,6 +3,11 @@
 Both models are evaluated on the same frozen evaluation set; the gate compares the two
 reports (`service.ml.evaluation.evaluate_predictions` output) and records every check with
 both values, so a refusal can be read and argued with.
+
+A tag's precision may drop by `MAX_CLASS_PRECISION_DROP`, or by one of the candidate's answers
+with the tag when that is more: on a young deployment's evaluation set a tag gets 10 to 20
+answers, one answer moves its precision by 0.05 to 0.1, and a fixed 0.02 refused candidates
+for a single item (loadtests/gate_noise.py measures both rules).
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ def _at_least(name: str, cand: float | None, prod: float | None, limit: float, n
     return Check(name, cand, prod, round(limit, 6), passed, note)
 
 
+def _precision_slack(candidate: dict[str, Any], tag: str) -> tuple[float, str]:
+    """How far the candidate's precision with `tag` may fall below production's, and why: one
+    answer's worth when the candidate gives the tag fewer than 1 / MAX_CLASS_PRECISION_DROP
+    times here (a hand-made report without a confusion matrix: the fixed drop)."""
+    answers = answer_count(candidate, tag) if "confusion" in candidate else 0
+    if answers and 1 / answers > MAX_CLASS_PRECISION_DROP:
+        return 1 / answers, f"drop of at most one of its {answers} answers with the tag"
+    return MAX_CLASS_PRECISION_DROP, f"drop of at most {MAX_CLASS_PRECISION_DROP}"
+
+
 def _weighted_f1(candidate: dict[str, Any], production: dict[str, Any]) -> Check:
     prod = production["weighted_f1"]
     return _at_least("weighted_f1", candidate["weighted_f1"], prod, prod, "not lower")
@@ -54,7 +69,7 @@ def _new_tag_floor(production: dict[str, Any]) -> float | None:
     return min(measured) - MAX_CLASS_PRECISION_DROP if measured else None
 
 
-def _answers(report: dict[str, Any], tag: str) -> int:
+def answer_count(report: dict[str, Any], tag: str) -> int:
     """How often the model gave `tag` (its confusion-matrix column): a precision of 0.0 with
     none is sklearn's zero_division, not a measurement."""
     labels = report["confusion"]["labels"]
@@ -68,7 +83,7 @@ def _unmeasured_in_production(
     say): production's precision for it is null (once sklearn's 0.0, a limit of -0.02 any
     candidate cleared), so the candidate's answers with it are held to `floor` instead."""
     cand = candidate["per_class"].get(tag, {}).get("precision")
-    if cand is None or not _answers(candidate, tag):
+    if cand is None or not answer_count(candidate, tag):
         note = f"{why} the candidate never answers it here: skipped"
         return Check(f"precision:{tag}", None, None, None, True, note)
     if floor is None:
@@ -106,11 +121,11 @@ def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> l
                 why = "production never answers it;"
                 checks.append(_unmeasured_in_production(tag, candidate, floor, why))
             continue
-        limit = prod["precision"] - MAX_CLASS_PRECISION_DROP
         if cand is None:
             # Items carry the tag and production says it, but the candidate never does: no
             # answer of its is wrong, yet every such item is missed. It fails unless
             # production's own answers with the tag were (nearly) all wrong too.
+            limit = prod["precision"] - MAX_CLASS_PRECISION_DROP
             note = "the candidate never answers it, production does"
             checks.append(
                 Check(
@@ -123,14 +138,9 @@ def _class_precision(candidate: dict[str, Any], production: dict[str, Any]) -> l
                 )
             )
             continue
+        slack, note = _precision_slack(candidate, tag)
         checks.append(
-            _at_least(
-                f"precision:{tag}",
-                cand,
-                prod["precision"],
-                limit,
-                f"drop of at most {MAX_CLASS_PRECISION_DROP}",
-            )
+            _at_least(f"precision:{tag}", cand, prod["precision"], prod["precision"] - slack, note)
         )
     return checks
 
