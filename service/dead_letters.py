@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 from service.crud.predictions import save_predictions
 from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
-from service.prediction_log import append_lines, move_aside, replaying_path
+from service.jsonl_files import append_lines, move_aside, replaying_path
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
-import os
-import shutil
 import threading
 import time
 from collections import deque
@@ -39,6 +36,7 @@ from service.crud.predictions import already_written, save_predictions
 from service.db import is_outage, session_scope
 from service.entities import Prediction, PredictionCreate, ShadowPrediction
 from service.entities.common import id_made_at
+from service.jsonl_files import append_lines, lock_replay, move_aside, replaying_path
 from service.logs import RepeatedFailures
 
 log = logging.getLogger(__name__)
@@ -489,73 +487,3 @@ def _find_spilled(spill: Path, prediction_id: str) -> PredictionCreate | None:
                     if found.id == prediction_id:
                         return found
     return None
-
-
-def lock_replay(path: Path) -> IO[str] | None:
-    """Make the replay of the JSON Lines file at `path` this process's alone: an open handle on
-    its replay file, exclusively locked until closed (the kernel lets go of a process that
-    dies); None while another process holds it. The file is created empty if need be, and
-    `move_aside` then appends to it."""
-    aside = replaying_path(path)
-    aside.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = aside.open("a", encoding="utf-8")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            return None
-        if _is_current(handle, aside):
-            return handle
-        handle.close()  # locked as its holder unlinked it, written back: lock the new one
-
-
-def append_lines(path: Path, entries: Sequence[dict[str, object] | str]) -> None:
-    """Append `entries` to a JSON Lines file, each an ASCII line (a NUL or a lone surrogate in a
-    refused row is written as its \\u escape; a str is taken as a line already).
-
-    Under an exclusive lock, and into the file at `path` now: a replay of the dead letters
-    moves the file aside under the same lock, and a writer that opened it before then opens
-    the new one instead of writing into the file being replayed."""
-    text = "".join(
-        (e if isinstance(e, str) else json.dumps(e, ensure_ascii=True)) + "\n" for e in entries
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        with path.open("a", encoding="utf-8") as out:
-            fcntl.flock(out, fcntl.LOCK_EX)
-            if _is_current(out, path):
-                out.write(text)
-                return
-
-
-def replaying_path(path: Path) -> Path:
-    """Where `move_aside` puts the lines of `path` that a replay works through."""
-    return path.with_name(path.name + ".replaying")
-
-
-def move_aside(path: Path) -> Path | None:
-    """Move the lines of the JSON Lines file at `path` to `replaying_path(path)`, after what a
-    replay cut short left there; that file, or None when there is nothing to replay.
-
-    Under `append_lines`'s lock, then an atomic rename: an append is never half in the moved
-    file, and appends after it start a new file at `path`."""
-    aside = replaying_path(path)
-    if path.exists():
-        taken = path.with_name(f"{path.name}.{os.getpid()}")
-        with path.open("a", encoding="utf-8") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)
-            os.replace(path, taken)
-        # Copied in chunks: a spill file of a long outage is gigabytes.
-        with aside.open("ab") as out, taken.open("rb") as lines:
-            shutil.copyfileobj(lines, out)
-        taken.unlink()
-    return aside if aside.exists() else None
-
-
-def _is_current(handle: IO[str], path: Path) -> bool:
-    """Whether the open `handle` is still the file at `path` (not moved aside since)."""
-    try:
-        return os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
-    except FileNotFoundError:
-        return False

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from service.cli import app
 from service.dead_letters import WaitingCount, replay_dead_letters
 from service.entities import OutboxItem, Prediction, PredictionStatus, ShadowPrediction
-from service.prediction_log import PredictionLog, append_lines
+from service.jsonl_files import append_lines
+from service.prediction_log import PredictionLog
 from tests.conftest import make_prediction
 from tests.test_metrics import scrape, total
 from tests.test_prediction_log import _count, _shadow, _unreachable

@@ -26,7 +26,8 @@ from service.entities import (
     ShadowPrediction,
 )
 from service.entities.common import id_made_at, new_id
-from service.prediction_log import PredictionLog, append_lines, lock_replay
+from service.jsonl_files import append_lines, lock_replay
+from service.prediction_log import PredictionLog
 from tests.conftest import POSTGRES_URL, _reset_postgres, auth, make_prediction
 from tests.freezable_proxy import FreezableProxy
 from tests.waiting import wait_until
