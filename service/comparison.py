@@ -18,8 +18,8 @@ from service.jobs import enqueue_job
 from service.ml import registry
 from service.ml.compare import Contender, compare_versions
 from service.ml.encoder import Encoder
-from service.retraining import build_training_sets
 from service.tags import TagSet
+from service.training_sets import build_training_sets
 
 COMPARE_JOB = "workers.training_jobs.compare"
 

@@ -28,8 +28,8 @@ from service.ml import registry
 from service.ml.bundle import MAX_TAR_BYTES, Imported, export_bundle, import_bundle, read_bundle
 from service.ml.encoder import FP32_FILE, Encoder
 from service.ml.training import TrainResult
-from service.retraining import base_source
 from service.tags import Tag, TagSet
+from service.training_sets import base_source
 from tests.conftest import auth
 
 KEY = "a-shared-secret-of-32-characters"

@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from service import retraining
+from service import retraining, training_sets
 from service.api.main import create_app
 from service.cli import app as cli_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
@@ -206,7 +206,7 @@ def test_training_sets_labels_replace_base_rows_and_holdouts_only_evaluate(
             )
         )
         session.commit()
-        sets = retraining.build_training_sets(session, settings=settings, tags=tags)
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
 
     assert sets.base_rows == len(base_train) + len(base_eval) and sets.replaced_base_rows == 2
     assert len(sets.train) == len(base_train) - 1 + 3
@@ -223,10 +223,10 @@ def test_training_sets_labels_replace_base_rows_and_holdouts_only_evaluate(
 
     # Without a configured base dataset, the production model's own source is used.
     with Session(engine) as session, pytest.raises(InvalidInputError, match="no base dataset"):
-        retraining.base_source(session, settings=make_settings(base_dataset=None))
+        training_sets.base_source(session, settings=make_settings(base_dataset=None))
     register_promoted(engine, settings, seed_result)
     with Session(engine) as session:
-        assert retraining.base_source(session, settings=make_settings(base_dataset=None)) == (
+        assert training_sets.base_source(session, settings=make_settings(base_dataset=None)) == (
             SEED_DATASET
         )
 
@@ -246,7 +246,7 @@ def test_held_out_labels_on_base_training_rows_train_instead_of_evaluating(
     labels = add_labels(engine, [confirmed, corrected, base_eval[0], new_items[0]], share=0.9999)
     assert all(label.holdout for label in labels)
     with Session(engine) as session:
-        sets = retraining.build_training_sets(session, settings=settings, tags=tags)
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
 
     trained_by_production = {e.text_hash for e in base_train}
     assert not [e for e in sets.evaluation if e.text_hash in trained_by_production]
@@ -278,7 +278,7 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
     ]
     first = add_labels(engine, items[:1], share=0.0)
     with Session(engine) as session:
-        sets = retraining.build_training_sets(session, settings=make_settings(), tags=graphs)
+        sets = training_sets.build_training_sets(session, settings=make_settings(), tags=graphs)
     assert sets.scarce_tags == {"graphs": 1}
     assert first[0].id not in sets.train_label_ids and items[0] not in sets.train
     result = train(sets.train, sets.evaluation, encoder=encoder, target_precision=0.99)
@@ -286,7 +286,7 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
 
     rest = add_labels(engine, items[1:], share=0.0)
     with Session(engine) as session:
-        sets = retraining.build_training_sets(session, settings=make_settings(), tags=graphs)
+        sets = training_sets.build_training_sets(session, settings=make_settings(), tags=graphs)
     assert sets.scarce_tags == {}
     assert sets.train_label_ids == [row.id for row in first + rest]
     assert sum(e.tag == "graphs" for e in sets.train) == MIN_PER_TAG
@@ -307,7 +307,7 @@ def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(
     base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
     # Without a version that knew the tag, it is still an error in the base file.
     with Session(engine) as session, pytest.raises(DatasetError, match="'mlops' is not in"):
-        retraining.build_training_sets(session, settings=make_settings(), tags=retired)
+        training_sets.build_training_sets(session, settings=make_settings(), tags=retired)
 
     register_promoted(engine, make_settings(), seed_result)
     # Production then retrained without the tag (a version that answers it no longer): its
@@ -325,7 +325,7 @@ def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(
     label = add_labels(engine, [relabelled], share=0.9999)[0]
     assert label.holdout  # by hash; it trains all the same: production trained on that row
     with Session(engine) as session:
-        sets = retraining.build_training_sets(
+        sets = training_sets.build_training_sets(
             session, settings=make_settings(base_dataset=None), tags=retired
         )
 
@@ -347,7 +347,7 @@ def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
     labels = add_labels(engine, [base_train[0], base_eval[0], new_items[0]], share=0.9999)
     assert all(label.holdout for label in labels)  # all three held out by hash
     with Session(engine) as session:
-        held_out = retraining.held_out_label_ids(session, settings=make_settings(), tags=tags)
+        held_out = training_sets.held_out_label_ids(session, settings=make_settings(), tags=tags)
         rows = labels_crud.export_rows(session, held_out=held_out, tags=tags)
         assert {row["id"]: row["holdout"] for row in rows} == {
             labels[0].id: False,  # trains: production learned this row
@@ -356,7 +356,7 @@ def test_the_label_export_marks_as_held_out_what_retraining_holds_out(
         }
         # No base dataset known (none configured, no production model): the hash alone.
         unknown = make_settings(base_dataset=None)
-        assert retraining.held_out_label_ids(session, settings=unknown, tags=tags) is None
+        assert training_sets.held_out_label_ids(session, settings=unknown, tags=tags) is None
         rows = labels_crud.export_rows(session, held_out=None, tags=tags)
         assert [row["holdout"] for row in rows] == [True, True, True]
 

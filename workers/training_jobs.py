@@ -11,7 +11,7 @@ from typing import Any
 from rq import get_current_job
 from sqlmodel import Session
 
-from service import comparison, retraining
+from service import comparison, retraining, training_sets
 from service.db import session_scope
 from service.entities import JobRecord, JobState
 from service.jobs import error_line, job_ended, job_started
@@ -93,7 +93,7 @@ def _retrain(reason: str, force: bool, *, again: bool) -> dict[str, Any]:
             resume=again,
         )
     for tag, count in outcome["scarce_tags"].items():
-        log.warning(retraining.scarce_tag_warning(tag, count))
+        log.warning(training_sets.scarce_tag_warning(tag, count))
     return outcome
 
 

@@ -209,7 +209,7 @@ def retrain(
     """Retrain on the base dataset plus reviewer labels, behind the quality gate. With nothing
     new since the production model (the same training rows and settings), it says so and
     registers nothing, unless --force."""
-    from service import retraining
+    from service import retraining, training_sets
 
     settings = settings_or_exit()
     if enqueue and not settings.redis_url:
@@ -240,7 +240,7 @@ def retrain(
     else:
         console.print(_gate_table(outcome))
     for tag, count in outcome["scarce_tags"].items():
-        print_warning(retraining.scarce_tag_warning(tag, count))
+        print_warning(training_sets.scarce_tag_warning(tag, count))
 
 
 def _enqueue_retrain(settings: Settings, *, force: bool) -> None:

@@ -123,7 +123,7 @@ def export_rows(
     loadable with `service.ml.dataset.load_dataset`.
 
     `holdout` says whether retraining evaluates on the label rather than trains on it: true for
-    the ids in `held_out` (`service.retraining.held_out_label_ids`), or, when that is None, for
+    the ids in `held_out` (`service.training_sets.held_out_label_ids`), or, when that is None, for
     labels whose hash falls in the held-out share. A label of a tag not in `tags` (retired),
     which retraining leaves out either way and so never counts in `held_out`, shows what the
     database holds, as it would once relabelled in the file."""

@@ -354,7 +354,7 @@ def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
         data_hash=source.data_hash,
         data_rows=source.data_rows,
         # The training file's path names a file on the source's machine: kept as lineage, not
-        # as this deployment's base dataset for retraining (`retraining.base_source`).
+        # as this deployment's base dataset for retraining (`training_sets.base_source`).
         params={k: v for k, v in source.params.items() if k != "source"}
         | {"imported": _lineage(manifest)},
         metrics=source.metrics,

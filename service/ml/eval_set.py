@@ -20,8 +20,8 @@ from service.errors import InvalidInputError
 from service.ml.dataset import Example, examples_hash
 from service.ml.pipeline import base_split
 from service.ml.registry import sha256_file
-from service.retraining import approved_base_split
 from service.tags import TagSet
+from service.training_sets import approved_base_split
 
 
 def _source(version: ModelVersion) -> Path:

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Response
 from service.api.deps import ReviewerKey, SessionDep, SettingsDep, TagsDep
 from service.crud import labels as labels_crud
 from service.csv_rows import escape_cell
-from service.retraining import held_out_label_ids
+from service.training_sets import held_out_label_ids
 
 router = APIRouter(prefix="/labels", tags=["labels"])
 

@@ -1,0 +1,197 @@
+"""What a retraining learns from and is judged on: the base dataset's frozen split plus the
+current reviewer labels.
+
+Held-out labels only evaluate, the rest train; a label replaces base rows of the same content
+in both sets; rows and labels of a tag no longer approved are left out, and a tag too scarce to
+learn waits. `service.retraining` trains on these sets, `service.comparison` and the label
+export read them, and `service.ml.eval_set` rebuilds a version's evaluation set from the same
+split.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlmodel import Session
+
+from service.config import Settings
+from service.crud import labels as labels_crud
+from service.entities import Label
+from service.entities.common import utcnow
+from service.errors import InvalidInputError
+from service.ml import registry
+from service.ml.dataset import (
+    MIN_PER_TAG,
+    DatasetError,
+    Example,
+    check_leakage,
+    scarce_tags,
+)
+from service.ml.pipeline import base_split
+from service.tags import Tag, TagSet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSets:
+    """What one retraining trains and evaluates on, with its provenance."""
+
+    train: list[Example]
+    evaluation: list[Example]
+    source: Path
+    base_hash: str
+    base_rows: int
+    train_label_ids: list[int]
+    holdout_label_ids: list[int]
+    replaced_base_rows: int
+    read_at: datetime
+    # Tags with too few training examples to learn (a newly approved tag's first labels): left
+    # out of training until they reach MIN_PER_TAG, with how many each had.
+    scarce_tags: dict[str, int] = field(default_factory=dict)
+
+
+def base_source(session: Session, *, settings: Settings) -> Path:
+    """The base dataset: configured, else the file the production model was trained from."""
+    if settings.base_dataset is not None:
+        return settings.base_dataset
+    production = registry.get_production(session)
+    source = production.params.get("source") if production is not None else None
+    if not source:
+        raise InvalidInputError(
+            "no base dataset: set TAGFLOW_BASE_DATASET (the production model records none)"
+        )
+    return Path(source)
+
+
+def _example(label: Label) -> Example:
+    return Example(title=label.title, description=label.description, tag=label.tag)
+
+
+def _usable_labels(session: Session, tags: TagSet) -> list[Label]:
+    labels = labels_crud.current_labels(session)
+    unusable = [label.id for label in labels if label.tag not in tags]
+    if unusable:
+        log.warning("labels %s carry tags no longer approved; left out of training", unusable)
+    return [label for label in labels if label.tag in tags]
+
+
+def _base_tags(session: Session, tags: TagSet) -> TagSet:
+    """The tags the base file may carry: the approved ones, and those any registered version
+    was trained on, which include a tag retired since (its rows are then left out, as its
+    labels are), even once production is a version trained without it. Any other tag in the
+    file is still an error."""
+    known = {
+        name for row in registry.list_versions(session) for name in row.params.get("classes", [])
+    }
+    retired = [Tag(name, "") for name in tags.unapproved(known)]
+    return TagSet((*tags.tags, *retired)) if retired else tags
+
+
+def _approved(
+    train: list[Example], evaluation: list[Example], tags: TagSet
+) -> tuple[list[Example], list[Example]]:
+    """The base split's rows whose tag is still approved; a retired tag's rows are left out,
+    with a warning naming it."""
+    kept_train = [e for e in train if e.tag in tags]
+    kept_eval = [e for e in evaluation if e.tag in tags]
+    left_out = [e.tag for e in train + evaluation if e.tag not in tags]
+    if left_out:
+        log.warning(
+            "%d base rows carry tags no longer approved %s; left out of retraining",
+            len(left_out),
+            sorted(set(left_out)),
+        )
+    return kept_train, kept_eval
+
+
+def approved_base_split(
+    session: Session, *, source: Path, tags: TagSet
+) -> tuple[list[Example], list[Example]]:
+    """The base file's frozen train / evaluation split as retraining reads it: rows of a tag
+    retired since left out (`ml.eval_set` rebuilds a version's evaluation set from it)."""
+    all_train, all_eval, _ = base_split(source, tags=_base_tags(session, tags))
+    return _approved(all_train, all_eval, tags)
+
+
+def _learnable(
+    base: list[Example], labels: list[Label]
+) -> tuple[list[Example], list[Label], dict[str, int]]:
+    """The base rows and labels to train on, leaving out the tags too scarce to learn.
+
+    A tag with a label or two (a newly approved one, say) cannot be learned, and a single
+    example breaks model selection's folds: such a tag waits, its labels kept, until it has
+    MIN_PER_TAG examples. Returns the examples, their labels, and the scarce tags' counts."""
+    train = base + [_example(label) for label in labels]
+    # Not logged here: whoever retrains says it once (scarce_tag_warning), and a label export,
+    # which reads the same sets, has nothing to say about it.
+    scarce = scarce_tags(train)
+    return (
+        [e for e in train if e.tag not in scarce],
+        [label for label in labels if label.tag not in scarce],
+        scarce,
+    )
+
+
+def scarce_tag_warning(tag: str, count: int) -> str:
+    """What a retraining says of a tag left out of training for too few examples: the CLI
+    prints it, the retraining job logs it."""
+    return (
+        f"tag {tag!r} has {count} training example(s): left out of training until it has "
+        f"{MIN_PER_TAG} (its labels are kept)"
+    )
+
+
+def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
+    """Base split plus current labels: held-out labels only evaluate, the rest train; a label
+    replaces base rows of the same content in both sets.
+
+    A label on the content of a base training row trains, even when its hash holds it out (a
+    label check on a training row, say): every model trained on the base has learned that
+    content, so evaluating on it would favour production over the candidate in the gate."""
+    read_at = utcnow()
+    source = base_source(session, settings=settings)
+    all_train, all_eval, _ = base_split(source, tags=_base_tags(session, tags))
+    base_train, base_eval = _approved(all_train, all_eval, tags)
+    labels = _usable_labels(session, tags)
+    labelled = {label.text_hash for label in labels}
+    kept_train = [e for e in base_train if e.text_hash not in labelled]
+    kept_eval = [e for e in base_eval if e.text_hash not in labelled]
+    trained_content = {e.text_hash for e in all_train}
+
+    def evaluates(label: Label) -> bool:
+        return label.holdout and label.text_hash not in trained_content
+
+    holdout_labels = [label for label in labels if evaluates(label)]
+    train_labels = [label for label in labels if not evaluates(label)]
+    train, train_labels, scarce = _learnable(kept_train, train_labels)
+    sets = TrainingSets(
+        train=train,
+        evaluation=kept_eval + [_example(label) for label in holdout_labels],
+        source=source,
+        base_hash=registry.sha256_file(source),
+        base_rows=len(all_train) + len(all_eval),
+        train_label_ids=[label.id for label in train_labels if label.id is not None],
+        holdout_label_ids=[label.id for label in holdout_labels if label.id is not None],
+        replaced_base_rows=len(base_train) + len(base_eval) - len(kept_train) - len(kept_eval),
+        read_at=read_at,
+        scarce_tags=scarce,
+    )
+    leaked = check_leakage(sets.train, sets.evaluation)
+    if leaked:
+        raise DatasetError(f"{leaked} evaluation items also appear in the training data")
+    return sets
+
+
+def held_out_label_ids(session: Session, *, settings: Settings, tags: TagSet) -> set[int] | None:
+    """The labels the next retraining would hold out to evaluate, by its own rule (a label on a
+    base training row trains, whatever its hash says); None when that cannot be told (no base
+    dataset, or one that does not load), for the caller to fall back on the hash alone."""
+    try:
+        return set(build_training_sets(session, settings=settings, tags=tags).holdout_label_ids)
+    except (InvalidInputError, DatasetError, OSError) as exc:
+        log.warning("held-out labels told by hash alone: %s", exc)
+        return None
