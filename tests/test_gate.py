@@ -1,6 +1,10 @@
-"""The quality gate on a tag production cannot answer (newly approved), with real reports."""
+"""The quality gate: each check on hand-made reports, and on real reports a tag production
+cannot answer (newly approved), a retired tag, and the per-tag precision slack."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import numpy as np
 import pytest
@@ -133,3 +137,81 @@ def test_two_more_wrong_answers_with_a_tag_fail_the_gate(n: int) -> None:
     assert check["candidate"] == pytest.approx(n / (n + 2))
     slack = max(0.02, 1 / (n + 2))
     assert check["limit"] == pytest.approx(1 - slack, abs=1e-6)
+
+
+def metrics(f1: float = 0.9, auto: float | None = 0.995, **changes: Any) -> dict[str, Any]:
+    """An evaluation report with just what the gate reads."""
+    precision = {"a": 0.9, "b": 0.8} | changes.get("precision", {})
+    slices = {"short_text": 0.7, "empty": None} | changes.get("slices", {})
+    return {
+        "weighted_f1": f1,
+        "per_class": {tag: {"precision": p} for tag, p in precision.items() if p is not None},
+        "slices": {name: {"f1": value} for name, value in slices.items()},
+        "auto": {"precision": auto},
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "failed"),
+    [
+        (metrics(), []),
+        (metrics(f1=0.9 - 1e-4), ["weighted_f1"]),
+        (metrics(f1=0.95, precision={"a": 0.87}), ["precision:a"]),
+        (metrics(precision={"a": 0.885}), []),
+        (metrics(precision={"b": None}), ["precision:b"]),
+        (metrics(slices={"short_text": 0.64}), ["slice_f1:short_text"]),
+        (metrics(slices={"short_text": 0.66}), []),
+        (metrics(auto=None), ["auto_precision"]),
+        (metrics(auto=0.98), ["auto_precision"]),
+        (metrics(f1=0.5, auto=None), ["weighted_f1", "auto_precision"]),
+    ],
+)
+def test_gate_checks(candidate: dict[str, Any], failed: list[str]) -> None:
+    report = apply_gate(candidate, metrics(), target_precision=0.99)
+    assert report["failed"] == failed and report["passed"] is (not failed)
+    by_name = {c["name"]: c for c in report["checks"]}
+    assert set(by_name) == {
+        "weighted_f1",
+        "precision:a",
+        "precision:b",
+        "slice_f1:short_text",
+        "slice_f1:empty",
+        "auto_precision",
+    }
+    assert by_name["weighted_f1"]["production"] == 0.9
+    assert by_name["weighted_f1"]["candidate"] == candidate["weighted_f1"]
+    assert by_name["precision:a"]["limit"] == pytest.approx(0.88)
+    assert by_name["slice_f1:short_text"]["limit"] == pytest.approx(0.65)
+    assert by_name["auto_precision"]["limit"] == 0.99
+    assert by_name["slice_f1:empty"]["passed"] and "skipped" in by_name["slice_f1:empty"]["note"]
+    json.dumps(report)
+
+
+def test_gate_skips_a_retired_tag_only_production_answers() -> None:
+    """Retired the wrong way round (the line removed while production still answers the tag),
+    production is refused at load and /predict answers 503. A candidate trained without the
+    tag must be able to pass the gate: no evaluation item carries the tag any more (its labels
+    are left out), so production's answers with it are all wrong and the candidate, which
+    never gives it, cannot do worse on it. The gate used to fail it on `precision:retired`
+    (candidate None) at every retraining, so the deployment stayed without a model."""
+    examples = [Example(f"item {i}", "", tag) for i, tag in enumerate("aabb")]
+    prod_proba = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.05, 0.9, 0.05], [0, 1.0, 0]])
+    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
+    cand_proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0, 1.0]])
+    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
+    report = apply_gate(candidate, production, target_precision=0.99)
+    assert report["passed"], report["failed"]
+    retired = next(c for c in report["checks"] if c["name"] == "precision:retired")
+    assert retired["candidate"] is None and "skipped" in retired["note"]
+    # A tag that evaluation items carry is still judged: a candidate that lost it fails.
+    examples[1] = Example("item 1", "", "retired")
+    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
+    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
+    report = apply_gate(candidate, production, target_precision=0.99)
+    assert "precision:retired" in report["failed"]
+
+
+def test_gate_without_production_checks_only_automatic_precision() -> None:
+    assert apply_gate(metrics(), None, target_precision=0.99)["passed"]
+    refused = apply_gate(metrics(auto=0.9), None, target_precision=0.99)
+    assert refused["failed"] == ["auto_precision"] and len(refused["checks"]) == 1

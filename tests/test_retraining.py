@@ -1,5 +1,6 @@
-"""Retraining behind the quality gate: training sets from base data plus labels, the gate,
-snapshots, promotion, the RQ job over the API, automatic retraining and the CLI.
+"""Retraining behind the quality gate (the gate's checks: test_gate.py): training sets from
+base data plus labels, snapshots, promotion, the RQ job over the API, automatic retraining
+and the CLI.
 
 Real models throughout: production is either the seed model or a deliberately weak one (the
 seed trained with a third of its tags wrong), so a retrained candidate is predictably better.
@@ -16,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import psutil
 import pytest
 import redis
@@ -44,8 +44,6 @@ from service.jobs import job_ended
 from service.ml import registry
 from service.ml.dataset import MIN_PER_TAG, DatasetError, Example, check_leakage, load_dataset
 from service.ml.encoder import Encoder
-from service.ml.evaluation import evaluate_predictions
-from service.ml.gate import apply_gate
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.outbox import TRAINING_QUEUE
@@ -105,84 +103,6 @@ def add_labels(engine: Engine, examples: list[Example], *, share: float) -> list
         ]
         session.commit()
     return rows
-
-
-def metrics(f1: float = 0.9, auto: float | None = 0.995, **changes: Any) -> dict[str, Any]:
-    """An evaluation report with just what the gate reads."""
-    precision = {"a": 0.9, "b": 0.8} | changes.get("precision", {})
-    slices = {"short_text": 0.7, "empty": None} | changes.get("slices", {})
-    return {
-        "weighted_f1": f1,
-        "per_class": {tag: {"precision": p} for tag, p in precision.items() if p is not None},
-        "slices": {name: {"f1": value} for name, value in slices.items()},
-        "auto": {"precision": auto},
-    }
-
-
-@pytest.mark.parametrize(
-    ("candidate", "failed"),
-    [
-        (metrics(), []),
-        (metrics(f1=0.9 - 1e-4), ["weighted_f1"]),
-        (metrics(f1=0.95, precision={"a": 0.87}), ["precision:a"]),
-        (metrics(precision={"a": 0.885}), []),
-        (metrics(precision={"b": None}), ["precision:b"]),
-        (metrics(slices={"short_text": 0.64}), ["slice_f1:short_text"]),
-        (metrics(slices={"short_text": 0.66}), []),
-        (metrics(auto=None), ["auto_precision"]),
-        (metrics(auto=0.98), ["auto_precision"]),
-        (metrics(f1=0.5, auto=None), ["weighted_f1", "auto_precision"]),
-    ],
-)
-def test_gate_checks(candidate: dict[str, Any], failed: list[str]) -> None:
-    report = apply_gate(candidate, metrics(), target_precision=0.99)
-    assert report["failed"] == failed and report["passed"] is (not failed)
-    by_name = {c["name"]: c for c in report["checks"]}
-    assert set(by_name) == {
-        "weighted_f1",
-        "precision:a",
-        "precision:b",
-        "slice_f1:short_text",
-        "slice_f1:empty",
-        "auto_precision",
-    }
-    assert by_name["weighted_f1"]["production"] == 0.9
-    assert by_name["weighted_f1"]["candidate"] == candidate["weighted_f1"]
-    assert by_name["precision:a"]["limit"] == pytest.approx(0.88)
-    assert by_name["slice_f1:short_text"]["limit"] == pytest.approx(0.65)
-    assert by_name["auto_precision"]["limit"] == 0.99
-    assert by_name["slice_f1:empty"]["passed"] and "skipped" in by_name["slice_f1:empty"]["note"]
-    json.dumps(report)
-
-
-def test_gate_skips_a_retired_tag_only_production_answers() -> None:
-    """Retired the wrong way round (the line removed while production still answers the tag),
-    production is refused at load and /predict answers 503. A candidate trained without the
-    tag must be able to pass the gate: no evaluation item carries the tag any more (its labels
-    are left out), so production's answers with it are all wrong and the candidate, which
-    never gives it, cannot do worse on it. The gate used to fail it on `precision:retired`
-    (candidate None) at every retraining, so the deployment stayed without a model."""
-    examples = [Example(f"item {i}", "", tag) for i, tag in enumerate("aabb")]
-    prod_proba = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.05, 0.9, 0.05], [0, 1.0, 0]])
-    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
-    cand_proba = np.array([[0.9, 0.1], [0.8, 0.2], [0.1, 0.9], [0, 1.0]])
-    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
-    report = apply_gate(candidate, production, target_precision=0.99)
-    assert report["passed"], report["failed"]
-    retired = next(c for c in report["checks"] if c["name"] == "precision:retired")
-    assert retired["candidate"] is None and "skipped" in retired["note"]
-    # A tag that evaluation items carry is still judged: a candidate that lost it fails.
-    examples[1] = Example("item 1", "", "retired")
-    production = evaluate_predictions(examples, prod_proba, ["a", "b", "retired"], threshold=0.5)
-    candidate = evaluate_predictions(examples, cand_proba, ["a", "b"], threshold=0.5)
-    report = apply_gate(candidate, production, target_precision=0.99)
-    assert "precision:retired" in report["failed"]
-
-
-def test_gate_without_production_checks_only_automatic_precision() -> None:
-    assert apply_gate(metrics(), None, target_precision=0.99)["passed"]
-    refused = apply_gate(metrics(auto=0.9), None, target_precision=0.99)
-    assert refused["failed"] == ["auto_precision"] and len(refused["checks"]) == 1
 
 
 def test_training_sets_labels_replace_base_rows_and_holdouts_only_evaluate(
