@@ -34,7 +34,7 @@ from service.db import init_db, make_engine
 from service.entities import PredictionCreate, PredictionStatus
 from service.entities.common import new_id
 from service.ml import registry
-from service.ml.dataset import text_hash
+from service.ml.dataset import Example, load_dataset, text_hash
 from service.ml.encoder import Encoder, load_encoder
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
@@ -97,6 +97,15 @@ def shared_dataset() -> Path:
 @pytest.fixture(scope="session")
 def tags() -> TagSet:
     return load_tags(DEFAULT_TAGS_FILE)
+
+
+@pytest.fixture(scope="session")
+def new_items(shared_dataset: Path, tags: TagSet) -> list[Example]:
+    """Correctly tagged items the seed does not contain: what reviewers would add."""
+    examples, _ = load_dataset(shared_dataset, tags=tags)
+    seed, _ = load_dataset(SEED_DATASET, tags=tags)
+    known = {e.text_hash for e in seed}
+    return [e for e in examples if e.text_hash not in known][:40]
 
 
 @pytest.fixture(scope="session")
