@@ -16,7 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -46,6 +46,8 @@ LONGEST_JOB_TIMEOUT_S = max(
     JOB_TIMEOUT_S, REPRIORITIZE_TIMEOUT_S, REVIEW_JOB_TIMEOUT_S, PRUNE_TIMEOUT_S
 )
 RESULT_TTL_S = 7 * 24 * 3600
+DEFAULT_LISTED = 50
+MAX_LISTED = 500
 
 
 class JobAccepted(BaseModel):
@@ -61,6 +63,21 @@ class JobPublic(BaseModel):
     status: JobState
     result: Any = None
     error: str | None = None
+
+
+class JobListed(JobPublic):
+    """A recorded job as GET /jobs lists it: what it is and when it ran."""
+
+    description: str
+    created_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+
+
+class JobList(BaseModel):
+    """GET /jobs: recorded jobs, newest first."""
+
+    jobs: list[JobListed]
 
 
 _STATES = {
@@ -174,6 +191,39 @@ def _redis_state(job: Job) -> tuple[JobState, Any, str | None]:
 def _recorded(record: JobRecord) -> JobPublic:
     return JobPublic(
         job_id=record.id, status=record.state, result=record.result, error=record.error
+    )
+
+
+def list_jobs(
+    session: Session,
+    *,
+    state: JobState | None = None,
+    since: datetime | None = None,
+    limit: int = DEFAULT_LISTED,
+) -> list[JobListed]:
+    """Recorded jobs, newest first (by when they were queued): only those in `state`, only
+    those queued at or after `since`, at most `limit`. From the records alone, which the
+    worker keeps up to date (an end RQ recorded on its own is copied within a redelivery
+    check, `redeliver_lost_jobs`)."""
+    query = select(JobRecord)
+    if state is not None:
+        query = query.where(JobRecord.state == state)
+    if since is not None:
+        query = query.where(col(JobRecord.created_at) >= as_utc(since).astimezone(UTC))
+    query = query.order_by(col(JobRecord.created_at).desc(), col(JobRecord.id).desc()).limit(limit)
+    return [_listed(record) for record in session.exec(query)]
+
+
+def _listed(record: JobRecord) -> JobListed:
+    return JobListed(
+        job_id=record.id,
+        status=record.state,
+        result=record.result,
+        error=record.error,
+        description=record.description,
+        created_at=as_utc(record.created_at),
+        started_at=as_utc(record.started_at) if record.started_at else None,
+        ended_at=as_utc(record.ended_at) if record.ended_at else None,
     )
 
 

@@ -33,12 +33,14 @@ from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Caller, Role, Settin
 from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
 from service.entities.prediction import Prediction
+from service.jobs import list_jobs
 from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE
 from service.redis_server import free_port
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, ROOT, auth, register_promoted
+from tests.test_jobs import ran_three_and_queued_one
 
 
 def _said(output: str) -> str:
@@ -859,3 +861,37 @@ def test_the_cli_module_imports_no_model_code() -> None:
     )
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.strip() == "[]"
+
+
+def test_jobs_list_shows_the_recorded_jobs_as_get_jobs_does(
+    cli_env: dict[str, str], make_settings: Callable[..., Settings], redis_conn: redis.Redis
+) -> None:
+    settings = make_settings()  # the data dir of `cli_env`
+    settings.data_dir.mkdir()
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    first, failed, third, fourth = ran_three_and_queued_one(
+        engine, Queue("jobs-test", connection=redis_conn)
+    )
+    runner = CliRunner()
+    as_json = runner.invoke(app, ["jobs", "list", "--json"], env=cli_env)
+    assert as_json.exit_code == 0, as_json.output
+    jobs = json.loads(as_json.output)["jobs"]
+    with Session(engine) as session:
+        assert jobs == [  # as GET /jobs answers
+            j.model_dump(mode="json", exclude_none=True) for j in list_jobs(session)
+        ]
+    assert [j["job_id"] for j in jobs] == [fourth, third, failed, first]
+    table = runner.invoke(app, ["jobs", "list", "--state", "failed"], env=cli_env)
+    assert table.exit_code == 0, table.output
+    assert failed in table.output  # whole, beside its error (wrapped in its column)
+    assert all(word in table.output for word in ("failed", "TypeError:", "real number"))
+    assert first not in table.output and third not in table.output
+    newest = runner.invoke(app, ["jobs", "list", "--limit", "1", "--json"], env=cli_env)
+    assert [j["job_id"] for j in json.loads(newest.output)["jobs"]] == [fourth]
+    none = runner.invoke(app, ["jobs", "list", "--state", "started"], env=cli_env)
+    assert none.exit_code == 0 and "no job started" in none.output
+    for bad in (["--state", "lost"], ["--limit", "0"], ["--limit", "501"]):
+        refused = runner.invoke(app, ["jobs", "list", *bad], env=cli_env)
+        assert refused.exit_code == 2, bad
+    engine.dispose()

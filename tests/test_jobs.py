@@ -8,7 +8,9 @@ The jobs here are standard-library functions, queued by dotted name as the API q
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -19,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, select
 
+from service.config import Settings
 from service.entities import JobRecord
 from service.entities.common import utcnow
 from service.errors import NotFoundError, UnavailableError
@@ -26,15 +29,19 @@ from service.jobs import (
     MAX_SENDS,
     RESULT_TTL_S,
     STILL_RUNNING_S,
+    JobListed,
     JobState,
     enqueue_job,
     error_line,
     job_ended,
     job_public,
     job_started,
+    list_jobs,
     redeliver_lost_jobs,
 )
+from service.ml.training import TrainResult
 from service.redis_server import EmbeddedRedis
+from tests.conftest import auth, sqlite_app
 from tests.test_outbox import restart_losing_everything
 from workers.worker import Worker
 
@@ -237,3 +244,89 @@ def test_without_redis_queueing_and_reading_are_unavailable(
     # A job with a record answers from it while Redis cannot be asked.
     queued = enqueue(sqlite_engine, Queue("jobs-test", connection=redis_conn), "math.sqrt", "4")
     assert state(sqlite_engine, down, queued) == (JobState.QUEUED, None, None)
+
+
+def listed(engine: Engine, **filters: object) -> list[JobListed]:
+    with Session(engine) as session:
+        return list_jobs(session, **filters)  # type: ignore[arg-type]
+
+
+def ran_three_and_queued_one(engine: Engine, queue: Queue) -> list[str]:
+    """Three jobs run by a real worker (the second fails), then a fourth left queued; their
+    ids, oldest first. These standard-library jobs do not record their end themselves, as the
+    service's do: the API's redelivery check copies RQ's to their records."""
+    ids = [
+        enqueue(engine, queue, "posixpath.basename", "/d/first.csv"),
+        enqueue(engine, queue, "math.sqrt", "nine"),
+        enqueue(engine, queue, "posixpath.basename", "/d/third.csv"),
+    ]
+    work(queue)
+    assert redeliver(engine, queue) == 0
+    return [*ids, enqueue(engine, queue, "posixpath.basename", "/d/fourth.csv")]
+
+
+def test_jobs_are_listed_newest_first_by_state_and_time(
+    sqlite_engine: Engine, redis_conn: redis.Redis
+) -> None:
+    """An admin could read one job by its id, and had no way to ask what ran last night and
+    what failed."""
+    queue = Queue("jobs-test", connection=redis_conn)
+    first, failed, third, fourth = ran_three_and_queued_one(sqlite_engine, queue)
+    jobs = listed(sqlite_engine)
+    assert [j.job_id for j in jobs] == [fourth, third, failed, first]
+    assert [j.status for j in jobs] == [
+        JobState.QUEUED,
+        JobState.FINISHED,
+        JobState.FAILED,
+        JobState.FINISHED,
+    ]
+    assert (jobs[1].result, jobs[1].error, jobs[1].description) == (
+        "third.csv",
+        None,
+        "posixpath.basename",
+    )
+    assert jobs[1].ended_at is not None and jobs[0].ended_at is None
+    [failure] = listed(sqlite_engine, state=JobState.FAILED)
+    assert failure.job_id == failed and (failure.error or "").startswith("TypeError:")
+    assert [j.job_id for j in listed(sqlite_engine, state=JobState.FINISHED)] == [third, first]
+    assert [j.job_id for j in listed(sqlite_engine, limit=2)] == [fourth, third]
+    since = jobs[1].created_at
+    assert [j.job_id for j in listed(sqlite_engine, since=since)] == [fourth, third]
+    # A time with another offset is the same instant.
+    assert [j.job_id for j in listed(sqlite_engine, since=since.astimezone())] == [fourth, third]
+    assert listed(sqlite_engine, since=utcnow() + timedelta(minutes=1)) == []
+
+
+def test_get_jobs_lists_them_for_admins_only(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    seed_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    queue = Queue("jobs-test", connection=redis_conn)
+    # No watch round during the test: it would queue the unfinished job on its own queue.
+    with sqlite_app(make_settings, tmp_path, seed_result, watch_interval_s=3600) as client:
+        engine = client.app.state.tagflow.engine
+        first, failed, third, fourth = ran_three_and_queued_one(engine, queue)
+        answer = client.get("/jobs", headers=auth("admin"))
+        assert answer.status_code == 200
+        jobs = answer.json()["jobs"]
+        assert [j["job_id"] for j in jobs] == [fourth, third, failed, first]
+        assert jobs[1]["status"] == "finished" and jobs[1]["result"] == "third.csv"
+        assert "error" not in jobs[1] and "result" not in jobs[0]
+        assert set(jobs[1]) >= {"description", "created_at", "ended_at"}
+        failures = client.get("/jobs?state=failed", headers=auth("admin")).json()["jobs"]
+        assert [j["job_id"] for j in failures] == [failed]
+        assert failures[0]["error"].startswith("TypeError:")
+        newest = client.get("/jobs?limit=1", headers=auth("admin")).json()["jobs"]
+        assert [j["job_id"] for j in newest] == [fourth]
+        since = jobs[1]["created_at"]
+        recent = client.get("/jobs", params={"since": since}, headers=auth("admin")).json()
+        assert [j["job_id"] for j in recent["jobs"]] == [fourth, third]
+
+        assert client.get("/jobs").status_code == 401
+        for role in ("client", "reviewer", "metrics"):
+            assert client.get("/jobs", headers=auth(role)).status_code == 403, role
+        for query in ("state=lost", "state=FAILED", "limit=0", "limit=501", "since=yesterday"):
+            refused = client.get(f"/jobs?{query}", headers=auth("admin"))
+            assert refused.status_code == 422, query

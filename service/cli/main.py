@@ -29,6 +29,7 @@ from service.cli.common import (
     warn_seen_in_training,
 )
 from service.cli.db import db_app
+from service.cli.jobs import jobs_app
 from service.cli.keys import keys_app
 from service.cli.models import models_app
 from service.config import Settings
@@ -45,6 +46,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(jobs_app, name="jobs")
 TRAIN_STEPS = ["validate", "encode", "select", "fit", "evaluate", "register"]
 
 SUSPECTS_SHOWN = 10

@@ -1,14 +1,35 @@
-"""Background jobs over HTTP: the state and result of a queued job (e.g. a retraining)."""
+"""Background jobs over HTTP: the recorded jobs, newest first, and the state and result of
+one (e.g. a retraining)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
 
 from service.api.answers import answers
 from service.api.deps import AdminKey, JobId, SessionDep, StateDep
-from service.jobs import JobPublic, job_public
+from service.entities import JobState
+from service.jobs import DEFAULT_LISTED, MAX_LISTED, JobList, JobPublic, job_public, list_jobs
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+
+@router.get("", response_model=JobList, response_model_exclude_none=True)
+def read_jobs(
+    session: SessionDep,
+    _caller: AdminKey,
+    state: Annotated[JobState | None, Query(description="only the jobs in this state")] = None,
+    since: Annotated[
+        datetime | None, Query(description="only the jobs queued at or after this time")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = DEFAULT_LISTED,
+) -> JobList:
+    """The recorded background jobs, newest first: admins' retrainings and comparisons, each
+    with its state and its `result` or `error`. From the database alone (Redis is not
+    asked)."""
+    return JobList(jobs=list_jobs(session, state=state, since=since, limit=limit))
 
 
 @router.get(
