@@ -7,6 +7,10 @@ An admin's job (a retraining, a comparison) is recorded in the database before i
 (`JobRecord`), and its worker keeps the record up to date: Redis may lose the job (a restart:
 the machine's Redis keeps nothing on disk), and the job is then queued again from its record
 (`redeliver_lost_jobs`), while GET /jobs/{id} answers from the record.
+
+The jobs the service queues by itself, the automatic retraining and the daily prune, are
+recorded too (`record_job`), so that GET /jobs lists every background job with its outcome;
+they are not queued again from their record (`is_automatic`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,20 @@ LONGEST_JOB_TIMEOUT_S = max(
     JOB_TIMEOUT_S, REPRIORITIZE_TIMEOUT_S, REVIEW_JOB_TIMEOUT_S, PRUNE_TIMEOUT_S
 )
 RESULT_TTL_S = 7 * 24 * 3600
+
+# The jobs the service queues by itself, by their recorded description. Each one's trigger
+# queues the next once Redis lost it (the labels since the last snapshot, the prune's daily
+# key, which lives in the same Redis), so a lost one is recorded as failed, not sent again.
+AUTO_RETRAIN_DESCRIPTION = "retrain (auto)"
+PRUNE_DESCRIPTION = "prune (retention)"
+# The automatic retraining has one RQ id for every run, which de-duplicates it
+# (service.retraining); each run has a record of its own, which the RQ job names in its meta.
+AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
+RECORD_META = "record"
+# A record is written before its job is queued: one younger than this whose job Redis does
+# not have yet may be being queued now, and is not taken for lost.
+QUEUEING_S = 60
+
 DEFAULT_LISTED = 50
 MAX_LISTED = 500
 
@@ -101,20 +119,71 @@ def enqueue_job(
     """Record a job, then queue it with its result kept a week (GET /jobs/{id}), run again up
     to `retries` times if its worker is killed under it. UnavailableError without Redis, and
     then nothing is recorded: the caller is told to try again, not to wait for it."""
-    record = JobRecord(
-        id=str(uuid.uuid4()), func=func, args=list(args), description=description, retries=retries
-    )
-    session.add(record)
-    session.commit()  # before Redis has it: a worker may record its start at once
+    record = record_job(session, func=func, args=args, description=description, retries=retries)
     try:
         _send(queue, record)
     except RedisError as exc:
-        session.delete(record)
-        session.commit()
+        discard_record(session, record=record)
         raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
     session.add(record)
     session.commit()
     return record.id
+
+
+def record_job(
+    session: Session,
+    *,
+    func: str,
+    args: Sequence[str | bool | float] = (),
+    description: str,
+    retries: int = 0,
+) -> JobRecord:
+    """Record a job about to be queued, under a new id; committed before Redis has it, as a
+    worker may record its start at once. Once Redis has it, `mark_sent`; if it is not queued
+    after all, `discard_record`."""
+    record = JobRecord(
+        id=str(uuid.uuid4()), func=func, args=list(args), description=description, retries=retries
+    )
+    session.add(record)
+    session.commit()
+    return record
+
+
+def mark_sent(session: Session, *, record: JobRecord) -> None:
+    """Record that Redis took `record`'s job (queued by its caller, as an automatic job is)."""
+    record.sent_at = utcnow()
+    record.sends += 1
+    session.add(record)
+    session.commit()
+
+
+def discard_record(session: Session, *, record: JobRecord) -> None:
+    """Delete the record of a job that was not queued after all (Redis away, or the automatic
+    retraining's fixed id taken by a run queued already)."""
+    session.delete(record)
+    session.commit()
+
+
+def is_automatic(record: JobRecord) -> bool:
+    """Whether `record` is of a job the service queued by itself (AUTO_RETRAIN_DESCRIPTION)."""
+    return record.description in (AUTO_RETRAIN_DESCRIPTION, PRUNE_DESCRIPTION)
+
+
+def record_id_of(job: Job) -> str:
+    """The id of `job`'s record: its own, but for a run of the automatic retraining, whose RQ
+    id every run shares and which names its record in its meta."""
+    return str(job.meta.get(RECORD_META, job.id))
+
+
+def _queued_job(record: JobRecord, *, connection: Redis) -> Job | None:
+    """`record`'s RQ job if Redis has it (for an automatic retraining, the job under its fixed
+    id, if that is this record's run)."""
+    rq_id = AUTO_RETRAIN_JOB_ID if record.description == AUTO_RETRAIN_DESCRIPTION else record.id
+    try:
+        job = Job.fetch(rq_id, connection=connection)
+    except NoSuchJobError:
+        return None
+    return job if record_id_of(job) == record.id else None
 
 
 def _send(queue: Queue, record: JobRecord) -> None:
@@ -231,9 +300,9 @@ def _listed(record: JobRecord) -> JobListed:
 
 
 def job_started(session: Session, *, job_id: str) -> JobRecord | None:
-    """Record that a worker runs the job; its record (None for a job with none: an automatic
-    retraining, or one queued before records were kept). A record already finished is left as
-    it is: its worker died after recording that and before RQ knew, and RQ runs it again."""
+    """Record that a worker runs the job; its record (None for a job with none: one queued
+    before records were kept). A record already finished is left as it is: its worker died
+    after recording that and before RQ knew, and RQ runs it again."""
     record = session.get(JobRecord, job_id)
     if record is None or record.state is JobState.FINISHED:
         return record
@@ -259,6 +328,30 @@ def job_ended(
     session.commit()
 
 
+def job_retrying(session: Session, *, job_id: str, error: str) -> None:
+    """Record that a try of the job failed with `error` and RQ runs it again later (the
+    prune's retries): queued again, the try's error kept until the job ends."""
+    record = session.get(JobRecord, job_id)
+    if record is None:
+        return
+    record.state = JobState.QUEUED
+    record.error = error
+    session.add(record)
+    session.commit()
+
+
+def copy_rq_end(session: Session, *, job: Job) -> None:
+    """Copy to `job`'s record the final state RQ recorded on its own (a job whose worker was
+    killed once more than its retries allow, failed by RQ's maintenance), if RQ has the job
+    ended and the record is still open."""
+    state, result, error = _redis_state(job)
+    if state not in (JobState.FINISHED, JobState.FAILED):
+        return
+    record = session.get(JobRecord, record_id_of(job))
+    if record is not None and record.state in (JobState.QUEUED, JobState.STARTED):
+        job_ended(session, job_id=record.id, result=result, error=error)
+
+
 def _as_json(value: Any) -> Any:
     """`value` as JSON both databases store: NaN and the infinities (a metric of an empty set;
     PostgreSQL's json refuses them) become null, and what JSON has no type for, its text."""
@@ -279,13 +372,21 @@ STILL_RUNNING_S = JOB_TIMEOUT_S + 60
 
 
 def _may_still_run(record: JobRecord) -> bool:
-    """Whether a worker may still be running `record`'s job (it started within the timeout)."""
+    """Whether a worker may still be running `record`'s job (it started within the timeout;
+    an automatic job's may be the prune's, the longest)."""
     started = record.started_at
+    still_running_s = LONGEST_JOB_TIMEOUT_S + 60 if is_automatic(record) else STILL_RUNNING_S
     return (
         record.state is JobState.STARTED
         and started is not None
-        and as_utc(started) > utcnow() - timedelta(seconds=STILL_RUNNING_S)
+        and as_utc(started) > utcnow() - timedelta(seconds=still_running_s)
     )
+
+
+def _being_queued(record: JobRecord) -> bool:
+    """Whether `record`'s job may be being queued now (recorded, not yet in Redis)."""
+    created = as_utc(record.created_at)
+    return record.sends == 0 and created > utcnow() - timedelta(seconds=QUEUEING_S)
 
 
 def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
@@ -293,22 +394,24 @@ def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
     how many. Queued ones at once; started ones once their run is surely over (its worker
     died too). Jobs Redis has are left to it, but a final state RQ recorded on its own (a job
     whose worker was killed once more than its retries allow) is copied to the record, which
-    outlives Redis's week. A job Redis lost MAX_SENDS times is not sent again: failed."""
+    outlives Redis's week. A job Redis lost MAX_SENDS times is not sent again: failed.
+
+    An automatic job Redis lost is recorded as failed and not sent again: its trigger queues
+    the next (see AUTO_RETRAIN_DESCRIPTION); sent again as well, a retraining would run twice."""
     records = session.exec(
         select(JobRecord).where(col(JobRecord.state).in_([JobState.QUEUED, JobState.STARTED]))
     ).all()
     sent: list[str] = []
     for record in records:
-        try:
-            job = Job.fetch(record.id, connection=queue.connection)
-        except NoSuchJobError:
-            job = None
+        job = _queued_job(record, connection=queue.connection)
         if job is not None:
-            state, result, error = _redis_state(job)
-            if state in (JobState.FINISHED, JobState.FAILED):
-                job_ended(session, job_id=record.id, result=result, error=error)
+            copy_rq_end(session, job=job)
             continue
         if _may_still_run(record):
+            continue
+        if is_automatic(record):
+            if not _being_queued(record):
+                _lost_automatic(session, record=record)
             continue
         if record.sends >= MAX_SENDS:
             _give_up(session, record=record)
@@ -324,6 +427,21 @@ def redeliver_lost_jobs(session: Session, *, queue: Queue) -> int:
             ", ".join(sent),
         )
     return len(sent)
+
+
+def _lost_automatic(session: Session, *, record: JobRecord) -> None:
+    """Record as failed an automatic job Redis lost: its trigger queues the next."""
+    job_ended(
+        session,
+        job_id=record.id,
+        error=(
+            "Redis lost this job (restarted or flushed while it was queued or running); "
+            "not queued again from its record: the service queues the next one itself"
+        ),
+    )
+    log.warning(
+        "automatic job %s (%s) lost by Redis: recorded as failed", record.id, record.description
+    )
 
 
 def _give_up(session: Session, *, record: JobRecord) -> None:

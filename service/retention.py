@@ -3,7 +3,8 @@ without cron.
 
 With `TAGFLOW_RETENTION_DAYS` set, the API's watch loop asks Redis once a day, across every API
 process, for the right to enqueue one prune job (`SET NX` with a day's expiry), and a worker
-runs it: the deletes never run in the process that answers requests. `tagflow db prune` does
+runs it: the deletes never run in the process that answers requests. Each prune is recorded
+(GET /jobs lists it), as an admin's job is. `tagflow db prune` does
 the same by hand. A prune that fails (a lock held elsewhere past its bound, the database
 down a moment) is tried again later the same day (`PRUNE_RETRY`), not left to the next day's.
 """
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
-from redis import Redis
+from redis.exceptions import RedisError
 from rq import Queue, Retry
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
@@ -24,7 +25,13 @@ from sqlmodel import Session
 from service.crud.predictions import prune_predictions
 from service.db import PRUNE_LOCK_TIMEOUT_S, is_lock_timeout
 from service.entities.common import utcnow
-from service.jobs import PRUNE_TIMEOUT_S
+from service.jobs import (
+    PRUNE_DESCRIPTION,
+    PRUNE_TIMEOUT_S,
+    discard_record,
+    mark_sent,
+    record_job,
+)
 from service.outbox import prune_done
 
 log = logging.getLogger(__name__)
@@ -39,21 +46,41 @@ PRUNE_RETRY = Retry(max=3, interval=[300, 1800, 7200])
 
 
 def maybe_enqueue_prune(
-    redis: Redis, queue: Queue, *, retention_days: float, every: timedelta = PRUNE_EVERY
+    session: Session, *, queue: Queue, retention_days: float, every: timedelta = PRUNE_EVERY
 ) -> str | None:
-    """Enqueue the prune job, retried on failure (`PRUNE_RETRY`), if none was enqueued within
-    `every` (by any process); its id. None when retention is off or it is not due."""
+    """Record and enqueue the prune job, retried on failure (`PRUNE_RETRY`), if none was
+    enqueued within `every` (by any process, in `queue`'s Redis); its id, the record's (GET
+    /jobs lists it). None when retention is off or it is not due."""
     if not retention_days:
         return None
     stamp = utcnow().isoformat()
-    if not redis.set(PRUNE_KEY, stamp, nx=True, ex=int(every.total_seconds())):
+    if not queue.connection.set(PRUNE_KEY, stamp, nx=True, ex=int(every.total_seconds())):
         return None
-    job = queue.enqueue(PRUNE_JOB, retention_days, job_timeout=PRUNE_TIMEOUT_S, retry=PRUNE_RETRY)
+    record = record_job(
+        session,
+        func=PRUNE_JOB,
+        args=(retention_days,),
+        description=PRUNE_DESCRIPTION,
+        retries=PRUNE_RETRY.max,
+    )
+    try:
+        queue.enqueue(
+            PRUNE_JOB,
+            retention_days,
+            job_id=record.id,
+            job_timeout=PRUNE_TIMEOUT_S,
+            retry=PRUNE_RETRY,
+            description=PRUNE_DESCRIPTION,
+        )
+    except RedisError:
+        discard_record(session, record=record)
+        raise
+    mark_sent(session, record=record)
     log.info(
         "retention: prune of predictions and done outbox rows older than %g days enqueued",
         retention_days,
     )
-    return job.id
+    return record.id
 
 
 def prune_older_than(

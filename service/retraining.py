@@ -29,7 +29,17 @@ from service.crud import snapshots as snapshots_crud
 from service.entities import DatasetSnapshot, ModelStatus, ModelVersion
 from service.entities.common import utcnow
 from service.errors import ArtifactError
-from service.jobs import JOB_TIMEOUT_S, enqueue_job
+from service.jobs import (
+    AUTO_RETRAIN_DESCRIPTION,
+    AUTO_RETRAIN_JOB_ID,
+    JOB_TIMEOUT_S,
+    RECORD_META,
+    copy_rq_end,
+    discard_record,
+    enqueue_job,
+    mark_sent,
+    record_job,
+)
 from service.ml import registry
 from service.ml.dataset import (
     examples_hash,
@@ -46,7 +56,6 @@ from service.training_sets import TrainingSets, build_training_sets
 log = logging.getLogger(__name__)
 
 RETRAIN_JOB = "workers.training_jobs.retrain"
-AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
 RETRAINING_ACTOR = "retraining job"  # who promotes, in the production history
 # A retraining whose worker was killed (kill -9, the OOM killer, a stop that cut it short) is
 # run again, at most this many times: it is idempotent but for the candidate it registers.
@@ -58,7 +67,7 @@ RETRAIN_RETRIES = 2
 # one, `retrain_after_labels` of them after a failed one (a failure late in a run, such as a
 # full disk, would otherwise cost a whole retraining per label); else the id is kept a few
 # minutes after finishing and an hour after failing (a broken setup is retried hourly, not at
-# every watch tick).
+# every watch tick). Each run has a record of its own (GET /jobs), named in the job's meta.
 AUTO_RESULT_TTL_S = 300
 AUTO_FAILURE_TTL_S = 3600
 _ENDED = frozenset({JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED})
@@ -492,6 +501,9 @@ def _release_ended_auto_job(
             ended = _ended_at(job, connection=connection, now=now or utcnow())
             if snapshots_crud.labels_since(session, since=ended) < needed:
                 return
+            # Its record outlives it: an end RQ recorded on its own (a worker killed once more
+            # than its retries allow) goes to the record before the job goes.
+            copy_rq_end(session, job=job)
             pipe.multi()
             job.delete(pipeline=pipe)
             pipe.execute()
@@ -502,8 +514,8 @@ def _release_ended_auto_job(
 def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Queue) -> str | None:
     """Queue one automatic retraining once `retrain_after_labels` new labels exist since the
     latest snapshot; never a second while one is queued or running, and after one has ended,
-    not before a label has come since (`retrain_after_labels` after a failed one). Returns the
-    job id."""
+    not before a label has come since (`retrain_after_labels` after a failed one). Each run is
+    recorded (GET /jobs lists it). Returns the RQ job id (AUTO_RETRAIN_JOB_ID)."""
     if settings.retrain_after_labels <= 0:
         return None
     new_labels = snapshots_crud.labels_since_latest_snapshot(session)
@@ -513,6 +525,37 @@ def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Q
         _release_ended_auto_job(
             session, connection=queue.connection, after_failure=settings.retrain_after_labels
         )
+        # Held (queued, running, ended too recently): no record written and deleted again at
+        # every watch tick of every API process. The enqueue below still decides a race.
+        if queue.connection.exists(Job.key_for(AUTO_RETRAIN_JOB_ID)):
+            return None
+        record_id = _enqueue_auto(session, queue=queue)
+    except DuplicateJobError:
+        return None
+    except RedisError as exc:
+        log.warning(
+            "automatic retraining due (%d new labels) but Redis is unavailable: %s", new_labels, exc
+        )
+        return None
+    log.info(
+        "%d new labels since the last snapshot: automatic retraining queued (job %s)",
+        new_labels,
+        record_id,
+    )
+    return AUTO_RETRAIN_JOB_ID
+
+
+def _enqueue_auto(session: Session, *, queue: Queue) -> str:
+    """Record a run of the automatic retraining and queue it under the fixed id (RQ refuses it,
+    DuplicateJobError, while a run holds the id; the record then goes); its record's id."""
+    record = record_job(
+        session,
+        func=RETRAIN_JOB,
+        args=("auto",),
+        description=AUTO_RETRAIN_DESCRIPTION,
+        retries=RETRAIN_RETRIES,
+    )
+    try:
         queue.enqueue(
             RETRAIN_JOB,
             "auto",
@@ -522,14 +565,11 @@ def maybe_enqueue_auto_retrain(session: Session, *, settings: Settings, queue: Q
             job_timeout=JOB_TIMEOUT_S,
             result_ttl=AUTO_RESULT_TTL_S,
             failure_ttl=AUTO_FAILURE_TTL_S,
-            description="retrain (auto)",
+            description=AUTO_RETRAIN_DESCRIPTION,
+            meta={RECORD_META: record.id},
         )
-    except DuplicateJobError:
-        return None
-    except RedisError as exc:
-        log.warning(
-            "automatic retraining due (%d new labels) but Redis is unavailable: %s", new_labels, exc
-        )
-        return None
-    log.info("%d new labels since the last snapshot: automatic retraining queued", new_labels)
-    return AUTO_RETRAIN_JOB_ID
+    except (DuplicateJobError, RedisError):
+        discard_record(session, record=record)
+        raise
+    mark_sent(session, record=record)
+    return record.id

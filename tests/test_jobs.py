@@ -41,6 +41,7 @@ from service.jobs import (
 )
 from service.ml.training import TrainResult
 from service.redis_server import EmbeddedRedis
+from service.retention import PRUNE_KEY, maybe_enqueue_prune
 from tests.conftest import auth, sqlite_app
 from tests.test_outbox import restart_losing_everything
 from workers.worker import Worker
@@ -330,3 +331,30 @@ def test_get_jobs_lists_them_for_admins_only(
         for query in ("state=lost", "state=FAILED", "limit=0", "limit=501", "since=yesterday"):
             refused = client.get(f"/jobs?{query}", headers=auth("admin"))
             assert refused.status_code == 422, query
+
+
+def test_an_automatic_job_redis_lost_is_recorded_failed_not_sent_again(
+    sqlite_engine: Engine, own_redis: EmbeddedRedis
+) -> None:
+    """Its trigger queues the next (the prune's daily key is lost with the same Redis); sent
+    again from its record as well, it would run twice."""
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    with Session(sqlite_engine) as session:
+        lost = maybe_enqueue_prune(session, queue=queue, retention_days=90)
+    restart_losing_everything(own_redis)
+    conn = redis.Redis.from_url(own_redis.url)
+    queue = Queue("jobs-test", connection=conn)
+    assert redeliver(sqlite_engine, queue) == 0 and queue.count == 0
+    [record] = listed(sqlite_engine)
+    assert (record.job_id, record.status) == (lost, JobState.FAILED)
+    assert (record.error or "").startswith("Redis lost this job")
+    assert not conn.exists(PRUNE_KEY)
+    with Session(sqlite_engine) as session:
+        again = maybe_enqueue_prune(session, queue=queue, retention_days=90)
+    assert again not in (None, lost) and queue.job_ids == [again]
+    assert [(j.job_id, j.status) for j in listed(sqlite_engine)] == [
+        (again, JobState.QUEUED),
+        (lost, JobState.FAILED),
+    ]
+    conn.close()

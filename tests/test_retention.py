@@ -27,8 +27,9 @@ from service.cli import app
 from service.config import Settings
 from service.crud.predictions import prune_predictions, save_predictions
 from service.db import PRUNE_LOCK_TIMEOUT_S
-from service.entities import Feedback, OutboxItem, Prediction, ShadowPrediction
+from service.entities import Feedback, JobState, OutboxItem, Prediction, ShadowPrediction
 from service.entities.common import utcnow
+from service.jobs import PRUNE_DESCRIPTION, JobListed, list_jobs
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE, prune_done
 from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune
@@ -160,12 +161,25 @@ def test_prune_from_the_command_line(
     assert refused.exit_code == 2  # at least a day: never the predictions still being answered
 
 
-def test_the_daily_prune_is_enqueued_once_across_processes(redis_conn: redis.Redis) -> None:
+def enqueue_prune(engine: Engine, queue: Queue, *, retention_days: float) -> str | None:
+    """What an API process's watch loop does once a day."""
+    with Session(engine) as session:
+        return maybe_enqueue_prune(session, queue=queue, retention_days=retention_days)
+
+
+def listed(engine: Engine) -> list[JobListed]:
+    with Session(engine) as session:
+        return list_jobs(session)
+
+
+def test_the_daily_prune_is_enqueued_once_across_processes(
+    sqlite_engine: Engine, redis_conn: redis.Redis
+) -> None:
     """Every API process's watch loop asks; one job per day goes to the training queue."""
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
-    assert maybe_enqueue_prune(redis_conn, queue, retention_days=0) is None
-    first = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
-    again = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
+    assert enqueue_prune(sqlite_engine, queue, retention_days=0) is None
+    first = enqueue_prune(sqlite_engine, queue, retention_days=90)
+    again = enqueue_prune(sqlite_engine, queue, retention_days=90)
     assert first is not None and again is None
     assert queue.job_ids == [first]
     job = queue.fetch_job(first)
@@ -173,8 +187,9 @@ def test_the_daily_prune_is_enqueued_once_across_processes(redis_conn: redis.Red
     # Retried after a failure (a transient database error cost the day's prune).
     assert (job.retries_left, job.retry_intervals) == (3, [300, 1800, 7200])
     assert 0 < redis_conn.ttl(PRUNE_KEY) <= 86_400
+    assert [j.job_id for j in listed(sqlite_engine)] == [first]  # one record: the one queued
     redis_conn.delete(PRUNE_KEY)  # a day later
-    assert maybe_enqueue_prune(redis_conn, queue, retention_days=90) not in (None, first)
+    assert enqueue_prune(sqlite_engine, queue, retention_days=90) not in (None, first)
 
 
 def test_the_worker_runs_the_prune(
@@ -188,7 +203,11 @@ def test_the_worker_runs_the_prune(
     staying = fill_outbox(engine, old_done=3)
     settings = make_settings(database_url=database_url, retention_days=90)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
-    job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=settings.retention_days)
+    job_id = enqueue_prune(engine, queue, retention_days=settings.retention_days)
+    queued = listed(engine)
+    assert [(j.job_id, j.status, j.description) for j in queued] == [
+        (job_id, JobState.QUEUED, PRUNE_DESCRIPTION)
+    ]
     use_context(JobContext(settings))
     try:
         with caplog.at_level(logging.INFO, logger="service.retention"):
@@ -204,6 +223,11 @@ def test_the_worker_runs_the_prune(
     assert "retention: deleted 5 predictions, 5 shadow scores and 3 done outbox rows" in (
         caplog.text
     )
+    # The prune is in the list of jobs with its outcome, as an admin's job is.
+    [done] = listed(engine)
+    assert (done.job_id, done.status, done.error) == (job_id, JobState.FINISHED, None)
+    assert done.result == {"predictions": 5, "shadow_predictions": 5, "outbox_rows": 3}
+    assert done.started_at is not None and done.ended_at is not None
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -221,7 +245,7 @@ def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere_and_is_retried(
     wait for the next day's prune), and once the lock is gone, it deletes."""
     old = log_predictions(engine, old=3, recent=1)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
-    job_id = maybe_enqueue_prune(redis_conn, queue, retention_days=90)
+    job_id = enqueue_prune(engine, queue, retention_days=90)
     assert job_id is not None
     holder = engine.connect()
     holder.execute(text("LOCK TABLE prediction IN ACCESS EXCLUSIVE MODE"))  # as ALTER TABLE
@@ -245,6 +269,10 @@ def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere_and_is_retried(
         assert f"not released within {PRUNE_LOCK_TIMEOUT_S:g} s" in caplog.text
         assert set(old) <= remaining(engine)[0]  # the table was never reached: all there
         assert job.retries_left == 2
+        # Its record says it waits for its retry, and why the try failed.
+        [waiting] = listed(engine)
+        assert (waiting.job_id, waiting.status) == (job_id, JobState.QUEUED)
+        assert "lock timeout" in (waiting.error or ""), waiting.error
         scheduled = ScheduledJobRegistry(queue=queue)
         delay = scheduled.get_scheduled_time(job) - utcnow()
         assert timedelta(minutes=4) < delay <= timedelta(minutes=5)
@@ -256,6 +284,9 @@ def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere_and_is_retried(
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert job.return_value() == {"predictions": 3, "shadow_predictions": 3, "outbox_rows": 0}
     assert not set(old) & remaining(engine)[0]
+    [done] = listed(engine)
+    assert (done.status, done.error) == (JobState.FINISHED, None)
+    assert done.result == {"predictions": 3, "shadow_predictions": 3, "outbox_rows": 0}
 
 
 def test_retention_under_a_day_is_refused(make_settings: Callable[..., Settings]) -> None:

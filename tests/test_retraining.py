@@ -36,9 +36,9 @@ from service.cli import app as cli_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
 from service.crud import snapshots as snapshots_crud
 from service.db import init_db, make_engine
-from service.entities import DatasetSnapshot, ModelStatus, OutboxItem
+from service.entities import DatasetSnapshot, JobState, ModelStatus, OutboxItem
 from service.entities.common import utcnow
-from service.jobs import job_ended
+from service.jobs import job_ended, list_jobs
 from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.encoder import Encoder
@@ -503,7 +503,8 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     """A retraining that raises (here, its base file is missing) would fail every run again:
     it fails once, and the same labels do not queue it again at every watch tick. New labels
     do, as many as start a retraining: a failed automatic retraining no longer holds its job
-    id for an hour."""
+    id for an hour. Each run of it is listed (GET /jobs) with its outcome: it went to Redis
+    only, and an admin asking what ran and what failed did not see it."""
     settings = make_settings(
         database_url=str(sqlite_engine.url),
         base_dataset=tmp_path / "missing.csv",
@@ -517,7 +518,11 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
         with Session(sqlite_engine) as session:
             return retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
 
-    def work() -> int:
+    def jobs() -> list[tuple[str, JobState]]:
+        with Session(sqlite_engine) as session:
+            return [(job.description, job.status) for job in list_jobs(session)]
+
+    def work(settings: Settings = settings) -> int:
         """Run the queue as a worker does; returns how many retrainings it started."""
         caplog.clear()
         use_context(JobContext(settings))
@@ -539,6 +544,10 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     failed = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
     assert failed.get_status() == JobStatus.FAILED
     assert "missing.csv: no such file" in (failed.latest_result().exc_string or "")
+    with Session(sqlite_engine) as session:
+        [run, _manual] = list_jobs(session)
+    assert (run.description, run.status) == ("retrain (auto)", JobState.FAILED)
+    assert "missing.csv: no such file" in (run.error or "") and run.ended_at is not None
     assert auto() is None and queue.count == 0  # no new label: not queued again
     # After a failure, as many labels as start a retraining (a failure late in a run, a full
     # disk, would otherwise cost a whole retraining per label).
@@ -552,6 +561,17 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     assert queued.get_status() == JobStatus.QUEUED
     assert queued.retries_left == retraining.RETRAIN_RETRIES
     assert auto() is None and queue.count == 1  # never a second while one is queued
+    # Each run has a record of its own, under the one RQ id, and one held writes none.
+    assert jobs() == [
+        ("retrain (auto)", JobState.QUEUED),
+        ("retrain (auto)", JobState.FAILED),
+        ("retrain (manual)", JobState.FAILED),
+    ]
+    assert work(make_settings(database_url=str(sqlite_engine.url))) == 1  # its base file back
+    assert jobs()[0] == ("retrain (auto)", JobState.FINISHED)
+    with Session(sqlite_engine) as session:
+        finished = list_jobs(session, limit=1)[0].result
+    assert finished == queued.return_value() and finished["reason"] == "auto"
 
 
 def test_the_automatic_trigger_reads_a_failures_time_on_its_own_clock(

@@ -223,9 +223,10 @@ def auto_recalibrate(state: AppState) -> None:
 
 def auto_prune(state: AppState) -> str | None:
     """Once a day across all API processes, queue the retention job (`retention_days`)."""
-    return maybe_enqueue_prune(
-        state.redis, state.queues.training, retention_days=state.settings.retention_days
-    )
+    with Session(state.engine) as session:
+        return maybe_enqueue_prune(
+            session, queue=state.queues.training, retention_days=state.settings.retention_days
+        )
 
 
 async def watch(state: AppState, interval_s: float = 2.0) -> None:

@@ -1,5 +1,5 @@
-"""`tagflow jobs`: the recorded background jobs (retrainings, comparisons), as GET /jobs lists
-them."""
+"""`tagflow jobs`: the recorded background jobs (retrainings, comparisons, prunes), as GET /jobs
+lists them."""
 
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ def jobs_list(
         bool, typer.Option("--json", help="Print the jobs as JSON, as GET /jobs")
     ] = False,
 ) -> None:
-    """Background jobs, newest first: admins' retrainings and comparisons, with their state
-    and outcome (from the database)."""
+    """Background jobs, newest first: admins' retrainings and comparisons, automatic
+    retrainings and daily prunes, with their state and outcome (from the database)."""
     settings = settings_or_exit()
     with open_session(settings) as session:
         jobs = list_jobs(session, state=state, limit=limit)

@@ -26,9 +26,9 @@ def read_jobs(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = DEFAULT_LISTED,
 ) -> JobList:
-    """The recorded background jobs, newest first: admins' retrainings and comparisons, each
-    with its state and its `result` or `error`. From the database alone (Redis is not
-    asked)."""
+    """The recorded background jobs, newest first: admins' retrainings and comparisons, the
+    automatic retrainings and the daily prunes, each with its state and its `result` or
+    `error`. From the database alone (Redis is not asked)."""
     return JobList(jobs=list_jobs(session, state=state, since=since, limit=limit))
 
 
