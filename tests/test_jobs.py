@@ -267,13 +267,13 @@ def ran_three_and_queued_one(engine: Engine, queue: Queue) -> list[str]:
 
 
 def test_jobs_are_listed_newest_first_by_state_and_time(
-    sqlite_engine: Engine, redis_conn: redis.Redis
+    engine: Engine, redis_conn: redis.Redis
 ) -> None:
     """An admin could read one job by its id, and had no way to ask what ran last night and
     what failed."""
     queue = Queue("jobs-test", connection=redis_conn)
-    first, failed, third, fourth = ran_three_and_queued_one(sqlite_engine, queue)
-    jobs = listed(sqlite_engine)
+    first, failed, third, fourth = ran_three_and_queued_one(engine, queue)
+    jobs = listed(engine)
     assert [j.job_id for j in jobs] == [fourth, third, failed, first]
     assert [j.status for j in jobs] == [
         JobState.QUEUED,
@@ -287,15 +287,15 @@ def test_jobs_are_listed_newest_first_by_state_and_time(
         "posixpath.basename",
     )
     assert jobs[1].ended_at is not None and jobs[0].ended_at is None
-    [failure] = listed(sqlite_engine, state=JobState.FAILED)
+    [failure] = listed(engine, state=JobState.FAILED)
     assert failure.job_id == failed and (failure.error or "").startswith("TypeError:")
-    assert [j.job_id for j in listed(sqlite_engine, state=JobState.FINISHED)] == [third, first]
-    assert [j.job_id for j in listed(sqlite_engine, limit=2)] == [fourth, third]
+    assert [j.job_id for j in listed(engine, state=JobState.FINISHED)] == [third, first]
+    assert [j.job_id for j in listed(engine, limit=2)] == [fourth, third]
     since = jobs[1].created_at
-    assert [j.job_id for j in listed(sqlite_engine, since=since)] == [fourth, third]
+    assert [j.job_id for j in listed(engine, since=since)] == [fourth, third]
     # A time with another offset is the same instant.
-    assert [j.job_id for j in listed(sqlite_engine, since=since.astimezone())] == [fourth, third]
-    assert listed(sqlite_engine, since=utcnow() + timedelta(minutes=1)) == []
+    assert [j.job_id for j in listed(engine, since=since.astimezone())] == [fourth, third]
+    assert listed(engine, since=utcnow() + timedelta(minutes=1)) == []
 
 
 def test_get_jobs_lists_them_for_admins_only(
