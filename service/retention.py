@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
 from sqlalchemy.engine import Engine
@@ -24,6 +25,7 @@ from sqlmodel import Session
 
 from service.crud.predictions import prune_predictions
 from service.db import PRUNE_LOCK_TIMEOUT_S, is_lock_timeout
+from service.entities import JobRecord
 from service.entities.common import utcnow
 from service.jobs import (
     PRUNE_DESCRIPTION,
@@ -50,12 +52,30 @@ def maybe_enqueue_prune(
 ) -> str | None:
     """Record and enqueue the prune job, retried on failure (`PRUNE_RETRY`), if none was
     enqueued within `every` (by any process, in `queue`'s Redis); its id, the record's (GET
-    /jobs lists it). None when retention is off or it is not due."""
+    /jobs lists it). None when retention is off or it is not due. One not enqueued after all
+    (the database or Redis failing, raised) leaves the prune due at the next watch tick."""
     if not retention_days:
         return None
     stamp = utcnow().isoformat()
     if not queue.connection.set(PRUNE_KEY, stamp, nx=True, ex=int(every.total_seconds())):
         return None
+    try:
+        record = _record_and_enqueue(session, queue=queue, retention_days=retention_days)
+    except Exception:
+        # The day's key would otherwise hold off the next try for a day.
+        _still_due(queue.connection)
+        raise
+    mark_sent(session, record=record)
+    log.info(
+        "retention: prune of predictions and done outbox rows older than %g days enqueued",
+        retention_days,
+    )
+    return record.id
+
+
+def _record_and_enqueue(session: Session, *, queue: Queue, retention_days: float) -> JobRecord:
+    """Record the prune job, then enqueue it under its record's id; the record goes if Redis
+    refuses it."""
     record = record_job(
         session,
         func=PRUNE_JOB,
@@ -75,12 +95,15 @@ def maybe_enqueue_prune(
     except RedisError:
         discard_record(session, record=record)
         raise
-    mark_sent(session, record=record)
-    log.info(
-        "retention: prune of predictions and done outbox rows older than %g days enqueued",
-        retention_days,
-    )
-    return record.id
+    return record
+
+
+def _still_due(redis: Redis) -> None:
+    """Delete the day's key of a prune that was not enqueued, so that the next tick tries."""
+    try:
+        redis.delete(PRUNE_KEY)
+    except RedisError as exc:  # a Redis that is away: its key may be lost with it anyway
+        log.warning("retention: the prune was not enqueued and its day's key stays: %s", exc)
 
 
 def prune_older_than(

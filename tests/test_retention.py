@@ -18,8 +18,9 @@ from pydantic import ValidationError
 from rq import Queue
 from rq.job import JobStatus
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
@@ -190,6 +191,23 @@ def test_the_daily_prune_is_enqueued_once_across_processes(
     assert [j.job_id for j in listed(sqlite_engine)] == [first]  # one record: the one queued
     redis_conn.delete(PRUNE_KEY)  # a day later
     assert enqueue_prune(sqlite_engine, queue, retention_days=90) not in (None, first)
+
+
+def test_a_prune_not_enqueued_after_all_is_due_again_at_the_next_tick(
+    sqlite_engine: Engine, tmp_path: Path, redis_conn: redis.Redis
+) -> None:
+    """The day's key is set first: a prune its database could not record (down, locked), or
+    Redis would not take, held off the next try for a day."""
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    bare = create_engine(f"sqlite:///{tmp_path / 'no-tables.db'}")  # the record's insert fails
+    try:
+        with Session(bare) as session, pytest.raises(OperationalError, match="jobrecord"):
+            maybe_enqueue_prune(session, queue=queue, retention_days=90)
+    finally:
+        bare.dispose()
+    assert not redis_conn.exists(PRUNE_KEY) and queue.count == 0
+    job_id = enqueue_prune(sqlite_engine, queue, retention_days=90)  # the next tick
+    assert job_id is not None and queue.job_ids == [job_id]
 
 
 def test_the_worker_runs_the_prune(
