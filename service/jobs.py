@@ -57,7 +57,7 @@ RESULT_TTL_S = 7 * 24 * 3600
 AUTO_RETRAIN_DESCRIPTION = "retrain (auto)"
 PRUNE_DESCRIPTION = "prune (retention)"
 # The automatic retraining has one RQ id for every run, which de-duplicates it
-# (service.retraining); each run has a record of its own, which the RQ job names in its meta.
+# (service.retrain_queue); each run has a record of its own, which the RQ job names in its meta.
 AUTO_RETRAIN_JOB_ID = "tagflow-auto-retrain"
 RECORD_META = "record"
 # A record is written before its job is queued: one younger than this whose job Redis does

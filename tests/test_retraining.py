@@ -30,7 +30,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
 
-from service import retraining
+from service import retrain_queue, retraining
 from service.api.main import create_app
 from service.cli import app as cli_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
@@ -228,8 +228,8 @@ def test_a_retraining_that_dies_registering_its_version_leaves_no_snapshot(
         assert len(registry.list_versions(session)) == 1
         assert snapshots_crud.labels_since_latest_snapshot(session) == 12
         queue = Queue(TRAINING_QUEUE, connection=redis_conn)
-        queued = retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
-        assert queued == retraining.AUTO_RETRAIN_JOB_ID
+        queued = retrain_queue.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+        assert queued == retrain_queue.AUTO_RETRAIN_JOB_ID
 
 
 @pytest.fixture
@@ -408,13 +408,13 @@ def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
     settings = make_settings(retrain_after_labels=3)
 
     def auto(session: Session) -> str | None:
-        return retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+        return retrain_queue.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
 
     add_labels(engine, new_items[:2], share=0.2)
     with Session(engine) as session:
         assert auto(session) is None
         assert (
-            retraining.maybe_enqueue_auto_retrain(
+            retrain_queue.maybe_enqueue_auto_retrain(
                 session, settings=make_settings(retrain_after_labels=0), queue=queue
             )
             is None
@@ -422,7 +422,7 @@ def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
     add_labels(engine, new_items[2:3], share=0.2)
     with Session(engine) as session:
         first, second = auto(session), auto(session)
-        assert first == retraining.AUTO_RETRAIN_JOB_ID and second is None
+        assert first == retrain_queue.AUTO_RETRAIN_JOB_ID and second is None
         assert queue.count == 1
         Job.fetch(first, connection=redis_conn).delete()
         snapshots_crud.create_snapshot(
@@ -434,7 +434,7 @@ def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
     add_labels(engine, new_items[3:6], share=0.2)
     with Session(engine) as session:
         assert snapshots_crud.labels_since_latest_snapshot(session) == 3
-        assert auto(session) == retraining.AUTO_RETRAIN_JOB_ID
+        assert auto(session) == retrain_queue.AUTO_RETRAIN_JOB_ID
 
 
 def test_a_retraining_whose_worker_is_killed_runs_again(
@@ -456,7 +456,7 @@ def test_a_retraining_whose_worker_is_killed_runs_again(
     add_labels(engine, new_items[:3], share=0.2)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
     with Session(engine) as session:
-        job_id = retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+        job_id = retrain_queue.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
     assert job_id is not None
     job = Job.fetch(job_id, connection=redis_conn)
     worker = start_worker(cli_env, redis_url=test_redis_url)
@@ -476,7 +476,7 @@ def test_a_retraining_whose_worker_is_killed_runs_again(
     StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + CLAIM_TTL_S + 1)
     assert job.get_status(refresh=True) == JobStatus.QUEUED
     job.refresh()
-    assert job.retries_left == retraining.RETRAIN_RETRIES - 1
+    assert job.retries_left == retrain_queue.RETRAIN_RETRIES - 1
     use_context(JobContext(settings))
     try:
         Worker([queue], connection=redis_conn).work(burst=True)
@@ -516,7 +516,7 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
 
     def auto() -> str | None:
         with Session(sqlite_engine) as session:
-            return retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+            return retrain_queue.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
 
     def jobs() -> list[tuple[str, JobState]]:
         with Session(sqlite_engine) as session:
@@ -535,13 +535,13 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     caplog.set_level(logging.INFO, logger="workers.training_jobs")
 
     with Session(sqlite_engine) as session:
-        manual_id = retraining.enqueue_retrain(session, queue=queue)
+        manual_id = retrain_queue.enqueue_retrain(session, queue=queue)
     manual = Job.fetch(manual_id, connection=redis_conn)
-    assert manual.retries_left == retraining.RETRAIN_RETRIES  # for a killed worker
-    assert auto() == retraining.AUTO_RETRAIN_JOB_ID
+    assert manual.retries_left == retrain_queue.RETRAIN_RETRIES  # for a killed worker
+    assert auto() == retrain_queue.AUTO_RETRAIN_JOB_ID
     assert work() == 2, "a retraining that raised was run again"
     assert manual.get_status(refresh=True) == JobStatus.FAILED
-    failed = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    failed = Job.fetch(retrain_queue.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
     assert failed.get_status() == JobStatus.FAILED
     assert "missing.csv: no such file" in (failed.latest_result().exc_string or "")
     with Session(sqlite_engine) as session:
@@ -554,12 +554,12 @@ def test_a_failed_retraining_is_not_run_again_and_new_labels_queue_another(
     add_labels(sqlite_engine, new_items[3:5], share=0.2)
     assert auto() is None and queue.count == 0
     add_labels(sqlite_engine, new_items[5:6], share=0.2)
-    assert auto() == retraining.AUTO_RETRAIN_JOB_ID
-    assert queue.job_ids == [retraining.AUTO_RETRAIN_JOB_ID]
+    assert auto() == retrain_queue.AUTO_RETRAIN_JOB_ID
+    assert queue.job_ids == [retrain_queue.AUTO_RETRAIN_JOB_ID]
     assert FailedJobRegistry(queue=queue).get_job_ids() == [manual.id]  # the old one is gone
-    queued = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    queued = Job.fetch(retrain_queue.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
     assert queued.get_status() == JobStatus.QUEUED
-    assert queued.retries_left == retraining.RETRAIN_RETRIES
+    assert queued.retries_left == retrain_queue.RETRAIN_RETRIES
     assert auto() is None and queue.count == 1  # never a second while one is queued
     # Each run has a record of its own, under the one RQ id, and one held writes none.
     assert jobs() == [
@@ -595,13 +595,13 @@ def test_the_automatic_trigger_reads_a_failures_time_on_its_own_clock(
     add_labels(sqlite_engine, new_items[:3], share=0.2)
     queue = Queue(TRAINING_QUEUE, connection=redis_conn)
     with Session(sqlite_engine) as session:
-        assert retraining.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
+        assert retrain_queue.maybe_enqueue_auto_retrain(session, settings=settings, queue=queue)
     use_context(JobContext(settings))
     try:
         Worker([queue], connection=redis_conn).work(burst=True)
     finally:
         use_context(None)
-    job = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+    job = Job.fetch(retrain_queue.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
     assert job.get_status() == JobStatus.FAILED
     api_now = utcnow() + timedelta(hours=2)  # the API's clock, two hours ahead of Redis's
 
@@ -614,10 +614,10 @@ def test_the_automatic_trigger_reads_a_failures_time_on_its_own_clock(
 
     def released() -> bool:
         with Session(sqlite_engine) as session:
-            retraining._release_ended_auto_job(
+            retrain_queue._release_ended_auto_job(
                 session, connection=redis_conn, after_failure=3, now=api_now
             )
-        return not redis_conn.exists(Job.key_for(retraining.AUTO_RETRAIN_JOB_ID))
+        return not redis_conn.exists(Job.key_for(retrain_queue.AUTO_RETRAIN_JOB_ID))
 
     given_at(new_items[3:6], api_now - timedelta(minutes=10))  # before the failure
     assert not released(), "labels given before the failure counted as given since"
@@ -653,7 +653,7 @@ def test_watch_loop_retrains_once_after_enough_labels(
         wait_for_watch_rounds(state, 3)
         assert queue.count == 1, "a second automatic retraining was queued"
         work_training(client, redis_conn)
-        job = Job.fetch(retraining.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
+        job = Job.fetch(retrain_queue.AUTO_RETRAIN_JOB_ID, connection=redis_conn)
         assert job.get_status() == "finished" and job.return_value()["reason"] == "auto"
         failed = [c for c in job.return_value()["checks"] if not c["passed"]]
         assert job.return_value()["promoted"], failed

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from service import comparison, retraining, training_sets
+from service import comparison, retrain_queue, retraining, training_sets
 from service.db import session_scope
 from workers.context import get_context
 from workers.recorded import run_recorded
@@ -20,7 +20,7 @@ def retrain(reason: str = "manual", force: bool = False) -> dict[str, Any]:
     log.info("retraining (%s) started", reason)
     return run_recorded(
         lambda again: _retrain(reason, force, again=again),
-        retries=retraining.RETRAIN_RETRIES,
+        retries=retrain_queue.RETRAIN_RETRIES,
         errors_final=True,
     )
 

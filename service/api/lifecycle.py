@@ -22,7 +22,7 @@ from service.ml import registry
 from service.ml.serving import LoadedModel
 from service.outbox import redeliver_lost, relay
 from service.retention import maybe_enqueue_prune
-from service.retraining import maybe_enqueue_auto_retrain
+from service.retrain_queue import maybe_enqueue_auto_retrain
 
 log = logging.getLogger(__name__)
 REPRIORITIZE_JOB = "workers.review_jobs.reprioritize"

@@ -251,13 +251,13 @@ def _enqueue_retrain(settings: Settings, *, force: bool) -> None:
     from redis import Redis
     from rq import Queue
 
-    from service import retraining
+    from service import retrain_queue
     from service.outbox import TRAINING_QUEUE
 
     queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url or ""))
     try:
         with open_session(settings) as session:
-            job_id = retraining.enqueue_retrain(session, queue=queue, reason="cli", force=force)
+            job_id = retrain_queue.enqueue_retrain(session, queue=queue, reason="cli", force=force)
     except UnavailableError as exc:
         print_error("cannot queue a retraining:", exc)
         raise typer.Exit(2) from None

@@ -27,7 +27,7 @@ from service.jobs import JobAccepted
 from service.ml import production_history, registry
 from service.ml.bundle import bundle_name, export_bundle, import_bundle
 from service.ml.production_history import MAX_HISTORY
-from service.retraining import enqueue_retrain
+from service.retrain_queue import enqueue_retrain
 
 router = APIRouter(prefix="/models", tags=["models"])
 VERSION_NAME = r"^[^\x00-\x20\x7f]+$"  # a version's name: no spaces, no control characters
