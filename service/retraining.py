@@ -301,7 +301,7 @@ def _nothing_new(
         f"nothing new since {production.version}: nothing trained or registered"
         if twin.version == production.version
         else f"the same data and settings made {twin.version}, which production was rolled "
-        "back from: nothing trained or registered (force to train anyway)"
+        "back from: nothing trained or registered"
     )
     log.info("retrain (%s): %s", reason, outcome)
     return {

@@ -42,6 +42,13 @@ from service.redis_server import free_port
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, ROOT, auth, register_promoted
 from tests.test_jobs import ran_three_and_queued_one
 
+# Said by each command that needs Redis without its URL: beside `tagflow up`, the URL to set
+# is the one `up` printed (a new port and password at each start).
+NO_REDIS_URL = (
+    "TAGFLOW_REDIS_URL is not set; the API and the workers share their queues through Redis "
+    "(beside `tagflow up`, set it to the `embedded Redis at redis://...` URL `up` printed)"
+)
+
 
 def _said(output: str) -> str:
     """CLI output with rich's line wrapping undone."""
@@ -307,9 +314,9 @@ def test_out_of_range_options_are_one_line_errors(
 @pytest.mark.parametrize(
     ("command", "overrides", "said"),
     [
-        (["serve"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
-        (["worker"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
-        (["retrain", "--enqueue"], {"TAGFLOW_REDIS_URL": None}, "TAGFLOW_REDIS_URL is not set"),
+        (["serve"], {"TAGFLOW_REDIS_URL": None}, NO_REDIS_URL),
+        (["worker"], {"TAGFLOW_REDIS_URL": None}, NO_REDIS_URL),
+        (["retrain", "--enqueue"], {"TAGFLOW_REDIS_URL": None}, NO_REDIS_URL),
         # Set but not answering, as for `worker` (it used to be exit 1, on two lines).
         (["retrain", "--enqueue"], {}, "cannot queue a retraining: Redis is unavailable"),
         (["worker"], {"TAGFLOW_DATA_DIR": "{tmp}/a-file"}, "a-file: not a directory"),

@@ -930,6 +930,8 @@ def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(
         again = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
         assert again["candidate"] is None and not again["promoted"], again
         assert f"made {rolled_back}, which production was rolled back from" in again["outcome"]
+        # No hint of its own: the CLI adds "--force trains anyway", and said it twice.
+        assert "force" not in again["outcome"]
         assert {v.version for v in registry.list_versions(session)} == {first, rolled_back}
         assert registry.get_production(session).version == first  # type: ignore[union-attr]
 

@@ -42,6 +42,12 @@ if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX R
 console = Console(soft_wrap=True, markup=False)
 # Errors go to stderr, so a script reading a command's output (`--json`) never parses one.
 err_console = Console(stderr=True, soft_wrap=True, markup=False)
+# What a command that queues work says without a Redis URL. Another shell beside `tagflow up`
+# needs the URL `up` printed: its embedded Redis has a new port and password at each start.
+REDIS_URL_UNSET = (
+    "TAGFLOW_REDIS_URL is not set; the API and the workers share their queues through Redis "
+    "(beside `tagflow up`, set it to the `embedded Redis at redis://...` URL `up` printed)"
+)
 
 
 def print_error(heading: str, detail: object = "") -> None:
@@ -292,8 +298,7 @@ def preflight_or_exit(
     if not settings.redis_url:
         print_error(
             f"cannot {action}:",
-            "TAGFLOW_REDIS_URL is not set; the API and the workers share their queues through "
-            "Redis (`tagflow up` starts an embedded one)",
+            REDIS_URL_UNSET,
         )
         raise typer.Exit(2)
     cli_tags(settings)

@@ -13,6 +13,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from service.cli.common import (
+    REDIS_URL_UNSET,
     CommandGroup,
     cli_actor,
     cli_encoder,
@@ -216,7 +217,7 @@ def retrain(
     settings = settings_or_exit()
     if enqueue and not settings.redis_url:
         # A setting, as for `serve` and `worker`: one line, exit code 2.
-        print_error("cannot queue a retraining:", "TAGFLOW_REDIS_URL is not set")
+        print_error("cannot queue a retraining:", REDIS_URL_UNSET)
         raise typer.Exit(2)
     if enqueue and settings.redis_url:
         _enqueue_retrain(settings, force=force)
@@ -237,7 +238,7 @@ def retrain(
     if outcome["candidate"] is None:  # nothing new: no gate, no table
         console.print(
             f"{outcome['outcome']} (train rows {outcome['train_rows']}, "
-            f"{outcome['train_labels']} labels); --force trains anyway"
+            f"{outcome['train_labels']} label(s)); --force trains anyway"
         )
     else:
         console.print(_gate_table(outcome))
