@@ -86,6 +86,27 @@ def test_every_example_sends_a_key_its_route_accepts(sqlite_client: TestClient) 
         assert response.status_code not in (401, 403), (example.command, response.text)
 
 
+def test_the_review_examples_name_the_reviewer_the_printed_keys_need(
+    sqlite_client: TestClient,
+) -> None:
+    """The keys `make run` prints are shared by their role, so a review call must name its
+    reviewer. The claim and label examples sent none, and a reader copying them got a 422."""
+    sent = [e for e in curl_examples(using_it_block()) if e.path.startswith("/review/")]
+    sent = [e for e in sent if e.method == "POST"]
+    assert sent
+    for example in sent:
+        body = re.search(r" -d '([^']*)'", example.command)
+        response = sqlite_client.post(
+            example.path,
+            headers={
+                "Authorization": f"Bearer {KEYS['reviewer']}",
+                "content-type": "application/json",
+            },
+            content=body.group(1) if body else None,
+        )
+        assert "name the reviewer" not in response.text, (example.command, response.text)
+
+
 def test_every_key_variable_is_set_before_its_first_use() -> None:
     """A reader copying the block sets each key first: `VAR=role-...` (the form `make run`
     prints), before the first example that sends it."""
