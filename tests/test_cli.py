@@ -122,6 +122,9 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert rolled.exit_code == 0 and "v0001 is production" in rolled.output
     again = runner.invoke(app, ["models", "rollback", "--from", "v0002"], env=env)
     assert again.exit_code == 1 and "v0002 is not production (v0001 is)" in _said(again.output)
+    # Production already: nothing changes, and it says so, not "APIs switch within seconds".
+    same = runner.invoke(app, ["models", "promote", "v0001"], env=env)
+    assert same.exit_code == 0 and "v0001 is production already: nothing changed" in same.output
     history = runner.invoke(app, ["models", "history", "--json"], env=env)
     assert history.exit_code == 0, history.output
     changes = json.loads(history.output)["changes"]  # as GET /models/history answers

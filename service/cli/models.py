@@ -255,11 +255,16 @@ def _registry_action(action: str, change: Callable[[Session, TagSet, Path], Mode
     try:
         tags = cli_tags(settings)
         with open_session(settings) as session:
+            before = registry.get_production(session)
+            was = before.version if before else None
             row = change(session, tags, settings.artifacts_dir)
     except TagflowError as exc:
         print_error(f"cannot {action}:", exc)
         raise typer.Exit(1) from None
-    console.print(f"{row.version} is production; running APIs switch within seconds")
+    if row.version == was:  # a promote of production: a retry, safe, and nothing to wait for
+        console.print(f"{row.version} is production already: nothing changed")
+    else:
+        console.print(f"{row.version} is production; running APIs switch within seconds")
 
 
 @models_app.command("promote")
