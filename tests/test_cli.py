@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -905,3 +906,19 @@ def test_jobs_list_shows_the_recorded_jobs_as_get_jobs_does(
         refused = runner.invoke(app, ["jobs", "list", *bad], env=cli_env)
         assert refused.exit_code == 2, bad
     engine.dispose()
+
+
+@pytest.mark.parametrize("group", [[], ["models"], ["db"], ["keys"], ["jobs"]])
+def test_the_list_of_commands_shows_each_summary_unbroken(group: list[str]) -> None:
+    """`tagflow --help` listed a summary written over two source lines broken where the
+    docstring's line ended, mid-sentence ("... behind the quality gate. With nothing" and "new
+    since the production model" below it), however wide the terminal."""
+    shown = CliRunner().invoke(app, [*group, "--help"], env={"COLUMNS": "1000"})
+    assert shown.exit_code == 0, shown.output
+    command = typer.main.get_command(app)
+    for name in group:
+        command = command.commands[name]  # type: ignore[attr-defined]
+    lines = shown.output.splitlines()
+    for sub in command.commands.values():  # type: ignore[attr-defined]
+        summary = " ".join(inspect.cleandoc(sub.help or "").split("\n\n")[0].split())
+        assert any(summary in line for line in lines), (sub.name, shown.output)

@@ -4,6 +4,7 @@ encoder and the tag list, and the metrics table."""
 from __future__ import annotations
 
 import getpass
+import inspect
 import os
 import socket
 from collections.abc import Callable
@@ -246,7 +247,16 @@ class CommandGroup(TyperGroup):
     exit code 2, as one that cannot be opened is, not a page of traceback; so is a database
     a newer tagflow has upgraded, and a server that starts refusing the connection for its
     configuration (the database dropped), in its words. Any other database error is a bug,
-    and keeps its traceback."""
+    and keeps its traceback. Its list of commands shows each one's summary as one sentence."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None and command.short_help is None and command.help:
+            # Typer's rich help keeps the docstring's line breaks in the list of commands, so
+            # a summary over two source lines broke mid-sentence there ("With nothing\n new").
+            summary = inspect.cleandoc(command.help).split("\n\n")[0]
+            command.short_help = " ".join(summary.split())
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -15,6 +15,7 @@ import typer
 from sqlalchemy.engine import Engine, make_url
 
 from service.cli.common import (
+    CommandGroup,
     console,
     engine_or_exit,
     first_line,
@@ -28,6 +29,7 @@ from service.db import PRUNE_LOCK_TIMEOUT_S, init_db, is_lock_timeout, is_outage
 db_app = typer.Typer(
     help="The database: schema (Alembic migrations), retention, dead letters, stopped outbox rows.",
     no_args_is_help=True,
+    cls=CommandGroup,
 )
 
 

@@ -10,11 +10,13 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
-from service.cli.common import console, open_session, settings_or_exit
+from service.cli.common import CommandGroup, console, open_session, settings_or_exit
 from service.entities import JobState
 from service.jobs import DEFAULT_LISTED, MAX_LISTED, JobListed, list_jobs
 
-jobs_app = typer.Typer(help="The background jobs, as recorded.", no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="The background jobs, as recorded.", no_args_is_help=True, cls=CommandGroup
+)
 
 OUTCOME_CHARS = 100
 

@@ -9,13 +9,16 @@ from rich.table import Table
 
 from service.api_keys import HASHED, fingerprint, new_key
 from service.cli.common import (
+    CommandGroup,
     console,
     print_error,
     settings_or_exit,
 )
 from service.config import MAX_NAME_CHARS, Role
 
-keys_app = typer.Typer(help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys for TAGFLOW_API_KEYS_FILE.", no_args_is_help=True, cls=CommandGroup
+)
 
 
 @keys_app.command("new")

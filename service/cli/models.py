@@ -15,6 +15,7 @@ from sqlmodel import Session
 
 from service.cli import lineage
 from service.cli.common import (
+    CommandGroup,
     cli_actor,
     cli_encoder,
     cli_tags,
@@ -40,7 +41,7 @@ from service.tags import TagSet
 if TYPE_CHECKING:  # pulls in scikit-learn and ONNX Runtime: `models list` needs neither
     from service.ml.version_check import VersionCheck
 
-models_app = typer.Typer(help="The model registry.", no_args_is_help=True)
+models_app = typer.Typer(help="The model registry.", no_args_is_help=True, cls=CommandGroup)
 
 
 @models_app.command("list")
