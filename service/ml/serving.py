@@ -42,8 +42,12 @@ T = TypeVar("T")
 COMPANY_WINDOWS = 3.0
 ARRIVAL_WEIGHT = 0.1
 MAX_GAP_S = 1.0
-# What /predict's 503 says while no model serves and no production version was refused.
-NO_MODEL = "no production model is loaded yet"
+# What /predict's 503 says while no model serves and no production version was refused; with
+# what makes one, as a new deployment (compose, `serve` on an empty registry) has none.
+NO_MODEL = (
+    "no production model is loaded yet: promote a version (POST /models/{version}/promote), "
+    "or train one with tagflow train --data FILE --promote"
+)
 
 
 @dataclass(frozen=True)
