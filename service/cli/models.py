@@ -27,6 +27,7 @@ from service.cli.common import (
     print_error,
     print_warning,
     settings_or_exit,
+    shown_url,
     warn_seen_in_training,
 )
 from service.entities import ModelStatus, ModelVersion, ProductionChangePublic
@@ -70,7 +71,9 @@ def models_list(
     elif rows:
         console.print(_versions_table(rows))
     else:
-        console.print("no version" + (" meets " + " and ".join(where) if where else " yet"))
+        # Where it looked: run from another folder than `make run`'s, it reads another ./var.
+        empty = f" yet in {shown_url(settings.resolved_database_url)}"
+        console.print("no version" + (" meets " + " and ".join(where) if where else empty))
 
 
 @models_app.command("check")
