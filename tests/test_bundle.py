@@ -20,9 +20,11 @@ from sqlmodel import Session
 from typer.testing import CliRunner
 
 from service.cli import app
+from service.cli.lineage import describe
 from service.config import SEED_DATASET, Settings
 from service.db import init_db, make_engine
 from service.entities import ModelStatus, ModelVersion
+from service.entities.snapshot import ModelLineage
 from service.errors import ArtifactError, InvalidInputError
 from service.ml import registry
 from service.ml.bundle import MAX_TAR_BYTES, Imported, export_bundle, import_bundle, read_bundle
@@ -403,6 +405,15 @@ def test_export_and_import_over_http(sqlite_client: TestClient) -> None:
     seen = sqlite_client.get("/models/v0002", headers=auth("client")).json()
     assert seen["params"]["imported"]["source"] == PurePath(path).name
     assert seen["params"]["imported"]["version"] == "v0001"
+    # Its lineage says it was imported, not "trained from a file alone", as it said.
+    lineage = sqlite_client.get("/models/v0002/lineage", headers=auth("client")).json()
+    assert lineage["imported_from"] == "v0001" and lineage["snapshot_id"] is None
+    said = describe(ModelLineage.model_validate(lineage))
+    assert "imported: it was v0001" in said and "file alone" not in said
+    assert (
+        sqlite_client.get("/models/v0001/lineage", headers=auth("client")).json()["imported_from"]
+        is None
+    )
 
     promoted = sqlite_client.post("/models/v0002/promote", headers=auth("admin"))
     assert promoted.status_code == 200

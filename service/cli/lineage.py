@@ -53,6 +53,12 @@ def describe(made_from: ModelLineage) -> str:
     """A version's lineage in a few lines of text."""
     evaluated = f", evaluated on {made_from.eval_rows}" if made_from.eval_rows is not None else ""
     lines = [f"{made_from.version}: trained on {made_from.train_rows} rows{evaluated}"]
+    if made_from.imported_from is not None:  # its labels, if any, are the exporter's
+        lines.append(
+            f"  imported: it was {made_from.imported_from} of the deployment that exported it, "
+            "whose data lineage it has (params.imported); no reviewer labels here"
+        )
+        return "\n".join(lines)
     if made_from.snapshot_id is None:
         lines.append("  trained from a file alone (tagflow train): no reviewer labels")
         return "\n".join(lines)

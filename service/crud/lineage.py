@@ -42,8 +42,10 @@ def lineage(session: Session, *, version: ModelVersion) -> ModelLineage:
     params = version.params
     eval_rows = params.get("eval_rows")
     if version.dataset_snapshot_id is None:
+        imported = params.get("imported")
         return ModelLineage(
             version=version.version,
+            imported_from=imported.get("version") if isinstance(imported, dict) else None,
             snapshot_id=None,
             read_at=None,
             base_hash=None,

@@ -35,7 +35,7 @@ class ModelLineage(SQLModel):
     """The data a version was made from, as the registry records it: the base file (by hash
     and rows) and the reviewer labels it trained on or was evaluated on, by id, with the user
     reports behind those labels. A version trained from a file alone (`tagflow train`) has no
-    snapshot: `snapshot_id` null and no labels."""
+    snapshot: `snapshot_id` null and no labels; so has an imported one, with `imported_from`."""
 
     version: str
     snapshot_id: int | None
@@ -49,3 +49,6 @@ class ModelLineage(SQLModel):
     train_label_ids: list[int]
     holdout_label_ids: list[int]
     reports: list[LineageReport]
+    # For a version imported from another deployment, the version it was there: its snapshot,
+    # labels and reports are that deployment's (`params.imported`), none of them here.
+    imported_from: str | None = None
