@@ -6,6 +6,7 @@ it (the public schema dropped and recreated) before each test.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import threading
@@ -542,7 +543,9 @@ def test_a_registry_gets_the_promotions_its_versions_remember(
         assert production_history.undoable(session).version == "v0001"  # type: ignore[union-attr]
 
 
-def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:
+def test_init_db_twice_is_a_no_op(
+    engines: Callable[[], Engine], caplog: pytest.LogCaptureFixture
+) -> None:
     engine = engines()
     init_db(engine)
     statements: list[str] = []
@@ -551,12 +554,15 @@ def test_init_db_twice_is_a_no_op(engines: Callable[[], Engine]) -> None:
         statements.append(statement.strip().split(None, 1)[0].upper())
 
     event.listen(engine, "before_cursor_execute", record)
-    init_db(engine)
+    with caplog.at_level(logging.DEBUG, logger="alembic"):
+        init_db(engine)
     event.remove(engine, "before_cursor_execute", record)
 
     assert statements, "the second call still checks the version"
     assert set(statements) <= {"SELECT", "PRAGMA"}, statements
     assert _version_rows(engine) == [head_revision()]
+    # Every start of the API, the worker and the CLI calls it: nothing to say when up to date.
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
 
 
 def test_concurrent_init_db_on_a_fresh_database(engines: Callable[[], Engine]) -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
@@ -82,9 +81,18 @@ def known_revisions() -> frozenset[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision the database is at; None for an empty (or create_all-made) database."""
+    """The revision the database is at; None for an empty (or create_all-made) database.
+
+    Read from the version table directly: Alembic's MigrationContext logs two INFO lines
+    ("Context impl ...", "Will assume ... DDL") each time it is made, and every start of the
+    API, the worker and the CLI asks, so `tagflow up` printed six such lines for nothing."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        revisions = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(revisions) > 1:  # as Alembic's get_current_revision: one line of history only
+        raise RuntimeError(f"the database is at several revisions: {sorted(revisions)}")
+    return revisions[0] if revisions else None
 
 
 def upgrade(engine: Engine) -> None:
