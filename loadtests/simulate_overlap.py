@@ -27,7 +27,7 @@ from sqlmodel import Session, select
 
 from service.config import DEFAULT_TAGS_FILE
 from service.crud import labels as labels_crud
-from service.crud import overlap, review_intake
+from service.crud import leases, overlap, review_intake
 from service.crud import review as review_crud
 from service.db import init_db, make_engine
 from service.entities import Label, ReviewReason, ReviewTask
@@ -76,7 +76,7 @@ def run(examples: list[Example], tags: TagSet, *, share: float, seed: int) -> di
         idle = 0
         for person in rng.sample(people, len(people)):
             with Session(engine, expire_on_commit=False) as session:
-                task = review_crud.claim(session, reviewer=person.name, lease_s=600)
+                task = leases.claim(session, reviewer=person.name, lease_s=600)
                 if task is None:
                     idle += 1
                     continue

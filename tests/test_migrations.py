@@ -39,8 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, SQLModel
 
-from service.crud import overlap, reviewers
-from service.crud import review as review_crud
+from service.crud import leases, overlap, reviewers
 from service.db import current_revision, head_revision, init_db, make_engine
 from service.entities import (
     Label,
@@ -464,7 +463,7 @@ def test_open_tasks_name_their_reviewers_as_recorded_after_0014(
     with Session(engine) as session:
         ann = reviewers.recorded_name(session, name="ann")
         assert ann == "Ann"
-        held = review_crud.claim(session, reviewer=ann, lease_s=600)
+        held = leases.claim(session, reviewer=ann, lease_s=600)
         assert held is not None and held.id == ids[1]  # her lease, resumed
         open_to_ann = session.scalars(
             select(ReviewTask.id).where(overlap.not_labelled_by(ann), ReviewTask.id == ids[0])

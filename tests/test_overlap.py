@@ -17,7 +17,7 @@ from sqlmodel import Session, select
 from service.config import Settings
 from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
-from service.crud import overlap, queue_bound
+from service.crud import leases, overlap, queue_bound
 from service.crud import review as review_crud
 from service.crud.labels import holdout_for
 from service.crud.predictions import in_audit_sample
@@ -48,7 +48,7 @@ def label(engine: Engine, task_id: int, tag: str, reviewer: str, share: float = 
 
 
 def claim(engine: Engine, reviewer: str) -> int | None:
-    task = do(engine, review_crud.claim, reviewer=reviewer, lease_s=60)
+    task = do(engine, leases.claim, reviewer=reviewer, lease_s=60)
     return None if task is None else task.id
 
 

@@ -1,5 +1,5 @@
 """The review queue's storage and jobs on SQLite and PostgreSQL: task creation and bumping,
-duplicates and diversity, leases under concurrency, append-only labels, re-prioritisation."""
+duplicates and diversity, append-only labels, re-prioritisation (leases: test_leases.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,8 @@ from sqlmodel import Session, select
 
 from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud import labels as labels_crud
+from service.crud import leases, review_intake
 from service.crud import review as review_crud
-from service.crud import review_intake
 from service.crud.predictions import add_label_checks
 from service.db import is_outage, make_engine
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
@@ -230,7 +229,7 @@ def test_user_report_bumps_the_task_and_links_the_feedback(ctx: JobContext, engi
             f and f.task_id == task.id and f.status == FeedbackStatus.IN_REVIEW for f in feedback
         )
     assert task.id is not None
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    do(engine, leases.claim, reviewer="ann", lease_s=60)
     label = label_task(engine, task.id, "computer-vision")
     with Session(engine) as session:
         confirmed, rejected = (session.get(Feedback, i) for i in reports)
@@ -281,7 +280,7 @@ def test_a_doubted_training_label_becomes_one_label_check_task(
     assert task.suggestion_tag == "computer-vision" and task.model_version == "v0001"
     assert task.suggestion_scores["natural-language-processing"] == 0.9
     assert task.id is not None
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    do(engine, leases.claim, reviewer="ann", lease_s=60)
     label_task(engine, task.id, "computer-vision")
     again = review_jobs.process_review(outbox[0].payload)
     assert again["action"] == "already_labeled"
@@ -425,146 +424,12 @@ def test_near_copies_behind_a_task_get_a_diversity_penalty(ctx: JobContext, engi
     assert copy.priority < other.priority < lead.priority
 
 
-# --- leases ------------------------------------------------------------------------------
-
-
-def test_claim_hands_out_the_highest_priority_with_a_lease(engine: Engine) -> None:
-    low, high = add_task(engine, "low", 0.2), add_task(engine, "high", 0.9)
-    before = utcnow()
-    task = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
-    assert task.id == high and task.status == ReviewStatus.LEASED and task.leased_by == "ann"
-    stored = get(engine, high)
-    assert stored.status == ReviewStatus.LEASED
-    expires = stored.lease_expires_at
-    assert expires is not None
-    assert before + timedelta(seconds=59) < expires.replace(tzinfo=before.tzinfo)
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == low
-    assert do(engine, review_crud.claim, reviewer="cat", lease_s=60) is None
-
-
-def test_a_claim_gives_back_the_task_the_reviewer_holds(engine: Engine) -> None:
-    """A reviewer whose page lost its task (a crash, a key re-issued) gets it back on the next
-    claim, with a fresh lease, rather than leaving it stranded until the lease runs out."""
-    high, low = add_task(engine, "high", 0.9), add_task(engine, "low", 0.2)
-    first = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
-    assert first.id == high
-    again = do(engine, review_crud.claim, reviewer="ann", lease_s=600)
-    assert again.id == high and again.leased_by == "ann"
-    expires = get(engine, high).lease_expires_at
-    assert expires is not None and first.lease_expires_at is not None
-    assert expires - first.lease_expires_at > timedelta(seconds=500)  # renewed, not kept
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == low
-    label_task(engine, high, "mlops", reviewer="ann")
-    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60) is None  # bob holds low
-    with Session(engine) as session:  # bob's lease ran out: not his to resume any more
-        task = session.get(ReviewTask, low)
-        assert task is not None
-        task.lease_expires_at = utcnow() - timedelta(seconds=1)
-        session.add(task)
-        session.commit()
-    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == low
-
-
-def test_expired_leases_return_to_the_queue(engine: Engine) -> None:
-    task_id = add_task(engine, "only", 0.5)
-    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == task_id
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60) is None
-    with Session(engine) as session:
-        task = session.get(ReviewTask, task_id)
-        assert task is not None
-        task.lease_expires_at = utcnow() - timedelta(seconds=1)
-        session.add(task)
-        session.commit()
-    stats = do(engine, review_crud.stats, now=utcnow())
-    assert (stats["open"], stats["leased"]) == (1, 0)
-    again = do(engine, review_crud.claim, reviewer="bob", lease_s=60)
-    assert again.id == task_id and again.leased_by == "bob"
-    with pytest.raises(ConflictError):  # ann's lease is gone: bob holds it now
-        label_task(engine, task_id, "mlops", reviewer="ann")
-
-
-@pytest.mark.parametrize("n_tasks", [30, 10])
-def test_concurrent_claims_never_share_a_task(engine: Engine, n_tasks: int) -> None:
-    ids = {add_task(engine, f"item {i}", i / n_tasks) for i in range(n_tasks)}
-    barrier = threading.Barrier(20)
-    got: list[int | None] = []
-    errors: list[BaseException] = []
-    lock = threading.Lock()
-
-    def claim(n: int) -> None:
-        barrier.wait()
-        try:
-            task = do(engine, review_crud.claim, reviewer=f"r{n}", lease_s=60)
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-            return
-        with lock:
-            got.append(task.id if task else None)
-
-    threads = [threading.Thread(target=claim, args=(n,)) for n in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    handed = [i for i in got if i is not None]
-    assert len(handed) == len(set(handed)) == min(20, n_tasks)
-    assert set(handed) <= ids
-    leased = [t for t in tasks(engine) if t.status == ReviewStatus.LEASED]
-    assert {t.id for t in leased} == set(handed)
-    assert len({t.leased_by for t in leased}) == len(leased)
-
-
-def test_skip_sinks_a_task_and_offers_it_to_others_first(engine: Engine) -> None:
-    first, second = add_task(engine, "first", 0.9), add_task(engine, "second", 0.5)
-    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == first
-    with pytest.raises(ConflictError):
-        do(engine, review_crud.skip, task_id=first, reviewer="bob")
-    skipped = do(engine, review_crud.skip, task_id=first, reviewer="ann")
-    assert skipped.status == ReviewStatus.OPEN and skipped.skips == 1
-    assert skipped.priority == pytest.approx(0.9 - review_intake.SKIP_STEP)
-    assert skipped.priority == pytest.approx(review_intake.task_priority(skipped))
-    assert do(engine, review_crud.claim, reviewer="ann", lease_s=60).id == second
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == first
-
-
-def test_skipping_every_item_goes_round_them_instead_of_back_to_the_same(
-    engine: Engine,
-) -> None:
-    """Once a reviewer has skipped every item open to them, S moves on to the item they
-    skipped longest ago. Before, the skipped ones came back in priority order, so the top one
-    came back at every skip until its priority sank below the next (in a probe on a real
-    stack: 8 skips in a row answered with the same item while another waited)."""
-    top, low = add_task(engine, "top", 0.96), add_task(engine, "low", 0.6)
-    handed = []
-    for _ in range(6):
-        task = do(engine, review_crud.claim, reviewer="ann", lease_s=60)
-        handed.append(task.id)
-        do(engine, review_crud.skip, task_id=task.id, reviewer="ann")
-    assert handed == [top, low, top, low, top, low]
-    # Someone who skipped nothing still gets them in priority order.
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == top
-
-
-def test_release_gives_the_lease_back_unchanged(engine: Engine) -> None:
-    task_id = add_task(engine, "first", 0.9)
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
-    with pytest.raises(ConflictError):
-        do(engine, review_crud.release, task_id=task_id, reviewer="bob")
-    released = do(engine, review_crud.release, task_id=task_id, reviewer="ann")
-    assert released.status == ReviewStatus.OPEN and released.leased_by is None
-    assert (released.skips, released.priority) == (0, pytest.approx(0.9))
-    assert do(engine, review_crud.claim, reviewer="bob", lease_s=60).id == task_id
-    with pytest.raises(NotFoundError):
-        do(engine, review_crud.release, task_id=999_999, reviewer="ann")
-
-
 # --- labels ------------------------------------------------------------------------------
 
 
 def test_label_checks_tag_task_and_lease(engine: Engine) -> None:
     task_id = add_task(engine, "first", 0.9)
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    do(engine, leases.claim, reviewer="ann", lease_s=60)
     with pytest.raises(InvalidInputError):
         label_task(engine, task_id, "not-a-tag")
     with pytest.raises(NotFoundError):
@@ -641,9 +506,9 @@ def test_holdout_is_fixed_by_the_content_hash(engine: Engine) -> None:
 def test_stats_count_the_queue(engine: Engine) -> None:
     a, _b = add_task(engine, "a", 0.9), add_task(engine, "b", 0.5)
     add_task(engine, "c", 0.1, reason=ReviewReason.USER_REPORT)
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    do(engine, leases.claim, reviewer="ann", lease_s=60)
     label_task(engine, a, "mlops")
-    do(engine, review_crud.claim, reviewer="ann", lease_s=60)
+    do(engine, leases.claim, reviewer="ann", lease_s=60)
     with Session(engine) as session:
         session.add(OutboxItem(kind="review", payload={}))
         session.commit()

@@ -27,7 +27,7 @@ from service.api_keys import KeyRing, name_key
 from service.config import MAX_NAME_CHARS, Caller
 from service.crud import feedback as feedback_crud
 from service.crud import labels as labels_crud
-from service.crud import overlap
+from service.crud import leases, overlap
 from service.crud import review as review_crud
 from service.crud import reviewers as reviewers_crud
 from service.entities import AgreementStats, LabelPublic, ReviewerStats
@@ -170,7 +170,7 @@ def claim(
 ) -> ReviewTaskPublic | Response:
     """Lease the most useful open task to the reviewer for `review_lease_s` seconds."""
     reviewer = acting_reviewer(session, caller, body, keys)
-    task = review_crud.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
+    task = leases.claim(session, reviewer=reviewer, lease_s=settings.review_lease_s)
     if task is None:
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return task_public(session, task, tags=tags)
@@ -284,7 +284,7 @@ def release_task(
 ) -> ReviewTaskPublic:
     """Give the lease back unchanged (page closed)."""
     reviewer = acting_reviewer(session, caller, body, keys)
-    task = review_crud.release(session, task_id=task_id, reviewer=reviewer)
+    task = leases.release(session, task_id=task_id, reviewer=reviewer)
     return task_public(session, task, tags=tags)
 
 
@@ -301,7 +301,7 @@ def renew_task(
     """Keep the lease: `review_lease_s` more seconds from now, for its holder only (the page
     renews while its reviewer is at the item; 409 once the task is not theirs)."""
     reviewer = acting_reviewer(session, caller, body, keys)
-    task = review_crud.renew(
+    task = leases.renew(
         session, task_id=task_id, reviewer=reviewer, lease_s=settings.review_lease_s
     )
     return task_public(session, task, tags=tags)
@@ -332,7 +332,7 @@ def release_held(
     in the reviewer's other tabs) stay leased to them."""
     reviewer = acting_reviewer(session, caller, body, keys)
     keep = body.keep if body is not None else []
-    return Released(released=review_crud.release_held(session, reviewer=reviewer, keep=keep))
+    return Released(released=leases.release_held(session, reviewer=reviewer, keep=keep))
 
 
 @router.post(
