@@ -318,6 +318,31 @@ def test_out_of_range_options_are_one_line_errors(
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_threshold_note_the_registry_cannot_show_is_refused(
+    cli_env: dict[str, str], make_settings: Callable[..., Settings]
+) -> None:
+    """A byte that is not UTF-8 in `--note` (a Latin-1 terminal's "é") reaches Python as a lone
+    surrogate. It was kept in the version's threshold history, after which every GET /models
+    and GET /models/{version} answered 500 (their JSON cannot hold it): now a usage error, and
+    the cut is not changed."""
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=cli_env)
+    assert trained.exit_code == 0, trained.output
+    latin1 = runner.invoke(
+        app, ["models", "threshold", "v0001", "0.9", "--note", "caf\udce9"], env=cli_env
+    )
+    assert latin1.exit_code == 2 and "Invalid value for '--note'" in _said(latin1.output)
+    settings = make_settings()  # the same data directory, so the same registry
+    with Session(make_engine(settings.resolved_database_url)) as session:
+        row = registry.get_version(session, version="v0001")
+        assert "history" not in row.thresholds and "serving" not in row.thresholds
+        registry.public_record(row, artifacts_dir=settings.artifacts_dir).model_dump_json()
+    kept = runner.invoke(
+        app, ["models", "threshold", "v0001", "0.9", "--note", "café"], env=cli_env
+    )
+    assert kept.exit_code == 0, kept.output
+
+
 @pytest.mark.parametrize(
     ("command", "overrides", "said"),
     [

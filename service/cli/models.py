@@ -368,8 +368,23 @@ def models_recalibrate(
     )
 
 
+def _storable_note(value: str) -> str:
+    """A note the database can store. A byte that is not UTF-8 in an argument (a Latin-1
+    terminal's "é") reaches Python as a lone surrogate, which no database stores."""
+    try:
+        return storable(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"{exc}: is the terminal's encoding UTF-8?") from None
+
+
 @models_app.command("threshold")
-def models_threshold(version: str, threshold: float, note: str = "") -> None:
+def models_threshold(
+    version: str,
+    threshold: float,
+    note: Annotated[
+        str, typer.Option(callback=_storable_note, help="Kept in the version's history")
+    ] = "",
+) -> None:
     """Set the auto-acceptance cut a version is served with (1.01: everything to review)."""
     settings = settings_or_exit()
     try:
@@ -428,15 +443,6 @@ def models_export(
         raise typer.Exit(1) from None
     signed = "signed" if settings.bundle_key else "not signed: no TAGFLOW_BUNDLE_KEY"
     console.print(f"{version} exported to {target} ({len(data) / 1e6:.1f} MB, {signed})")
-
-
-def _storable_note(value: str) -> str:
-    """A note the database can store. A byte that is not UTF-8 in an argument (a Latin-1
-    terminal's "é") reaches Python as a lone surrogate, which no database stores."""
-    try:
-        return storable(value)
-    except ValueError as exc:
-        raise typer.BadParameter(f"{exc}: is the terminal's encoding UTF-8?") from None
 
 
 @models_app.command("import")
