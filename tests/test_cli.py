@@ -318,6 +318,22 @@ def test_out_of_range_options_are_one_line_errors(
     assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_a_training_file_whose_name_the_registry_cannot_show_is_refused(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A file name with a byte that is not UTF-8 (a Latin-1 "é") reaches Python as a lone
+    surrogate. The version trained on it was registered with that path as `params.source`,
+    after which every GET /models answered 500: now a usage error, before any training."""
+    latin1 = tmp_path / "caf\udce9.csv"  # bytes b"caf\xe9.csv" on disk
+    latin1.write_bytes(SEED_DATASET.read_bytes())
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--data", str(latin1)], env=cli_env)
+    assert refused.exit_code == 2, refused.output
+    assert "its name is not UTF-8 text" in _said(refused.output)
+    listed = runner.invoke(app, ["models", "list", "--json"], env=cli_env)
+    assert listed.exit_code == 0 and json.loads(listed.stdout)["models"] == []
+
+
 def test_a_threshold_note_the_registry_cannot_show_is_refused(
     cli_env: dict[str, str], make_settings: Callable[..., Settings]
 ) -> None:

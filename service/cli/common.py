@@ -30,6 +30,7 @@ from service.db import (
     is_server_away,
     make_engine,
 )
+from service.entities.common import storable
 from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -111,11 +112,16 @@ def port_free_or_exit(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
-def input_file_or_exit(path: Path, *, action: str, name: str) -> Path:
+def input_file_or_exit(path: Path, *, action: str, name: str, recorded: bool = False) -> Path:
     """`path` as a file to read, for the argument or option `name`. Missing, a directory, or
     not readable is one line naming the path and what is wrong, exit code 2 (a usage error):
-    said at once, before the command loads or asks anything."""
-    if not path.exists():
+    said at once, before the command loads or asks anything. `recorded`: the path is kept in
+    the registry (a version's `params.source`), so it must be text a database and a JSON answer
+    can hold: a byte that is not UTF-8 in it (a Latin-1 file name) reaches Python as a lone
+    surrogate, and a version recorded with one made every GET /models answer 500."""
+    if recorded and not _is_storable(str(path.resolve())):
+        reason = "its name is not UTF-8 text, which the registry records; rename the file"
+    elif not path.exists():
         reason = "no such file"
     elif path.is_dir():
         reason = "a directory, not a file"
@@ -126,6 +132,14 @@ def input_file_or_exit(path: Path, *, action: str, name: str) -> Path:
         except OSError as exc:  # no permission, a broken mount
             reason = f"cannot read it ({exc.strerror or exc})"
     _path_error(action, path, reason, name)
+
+
+def _is_storable(text: str) -> bool:
+    try:
+        storable(text)
+    except ValueError:
+        return False
+    return True
 
 
 def output_file_or_exit(path: Path, *, action: str, name: str) -> Path:

@@ -126,7 +126,7 @@ def train(
     """Validate a training file, train, evaluate on a held-out split, register the version."""
     settings = settings_or_exit()
     tags = cli_tags(settings)
-    input_file_or_exit(data, action="train", name="--data")
+    input_file_or_exit(data, action="train", name="--data", recorded=True)
     try:
         # A bad file fails fast, before the encoder loads.
         load_training_file(data, tags=tags)
