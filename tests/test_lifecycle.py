@@ -178,3 +178,27 @@ def test_api_processes_ask_for_one_rescoring_of_the_queue_per_change_of_producti
         (first_version,),
         (candidate,),
     ]
+
+
+def test_a_production_refused_at_start_is_logged_as_nothing_served(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    seed_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The refusal's line said "still serving None" when no version was served yet (the API
+    started with its production artifact damaged)."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    version = register_promoted(engine, settings, seed_result)
+    with Session(engine) as session:
+        row = registry.get_version(session, version=version)
+    engine.dispose()
+    folder = registry.artifact_folder(row, artifacts_dir=settings.artifacts_dir)
+    (folder / registry.MODEL_FILE).write_bytes(b"not the model")
+    caplog.set_level(logging.ERROR, logger="service.api.lifecycle")
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 503
+    (line,) = {r.getMessage() for r in caplog.records if "checksum" in r.getMessage()}
+    assert line.endswith(": refused; nothing served"), line

@@ -82,7 +82,8 @@ def _serve(state: AppState, row: ModelVersion) -> None:
             if message not in state.model_errors:
                 state.model_errors.append(message)
                 state.model_refusals += 1
-                log.error("%s; still serving %s", message, current.version if current else None)
+                serving = f"still serving {current.version}" if current else "nothing served"
+                log.error("%s; %s", message, serving)
         else:
             _resolve_refusals(state, row)
             _enqueue_reprioritize(state, row)
