@@ -419,6 +419,32 @@ def test_filter_by_metric_criteria(
         registry.Criterion.parse("weighted_f1<1e999")  # no version's metric is infinite
 
 
+def test_criteria_name_any_approved_tag(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    """The tag file takes any name ("time series", "c++", "v1.0"), and a version's figures are
+    under it: a criterion on such a tag was "not of the form metric.path>=number" (the path
+    was letters, digits, "_", "-" and dots only) and a dot in a tag split its name."""
+    with Session(engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        figures = {"precision": 0.9, "recall": 0.8, "f1": 0.85, "support": 10}
+        per_class = {**row.metrics["per_class"], "time series": figures, "c++": figures}
+        row.metrics = {**row.metrics, "per_class": {**per_class, "v1.0": figures}}
+        session.add(row)
+        session.commit()
+        for name in ("time series", "c++", "v1.0"):
+            met = registry.Criterion.parse(f"per_class.{name}.precision >= 0.9")
+            assert registry.list_versions(session, criteria=[met]) == [row], name
+            unmet = registry.Criterion.parse(f" per_class.{name}.recall>0.8 ")
+            assert registry.list_versions(session, criteria=[unmet]) == [], name
+        typo = registry.Criterion.parse("per_class.time seris.precision>=0")
+        with pytest.raises(InvalidInputError, match="did you mean per_class.time series"):
+            registry.list_versions(session, criteria=[typo])
+    for malformed in (">=0.5", "  <1", "per_class.x.precision=>0.5", "a>=b>=1"):
+        with pytest.raises(InvalidInputError, match="is not of the form"):
+            registry.Criterion.parse(malformed)
+
+
 def test_a_versions_times_are_shown_in_utc_on_both_databases(client: TestClient) -> None:
     """SQLite gives stored times back without their zone: a record shown as `"23:00"` reads as
     the client's local time, where PostgreSQL's says `"23:00Z"`. Every place a record is shown

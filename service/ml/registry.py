@@ -43,14 +43,16 @@ MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to
 LABEL_CHECKS = "label_checks"
 log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
-_CRITERION = re.compile(r"^\s*([\w.\-]+)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
+# A metric's path is any text but the operators: it names tags, which the tag file allows to
+# hold spaces and other signs ("time series", "c++"), and dots ("v1.0").
+_CRITERION = re.compile(r"^\s*([^<>=]*?)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
 
 
 @dataclass(frozen=True)
 class Criterion:
     """A metric condition such as `per_class.mlops.precision>=0.95`."""
 
-    path: tuple[str, ...]
+    name: str  # the metric's dotted path, as `metric_paths` names it
     op: str
     value: float
 
@@ -58,7 +60,7 @@ class Criterion:
     def parse(cls, text: str) -> Criterion:
         match = _CRITERION.match(text)
         try:
-            value = float(match[3]) if match else None
+            value = float(match[3]) if match and match[1] else None
         except ValueError:  # the pattern lets through "e", "." or "1e"
             value = None
         if match is None or value is None or not math.isfinite(value):
@@ -66,15 +68,30 @@ class Criterion:
                 f"criterion {text!r} is not of the form metric.path>=number "
                 "(e.g. per_class.mlops.precision>=0.95)"
             )
-        return cls(tuple(match[1].split(".")), match[2], value)
+        return cls(match[1], match[2], value)
 
     def holds(self, metrics: dict[str, Any]) -> bool:
-        node: Any = metrics
-        for key in self.path:
-            if not isinstance(node, dict) or key not in node:
-                return False
-            node = node[key]
-        return isinstance(node, int | float) and _OPS[self.op](node, self.value)
+        node = _metric(metrics, self.name)
+        return (
+            isinstance(node, int | float)
+            and not isinstance(node, bool)
+            and _OPS[self.op](node, self.value)
+        )
+
+
+def _metric(node: Any, name: str) -> Any:
+    """The value at dotted path `name` in a metrics document (None if there is none), a key
+    holding dots itself (a tag named "v1.0") included."""
+    if not isinstance(node, dict):
+        return None
+    if name in node:
+        return node[name]
+    for key, value in node.items():
+        if name.startswith(f"{key}."):
+            found = _metric(value, name[len(key) + 1 :])
+            if found is not None:
+                return found
+    return None
 
 
 def sha256_file(path: Path) -> str:
@@ -337,7 +354,7 @@ def _check_known(criteria: list[Criterion], rows: list[ModelVersion]) -> None:
     # all the same: the criterion leaves that version out, it is not a typo.
     known = {path for row in rows for path in metric_paths(row.metrics, with_null=True)}
     for criterion in criteria:
-        name = ".".join(criterion.path)
+        name = criterion.name
         if rows and name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.75)
             hint = f"; did you mean {' or '.join(close)}?" if close else ""
