@@ -334,6 +334,20 @@ def test_a_training_file_whose_name_the_registry_cannot_show_is_refused(
     assert listed.exit_code == 0 and json.loads(listed.stdout)["models"] == []
 
 
+def test_a_user_name_that_is_not_utf8_is_recorded_escaped(cli_env: dict[str, str]) -> None:
+    """A byte that is not UTF-8 in LOGNAME (a Latin-1 "é") reaches Python as a lone surrogate:
+    `models promote` (and rollback, `train --promote`) ended in a traceback from the database
+    driver instead of changing production. The history names the user with the byte escaped."""
+    env = {**cli_env, "LOGNAME": "caf\udce9"}
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train", "--data", str(SEED_DATASET), "--promote"], env=env)
+    assert trained.exit_code == 0, trained.output
+    listed = runner.invoke(app, ["models", "history", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    (change,) = json.loads(listed.stdout)["changes"]
+    assert change["actor"].startswith("tagflow train --promote (caf\\xe9@")
+
+
 def test_a_threshold_note_the_registry_cannot_show_is_refused(
     cli_env: dict[str, str], make_settings: Callable[..., Settings]
 ) -> None:

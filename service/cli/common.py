@@ -350,7 +350,10 @@ def cli_actor(command: str) -> str:
         user = getpass.getuser()
     except (KeyError, OSError):  # a container user with no name and no LOGNAME/USER set
         user = "an unnamed user"
-    return f"{command} ({user}@{socket.gethostname()})"
+    actor = f"{command} ({user}@{socket.gethostname()})"
+    # A byte that is not UTF-8 in LOGNAME or USER (a Latin-1 "é") reaches Python as a lone
+    # surrogate, which no database stores: shown as its escape ("caf\\xe9") instead.
+    return os.fsencode(actor).decode("utf-8", "backslashreplace")
 
 
 def cli_encoder(settings: Settings) -> Encoder:
