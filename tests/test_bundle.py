@@ -269,6 +269,14 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
             lambda data: _with_record(data, lambda r: r["metrics"]["auto"].update(coverage=2)),
             "metric auto.coverage is 2",
         ),
+        (
+            lambda data: _with_record(data, lambda r: r["params"].update(source="caf\udce9.csv")),
+            "holds a lone UTF-16 surrogate",
+        ),
+        (
+            lambda data: _with_record(data, lambda r: r["metrics"].update({"\ud800": 1.0})),
+            "holds a lone UTF-16 surrogate",
+        ),
         (lambda data: _with_report(data, b"{not json"), "report.json is not JSON"),
         (lambda data: _with_report(data, b'{"version": "v0001"}'), "has no metrics"),
         (
@@ -294,6 +302,8 @@ def test_a_model_with_tags_this_deployment_does_not_approve_is_refused(
         "rows-negative",
         "f1-not-a-number",
         "coverage-out-of-range",
+        "surrogate-in-params",
+        "surrogate-in-metrics",
         "report-not-json",
         "report-without-metrics",
         "report-unreadable-metrics",

@@ -169,9 +169,19 @@ def read_bundle(data: bytes, *, key: str | None = None) -> Bundle:
 def _manifest(raw: bytes) -> BundleManifest:
     """`manifest.json` parsed and checked for what an import relies on."""
     try:
-        manifest = BundleManifest.model_validate(json.loads(raw))
+        parsed = json.loads(raw)
+        manifest = BundleManifest.model_validate(parsed)
     except (ValueError, ValidationError) as exc:  # JSONDecodeError is a ValueError
         raise InvalidInputError(f"not a tagflow model bundle: bad {MANIFEST}: {exc}") from None
+    # A lone UTF-16 surrogate ("\udce9", valid JSON) would be recorded with the version, after
+    # which no answer could show it: every GET /models was a 500.
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInputError(
+            f"not a tagflow model bundle: {MANIFEST} holds a lone UTF-16 surrogate, which is "
+            "not text"
+        ) from None
     # Both land in plain text columns: PostgreSQL refuses a NUL there with an error, not a 422.
     if not VERSION_NAME.fullmatch(manifest.model.version) or not SHA256_HEX.fullmatch(
         manifest.model.data_hash
