@@ -293,6 +293,19 @@ class Settings(BaseSettings):
             raise ValueError("is an in-memory SQLite database: use sqlite:///PATH to a file")
         return value
 
+    @field_validator("base_dataset")
+    @classmethod
+    def _check_base_dataset(cls, value: Path | None) -> Path | None:
+        # A retraining records the file as its candidate's `params.source`: a byte that is not
+        # UTF-8 in its name (a lone surrogate to Python) was recorded, after which every
+        # GET /models answered 500.
+        try:
+            if value is not None:
+                str(value.resolve()).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("its name is not UTF-8 text, which the registry records") from None
+        return value
+
     @field_validator("bundle_key")
     @classmethod
     def _check_bundle_key(cls, value: SecretStr | None) -> SecretStr | None:

@@ -230,3 +230,13 @@ def test_every_setting_has_a_row_in_the_readme_configuration_table() -> None:
     rows = {v for cell in first_cells for v in re.findall(r"`(TAGFLOW_[A-Z0-9_]+)`", cell)}
     variables = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
     assert len(variables) > 40 and variables - rows == set()
+
+
+def test_a_base_dataset_whose_name_is_not_utf8_is_refused() -> None:
+    """A retraining recorded TAGFLOW_BASE_DATASET as its candidate's `params.source`: with a
+    byte that is not UTF-8 in its name (a lone surrogate to Python), every GET /models then
+    answered 500. Refused as a setting now, naming it."""
+    with pytest.raises(ValidationError, match="(?s)base_dataset.*its name is not UTF-8 text"):
+        Settings(_env_file=None, dev=True, base_dataset=Path("caf\udce9.csv"))  # type: ignore[call-arg]
+    fine = Settings(_env_file=None, dev=True, base_dataset=Path("café.csv"))  # type: ignore[call-arg]
+    assert fine.base_dataset == Path("café.csv")
