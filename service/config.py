@@ -98,6 +98,12 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
         key = _hashed_form(key, shown=shown, source=source)
         if len(name) > MAX_NAME_CHARS:
             raise ValueError(f"the name in {shown} is over {MAX_NAME_CHARS} characters")
+        try:
+            # A byte that is not UTF-8 (a Latin-1 "é" in the environment) is a lone surrogate
+            # to Python: no database stores it, and a promotion by the key was a 500.
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"the name in {shown} is not UTF-8 text") from None
         if key in keys:
             raise ValueError(f"an API key is listed twice in {source} (again at {shown})")
         try:

@@ -240,3 +240,14 @@ def test_a_base_dataset_whose_name_is_not_utf8_is_refused() -> None:
         Settings(_env_file=None, dev=True, base_dataset=Path("caf\udce9.csv"))  # type: ignore[call-arg]
     fine = Settings(_env_file=None, dev=True, base_dataset=Path("café.csv"))  # type: ignore[call-arg]
     assert fine.base_dataset == Path("café.csv")
+
+
+def test_a_key_holder_whose_name_is_not_utf8_is_refused() -> None:
+    """A name with a byte that is not UTF-8 in TAGFLOW_API_KEYS (a lone surrogate to Python)
+    was taken: each promotion by that key failed in the database, a 500, and so did GET
+    /whoami. A malformed entry now, refused at start."""
+    with pytest.raises(ValueError, match="the name in entry 2 .* is not UTF-8 text"):
+        parse_api_keys("admin:adminkey-aaaaaaaaaaaaaaaaaaa,admin/caf\udce9:adminkey-bbbbbbbbbbbb")
+    assert parse_api_keys("admin/café:adminkey-bbbbbbbbbbbb")["adminkey-bbbbbbbbbbbb"].name == (
+        "café"
+    )
