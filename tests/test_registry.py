@@ -497,6 +497,32 @@ def test_the_times_a_version_keeps_as_text_are_shown_as_every_other_time(
     assert shown["params"]["imported"]["created_at"] == "2026-12-01T10:00:00Z"
 
 
+def test_a_record_holding_a_lone_surrogate_is_shown_not_a_500(
+    client: TestClient, engine: Engine
+) -> None:
+    """The edges now refuse a lone UTF-16 surrogate (a Latin-1 byte in a file name, a note,
+    a bundle), but a record written before they did keeps it in its JSON columns, and one such
+    record made every GET /models a 500. It is shown with the surrogate escaped."""
+    odd = "caf\udce9"
+    with Session(engine) as session:
+        row = registry.get_version(session, version="v0001")
+        row.params = {**row.params, "source": f"/data/{odd}.csv", odd: 1}
+        row.metrics = {**row.metrics, "note": [odd]}
+        row.thresholds = {**row.thresholds, "history": [{"note": odd}]}
+        row.gate = {"failed": [odd]}
+        session.add(row)
+        session.commit()
+    for path in ("/models", "/models/v0001"):
+        answer = client.get(path, headers=auth("admin"))
+        assert answer.status_code == 200, answer.text
+        shown = answer.json()["models"][0] if path == "/models" else answer.json()
+        assert shown["params"]["source"] == "/data/caf\\udce9.csv"
+        assert shown["params"]["caf\\udce9"] == 1
+        assert shown["metrics"]["note"] == ["caf\\udce9"]
+        assert shown["thresholds"]["history"] == [{"note": "caf\\udce9"}]
+        assert shown["gate"] == {"failed": ["caf\\udce9"]}
+
+
 def test_checksum_mismatch_is_refused_and_registry_untouched(
     engine: Engine,
     settings: Settings,

@@ -69,6 +69,24 @@ def storable(value: str) -> str:
 StorableStr = Annotated[str, AfterValidator(storable)]
 
 
+def showable(value: Any) -> Any:
+    """`value` with each string that holds a lone UTF-16 surrogate (dictionary keys too, at
+    any depth) shown with it escaped ("caf\\udce9"): JSON columns store one as an escape, and
+    a record holding one, written before the edges refused them, made the whole answer it
+    was in unencodable (every GET /models a 500). Other values are returned as they are."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+        return value
+    if isinstance(value, dict):
+        return {showable(k): showable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [showable(v) for v in value]
+    return value
+
+
 def has_visible(value: str) -> bool:
     """Whether `value` has a character a person can see: a text of only whitespace, zero-width
     spaces or control characters is as empty as "", wherever text comes in."""

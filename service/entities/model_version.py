@@ -10,7 +10,7 @@ from pydantic import field_validator
 from sqlalchemy import JSON, Column, DateTime, Index, text
 from sqlmodel import Field, SQLModel
 
-from service.entities.common import as_utc, utc_text, utcnow
+from service.entities.common import as_utc, showable, utc_text, utcnow
 
 # The key of a version's params that records the runtime that made it (`ml.runtime`), and what
 # it records: the parts an artifact's pickle, and the answers it gives, depend on.
@@ -74,6 +74,13 @@ class ModelVersionPublic(ModelVersionBase):
         # SQLite gives the stored times back without their zone: shown so, "23:00" read as a
         # client's local time, and a record said another thing on PostgreSQL ("23:00Z").
         return as_utc(value) if value is not None else None
+
+    @field_validator("params", "metrics", "thresholds", "gate")
+    @classmethod
+    def _showable(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # What the JSON columns hold is shown even if a lone surrogate got in (escaped), so
+        # one such record does not make every listing it is in a 500.
+        return showable(value)
 
     @field_validator("params", "thresholds")
     @classmethod
