@@ -9,6 +9,10 @@ from pathlib import Path
 from service.csv_rows import MalformedCsvError, read_rows
 from service.errors import TagflowError
 
+# The signs metric criteria compare with (`per_class.mlops.precision>=0.95`, ml.registry): no
+# tag may hold one, or a criterion could not name it.
+CRITERION_OPERATORS = "<>="
+
 
 class TagFileError(TagflowError, ValueError):
     """The tag file is missing, unreadable, empty or malformed."""
@@ -81,6 +85,13 @@ def _tag(fields: dict[str, str], row: list[str], columns: list[str], where: str)
     name = fields.get("tag", "").strip()
     if not name:
         raise TagFileError(f"{where}: every row needs a non-empty 'tag' column")
+    if found := sorted(set(name) & set(CRITERION_OPERATORS)):
+        # A version is found by criteria such as `per_class.TAG.precision>=0.95`, whose
+        # operators these are: a tag holding one could not be named in a criterion.
+        raise TagFileError(
+            f"{where}: tag {name!r} holds {' '.join(found)}, which metric criteria use as "
+            "operators (per_class.TAG.precision>=0.95): rename it"
+        )
     return Tag(name=name, description=fields.get("description", "").strip())
 
 

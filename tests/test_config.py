@@ -160,6 +160,8 @@ def test_tag_file_errors(tmp_path: Path) -> None:
         ("tag,description\nmlops,ops\n\n\nbad,a,b\n", "line 5: more fields than"),
         ('tag,description\nmlops,ops\n\n\nbad,"unterminated\n', "the row from line 5: "),
         ("\n\ntag,description\nmlops,ops\nbad,a,b\n", "line 5: more fields than"),
+        # A criterion (per_class.TAG.precision>=0.95) could not name it.
+        ("tag,description\nmlops,x\na>=b,y\n", "line 3: tag 'a>=b' holds = >, which metric"),
     ],
 )
 def test_malformed_tag_files_are_refused(tmp_path: Path, content: str, error: str) -> None:

@@ -25,7 +25,7 @@ from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelV
 from service.entities.common import new_id, storable, utc_text, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import production_history
-from service.tags import TagSet
+from service.tags import CRITERION_OPERATORS, TagSet
 
 if TYPE_CHECKING:  # both pull in scikit-learn: the CLI's --help and list need neither
     from service.ml.classifier import TagModel
@@ -44,8 +44,8 @@ LABEL_CHECKS = "label_checks"
 log = logging.getLogger(__name__)
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq}
 # A metric's path is any text but the operators: it names tags, which the tag file allows to
-# hold spaces and other signs ("time series", "c++"), and dots ("v1.0").
-_CRITERION = re.compile(r"^\s*([^<>=]*?)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
+# hold spaces and other signs ("time series", "c++") and dots ("v1.0"), but not these.
+_CRITERION = re.compile(rf"^\s*([^{CRITERION_OPERATORS}]*?)\s*(>=|<=|==|>|<)\s*([0-9.eE+-]+)\s*$")
 
 
 @dataclass(frozen=True)
