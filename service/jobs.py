@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, Retry
@@ -32,7 +32,7 @@ from rq.job import Job, JobStatus
 from sqlmodel import Session, col, select
 
 from service.entities import JobRecord, JobState
-from service.entities.common import as_utc, utcnow
+from service.entities.common import as_utc, showable, utcnow
 from service.errors import NotFoundError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,13 @@ class JobPublic(BaseModel):
     status: JobState
     result: Any = None
     error: str | None = None
+
+    @field_validator("result", "error")
+    @classmethod
+    def _showable(cls, value: Any) -> Any:
+        # A lone surrogate in a result (a file name that is not UTF-8, recorded by a job run
+        # before the edges refused one) is shown escaped, not a 500 for the whole answer.
+        return showable(value)
 
 
 class JobListed(JobPublic):

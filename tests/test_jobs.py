@@ -333,6 +333,27 @@ def test_get_jobs_lists_them_for_admins_only(
             assert refused.status_code == 422, query
 
 
+def test_a_result_holding_a_lone_surrogate_is_shown_escaped(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    seed_result: TrainResult,
+    redis_conn: redis.Redis,
+) -> None:
+    """A job's result recorded with a lone surrogate (a retraining whose base file's name was
+    not UTF-8, run before that was refused) made GET /jobs a 500 for every job listed."""
+    queue = Queue("jobs-test", connection=redis_conn)
+    with sqlite_app(make_settings, tmp_path, seed_result, watch_interval_s=3600) as client:
+        engine = client.app.state.tagflow.engine
+        job_id = enqueue(engine, queue, "posixpath.basename", "a")
+        with Session(engine) as session:
+            job_ended(session, job_id=job_id, result={"source": "/data/caf\udce9.csv"})
+        for path in ("/jobs", f"/jobs/{job_id}"):
+            answer = client.get(path, headers=auth("admin"))
+            assert answer.status_code == 200, answer.text
+            shown = answer.json()["jobs"][0] if path == "/jobs" else answer.json()
+            assert shown["result"] == {"source": "/data/caf\\udce9.csv"}
+
+
 def test_an_automatic_job_redis_lost_is_recorded_failed_not_sent_again(
     sqlite_engine: Engine, own_redis: EmbeddedRedis
 ) -> None:
