@@ -342,88 +342,34 @@ def retrain(
     after its worker was killed between registering and promoting must do; `resume` (a run of
     the same job again) looks for that candidate even when forced."""
     production = registry.get_production(session)
+    before = production.version if production is not None else None
     progress("data")
     sets = build_training_sets(session, settings=settings, tags=tags)
-    if production is not None:
-        done = _without_training(
+    target = settings.target_precision
+    twin = (
+        None
+        if force
+        else _twin(session, production=production, sets=sets, target=target, encoder=encoder)
+    )
+    if production is not None and twin is not None:
+        return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
+    registered = (
+        None
+        if (force and not resume) or production is None
+        else _registered_twin(
+            session, production=production, sets=sets, target=target, encoder=encoder
+        )
+    )
+    if production is not None and registered is not None:
+        return _finish_registered(
             session,
             settings=settings,
             tags=tags,
-            encoder=encoder,
             production=production,
+            candidate=registered,
             sets=sets,
             reason=reason,
-            force=force,
-            resume=resume,
         )
-        if done is not None:
-            return done
-    return _train_gate_register(
-        session,
-        settings=settings,
-        tags=tags,
-        encoder=encoder,
-        production=production,
-        sets=sets,
-        reason=reason,
-        progress=progress,
-    )
-
-
-def _without_training(
-    session: Session,
-    *,
-    settings: Settings,
-    tags: TagSet,
-    encoder: Encoder,
-    production: ModelVersion,
-    sets: TrainingSets,
-    reason: str,
-    force: bool,
-    resume: bool,
-) -> dict[str, Any] | None:
-    """The retraining's summary when nothing need be trained: production's twin would be
-    remade (not when `force`), or a candidate from the same rows and settings is registered
-    already (looked for unless forced, or when a forced job runs again: `resume`) and is
-    finished instead. None: train."""
-    target = settings.target_precision
-    if not force:
-        twin = _twin(session, production=production, sets=sets, target=target, encoder=encoder)
-        if twin is not None:
-            return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
-    if force and not resume:
-        return None
-    registered = _registered_twin(
-        session, production=production, sets=sets, target=target, encoder=encoder
-    )
-    if registered is None:
-        return None
-    return _finish_registered(
-        session,
-        settings=settings,
-        tags=tags,
-        production=production,
-        candidate=registered,
-        sets=sets,
-        reason=reason,
-    )
-
-
-def _train_gate_register(
-    session: Session,
-    *,
-    settings: Settings,
-    tags: TagSet,
-    encoder: Encoder,
-    production: ModelVersion | None,
-    sets: TrainingSets,
-    reason: str,
-    progress: Progress,
-) -> dict[str, Any]:
-    """Train a new candidate on `sets`, gate it against `production`, register it, and
-    promote it when allowed: the retraining's summary."""
-    before = production.version if production is not None else None
-    target = settings.target_precision
     result = train(
         sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
     )
