@@ -30,7 +30,7 @@ from service.db import (
     is_server_away,
     make_engine,
 )
-from service.entities.common import storable
+from service.entities.common import is_utf8
 from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
@@ -119,7 +119,7 @@ def input_file_or_exit(path: Path, *, action: str, name: str, recorded: bool = F
     the registry (a version's `params.source`), so it must be text a database and a JSON answer
     can hold: a byte that is not UTF-8 in it (a Latin-1 file name) reaches Python as a lone
     surrogate, and a version recorded with one made every GET /models answer 500."""
-    if recorded and not _is_storable(str(path.resolve())):
+    if recorded and not is_utf8(str(path.resolve())):
         reason = "its name is not UTF-8 text, which the registry records; rename the file"
     elif not path.exists():
         reason = "no such file"
@@ -132,14 +132,6 @@ def input_file_or_exit(path: Path, *, action: str, name: str, recorded: bool = F
         except OSError as exc:  # no permission, a broken mount
             reason = f"cannot read it ({exc.strerror or exc})"
     _path_error(action, path, reason, name)
-
-
-def _is_storable(text: str) -> bool:
-    try:
-        storable(text)
-    except ValueError:
-        return False
-    return True
 
 
 def output_file_or_exit(path: Path, *, action: str, name: str) -> Path:

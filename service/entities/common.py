@@ -53,16 +53,25 @@ def day_start(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
+def is_utf8(value: str) -> bool:
+    """Whether `value` can be encoded as UTF-8. A lone UTF-16 surrogate cannot: JSON allows
+    "\\ud800", and a byte that is not UTF-8 in a file name, an argument or the environment (a
+    Latin-1 "é") reaches Python as one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def storable(value: str) -> str:
     """`value`, if both databases can store it: PostgreSQL refuses NUL in text, and a lone
     UTF-16 surrogate (JSON allows "\\ud800") cannot be encoded as UTF-8 for either. Checked at
     the edge, so such a string is a 422 and never reaches the write-behind log."""
     if "\x00" in value:
         raise ValueError("must not contain a NUL character (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must not contain a lone UTF-16 surrogate (\\ud800-\\udfff)") from None
+    if not is_utf8(value):
+        raise ValueError("must not contain a lone UTF-16 surrogate (\\ud800-\\udfff)")
     return value
 
 
@@ -75,11 +84,7 @@ def showable(value: Any) -> Any:
     a record holding one, written before the edges refused them, made the whole answer it
     was in unencodable (every GET /models a 500). Other values are returned as they are."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "backslashreplace").decode("utf-8")
-        return value
+        return value if is_utf8(value) else value.encode("utf-8", "backslashreplace").decode()
     if isinstance(value, dict):
         return {showable(k): showable(v) for k, v in value.items()}
     if isinstance(value, list):

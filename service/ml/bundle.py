@@ -41,7 +41,7 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from service.entities import ModelStatus, ModelVersion, ModelVersionPublic
-from service.entities.common import new_id, utc_text, utcnow
+from service.entities.common import is_utf8, new_id, utc_text, utcnow
 from service.errors import InvalidInputError
 from service.ml import registry
 from service.tags import TagSet
@@ -175,13 +175,11 @@ def _manifest(raw: bytes) -> BundleManifest:
         raise InvalidInputError(f"not a tagflow model bundle: bad {MANIFEST}: {exc}") from None
     # A lone UTF-16 surrogate ("\udce9", valid JSON) would be recorded with the version, after
     # which no answer could show it: every GET /models was a 500.
-    try:
-        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
+    if not is_utf8(json.dumps(parsed, ensure_ascii=False)):
         raise InvalidInputError(
             f"not a tagflow model bundle: {MANIFEST} holds a lone UTF-16 surrogate, which is "
             "not text"
-        ) from None
+        )
     # Both land in plain text columns: PostgreSQL refuses a NUL there with an error, not a 422.
     if not VERSION_NAME.fullmatch(manifest.model.version) or not SHA256_HEX.fullmatch(
         manifest.model.data_hash
