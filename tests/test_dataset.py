@@ -324,7 +324,8 @@ def test_a_scarce_tag_is_reported_once(tmp_path: Path, shared_dataset: Path, tag
     _write_examples(path, enough)
     _, report = load_training_file(path, tags=tags)
     assert report.warnings == [
-        "tag 'other' has no examples: a model trained on this never answers it"
+        "tag 'other' has no examples: a model trained on this file never answers it, "
+        "and one evaluated on it gets no figures for it"
     ]
 
 

@@ -302,7 +302,8 @@ def _warn(report: ValidationReport, *, tags: TagSet, conflicts: list[str]) -> No
     for name in tags.names:
         if name not in report.tag_counts:
             report.warnings.append(
-                f"tag {name!r} has no examples: a model trained on this never answers it"
+                f"tag {name!r} has no examples: a model trained on this file never answers it, "
+                "and one evaluated on it gets no figures for it"
             )
     if conflicts:
         shown = "; ".join(conflicts[:5]) + (
