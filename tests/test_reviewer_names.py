@@ -7,7 +7,9 @@ agreement; the first-spelling race between two requests at once."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,7 +20,8 @@ from sqlmodel import Session, select
 from service.config import Settings
 from service.crud import reviewers
 from service.entities import Label, Reviewer
-from tests.conftest import auth
+from service.ml.training import TrainResult
+from tests.conftest import PERSONAL_KEYS, auth, sqlite_app
 from tests.test_review_api import add_tasks, body
 
 NLP, CV = "natural-language-processing", "computer-vision"
@@ -131,3 +134,59 @@ def test_two_first_requests_at_once_end_as_one_reviewer(engine: Engine) -> None:
     assert len(got) == len(spellings) and len(set(got)) == 1 and got[0] in ANN
     with Session(engine) as session:
         assert session.exec(select(Reviewer.name)).all() == got[:1]
+
+
+def test_a_personal_key_may_name_its_holder_in_any_spelling(client: TestClient) -> None:
+    """A personal key whose request names its own holder, spelled as people spell her ("Pia"
+    for the key of pia), acts as her: it names nobody else. It was refused with a 403, "this
+    key is pia's: it cannot act as 'Pia'", as if it had named another reviewer. Another
+    person's name stays refused."""
+    [task_id] = add_tasks(client.app.state.tagflow.engine, 1)  # type: ignore[attr-defined]
+    pia = {"Authorization": f"Bearer {PERSONAL_KEYS['pia']}"}
+    for spelling in ("Pia", "PIA", "\uff50\uff49\uff41", "\u0440i\u0430", " pia "):
+        claimed = client.post("/review/claim", json={"reviewer": spelling}, headers=pia)
+        assert claimed.status_code == 200, (spelling, claimed.json())
+        assert claimed.json()["task_id"] == task_id
+    labelled = client.post(
+        f"/review/{task_id}/label", json={"reviewer": "PIA", "tag": NLP}, headers=pia
+    )
+    assert labelled.status_code == 201 and labelled.json()["reviewer"] == "pia"
+    posing = client.post("/review/claim", json={"reviewer": "quin"}, headers=pia)
+    assert posing.status_code == 403 and "pia's" in posing.json()["detail"]
+
+
+def test_a_personal_key_issued_later_acts_as_the_person_its_holder_was(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> None:
+    """A team moves from the shared key to personal keys, as the README advises with second
+    opinions on: Ann gave first opinions as "Ann" with the shared key, then gets
+    `reviewer/ann:KEY`. With that key she is still the one person "Ann": she is not offered a
+    second opinion on her own first label (she was, being "ann" to the queue), her labels are
+    recorded under "Ann", and GET /review/reviewers shows one reviewer, not two."""
+    keys = tmp_path / "keys"
+    keys.write_text("# no personal key yet\n")
+    settings = {"api_keys_file": keys, "review_overlap_share": 1.0}
+    with sqlite_app(make_settings, tmp_path, shared_result, **settings) as client:
+        first, other = add_tasks(client.app.state.tagflow.engine, 2)[::-1]  # type: ignore[attr-defined]
+        assert act(client, "/review/claim", "Ann").json()["task_id"] == first
+        assert act(client, f"/review/{first}/label", "Ann", tag=NLP).status_code == 201
+
+        keys.write_text("reviewer/ann:test-ann-key\n")
+        ann = {"Authorization": "Bearer test-ann-key"}
+        deadline = time.monotonic() + 10
+        while client.get("/whoami", headers=ann).status_code != 200:
+            assert time.monotonic() < deadline, "the key file was not read again"
+            time.sleep(0.1)
+
+        claimed = client.post("/review/claim", headers=ann)
+        assert claimed.status_code == 200
+        assert (claimed.json()["task_id"], claimed.json()["stage"]) == (other, "first")
+        own = client.post(f"/review/{first}/label", json={"tag": CV}, headers=ann)
+        assert own.status_code == 409  # her own first opinion: the second is someone else's
+        assert own.json()["label"]["tag"] == NLP
+        labelled = client.post(f"/review/{other}/label", json={"tag": CV}, headers=ann)
+        assert labelled.status_code == 201 and labelled.json()["reviewer"] == "Ann"
+        assert client.post("/review/claim", headers=ann).status_code == 204
+
+        people = client.get("/review/reviewers", headers=auth("reviewer")).json()["reviewers"]
+        assert [(r["reviewer"], r["labels"]) for r in people] == [("Ann", 2)]

@@ -67,9 +67,11 @@ def acting_reviewer(
     session: Session, caller: Caller, body: ReviewerBody | None, keys: KeyRing
 ) -> str:
     """The name a review action is recorded under: the key's own, or, when the key is shared,
-    the one the request gives, as its person was first recorded ("ANN" and "ａｎｎ" act as the
-    "Ann" who came first, so one person is one reviewer). A personal key cannot act under
-    another name, nor a shared key as the holder of a personal one (403)."""
+    the one the request gives; either as its person was first recorded ("ANN" and "ａｎｎ" act
+    as the "Ann" who came first, so one person is one reviewer: also with the personal key
+    `reviewer/ann` she was issued after acting as "Ann" with the shared one). A personal key
+    cannot act under another person's name (its holder's in any spelling is hers), nor a
+    shared key as the holder of a personal one (403)."""
     declared = body.reviewer if body is not None else None
     if caller.name is None:
         if declared is None:
@@ -84,12 +86,12 @@ def acting_reviewer(
                 f"{declared!r} has a personal key: only that key acts as {declared!r}",
             )
         return reviewers_crud.recorded_name(session, name=declared)
-    if declared is not None and declared != caller.name:
+    if declared is not None and name_key(declared) != name_key(caller.name):
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
             f"this key is {caller.name}'s: it cannot act as {declared!r}",
         )
-    return caller.name
+    return reviewers_crud.recorded_name(session, name=caller.name)
 
 
 class LabelBody(ReviewerBody):
