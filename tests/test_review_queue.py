@@ -585,3 +585,50 @@ def test_reprioritize_keeps_a_label_checks_file_label(
     expected = dict(zip(shared_result.model.classes, p.tolist(), strict=True))
     assert task.suggestion_scores == pytest.approx(expected, abs=1e-5)
     assert max(task.suggestion_scores, key=task.suggestion_scores.__getitem__) == "computer-vision"
+
+
+def test_reprioritize_keeps_what_reviewers_and_reports_did_while_it_scored(
+    ctx: JobContext,
+    engine: Engine,
+    settings: Settings,
+    shared_result: TrainResult,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A re-scoring reads every open task, scores them all (minutes with a full queue: an
+    encode per task), then writes each task's priority. A skip that landed meanwhile (its
+    priority sunk by SKIP_STEP) and a user report that bumped a task (raised to the top) were
+    overwritten with the priority of the task as first read: the skipped item came straight
+    back, and the reported one sank to where an unreported one stands, until the next
+    promotion re-scored the queue."""
+    skipped_id = review_jobs.process_review(payload(YOLO))["task_id"]
+    reported = payload("Kubeflow pipelines")
+    reported_id = review_jobs.process_review(reported)["task_id"]
+    labelled_id = review_jobs.process_review(payload("Fine-tuning BERT"))["task_id"]
+    version = register_promoted(engine, settings, shared_result)
+    real_score = review_jobs._score
+
+    def score_while_reviewers_work(*args: Any, **kwargs: Any) -> Any:
+        do(engine, leases.claim, reviewer="ann", lease_s=60)  # the top task
+        [held] = [t for t in tasks(engine) if t.leased_by == "ann"]
+        do(engine, review_crud.skip, task_id=held.id, reviewer="ann")
+        report = {**reported, "prediction_id": new_id(), "reason": "user_report"}
+        assert review_jobs.process_review(report)["action"] == "bumped"
+        label_task(engine, labelled_id, "mlops", reviewer="bob")
+        skipped_ids.append(held.id)
+        return real_score(*args, **kwargs)
+
+    skipped_ids: list[int | None] = []
+    monkeypatch.setattr(review_jobs, "_score", score_while_reviewers_work)
+    assert review_jobs.reprioritize(version)["updated"] == 2  # not the one labelled meanwhile
+    [skipped_now] = skipped_ids
+    assert skipped_now in (skipped_id, reported_id, labelled_id)
+    for task in tasks(engine):
+        assert task.model_version == version or task.id == labelled_id
+        if task.status != ReviewStatus.LABELED:
+            # As the stored terms say, skips and reports included.
+            assert task.priority == pytest.approx(review_intake.task_priority(task)), task.id
+    report_task = get(engine, reported_id)
+    assert (report_task.reports, report_task.reason) == (1, ReviewReason.USER_REPORT)
+    assert get(engine, skipped_now).skips == 1  # type: ignore[arg-type]
+    labelled = get(engine, labelled_id)
+    assert (labelled.status, labelled.model_version) == (ReviewStatus.LABELED, "v-test")

@@ -12,14 +12,15 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlmodel import Session
+from sqlalchemy import false, update
+from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
 from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
 from service.db import configuration_refusal, is_outage, session_scope
 from service.entities.common import utcnow
-from service.entities.review import ReviewReason, ReviewTask
+from service.entities.review import ACTIVE, ReviewReason, ReviewTask
 from service.logs import exception_line
 from service.ml import priority as prio
 from service.ml import registry
@@ -274,21 +275,31 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
     """Re-score every open/leased task with the registry's production model: suggestion (a
     label check's stays the file's label), scores, uncertainty, and priority with the diversity
     term recomputed in priority order.
-    `version` is the version that triggered the job; the registry's production one is used."""
+    `version` is the version that triggered the job; the registry's production one is used.
+
+    The scoring (an encode per task: minutes with a full queue) reads the tasks as they were;
+    the write takes them again as they are now, locked (`_lock_active`), so what reviewers and
+    reports did meanwhile counts in the new priorities: a skip's SKIP_STEP, a report's bump.
+    Written from the first read, as before, both were undone; a task labelled or shed
+    meanwhile is left as it is."""
     ctx = get_context()
     with session_scope(ctx.engine) as session:
         row = registry.get_production(session)
         if row is None:
             return {"model_version": None, "updated": 0, "requested": version}
         model = registry.load_model(row, artifacts_dir=ctx.settings.artifacts_dir)
-        tasks = review_crud.active_tasks(session)
-        if not tasks:
+        read = review_crud.active_tasks(session)
+        if not read:
             return {"model_version": row.version, "updated": 0, "requested": version}
-        proba, embeddings = _score(
-            model, ctx.encoder, [item_text(t.title, t.description) for t in tasks]
-        )
+        ids = [t.id for t in read]
+        texts = [item_text(t.title, t.description) for t in read]
+        session.rollback()  # no transaction held open while scoring
+        proba, embeddings = _score(model, ctx.encoder, texts)
+        scored = dict(zip(ids, zip(proba, embeddings, strict=True), strict=True))
+        tasks = [t for t in _lock_active(session, ids=list(scored)) if t.id in scored]
         names = ctx.tags.names
-        for task, p, emb in zip(tasks, proba, embeddings, strict=True):
+        for task in tasks:
+            p, emb = scored[task.id]
             by_class = dict(zip(model.classes, p.tolist(), strict=True))
             task.suggestion_scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in names}
             task.suggestion_tag = rescored_suggestion(task, model.classes[int(p.argmax())])
@@ -297,10 +308,31 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
             task.updated_at = utcnow()
             task.embedding = task.embedding or to_bytes(emb)
         base = np.array([review_intake.task_priority(t) + t.diversity_penalty for t in tasks])
-        for task, penalty in zip(tasks, _diversity_in_order(embeddings, base), strict=True):
+        vectors = np.array([scored[t.id][1] for t in tasks], dtype=np.float32)
+        for task, penalty in zip(tasks, _diversity_in_order(vectors, base), strict=True):
             task.diversity_penalty = float(penalty)
             task.priority = review_intake.task_priority(task)
             session.add(task)
         session.commit()
         log.info("reprioritized %d review tasks with %s", len(tasks), row.version)
         return {"model_version": row.version, "updated": len(tasks), "requested": version}
+
+
+def _lock_active(session: Session, *, ids: list[int | None]) -> list[ReviewTask]:
+    """The tasks of `ids` still open or leased, read again as stored now and locked until the
+    session commits: their rows (PostgreSQL), the database's write lock (SQLite, which a
+    transaction's first write takes; what it reads after that is the latest commit)."""
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(
+            update(ReviewTask).where(false()).values(leased_by=None),
+            execution_options={"synchronize_session": False},
+        )
+    return list(
+        session.exec(
+            select(ReviewTask)
+            .where(col(ReviewTask.id).in_(ids), col(ReviewTask.status).in_(ACTIVE))
+            .order_by(col(ReviewTask.priority).desc(), col(ReviewTask.id))
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
