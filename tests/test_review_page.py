@@ -2122,3 +2122,44 @@ def test_a_key_revoked_is_met_by_the_lease_renewal(
         )
         [refused] = browser_errors(browser)
         assert f"/review/{first}/renew" in refused and "401" in refused
+
+
+def press_on_layout(driver: WebDriver, key: str, code: str) -> None:
+    """Press the physical key `code` on a keyboard layout where it types `key` (what the
+    browser reports as KeyboardEvent.key): Russian ЙЦУКЕН types "ы" on the S key and "г" on
+    U, French AZERTY "&" and "é" on the 1 and 2 keys, unshifted."""
+    for kind in ("keyDown", "keyUp"):
+        driver.execute_cdp_cmd(
+            "Input.dispatchKeyEvent",
+            {"type": kind, "key": key, "code": code, "text": key if kind == "keyDown" else ""},
+        )
+
+
+@pytest.mark.browser
+def test_the_shortcuts_work_on_other_keyboard_layouts(
+    live_app: LiveApp, browser: WebDriver, tags: TagSet
+) -> None:
+    """S, U and the numbers are the keys where they stand on the keyboard. On a Cyrillic,
+    Greek or Hebrew layout the S key types a letter of its own, and on French AZERTY the
+    number keys type & é " ' ( unshifted: the page read only the character typed, so these
+    reviewers could neither skip nor undo from the keyboard, and AZERTY's had to hold Shift
+    for every label. A letter typed elsewhere on a Latin layout (Dvorak's "o" on the S key)
+    stays what it types."""
+    first, second, third = seed_queue(live_app.engine)
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, ITEMS[0].title)
+
+    press_on_layout(browser, "o", "KeyS")  # Dvorak: an "o", no shortcut
+    time.sleep(1)
+    assert text_of(browser, "item-title") == ITEMS[0].title
+    press_on_layout(browser, "ы", "KeyS")  # Russian: the S key skips
+    wait_for_title(browser, ITEMS[1].title)
+    press_on_layout(browser, "é", "Digit2")  # AZERTY: the 2 key labels with the second tag
+    wait_for_title(browser, ITEMS[2].title)
+    assert [label.tag for label in active_labels(live_app.engine, second)] == [tags.names[1]]
+    press_on_layout(browser, "г", "KeyU")  # Russian: the U key undoes
+    wait_for_title(browser, ITEMS[1].title)
+    press_on_layout(browser, "&", "Digit1")
+    wait_until(browser, lambda d: text_of(d, "item-title") != ITEMS[1].title, "the next item")
+    assert [label.tag for label in active_labels(live_app.engine, second)] == [tags.names[0]]
+    assert browser_errors(browser) == []

@@ -681,10 +681,27 @@ function shortcut(key) {
   return null;
 }
 
+/** The shortcut key `event` stands for: the character typed, or where that is no Latin
+ * letter or digit, the key's place on the keyboard (`code`). On a Cyrillic, Greek or Hebrew
+ * layout the S key types "ы", "σ" or "ד", and on French AZERTY the number keys type & é " '
+ * unshifted: read as typed alone, S and U did nothing there and AZERTY's numbers wanted
+ * Shift. A Latin letter is taken as typed, so Dvorak's "o" (on the S key) stays an "o". */
+function shortcutKey(event) {
+  const typed = (event.key || "").toLowerCase();
+  if (/^[a-z0-9]$/.test(typed)) return typed;
+  const place = /^(?:Key([A-Z])|Digit([0-9])|Numpad([0-9]))$/.exec(event.code || "");
+  // A named key ("End" on a numpad without Num Lock, a dead key) is no character typed.
+  if (!place || [...typed].length !== 1) return typed;
+  const [, letter, digit, numpad] = place;
+  // A letter's place counts only where the layout types no Latin letter there at all.
+  if (letter) return /^[\x20-\x7e]$/.test(typed) ? typed : letter.toLowerCase();
+  return digit || numpad;
+}
+
 function onKey(event) {
   if (event.repeat || event.ctrlKey || event.metaKey || event.altKey || !state.key) return;
   if (typingInField(event)) return;
-  const action = shortcut(event.key.toLowerCase());
+  const action = shortcut(shortcutKey(event));
   if (!action) return;
   run(action);
   event.preventDefault();
