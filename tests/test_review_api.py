@@ -57,6 +57,7 @@ TASK_KEYS = {
     "suggestion",
     "duplicate_of",
     "duplicate_tag",
+    "duplicate_title",
     "reason",
     "stage",
     "reports",

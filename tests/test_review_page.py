@@ -2163,3 +2163,46 @@ def test_the_shortcuts_work_on_other_keyboard_layouts(
     wait_until(browser, lambda d: text_of(d, "item-title") != ITEMS[1].title, "the next item")
     assert [label.tag for label in active_labels(live_app.engine, second)] == [tags.names[0]]
     assert browser_errors(browser) == []
+
+
+@pytest.mark.browser
+def test_a_near_duplicate_names_the_labelled_item_it_looks_like(
+    live_app: LiveApp, browser: WebDriver
+) -> None:
+    """The worker flags a new item that reads like one already labelled: `duplicate_of` is that
+    label's id (as GET /labels/export numbers it), not a task's. The page said "Looks like item
+    #2, which was labelled mlops", next to "Task #9": item #2 was another item altogether
+    (task 2), and the look-alike, task 7 here, was named nowhere. It shows the look-alike's
+    title now."""
+    engine = live_app.engine
+    with Session(engine, expire_on_commit=False) as session:
+        for i in range(6):  # task and label ids apart, as in any queue that has run a while
+            session.add(_task(Item(f"Older item {i}", "", 0.1, ReviewReason.LOW_CONFIDENCE, {"other": 1.0})))
+        session.commit()
+        look_alike = Item("Kubeflow pipelines on GKE", "Deploying ML workflows.", 0.0,
+                          ReviewReason.LOW_CONFIDENCE, {"mlops": 0.6, "other": 0.4})
+        done = _task(look_alike, open_key=None, status=ReviewStatus.LABELED)
+        session.add(done)
+        session.commit()
+        label = labels_crud.append_label(
+            session, text_hash=done.text_hash, title=done.title, description=done.description,
+            tag="mlops", reviewer="bob", holdout_share=0.0, task_id=done.id,
+        )
+        session.commit()
+        assert label.id != done.id
+        near = Item("Kubeflow pipelines on GKE!", "Deploying ML workflows.", 2.0,
+                    ReviewReason.LOW_CONFIDENCE, {"mlops": 0.55, "other": 0.45})
+        session.add(_task(near, duplicate_of=label.id, duplicate_tag="mlops"))
+        session.commit()
+
+    claimed = httpx.post(
+        f"{live_app.url}/review/claim", json={"reviewer": "bob"}, headers=auth("reviewer")
+    ).json()
+    assert (claimed["duplicate_of"], claimed["duplicate_title"]) == (label.id, look_alike.title)
+    httpx.post(f"{live_app.url}/review/release", json={"reviewer": "bob"}, headers=auth("reviewer"))
+
+    sign_in(browser, live_app.url, reviewer="ada", key=KEYS["reviewer"])
+    wait_for_title(browser, near.title)
+    hint = text_of(browser, "duplicate")
+    assert hint == f"Looks like “{look_alike.title}”, which was labelled mlops."
+    assert f"#{label.id}" not in hint

@@ -136,8 +136,12 @@ class ReviewTaskPublic(SQLModel):
     title: str
     description: str
     suggestion: Suggestion
+    # A labelled item this one reads like (cosine >= TAGFLOW_DUPLICATE_COSINE): the id of its
+    # label (as GET /labels/export numbers labels; not a task id), the label's tag, and the
+    # item's title, which the page shows.
     duplicate_of: int | None
     duplicate_tag: str | None
+    duplicate_title: str | None = None
     reason: ReviewReason
     stage: ReviewStage
     earlier_labels: list[EarlierLabel]

@@ -158,14 +158,19 @@ function renderReports(task) {
   el.replaceChildren(...(reports.length ? [...parts, "."] : []));
 }
 
+/** A labelled item this one reads like. `duplicate_of` is that item's label id, not a task
+ * number: shown as "item #4" it named another item (task 4), so the page names the
+ * look-alike by its title. */
 function renderDuplicate(task) {
   const el = $("duplicate");
   el.hidden = task.duplicate_of === null || task.duplicate_of === undefined;
   if (el.hidden) return el.replaceChildren();
-  const lead = `Looks like item #${task.duplicate_of}`;
-  if (!task.duplicate_tag) return el.replaceChildren(`${lead}, not labelled yet.`);
+  const lead = task.duplicate_title
+    ? ["Looks like “", element("bdi", "", task.duplicate_title), "”"]
+    : ["Looks like an item"];
+  if (!task.duplicate_tag) return el.replaceChildren(...lead, ", not labelled yet.");
   const tag = element("strong", "", task.duplicate_tag);
-  el.replaceChildren(`${lead}, which was labelled `, tag, ".");
+  el.replaceChildren(...lead, ", which was labelled ", tag, ".");
 }
 
 function percent(value) {

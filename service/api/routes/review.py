@@ -30,7 +30,7 @@ from service.crud import labels as labels_crud
 from service.crud import leases, overlap
 from service.crud import review as review_crud
 from service.crud import reviewers as reviewers_crud
-from service.entities import AgreementStats, LabelPublic, ReviewerStats
+from service.entities import AgreementStats, Label, LabelPublic, ReviewerStats
 from service.entities.common import as_utc, day_start, storable_text, utcnow
 from service.entities.review import ReviewReason, ReviewTask, ReviewTaskPublic, Suggestion
 from service.tags import TagSet
@@ -136,6 +136,7 @@ def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTa
         suggestion=suggestion_shown(task, tags=tags),
         duplicate_of=task.duplicate_of,
         duplicate_tag=task.duplicate_tag,
+        duplicate_title=duplicate_title(session, task=task),
         reason=task.reason,
         stage=task.stage,
         earlier_labels=overlap.earlier_labels(session, task=task),
@@ -147,6 +148,16 @@ def task_public(session: Session, task: ReviewTask, *, tags: TagSet) -> ReviewTa
         lease_expires_at=expires,
         lease_remaining_s=None if expires is None else lease_remaining_s(expires, now=utcnow()),
     )
+
+
+def duplicate_title(session: Session, *, task: ReviewTask) -> str | None:
+    """The title of the labelled item `task` reads like: `duplicate_of` is its label's id, and
+    the page showed that number as an item's ("Looks like item #4"), which named another item
+    (task 4) and not the look-alike."""
+    if task.duplicate_of is None:
+        return None
+    label = session.get(Label, task.duplicate_of)
+    return label.title if label is not None else None
 
 
 def lease_remaining_s(expires: datetime, *, now: datetime) -> float:
