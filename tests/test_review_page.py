@@ -2177,21 +2177,39 @@ def test_a_near_duplicate_names_the_labelled_item_it_looks_like(
     engine = live_app.engine
     with Session(engine, expire_on_commit=False) as session:
         for i in range(6):  # task and label ids apart, as in any queue that has run a while
-            session.add(_task(Item(f"Older item {i}", "", 0.1, ReviewReason.LOW_CONFIDENCE, {"other": 1.0})))
+            session.add(
+                _task(Item(f"Older item {i}", "", 0.1, ReviewReason.LOW_CONFIDENCE, {"other": 1.0}))
+            )
         session.commit()
-        look_alike = Item("Kubeflow pipelines on GKE", "Deploying ML workflows.", 0.0,
-                          ReviewReason.LOW_CONFIDENCE, {"mlops": 0.6, "other": 0.4})
+        look_alike = Item(
+            "Kubeflow pipelines on GKE",
+            "Deploying ML workflows.",
+            0.0,
+            ReviewReason.LOW_CONFIDENCE,
+            {"mlops": 0.6, "other": 0.4},
+        )
         done = _task(look_alike, open_key=None, status=ReviewStatus.LABELED)
         session.add(done)
         session.commit()
         label = labels_crud.append_label(
-            session, text_hash=done.text_hash, title=done.title, description=done.description,
-            tag="mlops", reviewer="bob", holdout_share=0.0, task_id=done.id,
+            session,
+            text_hash=done.text_hash,
+            title=done.title,
+            description=done.description,
+            tag="mlops",
+            reviewer="bob",
+            holdout_share=0.0,
+            task_id=done.id,
         )
         session.commit()
         assert label.id != done.id
-        near = Item("Kubeflow pipelines on GKE!", "Deploying ML workflows.", 2.0,
-                    ReviewReason.LOW_CONFIDENCE, {"mlops": 0.55, "other": 0.45})
+        near = Item(
+            "Kubeflow pipelines on GKE!",
+            "Deploying ML workflows.",
+            2.0,
+            ReviewReason.LOW_CONFIDENCE,
+            {"mlops": 0.55, "other": 0.45},
+        )
         session.add(_task(near, duplicate_of=label.id, duplicate_tag="mlops"))
         session.commit()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -277,11 +278,11 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
     term recomputed in priority order.
     `version` is the version that triggered the job; the registry's production one is used.
 
-    The scoring (an encode per task: minutes with a full queue) reads the tasks as they were;
-    the write takes them again as they are now, locked (`_lock_active`), so what reviewers and
-    reports did meanwhile counts in the new priorities: a skip's SKIP_STEP, a report's bump.
-    Written from the first read, as before, both were undone; a task labelled or shed
-    meanwhile is left as it is."""
+    The scoring (an encode per task: minutes with a full queue) and the diversity terms work
+    on the tasks as first read; the write takes them again as they are now, locked for that
+    write alone (`_lock_active`), so what reviewers and reports did meanwhile counts in the new
+    priorities: a skip's SKIP_STEP, a report's bump. Written from the first read, as before,
+    both were undone. A task labelled or shed meanwhile is left as it is."""
     ctx = get_context()
     with session_scope(ctx.engine) as session:
         row = registry.get_production(session)
@@ -291,31 +292,67 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
         read = review_crud.active_tasks(session)
         if not read:
             return {"model_version": row.version, "updated": 0, "requested": version}
-        ids = [t.id for t in read]
-        texts = [item_text(t.title, t.description) for t in read]
-        session.rollback()  # no transaction held open while scoring
-        proba, embeddings = _score(model, ctx.encoder, texts)
-        scored = dict(zip(ids, zip(proba, embeddings, strict=True), strict=True))
-        tasks = [t for t in _lock_active(session, ids=list(scored)) if t.id in scored]
+        proba, embeddings = _score(
+            model, ctx.encoder, [item_text(t.title, t.description) for t in read]
+        )
         names = ctx.tags.names
-        for task in tasks:
-            p, emb = scored[task.id]
+        rescored: dict[int | None, Rescored] = {}
+        for task, p, emb in zip(read, proba, embeddings, strict=True):
             by_class = dict(zip(model.classes, p.tolist(), strict=True))
-            task.suggestion_scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in names}
-            task.suggestion_tag = rescored_suggestion(task, model.classes[int(p.argmax())])
-            task.uncertainty = prio.margin_uncertainty(task.suggestion_scores)
+            scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in names}
+            rescored[task.id] = Rescored(
+                scores=scores,
+                predicted=model.classes[int(p.argmax())],
+                uncertainty=prio.margin_uncertainty(scores),
+                embedding=emb,
+            )
+        base = np.array([_base_priority(t, uncertainty=rescored[t.id].uncertainty) for t in read])
+        for task, penalty in zip(read, _diversity_in_order(embeddings, base), strict=True):
+            rescored[task.id].diversity_penalty = float(penalty)
+        session.rollback()  # the first read's transaction is over: nothing to write from it
+        tasks = [t for t in _lock_active(session, ids=list(rescored)) if t.id in rescored]
+        for task in tasks:
+            new = rescored[task.id]
+            task.suggestion_scores = new.scores
+            task.suggestion_tag = rescored_suggestion(task, new.predicted)
+            task.uncertainty = new.uncertainty
+            task.diversity_penalty = new.diversity_penalty
             task.model_version = row.version
             task.updated_at = utcnow()
-            task.embedding = task.embedding or to_bytes(emb)
-        base = np.array([review_intake.task_priority(t) + t.diversity_penalty for t in tasks])
-        vectors = np.array([scored[t.id][1] for t in tasks], dtype=np.float32)
-        for task, penalty in zip(tasks, _diversity_in_order(vectors, base), strict=True):
-            task.diversity_penalty = float(penalty)
-            task.priority = review_intake.task_priority(task)
+            task.embedding = task.embedding or to_bytes(new.embedding)
+            task.priority = review_intake.task_priority(task)  # with its skips and reports now
             session.add(task)
         session.commit()
         log.info("reprioritized %d review tasks with %s", len(tasks), row.version)
         return {"model_version": row.version, "updated": len(tasks), "requested": version}
+
+
+@dataclass
+class Rescored:
+    """What a re-scoring makes of one task, before it is written."""
+
+    scores: dict[str, float]
+    predicted: str
+    uncertainty: float
+    embedding: np.ndarray
+    diversity_penalty: float = 0.0
+
+
+def _base_priority(task: ReviewTask, *, uncertainty: float) -> float:
+    """`task`'s priority with a new `uncertainty`, before its diversity term is recomputed (a
+    transient copy: the task as read is not changed)."""
+    terms = ReviewTask(
+        text_hash=task.text_hash,
+        title=task.title,
+        description=task.description,
+        reason=task.reason,
+        uncertainty=uncertainty,
+        reports=task.reports,
+        arrivals=task.arrivals,
+        skips=task.skips,
+        diversity_penalty=task.diversity_penalty,
+    )
+    return review_intake.task_priority(terms) + task.diversity_penalty
 
 
 def _lock_active(session: Session, *, ids: list[int | None]) -> list[ReviewTask]:
