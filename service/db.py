@@ -9,10 +9,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event, text
+from sqlalchemy import event, false, text, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import Session, SQLModel, create_engine
 
 import service.entities  # noqa: F401  (registers the tables)
 from service.migrations import VERSION_TABLE, current_revision, head_revision, upgrade
@@ -38,6 +38,7 @@ __all__ = [
     "make_engine",
     "ping",
     "session_scope",
+    "take_sqlite_write_lock",
     "upgrade",
 ]
 
@@ -153,6 +154,18 @@ def bound_lock_waits(session: Session, *, seconds: float | None) -> None:
             text("SELECT set_config('lock_timeout', :timeout, true)"),
             {"timeout": f"{max(1, round(seconds * 1000))}ms"},
         )
+
+
+def take_sqlite_write_lock(session: Session, *, table: type[SQLModel]) -> None:
+    """SQLite: hold the database's write lock until the session's transaction ends, so no
+    other writer comes between what it reads and what it writes. A transaction's first write
+    takes the lock, and what the transaction reads after that is the latest commit; this
+    write, to `table`, changes no row. (PostgreSQL callers lock rows or take advisory locks.)"""
+    key = next(iter(table.__table__.primary_key.columns))  # type: ignore[attr-defined]
+    session.execute(
+        update(table).where(false()).values({key.name: key}),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def is_lock_timeout(exc: BaseException) -> bool:

@@ -13,8 +13,17 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session, select
 
-from service.db import POSTGRES_CONNECT_TIMEOUT_S, is_outage, make_engine, ping
+from service.db import (
+    POSTGRES_CONNECT_TIMEOUT_S,
+    init_db,
+    is_outage,
+    make_engine,
+    ping,
+    take_sqlite_write_lock,
+)
+from service.entities.review import ReviewTask
 from service.pg import CANCEL_TIMEOUT_S
 from tests.conftest import POSTGRES_URL
 from tests.freezable_proxy import FreezableProxy
@@ -54,6 +63,26 @@ def test_a_locked_sqlite_file_is_an_outage(tmp_path: Path) -> None:
         impatient.dispose()
         holder.close()
     assert "locked" in str(error) and is_outage(error)
+
+
+def test_the_sqlite_write_lock_is_held_until_the_transaction_ends(tmp_path: Path) -> None:
+    """What leases, re-scoring and production changes rely on there: no other writer between
+    their read and their write, though the write that takes the lock changes no row."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'lock.db'}")
+    init_db(engine)
+    other = sqlite3.connect(tmp_path / "lock.db", timeout=0.1, isolation_level=None)
+    try:
+        with Session(engine) as session:
+            take_sqlite_write_lock(session, table=ReviewTask)
+            with pytest.raises(sqlite3.OperationalError, match="locked"):
+                other.execute("BEGIN IMMEDIATE")
+            assert session.exec(select(ReviewTask)).all() == []  # it wrote nothing
+            session.rollback()
+        other.execute("BEGIN IMMEDIATE")  # free again
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        engine.dispose()
 
 
 def test_postgres_errors_are_outages_by_their_sqlstate(engine: Engine) -> None:

@@ -13,13 +13,12 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import false, update
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
 from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
-from service.db import configuration_refusal, is_outage, session_scope
+from service.db import configuration_refusal, is_outage, session_scope, take_sqlite_write_lock
 from service.entities.common import utcnow
 from service.entities.review import ACTIVE, ReviewReason, ReviewTask
 from service.logs import exception_line
@@ -360,10 +359,7 @@ def _lock_active(session: Session, *, ids: list[int | None]) -> list[ReviewTask]
     session commits: their rows (PostgreSQL), the database's write lock (SQLite, which a
     transaction's first write takes; what it reads after that is the latest commit)."""
     if session.get_bind().dialect.name != "postgresql":
-        session.execute(
-            update(ReviewTask).where(false()).values(leased_by=None),
-            execution_options={"synchronize_session": False},
-        )
+        take_sqlite_write_lock(session, table=ReviewTask)
     return list(
         session.exec(
             select(ReviewTask)

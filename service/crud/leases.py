@@ -14,11 +14,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import false, or_, text, update
+from sqlalchemy import or_, text, update
 from sqlmodel import Session, col, select
 
 from service.crud import overlap
 from service.crud.review import get_task, refusal, transition
+from service.db import take_sqlite_write_lock
 from service.entities.common import utcnow
 from service.entities.review import ReviewStatus, ReviewTask
 from service.errors import ConflictError
@@ -127,12 +128,7 @@ def _lock_reviewer(session: Session, *, reviewer: str) -> None:
             {"cls": _CLAIM_LOCK_CLASS, "reviewer": reviewer},
         )
     else:
-        # A transaction's first write takes the write lock, and what it reads after that is
-        # the latest commit. This write changes no row.
-        session.execute(
-            update(ReviewTask).where(false()).values(leased_by=None),
-            execution_options={"synchronize_session": False},
-        )
+        take_sqlite_write_lock(session, table=ReviewTask)
 
 
 def _resume(session: Session, *, reviewer: str, now: datetime, lease_s: int) -> ReviewTask | None:

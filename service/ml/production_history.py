@@ -8,9 +8,10 @@ the same transaction as the status change, so history and statuses never disagre
 
 from __future__ import annotations
 
-from sqlalchemy import false, text, update
+from sqlalchemy import text, update
 from sqlmodel import Session, col, select
 
+from service.db import take_sqlite_write_lock
 from service.entities import ProductionAction, ProductionChange, ProductionChangePublic
 from service.entities.common import as_utc
 
@@ -31,12 +32,7 @@ def lock(session: Session) -> None:
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
     else:
-        # SQLite: a transaction's first write takes the database's write lock, and what the
-        # transaction reads after it is the latest commit. This write changes no row.
-        session.execute(
-            update(ProductionChange).where(false()).values(undone_by=None),
-            execution_options={"synchronize_session": False},
-        )
+        take_sqlite_write_lock(session, table=ProductionChange)
 
 
 def record_promotion(session: Session, *, version: str, replaced: str | None, actor: str) -> None:
