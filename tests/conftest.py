@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,10 @@ import redis
 import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.chrome.webdriver import WebDriver
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import Session
@@ -40,6 +45,7 @@ from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.redis_server import EmbeddedRedis
 from service.tags import TagSet, load_tags
+from tests.lossy_proxy import LossyProxy, lossy_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATASET = ROOT.parent / "shared" / "data" / "madewithml" / "dataset.csv"
@@ -371,3 +377,69 @@ def _wait_healthy(url: str, thread: threading.Thread) -> None:
         except OSError:
             time.sleep(0.1)
     raise AssertionError(f"{url}/healthz did not answer within 60 s")
+
+
+# ---------- the review and docs pages in a real browser ----------
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+@dataclass
+class LiveApp:
+    """The real app served on a local port, and the engine of its database."""
+
+    url: str
+    engine: Engine
+
+
+@contextmanager
+def serve_live(settings: Settings, result: TrainResult) -> Iterator[LiveApp]:
+    """The real app served by uvicorn on a free local port, with `result` in production."""
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, result)
+    with live_server(create_app(settings)) as url:
+        yield LiveApp(url=url, engine=engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def live_app(
+    make_settings: Callable[..., Settings], tmp_path: Path, shared_result: TrainResult
+) -> Iterator[LiveApp]:
+    with serve_live(
+        make_settings(database_url=f"sqlite:///{tmp_path / 'review.db'}"), shared_result
+    ) as app:
+        yield app
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
+    """Headless Chromium from the Debian packages (CI installs them)."""
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "apt-get install chromium chromium-driver"
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--window-size=1280,860",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def proxy(live_app: LiveApp) -> Iterator[LossyProxy]:
+    """The live app behind a proxy that can lose requests or answers; the page goes through
+    it (every request a new connection, so Chromium resends nothing by itself)."""
+    with lossy_proxy(live_app.url) as lossy:
+        yield lossy

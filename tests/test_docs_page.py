@@ -12,16 +12,11 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from service.api.routes.docs import ASSETS, DOCS_DIR, SWAGGER_UI_VERSION
-from tests.test_review_page import (  # noqa: F401 (fixtures)
-    LiveApp,
-    browser,
-    browser_errors,
-    live_app,
-    wait_until,
-)
+from tests.conftest import LiveApp
+from tests.review_page_driver import browser_errors, wait_until
 
 
-def test_the_docs_page_and_its_assets_come_from_the_package(live_app: LiveApp) -> None:  # noqa: F811
+def test_the_docs_page_and_its_assets_come_from_the_package(live_app: LiveApp) -> None:
     page = httpx.get(f"{live_app.url}/docs")
     assert page.status_code == 200
     links = re.findall(r'(?:src|href)="([^"]*)"', page.text)
@@ -46,7 +41,7 @@ def test_the_docs_page_and_its_assets_come_from_the_package(live_app: LiveApp) -
         assert httpx.get(f"{live_app.url}{path}").status_code == 404, path
 
 
-def test_swagger_ui_renders_the_api_offline(live_app: LiveApp, browser: WebDriver) -> None:  # noqa: F811
+def test_swagger_ui_renders_the_api_offline(live_app: LiveApp, browser: WebDriver) -> None:
     """Chromium runs with background networking off and no route to a CDN here: the page
     draws every operation from the packaged files alone, with no CSP violation."""
     browser.get(f"{live_app.url}/docs")
