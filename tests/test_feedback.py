@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +23,7 @@ from sqlmodel import Session, select
 
 from service import quotas
 from service.api.main import create_app
-from service.config import Settings
+from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud.feedback import MAX_REPORTS_SHOWN
 from service.crud.labels import holdout_for
 from service.entities import Feedback, Label, LabelSource, OutboxItem
@@ -568,3 +569,37 @@ def test_a_report_the_database_could_not_store_uses_no_quota(
     assert [r.status_code for r in back] == [201, 201, 201, 429]
     with Session(engine) as session:
         assert len(session.exec(select(Feedback)).all()) == 3
+
+
+def test_a_report_sent_again_after_its_tag_was_retired_is_still_a_repeat(
+    make_settings: Callable[..., Settings],
+    database_url: str,
+    engine: Engine,
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """A report made while a tag was approved, sent again after the tag left the list (its
+    first answer lost across the restart): it was a 422 "not in the approved list", which a
+    client takes as "not stored", though the report was stored and waits for its review. It is
+    a repeat, 200 with the report as it stands; a new report with the tag is still a 422."""
+    tags_file = tmp_path / "tags.csv"
+    tags_file.write_text(DEFAULT_TAGS_FILE.read_text() + "graphs,Graph learning.\n")
+    with_graphs = make_settings(database_url=database_url, tags_file=tags_file)
+    register_promoted(engine, with_graphs, seed_result)
+    with TestClient(create_app(with_graphs)) as client:
+        pid = predict(client, {"title": "Graph neural networks", "description": ""})[
+            "prediction_id"
+        ]
+        first = report(client, prediction_id=pid, correct_tag="graphs", reporter="gina")
+        assert first.status_code == 201, first.text
+    retired = make_settings(database_url=database_url)  # the tag's line removed, restarted
+    with TestClient(create_app(retired)) as client:
+        again = report(client, prediction_id=pid, correct_tag="graphs", reporter="gina")
+        assert again.status_code == 200, again.text
+        assert again.json() == first.json()
+        fresh = report(client, prediction_id=pid, correct_tag="graphs", reporter="hal")
+        assert fresh.status_code == 422 and "approved" in fresh.json()["detail"]
+        other = report(client, prediction_id=pid, correct_tag="mlops", reporter="gina")
+        assert other.status_code == 409 and "'graphs'" in other.json()["detail"]
+    with Session(engine) as session:
+        assert [f.reporter for f in session.exec(select(Feedback)).all()] == ["gina"]

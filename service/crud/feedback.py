@@ -53,11 +53,15 @@ def find_feedback(session: Session, *, prediction_id: str, reporter: str) -> Fee
 def recorded_report(session: Session, *, body: FeedbackCreate, tags: TagSet) -> Feedback | None:
     """The report `body` repeats (a retry whose answer was lost), None for a new one; a tag
     not approved is an InvalidInputError, and a report that contradicts the recorded one a
-    ConflictError. Needs no prediction: a repeat is answered before the key's quota is taken."""
-    if body.correct_tag not in tags:
-        raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
+    ConflictError. Needs no prediction: a repeat is answered before the key's quota is taken.
+    A repeat of a report whose tag was retired since is still a repeat (200, its status as it
+    is now): refused as unapproved, the report it repeats read as not stored."""
     reporter = (body.reporter or "").strip()
     existing = find_feedback(session, prediction_id=body.prediction_id, reporter=reporter)
+    if existing is not None and existing.correct_tag == body.correct_tag:
+        return _repeated(existing, body=body)
+    if body.correct_tag not in tags:
+        raise InvalidInputError(f"tag {body.correct_tag!r} is not in the approved list")
     return None if existing is None else _repeated(existing, body=body)
 
 
