@@ -168,6 +168,19 @@ def take_sqlite_write_lock(session: Session, *, table: type[SQLModel]) -> None:
     )
 
 
+def take_turns(session: Session, *, cls: int, key: str, table: type[SQLModel]) -> None:
+    """Make the transactions that call this with the same `cls` and `key` take turns, each
+    holding the turn until its commit or rollback. PostgreSQL: the transaction-level advisory
+    lock on (`cls`, a hash of `key`), so transactions with other keys go on; SQLite: the
+    database's write lock (`take_sqlite_write_lock`, by a write to `table`)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(
+            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:key))"), {"cls": cls, "key": key}
+        )
+    else:
+        take_sqlite_write_lock(session, table=table)
+
+
 def is_lock_timeout(exc: BaseException) -> bool:
     """Whether a statement failed because a lock was not granted within lock_timeout."""
     return getattr(getattr(exc, "orig", None), "sqlstate", None) == LOCK_NOT_AVAILABLE

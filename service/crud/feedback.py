@@ -113,8 +113,13 @@ def create_feedback(
     try:
         session.add(feedback)
         session.flush()
-        current = labels_crud.current_label(session, text_hash=prediction.text_hash)
+        if trust:
+            # Trusted reports of one content take turns, each reading what the one before left.
+            labels_crud.lock_content(session, text_hash=prediction.text_hash)
+        # In this order: a reviewer's label closes the task as it commits, so a label that
+        # lands between the two reads is seen by the second.
         settled = not _in_review(session, text_hash=prediction.text_hash)
+        current = labels_crud.current_label(session, text_hash=prediction.text_hash)
         if trust and settled and current is None:
             _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
         elif trust and settled and current is not None and current.tag == feedback.correct_tag:

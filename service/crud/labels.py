@@ -16,6 +16,7 @@ from sqlmodel.sql.expression import Select
 
 from service.crud.aggregates import count_where, rate
 from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_contents, pairs
+from service.db import take_turns
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
 from service.entities.review import ReviewReason, ReviewTask
@@ -31,11 +32,20 @@ EXPORT_COLUMNS = (
     "source",
     "holdout",
 )
+# PostgreSQL's advisory locks in their two-key form: this class, and a hash of the content.
+_CONTENT_LOCK_CLASS = 0x7466636C
 
 
 def holdout_for(text_hash: str, *, share: float) -> bool:
     """Whether content belongs to the held-out share: fixed by its hash, never re-drawn."""
     return int(text_hash[:8], 16) % 1000 < share * 1000
+
+
+def lock_content(session: Session, *, text_hash: str) -> None:
+    """Take the content's turn for the rest of the session's transaction, for a writer that
+    decides from what it reads whether to label the content (a trusted user report): two such
+    writers reading at once each found no label, and each added one in force."""
+    take_turns(session, cls=_CONTENT_LOCK_CLASS, key=text_hash, table=Label)
 
 
 def current_labels(session: Session) -> list[Label]:
