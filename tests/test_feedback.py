@@ -32,6 +32,7 @@ from service.ml.training import TrainResult
 from service.outbox import JOBS, LABELING_QUEUE
 from tests.conftest import auth, live_server, register_promoted
 from tests.test_review_api import VAGUE, wait_outbox_sent
+from workers import review_jobs
 from workers.context import JobContext, use_context
 from workers.worker import Worker
 
@@ -642,3 +643,47 @@ def test_trusted_reports_sent_at_once_give_one_content_one_label(
     [against] = {"mlops", "other"} - {labels[0].tag}
     assert by_status == {"confirmed": [labels[0].tag] * 4, "received": [against] * 4}
     assert all(r.label_id == labels[0].id for r in reports if r.status == "confirmed")
+
+
+def test_a_report_joining_a_task_its_reviewer_labels_meanwhile_is_settled(
+    make_client: Callable[..., TestClient],
+    engine: Engine,
+    redis_conn: redis.Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The labelling job counted a report on the open task of its content, committed, and only
+    then linked the report to the task. A reviewer's label landing in between (the task leased
+    to them, a key pressed as the report came) settled the task's reports without it, and the
+    link then put it `in_review` on a task already labelled: never settled, for good. The
+    report is now linked in the transaction that counts it on the task."""
+    client = make_client()
+    unsure = next(
+        answer
+        for title in VAGUE
+        if (answer := predict(client, {"title": title}))["status"] == "review"
+    )
+    work_labeling(client, redis_conn)  # the low-confidence task is open
+    task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    task_id = task.json()["task_id"]
+    claimed = other_tag(unsure["tag"])
+    sent = report(
+        client, prediction_id=unsure["prediction_id"], correct_tag=claimed, reporter="dora"
+    )
+    assert sent.status_code == 201 and sent.json()["status"] == "received"
+
+    bump = review_jobs.review_intake.bump_task
+
+    def bump_then_label(*args: Any, **kwargs: Any) -> Any:
+        bumped = bump(*args, **kwargs)
+        labeled = client.post(
+            f"/review/{task_id}/label",
+            json={"reviewer": "rev", "tag": claimed},
+            headers=auth("reviewer"),
+        )  # the reviewer's key, pressed while the job goes on
+        assert labeled.status_code == 201, labeled.text
+        return bumped
+
+    monkeypatch.setattr(review_jobs.review_intake, "bump_task", bump_then_label)
+    work_labeling(client, redis_conn)
+    view = client.get(f"/feedback/{sent.json()['feedback_id']}", headers=auth("client")).json()
+    assert (view["status"], view["task_id"], view["final_tag"]) == ("confirmed", task_id, claimed)

@@ -127,19 +127,26 @@ def arrival_key(payload: dict[str, Any]) -> str:
 def _create_or_bump(
     ctx: JobContext, session: Session, payload: dict[str, Any], labels: LabelIndex
 ) -> tuple[ReviewTask, str]:
-    """Bump the open task of this content, else create one; a lost insert race bumps."""
+    """Bump the open task of this content, else create one; a lost insert race bumps. A user
+    report's `feedback_id` is linked to the task in the same transaction."""
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     key = arrival_key(payload)
+    feedback_id = payload.get("feedback_id")
+    feedback_id = None if feedback_id is None else int(feedback_id)
     for _ in range(ATTEMPTS):
         bumped = review_intake.bump_task(
-            session, text_hash=payload["text_hash"], user_report=user_report, arrival_key=key
+            session,
+            text_hash=payload["text_hash"],
+            user_report=user_report,
+            arrival_key=key,
+            feedback_id=feedback_id,
         )
         if bumped is not None:
             task, counted = bumped
             return task, "bumped" if counted else "duplicate"
         new = _new_task(ctx, session, payload, labels)
         new.arrival_keys = [key]
-        task = review_intake.create_task(session, task=new)
+        task = review_intake.create_task(session, task=new, feedback_id=feedback_id)
         if task is not None:
             return task, "created"
     raise RuntimeError(f"could not create or bump the task for {payload['text_hash'][:12]}")
@@ -218,7 +225,7 @@ def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None)
     """Create the review task for a payload of `crud.predictions.review_payload`, or bump the
     open one for the same content. A low-confidence item whose content already has a current
     label opens nothing; a payload delivered twice counts once. `feedback_id` (user reports)
-    is linked to the task."""
+    is linked to the task in the transaction that creates or counts it."""
     ctx = get_context()
     labels = labels or LabelIndex(ctx.encoder)
     text_hash: str = payload["text_hash"]
@@ -229,11 +236,6 @@ def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None)
             if existing is not None:
                 return {"action": "already_labeled", "label_id": existing.id, "task_id": None}
         task, action = _create_or_bump(ctx, session, payload, labels)
-        assert task.id is not None
-        if payload.get("feedback_id") is not None:
-            review_intake.link_feedback(
-                session, feedback_id=int(payload["feedback_id"]), task_id=task.id
-            )
         return {
             "action": action,
             "task_id": task.id,

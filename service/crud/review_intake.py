@@ -63,13 +63,20 @@ def embeddings_ahead(
     )
 
 
-def create_task(session: Session, *, task: ReviewTask) -> ReviewTask | None:
-    """Insert a new open task; None when an open task for the same content won the race."""
+def create_task(
+    session: Session, *, task: ReviewTask, feedback_id: int | None = None
+) -> ReviewTask | None:
+    """Insert a new open task, with the user report `feedback_id` it reviews linked to it in
+    the same transaction (`_link_feedback`); None when an open task for the same content won
+    the race."""
     task.open_key = task.text_hash
     task.status = ReviewStatus.OPEN
     task.priority = task_priority(task)
     session.add(task)
     try:
+        session.flush()
+        assert task.id is not None
+        _link_feedback(session, feedback_id=feedback_id, task_id=task.id)
         session.commit()
     except IntegrityError:
         session.rollback()
@@ -80,13 +87,20 @@ def create_task(session: Session, *, task: ReviewTask) -> ReviewTask | None:
 
 
 def bump_task(
-    session: Session, *, text_hash: str, user_report: bool, arrival_key: str
+    session: Session,
+    *,
+    text_hash: str,
+    user_report: bool,
+    arrival_key: str,
+    feedback_id: int | None = None,
 ) -> tuple[ReviewTask, bool] | None:
-    """Count another arrival (or user report) on the open task of this content, if any.
+    """Count another arrival (or user report) on the open task of this content, if any, and
+    link the user report `feedback_id` to it (`_link_feedback`).
 
     Returns the task and whether it was counted: a delivery already counted (same
     `arrival_key`) is not counted twice. The first statement locks the row (the database on
-    SQLite) until the commit, so concurrent bumps are serialised and never lost.
+    SQLite) until the commit, so concurrent bumps are serialised and never lost, and a label
+    of the task waits for the link: it settles the report with the task's others.
     """
     locked = session.exec(
         update(ReviewTask)
@@ -102,6 +116,8 @@ def bump_task(
         .where(col(ReviewTask.open_key) == text_hash)
         .execution_options(populate_existing=True)
     ).one()
+    assert task.id is not None
+    _link_feedback(session, feedback_id=feedback_id, task_id=task.id)
     if arrival_key in task.arrival_keys:
         session.commit()
         return task, False
@@ -120,8 +136,12 @@ def bump_task(
     return task, True
 
 
-def link_feedback(session: Session, *, feedback_id: int, task_id: int) -> None:
-    """Attach a user report to the task that reviews it."""
+def _link_feedback(session: Session, *, feedback_id: int | None, task_id: int) -> None:
+    """Attach a user report to the task that reviews it (not committed: the caller commits it
+    with the task's count, so no label of the task can come between the two and settle the
+    task's reports without this one, which was then left `in_review` for good)."""
+    if feedback_id is None:
+        return
     feedback = session.get(Feedback, feedback_id)
     if feedback is None:
         log.warning("feedback %s named by a review job does not exist", feedback_id)
@@ -130,4 +150,3 @@ def link_feedback(session: Session, *, feedback_id: int, task_id: int) -> None:
     if feedback.status == FeedbackStatus.RECEIVED:
         feedback.status = FeedbackStatus.IN_REVIEW
     session.add(feedback)
-    session.commit()
