@@ -225,3 +225,62 @@ def test_a_versions_evaluation_set_is_given_back_and_reproduces_its_metrics(
 def test_label_ids_are_shown_as_runs() -> None:
     assert id_ranges([]) == "none"
     assert id_ranges([10, 1, 2, 3, 7, 9]) == "ids 1-3, 7, 9-10"
+
+
+def test_a_versions_lineage_keeps_the_reports_behind_its_labels_after_an_undo(
+    make_client: Callable[..., TestClient],  # noqa: F811
+    engine: Engine,
+    redis_conn: redis.Redis,
+    shared_dataset: Path,
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    """A version's lineage named the reports behind its labels by the label each report was
+    settled by: once a reviewer undid such a label (and relabelled the content) after a
+    retraining had learned from it, the version's lineage no longer listed the report it had
+    learned from, as if it had never gone in. It lists it still, with the label the version
+    holds, and the report's status as it is now."""
+    client = make_client(review_suspects=False)
+    [item] = new_contents(shared_dataset, tags)[:1]
+    answer = client.post(
+        "/predict",
+        json={"title": item.title, "description": item.description},
+        headers=auth("client"),
+    ).json()
+    sent = client.post(
+        "/feedback",
+        json={"prediction_id": answer["prediction_id"], "correct_tag": item.tag, "reporter": "uma"},
+        headers=auth("client"),
+    ).json()["feedback_id"]
+    work_labeling(client, redis_conn)
+    task = client.post("/review/claim", json={"reviewer": "ann"}, headers=auth("reviewer")).json()
+    given = client.post(
+        f"/review/{task['task_id']}/label",
+        json={"reviewer": "ann", "tag": item.tag},
+        headers=auth("reviewer"),
+    ).json()
+    settings = client.app.state.tagflow.settings
+    with Session(engine) as session:
+        outcome = retraining.retrain(
+            session, settings=settings, tags=tags, encoder=encoder, force=True
+        )
+    url = f"/models/{outcome['candidate']}/lineage"
+    before = client.get(url, headers=auth("client")).json()
+    held_out = given["id"] in before["holdout_label_ids"]
+    assert before["reports"] == [
+        {"feedback_id": sent, "label_id": given["id"], "status": "confirmed", "held_out": held_out}
+    ]
+
+    undo = client.post(
+        f"/review/{task['task_id']}/reopen", json={"reviewer": "ann"}, headers=auth("reviewer")
+    )
+    assert undo.status_code == 200, undo.text
+    other = next(tag for tag in tags.names if tag != item.tag)
+    relabeled = client.post(
+        f"/review/{task['task_id']}/label",
+        json={"reviewer": "ann", "tag": other},
+        headers=auth("reviewer"),
+    )
+    assert relabeled.status_code == 201, relabeled.text
+    after = client.get(url, headers=auth("client")).json()
+    assert after["reports"] == [{**before["reports"][0], "status": "rejected"}]

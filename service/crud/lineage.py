@@ -7,33 +7,63 @@ candidate learned from and which it was judged on could be read only from the da
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from sqlalchemy import or_
 from sqlmodel import Session, col, select
 
 from service.crud.snapshots import get_snapshot
-from service.entities import Feedback, ModelVersion
+from service.entities import Feedback, Label, ModelVersion
 from service.entities.common import as_utc
 from service.entities.snapshot import LineageReport, ModelLineage
 
 
 def _reports(session: Session, *, trained: list[int], held_out: list[int]) -> list[LineageReport]:
-    """The reports whose label (the one their review gave) is among `trained` or `held_out`."""
+    """The reports behind the labels among `trained` or `held_out`: the reports a label
+    settled (or a trusted report made), and those its review task was reviewing when it was
+    given. The second holds after an undo: that takes the label off its reports (which a new
+    label then settles), and the version that learned from it still did."""
     ids = [*trained, *held_out]
     if not ids:
         return []
+    given = {
+        task_id: (label_id, as_utc(created_at))
+        for label_id, task_id, created_at in session.exec(
+            select(Label.id, Label.task_id, Label.created_at).where(col(Label.id).in_(ids))
+        )
+        if task_id is not None and label_id is not None
+    }
     rows = session.exec(
-        select(Feedback).where(col(Feedback.label_id).in_(ids)).order_by(col(Feedback.id))
+        select(Feedback)
+        .where(or_(col(Feedback.label_id).in_(ids), col(Feedback.task_id).in_(list(given))))
+        .order_by(col(Feedback.id))
     ).all()
-    held = set(held_out)
+    wanted, held = set(ids), set(held_out)
+    behind = [(row, _label_behind(row, wanted=wanted, given=given)) for row in rows]
     return [
         LineageReport(
             feedback_id=row.id,
-            label_id=row.label_id,
+            label_id=label_id,
             status=row.status.value,
-            held_out=row.label_id in held,
+            held_out=label_id in held,
         )
-        for row in rows
-        if row.id is not None and row.label_id is not None
+        for row, label_id in behind
+        if row.id is not None and label_id is not None
     ]
+
+
+def _label_behind(
+    row: Feedback, *, wanted: set[int], given: dict[int, tuple[int, datetime]]
+) -> int | None:
+    """The label among `wanted` that report `row` is behind: the one that settled it, else the
+    one its task gave (`given`, by task: the label and when) after it came, if any."""
+    if row.label_id in wanted:
+        return row.label_id
+    if row.task_id not in given:
+        return None
+    label_id, given_at = given[row.task_id]
+    # Not a report that joined the task after this label (waiting for a second opinion).
+    return label_id if as_utc(row.created_at) <= given_at else None
 
 
 def lineage(session: Session, *, version: ModelVersion) -> ModelLineage:
