@@ -15,6 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -960,7 +961,19 @@ def test_jobs_list_shows_the_recorded_jobs_as_get_jobs_does(
     assert [j["job_id"] for j in json.loads(newest.output)["jobs"]] == [fourth]
     none = runner.invoke(app, ["jobs", "list", "--state", "started"], env=cli_env)
     assert none.exit_code == 0 and "no job started" in none.output
-    for bad in (["--state", "lost"], ["--limit", "0"], ["--limit", "501"]):
+    # Narrowed by time too, as the README has GET /jobs's `since` do "as tagflow jobs list
+    # does" (the option did not exist: "No such option: --since"): ISO 8601, an offset or
+    # none (UTC), as the API reads it.
+    at = jobs[1]["created_at"]  # the third's, "...Z"
+    for since in (at, at.replace("Z", "+00:00"), at.removesuffix("Z")):
+        recent = runner.invoke(app, ["jobs", "list", "--since", since, "--json"], env=cli_env)
+        assert recent.exit_code == 0, recent.output
+        assert [j["job_id"] for j in json.loads(recent.output)["jobs"]] == [fourth, third]
+    later = datetime.fromisoformat(at) + timedelta(hours=2)
+    elsewhere = later.astimezone(timezone(timedelta(hours=5))).isoformat()  # 2 h after, +05:00
+    none_since = runner.invoke(app, ["jobs", "list", "--since", elsewhere], env=cli_env)
+    assert none_since.exit_code == 0 and "no job queued since" in none_since.output
+    for bad in (["--state", "lost"], ["--limit", "0"], ["--limit", "501"], ["--since", "soon"]):
         refused = runner.invoke(app, ["jobs", "list", *bad], env=cli_env)
         assert refused.exit_code == 2, bad
     engine.dispose()

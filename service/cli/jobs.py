@@ -21,10 +21,29 @@ jobs_app = typer.Typer(
 OUTCOME_CHARS = 100
 
 
+def _iso_time(value: str) -> datetime:
+    """A `--since` time as GET /jobs reads one: ISO 8601, with an offset or Z, else UTC."""
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not an ISO 8601 time, such as 2026-09-01T12:00:00Z"
+        ) from None
+
+
 @jobs_app.command("list")
 def jobs_list(
     state: Annotated[
         JobState | None, typer.Option(help="Only the jobs in this state", case_sensitive=False)
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            parser=_iso_time,
+            metavar="TIME",
+            help="Only the jobs queued at or after this time (ISO 8601: an offset or Z, else "
+            "UTC), as GET /jobs?since=",
+        ),
     ] = None,
     limit: Annotated[
         int, typer.Option(min=1, max=MAX_LISTED, help="How many jobs, newest first")
@@ -37,14 +56,15 @@ def jobs_list(
     retrainings and daily prunes, with their state and outcome (from the database)."""
     settings = settings_or_exit()
     with open_session(settings) as session:
-        jobs = list_jobs(session, state=state, limit=limit)
+        jobs = list_jobs(session, state=state, since=since, limit=limit)
     if as_json:
         shown = [job.model_dump(mode="json", exclude_none=True) for job in jobs]
         print(json.dumps({"jobs": shown}, indent=2))
     elif jobs:
         console.print(_jobs_table(jobs))
     else:
-        console.print("no job" + (f" {state.value}" if state else " recorded yet"))
+        which = (f" {state.value}" if state else "") + (f" queued since {since}" if since else "")
+        console.print("no job" + (which or " recorded yet"))
 
 
 def _jobs_table(jobs: list[JobListed]) -> Table:
