@@ -662,8 +662,10 @@ def test_a_report_joining_a_task_its_reviewer_labels_meanwhile_is_settled(
         for title in VAGUE
         if (answer := predict(client, {"title": title}))["status"] == "review"
     )
+    wait_outbox_sent(engine, at_least=1)
     work_labeling(client, redis_conn)  # the low-confidence task is open
     task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    assert task.status_code == 200, task.status_code
     task_id = task.json()["task_id"]
     claimed = other_tag(unsure["tag"])
     sent = report(
