@@ -689,3 +689,37 @@ def test_a_report_joining_a_task_its_reviewer_labels_meanwhile_is_settled(
     work_labeling(client, redis_conn)
     view = client.get(f"/feedback/{sent.json()['feedback_id']}", headers=auth("client")).json()
     assert (view["status"], view["task_id"], view["final_tag"]) == ("confirmed", task_id, claimed)
+
+
+def test_a_trusted_report_leaves_an_audit_item_in_the_audit_sample(
+    make_client: Callable[..., TestClient], engine: Engine, redis_conn: redis.Redis
+) -> None:
+    """Trusted, a report made before the worker had opened its content's audit task (within
+    the relay's latency, or minutes while the worker runs a retraining) labelled the content at
+    once; the audit payload then found a label and opened nothing. The reported item left the
+    audit sample, and reported items are the likeliest errors: live precision was overstated,
+    the bias the audit keeps reported items for. Such a report now waits for the audit's blind
+    label, which settles it."""
+    client = make_client(trust_feedback=True, audit_share=1.0)  # every content audited
+    prediction = predict(client)
+    claimed = other_tag(prediction["tag"])
+    sent = report(
+        client, prediction_id=prediction["prediction_id"], correct_tag=claimed, reporter="ivy"
+    )
+    assert sent.status_code == 201 and sent.json()["status"] == "received"
+    work_labeling(client, redis_conn)
+    task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
+    assert task.status_code == 200, task.status_code
+    assert task.json()["reason"] == "audit" and task.json()["reports"] == []  # blind
+    labeled = client.post(
+        f"/review/{task.json()['task_id']}/label",
+        json={"reviewer": "rev", "tag": claimed},
+        headers=auth("reviewer"),
+    )
+    assert labeled.status_code == 201
+    view = client.get(f"/feedback/{sent.json()['feedback_id']}", headers=auth("client")).json()
+    assert (view["status"], view["final_tag"]) == ("confirmed", claimed)
+    audit = client.get(f"/models/{prediction['model_version']}/audit", headers=auth("client"))
+    assert (audit.json()["audited"], audit.json()["agreed"]) == (1, 0)
+    with Session(engine) as session:
+        assert [label.source for label in session.exec(select(Label))] == [LabelSource.REVIEW]

@@ -3,8 +3,9 @@
 A report is not trusted by default: it is stored with an outbox row that asks the labelling
 queue for a human review (reason `user_report`). With `trust_feedback` it becomes a label
 right away when the content has none and no review task is open for it; against a label
-already given (by a reviewer, or by an earlier report), or for content in review, it goes to
-review like any other report, and agreeing with a final label it is confirmed by it.
+already given (by a reviewer, or by an earlier report), for content in review, or for content
+of the audit sample (which is labelled blind), it goes to review like any other report, and
+agreeing with a final label it is confirmed by it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
-from service.crud.predictions import REVIEW_KIND, review_payload
+from service.crud.predictions import REVIEW_KIND, in_audit_sample, review_payload
 from service.entities import (
     Feedback,
     FeedbackCreate,
@@ -90,6 +91,7 @@ def create_feedback(
     tags: TagSet,
     trust: bool,
     holdout_share: float,
+    audit_share: float = 0.0,
 ) -> tuple[Feedback, bool]:
     """Store a report; returns `(feedback, created)`.
 
@@ -97,7 +99,8 @@ def create_feedback(
     `created=False` and writes nothing; one naming another tag, or bringing another comment,
     is a ConflictError. The
     feedback row and its outbox row (or, when trusted, its label) are committed in one
-    transaction.
+    transaction. A trusted report does not label content of the audit sample (`audit_share`):
+    that waits for the audit's blind label.
     """
     existing = recorded_report(session, body=body, tags=tags)
     if existing is not None:
@@ -120,7 +123,11 @@ def create_feedback(
         # lands between the two reads is seen by the second.
         settled = not _in_review(session, text_hash=prediction.text_hash)
         current = labels_crud.current_label(session, text_hash=prediction.text_hash)
-        if trust and settled and current is None:
+        # Content the audit samples is labelled blind, on its audit task. Labelled here, before
+        # the worker opened that task, it opened none: the reported item (the likeliest error)
+        # left the sample, and the audit overstated live precision.
+        audited = in_audit_sample(prediction.text_hash, share=audit_share)
+        if trust and settled and current is None and not audited:
             _trust(session, feedback=feedback, prediction=prediction, share=holdout_share)
         elif trust and settled and current is not None and current.tag == feedback.correct_tag:
             feedback.status = FeedbackStatus.CONFIRMED  # the label in force already says so

@@ -48,6 +48,7 @@ def _store(
         tags=state.tags,
         trust=settings.trust_feedback,
         holdout_share=settings.label_holdout_share,
+        audit_share=settings.audit_share,
     )
 
 
