@@ -723,3 +723,26 @@ def test_a_trusted_report_leaves_an_audit_item_in_the_audit_sample(
     assert (audit.json()["audited"], audit.json()["agreed"]) == (1, 0)
     with Session(engine) as session:
         assert [label.source for label in session.exec(select(Label))] == [LabelSource.REVIEW]
+
+
+def test_a_report_sent_again_in_the_other_unicode_form_is_a_repeat(
+    make_client: Callable[..., TestClient], engine: Engine
+) -> None:
+    """A reporter's name and comment sent again written in Unicode's other canonical form (an
+    accent as a letter and a combining mark, as macOS and some text pipelines send it) were
+    other text: "José" reporting again was a second reporter, with a second report to review,
+    and the same comment again a 409 "another comment". Both are the same text, as they are
+    for a content: a repeat, answered as the first."""
+    client = make_client()
+    pid = predict(client)["prediction_id"]
+    first = report(
+        client, prediction_id=pid, correct_tag="mlops", reporter="Jos\u00e9", comment="caf\u00e9"
+    )
+    assert first.status_code == 201, first.text
+    again = report(
+        client, prediction_id=pid, correct_tag="mlops", reporter="Jose\u0301", comment="cafe\u0301"
+    )
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    with Session(engine) as session:
+        assert [f.reporter for f in session.exec(select(Feedback)).all()] == ["Jos\u00e9"]

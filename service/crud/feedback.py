@@ -31,6 +31,7 @@ from service.entities.common import as_utc
 from service.entities.feedback import SETTLED
 from service.entities.review import ReviewReason, ReviewTask, UserReport
 from service.errors import ConflictError, InvalidInputError, NotFoundError
+from service.ml.dataset import composed
 from service.tags import TagSet
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,20 @@ def find_feedback(session: Session, *, prediction_id: str, reporter: str) -> Fee
     ).first()
 
 
+def _reporter(body: FeedbackCreate) -> str:
+    """Who reports, as stored and looked up: "" for anyone anonymous, and a name in Unicode's
+    composed form (`composed`), so that the same name sent in the other form is the same
+    reporter."""
+    return composed(body.reporter or "").strip()
+
+
 def recorded_report(session: Session, *, body: FeedbackCreate, tags: TagSet) -> Feedback | None:
     """The report `body` repeats (a retry whose answer was lost), None for a new one; a tag
     not approved is an InvalidInputError, and a report that contradicts the recorded one a
     ConflictError. Needs no prediction: a repeat is answered before the key's quota is taken.
     A repeat of a report whose tag was retired since is still a repeat (200, its status as it
     is now): refused as unapproved, the report it repeats read as not stored."""
-    reporter = (body.reporter or "").strip()
+    reporter = _reporter(body)
     existing = find_feedback(session, prediction_id=body.prediction_id, reporter=reporter)
     if existing is not None and existing.correct_tag == body.correct_tag:
         return _repeated(existing, body=body)
@@ -105,7 +113,7 @@ def create_feedback(
     existing = recorded_report(session, body=body, tags=tags)
     if existing is not None:
         return existing, False
-    reporter = (body.reporter or "").strip()
+    reporter = _reporter(body)
     feedback = Feedback(
         prediction_id=prediction.id,
         reporter=reporter,
@@ -164,8 +172,9 @@ def _repeated(existing: Feedback, *, body: FeedbackCreate) -> Feedback:
     """The first report, when `body` repeats it (a retry, with the same comment or none);
     ConflictError when it names another tag or brings another comment, which would otherwise
     be dropped without a word."""
-    comment = body.comment or ""
-    if existing.correct_tag == body.correct_tag and comment in ("", existing.comment or ""):
+    # The same words in either of Unicode's forms are the same comment.
+    comment, kept = composed(body.comment or ""), composed(existing.comment or "")
+    if existing.correct_tag == body.correct_tag and comment in ("", kept):
         return existing
     who = f"reporter {existing.reporter!r}" if existing.reporter else "an anonymous reporter"
     hint = "" if existing.reporter else "; name the reporter to tell reports apart"
