@@ -93,6 +93,19 @@ def work_labeling(client: TestClient, conn: redis.Redis) -> None:
         use_context(None)
 
 
+def open_unsure_task(client: TestClient, conn: redis.Redis) -> dict[str, Any]:
+    """Predict vague items until one goes to review, and open its low-confidence task; the
+    prediction's answer."""
+    unsure = next(
+        answer
+        for title in VAGUE
+        if (answer := predict(client, {"title": title}))["status"] == "review"
+    )
+    wait_outbox_sent(client.app.state.tagflow.engine, at_least=1)
+    work_labeling(client, conn)  # the low-confidence task is open
+    return unsure
+
+
 def test_report_goes_to_review_and_settles_with_the_label(
     make_client: Callable[..., TestClient], engine: Engine, redis_conn: redis.Redis
 ) -> None:
@@ -222,13 +235,7 @@ def test_trusted_feedback_on_content_in_review_joins_the_task(
     """A report about content a reviewer is asked to label does not label it under the
     reviewer (whose label would then overwrite it): it joins the task, for the reviewer."""
     client = make_client(trust_feedback=True)
-    unsure = next(
-        answer
-        for title in VAGUE
-        if (answer := predict(client, {"title": title}))["status"] == "review"
-    )
-    wait_outbox_sent(engine, at_least=1)
-    work_labeling(client, redis_conn)  # the low-confidence task is open
+    unsure = open_unsure_task(client, redis_conn)
     claimed = other_tag(unsure["tag"])
     response = report(
         client, prediction_id=unsure["prediction_id"], correct_tag=claimed, reporter="carol"
@@ -647,7 +654,6 @@ def test_trusted_reports_sent_at_once_give_one_content_one_label(
 
 def test_a_report_joining_a_task_its_reviewer_labels_meanwhile_is_settled(
     make_client: Callable[..., TestClient],
-    engine: Engine,
     redis_conn: redis.Redis,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -657,13 +663,7 @@ def test_a_report_joining_a_task_its_reviewer_labels_meanwhile_is_settled(
     link then put it `in_review` on a task already labelled: never settled, for good. The
     report is now linked in the transaction that counts it on the task."""
     client = make_client()
-    unsure = next(
-        answer
-        for title in VAGUE
-        if (answer := predict(client, {"title": title}))["status"] == "review"
-    )
-    wait_outbox_sent(engine, at_least=1)
-    work_labeling(client, redis_conn)  # the low-confidence task is open
+    unsure = open_unsure_task(client, redis_conn)
     task = client.post("/review/claim", json={"reviewer": "rev"}, headers=auth("reviewer"))
     assert task.status_code == 200, task.status_code
     task_id = task.json()["task_id"]
