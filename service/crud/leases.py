@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, text, update
+from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from service.crud import overlap
 from service.crud.review import get_task, refusal, transition
-from service.db import take_sqlite_write_lock
+from service.db import take_turns
 from service.entities.common import utcnow
 from service.entities.review import ReviewStatus, ReviewTask
 from service.errors import ConflictError
@@ -119,16 +119,9 @@ def _lock_reviewer(session: Session, *, reviewer: str) -> None:
     """Take `reviewer`'s claim lock for the rest of the session's transaction, so that their
     claims take turns: each reads the lease the one before took, and resumes it, instead of
     finding none and leasing another task (claims sent at once held up to one task each).
-    PostgreSQL: an advisory lock per reviewer, so other reviewers' claims go on; SQLite: the
-    database's write lock, which a claim takes anyway to lease a task. The transaction's
-    commit or rollback releases it."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:reviewer))"),
-            {"cls": _CLAIM_LOCK_CLASS, "reviewer": reviewer},
-        )
-    else:
-        take_sqlite_write_lock(session, table=ReviewTask)
+    Other reviewers' claims go on (PostgreSQL); SQLite has one write lock, which a claim takes
+    anyway to lease a task."""
+    take_turns(session, cls=_CLAIM_LOCK_CLASS, key=reviewer, table=ReviewTask)
 
 
 def _resume(session: Session, *, reviewer: str, now: datetime, lease_s: int) -> ReviewTask | None:
