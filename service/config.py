@@ -9,6 +9,7 @@ from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -297,6 +298,28 @@ class Settings(BaseSettings):
             # Each connection would get an empty database of its own: no table the migrations
             # made, and nothing shared between the API, its threads and the workers.
             raise ValueError("is an in-memory SQLite database: use sqlite:///PATH to a file")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        # Read by redis-py only once a process connects: a wrong scheme was a traceback at the
+        # API's start-up (exit 3) and the worker's, and a database that is not a number (".../
+        # seven") was database 0 without a word, where other deployments may keep their queues.
+        if value is None:
+            return value
+        from redis.connection import parse_url
+
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            raise ValueError(
+                f"is not a Redis URL ({exc}): use redis://[:PASSWORD@]HOST:PORT/DB"
+            ) from None
+        parts = urlsplit(value)
+        database = parts.path.lstrip("/") if parts.scheme != "unix" else ""
+        if database and not database.isdigit():
+            raise ValueError(f"names the database {database!r}: a Redis database is a number")
         return value
 
     @field_validator("base_dataset")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from typer.testing import CliRunner
 
+from service.cli.main import app
 from service.config import (
     Caller,
     Role,
@@ -253,3 +255,29 @@ def test_a_key_holder_whose_name_is_not_utf8_is_refused() -> None:
     assert parse_api_keys("admin/café:adminkey-bbbbbbbbbbbb")["adminkey-bbbbbbbbbbbb"].name == (
         "café"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("foo://x", "is not a Redis URL (Redis URL must specify one of the following schemes"),
+        ("redis://127.0.0.1:abc/7", "is not a Redis URL (Port could not be cast"),
+        ("redis://127.0.0.1:6379/seven", "names the database 'seven': a Redis database is a"),
+    ],
+)
+def test_a_redis_url_that_redis_cannot_read_is_refused_at_start(url: str, error: str) -> None:
+    """redis-py reads the URL only when a process connects: a wrong scheme was a traceback at
+    the API's start-up (exit 3) and the worker's, and a database that is not a number was
+    database 0, silently."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, dev=True, redis_url=url)  # type: ignore[call-arg]
+    assert describe_errors(refused.value).startswith(f"TAGFLOW_REDIS_URL: {error}")
+    for fine in ("redis://:pw@127.0.0.1:6379/7", "rediss://h", "unix:///tmp/redis.sock?db=2"):
+        assert Settings(_env_file=None, dev=True, redis_url=fine).redis_url == fine  # type: ignore[call-arg]
+
+
+def test_a_bad_redis_url_stops_serve_and_worker_in_one_line(cli_env: dict[str, str]) -> None:
+    for command in (["serve", "--port", "0"], ["worker"]):
+        result = CliRunner().invoke(app, command, env=cli_env | {"TAGFLOW_REDIS_URL": "foo://x"})
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("configuration error: TAGFLOW_REDIS_URL: is not a Redis")
