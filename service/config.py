@@ -21,6 +21,9 @@ PACKAGE_DATA = Path(__file__).parent / "data"
 DEFAULT_TAGS_FILE = PACKAGE_DATA / "tags.csv"
 SEED_DATASET = PACKAGE_DATA / "seed.csv"
 MAX_NAME_CHARS = 200  # a reviewer's name, on a key or in a request
+# The longest span in days a setting may give (`tagflow db prune` takes as many): a cut that
+# far back is still a date; 1,000,000 days was an OverflowError in every job that used it.
+MAX_DAYS = 36_500
 
 
 class Role(StrEnum):
@@ -239,18 +242,18 @@ class Settings(BaseSettings):
     log_flush_interval_s: float = Field(0.25, gt=0.0)
     # Predictions older than this are deleted once a day by a worker (service/retention.py);
     # those a user report points at stay. 0 keeps them all (or prune from cron: tagflow db prune).
-    retention_days: float = Field(0.0, ge=0.0)
+    retention_days: float = Field(0.0, ge=0.0, le=MAX_DAYS)
     log_batch_size: int = Field(500, ge=1)
     # Predictions the write-behind log keeps in memory while the database is away (about 1.8 KB
     # each); past this, the oldest go to the spill file and are written from there later.
     log_max_buffered: int = Field(20_000, ge=1)
 
-    review_lease_s: int = Field(600, ge=1)
+    review_lease_s: int = Field(600, ge=1, le=MAX_DAYS * 86_400)
     # The queue's bound: past this many open low-confidence tasks, the lowest-priority ones are
     # shed (kept as `shed`, out of the queue), and so are those open longer than the age limit.
     # User reports, audit items and label checks are never shed. 0 turns either bound off.
     review_queue_limit: int = Field(20_000, ge=0)
-    review_max_age_days: float = Field(30.0, ge=0.0)
+    review_max_age_days: float = Field(30.0, ge=0.0, le=MAX_DAYS)
     # Share of contents (by hash) labelled twice, by different reviewers, the second blind to
     # the first; a third decides when they differ (crud/overlap.py). Their agreement measures
     # the labels. Off by default: it needs two reviewers, three for the decisions.

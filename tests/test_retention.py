@@ -33,7 +33,7 @@ from service.entities.common import utcnow
 from service.jobs import PRUNE_DESCRIPTION, JobListed, list_jobs
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE, prune_done
-from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune
+from service.retention import PRUNE_JOB, PRUNE_KEY, maybe_enqueue_prune, prune_older_than
 from tests.conftest import make_prediction, sqlite_app
 from workers.context import JobContext, use_context
 from workers.worker import Worker
@@ -310,6 +310,22 @@ def test_the_workers_prune_gives_up_on_a_lock_held_elsewhere_and_is_retried(
 def test_retention_under_a_day_is_refused(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValidationError, match="at least 1"):
         make_settings(retention_days=0.5)
+
+
+@pytest.mark.parametrize("days", [1_000_000, float("inf")])
+def test_retention_no_date_can_reach_back_to_is_refused(days: float, sqlite_engine: Engine) -> None:
+    """1,000,000 days (or `inf`, "keep them forever") was taken at start, and every daily prune
+    then failed with an OverflowError, retried three times a day. At most 36,500 days, as
+    `tagflow db prune` takes, and the prune runs at that bound."""
+    with pytest.raises(ValidationError, match="less than or equal to 36500"):
+        Settings(_env_file=None, dev=True, retention_days=days)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError, match="less than or equal to 36500"):
+        Settings(_env_file=None, dev=True, review_max_age_days=days)  # type: ignore[call-arg]
+    longest = Settings(_env_file=None, dev=True, retention_days=36_500)  # type: ignore[call-arg]
+    log_predictions(sqlite_engine, old=0, recent=2)
+    gone = prune_older_than(sqlite_engine, days=longest.retention_days)
+    assert gone == {"predictions": 0, "shadow_predictions": 0, "outbox_rows": 0}
+    assert len(remaining(sqlite_engine)[0]) == 2
 
 
 def test_the_api_watch_loop_enqueues_it(
