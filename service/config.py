@@ -175,8 +175,16 @@ class Settings(BaseSettings):
 
     # An empty variable is an unset one: compose files pass `${VAR:-}` through as "", and an
     # empty TAGFLOW_API_KEYS_FILE must not become the path "." (nor TAGFLOW_ENCODER_DIR).
+    # No `inf` or `nan`: TAGFLOW_WATCH_INTERVAL_S=inf was taken, and the API never looked for
+    # a new model, relayed the outbox or queued a prune again; TAGFLOW_MICROBATCH_WAIT_MS=inf
+    # held a request until others came; TAGFLOW_LOG_FLUSH_INTERVAL_S=inf wrote no prediction
+    # before the stop, and GET /predictions/{id} of an unknown id waited for ever.
     model_config = SettingsConfigDict(
-        env_prefix="TAGFLOW_", env_file=".env", extra="ignore", env_ignore_empty=True
+        env_prefix="TAGFLOW_",
+        env_file=".env",
+        extra="ignore",
+        env_ignore_empty=True,
+        allow_inf_nan=False,
     )
 
     dev: bool = False

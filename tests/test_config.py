@@ -281,3 +281,20 @@ def test_a_bad_redis_url_stops_serve_and_worker_in_one_line(cli_env: dict[str, s
         result = CliRunner().invoke(app, command, env=cli_env | {"TAGFLOW_REDIS_URL": "foo://x"})
         assert result.exit_code == 2, result.output
         assert result.output.startswith("configuration error: TAGFLOW_REDIS_URL: is not a Redis")
+
+
+@pytest.mark.parametrize(
+    "name", ["watch_interval_s", "microbatch_wait_ms", "log_flush_interval_s", "target_precision"]
+)
+@pytest.mark.parametrize("value", ["inf", "nan", "-inf"])
+def test_a_number_that_is_not_finite_is_refused_at_start(name: str, value: str) -> None:
+    """TAGFLOW_WATCH_INTERVAL_S=inf was taken: the API then never looked for a new production
+    model, relayed the outbox or queued a prune again; TAGFLOW_MICROBATCH_WAIT_MS=inf held a
+    request until another came; TAGFLOW_LOG_FLUSH_INTERVAL_S=inf wrote nothing before the
+    stop."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, dev=True, **{name: value})  # type: ignore[call-arg]
+    assert (
+        describe_errors(refused.value) == f"TAGFLOW_{name.upper()}: Input should be a finite number"
+    )
+    assert getattr(Settings(_env_file=None, dev=True, **{name: "0.5"}), name) == 0.5  # type: ignore[call-arg]
