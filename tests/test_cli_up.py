@@ -587,3 +587,24 @@ def test_up_stops_with_exit_2_when_its_worker_meets_a_configuration_refusal(
     assert shutdown.index(up_said) < shutdown.index("Shutting down"), shutdown
     assert "Application shutdown complete" in shutdown, shutdown
     assert _gone(children, within_s=5) == []
+
+
+def test_an_embedded_redis_that_cannot_have_its_folder_is_one_line(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A file where the embedded Redis keeps its files (or a folder `up` may not write in)
+    ended `up` in a FileExistsError or PermissionError traceback; now one line naming the data
+    directory, exit 2, before the seed is trained."""
+    redis_dir = tmp_path / "var" / "redis"
+    redis_dir.parent.mkdir()
+    redis_dir.write_text("not a folder")
+    log = tmp_path / "up.log"
+    process, _ = _start(up_env, log)
+    started.append(process)
+    assert process.wait(timeout=60) == 2, log.read_text()
+    said = log.read_text()
+    assert said.endswith(
+        f"cannot use the data directory {tmp_path / 'var'}: File exists: {redis_dir} "
+        "(TAGFLOW_DATA_DIR)\n"
+    ), said
+    assert list((tmp_path / "var" / "models").iterdir()) == []  # no seed trained

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
+from typing import TYPE_CHECKING
 
 import typer
 from rich.text import Text
@@ -32,6 +33,9 @@ from service.config import SEED_DATASET, Settings, generate_dev_keys
 from service.jobs import LONGEST_JOB_TIMEOUT_S
 from service.ml import registry
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
+
+if TYPE_CHECKING:  # imported when used: `up` with a configured Redis starts none
+    from service.redis_server import EmbeddedRedis
 
 IDLE_STOP_S = 3  # an idle worker stops within a poll (1 s); longer, and it is running a job
 # A worker that stopped on its own is started again after the first delay, doubled at each
@@ -164,10 +168,27 @@ def _with_redis(settings: Settings, stack: ExitStack) -> Settings:
 
     embedded = EmbeddedRedis(settings.redis_dir)
     # The worker, a child, finds it through the environment.
-    os.environ["TAGFLOW_REDIS_URL"] = embedded.start()
+    os.environ["TAGFLOW_REDIS_URL"] = _started(embedded, settings)
     stack.callback(embedded.stop)
     console.print(f"embedded Redis at {embedded.url} (files in {settings.redis_dir})")
     return settings_or_exit(serving=True)
+
+
+def _started(embedded: EmbeddedRedis, settings: Settings) -> str:
+    """The embedded Redis's URL once it answers. Its folder not writable, or a file where it
+    goes, is one line naming the data directory, exit 2; a server that did not start, one line
+    naming its log, exit 1 (both were a traceback)."""
+    try:
+        return embedded.start()
+    except OSError as exc:
+        print_error(
+            f"cannot use the data directory {settings.data_dir}:",
+            f"{exc.strerror or exc}: {settings.redis_dir} (TAGFLOW_DATA_DIR)",
+        )
+        raise typer.Exit(2) from None
+    except RuntimeError as exc:
+        print_error("cannot start the embedded Redis:", f"{exc} (or set TAGFLOW_REDIS_URL)")
+        raise typer.Exit(1) from None
 
 
 def _start_worker() -> subprocess.Popen[bytes]:
