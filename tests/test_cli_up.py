@@ -608,3 +608,27 @@ def test_an_embedded_redis_that_cannot_have_its_folder_is_one_line(
         "(TAGFLOW_DATA_DIR)\n"
     ), said
     assert list((tmp_path / "var" / "models").iterdir()) == []  # no seed trained
+
+
+def test_a_tag_file_without_the_seeds_tags_stops_up_in_a_few_lines(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A team's own tag list and no model yet: training the bundled seed, whose tags it does
+    not approve, was a DatasetError traceback of a hundred lines. Now the validation report
+    under one line saying what to do, exit 2, with the embedded Redis stopped."""
+    tags = tmp_path / "tags.csv"
+    tags.write_text("tag,description\nsports,Games\nother,The rest\n")
+    log = tmp_path / "up.log"
+    process, _ = _start({**up_env, "TAGFLOW_TAGS_FILE": str(tags)}, log)
+    started.append(process)
+    assert process.wait(timeout=120) == 2, log.read_text()
+    said = log.read_text()
+    assert "Traceback" not in said and "│" not in said, said
+    assert (
+        "cannot train the bundled seed (promote a model trained on a file of yours first: "
+        "tagflow train --data FILE --promote):\nvalidation of "
+    ) in said, said
+    assert "tag 'mlops' is not in the approved list" in said
+    redis_dir = str((tmp_path / "var" / "redis").resolve())
+    left = [p for p in psutil.process_iter(["cmdline"]) if redis_dir in (p.info["cmdline"] or [])]
+    assert _gone(left, within_s=10) == []

@@ -30,8 +30,10 @@ from service.cli.common import (
     settings_or_exit,
 )
 from service.config import SEED_DATASET, Settings, generate_dev_keys
+from service.errors import TagflowError
 from service.jobs import LONGEST_JOB_TIMEOUT_S
 from service.ml import registry
+from service.ml.dataset import DatasetError
 from service.processes import DataDirBusyError, die_with_parent, sole_owner, stop_signals_as_exit
 
 if TYPE_CHECKING:  # imported when used: `up` with a configured Redis starts none
@@ -111,9 +113,18 @@ def run_up(host: str, port: int) -> None:
         stop.check()  # each start of a child process is a place where a stop can be lost
         if not has_model:
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
-            train_with_progress(
-                settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
-            )
+            try:
+                train_with_progress(
+                    settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
+                )
+            except (DatasetError, TagflowError) as exc:
+                # A tag file of the team's own, without the seed's tags: it was a traceback.
+                print_error(
+                    "cannot train the bundled seed (promote a model trained on a file of "
+                    "yours first: tagflow train --data FILE --promote):",
+                    exc,
+                )
+                raise typer.Exit(2) from None
         worker = SupervisedWorker()
         stack.callback(worker.stop)
         stop.check()  # from here uvicorn's own handlers take the signals
