@@ -40,7 +40,7 @@ from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE
-from service.redis_server import free_port
+from service.redis_server import EmbeddedRedis, free_port
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, ROOT, auth, register_promoted
 from tests.test_jobs import ran_three_and_queued_one
 
@@ -474,6 +474,31 @@ def test_a_worker_whose_redis_does_not_answer_at_start_exits_1(cli_env: dict[str
     said = "cannot work: Redis at redis://127.0.0.1:1/0 does not answer: Error 111 connecting"
     assert result.exit_code == 1 and said in _said(result.output), result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_worker_whose_redis_refuses_it_exits_2(
+    cli_env: dict[str, str], test_redis_url: str, tmp_path: Path
+) -> None:
+    """A wrong password, or a database the server does not have, is a configuration error a
+    restart repeats: it was exit 1, an outage's, and `tagflow up` started its worker again
+    once a minute for ever, each time to the same line."""
+    no_such_db = make_url(test_redis_url).set(database="100000").render_as_string(False)
+    embedded = EmbeddedRedis(tmp_path / "redis")
+    url = embedded.start()
+    try:
+        wrong_password = url.replace(embedded.password, "not-the-password")
+        for redis_url, reason in (
+            (no_such_db, "DB index is out of range"),
+            (wrong_password, "invalid username-password pair"),
+        ):
+            env = {**cli_env, "TAGFLOW_REDIS_URL": redis_url}
+            result = CliRunner().invoke(app, ["worker"], env=env)
+            assert result.exit_code == 2, result.output
+            said = _said(result.output)
+            assert "cannot work: Redis at redis://" in said and "refused the connection" in said
+            assert reason in said and "not-the-password" not in said, said
+    finally:
+        embedded.stop()
 
 
 def test_a_data_directory_moved_elsewhere_keeps_working(

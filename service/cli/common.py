@@ -320,20 +320,33 @@ def preflight_or_exit(
     cli_tags(settings)
     engine_or_exit(settings, upgrade=True, wait=before_database).dispose()
     if reach_redis:
-        from redis import Redis
-        from redis.exceptions import RedisError
+        _redis_answers_or_exit(settings.redis_url, action=action)
 
-        try:
-            with Redis.from_url(settings.redis_url, socket_connect_timeout=5) as redis:
-                redis.ping()
-        except RedisError as exc:
-            # RQ's own message for this was "worker stopped: lost its Redis connection", for
-            # a worker that never had one.
-            print_error(
-                f"cannot {action}: Redis at {shown_url(settings.redis_url)} does not answer:",
-                f"{exc} (TAGFLOW_REDIS_URL)",
-            )
-            raise typer.Exit(1) from None
+
+def _redis_answers_or_exit(url: str, *, action: str) -> None:
+    """Exit 1 if the Redis at `url` does not answer (an outage: started again, it may); exit 2
+    if it answers with a refusal, a wrong password or a database it does not have, which a
+    restart repeats: as exit 1, `tagflow up` started its worker again once a minute for ever."""
+    from redis import Redis
+    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+
+    try:
+        with Redis.from_url(url, socket_connect_timeout=5) as redis:
+            redis.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        print_error(
+            f"cannot {action}: Redis at {shown_url(url)} refused the connection:",
+            f"{exc} (TAGFLOW_REDIS_URL)",
+        )
+        raise typer.Exit(2) from None
+    except RedisError as exc:
+        # RQ's own message for this was "worker stopped: lost its Redis connection", for
+        # a worker that never had one.
+        print_error(
+            f"cannot {action}: Redis at {shown_url(url)} does not answer:",
+            f"{exc} (TAGFLOW_REDIS_URL)",
+        )
+        raise typer.Exit(1) from None
 
 
 def cli_actor(command: str) -> str:
