@@ -309,6 +309,13 @@ class Settings(BaseSettings):
             # Each connection would get an empty database of its own: no table the migrations
             # made, and nothing shared between the API, its threads and the workers.
             raise ValueError("is an in-memory SQLite database: use sqlite:///PATH to a file")
+        if url.get_backend_name() == "postgresql" and not url.database:
+            # libpq then connects to the database named after the user (the OS user's, without
+            # one): `postgresql+psycopg://` made tagflow's tables in a database called "root".
+            raise ValueError(
+                "names no database: use postgresql+psycopg://USER@HOST:PORT/DB (libpq would "
+                "pick one named after the user)"
+            )
         return value
 
     @field_validator("redis_url")

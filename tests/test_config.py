@@ -298,3 +298,17 @@ def test_a_number_that_is_not_finite_is_refused_at_start(name: str, value: str) 
         describe_errors(refused.value) == f"TAGFLOW_{name.upper()}: Input should be a finite number"
     )
     assert getattr(Settings(_env_file=None, dev=True, **{name: "0.5"}), name) == 0.5  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg://", "postgresql+psycopg://tagflow:pw@db:5432/", "postgresql://h"]
+)
+def test_a_postgresql_url_naming_no_database_is_refused(url: str) -> None:
+    """libpq then picks the database named after the user: `postgresql+psycopg://` (an empty
+    variable in a template, say) made tagflow's tables in a database called "root", and
+    `tagflow models list` answered "no version yet" there, exit 0."""
+    with pytest.raises(ValidationError) as refused:
+        Settings(_env_file=None, dev=True, database_url=url)  # type: ignore[call-arg]
+    assert describe_errors(refused.value).startswith("TAGFLOW_DATABASE_URL: names no database")
+    named = "postgresql+psycopg://tagflow:pw@db:5432/tagflow"
+    assert Settings(_env_file=None, dev=True, database_url=named).database_url == named  # type: ignore[call-arg]
