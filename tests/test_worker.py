@@ -163,6 +163,45 @@ def test_a_worker_stops_on_sigterm_while_redis_is_away(
     assert "╭" not in text  # no rich traceback box from the CLI
 
 
+def test_a_redis_outage_is_a_line_a_minute_in_the_workers_log(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """An idle worker whose Redis had stopped logged `cannot reach Redis` at every poll (each
+    second), and RQ's pubsub thread `could not connect to Redis instance` every 2 s: 5,400
+    ERROR lines an hour. Now a line when it starts (then one a minute), one when it ends."""
+    server = EmbeddedRedis(tmp_path / "redis")
+    url = server.start()
+    worker = start_worker(cli_env, redis_url=url)
+    output = _read_into(worker)
+    try:
+        connection = Redis.from_url(url)
+        deadline = time.monotonic() + 60
+        while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
+            assert time.monotonic() < deadline and worker.poll() is None, "never started"
+            time.sleep(0.1)
+        connection.close()
+        server.stop()
+        _wait_for(output, "cannot reach Redis", worker, within_s=60)
+        time.sleep(5)  # five polls and two of the pubsub thread's retries, all failing
+        away = "".join(output)
+        assert away.count("cannot reach Redis") == 1, away[-3000:]
+        assert "could not connect to Redis instance" not in away, away[-3000:]
+        back = EmbeddedRedis(tmp_path / "redis", port=server.port)
+        back.password = server.password
+        back.start()
+        try:
+            _wait_for(output, "worker: Redis answers again after", worker, within_s=60)
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+            back.stop()
+    finally:
+        server.stop()
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+
 def test_a_worker_stops_on_sigterm_while_redis_hangs(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -176,6 +176,8 @@ class Worker(SimpleWorker):
         self.claim_ttl_s = claim_ttl_s
         self.renew_s = renew_s
         self.database = DatabaseWatch()
+        self.redis_away_since: float | None = None  # when a poll first could not reach Redis
+        self._redis_said_at = 0.0
 
     @property
     def connection_timeout(self) -> int:
@@ -282,11 +284,13 @@ class Worker(SimpleWorker):
                 death_penalty_class=self.death_penalty_class,
             )
         except DequeueTimeout:
+            self._redis_answers()
             return None
         except (RedisConnectionError, RedisTimeoutError) as exc:
-            log.error("worker: cannot reach Redis (%s); retrying in %d s", exc, POLL_S)
+            self._redis_unreachable(exc)
             time.sleep(POLL_S)
             return None
+        self._redis_answers()
         if result is not None:
             job, queue = result
             self.reorder_queues(reference_queue=queue)
@@ -294,6 +298,31 @@ class Worker(SimpleWorker):
             log.info("worker %s: %s: %s", self.name, queue.name, job.id)
             self.heartbeat()
         return result
+
+    def _redis_unreachable(self, exc: Exception) -> None:
+        """Log a poll that could not reach Redis: the first, then one a minute. Each poll was
+        a line, and RQ's pubsub thread added one every 2 s: 5,400 lines an hour of outage."""
+        now = time.monotonic()
+        if self.redis_away_since is None:
+            self.redis_away_since = now
+        elif now - self._redis_said_at < REPEAT_LOG_S:
+            return
+        log.error("worker: cannot reach Redis (%s); retrying every %d s", exc, POLL_S)
+        self._redis_said_at = now
+
+    def _redis_answers(self) -> None:
+        if self.redis_away_since is not None:
+            away_s = time.monotonic() - self.redis_away_since
+            log.info("worker: Redis answers again after %.0f s", away_s)
+            self.redis_away_since = None
+
+    def _pubsub_exception_handler(self, exc: Exception, *args: Any) -> None:
+        """RQ's pubsub thread (commands sent to this worker) retries a lost Redis every 2 s,
+        each time with an ERROR line: the polls say it once a minute instead."""
+        if isinstance(exc, RedisConnectionError):
+            time.sleep(2.0)
+            return
+        super()._pubsub_exception_handler(exc, *args)
 
 
 def wait_for_the_database(
