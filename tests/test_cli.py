@@ -501,6 +501,17 @@ def test_a_worker_whose_redis_refuses_it_exits_2(
         embedded.stop()
 
 
+def test_an_outbox_row_id_no_database_holds_is_a_usage_error(cli_env: dict[str, str]) -> None:
+    """An id with a digit too many was SQLite's OverflowError, a traceback (exit 1)."""
+    for bad in ("99999999999999999999999", "0"):
+        result = CliRunner().invoke(app, ["db", "resend-outbox", bad], env=cli_env)
+        assert result.exit_code == 2, result.output
+        assert "Invalid value for 'ID'" in _said(result.output), result.output
+    fine = CliRunner().invoke(app, ["db", "resend-outbox", str(2**63 - 1)], env=cli_env)
+    assert fine.exit_code == 1, fine.output
+    assert f"not re-queued: {2**63 - 1}: no such row, or not stopped" in _said(fine.output)
+
+
 def test_a_data_directory_moved_elsewhere_keeps_working(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

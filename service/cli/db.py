@@ -215,12 +215,18 @@ def db_replay_dead_letters() -> None:
         raise typer.Exit(1)
 
 
+MAX_ROW_ID = 2**63 - 1  # SQLite's INTEGER, PostgreSQL's BIGINT
+
+
 @db_app.command("resend-outbox")
 def db_resend_outbox(
     ids: Annotated[
         list[int] | None,
         typer.Argument(
             metavar="ID",
+            # Past the largest integer a database stores, an id was an OverflowError traceback.
+            min=1,
+            max=MAX_ROW_ID,
             help="Outbox row ids (as the relay's log names them); all stopped rows if none",
         ),
     ] = None,
