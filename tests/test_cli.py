@@ -512,6 +512,27 @@ def test_an_outbox_row_id_no_database_holds_is_a_usage_error(cli_env: dict[str, 
     assert f"not re-queued: {2**63 - 1}: no such row, or not stopped" in _said(fine.output)
 
 
+def test_an_encoder_folder_that_cannot_be_made_is_one_line_at_start(
+    cli_env: dict[str, str], test_redis_url: str, tmp_path: Path
+) -> None:
+    """TAGFLOW_ENCODER_DIR where no folder can be made (not writable, or under a file) with no
+    export in it yet: the API's start-up ended in a traceback (exit 3), and `models check` and
+    `train` in one too. One line naming the setting now, exit 2."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    encoder_dir = blocker / "encoder"
+    env = {**cli_env, "TAGFLOW_REDIS_URL": test_redis_url, "TAGFLOW_ENCODER_DIR": str(encoder_dir)}
+    fault = f"Not a directory: {encoder_dir} (TAGFLOW_ENCODER_DIR)"
+    for command, said in (
+        (["serve", "--port", "0"], f"cannot serve: {fault}"),
+        (["worker"], f"cannot work: {fault}"),
+        (["train", "--data", str(SEED_DATASET)], f"cannot export the encoder: {fault}"),
+    ):
+        result = CliRunner().invoke(app, command, env=env)
+        assert result.exit_code == 2, result.output
+        assert said in _said(result.output), result.output
+
+
 def test_a_data_directory_moved_elsewhere_keeps_working(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

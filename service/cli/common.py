@@ -318,6 +318,7 @@ def preflight_or_exit(
         )
         raise typer.Exit(2)
     cli_tags(settings)
+    encoder_or_exit(settings, action=action)
     engine_or_exit(settings, upgrade=True, wait=before_database).dispose()
     if reach_redis:
         _redis_answers_or_exit(settings.redis_url, action=action)
@@ -365,7 +366,38 @@ def cli_encoder(settings: Settings) -> Encoder:
     """The configured sentence encoder, with two threads and no cache (batch work)."""
     from service.ml.encoder import load_encoder
 
-    return load_encoder(settings.resolved_encoder_dir, settings.encoder, threads=2, cache_size=0)
+    try:
+        return load_encoder(
+            settings.resolved_encoder_dir, settings.encoder, threads=2, cache_size=0
+        )
+    except OSError as exc:
+        print_error("cannot export the encoder:", _encoder_dir_fault(settings, exc))
+        raise typer.Exit(2) from None
+
+
+def encoder_or_exit(settings: Settings, *, action: str) -> None:
+    """The ONNX encoder in TAGFLOW_ENCODER_DIR, exported there first if it is not there yet
+    (as the API and the worker would at start). A folder that cannot be made or written, or
+    an export this installation cannot make, is one line and exit code 2: the API's start-up
+    ended in a traceback (exit 3), and the worker's first job in one."""
+    from service.errors import UnavailableError
+    from service.ml.encoder import ensure_onnx
+
+    try:
+        ensure_onnx(settings.resolved_encoder_dir, settings.encoder)
+    except OSError as exc:
+        print_error(f"cannot {action}:", _encoder_dir_fault(settings, exc))
+        raise typer.Exit(2) from None
+    except UnavailableError as exc:
+        print_error(f"cannot {action}:", exc)
+        raise typer.Exit(2) from None
+
+
+def _encoder_dir_fault(settings: Settings, exc: OSError) -> str:
+    return (
+        f"{exc.strerror or exc}: {exc.filename or settings.resolved_encoder_dir} "
+        "(TAGFLOW_ENCODER_DIR)"
+    )
 
 
 def cli_tags(settings: Settings) -> TagSet:

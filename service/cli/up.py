@@ -23,6 +23,7 @@ from service.cli.common import (
     cli_actor,
     cli_tags,
     console,
+    encoder_or_exit,
     engine_or_exit,
     engine_unless_away,
     port_free_or_exit,
@@ -97,6 +98,7 @@ def run_up(host: str, port: int) -> None:
     # directory: under a supervisor, exit 2 only made it start `up` again and again.
     cli_tags(settings)
     has_model = production_model_unless_away(settings)  # None: a server away
+    encoder_or_exit(settings, action="start")
     with ExitStack() as stack:
         try:
             stack.enter_context(sole_owner(settings.data_dir.resolve(), what="tagflow up"))
