@@ -49,7 +49,9 @@ def replay_dead_letters(engine: Engine, path: Path) -> ReplayReport:
     aside = move_aside(path)
     if aside is None:
         return report
-    lines = aside.read_text(encoding="utf-8").splitlines()
+    # A byte that is not UTF-8 (a line edited in a Latin-1 editor) was a UnicodeDecodeError
+    # before any line was tried, at every replay: it reads as `\xe9`, an unreadable line kept.
+    lines = aside.read_bytes().decode("utf-8", errors="backslashreplace").splitlines()
     back: list[str] = []
     tried = 0
     try:

@@ -63,6 +63,27 @@ def test_a_replay_writes_what_the_database_takes_now(engine: Engine, tmp_path: P
     assert (again.written, again.already_there, again.kept) == (0, 0, 2)
 
 
+def test_a_line_that_is_not_utf8_is_kept_and_the_others_replayed(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """A byte that is not UTF-8 in the file (a line fixed by hand in a Latin-1 editor) was a
+    UnicodeDecodeError traceback before any line was tried, at every replay, and the file
+    stayed moved aside. Now that line is kept as unreadable, its byte escaped, and the rest
+    replayed."""
+    path = tmp_path / "dead-letter" / "predictions.jsonl"
+    ids = _dead_letters(engine, path)
+    with path.open("ab") as out:
+        out.write(b'{"prediction": {"title": "caf\xe9"}}\n')
+    report = replay_dead_letters(engine, path)
+    assert (report.written, report.already_there, report.kept) == (1, 1, 3)
+    with Session(engine) as session:
+        assert set(session.exec(select(Prediction.id))) == {ids["fixed"], ids["written"]}
+    assert (
+        path.read_text(encoding="ascii").splitlines()[-1] == '{"prediction": {"title": "caf\\xe9"}}'
+    )
+    assert sorted(p.name for p in path.parent.iterdir()) == ["predictions.jsonl"]
+
+
 def test_a_replay_cut_short_is_taken_first_by_the_next(engine: Engine, tmp_path: Path) -> None:
     path = tmp_path / "dead-letter" / "predictions.jsonl"
     ids = _dead_letters(engine, path)
