@@ -533,6 +533,19 @@ def test_an_encoder_folder_that_cannot_be_made_is_one_line_at_start(
         assert said in _said(result.output), result.output
 
 
+def test_a_dot_env_file_that_is_not_utf8_is_named(
+    cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Latin-1 byte in `.env` was "configuration error: 'utf-8' codec can't decode byte
+    0xe9 in position 24", naming no file: a reader looked for it in the environment."""
+    (tmp_path / ".env").write_bytes(b"TAGFLOW_API_KEYS=admin:caf\xe9\n")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["models", "list"], env=cli_env)
+    assert result.exit_code == 2, result.output
+    said = _said(result.output)
+    assert said.startswith(f"configuration error: {tmp_path / '.env'} is not UTF-8 text"), said
+
+
 def test_a_data_directory_moved_elsewhere_keeps_working(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -85,6 +85,9 @@ def settings_or_exit(*, serving: bool = False) -> Settings:
     except ValidationError as exc:
         print_error("configuration error:", describe_errors(exc))
         raise typer.Exit(2) from None
+    except UnicodeDecodeError as exc:  # the environment is text already: the .env file
+        print_error("configuration error:", f"{Path('.env').resolve()} is not UTF-8 text: {exc}")
+        raise typer.Exit(2) from None
     except ValueError as exc:  # raised outside validation (UnsafeSettingsError is wrapped)
         print_error("configuration error:", exc)
         raise typer.Exit(2) from None
