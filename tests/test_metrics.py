@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
+from uuid import uuid4
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 from sklearn.linear_model import LogisticRegression
 
 from service.api.state import Queues
@@ -118,6 +119,22 @@ def test_metrics_need_a_metrics_or_admin_key(sqlite_client: TestClient) -> None:
     assert sqlite_client.get("/review/stats", headers=auth("metrics")).status_code == 403
 
 
+def test_the_workers_alive_are_counted(sqlite_client: TestClient) -> None:
+    """A worker registered in Redis counts while its key lives; one killed outright keeps its
+    name in RQ's worker set until a cleanup, but its key expires, and it counts no more."""
+    state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
+    queue = state.queues.labeling
+    before = total(scrape(sqlite_client), "tagflow_rq_workers")
+    worker = Worker([queue], connection=queue.connection, name=f"metrics-test-{uuid4().hex}")
+    worker.register_birth()
+    try:
+        assert total(scrape(sqlite_client), "tagflow_rq_workers") == before + 1
+        queue.connection.delete(worker.key)  # as its TTL runs out after a kill -9
+        assert total(scrape(sqlite_client), "tagflow_rq_workers") == before
+    finally:
+        worker.register_death()
+
+
 def test_unreachable_redis_is_a_gauge_not_a_failed_scrape(sqlite_client: TestClient) -> None:
     state = sqlite_client.app.state.tagflow  # type: ignore[attr-defined]
     working = state.queues
@@ -131,7 +148,7 @@ def test_unreachable_redis_is_a_gauge_not_a_failed_scrape(sqlite_client: TestCli
         state.queues = working
     assert total(samples, "tagflow_redis_up") == 0
     assert total(samples, "tagflow_database_up") == 1
-    assert not any(name == "tagflow_rq_queued_jobs" for name, _ in samples)
+    assert not any(name.startswith("tagflow_rq_") for name, _ in samples)
 
 
 def test_an_outage_is_logged_once_by_the_scrapes_not_at_each(

@@ -4,7 +4,7 @@ micro-batcher's totals, the write-behind buffer, the review queue, the audit est
 Alerting on these is the point: e.g. `tagflow_audit_meets_target == 0` (live automatic
 precision is below target with 95% confidence), a growing `tagflow_outbox_pending` (Redis
 unreachable), `tagflow_outbox_stopped > 0` (review items the relay gave up on), or
-`tagflow_rq_failed_jobs > 0`.
+`tagflow_rq_failed_jobs > 0`, or `tagflow_rq_workers == 0` (nobody works the queues).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+from redis import Redis
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry
+from rq.worker_registration import get_keys
 from sqlmodel import Session
 
 from service.api.state import AppState
@@ -253,6 +255,7 @@ def _redis(state: AppState) -> Iterator[Sample]:
     try:
         depths = {name: q.count for name, q in state.queues.items()}
         failed = {name: FailedJobRegistry(queue=q).count for name, q in state.queues.items()}
+        workers = live_workers(state.queues.labeling.connection)
     except RedisError as exc:
         state.scrape_redis_failures.failed(exc, now=time.monotonic())
         yield Sample("tagflow_redis_up", "Redis answered the last scrape", 0, {})
@@ -265,3 +268,13 @@ def _redis(state: AppState) -> Iterator[Sample]:
         yield Sample(
             "tagflow_rq_failed_jobs", "Jobs in an RQ queue's failed registry", n, {"queue": name}
         )
+    yield Sample("tagflow_rq_workers", "RQ workers alive (key not expired)", workers, {})
+
+
+def live_workers(redis: Redis) -> int:
+    """The RQ workers whose key is still there: a worker renews it with each heartbeat, and
+    the key of one killed outright expires (RQ's worker set keeps its name until a cleanup)."""
+    keys = get_keys(connection=redis)
+    if not keys:
+        return 0
+    return int(redis.exists(*keys))
