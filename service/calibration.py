@@ -65,8 +65,10 @@ def recalibrate(
     """Judge `version`'s served cut by its audit sample and, if `apply`, raise it when the
     audit shows precision below `target`, or lower it (with `lower`) when it shows a lower cut
     reaching the target."""
-    row = registry.get_version(session, version=version)
-    current = registry.serving_threshold(row)
+    # Applying, the cut is judged as it is and no other change of it interleaves (an admin's
+    # PUT meanwhile was overwritten by a move decided on the cut before it).
+    read = registry.lock_thresholds if apply else registry.get_version
+    current = registry.serving_threshold(read(session, version=version))
     every = audited(session, version=version)
     items = [(c, ok) for c, ok in every if c >= current]
     stats = summarize(items, version=version, target=target, threshold=current)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 from service.api.main import create_app
-from service.calibration import CalibrationAction, recalibrate
+from service.calibration import CalibrationAction, Recalibration, recalibrate
 from service.config import Settings
 from service.crud.audit import audit_stats, wilson_interval
 from service.crud.labels import append_label
@@ -267,3 +269,60 @@ def test_watch_loop_raises_the_cut_when_the_audit_shows_a_shortfall(
         with Session(engine) as session:
             row = registry.get_version(session, version=version)
         assert registry.serving_threshold(row) == state.predictor.current.accept_at
+
+
+def test_a_cut_set_meanwhile_is_neither_lost_nor_taken_for_the_previous(
+    engine: Engine, version: str, cut: float
+) -> None:
+    """A session that had read the version before another set its cut (an admin's PUT while
+    the watch loop judged the audit) wrote from the row it had read: the other's entry was
+    dropped from the history, and its own `previous` named the cut before both."""
+    manual = {"source": "manual", "note": ""}
+    with Session(engine) as stale, Session(engine) as other:
+        read = registry.get_version(stale, version=version)
+        registry.set_serving_threshold(other, version=version, threshold=1.01, evidence=manual)
+        registry.set_serving_threshold(stale, version=version, threshold=0.6, evidence=manual)
+        assert read.thresholds["serving"] == 0.6
+    with Session(engine) as session:
+        history = registry.get_version(session, version=version).thresholds["history"]
+    assert [(h["previous"], h["threshold"]) for h in history] == [(cut, 1.01), (1.01, 0.6)]
+
+
+def test_recalibration_judges_the_cut_an_admin_set_meanwhile(
+    engine: Engine, version: str, cut: float
+) -> None:
+    """The audit's move was decided on the cut read when it began: an admin's 1.01 (an
+    incident: everything to review) set meanwhile was overwritten by a raise computed from
+    the cut before it. Now the move waits for the admin's change and judges 1.01."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("a waiting SQLite writer cannot be seen from another connection")
+    add_audits(engine, version, *drifted(cut))
+    outcome: list[Recalibration] = []
+
+    def judge() -> None:
+        with Session(engine) as session:
+            outcome.append(
+                recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+            )
+
+    with Session(engine) as admin:
+        registry.lock_thresholds(admin, version=version)
+        thread = threading.Thread(target=judge)
+        thread.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        )
+        deadline = time.monotonic() + 30
+        while admin.execute(waiting).scalar_one() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        manual = {"source": "manual", "note": "incident"}
+        registry.set_serving_threshold(admin, version=version, threshold=1.01, evidence=manual)
+    thread.join(timeout=60)
+    (done,) = outcome
+    assert done.current == 1.01
+    with Session(engine) as session:
+        history = registry.get_version(session, version=version).thresholds["history"]
+    assert history[0]["threshold"] == 1.01
+    steps = zip(history[:-1], history[1:], strict=True)
+    assert all(h["previous"] == p["threshold"] for p, h in steps)

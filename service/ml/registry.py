@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.crud.predictions import add_label_checks
+from service.db import take_turns
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
 from service.entities.common import new_id, storable, utc_text, utcnow
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
@@ -35,6 +36,7 @@ ArtifactStamp = tuple[int, int] | None
 MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
+_THRESHOLD_LOCK_CLASS = 0x74667463  # "tftc": changes of one version's served cut take turns
 _PROMOTION_TRIES = 5  # each lost race means another promotion committed: progress
 MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to review
 # The key of a version's params that says how many label checks were sent with it (in the
@@ -489,13 +491,23 @@ def serving_threshold(row: ModelVersionBase) -> float:
     return float(row.thresholds.get("serving", row.thresholds["auto"]))
 
 
+def lock_thresholds(session: Session, *, version: str) -> ModelVersion:
+    """`version`'s row as it is now, read after taking the turn to change its cut, held until
+    the session's transaction ends: no other change of the cut comes between what the caller
+    reads and what it writes (a row this session read before would be stale)."""
+    get_version(session, version=version)  # NotFoundError before any lock
+    take_turns(session, cls=_THRESHOLD_LOCK_CLASS, key=version, table=ModelVersion)
+    session.expire_all()
+    return get_version(session, version=version)
+
+
 def set_serving_threshold(
     session: Session, *, version: str, threshold: float, evidence: dict[str, Any]
 ) -> ModelVersion:
     """Record a new auto-acceptance cut for `version`; every change is kept in its history."""
     if not 0.0 < threshold <= MAX_THRESHOLD:
         raise InvalidInputError(f"threshold {threshold} is outside (0, {MAX_THRESHOLD}]")
-    row = get_version(session, version=version)
+    row = lock_thresholds(session, version=version)
     entry = {**evidence, "previous": serving_threshold(row), "threshold": threshold}
     history = [*row.thresholds.get("history", []), {**entry, "at": utc_text(utcnow())}]
     # A new dict: SQLAlchemy does not see in-place changes to a JSON column.
