@@ -18,6 +18,7 @@ from starlette.routing import Match
 from service.api.limits import max_body_bytes
 from service.cli import app as cli_app
 from service.config import Settings
+from service.crud.audit import summarize
 from tests.conftest import KEYS, ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -313,3 +314,27 @@ def test_every_variable_the_readme_names_is_read() -> None:
     settings = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
     assert named - settings - NOT_SETTINGS == set()
     assert named >= NOT_SETTINGS
+
+
+def test_the_audit_example_adds_up_and_moves_the_cut_it_shows() -> None:
+    """The audit example's figures are what GET /models/{version}/audit computes from its
+    counts, and the recalibration after it, a raise, is what those counts give at the default
+    TAGFLOW_RECALIBRATE_MIN_AUDITED: with 40 audited (100 needed) it was "wait"."""
+    audit = re.search(
+        r'"audited":(\d+),"agreed":(\d+),"precision":([\d.]+),"precision_lower_95":([\d.]+),'
+        r'\s*#\s*"target":([\d.]+),"threshold":[\d.]+,"meets_target":(\w+)\}',
+        README,
+    )
+    assert audit, "the audit example"
+    audited, agreed = int(audit.group(1)), int(audit.group(2))
+    stats = summarize(
+        [(1.0, i < agreed) for i in range(audited)],
+        version="v0001",
+        target=float(audit.group(5)),
+        threshold=None,
+    )
+    assert float(audit.group(3)) == stats.precision
+    assert float(audit.group(4)) == round(stats.precision_lower_95 or 0.0, 3)
+    assert audit.group(6) == str(stats.meets_target).lower() == "false"
+    assert '"action":"raise","current"' in README
+    assert audited >= Settings.model_fields["recalibrate_min_audited"].default
