@@ -252,3 +252,13 @@ def test_a_tag_only_the_judged_version_knows_has_its_row(
     table = runner.invoke(app, compare, env={**env, "COLUMNS": "100"})
     assert table.exit_code == 0, table.output
     assert _cells(table.output, "F1 robotics") == ["F1 robotics", "0.000", "-"]
+
+
+def test_an_empty_version_to_compare_against_is_refused(client: TestClient) -> None:
+    """`?against=` with no value (a script's `against=$OTHER`, OTHER unset) queued a comparison
+    with production, as if no other version were named; now it is a 422, and nothing runs."""
+    before = client.get("/jobs", headers=auth("admin")).json()["jobs"]
+    empty = client.post("/models/v0001/compare?against=", headers=auth("admin"))
+    assert empty.status_code == 422, empty.text
+    assert empty.json()["detail"][0]["loc"] == ["query", "against"]
+    assert client.get("/jobs", headers=auth("admin")).json()["jobs"] == before

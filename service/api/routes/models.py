@@ -118,7 +118,8 @@ def compare_model(
     state: StateDep,
     _caller: AdminKey,
     against: Annotated[
-        StorableStr | None, Query(description="The other version (default: production)")
+        StorableStr | None,
+        Query(min_length=1, description="The other version (default: production)"),
     ] = None,
 ) -> JobAccepted:
     """Queue a comparison of `version` with another version, each as it serves, on the frozen
