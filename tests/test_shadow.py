@@ -23,6 +23,7 @@ from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.tags import TagSet, load_tags
 from tests.conftest import auth, register_promoted
+from tests.test_metrics import scrape, total
 from tests.test_retraining import add_labels
 from tests.waiting import wait_for_watch_rounds, wait_until
 
@@ -231,3 +232,22 @@ def test_a_promoted_shadow_is_dropped_when_the_newest_candidate_is_refused(
             )
         wait_until(lambda: predictor.current.version == shadowed.version, what="the promotion")
         wait_until(lambda: predictor.shadow is None, what="production to stop shadowing itself")
+
+
+def test_the_shadow_shows_the_cut_its_candidate_would_be_served_with(
+    shadow_client: tuple[TestClient, str],
+) -> None:
+    """A cut set by hand on the candidate (before promoting it, say) was not the shadow's:
+    tagflow_model_threshold{role="shadow"} went on showing training's cut."""
+    client, candidate = shadow_client
+    predictor = client.app.state.tagflow.predictor
+    wait_until(lambda: predictor.shadow is not None, what="the candidate as shadow")
+    trained = predictor.shadow.accept_at
+    body = {"threshold": 0.91 if trained != 0.91 else 0.92, "note": "ready to promote"}
+    response = client.put(f"/models/{candidate}/threshold", json=body, headers=auth("admin"))
+    assert response.status_code == 200, response.text
+    assert predictor.shadow.version == candidate
+    assert predictor.shadow.accept_at == body["threshold"]
+    samples = scrape(client)
+    shown = total(samples, "tagflow_model_threshold", version=candidate, role="shadow")
+    assert shown == body["threshold"]

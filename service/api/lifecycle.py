@@ -132,6 +132,10 @@ def _sync_shadow(state: AppState, row: ModelVersion | None) -> None:
     shadow loaded before (a candidate promoted since, say) must not go on scoring."""
     shadow = state.predictor.shadow
     if row is not None and shadow is not None and shadow.version == row.version:
+        threshold = registry.serving_threshold(row)
+        if shadow.accept_at != threshold:
+            # A cut set on the candidate: the same artifact, shadowed with the new cut.
+            state.predictor.set_shadow(replace(shadow, threshold=threshold))
         return
     if (row is None or not _load_shadow(state, row)) and shadow is not None:
         state.predictor.set_shadow(None)
@@ -145,7 +149,8 @@ def _load_shadow(state: AppState, row: ModelVersion) -> bool:
         return False  # refused as it is: the watch loop comes back every few seconds
     try:
         model = registry.load_model(row, artifacts_dir=artifacts_dir)
-        state.predictor.set_shadow(LoadedModel(row.version, model))  # refuses unapproved tags
+        loaded = LoadedModel(row.version, model, registry.serving_threshold(row))
+        state.predictor.set_shadow(loaded)  # refuses unapproved tags
     except ArtifactError as exc:
         state.shadow_refused[row.version] = stamp
         state.model_refusals += 1
