@@ -587,6 +587,24 @@ def test_reprioritize_keeps_a_label_checks_file_label(
     assert max(task.suggestion_scores, key=task.suggestion_scores.__getitem__) == "computer-vision"
 
 
+def test_reprioritize_leaves_an_audit_item_to_the_version_that_served_it(
+    ctx: JobContext, engine: Engine, settings: Settings, shared_result: TrainResult
+) -> None:
+    """An audit item measures the live precision of the version that accepted it, at the
+    confidence it accepted it with: re-scored with a newly promoted version, the old version's
+    audit lost it and the new one's counted an item it never served."""
+    served = {"natural-language-processing": 0.01, "computer-vision": 0.97, "mlops": 0.01}
+    item = payload(YOLO, scores=served | {"other": 0.01}, reason="audit", model_version="v-old")
+    task_id = review_jobs.process_review(item)["task_id"]
+    before = get(engine, task_id)
+    version = register_promoted(engine, settings, shared_result)
+    review_jobs.reprioritize(version)
+    after = get(engine, task_id)
+    assert (after.model_version, after.suggestion_tag) == ("v-old", "computer-vision")
+    assert after.suggestion_scores == before.suggestion_scores
+    assert after.priority == before.priority
+
+
 def test_reprioritize_keeps_what_reviewers_and_reports_did_while_it_scored(
     ctx: JobContext,
     engine: Engine,

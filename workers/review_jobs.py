@@ -274,9 +274,9 @@ def rescored_suggestion(task: ReviewTask, predicted: str) -> str | None:
 
 
 def reprioritize(version: str | None = None) -> dict[str, Any]:
-    """Re-score every open/leased task with the registry's production model: suggestion (a
-    label check's stays the file's label), scores, uncertainty, and priority with the diversity
-    term recomputed in priority order.
+    """Re-score every open/leased task but the audit's with the registry's production model:
+    suggestion (a label check's stays the file's label), scores, uncertainty, and priority
+    with the diversity term recomputed in priority order.
     `version` is the version that triggered the job; the registry's production one is used.
 
     The scoring (an encode per task: minutes with a full queue) and the diversity terms work
@@ -290,7 +290,9 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
         if row is None:
             return {"model_version": None, "updated": 0, "requested": version}
         model = registry.load_model(row, artifacts_dir=ctx.settings.artifacts_dir)
-        read = review_crud.active_tasks(session)
+        # An audit item measures the version that served it (`GET /models/{v}/audit`): moved
+        # to the new one, the old lost it and the new gained an item it never served.
+        read = [t for t in review_crud.active_tasks(session) if t.reason != ReviewReason.AUDIT]
         if not read:
             return {"model_version": row.version, "updated": 0, "requested": version}
         proba, embeddings = _score(
