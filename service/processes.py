@@ -23,11 +23,18 @@ class DataDirBusyError(RuntimeError):
 def die_with_parent() -> Callable[[], None]:
     """A `preexec_fn` for `subprocess.Popen`: the child gets SIGTERM when its parent dies,
     even by SIGKILL, so an embedded Redis or a worker never runs on, orphaned, holding the
-    data directory's files. Linux only; elsewhere a no-op (the parent's clean exits still stop
+    data directory's files; and it starts with SIGTERM and SIGINT heeded, whatever the parent
+    ignores. The death signal is Linux only (elsewhere the parent's clean exits still stop
     its children)."""
     parent = os.getpid()
 
     def arm() -> None:
+        # A parent that is stopping ignores further stops (`stop_signals_as_exit`), and an
+        # ignored signal stays ignored across exec: a worker started then ignored the SIGTERM
+        # meant to stop it, until RQ set its own handler, and the parent waited for it.
+        for each in _STOP_SIGNALS:
+            if signal.getsignal(each) == signal.SIG_IGN:
+                signal.signal(each, signal.SIG_DFL)
         if not sys.platform.startswith("linux"):
             return
         libc = ctypes.CDLL(None, use_errno=True)

@@ -419,6 +419,22 @@ def _said_within(log: Path, text: str, process: subprocess.Popen[bytes], within_
     return said
 
 
+def test_a_stop_while_up_trains_the_seed_starts_no_worker_and_ends_up(
+    up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
+) -> None:
+    """A SIGTERM while `up` trained the seed model was taken only after the worker had been
+    started, and the stop then ignored the signal (a stopping `up` ignores further stops),
+    which the worker inherited across exec: its SIGTERM was lost, and `up` waited for it as
+    for a job running (the longest job's timeout), with nothing left to serve."""
+    log = tmp_path / "up.log"
+    process, _ = _start(up_env, log)
+    started.append(process)
+    _said_within(log, "training the bundled seed", process, 60)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 0, log.read_text()
+    assert "finishing its job" not in log.read_text()
+
+
 def test_up_started_while_its_postgres_is_away_waits_for_it(
     up_env: dict[str, str], tmp_path: Path, started: list[subprocess.Popen[bytes]]
 ) -> None:

@@ -127,6 +127,7 @@ def run_up(host: str, port: int) -> None:
                     exc,
                 )
                 raise typer.Exit(2) from None
+            stop.check()  # a stop during training (its exception lost) starts no worker
         worker = SupervisedWorker()
         stack.callback(worker.stop)
         stop.check()  # from here uvicorn's own handlers take the signals
