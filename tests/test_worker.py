@@ -83,6 +83,18 @@ class _StoppedAfterPop(Worker):
         super().reorder_queues(reference_queue)
 
 
+def _wait_until_idle(url: str, worker: subprocess.Popen[str]) -> None:
+    """Until the worker waits for jobs: in the polls that retry a lost Redis. Registered is
+    not enough: RQ's own loop (its suspension check) still runs once after that, and a Redis
+    lost there ends the worker ("lost its Redis connection", exit 1), which made a test flaky."""
+    connection = Redis.from_url(url)
+    deadline = time.monotonic() + 60
+    while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
+        assert time.monotonic() < deadline and worker.poll() is None, "never started"
+        time.sleep(0.1)
+    connection.close()
+
+
 def start_worker(cli_env: dict[str, str], *, redis_url: str) -> subprocess.Popen[str]:
     """`tagflow worker` as its own process on `redis_url`, its output on one pipe."""
     env = {**os.environ, **cli_env, "HF_HUB_OFFLINE": "1", "TAGFLOW_REDIS_URL": redis_url}
@@ -139,15 +151,7 @@ def test_a_worker_stops_on_sigterm_while_redis_is_away(
     url = server.start()
     worker = start_worker(cli_env, redis_url=url)
     try:
-        connection = Redis.from_url(url)
-        deadline = time.monotonic() + 60
-        # Waiting for jobs: in the polls that retry a lost Redis. Registered is not enough: RQ's
-        # own loop (its suspension check) still runs once after that, and a Redis lost there
-        # ends the worker ("lost its Redis connection", exit 1), which made this test flaky.
-        while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
-            assert time.monotonic() < deadline and worker.poll() is None, "never started"
-            time.sleep(0.1)
-        connection.close()
+        _wait_until_idle(url, worker)
         output = _read_into(worker)
         server.stop()
         _wait_for(output, "cannot reach Redis", worker, within_s=60)  # it is retrying Redis now
@@ -174,12 +178,7 @@ def test_a_redis_outage_is_a_line_a_minute_in_the_workers_log(
     worker = start_worker(cli_env, redis_url=url)
     output = _read_into(worker)
     try:
-        connection = Redis.from_url(url)
-        deadline = time.monotonic() + 60
-        while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
-            assert time.monotonic() < deadline and worker.poll() is None, "never started"
-            time.sleep(0.1)
-        connection.close()
+        _wait_until_idle(url, worker)
         server.stop()
         _wait_for(output, "cannot reach Redis", worker, within_s=60)
         time.sleep(5)  # five polls and two of the pubsub thread's retries, all failing
@@ -214,12 +213,7 @@ def test_a_worker_stops_on_sigterm_while_redis_hangs(
     assert server.process is not None
     worker = start_worker(cli_env, redis_url=url)
     try:
-        connection = Redis.from_url(url)
-        deadline = time.monotonic() + 60
-        while b"idle" not in [connection.hget(k, "state") for k in connection.keys("rq:worker:*")]:
-            assert time.monotonic() < deadline and worker.poll() is None, "never started"
-            time.sleep(0.1)
-        connection.close()
+        _wait_until_idle(url, worker)
         server.process.send_signal(signal.SIGSTOP)  # hung: connections open, no answer
         time.sleep(2 * POLL_S)
         worker.terminate()
