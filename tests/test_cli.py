@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import os
@@ -65,6 +66,7 @@ def test_train_list_evaluate_promote_rollback(cli_env: dict[str, str]) -> None:
     assert "validation of" in trained.output and "weighted F1" in trained.output
     assert "v0001: production" in trained.output
     assert "no labels to check" in trained.output  # the seed's labels are all ours and clean
+    assert "sends every item to review" not in trained.stderr  # the seed's model has a cut
     again = runner.invoke(app, ["train", "--data", str(SEED_DATASET)], env=env)
     assert "v0002: candidate" in again.output
 
@@ -317,6 +319,25 @@ def test_out_of_range_options_are_one_line_errors(
     result = CliRunner().invoke(app, args, env=cli_env)
     assert result.exit_code == 2 and said in _said(result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_train_says_when_too_few_rows_leave_no_cut(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """15 seed rows per tag: 48 training rows after the held-out split, fewer than the 100
+    out-of-fold answers a cut at 0.99 is judged from, so the version accepts nothing. Training
+    says so, and what would change it, instead of leaving an admin to wonder why every item
+    goes to review."""
+    rows = list(csv.DictReader(SEED_DATASET.open(encoding="utf-8")))
+    few = [r for tag in {r["tag"] for r in rows} for r in [x for x in rows if x["tag"] == tag][:15]]
+    small = tmp_path / "small.csv"
+    with small.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(few)
+    trained = CliRunner().invoke(app, ["train", "--data", str(small)], env=cli_env)
+    assert trained.exit_code == 0, trained.output
+    said = _said(trained.stderr)
+    assert "sends every item to review" in said and "at least 100 training rows'" in said, said
+    assert "(48 rows in all here)" in said, said
 
 
 def test_a_training_file_whose_name_the_registry_cannot_show_is_refused(

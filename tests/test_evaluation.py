@@ -15,10 +15,51 @@ from service.cli.common import metrics_table
 from service.ml import registry
 from service.ml.dataset import Example, load_dataset
 from service.ml.encoder import Encoder
-from service.ml.evaluation import evaluate_predictions, render_png
+from service.ml.evaluation import (
+    choose_acceptance_cut,
+    choose_threshold,
+    evaluate_predictions,
+    render_png,
+)
 from service.ml.gate import apply_gate
 from service.ml.training import TrainResult, evaluate, score
 from service.tags import TagSet
+
+
+def _ranked(n: int, wrong: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """`n` items, most confident first, right except at the ranks (from 1) in `wrong`."""
+    confidence = np.linspace(0.999, 0.5, n)
+    correct = np.ones(n, dtype=bool)
+    correct[[rank - 1 for rank in wrong]] = False
+    return confidence, correct
+
+
+def test_one_confident_error_near_the_top_leaves_an_acceptance_cut() -> None:
+    """300 out-of-fold items, one wrong at rank 5 (a disputed label, say). Judged from the 20th
+    item on, no cut reached 0.99 and the model accepted nothing; judged from the 100th, where
+    one error is within 0.99, the cut is at the 300th item, which every stricter cut from the
+    100th on allows (299/300 >= 0.99)."""
+    confidence, correct = _ranked(300, wrong=[5])
+    assert choose_threshold(confidence, correct, target=0.99) == 1.01
+    assert choose_acceptance_cut(confidence, correct, target=0.99) == confidence[299]
+
+
+def test_the_acceptance_cut_stops_above_the_second_error() -> None:
+    """Errors at ranks 5 and 150: 148/150 < 0.99, so the cut stops just above the second
+    (ranks 100 to 149 hold one error each: 0.99 to 0.993)."""
+    confidence, correct = _ranked(300, wrong=[5, 150])
+    assert choose_acceptance_cut(confidence, correct, target=0.99) == confidence[148]
+
+
+def test_no_acceptance_cut_without_enough_evidence_for_the_target() -> None:
+    """Two errors among the first 100 are below 0.99 at every cut from there; and 99 items,
+    all right, cannot show 0.99 with one error allowed: both accept nothing. A lower target
+    needs fewer items (20 at 0.95)."""
+    confidence, correct = _ranked(300, wrong=[5, 60])
+    assert choose_acceptance_cut(confidence, correct, target=0.99) == 1.01
+    confidence, correct = _ranked(99, wrong=[])
+    assert choose_acceptance_cut(confidence, correct, target=0.99) == 1.01
+    assert choose_acceptance_cut(confidence, correct, target=0.95) == confidence[98]
 
 
 def test_a_tag_the_model_cannot_answer_keeps_its_row_and_column() -> None:

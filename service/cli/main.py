@@ -80,6 +80,18 @@ def suspects_table(report: dict) -> Table | str:
     return table
 
 
+def _no_cut_warning(target: float, rows: int) -> str:
+    """Why a freshly trained version accepts nothing on its own, and what changes that."""
+    from service.ml.evaluation import min_evidence
+
+    return (
+        f"no confidence cut reaches the target precision {target} out of fold, so this "
+        f"version sends every item to review; a cut needs at least {min_evidence(target)} "
+        f"training rows' out-of-fold answers above it with one wrong at most ({rows} rows in "
+        "all here): more labelled rows, or cleaner ones (the labels to check above), give one"
+    )
+
+
 def train_with_progress(
     settings: Settings, data: Path, promote_by: str | None
 ) -> registry.ModelVersion:
@@ -110,6 +122,8 @@ def train_with_progress(
     console.print(outcome.validation.render())
     console.print(metrics_table(outcome.result.metrics, f"{outcome.version.version} (held out)"))
     console.print(suspects_table(outcome.result.cv["suspect_labels"]))
+    if outcome.result.model.threshold > 1.0:
+        print_warning(_no_cut_warning(settings.target_precision, outcome.result.data_rows))
     console.print(
         f"{outcome.version.version}: {outcome.version.status.value}, "
         f"trained in {outcome.result.seconds:.1f}s, artifact "

@@ -5,6 +5,7 @@ Every model version carries the report this module builds, as JSON and as a PNG.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,6 +26,12 @@ SLICES: dict[str, Callable[[Example], bool]] = {
     ),
     "mentions_transformer_terms": lambda e: bool(_NLP_TERMS.search(e.text)),
 }
+
+
+def min_evidence(target: float) -> int:
+    """The fewest accepted items whose precision can reach `target` with one of them wrong:
+    100 for 0.99. Judged on fewer, a single error anywhere among them reads as a miss."""
+    return math.ceil(1 / (1 - target) - 1e-9) if target < 1 else 1
 
 
 def choose_threshold(
@@ -50,6 +57,16 @@ def choose_threshold(
             best = float(conf[k])
             break
     return best
+
+
+def choose_acceptance_cut(confidence: np.ndarray, correct: np.ndarray, *, target: float) -> float:
+    """The cut for automatic acceptance: `choose_threshold` judged from `min_evidence(target)`
+    items on (100 at 0.99), not from the 20th. From the 20th, one confident wrong label among
+    the first 20 (a disputed label, a typo in a tag) left no cut at 0.99 at all: a retrained
+    candidate then accepted nothing and the gate refused it. Two wrong among the first 100
+    still leave none, and so do fewer than 100 items: they cannot show 0.99."""
+    support = max(20, min_evidence(target))
+    return choose_threshold(confidence, correct, target=target, min_support=support)
 
 
 def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int = 21) -> list[dict]:

@@ -16,7 +16,12 @@ from service.ml.baseline import rules_predict
 from service.ml.classifier import TagModel, precomputed
 from service.ml.dataset import DatasetError, Example, check_leakage, examples_hash
 from service.ml.encoder import Encoder
-from service.ml.evaluation import choose_threshold, evaluate_predictions, weighted_f1
+from service.ml.evaluation import (
+    choose_acceptance_cut,
+    choose_threshold,
+    evaluate_predictions,
+    weighted_f1,
+)
 from service.ml.features import embedding_classifier, tfidf_classifier
 from service.ml.runtime import RUNTIME, current_runtime
 from service.ml.suspects import find_suspects
@@ -163,7 +168,7 @@ def fit(
     served = np.where(skipped[:, None], oof_tfidf, oof)
     conf = served.max(axis=1)
     correct = np.array(classes)[served.argmax(axis=1)] == y
-    threshold = choose_threshold(conf, correct, target=target_precision)
+    threshold = choose_acceptance_cut(conf, correct, target=target_precision)
     progress("fit")
     chosen = cv["chosen"]
     model = TagModel(
