@@ -13,11 +13,11 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
 from service.config import Settings
-from service.crud import queue_bound
+from service.crud import labels as labels_crud
+from service.crud import leases, queue_bound
 from service.crud import review as review_crud
 from service.entities.common import utcnow
-from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
-from service.errors import ConflictError
+from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from tests.conftest import auth
 from tests.test_review_queue import add_task, do, get, label_task, payload, tasks
 from workers import review_jobs
@@ -100,13 +100,72 @@ def test_unsure_tasks_past_the_age_limit_are_shed(engine: Engine) -> None:
     assert [get(engine, k).status for k in kept] == [ReviewStatus.OPEN] * 4 + [ReviewStatus.LEASED]
 
 
-def test_a_shed_task_cannot_be_labelled_and_its_content_can_queue_again(engine: Engine) -> None:
-    task_id = add_task(engine, "u", 0.1)
+def shed_under(engine: Engine, reviewer: str, title: str) -> int:
+    """A task `reviewer` claimed and kept on the page past its lease: it went back to the
+    queue (a claim expires a lapsed lease so) and the bound shed it."""
+    task_id = add_task(engine, title, 0.1)
+    assert do(engine, leases.claim, reviewer=reviewer, lease_s=600).id == task_id
+    set_fields(engine, task_id, status=ReviewStatus.OPEN, leased_by=None, lease_expires_at=None)
     do(engine, queue_bound.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
-    with pytest.raises(ConflictError, match="shed from the queue"):
-        label_task(engine, task_id, "mlops")
-    again = add_task(engine, "u", 0.1)  # the unique open key was freed
+    assert get(engine, task_id).status == ReviewStatus.SHED
+    return task_id
+
+
+def test_a_late_label_of_a_shed_task_is_kept(engine: Engine) -> None:
+    task_id = shed_under(engine, "ann", "u")
+    again = add_task(engine, "u", 0.1)  # the unique open key was freed: the content queues again
     assert again != task_id and get(engine, again).status == ReviewStatus.OPEN
+
+    saved = label_task(engine, task_id, "mlops")  # was a 409, and the label lost
+
+    assert do(engine, labels_crud.current_label, text_hash=saved.text_hash).id == saved.id
+    task = get(engine, task_id)
+    assert (task.status, task.final_label_id, task.open_key) == (
+        ReviewStatus.LABELED,
+        saved.id,
+        None,
+    )
+    # Sent again (its answer lost), it is the label saved, not a second one.
+    with pytest.raises(review_crud.LabelledAlready) as already:
+        label_task(engine, task_id, "mlops")
+    assert already.value.label.id == saved.id
+    assert get(engine, again).status == ReviewStatus.OPEN  # its own answer settles it
+
+
+def test_a_late_label_against_a_label_given_meanwhile_waits_for_a_decision(
+    engine: Engine,
+) -> None:
+    task_id = shed_under(engine, "ann", "u")
+    bobs = label_task(engine, add_task(engine, "u", 0.1), "computer-vision", reviewer="bob")
+
+    anns = label_task(engine, task_id, "mlops")
+
+    task = get(engine, task_id)
+    assert (task.status, task.stage, task.open_key) == (
+        ReviewStatus.OPEN,
+        ReviewStage.ADJUDICATE,
+        bobs.text_hash,
+    )
+    assert (task.first_label_id, task.second_label_id) == (bobs.id, anns.id)
+    # Left out of the training data until decided, as any dispute; a third reviewer decides.
+    assert bobs.text_hash not in {lab.text_hash for lab in do(engine, labels_crud.current_labels)}
+    assert do(engine, leases.claim, reviewer="ann", lease_s=600) is None
+    assert do(engine, leases.claim, reviewer="cat", lease_s=600).id == task_id
+    decided = label_task(engine, task_id, "mlops", reviewer="cat")
+    assert get(engine, task_id).final_label_id == decided.id
+    assert decided.id in {lab.id for lab in do(engine, labels_crud.current_labels)}
+
+
+def test_a_late_label_agreeing_with_the_label_given_meanwhile_is_labelled(engine: Engine) -> None:
+    task_id = shed_under(engine, "ann", "u")
+    label_task(engine, add_task(engine, "u", 0.1), "mlops", reviewer="bob")
+
+    anns = label_task(engine, task_id, "mlops")
+
+    assert (get(engine, task_id).status, get(engine, task_id).final_label_id) == (
+        ReviewStatus.LABELED,
+        anns.id,
+    )
 
 
 @pytest.fixture

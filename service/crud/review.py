@@ -152,6 +152,21 @@ def _unsettle_feedback(session: Session, *, task_id: int) -> None:
     )
 
 
+def _append(session: Session, *, task: ReviewTask, tag: str, reviewer: str, share: float) -> Label:
+    """`reviewer`'s label of `task`'s content, the content's label now (flushed, not committed)."""
+    return labels_crud.append_label(
+        session,
+        text_hash=task.text_hash,
+        title=task.title,
+        description=task.description,
+        tag=tag,
+        reviewer=reviewer,
+        holdout_share=share,
+        source=LabelSource.REVIEW,
+        task_id=task.id,
+    )
+
+
 def label(
     session: Session,
     *,
@@ -168,6 +183,8 @@ def label(
     if tag not in tags:
         raise InvalidInputError(f"tag {tag!r} is not in the approved list")
     task = get_task(session, task_id=task_id)
+    if task.status == ReviewStatus.SHED:
+        return _label_shed(session, task=task, tag=tag, reviewer=reviewer, share=holdout_share)
     first = session.get(Label, task.first_label_id) if task.first_label_id else None
     step = overlap.after_label(
         task,
@@ -178,18 +195,14 @@ def label(
     )
     # The stage read above must still hold when the update lands: otherwise 409, try again.
     guards = (ReviewTask.stage == task.stage, overlap.not_labelled_by(reviewer))
-    transition(session, task_id=task_id, reviewer=reviewer, values=step.values, guards=guards)
-    row = labels_crud.append_label(
-        session,
-        text_hash=task.text_hash,
-        title=task.title,
-        description=task.description,
-        tag=tag,
-        reviewer=reviewer,
-        holdout_share=holdout_share,
-        source=LabelSource.REVIEW,
-        task_id=task.id,
-    )
+    try:
+        transition(session, task_id=task_id, reviewer=reviewer, values=step.values, guards=guards)
+    except ConflictError:
+        task = get_task(session, task_id=task_id)  # shed since it was read: label it so
+        if task.status != ReviewStatus.SHED:
+            raise
+        return _label_shed(session, task=task, tag=tag, reviewer=reviewer, share=holdout_share)
+    row = _append(session, task=task, tag=tag, reviewer=reviewer, share=holdout_share)
     recorded = {step.label_column: row.id} if step.label_column else {}
     if step.closes:
         recorded["final_label_id"] = row.id
@@ -201,6 +214,50 @@ def label(
     )
     if step.closes:  # not a first label waiting for a second, nor two waiting for a decision
         _settle_feedback(session, task_id=task_id, label=row)
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def _label_shed(
+    session: Session, *, task: ReviewTask, tag: str, reviewer: str, share: float
+) -> Label:
+    """A late label of a task the queue bound shed (its reviewer's lease lapsed, the task went
+    back to the queue, and the bound took it out): nothing a reviewer sends is lost, so it is
+    the content's label, as on any task, and the task is labelled. Against a label another
+    reviewer gave the content meanwhile (it was queued again), it is a second opinion that
+    differs: the task goes back to the queue for a decision, as two differing opinions do,
+    unless another task holds the content in the queue, whose own answer then settles it."""
+    assert task.id is not None
+    labels_crud.lock_content(session, text_hash=task.text_hash)
+    current = labels_crud.current_label(session, text_hash=task.text_hash)
+    row = _append(session, task=task, tag=tag, reviewer=reviewer, share=share)
+    values: dict[str, Any] = {"status": ReviewStatus.LABELED, "final_label_id": row.id}
+    queued = select(ReviewTask.id).where(ReviewTask.open_key == task.text_hash)
+    disputed = current is not None and current.reviewer != reviewer and current.tag != tag
+    if disputed and session.exec(queued).first() is None:
+        assert current is not None
+        values = {
+            "status": ReviewStatus.OPEN,
+            "open_key": task.text_hash,
+            "stage": ReviewStage.ADJUDICATE,
+            "first_label_id": current.id,
+            "first_reviewer": current.reviewer,
+            "second_label_id": row.id,
+            "second_reviewer": reviewer,
+        }
+    try:
+        result = session.exec(
+            update(ReviewTask)
+            .where(col(ReviewTask.id) == task.id, ReviewTask.status == ReviewStatus.SHED)
+            .values(updated_at=utcnow(), **values)
+            .execution_options(synchronize_session=False)
+        )
+    except IntegrityError:  # an undo put another task of the content back meanwhile
+        session.rollback()
+        raise ConflictError(f"task {task.id} changed concurrently; try again") from None
+    if result.rowcount != 1:  # a copy of this label got there first
+        raise refusal(session, task_id=task.id, reviewer=reviewer)
     session.commit()
     session.refresh(row)
     return row
