@@ -141,6 +141,29 @@ def test_shadow_agreement_with_production_and_labels(
     assert report["n"] == len(items)
 
 
+def test_shadow_agreement_counts_only_labels_given_since_it_started(
+    shadow_client: tuple[TestClient, str], engine: Engine, tags: TagSet
+) -> None:
+    """A label given before the shadow's first answer is no test of it (the candidate may have
+    trained on it): counted, `agreement_with_labels` read agreement with what it learnt, not
+    with what reviewers decide "since" it started, as the README says it does."""
+    client, candidate = shadow_client
+    state = client.app.state.tagflow
+    wait_until(lambda: state.predictor.shadow is not None, what="the candidate as shadow")
+    _, eval_set, _ = base_split(SEED_DATASET, tags=tags)
+    before, since = eval_set[:4], eval_set[4:8]
+    add_labels(engine, before, share=0.2)
+
+    body = {"items": [{"title": e.title, "description": e.description} for e in before + since]}
+    assert client.post("/predict/batch", json=body, headers=auth("client")).status_code == 200
+    wait_until(lambda: stats(client, candidate)["n"] == 8, what="the shadow's answers")
+    report = stats(client, candidate)
+    assert (report["labeled"], report["agreement_with_labels"]) == (0, None)
+
+    add_labels(engine, since, share=0.2)
+    assert stats(client, candidate)["labeled"] == len(since)
+
+
 def test_shadow_stats_of_unknown_and_unshadowed_versions(
     shadow_client: tuple[TestClient, str],
 ) -> None:

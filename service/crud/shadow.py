@@ -22,13 +22,18 @@ class ShadowStats(SQLModel):
 
 def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     """Counts over every shadow prediction of `version`; a shadow answer is compared with the
-    current label of the predicted content when it has one."""
+    current label of the predicted content when it was given since the shadow started (its
+    first answer). A label given before is no test of it: the candidate may have trained on
+    it, and agreeing with what it learnt overstated how it does on what people decide."""
     of_version = ShadowPrediction.model_version == version
     n, agreed = session.exec(
         select(func.count(), count_where(col(ShadowPrediction.agrees))).where(of_version)
     ).one()
+    started = select(func.min(ShadowPrediction.created_at)).where(of_version).scalar_subquery()
     label_join = and_(
-        col(Label.text_hash) == col(Prediction.text_hash), col(Label.superseded_by).is_(None)
+        col(Label.text_hash) == col(Prediction.text_hash),
+        col(Label.superseded_by).is_(None),
+        col(Label.created_at) >= started,
     )
     labeled, right = session.exec(
         select(
