@@ -300,6 +300,37 @@ def test_labelled_content_opens_no_low_confidence_task(ctx: JobContext, engine: 
     assert (reopened.duplicate_of, reopened.duplicate_tag) == (label.id, "computer-vision")
 
 
+def test_an_arrival_racing_a_label_of_its_content_opens_no_task(
+    ctx: JobContext, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A low-confidence arrival that found the content unlabelled, then a reviewer's label of
+    its open task landing before the arrival counted on that task: the arrival found no open
+    task and opened a new one, for content just labelled (the label's and the arrival's
+    transactions interleaved). It now takes the content's turn and looks again."""
+    task_id = review_jobs.process_review(payload(YOLO))["task_id"]
+    looked, go = threading.Event(), threading.Event()
+    bump = review_intake.bump_task
+
+    def bump_after_the_label(session: Session, **kwargs: Any) -> Any:
+        looked.set()  # the arrival has found the content unlabelled
+        assert go.wait(30)
+        return bump(session, **kwargs)
+
+    monkeypatch.setattr(review_intake, "bump_task", bump_after_the_label)
+    results: list[dict[str, Any]] = []
+    arrival = threading.Thread(
+        target=lambda: results.append(review_jobs.process_review(payload(YOLO)))
+    )
+    arrival.start()
+    assert looked.wait(30)
+    label = label_task(engine, task_id, "computer-vision")
+    go.set()
+    arrival.join(30)
+
+    assert results == [{"action": "already_labeled", "label_id": label.id, "task_id": None}]
+    assert [(t.id, t.status) for t in tasks(engine)] == [(task_id, ReviewStatus.LABELED)]
+
+
 def test_near_duplicate_of_a_labelled_item_is_flagged(ctx: JobContext, engine: Engine) -> None:
     first = review_jobs.process_review(payload(YOLO))["task_id"]
     label = label_task(engine, first, "computer-vision")

@@ -19,6 +19,7 @@ from service.crud import labels as labels_crud
 from service.crud import queue_bound, review_intake
 from service.crud import review as review_crud
 from service.db import configuration_refusal, is_outage, session_scope, take_sqlite_write_lock
+from service.entities import Label
 from service.entities.common import utcnow
 from service.entities.review import ACTIVE, ReviewReason, ReviewTask
 from service.logs import exception_line
@@ -124,11 +125,23 @@ def arrival_key(payload: dict[str, Any]) -> str:
     return f"{payload.get('prediction_id')}:{payload['reason']}:{payload.get('feedback_id') or ''}"
 
 
+def _labelled_meanwhile(session: Session, *, text_hash: str) -> Label | None:
+    """The content's label, read in the content's turn (`labels.lock_content`), which the
+    insert of its new task then holds until its commit. A label of the content that landed
+    after the payload's first look (it closed the open task this arrival would have counted
+    on) is seen here: before, such an arrival opened a new task for content just labelled.
+    A label of an open task cannot land between this look and the insert: the insert meets
+    the open task's unique key, and the arrival counts on it."""
+    labels_crud.lock_content(session, text_hash=text_hash)
+    return labels_crud.current_label(session, text_hash=text_hash)
+
+
 def _create_or_bump(
     ctx: JobContext, session: Session, payload: dict[str, Any], labels: LabelIndex
-) -> tuple[ReviewTask, str]:
+) -> tuple[ReviewTask, str] | Label:
     """Bump the open task of this content, else create one; a lost insert race bumps. A user
-    report's `feedback_id` is linked to the task in the same transaction."""
+    report's `feedback_id` is linked to the task in the same transaction. A low-confidence
+    arrival whose content was labelled meanwhile opens nothing: the label is returned."""
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     key = arrival_key(payload)
     feedback_id = payload.get("feedback_id")
@@ -146,6 +159,11 @@ def _create_or_bump(
             return task, "bumped" if counted else "duplicate"
         new = _new_task(ctx, session, payload, labels)
         new.arrival_keys = [key]
+        if not user_report:
+            labelled = _labelled_meanwhile(session, text_hash=payload["text_hash"])
+            if labelled is not None:
+                session.rollback()
+                return labelled
         task = review_intake.create_task(session, task=new, feedback_id=feedback_id)
         if task is not None:
             return task, "created"
@@ -231,11 +249,11 @@ def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None)
     text_hash: str = payload["text_hash"]
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     with session_scope(ctx.engine) as session:
-        if not user_report:
-            existing = labels_crud.current_label(session, text_hash=text_hash)
-            if existing is not None:
-                return {"action": "already_labeled", "label_id": existing.id, "task_id": None}
-        task, action = _create_or_bump(ctx, session, payload, labels)
+        existing = None if user_report else labels_crud.current_label(session, text_hash=text_hash)
+        outcome = existing or _create_or_bump(ctx, session, payload, labels)
+        if isinstance(outcome, Label):
+            return {"action": "already_labeled", "label_id": outcome.id, "task_id": None}
+        task, action = outcome
         return {
             "action": action,
             "task_id": task.id,
