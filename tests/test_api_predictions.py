@@ -8,10 +8,16 @@ from collections.abc import Callable
 import redis
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 
 from service.api.main import create_app
 from service.config import Settings
+from service.crud import review as review_crud
+from service.crud import review_intake
+from service.entities.review import ReviewReason, ReviewTask
+from service.ml.dataset import text_hash
 from service.ml.training import TrainResult
+from service.tags import TagSet
 from tests.conftest import auth, register_promoted
 from tests.test_prediction_log import _unreachable
 from tests.test_review_api import run_labeling_worker, wait_outbox_sent
@@ -69,9 +75,58 @@ def test_a_prediction_shows_its_review_and_then_its_label(
         "status": "labeled",
         "reason": "audit",
         "stage": "first",
+        "opinions": [],
     }
     assert record["label"]["tag"] == "mlops" and record["label"]["source"] == "review"
     assert record["label"]["created_at"].endswith("Z")
+
+
+def test_a_disputed_content_shows_both_opinions_and_no_label_until_decided(
+    client: TestClient, tags: TagSet
+) -> None:
+    """Two reviewers' labels that differ wait for a third's decision, and until then the
+    content has no label in force (export and retraining leave it out). The lookup showed the
+    later of the two as the label, as if the dispute were settled its way."""
+    answer = client.post("/predict", json=ITEM, headers=auth("client")).json()
+    url = f"/predictions/{answer['prediction_id']}"
+    engine = client.app.state.tagflow.engine
+    task = ReviewTask(
+        text_hash=text_hash(ITEM["title"], ITEM["description"]),
+        title=ITEM["title"],
+        description=ITEM["description"],
+        reason=ReviewReason.LOW_CONFIDENCE,
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        task_id = review_intake.create_task(session, task=task).id  # type: ignore[union-attr]
+
+    def label(reviewer: str, tag: str) -> None:
+        with Session(engine, expire_on_commit=False) as session:
+            review_crud.label(
+                session,
+                task_id=task_id,
+                tag=tag,
+                reviewer=reviewer,
+                tags=tags,
+                holdout_share=0.2,
+                overlap_share=1.0,
+            )
+
+    label("ann", "mlops")
+    label("bob", "computer-vision")
+
+    record = client.get(url, headers=auth("client")).json()
+    assert record["label"] is None
+    assert record["review"] == {
+        "task_id": task_id,
+        "status": "open",
+        "reason": "low_confidence",
+        "stage": "adjudicate",
+        "opinions": ["mlops", "computer-vision"],
+    }
+    label("cat", "computer-vision")
+    record = client.get(url, headers=auth("client")).json()
+    assert record["label"]["tag"] == "computer-vision"
+    assert (record["review"]["status"], record["review"]["opinions"]) == ("labeled", [])
 
 
 def test_a_prediction_answered_by_another_api_process_is_found_and_reported(

@@ -10,6 +10,7 @@ from sqlalchemy import Select, delete, func, insert
 from sqlmodel import Session, col, select
 
 from service.crud import labels as labels_crud
+from service.crud.overlap import earlier_labels
 from service.db import bound_lock_waits
 from service.entities import (
     Feedback,
@@ -23,7 +24,7 @@ from service.entities import (
 )
 from service.entities.common import as_utc, utcnow
 from service.entities.prediction import HumanLabel, ReviewState
-from service.entities.review import ReviewReason
+from service.entities.review import ACTIVE, ReviewReason, ReviewStage
 from service.errors import NotFoundError
 
 REVIEW_KIND = "review"
@@ -178,13 +179,21 @@ def get_prediction(session: Session, *, prediction_id: str) -> Prediction:
 
 
 def prediction_record(session: Session, *, prediction: Prediction) -> PredictionRecord:
-    """A stored prediction with the label in force for its content and its latest task."""
-    label = labels_crud.current_label(session, text_hash=prediction.text_hash)
-    task = session.exec(
-        select(ReviewTask)
-        .where(ReviewTask.text_hash == prediction.text_hash)
-        .order_by(col(ReviewTask.id).desc())
-    ).first()
+    """A stored prediction with the label in force for its content and its latest task. While
+    two reviewers' labels of the content differ and wait for a decision, it has no label in
+    force (the export and retraining leave it out too): the label is null, and the review is
+    the task that waits, with the two tags (`opinions`). The later of the two was shown as
+    the label, as if the dispute were settled its way."""
+    of_content = ReviewTask.text_hash == prediction.text_hash
+    waiting = (ReviewTask.stage == ReviewStage.ADJUDICATE, col(ReviewTask.status).in_(ACTIVE))
+    disputed = session.exec(select(ReviewTask).where(of_content, *waiting)).first()
+    label = None if disputed else labels_crud.current_label(session, text_hash=prediction.text_hash)
+    task = (
+        disputed
+        or session.exec(
+            select(ReviewTask).where(of_content).order_by(col(ReviewTask.id).desc())
+        ).first()
+    )
     return PredictionRecord(
         **prediction.model_dump(exclude={"id", "created_at"}),
         prediction_id=prediction.id,
@@ -199,7 +208,13 @@ def prediction_record(session: Session, *, prediction: Prediction) -> Prediction
         ),
         review=None
         if task is None or task.id is None
-        else ReviewState(task_id=task.id, status=task.status, reason=task.reason, stage=task.stage),
+        else ReviewState(
+            task_id=task.id,
+            status=task.status,
+            reason=task.reason,
+            stage=task.stage,
+            opinions=[e.tag for e in earlier_labels(session, task=task)],
+        ),
     )
 
 

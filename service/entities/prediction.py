@@ -76,6 +76,8 @@ class ReviewState(SQLModel):
     status: str
     reason: str
     stage: str  # first, second (a second opinion asked), adjudicate (two labels differ)
+    # The tags of the two labels a decision is awaited between (stage adjudicate), else none.
+    opinions: list[str] = []
 
 
 class PredictionRecord(PredictionBase):
