@@ -543,6 +543,15 @@ def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
         assert sqlite_client.get(f"/review/assets/{name}").status_code == 404
 
 
+def test_the_page_answers_head_as_it_answers_get(sqlite_client: TestClient) -> None:
+    """An uptime check that asks the page with HEAD got a 405."""
+    page = sqlite_client.get("/review")
+    head = sqlite_client.head("/review")
+    assert head.status_code == 200 and head.content == b""
+    for name in ("content-type", "content-length", "content-security-policy", "cache-control"):
+        assert head.headers[name] == page.headers[name], name
+
+
 def test_assets_outside_the_static_folder_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -34,7 +34,8 @@ PAGE_HEADERS = {
 router = APIRouter(tags=["review page"], include_in_schema=False)
 
 
-@router.get("/review", response_class=FileResponse)
+# HEAD too: an uptime check asks the page with HEAD, and a route of GET alone answered 405.
+@router.api_route("/review", methods=["GET", "HEAD"], response_class=FileResponse)
 def review_page() -> FileResponse:
     """The labelling page reviewers keep open all day."""
     return FileResponse(STATIC_DIR / "review.html", media_type="text/html", headers=PAGE_HEADERS)
