@@ -636,6 +636,25 @@ def test_reprioritize_leaves_an_audit_item_to_the_version_that_served_it(
     assert after.priority == before.priority
 
 
+def test_reprioritize_keeps_the_order_a_reviewer_skipped_tasks_in(
+    ctx: JobContext, engine: Engine, settings: Settings, shared_result: TrainResult
+) -> None:
+    """Once every open task is one a reviewer skipped, their claims go round them, the one
+    skipped longest ago first. A re-scoring (after each promotion) stamped every task as
+    changed, in priority order: the round restarted from the top, and the task just skipped
+    came straight back."""
+    ids = [review_jobs.process_review(payload(title))["task_id"] for title in (YOLO, "Kubeflow")]
+    version = register_promoted(engine, settings, shared_result)
+    review_jobs.reprioritize(version)
+    high, low = sorted(ids, key=lambda task_id: -get(engine, task_id).priority)
+    for task_id in (low, high):  # the lower one skipped first
+        do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+
+    assert review_jobs.reprioritize(version)["updated"] == 2
+
+    assert do(engine, leases.claim, reviewer="ann", lease_s=60).id == low
+
+
 def test_reprioritize_keeps_what_reviewers_and_reports_did_while_it_scored(
     ctx: JobContext,
     engine: Engine,

@@ -339,7 +339,8 @@ def reprioritize(version: str | None = None) -> dict[str, Any]:
             task.uncertainty = new.uncertainty
             task.diversity_penalty = new.diversity_penalty
             task.model_version = row.version
-            task.updated_at = utcnow()
+            # updated_at is left as it is: it orders the tasks a reviewer skipped (the one
+            # skipped longest ago first), and stamping every task restarted their round.
             task.embedding = task.embedding or to_bytes(new.embedding)
             task.priority = review_intake.task_priority(task)  # with its skips and reports now
             session.add(task)
