@@ -388,3 +388,32 @@ def test_scoring_cpu_is_counted_by_stage(
     assert stats.triage_cpu_s > triage_cpu
     # MiniLM costs milliseconds of CPU per item on any machine we had; a cache hit, microseconds.
     assert stats.encode_cpu_s / len(slow) > 0.0005
+
+
+def test_status_agrees_with_the_confidence_answered_at_the_cut(
+    encoder: Encoder, tags: TagSet, shared_result: TrainResult, texts: dict[str, list[str]]
+) -> None:
+    """A cut between an item's exact confidence and the 6-place one it is answered (and
+    logged, and audited) with: the status follows the answered one, for an item the fast path
+    settles and one it encodes, through the batcher as /predict and /predict/batch score."""
+    predictor = Predictor(GatedEncoder(encoder), tags)  # type: ignore[arg-type]
+
+    async def scenario(batch: list[str]) -> list[Scored]:
+        batcher = MicroBatcher(predictor, max_items=4, wait_ms=0, threads=2)
+        batcher.start()
+        scored = await batcher.predict(batch)
+        await batcher.stop()
+        return scored
+
+    for text in (texts["fast"][0], texts["slow"][0]):
+        triage = predictor.triage([text], LoadedModel("v-exact", shared_result.model))
+        predictor.finish(triage, triage.unsettled)
+        exact = float(triage.proba[0].max())
+        answered = round(exact, 6)
+        assert exact != answered
+        for cut in (answered, (exact + answered) / 2):
+            predictor.swap(LoadedModel("v-cut", shared_result.model, threshold=cut))
+            for scored in asyncio.run(scenario([text, text])):
+                assert scored.confidence == answered
+                expected = "auto" if answered >= cut else "review"
+                assert scored.status.value == expected, (exact, answered, cut)

@@ -168,13 +168,15 @@ class Predictor:
         by_class = dict(zip(model.classes, row.tolist(), strict=True))
         scores = {t: round(float(by_class.get(t, 0.0)), 6) for t in self.tags.names}
         best = int(row.argmax())
-        confidence = float(row[best])
+        # Decided on the confidence as answered, logged and audited: on the unrounded one, an
+        # item could be `review` while the confidence it reports is the cut itself.
+        confidence = round(float(row[best]), 6)
         status = (
             PredictionStatus.AUTO if confidence >= loaded.accept_at else PredictionStatus.REVIEW
         )
         return Scored(
             tag=model.classes[best],
-            confidence=round(confidence, 6),
+            confidence=confidence,
             scores=scores,
             status=status,
             model_version=loaded.version,
