@@ -663,6 +663,40 @@ def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
     engine.dispose()
 
 
+def _seed_in_production(
+    make_settings: Callable[..., Settings], seed_result: TrainResult
+) -> Settings:
+    """The settings of a SQLite registry in the data directory cli_env names, with the seed
+    model as production v0001."""
+    settings = make_settings()
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    register_promoted(engine, settings, seed_result)
+    engine.dispose()
+    return settings
+
+
+def test_models_compare_with_an_empty_version_compares_nothing(
+    cli_env: dict[str, str], make_settings: Callable[..., Settings], seed_result: TrainResult
+) -> None:
+    """`tagflow models compare v0001 "$OTHER"` with OTHER unset compared v0001 with production
+    and exited 0, as if no version were named; the API's ?against= empty is a 422. Now a usage
+    error, before any scoring; B left out still means production."""
+    _seed_in_production(make_settings, seed_result)
+    runner = CliRunner()
+    data = ["--data", str(SEED_DATASET), "--json"]
+    for versions in (["v0001", ""], ["v0001", " "], ["", "v0001"]):
+        refused = runner.invoke(app, ["models", "compare", *versions, *data], env=cli_env)
+        assert refused.exit_code == 2, refused.output
+        shown = repr(next(v for v in versions if v != "v0001"))
+        assert _said(refused.stderr) == f"cannot compare: {shown} is not a version name"
+        assert refused.stdout == ""
+    against_production = runner.invoke(app, ["models", "compare", "v0001", *data], env=cli_env)
+    assert against_production.exit_code == 0, against_production.output
+    assert json.loads(against_production.stdout)["b"]["version"] == "v0001"
+
+
 def test_a_database_unavailable_mid_command_is_one_line(
     cli_env: dict[str, str],
     make_settings: Callable[..., Settings],
@@ -671,12 +705,7 @@ def test_a_database_unavailable_mid_command_is_one_line(
     """Opening the database was checked (one line, exit 2), but a database that fails once the
     command runs (here: locked by another process past SQLite's 30 s busy timeout; the same
     for PostgreSQL gone) printed rich's page-long traceback box."""
-    settings = make_settings()  # the data directory cli_env names: SQLite in it
-    settings.data_dir.mkdir(parents=True)
-    engine = make_engine(settings.resolved_database_url)
-    init_db(engine)
-    register_promoted(engine, settings, seed_result)
-    engine.dispose()
+    settings = _seed_in_production(make_settings, seed_result)
     holder = sqlite3.connect(settings.data_dir / "tagflow.db", isolation_level=None)
     try:
         holder.execute("BEGIN EXCLUSIVE")  # a writer that holds on (a backup, a stuck job)

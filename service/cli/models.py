@@ -224,6 +224,10 @@ def models_compare(
     """Score two versions as they serve on the same labelled items (B: production)."""
     from service.ml.compare import Contender, compare_versions
 
+    # B left out means production; B given empty (a script's $OTHER unset) is a mistake, as
+    # the API's ?against= empty is a 422: it used to compare with production all the same.
+    for version in (a, b):
+        version_name_or_exit(version, action="compare", shown=repr(version))
     settings = settings_or_exit()
     tags = cli_tags(settings)
     input_file_or_exit(data, action="compare", name="--data")
@@ -252,6 +256,14 @@ def models_compare(
         print(json.dumps(outcome, indent=2))
     else:
         console.print(_compare_table(outcome))
+
+
+def version_name_or_exit(version: str | None, *, action: str, shown: str) -> None:
+    """A version named on the command line must be a name: empty or with white space (an
+    unset variable, a stray quote) it is a usage error (exit 2), never taken as "none named"."""
+    if version is not None and (not version or any(ch.isspace() for ch in version)):
+        print_error(f"cannot {action}:", f"{shown} is not a version name")
+        raise typer.Exit(2)
 
 
 def _registry_action(action: str, change: Callable[[Session, TagSet, Path], ModelVersion]) -> None:
@@ -294,9 +306,7 @@ def models_rollback(
     ] = None,
 ) -> None:
     """Undo the latest promotion not yet undone; again, and it goes further back."""
-    if current is not None and (not current or any(ch.isspace() for ch in current)):
-        print_error("cannot roll back:", f"--from {current!r} is not a version name")
-        raise typer.Exit(2)
+    version_name_or_exit(current, action="roll back", shown=f"--from {current!r}")
     _registry_action(
         "roll back",
         lambda session, tags, artifacts: registry.rollback(
