@@ -11,6 +11,7 @@ for a worker, by hand or automatically, in `service.retrain_queue`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from sqlmodel import Session
 
 from service.config import Settings
 from service.crud import snapshots as snapshots_crud
+from service.db import take_turns
 from service.entities import DatasetSnapshot, ModelStatus, ModelVersion
 from service.errors import ArtifactError
 from service.ml import registry
@@ -37,6 +39,9 @@ from service.training_sets import TrainingSets, build_training_sets
 log = logging.getLogger(__name__)
 
 RETRAINING_ACTOR = "retraining job"  # who promotes, in the production history
+# Registrations of candidates from the same training rows take turns ("tfrg"; PostgreSQL's
+# advisory locks in their two-key form: this class, and a hash of the rows' hash).
+_REGISTER_LOCK_CLASS = 0x74667267
 
 
 def summary(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -320,6 +325,55 @@ def _nothing_new(
     }
 
 
+def _made_already(
+    session: Session,
+    *,
+    settings: Settings,
+    tags: TagSet,
+    encoder: Encoder,
+    production: ModelVersion | None,
+    sets: TrainingSets,
+    reason: str,
+    force: bool,
+    resume: bool,
+) -> dict[str, Any] | None:
+    """The result of a retraining whose model exists already, None when it must train: what
+    production is now (or a version it was rolled back from) would be made again
+    (`_nothing_new`), or a candidate made from `sets` is registered, gated against
+    `production` (`_finish_registered`); unless `force` (and, for the candidate, not
+    `resume`)."""
+    if production is None:
+        return None
+    target = settings.target_precision
+    # Production now: a retraining beside this one may have promoted the twin since.
+    current = registry.get_production(session)
+    twin = (
+        None
+        if force
+        else _twin(session, production=current, sets=sets, target=target, encoder=encoder)
+    )
+    if current is not None and twin is not None:
+        return _nothing_new(session, production=current, twin=twin, sets=sets, reason=reason)
+    registered = (
+        None
+        if force and not resume
+        else _registered_twin(
+            session, production=production, sets=sets, target=target, encoder=encoder
+        )
+    )
+    if registered is None:
+        return None
+    return _finish_registered(
+        session,
+        settings=settings,
+        tags=tags,
+        production=production,
+        candidate=registered,
+        sets=sets,
+        reason=reason,
+    )
+
+
 def retrain(
     session: Session,
     *,
@@ -346,30 +400,21 @@ def retrain(
     progress("data")
     sets = build_training_sets(session, settings=settings, tags=tags)
     target = settings.target_precision
-    twin = (
-        None
-        if force
-        else _twin(session, production=production, sets=sets, target=target, encoder=encoder)
+    # Looked for before training, and again before registering (below).
+    made_already = functools.partial(
+        _made_already,
+        session,
+        settings=settings,
+        tags=tags,
+        encoder=encoder,
+        production=production,
+        sets=sets,
+        reason=reason,
+        force=force,
+        resume=resume,
     )
-    if production is not None and twin is not None:
-        return _nothing_new(session, production=production, twin=twin, sets=sets, reason=reason)
-    registered = (
-        None
-        if (force and not resume) or production is None
-        else _registered_twin(
-            session, production=production, sets=sets, target=target, encoder=encoder
-        )
-    )
-    if production is not None and registered is not None:
-        return _finish_registered(
-            session,
-            settings=settings,
-            tags=tags,
-            production=production,
-            candidate=registered,
-            sets=sets,
-            reason=reason,
-        )
+    if (made := made_already()) is not None:
+        return made
     result = train(
         sets.train, sets.evaluation, encoder=encoder, target_precision=target, progress=progress
     )
@@ -384,6 +429,14 @@ def retrain(
         artifacts_dir=settings.artifacts_dir,
     )
     progress("register")
+    # Another retraining on the same data may have registered its candidate while this one
+    # trained (`tagflow retrain` beside a queued job, say): both looked before training and
+    # found none. Looked for again with registrations of the same training rows taking turns
+    # (until `_register` commits), the second finishes the first's instead of adding its twin.
+    session.rollback()  # the reads before training are over: the turn reads what is now
+    take_turns(session, cls=_REGISTER_LOCK_CLASS, key=result.data_hash, table=ModelVersion)
+    if (made := made_already()) is not None:
+        return made
     snapshot_id, version, checks = _register(
         session, result=result, sets=sets, settings=settings, gate=gate, reason=reason
     )

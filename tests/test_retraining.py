@@ -939,3 +939,59 @@ def test_a_retraining_does_not_remake_a_version_production_was_rolled_back_from(
     with Session(engine, expire_on_commit=False) as session:
         newer = retraining.retrain(session, settings=settings, tags=tags, encoder=encoder)
         assert newer["candidate"] not in (None, first, rolled_back)
+
+
+@pytest.mark.parametrize("auto_promote", [False, True])
+def test_a_cli_retraining_beside_a_queued_one_registers_one_candidate(
+    auto_promote: bool,
+    engine: Engine,
+    database_url: str,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+    weak_result: TrainResult,
+    new_items: list[Example],
+    redis_conn: redis.Redis,
+) -> None:
+    """`tagflow retrain` run while a queued retraining ran on a worker: each looked for a twin
+    before training, neither found one, and both registered a candidate from the same data and
+    settings, gated alike. The one that registers second now finds the first's (checked again
+    as registrations take turns) and finishes it instead, or, the first promoted already,
+    registers nothing: it would remake production."""
+    settings = make_settings(database_url=database_url, auto_promote=auto_promote)
+    weak = register_promoted(engine, settings, weak_result)
+    add_labels(engine, new_items[:20], share=0.2)
+    queue = Queue(TRAINING_QUEUE, connection=redis_conn)
+    with Session(engine) as session:
+        job_id = retrain_queue.enqueue_retrain(session, queue=queue, reason="manual")
+
+    def the_queued_one_runs_meanwhile(step: str) -> None:
+        # The worker takes the queued job while the CLI's retraining has trained and gated its
+        # candidate and is about to register it.
+        if step == "register":
+            use_context(JobContext(settings))
+            try:
+                Worker([queue], connection=redis_conn).work(burst=True)
+            finally:
+                use_context(None)
+
+    with Session(engine, expire_on_commit=False) as session:
+        cli = retraining.retrain(
+            session,
+            settings=settings,
+            tags=tags,
+            encoder=encoder,
+            reason="cli",
+            progress=the_queued_one_runs_meanwhile,
+        )
+        versions = [row.version for row in registry.list_versions(session)]
+    queued = Job.fetch(job_id, connection=redis_conn).return_value()
+    assert queued is not None and queued["gate_passed"], queued
+    assert queued["promoted"] is auto_promote
+    assert versions == [queued["candidate"], weak]
+    if auto_promote:
+        assert cli["candidate"] is None and not cli["promoted"], cli["outcome"]
+        assert cli["outcome"].startswith(f"nothing new since {queued['candidate']}")
+    else:
+        assert cli["candidate"] == queued["candidate"], cli["outcome"]
+        assert "not trained again" in cli["outcome"] and "promote by hand" in cli["outcome"]
