@@ -93,6 +93,36 @@ class StopRequest:
             raise SystemExit(0)
 
 
+def _stopper(request: StopRequest) -> Callable[[int, object], None]:
+    """The handler of stop signals that records the stop in `request` and ends the process."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        request.requested = True
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
+        # Exit code 0: stopped as asked, cleanup done (`make run` reports anything else as an
+        # error when Ctrl-C ends it).
+        raise SystemExit(0)
+
+    return stop
+
+
+# A stop that came while the program started (`stop_signals_as_exit_from_start`).
+_AT_START = StopRequest()
+
+
+def stop_signals_as_exit_from_start() -> None:
+    """For a program whose stop is a clean exit (`tagflow serve`, `tagflow up`), called before
+    its imports: from now a stop signal ends it with exit code 0, as it does once
+    `stop_signals_as_exit` takes over. Until then (0.5 s of imports, seconds on a busy machine,
+    and the checks before serving) SIGTERM's default action killed it: exit code 143, which
+    Docker and Kubernetes report as a failed stop. Nothing has been received by then: nothing
+    is lost."""
+    stop = _stopper(_AT_START)
+    for each in _STOP_SIGNALS:
+        signal.signal(each, stop)
+
+
 @contextmanager
 def stop_signals_as_exit() -> Iterator[StopRequest]:
     """Within the block, SIGTERM (a service manager's stop, `docker stop`) and SIGINT (Ctrl-C)
@@ -103,17 +133,9 @@ def stop_signals_as_exit() -> Iterator[StopRequest]:
     Redis before the worker has finished with it, or leave the worker behind. (SIGKILL still
     ends everything, and the children with it: see `die_with_parent`.)"""
     request = StopRequest()
-
-    def stop(_signum: int, _frame: object) -> None:
-        request.requested = True
-        for each in _STOP_SIGNALS:
-            signal.signal(each, signal.SIG_IGN)
-        # Exit code 0: stopped as asked, cleanup done (`make run` reports anything else as an
-        # error when Ctrl-C ends it).
-        raise SystemExit(0)
-
-    previous = {each: signal.signal(each, stop) for each in _STOP_SIGNALS}
+    previous = {each: signal.signal(each, _stopper(request)) for each in _STOP_SIGNALS}
     try:
+        _AT_START.check()  # a stop while the program started, its exception lost
         yield request
     finally:
         for each, handler in previous.items():

@@ -44,6 +44,7 @@ from service.outbox import TRAINING_QUEUE
 from service.redis_server import EmbeddedRedis, free_port
 from tests.conftest import KEYS, MISCONFIGURED_POSTGRES, ROOT, auth, register_promoted
 from tests.test_jobs import ran_three_and_queued_one
+from tests.waiting import wait_until
 
 # Said by each command that needs Redis without its URL: beside `tagflow up`, the URL to set
 # is the one `up` printed (a new port and password at each start).
@@ -602,6 +603,66 @@ def test_db_current_asks_without_creating_a_database(cli_env: dict[str, str]) ->
     assert "database: none" not in again.output
 
 
+def _start_serve(settings: Settings, *, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """`tagflow serve` as its own process with `settings`, its output to `log`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= {
+        "HF_HUB_OFFLINE": "1",
+        "TAGFLOW_API_KEYS": f"client:{KEYS['client']}",
+        "TAGFLOW_DATA_DIR": str(settings.data_dir),
+        "TAGFLOW_DATABASE_URL": settings.resolved_database_url,
+        "TAGFLOW_ENCODER_DIR": str(settings.encoder_dir),
+        "TAGFLOW_REDIS_URL": str(settings.redis_url),
+        # Nothing is written before the stop: the row in the database is the shutdown's.
+        "TAGFLOW_LOG_FLUSH_INTERVAL_S": "600",
+    }
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _handles(pid: int, stop: signal.Signals) -> bool:
+    """Whether process `pid` has a handler for `stop` (Linux: SigCgt in /proc/PID/status)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
+    return bool(int(caught.split()[1], 16) >> (stop - 1) & 1)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_stopped_while_it_starts_exits_0(
+    stop: signal.Signals, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """A supervisor's stop of a `serve` it had just started, in the half second (seconds on a
+    busy machine) of imports and checks before it served: SIGTERM's default action killed it
+    (exit 143), and a Ctrl-C printed a KeyboardInterrupt traceback (130). A stop is a clean
+    exit from the moment the program runs (before that, the interpreter itself is starting)."""
+    settings = make_settings(database_url=f"sqlite:///{tmp_path / 'api.db'}")
+    log = tmp_path / "serve.log"
+    process = _start_serve(settings, port=free_port(), log=log)
+    try:
+        # SIGINT is handled from the interpreter's start (KeyboardInterrupt): its handler says
+        # nothing; Python handles SIGTERM only once the program asks to.
+        wait_until(
+            lambda: _handles(process.pid, signal.SIGTERM),
+            what="serve handling SIGTERM",
+            every_s=0.001,
+        )
+        process.send_signal(stop)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    said = log.read_text()
+    assert code == 0, said
+    # Stopped while it started: serve takes the signals before it prints this, once started.
+    assert "API on" not in said and "Traceback" not in said, said
+
+
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
     stop: signal.Signals,
@@ -616,26 +677,9 @@ def test_serve_stopped_by_a_signal_writes_its_predictions_and_exits_0(
     engine = make_engine(settings.resolved_database_url)
     init_db(engine)
     register_promoted(engine, settings, seed_result)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
-    env |= {
-        "HF_HUB_OFFLINE": "1",
-        "TAGFLOW_API_KEYS": f"client:{KEYS['client']}",
-        "TAGFLOW_DATA_DIR": str(settings.data_dir),
-        "TAGFLOW_DATABASE_URL": settings.resolved_database_url,
-        "TAGFLOW_ENCODER_DIR": str(settings.encoder_dir),
-        "TAGFLOW_REDIS_URL": str(settings.redis_url),
-        # Nothing is written before the stop: the row in the database is the shutdown's.
-        "TAGFLOW_LOG_FLUSH_INTERVAL_S": "600",
-    }
     port = free_port()
     log = tmp_path / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process = _start_serve(settings, port=port, log=log)
     try:
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/predict",
