@@ -82,6 +82,7 @@ class PredictionLog:
         self.after_flush = after_flush
         self._buffer: deque[PredictionCreate] = deque()
         self._in_flight: PredictionCreate | None = None  # the oldest row of the batch in flight
+        self._in_flight_rows = 0  # the rows of that batch: out of the buffer, not written yet
         self._shadows: deque[ShadowPrediction] = deque()
         self._flush_lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -92,8 +93,10 @@ class PredictionLog:
 
     @property
     def buffered(self) -> int:
-        """Predictions answered but not written yet, in memory (not those spilled to disk)."""
-        return len(self._buffer)
+        """Predictions answered but not written yet, in memory (not those spilled to disk):
+        in the buffer, or in the batch a flush is writing (it takes them out of the buffer
+        first, and a write to a slow database takes seconds)."""
+        return len(self._buffer) + self._in_flight_rows
 
     @property
     def writing_back(self) -> bool:
@@ -151,12 +154,15 @@ class PredictionLog:
     def _write_buffer(self) -> None:
         while self._buffer or self._shadows:
             self._in_flight = self._buffer[0] if self._buffer else None  # before it leaves
-            batch = [self._buffer.popleft() for _ in range(min(self.batch_size, len(self._buffer)))]
+            # Counted before they leave too: a scrape meanwhile may count them twice, never
+            # miss them.
+            self._in_flight_rows = min(self.batch_size, len(self._buffer))
+            batch = [self._buffer.popleft() for _ in range(self._in_flight_rows)]
             shadows = [self._shadows.popleft() for _ in range(len(self._shadows))]
             try:
                 self._write(batch, shadows, put_back=True)
             finally:
-                self._in_flight = None
+                self._in_flight, self._in_flight_rows = None, 0
 
     def _write(
         self, batch: list[PredictionCreate], shadows: list[ShadowPrediction], *, put_back: bool

@@ -166,23 +166,28 @@ def test_a_batch_a_hung_flush_holds_counts_as_unwritten(
 ) -> None:
     """A flush waiting on a database that hangs holds its batch out of the buffer (up to the
     read bound): `unwritten_since`, which other API processes are told of
-    (`service.unwritten`), counts those rows too."""
-    proxied, _direct, proxy = proxied_postgres
-    log = PredictionLog(proxied, interval_s=60, batch_size=10)
+    (`service.unwritten`), counts those rows too; and so does `buffered`, the gauge
+    tagflow_prediction_log_buffered, which counted the buffer alone: a scrape during a flush
+    (seconds, with the database slow or hung) under-reported what was not stored."""
+    proxied, direct, proxy = proxied_postgres
+    log = PredictionLog(proxied, interval_s=60, batch_size=1)
     log.record(make_prediction(new_id()))
     assert log.flush() == 1 and log.unwritten_since() is None  # a connection in the pool
-    row = make_prediction(new_id())
+    row, behind = make_prediction(new_id()), make_prediction(new_id())
     log.record(row)
+    log.record(behind)
     proxy.thawed.clear()
     flushing = threading.Thread(target=log.flush, daemon=True)
     flushing.start()
     try:
-        wait_until(lambda: log.buffered == 0, what="the flush taking the batch")
+        wait_until(lambda: log.pending(row.id) is None, what="the flush taking the first batch")
         assert log.unwritten_since() == id_made_at(row.id)
+        assert log.buffered == 2  # the row being written, and the one behind it
     finally:
         proxy.thawed.set()
     flushing.join(60)
-    assert log.written == 2 and log.unwritten_since() is None
+    assert log.written == 3 and log.unwritten_since() is None and log.buffered == 0
+    assert _count(direct, Prediction) == 3
 
 
 def _shadow(prediction_id: str) -> ShadowPrediction:

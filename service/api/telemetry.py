@@ -112,7 +112,8 @@ def _scoring(state: AppState) -> Iterator[Sample]:
 def _write_behind(state: AppState) -> Iterator[Sample]:
     yield Sample(
         "tagflow_prediction_log_buffered",
-        "Predictions answered but not yet written to the database (write-behind buffer)",
+        "Predictions answered but not yet written to the database (write-behind buffer, "
+        "and the batch being written)",
         state.log.buffered,
         {},
     )
