@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 import typer
+from alembic import command as alembic
 from rich.errors import MarkupError
 from rq import Queue
 from sqlalchemy import make_url, text
@@ -37,6 +38,7 @@ from service.crud import labels as labels_crud
 from service.db import init_db, make_engine
 from service.entities.prediction import Prediction
 from service.jobs import list_jobs
+from service.migrations import current_revision, head_revision, make_config
 from service.ml import registry
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
@@ -630,6 +632,27 @@ def _handles(pid: int, stop: signal.Signals) -> bool:
     status = Path(f"/proc/{pid}/status").read_text()
     caught = next(line for line in status.splitlines() if line.startswith("SigCgt:"))
     return bool(int(caught.split()[1], 16) >> (stop - 1) & 1)
+
+
+def test_db_upgrade_says_whether_it_upgraded(cli_env: dict[str, str]) -> None:
+    """`tagflow db upgrade` said "database at 0015" whether it had upgraded the database or
+    found it at the newest revision already; it now says which, and from which revision."""
+    env = {**cli_env, "COLUMNS": "400"}  # each line whole
+    head = head_revision()
+
+    def upgrade() -> str:
+        result = CliRunner().invoke(app, ["db", "upgrade"], env=env)
+        assert result.exit_code == 0, result.output
+        return _said(result.output)
+
+    assert upgrade() == f"database upgraded from none (new) to {head}"
+    engine = make_engine(f"sqlite:///{Path(env['TAGFLOW_DATA_DIR']) / 'tagflow.db'}")
+    with engine.begin() as conn:  # as a release before 0014 left it
+        alembic.downgrade(make_config(conn), "0013")
+    assert upgrade() == f"database upgraded from 0013 to {head}"
+    assert current_revision(engine) == head
+    engine.dispose()
+    assert upgrade() == f"database at {head}, the newest revision: nothing to upgrade"
 
 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

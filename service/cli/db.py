@@ -89,8 +89,13 @@ def db_upgrade() -> None:
     from service.db import current_revision
 
     def run(engine: Engine) -> str:
+        # Said either way: "database at 0015" alone read the same whether it upgraded or not.
+        before = current_revision(engine)
         init_db(engine)
-        return f"database at {current_revision(engine)}"
+        after = current_revision(engine)
+        if before == after:
+            return f"database at {after}, the newest revision: nothing to upgrade"
+        return f"database upgraded from {before or 'none (new)'} to {after}"
 
     _database(settings_or_exit(), run)
 
