@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
     # A comment runs from `#` at the start of a line, or after a space, to the end of the line.
     lines = (_COMMENT.sub("", line) for line in raw.splitlines())
     keys: dict[str, Caller] = {}
+    # By digest: a key listed plain and again by its hash is one key listed twice.
+    digests: set[str] = set()
     entries = filter(None, (p.strip() for line in lines for p in line.split(",")))
     for n, entry in enumerate(entries, start=1):
         holder, sep, key = entry.partition(":")
@@ -108,10 +111,11 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
             name.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError(f"the name in {shown} is not UTF-8 text") from None
-        if key in keys:
+        if (digest := _digest(key)) in digests:
             raise ValueError(f"an API key is listed twice in {source} (again at {shown})")
         try:
             keys[key] = Caller(Role(role), name or None)
+            digests.add(digest)
         except ValueError:
             roles = ", ".join(r.value for r in Role)
             raise ValueError(f"unknown role {role!r} in {source} (roles: {roles})") from None
@@ -132,6 +136,14 @@ def _hashed_form(key: str, *, shown: str, source: str) -> str:
     return "sha256:" + digest.lower()
 
 
+def _digest(key: str) -> str:
+    """The SHA-256 of the key an entry accepts, whether the entry gives it plain or hashed:
+    `k` and `sha256:<SHA-256 of k>` are one key."""
+    if key.startswith("sha256:"):  # `_hashed_form` made it `sha256:` and 64 hex digits
+        return key[7:]
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 def read_key_file_content(path: Path) -> bytes:
     """The API key file's bytes; an unreadable file is a ValueError that says which."""
     try:
@@ -148,8 +160,9 @@ def parse_key_file(content: bytes, *, path: Path, fixed: dict[str, Caller]) -> d
     except UnicodeDecodeError as exc:
         raise ValueError(f"cannot read the API key file {path}: {exc}") from None
     keys = parse_api_keys(raw, source=str(path))
-    if clash := keys.keys() & fixed.keys():
-        holder = keys[next(iter(clash))]
+    fixed_digests = {_digest(key) for key in fixed}
+    if clash := [key for key in keys if _digest(key) in fixed_digests]:
+        holder = keys[clash[0]]
         raise ValueError(
             f"{len(clash)} key(s) in {path} are also in TAGFLOW_API_KEYS (one held by "
             f"{holder.name or 'a shared ' + holder.role.value + ' key'})"

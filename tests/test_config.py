@@ -86,6 +86,26 @@ def test_a_key_listed_twice_is_refused() -> None:
         assert "s3cret" not in describe_errors(excinfo.value)
 
 
+def test_a_key_listed_plain_and_again_by_its_hash_is_listed_twice(tmp_path: Path) -> None:
+    """`k` and `sha256:<SHA-256 of k>` accept the same key. Before, only two identical entries
+    counted as one key listed twice: `reviewer:k,admin:sha256:<hash of k>` started, `k` acted
+    as a reviewer and the admin entry meant to hold it did nothing, whichever was meant."""
+    digest = hashlib.sha256(b"s3cret").hexdigest()
+    hashed = f"sha256:{digest}"
+    for keys in (f"reviewer:s3cret,admin:{hashed}", f"admin:sha256:{digest.upper()},client:s3cret"):
+        with pytest.raises(ValidationError, match="listed twice") as excinfo:
+            Settings(_env_file=None, api_keys=keys)  # type: ignore[call-arg]
+        assert "again at entry 2" in describe_errors(excinfo.value)
+    # And across the environment and the key file: one key, one holder.
+    path = tmp_path / "keys"
+    path.write_text(f"admin:{hashed}\n")
+    with pytest.raises(ValidationError, match="also in TAGFLOW_API_KEYS"):
+        Settings(_env_file=None, api_keys="client:s3cret", api_keys_file=path)  # type: ignore[call-arg]
+    path.write_text("admin:s3cret\n")
+    with pytest.raises(ValidationError, match="also in TAGFLOW_API_KEYS"):
+        Settings(_env_file=None, api_keys=f"client:{hashed}", api_keys_file=path)  # type: ignore[call-arg]
+
+
 def test_a_key_file_is_checked_at_start(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     with pytest.raises(ValidationError, match="cannot read the API key file"):
