@@ -77,6 +77,7 @@ class Caller:
 
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no space
 
 
 def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, Caller]:
@@ -101,6 +102,13 @@ def parse_api_keys(raw: str, *, source: str = "TAGFLOW_API_KEYS") -> dict[str, C
         if not sep or not key or (slash and not name) or any(c.isspace() for c in key):
             raise ValueError(
                 f"API key {shown} in {source} is not of the form role:key or role/name:key"
+            )
+        if not _HEADER_SAFE.fullmatch(key):
+            # Starlette reads header bytes as Latin-1 and clients send UTF-8 (or refuse): a key
+            # with "é" or a control character in it was taken, and no request could present it.
+            raise ValueError(
+                f"API key {shown} in {source} has a character other than printable ASCII, "
+                "which no Authorization header carries as written"
             )
         key = _hashed_form(key, shown=shown, source=source)
         if len(name) > MAX_NAME_CHARS:

@@ -86,6 +86,17 @@ def test_a_key_listed_twice_is_refused() -> None:
         assert "s3cret" not in describe_errors(excinfo.value)
 
 
+@pytest.mark.parametrize("key", ["clé-0123456789abcdefghij", "tab\x01-0123456789abcdefghij"])
+def test_a_key_no_header_can_carry_is_refused(key: str) -> None:
+    """A key with "é" (or a control character) was taken at start, and every request with it
+    got 401: clients send the header as UTF-8, the server reads it as Latin-1, so the key no
+    request could present locked out its holder with no word of why."""
+    with pytest.raises(ValidationError, match="other than printable ASCII") as excinfo:
+        Settings(_env_file=None, api_keys=f"client:{key}")  # type: ignore[call-arg]
+    assert "entry 1 ('client')" in describe_errors(excinfo.value)
+    assert key not in describe_errors(excinfo.value)
+
+
 def test_a_key_listed_plain_and_again_by_its_hash_is_listed_twice(tmp_path: Path) -> None:
     """`k` and `sha256:<SHA-256 of k>` accept the same key. Before, only two identical entries
     counted as one key listed twice: `reviewer:k,admin:sha256:<hash of k>` started, `k` acted
