@@ -543,6 +543,15 @@ def test_page_and_assets_are_served(sqlite_client: TestClient) -> None:
         assert sqlite_client.get(f"/review/assets/{name}").status_code == 404
 
 
+@pytest.mark.parametrize("name", ["review%00.js", "x" * 300 + ".js"], ids=["NUL", "too long"])
+def test_an_asset_name_no_file_can_have_is_a_404(sqlite_client: TestClient, name: str) -> None:
+    """The page's assets need no key: a NUL in the name (ValueError) or a name over the file
+    system's 255 bytes (OSError) was a 500, and a traceback in the log, for anyone who asked."""
+    missing = sqlite_client.get(f"/review/assets/{name}")
+    assert missing.status_code == 404
+    assert missing.json()["detail"].startswith("no asset named")
+
+
 def test_the_page_answers_head_as_it_answers_get(sqlite_client: TestClient) -> None:
     """An uptime check that asks the page with HEAD got a 405."""
     page = sqlite_client.get("/review")

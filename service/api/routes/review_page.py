@@ -43,8 +43,12 @@ def review_page() -> FileResponse:
 
 def asset_path(name: str) -> Path | None:
     """The stylesheet or script module called `name` in the static folder, if there is one."""
-    path = (STATIC_DIR / name).resolve()
-    if path.parent != STATIC_DIR.resolve() or path.suffix not in MEDIA_TYPES or not path.is_file():
+    try:
+        path = (STATIC_DIR / name).resolve()
+        found = path.is_file()
+    except (OSError, ValueError):  # a NUL in the name, or a name too long for the file system
+        return None
+    if path.parent != STATIC_DIR.resolve() or path.suffix not in MEDIA_TYPES or not found:
         return None
     return path
 
