@@ -9,8 +9,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from fastapi.dependencies.models import Dependant
 from fastapi.testclient import TestClient
 
+from service.api.deps import roles_checked
 from service.api_keys import hash_key
 from service.config import Settings
 from service.ml.training import TrainResult
@@ -88,6 +90,42 @@ def test_the_schema_names_the_roles_each_operation_takes(sqlite_client: TestClie
             assert sqlite_client.request(method, url).status_code == 401, (method, path)
             checked += 1
     assert checked > 30
+
+
+# What answers without a key: the probes, the docs and the review page with their files (the
+# page asks for a key itself). Nothing else.
+OPEN_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/openapi.json"),
+    ("HEAD", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/assets/{name}"),
+    ("GET", "/review"),
+    ("HEAD", "/review"),
+    ("GET", "/review/assets/{name}"),
+}
+
+
+def test_every_route_checks_a_key_but_the_open_ones(sqlite_client: TestClient) -> None:
+    """The schema walk above sees only the operations in /openapi.json: a route added with
+    `include_in_schema=False` and no key check would be open to anyone with no test to say
+    so. This one walks the app's routes themselves, hidden ones included."""
+    routes = []
+    for route in sqlite_client.app.routes:  # type: ignore[attr-defined]
+        # FastAPI keeps an included router's routes behind one entry.
+        routes += (
+            route.effective_candidates() if hasattr(route, "effective_candidates") else [route]
+        )
+    unchecked = {
+        (method, route.path)
+        for route in routes
+        for method in route.methods
+        if not isinstance(getattr(route, "dependant", None), Dependant)
+        or roles_checked(route.dependant) is None
+    }
+    assert unchecked == OPEN_ROUTES
+    assert len(routes) > 30 + len(OPEN_ROUTES)
 
 
 def test_whoami_tells_a_personal_key_from_a_shared_one(sqlite_client: TestClient) -> None:
