@@ -18,6 +18,7 @@ from service.crud import leases, queue_bound
 from service.crud import review as review_crud
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
+from service.errors import ConflictError
 from tests.conftest import auth
 from tests.test_review_queue import add_task, do, get, label_task, payload, tasks
 from workers import review_jobs
@@ -166,6 +167,27 @@ def test_a_late_label_agreeing_with_the_label_given_meanwhile_is_labelled(engine
         ReviewStatus.LABELED,
         anns.id,
     )
+
+
+def test_a_shed_task_whose_lease_ran_out_stays_shed(engine: Engine) -> None:
+    """A task whose lease ran out keeps its lapsed expiry when a claim takes it back to the
+    queue (so that its reviewer may renew it); shed so, a skip or release of it by that
+    reviewer's page brought it back to the queue, past the bound and without its open key."""
+    lapsed, other = add_task(engine, "u", 0.9), add_task(engine, "v", 0.1)
+    assert do(engine, leases.claim, reviewer="ann", lease_s=600).id == lapsed
+    assert do(engine, leases.claim, reviewer="bob", lease_s=600).id == other
+    set_fields(engine, lapsed, lease_expires_at=utcnow() - timedelta(seconds=1))
+    assert do(engine, leases.claim, reviewer="bob", lease_s=600).id == other  # expires ann's
+    assert (get(engine, lapsed).status, get(engine, lapsed).leased_by) == (ReviewStatus.OPEN, None)
+    do(engine, queue_bound.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
+    assert get(engine, lapsed).status == ReviewStatus.SHED
+
+    for act in (review_crud.skip, leases.release):
+        with pytest.raises(ConflictError, match="shed from the queue"):
+            do(engine, act, task_id=lapsed, reviewer="ann")
+
+    assert (get(engine, lapsed).status, get(engine, lapsed).skips) == (ReviewStatus.SHED, 0)
+    assert do(engine, review_crud.stats, now=utcnow())["shed"] == 1
 
 
 @pytest.fixture

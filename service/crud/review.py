@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, func, or_, update
+from sqlalchemy import ColumnElement, and_, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -53,8 +53,12 @@ def _may_act(reviewer: str, now: datetime) -> ColumnElement[bool]:
     """Open, leased to `reviewer`, or leased with an expired lease."""
     return or_(
         ReviewTask.status == ReviewStatus.OPEN,
-        col(ReviewTask.leased_by) == reviewer,
-        col(ReviewTask.lease_expires_at) < now,
+        # Leased only: a task whose lease ran out keeps its expiry once back in the queue
+        # (leases.renew tells it so), and shed so it is not anyone's to act on.
+        and_(
+            ReviewTask.status == ReviewStatus.LEASED,
+            or_(col(ReviewTask.leased_by) == reviewer, col(ReviewTask.lease_expires_at) < now),
+        ),
     )
 
 
