@@ -128,6 +128,20 @@ def test_a_conflict_is_a_documented_409(app: TestClient, shared_result: TrainRes
     assert_documented(app, app.get(f"/models/{row.version}/bundle", headers=admin), 409)
 
 
+def test_each_review_route_documents_its_own_refusals(app: TestClient) -> None:
+    """A label of a task shed or whose lease ran out is kept, and a lease that ran out is
+    renewed while nobody claims the task: the schema said all of them refuse both alike."""
+    paths = app.get("/openapi.json").json()["paths"]
+
+    def refusal(route: str) -> str:
+        return paths[f"/review/{{task_id}}/{route}"]["post"]["responses"]["409"]["description"]
+
+    for route in ("skip", "release"):
+        assert "shed" in refusal(route) and "ran out" not in refusal(route), route
+    assert "a task shed from the queue or whose lease ran out is kept" in refusal("label")
+    assert "unclaimed since, it is leased to them again" in refusal("renew")
+
+
 def test_a_quota_and_a_large_body_are_documented(app: TestClient) -> None:
     if time.time() % quotas.WINDOW_S > quotas.WINDOW_S - 10:  # both reports in one minute
         time.sleep(quotas.WINDOW_S - time.time() % quotas.WINDOW_S + 0.1)

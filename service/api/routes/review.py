@@ -47,9 +47,21 @@ NOT_THIS_NAME = (
     "holds a personal key"
 )
 UNKNOWN_TASK = "No review task with this id"
+# Why a route refuses a task (409), route by route: a label of a task shed or whose lease ran
+# out is kept, and a lease that ran out is renewed, so the reasons differ.
 NOT_YOURS = (
-    "The task is not this reviewer's to act on: leased to another, labelled, shed, waiting "
-    "for another reviewer's opinion, or its lease ran out"
+    "The task is not this reviewer's to act on: leased to another reviewer, labelled, or shed "
+    "from the queue"
+)
+NOT_YOURS_TO_LABEL = (
+    "The task is not this reviewer's to label: leased to another reviewer, labelled by another, "
+    "or waiting for another reviewer's opinion (a label of a task shed from the queue or whose "
+    "lease ran out is kept)"
+)
+NOT_YOURS_TO_RENEW = (
+    "The lease is not this reviewer's to renew: the task is leased to another reviewer, "
+    "labelled, shed, given back or skipped, or its lease ran out and this reviewer holds "
+    "another since (run out and unclaimed since, it is leased to them again)"
 )
 TASK_ANSWERS = answers({403: NOT_THIS_NAME, 404: UNKNOWN_TASK, 409: NOT_YOURS})
 
@@ -231,8 +243,8 @@ def review_agreement(session: SessionDep, _caller: ReviewerKey) -> AgreementStat
             {
                 403: NOT_THIS_NAME,
                 404: UNKNOWN_TASK,
-                409: f"{NOT_YOURS}; or this reviewer labelled it already with another tag, "
-                "the label saved then in `label` (reopen the task to change it)",
+                409: f"{NOT_YOURS_TO_LABEL}; or this reviewer labelled it already with "
+                "another tag, the label saved then in `label` (reopen the task to change it)",
             }
         ),
     },
@@ -301,7 +313,11 @@ def release_task(
     return task_public(session, task, tags=tags)
 
 
-@router.post("/{task_id}/renew", response_model=ReviewTaskPublic, responses=TASK_ANSWERS)
+@router.post(
+    "/{task_id}/renew",
+    response_model=ReviewTaskPublic,
+    responses=answers({403: NOT_THIS_NAME, 404: UNKNOWN_TASK, 409: NOT_YOURS_TO_RENEW}),
+)
 def renew_task(
     task_id: RowId,
     session: SessionDep,
