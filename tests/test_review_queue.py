@@ -655,6 +655,23 @@ def test_reprioritize_keeps_the_order_a_reviewer_skipped_tasks_in(
     assert do(engine, leases.claim, reviewer="ann", lease_s=60).id == low
 
 
+def test_an_arrival_keeps_the_order_a_reviewer_skipped_tasks_in(
+    ctx: JobContext, engine: Engine
+) -> None:
+    """Once every open task is one a reviewer skipped, their claims go round them, the one
+    skipped longest ago first. Another arrival of a task's content (counted on it) stamped it
+    as changed: it went to the end of the round, and the task just skipped came straight
+    back, as a re-scoring did."""
+    first, then = (review_jobs.process_review(payload(t))["task_id"] for t in (YOLO, "Kubeflow"))
+    for task_id in (first, then):
+        do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+
+    again = review_jobs.process_review(payload(YOLO))
+    assert (again["action"], again["task_id"]) == ("bumped", first)
+
+    assert do(engine, leases.claim, reviewer="ann", lease_s=60).id == first
+
+
 def test_reprioritize_keeps_what_reviewers_and_reports_did_while_it_scored(
     ctx: JobContext,
     engine: Engine,

@@ -15,7 +15,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from service.entities import Feedback, FeedbackStatus
-from service.entities.common import utcnow
 from service.entities.review import ACTIVE, ReviewReason, ReviewStatus, ReviewTask
 from service.ml import priority as prio
 
@@ -105,7 +104,10 @@ def bump_task(
     locked = session.exec(
         update(ReviewTask)
         .where(col(ReviewTask.open_key) == text_hash)
-        .values(updated_at=utcnow())
+        # A write that changes nothing, for its lock: updated_at orders the tasks a reviewer
+        # skipped (the one skipped longest ago first), and stamping it on each arrival sent
+        # the task to the end of their round.
+        .values(updated_at=ReviewTask.updated_at)
         .execution_options(synchronize_session=False)
     )
     if locked.rowcount == 0:
