@@ -129,8 +129,8 @@ def test_a_conflict_is_a_documented_409(app: TestClient, shared_result: TrainRes
 
 
 def test_each_review_route_documents_its_own_refusals(app: TestClient) -> None:
-    """A label of a task shed or whose lease ran out is kept, and a lease that ran out is
-    renewed while nobody claims the task: the schema said all of them refuse both alike."""
+    """A label of a task shed or whose lease ran out is kept, while a renewal of a lease that
+    ran out is refused: the schema said all of them refuse both alike."""
     paths = app.get("/openapi.json").json()["paths"]
 
     def refusal(route: str) -> str:
@@ -139,7 +139,7 @@ def test_each_review_route_documents_its_own_refusals(app: TestClient) -> None:
     for route in ("skip", "release"):
         assert "shed" in refusal(route) and "ran out" not in refusal(route), route
     assert "a task shed from the queue or whose lease ran out is kept" in refusal("label")
-    assert "unclaimed since, it is leased to them again" in refusal("renew")
+    assert "its lease ran out (a claim put the task back in the queue" in refusal("renew")
 
 
 def test_a_quota_and_a_large_body_are_documented(app: TestClient) -> None:

@@ -789,55 +789,6 @@ def test_a_lease_is_renewed_by_its_holder_only(
         assert forbidden.status_code == 403
 
 
-def test_a_lease_run_out_is_renewed_while_nobody_has_claimed_the_task_since(
-    client: TestClient,
-) -> None:
-    """A reviewer still at an item whose lease ran out, and which a claim took back to the
-    queue, renews it and labels it while nobody else has claimed it: it was a 409, and the
-    page moved on with the reviewer's work on it lost. Held by someone else since, or while
-    the reviewer holds another lease, it stays a 409."""
-    engine = state_of(client).engine
-    first, second, third = add_tasks(engine, 3)[::-1]  # the highest priority is claimed first
-    headers = auth("reviewer")
-
-    def claim(name: str) -> Any:
-        return client.post("/review/claim", json=body(name), headers=headers)
-
-    assert claim("ann").json()["task_id"] == first
-    assert claim("bob").json()["task_id"] == second
-    set_lease(engine, first, seconds_left=-1)
-    assert claim("bob").json()["task_id"] == second  # his own, resumed; ann's went back
-    with Session(engine) as session:
-        task = session.get(ReviewTask, first)
-        assert task is not None and (task.status, task.leased_by) == (ReviewStatus.OPEN, None)
-
-    renewed = client.post(f"/review/{first}/renew", json=body("ann"), headers=headers)
-
-    assert renewed.status_code == 200, renewed.text
-    assert_lease_remaining(renewed.json(), lease_s=600)
-    assert claim("cat").json()["task_id"] == third  # hers again: not offered to others
-    labelled = client.post(f"/review/{first}/label", json=body("ann", tag="mlops"), headers=headers)
-    assert labelled.status_code == 201
-
-    # Run out and taken by bob since: his.
-    set_lease(engine, second, seconds_left=-1)
-    assert claim("dan").json()["task_id"] == second
-    refused = client.post(f"/review/{second}/renew", json=body("bob"), headers=headers)
-    assert (
-        refused.status_code == 409
-        and refused.json()["detail"] == f"task {second} is leased to 'dan'"
-    )
-    # Run out while its reviewer holds another lease (a claim of theirs since): one at a time.
-    set_lease(engine, third, seconds_left=-1)
-    client.post(f"/review/{second}/release", json=body("dan"), headers=headers)
-    # Given back (the page closed, its reviewer switched): a renewal landing after it is late.
-    refused = client.post(f"/review/{second}/renew", json=body("dan"), headers=headers)
-    assert refused.status_code == 409 and "given back" in refused.json()["detail"]
-    assert claim("cat").json()["task_id"] == second
-    refused = client.post(f"/review/{third}/renew", json=body("cat"), headers=headers)
-    assert refused.status_code == 409 and "its lease ran out" in refused.json()["detail"]
-
-
 def assert_lease_remaining(task: dict[str, Any], *, lease_s: int) -> None:
     """`lease_remaining_s` is within a lease just taken or renewed (a fresh one: the request
     took well under 10 s), and says what `lease_expires_at` says, by the same clock."""

@@ -18,7 +18,7 @@ from sqlalchemy import or_, update
 from sqlmodel import Session, col, select
 
 from service.crud import overlap
-from service.crud.review import get_task, lease_values, refusal, transition
+from service.crud.review import get_task, refusal, transition
 from service.db import take_turns
 from service.entities.common import utcnow
 from service.entities.review import ReviewStatus, ReviewTask
@@ -45,9 +45,7 @@ def _expire_leases(session: Session, *, now: datetime) -> int:
         session.exec(
             update(ReviewTask)
             .where(col(ReviewTask.id).in_(ids), ReviewTask.status == ReviewStatus.LEASED)
-            # The lapsed expiry stays: it tells a lease that ran out, which its reviewer may
-            # renew while nobody claims the task (`renew`), from one given back or skipped.
-            .values(status=ReviewStatus.OPEN, leased_by=None, updated_at=now)
+            .values(status=ReviewStatus.OPEN, leased_by=None, lease_expires_at=None, updated_at=now)
             .execution_options(synchronize_session=False)
         )
     session.commit()
@@ -126,18 +124,6 @@ def _lock_reviewer(session: Session, *, reviewer: str) -> None:
     take_turns(session, cls=_CLAIM_LOCK_CLASS, key=reviewer, table=ReviewTask)
 
 
-def _live_lease(session: Session, *, reviewer: str, now: datetime) -> int | None:
-    """The task `reviewer` holds a live lease on, if any."""
-    return session.exec(
-        select(ReviewTask.id)
-        .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.leased_by) == reviewer)
-        .where(col(ReviewTask.lease_expires_at) >= now)  # one another claim is expiring
-        # No ORDER BY: a reviewer holds one task at a time, and ordering by priority made
-        # SQLite walk the priority index through all 20,000 open tasks (31 ms, against 6).
-        .limit(1)
-    ).first()
-
-
 def _resume(session: Session, *, reviewer: str, now: datetime, lease_s: int) -> ReviewTask | None:
     """Renew and return the live lease `reviewer` holds, if any.
 
@@ -145,7 +131,14 @@ def _resume(session: Session, *, reviewer: str, now: datetime, lease_s: int) -> 
     until the lease runs out (10 minutes by default). Handing it back on the next claim lets
     its reviewer carry on where they were, instead of stranding it while they work on others.
     """
-    held = _live_lease(session, reviewer=reviewer, now=now)
+    held = session.exec(
+        select(ReviewTask.id)
+        .where(ReviewTask.status == ReviewStatus.LEASED, col(ReviewTask.leased_by) == reviewer)
+        .where(col(ReviewTask.lease_expires_at) >= now)  # one another claim is expiring
+        # No ORDER BY: a reviewer holds one task at a time, and ordering by priority made
+        # SQLite walk the priority index through all 20,000 open tasks (31 ms, against 6).
+        .limit(1)
+    ).first()
     if held is None:
         return None
     renewed = session.exec(
@@ -174,9 +167,9 @@ def release(session: Session, *, task_id: int, reviewer: str) -> ReviewTask:
 def renew(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> ReviewTask:
     """Extend the lease `reviewer` holds on a task by `lease_s` seconds from now: the page
     renews it while its reviewer is still at the item, which otherwise went to another
-    reviewer after 10 minutes. Only the holder renews: a lease that ran out is theirs again
-    while nobody has claimed the task since (`_lease_lapsed_again`); a task labelled, skipped
-    or leased to someone else is a 409 that says why (404 for an unknown task)."""
+    reviewer after 10 minutes. Only the holder renews, and only a lease still theirs: one
+    run out and taken back to the queue (a claim expires it), labelled, skipped or leased to
+    someone else is a 409 that says why (404 for an unknown task)."""
     now = utcnow()
     result = session.exec(
         update(ReviewTask)
@@ -188,8 +181,6 @@ def renew(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Rev
     if result.rowcount != 1:
         session.rollback()
         if get_task(session, task_id=task_id).status == ReviewStatus.OPEN:
-            if _lease_lapsed_again(session, task_id=task_id, reviewer=reviewer, lease_s=lease_s):
-                return get_task(session, task_id=task_id)
             # Not "changed concurrently; try again": sent again, it would fail the same way.
             raise ConflictError(
                 f"task {task_id} is not leased to {reviewer!r}: its lease ran out or was given back"
@@ -197,29 +188,6 @@ def renew(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Rev
         raise refusal(session, task_id=task_id, reviewer=reviewer)
     session.commit()
     return get_task(session, task_id=task_id)
-
-
-def _lease_lapsed_again(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> bool:
-    """Lease an open task to `reviewer` renewing it after their lease ran out and a claim took
-    it back to the queue, when nobody has claimed it since: the page still shows it, and its
-    reviewer's work on it went with a 409 that moved the page on. Not a task given back or
-    skipped (no lapsed expiry: a renewal landing after them changes nothing), nor while they
-    hold another live lease (one task per reviewer: a claim of theirs since leased them the
-    next one); their claims take turns with this."""
-    now = utcnow()
-    _lock_reviewer(session, reviewer=reviewer)
-    if _live_lease(session, reviewer=reviewer, now=now) is not None:
-        session.rollback()
-        return False
-    taken = session.exec(
-        update(ReviewTask)
-        .where(col(ReviewTask.id) == task_id, ReviewTask.status == ReviewStatus.OPEN)
-        .where(col(ReviewTask.lease_expires_at) < now, overlap.not_labelled_by(reviewer))
-        .values(**lease_values(reviewer, now=now, lease_s=lease_s))
-        .execution_options(synchronize_session=False)
-    )
-    session.commit()
-    return taken.rowcount == 1
 
 
 def release_held(session: Session, *, reviewer: str, keep: Collection[int] = ()) -> list[int]:

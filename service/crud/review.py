@@ -322,16 +322,6 @@ def _undone_already(
     )
 
 
-def lease_values(reviewer: str, *, now: datetime, lease_s: int) -> dict[str, Any]:
-    """What a task leased to `reviewer` for `lease_s` seconds from `now` holds."""
-    return {
-        "status": ReviewStatus.LEASED,
-        "leased_by": reviewer,
-        "lease_expires_at": now + timedelta(seconds=lease_s),
-        "updated_at": now,
-    }
-
-
 def _lease_again(session: Session, *, task: ReviewTask, reviewer: str, lease_s: int) -> ReviewTask:
     """An undone task leased to its reviewer again (renewed if they still hold it), as the
     undo did; ConflictError when someone else holds it now."""
@@ -341,7 +331,12 @@ def _lease_again(session: Session, *, task: ReviewTask, reviewer: str, lease_s: 
         update(ReviewTask)
         .where(col(ReviewTask.id) == task.id, ReviewTask.stage == task.stage)
         .where(ReviewTask.status != ReviewStatus.LABELED, _may_act(reviewer, now))
-        .values(**lease_values(reviewer, now=now, lease_s=lease_s))
+        .values(
+            status=ReviewStatus.LEASED,
+            leased_by=reviewer,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            updated_at=now,
+        )
         .execution_options(synchronize_session=False)
     )
     session.commit()
@@ -369,7 +364,13 @@ def reopen(session: Session, *, task_id: int, reviewer: str, lease_s: int) -> Re
         result = session.exec(
             update(ReviewTask)
             .where(col(ReviewTask.id) == task_id, ReviewTask.stage == task.stage, may_take)
-            .values(**lease_values(reviewer, now=now, lease_s=lease_s), **values)
+            .values(
+                status=ReviewStatus.LEASED,
+                leased_by=reviewer,
+                lease_expires_at=now + timedelta(seconds=lease_s),
+                updated_at=now,
+                **values,
+            )
             .execution_options(synchronize_session=False)
         )
         if result.rowcount == 1 and task.status == ReviewStatus.LABELED:

@@ -48,7 +48,7 @@ NOT_THIS_NAME = (
 )
 UNKNOWN_TASK = "No review task with this id"
 # Why a route refuses a task (409), route by route: a label of a task shed or whose lease ran
-# out is kept, and a lease that ran out is renewed, so the reasons differ.
+# out is kept, while a renewal of a lease that ran out is refused, so the reasons differ.
 NOT_YOURS = (
     "The task is not this reviewer's to act on: leased to another reviewer, labelled, or shed "
     "from the queue"
@@ -60,8 +60,8 @@ NOT_YOURS_TO_LABEL = (
 )
 NOT_YOURS_TO_RENEW = (
     "The lease is not this reviewer's to renew: the task is leased to another reviewer, "
-    "labelled, shed, given back or skipped, or its lease ran out and this reviewer holds "
-    "another since (run out and unclaimed since, it is leased to them again)"
+    "labelled, shed, given back or skipped, or its lease ran out (a claim put the task back "
+    "in the queue; a label of it is still kept)"
 )
 TASK_ANSWERS = answers({403: NOT_THIS_NAME, 404: UNKNOWN_TASK, 409: NOT_YOURS})
 
