@@ -170,9 +170,10 @@ def test_a_late_label_agreeing_with_the_label_given_meanwhile_is_labelled(engine
 
 
 def test_a_shed_task_whose_lease_ran_out_stays_shed(engine: Engine) -> None:
-    """A task whose lease ran out keeps its lapsed expiry when a claim takes it back to the
-    queue (so that its reviewer may renew it); shed so, a skip or release of it by that
-    reviewer's page brought it back to the queue, past the bound and without its open key."""
+    """A task whose lease ran out, taken back to the queue by a claim and then shed: a skip or
+    release of it by that reviewer's page must not bring it back to the queue, past the bound
+    and without its open key (it did while the sweep kept the lapsed expiry, e3df198, since
+    reverted; the guard on leased tasks stays)."""
     lapsed, other = add_task(engine, "u", 0.9), add_task(engine, "v", 0.1)
     assert do(engine, leases.claim, reviewer="ann", lease_s=600).id == lapsed
     assert do(engine, leases.claim, reviewer="bob", lease_s=600).id == other

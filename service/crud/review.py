@@ -53,8 +53,8 @@ def _may_act(reviewer: str, now: datetime) -> ColumnElement[bool]:
     """Open, leased to `reviewer`, or leased with an expired lease."""
     return or_(
         ReviewTask.status == ReviewStatus.OPEN,
-        # Leased only: a task whose lease ran out keeps its expiry once back in the queue
-        # (leases.renew tells it so), and shed so it is not anyone's to act on.
+        # Leased only: a task the queue bound shed is nobody's to skip or release, whatever
+        # lease fields it still carries.
         and_(
             ReviewTask.status == ReviewStatus.LEASED,
             or_(col(ReviewTask.leased_by) == reviewer, col(ReviewTask.lease_expires_at) < now),
