@@ -211,6 +211,22 @@ _BASELINE_OUTBOX = table(
 )
 
 
+def _add_as_of_revision(session: Session, rows: list[SQLModel]) -> list[int]:
+    """`rows` added as the database's revision holds their table: without the columns later
+    revisions add (0016's `review_task.shed_at`, say), which the ORM would write. Their ids."""
+    ids = []
+    for row in rows:
+        table_ = type(row).__table__  # type: ignore[attr-defined]
+        present = {c["name"] for c in inspect(session.connection()).get_columns(table_.name)}
+        values = {
+            c.name: getattr(row, c.name)
+            for c in table_.columns
+            if c.name in present and not (c.primary_key and getattr(row, c.name) is None)
+        }
+        ids.append(session.execute(insert(table_).values(values)).inserted_primary_key[0])
+    return ids
+
+
 def _outbox_row(payload: dict[str, str], *, sent_at: datetime | None) -> Insert:
     """An insert of an outbox row with the columns of the baseline schema only."""
     return insert(_BASELINE_OUTBOX).values(
@@ -389,17 +405,16 @@ def test_reviewers_are_recorded_under_their_oldest_spelling(
                 )
             )
         # Cat has skipped a task and labelled nothing yet.
-        session.add(
-            ReviewTask(
-                text_hash="c" * 64,
-                title="t",
-                description="",
-                reason=ReviewReason.LOW_CONFIDENCE,
-                skipped_by="Cat",
-                created_at=start,
-                updated_at=start,
-            )
+        skipped = ReviewTask(
+            text_hash="c" * 64,
+            title="t",
+            description="",
+            reason=ReviewReason.LOW_CONFIDENCE,
+            skipped_by="Cat",
+            created_at=start,
+            updated_at=start,
         )
+        _add_as_of_revision(session, [skipped])
         session.commit()
     init_db(engine)
     with Session(engine) as session:
@@ -456,9 +471,8 @@ def test_open_tasks_name_their_reviewers_as_recorded_after_0014(
         second = task("b", stage=ReviewStage.SECOND, first_reviewer="ann")
         leased = task("c", status=ReviewStatus.LEASED, leased_by="ann", lease_expires_at=lease_ends)
         done = task("d", status=ReviewStatus.LABELED, first_reviewer="ann")
-        session.add_all([second, leased, done])
+        ids = _add_as_of_revision(session, [second, leased, done])
         session.commit()
-        ids = (second.id, leased.id, done.id)
     init_db(engine)
     with Session(engine) as session:
         ann = reviewers.recorded_name(session, name="ann")
@@ -471,6 +485,35 @@ def test_open_tasks_name_their_reviewers_as_recorded_after_0014(
         assert open_to_ann is None  # her own first opinion: not hers to second
         assert session.get(ReviewTask, ids[2]).first_reviewer == "ann"
         assert sorted(session.scalars(select(Label.reviewer)).all()) == ["Ann", "ann"]
+
+
+def test_tasks_shed_before_0016_count_as_shed(engines: Callable[[], Engine]) -> None:
+    """0016: the count of tasks ever shed reads `shed_at`, which the bound sets from then on;
+    a task already shed at the upgrade gets its last change as its time shed, others none."""
+    engine = engines()
+    with engine.begin() as conn:
+        command.upgrade(make_config(conn), "0015")
+    when = datetime(2026, 12, 1, tzinfo=UTC)
+    rows = [
+        ReviewTask(
+            text_hash=content * 64,
+            title=content,
+            description="",
+            reason=ReviewReason.LOW_CONFIDENCE,
+            status=status_,
+            created_at=when - timedelta(days=40),
+            updated_at=when,
+        )
+        for content, status_ in (("a", ReviewStatus.SHED), ("b", ReviewStatus.OPEN))
+    ]
+    with Session(engine) as session:
+        shed_id, open_id = _add_as_of_revision(session, rows)
+        session.commit()
+    init_db(engine)
+    with Session(engine) as session:
+        shed_at = session.get(ReviewTask, shed_id).shed_at
+        assert shed_at is not None and as_utc(shed_at) == when
+        assert session.get(ReviewTask, open_id).shed_at is None
 
 
 def test_a_registry_with_two_production_versions_keeps_the_one_promoted_last(

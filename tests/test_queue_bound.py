@@ -227,7 +227,29 @@ def test_operators_see_what_the_bound_shed(client: TestClient, engine: Engine) -
     do(engine, queue_bound.shed, limit=1, max_age=None, now=utcnow())
 
     stats = client.get("/review/stats", headers=auth("reviewer")).json()
-    assert (stats["open"], stats["shed"]) == (1, 2)
+    assert (stats["open"], stats["shed"], stats["shed_now"]) == (1, 2, 2)
     metrics = client.get("/metrics", headers=auth("admin")).text
     assert 'tagflow_review_tasks{state="shed"} 2.0' in metrics
     assert 'tagflow_review_tasks{state="open"} 1.0' in metrics
+    assert "tagflow_review_shed_total 2.0" in metrics
+
+
+def test_a_late_label_leaves_the_count_of_tasks_ever_shed(
+    client: TestClient, engine: Engine
+) -> None:
+    """The shedding alert reads what the bound shed as a count that only grows. It read the
+    tasks in state `shed`, which a late label takes one out of: an hour in which the bound shed
+    one task and a reviewer labelled another late showed no shedding at all."""
+    late = shed_under(engine, "ann", "u")
+    metrics = client.get("/metrics", headers=auth("admin")).text
+    assert "tagflow_review_shed_total 1.0" in metrics
+
+    label_task(engine, late, "mlops")
+    add_task(engine, "u2", 0.2)
+    do(engine, queue_bound.shed, limit=0, max_age=timedelta(0), now=utcnow() + MONTH)
+
+    metrics = client.get("/metrics", headers=auth("admin")).text
+    assert 'tagflow_review_tasks{state="shed"} 1.0' in metrics  # one in, one out
+    assert "tagflow_review_shed_total 2.0" in metrics
+    stats = client.get("/review/stats", headers=auth("reviewer")).json()
+    assert (stats["shed"], stats["shed_now"]) == (2, 1)

@@ -549,6 +549,7 @@ def test_stats_count_the_queue(engine: Engine) -> None:
         "leased": 1,
         "labeled_today": 1,
         "shed": 0,
+        "shed_now": 0,
         "by_reason": {"low_confidence": 1, "user_report": 1, "audit": 0, "label_check": 0},
         "by_stage": {"first": 2, "second": 0, "adjudicate": 0},
         "outbox_pending": 1,

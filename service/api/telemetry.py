@@ -176,9 +176,18 @@ def _database(state: AppState) -> Iterator[Sample]:
         return
     state.scrape_database_failures.succeeded()
     yield Sample("tagflow_database_up", "The database answered the last scrape", 1, {})
-    # `shed` only grows: its rate is the work the queue bound turned away (reviewers behind).
-    for name in ("open", "leased", "shed"):
-        yield Sample("tagflow_review_tasks", "Review tasks by state", counts[name], {"state": name})
+    states = {"open": counts["open"], "leased": counts["leased"], "shed": counts["shed_now"]}
+    for name, n in states.items():
+        yield Sample("tagflow_review_tasks", "Review tasks by state", n, {"state": name})
+    # Only grows (a late label takes a task out of `shed`, not out of this): its increase is
+    # the work the queue bound turned away (reviewers behind).
+    yield Sample(
+        "tagflow_review_shed",
+        "Review tasks the queue bound ever shed, those labelled late since included",
+        counts["shed"],
+        {},
+        counter=True,  # exposed as tagflow_review_shed_total
+    )
     for reason, n in counts["by_reason"].items():
         yield Sample(
             "tagflow_review_active_tasks",

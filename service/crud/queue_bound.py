@@ -34,7 +34,7 @@ def _shed_where(session: Session, *conditions: Any, now: datetime) -> int:
     result = session.exec(
         update(ReviewTask)
         .where(*_sheddable(), *conditions)
-        .values(status=ReviewStatus.SHED, open_key=None, updated_at=now)
+        .values(status=ReviewStatus.SHED, open_key=None, updated_at=now, shed_at=now)
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount)

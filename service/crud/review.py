@@ -419,7 +419,9 @@ def stats(session: Session, *, now: datetime) -> dict[str, Any]:
         "open": open_,
         "leased": leased,
         "labeled_today": labeled_today,
-        "shed": count_tasks(session, ReviewTask.status == ReviewStatus.SHED),
+        # Ever shed: a late label takes a task out of `shed`, not out of this count.
+        "shed": count_tasks(session, col(ReviewTask.shed_at).is_not(None)),
+        "shed_now": count_tasks(session, ReviewTask.status == ReviewStatus.SHED),
         "by_reason": by_reason,
         "by_stage": by_stage,
         "outbox_pending": pending_count(session),

@@ -56,6 +56,13 @@ class ReviewTask(SQLModel, table=True):
             sqlite_where=text("leased_by IS NOT NULL"),
             postgresql_where=text("leased_by IS NOT NULL"),
         ),
+        # /metrics counts the tasks ever shed at every scrape: partial, it holds only those.
+        Index(
+            "ix_review_task_shed_at",
+            "shed_at",
+            sqlite_where=text("shed_at IS NOT NULL"),
+            postgresql_where=text("shed_at IS NOT NULL"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -99,6 +106,9 @@ class ReviewTask(SQLModel, table=True):
     skips: int = 0
     # The reviewer who skipped it last: claim hands it to someone else first.
     skipped_by: str | None = None
+    # When the queue bound shed it. Kept when a late label takes the task out of `shed`, so
+    # the count of tasks ever shed only grows, as the shedding alert reads it.
+    shed_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
     updated_at: datetime = Field(default_factory=utcnow, sa_column=Column(DateTime(timezone=True)))
 

@@ -116,7 +116,8 @@ class ReviewStats(BaseModel):
     open: int
     leased: int
     labeled_today: int
-    shed: int  # taken out of the queue unreviewed by its bound, ever
+    shed: int  # taken out of the queue unreviewed by its bound, ever (a late label included)
+    shed_now: int  # of those, still out of the queue without a label
     by_reason: dict[str, int]
     by_stage: dict[str, int]  # open and leased tasks by the answer they wait for
     outbox_pending: int
