@@ -28,7 +28,7 @@ from sqlmodel import Session, SQLModel
 from service.config import Settings
 from service.crud.audit import AuditStats, audited, summarize, wilson_interval
 from service.ml import registry
-from service.ml.evaluation import choose_threshold
+from service.ml.evaluation import choose_threshold, min_evidence
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def lowest_supported_cut(
     conf = np.array([c for c, _ in items])
     order = np.argsort(-conf, kind="stable")
     conf, correct = conf[order], np.array([ok for _, ok in items])[order]
-    floor = choose_threshold(conf, correct, target=target, min_support=min(20, len(items)))
+    floor = choose_threshold(conf, correct, target=target, min_support=support(target, len(items)))
     agreed = np.cumsum(correct)
     best = None
     for k in range(min_audited - 1, len(conf)):
@@ -193,14 +193,24 @@ def _decide(
     conf = np.array([c for c, _ in items])
     correct = np.array([ok for _, ok in items])
     # Each stricter cut must reach the target too (choose_threshold); 1.01 sends all to review.
-    support = min(20, len(items))
-    cut = choose_threshold(conf, correct, target=stats.target, min_support=support)
+    least = support(stats.target, len(items))
+    cut = choose_threshold(conf, correct, target=stats.target, min_support=least)
     proposed = max(current, cut)
     shortfall = (
         f"audit precision {stats.precision:.3f} (95% interval below {stats.target}) on "
         f"{stats.audited} items"
     )
-    return CalibrationAction.RAISE, proposed, f"{shortfall}; {_raised_to(proposed, support, stats)}"
+    return CalibrationAction.RAISE, proposed, f"{shortfall}; {_raised_to(proposed, least, stats)}"
+
+
+def support(target: float, audited: int) -> int:
+    """The fewest audited items above a cut it is judged from, as training judges its own
+    (`choose_acceptance_cut`): from where one wrong item is within the target (100 at 0.99)
+    when that many were audited, else from the 20th (all of them when fewer). From the 20th
+    alone, one confident item labelled wrong among the first 20 (a reviewer's slip) made a
+    raise send everything to review and kept the cut from ever being lowered."""
+    evidence = max(20, min_evidence(target))
+    return evidence if audited >= evidence else min(20, audited)
 
 
 def _raised_to(proposed: float, support: int, stats: AuditStats) -> str:

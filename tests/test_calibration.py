@@ -208,6 +208,32 @@ def test_a_raise_to_all_review_does_not_claim_a_cut_reaching_the_target(
     assert "everything goes to review" in raised.reason
 
 
+@pytest.mark.parametrize(
+    ("audits", "action"),
+    [(drifted, CalibrationAction.RAISE), (precise_below, CalibrationAction.LOWER)],
+    ids=["raise", "lower"],
+)
+def test_one_confident_wrong_audit_label_neither_shuts_nor_pins_the_cut(
+    engine: Engine,
+    version: str,
+    cut: float,
+    audits: Callable[[float], tuple[np.ndarray, np.ndarray]],
+    action: CalibrationAction,
+) -> None:
+    """The most confident audited item labelled wrong (a reviewer's slip), among hundreds:
+    cuts were judged from the 20th audited item on, where one error is 0.95, so a raise sent
+    everything to review (1.01) and a lower cut the audit supports was never taken. They are
+    judged from the 100th, as training judges its cut, where one error is within 0.99."""
+    conf, wrong = audits(cut)
+    wrong[np.argmax(conf)] = True
+    add_audits(engine, version, conf, wrong)
+    with Session(engine) as session:
+        done = recalibrate(session, version=version, target=TARGET, min_audited=100, apply=True)
+        assert done.action is action and done.applied, done.reason
+        assert done.proposed <= 1.0 and threshold_of(session, version) == done.proposed
+    assert done.at_proposed is not None and done.at_proposed.precision >= TARGET
+
+
 def threshold_of(session: Session, version: str) -> float:
     return registry.serving_threshold(registry.get_version(session, version=version))
 
