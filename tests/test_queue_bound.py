@@ -3,19 +3,22 @@ the limit or the age limit leave the queue as `shed`; what people sent and the a
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col
+from sqlmodel import Session, col, select
 
 from service.config import Settings
 from service.crud import labels as labels_crud
 from service.crud import leases, queue_bound
 from service.crud import review as review_crud
+from service.entities import Label
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError
@@ -253,3 +256,43 @@ def test_a_late_label_leaves_the_count_of_tasks_ever_shed(
     assert "tagflow_review_shed_total 2.0" in metrics
     stats = client.get("/review/stats", headers=auth("reviewer")).json()
     assert (stats["shed"], stats["shed_now"]) == (2, 1)
+
+
+def test_a_late_label_racing_a_label_of_the_queued_task_leaves_one_label_in_force(
+    engine: Engine,
+) -> None:
+    """A late label of a shed task labels content that may be in the queue again, so two
+    labels of one content can now be written at once. Ann's (the late one) took the content's
+    turn and bob's (the queued task's) did not: each read no label in force, and both stayed
+    in force, the export holding the content twice with two tags. Bob's now waits for ann's
+    and supersedes it, as the queued task's answer settles the content."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's one write lock makes the two labels take turns")
+    shed_id = shed_under(engine, "ann", "u")
+    queued = add_task(engine, "u", 0.1)
+    saved: dict[str, Label] = {}
+
+    def send(task_id: int, tag: str, reviewer: str) -> None:
+        saved[reviewer] = label_task(engine, task_id, tag, reviewer=reviewer)
+
+    late = threading.Thread(target=send, args=(shed_id, "mlops", "ann"))
+    bobs = threading.Thread(target=send, args=(queued, "computer-vision", "bob"))
+    with Session(engine) as holder:
+        # Ann's label stops at the shed task's row, written and not committed yet.
+        holder.exec(select(ReviewTask).where(col(ReviewTask.id) == shed_id).with_for_update())
+        late.start()
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        deadline = time.monotonic() + 30
+        while holder.execute(waiting).scalar_one() == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        bobs.start()
+        bobs.join(timeout=2)  # before: done while ann's label was not committed
+    late.join(timeout=60)
+    bobs.join(timeout=60)
+
+    in_force = [lab for lab in do(engine, labels_crud.current_labels) if lab.title == "u"]
+    assert [(lab.reviewer, lab.tag) for lab in in_force] == [("bob", "computer-vision")]
+    assert saved["bob"].supersedes == saved["ann"].id

@@ -206,6 +206,9 @@ def label(
         if task.status != ReviewStatus.SHED:
             raise
         return _label_shed(session, task=task, tag=tag, reviewer=reviewer, share=holdout_share)
+    # In the content's turn: a late label of a shed task of the same content may be written
+    # at the same moment (`_label_shed`), and each read no label in force and kept its own.
+    labels_crud.lock_content(session, text_hash=task.text_hash)
     row = _append(session, task=task, tag=tag, reviewer=reviewer, share=holdout_share)
     recorded = {step.label_column: row.id} if step.label_column else {}
     if step.closes:
