@@ -16,9 +16,9 @@ from sqlmodel import Session, col, select
 
 from service.config import Settings
 from service.crud import labels as labels_crud
-from service.crud import leases, queue_bound
+from service.crud import leases, overlap, queue_bound
 from service.crud import review as review_crud
-from service.entities import Label
+from service.entities import Label, LabelSource
 from service.entities.common import utcnow
 from service.entities.review import ReviewReason, ReviewStage, ReviewStatus, ReviewTask
 from service.errors import ConflictError
@@ -296,3 +296,37 @@ def test_a_late_label_racing_a_label_of_the_queued_task_leaves_one_label_in_forc
     in_force = [lab for lab in do(engine, labels_crud.current_labels) if lab.title == "u"]
     assert [(lab.reviewer, lab.tag) for lab in in_force] == [("bob", "computer-vision")]
     assert saved["bob"].supersedes == saved["ann"].id
+
+
+def test_a_late_label_against_a_trusted_report_supersedes_it(engine: Engine) -> None:
+    """With TAGFLOW_TRUST_FEEDBACK, a report about the content of a shed task (no task waits
+    for it) labels it. A late label of the shed task with another tag took that report for
+    another reviewer's opinion: the content left the training data for an adjudication, and
+    the reporter counted as a reviewer in the agreement figures. A reviewer's label replaces
+    a report's, as on any task that reviews a report."""
+    task_id = shed_under(engine, "ann", "u")
+    shed = get(engine, task_id)
+    with Session(engine) as session:  # as feedback._trust writes a trusted report's label
+        labels_crud.append_label(
+            session,
+            text_hash=shed.text_hash,
+            title=shed.title,
+            description="",
+            tag="computer-vision",
+            reviewer="app-user",
+            holdout_share=0.0,
+            source=LabelSource.FEEDBACK,
+        )
+        session.commit()
+
+    anns = label_task(engine, task_id, "mlops")
+
+    task = get(engine, task_id)
+    assert (task.status, task.stage, task.final_label_id) == (
+        ReviewStatus.LABELED,
+        ReviewStage.FIRST,
+        anns.id,
+    )
+    in_force = [lab for lab in do(engine, labels_crud.current_labels) if lab.title == "u"]
+    assert [lab.id for lab in in_force] == [anns.id]
+    assert do(engine, overlap.pairs) == []

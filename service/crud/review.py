@@ -241,7 +241,14 @@ def _label_shed(
     row = _append(session, task=task, tag=tag, reviewer=reviewer, share=share)
     values: dict[str, Any] = {"status": ReviewStatus.LABELED, "final_label_id": row.id}
     queued = select(ReviewTask.id).where(ReviewTask.open_key == task.text_hash)
-    disputed = current is not None and current.reviewer != reviewer and current.tag != tag
+    # Another reviewer's label only: a trusted user report's is replaced by a reviewer's, as
+    # on a task that reviews the report, and is no reviewer's opinion to weigh against.
+    disputed = (
+        current is not None
+        and current.source == LabelSource.REVIEW
+        and current.reviewer != reviewer
+        and current.tag != tag
+    )
     if disputed and session.exec(queued).first() is None:
         assert current is not None
         values = {
