@@ -343,6 +343,32 @@ def test_train_says_when_too_few_rows_leave_no_cut(cli_env: dict[str, str], tmp_
     assert "(48 rows in all here)" in said, said
 
 
+def test_the_no_cut_warning_names_the_rule_at_a_lower_target(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """At TAGFLOW_TARGET_PRECISION=0.9 a cut is judged from the 20th out-of-fold answer on,
+    two of them wrong at most; the warning said "at least 10 ... with one wrong at most"
+    (`min_evidence` alone). 15 seed rows per tag with the tags dealt round in turn, so no
+    label says anything of its text and no cut reaches 0.9."""
+    rows = list(csv.DictReader(SEED_DATASET.open(encoding="utf-8")))
+    tags = sorted({r["tag"] for r in rows})
+    few = [r for tag in tags for r in [x for x in rows if x["tag"] == tag][:15]]
+    for i, row in enumerate(few):
+        row["tag"] = tags[i % len(tags)]
+    noisy = tmp_path / "noisy.csv"
+    with noisy.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(few)
+    env = {**cli_env, "TAGFLOW_TARGET_PRECISION": "0.9"}
+    trained = CliRunner().invoke(app, ["train", "--data", str(noisy)], env=env)
+    assert trained.exit_code == 0, trained.output
+    said = _said(trained.stderr)
+    assert "sends every item to review" in said, said
+    rule = "at least 20 training rows' out-of-fold answers above it, at most 2 of them wrong"
+    assert rule in said, said
+
+
 def test_a_training_file_whose_name_the_registry_cannot_show_is_refused(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:

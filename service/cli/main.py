@@ -4,6 +4,7 @@ everything at once (`up`). The registry and schema commands are in `models` and 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -82,13 +83,17 @@ def suspects_table(report: dict) -> Table | str:
 
 def _no_cut_warning(target: float, rows: int) -> str:
     """Why a freshly trained version accepts nothing on its own, and what changes that."""
-    from service.ml.evaluation import min_evidence
+    from service.ml.evaluation import acceptance_support
 
+    # What the cut is judged on (20 below 0.95, not `min_evidence`'s 10 at 0.9), and the
+    # errors those answers may hold within the target.
+    support = acceptance_support(target)
+    wrong = math.floor(support * (1 - target) + 1e-9)
     return (
         f"no confidence cut reaches the target precision {target} out of fold, so this "
-        f"version sends every item to review; a cut needs at least {min_evidence(target)} "
-        f"training rows' out-of-fold answers above it with one wrong at most ({rows} rows in "
-        "all here): more labelled rows, or cleaner ones (the labels to check above), give one"
+        f"version sends every item to review; a cut needs at least {support} training rows' "
+        f"out-of-fold answers above it, at most {wrong} of them wrong ({rows} rows in all "
+        "here): more labelled rows, or cleaner ones (the labels to check above), give one"
     )
 
 

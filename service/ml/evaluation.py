@@ -65,8 +65,15 @@ def choose_acceptance_cut(confidence: np.ndarray, correct: np.ndarray, *, target
     the first 20 (a disputed label, a typo in a tag) left no cut at 0.99 at all: a retrained
     candidate then accepted nothing and the gate refused it. Two wrong among the first 100
     still leave none, and so do fewer than 100 items: they cannot show 0.99."""
-    support = max(20, min_evidence(target))
-    return choose_threshold(confidence, correct, target=target, min_support=support)
+    return choose_threshold(
+        confidence, correct, target=target, min_support=acceptance_support(target)
+    )
+
+
+def acceptance_support(target: float) -> int:
+    """The fewest out-of-fold answers `choose_acceptance_cut` judges a cut on: where one error
+    is within `target`, and never fewer than 20 (20 at 0.95 and below, 100 at 0.99)."""
+    return max(20, min_evidence(target))
 
 
 def precision_coverage(confidence: np.ndarray, correct: np.ndarray, points: int = 21) -> list[dict]:
