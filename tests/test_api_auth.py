@@ -100,10 +100,13 @@ OPEN_ROUTES = {
     ("GET", "/openapi.json"),
     ("HEAD", "/openapi.json"),
     ("GET", "/docs"),
+    ("HEAD", "/docs"),
     ("GET", "/docs/assets/{name}"),
+    ("HEAD", "/docs/assets/{name}"),
     ("GET", "/review"),
     ("HEAD", "/review"),
     ("GET", "/review/assets/{name}"),
+    ("HEAD", "/review/assets/{name}"),
 }
 
 

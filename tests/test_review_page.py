@@ -561,6 +561,25 @@ def test_the_page_answers_head_as_it_answers_get(sqlite_client: TestClient) -> N
         assert head.headers[name] == page.headers[name], name
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/review/assets/review.js",
+        "/review/assets/review.css",
+        "/docs",
+        "/docs/assets/swagger-ui.css",
+    ],
+)
+def test_the_open_pages_and_assets_answer_head_as_get(sqlite_client: TestClient, path: str) -> None:
+    """HEAD /review answered 200 (34a30ca) while its assets and /docs answered 405, so an
+    uptime or link check that asks with HEAD saw them missing."""
+    got = sqlite_client.get(path)
+    head = sqlite_client.head(path)
+    assert got.status_code == 200 and head.status_code == 200
+    for name in ("content-type", "content-length"):
+        assert head.headers[name] == got.headers[name], name
+
+
 def test_assets_outside_the_static_folder_are_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

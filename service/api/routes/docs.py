@@ -41,7 +41,8 @@ def _policy(html: str) -> str:
     )
 
 
-@router.get("/docs", response_class=HTMLResponse)
+# HEAD too, as the review page: an uptime or link check asks with HEAD, and GET alone is 405.
+@router.api_route("/docs", methods=["GET", "HEAD"], response_class=HTMLResponse)
 def swagger_ui(request: Request) -> HTMLResponse:
     """Swagger UI on this API's OpenAPI schema."""
     page = get_swagger_ui_html(
@@ -55,7 +56,7 @@ def swagger_ui(request: Request) -> HTMLResponse:
     return HTMLResponse(html, headers={**HEADERS, "Content-Security-Policy": _policy(html)})
 
 
-@router.get("/docs/assets/{name}", response_class=FileResponse)
+@router.api_route("/docs/assets/{name}", methods=["GET", "HEAD"], response_class=FileResponse)
 def swagger_ui_asset(name: str) -> FileResponse:
     """Swagger UI's script and stylesheet (only those two files)."""
     if name not in ASSETS:

@@ -53,7 +53,7 @@ def asset_path(name: str) -> Path | None:
     return path
 
 
-@router.get("/review/assets/{name}", response_class=FileResponse)
+@router.api_route("/review/assets/{name}", methods=["GET", "HEAD"], response_class=FileResponse)
 def review_asset(name: str) -> FileResponse:
     """The page's stylesheet and its script modules."""
     path = asset_path(name)
