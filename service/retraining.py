@@ -142,6 +142,7 @@ def _register(
     settings: Settings,
     gate: dict[str, Any],
     reason: str,
+    staged: registry.Staged,
 ) -> tuple[int | None, str, int]:
     """Record the data snapshot and register the candidate with it and its label checks, in
     one transaction (a snapshot with no version would count as the latest for the automatic
@@ -157,6 +158,7 @@ def _register(
         gate=gate,
         note=f"retrain ({reason})",
         label_checks=checks,
+        staged=staged,
     )
     return snapshot.id, row.version, len(checks)
 
@@ -429,17 +431,29 @@ def retrain(
         artifacts_dir=settings.artifacts_dir,
     )
     progress("register")
-    # Another retraining on the same data may have registered its candidate while this one
-    # trained (`tagflow retrain` beside a queued job, say): both looked before training and
-    # found none. Looked for again with registrations of the same training rows taking turns
-    # (until `_register` commits), the second finishes the first's instead of adding its twin.
-    session.rollback()  # the reads before training are over: the turn reads what is now
-    take_turns(session, cls=_REGISTER_LOCK_CLASS, key=result.data_hash, table=ModelVersion)
-    if (made := made_already()) is not None:
-        return made
-    snapshot_id, version, checks = _register(
-        session, result=result, sets=sets, settings=settings, gate=gate, reason=reason
-    )
+    # Written before the turn is taken: on SQLite the turn is the database's write lock, and
+    # every other writer would wait while the report's picture is drawn.
+    with registry.staged_result(
+        session, result=result, artifacts_dir=settings.artifacts_dir, gate=gate
+    ) as staged:
+        # Another retraining on the same data may have registered its candidate while this
+        # one trained (`tagflow retrain` beside a queued job, say): both looked before
+        # training and found none. Looked for again with registrations of the same training
+        # rows taking turns (until `_register` commits), the second finishes the first's
+        # instead of adding its twin.
+        session.rollback()  # the reads before training are over: the turn reads what is now
+        take_turns(session, cls=_REGISTER_LOCK_CLASS, key=result.data_hash, table=ModelVersion)
+        if (made := made_already()) is not None:
+            return made
+        snapshot_id, version, checks = _register(
+            session,
+            result=result,
+            sets=sets,
+            settings=settings,
+            gate=gate,
+            reason=reason,
+            staged=staged,
+        )
     promoted, outcome = _promote_if_allowed(
         session,
         settings=settings,

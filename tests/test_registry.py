@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -16,15 +17,16 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from service.config import Settings
-from service.entities import ModelStatus, ProductionAction
+from service.crud.predictions import save_predictions
+from service.entities import ModelStatus, Prediction, ProductionAction
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import production_history, registry
 from service.ml.training import TrainResult
 from service.tags import TagSet
-from tests.conftest import auth
+from tests.conftest import auth, make_prediction
 
 
 @pytest.fixture
@@ -91,6 +93,103 @@ def test_a_version_whose_artifacts_fail_to_write_leaves_nothing(
     with Session(engine) as session:
         row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
     assert row.artifact_path == row.version
+
+
+class _HeldWhilePickled:
+    """An attribute of a model whose pickling says so (`writing`) and then waits for `go_on`:
+    a model dump that lasts as long as the test wants."""
+
+    def __init__(self, writing: threading.Event, go_on: threading.Event) -> None:
+        self.writing, self.go_on = writing, go_on
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        self.writing.set()
+        self.go_on.wait(30)
+        return dict, ()
+
+
+def _held_while_dumped(
+    result: TrainResult, writing: threading.Event, go_on: threading.Event
+) -> TrainResult:
+    model = copy.copy(result.model)
+    model.held = _HeldWhilePickled(writing, go_on)  # type: ignore[attr-defined]
+    return dataclasses.replace(result, model=model)
+
+
+def _register_in_thread(
+    engine: Engine, result: TrainResult, *, artifacts_dir: Path, into: list[str]
+) -> threading.Thread:
+    def run() -> None:
+        with Session(engine) as session:
+            into.append(
+                registry.register(session, result=result, artifacts_dir=artifacts_dir).version
+            )
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_other_writers_go_on_while_a_version_s_artifacts_are_written(
+    sqlite_engine: Engine, tmp_path: Path, seed_result: TrainResult
+) -> None:
+    """On SQLite the new row's insert takes the database's write lock until the commit: the
+    model's dump and the report's picture, written after it, kept every other writer (the
+    API's prediction log, review labels) waiting, 0.6-1.0 s a registration."""
+    writing, go_on = threading.Event(), threading.Event()
+    result = _held_while_dumped(seed_result, writing, go_on)
+    registered: list[str] = []
+    thread = _register_in_thread(
+        sqlite_engine, result, artifacts_dir=tmp_path / "models", into=registered
+    )
+    timer = threading.Timer(5, go_on.set)  # where the lock is held, the write waits for this
+    try:
+        assert writing.wait(30)
+        timer.start()
+        with Session(sqlite_engine) as session:
+            save_predictions(session, predictions=[make_prediction("logged meanwhile")])
+        assert not go_on.is_set(), "the write waited for the model's dump to end"
+    finally:
+        go_on.set()
+        timer.cancel()
+        thread.join(30)
+    assert registered == ["v0001"]
+    with Session(sqlite_engine) as session:
+        row = registry.get_version(session, version="v0001")
+        assert session.exec(select(Prediction.title)).all() == ["logged meanwhile"]
+    assert registry.sha256_file(tmp_path / "models" / "v0001" / "model.joblib") == row.checksum
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["v0001"]  # no staging left
+
+
+def test_versions_registered_at_once_each_get_a_name_and_a_report_of_their_own(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    """One registration's artifacts are written while another registers: their files were
+    written before the row had its name, under the name it was likely to get, which the other
+    one may take (SQLite). Each version's report and picture name its own version."""
+    writing, go_on = threading.Event(), threading.Event()
+    held = _held_while_dumped(seed_result, writing, go_on)
+    first: list[str] = []
+    thread = _register_in_thread(engine, held, artifacts_dir=settings.artifacts_dir, into=first)
+    try:
+        assert writing.wait(30)
+        with Session(engine) as session:
+            meanwhile = registry.register(
+                session, result=seed_result, artifacts_dir=settings.artifacts_dir
+            ).version
+    finally:
+        go_on.set()
+        thread.join(30)
+    assert sorted([*first, meanwhile]) == ["v0001", "v0002"]
+    with Session(engine) as session:
+        for version in ("v0001", "v0002"):
+            row = registry.get_version(session, version=version)
+            folder = settings.artifacts_dir / row.artifact_path
+            assert row.artifact_path == version
+            assert json.loads((folder / "report.json").read_text())["version"] == version
+            assert registry.sha256_file(folder / "model.joblib") == row.checksum
+            assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
 
 
 def test_promote_archives_previous_and_rollback_walks_back(

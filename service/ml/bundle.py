@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
@@ -45,6 +45,9 @@ from service.entities.common import is_utf8, new_id, utc_text, utcnow
 from service.errors import InvalidInputError
 from service.ml import registry
 from service.tags import TagSet
+
+if TYPE_CHECKING:  # pulls in scikit-learn
+    from service.ml.classifier import TagModel
 
 log = logging.getLogger(__name__)
 
@@ -326,12 +329,20 @@ def import_bundle(
     _check_tags(source.params.get("classes", []), tags, source.version)
     already = registry.versions_with_checksum(session, checksum=source.checksum)
     row = _candidate(manifest, note=note)
-    with registry.new_version(session, row, artifacts_dir=artifacts_dir) as folder:
-        (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE])
-        _write_report(folder, files.get(registry.REPORT_JSON), row=row, source=source.version)
-        # The checksum again, then what the pickle holds.
-        model = registry.load_model(row, artifacts_dir=artifacts_dir)
+    with registry.staged_version(
+        session,
+        artifacts_dir=artifacts_dir,
+        write=lambda folder: (folder / registry.MODEL_FILE).write_bytes(files[registry.MODEL_FILE]),
+        name_files=lambda folder, version: _write_report(
+            folder, files.get(registry.REPORT_JSON), row=row, version=version, source=source.version
+        ),
+    ) as staged:
+        # The checksum again, then what the pickle holds: before the row is added, as the
+        # load takes a while and the insert holds SQLite's write lock until the commit.
+        model = _staged_model(row, staged=staged, artifacts_dir=artifacts_dir)
         _check_tags(model.classes, tags, source.version)
+        with registry.new_version(session, row, artifacts_dir=artifacts_dir, staged=staged):
+            pass  # nothing else goes in its commit
     warnings = []
     if not bundle.signed:
         warnings.append(
@@ -374,8 +385,19 @@ def _candidate(manifest: BundleManifest, *, note: str) -> ModelVersion:
     )
 
 
-def _write_report(folder: Path, data: bytes | None, *, row: ModelVersion, source: str) -> None:
-    """The source's evaluation report under this registry's version name, with the lineage,
+def _staged_model(row: ModelVersion, *, staged: registry.Staged, artifacts_dir: Path) -> TagModel:
+    """The model `row` will serve, loaded from its staged folder as `registry.load_model`
+    loads a version's."""
+    at = {"version": staged.version, "artifact_path": staged.folder.name}
+    return registry.load_model(
+        ModelVersion.model_validate(row.model_dump() | at), artifacts_dir=artifacts_dir
+    )
+
+
+def _write_report(
+    folder: Path, data: bytes | None, *, row: ModelVersion, version: str, source: str
+) -> None:
+    """The source's evaluation report under this registry's `version` name, with the lineage,
     so that neither the JSON nor the picture names a version this registry does not have. A
     bundle without one (its source had lost it) gets one from the record's metrics."""
     try:
@@ -384,11 +406,9 @@ def _write_report(folder: Path, data: bytes | None, *, row: ModelVersion, source
         raise InvalidInputError(f"the bundle's {registry.REPORT_JSON} is not JSON: {exc}") from None
     if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
         raise InvalidInputError(f"the bundle's {registry.REPORT_JSON} has no metrics: refused")
-    report |= {"version": row.version, "imported": row.params["imported"]}
+    report |= {"version": version, "imported": row.params["imported"]}
     try:
-        registry.write_report(
-            folder, report, title=f"tagflow {row.version} (imported from {source})"
-        )
+        registry.write_report(folder, report, title=f"tagflow {version} (imported from {source})")
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise InvalidInputError(
             f"the bundle's evaluation report cannot be drawn ({type(exc).__name__}: {exc}): refused"

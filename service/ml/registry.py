@@ -10,13 +10,15 @@ import math
 import operator
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import joblib
+from sqlalchemy import func, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -113,12 +115,27 @@ def register(
     note: str = "",
     gate: dict[str, Any] | None = None,
     label_checks: Sequence[dict[str, Any]] = (),
+    staged: Staged | None = None,
 ) -> ModelVersion:
     """Write a trained model's artifacts and record it as a `candidate` version, with the
     review items of its `label_checks` (the training rows whose label it doubts, as
     `SuspectReport.items`) in the same commit: a version is never registered without its
     checks, nor checks sent for a version that is not. Its params record how many
-    (`LABEL_CHECKS`)."""
+    (`LABEL_CHECKS`). `staged`: its artifacts, written already by `staged_result` (by a
+    caller that takes a lock before registering, so as not to hold it while they are
+    written); else they are written here, before the row is added."""
+    if staged is None:
+        with staged_result(session, result=result, artifacts_dir=artifacts_dir, gate=gate) as own:
+            return register(
+                session,
+                result=result,
+                artifacts_dir=artifacts_dir,
+                snapshot_id=snapshot_id,
+                note=note,
+                gate=gate,
+                label_checks=label_checks,
+                staged=own,
+            )
     row = ModelVersion(
         version=f"pending-{new_id()}",
         data_hash=result.data_hash,
@@ -128,35 +145,42 @@ def register(
         metrics=result.metrics,
         thresholds={"auto": result.model.threshold},
         artifact_path="",
-        checksum="",
+        checksum=staged.checksum,
         note=note,
         gate=gate,
     )
-    with new_version(session, row, artifacts_dir=artifacts_dir) as folder:
-        _write_artifacts(folder, result=result, version=row.version, gate=gate)
-        row.checksum = sha256_file(folder / MODEL_FILE)
+    with new_version(session, row, artifacts_dir=artifacts_dir, staged=staged):
         # Named after the version, known once it is added: committed with it by new_version.
         add_label_checks(session, suspects=label_checks, version=row.version)
     return row
 
 
-def _write_artifacts(
-    folder: Path, *, result: TrainResult, version: str, gate: dict[str, Any] | None
-) -> None:
-    joblib.dump(result.model, folder / MODEL_FILE)
-    report = {
-        "version": version,
-        "metrics": result.metrics,
-        "params": result.params,
-        "cv": result.cv,
-        "gate": gate,
-        "train_seconds": result.seconds,
-    }
-    write_report(folder, report, title=f"tagflow {version}")
+def staged_result(
+    session: Session, *, result: TrainResult, artifacts_dir: Path, gate: dict[str, Any] | None
+) -> AbstractContextManager[Staged]:
+    """A trained model's artifacts, written for `register` before its row is added."""
+
+    def name_files(folder: Path, version: str) -> None:
+        report = {
+            "version": version,
+            "metrics": result.metrics,
+            "params": result.params,
+            "cv": result.cv,
+            "gate": gate,
+            "train_seconds": result.seconds,
+        }
+        write_report(folder, report, title=f"tagflow {version}")
+
+    return staged_version(
+        session,
+        artifacts_dir=artifacts_dir,
+        write=lambda folder: joblib.dump(result.model, folder / MODEL_FILE),
+        name_files=name_files,
+    )
 
 
 def saved_report(row: ModelVersionBase, *, artifacts_dir: Path) -> dict[str, Any]:
-    """The evaluation report saved beside `row`'s model (`_write_artifacts`). OSError when the
+    """The evaluation report saved beside `row`'s model (`staged_result`). OSError when the
     file is missing or unreadable, ValueError when it is not a JSON object."""
     path = artifact_folder(row, artifacts_dir=artifacts_dir) / REPORT_JSON
     report = json.loads(path.read_text())
@@ -174,16 +198,84 @@ def write_report(folder: Path, report: dict[str, Any], *, title: str) -> None:
     render_png(report["metrics"], folder / REPORT_PNG, title=title)
 
 
+@dataclass(frozen=True)
+class Staged:
+    """A new version's artifacts, written in a folder of their own before its row is added
+    (`staged_version`): the slow part of a registration (the model's dump, the report's
+    picture, an import's load of the model) then holds no lock. On SQLite the row's insert
+    takes the database's write lock until the commit, and every other writer (the API's
+    prediction log, review labels, feedback) waited for the picture to be drawn."""
+
+    folder: Path
+    version: str  # the name its files were written under: the row's, unless guessed wrong
+    reserved_id: int | None  # the row's id, reserved (PostgreSQL); None: guessed (SQLite)
+    checksum: str  # the SHA-256 of its model file
+    name_files: Callable[[Path, str], None]  # writes again the files that name the version
+
+
 @contextmanager
-def new_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Iterator[Path]:
+def staged_version(
+    session: Session,
+    *,
+    artifacts_dir: Path,
+    write: Callable[[Path], None],
+    name_files: Callable[[Path, str], None],
+) -> Iterator[Staged]:
+    """A new version's artifacts in a staging folder under `artifacts_dir` (hidden, removed on
+    leaving): `write` puts the model file there, `name_files` the files that name the version,
+    under the name it will most likely get. `new_version` moves them into its folder."""
+    reserved_id, version = _next_version(session)
+    artifacts_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=artifacts_dir))
+    try:
+        write(folder)
+        name_files(folder, version)
+        yield Staged(folder, version, reserved_id, sha256_file(folder / MODEL_FILE), name_files)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _next_version(session: Session) -> tuple[int | None, str]:
+    """The id a new version's row will get, and its name: on PostgreSQL reserved from the
+    table's sequence (never given twice, committed or not); on SQLite the next rowid as it
+    stands, which a version registered meanwhile takes (`new_version` then renames)."""
+    if session.get_bind().dialect.name == "postgresql":
+        sequence = "SELECT nextval(pg_get_serial_sequence('modelversion', 'id'))"
+        reserved = int(session.execute(text(sequence)).scalar_one())
+        return reserved, _version_name(reserved)
+    last = session.exec(select(func.max(ModelVersion.id))).one()
+    return None, _version_name((last or 0) + 1)
+
+
+def _version_name(row_id: int) -> str:
+    return f"v{row_id:04d}"
+
+
+@contextmanager
+def new_version(
+    session: Session, row: ModelVersion, *, artifacts_dir: Path, staged: Staged
+) -> Iterator[Path]:
     """A new version, recorded with its artifact folder or not at all: `row` gets its version
-    name and a new, empty folder (recorded by name in `artifact_path`), which the body fills.
-    If the body raises, neither the row nor the folder stays behind; else the row is committed."""
-    folder = _add_version(session, row, artifacts_dir=artifacts_dir)
+    name and a new folder (recorded by name in `artifact_path`) holding the `staged`
+    artifacts. The body adds what goes in the same commit. If the body raises, neither the
+    row nor the folder stays behind; else the row is committed. From the row's insert to the
+    commit (the database's write lock, on SQLite), nothing slow is done, unless another
+    version took the name the staged files were written under (`_next_version`)."""
+    folder = _add_version(session, row, artifacts_dir=artifacts_dir, reserved_id=staged.reserved_id)
     # Recorded relative to the artifacts folder: a data directory moved, restored elsewhere, or
     # mounted at another path by another host sharing the database still finds it.
     row.artifact_path = folder.name
     try:
+        for path in staged.folder.iterdir():
+            path.replace(folder / path.name)
+        if row.version != staged.version:
+            log.info(
+                "%s was registered meanwhile: the report of the version after it is written "
+                "again as %s",
+                staged.version,
+                row.version,
+            )
+            staged.name_files(folder, row.version)
         yield folder
         session.add(row)
         session.commit()
@@ -194,12 +286,16 @@ def new_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> 
     session.refresh(row)
 
 
-def _add_version(session: Session, row: ModelVersion, *, artifacts_dir: Path) -> Path:
-    """Give a new `row` the next version name (from its id, so concurrent writers never share
-    one) and a new, empty artifact folder."""
+def _add_version(
+    session: Session, row: ModelVersion, *, artifacts_dir: Path, reserved_id: int | None
+) -> Path:
+    """Give a new `row` its id (`reserved_id`, else the next) and the version name it makes
+    (from its id, so concurrent writers never share one), and a new, empty artifact folder."""
+    row.id = reserved_id
     session.add(row)
     session.flush()
-    row.version = f"v{row.id:04d}"
+    assert row.id is not None  # given by the insert
+    row.version = _version_name(row.id)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
     folder = artifacts_dir / row.version
     try:
