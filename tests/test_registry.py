@@ -192,6 +192,97 @@ def test_versions_registered_at_once_each_get_a_name_and_a_report_of_their_own(
     assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
 
 
+# The loads that wait, by key: `_HeldWhileLoaded` in an artifact makes its unpickling call
+# `_held_load`, which says so and waits while the test holds its key here.
+_HELD_LOADS: dict[str, tuple[threading.Event, threading.Event]] = {}
+
+
+def _held_load(key: str) -> dict[str, str]:
+    if key in _HELD_LOADS:
+        loading, go_on = _HELD_LOADS[key]
+        loading.set()
+        go_on.wait(30)
+    return {}
+
+
+class _HeldWhileLoaded:
+    """An attribute of a model whose unpickling waits while the test holds `key`: a load of
+    the model (a promotion's check) that lasts as long as the test wants."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __reduce__(self) -> tuple[Callable[[str], dict[str, str]], tuple[str]]:
+        return _held_load, (self.key,)
+
+
+def _writes_while_loading(engine: Engine, change: Callable[[Session], object], key: str) -> bool:
+    """Whether another session's write (the prediction log's) commits while `change`, run in a
+    thread, is loading the artifact held by `key`."""
+    loading, go_on = threading.Event(), threading.Event()
+    _HELD_LOADS[key] = (loading, go_on)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            with Session(engine) as session:
+                change(session)
+        except BaseException as exc:  # shown by the assertion below
+            failed.append(exc)
+
+    thread = threading.Thread(target=run)
+    timer = threading.Timer(5, go_on.set)  # where the lock is held, the write waits for this
+    thread.start()
+    try:
+        assert loading.wait(30)
+        timer.start()
+        with Session(engine) as session:
+            save_predictions(session, predictions=[make_prediction(f"logged during {key}")])
+        went_on = not go_on.is_set()
+    finally:
+        go_on.set()
+        timer.cancel()
+        thread.join(30)
+        del _HELD_LOADS[key]
+    assert failed == []
+    return went_on
+
+
+def test_other_writers_go_on_while_a_promotion_or_rollback_loads_the_model(
+    sqlite_engine: Engine, tmp_path: Path, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """A change of production loads the version it makes production (checksum, unpickling, a
+    probe) to refuse one that cannot serve. It did so under the production lock, on SQLite
+    the database's write lock: every other writer waited for the load."""
+    models = tmp_path / "models"
+    held = copy.copy(seed_result.model)
+    held.held = _HeldWhileLoaded("v0001")  # type: ignore[attr-defined]
+    with Session(sqlite_engine) as session:
+        for result in (dataclasses.replace(seed_result, model=held), seed_result):
+            registry.register(session, result=result, artifacts_dir=models)
+
+    def promote(version: str) -> Callable[[Session], object]:
+        return lambda session: registry.promote(
+            session, version=version, tags=tags, artifacts_dir=models, actor="test"
+        )
+
+    assert _writes_while_loading(sqlite_engine, promote("v0001"), "v0001")
+    with Session(sqlite_engine) as session:
+        promote("v0002")(session)
+    rollback = lambda session: registry.rollback(  # noqa: E731
+        session, tags=tags, artifacts_dir=models, actor="test"
+    )
+    assert _writes_while_loading(sqlite_engine, rollback, "v0001")
+    with Session(sqlite_engine) as session:
+        assert registry.get_production(session).version == "v0001"  # type: ignore[union-attr]
+        assert [c.action for c in production_history.history(session, limit=5)] == [
+            ProductionAction.ROLLBACK,
+            ProductionAction.PROMOTE,
+            ProductionAction.PROMOTE,
+        ]
+        assert len(session.exec(select(Prediction)).all()) == 2
+
+
 def test_promote_archives_previous_and_rollback_walks_back(
     engine: Engine,
     settings: Settings,

@@ -26,7 +26,13 @@ from service.crud.predictions import add_label_checks
 from service.db import take_turns
 from service.entities import ModelStatus, ModelVersion, ModelVersionBase, ModelVersionPublic
 from service.entities.common import new_id, storable, utc_text, utcnow
-from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
+from service.errors import (
+    ArtifactError,
+    ConflictError,
+    InvalidInputError,
+    NotFoundError,
+    TagflowError,
+)
 from service.ml import production_history
 from service.tags import CRITERION_OPERATORS, TagSet
 
@@ -480,13 +486,21 @@ def promote(
     """Make `version` production (its artifact must verify, and every tag it can answer with
     must be approved); the previous one is archived, and is what a rollback of this promotion
     restores. `actor` (who asked) is kept in the production history."""
+    production = get_production(session)
+    checked = _servable(
+        session,
+        version=None if production and production.version == version else version,
+        tags=tags,
+        artifacts_dir=artifacts_dir,
+    )
 
     def attempt() -> ModelVersion:
         row = get_version(session, version=version)
         current = get_production(session)
         if current is not None and current.id == row.id:
             return row  # already production: nothing to archive or remember
-        _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
+        if row.version not in checked:
+            _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
         row.previous_version = current.version if current else None
         production_history.record_promotion(
             session, version=row.version, replaced=row.previous_version, actor=actor
@@ -503,6 +517,13 @@ def rollback(
     a row walk back through the promotions, never forward, and stop at the first one. With
     `current`, only if that version is still production, so a retried or concurrent rollback
     does not roll back twice."""
+    promotion = production_history.undoable(session)
+    checked = _servable(
+        session,
+        version=promotion.replaced if promotion else None,
+        tags=tags,
+        artifacts_dir=artifacts_dir,
+    )
 
     def attempt() -> ModelVersion:
         production = get_production(session)
@@ -521,7 +542,8 @@ def rollback(
                 f"{production.version} is production: promote the version you want instead"
             )
         previous = get_version(session, version=promotion.replaced)
-        _refuse_unservable(previous, tags=tags, artifacts_dir=artifacts_dir)
+        if previous.version not in checked:
+            _refuse_unservable(previous, tags=tags, artifacts_dir=artifacts_dir)
         production_history.record_rollback(session, promotion=promotion, actor=actor)
         return _switch(session, previous, current=production)
 
@@ -554,6 +576,24 @@ def _serialized(
     raise ConflictError(
         f"{action} lost {_PROMOTION_TRIES} races to other changes of production: try again"
     )
+
+
+def _servable(
+    session: Session, *, version: str | None, tags: TagSet, artifacts_dir: Path
+) -> set[str]:
+    """`version` if it is servable (`_refuse_unservable`), as a change of production about to
+    make it production finds it before taking the production lock; else nothing. The load
+    (checksum, unpickling, a probe) takes a while, and on SQLite the lock is the database's
+    write lock, which every other writer (the prediction log, review labels) waited for. A
+    version's artifact is fixed by its checksum: the change checks under the lock only a
+    version it did not expect, or one refused here (to refuse it, or not, as it then is)."""
+    try:
+        row = get_version(session, version=version) if version else None
+        if row is not None:
+            _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
+    except TagflowError:
+        return set()
+    return {row.version} if row is not None else set()
 
 
 def _refuse_unservable(row: ModelVersion, *, tags: TagSet, artifacts_dir: Path) -> None:
