@@ -609,6 +609,39 @@ def test_filter_by_metric_criteria(
         registry.Criterion.parse("weighted_f1<1e999")  # no version's metric is infinite
 
 
+def test_a_status_filter_leaves_out_versions_without_a_metric_others_have(
+    engine: Engine, settings: Settings, seed_result: TrainResult, tags: TagSet
+) -> None:
+    """`GET /models?status=production&where=per_class.<tag approved since>.precision>=0.9`:
+    production has no figure for the tag, a candidate has. The criterion was judged on the
+    production versions alone and refused as a typo ("no version has a metric ..., did you
+    mean ...", 422) where the README says a version without the metric is left out."""
+    figures = {"precision": 0.97, "recall": 0.9, "f1": 0.93, "support": 12}
+    metrics = {**seed_result.metrics}
+    metrics["per_class"] = {**metrics["per_class"], "brand-new": figures}
+    with Session(engine) as session:
+        registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        registry.promote(
+            session, version="v0001", tags=tags, artifacts_dir=settings.artifacts_dir, actor="t"
+        )
+        registry.register(
+            session,
+            result=dataclasses.replace(seed_result, metrics=metrics),
+            artifacts_dir=settings.artifacts_dir,
+        )
+        new_tag = [registry.Criterion.parse("per_class.brand-new.precision>=0.9")]
+        by_status = {
+            status: [
+                r.version for r in registry.list_versions(session, status=status, criteria=new_tag)
+            ]
+            for status in (ModelStatus.PRODUCTION, ModelStatus.CANDIDATE)
+        }
+        assert by_status == {ModelStatus.PRODUCTION: [], ModelStatus.CANDIDATE: ["v0002"]}
+        typo = [registry.Criterion.parse("per_class.brand-nwe.precision>=0.9")]
+        with pytest.raises(InvalidInputError, match="did you mean per_class.brand-new.precision"):
+            registry.list_versions(session, status=ModelStatus.PRODUCTION, criteria=typo)
+
+
 def test_criteria_name_any_approved_tag(
     engine: Engine, settings: Settings, seed_result: TrainResult
 ) -> None:

@@ -442,12 +442,16 @@ def list_versions(
     criteria: list[Criterion] | None = None,
 ) -> list[ModelVersion]:
     """Versions, newest first, filtered by status and by every metric criterion."""
-    query = select(ModelVersion).order_by(col(ModelVersion.id).desc())
-    if status is not None:
-        query = query.where(ModelVersion.status == status)
-    rows = list(session.exec(query))
+    rows = list(session.exec(select(ModelVersion).order_by(col(ModelVersion.id).desc())))
+    # Judged on every version, not the status's alone: a metric only other versions have
+    # (a tag approved since production was trained) is no typo, and leaves these out.
     _check_known(criteria or [], rows)
-    return [r for r in rows if all(c.holds(r.metrics) for c in criteria or [])]
+    return [
+        r
+        for r in rows
+        if (status is None or r.status == status)
+        and all(c.holds(r.metrics) for c in criteria or [])
+    ]
 
 
 def _check_known(criteria: list[Criterion], rows: list[ModelVersion]) -> None:
