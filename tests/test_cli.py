@@ -1016,6 +1016,33 @@ def test_a_path_that_cannot_be_used_is_a_one_line_usage_error(
     assert "Errno" not in result.output
 
 
+@pytest.mark.parametrize(
+    ("command", "action"),
+    [(["train"], "train"), (["evaluate"], "evaluate"), (["models", "compare", "v1"], "compare")],
+)
+def test_a_fifo_as_data_is_a_one_line_usage_error(
+    command: list[str], action: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A FIFO named as --data, with nothing writing to it, held the command forever (the check
+    that the file can be read opened it, and waited for a writer). Run as a process, to be cut
+    off if it waits."""
+    fifo = tmp_path / "data.csv"
+    os.mkfifo(fifo)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    ran = subprocess.run(
+        [sys.executable, "-m", "service.cli", *command, "--data", str(fifo)],
+        env=env | cli_env | {"HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 2, ran.stderr
+    assert _said(ran.stderr).strip() == (
+        f"cannot {action}: {fifo}: not a regular file (a FIFO, a device or a socket); save the "
+        "data as a file (--data)"
+    )
+
+
 def test_retrain_warns_of_a_scarce_tag_once(
     cli_env: dict[str, str],
     make_settings: Callable[..., Settings],

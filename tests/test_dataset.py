@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import threading
 import unicodedata
 from pathlib import Path
 
@@ -226,6 +228,23 @@ def test_unsupported_and_missing_files(tmp_path: Path, tags: TagSet) -> None:
     (tmp_path / "folder.csv").mkdir()
     with pytest.raises(DatasetError, match="folder.csv: a directory, not a training file"):
         load_dataset(tmp_path / "folder.csv", tags=tags)
+
+
+def test_a_fifo_is_refused_not_read(tmp_path: Path, tags: TagSet) -> None:
+    """A training file is read more than once (validated, then split and trained on): a FIFO
+    gave its data to the first read and held the second forever. It is refused unread."""
+    fifo = tmp_path / "piped.csv"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with fifo.open("w") as out:
+            out.write(SEED_DATASET.read_text())
+
+    threading.Thread(target=write, daemon=True).start()  # read whole, without the check
+    with pytest.raises(DatasetError, match="piped.csv: not a regular file"):
+        load_training_file(fifo, tags=tags)
+    with fifo.open() as drain:  # lets the writer finish
+        drain.read()
 
 
 def test_a_byte_order_mark_is_not_part_of_the_first_column(

@@ -115,22 +115,29 @@ def port_free_or_exit(host: str, port: int) -> int:
         return int(probe.getsockname()[1])
 
 
-def input_file_or_exit(path: Path, *, action: str, name: str, recorded: bool = False) -> Path:
+def input_file_or_exit(
+    path: Path, *, action: str, name: str, recorded: bool = False, piped: bool = False
+) -> Path:
     """`path` as a file to read, for the argument or option `name`. Missing, a directory, or
     not readable is one line naming the path and what is wrong, exit code 2 (a usage error):
     said at once, before the command loads or asks anything. `recorded`: the path is kept in
     the registry (a version's `params.source`), so it must be text a database and a JSON answer
     can hold: a byte that is not UTF-8 in it (a Latin-1 file name) reaches Python as a lone
-    surrogate, and a version recorded with one made every GET /models answer 500."""
+    surrogate, and a version recorded with one made every GET /models answer 500. `piped`: the
+    command reads it once, so a pipe will do (`models import /dev/stdin`); training data is
+    read more than once, and a FIFO with no writer held the command forever."""
     if recorded and not is_utf8(str(path.resolve())):
         reason = "its name is not UTF-8 text, which the registry records; rename the file"
     elif not path.exists():
         reason = "no such file"
     elif path.is_dir():
         reason = "a directory, not a file"
+    elif not piped and not path.is_file():
+        reason = "not a regular file (a FIFO, a device or a socket); save the data as a file"
     else:
         try:
-            path.open("rb").close()
+            # Non-blocking: a FIFO with no writer yet is not waited for here.
+            os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
             return path
         except OSError as exc:  # no permission, a broken mount
             reason = f"cannot read it ({exc.strerror or exc})"

@@ -467,7 +467,7 @@ def models_import(
     from service.ml.encoder import onnx_file
 
     settings = settings_or_exit()
-    input_file_or_exit(bundle, action="import", name="BUNDLE")
+    input_file_or_exit(bundle, action="import", name="BUNDLE", piped=True)
     if not settings.bundle_secret:
         # Said before the import, since the import itself loads the pickle: afterwards is late.
         print_warning(

@@ -126,6 +126,8 @@ def _read_rows(path: Path) -> list[Row]:
         raise DatasetError(f"{path}: a directory, not a training file")
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
+    if not path.is_file():  # read more than once (validation, then training): a FIFO blocked
+        raise DatasetError(f"{path}: not a regular file (a FIFO, a device or a socket)")
     if suffix not in {".csv", ".jsonl", ".ndjson"}:
         raise DatasetError(f"{path}: unsupported file type {suffix!r} (use .csv or .jsonl)")
     try:
