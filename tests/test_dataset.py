@@ -200,6 +200,18 @@ def test_header_names_are_stripped_and_conflicting_duplicates_warned(
     assert "line 4 (computer-vision) repeats line 2 (mlops)" in report.render()
 
 
+def test_training_column_names_are_read_in_any_case(tmp_path: Path, tags: TagSet) -> None:
+    """A spreadsheet's headings are often capitalised: "Title, Description, TAG" names the
+    three columns (it was refused as missing all three), and "Tag" beside "tag" names one
+    twice. Other columns keep their names."""
+    path = _write_csv(tmp_path / "d.csv", "Id,Title, Description ,TAG\n1,A,x,mlops\n2,B,,other\n")
+    examples, report = load_dataset(path, tags=tags)
+    assert examples == [Example("A", "x", "mlops"), Example("B", "", "other")], report.render()
+    twice = _write_csv(tmp_path / "twice.csv", "title,description,Tag,tag\nA,x,mlops,other\n")
+    with pytest.raises(DatasetError, match="line 1: the header names 'tag' more than once"):
+        load_dataset(twice, tags=tags)
+
+
 def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
     good = tmp_path / "d.jsonl"
     rows = [{"title": "Speech to text", "description": "ASR transcripts", "tag": "other", "id": 1}]

@@ -191,15 +191,23 @@ def _other_separator(header: str) -> str | None:
     return None
 
 
+def _column_name(name: str) -> str:
+    """A header's column name as records key it: stripped, and a training column's name in
+    lower case, as a spreadsheet's heading "Title" or "TAG" names it (it was "missing required
+    column(s): title, description, tag" under a header that showed all three)."""
+    name = name.strip()
+    return name.lower() if name.lower() in REQUIRED_COLUMNS else name
+
+
 def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
-    """CSV rows as records keyed by the header's names (stripped), each with the line it
+    """CSV rows as records keyed by the header's names (`_column_name`), each with the line it
     starts on. A header naming a column twice is an error, as is a row with more fields than
     the header (an unquoted comma would cut a description short); a missing field is None.
     A cell the label export kept from running as a formula ('=...) reads as it was (=...)."""
     if not rows:
         return []
     (header_line, header), *body = rows
-    names = [name.strip() for name in header]
+    names = [_column_name(name) for name in header]
     if len(names) == 1 and (separator := _other_separator(names[0])):
         raise DatasetError(
             f"line {header_line}: the header is one column, {names[0]!r}: the file is "
