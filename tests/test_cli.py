@@ -770,6 +770,42 @@ def _seed_in_production(
     return settings
 
 
+@pytest.mark.parametrize("command", [["evaluate"], ["models", "compare", "v0001"]])
+def test_scoring_a_file_says_what_its_validation_dropped(
+    command: list[str],
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """`evaluate` and `models compare` dropped a file's duplicates, one with another tag among
+    them, without a word, and never said that a tag had no items to score (the warning was
+    written for them): each is now a warning on stderr, the JSON on stdout as it was."""
+    _seed_in_production(make_settings, seed_result)
+    data = tmp_path / "scored.csv"
+    data.write_text(
+        "title,description,tag\n"
+        "YOLO for counting cars,Object detection on drone video.,computer-vision\n"
+        "YOLO for counting cars,Object detection on drone video.,mlops\n"
+        "Serving BERT with FastAPI,A REST API in Docker.,mlops\n"
+        "serving bert with fastapi,a rest api in docker.,mlops\n"
+    )
+    result = CliRunner().invoke(app, [*command, "--data", str(data), "--json"], env=cli_env)
+    assert result.exit_code == 0, result.output
+    json.loads(result.stdout)
+    said = [" ".join(line.split()) for line in result.stderr.strip().split("warning: ")[1:]]
+    assert said == [
+        f"2 duplicate (title, description) pair(s) in {data} dropped: each content is scored "
+        "once, with its first row's tag",
+        "tag 'natural-language-processing' has no examples: a model trained on this file never "
+        "answers it, and one evaluated on it gets no figures for it",
+        "tag 'other' has no examples: a model trained on this file never answers it, and one "
+        "evaluated on it gets no figures for it",
+        "1 duplicate(s) with another tag than the first row's, which is kept: line 3 (mlops) "
+        "repeats line 2 (computer-vision)",
+    ], result.stderr
+
+
 def test_models_compare_with_an_empty_version_compares_nothing(
     cli_env: dict[str, str], make_settings: Callable[..., Settings], seed_result: TrainResult
 ) -> None:

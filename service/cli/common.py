@@ -34,6 +34,7 @@ from service.entities.common import is_utf8
 from service.migrations import UnknownRevisionError
 
 if TYPE_CHECKING:  # imported when used: `tagflow --help` should not load ONNX Runtime
+    from service.ml.dataset import ValidationReport
     from service.ml.encoder import Encoder
     from service.tags import TagSet
 
@@ -74,6 +75,19 @@ def warn_seen_in_training(version: str, seen: int | None, items: int) -> None:
             f"{seen} of {items} items are in {version}'s training data: these figures "
             "overstate how it does on items it never saw"
         )
+
+
+def warn_dropped(report: ValidationReport) -> None:
+    """Warn of what validating a file to score dropped or cannot score (duplicates, one with
+    another tag among them, a tag with no items): training shows the whole report, and
+    `evaluate` and `models compare` said nothing of it, their support figures a row short."""
+    if report.duplicates_dropped:
+        print_warning(
+            f"{report.duplicates_dropped} duplicate (title, description) pair(s) in "
+            f"{report.source} dropped: each content is scored once, with its first row's tag"
+        )
+    for warning in report.warnings:
+        print_warning(warning)
 
 
 def settings_or_exit(*, serving: bool = False) -> Settings:

@@ -28,6 +28,7 @@ from service.cli.common import (
     print_error,
     print_warning,
     settings_or_exit,
+    warn_dropped,
     warn_seen_in_training,
 )
 from service.cli.db import db_app
@@ -171,7 +172,7 @@ def evaluate(
     tags = cli_tags(settings)
     input_file_or_exit(data, action="evaluate", name="--data")
     try:
-        examples, _ = load_dataset(data, tags=tags)
+        examples, checked = load_dataset(data, tags=tags)
         with open_session(settings) as session:
             row = registry.version_or_production(session, version=version)
             model = registry.load_model(row, artifacts_dir=settings.artifacts_dir)
@@ -184,6 +185,7 @@ def evaluate(
     except (DatasetError, TagflowError) as exc:
         print_error("cannot evaluate:", exc)
         raise typer.Exit(1) from None
+    warn_dropped(checked)
     seen = seen_in_training(model, examples)
     warn_seen_in_training(row.version, seen, len(examples))
     if as_json:

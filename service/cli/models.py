@@ -28,6 +28,7 @@ from service.cli.common import (
     print_warning,
     settings_or_exit,
     shown_url,
+    warn_dropped,
     warn_seen_in_training,
 )
 from service.entities import ModelStatus, ModelVersion, ProductionChangePublic
@@ -232,7 +233,7 @@ def models_compare(
     tags = cli_tags(settings)
     input_file_or_exit(data, action="compare", name="--data")
     try:
-        examples, _ = load_dataset(data, tags=tags)
+        examples, checked = load_dataset(data, tags=tags)
         with open_session(settings) as session:
             rows = [
                 registry.get_version(session, version=a),
@@ -250,6 +251,7 @@ def models_compare(
     except (DatasetError, TagflowError) as exc:
         print_error("cannot compare:", exc)
         raise typer.Exit(1) from None
+    warn_dropped(checked)
     for side in (outcome["a"], outcome["b"]):
         warn_seen_in_training(side["version"], side["seen_in_training"], len(examples))
     if as_json:
