@@ -273,6 +273,19 @@ def test_peoples_text_is_printed_as_typed_never_read_as_markup(
     assert "Model Serving using FastAPI" in shown and "natural-language-processing 0.93" in shown
 
 
+def test_a_title_with_terminal_escapes_is_shown_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    """The labels to check at the end of `tagflow train` printed a training row's title as it
+    was, and rich passes ESC through: a title sent by an API client, exported with its label
+    and trained on, could set the admin's window title (OSC), clear their screen or colour
+    what follows. Control characters are shown as escapes, as the logs show them."""
+    item = {"title": "YOLO \x1b]0;owned\x1b\\\x1b[2J\x1b[31mred", "tag": "mlops"}
+    item |= {"predicted": "computer-vision", "confidence": 0.97, "p_label": 0.01}
+    console.print(suspects_table({"count": 1, "share": 0.01, "max_p_label": 0.1, "items": [item]}))
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown
+    assert "".join(shown.split()).count("\\x1b") == 4, shown  # each ESC, as its escape
+
+
 def test_keys_list_shows_fingerprints_never_keys(tmp_path: Path) -> None:
     ann, ann_line = new_key(Role.REVIEWER, "ann")
     path = tmp_path / "keys"

@@ -72,8 +72,13 @@ def suspects_table(report: dict) -> Table | str:
             "all in report.json, cv.suspect_labels"
         ),
     )
+    from service.logs import ESCAPES
+
     for item in report["items"][:SUSPECTS_SHOWN]:
-        title = item["title"] if len(item["title"]) <= 60 else item["title"][:57] + "..."
+        # A title is anyone's text (a label export's rows come from API clients): a terminal
+        # escape in it (ESC, which rich passes through) would rewrite the admin's terminal.
+        title = item["title"].translate(ESCAPES)
+        title = title if len(title) <= 60 else title[:57] + "..."
         table.add_row(
             title,
             f"{item['tag']}\n{item['predicted']} {item['confidence']:.2f}",
