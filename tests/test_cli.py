@@ -839,6 +839,27 @@ def test_models_compare_with_an_empty_version_compares_nothing(
     assert json.loads(against_production.stdout)["b"]["version"] == "v0001"
 
 
+def test_evaluate_with_an_empty_version_evaluates_nothing(
+    cli_env: dict[str, str], make_settings: Callable[..., Settings], seed_result: TrainResult
+) -> None:
+    """`tagflow evaluate --data F --version "$V"` with V unset evaluated production and exited
+    0, as if no version were named (models compare refuses it since c922d6e). Now a usage
+    error, before any scoring; --version left out still means production."""
+    _seed_in_production(make_settings, seed_result)
+    runner = CliRunner()
+    data = ["evaluate", "--data", str(SEED_DATASET), "--json"]
+    for version in ("", " "):
+        refused = runner.invoke(app, [*data, "--version", version], env=cli_env)
+        assert refused.exit_code == 2, refused.output
+        assert (
+            _said(refused.stderr) == f"cannot evaluate: --version {version!r} is not a version name"
+        )
+        assert refused.stdout == ""
+    production = runner.invoke(app, data, env=cli_env)
+    assert production.exit_code == 0, production.output
+    assert json.loads(production.stdout)["version"] == "v0001"
+
+
 def test_a_database_unavailable_mid_command_is_one_line(
     cli_env: dict[str, str],
     make_settings: Callable[..., Settings],

@@ -90,6 +90,14 @@ def warn_dropped(report: ValidationReport) -> None:
         print_warning(warning)
 
 
+def version_name_or_exit(version: str | None, *, action: str, shown: str) -> None:
+    """A version named on the command line must be a name: empty or with white space (an
+    unset variable, a stray quote) it is a usage error (exit 2), never taken as "none named"."""
+    if version is not None and (not version or any(ch.isspace() for ch in version)):
+        print_error(f"cannot {action}:", f"{shown} is not a version name")
+        raise typer.Exit(2)
+
+
 def settings_or_exit(*, serving: bool = False) -> Settings:
     """The settings from the environment; bad ones are a line each (naming the variable) and
     exit code 2. API keys are required only when `serving` requests: other commands act on the

@@ -28,6 +28,7 @@ from service.cli.common import (
     print_error,
     print_warning,
     settings_or_exit,
+    version_name_or_exit,
     warn_dropped,
     warn_seen_in_training,
 )
@@ -173,6 +174,8 @@ def evaluate(
     from service.ml.training import evaluate as run_evaluation
     from service.ml.training import seen_in_training
 
+    # --version "" (a script's --version "$V" with V unset) evaluated production, exit 0.
+    version_name_or_exit(version, action="evaluate", shown=f"--version {version!r}")
     settings = settings_or_exit()
     tags = cli_tags(settings)
     input_file_or_exit(data, action="evaluate", name="--data")

@@ -28,6 +28,7 @@ from service.cli.common import (
     print_warning,
     settings_or_exit,
     shown_url,
+    version_name_or_exit,
     warn_dropped,
     warn_seen_in_training,
 )
@@ -258,14 +259,6 @@ def models_compare(
         print(json.dumps(outcome, indent=2))
     else:
         console.print(_compare_table(outcome))
-
-
-def version_name_or_exit(version: str | None, *, action: str, shown: str) -> None:
-    """A version named on the command line must be a name: empty or with white space (an
-    unset variable, a stray quote) it is a usage error (exit 2), never taken as "none named"."""
-    if version is not None and (not version or any(ch.isspace() for ch in version)):
-        print_error(f"cannot {action}:", f"{shown} is not a version name")
-        raise typer.Exit(2)
 
 
 def _registry_action(action: str, change: Callable[[Session, TagSet, Path], ModelVersion]) -> None:
