@@ -308,6 +308,25 @@ def test_cli_train_on_broken_file_reports_without_traceback(tmp_path: Path) -> N
     assert "Traceback" not in result.output
 
 
+def test_texts_without_a_word_are_a_clear_error(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """Titles of emoji or single characters alone pass validation, and `tagflow train` ended in
+    scikit-learn's "ValueError: empty vocabulary" traceback from model selection."""
+    rows = [
+        (emoji, "", "mlops" if i % 2 else "other")
+        for i, emoji in enumerate("😀😁😂🤣😃😄😅😆😉😊😋😎😍😘🥰😗😙😚🙂🤗")
+    ]
+    path = tmp_path / "emoji.csv"
+    with path.open("w", newline="") as out:
+        csv.writer(out).writerows([("title", "description", "tag"), *rows])
+    result = CliRunner().invoke(app, ["train", "--data", str(path)], env=cli_env)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert " ".join(result.stderr.split()) == (
+        "cannot train: the TF-IDF head finds no word in the training texts (a word is two "
+        "letters or digits or more): titles and descriptions of emoji or single characters "
+        "alone cannot be learned"
+    )
+
+
 def test_too_little_to_train_on_is_a_clear_error(
     tmp_path: Path, shared_dataset: Path, tags: TagSet, encoder_dir: Path
 ) -> None:

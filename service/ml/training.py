@@ -48,6 +48,11 @@ class TrainConfig:
 
 
 DEFAULT_CONFIG = TrainConfig()
+# Why training refuses texts with no word in them (`train`).
+NO_WORDS = (
+    "the TF-IDF head finds no word in the training texts (a word is two letters or digits or "
+    "more): titles and descriptions of emoji or single characters alone cannot be learned"
+)
 
 
 @dataclass
@@ -260,16 +265,23 @@ def train(
     """Fit on `train_examples` and evaluate on `eval_examples`, which it never sees."""
     started = time.perf_counter()
     # One BLAS thread: L-BFGS on small problems was 8x slower with threads contending.
-    with threadpool_limits(1, user_api="blas"):
-        return _train(
-            train_examples,
-            eval_examples,
-            encoder=encoder,
-            target_precision=target_precision,
-            config=config,
-            progress=progress,
-            started=started,
-        )
+    try:
+        with threadpool_limits(1, user_api="blas"):
+            return _train(
+                train_examples,
+                eval_examples,
+                encoder=encoder,
+                target_precision=target_precision,
+                config=config,
+                progress=progress,
+                started=started,
+            )
+    except ValueError as exc:
+        # Texts with no word of two letters or digits (emoji, single characters) pass
+        # validation, and scikit-learn's TF-IDF refused them deep inside model selection.
+        if "empty vocabulary" not in str(exc):
+            raise
+        raise DatasetError(NO_WORDS) from None
 
 
 def _train(
