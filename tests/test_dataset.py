@@ -163,8 +163,10 @@ def test_json_lines_values_are_text_or_a_clear_error(
         # once said as "line 4: 2 fields, the header has 1; quote a field that holds commas".
         ("title;description;tag\nA;B;mlops\nC, D;E;mlops\n", "line 1: .* separated by semicolons"),
         ("title\tdescription\ttag\nA\tB\tmlops\n", "line 1: .* separated by tabs, not commas"),
+        # Headings in capitals, as the columns are read: was "missing required column(s)".
+        ("Title;Description;Tag\nA;B;mlops\n", "line 1: .* separated by semicolons"),
     ],
-    ids=["column twice", "unquoted comma", "latin-1", "semicolons", "tabs"],
+    ids=["column twice", "unquoted comma", "latin-1", "semicolons", "tabs", "capitals"],
 )
 def test_csv_file_problems_name_their_line(
     tmp_path: Path, tags: TagSet, content: str | bytes, message: str

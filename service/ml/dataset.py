@@ -186,7 +186,7 @@ def _other_separator(header: str) -> str | None:
     """How a one-column header is separated, when it is the training columns joined by
     something other than a comma (a semicolon CSV from a spreadsheet in another locale)."""
     for separator, name in OTHER_SEPARATORS.items():
-        if any(part.strip() in REQUIRED_COLUMNS for part in header.split(separator)[1:]):
+        if any(_column_name(part) in REQUIRED_COLUMNS for part in header.split(separator)[1:]):
             return name
     return None
 
