@@ -27,6 +27,10 @@ def unescape_cell(value: str) -> str:
     return value
 
 
+# As large as any platform's C long takes: a file read here is never near it.
+FIELD_LIMIT = 2**31 - 1
+
+
 class MalformedCsvError(ValueError):
     """A row the CSV parser refuses (an unterminated quote, junk after a closing quote)."""
 
@@ -39,7 +43,12 @@ class MalformedCsvError(ValueError):
 def read_rows(fh: TextIO) -> list[tuple[int, list[str]]]:
     """The non-blank rows of `fh`, each with the line it starts on (a quoted field can span
     lines, and blank lines are skipped, so the two differ). Strict: an unterminated quote is
-    MalformedCsvError, not one field swallowing the rest of the file."""
+    MalformedCsvError, not one field swallowing the rest of the file (which strictness catches
+    at the end of the file, so no bound on a field's size is needed for it)."""
+    # A field over csv's default bound, 131,072 characters (a long description), was refused
+    # as "malformed CSV ... field larger than field limit", though JSON Lines took it. A training
+    # file is in memory whole already, a tag file a few lines; the bound is the module's.
+    csv.field_size_limit(FIELD_LIMIT)
     reader = csv.reader(fh, strict=True)
     rows: list[tuple[int, list[str]]] = []
     start = 1

@@ -177,6 +177,24 @@ def test_csv_file_problems_name_their_line(
         load_dataset(path, tags=tags)
 
 
+def test_a_field_of_any_length_is_read_and_an_open_quote_still_named(
+    tmp_path: Path, tags: TagSet
+) -> None:
+    """A description over 131,072 characters (csv's default bound on a field) was refused as
+    "malformed CSV ... field larger than field limit", where JSON Lines took it; a quote left
+    open in a file that long is still an error naming the line its row starts on."""
+    long = "word " * 40_000  # 200,000 characters
+    rows = [("Long one", long, "mlops"), ("Short one", "A line.", "other")]
+    path = tmp_path / "long.csv"
+    with path.open("w", newline="") as out:
+        csv.writer(out).writerows([("title", "description", "tag"), *rows])
+    examples, _ = load_dataset(path, tags=tags)
+    assert [len(e.description) for e in examples] == [len(long.strip()), 7]
+    path.write_text(f'title,description,tag\nA,B,mlops\nOpen,"{long},other\nC,D,mlops\n')
+    with pytest.raises(DatasetError, match="malformed CSV in the row from line 3 .*end of data"):
+        load_dataset(path, tags=tags)
+
+
 def test_unnamed_columns_are_not_read_and_old_mac_lines_counted(
     tmp_path: Path, tags: TagSet
 ) -> None:
