@@ -140,3 +140,21 @@ def stop_signals_as_exit() -> Iterator[StopRequest]:
     finally:
         for each, handler in previous.items():
             signal.signal(each, handler)
+
+
+@contextmanager
+def stop_signal_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM (`timeout`, a cancelled CI job, `docker stop` of compose's
+    init) stops the process as Ctrl-C does, by KeyboardInterrupt: what is half done is undone
+    on the way out (`registry.new_version` removes a version half-registered, row and folder),
+    and the exit code is Ctrl-C's, not 0. Its default action killed the process on the spot:
+    `tagflow train` left a half-written artifact folder no version owns."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1113,6 +1113,43 @@ def test_a_fifo_as_data_is_a_one_line_usage_error(
     )
 
 
+def test_train_stopped_by_sigterm_while_it_registers_leaves_nothing_behind(
+    cli_env: dict[str, str], make_settings: Callable[..., Settings]
+) -> None:
+    """SIGTERM (`timeout`, a cancelled CI job, `docker stop` of compose's init) killed `tagflow
+    train` on the spot: stopped while it wrote its version's artifacts, it left a folder with
+    a half-written model that no version owns, and the next version's folder was named beside
+    it (v0001-3235569c). It now stops as Ctrl-C does: the version is undone, row and folder."""
+    settings = make_settings()  # the data directory cli_env names
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    started = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "train", "--data", str(SEED_DATASET), "--promote"],
+        env=env | cli_env | {"HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Sent as soon as the version's folder is made: its artifacts take a good half second.
+    wait_until(
+        lambda: (
+            started.poll() is not None
+            or (settings.artifacts_dir.is_dir() and any(settings.artifacts_dir.iterdir()))
+        ),
+        what="a version's folder",
+        timeout_s=120,
+        every_s=0.005,
+    )
+    started.send_signal(signal.SIGTERM)
+    _, stderr = started.communicate(timeout=60)
+    assert started.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        recorded = {row.artifact_path for row in registry.list_versions(session)}
+    engine.dispose()
+    assert {folder.name for folder in settings.artifacts_dir.iterdir()} == recorded
+
+
 def test_retrain_warns_of_a_scarce_tag_once(
     cli_env: dict[str, str],
     make_settings: Callable[..., Settings],

@@ -40,7 +40,7 @@ from service.config import Settings
 from service.errors import TagflowError, UnavailableError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset, load_training_file
-from service.processes import stop_signals_as_exit
+from service.processes import stop_signal_as_interrupt, stop_signals_as_exit
 
 app = typer.Typer(
     help="tagflow: content classification with a human in the loop.",
@@ -156,9 +156,10 @@ def train(
     try:
         # A bad file fails fast, before the encoder loads.
         load_training_file(data, tags=tags)
-        train_with_progress(
-            settings, data, cli_actor("tagflow train --promote") if promote else None
-        )
+        with stop_signal_as_interrupt():
+            train_with_progress(
+                settings, data, cli_actor("tagflow train --promote") if promote else None
+            )
     except (DatasetError, TagflowError) as exc:
         print_error("cannot train:", exc)
         raise typer.Exit(1) from None
