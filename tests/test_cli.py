@@ -1113,18 +1113,25 @@ def test_a_fifo_as_data_is_a_one_line_usage_error(
     )
 
 
+@pytest.mark.parametrize(
+    "command",
+    [["train", "--data", str(SEED_DATASET), "--promote"], ["retrain"]],
+    ids=["train", "retrain"],
+)
 def test_train_stopped_by_sigterm_while_it_registers_leaves_nothing_behind(
-    cli_env: dict[str, str], make_settings: Callable[..., Settings]
+    command: list[str], cli_env: dict[str, str], make_settings: Callable[..., Settings]
 ) -> None:
     """SIGTERM (`timeout`, a cancelled CI job, `docker stop` of compose's init) killed `tagflow
     train` on the spot: stopped while it wrote its version's artifacts, it left a folder with
     a half-written model that no version owns, and the next version's folder was named beside
-    it (v0001-3235569c). It now stops as Ctrl-C does: the version is undone, row and folder."""
+    it (v0001-3235569c). It now stops as Ctrl-C does: the version is undone, row and folder.
+    `tagflow retrain` (on the seed as its base) likewise."""
     settings = make_settings()  # the data directory cli_env names
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    env |= cli_env | {"HF_HUB_OFFLINE": "1", "TAGFLOW_BASE_DATASET": str(SEED_DATASET)}
     started = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "train", "--data", str(SEED_DATASET), "--promote"],
-        env=env | cli_env | {"HF_HUB_OFFLINE": "1"},
+        [sys.executable, "-m", "service.cli", *command],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -253,7 +253,11 @@ def retrain(
         _enqueue_retrain(settings, force=force)
         return
     try:
-        with open_session(settings) as session, console.status("retraining..."):
+        with (
+            stop_signal_as_interrupt(),
+            open_session(settings) as session,
+            console.status("retraining..."),
+        ):
             outcome = retraining.retrain(
                 session,
                 settings=settings,
