@@ -40,6 +40,7 @@ from service.entities.prediction import Prediction
 from service.jobs import list_jobs
 from service.migrations import current_revision, head_revision, make_config
 from service.ml import registry
+from service.ml.bundle import export_bundle
 from service.ml.dataset import Example
 from service.ml.training import TrainResult
 from service.outbox import TRAINING_QUEUE
@@ -1151,6 +1152,54 @@ def test_train_stopped_by_sigterm_while_it_registers_leaves_nothing_behind(
     assert started.returncode == 130, stderr
     assert "Traceback" not in stderr
     engine = make_engine(settings.resolved_database_url)
+    with Session(engine) as session:
+        recorded = {row.artifact_path for row in registry.list_versions(session)}
+    engine.dispose()
+    assert {folder.name for folder in settings.artifacts_dir.iterdir()} == recorded
+
+
+def test_models_import_stopped_by_sigterm_leaves_nothing_behind(
+    cli_env: dict[str, str],
+    make_settings: Callable[..., Settings],
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """`tagflow models import` stopped by SIGTERM while it wrote the imported version's
+    artifacts (in a hidden staging folder, before the row is added) was killed on the spot
+    (exit 143) and left the folder, with the model in it, that nothing removes. It now stops
+    as Ctrl-C does, as `tagflow train` does: nothing left but the versions recorded."""
+    settings = make_settings()  # the data directory cli_env names: SQLite in it
+    settings.data_dir.mkdir(parents=True)
+    engine = make_engine(settings.resolved_database_url)
+    init_db(engine)
+    with Session(engine) as session:
+        row = registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+        bundle = tmp_path / "v0001.tar.gz"
+        bundle.write_bytes(
+            export_bundle(session, version=row.version, artifacts_dir=settings.artifacts_dir)
+        )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
+    started = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "models", "import", str(bundle)],
+        env=env | cli_env | {"HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # Sent as soon as the staging folder is made: the model's load and the picture follow.
+    wait_until(
+        lambda: (
+            started.poll() is not None
+            or any(p.name.startswith(".staging-") for p in settings.artifacts_dir.iterdir())
+        ),
+        what="the import's staging folder",
+        timeout_s=120,
+        every_s=0.002,
+    )
+    started.send_signal(signal.SIGTERM)
+    _, stderr = started.communicate(timeout=60)
+    assert started.returncode == 130, stderr
+    assert "Traceback" not in stderr
     with Session(engine) as session:
         recorded = {row.artifact_path for row in registry.list_versions(session)}
     engine.dispose()

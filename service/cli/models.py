@@ -39,6 +39,7 @@ from service.migrations import upgraded_view
 from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
 from service.ml.production_history import MAX_HISTORY
+from service.processes import stop_signal_as_interrupt
 from service.tags import TagSet
 
 if TYPE_CHECKING:  # pulls in scikit-learn and ONNX Runtime: `models list` needs neither
@@ -473,7 +474,9 @@ def models_import(
         )
     try:
         data = bundle.read_bytes()
-        with open_session(settings) as session:
+        # SIGTERM (`timeout`, a cancelled CI job) stops the import as Ctrl-C does: its staged
+        # artifacts are removed on the way out. Its default action left them behind.
+        with stop_signal_as_interrupt(), open_session(settings) as session:
             imported = import_bundle(
                 session,
                 data=data,
