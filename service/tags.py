@@ -48,6 +48,9 @@ class TagSet:
         return sorted(set(names) - set(self.names))
 
 
+_COLUMNS = ("tag", "description")
+
+
 def load_tags(path: Path) -> TagSet:
     """Read a `tag,description` CSV (a byte-order mark and blank lines are allowed). A missing
     or unreadable file, a malformed row, or tags that differ only in case are explicit errors;
@@ -64,7 +67,7 @@ def load_tags(path: Path) -> TagSet:
     if not rows:
         raise TagFileError(f"{path}: no tags")
     header, *body = rows
-    columns = [name.strip() for name in header[1]]
+    columns = [_column_name(name) for name in header[1]]
     if "tag" not in columns:
         raise TagFileError(f"{path}, line {header[0]}: the header has no 'tag' column")
     tags = [
@@ -75,6 +78,14 @@ def load_tags(path: Path) -> TagSet:
         raise TagFileError(f"{path}: no tags")
     _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
+
+
+def _column_name(name: str) -> str:
+    """A header's column name as rows key it: stripped, and `tag` or `description` in lower
+    case, as a spreadsheet's heading "Tag" names it (it was "the header has no 'tag' column"
+    under a header that showed one, and the API and the worker did not start)."""
+    name = name.strip()
+    return name.lower() if name.lower() in _COLUMNS else name
 
 
 def _tag(fields: dict[str, str], row: list[str], columns: list[str], where: str) -> Tag:

@@ -221,6 +221,17 @@ def test_a_tag_file_saved_with_a_byte_order_mark_reads_the_same(tmp_path: Path) 
     assert load_tags(path).names == ["mlops", "other"]
 
 
+def test_a_tag_file_headed_in_capitals_reads_the_same(tmp_path: Path) -> None:
+    """A spreadsheet's headings ("Tag,Description") name the columns, as a training file's
+    headings do in any case (8a70adc): the tag file was refused, "the header has no 'tag'
+    column", and the API and the worker did not start."""
+    path = tmp_path / "tags.csv"
+    path.write_text("Tag, DESCRIPTION\nmlops,ops\nother,the rest\n")
+    tags = load_tags(path)
+    assert tags.names == ["mlops", "other"]
+    assert [t.description for t in tags.tags] == ["ops", "the rest"]
+
+
 def test_a_tag_file_with_blank_lines_crlf_and_quoted_commas_reads_as_meant(
     tmp_path: Path,
 ) -> None:
