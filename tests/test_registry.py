@@ -7,8 +7,11 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import tarfile
+import tempfile
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -190,6 +193,42 @@ def test_versions_registered_at_once_each_get_a_name_and_a_report_of_their_own(
             assert registry.sha256_file(folder / "model.joblib") == row.checksum
             assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
+
+
+def test_a_staging_folder_left_by_a_killed_registration_is_removed_by_the_next_one(
+    engine: Engine,
+    settings: Settings,
+    seed_result: TrainResult,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A registration killed outright (kill -9, the OOM killer) while it wrote its artifacts
+    left its hidden staging folder for good. The next registration removes one untouched for
+    an hour, and says so; a registration in progress meanwhile keeps its own."""
+    settings.artifacts_dir.mkdir(parents=True)
+    left = Path(tempfile.mkdtemp(prefix=".staging-", dir=settings.artifacts_dir))
+    (left / "model.joblib").write_bytes(b"half a model")  # as `train` killed -9 left it
+    two_hours_ago = time.time() - 2 * 3600
+    for path in (left / "model.joblib", left):
+        os.utime(path, (two_hours_ago, two_hours_ago))
+    writing, go_on = threading.Event(), threading.Event()
+    held = _held_while_dumped(seed_result, writing, go_on)
+    first: list[str] = []
+    thread = _register_in_thread(engine, held, artifacts_dir=settings.artifacts_dir, into=first)
+    try:
+        assert writing.wait(30)
+        with (
+            caplog.at_level(logging.WARNING, logger="service.ml.registry"),
+            Session(engine) as session,
+        ):
+            meanwhile = registry.register(
+                session, result=seed_result, artifacts_dir=settings.artifacts_dir
+            ).version
+    finally:
+        go_on.set()
+        thread.join(30)
+    assert sorted([*first, meanwhile]) == ["v0001", "v0002"]  # the one held was not swept
+    assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
+    assert f"removed {left}" in caplog.text
 
 
 # The loads that wait, by key: `_HeldWhileLoaded` in an artifact makes its unpickling call

@@ -11,6 +11,7 @@ import operator
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
@@ -45,6 +46,11 @@ MODEL_FILE = "model.joblib"
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
 _THRESHOLD_LOCK_CLASS = 0x74667463  # "tftc": changes of one version's served cut take turns
+# A staging folder lives seconds (the model's dump, its report, an import's load of the model,
+# a turn bound by the database's timeouts): one untouched for an hour was left by a process
+# killed outright (kill -9, the OOM killer), which no `finally` outlives.
+STAGING_PREFIX = ".staging-"
+STALE_STAGING_S = 3600.0
 _PROMOTION_TRIES = 5  # each lost race means another promotion committed: progress
 MAX_THRESHOLD = 1.01  # a served cut above every probability: everything goes to review
 # The key of a version's params that says how many label checks were sent with it (in the
@@ -232,13 +238,41 @@ def staged_version(
     under the name it will most likely get. `new_version` moves them into its folder."""
     reserved_id, version = _next_version(session)
     artifacts_dir.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=".staging-", dir=artifacts_dir))
+    remove_stale_staging(artifacts_dir)
+    folder = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=artifacts_dir))
     try:
         write(folder)
         name_files(folder, version)
         yield Staged(folder, version, reserved_id, sha256_file(folder / MODEL_FILE), name_files)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def remove_stale_staging(artifacts_dir: Path) -> list[Path]:
+    """Remove the staging folders under `artifacts_dir` that nothing has touched for
+    `STALE_STAGING_S`: left by a registration killed outright, they were kept for good. A
+    registration in progress (here or on another host sharing the folder) touches its own
+    within seconds, so it is never one of them. Returns those removed, each logged."""
+    removed = []
+    for folder in artifacts_dir.glob(f"{STAGING_PREFIX}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            touched = max(p.lstat().st_mtime for p in [folder, *folder.iterdir()])
+        except OSError:  # removed meanwhile: its registration ended, or another one swept it
+            continue
+        idle_s = time.time() - touched
+        if idle_s < STALE_STAGING_S:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        log.warning(
+            "removed %s, a registration's staging folder untouched for %.0f min: left by a "
+            "process killed while it registered a version",
+            folder,
+            idle_s / 60,
+        )
+        removed.append(folder)
+    return removed
 
 
 def _next_version(session: Session) -> tuple[int | None, str]:
