@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -193,6 +194,26 @@ def test_versions_registered_at_once_each_get_a_name_and_a_report_of_their_own(
             assert registry.sha256_file(folder / "model.joblib") == row.checksum
             assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
+
+
+def test_a_registration_interrupted_once_committed_keeps_its_folder(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    """Ctrl-C or SIGTERM (`tagflow models import`, `train`) landing in the commit after the
+    database committed the row: the folder was removed as for a version not registered, and
+    the registry held a version with no artifacts (3 of 12 SIGTERMs in a QA run)."""
+
+    def interrupt(_session: object) -> None:
+        raise KeyboardInterrupt
+
+    with Session(engine) as session:
+        event.listen(session, "after_commit", interrupt, once=True)
+        with pytest.raises(KeyboardInterrupt):
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    with Session(engine) as session:
+        row = registry.get_version(session, version="v0001")
+    assert registry.load_model(row, artifacts_dir=settings.artifacts_dir).classes
+    assert [p.name for p in settings.artifacts_dir.iterdir()] == [row.artifact_path]
 
 
 def test_a_staging_folder_left_by_a_killed_registration_is_removed_by_the_next_one(

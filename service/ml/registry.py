@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -301,11 +301,14 @@ def new_version(
     row nor the folder stays behind; else the row is committed. From the row's insert to the
     commit (the database's write lock, on SQLite), nothing slow is done, unless another
     version took the name the staged files were written under (`_next_version`)."""
-    folder = _add_version(session, row, artifacts_dir=artifacts_dir, reserved_id=staged.reserved_id)
-    # Recorded relative to the artifacts folder: a data directory moved, restored elsewhere, or
-    # mounted at another path by another host sharing the database still finds it.
-    row.artifact_path = folder.name
+    folder = None
     try:
+        folder = _add_version(
+            session, row, artifacts_dir=artifacts_dir, reserved_id=staged.reserved_id
+        )
+        # Recorded relative to the artifacts folder: a data directory moved, restored
+        # elsewhere, or mounted at another path by another host sharing the database finds it.
+        row.artifact_path = folder.name
         for path in staged.folder.iterdir():
             path.replace(folder / path.name)
         if row.version != staged.version:
@@ -320,10 +323,40 @@ def new_version(
         session.add(row)
         session.commit()
     except BaseException:
-        session.rollback()
-        shutil.rmtree(folder, ignore_errors=True)
+        with suppress(Exception):  # a session interrupted in its commit may refuse it
+            session.rollback()
+        if folder is None:
+            # Stopped (Ctrl-C, SIGTERM) between making its folder and being told its name:
+            # its folder is the empty one of its name (one left by another registry holds
+            # files, and is not removed).
+            with suppress(OSError):
+                (artifacts_dir / row.version).rmdir()
+        elif not _committed(session, row, folder=folder):
+            shutil.rmtree(folder, ignore_errors=True)
         raise
     session.refresh(row)
+
+
+def _committed(session: Session, row: ModelVersion, *, folder: Path) -> bool:
+    """Whether `row` was committed with `folder` all the same: Ctrl-C or SIGTERM (as
+    KeyboardInterrupt) can land in the commit after the database committed it, and removing
+    the folder then left a version without artifacts. When the database cannot say, the
+    folder is kept: a folder no version owns is harmless, a version without one is not."""
+    if row.id is None:
+        return False
+    try:
+        with Session(session.get_bind()) as look:
+            found = look.exec(
+                select(ModelVersion.id).where(
+                    ModelVersion.id == row.id, ModelVersion.artifact_path == folder.name
+                )
+            ).first()
+    except Exception:
+        log.warning(
+            "%s is kept: the database cannot say whether %s was registered", folder, row.version
+        )
+        return True
+    return found is not None
 
 
 def _add_version(
