@@ -232,6 +232,19 @@ def test_training_column_names_are_read_in_any_case(tmp_path: Path, tags: TagSet
         load_dataset(twice, tags=tags)
 
 
+def test_a_csv_row_short_of_fields_is_named_as_missing_them(tmp_path: Path, tags: TagSet) -> None:
+    """ "A,B" under three columns was "tag '' is not in the approved list": the row's own
+    problem, fields it does not have, is said, with its line."""
+    path = _write_csv(tmp_path / "d.csv", "title,description,tag\nA,B\nC\nD,,mlops\n")
+    with pytest.raises(DatasetError) as excinfo:
+        load_dataset(path, tags=tags)
+    message = str(excinfo.value)
+    assert "line 2: missing field(s): tag" in message
+    assert "line 3: missing field(s): description, tag" in message
+    assert "not in the approved list" not in message
+    assert "line 4" not in message  # an empty field is there: an empty description is allowed
+
+
 def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
     good = tmp_path / "d.jsonl"
     rows = [{"title": "Speech to text", "description": "ASR transcripts", "tag": "other", "id": 1}]

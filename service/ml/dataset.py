@@ -199,10 +199,15 @@ def _column_name(name: str) -> str:
     return name.lower() if name.lower() in REQUIRED_COLUMNS else name
 
 
+# The value of a field a CSV row stops short of (None is JSON's null, an empty text).
+SHORT = object()
+
+
 def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
     """CSV rows as records keyed by the header's names (`_column_name`), each with the line it
     starts on. A header naming a column twice is an error, as is a row with more fields than
-    the header (an unquoted comma would cut a description short); a missing field is None.
+    the header (an unquoted comma would cut a description short); a field a row stops short
+    of is `SHORT`, which `_example` counts as missing.
     A cell the label export kept from running as a formula ('=...) reads as it was (=...)."""
     if not rows:
         return []
@@ -226,7 +231,9 @@ def _records(rows: list[tuple[int, list[str]]]) -> list[Row]:
                 f"line {line}: {len(row)} fields, the header has {len(names)}; "
                 "quote a field that holds commas"
             )
-        fields = {n: unescape_cell(row[i]) if i < len(row) else None for i, n in enumerate(names)}
+        # A field the row stops short of is missing, not empty: "A,B" under three columns
+        # was "tag '' is not in the approved list". Still keyed, as the header names it.
+        fields = {n: unescape_cell(row[i]) if i < len(row) else SHORT for i, n in enumerate(names)}
         records.append((line, {name: value for name, value in fields.items() if name}))
     return records
 
@@ -258,7 +265,7 @@ def _text_field(row: dict[str, object], name: str) -> str:
 
 def _example(row: dict[str, object], *, tags: TagSet) -> Example:
     """`row` as an example, or _RowProblem saying why it cannot be one."""
-    if missing := [c for c in REQUIRED_COLUMNS if c not in row]:
+    if missing := [c for c in REQUIRED_COLUMNS if row.get(c, SHORT) is SHORT]:
         raise _RowProblem(f"missing field(s): {', '.join(missing)}")
     title, description, tag = (_text_field(row, name) for name in REQUIRED_COLUMNS)
     if not has_visible(title) and not has_visible(description):
