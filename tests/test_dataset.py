@@ -245,6 +245,23 @@ def test_a_csv_row_short_of_fields_is_named_as_missing_them(tmp_path: Path, tags
     assert "line 4" not in message  # an empty field is there: an empty description is allowed
 
 
+def test_json_lines_field_names_are_read_in_any_case(tmp_path: Path, tags: TagSet) -> None:
+    """{"Title": ...} was "missing field(s): title" on every row, though a CSV's header is
+    read in any case (8a70adc); the same field named twice so is an error naming it."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        '{"Title": "A", " DESCRIPTION ": "x", "TAG": "mlops", "Id": 1}\n'
+        '{"title": "B", "description": "", "tag": "other"}\n'
+    )
+    examples, report = load_dataset(path, tags=tags)
+    assert examples == [Example("A", "x", "mlops"), Example("B", "", "other")], report.render()
+    path.write_text(
+        '{"title": "A", "description": "x", "tag": "mlops"}\n{"Tag": "x", "tag": "y"}\n'
+    )
+    with pytest.raises(DatasetError, match="line 2: the record names 'tag' more than once"):
+        load_dataset(path, tags=tags)
+
+
 def test_jsonl_is_read_and_bad_lines_are_named(tmp_path: Path, tags: TagSet) -> None:
     good = tmp_path / "d.jsonl"
     rows = [{"title": "Speech to text", "description": "ASR transcripts", "tag": "other", "id": 1}]

@@ -174,8 +174,28 @@ def _json_records(text: str) -> list[Row]:
             raise DatasetError(f"line {n} is not valid JSON ({reason})") from None
         if not isinstance(row, dict):
             raise DatasetError(f"line {n} is not a JSON object")
-        rows.append((n, row))
+        rows.append((n, _json_fields(row, line=n)))
     return rows
+
+
+def _json_fields(row: dict[str, object], *, line: int) -> dict[str, object]:
+    """A JSON record with its training fields named as a CSV header's (`_column_name`): in
+    any case ({"Title": ...} was "missing field(s): title" on every row). A field named twice
+    so is an error naming it."""
+    fields: dict[str, object] = {}
+    keys: dict[str, str] = {}  # a training field's name -> the key that gave it
+    for key, value in row.items():
+        name = _column_name(key)
+        if name not in REQUIRED_COLUMNS:
+            fields[key] = value
+            continue
+        if name in keys:
+            raise DatasetError(
+                f"line {line}: the record names {name!r} more than once ({keys[name]!r}, {key!r})"
+            )
+        keys[name] = key
+        fields[name] = value
+    return fields
 
 
 # What a spreadsheet in another locale writes instead of commas, by how the error names it.
