@@ -1130,32 +1130,15 @@ def test_train_stopped_by_sigterm_while_it_registers_leaves_nothing_behind(
     settings = make_settings()  # the data directory cli_env names
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
     env |= cli_env | {"HF_HUB_OFFLINE": "1", "TAGFLOW_BASE_DATASET": str(SEED_DATASET)}
-    started = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
     # Sent as soon as the version's folder is made: its artifacts take a good half second.
-    wait_until(
-        lambda: (
-            started.poll() is not None
-            or (settings.artifacts_dir.is_dir() and any(settings.artifacts_dir.iterdir()))
-        ),
+    _stop_by_sigterm(
+        command,
+        env=env,
+        ready=lambda: settings.artifacts_dir.is_dir() and any(settings.artifacts_dir.iterdir()),
         what="a version's folder",
-        timeout_s=120,
         every_s=0.005,
     )
-    started.send_signal(signal.SIGTERM)
-    _, stderr = started.communicate(timeout=60)
-    assert started.returncode == 130, stderr
-    assert "Traceback" not in stderr
-    engine = make_engine(settings.resolved_database_url)
-    with Session(engine) as session:
-        recorded = {row.artifact_path for row in registry.list_versions(session)}
-    engine.dispose()
-    assert {folder.name for folder in settings.artifacts_dir.iterdir()} == recorded
+    _assert_folders_are_the_versions(settings)
 
 
 def test_models_import_stopped_by_sigterm_leaves_nothing_behind(
@@ -1178,28 +1161,44 @@ def test_models_import_stopped_by_sigterm_leaves_nothing_behind(
         bundle.write_bytes(
             export_bundle(session, version=row.version, artifacts_dir=settings.artifacts_dir)
         )
+    engine.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TAGFLOW_")}
-    started = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "models", "import", str(bundle)],
+    # Sent as soon as the staging folder is made: the model's load and the picture follow.
+    _stop_by_sigterm(
+        ["models", "import", str(bundle)],
         env=env | cli_env | {"HF_HUB_OFFLINE": "1"},
+        ready=lambda: any(p.name.startswith(".staging-") for p in settings.artifacts_dir.iterdir()),
+        what="the import's staging folder",
+        every_s=0.002,
+    )
+    _assert_folders_are_the_versions(settings)
+
+
+def _stop_by_sigterm(
+    command: list[str], *, env: dict[str, str], ready: Callable[[], bool], what: str, every_s: float
+) -> None:
+    """Run `tagflow COMMAND` and send it SIGTERM once `ready()`: it stops as Ctrl-C does,
+    exit 130 and no traceback."""
+    started = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", *command],
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Sent as soon as the staging folder is made: the model's load and the picture follow.
     wait_until(
-        lambda: (
-            started.poll() is not None
-            or any(p.name.startswith(".staging-") for p in settings.artifacts_dir.iterdir())
-        ),
-        what="the import's staging folder",
-        timeout_s=120,
-        every_s=0.002,
+        lambda: started.poll() is not None or ready(), what=what, timeout_s=120, every_s=every_s
     )
     started.send_signal(signal.SIGTERM)
     _, stderr = started.communicate(timeout=60)
     assert started.returncode == 130, stderr
     assert "Traceback" not in stderr
+
+
+def _assert_folders_are_the_versions(settings: Settings) -> None:
+    """Every folder under the artifacts folder is a recorded version's, and every version's
+    folder is there."""
+    engine = make_engine(settings.resolved_database_url)
     with Session(engine) as session:
         recorded = {row.artifact_path for row in registry.list_versions(session)}
     engine.dispose()
