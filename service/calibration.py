@@ -28,7 +28,7 @@ from sqlmodel import Session, SQLModel
 from service.config import Settings
 from service.crud.audit import AuditStats, audited, summarize, wilson_interval
 from service.ml import registry
-from service.ml.evaluation import choose_threshold, min_evidence
+from service.ml.evaluation import acceptance_support, choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +209,7 @@ def support(target: float, audited: int) -> int:
     when that many were audited, else from the 20th (all of them when fewer). From the 20th
     alone, one confident item labelled wrong among the first 20 (a reviewer's slip) made a
     raise send everything to review and kept the cut from ever being lowered."""
-    evidence = max(20, min_evidence(target))
+    evidence = acceptance_support(target)
     return evidence if audited >= evidence else min(20, audited)
 
 

@@ -5,6 +5,7 @@ service writes (the label export), kept from running as formulas when a spreadsh
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from typing import TextIO
 
 # What makes a spreadsheet read a cell as a formula: = + - @, and a tab or carriage return,
@@ -25,6 +26,15 @@ def unescape_cell(value: str) -> str:
     if value.startswith(TEXT_MARK) and value[1:].startswith((*FORMULA_START, TEXT_MARK)):
         return value[1:]
     return value
+
+
+def column_name(name: str, *, known: Collection[str]) -> str:
+    """A header's column name as rows key it: stripped, and one of the `known` columns in lower
+    case, as a spreadsheet's heading "Title" or "TAG" names it (under a header that showed them,
+    the training file was "missing required column(s)", the tag file "has no 'tag' column").
+    Other columns keep their names."""
+    name = name.strip()
+    return name.lower() if name.lower() in known else name
 
 
 # As large as any platform's C long takes: a file read here is never near it.

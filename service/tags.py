@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from service.csv_rows import MalformedCsvError, read_rows
+from service.csv_rows import MalformedCsvError, column_name, read_rows
 from service.errors import TagflowError
 
 # The signs metric criteria compare with (`per_class.mlops.precision>=0.95`, ml.registry): no
@@ -67,7 +67,7 @@ def load_tags(path: Path) -> TagSet:
     if not rows:
         raise TagFileError(f"{path}: no tags")
     header, *body = rows
-    columns = [_column_name(name) for name in header[1]]
+    columns = [column_name(name, known=_COLUMNS) for name in header[1]]
     if "tag" not in columns:
         raise TagFileError(f"{path}, line {header[0]}: the header has no 'tag' column")
     tags = [
@@ -78,14 +78,6 @@ def load_tags(path: Path) -> TagSet:
         raise TagFileError(f"{path}: no tags")
     _check_distinct(path, [t.name for t in tags])
     return TagSet(tags=tuple(tags))
-
-
-def _column_name(name: str) -> str:
-    """A header's column name as rows key it: stripped, and `tag` or `description` in lower
-    case, as a spreadsheet's heading "Tag" names it (it was "the header has no 'tag' column"
-    under a header that showed one, and the API and the worker did not start)."""
-    name = name.strip()
-    return name.lower() if name.lower() in _COLUMNS else name
 
 
 def _tag(fields: dict[str, str], row: list[str], columns: list[str], where: str) -> Tag:

@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from service.csv_rows import MalformedCsvError, read_rows, unescape_cell
+from service.csv_rows import MalformedCsvError, column_name, read_rows, unescape_cell
 from service.entities.common import has_visible, storable
 from service.tags import TagSet
 
@@ -212,11 +212,8 @@ def _other_separator(header: str) -> str | None:
 
 
 def _column_name(name: str) -> str:
-    """A header's column name as records key it: stripped, and a training column's name in
-    lower case, as a spreadsheet's heading "Title" or "TAG" names it (it was "missing required
-    column(s): title, description, tag" under a header that showed all three)."""
-    name = name.strip()
-    return name.lower() if name.lower() in REQUIRED_COLUMNS else name
+    """A header's (or a JSON record's) name for a column, the training columns in any case."""
+    return column_name(name, known=REQUIRED_COLUMNS)
 
 
 # The value of a field a CSV row stops short of (None is JSON's null, an empty text).

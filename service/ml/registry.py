@@ -13,7 +13,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -136,34 +136,28 @@ def register(
     (`LABEL_CHECKS`). `staged`: its artifacts, written already by `staged_result` (by a
     caller that takes a lock before registering, so as not to hold it while they are
     written); else they are written here, before the row is added."""
-    if staged is None:
-        with staged_result(session, result=result, artifacts_dir=artifacts_dir, gate=gate) as own:
-            return register(
-                session,
-                result=result,
-                artifacts_dir=artifacts_dir,
-                snapshot_id=snapshot_id,
-                note=note,
-                gate=gate,
-                label_checks=label_checks,
-                staged=own,
-            )
-    row = ModelVersion(
-        version=f"pending-{new_id()}",
-        data_hash=result.data_hash,
-        data_rows=result.data_rows,
-        dataset_snapshot_id=snapshot_id,
-        params={**result.params, LABEL_CHECKS: len(label_checks)},
-        metrics=result.metrics,
-        thresholds={"auto": result.model.threshold},
-        artifact_path="",
-        checksum=staged.checksum,
-        note=note,
-        gate=gate,
+    artifacts = (
+        nullcontext(staged)
+        if staged is not None
+        else staged_result(session, result=result, artifacts_dir=artifacts_dir, gate=gate)
     )
-    with new_version(session, row, artifacts_dir=artifacts_dir, staged=staged):
-        # Named after the version, known once it is added: committed with it by new_version.
-        add_label_checks(session, suspects=label_checks, version=row.version)
+    with artifacts as written:
+        row = ModelVersion(
+            version=f"pending-{new_id()}",
+            data_hash=result.data_hash,
+            data_rows=result.data_rows,
+            dataset_snapshot_id=snapshot_id,
+            params={**result.params, LABEL_CHECKS: len(label_checks)},
+            metrics=result.metrics,
+            thresholds={"auto": result.model.threshold},
+            artifact_path="",
+            checksum=written.checksum,
+            note=note,
+            gate=gate,
+        )
+        with new_version(session, row, artifacts_dir=artifacts_dir, staged=written):
+            # Named after the version, known once it is added: committed with it by new_version.
+            add_label_checks(session, suspects=label_checks, version=row.version)
     return row
 
 
@@ -570,7 +564,7 @@ def promote(
         current = get_production(session)
         if current is not None and current.id == row.id:
             return row  # already production: nothing to archive or remember
-        if row.version not in checked:
+        if row.version != checked:
             _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
         row.previous_version = current.version if current else None
         production_history.record_promotion(
@@ -613,7 +607,7 @@ def rollback(
                 f"{production.version} is production: promote the version you want instead"
             )
         previous = get_version(session, version=promotion.replaced)
-        if previous.version not in checked:
+        if previous.version != checked:
             _refuse_unservable(previous, tags=tags, artifacts_dir=artifacts_dir)
         production_history.record_rollback(session, promotion=promotion, actor=actor)
         return _switch(session, previous, current=production)
@@ -651,20 +645,22 @@ def _serialized(
 
 def _servable(
     session: Session, *, version: str | None, tags: TagSet, artifacts_dir: Path
-) -> set[str]:
+) -> str | None:
     """`version` if it is servable (`_refuse_unservable`), as a change of production about to
-    make it production finds it before taking the production lock; else nothing. The load
+    make it production finds it before taking the production lock; else None. The load
     (checksum, unpickling, a probe) takes a while, and on SQLite the lock is the database's
     write lock, which every other writer (the prediction log, review labels) waited for. A
     version's artifact is fixed by its checksum: the change checks under the lock only a
     version it did not expect, or one refused here (to refuse it, or not, as it then is)."""
+    if not version:
+        return None
     try:
-        row = get_version(session, version=version) if version else None
-        if row is not None:
-            _refuse_unservable(row, tags=tags, artifacts_dir=artifacts_dir)
+        _refuse_unservable(
+            get_version(session, version=version), tags=tags, artifacts_dir=artifacts_dir
+        )
     except TagflowError:
-        return set()
-    return {row.version} if row is not None else set()
+        return None
+    return version
 
 
 def _refuse_unservable(row: ModelVersion, *, tags: TagSet, artifacts_dir: Path) -> None:
