@@ -12,7 +12,8 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -134,29 +135,42 @@ def _register_in_thread(
     return thread
 
 
+@contextmanager
+def _registration_held_in_its_dump(
+    engine: Engine, result: TrainResult, *, artifacts_dir: Path
+) -> Iterator[tuple[threading.Event, list[str]]]:
+    """A registration in a thread, held while its model is dumped: the body runs meanwhile,
+    given the event that lets it go on and the list its version's name goes in; on leaving,
+    it is let go on and waited for."""
+    writing, go_on = threading.Event(), threading.Event()
+    held = _held_while_dumped(result, writing, go_on)
+    registered: list[str] = []
+    thread = _register_in_thread(engine, held, artifacts_dir=artifacts_dir, into=registered)
+    try:
+        assert writing.wait(30)
+        yield go_on, registered
+    finally:
+        go_on.set()
+        thread.join(30)
+
+
 def test_other_writers_go_on_while_a_version_s_artifacts_are_written(
     sqlite_engine: Engine, tmp_path: Path, seed_result: TrainResult
 ) -> None:
     """On SQLite the new row's insert takes the database's write lock until the commit: the
     model's dump and the report's picture, written after it, kept every other writer (the
     API's prediction log, review labels) waiting, 0.6-1.0 s a registration."""
-    writing, go_on = threading.Event(), threading.Event()
-    result = _held_while_dumped(seed_result, writing, go_on)
-    registered: list[str] = []
-    thread = _register_in_thread(
-        sqlite_engine, result, artifacts_dir=tmp_path / "models", into=registered
-    )
-    timer = threading.Timer(5, go_on.set)  # where the lock is held, the write waits for this
-    try:
-        assert writing.wait(30)
+    with _registration_held_in_its_dump(
+        sqlite_engine, seed_result, artifacts_dir=tmp_path / "models"
+    ) as (go_on, registered):
+        timer = threading.Timer(5, go_on.set)  # where the lock is held, the write waits for this
         timer.start()
-        with Session(sqlite_engine) as session:
-            save_predictions(session, predictions=[make_prediction("logged meanwhile")])
-        assert not go_on.is_set(), "the write waited for the model's dump to end"
-    finally:
-        go_on.set()
-        timer.cancel()
-        thread.join(30)
+        try:
+            with Session(sqlite_engine) as session:
+                save_predictions(session, predictions=[make_prediction("logged meanwhile")])
+            assert not go_on.is_set(), "the write waited for the model's dump to end"
+        finally:
+            timer.cancel()
     assert registered == ["v0001"]
     with Session(sqlite_engine) as session:
         row = registry.get_version(session, version="v0001")
@@ -171,19 +185,15 @@ def test_versions_registered_at_once_each_get_a_name_and_a_report_of_their_own(
     """One registration's artifacts are written while another registers: their files were
     written before the row had its name, under the name it was likely to get, which the other
     one may take (SQLite). Each version's report and picture name its own version."""
-    writing, go_on = threading.Event(), threading.Event()
-    held = _held_while_dumped(seed_result, writing, go_on)
-    first: list[str] = []
-    thread = _register_in_thread(engine, held, artifacts_dir=settings.artifacts_dir, into=first)
-    try:
-        assert writing.wait(30)
-        with Session(engine) as session:
-            meanwhile = registry.register(
-                session, result=seed_result, artifacts_dir=settings.artifacts_dir
-            ).version
-    finally:
-        go_on.set()
-        thread.join(30)
+    with (
+        _registration_held_in_its_dump(
+            engine, seed_result, artifacts_dir=settings.artifacts_dir
+        ) as (_, first),
+        Session(engine) as session,
+    ):
+        meanwhile = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        ).version
     assert sorted([*first, meanwhile]) == ["v0001", "v0002"]
     with Session(engine) as session:
         for version in ("v0001", "v0002"):
@@ -231,22 +241,16 @@ def test_a_staging_folder_left_by_a_killed_registration_is_removed_by_the_next_o
     two_hours_ago = time.time() - 2 * 3600
     for path in (left / "model.joblib", left):
         os.utime(path, (two_hours_ago, two_hours_ago))
-    writing, go_on = threading.Event(), threading.Event()
-    held = _held_while_dumped(seed_result, writing, go_on)
-    first: list[str] = []
-    thread = _register_in_thread(engine, held, artifacts_dir=settings.artifacts_dir, into=first)
-    try:
-        assert writing.wait(30)
-        with (
-            caplog.at_level(logging.WARNING, logger="service.ml.registry"),
-            Session(engine) as session,
-        ):
-            meanwhile = registry.register(
-                session, result=seed_result, artifacts_dir=settings.artifacts_dir
-            ).version
-    finally:
-        go_on.set()
-        thread.join(30)
+    with (
+        _registration_held_in_its_dump(
+            engine, seed_result, artifacts_dir=settings.artifacts_dir
+        ) as (_, first),
+        caplog.at_level(logging.WARNING, logger="service.ml.registry"),
+        Session(engine) as session,
+    ):
+        meanwhile = registry.register(
+            session, result=seed_result, artifacts_dir=settings.artifacts_dir
+        ).version
     assert sorted([*first, meanwhile]) == ["v0001", "v0002"]  # the one held was not swept
     assert sorted(p.name for p in settings.artifacts_dir.iterdir()) == ["v0001", "v0002"]
     assert f"removed {left}" in caplog.text
