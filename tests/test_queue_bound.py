@@ -175,8 +175,9 @@ def test_a_late_label_agreeing_with_the_label_given_meanwhile_is_labelled(engine
 def test_a_shed_task_whose_lease_ran_out_stays_shed(engine: Engine) -> None:
     """A task whose lease ran out, taken back to the queue by a claim and then shed: a skip or
     release of it by that reviewer's page must not bring it back to the queue, past the bound
-    and without its open key (it did while the sweep kept the lapsed expiry, e3df198, since
-    reverted; the guard on leased tasks stays)."""
+    and without its open key. It did while the sweep kept the lapsed expiry (e3df198, since
+    reverted), so the shed task here is given stale lease fields by hand, as a row written then
+    still has them: `_may_act` must refuse it by its status, not by its lease fields."""
     lapsed, other = add_task(engine, "u", 0.9), add_task(engine, "v", 0.1)
     assert do(engine, leases.claim, reviewer="ann", lease_s=600).id == lapsed
     assert do(engine, leases.claim, reviewer="bob", lease_s=600).id == other
@@ -185,6 +186,7 @@ def test_a_shed_task_whose_lease_ran_out_stays_shed(engine: Engine) -> None:
     assert (get(engine, lapsed).status, get(engine, lapsed).leased_by) == (ReviewStatus.OPEN, None)
     do(engine, queue_bound.shed, limit=0, max_age=timedelta(0), now=utcnow() + timedelta(days=1))
     assert get(engine, lapsed).status == ReviewStatus.SHED
+    set_fields(engine, lapsed, leased_by="ann", lease_expires_at=utcnow() - timedelta(seconds=1))
 
     for act in (review_crud.skip, leases.release):
         with pytest.raises(ConflictError, match="shed from the queue"):
