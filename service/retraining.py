@@ -171,6 +171,7 @@ def _sets_summary(sets: TrainingSets) -> dict[str, int]:
         "holdout_labels": len(sets.holdout_label_ids),
         "replaced_base_rows": sets.replaced_base_rows,
         "scarce_tags": sets.scarce_tags,
+        "scarce_floors": sets.scarce_floors,
     }
 
 

@@ -2,8 +2,9 @@
 current reviewer labels.
 
 Held-out labels only evaluate, the rest train; a label replaces base rows of the same content
-in both sets; rows and labels of a tag no longer approved are left out, and a tag too scarce to
-learn waits. `service.retraining` trains on these sets, `service.comparison` and the label
+in both sets; rows and labels of a tag no longer approved are left out, and a tag of labels
+alone too scarce to learn waits (a tag of the base file is learned, as `tagflow train` learns
+it from that file). `service.retraining` trains on these sets, `service.comparison` and the label
 export read them, and `service.ml.eval_set` rebuilds a version's evaluation set from the same
 split.
 """
@@ -11,9 +12,11 @@ split.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlmodel import Session
 
@@ -25,10 +28,10 @@ from service.errors import InvalidInputError
 from service.ml import registry
 from service.ml.dataset import (
     MIN_PER_TAG,
+    MIN_TO_FIT,
     DatasetError,
     Example,
     check_leakage,
-    scarce_tags,
 )
 from service.ml.pipeline import base_split
 from service.tags import Tag, TagSet
@@ -50,8 +53,10 @@ class TrainingSets:
     replaced_base_rows: int
     read_at: datetime
     # Tags with too few training examples to learn (a newly approved tag's first labels): left
-    # out of training until they reach MIN_PER_TAG, with how many each had.
+    # out of training, with how many each had, until they reach their floor (`learning_floor`).
     scarce_tags: dict[str, int] = field(default_factory=dict)
+    # The floor of each of `scarce_tags`, for what a retraining says of them.
+    scarce_floors: dict[str, int] = field(default_factory=dict)
 
 
 def base_source(session: Session, *, settings: Settings) -> Path:
@@ -117,18 +122,30 @@ def approved_base_split(
     return _approved(all_train, all_eval, tags)
 
 
-def _learnable(
-    base: list[Example], labels: list[Label]
-) -> tuple[list[Example], list[Label], dict[str, int]]:
-    """The base rows and labels to train on, leaving out the tags too scarce to learn.
+def learning_floor(tag: str, *, base_tags: set[str]) -> int:
+    """The fewest training examples a retraining learns `tag` from.
 
-    A tag with a label or two (a newly approved one, say) cannot be learned, and a single
-    example breaks model selection's folds: such a tag waits, its labels kept, until it has
-    MIN_PER_TAG examples. Returns the examples, their labels, and the scarce tags' counts."""
+    A tag of the base file is one `tagflow train` learns from that file, which holds at least
+    MIN_PER_TAG of it (or it would not load): retraining learns it too, whatever the frozen
+    split leaves in training (8 of a tag's 10 rows), unless labels relabelled its rows away
+    below what model selection runs with (MIN_TO_FIT). A tag of labels alone (a newly approved
+    one) waits until it has MIN_PER_TAG training examples: a label or two teach nothing."""
+    return MIN_TO_FIT if tag in base_tags else MIN_PER_TAG
+
+
+def _learnable(
+    base: list[Example], labels: list[Label], *, base_tags: set[str]
+) -> tuple[list[Example], list[Label], dict[str, int]]:
+    """The base rows and labels to train on, leaving out the tags too scarce to learn (under
+    their `learning_floor`), their labels kept. Returns the examples, their labels, and the
+    scarce tags' counts."""
     train = base + [_example(label) for label in labels]
     # Not logged here: whoever retrains says it once (scarce_tag_warning), and a label export,
     # which reads the same sets, has nothing to say about it.
-    scarce = scarce_tags(train)
+    counts = Counter(e.tag for e in train)
+    scarce = {
+        tag: n for tag, n in sorted(counts.items()) if n < learning_floor(tag, base_tags=base_tags)
+    }
     return (
         [e for e in train if e.tag not in scarce],
         [label for label in labels if label.tag not in scarce],
@@ -136,13 +153,23 @@ def _learnable(
     )
 
 
-def scarce_tag_warning(tag: str, count: int) -> str:
-    """What a retraining says of a tag left out of training for too few examples: the CLI
-    prints it, the retraining job logs it."""
+def scarce_tag_warning(tag: str, count: int, *, floor: int) -> str:
+    """What a retraining says of a tag left out of training for too few examples (`floor`,
+    its `learning_floor`)."""
     return (
         f"tag {tag!r} has {count} training example(s): left out of training until it has "
-        f"{MIN_PER_TAG} (its labels are kept)"
+        f"{floor} (its labels are kept)"
     )
+
+
+def scarce_tag_warnings(outcome: dict[str, Any]) -> list[str]:
+    """What a retraining's result (`retraining.retrain`) says of its scarce tags: the CLI
+    prints it, the retraining job logs it."""
+    floors = outcome["scarce_floors"]
+    return [
+        scarce_tag_warning(tag, count, floor=floors[tag])
+        for tag, count in outcome["scarce_tags"].items()
+    ]
 
 
 def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
@@ -167,7 +194,8 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
 
     holdout_labels = [label for label in labels if evaluates(label)]
     train_labels = [label for label in labels if not evaluates(label)]
-    train, train_labels, scarce = _learnable(kept_train, train_labels)
+    base_tags = {e.tag for e in base_train + base_eval}
+    train, train_labels, scarce = _learnable(kept_train, train_labels, base_tags=base_tags)
     sets = TrainingSets(
         train=train,
         evaluation=kept_eval + [_example(label) for label in holdout_labels],
@@ -179,6 +207,7 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
         replaced_base_rows=len(base_train) + len(base_eval) - len(kept_train) - len(kept_eval),
         read_at=read_at,
         scarce_tags=scarce,
+        scarce_floors={tag: learning_floor(tag, base_tags=base_tags) for tag in scarce},
     )
     leaked = check_leakage(sets.train, sets.evaluation)
     if leaked:

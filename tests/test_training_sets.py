@@ -5,6 +5,7 @@ in the real database, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,14 @@ from service.crud import labels as labels_crud
 from service.entities import Label
 from service.errors import InvalidInputError
 from service.ml import registry
-from service.ml.dataset import MIN_PER_TAG, DatasetError, Example, check_leakage
+from service.ml.dataset import (
+    MIN_PER_TAG,
+    MIN_TO_FIT,
+    DatasetError,
+    Example,
+    check_leakage,
+    load_dataset,
+)
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
@@ -150,7 +158,7 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
     first = add_labels(engine, items[:1], share=0.0)
     with Session(engine) as session:
         sets = training_sets.build_training_sets(session, settings=make_settings(), tags=graphs)
-    assert sets.scarce_tags == {"graphs": 1}
+    assert sets.scarce_tags == {"graphs": 1} and sets.scarce_floors == {"graphs": MIN_PER_TAG}
     assert first[0].id not in sets.train_label_ids and items[0] not in sets.train
     result = train(sets.train, sets.evaluation, encoder=encoder, target_precision=0.99)
     assert "graphs" not in result.model.classes  # trained, on the other tags
@@ -161,6 +169,65 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
     assert sets.scarce_tags == {}
     assert sets.train_label_ids == [row.id for row in first + rest]
     assert sum(e.tag == "graphs" for e in sets.train) == MIN_PER_TAG
+
+
+def small_base_file(path: Path, source: Path, *, tags: TagSet, per_tag: dict[str, int]) -> Path:
+    """A training file of the first `per_tag[tag]` rows of each tag of `source`."""
+    examples, _ = load_dataset(source, tags=tags)
+    rows = [e for tag, n in per_tag.items() for e in [e for e in examples if e.tag == tag][:n]]
+    with path.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(("title", "description", "tag"))
+        writer.writerows((e.title, e.description, e.tag) for e in rows)
+    return path
+
+
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+def test_a_tag_of_the_base_file_is_learned_by_retraining_as_by_train(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    shared_dataset: Path,
+    encoder: Encoder,
+    tmp_path: Path,
+) -> None:
+    """`tagflow train` asks MIN_PER_TAG rows of a tag of the whole file, then trains on its
+    split's training part: a tag of 10 rows is learned from 8. Retraining asked MIN_PER_TAG of
+    that training part, so on the same file it left the tag out as scarce ({'mlops': 8}): a
+    candidate that never answers a tag production answers, failed by the gate every time.
+    A tag of the base file is now learned while model selection can run (MIN_TO_FIT)."""
+    per_tag = {"mlops": MIN_PER_TAG, "computer-vision": 40, "natural-language-processing": 40}
+    source = small_base_file(tmp_path / "base.csv", shared_dataset, tags=tags, per_tag=per_tag)
+    settings = make_settings(base_dataset=source)
+    base_train, base_eval, _ = base_split(source, tags=tags)
+    mlops_train = [e for e in base_train if e.tag == "mlops"]
+    assert len(mlops_train) == 8  # what `tagflow train` learns the tag from
+    with Session(engine) as session:
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
+    assert sets.scarce_tags == {} and sets.train == base_train  # what `tagflow train` trained on
+
+    def relabelled(rows: list[Example]) -> list[Example]:
+        return [Example(e.title, e.description, "computer-vision") for e in rows]
+
+    # Reviewers relabel its training rows but two: still learned, and training runs.
+    add_labels(engine, relabelled(mlops_train[2:]), share=0.0)
+    with Session(engine) as session:
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
+    assert sets.scarce_tags == {} and sum(e.tag == "mlops" for e in sets.train) == MIN_TO_FIT
+    result = train(sets.train, sets.evaluation, encoder=encoder, target_precision=0.99)
+    assert "mlops" in result.model.classes
+
+    # All but one: model selection cannot run with one, so it waits, and says until when.
+    add_labels(engine, relabelled(mlops_train[1:2]), share=0.0)
+    with Session(engine) as session:
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
+    assert sets.scarce_tags == {"mlops": 1} and sets.scarce_floors == {"mlops": MIN_TO_FIT}
+    assert "mlops" not in {e.tag for e in sets.train}
+    outcome = {"scarce_tags": sets.scarce_tags, "scarce_floors": sets.scarce_floors}
+    assert training_sets.scarce_tag_warnings(outcome) == [
+        "tag 'mlops' has 1 training example(s): left out of training until it has 2 "
+        "(its labels are kept)"
+    ]
 
 
 def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(

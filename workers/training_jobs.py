@@ -37,8 +37,8 @@ def _retrain(reason: str, force: bool, *, again: bool) -> dict[str, Any]:
             force=force,
             resume=again,
         )
-    for tag, count in outcome["scarce_tags"].items():
-        log.warning(training_sets.scarce_tag_warning(tag, count))
+    for warning in training_sets.scarce_tag_warnings(outcome):
+        log.warning(warning)
     return outcome
 
 

@@ -276,8 +276,8 @@ def retrain(
         )
     else:
         console.print(_gate_table(outcome))
-    for tag, count in outcome["scarce_tags"].items():
-        print_warning(training_sets.scarce_tag_warning(tag, count))
+    for warning in training_sets.scarce_tag_warnings(outcome):
+        print_warning(warning)
 
 
 def _enqueue_retrain(settings: Settings, *, force: bool) -> None:

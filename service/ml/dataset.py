@@ -359,10 +359,15 @@ def _unstorable(*texts: str) -> str | None:
     return None
 
 
-# What training's stratified split and 5-fold model selection need to run at all; a file with
-# fewer failed deep inside scikit-learn.
+# What `tagflow train` asks of each tag of a file (its stratified split then leaves 8 or more
+# in training), and how many such tags; a file with too few failed deep inside scikit-learn.
 MIN_PER_TAG = 10
 MIN_TAGS = 2
+# The fewest training examples of a tag model selection runs with: its stratified folds spread
+# a tag's examples over their test parts, so with one, the fold testing it trained without the
+# tag and its out-of-fold probabilities had a column too few ("shape mismatch"). Two run
+# (under five, scikit-learn warns that some folds test none of them).
+MIN_TO_FIT = 2
 
 
 def scarce_tags(examples: list[Example]) -> dict[str, int]:
