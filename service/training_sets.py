@@ -133,24 +133,21 @@ def learning_floor(tag: str, *, base_tags: set[str]) -> int:
     return MIN_TO_FIT if tag in base_tags else MIN_PER_TAG
 
 
-def _learnable(
-    base: list[Example], labels: list[Label], *, base_tags: set[str]
-) -> tuple[list[Example], list[Label], dict[str, int]]:
-    """The base rows and labels to train on, leaving out the tags too scarce to learn (under
-    their `learning_floor`), their labels kept. Returns the examples, their labels, and the
-    scarce tags' counts."""
-    train = base + [_example(label) for label in labels]
+def _scarce(examples: list[Example], *, base_tags: set[str]) -> dict[str, int]:
+    """The tags of `examples` too scarce to learn (under their `learning_floor`), with how many
+    each has: left out of training, their labels kept."""
     # Not logged here: whoever retrains says it once (scarce_tag_warning), and a label export,
     # which reads the same sets, has nothing to say about it.
-    counts = Counter(e.tag for e in train)
-    scarce = {
+    counts = Counter(e.tag for e in examples)
+    return {
         tag: n for tag, n in sorted(counts.items()) if n < learning_floor(tag, base_tags=base_tags)
     }
-    return (
-        [e for e in train if e.tag not in scarce],
-        [label for label in labels if label.tag not in scarce],
-        scarce,
-    )
+
+
+def _unlabelled(rows: list[Example], labels: list[Label]) -> list[Example]:
+    """`rows` less those of a content one of `labels` labels (the label replaces them)."""
+    labelled = {label.text_hash for label in labels}
+    return [e for e in rows if e.text_hash not in labelled]
 
 
 def scarce_tag_warning(tag: str, count: int, *, floor: int) -> str:
@@ -174,7 +171,8 @@ def scarce_tag_warnings(outcome: dict[str, Any]) -> list[str]:
 
 def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -> TrainingSets:
     """Base split plus current labels: held-out labels only evaluate, the rest train; a label
-    replaces base rows of the same content in both sets.
+    replaces base rows of the same content in both sets (one of a tag left out as scarce, once
+    its tag is learned).
 
     A label on the content of a base training row trains, even when its hash holds it out (a
     label check on a training row, say): every model trained on the base has learned that
@@ -184,9 +182,6 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     all_train, all_eval, _ = base_split(source, tags=_base_tags(session, tags))
     base_train, base_eval = _approved(all_train, all_eval, tags)
     labels = _usable_labels(session, tags)
-    labelled = {label.text_hash for label in labels}
-    kept_train = [e for e in base_train if e.text_hash not in labelled]
-    kept_eval = [e for e in base_eval if e.text_hash not in labelled]
     trained_content = {e.text_hash for e in all_train}
 
     def evaluates(label: Label) -> bool:
@@ -195,9 +190,19 @@ def build_training_sets(session: Session, *, settings: Settings, tags: TagSet) -
     holdout_labels = [label for label in labels if evaluates(label)]
     train_labels = [label for label in labels if not evaluates(label)]
     base_tags = {e.tag for e in base_train + base_eval}
-    train, train_labels, scarce = _learnable(kept_train, train_labels, base_tags=base_tags)
+    scarce = _scarce(
+        _unlabelled(base_train, labels) + [_example(label) for label in train_labels],
+        base_tags=base_tags,
+    )
+    # A label of a tag left out waits, replacing nothing meanwhile: its content trains and
+    # evaluates as the base file tags it. It dropped the base row, though no label the snapshot
+    # records replaced it, and `ml.eval_set` could not rebuild the version's evaluation set.
+    train_labels = [label for label in train_labels if label.tag not in scarce]
+    kept_train = _unlabelled(base_train, train_labels + holdout_labels)
+    kept_eval = _unlabelled(base_eval, train_labels + holdout_labels)
+    train = kept_train + [_example(label) for label in train_labels]
     sets = TrainingSets(
-        train=train,
+        train=[e for e in train if e.tag not in scarce],
         evaluation=kept_eval + [_example(label) for label in holdout_labels],
         source=source,
         base_hash=registry.sha256_file(source),

@@ -15,13 +15,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
-from service import training_sets
+from service import retraining, training_sets
 from service.api.main import create_app
 from service.config import DEFAULT_TAGS_FILE, SEED_DATASET, Settings
 from service.crud import labels as labels_crud
 from service.entities import Label
 from service.errors import InvalidInputError
-from service.ml import registry
+from service.ml import eval_set, registry
 from service.ml.dataset import (
     MIN_PER_TAG,
     MIN_TO_FIT,
@@ -169,6 +169,34 @@ def test_a_newly_approved_tag_waits_until_it_has_enough_labels_to_learn(
     assert sets.scarce_tags == {}
     assert sets.train_label_ids == [row.id for row in first + rest]
     assert sum(e.tag == "graphs" for e in sets.train) == MIN_PER_TAG
+
+
+def test_a_label_waiting_for_its_tag_replaces_no_base_row_and_the_eval_set_is_rebuilt(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    encoder: Encoder,
+) -> None:
+    """A reviewer's first labels of a newly approved tag, on base rows (the README's advice for
+    rows about the new topic), are left out as scarce, and still dropped the base rows they
+    label from training and evaluation. No label the snapshot records replaced them, so the
+    version's evaluation set, rebuilt from its snapshot (`tagflow models eval-set`), had one
+    row more than it recorded (65 against 64) and was refused. Such a label now replaces
+    nothing until its tag is learned: its content trains and evaluates as the base tags it."""
+    graphs = TagSet((*tags.tags, Tag("graphs", "Graph neural networks and graph learning.")))
+    base_train, base_eval, _ = base_split(SEED_DATASET, tags=tags)
+    waiting = [Example(e.title, e.description, "graphs") for e in (base_train[0], base_eval[0])]
+    labels = add_labels(engine, waiting, share=0.0)
+    assert not any(label.holdout for label in labels)
+    settings = make_settings()
+    with Session(engine, expire_on_commit=False) as session:
+        outcome = retraining.retrain(session, settings=settings, tags=graphs, encoder=encoder)
+        version = registry.get_version(session, version=outcome["candidate"])
+        rebuilt = eval_set.evaluation_set(session, version=version, tags=graphs)
+        sets = training_sets.build_training_sets(session, settings=settings, tags=graphs)
+    assert outcome["scarce_tags"] == {"graphs": 2} and outcome["train_labels"] == 0
+    assert rebuilt == sets.evaluation == base_eval
+    assert sets.train == base_train and sets.replaced_base_rows == 0
 
 
 def small_base_file(path: Path, source: Path, *, tags: TagSet, per_tag: dict[str, int]) -> Path:
