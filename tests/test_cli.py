@@ -565,6 +565,32 @@ def test_a_worker_whose_redis_refuses_it_exits_2(
         embedded.stop()
 
 
+def test_a_retraining_queued_on_a_redis_that_refuses_it_says_so(
+    cli_env: dict[str, str], test_redis_url: str, tmp_path: Path
+) -> None:
+    """`retrain --enqueue` on a wrong password or a database Redis does not have said "Redis is
+    unavailable", an outage's words (worth a retry), where `worker` says the server refused the
+    connection (fix TAGFLOW_REDIS_URL), as the README's "Command line" promises for both."""
+    no_such_db = make_url(test_redis_url).set(database="100000").render_as_string(False)
+    embedded = EmbeddedRedis(tmp_path / "redis")
+    url = embedded.start()
+    try:
+        wrong_password = url.replace(embedded.password, "not-the-password")
+        for redis_url, reason in (
+            (no_such_db, "DB index is out of range"),
+            (wrong_password, "invalid username-password pair"),
+        ):
+            env = {**cli_env, "TAGFLOW_REDIS_URL": redis_url}
+            result = CliRunner().invoke(app, ["retrain", "--enqueue"], env=env)
+            assert result.exit_code == 2, result.output
+            said = _said(result.output)
+            assert "cannot queue a retraining: Redis at redis://" in said, said
+            assert "refused the connection" in said and "unavailable" not in said, said
+            assert reason in said and "not-the-password" not in said, said
+    finally:
+        embedded.stop()
+
+
 def test_an_outbox_row_id_no_database_holds_is_a_usage_error(cli_env: dict[str, str]) -> None:
     """An id with a digit too many was SQLite's OverflowError, a traceback (exit 1)."""
     for bad in ("99999999999999999999999", "0"):

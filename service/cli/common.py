@@ -361,18 +361,15 @@ def _redis_answers_or_exit(url: str, *, action: str) -> None:
     if it answers with a refusal, a wrong password or a database it does not have, which a
     restart repeats: as exit 1, `tagflow up` started its worker again once a minute for ever."""
     from redis import Redis
-    from redis.exceptions import AuthenticationError, RedisError, ResponseError
+    from redis.exceptions import RedisError
 
     try:
         with Redis.from_url(url, socket_connect_timeout=5) as redis:
             redis.ping()
-    except (AuthenticationError, ResponseError) as exc:
-        print_error(
-            f"cannot {action}: Redis at {shown_url(url)} refused the connection:",
-            f"{exc} (TAGFLOW_REDIS_URL)",
-        )
-        raise typer.Exit(2) from None
     except RedisError as exc:
+        if is_redis_refusal(exc):
+            print_redis_refusal(url, exc, action=action)
+            raise typer.Exit(2) from None
         # RQ's own message for this was "worker stopped: lost its Redis connection", for
         # a worker that never had one.
         print_error(
@@ -380,6 +377,22 @@ def _redis_answers_or_exit(url: str, *, action: str) -> None:
             f"{exc} (TAGFLOW_REDIS_URL)",
         )
         raise typer.Exit(1) from None
+
+
+def is_redis_refusal(exc: BaseException) -> bool:
+    """Whether Redis answered and refused (a wrong password, a database it does not have): a
+    configuration error a retry repeats, not an outage."""
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    return isinstance(exc, AuthenticationError | ResponseError)
+
+
+def print_redis_refusal(url: str, exc: BaseException, *, action: str) -> None:
+    """The one line for a Redis that refused the connection, naming it without its password."""
+    print_error(
+        f"cannot {action}: Redis at {shown_url(url)} refused the connection:",
+        f"{exc} (TAGFLOW_REDIS_URL)",
+    )
 
 
 def cli_actor(command: str) -> str:

@@ -21,11 +21,13 @@ from service.cli.common import (
     cli_tags,
     console,
     input_file_or_exit,
+    is_redis_refusal,
     metrics_table,
     open_session,
     port_free_or_exit,
     preflight_or_exit,
     print_error,
+    print_redis_refusal,
     print_warning,
     settings_or_exit,
     version_name_or_exit,
@@ -281,20 +283,25 @@ def retrain(
 
 
 def _enqueue_retrain(settings: Settings, *, force: bool) -> None:
-    """Queue a retraining for a worker. Redis not answering is one line, exit code 2, as it is
-    for `worker`: not a refusal, worth a retry."""
+    """Queue a retraining for a worker. Redis not answering is one line, exit code 2, worth a
+    retry; Redis refusing the connection (a wrong password, a database it does not have) is
+    one line saying so, exit code 2, as `worker` says it."""
     from redis import Redis
     from rq import Queue
 
     from service import retrain_queue
     from service.outbox import TRAINING_QUEUE
 
-    queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(settings.redis_url or ""))
+    url = settings.redis_url or ""
+    queue = Queue(TRAINING_QUEUE, connection=Redis.from_url(url))
     try:
         with open_session(settings) as session:
             job_id = retrain_queue.enqueue_retrain(session, queue=queue, reason="cli", force=force)
     except UnavailableError as exc:
-        print_error("cannot queue a retraining:", exc)
+        if exc.__cause__ is not None and is_redis_refusal(exc.__cause__):
+            print_redis_refusal(url, exc.__cause__, action="queue a retraining")
+        else:
+            print_error("cannot queue a retraining:", exc)
         raise typer.Exit(2) from None
     console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
 
