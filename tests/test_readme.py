@@ -17,7 +17,7 @@ from starlette.routing import Match
 
 from service.api.limits import max_body_bytes
 from service.cli import app as cli_app
-from service.config import Settings
+from service.config import SUPPORTED_DATABASES, Settings
 from service.crud.audit import summarize
 from tests.conftest import KEYS, ROOT
 
@@ -338,3 +338,16 @@ def test_the_audit_example_adds_up_and_moves_the_cut_it_shows() -> None:
     assert audit.group(6) == str(stats.meets_target).lower() == "false"
     assert '"action":"raise","current"' in README
     assert audited >= Settings.model_fields["recalibrate_min_audited"].default
+
+
+def test_the_database_urls_the_table_names_are_those_taken() -> None:
+    """The TAGFLOW_DATABASE_URL row says which URLs are taken and that anything else is refused:
+    a scheme the settings take and the row does not name (`postgresql://`, the form most
+    PostgreSQL documentation gives) read as one to rewrite, and one it names must be taken."""
+    row = re.search(r"^\| `TAGFLOW_DATABASE_URL` \|[^|]*\|([^|]*)\|", README, flags=re.M)
+    assert row, "no TAGFLOW_DATABASE_URL row"
+    named = set(re.findall(r"`([a-z+]+)://", row.group(1).split("anything else")[0]))
+    assert named == SUPPORTED_DATABASES
+    for scheme in named:
+        where = "/var/tagflow.db" if scheme.startswith("sqlite") else "u@h:5432/db"
+        Settings(dev=True, database_url=f"{scheme}://{where}")  # taken, not refused
