@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Match
 
 from service.api.limits import max_body_bytes
+from service.api_keys import new_key
 from service.cli import app as cli_app
-from service.config import SUPPORTED_DATABASES, Settings
+from service.config import SUPPORTED_DATABASES, Role, Settings
 from service.crud.audit import summarize
 from tests.conftest import KEYS, ROOT
 
@@ -351,3 +352,15 @@ def test_the_database_urls_the_table_names_are_those_taken() -> None:
     for scheme in named:
         where = "/var/tagflow.db" if scheme.startswith("sqlite") else "u@h:5432/db"
         Settings(dev=True, database_url=f"{scheme}://{where}")  # taken, not refused
+
+
+def test_the_strength_said_of_a_new_key_is_its_own() -> None:
+    """The "Keep hashes, not keys" advice rests one SHA-256 on how random a `tagflow keys new`
+    key is: the bits it states are those of the key's random part (URL-safe base64, 6 bits a
+    character). It said 144 bits of keys that hold 192."""
+    said = re.search(r"random keys\s+like these \((\d+) bits\)", README)
+    assert said, "the API keys section states no key strength"
+    key, _ = new_key(Role.REVIEWER, "ann")
+    random_part = key.removeprefix(f"{Role.REVIEWER.value}-")
+    assert re.fullmatch(r"[\w-]+", random_part), key
+    assert int(said.group(1)) == 6 * len(random_part)
