@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 
 from service.api.main import create_app
 from service.config import Settings
-from service.crud.audit import wilson_interval
+from service.crud.audit import audit_stats, wilson_interval
 from service.crud.predictions import in_audit_sample, review_reason
 from service.entities import PredictionStatus
 from service.entities.review import ReviewReason, ReviewTask
@@ -23,6 +23,7 @@ from service.ml.training import TrainResult
 from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_metrics import scrape, total
 from tests.test_review_api import run_labeling_worker, wait_outbox_sent
+from tests.test_review_queue import add_task, do, label_task
 
 SURE = [  # plainly one tag each: the shared-data model accepts them automatically
     {"title": "YOLOv8 object detection", "description": "Real-time detection of cars in images."},
@@ -122,3 +123,32 @@ def test_audited_predictions_measure_live_precision(
 
 def settings_tags(client: TestClient) -> list[str]:
     return [t["name"] for t in client.get("/tags", headers=auth("client")).json()["tags"]]
+
+
+def test_a_disputed_audit_item_counts_once_decided(engine: Engine) -> None:
+    """Two reviewers who disagree on an audited item have not yet said whether the accepted tag
+    was right: the item waits for the third reviewer's decision. It used to count with the
+    second opinion alone, the label a dispute leaves in force: in a QA run, an accepted tag
+    the first reviewer confirmed and the second did not took the audit from 2 of 2 agreed to
+    1 of 2 (precision 0.5, meets_target false) while GET /predictions said it had no label."""
+    accepted, other = "natural-language-processing", "computer-vision"
+    task_id = add_task(
+        engine,
+        "an audited item",
+        0.1,
+        reason=ReviewReason.AUDIT,
+        model_version="v0001",
+        suggestion_tag=accepted,
+        suggestion_scores={accepted: 0.9, other: 0.1},
+    )
+
+    def audit() -> tuple[int, int]:
+        stats = do(engine, audit_stats, version="v0001", target=0.99, threshold=0.5)
+        return stats.audited, stats.agreed
+
+    label_task(engine, task_id, accepted, "ann", overlap_share=1.0)
+    assert audit() == (1, 1)  # the first label is the item's label while it waits for a second
+    label_task(engine, task_id, other, "bob", overlap_share=1.0)
+    assert audit() == (0, 0)  # disputed: neither opinion is the item's label
+    label_task(engine, task_id, other, "cat", overlap_share=1.0)
+    assert audit() == (1, 0)  # decided against the accepted tag

@@ -14,6 +14,7 @@ from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, select
 
 from service.crud.aggregates import rate
+from service.crud.overlap import disputed_contents
 from service.entities import Label
 from service.entities.review import ReviewReason, ReviewTask
 
@@ -49,7 +50,8 @@ def audited(
     """`version`'s labelled audit items: the confidence it accepted each with, and whether the
     current label agrees with the accepted tag. With `threshold`, only items accepted at or
     above it: after the served cut was raised, what the old, lower cut accepted says nothing
-    about the new one."""
+    about the new one. An item whose two reviewers disagree counts once a third has decided:
+    until then its latest label is one opinion of two, not the item's label."""
     current_label = and_(
         col(Label.text_hash) == col(ReviewTask.text_hash), col(Label.superseded_by).is_(None)
     )
@@ -58,6 +60,7 @@ def audited(
         .select_from(ReviewTask)
         .join(Label, current_label)
         .where(ReviewTask.reason == ReviewReason.AUDIT, ReviewTask.model_version == version)
+        .where(col(ReviewTask.text_hash).not_in(disputed_contents()))
     ).all()
     items = [(float(scores.get(tag, 0.0)), tag == label) for tag, scores, label in rows if tag]
     return [(c, ok) for c, ok in items if c >= (threshold or 0.0)]
