@@ -15,16 +15,18 @@ from sqlmodel import Session, select
 from service.api.main import create_app
 from service.config import SEED_DATASET, Settings
 from service.crud import labels as labels_crud
-from service.entities import ShadowPrediction
+from service.crud import shadow as shadow_crud
+from service.entities import Prediction, ShadowPrediction
 from service.ml import registry
 from service.ml.dataset import Example, item_text
 from service.ml.encoder import Encoder
 from service.ml.pipeline import base_split
 from service.ml.training import TrainResult, train
 from service.tags import TagSet, load_tags
-from tests.conftest import auth, register_promoted
+from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_metrics import scrape, total
 from tests.test_retraining import add_labels
+from tests.test_review_queue import add_task, label_task
 from tests.waiting import wait_for_watch_rounds, wait_until
 
 
@@ -162,6 +164,35 @@ def test_shadow_agreement_counts_only_labels_given_since_it_started(
 
     add_labels(engine, since, share=0.2)
     assert stats(client, candidate)["labeled"] == len(since)
+
+
+def test_shadow_agreement_with_labels_waits_for_a_dispute_to_be_decided(engine: Engine) -> None:
+    """Two reviewers who disagree have not yet said what the content is: the shadow's answer
+    is compared with the decision, not with the second opinion a dispute leaves in force (in a
+    QA run that second opinion counted, while GET /predictions showed no label)."""
+    nlp, cv = "natural-language-processing", "computer-vision"
+    task_id = add_task(engine, "a shadowed item", 0.5)
+    logged = make_prediction("a shadowed item", tag=nlp)
+    with Session(engine) as session:
+        session.add(Prediction(**logged.model_dump()))
+        session.add(
+            ShadowPrediction(
+                prediction_id=logged.id, model_version="v0002", tag=cv, confidence=0.8, agrees=False
+            )
+        )
+        session.commit()
+
+    def compared() -> tuple[int, float | None]:
+        with Session(engine) as session:
+            report = shadow_crud.shadow_stats(session, version="v0002")
+        return report.labeled, report.agreement_with_labels
+
+    label_task(engine, task_id, nlp, "ann", overlap_share=1.0)
+    assert compared() == (1, 0.0)  # the first label is the content's while a second is asked
+    label_task(engine, task_id, cv, "bob", overlap_share=1.0)
+    assert compared() == (0, None)  # disputed: neither opinion is the content's label
+    label_task(engine, task_id, cv, "cat", overlap_share=1.0)
+    assert compared() == (1, 1.0)  # decided as the shadow answered
 
 
 def test_shadow_stats_of_unknown_and_unshadowed_versions(

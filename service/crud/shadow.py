@@ -7,6 +7,7 @@ from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, func, select
 
 from service.crud.aggregates import count_where, rate
+from service.crud.overlap import disputed_contents
 from service.entities import Label, Prediction, ShadowPrediction
 
 
@@ -24,7 +25,9 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     """Counts over every shadow prediction of `version`; a shadow answer is compared with the
     current label of the predicted content when it was given since the shadow started (its
     first answer). A label given before is no test of it: the candidate may have trained on
-    it, and agreeing with what it learnt overstated how it does on what people decide."""
+    it, and agreeing with what it learnt overstated how it does on what people decide. Nor is
+    the label a dispute leaves in force, the second of two opinions that differ, until a third
+    reviewer decides."""
     of_version = ShadowPrediction.model_version == version
     n, agreed = session.exec(
         select(func.count(), count_where(col(ShadowPrediction.agrees))).where(of_version)
@@ -34,6 +37,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
         col(Label.text_hash) == col(Prediction.text_hash),
         col(Label.superseded_by).is_(None),
         col(Label.created_at) >= started,
+        col(Label.text_hash).not_in(disputed_contents()),
     )
     labeled, right = session.exec(
         select(
