@@ -230,6 +230,25 @@ def test_a_port_in_use_is_a_one_line_error_before_any_start_up(
     assert not (tmp_path / "var" / "redis").exists()  # `up` started no Redis, trained nothing
 
 
+@pytest.mark.parametrize("command", ["serve", "up"])
+def test_the_address_comes_from_tagflow_host_and_tagflow_port_too(
+    command: str, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Set in the environment, as every other setting, TAGFLOW_PORT was ignored: `up` served on
+    8000, where its team had set another port (held here, to be refused before start-up)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = cli_env | {"TAGFLOW_HOST": "127.0.0.1", "TAGFLOW_PORT": str(port)}
+        result = CliRunner().invoke(app, [command], env=env)
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output
+    assert not (tmp_path / "var" / "redis").exists()
+    refused = CliRunner().invoke(app, [command], env=cli_env | {"TAGFLOW_PORT": "70000"})
+    assert refused.exit_code == 2 and "TAGFLOW_PORT" in refused.output, refused.output
+
+
 def test_keys_new_prints_a_key_and_the_line_that_accepts_it(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["keys", "new", "reviewer", "--name", "Ann Lee"])
     assert result.exit_code == 0, result.output

@@ -269,6 +269,20 @@ def configuration_rows() -> dict[str, str]:
     return rows
 
 
+def option_defaults(command: Any = None) -> dict[str, object]:
+    """The command line's options that a TAGFLOW_ variable sets too (`--port`, TAGFLOW_PORT),
+    by the variable's name as configuration_rows writes it, with their defaults: not settings,
+    but set the same way, so the table has them."""
+    command = command or typer.main.get_command(cli_app)
+    found: dict[str, object] = {}
+    for sub in getattr(command, "commands", {}).values():
+        found |= option_defaults(sub)
+    for param in command.params:
+        if isinstance(param.envvar, str):
+            found[param.envvar.removeprefix("TAGFLOW_").lower()] = param.default
+    return found
+
+
 def shown(value: object) -> str:
     """A default as the table writes it: `true`, `onnx-int8`, `300`, `./var`."""
     if isinstance(value, bool):
@@ -286,12 +300,15 @@ def test_the_configuration_table_has_every_setting_with_its_default() -> None:
     """Every setting of `Settings` has a row and every row names a setting, and a row that shows
     its default as a value (`300`, not "unset") shows the one the code has."""
     rows = configuration_rows()
-    fields = Settings.model_fields
-    assert set(rows) == set(fields)
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    options = option_defaults()
+    assert set(options) == {"host", "port"}
+    assert set(rows) == set(defaults) | set(options)
+    defaults |= options
     literal = {name: cell for name, cell in rows.items() if re.fullmatch(r"`[^`<]*`", cell)}
     assert len(literal) > 30
     for name, cell in literal.items():
-        assert cell.strip("`") in (shown(fields[name].default), str(fields[name].default)), name
+        assert cell.strip("`") in (shown(defaults[name]), str(defaults[name])), name
     body_bound = re.search(r"([\d,]+) bytes", rows["max_body_bytes"])
     assert body_bound, rows["max_body_bytes"]
     assert int(body_bound.group(1).replace(",", "")) == max_body_bytes(Settings.model_construct())
@@ -312,7 +329,7 @@ def test_every_variable_the_readme_names_is_read() -> None:
     """A variable renamed or dropped in the code, still named in a paragraph, would be set by a
     reader and silently ignored (Settings ignores unknown TAGFLOW_ variables)."""
     named = set(re.findall(r"\bTAGFLOW_[A-Z0-9_]*[A-Z0-9]", README))
-    settings = {f"TAGFLOW_{name.upper()}" for name in Settings.model_fields}
+    settings = {f"TAGFLOW_{name.upper()}" for name in [*Settings.model_fields, *option_defaults()]}
     assert named - settings - NOT_SETTINGS == set()
     assert named >= NOT_SETTINGS
 

@@ -306,11 +306,19 @@ def _enqueue_retrain(settings: Settings, *, force: bool) -> None:
     console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
 
 
-Port = Annotated[int, typer.Option(min=0, max=65535, help="0: any free port")]
+# The address to serve on, from the command line or the environment, as every other setting
+# can come (TAGFLOW_PORT was ignored: `up` served on 8000 where the team had set another port).
+Host = Annotated[str, typer.Option(envvar="TAGFLOW_HOST", help="or TAGFLOW_HOST")]
+Port = Annotated[
+    int,
+    typer.Option(
+        min=0, max=65535, envvar="TAGFLOW_PORT", help="0: any free port (or TAGFLOW_PORT)"
+    ),
+]
 
 
 @app.command()
-def serve(host: str = "127.0.0.1", port: Port = 8000) -> None:
+def serve(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Run the API (one process; model scoring runs in its thread pool)."""
     from service.cli.up import no_keys_configured, print_generated_keys, with_generated_keys
 
@@ -369,7 +377,7 @@ def worker(burst: bool = False) -> None:
 
 
 @app.command()
-def up(host: str = "127.0.0.1", port: Port = 8000) -> None:
+def up(host: Host = "127.0.0.1", port: Port = 8000) -> None:
     """Everything on one machine: Redis (embedded if none configured), a worker and the API."""
     from service.cli.up import run_up
 
