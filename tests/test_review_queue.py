@@ -510,6 +510,29 @@ def test_relabelling_appends_and_supersedes(engine: Engine) -> None:
         )
 
 
+def test_a_label_undone_and_not_given_again_is_no_training_data(engine: Engine) -> None:
+    """Undo takes a label back; skipped after it (or released, or its lease run out), the
+    label was still exported and trained on: in a QA run, "The Annotated GPT-2" labelled mlops
+    by mistake, undone and skipped, was an export row tagged mlops. The next label, by anyone,
+    is the content's label as before."""
+    task_id = add_task(engine, "The Annotated GPT-2", 0.9)
+    kept = label_task(engine, add_task(engine, "another item", 0.1), "other", reviewer="ann")
+
+    def exported() -> list[tuple[int | None, str]]:
+        with Session(engine) as session:
+            return [(row.id, row.tag) for row in labels_crud.current_labels(session)]
+
+    wrong = label_task(engine, task_id, "mlops", reviewer="ann")
+    assert exported() == [(kept.id, "other"), (wrong.id, "mlops")]
+    do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+    assert exported() == [(kept.id, "other")]  # taken back, while ann holds the item again
+    do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+    assert exported() == [(kept.id, "other")]  # and once she has passed it on
+    right = label_task(engine, task_id, "natural-language-processing", reviewer="bob")
+    assert right.supersedes == wrong.id
+    assert exported() == [(kept.id, "other"), (right.id, "natural-language-processing")]
+
+
 def test_reopen_refused_while_the_content_has_another_open_task(
     ctx: JobContext, engine: Engine
 ) -> None:

@@ -19,7 +19,7 @@ from service.crud.overlap import ReviewerAgreement, by_reviewer, disputed_conten
 from service.db import take_turns
 from service.entities import Label, LabelSource, ReviewerStats
 from service.entities.common import as_utc
-from service.entities.review import ReviewReason, ReviewTask
+from service.entities.review import ReviewReason, ReviewStatus, ReviewTask
 from service.tags import TagSet
 
 EXPORT_COLUMNS = (
@@ -48,15 +48,31 @@ def lock_content(session: Session, *, text_hash: str) -> None:
     take_turns(session, cls=_CONTENT_LOCK_CLASS, key=text_hash, table=Label)
 
 
+def undone_labels() -> Select[tuple[int]]:
+    """The ids of review labels their reviewer took back (undo) and has not replaced: their
+    task is back in the queue (leased to them, or skipped, released or run out since) and no
+    longer records them. Such a label stays the content's last word, so that the next label
+    supersedes it, but it is no training data."""
+    recorded = col(Label.id).in_(
+        [ReviewTask.final_label_id, ReviewTask.first_label_id, ReviewTask.second_label_id]
+    )
+    return (
+        select(Label.id)
+        .join(ReviewTask, col(ReviewTask.id) == col(Label.task_id))
+        .where(col(ReviewTask.status) != ReviewStatus.LABELED, ~func.coalesce(recorded, False))
+    )
+
+
 def current_labels(session: Session) -> list[Label]:
     """Every label not superseded by a later one, oldest first, except for contents whose two
-    independent labels differ and wait for a decision (crud.overlap)."""
+    independent labels differ and wait for a decision (crud.overlap) and labels taken back."""
     return list(
         session.exec(
             select(Label)
             .where(
                 col(Label.superseded_by).is_(None),
                 col(Label.text_hash).not_in(disputed_contents()),
+                col(Label.id).not_in(undone_labels()),
             )
             .order_by(col(Label.id))
         )
