@@ -148,13 +148,27 @@ def stop_signal_as_interrupt() -> Iterator[None]:
     init) stops the process as Ctrl-C does, by KeyboardInterrupt: what is half done is undone
     on the way out (`registry.new_version` removes a version half-registered, row and folder),
     and the exit code is Ctrl-C's, not 0. Its default action killed the process on the spot:
-    `tagflow train` left a half-written artifact folder no version owns."""
+    `tagflow train` left a half-written artifact folder no version owns.
+
+    Stop signals after the first (SIGTERM or Ctrl-C) are ignored until the process ends, as
+    `stop_signals_as_exit` ignores them: a second one raised KeyboardInterrupt again in the
+    undo, cut it short, and left the version's staging folder, or its folder, behind."""
+
+    stopped = False
 
     def interrupt(_signum: int, _frame: object) -> None:
+        nonlocal stopped
+        stopped = True
+        for each in _STOP_SIGNALS:
+            signal.signal(each, signal.SIG_IGN)
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {each: signal.signal(each, interrupt) for each in _STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # Once stopped, the process is on its way out (exit 130): the signals stay ignored,
+        # so that one more does not end it by SIGTERM's default action (143) as it unwinds.
+        if not stopped:
+            for each, handler in previous.items():
+                signal.signal(each, handler)

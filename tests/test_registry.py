@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import os
+import signal
 import tarfile
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from service.entities import ModelStatus, Prediction, ProductionAction
 from service.errors import ArtifactError, ConflictError, InvalidInputError, NotFoundError
 from service.ml import production_history, registry
 from service.ml.training import TrainResult
+from service.processes import stop_signal_as_interrupt
 from service.tags import TagSet
 from tests.conftest import auth, make_prediction
 
@@ -224,6 +226,38 @@ def test_a_registration_interrupted_once_committed_keeps_its_folder(
         row = registry.get_version(session, version="v0001")
     assert registry.load_model(row, artifacts_dir=settings.artifacts_dir).classes
     assert [p.name for p in settings.artifacts_dir.iterdir()] == [row.artifact_path]
+
+
+@pytest.fixture
+def stop_signals_restored() -> Iterator[None]:
+    """Stop signals handled as before the test: `stop_signal_as_interrupt` leaves them ignored
+    once it has taken one, as the process it stops is ending."""
+    saved = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for each, handler in saved.items():
+        signal.signal(each, handler)
+
+
+@pytest.mark.usefixtures("stop_signals_restored")
+def test_a_second_sigterm_does_not_cut_a_registration_s_undo_short(
+    engine: Engine, settings: Settings, seed_result: TrainResult
+) -> None:
+    """`tagflow train` (as `models import` and `retrain`) stopped by SIGTERM in its version's
+    commit undoes it, row and folder; a second SIGTERM during that undo (a supervisor, or a
+    user, insisting) raised KeyboardInterrupt again in it, and the version's folder stayed,
+    owned by no version. Signals after the first are now ignored: the undo completes."""
+
+    def stop(_session: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    with Session(engine) as session:
+        event.listen(session, "before_commit", stop, once=True)  # the stop
+        event.listen(session, "after_rollback", stop, once=True)  # the insisting one, in the undo
+        with pytest.raises(KeyboardInterrupt), stop_signal_as_interrupt():
+            registry.register(session, result=seed_result, artifacts_dir=settings.artifacts_dir)
+    with Session(engine) as session:
+        assert registry.list_versions(session) == []
+    assert list(settings.artifacts_dir.iterdir()) == []
 
 
 def test_a_staging_folder_left_by_a_killed_registration_is_removed_by_the_next_one(
