@@ -142,33 +142,56 @@ def stop_signals_as_exit() -> Iterator[StopRequest]:
             signal.signal(each, handler)
 
 
+class Interruption:
+    """What `stop_signal_as_interrupt` yields: whether a stop signal came (`requested`), and
+    the switch (`hold`) that a command's point of no return turns."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.held = False
+
+    def hold(self) -> None:
+        """From now until the process ends, a stop signal is recorded in `requested` and
+        ignored, not raised: what the command does next cannot be undone (a version's commit
+        is under way), so it finishes, and says the stop came too late. A stop that came
+        before, its exception lost (as `StopRequest` tells), is taken now: KeyboardInterrupt,
+        while the work can still be undone."""
+        if self.requested and not self.held:
+            raise KeyboardInterrupt
+        self.held = True
+
+
 @contextmanager
-def stop_signal_as_interrupt() -> Iterator[None]:
+def stop_signal_as_interrupt() -> Iterator[Interruption]:
     """Within the block, SIGTERM (`timeout`, a cancelled CI job, `docker stop` of compose's
     init) stops the process as Ctrl-C does, by KeyboardInterrupt: what is half done is undone
     on the way out (`registry.new_version` removes a version half-registered, row and folder),
     and the exit code is Ctrl-C's, not 0. Its default action killed the process on the spot:
-    `tagflow train` left a half-written artifact folder no version owns.
+    `tagflow train` left a half-written artifact folder no version owns. Once the block's
+    work is past undoing (`Interruption.hold`), a stop signal no longer interrupts it.
 
     Stop signals after the first (SIGTERM or Ctrl-C) are ignored until the process ends, as
     `stop_signals_as_exit` ignores them: a second one raised KeyboardInterrupt again in the
     undo, cut it short, and left the version's staging folder, or its folder, behind."""
-
-    stopped = False
+    stop = Interruption()
 
     def interrupt(_signum: int, _frame: object) -> None:
-        nonlocal stopped
-        stopped = True
+        stop.requested = True
         for each in _STOP_SIGNALS:
             signal.signal(each, signal.SIG_IGN)
-        raise KeyboardInterrupt
+        if not stop.held:
+            raise KeyboardInterrupt
 
     previous = {each: signal.signal(each, interrupt) for each in _STOP_SIGNALS}
     try:
-        yield
+        yield stop
     finally:
-        # Once stopped, the process is on its way out (exit 130): the signals stay ignored,
-        # so that one more does not end it by SIGTERM's default action (143) as it unwinds.
-        if not stopped:
+        # Once stopped, or past undoing, the process is on its way out: the signals stay
+        # ignored, so that one does not end it by SIGTERM's default action (143) as it
+        # unwinds, or, its work done and said, in the half second the interpreter takes to end.
+        if stop.requested or stop.held:
+            for each in _STOP_SIGNALS:
+                signal.signal(each, signal.SIG_IGN)
+        else:
             for each, handler in previous.items():
                 signal.signal(each, handler)

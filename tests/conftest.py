@@ -10,6 +10,7 @@ Environment:
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import time
@@ -92,6 +93,17 @@ def auth(role: str) -> dict[str, str]:
 def auth_as(name: str) -> dict[str, str]:
     """Authorization header for a reviewer's personal test key."""
     return {"Authorization": f"Bearer {PERSONAL_KEYS[name]}"}
+
+
+@pytest.fixture(autouse=True)
+def stop_signals_restored() -> Iterator[None]:
+    """SIGTERM and SIGINT handled after each test as before it: `stop_signal_as_interrupt`
+    leaves them ignored once it has taken one, or once a version's commit is under way (the
+    process it stops is ending), and a test runs `tagflow train` or `models import` here."""
+    saved = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for each, handler in saved.items():
+        signal.signal(each, handler)
 
 
 @pytest.fixture(scope="session")

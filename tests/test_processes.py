@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -11,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from service.processes import DataDirBusyError, sole_owner
+from service.processes import DataDirBusyError, sole_owner, stop_signal_as_interrupt
 
 
 def test_a_data_directory_has_one_owner_at_a_time(tmp_path: Path) -> None:
@@ -132,3 +134,19 @@ with stop_signals_as_exit() as stop:
     stop.check()
     print("served", flush=True)
 """
+
+
+def test_a_stop_whose_interrupt_was_lost_is_taken_before_the_point_of_no_return() -> None:
+    """A stop signal's KeyboardInterrupt raised where something swallows it (as `StopRequest`
+    tells of `up`) left the command running, deaf to more stops (ignored after the first): an
+    import so stopped went on to register its version, exit 0. The stop is taken when the
+    command reaches its point of no return (`Interruption.hold`), while it can be undone."""
+    with pytest.raises(KeyboardInterrupt), stop_signal_as_interrupt() as stop:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)  # the handler runs, and raises, before this ends
+        except KeyboardInterrupt:
+            pass  # lost, as "Exception ignored in ..." loses it
+        assert stop.requested
+        stop.hold()
+    assert not stop.held

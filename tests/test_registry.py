@@ -228,17 +228,6 @@ def test_a_registration_interrupted_once_committed_keeps_its_folder(
     assert [p.name for p in settings.artifacts_dir.iterdir()] == [row.artifact_path]
 
 
-@pytest.fixture
-def stop_signals_restored() -> Iterator[None]:
-    """Stop signals handled as before the test: `stop_signal_as_interrupt` leaves them ignored
-    once it has taken one, as the process it stops is ending."""
-    saved = {each: signal.getsignal(each) for each in (signal.SIGTERM, signal.SIGINT)}
-    yield
-    for each, handler in saved.items():
-        signal.signal(each, handler)
-
-
-@pytest.mark.usefixtures("stop_signals_restored")
 def test_a_second_sigterm_does_not_cut_a_registration_s_undo_short(
     engine: Engine, settings: Settings, seed_result: TrainResult
 ) -> None:

@@ -12,6 +12,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
+from sqlmodel import Session
 
 from service.cli.common import (
     REDIS_URL_UNSET,
@@ -29,6 +30,7 @@ from service.cli.common import (
     print_error,
     print_redis_refusal,
     print_warning,
+    session_stopped_as_interrupt,
     settings_or_exit,
     version_name_or_exit,
     warn_dropped,
@@ -42,7 +44,7 @@ from service.config import Settings
 from service.errors import TagflowError, UnavailableError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset, load_training_file
-from service.processes import stop_signal_as_interrupt, stop_signals_as_exit
+from service.processes import stop_signals_as_exit
 
 app = typer.Typer(
     help="tagflow: content classification with a human in the loop.",
@@ -107,16 +109,15 @@ def _no_cut_warning(target: float, rows: int) -> str:
 
 
 def train_with_progress(
-    settings: Settings, data: Path, promote_by: str | None
+    session: Session, *, settings: Settings, data: Path, promote_by: str | None
 ) -> registry.ModelVersion:
+    """Train on `data` and register the version in `session`, showing the steps as they go,
+    then the reports."""
     from service.ml.pipeline import train_file
 
-    with (
-        open_session(settings) as session,
-        Progress(
-            TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
-        ) as bar,
-    ):
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
         task = bar.add_task("training", total=len(TRAIN_STEPS))
 
         def step(name: str) -> None:
@@ -158,9 +159,12 @@ def train(
     try:
         # A bad file fails fast, before the encoder loads.
         load_training_file(data, tags=tags)
-        with stop_signal_as_interrupt():
+        with session_stopped_as_interrupt(settings) as session:
             train_with_progress(
-                settings, data, cli_actor("tagflow train --promote") if promote else None
+                session,
+                settings=settings,
+                data=data,
+                promote_by=cli_actor("tagflow train --promote") if promote else None,
             )
     except (DatasetError, TagflowError) as exc:
         print_error("cannot train:", exc)
@@ -255,11 +259,7 @@ def retrain(
         _enqueue_retrain(settings, force=force)
         return
     try:
-        with (
-            stop_signal_as_interrupt(),
-            open_session(settings) as session,
-            console.status("retraining..."),
-        ):
+        with session_stopped_as_interrupt(settings) as session, console.status("retraining..."):
             outcome = retraining.retrain(
                 session,
                 settings=settings,

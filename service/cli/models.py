@@ -26,6 +26,7 @@ from service.cli.common import (
     output_file_or_exit,
     print_error,
     print_warning,
+    session_stopped_as_interrupt,
     settings_or_exit,
     shown_url,
     version_name_or_exit,
@@ -39,7 +40,6 @@ from service.migrations import upgraded_view
 from service.ml import production_history, registry
 from service.ml.dataset import DatasetError, load_dataset
 from service.ml.production_history import MAX_HISTORY
-from service.processes import stop_signal_as_interrupt
 from service.tags import TagSet
 
 if TYPE_CHECKING:  # pulls in scikit-learn and ONNX Runtime: `models list` needs neither
@@ -476,7 +476,7 @@ def models_import(
         data = bundle.read_bytes()
         # SIGTERM (`timeout`, a cancelled CI job) stops the import as Ctrl-C does: its staged
         # artifacts are removed on the way out. Its default action left them behind.
-        with stop_signal_as_interrupt(), open_session(settings) as session:
+        with session_stopped_as_interrupt(settings) as session:
             imported = import_bundle(
                 session,
                 data=data,

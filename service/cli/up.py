@@ -26,6 +26,7 @@ from service.cli.common import (
     encoder_or_exit,
     engine_or_exit,
     engine_unless_away,
+    open_session,
     port_free_or_exit,
     print_error,
     settings_or_exit,
@@ -116,9 +117,13 @@ def run_up(host: str, port: int) -> None:
         if not has_model:
             console.print(f"no production model: training the bundled seed {SEED_DATASET.name}")
             try:
-                train_with_progress(
-                    settings, SEED_DATASET, promote_by=cli_actor("tagflow up, seed model")
-                )
+                with open_session(settings) as session:
+                    train_with_progress(
+                        session,
+                        settings=settings,
+                        data=SEED_DATASET,
+                        promote_by=cli_actor("tagflow up, seed model"),
+                    )
             except (DatasetError, TagflowError) as exc:
                 # A tag file of the team's own, without the seed's tags: it was a traceback.
                 print_error(
