@@ -42,6 +42,25 @@ def test_a_prediction_is_found_at_once_and_unknown_ids_are_404(sqlite_client: Te
     assert sqlite_client.get(f"/predictions/{answer['prediction_id']}").status_code == 401
 
 
+def test_an_over_long_prediction_id_is_refused_as_feedback_refuses_it(
+    sqlite_client: TestClient,
+) -> None:
+    """A 3,000-character id was a 404 whose detail echoed all of it, where `POST /feedback`
+    refuses an id over 64 characters with a 422: it is now the same 422, its input cut."""
+    long_id = "a" * 3000
+    refused = sqlite_client.get(f"/predictions/{long_id}", headers=auth("client"))
+    reported = sqlite_client.post(
+        "/feedback", json={"prediction_id": long_id, "correct_tag": "mlops"}, headers=auth("client")
+    )
+    assert refused.status_code == reported.status_code == 422, refused.text
+    (error,) = refused.json()["detail"]
+    assert error["loc"] == ["path", "prediction_id"] and error["type"] == "string_too_long"
+    assert error["input"] == "a" * 200 + "... (3000 characters)" and len(refused.content) < 600
+    # The longest id feedback takes is still looked up: unknown, a 404.
+    missing = sqlite_client.get("/predictions/" + "a" * 64, headers=auth("client"))
+    assert missing.status_code == 404 and "does not exist" in missing.json()["detail"]
+
+
 def test_a_prediction_shows_its_review_and_then_its_label(
     make_settings: Callable[..., Settings],
     database_url: str,

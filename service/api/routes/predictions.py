@@ -15,7 +15,8 @@ from service.api.deps import AnyKey, SessionDep, StateDep
 from service.api.state import AppState
 from service.crud.predictions import get_prediction, prediction_record
 from service.entities import Prediction, PredictionRecord
-from service.entities.common import StorableStr, id_made_at
+from service.entities.common import id_made_at
+from service.entities.feedback import PredictionIdText
 from service.errors import NotFoundError, UnavailableError
 
 router = APIRouter(prefix="/predictions", tags=["predict"])
@@ -96,9 +97,11 @@ async def _held_elsewhere(state: AppState, prediction_id: str) -> bool:
     responses=answers({404: UNKNOWN_PREDICTION, 503: UNWRITTEN_PREDICTIONS}),
 )
 async def read_prediction(
-    prediction_id: StorableStr, session: SessionDep, state: StateDep, _caller: AnyKey
+    prediction_id: PredictionIdText, session: SessionDep, state: StateDep, _caller: AnyKey
 ) -> PredictionRecord:
     """A prediction as it was answered and logged, the label a person has since given its
-    content (if any), and its latest review task. 404 for an unknown id."""
+    content (if any), and its latest review task. 404 for an unknown id; 422 for one over 64
+    characters, as `POST /feedback` refuses it (a 3,000-character id was a 404 echoing it
+    whole)."""
     prediction = await find_prediction(state, session, prediction_id)
     return await asyncio.to_thread(prediction_record, session, prediction=prediction)
