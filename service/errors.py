@@ -38,7 +38,21 @@ class UnavailableError(TagflowError):
     retry_after_s = 5  # a restart, a failover or a model load takes seconds
 
 
+class RefusedError(TagflowError):
+    """A dependency answered and refused this service (Redis: a wrong password, a database it
+    does not have): a configuration error that retrying repeats, not an outage (500, no
+    Retry-After; the API logs it as an error)."""
+
+
 class OverloadedError(UnavailableError):
     """Too much work is waiting to take more now; the caller should retry shortly (503)."""
 
     retry_after_s = 1  # a burst: the micro-batcher clears hundreds of items a second
+
+
+def is_redis_refusal(exc: BaseException) -> bool:
+    """Whether Redis answered and refused (a wrong password, a database it does not have): a
+    configuration error a retry repeats, not an outage."""
+    from redis.exceptions import AuthenticationError, ResponseError
+
+    return isinstance(exc, AuthenticationError | ResponseError)

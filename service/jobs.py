@@ -33,7 +33,7 @@ from sqlmodel import Session, col, select
 
 from service.entities import JobRecord, JobState
 from service.entities.common import as_utc, showable, utcnow
-from service.errors import NotFoundError, UnavailableError
+from service.errors import NotFoundError, RefusedError, UnavailableError, is_redis_refusal
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +131,22 @@ def enqueue_job(
         _send(queue, record)
     except RedisError as exc:
         discard_record(session, record=record)
-        raise UnavailableError(f"Redis is unavailable, {description} not queued: {exc}") from exc
+        raise redis_error(exc, doing=f"{description} not queued") from exc
     session.add(record)
     session.commit()
     return record.id
+
+
+def redis_error(exc: RedisError, *, doing: str) -> RefusedError | UnavailableError:
+    """What a failed Redis command means for the caller: Redis refusing the connection (a wrong
+    password, a database it does not have) is a configuration error a retry repeats, said as
+    `tagflow worker` says it; anything else an outage, to retry (503 with Retry-After)."""
+    if is_redis_refusal(exc):
+        return RefusedError(
+            f"Redis refused the connection: {exc} (TAGFLOW_REDIS_URL, or the Redis server's "
+            f"settings); {doing}; a retry will fail the same way until it is fixed"
+        )
+    return UnavailableError(f"Redis is unavailable, {doing}: {exc}")
 
 
 def record_job(
@@ -251,7 +263,7 @@ def job_public(session: Session, *, connection: Redis, job_id: str) -> JobPublic
         return _recorded(record)
     except RedisError as exc:
         if record is None:
-            raise UnavailableError(f"Redis is unavailable, job state unknown: {exc}") from exc
+            raise redis_error(exc, doing="job state unknown") from exc
         return _recorded(record)
     return JobPublic(job_id=job_id, status=state, result=result, error=error)
 

@@ -25,7 +25,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from sqlalchemy import delete, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, col, select
 from typer.testing import CliRunner
@@ -396,6 +396,46 @@ def test_jobs_answer_503_without_redis(
         assert status.status_code == 503 and "Redis is unavailable" in status.json()["detail"]
         queued = client.post("/models/retrain", headers=auth("admin"))
         assert queued.status_code == 503 and "not queued" in queued.json()["detail"]
+
+
+def test_jobs_answer_500_to_a_redis_that_refuses_the_connection(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    test_redis_url: str,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis that answers and refuses (a database it does not have, a wrong password) was a
+    503 "Redis is unavailable" with Retry-After: 5, an outage's answer, to a configuration
+    error no retry cures (the CLI says "refused the connection" for it). It is a 500 saying
+    so, without Retry-After, and an error line in the log; a Redis away stays a 503."""
+    no_such_db = make_url(test_redis_url).set(database="100000").render_as_string(False)
+    embedded = EmbeddedRedis(tmp_path / "redis")
+    url = embedded.start()
+    try:
+        wrong_password = url.replace(embedded.password, "not-the-password")
+        for redis_url, reason in (
+            (no_such_db, "DB index is out of range"),
+            (wrong_password, "invalid username-password pair"),
+        ):
+            settings = make_settings(database_url=str(sqlite_engine.url), redis_url=redis_url)
+            register_promoted(sqlite_engine, settings, seed_result)
+            caplog.clear()
+            with TestClient(create_app(settings)) as client:
+                status = client.get("/jobs/anything", headers=auth("admin"))
+                queued = client.post("/models/retrain", headers=auth("admin"))
+            for answer in (status, queued):
+                detail = answer.json()["detail"]
+                assert answer.status_code == 500 and "retry-after" not in answer.headers, detail
+                assert detail.startswith("Redis refused the connection: ") and reason in detail
+                assert "unavailable" not in detail and "not-the-password" not in detail
+            assert "not queued" in queued.json()["detail"]
+            logged = [r for r in caplog.records if r.name == "service.api.errors"]
+            assert any("refused the connection" in r.getMessage() for r in logged), logged
+            assert all(r.levelno == logging.ERROR for r in logged)
+    finally:
+        embedded.stop()
 
 
 def test_auto_retrain_trigger_counts_labels_since_the_snapshot(

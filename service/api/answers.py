@@ -74,6 +74,10 @@ def answers(when: dict[int, str]) -> Answers:
 
 
 UNAVAILABLE_DATABASE = "The database is unavailable (down, locked): retry after Retry-After seconds"
+REDIS_REFUSED = (
+    "Redis refused the connection (a wrong password, a database it does not have): a "
+    "configuration error, which a retry repeats until TAGFLOW_REDIS_URL or Redis is fixed"
+)
 TOO_LARGE = "The body is over TAGFLOW_MAX_BODY_BYTES, refused before it is read"
 TOO_LARGE_UNASKED = f"{TOO_LARGE} (this operation takes no body)"
 INVALID = "The request is not valid: `detail` lists what is wrong, or says it"

@@ -23,6 +23,7 @@ from service.errors import (
     InvalidInputError,
     NotFoundError,
     OverloadedError,
+    RefusedError,
     TagflowError,
     UnavailableError,
 )
@@ -36,6 +37,7 @@ STATUS = {
     InvalidInputError: 422,
     ArtifactError: 409,
     UnavailableError: 503,
+    RefusedError: 500,
 }
 
 

@@ -34,6 +34,7 @@ from service.db import (
 )
 from service.entities import ModelVersion
 from service.entities.common import is_utf8
+from service.errors import is_redis_refusal
 from service.migrations import UnknownRevisionError
 from service.processes import Interruption, stop_signal_as_interrupt
 
@@ -431,14 +432,6 @@ def _redis_answers_or_exit(url: str, *, action: str) -> None:
             f"{exc} (TAGFLOW_REDIS_URL)",
         )
         raise typer.Exit(1) from None
-
-
-def is_redis_refusal(exc: BaseException) -> bool:
-    """Whether Redis answered and refused (a wrong password, a database it does not have): a
-    configuration error a retry repeats, not an outage."""
-    from redis.exceptions import AuthenticationError, ResponseError
-
-    return isinstance(exc, AuthenticationError | ResponseError)
 
 
 def print_redis_refusal(url: str, exc: BaseException, *, action: str) -> None:

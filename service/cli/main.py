@@ -22,7 +22,6 @@ from service.cli.common import (
     cli_tags,
     console,
     input_file_or_exit,
-    is_redis_refusal,
     metrics_table,
     open_session,
     port_free_or_exit,
@@ -41,7 +40,7 @@ from service.cli.jobs import jobs_app
 from service.cli.keys import keys_app
 from service.cli.models import models_app
 from service.config import Settings
-from service.errors import TagflowError, UnavailableError
+from service.errors import RefusedError, TagflowError, UnavailableError
 from service.ml import registry
 from service.ml.dataset import DatasetError, load_dataset, load_training_file
 from service.processes import stop_signals_as_exit
@@ -297,11 +296,11 @@ def _enqueue_retrain(settings: Settings, *, force: bool) -> None:
     try:
         with open_session(settings) as session:
             job_id = retrain_queue.enqueue_retrain(session, queue=queue, reason="cli", force=force)
+    except RefusedError as exc:
+        print_redis_refusal(url, exc.__cause__ or exc, action="queue a retraining")
+        raise typer.Exit(2) from None
     except UnavailableError as exc:
-        if exc.__cause__ is not None and is_redis_refusal(exc.__cause__):
-            print_redis_refusal(url, exc.__cause__, action="queue a retraining")
-        else:
-            print_error("cannot queue a retraining:", exc)
+        print_error("cannot queue a retraining:", exc)
         raise typer.Exit(2) from None
     console.print(f"queued retraining job {job_id} (GET /jobs/{job_id})")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from service.api.answers import answers
+from service.api.answers import REDIS_REFUSED, answers
 from service.api.deps import AdminKey, JobId, SessionDep, StateDep
 from service.entities import JobState
 from service.jobs import DEFAULT_LISTED, MAX_LISTED, JobList, JobPublic, job_public, list_jobs
@@ -39,6 +39,7 @@ def read_jobs(
     responses=answers(
         {
             404: "No job with this id, or its result expired",
+            500: REDIS_REFUSED,
             503: "Redis cannot be asked about a job that has no record",
         }
     ),
@@ -46,5 +47,6 @@ def read_jobs(
 def read_job(job_id: JobId, session: SessionDep, state: StateDep, _caller: AdminKey) -> JobPublic:
     """`queued`, `started`, `finished` (with `result`) or `failed` (with `error`), from Redis
     or, for a job Redis lost or while it cannot be asked, from the job's record. 404 for an
-    unknown or expired id; 503 when Redis cannot be asked about a job with no record."""
+    unknown or expired id; 503 when Redis cannot be asked about a job with no record, 500 when
+    it refuses the connection (a configuration error)."""
     return job_public(session, connection=state.redis, job_id=job_id)

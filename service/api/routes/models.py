@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
-from service.api.answers import answers
+from service.api.answers import REDIS_REFUSED, answers
 from service.api.deps import AdminKey, AnyKey, PredictorDep, SessionDep, SettingsDep, StateDep
 from service.api.lifecycle import sync_production
 from service.calibration import Recalibration, recalibrate_as_configured
@@ -87,7 +87,7 @@ def list_models(
     "/retrain",
     response_model=JobAccepted,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=answers({503: NOT_QUEUED}),
+    responses=answers({500: REDIS_REFUSED, 503: NOT_QUEUED}),
 )
 def retrain_model(
     session: SessionDep, state: StateDep, _caller: AdminKey, force: bool = False
@@ -108,6 +108,7 @@ def retrain_model(
         {
             404: "No version of this name (`version` or `against`), or no production version "
             "to compare with",
+            500: REDIS_REFUSED,
             503: NOT_QUEUED,
         }
     ),
