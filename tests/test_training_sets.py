@@ -258,6 +258,33 @@ def test_a_tag_of_the_base_file_is_learned_by_retraining_as_by_train(
     ]
 
 
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+def test_labels_waiting_for_their_tag_leave_the_base_tag_they_relabel_learned(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    shared_dataset: Path,
+    tmp_path: Path,
+) -> None:
+    """Reviewers relabelling base rows to a newly approved tag (the README's advice for rows
+    about the new topic) with fewer labels than it needs: the labels wait and replace nothing,
+    so the rows still train under their base tag. Scarcity was counted as if they replaced
+    them: a base tag of 8 training rows, 7 of them so relabelled, was "1 training example(s)",
+    left out (its 8 rows too), and every candidate lost a tag production answers."""
+    per_tag = {"mlops": MIN_PER_TAG, "computer-vision": 40, "natural-language-processing": 40}
+    source = small_base_file(tmp_path / "base.csv", shared_dataset, tags=tags, per_tag=per_tag)
+    settings = make_settings(base_dataset=source)
+    graphs = TagSet((*tags.tags, Tag("graphs", "Graph neural networks and graph learning.")))
+    base_train, _, _ = base_split(source, tags=tags)
+    mlops_train = [e for e in base_train if e.tag == "mlops"]
+    waiting = [Example(e.title, e.description, "graphs") for e in mlops_train[:7]]
+    add_labels(engine, waiting, share=0.0)
+    with Session(engine) as session:
+        sets = training_sets.build_training_sets(session, settings=settings, tags=graphs)
+    assert sets.scarce_tags == {"graphs": 7}
+    assert sets.train == base_train and sets.train_label_ids == []
+
+
 def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(
     engine: Engine,
     make_settings: Callable[..., Settings],
