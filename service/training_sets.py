@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -133,12 +134,16 @@ def learning_floor(tag: str, *, base_tags: set[str]) -> int:
     return MIN_TO_FIT if tag in base_tags else MIN_PER_TAG
 
 
-def _scarce(examples: list[Example], *, base_tags: set[str]) -> dict[str, int]:
-    """The tags of `examples` too scarce to learn (under their `learning_floor`), with how many
-    each has: left out of training, their labels kept."""
+def _scarce(
+    examples: list[Example], *, base_tags: set[str], expected: Iterable[str] = ()
+) -> dict[str, int]:
+    """The tags of `examples`, and of `expected` (0 when `examples` has none), too scarce to
+    learn (under their `learning_floor`), with how many each has: left out of training, their
+    labels kept."""
     # Not logged here: whoever retrains says it once (scarce_tag_warning), and a label export,
     # which reads the same sets, has nothing to say about it.
-    counts = Counter(e.tag for e in examples)
+    counts = Counter(dict.fromkeys(expected, 0))
+    counts.update(e.tag for e in examples)
     return {
         tag: n for tag, n in sorted(counts.items()) if n < learning_floor(tag, base_tags=base_tags)
     }
@@ -153,12 +158,14 @@ def _scarce_tags(
     them, a base tag of 8 training rows, 7 relabelled to a new tag of 7 labels, was "1
     training example(s)" and left out with its 8 rows. (A base tag left out here, under 2,
     may also hold labels of other base rows: those then count for nothing either, which
-    leaves a tag out rather than learning one under its floor.)"""
+    leaves a tag out rather than learning one under its floor.) A base tag whose training rows
+    labels all relabelled is one, with 0: it was left out unsaid."""
     of_labels_alone = [_example(label) for label in train_labels if label.tag not in base_tags]
     waiting = _scarce(of_labels_alone, base_tags=base_tags)
     replacing = [label for label in train_labels if label.tag not in waiting]
     learned = _unlabelled(base_train, replacing) + [_example(label) for label in replacing]
-    return dict(sorted((waiting | _scarce(learned, base_tags=base_tags)).items()))
+    scarce = waiting | _scarce(learned, base_tags=base_tags, expected=base_tags)
+    return dict(sorted(scarce.items()))
 
 
 def _unlabelled(rows: list[Example], labels: list[Label]) -> list[Example]:

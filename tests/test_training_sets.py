@@ -285,6 +285,40 @@ def test_labels_waiting_for_their_tag_leave_the_base_tag_they_relabel_learned(
     assert sets.train == base_train and sets.train_label_ids == []
 
 
+@pytest.mark.filterwarnings("ignore:The least populated class:UserWarning")
+def test_a_base_tag_relabelled_out_of_training_is_said_to_wait_as_one_left_with_one(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    tags: TagSet,
+    shared_dataset: Path,
+    tmp_path: Path,
+) -> None:
+    """Reviewers relabelling all but one of a base tag's training rows leave it out, and the
+    retraining says so ("until it has 2"); relabelling the last one too left it out as well,
+    unsaid: no `scarce_tags` entry, no warning, a candidate failed on `precision:TAG` with
+    nothing to tell why. It is now said, with 0 training examples."""
+    per_tag = {"mlops": MIN_PER_TAG, "computer-vision": 40, "natural-language-processing": 40}
+    source = small_base_file(tmp_path / "base.csv", shared_dataset, tags=tags, per_tag=per_tag)
+    settings = make_settings(base_dataset=source)
+    base_train, base_eval, _ = base_split(source, tags=tags)
+    mlops_train = [e for e in base_train if e.tag == "mlops"]
+    assert any(e.tag == "mlops" for e in base_eval)
+    add_labels(
+        engine,
+        [Example(e.title, e.description, "computer-vision") for e in mlops_train],
+        share=0.0,
+    )
+    with Session(engine) as session:
+        sets = training_sets.build_training_sets(session, settings=settings, tags=tags)
+    assert "mlops" not in {e.tag for e in sets.train}
+    assert sets.scarce_tags == {"mlops": 0} and sets.scarce_floors == {"mlops": MIN_TO_FIT}
+    outcome = {"scarce_tags": sets.scarce_tags, "scarce_floors": sets.scarce_floors}
+    assert training_sets.scarce_tag_warnings(outcome) == [
+        "tag 'mlops' has 0 training example(s): left out of training until it has 2 "
+        "(its labels are kept)"
+    ]
+
+
 def test_a_tag_retired_before_its_base_rows_are_left_out_of_retraining(
     engine: Engine,
     make_settings: Callable[..., Settings],
