@@ -52,7 +52,16 @@ class OverloadedError(UnavailableError):
 
 def is_redis_refusal(exc: BaseException) -> bool:
     """Whether Redis answered and refused (a wrong password, a database it does not have): a
-    configuration error a retry repeats, not an outage."""
-    from redis.exceptions import AuthenticationError, ResponseError
+    configuration error a retry repeats, not an outage. A Redis out of memory (maxmemory
+    reached, no eviction) or a replica read-only during a failover answers an error too, but
+    one that passes as the worker drains the queues or the failover ends: an outage."""
+    from redis.exceptions import (
+        AuthenticationError,
+        OutOfMemoryError,
+        ReadOnlyError,
+        ResponseError,
+    )
 
+    if isinstance(exc, OutOfMemoryError | ReadOnlyError):
+        return False
     return isinstance(exc, AuthenticationError | ResponseError)

@@ -438,6 +438,32 @@ def test_jobs_answer_500_to_a_redis_that_refuses_the_connection(
         embedded.stop()
 
 
+def test_a_full_redis_is_an_outage_to_retry_not_a_refusal(
+    make_settings: Callable[..., Settings],
+    sqlite_engine: Engine,
+    seed_result: TrainResult,
+    tmp_path: Path,
+) -> None:
+    """A Redis out of memory (maxmemory reached, no eviction) answers a write with an error
+    reply, as a refusal does, but frees up as the worker takes jobs: queueing a retraining
+    on it is a 503 with Retry-After, not the 500 "refused the connection" of a wrong password."""
+    embedded = EmbeddedRedis(tmp_path / "redis")
+    url = embedded.start()
+    try:
+        with redis.Redis.from_url(url) as full:
+            full.config_set("maxmemory-policy", "noeviction")
+            full.config_set("maxmemory", 1)
+        settings = make_settings(database_url=str(sqlite_engine.url), redis_url=url)
+        register_promoted(sqlite_engine, settings, seed_result)
+        with TestClient(create_app(settings)) as client:
+            queued = client.post("/models/retrain", headers=auth("admin"))
+        detail = queued.json()["detail"]
+        assert queued.status_code == 503 and queued.headers["retry-after"] == "5", detail
+        assert detail.startswith("Redis is unavailable") and "maxmemory" in detail, detail
+    finally:
+        embedded.stop()
+
+
 def test_auto_retrain_trigger_counts_labels_since_the_snapshot(
     engine: Engine,
     make_settings: Callable[..., Settings],
