@@ -148,6 +148,48 @@ def test_a_disputed_content_shows_both_opinions_and_no_label_until_decided(
     assert (record["review"]["status"], record["review"]["opinions"]) == ("labeled", [])
 
 
+def test_a_label_taken_back_is_no_label_until_one_replaces_it(
+    client: TestClient, tags: TagSet
+) -> None:
+    """Undo takes a label back and, until a label replaces it, the export and retraining leave
+    it out; the lookup still showed it as the content's label, while the item was back in the
+    queue (leased to its reviewer, then skipped)."""
+    answer = client.post("/predict", json=ITEM, headers=auth("client")).json()
+    url = f"/predictions/{answer['prediction_id']}"
+    engine = client.app.state.tagflow.engine
+    task = ReviewTask(
+        text_hash=text_hash(ITEM["title"], ITEM["description"]),
+        title=ITEM["title"],
+        description=ITEM["description"],
+        reason=ReviewReason.LOW_CONFIDENCE,
+    )
+    with Session(engine, expire_on_commit=False) as session:
+        task_id = review_intake.create_task(session, task=task).id  # type: ignore[union-attr]
+        review_crud.label(
+            session, task_id=task_id, tag="mlops", reviewer="ann", tags=tags, holdout_share=0.2
+        )
+    assert client.get(url, headers=auth("client")).json()["label"]["tag"] == "mlops"
+    with Session(engine, expire_on_commit=False) as session:
+        review_crud.reopen(session, task_id=task_id, reviewer="ann", lease_s=60)
+    record = client.get(url, headers=auth("client")).json()
+    assert record["label"] is None and record["review"]["status"] == "leased"
+    with Session(engine, expire_on_commit=False) as session:
+        review_crud.skip(session, task_id=task_id, reviewer="ann")
+    record = client.get(url, headers=auth("client")).json()
+    assert record["label"] is None and record["review"]["status"] == "open"
+    with Session(engine, expire_on_commit=False) as session:
+        review_crud.label(
+            session,
+            task_id=task_id,
+            tag="computer-vision",
+            reviewer="bob",
+            tags=tags,
+            holdout_share=0.2,
+        )
+    record = client.get(url, headers=auth("client")).json()
+    assert record["label"]["tag"] == "computer-vision"
+
+
 def test_a_prediction_answered_by_another_api_process_is_found_and_reported(
     make_settings: Callable[..., Settings],
     database_url: str,

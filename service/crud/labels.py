@@ -88,6 +88,18 @@ def current_label(session: Session, *, text_hash: str) -> Label | None:
     ).first()
 
 
+def label_in_force(session: Session, *, text_hash: str) -> Label | None:
+    """The content's label as the export and retraining see it: its current label, unless
+    its reviewer took it back (undo) and no label has replaced it yet."""
+    return session.exec(
+        select(Label).where(
+            Label.text_hash == text_hash,
+            col(Label.superseded_by).is_(None),
+            col(Label.id).not_in(undone_labels()),
+        )
+    ).first()
+
+
 def labelled_embeddings(session: Session) -> list[tuple[Label, bytes | None]]:
     """Current labels with the embedding stored on their review task (None when there is none),
     for duplicate screening of new tasks."""

@@ -183,11 +183,14 @@ def prediction_record(session: Session, *, prediction: Prediction) -> Prediction
     two reviewers' labels of the content differ and wait for a decision, it has no label in
     force (the export and retraining leave it out too): the label is null, and the review is
     the task that waits, with the two tags (`opinions`). The later of the two was shown as
-    the label, as if the dispute were settled its way."""
+    the label, as if the dispute were settled its way. Nor has it one while the label was
+    taken back (undo) and not replaced: it was shown as the label, which the export left out."""
     of_content = ReviewTask.text_hash == prediction.text_hash
     waiting = (ReviewTask.stage == ReviewStage.ADJUDICATE, col(ReviewTask.status).in_(ACTIVE))
     disputed = session.exec(select(ReviewTask).where(of_content, *waiting)).first()
-    label = None if disputed else labels_crud.current_label(session, text_hash=prediction.text_hash)
+    label = (
+        None if disputed else labels_crud.label_in_force(session, text_hash=prediction.text_hash)
+    )
     task = (
         disputed
         or session.exec(
