@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from service.api.main import create_app
 from service.config import Settings
+from service.crud import review as review_crud
 from service.crud.audit import audit_stats, wilson_interval
 from service.crud.predictions import in_audit_sample, review_reason
 from service.entities import PredictionStatus
@@ -152,3 +153,32 @@ def test_a_disputed_audit_item_counts_once_decided(engine: Engine) -> None:
     assert audit() == (0, 0)  # disputed: neither opinion is the item's label
     label_task(engine, task_id, other, "cat", overlap_share=1.0)
     assert audit() == (1, 0)  # decided against the accepted tag
+
+
+def test_an_audit_label_taken_back_counts_once_a_label_replaces_it(engine: Engine) -> None:
+    """A label its reviewer took back with undo is no training data until a label replaces
+    it, and no measure of the accepted tag either: the audit (GET /models/{v}/audit, the
+    tagflow_audit_* gauges, recalibration) still counted it, also once the item was skipped."""
+    accepted, other = "natural-language-processing", "computer-vision"
+    task_id = add_task(
+        engine,
+        "an audited item",
+        0.1,
+        reason=ReviewReason.AUDIT,
+        model_version="v0001",
+        suggestion_tag=accepted,
+        suggestion_scores={accepted: 0.9, other: 0.1},
+    )
+
+    def audit() -> tuple[int, int]:
+        stats = do(engine, audit_stats, version="v0001", target=0.99, threshold=0.5)
+        return stats.audited, stats.agreed
+
+    label_task(engine, task_id, other, "ann")
+    assert audit() == (1, 0)
+    do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+    assert audit() == (0, 0)  # taken back, while ann holds the item again
+    do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+    assert audit() == (0, 0)  # and once she has passed it on
+    label_task(engine, task_id, accepted, "bob")
+    assert audit() == (1, 1)

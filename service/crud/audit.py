@@ -14,6 +14,7 @@ from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, select
 
 from service.crud.aggregates import rate
+from service.crud.labels import undone_labels
 from service.crud.overlap import disputed_contents
 from service.entities import Label
 from service.entities.review import ReviewReason, ReviewTask
@@ -51,9 +52,12 @@ def audited(
     current label agrees with the accepted tag. With `threshold`, only items accepted at or
     above it: after the served cut was raised, what the old, lower cut accepted says nothing
     about the new one. An item whose two reviewers disagree counts once a third has decided:
-    until then its latest label is one opinion of two, not the item's label."""
+    until then its latest label is one opinion of two, not the item's label. Nor does a label
+    its reviewer took back (undo) and has not replaced: it says nothing of the accepted tag."""
     current_label = and_(
-        col(Label.text_hash) == col(ReviewTask.text_hash), col(Label.superseded_by).is_(None)
+        col(Label.text_hash) == col(ReviewTask.text_hash),
+        col(Label.superseded_by).is_(None),
+        col(Label.id).not_in(undone_labels()),
     )
     rows = session.exec(
         select(ReviewTask.suggestion_tag, ReviewTask.suggestion_scores, Label.tag)
