@@ -15,6 +15,7 @@ from sqlmodel import Session, select
 from service.api.main import create_app
 from service.config import SEED_DATASET, Settings
 from service.crud import labels as labels_crud
+from service.crud import review as review_crud
 from service.crud import shadow as shadow_crud
 from service.entities import Prediction, ShadowPrediction
 from service.ml import registry
@@ -26,7 +27,7 @@ from service.tags import TagSet, load_tags
 from tests.conftest import auth, make_prediction, register_promoted
 from tests.test_metrics import scrape, total
 from tests.test_retraining import add_labels
-from tests.test_review_queue import add_task, label_task
+from tests.test_review_queue import add_task, do, label_task
 from tests.waiting import wait_for_watch_rounds, wait_until
 
 
@@ -193,6 +194,37 @@ def test_shadow_agreement_with_labels_waits_for_a_dispute_to_be_decided(engine: 
     assert compared() == (0, None)  # disputed: neither opinion is the content's label
     label_task(engine, task_id, cv, "cat", overlap_share=1.0)
     assert compared() == (1, 1.0)  # decided as the shadow answered
+
+
+def test_shadow_agreement_with_labels_leaves_out_a_label_taken_back(engine: Engine) -> None:
+    """A label its reviewer took back with undo is no training data until a label replaces
+    it, nor what people decided: the shadow's answer was still compared with it, also once
+    the item was skipped."""
+    nlp, cv = "natural-language-processing", "computer-vision"
+    task_id = add_task(engine, "a shadowed item", 0.5)
+    logged = make_prediction("a shadowed item", tag=nlp)
+    with Session(engine) as session:
+        session.add(Prediction(**logged.model_dump()))
+        session.add(
+            ShadowPrediction(
+                prediction_id=logged.id, model_version="v0002", tag=cv, confidence=0.8, agrees=False
+            )
+        )
+        session.commit()
+
+    def compared() -> tuple[int, float | None]:
+        with Session(engine) as session:
+            report = shadow_crud.shadow_stats(session, version="v0002")
+        return report.labeled, report.agreement_with_labels
+
+    label_task(engine, task_id, nlp, "ann")
+    assert compared() == (1, 0.0)
+    do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+    assert compared() == (0, None)  # taken back, while ann holds the item again
+    do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+    assert compared() == (0, None)  # and once she has passed it on
+    label_task(engine, task_id, cv, "bob")
+    assert compared() == (1, 1.0)
 
 
 def test_shadow_stats_of_unknown_and_unshadowed_versions(

@@ -7,6 +7,7 @@ from sqlalchemy import and_
 from sqlmodel import Session, SQLModel, col, func, select
 
 from service.crud.aggregates import count_where, rate
+from service.crud.labels import undone_labels
 from service.crud.overlap import disputed_contents
 from service.entities import Label, Prediction, ShadowPrediction
 
@@ -27,7 +28,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
     first answer). A label given before is no test of it: the candidate may have trained on
     it, and agreeing with what it learnt overstated how it does on what people decide. Nor is
     the label a dispute leaves in force, the second of two opinions that differ, until a third
-    reviewer decides."""
+    reviewer decides, nor a label its reviewer took back (undo) until a label replaces it."""
     of_version = ShadowPrediction.model_version == version
     n, agreed = session.exec(
         select(func.count(), count_where(col(ShadowPrediction.agrees))).where(of_version)
@@ -38,6 +39,7 @@ def shadow_stats(session: Session, *, version: str) -> ShadowStats:
         col(Label.superseded_by).is_(None),
         col(Label.created_at) >= started,
         col(Label.text_hash).not_in(disputed_contents()),
+        col(Label.id).not_in(undone_labels()),
     )
     labeled, right = session.exec(
         select(
