@@ -10,6 +10,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col
 
+from service.crud import labels as labels_crud
 from service.crud import review as review_crud
 from service.entities import Label
 from service.entities.common import utcnow
@@ -57,3 +58,25 @@ def test_reviewer_stats_count_agreement_and_changes_by_others(
     # The queue's own count of today's labels uses the same day.
     stats = do(engine, review_crud.stats, now=utcnow())
     assert stats["labeled_today"] == 5
+
+
+def test_a_label_taken_back_and_not_given_again_is_no_work_done(engine: Engine) -> None:
+    """Undo takes a label back: the undone label counts until its reviewer labels again (an
+    undo and a new label are one answer), but not when they pass the item on instead. It
+    still counted in /review/reviewers and the queue's labeled_today, and once another
+    reviewer labelled the item, as a label of hers that someone else changed."""
+    task_id = add_task(engine, "The Annotated GPT-2", 0.5, suggestion_tag="mlops")
+
+    def counts() -> tuple[dict[str, tuple[int, int, int]], int]:
+        reviewers = do(engine, labels_crud.reviewer_stats, since=utcnow() - timedelta(hours=1))
+        by_name = {r.reviewer: (r.labels, r.labels_today, r.changed_by_others) for r in reviewers}
+        return by_name, do(engine, review_crud.stats, now=utcnow())["labeled_today"]
+
+    label_task(engine, task_id, "mlops", reviewer="ann")
+    assert counts() == ({"ann": (1, 1, 0)}, 1)
+    do(engine, review_crud.reopen, task_id=task_id, reviewer="ann", lease_s=60)
+    assert counts() == ({}, 0)  # taken back, while ann holds the item again
+    do(engine, review_crud.skip, task_id=task_id, reviewer="ann")
+    assert counts() == ({}, 0)  # and once she has passed it on
+    label_task(engine, task_id, "natural-language-processing", reviewer="bob")
+    assert counts() == ({"bob": (1, 1, 0)}, 1)

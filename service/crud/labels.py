@@ -188,15 +188,17 @@ def _holdout(label: Label, held_out: set[int] | None, tags: TagSet) -> bool:
 
 
 def review_labels_standing() -> Select[tuple[int]]:
-    """The ids of review labels their own reviewer did not take back: an undo and a new label
-    on the same task are one answer, not two."""
+    """The ids of review labels their own reviewer did not take back: those their task records
+    (the label that closed it, a first or a second opinion). Undo takes a label off its task:
+    an undo and a new label on the same task are one answer, not two, and a label taken back
+    and then given by someone else (or by nobody yet) is no work of its reviewer's."""
     # Aliases of their own: in a query on Label, SQLAlchemy would correlate a bare Label here.
-    mine, later = aliased(Label), aliased(Label)
-    taken_back = (later.reviewer == mine.reviewer) & (later.task_id == mine.task_id)
+    mine, task = aliased(Label), aliased(ReviewTask)
+    recorded = col(mine.id).in_([task.final_label_id, task.first_label_id, task.second_label_id])
     return (
         select(mine.id)
-        .outerjoin(later, col(later.id) == mine.superseded_by)
-        .where(mine.source == LabelSource.REVIEW, ~func.coalesce(taken_back, False))
+        .join(task, col(task.id) == mine.task_id)
+        .where(mine.source == LabelSource.REVIEW, recorded)
     )
 
 
