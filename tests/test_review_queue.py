@@ -358,6 +358,33 @@ def test_near_duplicate_of_a_labelled_item_is_flagged(ctx: JobContext, engine: E
     assert far.duplicate_of is None and far.duplicate_tag is None
 
 
+def test_no_look_alike_is_shown_by_a_disputed_or_taken_back_label(
+    ctx: JobContext, engine: Engine
+) -> None:
+    """A new task's look-alike hint shows reviewers a labelled item's tag. A content whose two
+    reviewers disagree has no label until a third decides, and a label taken back with undo
+    none until one replaces it: the hint showed the second opinion, or the label taken back."""
+    disputed = review_jobs.process_review(payload(YOLO))["task_id"]
+    label_task(engine, disputed, "computer-vision", reviewer="ann", overlap_share=1.0)
+    label_task(engine, disputed, "mlops", reviewer="bob", overlap_share=1.0)
+    k8s = "Serving models with Kubernetes"
+    undone = review_jobs.process_review(payload(k8s))["task_id"]
+    label_task(engine, undone, "computer-vision", reviewer="ann")
+    do(engine, review_crud.reopen, task_id=undone, reviewer="ann", lease_s=60)
+    do(engine, review_crud.skip, task_id=undone, reviewer="ann")
+
+    def hint(title: str) -> tuple[int | None, str | None]:
+        task = get(engine, review_jobs.process_review(payload(title))["task_id"])
+        return task.duplicate_of, task.duplicate_tag
+
+    assert hint(YOLO + "!") == (None, None)
+    assert hint(k8s + "!") == (None, None)
+    decided = label_task(engine, disputed, "computer-vision", reviewer="cat")
+    replaced = label_task(engine, undone, "mlops", reviewer="bob")
+    assert hint(YOLO + "?") == (decided.id, "computer-vision")
+    assert hint(k8s + "?") == (replaced.id, "mlops")
+
+
 def test_a_labelling_job_runs_its_whole_batch_and_raises_for_what_failed(
     ctx: JobContext, engine: Engine
 ) -> None:

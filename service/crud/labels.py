@@ -102,11 +102,17 @@ def label_in_force(session: Session, *, text_hash: str) -> Label | None:
 
 def labelled_embeddings(session: Session) -> list[tuple[Label, bytes | None]]:
     """Current labels with the embedding stored on their review task (None when there is none),
-    for duplicate screening of new tasks."""
+    for duplicate screening of new tasks: the labels the export has, so that the look-alike's
+    tag a reviewer is shown is not a disputed content's undecided second opinion, nor a label
+    taken back with undo."""
     rows = session.exec(
         select(Label, ReviewTask.embedding)
         .outerjoin(ReviewTask, col(Label.task_id) == col(ReviewTask.id))
-        .where(col(Label.superseded_by).is_(None))
+        .where(
+            col(Label.superseded_by).is_(None),
+            col(Label.text_hash).not_in(disputed_contents()),
+            col(Label.id).not_in(undone_labels()),
+        )
         .order_by(col(Label.id))
     ).all()
     return [(label, embedding) for label, embedding in rows]
