@@ -19,6 +19,7 @@ from service.config import DEFAULT_TAGS_FILE, Settings
 from service.crud import labels as labels_crud
 from service.crud import leases, review_intake
 from service.crud import review as review_crud
+from service.crud import snapshots as snapshots_crud
 from service.crud.predictions import add_label_checks
 from service.db import is_outage, make_engine
 from service.entities import Feedback, FeedbackStatus, Label, OutboxItem
@@ -558,6 +559,32 @@ def test_a_label_undone_and_not_given_again_is_no_training_data(engine: Engine) 
     right = label_task(engine, task_id, "natural-language-processing", reviewer="bob")
     assert right.supersedes == wrong.id
     assert exported() == [(kept.id, "other"), (right.id, "natural-language-processing")]
+
+
+def test_new_labels_towards_a_retraining_leave_out_disputed_and_taken_back_ones(
+    engine: Engine,
+) -> None:
+    """TAGFLOW_RETRAIN_AFTER_LABELS counts new labels: those a retraining would learn. A
+    content whose reviewers disagree and a label taken back with undo are none until decided
+    or replaced, and counted towards the next automatic retraining all the same."""
+
+    def new_labels() -> int:
+        return do(engine, snapshots_crud.labels_since, since=None)
+
+    disputed = add_task(engine, "a disputed item", 0.5)
+    label_task(engine, disputed, "mlops", reviewer="ann", overlap_share=1.0)
+    assert new_labels() == 1  # the first opinion is the content's label while a second is asked
+    label_task(engine, disputed, "other", reviewer="bob", overlap_share=1.0)
+    assert new_labels() == 0
+    undone = add_task(engine, "an undone item", 0.5)
+    label_task(engine, undone, "mlops", reviewer="ann")
+    assert new_labels() == 1
+    do(engine, review_crud.reopen, task_id=undone, reviewer="ann", lease_s=60)
+    do(engine, review_crud.skip, task_id=undone, reviewer="ann")
+    assert new_labels() == 0
+    label_task(engine, disputed, "other", reviewer="cat", overlap_share=1.0)
+    label_task(engine, undone, "computer-vision", reviewer="bob")
+    assert new_labels() == 2
 
 
 def test_reopen_refused_while_the_content_has_another_open_task(

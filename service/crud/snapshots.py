@@ -12,6 +12,8 @@ from datetime import datetime
 
 from sqlmodel import Session, col, func, select
 
+from service.crud.labels import undone_labels
+from service.crud.overlap import disputed_contents
 from service.entities import DatasetSnapshot, Label
 from service.entities.common import as_utc, utcnow
 from service.errors import NotFoundError
@@ -57,14 +59,24 @@ def latest_snapshot(session: Session) -> DatasetSnapshot | None:
 
 
 def labels_since(session: Session, *, since: datetime | None) -> int:
-    """Current (not superseded) labels created after `since`; all with None."""
-    query = select(func.count()).select_from(Label).where(col(Label.superseded_by).is_(None))
+    """Current (not superseded) labels created after `since` (all with None) that a retraining
+    would learn: not those of contents whose reviewers disagree and wait for a decision, nor
+    those taken back with undo and not replaced (as `crud.labels.current_labels`)."""
+    query = (
+        select(func.count())
+        .select_from(Label)
+        .where(
+            col(Label.superseded_by).is_(None),
+            col(Label.text_hash).not_in(disputed_contents()),
+            col(Label.id).not_in(undone_labels()),
+        )
+    )
     if since is not None:
         query = query.where(col(Label.created_at) > as_utc(since))
     return session.exec(query).one()
 
 
 def labels_since_latest_snapshot(session: Session) -> int:
-    """Current (not superseded) labels created after the latest snapshot; all if none."""
+    """New labels (`labels_since`) created after the latest snapshot; all if none."""
     latest = latest_snapshot(session)
     return labels_since(session, since=latest.created_at if latest is not None else None)
