@@ -386,6 +386,30 @@ def test_no_look_alike_is_shown_by_a_disputed_or_taken_back_label(
     assert hint(k8s + "?") == (replaced.id, "mlops")
 
 
+def test_an_arrival_counts_on_the_task_of_a_disputed_or_taken_back_label(
+    ctx: JobContext, engine: Engine
+) -> None:
+    """Content whose label was taken back with undo, or whose two reviewers disagree, waits in
+    the queue with no label in force: a new arrival of it counts on its task (priority), as on
+    any open task. It answered "already_labeled", counting nothing, on the strength of the
+    label taken back or the undecided second opinion."""
+    undone = review_jobs.process_review(payload(YOLO))["task_id"]
+    label_task(engine, undone, "computer-vision", reviewer="ann")
+    do(engine, review_crud.reopen, task_id=undone, reviewer="ann", lease_s=60)
+    do(engine, review_crud.skip, task_id=undone, reviewer="ann")
+    k8s = "Serving models with Kubernetes"
+    disputed = review_jobs.process_review(payload(k8s))["task_id"]
+    label_task(engine, disputed, "mlops", reviewer="ann", overlap_share=1.0)
+    label_task(engine, disputed, "other", reviewer="bob", overlap_share=1.0)
+
+    again = review_jobs.process_review(payload(YOLO))
+    assert (again["action"], again["task_id"], again["arrivals"]) == ("bumped", undone, 2)
+    again = review_jobs.process_review(payload(k8s))
+    assert (again["action"], again["task_id"], again["arrivals"]) == ("bumped", disputed, 2)
+    label_task(engine, undone, "computer-vision", reviewer="bob")
+    assert review_jobs.process_review(payload(YOLO))["action"] == "already_labeled"
+
+
 def test_a_labelling_job_runs_its_whole_batch_and_raises_for_what_failed(
     ctx: JobContext, engine: Engine
 ) -> None:

@@ -241,15 +241,17 @@ def bound_queue(ctx: JobContext) -> dict[str, int]:
 
 def process_review(payload: dict[str, Any], *, labels: LabelIndex | None = None) -> dict[str, Any]:
     """Create the review task for a payload of `crud.predictions.review_payload`, or bump the
-    open one for the same content. A low-confidence item whose content already has a current
-    label opens nothing; a payload delivered twice counts once. `feedback_id` (user reports)
-    is linked to the task in the transaction that creates or counts it."""
+    open one for the same content. A low-confidence item whose content already has a label in
+    force (`crud.labels.label_in_force`) opens nothing; a payload delivered twice counts
+    once. `feedback_id` (user reports) is linked to the task in the transaction that creates
+    or counts it."""
     ctx = get_context()
     labels = labels or LabelIndex(ctx.encoder)
     text_hash: str = payload["text_hash"]
     user_report = payload["reason"] == ReviewReason.USER_REPORT.value
     with session_scope(ctx.engine) as session:
-        existing = None if user_report else labels_crud.current_label(session, text_hash=text_hash)
+        # A label taken back or a dispute leaves the content in the queue: the arrival counts.
+        existing = None if user_report else labels_crud.label_in_force(session, text_hash=text_hash)
         outcome = existing or _create_or_bump(ctx, session, payload, labels)
         if isinstance(outcome, Label):
             return {"action": "already_labeled", "label_id": outcome.id, "task_id": None}

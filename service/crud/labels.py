@@ -90,11 +90,13 @@ def current_label(session: Session, *, text_hash: str) -> Label | None:
 
 def label_in_force(session: Session, *, text_hash: str) -> Label | None:
     """The content's label as the export and retraining see it: its current label, unless
-    its reviewer took it back (undo) and no label has replaced it yet."""
+    its reviewer took it back (undo) and no label has replaced it yet, or two reviewers'
+    labels of it differ and wait for a decision."""
     return session.exec(
         select(Label).where(
             Label.text_hash == text_hash,
             col(Label.superseded_by).is_(None),
+            col(Label.text_hash).not_in(disputed_contents()),
             col(Label.id).not_in(undone_labels()),
         )
     ).first()
