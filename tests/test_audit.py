@@ -126,14 +126,9 @@ def settings_tags(client: TestClient) -> list[str]:
     return [t["name"] for t in client.get("/tags", headers=auth("client")).json()["tags"]]
 
 
-def test_a_disputed_audit_item_counts_once_decided(engine: Engine) -> None:
-    """Two reviewers who disagree on an audited item have not yet said whether the accepted tag
-    was right: the item waits for the third reviewer's decision. It used to count with the
-    second opinion alone, the label a dispute leaves in force: in a QA run, an accepted tag
-    the first reviewer confirmed and the second did not took the audit from 2 of 2 agreed to
-    1 of 2 (precision 0.5, meets_target false) while GET /predictions said it had no label."""
-    accepted, other = "natural-language-processing", "computer-vision"
-    task_id = add_task(
+def _audited_item(engine: Engine, *, accepted: str, other: str) -> int:
+    """An audit task of an item v0001 accepted as `accepted` (0.9); its id."""
+    return add_task(
         engine,
         "an audited item",
         0.1,
@@ -143,9 +138,24 @@ def test_a_disputed_audit_item_counts_once_decided(engine: Engine) -> None:
         suggestion_scores={accepted: 0.9, other: 0.1},
     )
 
+
+def _audited_and_agreed(engine: Engine) -> tuple[int, int]:
+    """v0001's audited items at its 0.5 cut, and how many of them agree with their label."""
+    stats = do(engine, audit_stats, version="v0001", target=0.99, threshold=0.5)
+    return stats.audited, stats.agreed
+
+
+def test_a_disputed_audit_item_counts_once_decided(engine: Engine) -> None:
+    """Two reviewers who disagree on an audited item have not yet said whether the accepted tag
+    was right: the item waits for the third reviewer's decision. It used to count with the
+    second opinion alone, the label a dispute leaves in force: in a QA run, an accepted tag
+    the first reviewer confirmed and the second did not took the audit from 2 of 2 agreed to
+    1 of 2 (precision 0.5, meets_target false) while GET /predictions said it had no label."""
+    accepted, other = "natural-language-processing", "computer-vision"
+    task_id = _audited_item(engine, accepted=accepted, other=other)
+
     def audit() -> tuple[int, int]:
-        stats = do(engine, audit_stats, version="v0001", target=0.99, threshold=0.5)
-        return stats.audited, stats.agreed
+        return _audited_and_agreed(engine)
 
     label_task(engine, task_id, accepted, "ann", overlap_share=1.0)
     assert audit() == (1, 1)  # the first label is the item's label while it waits for a second
@@ -160,19 +170,10 @@ def test_an_audit_label_taken_back_counts_once_a_label_replaces_it(engine: Engin
     it, and no measure of the accepted tag either: the audit (GET /models/{v}/audit, the
     tagflow_audit_* gauges, recalibration) still counted it, also once the item was skipped."""
     accepted, other = "natural-language-processing", "computer-vision"
-    task_id = add_task(
-        engine,
-        "an audited item",
-        0.1,
-        reason=ReviewReason.AUDIT,
-        model_version="v0001",
-        suggestion_tag=accepted,
-        suggestion_scores={accepted: 0.9, other: 0.1},
-    )
+    task_id = _audited_item(engine, accepted=accepted, other=other)
 
     def audit() -> tuple[int, int]:
-        stats = do(engine, audit_stats, version="v0001", target=0.99, threshold=0.5)
-        return stats.audited, stats.agreed
+        return _audited_and_agreed(engine)
 
     label_task(engine, task_id, other, "ann")
     assert audit() == (1, 0)

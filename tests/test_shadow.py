@@ -167,26 +167,43 @@ def test_shadow_agreement_counts_only_labels_given_since_it_started(
     assert stats(client, candidate)["labeled"] == len(since)
 
 
+def _shadowed_task(engine: Engine, *, served: str, shadow: str) -> int:
+    """A review task of an item the production model tagged `served` and v0002, shadowed,
+    tagged `shadow`; its id."""
+    task_id = add_task(engine, "a shadowed item", 0.5)
+    logged = make_prediction("a shadowed item", tag=served)
+    with Session(engine) as session:
+        session.add(Prediction(**logged.model_dump()))
+        session.add(
+            ShadowPrediction(
+                prediction_id=logged.id,
+                model_version="v0002",
+                tag=shadow,
+                confidence=0.8,
+                agrees=shadow == served,
+            )
+        )
+        session.commit()
+    return task_id
+
+
+def _compared_with_labels(engine: Engine, *, version: str) -> tuple[int, float | None]:
+    """How many of `version`'s shadow answers have a label to compare with, and the share
+    that agree."""
+    with Session(engine) as session:
+        report = shadow_crud.shadow_stats(session, version=version)
+    return report.labeled, report.agreement_with_labels
+
+
 def test_shadow_agreement_with_labels_waits_for_a_dispute_to_be_decided(engine: Engine) -> None:
     """Two reviewers who disagree have not yet said what the content is: the shadow's answer
     is compared with the decision, not with the second opinion a dispute leaves in force (in a
     QA run that second opinion counted, while GET /predictions showed no label)."""
     nlp, cv = "natural-language-processing", "computer-vision"
-    task_id = add_task(engine, "a shadowed item", 0.5)
-    logged = make_prediction("a shadowed item", tag=nlp)
-    with Session(engine) as session:
-        session.add(Prediction(**logged.model_dump()))
-        session.add(
-            ShadowPrediction(
-                prediction_id=logged.id, model_version="v0002", tag=cv, confidence=0.8, agrees=False
-            )
-        )
-        session.commit()
+    task_id = _shadowed_task(engine, served=nlp, shadow=cv)
 
     def compared() -> tuple[int, float | None]:
-        with Session(engine) as session:
-            report = shadow_crud.shadow_stats(session, version="v0002")
-        return report.labeled, report.agreement_with_labels
+        return _compared_with_labels(engine, version="v0002")
 
     label_task(engine, task_id, nlp, "ann", overlap_share=1.0)
     assert compared() == (1, 0.0)  # the first label is the content's while a second is asked
@@ -201,21 +218,10 @@ def test_shadow_agreement_with_labels_leaves_out_a_label_taken_back(engine: Engi
     it, nor what people decided: the shadow's answer was still compared with it, also once
     the item was skipped."""
     nlp, cv = "natural-language-processing", "computer-vision"
-    task_id = add_task(engine, "a shadowed item", 0.5)
-    logged = make_prediction("a shadowed item", tag=nlp)
-    with Session(engine) as session:
-        session.add(Prediction(**logged.model_dump()))
-        session.add(
-            ShadowPrediction(
-                prediction_id=logged.id, model_version="v0002", tag=cv, confidence=0.8, agrees=False
-            )
-        )
-        session.commit()
+    task_id = _shadowed_task(engine, served=nlp, shadow=cv)
 
     def compared() -> tuple[int, float | None]:
-        with Session(engine) as session:
-            report = shadow_crud.shadow_stats(session, version="v0002")
-        return report.labeled, report.agreement_with_labels
+        return _compared_with_labels(engine, version="v0002")
 
     label_task(engine, task_id, nlp, "ann")
     assert compared() == (1, 0.0)
