@@ -100,23 +100,29 @@ def test_a_prediction_shows_its_review_and_then_its_label(
     assert record["label"]["created_at"].endswith("Z")
 
 
-def test_a_disputed_content_shows_both_opinions_and_no_label_until_decided(
-    client: TestClient, tags: TagSet
-) -> None:
-    """Two reviewers' labels that differ wait for a third's decision, and until then the
-    content has no label in force (export and retraining leave it out). The lookup showed the
-    later of the two as the label, as if the dispute were settled its way."""
+def _predicted_and_queued(client: TestClient) -> tuple[str, int]:
+    """ITEM predicted, and a review task of it opened: the prediction's URL, the task's id."""
     answer = client.post("/predict", json=ITEM, headers=auth("client")).json()
-    url = f"/predictions/{answer['prediction_id']}"
-    engine = client.app.state.tagflow.engine
     task = ReviewTask(
         text_hash=text_hash(ITEM["title"], ITEM["description"]),
         title=ITEM["title"],
         description=ITEM["description"],
         reason=ReviewReason.LOW_CONFIDENCE,
     )
-    with Session(engine, expire_on_commit=False) as session:
-        task_id = review_intake.create_task(session, task=task).id  # type: ignore[union-attr]
+    with Session(client.app.state.tagflow.engine, expire_on_commit=False) as session:
+        task_id = review_intake.create_task(session, task=task).id
+    assert task_id is not None
+    return f"/predictions/{answer['prediction_id']}", task_id
+
+
+def test_a_disputed_content_shows_both_opinions_and_no_label_until_decided(
+    client: TestClient, tags: TagSet
+) -> None:
+    """Two reviewers' labels that differ wait for a third's decision, and until then the
+    content has no label in force (export and retraining leave it out). The lookup showed the
+    later of the two as the label, as if the dispute were settled its way."""
+    url, task_id = _predicted_and_queued(client)
+    engine = client.app.state.tagflow.engine
 
     def label(reviewer: str, tag: str) -> None:
         with Session(engine, expire_on_commit=False) as session:
@@ -154,17 +160,9 @@ def test_a_label_taken_back_is_no_label_until_one_replaces_it(
     """Undo takes a label back and, until a label replaces it, the export and retraining leave
     it out; the lookup still showed it as the content's label, while the item was back in the
     queue (leased to its reviewer, then skipped)."""
-    answer = client.post("/predict", json=ITEM, headers=auth("client")).json()
-    url = f"/predictions/{answer['prediction_id']}"
+    url, task_id = _predicted_and_queued(client)
     engine = client.app.state.tagflow.engine
-    task = ReviewTask(
-        text_hash=text_hash(ITEM["title"], ITEM["description"]),
-        title=ITEM["title"],
-        description=ITEM["description"],
-        reason=ReviewReason.LOW_CONFIDENCE,
-    )
     with Session(engine, expire_on_commit=False) as session:
-        task_id = review_intake.create_task(session, task=task).id  # type: ignore[union-attr]
         review_crud.label(
             session, task_id=task_id, tag="mlops", reviewer="ann", tags=tags, holdout_share=0.2
         )
